@@ -1,0 +1,155 @@
+"""Kernel headers for compiling BPF C at run time.
+
+The running kernel's own headers are used when they exist (``/lib/modules/
+<release>/build``, or the kernel's built-in ``/sys/kernel/kheaders.tar.xz``
+which BCC unpacks itself). On a kernel the distribution ships no headers for,
+the nearest installed distribution headers are merged into one directory
+under the user's cache (a symlink tree of the ``-common`` directory overlaid
+with the arch directory, the shape ``/lib/modules/*/build`` has on Debian) and
+named to BCC through ``BCC_KERNEL_SOURCE``. Struct layouts of kernel-internal
+types may then differ from the running kernel: that is reported as a warning.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+SRC_ROOT = Path("/usr/src")
+
+
+@dataclass(frozen=True)
+class Headers:
+    """Which headers BCC compiles against."""
+
+    path: Path | None
+    source: str  # "running kernel", "kheaders", "nearest distro headers", "BCC_KERNEL_SOURCE"
+    release: str = ""
+    exact: bool = True
+
+    @property
+    def warning(self) -> str:
+        if self.exact or self.path is None:
+            return ""
+        return (f"Kernel headers for {platform.release()} are not installed; compiling against "
+                f"{self.release} headers ({self.path}). Tracepoint arguments, helpers, maps and "
+                "events are unaffected, but layouts of kernel-internal structs may differ: "
+                "reads of kernel structs (task_struct, sock, ...) can be wrong.")
+
+
+def cache_dir() -> Path:
+    """Where merged header trees are kept (``$EBPF_MAGIC_CACHE`` or the XDG cache)."""
+    base = os.environ.get("EBPF_MAGIC_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "ebpf_magic")
+    return Path(base)
+
+
+def _version_key(release: str) -> tuple[int, ...]:
+    return tuple(int(n) for n in re.findall(r"\d+", release)[:4])
+
+
+def installed_header_dirs() -> list[tuple[str, Path, Path | None]]:
+    """(release, arch directory, common directory) of each installed header set."""
+    found = []
+    if not SRC_ROOT.is_dir():
+        return found
+    for arch_dir in SRC_ROOT.glob("linux-headers-*"):
+        name = arch_dir.name[len("linux-headers-"):]
+        if name.endswith("-common") or not (arch_dir / "include").is_dir():
+            continue
+        release = name
+        common = None
+        flavour = name.rsplit("-", 1)
+        if len(flavour) == 2:
+            candidate = SRC_ROOT / f"linux-headers-{flavour[0]}-common"
+            if candidate.is_dir():
+                common = candidate
+        found.append((release, arch_dir, common))
+    return found
+
+
+def nearest(release: str) -> tuple[str, Path, Path | None] | None:
+    """The installed header set whose version is closest to ``release``."""
+    want = _version_key(release)
+    sets = installed_header_dirs()
+    if not sets:
+        return None
+
+    def distance(entry):
+        have = _version_key(entry[0])
+        return (abs(have[0] - want[0]) * 1000 + abs(have[1] - want[1]) if len(have) > 1
+                and len(want) > 1 else 10**6, tuple(-x for x in have))
+    return min(sets, key=distance)
+
+
+def merged_tree(arch: Path, common: Path | None) -> Path:
+    """A symlink tree of ``common`` overlaid with ``arch``, built once in the cache."""
+    target = cache_dir() / "headers" / arch.name
+    stamp = target / ".ebpf_magic_complete"
+    if stamp.exists():
+        return target
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for layer in [d for d in (common, arch) if d is not None]:
+        _link_tree(layer, tmp)
+    (tmp / ".ebpf_magic_complete").write_text(f"{common}\n{arch}\n")
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+    return target
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    for root, dirs, files in os.walk(src, followlinks=False):
+        rel = os.path.relpath(root, src)
+        out = dst / rel
+        out.mkdir(parents=True, exist_ok=True)
+        for name in files + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
+            link = out / name
+            if link.is_symlink() or link.exists():
+                link.unlink()
+            source = os.path.join(root, name)
+            link.symlink_to(os.path.realpath(source) if os.path.islink(source) else source)
+
+
+def find(release: str | None = None) -> Headers:
+    """Decide which headers to use for ``release`` (default: the running kernel)."""
+    release = release or platform.release()
+    env = os.environ.get("BCC_KERNEL_SOURCE")
+    if env:
+        return Headers(Path(env), "BCC_KERNEL_SOURCE", release, exact=True)
+    build = Path("/lib/modules") / release / "build"
+    if (build / "include").is_dir():
+        return Headers(build, "running kernel", release)
+    if Path("/sys/kernel/kheaders.tar.xz").exists():
+        return Headers(Path("/sys/kernel/kheaders.tar.xz"), "kheaders", release)
+    near = nearest(release)
+    if near is None:
+        return Headers(None, "missing", release, exact=False)
+    near_release, arch, common = near
+    return Headers(merged_tree(arch, common), "nearest distro headers", near_release,
+                   exact=False)
+
+
+def ensure(release: str | None = None) -> Headers:
+    """Find headers and make BCC use them; the result says whether they are exact."""
+    headers = find(release)
+    if headers.source == "nearest distro headers":
+        os.environ["BCC_KERNEL_SOURCE"] = str(headers.path)
+        # Remember that the variable is ours, so find() still reports a mismatch.
+        os.environ["EBPF_MAGIC_HEADERS_RELEASE"] = headers.release
+    elif headers.source == "BCC_KERNEL_SOURCE" and os.environ.get("EBPF_MAGIC_HEADERS_RELEASE"):
+        return Headers(headers.path, "nearest distro headers",
+                       os.environ["EBPF_MAGIC_HEADERS_RELEASE"], exact=False)
+    return headers
+
+
+def install_hint() -> str:
+    """How to install kernel headers here."""
+    return ("Install kernel headers: on Debian/Ubuntu `sudo apt-get install "
+            f"linux-headers-{platform.release()}` (or `linux-headers-amd64`/"
+            "`linux-headers-generic` when the running kernel has none), on Fedora "
+            "`sudo dnf install kernel-devel`. Or point BCC_KERNEL_SOURCE at a kernel source tree.")

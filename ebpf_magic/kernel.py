@@ -1,0 +1,119 @@
+"""Facts about the running kernel and this process's rights to use BPF."""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import subprocess
+from pathlib import Path
+
+TRACEFS_PATHS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
+
+CAP_NET_ADMIN = 12
+CAP_SYS_ADMIN = 21
+CAP_SYS_RESOURCE = 24
+CAP_PERFMON = 38
+CAP_BPF = 39
+CAP_NAMES = {CAP_NET_ADMIN: "CAP_NET_ADMIN", CAP_SYS_ADMIN: "CAP_SYS_ADMIN",
+             CAP_SYS_RESOURCE: "CAP_SYS_RESOURCE", CAP_PERFMON: "CAP_PERFMON",
+             CAP_BPF: "CAP_BPF"}
+
+
+def release() -> str:
+    return platform.release()
+
+
+def version_tuple() -> tuple[int, int]:
+    parts = release().split(".")
+    try:
+        return int(parts[0]), int("".join(c for c in parts[1] if c.isdigit()) or 0)
+    except (IndexError, ValueError):
+        return 0, 0
+
+
+def effective_caps() -> int:
+    """The process's effective capability mask (CapEff in /proc/self/status)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("CapEff:"):
+            return int(line.split()[1], 16)
+    return 0
+
+
+def capabilities() -> list[str]:
+    """Names of the BPF-relevant capabilities this process holds."""
+    caps = effective_caps()
+    return [name for bit, name in sorted(CAP_NAMES.items()) if caps >> bit & 1]
+
+
+def has_bpf_rights() -> bool:
+    """True when this process may load tracing programs (CAP_SYS_ADMIN or CAP_BPF+PERFMON)."""
+    caps = effective_caps()
+    return bool(caps >> CAP_SYS_ADMIN & 1 or (caps >> CAP_BPF & 1 and caps >> CAP_PERFMON & 1))
+
+
+def rights_summary() -> str:
+    held = capabilities()
+    who = "root" if os.geteuid() == 0 else f"uid {os.geteuid()}"
+    return f"running as {who} with {', '.join(held) if held else 'no BPF capabilities'}"
+
+
+def rights_hint() -> str:
+    return ("Loading BPF needs CAP_BPF and CAP_PERFMON (kernel >= 5.8) or CAP_SYS_ADMIN. Run the "
+            "notebook kernel with those rights: `python -m ebpf_magic install-kernel --user` "
+            "installs a Jupyter kernel that gets them, or start the notebook as root.")
+
+
+def memlock() -> str:
+    soft, _ = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    return "unlimited" if soft == resource.RLIM_INFINITY else f"{soft // 1024} KiB"
+
+
+def tracefs() -> Path | None:
+    """Where tracefs is mounted, or None."""
+    for path in TRACEFS_PATHS:
+        if (path / "events").is_dir():
+            return path
+    return None
+
+
+def ensure_tracefs() -> Path | None:
+    """Mount tracefs at /sys/kernel/tracing when it is not mounted and we may mount it."""
+    found = tracefs()
+    if found is not None or os.geteuid() != 0:
+        return found
+    subprocess.run(["mount", "-t", "tracefs", "tracefs", str(TRACEFS_PATHS[0])],
+                   capture_output=True, check=False)
+    return tracefs()
+
+
+def btf_available() -> bool:
+    return Path("/sys/kernel/btf/vmlinux").exists()
+
+
+def kernel_config(option: str) -> str | None:
+    """The value of CONFIG_<option> from /proc/config.gz or /boot/config-*, if readable."""
+    import gzip
+
+    key = f"CONFIG_{option}="
+    sources = [Path("/proc/config.gz"), Path(f"/boot/config-{release()}")]
+    for src in sources:
+        try:
+            opener = gzip.open if src.suffix == ".gz" else open
+            with opener(src, "rt") as f:
+                for line in f:
+                    if line.startswith(key):
+                        return line.strip().split("=", 1)[1]
+                    if line.startswith(f"# CONFIG_{option} is not set"):
+                        return "n"
+        except OSError:
+            continue
+    return None
+
+
+def kprobes_supported() -> bool:
+    """False when the kernel has no kprobes (no kprobe_events in tracefs)."""
+    path = tracefs()
+    if path is not None:
+        return (path / "kprobe_events").exists()
+    return kernel_config("KPROBES") not in ("n", None)

@@ -1,0 +1,329 @@
+"""BPF maps as Python mappings and DataFrames.
+
+``Map`` reads and writes a kernel map through its file descriptor with plain
+Python values: ints, tuples or dicts for struct keys, dicts for struct values,
+``str`` for ``char[]``. Iteration follows the kernel's get_next_key order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from . import dtypes, sysbpf
+from .backend import MapHandle
+
+PERCPU_KINDS = {"percpu_hash", "percpu_array", "lru_percpu_hash"}
+ARRAY_KINDS = {"array", "percpu_array", "prog_array", "perf_event_array", "cgroup_array",
+               "devmap", "cpumap", "xskmap", "array_of_maps"}
+QUEUE_KINDS = {"queue", "stack"}
+METADATA_ONLY = {"prog_array", "perf_event_array", "ringbuf", "cgroup_array", "array_of_maps",
+                 "hash_of_maps", "devmap", "devmap_hash", "cpumap", "xskmap", "sockmap",
+                 "sockhash", "user_ringbuf"}
+
+
+class Map:
+    """One kernel map of a program."""
+
+    def __init__(self, handle: MapHandle) -> None:
+        self.handle = handle
+        self.name = handle.name
+        self.kind = handle.kind
+        self._ncpus = sysbpf.possible_cpus() if handle.kind in PERCPU_KINDS else 1
+        self._key_dt = handle.key_dtype or _raw_dtype(handle.key_size)
+        self._val_dt = handle.value_dtype or _raw_dtype(handle.value_size)
+
+    # -- description -----------------------------------------------------------
+
+    @property
+    def percpu(self) -> bool:
+        return self.kind in PERCPU_KINDS
+
+    @property
+    def max_entries(self) -> int:
+        return self.handle.max_entries
+
+    @property
+    def key_type(self) -> str:
+        return dtypes.describe(self._key_dt) if self.handle.key_dtype is not None else "-"
+
+    @property
+    def value_type(self) -> str:
+        return dtypes.describe(self._val_dt)
+
+    def info(self) -> dict[str, Any]:
+        """Kind, types and sizes, for listings."""
+        entries = None if self.kind in METADATA_ONLY | QUEUE_KINDS else len(self)
+        return {"map": self.name, "kind": self.handle.declared or self.kind,
+                "key": self.key_type, "value": self.value_type, "entries": entries,
+                "max_entries": self.max_entries,
+                "full": entries is not None and self.kind not in ARRAY_KINDS
+                and entries >= self.max_entries}
+
+    def __repr__(self) -> str:
+        return (f"<Map {self.name}: {self.handle.declared or self.kind} "
+                f"{self.key_type} -> {self.value_type}, max_entries={self.max_entries}>")
+
+    # -- raw buffers -----------------------------------------------------------
+
+    def _value_buffer(self, n: int = 1) -> np.ndarray:
+        if self.percpu:
+            # per-CPU values are 8-byte aligned, one slot per possible CPU
+            stride = -(-self._val_dt.itemsize // 8) * 8
+            return np.zeros(n * self._ncpus * stride, dtype=np.uint8)
+        return np.zeros(n, dtype=self._val_dt)
+
+    def _decode_values(self, buf: np.ndarray, n: int) -> np.ndarray:
+        """Values as an array of ``value_dtype``; per-CPU maps give shape (n, ncpus)."""
+        if not self.percpu:
+            return buf[:n]
+        stride = -(-self._val_dt.itemsize // 8) * 8
+        rows = buf[: n * self._ncpus * stride].reshape(n * self._ncpus, stride)
+        vals = np.ascontiguousarray(rows[:, : self._val_dt.itemsize]).view(self._val_dt)
+        return vals.reshape(n, self._ncpus)
+
+    def _encode_key(self, key: Any) -> np.ndarray:
+        if self.kind in ARRAY_KINDS and isinstance(key, (int, np.integer)) and not (
+                0 <= key < self.max_entries):
+            raise KeyError(f"index {key} out of range for {self.name} "
+                           f"(max_entries {self.max_entries})")
+        try:
+            return dtypes.encode(key, self._key_dt)
+        except (TypeError, ValueError) as e:
+            raise KeyError(f"{key!r} is not a valid key of {self.name} "
+                           f"({self.key_type}): {e}") from None
+
+    def _encode_value(self, value: Any) -> np.ndarray:
+        if not self.percpu:
+            return dtypes.encode(value, self._val_dt)
+        values = value if isinstance(value, (list, tuple)) and len(value) == self._ncpus \
+            and not self._val_dt.names else [value] * self._ncpus
+        stride = -(-self._val_dt.itemsize // 8) * 8
+        buf = np.zeros(self._ncpus * stride, dtype=np.uint8)
+        for cpu, v in enumerate(values):
+            buf[cpu * stride: cpu * stride + self._val_dt.itemsize] = \
+                dtypes.encode(v, self._val_dt).view(np.uint8)
+        return buf
+
+    def _to_value(self, vals: np.ndarray) -> Any:
+        if self.percpu:
+            return [dtypes.to_python(v, self._val_dt) for v in vals]
+        return dtypes.to_python(vals, self._val_dt)
+
+    # -- mapping protocol ------------------------------------------------------
+
+    def _require_keys(self) -> None:
+        if self.kind in QUEUE_KINDS or self.handle.key_dtype is None and self.kind in (
+                "ringbuf", "user_ringbuf"):
+            raise TypeError(f"{self.name} is a {self.kind} map: it has no keys "
+                            "(use .pop() / .push(), or .df)")
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+    def __getitem__(self, key: Any) -> Any:
+        self._require_keys()
+        k = self._encode_key(key)
+        buf = self._value_buffer()
+        if not sysbpf.map_lookup(self.handle.fd, k.ctypes.data, buf.ctypes.data):
+            raise KeyError(key)
+        return self._to_value(self._decode_values(buf, 1)[0])
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self._require_keys()
+        try:
+            v = self._encode_value(value)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{value!r} is not a valid value of {self.name} "
+                             f"({self.value_type}): {e}") from None
+        sysbpf.map_update(self.handle.fd, self._encode_key(key).ctypes.data, v.ctypes.data)
+
+    def __delitem__(self, key: Any) -> None:
+        self._require_keys()
+        if self.kind in ARRAY_KINDS:
+            # array elements cannot be deleted: zero them, as BCC does
+            self[key] = self._zero_value()
+            return
+        if not sysbpf.map_delete(self.handle.fd, self._encode_key(key).ctypes.data):
+            raise KeyError(key)
+
+    def _zero_value(self) -> Any:
+        zero = dtypes.to_python(np.zeros((), self._val_dt)[()], self._val_dt)
+        return [zero] * self._ncpus if self.percpu else zero
+
+    def __contains__(self, key: Any) -> bool:
+        try:
+            k = self._encode_key(key)
+        except KeyError:
+            return False
+        return sysbpf.map_lookup(self.handle.fd, k.ctypes.data, self._value_buffer().ctypes.data)
+
+    def _raw_keys(self) -> Iterator[np.ndarray]:
+        self._require_keys()
+        fd, prev = self.handle.fd, None
+        while True:
+            nxt = np.zeros(1, dtype=self._key_dt)
+            if not sysbpf.map_get_next_key(fd, None if prev is None else prev.ctypes.data,
+                                           nxt.ctypes.data):
+                return
+            yield nxt
+            prev = nxt
+
+    def keys(self) -> Iterator[Any]:
+        for raw in self._raw_keys():
+            yield dtypes.to_key(raw[0], self._key_dt)
+
+    __iter__ = keys
+
+    def items(self) -> Iterator[tuple[Any, Any]]:
+        buf = self._value_buffer()
+        for raw in self._raw_keys():
+            if sysbpf.map_lookup(self.handle.fd, raw.ctypes.data, buf.ctypes.data):
+                yield (dtypes.to_key(raw[0], self._key_dt),
+                       self._to_value(self._decode_values(buf, 1)[0]))
+
+    def values(self) -> Iterator[Any]:
+        for _, value in self.items():
+            yield value
+
+    def __len__(self) -> int:
+        if self.kind in ARRAY_KINDS:
+            return self.max_entries
+        if self.kind in QUEUE_KINDS or self.kind in ("ringbuf", "user_ringbuf"):
+            return 0
+        return sum(1 for _ in self._raw_keys())
+
+    def clear(self) -> None:
+        """Delete every entry (zero every element of an array)."""
+        if self.kind in ARRAY_KINDS:
+            for key in range(self.max_entries):
+                del self[key]
+            return
+        for raw in list(self._raw_keys()):
+            sysbpf.map_delete(self.handle.fd, raw.ctypes.data)
+
+    def update(self, other: Mapping[Any, Any]) -> None:
+        for key, value in other.items():
+            self[key] = value
+
+    # -- queue / stack maps ----------------------------------------------------
+
+    def push(self, value: Any) -> None:
+        """Push onto a queue or stack map."""
+        sysbpf.map_update(self.handle.fd, None, dtypes.encode(value, self._val_dt).ctypes.data)
+
+    def pop(self) -> Any:
+        """Pop from a queue or stack map; raise KeyError when it is empty."""
+        buf = self._value_buffer()
+        if not sysbpf.map_lookup_and_delete(self.handle.fd, None, buf.ctypes.data):
+            raise KeyError(f"{self.name} is empty")
+        return dtypes.to_python(buf[0], self._val_dt)
+
+    def peek(self) -> Any:
+        """The next value of a queue or stack map, left in place."""
+        return dtypes.to_python(self.peek_raw(), self._val_dt)
+
+    # -- snapshots -------------------------------------------------------------
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(keys, values) of every entry as numpy arrays, in get_next_key order."""
+        keys = list(self._raw_keys())
+        n = len(keys)
+        key_arr = np.concatenate(keys) if keys else np.zeros(0, self._key_dt)
+        vbuf = self._value_buffer(max(n, 1))
+        if self.percpu:
+            stride = len(vbuf) // max(n, 1)
+            present = np.ones(n, dtype=bool)
+            for i in range(n):
+                present[i] = sysbpf.map_lookup(self.handle.fd, key_arr[i:i + 1].ctypes.data,
+                                               vbuf[i * stride:].ctypes.data)
+        else:
+            present = np.array([sysbpf.map_lookup(self.handle.fd, key_arr[i:i + 1].ctypes.data,
+                                                  vbuf[i:i + 1].ctypes.data)
+                                for i in range(n)], dtype=bool)
+        values = self._decode_values(vbuf, n)
+        return key_arr[present], values[present]
+
+    @property
+    def df(self) -> pd.DataFrame:
+        """A snapshot: one column per key field, then one per value field.
+
+        Per-CPU maps give one column per CPU (``value[cpu0]``...) plus ``total``
+        for numeric values. Arrays include every index, zeros too.
+        """
+        if self.kind in METADATA_ONLY:
+            return pd.DataFrame([self.info()])
+        if self.kind in QUEUE_KINDS:
+            return self._queue_frame()
+        keys, values = self.arrays()
+        key_cols = dtypes.columns(keys, "key" if not self._key_dt.names else "")
+        if self.percpu:
+            val_cols: dict[str, Any] = {}
+            for cpu in range(self._ncpus):
+                sub = dtypes.columns(np.ascontiguousarray(values[:, cpu]),
+                                     "value" if not self._val_dt.names else "")
+                val_cols.update({f"{name}[cpu{cpu}]": col for name, col in sub.items()})
+            if not self._val_dt.names and self._val_dt.kind in "iuf":
+                val_cols["total"] = values.sum(axis=1)
+        else:
+            val_cols = dtypes.columns(values, "value" if not self._val_dt.names else "")
+        overlap = set(key_cols) & set(val_cols)
+        key_cols = {(f"key.{k}" if k in overlap else k): v for k, v in key_cols.items()}
+        return pd.DataFrame({**key_cols, **val_cols}, copy=False)
+
+    def _queue_frame(self) -> pd.DataFrame:
+        """Queue and stack maps cannot be read without popping: peek the head only."""
+        try:
+            head = np.array([self.peek_raw()], dtype=self._val_dt)
+        except KeyError:
+            head = np.zeros(0, dtype=self._val_dt)
+        return dtypes.frame(head, "value" if not self._val_dt.names else "")
+
+    def peek_raw(self) -> np.void:
+        buf = self._value_buffer()
+        if not sysbpf.map_lookup(self.handle.fd, None, buf.ctypes.data):
+            raise KeyError(f"{self.name} is empty")
+        return buf[0]
+
+
+def _raw_dtype(size: int) -> np.dtype:
+    return np.dtype({8: np.uint64, 4: np.uint32, 2: np.uint16, 1: np.uint8}.get(size, f"V{size}"))
+
+
+class Maps(Mapping):
+    """The maps of one program, by name."""
+
+    def __init__(self, handles: dict[str, MapHandle]) -> None:
+        self._maps = {name: Map(h) for name, h in handles.items()}
+
+    def __getitem__(self, name: str) -> Map:
+        try:
+            return self._maps[name]
+        except KeyError:
+            raise KeyError(f"no map named {name!r}; maps: {', '.join(self._maps) or 'none'}") \
+                from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._maps)
+
+    def __len__(self) -> int:
+        return len(self._maps)
+
+    @property
+    def df(self) -> pd.DataFrame:
+        """One row per map: kind, key and value types, entries, max_entries, full."""
+        return pd.DataFrame([m.info() for m in self._maps.values()],
+                            columns=["map", "kind", "key", "value", "entries", "max_entries",
+                                     "full"])
+
+    def __repr__(self) -> str:
+        return f"<Maps {', '.join(self._maps) or '(none)'}>"
+
+    def _repr_html_(self) -> str:
+        return self.df.to_html(index=False)

@@ -1,0 +1,184 @@
+"""Attach points: bpftrace's probe syntax, and BCC's function-name conventions.
+
+``Probe.parse("tracepoint:syscalls:sys_enter_write=count")`` gives a probe bound
+to the C function ``count``; :func:`auto_probes` finds the probes implied by
+function names such as ``kprobe__do_sys_open`` or ``TRACEPOINT_PROBE(...)``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+
+from .errors import ProbeSpecError
+
+# bpftrace's long names and their short aliases
+KINDS = {
+    "kprobe": "kprobe", "k": "kprobe",
+    "kretprobe": "kretprobe", "kr": "kretprobe",
+    "tracepoint": "tracepoint", "t": "tracepoint",
+    "rawtracepoint": "rawtracepoint", "rt": "rawtracepoint",
+    "uprobe": "uprobe", "u": "uprobe",
+    "uretprobe": "uretprobe", "ur": "uretprobe",
+    "usdt": "usdt", "U": "usdt",
+    "profile": "profile", "p": "profile",
+    "software": "software", "s": "software",
+    "hardware": "hardware", "h": "hardware",
+    "xdp": "xdp",
+    "kfunc": "kfunc", "fentry": "kfunc", "f": "kfunc",
+    "kretfunc": "kretfunc", "fexit": "kretfunc", "fr": "kretfunc",
+    "lsm": "lsm",
+}
+
+SOFTWARE_EVENTS = {
+    "cpu-clock": 0, "cpu": 0, "task-clock": 1, "page-faults": 2, "faults": 2,
+    "context-switches": 3, "cs": 3, "cpu-migrations": 4, "migrations": 4,
+    "minor-faults": 5, "major-faults": 6, "alignment-faults": 7, "emulation-faults": 8,
+    "dummy": 9,
+}
+HARDWARE_EVENTS = {
+    "cpu-cycles": 0, "cycles": 0, "instructions": 1, "cache-references": 2,
+    "cache-misses": 3, "branch-instructions": 4, "branches": 4, "branch-misses": 5,
+    "bus-cycles": 6, "stalled-cycles-frontend": 7, "stalled-cycles-backend": 8,
+    "ref-cycles": 9,
+}
+DEFAULT_PERIOD = {"software": 1_000_000, "hardware": 1_000_000}
+
+USAGE = """\
+kprobe:FUNC  kretprobe:FUNC  tracepoint:CATEGORY:NAME  rawtracepoint:NAME
+uprobe:BINARY_OR_LIB:SYMBOL  uretprobe:BINARY_OR_LIB:SYMBOL  usdt:BINARY:[PROVIDER:]PROBE
+profile:hz:N  software:EVENT[:PERIOD]  hardware:EVENT[:PERIOD]  xdp:DEVICE
+kfunc:FUNC  kretfunc:FUNC  lsm:HOOK"""
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One attach point, bound (or not yet) to the C function that handles it.
+
+    ``target`` is the kind-specific part: ``CATEGORY:NAME`` for tracepoints,
+    ``BINARY:SYMBOL`` for uprobes, ``hz:N`` for profile, the device for xdp.
+    """
+
+    kind: str
+    target: str
+    function: str = ""
+    pid: int | None = None
+
+    @classmethod
+    def parse(cls, spec: str, pid: int | None = None) -> Probe:
+        """Parse ``KIND:TARGET[=FUNCTION]`` in bpftrace's syntax."""
+        text, _, function = spec.strip().partition("=")
+        kind_text, sep, target = text.partition(":")
+        kind = KINDS.get(kind_text)
+        if kind is None or not sep or not target:
+            raise ProbeSpecError(f"cannot parse attach spec {spec!r}",
+                                 f"Use one of:\n{USAGE}")
+        probe = cls(kind, target, function.strip(), pid)
+        probe._validate(spec)
+        return probe
+
+    def _validate(self, spec: str) -> None:
+        parts = self.target.split(":")
+        want = {"tracepoint": (2, 2), "uprobe": (2, 2), "uretprobe": (2, 2), "usdt": (2, 3),
+                "profile": (2, 2), "software": (1, 2), "hardware": (1, 2)}
+        lo, hi = want.get(self.kind, (1, 1))
+        if self.kind in ("uprobe", "uretprobe", "usdt") and parts[0] == "" :
+            raise ProbeSpecError(f"{spec!r}: the binary or library is missing",
+                                 f"Write {self.kind}:/path/to/binary:... or {self.kind}:c:... "
+                                 "for libc.")
+        if not lo <= len(parts) <= hi or not all(parts[-1:]):
+            raise ProbeSpecError(f"{spec!r} does not have the form of a {self.kind} probe",
+                                 f"Use one of:\n{USAGE}")
+        if self.kind == "profile":
+            unit, n = parts
+            if unit not in ("hz", "s", "ms", "us") or not n.isdigit() or int(n) <= 0:
+                raise ProbeSpecError(f"{spec!r}: profile wants hz:N (samples per second "
+                                     "per CPU), or s/ms/us:N for a period",
+                                     "Example: profile:hz:99")
+        if self.kind in ("software", "hardware"):
+            table = SOFTWARE_EVENTS if self.kind == "software" else HARDWARE_EVENTS
+            if parts[0] not in table:
+                raise ProbeSpecError(f"{spec!r}: unknown {self.kind} event {parts[0]!r}",
+                                     f"Known events: {', '.join(sorted(table))}")
+            if len(parts) == 2 and (not parts[1].isdigit() or int(parts[1]) <= 0):
+                raise ProbeSpecError(f"{spec!r}: the period must be a positive integer")
+
+    def bind(self, function: str) -> Probe:
+        """This probe handled by ``function``."""
+        return replace(self, function=function)
+
+    @property
+    def spec(self) -> str:
+        """The bpftrace-style text of this probe, without the function."""
+        return f"{self.kind}:{self.target}"
+
+    def __str__(self) -> str:
+        text = self.spec if self.pid is None else f"{self.spec} (pid {self.pid})"
+        return f"{text}={self.function}" if self.function else text
+
+    @property
+    def perf_event(self) -> tuple[int, int, dict[str, int]]:
+        """(perf type, config, sample_period or sample_freq) of a sampling probe."""
+        parts = self.target.split(":")
+        if self.kind == "profile":
+            unit, n = parts[0], int(parts[1])
+            if unit == "hz":
+                return 1, 0, {"sample_freq": n}
+            scale = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000}[unit]
+            return 1, 0, {"sample_period": n * scale}
+        table = SOFTWARE_EVENTS if self.kind == "software" else HARDWARE_EVENTS
+        period = int(parts[1]) if len(parts) == 2 else DEFAULT_PERIOD[self.kind]
+        return (1 if self.kind == "software" else 0), table[parts[0]], {"sample_period": period}
+
+    @property
+    def wildcard(self) -> bool:
+        return "*" in self.target or "?" in self.target
+
+    def target_regex(self) -> str:
+        """The target as an anchored regular expression (for wildcards)."""
+        return "^" + re.escape(self.target).replace(r"\*", ".*").replace(r"\?", ".") + "$"
+
+
+_AUTO = [
+    ("kprobe__", "kprobe"), ("kretprobe__", "kretprobe"), ("tracepoint__", "tracepoint"),
+    ("raw_tracepoint__", "rawtracepoint"), ("kfunc__", "kfunc"), ("kretfunc__", "kretfunc"),
+    ("lsm__", "lsm"),
+]
+
+
+def auto_probe(function: str) -> Probe | None:
+    """The probe BCC's naming conventions imply for ``function``, if any."""
+    for prefix, kind in _AUTO:
+        if function.startswith(prefix):
+            target = function[len(prefix):]
+            if kind == "tracepoint":
+                target = target.replace("__", ":", 1)
+            if kind in ("kfunc", "kretfunc") and target.startswith("vmlinux__"):
+                target = target[len("vmlinux__"):]
+            return Probe(kind, target, function)
+    return None
+
+
+def bind_explicit(probes: list[Probe], functions: list[str]) -> list[Probe]:
+    """Give each probe without ``=FUNCTION`` the one C function no probe handles.
+
+    Raises :class:`ProbeSpecError` naming the candidates when that is ambiguous.
+    """
+    taken = {p.function for p in probes if p.function}
+    unknown = sorted(taken - set(functions))
+    if unknown:
+        raise ProbeSpecError(f"no C function named {', '.join(unknown)} in this cell",
+                             f"Functions in the cell: {', '.join(functions) or 'none'}")
+    free = [f for f in functions if f not in taken and auto_probe(f) is None]
+    unbound = [p for p in probes if not p.function]
+    if not unbound:
+        return probes
+    if len(free) != 1:
+        specs = ", ".join(p.spec for p in unbound)
+        if not free:
+            raise ProbeSpecError(f"no unattached C function left for {specs}",
+                                 "Write the function to attach as SPEC=FUNCTION.")
+        raise ProbeSpecError(f"{specs}: which function should be attached? "
+                             f"Candidates: {', '.join(free)}",
+                             f"Write it as {unbound[0].spec}=FUNCTION.")
+    return [p if p.function else p.bind(free[0]) for p in probes]

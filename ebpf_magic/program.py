@@ -1,0 +1,187 @@
+"""A running BPF program: compile, attach, read, stop.
+
+``Program`` is the library's central object, usable from plain Python::
+
+    with Program(src, attach=["tracepoint:syscalls:sys_enter_write=count"]) as prog:
+        ...
+        prog.maps["counts"].df
+
+It owns everything it creates (probes, descriptors, stream readers) and
+releases all of it on :meth:`stop`, when leaving a ``with`` block, and when the
+interpreter exits. A program that fails to start leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import atexit
+import threading
+import time
+import weakref
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+
+from . import instrument, source as src, sysbpf
+from .backend import CompiledProgram, compile_program
+from .errors import AttachError
+from .maps import Maps
+from .probes import Probe, auto_probe, bind_explicit
+from .streams import Streams
+from .suggest import attach_hint
+
+_live: weakref.WeakSet[Program] = weakref.WeakSet()
+_live_lock = threading.Lock()
+
+
+class Program:
+    """Compile ``source``, attach it, and start reading its event buffers.
+
+    Args:
+        source: the BPF C text (BCC dialect).
+        name: a label for listings and recordings.
+        attach: probes in bpftrace's syntax, ``KIND:TARGET[=FUNCTION]``, or
+            :class:`~ebpf_magic.probes.Probe` objects; added to the probes
+            implied by BCC's function names (``kprobe__*``, ``TRACEPOINT_PROBE``...).
+        cflags: extra compiler flags.
+        defines: ``-D`` macros, ``{"NAME": value}`` or ``["NAME=VALUE"]``.
+        pid: process to restrict uprobes and USDT probes to.
+        stream_options: passed to each event stream (``max_rows``, ``page_cnt``...).
+    """
+
+    def __init__(self, source: str, *, name: str = "bpf",
+                 attach: Sequence[str | Probe] = (), cflags: Iterable[str] = (),
+                 defines: Mapping[str, Any] | Iterable[str] = (), pid: int | None = None,
+                 stream_options: Mapping[str, Any] | None = None) -> None:
+        self.name = name
+        self.source = source
+        self.cflags = list(cflags) + src.define_flags(defines)
+        self.pid = pid
+        self.started_at: float | None = None
+        self.stopped_at: float | None = None
+        self.probes: list[Probe] = []
+        self.attached: list[str] = []
+        self._compiled: CompiledProgram | None = None
+        self._streams: Streams | None = None
+        self._lock = threading.Lock()
+
+        requested = [Probe.parse(a, pid) if isinstance(a, str) else a for a in attach]
+        usdt = [p for p in requested if p.kind == "usdt"]
+        if any(not p.function for p in usdt):
+            usdt = bind_explicit(usdt, src.function_names(source))
+        prepared = instrument.prepare(source)
+        self._compiled = compile_program(prepared.text, cflags=self.cflags, usdt=usdt)
+        try:
+            self.warnings = list(self._compiled.warnings)
+            functions = self._compiled.functions
+            others = bind_explicit([p for p in requested if p.kind != "usdt"], functions)
+            auto = [p for p in (auto_probe(f) for f in functions) if p is not None]
+            self.probes = auto + usdt + others
+            for probe in self.probes:
+                try:
+                    self.attached += self._compiled.attach(probe)
+                except AttachError as e:
+                    e.hint = e.hint or attach_hint(probe, e.message)
+                    raise
+            handles = self._compiled.maps()
+            self.maps = Maps({n: h for n, h in handles.items() if n not in prepared.hidden})
+            self._streams = Streams.open(self._compiled, handles, prepared,
+                                         **dict(stream_options or {}))
+        except BaseException:
+            self._release()
+            raise
+        self.started_at = time.time()
+        with _live_lock:
+            _live.add(self)
+
+    # -- reading ---------------------------------------------------------------
+
+    @property
+    def events(self) -> Streams:
+        """The program's perf and ring buffers as live event streams, by name."""
+        assert self._streams is not None
+        return self._streams
+
+    @property
+    def functions(self) -> list[str]:
+        return list(self._compiled.functions) if self._compiled else []
+
+    @property
+    def unattached(self) -> list[str]:
+        """C functions no probe uses (helpers, or functions you meant to attach)."""
+        used = {p.function for p in self.probes}
+        return [f for f in self.functions if f not in used]
+
+    @property
+    def running(self) -> bool:
+        return self._compiled is not None and self.stopped_at is None
+
+    @property
+    def uptime(self) -> float:
+        if self.started_at is None:
+            return 0.0
+        return (self.stopped_at or time.time()) - self.started_at
+
+    @property
+    def events_seen(self) -> int:
+        return self._streams.received if self._streams is not None else 0
+
+    def prog_ids(self) -> list[int]:
+        """Kernel ids of the loaded functions (as bpftool lists them)."""
+        if self._compiled is None:
+            return []
+        return [sysbpf.prog_info(fd).id for fd in self._compiled.program_fds().values()]
+
+    def map_ids(self) -> list[int]:
+        return [m.handle.extra["id"] for m in self.maps.values()] if self.running else []
+
+    def summary(self) -> dict[str, Any]:
+        """One row of ``%bpf list``."""
+        return {"name": self.name, "probes": ", ".join(self.attached) or "-",
+                "maps": ", ".join(self.maps) if self.running else "",
+                "events": self.events_seen, "uptime_s": round(self.uptime, 1),
+                "state": "running" if self.running else "stopped"}
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Detach every probe, stop stream readers, close every descriptor. Idempotent."""
+        with self._lock:
+            if self.stopped_at is not None:
+                return
+            self.stopped_at = time.time()
+            self._release()
+        with _live_lock:
+            _live.discard(self)
+
+    def _release(self) -> None:
+        if self._streams is not None:
+            self._streams.close()
+        if self._compiled is not None:
+            self._compiled.close()
+            self._compiled = None
+
+    def __enter__(self) -> Program:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return (f"<Program {self.name} ({state}): {len(self.attached)} probe(s), "
+                f"maps: {', '.join(self.maps) if self.running else '-'}>")
+
+    def _repr_html_(self) -> str:
+        return pd.DataFrame([self.summary()]).to_html(index=False)
+
+
+def stop_all() -> None:
+    """Stop every program still running in this process."""
+    with _live_lock:
+        programs = list(_live)
+    for prog in programs:
+        prog.stop()
+
+
+atexit.register(stop_all)

@@ -1,0 +1,282 @@
+"""The bpf(2) and perf_event_open(2) system calls, through ctypes.
+
+Maps and event streams work on file descriptors with these calls directly, so
+they do not depend on the compiler backend that created the descriptors.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import platform
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+_NR_BPF = {"x86_64": 321, "aarch64": 280, "ppc64le": 361, "s390x": 351, "riscv64": 280}
+_NR_PERF_EVENT_OPEN = {"x86_64": 298, "aarch64": 241, "ppc64le": 319, "s390x": 331,
+                       "riscv64": 241}
+_MACHINE = platform.machine()
+
+# enum bpf_cmd
+MAP_LOOKUP_ELEM = 1
+MAP_UPDATE_ELEM = 2
+MAP_DELETE_ELEM = 3
+MAP_GET_NEXT_KEY = 4
+PROG_GET_NEXT_ID = 11
+MAP_GET_NEXT_ID = 12
+PROG_GET_FD_BY_ID = 13
+MAP_GET_FD_BY_ID = 14
+OBJ_GET_INFO_BY_FD = 15
+MAP_LOOKUP_AND_DELETE_ELEM = 21
+MAP_LOOKUP_BATCH = 24
+MAP_UPDATE_BATCH = 26
+MAP_DELETE_BATCH = 27
+
+# update flags
+BPF_ANY = 0
+BPF_NOEXIST = 1
+BPF_EXIST = 2
+
+# enum bpf_map_type, by the names the rest of the package uses
+MAP_TYPES = {
+    1: "hash", 2: "array", 3: "prog_array", 4: "perf_event_array", 5: "percpu_hash",
+    6: "percpu_array", 7: "stack_trace", 8: "cgroup_array", 9: "lru_hash",
+    10: "lru_percpu_hash", 11: "lpm_trie", 12: "array_of_maps", 13: "hash_of_maps",
+    14: "devmap", 15: "sockmap", 16: "cpumap", 17: "xskmap", 18: "sockhash",
+    19: "cgroup_storage", 20: "reuseport_sockarray", 21: "percpu_cgroup_storage",
+    22: "queue", 23: "stack", 24: "sk_storage", 25: "devmap_hash", 26: "struct_ops",
+    27: "ringbuf", 28: "inode_storage", 29: "task_storage", 30: "bloom_filter",
+    31: "user_ringbuf", 32: "cgrp_storage", 33: "arena",
+}
+
+
+class _MapElemAttr(ctypes.Structure):
+    _fields_ = [("map_fd", ctypes.c_uint32), ("_pad", ctypes.c_uint32),
+                ("key", ctypes.c_uint64), ("value", ctypes.c_uint64),
+                ("flags", ctypes.c_uint64)]
+
+
+class _BatchAttr(ctypes.Structure):
+    _fields_ = [("in_batch", ctypes.c_uint64), ("out_batch", ctypes.c_uint64),
+                ("keys", ctypes.c_uint64), ("values", ctypes.c_uint64),
+                ("count", ctypes.c_uint32), ("map_fd", ctypes.c_uint32),
+                ("elem_flags", ctypes.c_uint64), ("flags", ctypes.c_uint64)]
+
+
+class _InfoAttr(ctypes.Structure):
+    _fields_ = [("bpf_fd", ctypes.c_uint32), ("info_len", ctypes.c_uint32),
+                ("info", ctypes.c_uint64)]
+
+
+class _IdAttr(ctypes.Structure):
+    _fields_ = [("id", ctypes.c_uint32), ("next_id", ctypes.c_uint32),
+                ("open_flags", ctypes.c_uint32)]
+
+
+class MapInfo(ctypes.Structure):
+    """``struct bpf_map_info`` (the leading fields every kernel since 4.13 fills)."""
+
+    _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32),
+                ("key_size", ctypes.c_uint32), ("value_size", ctypes.c_uint32),
+                ("max_entries", ctypes.c_uint32), ("map_flags", ctypes.c_uint32),
+                ("name", ctypes.c_char * 16), ("ifindex", ctypes.c_uint32),
+                ("btf_vmlinux_value_type_id", ctypes.c_uint32),
+                ("netns_dev", ctypes.c_uint64), ("netns_ino", ctypes.c_uint64),
+                ("btf_id", ctypes.c_uint32), ("btf_key_type_id", ctypes.c_uint32),
+                ("btf_value_type_id", ctypes.c_uint32), ("_pad", ctypes.c_uint32),
+                ("map_extra", ctypes.c_uint64)]
+
+    @property
+    def kind(self) -> str:
+        return MAP_TYPES.get(self.type, f"type{self.type}")
+
+
+class ProgInfo(ctypes.Structure):
+    """The leading fields of ``struct bpf_prog_info``."""
+
+    _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32),
+                ("tag", ctypes.c_uint8 * 8), ("jited_prog_len", ctypes.c_uint32),
+                ("xlated_prog_len", ctypes.c_uint32), ("jited_prog_insns", ctypes.c_uint64),
+                ("xlated_prog_insns", ctypes.c_uint64), ("load_time", ctypes.c_uint64),
+                ("created_by_uid", ctypes.c_uint32), ("nr_map_ids", ctypes.c_uint32),
+                ("map_ids", ctypes.c_uint64), ("name", ctypes.c_char * 16)]
+
+
+def _call(nr_table: dict[str, int], *args) -> int:
+    nr = nr_table.get(_MACHINE)
+    if nr is None:
+        raise OSError(errno.ENOSYS, f"no system call number known for {_MACHINE}")
+    ret = _libc.syscall(nr, *args)
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return ret
+
+
+def bpf(cmd: int, attr: ctypes.Structure) -> int:
+    """Call bpf(2) with ``attr``; raise :class:`OSError` on failure."""
+    return _call(_NR_BPF, ctypes.c_int(cmd), ctypes.byref(attr), ctypes.c_uint(ctypes.sizeof(attr)))
+
+
+def perf_event_open(attr: ctypes.Structure, pid: int, cpu: int, group_fd: int = -1,
+                    flags: int = 0) -> int:
+    """Call perf_event_open(2); return the new file descriptor."""
+    return _call(_NR_PERF_EVENT_OPEN, ctypes.byref(attr), ctypes.c_int(pid), ctypes.c_int(cpu),
+                 ctypes.c_int(group_fd), ctypes.c_ulong(flags))
+
+
+def _addr(buf) -> int:
+    """An address: None is NULL, ints pass through, numpy arrays and ctypes objects resolve."""
+    if buf is None:
+        return 0
+    if isinstance(buf, int):
+        return buf
+    if hasattr(buf, "ctypes"):
+        return buf.ctypes.data
+    return ctypes.addressof(buf)
+
+
+def map_lookup(fd: int, key, value, flags: int = 0) -> bool:
+    """Read the value of ``key`` into the ctypes buffer ``value``; False when absent."""
+    attr = _MapElemAttr(map_fd=fd, key=_addr(key), value=_addr(value), flags=flags)
+    try:
+        bpf(MAP_LOOKUP_ELEM, attr)
+    except OSError as e:
+        if e.errno == errno.ENOENT:
+            return False
+        raise
+    return True
+
+
+def map_update(fd: int, key, value, flags: int = BPF_ANY) -> None:
+    """Write ``value`` at ``key`` (``key`` is None for queue and stack maps)."""
+    bpf(MAP_UPDATE_ELEM, _MapElemAttr(map_fd=fd, key=_addr(key), value=_addr(value), flags=flags))
+
+
+def map_delete(fd: int, key) -> bool:
+    """Delete ``key``; False when it was not there."""
+    try:
+        bpf(MAP_DELETE_ELEM, _MapElemAttr(map_fd=fd, key=_addr(key)))
+    except OSError as e:
+        if e.errno == errno.ENOENT:
+            return False
+        raise
+    return True
+
+
+def map_lookup_and_delete(fd: int, key, value) -> bool:
+    """Pop into ``value`` (queue/stack maps use ``key=None``); False when empty."""
+    try:
+        bpf(MAP_LOOKUP_AND_DELETE_ELEM, _MapElemAttr(map_fd=fd, key=_addr(key), value=_addr(value)))
+    except OSError as e:
+        if e.errno == errno.ENOENT:
+            return False
+        raise
+    return True
+
+
+def map_get_next_key(fd: int, key, next_key) -> bool:
+    """Store the key after ``key`` (None: the first) in ``next_key``; False at the end."""
+    try:
+        bpf(MAP_GET_NEXT_KEY, _MapElemAttr(map_fd=fd, key=_addr(key), value=_addr(next_key)))
+    except OSError as e:
+        if e.errno == errno.ENOENT:
+            return False
+        raise
+    return True
+
+
+def map_lookup_batch(fd: int, in_batch, out_batch, keys, values, count: int) -> tuple[int, bool]:
+    """One BPF_MAP_LOOKUP_BATCH step; returns (entries read, whether the map is exhausted).
+
+    ``in_batch`` is None for the first call; pass the previous ``out_batch`` after.
+    Raises ``OSError(EINVAL/ENOTSUPP)`` where the map kind has no batch operations.
+    """
+    attr = _BatchAttr(in_batch=_addr(in_batch), out_batch=_addr(out_batch),
+                      keys=_addr(keys), values=_addr(values), count=count, map_fd=fd)
+    try:
+        bpf(MAP_LOOKUP_BATCH, attr)
+    except OSError as e:
+        if e.errno == errno.ENOENT:
+            return attr.count, True
+        raise
+    return attr.count, False
+
+
+def map_update_batch(fd: int, keys, values, count: int, flags: int = BPF_ANY) -> int:
+    """Write ``count`` keys and values in one call; return how many were written."""
+    attr = _BatchAttr(keys=_addr(keys), values=_addr(values), count=count, map_fd=fd,
+                      elem_flags=flags)
+    bpf(MAP_UPDATE_BATCH, attr)
+    return attr.count
+
+
+def map_info(fd: int) -> MapInfo:
+    """The kernel's description of the map behind ``fd``."""
+    info = MapInfo()
+    bpf(OBJ_GET_INFO_BY_FD, _InfoAttr(bpf_fd=fd, info_len=ctypes.sizeof(info),
+                                      info=ctypes.addressof(info)))
+    return info
+
+
+def prog_info(fd: int) -> ProgInfo:
+    """The kernel's description of the program behind ``fd``."""
+    info = ProgInfo()
+    bpf(OBJ_GET_INFO_BY_FD, _InfoAttr(bpf_fd=fd, info_len=ctypes.sizeof(info),
+                                      info=ctypes.addressof(info)))
+    return info
+
+
+def loaded_prog_ids() -> list[int]:
+    """Ids of every BPF program loaded in the kernel (needs CAP_SYS_ADMIN)."""
+    ids, attr = [], _IdAttr(id=0)
+    while True:
+        try:
+            bpf(PROG_GET_NEXT_ID, attr)
+        except OSError as e:
+            if e.errno == errno.ENOENT:
+                return ids
+            raise
+        ids.append(attr.next_id)
+        attr.id = attr.next_id
+
+
+def possible_cpus() -> int:
+    """Number of possible CPUs, the stride of per-CPU map values."""
+    return _cpu_list_len("/sys/devices/system/cpu/possible")
+
+
+def online_cpus() -> list[int]:
+    """Ids of the online CPUs, where perf buffers are opened."""
+    return _cpu_list("/sys/devices/system/cpu/online")
+
+
+def _cpu_list(path: str) -> list[int]:
+    with open(path) as f:
+        text = f.read().strip()
+    cpus: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        cpus.extend(range(int(lo), int(hi or lo) + 1))
+    return cpus
+
+
+def _cpu_list_len(path: str) -> int:
+    return max(_cpu_list(path)) + 1
+
+
+LINK_CREATE = 28
+
+
+class _LinkCreateAttr(ctypes.Structure):
+    _fields_ = [("prog_fd", ctypes.c_uint32), ("target_fd", ctypes.c_uint32),
+                ("attach_type", ctypes.c_uint32), ("flags", ctypes.c_uint32),
+                ("_rest", ctypes.c_uint64 * 4)]
+
+
+def link_create(prog_fd: int, target: int, attach_type: int, flags: int = 0) -> int:
+    """Create a BPF link (XDP: ``target`` is the ifindex); closing the fd detaches it."""
+    return bpf(LINK_CREATE, _LinkCreateAttr(prog_fd=prog_fd, target_fd=target,
+                                            attach_type=attach_type, flags=flags))
