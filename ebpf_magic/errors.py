@@ -19,6 +19,13 @@ class BPFError(Exception):
     def __str__(self) -> str:
         return f"{self.message}\n{self.hint}" if self.hint else self.message
 
+    def _render_traceback_(self) -> list[str]:
+        """IPython shows this instead of a traceback: the message is the whole story."""
+        lines = [f"\x1b[31m{type(self).__name__}\x1b[0m: {self.message}"]
+        if self.hint:
+            lines.append(self.hint)
+        return "\n".join(lines).splitlines()
+
 
 class BCCNotFoundError(BPFError):
     """The distribution's BCC Python package cannot be found."""

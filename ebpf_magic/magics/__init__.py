@@ -1,0 +1,64 @@
+"""The ``%%bpf`` cell magic and ``%bpf`` line magic: a thin adapter over the library.
+
+Cell mode compiles and attaches a program (:mod:`.cell`). Line mode runs a
+subcommand, one small module each, listed in :data:`SUBCOMMANDS`.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_cell_magic, magics_class
+
+from ..session import Session
+from . import cell
+
+# modules of ebpf_magic.magics, one per `%bpf SUBCOMMAND`
+SUBCOMMANDS = ("list", "stop")
+
+
+def _subcommand(name: str):
+    return importlib.import_module(f"{__name__}.{name}")
+
+
+def _doc() -> str:
+    subs = "\n".join(f"  {_subcommand(n).USAGE}\n      {_subcommand(n).HELP}"
+                     for n in SUBCOMMANDS)
+    return f"{cell.DOC}\nLine mode, %bpf SUBCOMMAND:\n{subs}\n"
+
+
+@magics_class
+class BpfMagics(Magics):
+    """Holds the session's named programs."""
+
+    def __init__(self, shell) -> None:
+        super().__init__(shell)
+        self.session = Session()
+        self.warned: set[str] = set()  # warnings shown once per session
+
+    @line_cell_magic
+    def bpf(self, line: str, cell_text: str | None = None):
+        if cell_text is not None:
+            return cell.run(self, line, cell_text)
+        sub, _, rest = line.strip().partition(" ")
+        if not sub:
+            raise UsageError("%bpf needs a subcommand: " + ", ".join(SUBCOMMANDS) +
+                             " (or use %%bpf NAME as a cell magic; see %bpf?)")
+        if sub not in SUBCOMMANDS:
+            raise UsageError(f"unknown subcommand {sub!r}; known: {', '.join(SUBCOMMANDS)}")
+        return _subcommand(sub).run(self, rest.strip())
+
+
+def load(ipython) -> None:
+    magics = BpfMagics(ipython)
+    magics.bpf.__func__.__doc__ = _doc()
+    ipython.register_magics(magics)
+    ipython._ebpf_magics = magics
+
+
+def unload(ipython) -> None:
+    magics = getattr(ipython, "_ebpf_magics", None)
+    if magics is not None:
+        magics.session.stop_all()
+        del ipython._ebpf_magics

@@ -1,0 +1,105 @@
+"""Shared fixtures: BPF rights, the kernel's own view of loaded objects, and CI rules.
+
+Tests marked ``kernel`` need BPF rights on a real kernel. Without them they
+skip, except under ``CI=true``, where such a skip fails the run: CI machines
+can load BPF, so a skip there means something is broken.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from ebpf_magic import kernel
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def bpf_unavailable_reason() -> str | None:
+    if not kernel.has_bpf_rights():
+        return "no BPF rights (" + kernel.rights_summary() + ")"
+    try:
+        from ebpf_magic.backend.locate import import_bcc
+
+        import_bcc()
+    except Exception as e:  # noqa: BLE001 - any failure means "cannot run here"
+        return f"BCC unavailable: {e}"
+    return None
+
+
+_REASON = bpf_unavailable_reason()
+
+
+def pytest_collection_modifyitems(config, items):
+    if _REASON is None:
+        return
+    for item in items:
+        if item.get_closest_marker("kernel"):
+            item.add_marker(pytest.mark.skip(reason=f"kernel test: {_REASON}"))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if IN_CI and report.skipped and item.get_closest_marker("kernel"):
+        report.outcome = "failed"
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.longrepr = f"kernel test skipped under CI=true, which must not happen: {reason}"
+
+
+def bpftool_json(*args: str):
+    """Parsed JSON from ``bpftool --json``."""
+    tool = shutil.which("bpftool") or "/usr/sbin/bpftool"
+    out = subprocess.run([tool, "--json", *args], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout or "[]")
+
+
+def loaded_prog_ids() -> set[int]:
+    """Ids of every BPF program loaded in the kernel, as bpftool lists them."""
+    return {p["id"] for p in bpftool_json("prog", "show")}
+
+
+def loaded_map_ids() -> set[int]:
+    return {m["id"] for m in bpftool_json("map", "show")}
+
+
+def own_bpf_fds(pid: int | str = "self") -> list[str]:
+    """Link targets of this process's fds that are BPF objects or perf events."""
+    fds = []
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("anon_inode:") and any(
+                k in target for k in ("bpf", "perf_event")):
+            fds.append(target)
+    return fds
+
+
+def uprobe_events() -> list[str]:
+    """Text uprobe entries in tracefs (BCC falls back to them on old kernels)."""
+    root = kernel.tracefs()
+    if root is None:
+        return []
+    return [ln for ln in (root / "uprobe_events").read_text().splitlines() if ln.strip()]
+
+
+@pytest.fixture
+def no_leaks():
+    """Assert that a test leaves no BPF program, map or perf fd of its own behind."""
+    before_fds = sorted(own_bpf_fds())
+    before_progs = loaded_prog_ids()
+    yield
+    assert sorted(own_bpf_fds()) == before_fds, "BPF/perf descriptors left open"
+    # Other processes on the machine may load programs: only ours must be gone.
+    assert not (loaded_prog_ids() - before_progs) or not [
+        p for p in bpftool_json("prog", "show")
+        if p["id"] not in before_progs and p.get("pids")
+        and any(x["pid"] == os.getpid() for x in p["pids"])], "programs left loaded"
