@@ -81,6 +81,16 @@ def _bcc_class():
     return bcc, _BPF
 
 
+def version() -> str:
+    """The version of the BCC Python package in use; raises BCCNotFoundError without one."""
+    return str(getattr(import_bcc(), "__version__", "unknown"))
+
+
+def location() -> str:
+    """The directory BCC's Python package was imported from."""
+    return str(Path(import_bcc().__file__).parent)
+
+
 class BccProgram(CompiledProgram):
     """A C source compiled and loaded by BCC."""
 
