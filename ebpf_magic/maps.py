@@ -7,13 +7,15 @@ Python values: ints, tuples or dicts for struct keys, dicts for struct values,
 
 from __future__ import annotations
 
+import errno
+import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from . import dtypes, sysbpf
+from . import dtypes, histograms, sysbpf
 from .backend import MapHandle
 
 PERCPU_KINDS = {"percpu_hash", "percpu_array", "lru_percpu_hash"}
@@ -33,8 +35,11 @@ class Map:
         self.name = handle.name
         self.kind = handle.kind
         self._ncpus = sysbpf.possible_cpus() if handle.kind in PERCPU_KINDS else 1
-        self._key_dt = handle.key_dtype or _raw_dtype(handle.key_size)
-        self._val_dt = handle.value_dtype or _raw_dtype(handle.value_size)
+        self._key_dt = normalize_dtype(handle.key_dtype or _raw_dtype(handle.key_size))
+        self._val_dt = normalize_dtype(handle.value_dtype or _raw_dtype(handle.value_size))
+        self._batch_ok = handle.kind in _BATCH_KINDS
+        #: how :attr:`df` reads a ``BPF_HISTOGRAM``: "log2" or "linear"
+        self.hist_kind = "log2"
 
     # -- description -----------------------------------------------------------
 
@@ -72,14 +77,13 @@ class Map:
     def _value_buffer(self, n: int = 1) -> np.ndarray:
         if self.percpu:
             # per-CPU values are 8-byte aligned, one slot per possible CPU
-            stride = -(-self._val_dt.itemsize // 8) * 8
-            return np.zeros(n * self._ncpus * stride, dtype=np.uint8)
+            return np.zeros(n * self._value_slot(), dtype=np.uint8)
         return np.zeros(n, dtype=self._val_dt)
 
     def _decode_values(self, buf: np.ndarray, n: int) -> np.ndarray:
         """Values as an array of ``value_dtype``; per-CPU maps give shape (n, ncpus)."""
         if not self.percpu:
-            return buf[:n]
+            return buf.view(self._val_dt)[:n] if buf.dtype == np.uint8 else buf[:n]
         stride = -(-self._val_dt.itemsize // 8) * 8
         rows = buf[: n * self._ncpus * stride].reshape(n * self._ncpus, stride)
         vals = np.ascontiguousarray(rows[:, : self._val_dt.itemsize]).view(self._val_dt)
@@ -197,6 +201,8 @@ class Map:
             return self.max_entries
         if self.kind in QUEUE_KINDS or self.kind in ("ringbuf", "user_ringbuf"):
             return 0
+        if self._batch_ok:
+            return len(self.snapshot()[0])
         return sum(1 for _ in self._raw_keys())
 
     def clear(self) -> None:
@@ -231,51 +237,103 @@ class Map:
 
     # -- snapshots -------------------------------------------------------------
 
-    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        """(keys, values) of every entry as numpy arrays, in get_next_key order."""
+    def snapshot(self) -> tuple[np.ndarray, np.ndarray]:
+        """(keys, values) of every entry as numpy arrays of the key and value dtypes.
+
+        Reads with BPF_MAP_LOOKUP_BATCH where the kernel supports it for this map
+        kind, else key by key. Per-CPU values have shape (n, ncpus).
+        """
+        self._require_keys()
+        if self._batch_ok:
+            try:
+                return self._snapshot_batch()
+            except OSError as e:
+                if e.errno not in _NO_BATCH:
+                    raise
+                self._batch_ok = False
+        return self._snapshot_per_key()
+
+    def _snapshot_batch(self) -> tuple[np.ndarray, np.ndarray]:
+        ks, vsize = self.handle.key_size, self._value_slot()
+        chunk = max(1, min(self.max_entries, _BATCH_CHUNK))
+        token_in = np.zeros(max(ks, 8), dtype=np.uint8)
+        token_out = np.zeros(max(ks, 8), dtype=np.uint8)
+        key_parts, val_parts, first = [], [], True
+        while True:
+            kbuf = np.empty(chunk * ks, dtype=np.uint8)
+            vbuf = np.empty(chunk * vsize, dtype=np.uint8)
+            n, done = sysbpf.map_lookup_batch(self.handle.fd, None if first else token_in,
+                                              token_out, kbuf, vbuf, chunk)
+            key_parts.append(kbuf[: n * ks])
+            val_parts.append(vbuf[: n * vsize])
+            if done:
+                break
+            first = False
+            token_in[:] = token_out
+        kraw = key_parts[0] if len(key_parts) == 1 else np.concatenate(key_parts)
+        vraw = val_parts[0] if len(val_parts) == 1 else np.concatenate(val_parts)
+        n = len(kraw) // ks
+        return kraw.view(self._key_dt), self._decode_values(vraw, n)
+
+    def _value_slot(self) -> int:
+        """Bytes one entry's value takes in a lookup buffer."""
+        if self.percpu:
+            return -(-self._val_dt.itemsize // 8) * 8 * self._ncpus
+        return self._val_dt.itemsize
+
+    def _snapshot_per_key(self) -> tuple[np.ndarray, np.ndarray]:
         keys = list(self._raw_keys())
         n = len(keys)
         key_arr = np.concatenate(keys) if keys else np.zeros(0, self._key_dt)
-        vbuf = self._value_buffer(max(n, 1))
-        if self.percpu:
-            stride = len(vbuf) // max(n, 1)
-            present = np.ones(n, dtype=bool)
-            for i in range(n):
-                present[i] = sysbpf.map_lookup(self.handle.fd, key_arr[i:i + 1].ctypes.data,
-                                               vbuf[i * stride:].ctypes.data)
-        else:
-            present = np.array([sysbpf.map_lookup(self.handle.fd, key_arr[i:i + 1].ctypes.data,
-                                                  vbuf[i:i + 1].ctypes.data)
-                                for i in range(n)], dtype=bool)
+        slot = self._value_slot()
+        vbuf = np.zeros(max(n, 1) * slot, dtype=np.uint8)
+        present = np.array([sysbpf.map_lookup(self.handle.fd, key_arr[i:i + 1].ctypes.data,
+                                              vbuf[i * slot:].ctypes.data)
+                            for i in range(n)], dtype=bool)
         values = self._decode_values(vbuf, n)
         return key_arr[present], values[present]
 
     @property
     def df(self) -> pd.DataFrame:
-        """A snapshot: one column per key field, then one per value field.
+        """A snapshot as a DataFrame; its shape depends on the map kind.
 
-        Per-CPU maps give one column per CPU (``value[cpu0]``...) plus ``total``
-        for numeric values. Arrays include every index, zeros too.
+        * hash, LRU hash, array: one column per key field, then one per value
+          field (``char[]`` as ``str``, nested structs as ``outer.inner``);
+          arrays include every index, zeros too.
+        * per-CPU maps: wide form, one value column per possible CPU
+          (``value[cpu0]``...) plus ``total`` for numeric values.
+        * ``BPF_HISTOGRAM``: buckets with ``low``/``high`` bounds and ``count``
+          (see :meth:`hist`), per key for keyed histograms.
+        * stack-trace maps: ``stack_id``, ``depth`` and symbolized ``stack``
+          (folded, root first).
+        * queue/stack maps: the head only (reading more would consume them).
+        * program, perf-event and other fd arrays: one row of metadata.
         """
         if self.kind in METADATA_ONLY:
             return pd.DataFrame([self.info()])
         if self.kind in QUEUE_KINDS:
             return self._queue_frame()
-        keys, values = self.arrays()
-        key_cols = dtypes.columns(keys, "key" if not self._key_dt.names else "")
+        if self.kind == "stack_trace":
+            from . import stacks
+
+            return stacks.stack_frame(self)
+        if self.handle.declared == "histogram":
+            return self.hist().df
+        return frame(*self.snapshot())
+
+    def hist(self, kind: str | None = None, step: int = 1) -> histograms.Histogram:
+        """This map read as a ``BPF_HISTOGRAM`` of ``kind`` "log2" or "linear".
+
+        ``kind`` defaults to :attr:`hist_kind` ("log2", as BCC's
+        ``print_log2_hist``); ``step`` is the bucket width of a linear histogram.
+        A struct key's ``slot`` field (BCC's convention) is the bucket; its other
+        fields name a separate histogram each.
+        """
+        keys, values = self.snapshot()
         if self.percpu:
-            val_cols: dict[str, Any] = {}
-            for cpu in range(self._ncpus):
-                sub = dtypes.columns(np.ascontiguousarray(values[:, cpu]),
-                                     "value" if not self._val_dt.names else "")
-                val_cols.update({f"{name}[cpu{cpu}]": col for name, col in sub.items()})
-            if not self._val_dt.names and self._val_dt.kind in "iuf":
-                val_cols["total"] = values.sum(axis=1)
-        else:
-            val_cols = dtypes.columns(values, "value" if not self._val_dt.names else "")
-        overlap = set(key_cols) & set(val_cols)
-        key_cols = {(f"key.{k}" if k in overlap else k): v for k, v in key_cols.items()}
-        return pd.DataFrame({**key_cols, **val_cols}, copy=False)
+            values = values.sum(axis=1)
+        return histograms.from_slots(keys, values, kind=kind or self.hist_kind, step=step,
+                                     name=self.name)
 
     def _queue_frame(self) -> pd.DataFrame:
         """Queue and stack maps cannot be read without popping: peek the head only."""
@@ -290,6 +348,118 @@ class Map:
         if not sysbpf.map_lookup(self.handle.fd, None, buf.ctypes.data):
             raise KeyError(f"{self.name} is empty")
         return buf[0]
+
+    # -- editing by table row ----------------------------------------------------
+
+    def row_key(self, row: Mapping[str, Any]) -> Any:
+        """The key of a row of :attr:`df` (a mapping of column to value)."""
+        if not self._key_dt.names:
+            return row["key"]
+        return _record_from_row(row, self._key_dt, "", set(self._val_columns()))
+
+    def set_cell(self, key: Any, column: str, value: Any) -> None:
+        """Write one value column of the entry at ``key`` (as shown in :attr:`df`)."""
+        if self.percpu:
+            m = re.fullmatch(r"(.*)\[cpu(\d+)\]", column)
+            if not m or self._val_dt.names:
+                raise ValueError(f"cannot edit column {column!r} of per-CPU map {self.name}")
+            current = self[key]
+            current[int(m.group(2))] = value
+            self[key] = current
+            return
+        if not self._val_dt.names:
+            if column != "value":
+                raise ValueError(f"{self.name} has one value column, 'value'; got {column!r}")
+            self[key] = value
+            return
+        current = self[key]
+        node, parts = current, column.split(".")
+        for part in parts[:-1]:
+            node = node[part]
+        leaf = parts[-1]
+        m = re.fullmatch(r"(.*)\[(\d+)\]", leaf)
+        if m and m.group(1) in node:
+            node[m.group(1)][int(m.group(2))] = value
+        elif leaf in node:
+            node[leaf] = value
+        else:
+            raise ValueError(f"{column!r} is not a value column of {self.name}")
+        self[key] = current
+
+    def _val_columns(self) -> list[str]:
+        return list(dtypes.columns(np.zeros(0, self._val_dt),
+                                   "value" if not self._val_dt.names else ""))
+
+
+_NO_BATCH = {errno.EINVAL, errno.EOPNOTSUPP, 524}  # 524: the kernel's ENOTSUPP
+_BATCH_CHUNK = 1 << 20
+_BATCH_KINDS = {"hash", "lru_hash", "percpu_hash", "lru_percpu_hash", "array", "percpu_array"}
+
+
+def frame(keys: np.ndarray, values: np.ndarray) -> pd.DataFrame:
+    """A DataFrame from a snapshot's key and value arrays (no kernel access).
+
+    Per-CPU values (2-D) become one column per CPU plus ``total`` for numbers.
+    A value column that repeats a key column's name is kept, the key one is
+    renamed ``key.NAME``.
+    """
+    key_dt, val_dt = keys.dtype, values.dtype
+    key_cols = dtypes.columns(keys, "key" if not key_dt.names else "")
+    if values.ndim == 2:
+        val_cols: dict[str, Any] = {}
+        for cpu in range(values.shape[1]):
+            sub = dtypes.columns(np.ascontiguousarray(values[:, cpu]),
+                                 "value" if not val_dt.names else "")
+            val_cols.update({f"{name}[cpu{cpu}]": col for name, col in sub.items()})
+        if not val_dt.names and val_dt.kind in "iuf":
+            val_cols["total"] = values.sum(axis=1)
+    else:
+        val_cols = dtypes.columns(values, "value" if not val_dt.names else "")
+    overlap = set(key_cols) & set(val_cols)
+    key_cols = {(f"key.{k}" if k in overlap else k): v for k, v in key_cols.items()}
+    return pd.DataFrame({**key_cols, **val_cols}, copy=False)
+
+
+def _record_from_row(row: Mapping[str, Any], dt: np.dtype, prefix: str,
+                     value_cols: set[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in dt.names:
+        sub = dt[name]
+        col = f"{prefix}{name}"
+        if sub.names:
+            out[name] = _record_from_row(row, sub, f"{col}.", value_cols)
+            continue
+        if col in value_cols and f"key.{col}" in row:
+            col = f"key.{col}"
+        if sub.subdtype is not None:
+            out[name] = [row[f"{col}[{i}]"] for i in range(int(np.prod(sub.subdtype[1])))]
+        else:
+            out[name] = row[col]
+    return out
+
+
+def normalize_dtype(dt: np.dtype) -> np.dtype:
+    """``dt`` with BCC's ``char`` arrays as ``S<N>`` strings and padding fields dropped.
+
+    The layout (offsets, item size) is unchanged, so raw map bytes view as it.
+    """
+    if dt.names:
+        names, formats, offsets = [], [], []
+        for name in dt.names:
+            if name.startswith("__pad"):
+                continue
+            sub, offset = dt.fields[name][:2]
+            names.append(name)
+            formats.append(normalize_dtype(sub))
+            offsets.append(offset)
+        return np.dtype({"names": names, "formats": formats, "offsets": offsets,
+                         "itemsize": dt.itemsize})
+    if dt.subdtype is not None:
+        base, shape = dt.subdtype
+        if base == np.dtype("S1") and len(shape) == 1:
+            return np.dtype(f"S{shape[0]}")
+        return np.dtype((normalize_dtype(base), shape))
+    return dt
 
 
 def _raw_dtype(size: int) -> np.dtype:

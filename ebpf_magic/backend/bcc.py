@@ -417,3 +417,13 @@ def _load_failure(function: str, exc: Exception, log: str) -> BPFError:
 def _attach_reason(probe: Probe, exc: Exception, log: str) -> str:
     text = (log.strip().splitlines() or [""])[-1] if log.strip() else ""
     return text or str(exc)
+
+
+def symbolize_user(pid: int, addrs: list[int]) -> list[str | None]:
+    """Function names of user-space addresses in process ``pid`` (None where unknown)."""
+    bcc = import_bcc()
+    names = []
+    for addr in addrs:
+        name = bcc.BPF.sym(addr, pid).decode("utf-8", "replace")
+        names.append(None if name == "[unknown]" else name)
+    return names
