@@ -1,0 +1,114 @@
+"""The %%bpf magic through a real IPython shell, on the real kernel."""
+
+import os
+
+import pytest
+from IPython.core.interactiveshell import InteractiveShell
+
+from conftest import loaded_prog_ids, own_bpf_fds
+
+pytestmark = pytest.mark.kernel
+
+COUNT = """%%bpf {name} -a tracepoint:syscalls:sys_enter_getppid -D PID={pid}
+BPF_HASH(calls, u32, u64);
+int on_getppid(void *ctx) {{
+    u32 pid = bpf_get_current_pid_tgid() >> 32;
+    if (pid != PID) return 0;
+    calls.increment(pid);
+    return 0;
+}}
+"""
+
+
+@pytest.fixture
+def shell():
+    sh = InteractiveShell.instance()
+    sh.run_line_magic("load_ext", "ebpf_magic")
+    yield sh
+    sh.run_line_magic("unload_ext", "ebpf_magic")
+    InteractiveShell.clear_instance()
+
+
+def run(shell, cell):
+    result = shell.run_cell(cell)
+    return result
+
+
+def test_counts_exact_syscalls_as_dataframe(shell, no_leaks):
+    assert run(shell, COUNT.format(name="counter", pid=os.getpid())).success
+    for _ in range(137):
+        os.getppid()
+    prog = shell.user_ns["counter"]
+    df = prog.maps["calls"].df
+    assert df.to_dict("records") == [{"key": os.getpid(), "value": 137}]
+    assert prog.maps["calls"][os.getpid()] == 137
+    shell.run_line_magic("bpf", "stop counter")
+
+
+def test_interpolates_notebook_variables(shell, no_leaks):
+    shell.user_ns["target"] = os.getpid()
+    cell = COUNT.format(name="p", pid="{target}")
+    assert run(shell, cell).success
+    os.getppid()
+    os.getppid()
+    assert shell.user_ns["p"].maps["calls"][os.getpid()] == 2
+    shell.run_line_magic("bpf", "stop --all")
+
+
+def test_rerun_replaces_program(shell, no_leaks):
+    run(shell, COUNT.format(name="p", pid=os.getpid()))
+    first = shell.user_ns["p"]
+    first_ids = set(first.prog_ids())
+    run(shell, COUNT.format(name="p", pid=os.getpid()))
+    second = shell.user_ns["p"]
+    assert not first.running and second.running
+    assert not first_ids & loaded_prog_ids(), "the old program is still loaded"
+    assert len(shell.run_line_magic("bpf", "list")) == 1
+    shell.run_line_magic("bpf", "stop p")
+
+
+def test_list_and_stop(shell, no_leaks):
+    run(shell, COUNT.format(name="a", pid=os.getpid()))
+    run(shell, COUNT.format(name="b", pid=os.getpid()))
+    os.getppid()
+    table = shell.run_line_magic("bpf", "list")
+    assert list(table["name"]) == ["a", "b"]
+    assert list(table["probes"]) == ["tracepoint:syscalls:sys_enter_getppid=on_getppid"] * 2
+    assert list(table["maps"]) == ["calls", "calls"]
+    assert set(table["state"]) == {"running"}
+    ids = set(shell.user_ns["a"].prog_ids()) | set(shell.user_ns["b"].prog_ids())
+    shell.run_line_magic("bpf", "stop a")
+    assert not shell.user_ns["a"].running and shell.user_ns["b"].running
+    shell.run_line_magic("bpf", "stop --all")
+    assert not ids & loaded_prog_ids()
+    assert shell.run_line_magic("bpf", "list").empty
+
+
+def test_unload_extension_releases_everything(no_leaks):
+    sh = InteractiveShell.instance()
+    sh.run_line_magic("load_ext", "ebpf_magic")
+    sh.run_cell(COUNT.format(name="p", pid=os.getpid()))
+    ids = set(sh.user_ns["p"].prog_ids())
+    assert ids <= loaded_prog_ids()
+    sh.run_line_magic("unload_ext", "ebpf_magic")
+    InteractiveShell.clear_instance()
+    assert not ids & loaded_prog_ids()
+    assert own_bpf_fds() == [] or all("bpf" not in f for f in own_bpf_fds())
+
+
+def test_help_documents_every_option(shell):
+    doc = shell.find_cell_magic("bpf").__doc__
+    for word in ("--attach", "--pid", "-D NAME", "--cflags", "--raw", "uprobe:", "usdt:",
+                 "profile:hz:N", "xdp:DEVICE", "{{name}}",
+                 "%bpf stop", "%bpf list"):
+        assert word in doc, word
+
+
+def test_bad_options_are_usage_errors(shell, capsys):
+    from IPython.core.error import UsageError
+    with pytest.raises(UsageError, match="NAME"):
+        shell.run_cell_magic("bpf", "", "int f(void *c) { return 0; }")
+    with pytest.raises(UsageError, match="invalid int value"):
+        shell.run_cell_magic("bpf", "p --pid notanumber", "int f(void *c) { return 0; }")
+    with pytest.raises(UsageError, match="unknown subcommand"):
+        shell.run_line_magic("bpf", "frobnicate")
