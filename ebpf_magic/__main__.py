@@ -7,6 +7,8 @@ import sys
 
 # command -> module whose main(argv) -> int runs it
 COMMANDS = {
+    "install-kernel": "ebpf_magic.kernelspec",
+    "uninstall-kernel": "ebpf_magic.uninstall_kernel",
 }
 
 
