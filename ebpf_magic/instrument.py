@@ -1,18 +1,157 @@
-"""Source rewriting done before compilation, for event-stream bookkeeping."""
+"""Source rewriting done before compilation, for event-stream bookkeeping.
+
+Two additions, both invisible to the user:
+
+* Ring-buffer losses are counted in the kernel. For every
+  ``BPF_RINGBUF_OUTPUT(name, pages)`` table, each ``name.ringbuf_output(...)``
+  and ``name.ringbuf_reserve(...)`` call is wrapped so that a failed submission
+  (buffer full) increments a hidden per-CPU counter ``__ebpf_magic_lost_<name>``.
+  BCC rewrites these method calls itself later, so the wrapped call stays the
+  user's own text.
+* Every struct defined at file scope gets a hidden one-entry array
+  ``__ebpf_magic_type_<tag>``, so the compiler describes its full layout
+  (nested structs, arrays) and events of that type can be decoded.
+"""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+
+LOST_PREFIX = "__ebpf_magic_lost_"
+TYPE_PREFIX = "__ebpf_magic_type_"
 
 
 @dataclass
 class Prepared:
-    """The text to compile, and the maps the rewrite added (hidden from the user)."""
+    """The text to compile, and the maps the rewrite added (hidden from the user).
+
+    ``lost_maps`` names the loss counter of each ring buffer; ``type_maps`` the
+    hidden map describing each struct tag; ``reserved`` the struct tag a ring
+    buffer's ``ringbuf_reserve(sizeof(struct X))`` calls submit, where visible.
+    """
 
     text: str
     hidden: set[str] = field(default_factory=set)
+    lost_maps: dict[str, str] = field(default_factory=dict)
+    type_maps: dict[str, str] = field(default_factory=dict)
+    reserved: dict[str, str] = field(default_factory=dict)
+
+
+_RINGBUF_DECL = re.compile(r"\bBPF_RINGBUF_OUTPUT\s*\(\s*(\w+)\s*,[^;]*;")
+_STRUCT_DEF = re.compile(r"\bstruct\s+(\w+)\s*\{")
+_SIZEOF_STRUCT = re.compile(r"sizeof\s*\(\s*struct\s+(\w+)\s*\)")
+
+
+def mask_code(source: str) -> str:
+    """``source`` with comments and string/char literal contents blanked (same length)."""
+    out = list(source)
+    i, n = 0, len(source)
+    while i < n:
+        c = source[i]
+        if source.startswith("//", i):
+            j = source.find("\n", i)
+            j = n if j < 0 else j
+        elif source.startswith("/*", i):
+            j = source.find("*/", i + 2)
+            j = n if j < 0 else j + 2
+        elif c in "\"'":
+            j = i + 1
+            while j < n and source[j] != c and source[j] != "\n":
+                j += 2 if source[j] == "\\" else 1
+            for k in range(i + 1, min(j, n)):
+                out[k] = " "
+            i = j + 1
+            continue
+        else:
+            i += 1
+            continue
+        for k in range(i, j):
+            if out[k] != "\n":
+                out[k] = " "
+        i = j
+    return "".join(out)
+
+
+def matching_paren(code: str, open_at: int) -> int:
+    """Index of the ``)`` closing the ``(`` at ``open_at`` in masked ``code``; -1 if none."""
+    depth = 0
+    for i in range(open_at, len(code)):
+        if code[i] == "(":
+            depth += 1
+        elif code[i] == ")":
+            depth -= 1
+            if depth == 0:
+                return i
+    return -1
+
+
+def _counter(lost_map: str) -> str:
+    return (f"{{ int __em_k = 0; u64 *__em_v = {lost_map}.lookup(&__em_k); "
+            f"if (__em_v) (*__em_v)++; }}")
+
+
+def _wrap_calls(text: str, code: str, name: str, lost_map: str, reserved: dict[str, str]
+                ) -> list[tuple[int, int, str]]:
+    edits = []
+    pattern = re.compile(rf"\b{re.escape(name)}\s*\.\s*(ringbuf_output|ringbuf_reserve)\s*\(")
+    for m in pattern.finditer(code):
+        close = matching_paren(code, m.end() - 1)
+        if close < 0:
+            continue
+        call = text[m.start():close + 1]
+        if m.group(1) == "ringbuf_output":
+            new = (f"({{ int __em_r = {call}; if (__em_r) {_counter(lost_map)} __em_r; }})")
+        else:
+            tag = _SIZEOF_STRUCT.search(code[m.end():close])
+            if tag:
+                reserved.setdefault(name, tag.group(1))
+            new = (f"({{ void *__em_p = {call}; if (!__em_p) {_counter(lost_map)} __em_p; }})")
+        edits.append((m.start(), close + 1, new))
+    return edits
+
+
+def _file_scope_structs(code: str) -> list[str]:
+    """Tags of structs defined at file scope outside preprocessor conditionals."""
+    tags, depth, cond = [], 0, 0
+    for line in code.splitlines(keepends=True):
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            directive = stripped[1:].strip()
+            if directive.startswith("if"):
+                cond += 1
+            elif directive.startswith("endif"):
+                cond -= 1
+        elif depth == 0 and cond == 0:
+            for m in _STRUCT_DEF.finditer(line):
+                if line[:m.start()].count("{") == line[:m.start()].count("}"):
+                    tags.append(m.group(1))
+        depth += line.count("{") - line.count("}")
+    return list(dict.fromkeys(tags))
 
 
 def prepare(source: str) -> Prepared:
-    """Rewrite ``source`` for compilation."""
-    return Prepared(source)
+    """Rewrite ``source`` for compilation (see the module doc)."""
+    code = mask_code(source)
+    prepared = Prepared(source)
+    edits: list[tuple[int, int, str]] = []
+    for decl in _RINGBUF_DECL.finditer(code):
+        name = decl.group(1)
+        lost_map = LOST_PREFIX + name
+        prepared.lost_maps[name] = lost_map
+        prepared.hidden.add(lost_map)
+        edits.append((decl.end(), decl.end(), f" BPF_PERCPU_ARRAY({lost_map}, u64, 1);"))
+        edits += _wrap_calls(source, code, name, lost_map, prepared.reserved)
+    text = source
+    for start, end, new in sorted(edits, reverse=True):
+        text = text[:start] + new + text[end:]
+    tail = []
+    for tag in _file_scope_structs(code):
+        type_map = TYPE_PREFIX + tag
+        prepared.type_maps[tag] = type_map
+        prepared.hidden.add(type_map)
+        tail.append(f"BPF_ARRAY({type_map}, struct {tag}, 1);")
+    if tail:
+        text += "\n" + "\n".join(tail) + "\n"
+    prepared.text = text
+    return prepared

@@ -24,6 +24,7 @@ import numpy as np
 from .. import headers, kernel, sysbpf
 from ..errors import (AttachError, BPFError, CompileError, HeadersMissingError,
                       NotPrivilegedError, VerifierError)
+from ..instrument import TYPE_PREFIX as STRUCT_TYPE_MAP
 from ..probes import Probe
 from . import CompiledProgram, MapHandle
 from .locate import import_bcc
@@ -181,13 +182,24 @@ class BccProgram(CompiledProgram):
         for i in range(lib.bpf_perf_event_fields(module, name)):
             text = lib.bpf_perf_event_field(module, name, i).decode()
             fname, _, ftype = text.partition("#")
-            ctype = _event_field_ctype(ftype)
+            ctype = _event_field_ctype(ftype, self._struct_ctype)
             if ctype is None:
                 return None
             fields.append((fname, ctype))
         if not fields:
             return None
         return np.dtype(type("event", (ct.Structure,), {"_fields_": fields}))
+
+    def _struct_ctype(self, tag: str):
+        """The ctypes layout of ``struct tag``, from the hidden one-entry map describing it."""
+        desc = self._bcc.libbcc.lib.bpf_table_leaf_desc(self._bpf.module,
+                                                         (STRUCT_TYPE_MAP + tag).encode())
+        if not desc:
+            return None
+        try:
+            return self._bcc.BPF._decode_table_type(json.loads(desc.decode()))
+        except Exception:
+            return None
 
     # -- attach -------------------------------------------------------------
 
@@ -328,18 +340,20 @@ _EVENT_CTYPES = {
 _ARRAY = re.compile(r"^(.*?) ?((?:\[\d+\])+)$")
 
 
-def _event_field_ctype(ftype: str):
+def _event_field_ctype(ftype: str, struct_ctype=None):
     ftype = ftype.strip()
     if ftype.startswith("enum "):
         ftype = "enum"
     m = _ARRAY.match(ftype)
     if m:
-        base = _event_field_ctype(m.group(1))
+        base = _event_field_ctype(m.group(1), struct_ctype)
         if base is None:
             return None
         for n in reversed([int(x) for x in re.findall(r"\d+", m.group(2))]):
             base = base * n
         return base
+    if ftype.startswith("struct ") and struct_ctype is not None:
+        return struct_ctype(ftype[len("struct "):].strip())
     return _EVENT_CTYPES.get(ftype)
 
 

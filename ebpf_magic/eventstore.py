@@ -1,0 +1,141 @@
+"""Bounded storage of decoded events: a growable numpy ring, optionally spilling to Parquet.
+
+Events are kept as structured numpy records (about the C struct's size each),
+never as Python objects. When ``max_rows`` are held, the oldest are dropped and
+counted, or, with a spill file, written to Parquet first so nothing is lost.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+_MIN_CAPACITY = 1024
+
+
+class EventStore:
+    """The last ``max_rows`` records of one dtype, oldest first."""
+
+    def __init__(self, dtype: np.dtype, max_rows: int) -> None:
+        if max_rows < 1:
+            raise ValueError(f"max_rows must be at least 1, got {max_rows}")
+        self.dtype = dtype
+        self.max_rows = int(max_rows)
+        self.dropped = 0
+        self.spilled = 0
+        self._buf = np.zeros(min(_MIN_CAPACITY, self.max_rows), dtype)
+        self._start = 0
+        self._count = 0
+        self._spill: _ParquetSpill | None = None
+
+    def __len__(self) -> int:
+        return self._count
+
+    def spill_to(self, path: str | Path, frame) -> None:
+        """Write records that would be dropped to a Parquet file at ``path``, via ``frame``."""
+        self._spill = _ParquetSpill(Path(path), frame)
+
+    def append(self, records: np.ndarray) -> None:
+        n = len(records)
+        if n == 0:
+            return
+        if self._count + n > len(self._buf) and len(self._buf) < self.max_rows:
+            self._grow(min(self.max_rows, max(self._count + n, 2 * len(self._buf))))
+        cap = len(self._buf)
+        if n >= cap:
+            self._evict(self._count)
+            self._evict_records(records[:n - cap])
+            records, n = records[n - cap:], cap
+        overflow = self._count + n - cap
+        if overflow > 0:
+            spill_more = cap // 4 if self._spill is not None else 0
+            self._evict(min(self._count, max(overflow, spill_more)))
+        end = (self._start + self._count) % cap
+        first = min(n, cap - end)
+        self._buf[end:end + first] = records[:first]
+        self._buf[:n - first] = records[first:]
+        self._count += n
+
+    def _evict(self, k: int) -> None:
+        """Remove the ``k`` oldest records (spilling them when a spill file is set)."""
+        if k <= 0:
+            return
+        if self._spill is not None:
+            self._spill.write(self._slice(0, k))
+            self.spilled += k
+        else:
+            self.dropped += k
+        self._start = (self._start + k) % len(self._buf)
+        self._count -= k
+
+    def _evict_records(self, records: np.ndarray) -> None:
+        if self._spill is not None:
+            self._spill.write(records)
+            self.spilled += len(records)
+        else:
+            self.dropped += len(records)
+
+    def _grow(self, capacity: int) -> None:
+        held = self.snapshot()
+        self._buf = np.zeros(capacity, self.dtype)
+        self._buf[:len(held)] = held
+        self._start = 0
+
+    def _slice(self, first: int, last: int) -> np.ndarray:
+        cap = len(self._buf)
+        lo, hi = self._start + first, self._start + last
+        if hi <= cap:
+            return self._buf[lo:hi].copy()
+        if lo >= cap:
+            return self._buf[lo - cap:hi - cap].copy()
+        return np.concatenate((self._buf[lo:], self._buf[:hi - cap]))
+
+    def snapshot(self, last: int | None = None) -> np.ndarray:
+        """A copy of the held records (only the ``last`` newest if given)."""
+        first = 0 if last is None else max(0, self._count - last)
+        return self._slice(first, self._count)
+
+    def clear(self) -> None:
+        self._start = self._count = 0
+
+    def close(self) -> None:
+        if self._spill is not None:
+            self._spill.close()
+
+    @property
+    def spill_path(self) -> Path | None:
+        return self._spill.path if self._spill is not None else None
+
+
+class _ParquetSpill:
+    def __init__(self, path: Path, frame) -> None:
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise ImportError("Spilling to Parquet needs pyarrow: "
+                              "pip install 'ebpf_magic[parquet]'") from None
+        self.path = path
+        self._frame = frame
+        self._writer = None
+
+    def write(self, records: np.ndarray) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.Table.from_pandas(self._frame(records), preserve_index=False)
+        if self._writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._writer = pq.ParquetWriter(str(self.path), table.schema)
+        self._writer.write_table(table)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+def read_spill(path: str | Path) -> pd.DataFrame:
+    """The events a stream spilled, as a DataFrame."""
+    return pd.read_parquet(path)
