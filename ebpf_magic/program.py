@@ -142,6 +142,12 @@ class Program:
                 "events": self.events_seen, "uptime_s": round(self.uptime, 1),
                 "state": "running" if self.running else "stopped"}
 
+    def browse(self, interval: float = 1.0, top_n: int = 100) -> Any:
+        """A live browser widget of this program's maps (see :mod:`ebpf_magic.widgets`)."""
+        from .widgets import MapBrowser
+
+        return MapBrowser(self, interval=interval, top_n=top_n)
+
     # -- lifecycle -------------------------------------------------------------
 
     def stop(self) -> None:
