@@ -32,8 +32,6 @@ def columns(records: np.ndarray, prefix: str = "") -> dict[str, Any]:
         for name in dt.names:
             sub = records[name]
             out.update(columns(sub, f"{prefix}{name}." if dt[name].names else f"{prefix}{name}"))
-            if dt[name].names is None and not dt[name].subdtype and not is_char_array(dt[name]):
-                continue
         return out
     key = prefix.rstrip(".") or "value"
     if dt.subdtype is not None or records.ndim > 1:
@@ -96,7 +94,7 @@ def _coerce(value: Any, dt: np.dtype) -> Any:
             if len(value) != len(dt.names):
                 raise ValueError(f"expected {len(dt.names)} values for fields {list(dt.names)}, "
                                  f"got {len(value)}")
-            return tuple(_coerce(v, dt[n]) for v, n in zip(value, dt.names))
+            return tuple(_coerce(v, dt[n]) for v, n in zip(value, dt.names, strict=True))
         raise TypeError(f"expected a dict or tuple for a struct with fields {list(dt.names)}, "
                         f"got {type(value).__name__}")
     if dt.subdtype is not None:

@@ -85,7 +85,7 @@ def attach_hint(probe: Probe, reason: str) -> str:
     if kind == "rawtracepoint":
         names = tuple(sorted({t.split(":")[1] for t in tracepoints()}))
         close = near(probe.target, names)
-        return (f"Raw tracepoints are named without category (e.g. sched_switch)." +
+        return ("Raw tracepoints are named without category (e.g. sched_switch)." +
                 (f" Did you mean: {', '.join(close)}?" if close else ""))
     if kind in ("uprobe", "uretprobe"):
         path, _, sym = probe.target.partition(":")

@@ -21,7 +21,7 @@ fi
 # --- system packages -----------------------------------------------------------------
 arch=$(dpkg --print-architecture)
 packages=(python3-bpfcc bpfcc-tools bpftool python3-venv python3-dev gcc make
-          systemtap-sdt-dev iproute2 util-linux libcap2-bin binutils)
+          systemtap-sdt-dev iproute2 iputils-ping util-linux libcap2-bin binutils)
 case " $EXTRAS " in *test*|*browser*) packages+=(chromium) ;; esac
 missing=()
 for p in "${packages[@]}"; do

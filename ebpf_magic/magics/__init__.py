@@ -15,7 +15,7 @@ from ..session import Session
 from . import cell
 
 # modules of ebpf_magic.magics, one per `%bpf SUBCOMMAND`
-SUBCOMMANDS = ("list", "stop", "browse")
+SUBCOMMANDS = ("list", "stop", "browse", "doctor")
 
 
 def _subcommand(name: str):
