@@ -9,6 +9,7 @@ import sys
 COMMANDS = {
     "install-kernel": "ebpf_magic.kernelspec",
     "uninstall-kernel": "ebpf_magic.uninstall_kernel",
+    "doctor": "ebpf_magic.doctor",
 }
 
 
