@@ -6,6 +6,7 @@ from .errors import (AttachError, BCCNotFoundError, BPFError, CompileError,
                      HeadersMissingError, NotPrivilegedError, ProbeSpecError, VerifierError)
 from .probes import Probe
 from .program import Program, stop_all
+from .replay import live as live, load as load
 
 __all__ = [
     "AttachError", "BCCNotFoundError", "BPFError", "CompileError", "HeadersMissingError",

@@ -22,7 +22,8 @@ from typing import Any
 
 import pandas as pd
 
-from . import instrument, source as src, sysbpf
+from . import instrument, sysbpf
+from . import source as src
 from .backend import CompiledProgram, compile_program
 from .errors import AttachError
 from .maps import Maps
@@ -141,6 +142,12 @@ class Program:
                 "maps": ", ".join(self.maps) if self.running else "",
                 "events": self.events_seen, "uptime_s": round(self.uptime, 1),
                 "state": "running" if self.running else "stopped"}
+
+    def save(self, path: Any, **options: Any) -> Any:
+        """Write a recording (see :func:`ebpf_magic.recording.save`); returns its path."""
+        from .recording import save
+
+        return save(self, path, **options)
 
     def browse(self, interval: float = 1.0, top_n: int = 100) -> Any:
         """A live browser widget of this program's maps (see :mod:`ebpf_magic.widgets`)."""

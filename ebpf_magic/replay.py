@@ -1,0 +1,728 @@
+"""Replaying recordings without BCC, privileges, or even Linux.
+
+:func:`load` reads a ``.bpfrec`` file (see :mod:`ebpf_magic.recording`) into a
+:class:`ReplayedProgram` with the read API of a live program: ``.events[NAME].df``,
+``.maps[NAME].df``, ``.maps[NAME].info()``, ``.browse()``, and the plots that
+work from those frames. It loads nothing into the kernel.
+
+A file is untrusted input: the loader checks sizes before decompressing,
+accepts only the member names the format uses, validates every manifest field's
+type, and checks every Parquet file against the manifest. Anything else is a
+:class:`~ebpf_magic.errors.ReplayError` saying what is wrong.
+
+Notebooks that run live on a Linux box and replay elsewhere find recordings by
+name: ``recordings/NAME.bpfrec`` under the working directory (the notebook's
+folder), or under the folder named by ``EBPF_MAGIC_RECORDINGS``. Setting
+``EBPF_MAGIC_REPLAY=1`` replays even where live tracing would work, and
+``EBPF_MAGIC_RECORD=1`` makes live runs refresh the recordings.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import io
+import json
+import math
+import os
+import platform
+import re
+import zipfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from . import recording
+from .errors import ReplayError
+from .probes import Probe
+
+RECORDINGS_ENV = "EBPF_MAGIC_RECORDINGS"
+REPLAY_ENV = "EBPF_MAGIC_REPLAY"
+RECORD_ENV = "EBPF_MAGIC_RECORD"
+
+MAX_BYTES = 1 << 30  # total uncompressed size of a recording
+MAX_MEMBERS = 10_000
+MAX_MANIFEST = 16 << 20
+_MEMBER = re.compile(r"(streams/\d{1,6}|maps/\d{1,6}/\d{1,6})\.parquet")
+_NUMERIC = {"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+            "float16", "float32", "float64"}
+_TIMES = re.compile(r"[<>|=]?[Mm]8\[(s|ms|us|ns)\]")
+_TZ = re.compile(r"datetime64\[(s|ms|us|ns), UTC\]")
+_SCALAR_DTYPE = re.compile(r"[<>|=]?(b1|[iu][1248]|f[248]|S\d{1,6}|V\d{1,6})")
+
+_settings: dict[str, Any] = {"dir": None, "record": None, "replay": None}
+
+
+# -- where recordings live, and whether to use them ---------------------------------
+
+
+def recordings_dir() -> Path:
+    """The folder recordings are looked up in and saved to by name.
+
+    ``set_recordings_dir()`` wins, then ``$EBPF_MAGIC_RECORDINGS``, then
+    ``recordings/`` in the working directory (a notebook's own folder).
+    """
+    chosen = _settings["dir"] or os.environ.get(RECORDINGS_ENV)
+    return Path(chosen) if chosen else Path.cwd() / "recordings"
+
+
+def set_recordings_dir(path: str | os.PathLike | None) -> None:
+    """Use ``path`` for recordings by name (None: back to the default)."""
+    _settings["dir"] = None if path is None else Path(path)
+
+
+def recording_path(name: str) -> Path:
+    """Where the recording of the program called ``name`` is (or would be)."""
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or name.startswith("."):
+        raise ValueError(f"{name!r} cannot name a recording file (use letters, digits, _ . -)")
+    return recordings_dir() / f"{name}{recording.SUFFIX}"
+
+
+def find_recording(name: str) -> Path | None:
+    """The recording of ``name`` in :func:`recordings_dir`, if there is one."""
+    try:
+        path = recording_path(name)
+    except ValueError:
+        return None
+    return path if path.is_file() else None
+
+
+def _flag(key: str, env: str) -> bool:
+    if _settings[key] is not None:
+        return bool(_settings[key])
+    return os.environ.get(env, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def set_recording(on: bool | None) -> None:
+    """Make live runs refresh their recordings (None: follow ``$EBPF_MAGIC_RECORD``)."""
+    _settings["record"] = on
+
+
+def recording_enabled() -> bool:
+    """True when live runs should (re)write their recordings."""
+    return _flag("record", RECORD_ENV)
+
+
+def set_replay(on: bool | None) -> None:
+    """Replay recordings even where live tracing works (None: follow ``$EBPF_MAGIC_REPLAY``)."""
+    _settings["replay"] = on
+
+
+def can_run_live() -> tuple[bool, str]:
+    """Whether this process can load BPF programs, and if not, why not."""
+    if _flag("replay", REPLAY_ENV):
+        return False, f"replay was requested ({REPLAY_ENV}=1)"
+    if platform.system() != "Linux":
+        return False, f"eBPF needs Linux; this is {platform.system()}"
+    from . import kernel
+
+    if not kernel.has_bpf_rights():
+        return False, f"no rights to load BPF: {kernel.rights_summary()}"
+    try:
+        from .backend.locate import import_bcc
+
+        import_bcc()
+    except Exception as e:  # noqa: BLE001 - any failure means "cannot run live"
+        return False, f"BCC is not available: {str(e).splitlines()[0]}"
+    return True, "live"
+
+
+def live() -> bool:
+    """True when ``%%bpf`` cells run live here, False when they replay recordings."""
+    return can_run_live()[0]
+
+
+# -- replayed objects --------------------------------------------------------------
+
+
+def _when(t: float | None) -> str:
+    if t is None:
+        return "unknown time"
+    return _dt.datetime.fromtimestamp(t, _dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+@dataclass
+class RecordingInfo:
+    """Where and when a recording was captured."""
+
+    path: Path
+    version: int
+    host: dict[str, Any]
+    start: float | None
+    end: float | None
+    saved: float | None
+
+    @property
+    def duration(self) -> float:
+        return (self.end or 0.0) - (self.start or 0.0) if self.start and self.end else 0.0
+
+    def where(self) -> str:
+        h = self.host
+        facts = [f"{h.get('system') or 'Linux'} {h.get('kernel') or '?'}"]
+        if h.get("bcc"):
+            facts.append(f"BCC {h['bcc']}")
+        if h.get("cpus"):
+            facts.append(f"{h['cpus']} CPUs")
+        on = f"on {h['hostname']} " if h.get("hostname") else ""
+        return f"{on}({', '.join(facts)})"
+
+    def __str__(self) -> str:
+        return (f"replayed from {self.path}, captured {self.where()} at {_when(self.start)} "
+                f"for {self.duration:.1f} s")
+
+
+class ReplayedStream:
+    """The recorded events of one stream."""
+
+    running = False
+
+    def __init__(self, name: str, df: pd.DataFrame, stats: dict[str, Any]) -> None:
+        self.name = name
+        self._df = df
+        self.stats = dict(stats)
+
+    @property
+    def df(self) -> pd.DataFrame:
+        return self._df.copy(deep=False)
+
+    @property
+    def received(self) -> int:
+        return len(self._df)
+
+    def __len__(self) -> int:
+        return len(self._df)
+
+    def live(self, *args: Any, **kwargs: Any) -> pd.DataFrame:
+        """A recording does not change: its events, as a table."""
+        return self.df
+
+    def __repr__(self) -> str:
+        return f"<ReplayedStream {self.name}: {len(self._df)} event(s)>"
+
+    def _repr_html_(self) -> str:
+        return self._df.tail(20).to_html()
+
+
+@dataclass
+class ReplayedHandle:
+    """What a live map's handle says about its layout (no descriptor)."""
+
+    name: str
+    kind: str
+    key_dtype: np.dtype | None
+    value_dtype: np.dtype | None
+    max_entries: int
+    declared: str = ""
+    fd: int = -1
+    extra: dict = field(default_factory=dict)
+
+
+class ReplayedMap:
+    """The recorded snapshots of one map; ``.df`` is the last one. Read-only."""
+
+    writable = False
+
+    def __init__(self, name: str, meta: dict[str, Any],
+                 snapshots: list[tuple[float, pd.DataFrame]]) -> None:
+        self.name = name
+        self.kind = meta["kind"]
+        self.key_type = meta["key_type"]
+        self.value_type = meta["value_type"]
+        self.max_entries = meta["max_entries"]
+        self.handle = ReplayedHandle(name, self.kind, meta["key_dtype"], meta["value_dtype"],
+                                     self.max_entries or 0, meta["declared"])
+        self._info = dict(meta["info"])
+        self._snapshots = snapshots
+
+    @property
+    def percpu(self) -> bool:
+        return self.kind in ("percpu_hash", "percpu_array", "lru_percpu_hash")
+
+    def info(self) -> dict[str, Any]:
+        return dict(self._info)
+
+    @property
+    def df(self) -> pd.DataFrame:
+        """The final snapshot."""
+        if not self._snapshots:
+            return pd.DataFrame()
+        return self._snapshots[-1][1].copy(deep=False)
+
+    @property
+    def snapshots(self) -> pd.DataFrame:
+        """Every recorded snapshot stacked, with a leading ``time`` column."""
+        return recording.stack(self._snapshots)
+
+    def __len__(self) -> int:
+        return len(self._snapshots[-1][1]) if self._snapshots else 0
+
+    def __getitem__(self, key: Any) -> Any:
+        raise TypeError(f"{self.name} is a replayed map: read it as a table with .df")
+
+    def __repr__(self) -> str:
+        return (f"<ReplayedMap {self.name}: {self.handle.declared or self.kind} "
+                f"{self.key_type} -> {self.value_type}, {len(self._snapshots)} snapshot(s)>")
+
+    def _repr_html_(self) -> str:
+        return self.df.to_html(index=False)
+
+
+class _Named(Mapping):
+    def __init__(self, items: dict[str, Any], what: str) -> None:
+        self._items = items
+        self._what = what
+
+    def __getitem__(self, name: str) -> Any:
+        try:
+            return self._items[name]
+        except KeyError:
+            raise KeyError(f"no {self._what} named {name!r}; {self._what}s: "
+                           f"{', '.join(self._items) or 'none'}") from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __repr__(self) -> str:
+        return f"<{self._what}s {', '.join(self._items) or '(none)'} (replayed)>"
+
+
+class ReplayedMaps(_Named):
+    def __init__(self, maps: dict[str, ReplayedMap]) -> None:
+        super().__init__(maps, "map")
+
+    @property
+    def df(self) -> pd.DataFrame:
+        return pd.DataFrame([m.info() for m in self._items.values()])
+
+    def _repr_html_(self) -> str:
+        return self.df.to_html(index=False)
+
+
+class ReplayedStreams(_Named):
+    def __init__(self, streams: dict[str, ReplayedStream]) -> None:
+        super().__init__(streams, "stream")
+
+    @property
+    def received(self) -> int:
+        return sum(len(s) for s in self._items.values())
+
+    def close(self) -> None:
+        pass
+
+
+class ReplayedProgram:
+    """A recorded program, read back: the read API of a live one, nothing in the kernel."""
+
+    running = False
+
+    def __init__(self, name: str, program: dict[str, Any], info: RecordingInfo,
+                 streams: dict[str, ReplayedStream], maps: dict[str, ReplayedMap],
+                 snapshots: list[recording.Snapshot]) -> None:
+        self.name = name
+        self.source: str = program["source"]
+        self.cflags: list[str] = program["cflags"]
+        self.pid: int | None = program["pid"]
+        self.probes: list[Probe] = program["probes"]
+        self.attached: list[str] = program["attached"]
+        self.recording = info
+        self.started_at = info.start
+        self.stopped_at = info.end
+        self.warnings: list[str] = []
+        self.events = ReplayedStreams(streams)
+        self.maps = ReplayedMaps(maps)
+        self.recorder = recording.Recorder(self)
+        self.recorder.snapshots = snapshots
+
+    @property
+    def functions(self) -> list[str]:
+        return sorted({p.function for p in self.probes if p.function})
+
+    @property
+    def unattached(self) -> list[str]:
+        return []
+
+    @property
+    def uptime(self) -> float:
+        return self.recording.duration
+
+    @property
+    def events_seen(self) -> int:
+        return self.events.received
+
+    def prog_ids(self) -> list[int]:
+        return []
+
+    def map_ids(self) -> list[int]:
+        return []
+
+    def summary(self) -> dict[str, Any]:
+        return {"name": self.name, "probes": ", ".join(self.attached) or "-",
+                "maps": ", ".join(self.maps), "events": self.events_seen,
+                "uptime_s": round(self.uptime, 1), "state": "replayed"}
+
+    def stop(self) -> None:
+        """Nothing runs: a no-op, for code written for live programs."""
+
+    def save(self, path: str | os.PathLike, **options: Any) -> Path:
+        """Write this recording again (e.g. ``hostname=False`` to share it)."""
+        return recording.save(self, path, **options)
+
+    def browse(self, *args: Any, **kwargs: Any) -> Any:
+        """The map browser, over the recorded snapshots."""
+        from . import widgets
+
+        return widgets.browse(self, *args, **kwargs)
+
+    def __enter__(self) -> ReplayedProgram:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        return f"<ReplayedProgram {self.name}: {self.recording}>"
+
+    def _repr_html_(self) -> str:
+        import html
+
+        return (f"<p><b>{html.escape(self.name)}</b> {html.escape(str(self.recording))}</p>"
+                + pd.DataFrame([self.summary()]).to_html(index=False))
+
+
+# -- reading -------------------------------------------------------------------------
+
+
+def _need(obj: Any, key: str, types: type | tuple[type, ...], where: str,
+          optional: bool = False) -> Any:
+    if not isinstance(obj, dict):
+        raise ReplayError(f"malformed recording: {where} is not an object")
+    if key not in obj:
+        raise ReplayError(f"malformed recording: {where} has no {key!r}")
+    value = obj[key]
+    if optional and value is None:
+        return None
+    if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
+        raise ReplayError(f"malformed recording: {where}.{key} has the wrong type (bool)")
+    if not isinstance(value, types):
+        raise ReplayError(f"malformed recording: {where}.{key} has the wrong type "
+                          f"({type(value).__name__})")
+    return value
+
+
+def _need_time(obj: Any, key: str, where: str) -> float | None:
+    value = _need(obj, key, (int, float), where, optional=True)
+    if value is not None and not math.isfinite(value):
+        raise ReplayError(f"malformed recording: {where}.{key} is not a finite time")
+    return None if value is None else float(value)
+
+
+def _str_list(value: Any, where: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ReplayError(f"malformed recording: {where} is not a list of strings")
+    return list(value)
+
+
+def _safe_dtype(descr: Any, where: str, depth: int = 0) -> np.dtype | None:
+    """A numpy dtype from its JSON description, allowing plain C data only."""
+    if descr is None and depth == 0:
+        return None
+    try:
+        return np.dtype(_dtype_spec(descr, where, depth))
+    except ReplayError:
+        raise
+    except Exception as e:  # noqa: BLE001 - numpy's own rejection of a crafted layout
+        raise ReplayError(f"malformed recording: {where} is not a valid layout ({e})") from None
+
+
+def _dtype_spec(descr: Any, where: str, depth: int) -> Any:
+    if depth > 16:
+        raise ReplayError(f"malformed recording: {where} nests too deeply")
+    if isinstance(descr, str):
+        if not _SCALAR_DTYPE.fullmatch(descr):
+            raise ReplayError(f"malformed recording: {where} names an unsupported type {descr!r}")
+        return descr
+    if not isinstance(descr, list) or not descr or len(descr) > 4096:
+        raise ReplayError(f"malformed recording: {where} is not a type description")
+    fields = []
+    for item in descr:
+        if not isinstance(item, list) or len(item) not in (2, 3) or not isinstance(item[0], str):
+            raise ReplayError(f"malformed recording: {where} has a malformed field")
+        spec: tuple = (item[0], _dtype_spec(item[1], where, depth + 1))
+        if len(item) == 3:
+            shape = item[2]
+            if not isinstance(shape, list) or not all(
+                    isinstance(n, int) and not isinstance(n, bool) and 0 < n <= 1 << 20
+                    for n in shape) or len(shape) > 4:
+                raise ReplayError(f"malformed recording: {where} has a malformed array shape")
+            spec += (tuple(shape),)
+        fields.append(spec)
+    return fields
+
+
+class _Archive:
+    """A recording's zip, read within limits."""
+
+    def __init__(self, path: Path, max_bytes: int) -> None:
+        try:
+            self.zf = zipfile.ZipFile(path)
+            infos = self.zf.infolist()
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError,
+                RuntimeError, OverflowError, KeyError, IndexError) as e:
+            raise ReplayError(f"{path} is not a recording (not a readable zip file: {e})",
+                              "Recordings are .bpfrec files written by prog.save() or "
+                              "%bpf save.") from None
+        if len(infos) > MAX_MEMBERS:
+            raise ReplayError(f"{path} has {len(infos)} members, more than a recording may "
+                              f"hold ({MAX_MEMBERS})")
+        names = [i.filename for i in infos]
+        if len(set(names)) != len(names):
+            raise ReplayError(f"{path} is a crafted file: it repeats member names")
+        for name in names:
+            if name != recording.MANIFEST and not _MEMBER.fullmatch(name):
+                raise ReplayError(f"{path} is not a recording: unexpected member {name!r}")
+        total = sum(i.file_size for i in infos)
+        if total > max_bytes:
+            raise ReplayError(f"{path} would unpack to {total} bytes, more than the limit "
+                              f"({max_bytes})", "Pass max_bytes= to load() for larger "
+                              "recordings you trust.")
+        if any(i.flag_bits & 0x1 for i in infos):
+            raise ReplayError(f"{path} has encrypted members, which recordings never have")
+        self.path = path
+        self.sizes = {i.filename: i.file_size for i in infos}
+        self.budget = max_bytes
+
+    def read(self, name: str, limit: int | None = None) -> bytes:
+        if name not in self.sizes:
+            raise ReplayError(f"{self.path} is truncated or incomplete: {name} is missing")
+        cap = min(self.sizes[name], self.budget if limit is None else limit)
+        if self.sizes[name] > cap:
+            raise ReplayError(f"{self.path}: {name} is larger than allowed ({cap} bytes)")
+        try:
+            with self.zf.open(name) as f:
+                data = f.read(cap + 1)
+        except Exception as e:  # noqa: BLE001 - zlib, CRC and format errors of a bad member
+            raise ReplayError(f"{self.path} is corrupted: cannot read {name} ({e})") from None
+        if len(data) > cap:
+            raise ReplayError(f"{self.path}: {name} unpacks to more than it declares")
+        self.budget -= len(data)
+        return data
+
+    def close(self) -> None:
+        self.zf.close()
+
+
+def _column(col: Any, kind: str, where: str) -> Any:
+    """One Parquet column as the pandas values the manifest says it held."""
+    import pyarrow as pa
+
+    t = col.type
+    bad = ReplayError(f"{where} does not match the manifest: {t} is not {kind}")
+    if kind in _NUMERIC:
+        dt = np.dtype(kind)
+        if t != pa.from_numpy_dtype(dt) or col.null_count:
+            raise bad
+        return col.to_numpy(zero_copy_only=False).astype(dt, copy=False)
+    if _TIMES.fullmatch(kind):
+        dt = np.dtype(kind)
+        unit = np.datetime_data(dt)[0]
+        want = pa.timestamp(unit) if dt.kind == "M" else pa.duration(unit)
+        if t != want:
+            raise bad
+        return col.to_numpy(zero_copy_only=False).astype(dt, copy=False)
+    m = _TZ.fullmatch(kind)
+    if m:
+        if t != pa.timestamp(m.group(1), tz="UTC"):
+            raise bad
+        return pd.Series(col.to_pandas()).astype(kind.replace("datetime64", "datetime64", 1))
+    if kind in ("str", "object:str", "json", "category", "string"):
+        if not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_null(t)):
+            raise bad
+        values = col.to_pylist()
+        if kind == "json":
+            try:
+                return _objects([None if v is None else json.loads(v) for v in values])
+            except (ValueError, RecursionError) as e:
+                raise ReplayError(f"{where}: a json column holds invalid JSON ({e})") from None
+        if kind == "category":
+            return pd.Categorical(values)
+        if kind in ("str", "string"):
+            return pd.array(values, dtype=kind)
+        return _objects(values)
+    if kind == "bytes":
+        if not (pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_null(t)):
+            raise bad
+        return _objects(col.to_pylist())
+    if kind == "list":
+        if not (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_null(t)):
+            raise bad
+        return _objects(col.to_pylist())
+    if kind in recording.EXTENSION_DTYPES:
+        ok = {"boolean": pa.types.is_boolean, "string": pa.types.is_string}.get(
+            kind, pa.types.is_integer if "Int" in kind else pa.types.is_floating)
+        if not (ok(t) or pa.types.is_null(t)):
+            raise bad
+        return pd.array(col.to_pylist(), dtype=kind)
+    raise ReplayError(f"{where}: unknown column type {kind!r} in the manifest")
+
+
+def _objects(values: list[Any]) -> pd.Series:
+    """Python objects as an ``object`` column (pandas would infer ``str`` from strings)."""
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return pd.Series(out, dtype=object, copy=False)
+
+
+def _frame(archive: _Archive, desc: dict[str, Any], where: str) -> pd.DataFrame:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    member = _need(desc, "file", str, where)
+    rows = _need(desc, "rows", int, where)
+    cols = _need(desc, "columns", list, where)
+    index = _str_list(desc.get("index", []), f"{where}.index")
+    spec: list[tuple[str, str]] = []
+    for c in cols:
+        if not (isinstance(c, list) and len(c) == 2 and all(isinstance(x, str) for x in c)):
+            raise ReplayError(f"malformed recording: {where}.columns is not [[name, type]...]")
+        spec.append((c[0], c[1]))
+    names = [n for n, _ in spec]
+    if len(set(names)) != len(names) or not set(index) <= set(names):
+        raise ReplayError(f"malformed recording: {where} has duplicate or unknown columns")
+    data = archive.read(member)
+    where = f"{archive.path}:{member}"
+    try:
+        pf = pq.ParquetFile(pa.BufferReader(data))
+        if pf.metadata.num_rows != rows or pf.schema_arrow.names != names:
+            raise ReplayError(f"{where} does not match the manifest (its rows or columns "
+                              "differ)")
+        table = pf.read()
+    except ReplayError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any failure of a crafted or damaged Parquet file
+        raise ReplayError(f"{where} is not a readable Parquet file ({e})") from None
+    if table.num_rows != rows:
+        raise ReplayError(f"{where} does not match the manifest (row count)")
+    try:
+        values = {name: _column(table.column(i).combine_chunks(), kind, where)
+                  for i, (name, kind) in enumerate(spec)}
+    except ReplayError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a value the declared type cannot hold
+        raise ReplayError(f"{where} holds values its declared types cannot hold ({e})") \
+            from None
+    df = pd.DataFrame(values, index=pd.RangeIndex(rows)) if values else \
+        pd.DataFrame(index=pd.RangeIndex(rows))
+    if index:
+        df = df.set_index(index)
+        if index[0].startswith("level_") and len(index) == 1:
+            df.index.name = None
+    return df
+
+
+def load(path: str | os.PathLike, name: str | None = None, *,
+         max_bytes: int = MAX_BYTES) -> ReplayedProgram:
+    """Read the recording at ``path`` into a :class:`ReplayedProgram` (named ``name``).
+
+    Raises :class:`~ebpf_magic.errors.ReplayError` for anything that is not
+    a complete, well-formed recording, including files over ``max_bytes``
+    uncompressed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ReplayError(f"no recording at {path}",
+                          f"Recordings by name live in {recordings_dir()}.")
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        raise ReplayError("replaying needs pyarrow, which is not installed",
+                          "pip install pyarrow (or ebpf_magic[parquet])") from None
+    archive = _Archive(path, max_bytes)
+    try:
+        return _load(archive, name)
+    finally:
+        archive.close()
+
+
+def _load(archive: _Archive, name: str | None) -> ReplayedProgram:
+    raw = archive.read(recording.MANIFEST, MAX_MANIFEST)
+    try:
+        manifest = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise ReplayError(f"{archive.path} has a corrupted manifest ({e})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != recording.FORMAT:
+        raise ReplayError(f"{archive.path} is not an ebpf_magic recording")
+    version = _need(manifest, "version", int, "manifest")
+    if version > recording.VERSION or version < 1:
+        raise ReplayError(f"{archive.path} is a version {version} recording; this ebpf_magic "
+                          f"reads versions up to {recording.VERSION}",
+                          "Upgrade ebpf_magic to replay it.")
+    prog = _need(manifest, "program", dict, "manifest")
+    program = {
+        "name": _need(prog, "name", str, "program"),
+        "source": _need(prog, "source", str, "program"),
+        "cflags": _str_list(_need(prog, "cflags", list, "program"), "program.cflags"),
+        "pid": _need(prog, "pid", int, "program", optional=True),
+        "attached": _str_list(_need(prog, "attached", list, "program"), "program.attached"),
+        "probes": [],
+    }
+    for p in _need(prog, "probes", list, "program"):
+        program["probes"].append(Probe(
+            _need(p, "kind", str, "probe"), _need(p, "target", str, "probe"),
+            _need(p, "function", str, "probe"), _need(p, "pid", int, "probe", optional=True)))
+    host = _need(manifest, "host", dict, "manifest")
+    for key in ("system", "kernel", "machine", "bcc", "hostname"):
+        _need(host, key, str, "host", optional=True)
+    _need(host, "cpus", int, "host", optional=True)
+    capture = _need(manifest, "capture", dict, "manifest")
+    info = RecordingInfo(archive.path, version, host, _need_time(capture, "start", "capture"),
+                         _need_time(capture, "end", "capture"),
+                         _need_time(capture, "saved", "capture"))
+
+    streams: dict[str, ReplayedStream] = {}
+    for i, s in enumerate(_need(manifest, "streams", list, "manifest")):
+        where = f"streams[{i}]"
+        sname = _need(s, "name", str, where)
+        stats = _need(s, "stats", dict, where)
+        streams[sname] = ReplayedStream(sname, _frame(archive, s, where), stats)
+
+    maps: dict[str, ReplayedMap] = {}
+    by_time: dict[float, dict[str, pd.DataFrame]] = {}
+    for i, m in enumerate(_need(manifest, "maps", list, "manifest")):
+        where = f"maps[{i}]"
+        mname = _need(m, "name", str, where)
+        meta = {"kind": _need(m, "kind", str, where),
+                "declared": _need(m, "declared", str, where),
+                "key_type": _need(m, "key_type", str, where),
+                "value_type": _need(m, "value_type", str, where),
+                "max_entries": _need(m, "max_entries", int, where, optional=True),
+                "key_dtype": _safe_dtype(m.get("key_dtype"), f"{where}.key_dtype"),
+                "value_dtype": _safe_dtype(m.get("value_dtype"), f"{where}.value_dtype"),
+                "info": _need(m, "info", dict, where)}
+        snaps = []
+        for j, snap in enumerate(_need(m, "snapshots", list, where)):
+            t = _need_time(snap, "time", f"{where}.snapshots[{j}]")
+            if t is None:
+                raise ReplayError(f"malformed recording: {where}.snapshots[{j}] has no time")
+            df = _frame(archive, snap, f"{where}.snapshots[{j}]")
+            snaps.append((t, df))
+            by_time.setdefault(t, {})[mname] = df
+        maps[mname] = ReplayedMap(mname, meta, snaps)
+    snapshots = [recording.Snapshot(t, frames) for t, frames in sorted(by_time.items())]
+    return ReplayedProgram(name or program["name"], program, info, streams, maps, snapshots)
+
+
+def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
+    """A recording's manifest alone (program, host, capture), without its data."""
+    archive = _Archive(Path(path), MAX_BYTES)
+    try:
+        return json.load(io.BytesIO(archive.read(recording.MANIFEST, MAX_MANIFEST)))
+    except ValueError as e:
+        raise ReplayError(f"{path} has a corrupted manifest ({e})") from None
+    finally:
+        archive.close()

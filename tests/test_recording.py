@@ -1,0 +1,247 @@
+"""Recordings: save -> load keeps every row and dtype; replay needs neither BCC nor root."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import ebpf_magic
+from ebpf_magic import recording, replay
+from ebpf_magic.errors import BPFError, ReplayError
+from ebpf_magic.probes import Probe
+
+
+class FakeStream:
+    def __init__(self, df: pd.DataFrame) -> None:
+        self.df = df
+        self.stats = {"received": len(df), "lost_kernel": 0, "dropped_cap": 0}
+
+
+class FakeMap:
+    def __init__(self, name: str, df: pd.DataFrame, kind: str = "hash") -> None:
+        self.name, self.kind, self.df = name, kind, df
+        self.key_type, self.value_type, self.max_entries = "u32", "u64", 1024
+
+    def info(self) -> dict:
+        return {"map": self.name, "kind": self.kind, "entries": len(self.df)}
+
+
+class FakeProgram:
+    """Just the attributes a recording reads from a program."""
+
+    def __init__(self, events: dict, maps: dict) -> None:
+        self.name, self.source, self.cflags, self.pid = "fake", "int x;", ["-DN=1"], 42
+        self.probes = [Probe("tracepoint", "syscalls:sys_enter_write", "on_write", 42)]
+        self.attached = ["tracepoint:syscalls:sys_enter_write"]
+        self.started_at, self.stopped_at, self.running = time.time() - 3, None, True
+        self.events = {k: FakeStream(v) for k, v in events.items()}
+        self.maps = {k: FakeMap(k, v) for k, v in maps.items()}
+
+
+def every_kind_of_column() -> pd.DataFrame:
+    n = 5
+    return pd.DataFrame({
+        "u64": np.array([0, 1, 2**64 - 1, 2**63, 7], np.uint64),
+        "i8": np.array([-128, 127, 0, 1, -1], np.int8),
+        "u16": np.arange(n, dtype=np.uint16),
+        "f32": np.array([1.5, np.nan, -0.0, np.inf, 3], np.float32),
+        "f64": np.array([1e-300, 2, 3, np.nan, 5], np.float64),
+        "flag": np.array([True, False, True, True, False]),
+        "ts": pd.to_datetime(np.arange(n) * 10**9 + 123, unit="ns"),
+        "utc": pd.to_datetime(np.arange(n), unit="s", utc=True),
+        "delta": pd.to_timedelta(np.arange(n), unit="ms"),
+        "comm": ["a", "bé", "", "x y", "z"],
+        "obj_str": pd.Series(["a", None, "c", "d", "e"], dtype=object),
+        "nullable": pd.array([1, None, 3, 4, 5], dtype="Int64"),
+        "string": pd.array(["p", None, "q", "r", "s"], dtype="string"),
+        "raw": pd.Series([b"\0a", b"", None, b"\xff", b"x"], dtype=object),
+        "stack": pd.Series([["main", "f"], [], ["g"], ["a", "b", "c"], ["z"]], dtype=object),
+        "key.pid": np.array([1, 2, 3, 4, 5], np.uint32),
+    })
+
+
+def test_round_trip_keeps_every_row_and_dtype(tmp_path: Path) -> None:
+    events = every_kind_of_column()
+    counts = pd.DataFrame({"key": np.array([3, 1, 2], np.uint32),
+                           "value": np.array([10, 20, 2**64 - 1], np.uint64)})
+    prog = FakeProgram({"events": events, "empty": events.iloc[:0]}, {"counts": counts})
+    path = recording.save(prog, tmp_path / "sub" / "fake.bpfrec")
+
+    back = ebpf_magic.load(path)
+    pd.testing.assert_frame_equal(back.events["events"].df, events, check_exact=True)
+    pd.testing.assert_frame_equal(back.events["empty"].df, events.iloc[:0], check_exact=True)
+    pd.testing.assert_frame_equal(back.maps["counts"].df, counts, check_exact=True)
+    assert back.events["events"].stats == {"received": 5, "lost_kernel": 0, "dropped_cap": 0}
+    assert back.maps["counts"].info() == {"map": "counts", "kind": "hash", "entries": 3}
+    assert (back.name, back.source, back.cflags, back.pid) == ("fake", "int x;", ["-DN=1"], 42)
+    assert back.probes == prog.probes and back.attached == prog.attached
+    assert back.running is False and back.prog_ids() == []
+    info = back.recording
+    assert info.host["kernel"] == os.uname().release and info.host["cpus"] == os.cpu_count()
+    assert info.host["hostname"] == os.uname().nodename
+    assert info.start == pytest.approx(prog.started_at)
+    assert "captured on" in str(info) and str(path) in str(info)
+
+
+def test_indexed_frames_and_hostname_left_out(tmp_path: Path) -> None:
+    hist = pd.DataFrame({"count": np.array([1, 5, 2], np.uint64)},
+                        index=pd.Index([1, 2, 4], name="bucket", dtype=np.uint64))
+    prog = FakeProgram({}, {"hist": hist})
+    back = ebpf_magic.load(prog_path := recording.save(prog, tmp_path / "h.bpfrec",
+                                                      hostname=False))
+    pd.testing.assert_frame_equal(back.maps["hist"].df, hist, check_exact=True)
+    assert back.recording.host["hostname"] is None
+    manifest = json.loads(zipfile.ZipFile(prog_path).read("manifest.json"))
+    assert os.uname().nodename not in json.dumps(manifest["host"])
+
+
+def test_snapshots_over_time_replay(tmp_path: Path) -> None:
+    prog = FakeProgram({}, {"hist": pd.DataFrame({"value": np.array([1], np.uint64)})})
+    snaps = [recording.Snapshot(1000.0 + i, {"hist": pd.DataFrame(
+        {"value": np.array([i, i * 2], np.uint64)})}) for i in range(3)]
+    back = ebpf_magic.load(recording.save(prog, tmp_path / "s.bpfrec", snapshots=snaps))
+    stacked = back.maps["hist"].snapshots
+    assert len(stacked) == 3 * 2 + 1  # three periodic snapshots, then the final one
+    assert list(stacked.columns) == ["time", "value"]
+    assert stacked["time"].iloc[0] == pd.Timestamp(1000, unit="s", tz="UTC")
+    assert stacked["value"].tolist()[:6] == [0, 0, 1, 2, 2, 4]
+    rec = recording.record_snapshots(back)
+    assert [s.time for s in rec.snapshots][:3] == [1000.0, 1001.0, 1002.0]
+    pd.testing.assert_frame_equal(rec.frame("hist"), stacked)
+    # a replayed program saves again, identically
+    again = ebpf_magic.load(back.save(tmp_path / "again.bpfrec"))
+    pd.testing.assert_frame_equal(again.maps["hist"].snapshots, stacked)
+
+
+def test_unrecordable_column_is_a_clear_error(tmp_path: Path) -> None:
+    prog = FakeProgram({"e": pd.DataFrame({"c": pd.Series([1 + 2j])})}, {})
+    with pytest.raises(BPFError, match="cannot hold"):
+        recording.save(prog, tmp_path / "x.bpfrec")
+    assert not (tmp_path / "x.bpfrec").exists()
+
+
+def test_recordings_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(replay.RECORDINGS_ENV, raising=False)
+    assert replay.recording_path("lat") == tmp_path / "recordings" / "lat.bpfrec"
+    assert replay.find_recording("lat") is None
+    recording.save(FakeProgram({}, {}), tmp_path / "recordings" / "lat.bpfrec")
+    assert replay.find_recording("lat") == tmp_path / "recordings" / "lat.bpfrec"
+    monkeypatch.setenv(replay.RECORDINGS_ENV, str(tmp_path / "elsewhere"))
+    assert replay.find_recording("lat") is None
+    assert replay.find_recording("../lat") is None
+    with pytest.raises(ValueError):
+        replay.recording_path("../../etc/passwd")
+    monkeypatch.setenv(replay.REPLAY_ENV, "1")
+    assert replay.can_run_live() == (False, "replay was requested (EBPF_MAGIC_REPLAY=1)")
+    assert ebpf_magic.live() is False
+
+
+REPLAY_SCRIPT = """
+import sys
+sys.modules["bcc"] = None  # importing BCC would fail
+import ebpf_magic
+prog = ebpf_magic.load(sys.argv[1])
+print(prog.maps["counts"].df.to_json())
+print(ebpf_magic.live())
+assert not any(m == "bcc" or m.startswith("bcc.") for m in sys.modules if sys.modules[m])
+"""
+
+
+def run_unprivileged(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    """Run ``args`` as nobody without capabilities when we are root, else as ourselves."""
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        prefix = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                  "--inh-caps=-all", "--bounding-set=-all"]
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "MPLCONFIGDIR": str(tmp_path)}
+    return subprocess.run(prefix + args, capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_replay_needs_no_privileges_and_no_bcc() -> None:
+    with tempfile.TemporaryDirectory(prefix="ebpf_magic_replay_") as tmp:
+        check_unprivileged_replay(Path(tmp))
+
+
+def check_unprivileged_replay(tmp_path: Path) -> None:
+    counts = pd.DataFrame({"key": np.array([1, 2], np.uint32),
+                           "value": np.array([5, 6], np.uint64)})
+    path = recording.save(FakeProgram({}, {"counts": counts}), tmp_path / "c.bpfrec")
+    tmp_path.chmod(0o755)
+    path.chmod(0o644)
+    script = tmp_path / "replay_it.py"
+    script.write_text(REPLAY_SCRIPT)
+    script.chmod(0o644)
+    done = run_unprivileged([sys.executable, str(script), str(path)], tmp_path)
+    assert done.returncode == 0, done.stderr
+    frame, live = done.stdout.splitlines()[-2:]
+    assert json.loads(frame) == {"key": {"0": 1, "1": 2}, "value": {"0": 5, "1": 6}}
+    assert live == "False"
+
+
+SOURCE = """
+BPF_HASH(counts, u32, u64);
+BPF_ARRAY(sizes, u64, 4);
+TRACEPOINT_PROBE(syscalls, sys_enter_write) {
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    if (tgid != PID || args->count > 3)
+        return 0;
+    counts.increment(tgid);
+    u32 i = args->count;
+    sizes.increment(i);
+    return 0;
+}
+"""
+
+
+@pytest.mark.kernel
+def test_live_program_round_trip(tmp_path: Path, no_leaks) -> None:
+    fd = os.open(os.devnull, os.O_WRONLY)
+    with ebpf_magic.Program(SOURCE, name="writes", defines={"PID": os.getpid()}) as prog:
+        rec = recording.record_snapshots(prog, every=0.05)
+        for i in range(30):
+            os.write(fd, b"x" * (1 + i % 3))
+        time.sleep(0.3)
+        path = prog.save(tmp_path / "writes.bpfrec")
+        live_counts, live_sizes = prog.maps["counts"].df, prog.maps["sizes"].df
+    os.close(fd)
+    rec._thread.join(timeout=2)
+    assert not rec.running, "the snapshot thread must end when the program stops"
+
+    back = ebpf_magic.load(path)
+    pd.testing.assert_frame_equal(back.maps["counts"].df, live_counts, check_exact=True)
+    pd.testing.assert_frame_equal(back.maps["sizes"].df, live_sizes, check_exact=True)
+    assert back.maps["counts"].df.to_dict("list") == {"key": [os.getpid()], "value": [30]}
+    assert back.maps["sizes"].df["value"].tolist() == [0, 10, 10, 10]
+    assert back.maps["sizes"].info()["kind"] == "array"
+    assert back.maps["counts"].handle.key_dtype == np.dtype(np.uint32)
+    assert back.attached == prog.attached and back.source == SOURCE
+    assert back.recording.host["bcc"], "the BCC version is recorded"
+    stacked = back.maps["counts"].snapshots
+    assert stacked["time"].is_monotonic_increasing and len(stacked) >= 2
+    assert stacked["value"].iloc[-1] == 30
+
+    with pytest.raises(BPFError, match="stopped"):
+        recording.save(prog, tmp_path / "late.bpfrec", snapshots=[])
+    # after the program stopped, its recorder's snapshots still save
+    late = ebpf_magic.load(prog.save(tmp_path / "late.bpfrec"))
+    assert late.maps["counts"].df["value"].iloc[-1] == 30
+
+
+def test_loading_garbage_is_a_replay_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.bpfrec"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(ReplayError, match="not a recording"):
+        ebpf_magic.load(bad)
+    with pytest.raises(ReplayError, match="no recording"):
+        ebpf_magic.load(tmp_path / "missing.bpfrec")

@@ -1,0 +1,266 @@
+"""The loader treats a recording as hostile input: every bad file is a ReplayError.
+
+Property tests damage a valid recording (truncate it, flip bytes, replace
+manifest fields with values of any JSON type, swap Parquet members) and check
+that loading either succeeds or raises ReplayError, never anything else.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ebpf_magic import recording, replay
+from ebpf_magic.errors import ReplayError
+from ebpf_magic.probes import Probe
+
+FUZZ = settings(max_examples=150, deadline=None,
+                suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+class _Stream:
+    def __init__(self, df):
+        self.df, self.stats = df, {"received": len(df)}
+
+
+class _Map:
+    def __init__(self, name, df):
+        self.name, self.kind, self.df = name, "hash", df
+        self.key_type, self.value_type, self.max_entries = "u32", "u64", 64
+
+    def info(self):
+        return {"map": self.name, "entries": len(self.df)}
+
+
+class _Prog:
+    name, source, cflags, pid = "p", "int x;", [], None
+    probes = [Probe("tracepoint", "sched:sched_switch", "f")]
+    attached = ["tracepoint:sched:sched_switch"]
+    running, stopped_at = True, None
+
+    def __init__(self):
+        self.started_at = time.time()
+        self.events = {"ev": _Stream(pd.DataFrame({
+            "pid": np.arange(20, dtype=np.uint32), "comm": [f"c{i}" for i in range(20)],
+            "stack": pd.Series([["a", "b"]] * 20, dtype=object)}))}
+        self.maps = {"m": _Map("m", pd.DataFrame({"key": np.arange(5, dtype=np.uint32),
+                                                  "value": np.arange(5, dtype=np.uint64)}))}
+
+
+@pytest.fixture(scope="module")
+def valid(tmp_path_factory) -> bytes:
+    path = tmp_path_factory.mktemp("rec") / "valid.bpfrec"
+    return recording.save(_Prog(), path).read_bytes()
+
+
+def members(data: bytes) -> dict[str, bytes]:
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        return {n: zf.read(n) for n in zf.namelist()}
+
+
+def build(files: dict[str, bytes], compression: int = zipfile.ZIP_STORED) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=compression) as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def load_bytes(tmp_path: Path, data: bytes, **kw):
+    path = tmp_path / "case.bpfrec"
+    path.write_bytes(data)
+    return replay.load(path, **kw)
+
+
+def with_manifest(valid: bytes, change) -> bytes:
+    files = members(valid)
+    manifest = json.loads(files["manifest.json"])
+    change(manifest)
+    files["manifest.json"] = json.dumps(manifest).encode()
+    return build(files)
+
+
+def test_valid_file_loads(valid: bytes, tmp_path: Path) -> None:
+    prog = load_bytes(tmp_path, valid)
+    assert len(prog.events["ev"].df) == 20 and prog.maps["m"].df["value"].sum() == 10
+
+
+@FUZZ
+@given(st.data())
+def test_truncated_files(valid: bytes, tmp_path: Path, data) -> None:
+    cut = data.draw(st.integers(0, len(valid) - 1))
+    with pytest.raises(ReplayError):
+        load_bytes(tmp_path, valid[:cut])
+
+
+@FUZZ
+@given(st.data())
+def test_flipped_bytes_load_or_fail_cleanly(valid: bytes, tmp_path: Path, data) -> None:
+    damaged = bytearray(valid)
+    for _ in range(data.draw(st.integers(1, 8))):
+        damaged[data.draw(st.integers(0, len(valid) - 1))] = data.draw(st.integers(0, 255))
+    try:
+        prog = load_bytes(tmp_path, bytes(damaged))
+    except ReplayError as e:
+        assert str(e)
+    else:
+        assert prog.name  # an undamaged part of the file, or damage nobody reads
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                                max_size=4),
+    max_leaves=12)
+
+
+def paths(node, prefix=()):
+    """Every key path in a JSON document."""
+    yield prefix
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from paths(v, prefix + (k,))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from paths(v, prefix + (i,))
+
+
+@FUZZ
+@given(st.data())
+def test_manifest_fields_of_any_type(valid: bytes, tmp_path: Path, data) -> None:
+    manifest = json.loads(members(valid)["manifest.json"])
+    target = data.draw(st.sampled_from([p for p in paths(manifest) if p]))
+    value = data.draw(json_values)
+    delete = data.draw(st.booleans())
+
+    def change(m):
+        node = m
+        for k in target[:-1]:
+            node = node[k]
+        if delete:
+            del node[target[-1]]
+        else:
+            node[target[-1]] = copy.deepcopy(value)
+
+    try:
+        load_bytes(tmp_path, with_manifest(valid, change))
+    except ReplayError as e:
+        assert str(e)
+
+
+@FUZZ
+@given(st.binary(max_size=2000))
+def test_random_bytes_as_parquet(valid: bytes, tmp_path: Path, blob: bytes) -> None:
+    files = members(valid)
+    files["streams/0.parquet"] = blob
+    with pytest.raises(ReplayError):
+        load_bytes(tmp_path, build(files))
+
+
+@FUZZ
+@given(st.binary(max_size=3000))
+def test_random_bytes_as_file(tmp_path: Path, blob: bytes) -> None:
+    with pytest.raises(ReplayError):
+        load_bytes(tmp_path, blob)
+
+
+@pytest.mark.parametrize("name", ["../evil.parquet", "/etc/passwd", "maps/../../x.parquet",
+                                  "streams/0.parquet/../../x", "run.py", "streams\\0.parquet",
+                                  "streams/0.pickle"])
+def test_path_traversal_and_foreign_members(valid: bytes, tmp_path: Path, name: str) -> None:
+    files = members(valid)
+    files[name] = b"x"
+    with pytest.raises(ReplayError, match="unexpected member"):
+        load_bytes(tmp_path, build(files))
+
+
+def test_zip_bomb_is_refused_before_unpacking(valid: bytes, tmp_path: Path) -> None:
+    files = members(valid)
+    files["maps/0/9.parquet"] = b"\0" * (64 << 20)
+    bomb = build(files, zipfile.ZIP_DEFLATED)
+    assert len(bomb) < 1 << 20
+    with pytest.raises(ReplayError, match="limit"):
+        load_bytes(tmp_path, bomb, max_bytes=32 << 20)
+
+
+def test_member_that_unpacks_beyond_its_declared_size(valid: bytes, tmp_path: Path) -> None:
+    files = members(valid)
+    files["manifest.json"] += b" " * 4096
+    data = bytearray(build(files, zipfile.ZIP_DEFLATED))
+    # lower the declared size in the central directory so the member lies about it
+    cd = data.rfind(b"PK\x01\x02", 0, data.rfind(b"PK\x05\x06"))
+    while data[cd + 46: cd + 46 + 13] != b"manifest.json":
+        cd = data.rfind(b"PK\x01\x02", 0, cd)
+    data[cd + 24: cd + 28] = (100).to_bytes(4, "little")
+    with pytest.raises(ReplayError):
+        load_bytes(tmp_path, bytes(data))
+
+
+def test_too_many_members(valid: bytes, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(replay, "MAX_MEMBERS", 50)
+    files = members(valid)
+    files.update({f"maps/0/{i}.parquet": b"" for i in range(100, 160)})
+    with pytest.raises(ReplayError, match="members"):
+        load_bytes(tmp_path, build(files))
+
+
+def test_repeated_member_names(valid: bytes, tmp_path: Path) -> None:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf, pytest.warns(UserWarning):
+        for name, blob in members(valid).items():
+            zf.writestr(name, blob)
+        zf.writestr("manifest.json", b"{}")
+    with pytest.raises(ReplayError, match="repeats"):
+        load_bytes(tmp_path, buf.getvalue())
+
+
+def parquet(table: pa.Table) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("table", [
+    pa.table({"key": pa.array([1, 2, 3, 4, 5], pa.uint64()),
+              "value": pa.array([0, 1, 2, 3, 4], pa.uint64())}),  # key's type differs
+    pa.table({"key": pa.array([1, 2, 3, 4], pa.uint32()),
+              "value": pa.array([0, 1, 2, 3], pa.uint64())}),  # fewer rows
+    pa.table({"value": pa.array([0, 1, 2, 3, 4], pa.uint64()),
+              "key": pa.array([1, 2, 3, 4, 5], pa.uint32())}),  # columns reordered
+    pa.table({"key": pa.array([1, None, 3, 4, 5], pa.uint32()),
+              "value": pa.array([0, 1, 2, 3, 4], pa.uint64())}),  # nulls in an integer
+    pa.table({"key": pa.array(["a"] * 5), "value": pa.array([0] * 5, pa.uint64())}),
+])
+def test_parquet_that_does_not_match_the_manifest(valid: bytes, tmp_path: Path, table) -> None:
+    files = members(valid)
+    files["maps/0/0.parquet"] = parquet(table)
+    with pytest.raises(ReplayError, match="manifest"):
+        load_bytes(tmp_path, build(files))
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda m: m.update(version=99), "version 99"),
+    (lambda m: m.update(format="something else"), "not an ebpf_magic recording"),
+    (lambda m: m["maps"][0]["snapshots"][0].update(file="../../etc/passwd"), "missing"),
+    (lambda m: m["maps"][0].update(key_dtype=["O"]), "malformed field"),
+    (lambda m: m["maps"][0].update(key_dtype="O"), "unsupported type"),
+    (lambda m: m["maps"][0].update(value_dtype=[["a", "<u8", [1 << 30]]]), "shape"),
+    (lambda m: m["streams"][0]["columns"][0].__setitem__(1, "object"), "unknown column type"),
+    (lambda m: m["streams"][0]["columns"][0].__setitem__(1, "pickle"), "unknown column type"),
+    (lambda m: m["capture"].update(start=float("nan")), "finite"),
+])
+def test_crafted_manifests(valid: bytes, tmp_path: Path, change, message: str) -> None:
+    with pytest.raises(ReplayError, match=message):
+        load_bytes(tmp_path, with_manifest(valid, change))
