@@ -72,8 +72,11 @@ def memlock() -> str:
 def tracefs() -> Path | None:
     """Where tracefs is mounted, or None."""
     for path in TRACEFS_PATHS:
-        if (path / "events").is_dir():
-            return path
+        try:
+            if (path / "events").is_dir():
+                return path
+        except PermissionError:  # mounted, but not readable by this user
+            continue
     return None
 
 

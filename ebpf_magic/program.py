@@ -48,12 +48,15 @@ class Program:
         defines: ``-D`` macros, ``{"NAME": value}`` or ``["NAME=VALUE"]``.
         pid: process to restrict uprobes and USDT probes to.
         stream_options: passed to each event stream (``max_rows``, ``page_cnt``...).
+        line_offset: added to line numbers in compile errors (1 for a notebook cell,
+            whose first line is ``%%bpf``).
     """
 
     def __init__(self, source: str, *, name: str = "bpf",
                  attach: Sequence[str | Probe] = (), cflags: Iterable[str] = (),
                  defines: Mapping[str, Any] | Iterable[str] = (), pid: int | None = None,
-                 stream_options: Mapping[str, Any] | None = None) -> None:
+                 stream_options: Mapping[str, Any] | None = None,
+                 line_offset: int = 0) -> None:
         self.name = name
         self.source = source
         self.cflags = list(cflags) + src.define_flags(defines)
@@ -71,7 +74,8 @@ class Program:
         if any(not p.function for p in usdt):
             usdt = bind_explicit(usdt, src.function_names(source))
         prepared = instrument.prepare(source)
-        self._compiled = compile_program(prepared.text, cflags=self.cflags, usdt=usdt)
+        self._compiled = compile_program(prepared.text, cflags=self.cflags, usdt=usdt,
+                                         line_offset=line_offset)
         try:
             self.warnings = list(self._compiled.warnings)
             functions = self._compiled.functions

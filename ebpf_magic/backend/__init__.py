@@ -71,8 +71,12 @@ class CompiledProgram(abc.ABC):
 
 
 def compile_program(source: str, *, cflags: list[str], usdt: list[Probe],
-                    filename: str = "cell") -> CompiledProgram:
-    """Compile and load ``source`` with the default backend (BCC)."""
+                    filename: str = "cell", line_offset: int = 0) -> CompiledProgram:
+    """Compile and load ``source`` with the default backend (BCC).
+
+    Compile errors name lines as ``filename, line N`` with ``line_offset`` added.
+    """
     from .bcc import BccProgram
 
-    return BccProgram(source, cflags=cflags, usdt=usdt, filename=filename)
+    return BccProgram(source, cflags=cflags, usdt=usdt, filename=filename,
+                      line_offset=line_offset)

@@ -22,8 +22,14 @@ from pathlib import Path
 import numpy as np
 
 from .. import headers, kernel, sysbpf
-from ..errors import (AttachError, BPFError, CompileError, HeadersMissingError,
-                      NotPrivilegedError, VerifierError)
+from ..errors import (
+    AttachError,
+    BPFError,
+    CompileError,
+    HeadersMissingError,
+    NotPrivilegedError,
+    VerifierError,
+)
 from ..instrument import TYPE_PREFIX as STRUCT_TYPE_MAP
 from ..probes import Probe
 from . import CompiledProgram, MapHandle
@@ -96,8 +102,11 @@ class BccProgram(CompiledProgram):
     """A C source compiled and loaded by BCC."""
 
     def __init__(self, source: str, *, cflags: list[str], usdt: list[Probe],
-                 filename: str = "cell") -> None:
+                 filename: str = "cell", line_offset: int = 0) -> None:
         bcc, cls = _bcc_class()
+        if not kernel.has_bpf_rights():
+            raise NotPrivilegedError("Not allowed to load BPF programs: " +
+                                     kernel.rights_summary(), kernel.rights_hint())
         self._bcc = bcc
         self._source = source
         self._xdp_links: dict[str, int] = {}
@@ -119,7 +128,7 @@ class BccProgram(CompiledProgram):
                 failure = None
         self.log = err.text
         if failure is not None:
-            raise _compile_failure(failure, err.text, source, filename) from None
+            raise _compile_failure(failure, err.text, source, filename, line_offset) from None
         self.functions = [self._bcc.libbcc.lib.bpf_function_name(self._bpf.module, i).decode()
                           for i in range(self._bcc.libbcc.lib.bpf_num_functions(self._bpf.module))]
         for p in usdt:
@@ -357,17 +366,19 @@ def _event_field_ctype(ftype: str, struct_ctype=None):
     return _EVENT_CTYPES.get(ftype)
 
 
-def _compile_failure(exc: Exception, log: str, source: str, filename: str) -> BPFError:
+def _compile_failure(exc: Exception, log: str, source: str, filename: str,
+                     line_offset: int) -> BPFError:
     text = str(exc)
     if "privilege" in text.lower() or "Operation not permitted" in log:
         if not kernel.has_bpf_rights():
             return NotPrivilegedError("Not allowed to load BPF programs: " +
                                       kernel.rights_summary(), kernel.rights_hint())
-    if "Unable to find kernel headers" in log or re.search(r"fatal error: '(linux|asm)/", log):
+    if "Unable to find kernel headers" in log or re.search(
+            r"fatal error: '[^']*(linux|asm|kconfig)[^']*' file not found", log):
         return HeadersMissingError("Kernel headers are missing or incomplete for BCC.",
                                    headers.install_hint())
     if "Failed to compile" in text:
-        diags = format_diagnostics(log, source, filename)
+        diags = format_diagnostics(log, source, filename, line_offset)
         message = ("The C code did not compile:\n" + "\n".join(diags) if diags
                    else "The C code did not compile (the compiler printed nothing).")
         return CompileError(message, diagnostics=diags)
@@ -377,8 +388,11 @@ def _compile_failure(exc: Exception, log: str, source: str, filename: str) -> BP
     return BPFError(f"BCC failed: {text}", log.strip()[-2000:])
 
 
-def format_diagnostics(log: str, source: str, filename: str) -> list[str]:
+def format_diagnostics(log: str, source: str, filename: str, line_offset: int = 0) -> list[str]:
     """Compiler diagnostics with line numbers of the cell and the offending line.
+
+    ``line_offset`` is added to the reported numbers (1 in a notebook, where the
+    ``%%bpf`` line is the cell's first).
 
     BCC inserts generated code (tracepoint structs, USDT arguments) into the
     text it compiles, so the compiler's line numbers are mapped back to the
@@ -395,7 +409,8 @@ def format_diagnostics(log: str, source: str, filename: str) -> list[str]:
         number = _cell_line(quoted, int(m.group("line")), cell)
         if number is None:
             continue  # a diagnostic inside BCC's own headers
-        out.append(f"{filename}, line {number}: {m.group('sev')}: {m.group('msg')}")
+        out.append(f"{filename}, line {number + line_offset}: {m.group('sev')}: "
+                   f"{m.group('msg')}")
         out.append(f"    {cell[number - 1].strip()}")
     if not out:
         errors = [ln for ln in lines if "error" in ln]

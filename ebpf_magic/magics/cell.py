@@ -90,7 +90,8 @@ def run(magics, line: str, cell: str) -> None:
 
     def factory() -> Program:
         return Program(text, name=args.name, attach=args.attach, cflags=cflags,
-                       defines=args.defines, pid=args.pid, stream_options=stream_options)
+                       defines=args.defines, pid=args.pid, stream_options=stream_options,
+                       line_offset=1)
 
     prog = magics.session.start(args.name, factory)
     shell.user_ns[args.name] = prog

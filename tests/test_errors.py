@@ -1,0 +1,188 @@
+"""Every error a user can provoke says what happened and what to do, with no traceback."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from IPython.core.interactiveshell import InteractiveShell
+
+from ebpf_magic import AttachError, CompileError, HeadersMissingError, Program, VerifierError
+
+from conftest import loaded_prog_ids, own_bpf_fds
+
+pytestmark = pytest.mark.kernel
+
+
+@pytest.fixture
+def shell():
+    sh = InteractiveShell.instance()
+    sh.run_line_magic("load_ext", "ebpf_magic")
+    yield sh
+    sh.run_line_magic("unload_ext", "ebpf_magic")
+    InteractiveShell.clear_instance()
+
+
+def shown(shell, cell, capsys) -> str:
+    """What the notebook shows for a failing cell (the cell must fail)."""
+    result = shell.run_cell(cell)
+    assert not result.success
+    out = capsys.readouterr()
+    return out.out + out.err
+
+
+def test_compile_error_names_cell_line(shell, capsys):
+    text = shown(shell, "%%bpf p\nBPF_HASH(m, u32, u64);\n\nint f(void *ctx) {\n"
+                        "    return undefined_thing;\n}\n", capsys)
+    assert "CompileError" in text
+    assert "cell, line 5: error: use of undeclared identifier 'undefined_thing'" in text
+    assert "return undefined_thing;" in text
+    assert "Traceback" not in text and "File \"" not in text
+
+
+def test_compile_error_after_tracepoint_macro_keeps_cell_lines():
+    src = "TRACEPOINT_PROBE(syscalls, sys_enter_getppid) {\n  int x = ;\n  return 0;\n}\n"
+    with pytest.raises(CompileError) as info:
+        Program(src)
+    assert info.value.diagnostics[0] == "cell, line 2: error: expected expression"
+
+
+def test_verifier_rejection_shows_log_tail():
+    src = "int f(void *ctx) { int *p = 0; return *p; }"
+    with pytest.raises(VerifierError) as info:
+        Program(src, attach=["tracepoint:syscalls:sys_enter_getppid"])
+    text = str(info.value)
+    assert "verifier rejected f()" in text
+    assert "R0 !read_ok" in info.value.log or "invalid mem access" in info.value.log
+    assert len(text.splitlines()) < 25
+
+
+def test_kprobe_without_kprobes_suggests_tracepoint(shell, capsys):
+    text = shown(shell, "%%bpf p -a kprobe:__x64_sys_openat\nint f(void *ctx) { return 0; }",
+                 capsys)
+    assert "cannot attach kprobe:__x64_sys_openat=f" in text
+    assert "without kprobes" in text
+    assert "tracepoint:syscalls:sys_enter_openat" in text
+
+
+def test_missing_tracepoint_suggests_near_names():
+    with pytest.raises(AttachError) as info:
+        Program("int f(void *ctx) { return 0; }",
+                attach=["tracepoint:syscalls:sys_enter_wirte"])
+    assert "syscalls:sys_enter_write" in info.value.hint
+
+
+def test_uprobe_missing_symbol():
+    with pytest.raises(AttachError) as info:
+        Program("int f(void *ctx) { return 0; }", attach=["uprobe:c:no_such_function_xyz"])
+    assert "no_such_function_xyz" in str(info.value)
+
+
+def test_hardware_counters_explained():
+    src = "int f(void *ctx) { return 0; }"
+    with pytest.raises(AttachError) as info:
+        Program(src, attach=["hardware:cycles:100000"])
+    assert "Hardware counters are not available" in info.value.hint
+    assert "software:cpu-clock" in info.value.hint
+
+
+def test_failed_cell_leaves_nothing_attached(shell, capsys, no_leaks):
+    before = loaded_prog_ids()
+    # the tracepoint attaches first, then the kprobe fails: the tracepoint must be detached
+    cell = ("%%bpf p -a tracepoint:syscalls:sys_enter_getppid=a -a kprobe:vfs_read=b\n"
+            "BPF_ARRAY(n, u64, 1);\n"
+            "int a(void *ctx) { int z = 0; n.increment(z); return 0; }\n"
+            "int b(void *ctx) { return 0; }\n")
+    text = shown(shell, cell, capsys)
+    assert "cannot attach kprobe:vfs_read=b" in text
+    assert loaded_prog_ids() - before == set() or not (loaded_prog_ids() - before) & set()
+    assert "p" not in shell.user_ns
+    assert shell.run_line_magic("bpf", "list").empty
+
+
+def test_failed_cell_keeps_other_programs(shell, capsys):
+    ok = ("%%bpf good -a tracepoint:syscalls:sys_enter_getppid -D PID=" + str(os.getpid()) +
+          "\nBPF_ARRAY(n, u64, 1);\nint a(void *ctx) {\n"
+          "  if ((bpf_get_current_pid_tgid() >> 32) != PID) return 0;\n"
+          "  int z = 0; n.increment(z); return 0; }\n")
+    assert shell.run_cell(ok).success
+    shown(shell, "%%bpf bad\nint f(void *ctx) { return nope; }", capsys)
+    os.getppid()
+    assert shell.user_ns["good"].maps["n"][0] == 1
+    assert list(shell.run_line_magic("bpf", "list")["name"]) == ["good"]
+
+
+def test_bad_attach_spec_is_clear(shell, capsys):
+    text = shown(shell, "%%bpf p -a tracepoint:oops\nint f(void *ctx) { return 0; }", capsys)
+    assert "does not have the form of a tracepoint probe" in text
+    assert "tracepoint:CATEGORY:NAME" in text
+
+
+def test_ambiguous_function_lists_candidates(shell, capsys):
+    text = shown(shell, "%%bpf p -a tracepoint:syscalls:sys_enter_getppid\n"
+                        "int one(void *c) { return 0; }\nint two(void *c) { return 0; }\n", capsys)
+    assert "Candidates: one, two" in text
+    assert "tracepoint:syscalls:sys_enter_getppid=FUNCTION" in text
+
+
+def test_headers_missing(monkeypatch, tmp_path):
+    empty = tmp_path / "headers"
+    (empty / "include").mkdir(parents=True)
+    monkeypatch.setenv("BCC_KERNEL_SOURCE", str(empty))
+    monkeypatch.delenv("EBPF_MAGIC_HEADERS_RELEASE", raising=False)
+    with pytest.raises(HeadersMissingError) as info:
+        Program("#include <linux/sched.h>\nint f(void *ctx) { return 0; }")
+    assert "apt-get install linux-headers" in str(info.value)
+
+
+def _isolated(code: str, *prefix: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*prefix, sys.executable, "-c", textwrap.dedent(code)],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "HOME": "/tmp"})
+
+
+def test_not_privileged_says_how_to_get_rights():
+    code = """
+        from IPython.core.interactiveshell import InteractiveShell
+        sh = InteractiveShell.instance()
+        sh.run_line_magic("load_ext", "ebpf_magic")
+        r = sh.run_cell("%%bpf p -a tracepoint:syscalls:sys_enter_getppid\\n"
+                        "BPF_ARRAY(n, u64, 1);\\nint f(void *c) { return 0; }")
+        print("SUCCESS" if r.success else "FAILED")
+    """
+    r = _isolated(code, "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                  "--inh-caps=-all", "--bounding-set=-all")
+    text = r.stdout + r.stderr
+    assert "FAILED" in text, text
+    assert "NotPrivilegedError" in text
+    assert "CAP_BPF" in text and "install-kernel" in text
+    assert "Traceback" not in text
+
+
+def test_bcc_missing_names_package():
+    code = """
+        import sys
+        sys.modules["bcc"] = None
+        from ebpf_magic.backend import locate
+        locate._SEARCH.clear()
+        from IPython.core.interactiveshell import InteractiveShell
+        sh = InteractiveShell.instance()
+        sh.run_line_magic("load_ext", "ebpf_magic")
+        sh.run_cell("%%bpf p\\nint f(void *c) { return 0; }")
+    """
+    r = _isolated(code)
+    text = r.stdout + r.stderr
+    assert "BCC's Python package was not found" in text
+    assert "python3-bpfcc" in text
+    assert "Traceback" not in text
+
+
+def test_no_fds_left_after_errors(no_leaks):
+    for src, attach in [("int f(void *c) { return x; }", []),
+                        ("int f(void *c) { int *p = 0; return *p; }",
+                         ["tracepoint:syscalls:sys_enter_getppid"]),
+                        ("int f(void *c) { return 0; }", ["kprobe:vfs_read"])]:
+        with pytest.raises(Exception):  # noqa: B017 - each is a different BPFError
+            Program(src, attach=attach)
+    assert own_bpf_fds() == []
