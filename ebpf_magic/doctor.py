@@ -73,6 +73,7 @@ class Report:
 
     rows: list[Row] = field(default_factory=list)
     elapsed: float = 0.0
+    prog_ids: list[int] = field(default_factory=list)  # kernel ids of the test programs
 
     @property
     def df(self) -> pd.DataFrame:
@@ -177,7 +178,12 @@ def check_btf() -> Row:
 
 
 def check_headers() -> Row:
-    found = headers.ensure()
+    try:
+        found = headers.ensure()
+    except OSError as e:
+        return Row("kernel headers", FAIL, f"could not prepare kernel headers: {e}",
+                   f"Make {headers.cache_dir()} writable, or set EBPF_MAGIC_CACHE to a "
+                   "writable directory.")
     if found.path is None:
         return Row("kernel headers", FAIL, f"no kernel headers for {kernel.release()}: BCC "
                    "cannot compile programs", headers.install_hint())
@@ -186,9 +192,20 @@ def check_headers() -> Row:
     return Row("kernel headers", OK, f"{found.source}: {found.path}")
 
 
+def _mounted(fstype: str) -> list[str]:
+    """Mount points of file systems of type ``fstype``."""
+    mounts = [line.split() for line in Path("/proc/mounts").read_text().splitlines()]
+    return [m[1] for m in mounts if len(m) > 2 and m[2] == fstype]
+
+
 def check_tracefs() -> Row:
-    before = kernel.tracefs()
-    after = kernel.ensure_tracefs()
+    try:
+        before = kernel.tracefs()
+        after = kernel.ensure_tracefs()
+    except PermissionError:
+        where = ", ".join(_mounted("tracefs")) or "tracefs"
+        return Row("tracefs", WARN, f"{where}: not readable by uid {os.geteuid()}, so "
+                   "tracepoints cannot be looked up", "Run with the rights named under privileges.")
     if after is None:
         return Row("tracefs", FAIL, "tracefs is not mounted: tracepoints cannot be found",
                    "As root: `mount -t tracefs tracefs /sys/kernel/tracing`.")
@@ -198,8 +215,7 @@ def check_tracefs() -> Row:
 
 
 def check_debugfs() -> Row:
-    mounts = [line.split() for line in Path("/proc/mounts").read_text().splitlines()]
-    where = [m[1] for m in mounts if len(m) > 2 and m[2] == "debugfs"]
+    where = _mounted("debugfs")
     if where:
         return Row("debugfs", OK, f"mounted at {where[0]}")
     return Row("debugfs", WARN, "not mounted: some BCC versions and tools look for "
@@ -271,7 +287,7 @@ class Scratch:
         tag = os.getpid()
         self.netns = f"ebpf-magic-doctor-{tag}"
         self.device = f"emdoc{tag}"[:15]
-        self.dir = Path(tempfile.mkdtemp(prefix="ebpf-magic-doctor-"))
+        self.dir = Path(tempfile.mkdtemp(prefix=f"ebpf-magic-doctor-{tag}-"))
         self.usdt_binary = self.dir / "usdt_probe"
         self.skipped: dict[str, Row] = {}
         self._gcc: subprocess.Popen | None = None
@@ -511,13 +527,16 @@ def _unloaded(prog_ids: list[int], timeout: float = 1.0) -> list[int]:
         time.sleep(0.02)
 
 
-def check_attach_types(rows: list[Row]) -> list[Row]:
-    """Rows for every attach type, after loading and attaching tiny programs of each kind."""
+def check_attach_types(rows: list[Row], prog_ids: list[int] | None = None) -> list[Row]:
+    """Rows for every attach type, after loading and attaching tiny programs of each kind.
+
+    The kernel ids of the programs loaded are appended to ``prog_ids``.
+    """
     status = {r.check: r for r in rows}
     for gate in ("privileges", "BCC", "kernel headers"):
         row = status.get(gate)
         if row is not None and row.status == FAIL:
-            return [Row(c.check, NOT_CHECKED, f"needs {gate}: {row.detail}", row.fix)
+            return [Row(c.check, NOT_CHECKED, f"needs {gate} (see its fix above)")
                     for c in CHECKS]
     scratch = Scratch()
     prober = _Prober(scratch)
@@ -530,6 +549,8 @@ def check_attach_types(rows: list[Row]) -> list[Row]:
             prober.run([c for c in group if c.check not in scratch.skipped])
     finally:
         left = scratch.close()
+    if prog_ids is not None:
+        prog_ids += prober.prog_ids
     left_progs = _unloaded(prober.prog_ids)
     if left_progs or left:
         what = [f"BPF program ids {left_progs}"] if left_progs else []
@@ -543,28 +564,29 @@ def check_attach_types(rows: list[Row]) -> list[Row]:
     return [prober.rows[c.check] for c in CHECKS] + [cleanup]
 
 
-ENVIRONMENT = [check_privileges, check_memlock, check_bcc, check_kernel, check_btf,
-               check_headers, check_tracefs, check_debugfs]
+ENVIRONMENT = {"privileges": check_privileges, "memlock": check_memlock, "BCC": check_bcc,
+               "kernel": check_kernel, "BTF": check_btf, "kernel headers": check_headers,
+               "tracefs": check_tracefs, "debugfs": check_debugfs}
 
 
-def _safely(check) -> Row:
+def _safely(name: str, check) -> Row:
     try:
         return check()
     except Exception as e:  # a check that cannot run is itself a finding
-        name = check.__name__.removeprefix("check_")
         return Row(name, FAIL, f"the check failed: {type(e).__name__}: {e}")
 
 
 def run(attach: bool = True) -> Report:
     """Check this machine; with ``attach``, load a tiny program of each attach type."""
     start = time.monotonic()
-    rows = [_safely(check) for check in ENVIRONMENT]
+    rows = [_safely(name, check) for name, check in ENVIRONMENT.items()]
+    prog_ids: list[int] = []
     if attach:
         try:
-            rows += check_attach_types(rows)
+            rows += check_attach_types(rows, prog_ids)
         except Exception as e:  # report, never crash
             rows.append(Row("attach types", FAIL, f"{type(e).__name__}: {e}"))
-    return Report(rows, time.monotonic() - start)
+    return Report(rows, time.monotonic() - start, prog_ids)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,176 @@
+"""doctor: what it reports on this kernel, that it cleans up, and that it never crashes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
+
+from ebpf_magic import doctor
+from ebpf_magic.doctor import Report, Row
+
+from conftest import loaded_prog_ids, own_bpf_fds
+
+REPO = Path(__file__).resolve().parent.parent
+UNAVAILABLE_HERE = {"kprobe", "fentry", "hardware counters"}
+AVAILABLE_HERE = {"tracepoint", "raw tracepoint", "uprobe", "USDT", "perf sampling",
+                  "perf buffer", "ring buffer", "XDP"}
+SANITY_SECONDS = 30  # a generous bound: doctor takes about 2 s here
+
+
+def _run_cli(*args: str, prefix: tuple[str, ...] = (), code: str | None = None):
+    cmd = [*prefix, sys.executable, *(["-c", code] if code else ["-m", "ebpf_magic", "doctor"]),
+           *args]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def observed():
+    """One doctor run, with the kernel's view before and after it."""
+    fds_before = sorted(own_bpf_fds())
+    ids_before = loaded_prog_ids()
+    report = doctor.run()
+    return report, fds_before, ids_before
+
+
+@pytest.mark.kernel
+def test_reports_exactly_what_works_on_this_kernel(observed):
+    report = observed[0]
+    statuses = {c.check: report.status(c.check) for c in doctor.CHECKS}
+    assert {c for c, s in statuses.items() if s == "unavailable"} == UNAVAILABLE_HERE
+    assert {c for c, s in statuses.items() if s == "ok"} == AVAILABLE_HERE
+    assert report.usable
+    rows = {r.check: r for r in report.rows}
+    assert "CONFIG_KPROBES" in rows["kprobe"].fix and "tracepoint" in rows["kprobe"].fix
+    assert "fentry" in rows["fentry"].fix
+    assert "Hardware counters" in rows["hardware counters"].fix
+    for name in UNAVAILABLE_HERE:
+        assert rows[name].detail.startswith("cannot attach"), rows[name]
+    assert "read back" in rows["perf buffer"].detail
+    assert "read back" in rows["ring buffer"].detail
+
+
+@pytest.mark.kernel
+def test_environment_rows(observed):
+    report = observed[0]
+    rows = {r.check: r for r in report.rows}
+    assert rows["privileges"].status == "ok" and "CAP_BPF" in rows["privileges"].detail
+    assert rows["BCC"].status == "ok" and "0.26" in rows["BCC"].detail
+    assert rows["kernel"].detail.startswith(f"Linux {os.uname().release}")
+    assert rows["BTF"].status == "ok"
+    # no headers for this kernel: the nearest Debian headers, with the warning and a fix
+    assert rows["kernel headers"].status == "warn"
+    assert "kernel-internal structs" in rows["kernel headers"].detail
+    assert "linux-headers" in rows["kernel headers"].fix
+    assert rows["tracefs"].status == "ok" and "/sys/kernel/tracing" in rows["tracefs"].detail
+    assert list(report.df.columns) == ["check", "status", "detail", "fix"]
+    assert len(report.df) == len(report.rows)
+
+
+@pytest.mark.kernel
+def test_finishes_in_bounded_time(observed):
+    assert observed[0].elapsed < SANITY_SECONDS
+
+
+@pytest.mark.kernel
+def test_leaves_nothing_loaded(observed):
+    report, fds_before, _ = observed
+    assert len(report.prog_ids) >= len(doctor.CHECKS) - len(UNAVAILABLE_HERE)
+    assert not set(report.prog_ids) & loaded_prog_ids(), "doctor's programs still loaded"
+    assert sorted(own_bpf_fds()) == fds_before, "BPF/perf descriptors left open"
+    assert report.status("cleanup") == "ok"
+    pid = os.getpid()
+    assert not Path(f"/run/netns/ebpf-magic-doctor-{pid}").exists()
+    assert not Path(f"/sys/class/net/emdoc{pid}").exists()
+    assert not list(Path(tempfile.gettempdir()).glob(f"ebpf-magic-doctor-{pid}-*"))
+
+
+@pytest.mark.kernel
+def test_command_line_prints_the_table():
+    done = _run_cli()
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[1].split() == ["check", "status", "detail"]
+    table = {ln.split("  ")[0]: ln.split()[1:] for ln in lines if ln and not ln[0].isspace()}
+    assert table["kprobe"][0] == "unavailable"
+    assert table["tracepoint"][0] == "ok"
+    assert table["cleanup"][0] == "ok"
+    assert "fix: This kernel is built without kprobes" in " ".join(done.stdout.split())
+    assert lines[-1] == "BPF can be used here."
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"),
+                    reason="needs root to run doctor as another user")
+def test_unprivileged_run_reports_privileges_with_a_fix():
+    nobody = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all")
+    done = _run_cli(prefix=nobody)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    words = " ".join(done.stdout.split())
+    assert "privileges fail not allowed to load BPF programs: running as uid 65534 with no " \
+           "BPF capabilities fix: Loading BPF needs CAP_BPF and CAP_PERFMON" in words
+    assert "tracepoint not checked needs privileges" in words
+    assert done.stdout.splitlines()[-1].startswith("BPF cannot be used here yet")
+
+
+def test_without_bcc_reports_how_to_install_it():
+    code = ("import json, sys; import ebpf_magic.backend.locate as locate; "
+            "locate.candidates = lambda: []; from ebpf_magic import doctor; "
+            "r = doctor.run(); print(json.dumps({'usable': r.usable, "
+            "'rows': r.df.to_dict('records')}))")
+    done = _run_cli(code=code)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.splitlines()[-1])
+    rows = {r["check"]: r for r in result["rows"]}
+    assert rows["BCC"]["status"] == "fail"
+    assert "python3-bpfcc" in rows["BCC"]["fix"] and "Not `pip install bcc`" in rows["BCC"]["fix"]
+    assert not result["usable"]
+    if rows["privileges"]["status"] == "ok":
+        assert rows["tracepoint"] == {"check": "tracepoint", "status": "not checked",
+                                      "detail": "needs BCC (see its fix above)", "fix": ""}
+
+
+def test_report_renders_for_terminals_and_notebooks():
+    report = Report([Row("privileges", "ok", "root"), Row("BCC", "ok", "BCC 0.26.0"),
+                     Row("kprobe", "unavailable", "cannot attach <kprobe>", "Use a tracepoint."),
+                     Row("tracepoint", "ok", "attached")], elapsed=1.25)
+    assert report.usable
+    text = str(report)
+    assert "kprobe      unavailable  cannot attach <kprobe>" in text.splitlines()
+    assert "fix: Use a tracepoint." in text
+    assert text.splitlines()[-1] == "BPF can be used here."
+    html = report._repr_html_()
+    assert html.count("<tr>") == 1 + len(report.rows)
+    assert "cannot attach &lt;kprobe&gt;" in html and "fix:</i> Use a tracepoint." in html
+    failing = Report([Row("privileges", "fail", "uid 1000", "Run as root.")])
+    assert not failing.usable
+    # without attach checks, usability rests on rights and BCC
+    assert not Report([Row("privileges", "ok", ""), Row("BCC", "fail", "")]).usable
+    assert not Report(report.rows[:3]).usable  # the only attach type tried is unavailable
+
+
+@pytest.fixture
+def shell():
+    sh = InteractiveShell.instance()
+    sh.run_line_magic("load_ext", "ebpf_magic")
+    yield sh
+    sh.run_line_magic("unload_ext", "ebpf_magic")
+    InteractiveShell.clear_instance()
+
+
+def test_magic_subcommand(shell):
+    report = shell.run_line_magic("bpf", "doctor --no-attach")
+    assert isinstance(report, Report)
+    assert [r.check for r in report.rows] == list(doctor.ENVIRONMENT)
+    assert "%bpf doctor" in shell.find_line_magic("bpf").__doc__
+    with pytest.raises(UsageError, match="usage: %bpf doctor"):
+        shell.run_line_magic("bpf", "doctor --bogus")
