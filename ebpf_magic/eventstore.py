@@ -1,4 +1,4 @@
-"""Bounded storage of decoded events: a growable numpy ring, optionally spilling to Parquet.
+"""Bounded storage of decoded events: a numpy ring, optionally spilling to Parquet.
 
 Events are kept as structured numpy records (about the C struct's size each),
 never as Python objects. When ``max_rows`` are held, the oldest are dropped and
@@ -12,8 +12,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-_MIN_CAPACITY = 1024
-
 
 class EventStore:
     """The last ``max_rows`` records of one dtype, oldest first."""
@@ -25,7 +23,8 @@ class EventStore:
         self.max_rows = int(max_rows)
         self.dropped = 0
         self.spilled = 0
-        self._buf = np.zeros(min(_MIN_CAPACITY, self.max_rows), dtype)
+        # calloc'ed: the kernel backs pages only as rows are written
+        self._buf = np.zeros(self.max_rows, dtype)
         self._start = 0
         self._count = 0
         self._spill: _ParquetSpill | None = None
@@ -41,8 +40,6 @@ class EventStore:
         n = len(records)
         if n == 0:
             return
-        if self._count + n > len(self._buf) and len(self._buf) < self.max_rows:
-            self._grow(min(self.max_rows, max(self._count + n, 2 * len(self._buf))))
         cap = len(self._buf)
         if n >= cap:
             self._evict(self._count)
@@ -76,12 +73,6 @@ class EventStore:
             self.spilled += len(records)
         else:
             self.dropped += len(records)
-
-    def _grow(self, capacity: int) -> None:
-        held = self.snapshot()
-        self._buf = np.zeros(capacity, self.dtype)
-        self._buf[:len(held)] = held
-        self._start = 0
 
     def _slice(self, first: int, last: int) -> np.ndarray:
         cap = len(self._buf)

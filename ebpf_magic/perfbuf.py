@@ -121,12 +121,13 @@ def parse_records(raw: np.ndarray) -> tuple[list[np.ndarray], int]:
         if rtype == _RECORD_SAMPLE and size >= 12 and size % 8 == 0:
             count = min((n - pos) // size, _RUN_WINDOW)
             rows = raw[pos:pos + count * size].reshape(count, size)
-            heads = rows[:, :8].copy().view(np.uint64)[:, 0]
+            # records are 8-byte aligned: each header is one u64, one stride apart
+            heads = raw[pos:pos + count * size].view(np.uint64)[::size // 8]
             same = (heads & _TYPE_AND_SIZE) == np.uint64(rtype | (size << 48))
             run = count if same.all() else int(np.argmin(same))
             raw_size = int(raw[pos + 8:pos + 12].view(np.uint32)[0])
             if run > 1:
-                sizes = rows[:run, 8:12].copy().view(np.uint32)[:, 0]
+                sizes = raw[pos + 8:pos + run * size].view(np.uint32)[::size // 4]
                 if not (sizes == raw_size).all():
                     run = 1
             blocks.append(rows[:run, 12:12 + raw_size])

@@ -88,8 +88,7 @@ def committed_length(raw: np.ndarray) -> int:
         if pos + total > n:
             break
         count = min((n - pos) // total, _RUN_WINDOW)
-        heads = raw[pos:pos + count * total].reshape(count, total)[:, :4].copy().view(np.uint32)
-        same = heads[:, 0] == length
+        same = raw[pos:pos + count * total].view(np.uint32)[::total // 4] == length
         run = count if same.all() else max(int(np.argmin(same)), 1)
         pos += run * total
     return pos
@@ -104,7 +103,7 @@ def parse_records(raw: np.ndarray) -> list[np.ndarray]:
         total = ((length & ~_DISCARD) + 8 + 7) & ~7
         count = min((n - pos) // total, _RUN_WINDOW)
         rows = raw[pos:pos + count * total].reshape(count, total)
-        same = rows[:, :4].copy().view(np.uint32)[:, 0] == length
+        same = raw[pos:pos + count * total].view(np.uint32)[::total // 4] == length
         run = count if same.all() else max(int(np.argmin(same)), 1)
         if not length & _DISCARD:
             blocks.append(rows[:run, 8:8 + length])

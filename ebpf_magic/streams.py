@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 
 from . import dtypes as dt_util
-from . import timebase
+from . import eventframe, timebase
 from .eventstore import EventStore
 from .maps import normalize_dtype
 from .perfbuf import PAGE_SIZE, PerfBuffer
@@ -139,8 +139,8 @@ class Stream:
         if self._store is None:  # first event of an unknown layout: keep raw bytes
             self._set_layout(np.dtype([("data", f"V{block.shape[1]}")]))
         size = self.dtype.itemsize
-        out = np.zeros(len(block), self._store.dtype)
         width = min(size, block.shape[1])
+        out = (np.empty if width == size else np.zeros)(len(block), self._store.dtype)
         out.view(np.uint8).reshape(len(block), -1)[:, :width] = block[:, :width]
         if self._cpu_col:
             out[self._cpu_col] = cpu
@@ -196,9 +196,7 @@ class Stream:
             if self._cpu_col:
                 cols[self._cpu_col] = records[self._cpu_col]
             return pd.DataFrame(cols)
-        if not len(records):  # the column names of an empty frame, from one blank record
-            return dt_util.frame(np.zeros(1, records.dtype)).iloc[:0]
-        df = dt_util.frame(records)
+        df = eventframe.frame(records)
         for col, offset in self._offsets.items():
             if col in df:
                 df[col] = pd.to_datetime(df[col].to_numpy().astype(np.int64) + offset, unit="ns")

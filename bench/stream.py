@@ -1,0 +1,199 @@
+"""Event streaming benchmark: ebpf_magic streams against BCC's per-event Python callback.
+
+A C load generator calls getppid() at full speed for a fixed time; a tracepoint
+program submits a 32-byte struct (ts, pid, tid, comm) per call. For a perf
+buffer and a ring buffer, side by side in one run:
+
+  (a) the generator alone
+  (b) the program attached, nothing consuming
+  (c) BCC's documented path: one Python callback per event, ``table.event()``
+      into a list of dicts, then a DataFrame
+  (d) an ebpf_magic stream, ending in ``stream.df``
+
+Run as root: ``.venv/bin/python bench/stream.py [--seconds 2]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from ebpf_magic.backend.locate import import_bcc
+from ebpf_magic.program import Program
+
+GENERATOR = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    double seconds = atof(argv[1]);
+    struct timespec t0, t;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    unsigned long long calls = 0;
+    for (;;) {
+        for (int i = 0; i < 4096; i++) getppid();
+        calls += 4096;
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        double dt = (t.tv_sec - t0.tv_sec) + (t.tv_nsec - t0.tv_nsec) / 1e9;
+        if (dt >= seconds) { printf("%llu %.6f\n", calls, dt); return 0; }
+    }
+}
+"""
+
+STRUCT = """
+struct event_t { u64 ts; u32 pid; u32 tid; char comm[16]; };
+"""
+SUBMIT = {
+    "perf": ("BPF_PERF_OUTPUT(events);", "events.perf_submit(args, &e, sizeof(e));"),
+    "ringbuf": ("BPF_RINGBUF_OUTPUT(events, 1024);", "events.ringbuf_output(&e, sizeof(e), 0);"),
+}
+
+
+def source(kind: str) -> str:
+    decl, submit = SUBMIT[kind]
+    return STRUCT + decl + """
+TRACEPOINT_PROBE(syscalls, sys_enter_getppid) {
+    struct event_t e;
+    u64 id = bpf_get_current_pid_tgid();
+    e.ts = bpf_ktime_get_ns();
+    e.pid = id >> 32;
+    e.tid = (u32)id;
+    bpf_get_current_comm(e.comm, sizeof(e.comm));
+    """ + submit + """
+    return 0;
+}
+"""
+
+
+def build_generator(tmp: Path) -> Path:
+    c, exe = tmp / "loadgen.c", tmp / "loadgen"
+    c.write_text(GENERATOR)
+    subprocess.run(["gcc", "-O2", "-o", str(exe), str(c)], check=True)
+    return exe
+
+
+def start(exe: Path, seconds: float) -> subprocess.Popen:
+    return subprocess.Popen([str(exe), str(seconds)], stdout=subprocess.PIPE, text=True)
+
+
+def finish(proc: subprocess.Popen) -> tuple[int, float]:
+    out, _ = proc.communicate()
+    calls, dt = out.split()
+    return int(calls), float(dt)
+
+
+def run_alone(exe: Path, seconds: float) -> dict:
+    calls, dt = finish(start(exe, seconds))
+    return {"calls/s": calls / dt, "events/s": 0.0, "lost": 0, "unaccounted": 0}
+
+
+def run_unconsumed(exe: Path, seconds: float, kind: str) -> dict:
+    with Program(source(kind), name="bench-b") as prog:
+        prog.events.close()  # attached, nobody reading: the buffers fill and stay full
+        calls, dt = finish(start(exe, seconds))
+    return {"calls/s": calls / dt, "events/s": 0.0, "lost": None, "unaccounted": None}
+
+
+def run_bcc(exe: Path, seconds: float, kind: str) -> dict:
+    bcc = import_bcc()
+    b = bcc.BPF(text=source(kind).encode())  # TRACEPOINT_PROBE attaches itself
+    table = b["events"]
+    rows: list[dict] = []
+    lost = [0]
+
+    def callback(*args):
+        e = table.event(args[1])
+        rows.append({"ts": e.ts, "pid": e.pid, "tid": e.tid, "comm": e.comm.decode()})
+        return 0
+
+    def lost_cb(n):
+        lost[0] += n
+
+    if kind == "perf":
+        table.open_perf_buffer(lambda cpu, data, size: callback(cpu, data), page_cnt=256,
+                               lost_cb=lost_cb)
+        poll = lambda: b.perf_buffer_poll(timeout=10)  # noqa: E731
+    else:
+        table.open_ring_buffer(lambda ctx, data, size: callback(ctx, data))
+        poll = lambda: b.ring_buffer_poll(timeout=10)  # noqa: E731
+    t0 = time.monotonic()
+    proc = start(exe, seconds)
+    while proc.poll() is None:
+        poll()
+    calls, dt = finish(proc)
+    for _ in range(5):  # take what is left
+        poll()
+    df = pd.DataFrame(rows)
+    elapsed = time.monotonic() - t0
+    b.cleanup()
+    captured = len(df)
+    return {"calls/s": calls / dt, "events/s": captured / elapsed, "lost": lost[0],
+            "unaccounted": calls - captured - lost[0], "captured": captured}
+
+
+def run_stream(exe: Path, seconds: float, kind: str) -> dict:
+    with Program(source(kind), name="bench-d",
+                 stream_options={"max_rows": 50_000_000}) as prog:
+        stream = prog.events["events"]
+        t0 = time.monotonic()
+        calls, dt = finish(start(exe, seconds))
+        deadline = time.monotonic() + 5
+        while (stream.received + stream.lost_kernel < calls
+               and time.monotonic() < deadline):
+            time.sleep(0.005)
+        df = stream.df
+        elapsed = time.monotonic() - t0
+        stats = stream.stats
+    captured = len(df)
+    return {"calls/s": calls / dt, "events/s": captured / elapsed,
+            "lost": stats["lost_kernel"], "unaccounted": calls - captured - stats["lost_kernel"],
+            "captured": captured}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=2.0)
+    args = ap.parse_args(argv)
+    s = args.seconds
+    with tempfile.TemporaryDirectory() as tmp:
+        exe = build_generator(Path(tmp))
+        results = {}
+        alone = run_alone(exe, s)
+        for kind in ("perf", "ringbuf"):
+            results[(kind, "a alone")] = alone
+            results[(kind, "b attached")] = run_unconsumed(exe, s, kind)
+            results[(kind, "c bcc callback")] = run_bcc(exe, s, kind)
+            results[(kind, "d ebpf_magic")] = run_stream(exe, s, kind)
+    table = pd.DataFrame(results).T
+    table.index.names = ["buffer", "case"]
+    with pd.option_context("display.float_format", "{:,.0f}".format, "display.width", 120):
+        print(table[["calls/s", "events/s", "lost", "unaccounted"]])
+    ok = True
+    for kind in ("perf", "ringbuf"):
+        b, c, d = (results[(kind, k)] for k in ("b attached", "c bcc callback", "d ebpf_magic"))
+        dc = d["events/s"] / max(c["events/s"], 1)
+        db = d["calls/s"] / b["calls/s"]
+        checks = {
+            ">= 1M events/s, zero unaccounted loss": d["events/s"] >= 1e6 and d["unaccounted"] == 0,
+            "(d)/(c) >= 5": dc >= 5,
+            "generator under (d) >= 80% of (b)": db >= 0.8,
+        }
+        print(f"\n{kind}: (d)/(c) events/s = {dc:.1f}x, (d)/(b) generator calls/s = {db:.2f}")
+        for name, met in checks.items():
+            print(f"  {'MET ' if met else 'MISS'} {name}")
+            ok &= met
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    if os.geteuid() != 0:
+        sys.exit("run as root (BPF)")
+    sys.exit(main())
