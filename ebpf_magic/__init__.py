@@ -17,13 +17,13 @@ __all__ = [
 
 def load_ipython_extension(ipython) -> None:
     """``%load_ext ebpf_magic``: register ``%%bpf`` and ``%bpf``."""
-    from .magics import load
+    from .magics import register
 
-    load(ipython)
+    register(ipython)
 
 
 def unload_ipython_extension(ipython) -> None:
     """``%unload_ext ebpf_magic``: stop every program the magics started."""
-    from .magics import unload
+    from .magics import unregister
 
-    unload(ipython)
+    unregister(ipython)

@@ -8,7 +8,8 @@ A recording (``.bpfrec``) is a zip archive holding
   the capture's start and end;
 * ``streams/<i>.parquet``: every event of each stream;
 * ``maps/<i>/<j>.parquet``: snapshots of each map with their timestamps
-  (periodic ones from a :class:`Recorder`, then the final one).
+  (periodic ones from a :class:`Recorder`, then the final one);
+* ``tables/<i>.parquet``: extra frames saved with the program by name.
 
 Column types are written to the manifest, so a replay gets the same DataFrame
 dtypes back. Nothing in a recording is pickled or executable:
@@ -111,6 +112,11 @@ class Recorder:
             if self.take() is None:
                 return
 
+    def history(self, name: str) -> list[tuple[pd.Timestamp, pd.DataFrame]]:
+        """``(time, frame)`` of each snapshot of map ``name``: what heatmaps over time take."""
+        return [(pd.Timestamp(s.time, unit="s", tz="UTC"), s.maps[name])
+                for s in self.snapshots if name in s.maps]
+
     def frame(self, name: str) -> pd.DataFrame:
         """Every snapshot of map ``name``, stacked, with a leading ``time`` column."""
         return stack([(s.time, s.maps[name]) for s in self.snapshots if name in s.maps])
@@ -153,6 +159,33 @@ def record_snapshots(prog: Any, every: float = 1.0, maps: Iterable[str] | None =
 def recorder_of(prog: Any) -> Recorder | None:
     """The recorder :func:`record_snapshots` started for ``prog``, if any."""
     return getattr(prog, "recorder", None) or _recorders.get(prog)
+
+
+_marked: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def mark(prog: Any, every: float | None = 1.0) -> None:
+    """Have :func:`autosave` write ``prog``'s recording; snapshot its maps every ``every`` s."""
+    _marked.add(prog)
+    if every:
+        record_snapshots(prog, every)
+
+
+def autosave(prog: Any, hostname: bool = True,
+             tables: Mapping[str, pd.DataFrame] | None = None) -> Path | None:
+    """Refresh ``recordings/NAME.bpfrec`` for a live program that records, else do nothing.
+
+    A program records when :func:`mark` was called for it (``%%bpf NAME
+    --record``) or when ``EBPF_MAGIC_RECORD=1`` (see :mod:`ebpf_magic.replay`).
+    Replayed programs are never written back.
+    """
+    from . import replay
+
+    if getattr(prog, "recording", None) is not None:
+        return None
+    if prog not in _marked and not replay.recording_enabled():
+        return None
+    return save(prog, replay.recording_path(prog.name), hostname=hostname, tables=tables)
 
 
 # -- host facts -------------------------------------------------------------------
@@ -279,7 +312,8 @@ def _map_meta(m: Any, readable: bool, last: pd.DataFrame | None) -> dict[str, An
 
 
 def save(prog: Any, path: str | os.PathLike, *, snapshots: Recorder | Iterable[Snapshot] |
-         None = None, hostname: bool = True) -> Path:
+         None = None, hostname: bool = True,
+         tables: Mapping[str, pd.DataFrame] | None = None) -> Path:
     """Write ``prog`` (live or replayed) to one recording file at ``path``.
 
     Args:
@@ -289,6 +323,9 @@ def save(prog: Any, path: str | os.PathLike, *, snapshots: Recorder | Iterable[S
         snapshots: periodic map snapshots to include; by default those of the
             :class:`Recorder` started for ``prog``, if any.
         hostname: False leaves the machine's name out.
+        tables: extra DataFrames to keep, by name (a replay has them as
+            ``prog.tables``): results only the live machine can compute, such
+            as stacks symbolized against its running processes.
 
     Returns the path written. The final map snapshot is taken now.
     """
@@ -347,6 +384,13 @@ def save(prog: Any, path: str | os.PathLike, *, snapshots: Recorder | Iterable[S
             members[member] = data
             entry["snapshots"].append({"time": snap.time, "file": member, **desc})
         manifest["maps"].append(entry)
+    all_tables = {**getattr(prog, "tables", {}), **dict(tables or {})}
+    manifest["tables"] = []
+    for i, (name, df) in enumerate(all_tables.items()):
+        data, desc = frame_to_parquet(df)
+        member = f"tables/{i}.parquet"
+        members[member] = data
+        manifest["tables"].append({"name": str(name), "file": member, **desc})
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")

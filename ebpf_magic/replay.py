@@ -46,7 +46,7 @@ RECORD_ENV = "EBPF_MAGIC_RECORD"
 MAX_BYTES = 1 << 30  # total uncompressed size of a recording
 MAX_MEMBERS = 10_000
 MAX_MANIFEST = 16 << 20
-_MEMBER = re.compile(r"(streams/\d{1,6}|maps/\d{1,6}/\d{1,6})\.parquet")
+_MEMBER = re.compile(r"(streams/\d{1,6}|tables/\d{1,6}|maps/\d{1,6}/\d{1,6})\.parquet")
 _NUMERIC = {"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
             "float16", "float32", "float64"}
 _TIMES = re.compile(r"[<>|=]?[Mm]8\[(s|ms|us|ns)\]")
@@ -133,6 +133,28 @@ def can_run_live() -> tuple[bool, str]:
 def live() -> bool:
     """True when ``%%bpf`` cells run live here, False when they replay recordings."""
     return can_run_live()[0]
+
+
+def replay_cell(name: str, why: str = "") -> ReplayedProgram:
+    """The recording of ``name`` for a ``%%bpf NAME`` cell that cannot run live.
+
+    ``why`` (from :func:`can_run_live`) goes into the error when there is no
+    recording.
+    """
+    path = find_recording(name)
+    if path is None:
+        raise ReplayError(f"%%bpf {name} cannot run live here ({why or 'no BPF'}) and there is "
+                          f"no recording of it at {recording_path(name)}",
+                          f"Run the notebook live once with {RECORD_ENV}=1 (or %%bpf {name} "
+                          f"--record) and `%bpf save {name}`, or point {RECORDINGS_ENV} at "
+                          "the folder holding the recordings.")
+    return load(path, name)
+
+
+def announce(prog: ReplayedProgram, why: str = "") -> str:
+    """The line a notebook shows when a cell replays instead of running live."""
+    because = f" ({why})" if why else ""
+    return f"{prog.name}: {prog.recording}{because}"
 
 
 # -- replayed objects --------------------------------------------------------------
@@ -256,6 +278,19 @@ class ReplayedMap:
         """Every recorded snapshot stacked, with a leading ``time`` column."""
         return recording.stack(self._snapshots)
 
+    def history(self) -> list[tuple[pd.Timestamp, pd.DataFrame]]:
+        """``(time, frame)`` of every snapshot, oldest first (what heatmaps take)."""
+        return [(pd.Timestamp(t, unit="s", tz="UTC"), df) for t, df in self._snapshots]
+
+    def hist(self, kind: str | None = None, step: int = 1) -> Any:
+        """The final snapshot of a histogram map as a :class:`~ebpf_magic.histograms.Histogram`."""
+        from .histograms import Histogram
+
+        try:
+            return Histogram(self.df, kind=kind, name=self.name)
+        except ValueError:
+            raise TypeError(f"{self.name} was not recorded as a histogram") from None
+
     def __len__(self) -> int:
         return len(self._snapshots[-1][1]) if self._snapshots else 0
 
@@ -323,7 +358,8 @@ class ReplayedProgram:
 
     def __init__(self, name: str, program: dict[str, Any], info: RecordingInfo,
                  streams: dict[str, ReplayedStream], maps: dict[str, ReplayedMap],
-                 snapshots: list[recording.Snapshot]) -> None:
+                 snapshots: list[recording.Snapshot],
+                 tables: dict[str, pd.DataFrame] | None = None) -> None:
         self.name = name
         self.source: str = program["source"]
         self.cflags: list[str] = program["cflags"]
@@ -338,6 +374,7 @@ class ReplayedProgram:
         self.maps = ReplayedMaps(maps)
         self.recorder = recording.Recorder(self)
         self.recorder.snapshots = snapshots
+        self.tables: dict[str, pd.DataFrame] = dict(tables or {})
 
     @property
     def functions(self) -> list[str]:
@@ -375,9 +412,9 @@ class ReplayedProgram:
 
     def browse(self, *args: Any, **kwargs: Any) -> Any:
         """The map browser, over the recorded snapshots."""
-        from . import widgets
+        from .widgets import MapBrowser
 
-        return widgets.browse(self, *args, **kwargs)
+        return MapBrowser(lambda: dict(self.maps), *args, **kwargs)
 
     def __enter__(self) -> ReplayedProgram:
         return self
@@ -714,7 +751,12 @@ def _load(archive: _Archive, name: str | None) -> ReplayedProgram:
             by_time.setdefault(t, {})[mname] = df
         maps[mname] = ReplayedMap(mname, meta, snaps)
     snapshots = [recording.Snapshot(t, frames) for t, frames in sorted(by_time.items())]
-    return ReplayedProgram(name or program["name"], program, info, streams, maps, snapshots)
+    tables = {}
+    for i, t in enumerate(_need(manifest, "tables", list, "manifest") if "tables" in manifest
+                          else []):
+        tables[_need(t, "name", str, f"tables[{i}]")] = _frame(archive, t, f"tables[{i}]")
+    return ReplayedProgram(name or program["name"], program, info, streams, maps, snapshots,
+                           tables)
 
 
 def read_manifest(path: str | os.PathLike) -> dict[str, Any]:

@@ -245,3 +245,63 @@ def test_loading_garbage_is_a_replay_error(tmp_path: Path) -> None:
         ebpf_magic.load(bad)
     with pytest.raises(ReplayError, match="no recording"):
         ebpf_magic.load(tmp_path / "missing.bpfrec")
+
+
+@pytest.fixture
+def shell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from IPython.core.interactiveshell import InteractiveShell
+
+    monkeypatch.setenv(replay.RECORDINGS_ENV, str(tmp_path / "recordings"))
+    monkeypatch.delenv(replay.RECORD_ENV, raising=False)
+    monkeypatch.delenv(replay.REPLAY_ENV, raising=False)
+    sh = InteractiveShell.instance()
+    sh.run_line_magic("load_ext", "ebpf_magic")
+    yield sh
+    sh.run_line_magic("unload_ext", "ebpf_magic")
+    InteractiveShell.clear_instance()
+
+
+CELL = SOURCE.replace("PID", str(os.getpid()))
+
+
+def test_cell_replays_its_recording_when_it_cannot_run_live(shell, tmp_path, monkeypatch,
+                                                            capsys) -> None:
+    counts = pd.DataFrame({"key": np.array([7], np.uint32), "value": np.array([3], np.uint64)})
+    recording.save(FakeProgram({}, {"counts": counts}), tmp_path / "recordings" / "w.bpfrec")
+    monkeypatch.setenv(replay.REPLAY_ENV, "1")
+    assert shell.run_cell("%%bpf w\n" + CELL).success
+    out = capsys.readouterr().out
+    assert "replayed from" in out and "w.bpfrec" in out and "captured on" in out
+    w = shell.user_ns["w"]
+    assert w.running is False and w.maps["counts"].df.equals(counts)
+    shell.run_line_magic("bpf", "save w")
+    assert "nothing new to save" in capsys.readouterr().out
+    shell.run_line_magic("bpf", f"load {tmp_path / 'recordings' / 'w.bpfrec'} again")
+    assert shell.user_ns["again"].maps["counts"].df.equals(counts)
+    table = shell.run_line_magic("bpf", "list")
+    assert table is None or "again" in str(table)
+    # no recording: the error says where it looked and how to make one
+    result = shell.run_cell("%%bpf nothing_here\n" + CELL)
+    assert not result.success and "nothing_here.bpfrec" in str(result.error_in_exec)
+
+
+@pytest.mark.kernel
+def test_live_cell_records_on_request(shell, tmp_path, capsys, no_leaks) -> None:
+    assert shell.run_cell("%%bpf w\n" + CELL).success
+    shell.run_line_magic("bpf", "save w")
+    assert "not recording" in capsys.readouterr().out
+    assert not (tmp_path / "recordings" / "w.bpfrec").exists()
+
+    assert shell.run_cell("%%bpf w --record 0.05\n" + CELL).success
+    fd = os.open(os.devnull, os.O_WRONLY)
+    for _ in range(12):
+        os.write(fd, b"x")
+        time.sleep(0.01)
+    os.close(fd)
+    time.sleep(0.2)
+    shell.run_line_magic("bpf", "save w")
+    assert "saved to" in capsys.readouterr().out
+    shell.run_line_magic("bpf", "stop w")
+    back = ebpf_magic.load(tmp_path / "recordings" / "w.bpfrec")
+    assert back.maps["counts"].df["value"].tolist() == [12]
+    assert len(back.maps["counts"].history()) >= 3

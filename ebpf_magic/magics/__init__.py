@@ -15,7 +15,7 @@ from ..session import Session
 from . import cell
 
 # modules of ebpf_magic.magics, one per `%bpf SUBCOMMAND`
-SUBCOMMANDS = ("list", "stop", "browse", "doctor")
+SUBCOMMANDS = ("list", "stop", "browse", "doctor", "save", "load")
 
 
 def _subcommand(name: str):
@@ -50,14 +50,14 @@ class BpfMagics(Magics):
         return _subcommand(sub).run(self, rest.strip())
 
 
-def load(ipython) -> None:
+def register(ipython) -> None:
     magics = BpfMagics(ipython)
     magics.bpf.__func__.__doc__ = _doc()
     ipython.register_magics(magics)
     ipython._ebpf_magics = magics
 
 
-def unload(ipython) -> None:
+def unregister(ipython) -> None:
     magics = getattr(ipython, "_ebpf_magics", None)
     if magics is not None:
         magics.session.stop_all()

@@ -8,6 +8,7 @@ import sys
 
 from IPython.core.error import UsageError
 
+from .. import recording, replay
 from ..probes import USAGE as PROBE_USAGE
 from ..program import Program
 from ..source import interpolate
@@ -35,6 +36,9 @@ PARSER.add_argument("--raw", action="store_true",
 PARSER.add_argument("--max-rows", type=int, metavar="N",
                     help="events each stream keeps (oldest are dropped and counted)")
 PARSER.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+PARSER.add_argument("--record", nargs="?", const=1.0, type=float, metavar="EVERY",
+                    help="record this program: snapshot its maps every EVERY seconds "
+                         "(default 1) and let `%%bpf save NAME` refresh recordings/NAME.bpfrec")
 
 DOC = f"""Compile and attach BPF C from a cell, or manage programs.
 
@@ -61,6 +65,11 @@ C braces are left alone. To keep a literal {{name}} or $name although a
 variable of that name exists, double it: {{{{name}}}} or $$name. --raw turns
 interpolation off.
 
+Where BPF cannot be loaded (no rights, no BCC, not Linux, or EBPF_MAGIC_REPLAY=1),
+the cell replays recordings/NAME.bpfrec (folder: $EBPF_MAGIC_RECORDINGS) and
+says which recording it replays; `%bpf save NAME` refreshes that file after a
+live run with --record (or EBPF_MAGIC_RECORD=1).
+
 Re-running a cell with the same NAME stops the old program first. A cell
 that fails leaves nothing attached. The program object gives:
     NAME.maps["m"].df        a map as a DataFrame (also NAME.maps["m"][key])
@@ -84,6 +93,12 @@ def run(magics, line: str, cell: str) -> None:
     """Start the cell's program; bind it to NAME in the user namespace."""
     args = parse(line)
     shell = magics.shell
+    live, why = replay.can_run_live()
+    if not live:  # replay recordings/NAME.bpfrec instead, and say so
+        prog = magics.session.start(args.name, lambda: replay.replay_cell(args.name, why))
+        shell.user_ns[args.name] = prog
+        print(replay.announce(prog, why))
+        return
     text = cell if args.raw else interpolate(cell, shell.user_ns)
     stream_options = {"max_rows": args.max_rows} if args.max_rows else {}
     cflags = shlex.split(args.cflags)
@@ -95,6 +110,8 @@ def run(magics, line: str, cell: str) -> None:
 
     prog = magics.session.start(args.name, factory)
     shell.user_ns[args.name] = prog
+    if args.record is not None:
+        recording.mark(prog, args.record)
     for warning in prog.warnings:
         if warning not in magics.warned:
             magics.warned.add(warning)
