@@ -217,9 +217,17 @@ class ReplayedStream:
     def __len__(self) -> int:
         return len(self._df)
 
+    def tail(self, n: int | None = 10) -> pd.DataFrame:
+        """The ``n`` newest events (all with ``None``)."""
+        return self.df if n is None else self._df.iloc[len(self._df) - min(n, len(self._df)):]
+
     def live(self, *args: Any, **kwargs: Any) -> pd.DataFrame:
         """A recording does not change: its events, as a table."""
         return self.df
+
+    def summary(self) -> str:
+        lost = self.stats.get("lost_kernel", 0)
+        return f"{self.name} (replayed): {len(self._df):,} events, {lost:,} lost in the kernel"
 
     def __repr__(self) -> str:
         return f"<ReplayedStream {self.name}: {len(self._df)} event(s)>"

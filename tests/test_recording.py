@@ -305,3 +305,44 @@ def test_live_cell_records_on_request(shell, tmp_path, capsys, no_leaks) -> None
     back = ebpf_magic.load(tmp_path / "recordings" / "w.bpfrec")
     assert back.maps["counts"].df["value"].tolist() == [12]
     assert len(back.maps["counts"].history()) >= 3
+
+
+EVENTS = """
+struct event { u32 pid; u32 count; u64 ts; char comm[16]; };
+BPF_PERF_OUTPUT(events);
+TRACEPOINT_PROBE(syscalls, sys_enter_write) {
+    if (args->fd != FD || (bpf_get_current_pid_tgid() >> 32) != PID)
+        return 0;
+    struct event e = {};
+    e.pid = bpf_get_current_pid_tgid() >> 32;
+    e.count = args->count;
+    e.ts = bpf_ktime_get_ns();
+    bpf_get_current_comm(&e.comm, sizeof(e.comm));
+    events.perf_submit(args, &e, sizeof(e));
+    return 0;
+}
+"""
+
+
+@pytest.mark.kernel
+def test_live_stream_round_trip(tmp_path: Path, no_leaks) -> None:
+    fd = os.open(os.devnull, os.O_WRONLY)
+    try:
+        with ebpf_magic.Program(EVENTS, name="ev",
+                                defines={"PID": os.getpid(), "FD": fd}) as prog:
+            for i in range(25):
+                os.write(fd, b"y" * (i + 1))
+            deadline = time.time() + 5
+            while len(prog.events["events"]) < 25 and time.time() < deadline:
+                time.sleep(0.05)
+            path = prog.save(tmp_path / "ev.bpfrec")
+            live = prog.events["events"].df
+    finally:
+        os.close(fd)
+    back = ebpf_magic.load(path)
+    replayed = back.events["events"].df
+    pd.testing.assert_frame_equal(replayed, live, check_exact=True)
+    assert replayed["count"].tolist() == list(range(1, 26))
+    assert replayed["count"].dtype == np.uint32 and replayed["ts"].dtype == live["ts"].dtype
+    assert back.events["events"].stats["received"] == 25
+    assert back.events["events"].tail(3)["count"].tolist() == [23, 24, 25]
