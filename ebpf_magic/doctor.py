@@ -30,7 +30,7 @@ import tempfile
 import textwrap
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
@@ -428,6 +428,10 @@ class _Prober:
             try:
                 self.prog_ids += prog.prog_ids()
                 self._watch(prog, pending)
+            except Exception as e:  # attached, but reading the counters failed
+                for c in pending:
+                    self.rows[c.check] = Row(c.check, FAIL, "attached, but doctor could not "
+                                             f"read its counters: {type(e).__name__}: {e}")
             finally:
                 prog.stop()
             return
@@ -561,7 +565,8 @@ def check_attach_types(rows: list[Row], prog_ids: list[int] | None = None) -> li
         cleanup = Row("cleanup", OK, f"{prober.programs} test program(s) compiled; all "
                       f"{len(prober.prog_ids)} loaded functions unloaded, the scratch network "
                       "namespace and test binary removed")
-    return [prober.rows[c.check] for c in CHECKS] + [cleanup]
+    missing = Row("", NOT_CHECKED, "doctor stopped before this check")
+    return [prober.rows.get(c.check, replace(missing, check=c.check)) for c in CHECKS] + [cleanup]
 
 
 ENVIRONMENT = {"privileges": check_privileges, "memlock": check_memlock, "BCC": check_bcc,
