@@ -106,9 +106,15 @@ class Report:
             if r.fix:
                 lines += textwrap.wrap("fix: " + r.fix, width, initial_indent=indent,
                                        subsequent_indent=indent + "     ")
-        verdict = ("BPF can be used here." if self.usable else
-                   "BPF cannot be used here yet: see the fixes above.")
-        return "\n".join(lines + ["", verdict])
+        return "\n".join(lines + ["", self.verdict])
+
+    @property
+    def verdict(self) -> str:
+        if not self.usable:
+            return "BPF cannot be used here yet: see the fixes above."
+        if not any(r.check == c.check for r in self.rows for c in CHECKS):
+            return "BPF programs can be loaded here (attach types were not checked)."
+        return "BPF can be used here."
 
     def __repr__(self) -> str:
         return str(self)
@@ -122,10 +128,9 @@ class Report:
                          f"<td style='text-align:left;color:{color};font-weight:bold'>"
                          f"{html.escape(r.status)}</td>"
                          f"<td style='text-align:left'>{html.escape(r.detail)}{fix}</td></tr>")
-        verdict = "BPF can be used here." if self.usable else "BPF cannot be used here yet."
         return (f"<p><b>ebpf_magic doctor</b>: Linux {html.escape(kernel.release())}, "
-                f"{self.elapsed:.1f} s. {verdict}</p><table><thead><tr><th>check</th>"
-                f"<th>status</th><th>detail</th></tr></thead><tbody>{''.join(cells)}"
+                f"{self.elapsed:.1f} s. {html.escape(self.verdict)}</p><table><thead><tr>"
+                f"<th>check</th><th>status</th><th>detail</th></tr></thead><tbody>{''.join(cells)}"
                 "</tbody></table>")
 
 

@@ -155,6 +155,8 @@ def test_report_renders_for_terminals_and_notebooks():
     assert not failing.usable
     # without attach checks, usability rests on rights and BCC
     assert not Report([Row("privileges", "ok", ""), Row("BCC", "fail", "")]).usable
+    unprobed = Report([Row("privileges", "ok", ""), Row("BCC", "ok", "")])
+    assert unprobed.usable and "attach types were not checked" in unprobed.verdict
     assert not Report(report.rows[:3]).usable  # the only attach type tried is unavailable
 
 
