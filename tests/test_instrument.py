@@ -1,0 +1,66 @@
+"""The source rewrite that counts ring-buffer losses and describes struct types."""
+
+from __future__ import annotations
+
+from ebpf_magic.instrument import mask_code, matching_paren, prepare
+
+SRC = """
+struct ev { u64 ts; char comm[16]; };
+BPF_RINGBUF_OUTPUT(events, 8);
+BPF_PERF_OUTPUT(perf);
+int f(void *ctx) {
+    struct ev e = {};
+    // events.ringbuf_output(&e, sizeof(e), 0);  a comment, not a call
+    char *s = "events.ringbuf_output(";
+    if (events.ringbuf_output(&e, sizeof(e), f2((1), 2)) < 0) return 1;
+    struct ev *p = events.ringbuf_reserve(sizeof(struct ev));
+    if (p) events.ringbuf_submit(p, 0);
+    perf.perf_submit(ctx, &e, sizeof(e));
+    return 0;
+}
+"""
+
+
+def test_masking_blanks_comments_and_strings_keeping_positions():
+    code = mask_code('a("x(y", /* ( */ b) // )\nc')
+    assert len(code) == len('a("x(y", /* ( */ b) // )\nc')
+    assert "(" not in code[2:] and code.endswith("\nc")
+    assert matching_paren(code, 1) == code.index(")")
+
+
+def test_ringbuf_calls_are_wrapped_with_balanced_arguments():
+    p = prepare(SRC)
+    assert p.lost_maps == {"events": "__ebpf_magic_lost_events"}
+    assert "BPF_PERCPU_ARRAY(__ebpf_magic_lost_events, u64, 1);" in p.text
+    # the whole original call, nested parentheses included, sits inside the wrapper
+    assert ("({ int __em_r = events.ringbuf_output(&e, sizeof(e), f2((1), 2)); "
+            "if (__em_r) {") in p.text
+    assert "({ void *__em_p = events.ringbuf_reserve(sizeof(struct ev)); if (!__em_p)" in p.text
+    # comments, strings, submit and perf calls are left alone
+    assert "// events.ringbuf_output(&e, sizeof(e), 0);  a comment" in p.text
+    assert '"events.ringbuf_output("' in p.text
+    assert "if (p) events.ringbuf_submit(p, 0);" in p.text
+    assert "perf.perf_submit(ctx, &e, sizeof(e));" in p.text
+    assert p.text.count("__em_r = ") == 1 and p.text.count("__em_p = ") == 1
+    assert p.reserved == {"events": "ev"}
+
+
+def test_file_scope_structs_get_hidden_type_maps():
+    src = """
+struct a { int x; };
+#ifdef NOPE
+struct b { int y; };
+#endif
+struct outer { struct a in; int z; };
+int f(void *ctx) { struct local { int q; } l = {}; return l.q; }
+"""
+    p = prepare(src)
+    assert p.type_maps == {"a": "__ebpf_magic_type_a", "outer": "__ebpf_magic_type_outer"}
+    assert "BPF_ARRAY(__ebpf_magic_type_outer, struct outer, 1);" in p.text
+    assert p.hidden == {"__ebpf_magic_type_a", "__ebpf_magic_type_outer"}
+
+
+def test_source_without_buffers_or_structs_is_unchanged():
+    src = "int f(void *ctx) { return 0; }\n"
+    p = prepare(src)
+    assert p.text == src and not p.hidden
