@@ -203,3 +203,23 @@ def test_xdp_counts_icmp_on_veth(veth, no_leaks):
     assert "xdp" not in subprocess.run(["ip", "-d", "link", "show", a], capture_output=True,
                                        text=True).stdout
     assert not ids & loaded_prog_ids()
+
+
+def test_two_functions_on_one_tracepoint_both_count_and_both_detach(no_leaks):
+    src = """
+    BPF_ARRAY(n, u64, 2);
+    int a(void *ctx) {
+        if ((bpf_get_current_pid_tgid() >> 32) != PID) return 0;
+        int k = 0; n.increment(k); return 0;
+    }
+    int b(void *ctx) {
+        if ((bpf_get_current_pid_tgid() >> 32) != PID) return 0;
+        int k = 1; n.increment(k); return 0;
+    }"""
+    tp = "tracepoint:syscalls:sys_enter_getppid"
+    with Program(src, attach=[f"{tp}=a", f"{tp}=b"], defines={"PID": os.getpid()}) as prog:
+        ids = set(prog.prog_ids())
+        for _ in range(9):
+            os.getppid()
+        assert [prog.maps["n"][0], prog.maps["n"][1]] == [9, 9]
+    assert not ids & loaded_prog_ids()

@@ -110,6 +110,9 @@ class BccProgram(CompiledProgram):
         self._bcc = bcc
         self._source = source
         self._xdp_links: dict[str, int] = {}
+        # BCC keeps one descriptor per tracepoint name, so a second function on the
+        # same tracepoint would overwrite (and leak) the first: we own them instead.
+        self._tracepoint_fds: list[int] = []
         self._prog_fds: dict[str, int] = {}
         self.headers = headers.ensure()
         self.warnings = [self.headers.warning] if self.headers.warning else []
@@ -265,6 +268,9 @@ class BccProgram(CompiledProgram):
                 raise AttachError(f"unknown probe kind {kind!r}")
 
         self._run_attach(probe, do_attach)
+        if kind == "tracepoint":
+            self._tracepoint_fds.extend(b.tracepoint_fds.values())
+            b.tracepoint_fds.clear()
         return [str(probe)]
 
     def _attach_trampoline(self, probe: Probe) -> list[str]:
@@ -311,6 +317,9 @@ class BccProgram(CompiledProgram):
         return dict(self._prog_fds)
 
     def close(self) -> None:
+        for fd in self._tracepoint_fds:
+            self._bcc.libbcc.lib.bpf_close_perf_event_fd(fd)
+        self._tracepoint_fds.clear()
         for link in self._xdp_links.values():
             with contextlib.suppress(OSError):
                 os.close(link)
