@@ -94,7 +94,10 @@ def run(magics, line: str, cell: str) -> None:
     args = parse(line)
     shell = magics.shell
     live, why = replay.can_run_live()
-    if not live:  # replay recordings/NAME.bpfrec instead, and say so
+    # Replay recordings/NAME.bpfrec instead, and say so. Without a recording, running
+    # live gives the precise error (missing rights or BCC) with its fix, unless replay
+    # was asked for.
+    if not live and (replay.find_recording(args.name) or why.startswith("replay was")):
         prog = magics.session.start(args.name, lambda: replay.replay_cell(args.name, why))
         shell.user_ns[args.name] = prog
         print(replay.announce(prog, why))
