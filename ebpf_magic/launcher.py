@@ -21,7 +21,7 @@ from pathlib import Path
 
 from . import kernel
 
-CAP_DAC_READ_SEARCH = 2
+CAP_DAC_OVERRIDE = 1
 CAP_SETPCAP = 8
 CAP_NET_ADMIN = 12
 CAP_SYS_ADMIN = 21
@@ -30,7 +30,7 @@ CAP_SYSLOG = 34
 CAP_PERFMON = 38
 CAP_BPF = 39
 
-NAMES = {CAP_DAC_READ_SEARCH: "dac_read_search", CAP_SETPCAP: "setpcap",
+NAMES = {CAP_DAC_OVERRIDE: "dac_override", CAP_SETPCAP: "setpcap",
          CAP_NET_ADMIN: "net_admin", CAP_SYS_ADMIN: "sys_admin",
          CAP_SYS_RESOURCE: "sys_resource", CAP_SYSLOG: "syslog", CAP_PERFMON: "perfmon",
          CAP_BPF: "bpf"}
@@ -61,8 +61,9 @@ def wanted(version: tuple[int, int] | None = None, uid: int | None = None) -> se
     CAP_SYS_ADMIN before that), CAP_NET_ADMIN attaches XDP and tc programs,
     CAP_SYSLOG makes /proc/kallsyms show the addresses that kernel stacks are
     symbolized with, CAP_SYS_RESOURCE lifts the locked-memory limit BPF maps
-    are charged to before 5.11. A non-root user also needs CAP_DAC_READ_SEARCH:
-    tracefs, where tracepoint ids and formats are read, is root's alone.
+    are charged to before 5.11. A non-root user also needs CAP_DAC_OVERRIDE:
+    tracefs is root's alone, and a non-root process may not create uprobes
+    through the perf "uprobe" PMU, so BCC writes tracefs's uprobe_events.
     """
     version = kernel.version_tuple() if version is None else version
     uid = os.getuid() if uid is None else uid
@@ -71,7 +72,7 @@ def wanted(version: tuple[int, int] | None = None, uid: int | None = None) -> se
     if version < (5, 11):
         caps.add(CAP_SYS_RESOURCE)
     if uid != 0:
-        caps.add(CAP_DAC_READ_SEARCH)
+        caps.add(CAP_DAC_OVERRIDE)
     return caps
 
 

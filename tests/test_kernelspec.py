@@ -9,11 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import loaded_prog_ids
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 
 from ebpf_magic import kernelspec, launcher
+
+from conftest import loaded_prog_ids
 
 NAME = "ebpf-test"
 
@@ -55,7 +56,7 @@ def test_wanted_capabilities_follow_kernel_version_and_user():
     assert launcher.CAP_SYS_RESOURCE in launcher.wanted((5, 10), uid=0)
     old = launcher.wanted((5, 4), uid=0)
     assert launcher.CAP_SYS_ADMIN in old and launcher.CAP_BPF not in old
-    assert launcher.CAP_DAC_READ_SEARCH in launcher.wanted((6, 1), uid=1000)
+    assert launcher.CAP_DAC_OVERRIDE in launcher.wanted((6, 1), uid=1000)
 
 
 def test_cli_installs_and_uninstalls_into_a_prefix(tmp_path):
