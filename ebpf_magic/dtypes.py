@@ -35,10 +35,10 @@ def columns(records: np.ndarray, prefix: str = "") -> dict[str, Any]:
         return out
     key = prefix.rstrip(".") or "value"
     if dt.subdtype is not None or records.ndim > 1:
-        flat = records.reshape(len(records), -1) if len(records) else records.reshape(0, -1)
-        base = records.dtype if records.ndim > 1 else dt.subdtype[0]
-        width = flat.shape[1] if flat.ndim == 2 else 0
-        for i in range(width):
+        base = dt.subdtype[0] if dt.subdtype is not None else dt
+        shape = records.shape[1:] if records.ndim > 1 else dt.subdtype[1]
+        flat = records.reshape(len(records), int(np.prod(shape)))
+        for i in range(flat.shape[1]):
             out.update(columns(np.ascontiguousarray(flat[:, i]).view(base), f"{key}[{i}]"))
         return out
     if is_char_array(dt):
@@ -50,9 +50,11 @@ def columns(records: np.ndarray, prefix: str = "") -> dict[str, Any]:
 
 def decode_strings(arr: np.ndarray) -> np.ndarray:
     """Decode a bytes array (``S<N>``) to an object array of ``str``, cut at the first NUL."""
-    # numpy already strips trailing NULs; cut at an embedded NUL as C does.
-    return np.array([b.split(b"\0", 1)[0].decode("utf-8", "replace") for b in arr.tolist()],
-                    dtype=object)
+    raw = np.ascontiguousarray(arr).view(np.uint8).reshape(len(arr), arr.dtype.itemsize)
+    # zero everything from the first NUL on; numpy then drops the trailing NULs
+    raw = np.where(np.cumsum(raw == 0, axis=1) > 0, 0, raw).astype(np.uint8)
+    head = raw.view(arr.dtype).reshape(len(arr))
+    return np.char.decode(head, "utf-8", "replace").astype(object)
 
 
 def frame(records: np.ndarray, prefix: str = "") -> pd.DataFrame:

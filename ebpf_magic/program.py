@@ -82,16 +82,17 @@ class Program:
             others = bind_explicit([p for p in requested if p.kind != "usdt"], functions)
             auto = [p for p in (auto_probe(f) for f in functions) if p is not None]
             self.probes = auto + usdt + others
+            # Buffers are read before any probe fires, so no event goes unseen or uncounted.
+            handles = self._compiled.maps()
+            self.maps = Maps({n: h for n, h in handles.items() if n not in prepared.hidden})
+            self._streams = Streams.open(self._compiled, handles, prepared,
+                                         **dict(stream_options or {}))
             for probe in self.probes:
                 try:
                     self.attached += self._compiled.attach(probe)
                 except AttachError as e:
                     e.hint = e.hint or attach_hint(probe, e.message)
                     raise
-            handles = self._compiled.maps()
-            self.maps = Maps({n: h for n, h in handles.items() if n not in prepared.hidden})
-            self._streams = Streams.open(self._compiled, handles, prepared,
-                                         **dict(stream_options or {}))
         except BaseException:
             self._release()
             raise
