@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from ebpf_magic import kernelspec
+from ebpf_magic import kernelspec, launcher
 
 from conftest import loaded_prog_ids
 
@@ -41,8 +41,12 @@ ARTIFACTS = Path(__file__).parents[1] / "test-artifacts"
 GETPPID = {"x86_64": 110, "aarch64": 173}.get(platform.machine())
 CALLS = 2000
 
-# a cell's prompt once it has run: "[7]:"
-DONE = re.compile(r"\[\d+\]")
+# JupyterLab and Notebook 7 both expose their application as window.jupyterapp
+# (expose_app_in_browser); the notebook is the shell's current widget.
+KERNEL_IDLE = """() => { const s = window.jupyterapp?.shell.currentWidget?.sessionContext;
+    const k = s?.session?.kernel;
+    return !!k && k.connectionStatus === 'connected' && k.status === 'idle'; }"""
+KERNEL_NAME = """() => window.jupyterapp.shell.currentWidget.sessionContext.session.kernel.name"""
 
 
 def free_port() -> int:
@@ -81,6 +85,7 @@ def lab(tmp_path):
          f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
          f"--LabApp.workspaces_dir={tmp_path / 'workspaces'}",
          "--LabApp.expose_app_in_browser=True", "--LabApp.news_url=",
+         "--JupyterNotebookApp.expose_app_in_browser=True",
          "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
@@ -137,6 +142,11 @@ def count(rows: list[dict[str, str]], key: int) -> int:
     return next((int(r["value"]) for r in rows if r.get("key") == str(key)), 0)
 
 
+def cap_eff(pid: int | str) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"^CapEff:\s*(\w+)", status, re.M).group(1), 16)
+
+
 def shoot(page, name: str) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"browser-{name}.png"), full_page=True)
@@ -145,10 +155,13 @@ def shoot(page, name: str) -> None:
 @pytest.mark.skipif(GETPPID is None, reason="getppid's syscall number is known here "
                     "for x86_64 and aarch64 only")
 @pytest.mark.timeout(240)
-def test_notebook_runs_bpf_and_widgets_update_live_in_chromium(lab):
+@pytest.mark.parametrize("ui", ["lab", "notebook"])
+def test_notebook_runs_bpf_and_widgets_update_live_in_chromium(lab, ui):
+    """JupyterLab 4 and Notebook 7 (served by the same server) render the widgets."""
     from playwright.sync_api import sync_playwright
 
     base, token = lab
+    path = {"lab": "lab/tree", "notebook": "notebooks"}[ui]
     before = loaded_prog_ids()
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
@@ -156,9 +169,10 @@ def test_notebook_runs_bpf_and_widgets_update_live_in_chromium(lab):
         page = browser.new_page(viewport={"width": 1400, "height": 1600})
         page.set_default_timeout(60_000)
         try:
-            page.goto(f"{base}/lab/tree/{NOTEBOOK.name}?token={token}")
-            page.get_by_text(re.compile(r"Python 3 \(eBPF\) \| Idle")).first.wait_for()
-            shoot(page, "1-opened")
+            page.goto(f"{base}/{path}/{NOTEBOOK.name}?token={token}")
+            page.wait_for_function(KERNEL_IDLE)
+            assert page.evaluate(KERNEL_NAME) == kernelspec.KERNEL_NAME
+            shoot(page, f"{ui}-1-opened")
 
             page.evaluate("() => window.jupyterapp.commands.execute("
                           "'notebook:run-all-cells')")
@@ -177,7 +191,7 @@ def test_notebook_runs_bpf_and_widgets_update_live_in_chromium(lab):
             page.wait_for_function(
                 f"() => document.querySelectorAll('{counts} tbody tr').length > 1")
             first = table(page, counts)
-            shoot(page, "2-first-look")
+            shoot(page, f"{ui}-2-first-look")
             for _ in range(CALLS):
                 os.getppid()
             page.wait_for_function(
@@ -186,7 +200,7 @@ def test_notebook_runs_bpf_and_widgets_update_live_in_chromium(lab):
                           && Number(tr.children[2].textContent) >= n)""",
                 arg=[counts, GETPPID, count(first, GETPPID) + CALLS], timeout=15_000)
             second = table(page, counts)
-            shoot(page, "3-second-look")
+            shoot(page, f"{ui}-3-second-look")
             assert len(second) > 1
             assert count(second, GETPPID) >= count(first, GETPPID) + CALLS
 
@@ -201,15 +215,16 @@ def test_notebook_runs_bpf_and_widgets_update_live_in_chromium(lab):
                     /([\\d,]+) received/) || ['', '0'])[1].replace(/,/g, '')) >= n)""",
                 arg=CALLS, timeout=15_000)
             live.scroll_into_view_if_needed()
-            shoot(page, "4-stream")
+            shoot(page, f"{ui}-4-stream")
             received = re.search(r"([\d,]+) received", live.inner_text())
             assert received and int(received.group(1).replace(",", "")) == CALLS
 
             text = page.locator(".jp-OutputArea-output", has_text="kernel pid").inner_text()
             kernel_pid, *prog_ids = (int(w) for w in re.findall(r"\d+", text))
             assert set(prog_ids) <= loaded_prog_ids() - before
+            assert cap_eff(kernel_pid) == launcher.mask(launcher.wanted()) & cap_eff("self")
         except BaseException:
-            shoot(page, "failed")
+            shoot(page, f"{ui}-failed")
             raise
         finally:
             browser.close()
