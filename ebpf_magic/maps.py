@@ -7,6 +7,7 @@ Python values: ints, tuples or dicts for struct keys, dicts for struct values,
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import re
 from collections.abc import Iterator, Mapping
@@ -211,6 +212,11 @@ class Map:
             for key in range(self.max_entries):
                 del self[key]
             return
+        if self._batch_ok:
+            keys = np.ascontiguousarray(self.snapshot()[0])
+            with contextlib.suppress(OSError):  # entries deleted meanwhile: finish one by one
+                sysbpf.map_delete_batch(self.handle.fd, keys, len(keys))
+                return
         for raw in list(self._raw_keys()):
             sysbpf.map_delete(self.handle.fd, raw.ctypes.data)
 

@@ -280,3 +280,10 @@ def link_create(prog_fd: int, target: int, attach_type: int, flags: int = 0) -> 
     """Create a BPF link (XDP: ``target`` is the ifindex); closing the fd detaches it."""
     return bpf(LINK_CREATE, _LinkCreateAttr(prog_fd=prog_fd, target_fd=target,
                                             attach_type=attach_type, flags=flags))
+
+
+def map_delete_batch(fd: int, keys, count: int) -> int:
+    """Delete ``count`` keys in one call; return how many were deleted."""
+    attr = _BatchAttr(keys=_addr(keys), count=count, map_fd=fd)
+    bpf(MAP_DELETE_BATCH, attr)
+    return attr.count

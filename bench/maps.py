@@ -1,0 +1,96 @@
+"""Map snapshot speed: BCC's items() and items_lookup_batch() loops vs Map.df.
+
+A hash map with an 8-byte struct key and a 16-byte struct value is filled
+from Python with BPF_MAP_UPDATE_BATCH to 100 k and 1 M entries; each method
+turns it into a DataFrame, in the same run. Also times a browser refresh of
+a 10 k-entry map (snapshot, filter/sort/top-N, widget update).
+
+Run as root: ``.venv/bin/python bench/maps.py``.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+
+from ebpf_magic import headers, sysbpf
+from ebpf_magic.backend.locate import import_bcc
+from ebpf_magic.program import Program
+from ebpf_magic.widgets import MapBrowser
+
+SIZES = (100_000, 1_000_000)
+SRC = r"""
+struct key_t { u32 pid; u32 cpu; };
+struct val_t { u64 count; u64 total_ns; };
+BPF_HASH(big, struct key_t, struct val_t, 1048576);
+TRACEPOINT_PROBE(syscalls, sys_enter_getppid) { return 0; }
+"""
+
+
+def fill(fd: int, n: int) -> None:
+    keys = np.zeros(n, dtype=[("pid", "<u4"), ("cpu", "<u4")])
+    keys["pid"] = np.arange(n)
+    keys["cpu"] = np.arange(n) % 64
+    values = np.zeros(n, dtype=[("count", "<u8"), ("total_ns", "<u8")])
+    values["count"] = np.arange(n)
+    values["total_ns"] = np.arange(n) * 1000
+    done = sysbpf.map_update_batch(fd, keys, values, n)
+    assert done == n, done
+
+
+def timed(fn) -> tuple[float, object]:
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+def bcc_items(table) -> pd.DataFrame:
+    return pd.DataFrame([(k.pid, k.cpu, v.count, v.total_ns) for k, v in table.items()],
+                        columns=["pid", "cpu", "count", "total_ns"])
+
+
+def bcc_batch(table) -> pd.DataFrame:
+    return pd.DataFrame([(k.pid, k.cpu, v.count, v.total_ns)
+                         for k, v in table.items_lookup_batch()],
+                        columns=["pid", "cpu", "count", "total_ns"])
+
+
+def main() -> None:
+    bcc = import_bcc()
+    headers.ensure()  # BCC_KERNEL_SOURCE for BCC's own compile
+    baseline = bcc.BPF(text=SRC.encode())
+    table = baseline[b"big"]
+    with Program(SRC, name="bench") as prog:
+        m = prog.maps["big"]
+        print(f"{'entries':>9} {'BCC items()':>12} {'BCC batch':>10} {'Map.df':>8} "
+              f"{'vs items':>9} {'vs batch':>9}")
+        for n in SIZES:
+            for fd in (table.map_fd, m.handle.fd):
+                fill(fd, n)
+            t_items, df1 = timed(lambda: bcc_items(table))
+            t_batch, df2 = timed(lambda: bcc_batch(table))
+            t_df, df3 = min((timed(lambda: m.df) for _ in range(3)), key=lambda r: r[0])
+            assert len(df1) == len(df2) == len(df3) == n, (len(df1), len(df2), len(df3))
+            assert int(df3["count"].sum()) == int(df2["count"].sum())
+            print(f"{n:>9} {t_items:>11.3f}s {t_batch:>9.3f}s {t_df:>7.3f}s "
+                  f"{t_items / t_df:>8.1f}x {t_batch / t_df:>8.1f}x")
+            m.clear()
+            table.clear()
+        fill(m.handle.fd, 10_000)
+        browser = MapBrowser(prog, interval=3600, top_n=100, start=False)
+        browser.model.sort("count")
+        times = []
+        for _ in range(20):
+            start = time.perf_counter()
+            browser.model.refresh()  # snapshot + view, then the widgets via on_update
+            times.append(time.perf_counter() - start)
+        browser.close()
+        print(f"browser refresh, 10k entries (snapshot + sort + top-100 table update): "
+              f"median {np.median(times) * 1000:.1f} ms, max {max(times) * 1000:.1f} ms")
+    baseline.cleanup()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""Symbolized stacks from real programs: kernel via kallsyms, user via the backend."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from ebpf_magic import plots, stacks
+from ebpf_magic.program import Program
+
+SRC = r"""
+BPF_STACK_TRACE(traces, 256);
+struct key_t { u32 pid; int kernel_stack_id; int user_stack_id; char comm[16]; };
+BPF_HASH(counts, struct key_t, u64);
+
+static int record(void *ctx) {
+    struct key_t k = {};
+    k.pid = bpf_get_current_pid_tgid() >> 32;
+    if (k.pid != PID) return 0;
+    k.kernel_stack_id = traces.get_stackid(ctx, 0);
+    k.user_stack_id = traces.get_stackid(ctx, BPF_F_USER_STACK);
+    bpf_get_current_comm(&k.comm, sizeof(k.comm));
+    counts.increment(k);
+    return 0;
+}
+TRACEPOINT_PROBE(syscalls, sys_enter_getppid) { return record(args); }
+int on_getppid(struct pt_regs *ctx) { return record(ctx); }
+"""
+
+pytestmark = pytest.mark.kernel
+
+
+@pytest.fixture(scope="module")
+def prog():
+    with Program(SRC, attach=["uprobe:c:getppid=on_getppid"], defines={"PID": os.getpid()},
+                 pid=os.getpid()) as p:
+        for _ in range(5):
+            os.getppid()
+        yield p
+
+
+def test_kernel_stack_of_the_syscall_is_symbolized(prog):
+    df = prog.maps["traces"].df
+    kernel = [s for s in df["stack"] if "do_syscall_64" in s]
+    assert kernel, df["stack"].tolist()
+    assert all(";" in s for s in kernel)
+
+
+def test_folded_stacks_join_user_and_kernel_frames_with_counts(prog):
+    df = stacks.folded(prog.maps["counts"], prog.maps["traces"])
+    # the uprobe hit: user leaf is libc's getppid, no kernel stack (stack id < 0)
+    uprobe = df[df["stack"].str.contains(r"getppid;\[missing\]$", regex=True)]
+    assert uprobe["count"].sum() == 5, df.to_string()
+    # the tracepoint hit: the kernel path of the syscall ends the stack
+    syscall = df[df["stack"].str.contains("do_syscall_64")]
+    assert syscall["count"].sum() == 5, df.to_string()
+    comm = open("/proc/self/comm").read().strip()[:15]
+    assert all(s.split(";")[0] == comm for s in df["stack"])
+    kernel_only = stacks.folded(prog.maps["counts"], prog.maps["traces"], user=False)
+    counts = dict(zip(kernel_only["stack"], kernel_only["count"], strict=True))
+    assert counts[f"{comm};[missing]"] == 5  # the uprobe hits, user frames left out
+    rects = plots.flame_rects(df)
+    root = rects[rects["depth"] == 0]
+    assert root["width"].sum() == df["count"].sum() == 10
+
+
+def test_kallsyms_resolves_a_known_symbol():
+    addr = None
+    with open("/proc/kallsyms") as f:
+        for line in f:
+            a, t, name = line.split()[:3]
+            if name == "do_syscall_64" and t in "tT":
+                addr = int(a, 16)
+                break
+    assert addr
+    ks = stacks.kernel_symbols()
+    assert ks.resolve(addr) == "do_syscall_64"
+    assert ks.resolve(addr + 3) == "do_syscall_64"

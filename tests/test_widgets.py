@@ -1,0 +1,134 @@
+"""The map browser's model driven from Python against a live kernel map."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pandas as pd
+import pytest
+
+from ebpf_magic.program import Program
+from ebpf_magic.widgets import BrowserModel, MapBrowser
+
+SRC = r"""
+BPF_HASH(counts, u32, u64);
+BPF_HISTOGRAM(sizes);
+TRACEPOINT_PROBE(syscalls, sys_enter_getppid) {
+    u32 pid = bpf_get_current_pid_tgid() >> 32;
+    if (pid != PID) return 0;
+    counts.increment(pid);
+    u32 other = 7;
+    u64 *o = counts.lookup(&other);
+    if (!o) { u64 v = 100; counts.update(&other, &v); }
+    sizes.increment(bpf_log2l(3));
+    return 0;
+}
+"""
+
+
+def wait_for(cond, timeout=5.0):
+    end = time.time() + timeout
+    while time.time() < end:
+        if cond():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+@pytest.mark.kernel
+def test_model_select_sort_filter_edit_delete_reach_the_kernel():
+    with Program(SRC, defines={"PID": os.getpid()}) as prog:
+        for _ in range(3):
+            os.getppid()
+        model = BrowserModel(prog)
+        listing = model.listing().set_index("map")
+        assert listing.loc["counts", "entries"] == 2 and listing.loc["sizes", "kind"] == \
+            "histogram"
+        view = model.select("counts")
+        assert sorted(view["key"]) == [7, os.getpid()]
+        assert model.sort("value", ascending=False)["key"].tolist() == [7, os.getpid()]
+        assert model.sort("value", ascending=True)["key"].tolist() == [os.getpid(), 7]
+        assert model.filter(str(os.getpid()))["key"].tolist() == [os.getpid()]
+        model.filter("")
+        assert len(model.top(1)) == 1
+        model.top(0)
+        row = model.view.index[model.view["key"] == 7][0]
+        model.edit(row, "value", 555)
+        assert prog.maps["counts"][7] == 555
+        row = model.view.index[model.view["key"] == 7][0]
+        model.delete(row)
+        assert 7 not in prog.maps["counts"]
+        assert model.data["key"].tolist() == [os.getpid()]
+        model.select("sizes")
+        assert model.histogram is not None and not model.editable
+        assert model.histogram.df[["low", "high", "count"]].values.tolist() == [[2, 4, 3]]
+
+
+@pytest.mark.kernel
+def test_live_refresh_follows_the_map_and_stops_on_close_and_on_program_stop():
+    with Program(SRC, defines={"PID": os.getpid()}) as prog:
+        model = BrowserModel(prog, interval=0.05)
+        model.select("counts")
+        model.start()
+        os.getppid()
+        assert wait_for(lambda: os.getpid() in model.data["key"].tolist())
+        model.pause()
+        time.sleep(0.1)
+        paused_at = model.refreshes
+        time.sleep(0.2)
+        assert model.refreshes == paused_at
+        model.resume()
+        assert wait_for(lambda: model.refreshes > paused_at)
+        model.close()
+        assert not model.live
+        n = model.refreshes
+        time.sleep(0.2)
+        assert model.refreshes == n
+        other = BrowserModel(prog, interval=0.05)
+        other.start()
+        assert other.live
+    assert wait_for(lambda: not other.live)  # the program stopped: the thread ended
+
+
+@pytest.mark.kernel
+def test_widget_renders_table_and_chart_and_closes():
+    with Program(SRC, defines={"PID": os.getpid()}) as prog:
+        os.getppid()
+        browser = prog.browse(interval=0.05)
+        try:
+            assert f"<td>{os.getpid()}</td>" in browser.table.value
+            assert "counts" in browser.listing.value
+            browser.chooser.value = "sizes"
+            assert browser.chart.layout.display is None
+            assert browser.chart.value[:4] == b"\x89PNG"
+            assert browser.editor.layout.display == "none"
+        finally:
+            browser.close()
+        assert not browser.model.live
+
+
+class Recorded:
+    """A recording's map: read-only, just name, kind, info() and df."""
+
+    name, kind = "lat", "hash"
+
+    def info(self):
+        return {"map": "lat", "kind": "hash", "key": "u32", "value": "u64", "entries": 2,
+                "max_entries": 10, "full": False}
+
+    @property
+    def df(self):
+        return pd.DataFrame({"key": [1, 2], "value": [10, 20]})
+
+
+def test_model_works_on_duck_typed_read_only_maps():
+    model = BrowserModel({"lat": Recorded()})
+    assert model.select("lat")["value"].tolist() == [10, 20]
+    assert model.sort("value", ascending=False)["key"].tolist() == [2, 1]
+    assert not model.editable
+    with pytest.raises(TypeError):
+        model.delete(0)
+    browser = MapBrowser({"lat": Recorded()}, start=False)
+    assert "<td>20</td>" in browser.table.value
+    browser.close()
