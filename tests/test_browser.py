@@ -1,8 +1,9 @@
 """End to end in a real browser: JupyterLab, the eBPF kernel, live widgets in Chromium.
 
 Starts JupyterLab on 127.0.0.1 with a copy of ``tests/browser/syscalls.ipynb``,
-opens it in headless Chromium through Playwright, runs all cells with
-JupyterLab's "Run All" command, and checks in the DOM that the map browser's
+opens it in headless Chromium through Playwright, in JupyterLab 4 and in
+Notebook 7, runs all cells with the "Run All" command (``notebook:run-all-cells``),
+and checks in the DOM that the map browser's
 syscall counts rise while this process makes syscalls and that the event
 stream's live view shows this process's events. Screenshots go to
 ``test-artifacts/``.
