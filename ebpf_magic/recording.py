@@ -177,10 +177,12 @@ def autosave(prog: Any, hostname: bool = True,
 
     A program records when :func:`mark` was called for it (``%%bpf NAME
     --record``) or when ``EBPF_MAGIC_RECORD=1`` (see :mod:`ebpf_magic.replay`).
-    Replayed programs are never written back.
+    Replayed programs are never written back. ``EBPF_MAGIC_HOSTNAME=0`` leaves
+    the hostname out, as ``hostname=False`` does.
     """
     from . import replay
 
+    hostname = hostname and os.environ.get("EBPF_MAGIC_HOSTNAME", "1").strip() != "0"
     if getattr(prog, "recording", None) is not None:
         return None
     if prog not in _marked and not replay.recording_enabled():
