@@ -77,7 +77,7 @@ def main() -> None:
             print(f"{n:>9} {t_items:>11.3f}s {t_batch:>9.3f}s {t_df:>7.3f}s "
                   f"{t_items / t_df:>8.1f}x {t_batch / t_df:>8.1f}x")
             m.clear()
-            table.clear()
+            table.items_delete_batch()  # BCC's clear() deletes key by key
         fill(m.handle.fd, 10_000)
         browser = MapBrowser(prog, interval=3600, top_n=100, start=False)
         browser.model.sort("count")

@@ -124,7 +124,8 @@ def folded(counts: Any, stack_map: Any, *, kernel: bool = True, user: bool = Tru
     ``user_stack_id``, ``pid`` and ``comm`` are found by name (or name them
     with the ``*_field`` arguments); an integer key is one stack id. Frames go
     ``comm;user root..user leaf;kernel root..kernel leaf``. Returns columns
-    ``stack`` and ``count``, largest first.
+    ``stack`` and ``count``, largest first. ``stack_map`` may also be a recorded
+    stack map's frame (``stack_id``, ``stack``), whose frames are used as stored.
     """
     df = counts if isinstance(counts, pd.DataFrame) else counts.df
     cols = list(df.columns)
@@ -137,14 +138,23 @@ def folded(counts: Any, stack_map: Any, *, kernel: bool = True, user: bool = Tru
     pcol, ccol = _find(cols, "pid", pid_field), _find(cols, "comm", comm_field)
     vcol = count_field or ("value" if "value" in cols else next(
         c for c in reversed(cols) if c not in (kcol, ucol, pcol, ccol)))
-    keys, values = stack_map.snapshot()
-    ips = dict(zip(keys.astype(np.int64).tolist(), addresses(values), strict=True))
+    if hasattr(stack_map, "snapshot"):
+        keys, values = stack_map.snapshot()
+        ips = dict(zip(keys.astype(np.int64).tolist(), addresses(values), strict=True))
+        named: dict[int, list[str]] = {}
+    else:  # a recorded stack map: its frame of already symbolized stacks
+        recorded = stack_map if isinstance(stack_map, pd.DataFrame) else stack_map.df
+        ips = {}
+        named = {int(i): str(s).split(";") if s else []
+                 for i, s in zip(recorded["stack_id"], recorded["stack"], strict=True)}
     cache: dict[tuple[int, int | None], list[str]] = {}
 
     def frames(stack_id: Any, pid: int | None) -> list[str]:
         sid = int(stack_id)
         if sid < 0:
             return [MISSING]
+        if sid in named:
+            return named[sid]
         if (sid, pid) not in cache:
             cache[(sid, pid)] = list(reversed(symbolize(ips.get(sid, []), pid)))
         return cache[(sid, pid)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import pandas as pd
 import pytest
 
 from ebpf_magic import plots, stacks
@@ -77,3 +78,12 @@ def test_kallsyms_resolves_a_known_symbol():
     ks = stacks.kernel_symbols()
     assert ks.resolve(addr) == "do_syscall_64"
     assert ks.resolve(addr + 3) == "do_syscall_64"
+
+
+def test_folded_from_recorded_frames_needs_no_kernel():
+    counts = pd.DataFrame({"pid": [1, 1], "kernel_stack_id": [4, -14], "comm": ["app", "app"],
+                           "value": [3, 2]})
+    recorded = pd.DataFrame({"stack_id": [4], "depth": [2], "stack": ["do_syscall_64;f"]})
+    df = stacks.folded(counts, recorded)
+    assert df.to_dict("records") == [{"stack": "app;do_syscall_64;f", "count": 3},
+                                     {"stack": "app;[missing]", "count": 2}]

@@ -132,3 +132,40 @@ def test_model_works_on_duck_typed_read_only_maps():
     browser = MapBrowser({"lat": Recorded()}, start=False)
     assert "<td>20</td>" in browser.table.value
     browser.close()
+
+
+COUNT_CELL = """%%bpf {name} -a tracepoint:syscalls:sys_enter_getppid -D PID={pid}
+BPF_HASH(calls, u32, u64);
+int on_getppid(void *ctx) {{
+    u32 pid = bpf_get_current_pid_tgid() >> 32;
+    if (pid != PID) return 0;
+    calls.increment(pid);
+    return 0;
+}}
+"""
+
+
+@pytest.mark.kernel
+def test_bpf_browse_magic_one_program_and_all_programs(no_leaks):
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("load_ext", "ebpf_magic")
+    try:
+        for name in ("one", "two"):
+            assert shell.run_cell(COUNT_CELL.format(name=name, pid=os.getpid())).success
+        os.getppid()
+        browser = shell.run_line_magic("bpf", "browse one --every 0.1")
+        assert list(browser.model.maps()) == ["calls"] and browser.model.interval == 0.1
+        assert browser.model.data.to_dict("records") == [{"key": os.getpid(), "value": 1}]
+        browser.close()
+        every = shell.run_line_magic("bpf", "browse two/calls")
+        assert every.model.selected == "calls"
+        every.close()
+        every = shell.run_line_magic("bpf", "browse")
+        assert list(every.model.maps()) == ["one/calls", "two/calls"]
+        every.close()
+        shell.run_line_magic("bpf", "stop --all")
+    finally:
+        shell.run_line_magic("unload_ext", "ebpf_magic")
+        InteractiveShell.clear_instance()
