@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 
-from ebpf_magic import kernelspec, launcher
+from ebpf_magic import headers, kernelspec, launcher
 
 from conftest import loaded_prog_ids
 
@@ -131,3 +133,86 @@ print(int(counter.maps["calls"][threading.get_native_id()]))""")
 
     kernelspec.uninstall(NAME, prefix=str(tmp_path))
     assert NAME not in KernelSpecManager().find_kernel_specs()
+
+
+NOBODY = 65534
+FILE_CAPS = "cap_bpf,cap_perfmon,cap_net_admin,cap_syslog,cap_dac_override+ep"
+
+
+@pytest.fixture
+def capable_python(tmp_path):
+    """A copy of this venv's interpreter granted file capabilities, as docs/privileges.md says.
+
+    It lives in a world-readable directory beside a copy of ``pyvenv.cfg`` and a link
+    to the venv's ``lib``, so it runs with the venv's packages.
+    """
+    setcap = shutil.which("setcap")
+    if setcap is None:
+        pytest.skip("setcap is missing (Debian package libcap2-bin)")
+    venv = Path(sys.prefix)
+    home = Path(tempfile.mkdtemp(prefix="ebpf-magic-nonroot-"))
+    try:
+        home.chmod(0o755)
+        (home / "bin").mkdir()
+        shutil.copy(venv / "pyvenv.cfg", home)
+        (home / "lib").symlink_to(venv / "lib")
+        python = home / "bin" / "python-bpf"
+        shutil.copy(os.path.realpath(sys.executable), python)
+        os.chown(python, 0, NOBODY)
+        python.chmod(0o750)
+        subprocess.run([setcap, FILE_CAPS, str(python)], check=True)
+        data = home / "user"
+        data.mkdir()
+        os.chown(data, NOBODY, NOBODY)
+        yield python, data
+    finally:
+        shutil.rmtree(home)
+
+
+@pytest.mark.kernel
+def test_unprivileged_user_gets_bpf_rights_through_a_capable_interpreter(
+        tmp_path, monkeypatch, capable_python):
+    python, data = capable_python
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "share" / "jupyter"))
+    spec_file = Path(kernelspec.install(NAME, prefix=str(tmp_path), python=str(python)),
+                     "kernel.json")
+    spec = json.loads(spec_file.read_text())
+    assert spec["argv"][0] == str(python)
+    # The server would run as the user; here only the kernel does.
+    spec["argv"][:0] = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+    # Share this process's merged kernel headers (building them takes seconds).
+    headers.ensure()
+    spec["env"] = {"HOME": str(data), "EBPF_MAGIC_CACHE": str(headers.cache_dir())}
+    spec_file.write_text(json.dumps(spec))
+    manager = KernelManager(kernel_name=NAME)
+    manager.start_kernel()
+    client = manager.client()
+    client.start_channels()
+    try:
+        client.wait_for_ready(timeout=60)
+        pid = int(execute(client, "import os; print(os.getpid())"))
+        status = Path(f"/proc/{pid}/status").read_text()
+        uids = next(ln for ln in status.splitlines() if ln.startswith("Uid:")).split()[1:]
+        assert set(map(int, uids)) == {NOBODY}
+        assert launcher.names(decode(status, "CapEff")) == launcher.names(
+            launcher.mask(launcher.wanted(uid=NOBODY)))
+        execute(client, "%load_ext ebpf_magic")
+        execute(client, """%%bpf getpids -q -a uprobe:c:getpid=count
+BPF_HASH(calls, u32, u64);
+int count(void *ctx) {
+    u32 tid = bpf_get_current_pid_tgid();
+    calls.increment(tid);
+    return 0;
+}""")
+        count = execute(client, """
+import ctypes, threading
+libc, tid = ctypes.CDLL(None), threading.get_native_id()
+before = int(getpids.maps["calls"].get(tid, 0))
+for _ in range(40):
+    libc.getpid()
+print(int(getpids.maps["calls"][tid]) - before)""")
+        assert int(count) == 40
+        execute(client, "%bpf stop getpids")
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=True)
