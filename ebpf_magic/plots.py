@@ -107,12 +107,15 @@ def rate(df: pd.DataFrame, time: str | None = None, interval: str = "1s", by: st
 
 
 def heatmap_frame(data: Any, value: str | None = None, time: str | None = None,
-                  interval: str = "1s", kind: str = "log2") -> pd.DataFrame:
+                  interval: str = "1s", kind: str = "log2",
+                  cumulative: bool = False) -> pd.DataFrame:
     """Counts with one row per bucket label (low to high) and one column per time bin.
 
     ``data`` is either a stream DataFrame (bucket the ``value`` column per
     ``interval``) or periodic histogram snapshots: an iterable of
-    ``(time, Histogram or bucket frame)`` pairs.
+    ``(time, Histogram or bucket frame)`` pairs. ``cumulative``: the snapshots
+    are of a map that keeps counting, so each column shows the difference
+    from the previous snapshot.
     """
     if isinstance(data, pd.DataFrame):
         if value is None:
@@ -132,6 +135,8 @@ def heatmap_frame(data: Any, value: str | None = None, time: str | None = None,
             h = as_histogram(snap, kind=kind)
             columns[stamp] = h.df.groupby(["low", "high"])["count"].sum()
         counts = pd.DataFrame(columns).fillna(0).astype(np.int64).sort_index()
+        if cumulative:
+            counts = counts.diff(axis=1).fillna(counts).astype(np.int64)
         low = counts.index.get_level_values(0).to_numpy()
         high = counts.index.get_level_values(1).to_numpy()
     counts.index = [histograms.label(lo, hi, kind) for lo, hi in zip(low, high, strict=True)]
@@ -139,9 +144,13 @@ def heatmap_frame(data: Any, value: str | None = None, time: str | None = None,
 
 
 def heatmap(data: Any, value: str | None = None, time: str | None = None, interval: str = "1s",
-            kind: str = "log2", ax: Any = None, cmap: str = "viridis") -> Any:
-    """A latency heatmap: time bins across, log2 buckets up, colour = count."""
-    counts = heatmap_frame(data, value, time, interval, kind)
+            kind: str = "log2", cumulative: bool = False, ax: Any = None,
+            cmap: str = "viridis") -> Any:
+    """A latency heatmap: time bins across, log2 buckets up, colour = count.
+
+    Takes what :func:`heatmap_frame` takes.
+    """
+    counts = heatmap_frame(data, value, time, interval, kind, cumulative)
     ax = _axes(ax)
     mesh = ax.pcolormesh(np.arange(counts.shape[1] + 1), np.arange(counts.shape[0] + 1),
                          counts.to_numpy(), cmap=cmap, shading="flat")

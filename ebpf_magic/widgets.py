@@ -308,7 +308,8 @@ class MapBrowser:
             w.HBox([self.sort, self.descending, self.filter, self.top]),
             self.status, self.chart, self.table, self.editor])
 
-        self.chooser.observe(lambda c: self._act(m.select, c["new"]), "value")
+        self._syncing = False
+        self.chooser.observe(self._choose, "value")
         self.interval.observe(lambda c: m.set_interval(c["new"]), "value")
         self.pause.observe(self._toggle_pause, "value")
         self.sort.observe(lambda c: self._resort(), "value")
@@ -332,6 +333,10 @@ class MapBrowser:
             self.model.error = str(e)
         self.render()
 
+    def _choose(self, change: dict) -> None:
+        if not self._syncing and change["new"] is not None:
+            self._act(self.model.select, change["new"])
+
     def _toggle_pause(self, change: dict) -> None:
         if change["new"]:
             self.model.pause()
@@ -349,6 +354,14 @@ class MapBrowser:
         with m._lock:
             listing, view, data, hist = m.listing(), m.view, m.data, m.histogram
         self.listing.value = _listing_html(listing, m.selected)
+        names = list(listing["map"])
+        if list(self.chooser.options) != names:  # programs started or stopped
+            self._syncing = True
+            try:
+                self.chooser.options = names
+                self.chooser.value = m.selected if m.selected in names else None
+            finally:
+                self._syncing = False
         columns = [""] + [str(c) for c in data.columns]
         if list(self.sort.options) != columns:
             self.sort.options = columns

@@ -37,7 +37,7 @@ def wait_for(cond, timeout=5.0):
 
 
 @pytest.mark.kernel
-def test_model_select_sort_filter_edit_delete_reach_the_kernel():
+def test_model_select_sort_filter_edit_delete_reach_the_kernel(no_leaks):
     with Program(SRC, defines={"PID": os.getpid()}) as prog:
         for _ in range(3):
             os.getppid()
@@ -92,7 +92,7 @@ def test_live_refresh_follows_the_map_and_stops_on_close_and_on_program_stop():
 
 
 @pytest.mark.kernel
-def test_widget_renders_table_and_chart_and_closes():
+def test_widget_renders_table_and_chart_and_closes(no_leaks):
     with Program(SRC, defines={"PID": os.getpid()}) as prog:
         os.getppid()
         browser = prog.browse(interval=0.05)
@@ -169,3 +169,20 @@ def test_bpf_browse_magic_one_program_and_all_programs(no_leaks):
     finally:
         shell.run_line_magic("unload_ext", "ebpf_magic")
         InteractiveShell.clear_instance()
+
+
+@pytest.mark.kernel
+def test_browser_over_all_programs_follows_programs_starting_and_stopping(no_leaks):
+    from ebpf_magic.widgets import browse
+
+    with Program(SRC, name="first", defines={"PID": os.getpid()}):
+        browser = browse(interval=0.05)
+        try:
+            names = list(browser.model.maps())
+            assert "first/counts" in names and "first/sizes" in names
+            with Program(SRC, name="second", defines={"PID": os.getpid()}):
+                assert wait_for(lambda: "second/counts" in browser.chooser.options)
+            assert wait_for(lambda: "second/counts" not in browser.chooser.options)
+            assert "first/counts" in browser.chooser.options
+        finally:
+            browser.close()
