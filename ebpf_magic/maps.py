@@ -3,6 +3,12 @@
 ``Map`` reads and writes a kernel map through its file descriptor with plain
 Python values: ints, tuples or dicts for struct keys, dicts for struct values,
 ``str`` for ``char[]``. Iteration follows the kernel's get_next_key order.
+
+Snapshots (:meth:`Map.snapshot`, :attr:`Map.df`) read the whole map with
+BPF_MAP_LOOKUP_BATCH into numpy buffers and decode them with the map's dtypes,
+falling back to one lookup per key where the kernel or map kind has no batch
+operations. :func:`frame` turns snapshot arrays into a DataFrame without
+touching the kernel.
 """
 
 from __future__ import annotations

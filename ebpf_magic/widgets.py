@@ -80,6 +80,7 @@ class BrowserModel:
         self._lock = threading.RLock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        self._listing: tuple[pd.DataFrame | None, float] = (None, 0.0)
         names = list(self.maps())
         if names:
             self.selected = names[0]
@@ -89,14 +90,23 @@ class BrowserModel:
     def maps(self) -> dict[str, Any]:
         return dict(self._list()) if not self.closed else {}
 
-    def listing(self) -> pd.DataFrame:
-        """One row per map: kind, types, entries, max_entries, full."""
+    def listing(self, max_age: float = 0.0) -> pd.DataFrame:
+        """One row per map: kind, types, entries, max_entries, full.
+
+        ``max_age``: reuse a listing up to this many seconds old (counting
+        entries reads every map, so live refreshes of one map reuse it).
+        """
+        cached, at = self._listing
+        if cached is not None and time.monotonic() - at < max_age:
+            return cached
         rows = []
         for name, m in self.maps().items():
             info = dict(m.info())
             info["map"] = name
             rows.append(info)
-        return pd.DataFrame(rows, columns=LISTING_COLUMNS)
+        listing = pd.DataFrame(rows, columns=LISTING_COLUMNS)
+        self._listing = (listing, time.monotonic())
+        return listing
 
     @property
     def current(self) -> Any:
@@ -352,7 +362,7 @@ class MapBrowser:
         """Copy the model's state into the widgets (safe from the refresh thread)."""
         m = self.model
         with m._lock:
-            listing, view, data, hist = m.listing(), m.view, m.data, m.histogram
+            listing, view, data, hist = m.listing(max_age=2.0), m.view, m.data, m.histogram
         self.listing.value = _listing_html(listing, m.selected)
         names = list(listing["map"])
         if list(self.chooser.options) != names:  # programs started or stopped
