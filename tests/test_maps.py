@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -159,3 +160,17 @@ def test_frame_from_arrays_needs_no_kernel():
     assert df.to_dict("records") == [
         {"pid": 1, "comm": "a", "value[cpu0]": 1, "value[cpu1]": 2, "total": 3},
         {"pid": 2, "comm": "bc", "value[cpu0]": 3, "value[cpu1]": 4, "total": 7}]
+
+
+def test_falls_back_to_per_key_reads_without_batch_ops(prog, monkeypatch):
+    m = prog.maps["sizes"]
+    expected = m.df.sort_values("key").reset_index(drop=True)
+
+    def no_batch(*args, **kwargs):
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(sysbpf, "map_lookup_batch", no_batch)
+    got = m.df.sort_values("key").reset_index(drop=True)
+    assert got.equals(expected)
+    assert m._batch_ok is False
+    m._batch_ok = True
