@@ -41,8 +41,8 @@ def unprivileged_python() -> tuple[str, str]:
     A virtualenv's interpreter may live in a home directory other users cannot
     enter; the system's Python of the same version runs the same packages.
     """
-    base = os.path.realpath(sys.executable)
-    if os.access(base, os.X_OK) and not base.startswith("/root/"):
+    base = Path(os.path.realpath(sys.executable))
+    if all(os.stat(p).st_mode & 0o001 for p in [base, *base.parents]):
         python = sys.executable
     else:
         python = f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"

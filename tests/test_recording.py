@@ -115,6 +115,8 @@ def test_snapshots_over_time_replay(tmp_path: Path) -> None:
     assert list(stacked.columns) == ["time", "value"]
     assert stacked["time"].iloc[0] == pd.Timestamp(1000, unit="s", tz="UTC")
     assert stacked["value"].tolist()[:6] == [0, 0, 1, 2, 2, 4]
+    browser = back.browse()
+    assert list(browser.model.listing()["map"]) == ["hist"]
     rec = recording.record_snapshots(back)
     assert [s.time for s in rec.snapshots][:3] == [1000.0, 1001.0, 1002.0]
     pd.testing.assert_frame_equal(rec.frame("hist"), stacked)

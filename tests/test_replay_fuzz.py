@@ -26,7 +26,7 @@ from ebpf_magic import recording, replay
 from ebpf_magic.errors import ReplayError
 from ebpf_magic.probes import Probe
 
-FUZZ = settings(max_examples=150, deadline=None,
+FUZZ = settings(max_examples=150, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
