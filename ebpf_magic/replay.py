@@ -114,7 +114,8 @@ def set_replay(on: bool | None) -> None:
 def can_run_live() -> tuple[bool, str]:
     """Whether this process can load BPF programs, and if not, why not."""
     if _flag("replay", REPLAY_ENV):
-        return False, f"replay was requested ({REPLAY_ENV}=1)"
+        how = "set_replay(True)" if _settings["replay"] else f"{REPLAY_ENV}=1"
+        return False, f"replay was requested ({how})"
     if platform.system() != "Linux":
         return False, f"eBPF needs Linux; this is {platform.system()}"
     from . import kernel
