@@ -18,6 +18,7 @@ dtypes back. Nothing in a recording is pickled or executable:
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -95,13 +96,17 @@ class Recorder:
     def take(self) -> Snapshot | None:
         """Take one snapshot now; None when the program has stopped."""
         prog = self._prog()
-        if prog is None or not prog.running:
+        if prog is None:
             return None
-        try:
-            frames = {name: prog.maps[name].df
-                      for name in (self.names if self.names is not None else prog.maps)}
-        except (OSError, BPFError, KeyError, ValueError):
-            return None  # the program stopped while it was read
+        # a live program's lock keeps stop() from closing the maps while they are read
+        with getattr(prog, "_lock", None) or contextlib.nullcontext():
+            if not prog.running:
+                return None
+            try:
+                frames = {name: prog.maps[name].df
+                          for name in (self.names if self.names is not None else prog.maps)}
+            except (OSError, BPFError, KeyError, ValueError):
+                return None
         snap = Snapshot(time.time(), frames)
         self.snapshots.append(snap)
         del self.snapshots[:-self.limit]
