@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
-from .errors import (AttachError, BCCNotFoundError, BPFError, CompileError,
-                     HeadersMissingError, NotPrivilegedError, ProbeSpecError, VerifierError)
+from .errors import (
+    AttachError,
+    BCCNotFoundError,
+    BPFError,
+    CompileError,
+    HeadersMissingError,
+    NotPrivilegedError,
+    ProbeSpecError,
+    VerifierError,
+)
 from .probes import Probe
 from .program import Program, stop_all
-from .replay import live as live, load as load
+from .replay import live as live
+from .replay import load as load
 
 __all__ = [
     "AttachError", "BCCNotFoundError", "BPFError", "CompileError", "HeadersMissingError",
