@@ -20,15 +20,17 @@ import sys
 from pathlib import Path
 
 from . import kernel
+from .kernel import (
+    CAP_BPF,
+    CAP_DAC_OVERRIDE,
+    CAP_NET_ADMIN,
+    CAP_PERFMON,
+    CAP_SYS_ADMIN,
+    CAP_SYS_RESOURCE,
+    CAP_SYSLOG,
+)
 
-CAP_DAC_OVERRIDE = 1
 CAP_SETPCAP = 8
-CAP_NET_ADMIN = 12
-CAP_SYS_ADMIN = 21
-CAP_SYS_RESOURCE = 24
-CAP_SYSLOG = 34
-CAP_PERFMON = 38
-CAP_BPF = 39
 
 NAMES = {CAP_DAC_OVERRIDE: "dac_override", CAP_SETPCAP: "setpcap",
          CAP_NET_ADMIN: "net_admin", CAP_SYS_ADMIN: "sys_admin",

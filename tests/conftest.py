@@ -14,6 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from IPython.core.interactiveshell import InteractiveShell
 
 from ebpf_magic import kernel
 
@@ -103,3 +104,13 @@ def no_leaks():
         p for p in bpftool_json("prog", "show")
         if p["id"] not in before_progs and p.get("pids")
         and any(x["pid"] == os.getpid() for x in p["pids"])], "programs left loaded"
+
+
+@pytest.fixture
+def shell():
+    """A real IPython shell with the extension loaded; unloading it stops every program."""
+    sh = InteractiveShell.instance()
+    sh.run_line_magic("load_ext", "ebpf_magic")
+    yield sh
+    sh.run_line_magic("unload_ext", "ebpf_magic")
+    InteractiveShell.clear_instance()

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 from IPython.core.error import UsageError
-from IPython.core.interactiveshell import InteractiveShell
 
 from ebpf_magic import doctor
 from ebpf_magic.doctor import Report, Row
@@ -158,15 +157,6 @@ def test_report_renders_for_terminals_and_notebooks():
     unprobed = Report([Row("privileges", "ok", ""), Row("BCC", "ok", "")])
     assert unprobed.usable and "attach types were not checked" in unprobed.verdict
     assert not Report(report.rows[:3]).usable  # the only attach type tried is unavailable
-
-
-@pytest.fixture
-def shell():
-    sh = InteractiveShell.instance()
-    sh.run_line_magic("load_ext", "ebpf_magic")
-    yield sh
-    sh.run_line_magic("unload_ext", "ebpf_magic")
-    InteractiveShell.clear_instance()
 
 
 def test_magic_subcommand(shell):

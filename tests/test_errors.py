@@ -6,22 +6,12 @@ import sys
 import textwrap
 
 import pytest
-from IPython.core.interactiveshell import InteractiveShell
 
 from ebpf_magic import AttachError, CompileError, HeadersMissingError, Program, VerifierError
 
 from conftest import loaded_prog_ids, own_bpf_fds
 
 pytestmark = pytest.mark.kernel
-
-
-@pytest.fixture
-def shell():
-    sh = InteractiveShell.instance()
-    sh.run_line_magic("load_ext", "ebpf_magic")
-    yield sh
-    sh.run_line_magic("unload_ext", "ebpf_magic")
-    InteractiveShell.clear_instance()
 
 
 def shown(shell, cell, capsys) -> str:

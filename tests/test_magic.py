@@ -20,15 +20,6 @@ int on_getppid(void *ctx) {{
 """
 
 
-@pytest.fixture
-def shell():
-    sh = InteractiveShell.instance()
-    sh.run_line_magic("load_ext", "ebpf_magic")
-    yield sh
-    sh.run_line_magic("unload_ext", "ebpf_magic")
-    InteractiveShell.clear_instance()
-
-
 def run(shell, cell):
     result = shell.run_cell(cell)
     return result
