@@ -78,6 +78,8 @@ def symbolize(addrs: list[int], pid: int | None = None) -> list[str]:
 
 def addresses(values: np.ndarray) -> list[list[int]]:
     """Each stack-trace map value (a record of ``ip[]``) as its non-zero addresses."""
+    if not len(values):
+        return []
     ips = values["ip"] if values.dtype.names else values
     ips = np.asarray(ips).reshape(len(values), -1).view(np.uint64)
     return [[int(a) for a in row[row != 0]] for row in ips]

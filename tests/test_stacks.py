@@ -87,3 +87,10 @@ def test_folded_from_recorded_frames_needs_no_kernel():
     df = stacks.folded(counts, recorded)
     assert df.to_dict("records") == [{"stack": "app;do_syscall_64;f", "count": 3},
                                      {"stack": "app;[missing]", "count": 2}]
+
+
+def test_folded_of_empty_maps_is_an_empty_frame():
+    src = "BPF_STACK_TRACE(traces, 16);\nBPF_HASH(counts, int, u64);\n"
+    with Program(src) as p:
+        df = stacks.folded(p.maps["counts"], p.maps["traces"])
+    assert df.empty and list(df.columns) == ["stack", "count"]
