@@ -364,6 +364,7 @@ class ReplayedProgram:
     """A recorded program, read back: the read API of a live one, nothing in the kernel."""
 
     running = False
+    readable = True  # recorded maps stay readable; a stopped live program's do not
 
     def __init__(self, name: str, program: dict[str, Any], info: RecordingInfo,
                  streams: dict[str, ReplayedStream], maps: dict[str, ReplayedMap],

@@ -32,7 +32,11 @@ def _source(obj: Any) -> tuple[MapSource, Callable[[], bool]]:
     if callable(obj) and not hasattr(obj, "maps"):
         return obj, lambda: True
     if hasattr(obj, "maps") and hasattr(obj, "running"):
-        return (lambda: dict(obj.maps) if obj.running else {}), lambda: bool(obj.running)
+        # a live program's maps are readable while it runs; a replayed one's always
+        def readable() -> bool:
+            return bool(getattr(obj, "readable", obj.running))
+
+        return (lambda: dict(obj.maps) if readable() else {}), readable
     if isinstance(obj, Mapping):
         return (lambda: dict(obj)), lambda: True
     raise TypeError(f"cannot browse a {type(obj).__name__}: pass a Program, a mapping of "

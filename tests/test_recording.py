@@ -348,3 +348,16 @@ def test_live_stream_round_trip(tmp_path: Path, no_leaks) -> None:
     assert replayed["count"].dtype == np.uint32 and replayed["ts"].dtype == live["ts"].dtype
     assert back.events["events"].stats["received"] == 25
     assert back.events["events"].tail(3)["count"].tolist() == [23, 24, 25]
+
+
+def test_browse_subcommand_shows_a_replayed_programs_maps(tmp_path, shell):
+    from ebpf_magic.program import Program
+
+    src = "BPF_HASH(m, u32, u64);"
+    with Program(src, name="rec") as prog:
+        prog.maps["m"][7] = 70
+        prog.save(tmp_path / "rec.bpfrec")
+    shell.run_line_magic("bpf", f"load {tmp_path / 'rec.bpfrec'} again")
+    browser = shell.run_line_magic("bpf", "browse again")
+    assert "<td>70</td>" in browser.table.value
+    browser.close()
