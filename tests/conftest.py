@@ -20,6 +20,17 @@ from ebpf_magic import kernel
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
+# A %%bpf cell counting getppid() calls of one process, per pid; format name= and pid=.
+COUNT_CELL = """%%bpf {name} -a tracepoint:syscalls:sys_enter_getppid -D PID={pid}
+BPF_HASH(calls, u32, u64);
+int on_getppid(void *ctx) {{
+    u32 pid = bpf_get_current_pid_tgid() >> 32;
+    if (pid != PID) return 0;
+    calls.increment(pid);
+    return 0;
+}}
+"""
+
 
 def bpf_unavailable_reason() -> str | None:
     if not kernel.has_bpf_rights():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -51,6 +52,21 @@ def execute(client, code: str) -> str:
     assert reply["content"]["status"] == "ok" and not errors, "\n".join(errors) or reply
     return "".join(out)
 
+@contextlib.contextmanager
+def running_kernel():
+    """Start the installed kernel; yield (manager, client, kernel pid); always shut it down."""
+    manager = KernelManager(kernel_name=NAME)
+    manager.start_kernel()
+    client = manager.client()
+    client.start_channels()
+    try:
+        client.wait_for_ready(timeout=60)
+        yield manager, client, int(execute(client, "import os; print(os.getpid())"))
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=True)
+
+
 
 def test_wanted_capabilities_follow_kernel_version_and_user():
     assert launcher.wanted((6, 1), uid=0) == {launcher.CAP_BPF, launcher.CAP_PERFMON,
@@ -83,13 +99,7 @@ def test_kernel_runs_bpf_with_only_the_chosen_capabilities(tmp_path, monkeypatch
     kernelspec.install(NAME, prefix=str(tmp_path))
     assert NAME in KernelSpecManager().find_kernel_specs()
 
-    manager = KernelManager(kernel_name=NAME)
-    manager.start_kernel()
-    client = manager.client()
-    client.start_channels()
-    try:
-        client.wait_for_ready(timeout=60)
-        pid = int(execute(client, "import os; print(os.getpid())"))
+    with running_kernel() as (manager, client, pid):
         assert pid == manager.provisioner.pid  # the launcher replaced itself
         status = Path(f"/proc/{pid}/status").read_text()
         chosen = launcher.mask(launcher.wanted()) & decode(
@@ -126,9 +136,6 @@ print(int(counter.maps["calls"][threading.get_native_id()]))""")
         assert int(count) == 250
         execute(client, "%bpf stop counter")
         assert not ids & loaded_prog_ids()
-    finally:
-        client.stop_channels()
-        manager.shutdown_kernel(now=True)
     assert not os.path.exists(f"/proc/{pid}")
 
     kernelspec.uninstall(NAME, prefix=str(tmp_path))
@@ -184,13 +191,7 @@ def test_unprivileged_user_gets_bpf_rights_through_a_capable_interpreter(
     headers.ensure()
     spec["env"] = {"HOME": str(data), "EBPF_MAGIC_CACHE": str(headers.cache_dir())}
     spec_file.write_text(json.dumps(spec))
-    manager = KernelManager(kernel_name=NAME)
-    manager.start_kernel()
-    client = manager.client()
-    client.start_channels()
-    try:
-        client.wait_for_ready(timeout=60)
-        pid = int(execute(client, "import os; print(os.getpid())"))
+    with running_kernel() as (_, client, pid):
         status = Path(f"/proc/{pid}/status").read_text()
         uids = next(ln for ln in status.splitlines() if ln.startswith("Uid:")).split()[1:]
         assert set(map(int, uids)) == {NOBODY}
@@ -213,6 +214,3 @@ for _ in range(40):
 print(int(getpids.maps["calls"][tid]) - before)""")
         assert int(count) == 40
         execute(client, "%bpf stop getpids")
-    finally:
-        client.stop_channels()
-        manager.shutdown_kernel(now=True)

@@ -5,19 +5,11 @@ import os
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
+from conftest import COUNT_CELL as COUNT
 from conftest import loaded_prog_ids, own_bpf_fds
 
 pytestmark = pytest.mark.kernel
 
-COUNT = """%%bpf {name} -a tracepoint:syscalls:sys_enter_getppid -D PID={pid}
-BPF_HASH(calls, u32, u64);
-int on_getppid(void *ctx) {{
-    u32 pid = bpf_get_current_pid_tgid() >> 32;
-    if (pid != PID) return 0;
-    calls.increment(pid);
-    return 0;
-}}
-"""
 
 
 def run(shell, cell):

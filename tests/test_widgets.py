@@ -11,6 +11,8 @@ import pytest
 from ebpf_magic.program import Program
 from ebpf_magic.widgets import BrowserModel, MapBrowser
 
+from conftest import COUNT_CELL
+
 SRC = r"""
 BPF_HASH(counts, u32, u64);
 BPF_HISTOGRAM(sizes);
@@ -134,15 +136,6 @@ def test_model_works_on_duck_typed_read_only_maps():
     browser.close()
 
 
-COUNT_CELL = """%%bpf {name} -a tracepoint:syscalls:sys_enter_getppid -D PID={pid}
-BPF_HASH(calls, u32, u64);
-int on_getppid(void *ctx) {{
-    u32 pid = bpf_get_current_pid_tgid() >> 32;
-    if (pid != PID) return 0;
-    calls.increment(pid);
-    return 0;
-}}
-"""
 
 
 @pytest.mark.kernel
