@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes as ct
+import functools
 import json
 import os
 import re
@@ -68,8 +69,16 @@ def captured_stderr() -> Iterator[_Captured]:
             out.text = tmp.read().decode("utf-8", "replace")
 
 
+@functools.cache
 def _bcc_class():
+    """BCC, and its BPF class made to leave attaching to us; built once per process."""
     bcc = import_bcc()
+    # libbcc functions BCC's Python module does not declare
+    lib = bcc.libbcc.lib
+    lib.bpf_num_tables.restype = ct.c_ulonglong
+    lib.bpf_num_tables.argtypes = [ct.c_void_p]
+    lib.bpf_table_name.restype = ct.c_char_p
+    lib.bpf_table_name.argtypes = [ct.c_void_p, ct.c_ulonglong]
 
     class _BPF(bcc.BPF):
         """BCC's BPF without auto-attach: the caller attaches, and can roll back."""
@@ -155,10 +164,6 @@ class BccProgram(CompiledProgram):
 
     def maps(self) -> dict[str, MapHandle]:
         lib = self._bcc.libbcc.lib
-        lib.bpf_num_tables.restype = ct.c_ulonglong
-        lib.bpf_num_tables.argtypes = [ct.c_void_p]
-        lib.bpf_table_name.restype = ct.c_char_p
-        lib.bpf_table_name.argtypes = [ct.c_void_p, ct.c_ulonglong]
         module = self._bpf.module
         declared = _declared_kinds(self._source)
         out = {}
