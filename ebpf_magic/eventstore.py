@@ -102,11 +102,6 @@ class EventStore:
 
 class _ParquetSpill:
     def __init__(self, path: Path, frame) -> None:
-        try:
-            import pyarrow  # noqa: F401
-        except ImportError:
-            raise ImportError("Spilling to Parquet needs pyarrow: "
-                              "pip install 'ebpf_magic[parquet]'") from None
         self.path = path
         self._frame = frame
         self._writer = None

@@ -336,8 +336,6 @@ def save(prog: Any, path: str | os.PathLike, *, snapshots: Recorder | Iterable[S
 
     Returns the path written. The final map snapshot is taken now.
     """
-    import pyarrow  # noqa: F401 - a clear error before anything is written
-
     path = Path(path)
     if snapshots is None:
         snapshots = recorder_of(prog)

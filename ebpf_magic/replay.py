@@ -684,11 +684,6 @@ def load(path: str | os.PathLike, name: str | None = None, *,
     if not path.is_file():
         raise ReplayError(f"no recording at {path}",
                           f"Recordings by name live in {recordings_dir()}.")
-    try:
-        import pyarrow  # noqa: F401
-    except ImportError:
-        raise ReplayError("replaying needs pyarrow, which is not installed",
-                          "pip install pyarrow (or ebpf_magic[parquet])") from None
     archive = _Archive(path, max_bytes)
     try:
         return _load(archive, name)
