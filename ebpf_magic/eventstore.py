@@ -3,6 +3,11 @@
 Events are kept as structured numpy records (about the C struct's size each),
 never as Python objects. When ``max_rows`` are held, the oldest are dropped and
 counted, or, with a spill file, written to Parquet first so nothing is lost.
+
+Rows are numbered in the order they were appended; row ``i`` lives in slot
+``i % max_rows``. A reader may copy rows without holding the writer back
+(:meth:`EventStore.held`, :meth:`EventStore.copy`, :meth:`EventStore.intact_from`):
+rows the writer overwrote meanwhile are recognised by their number and cut.
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ class EventStore:
         self.spilled = 0
         # calloc'ed: the kernel backs pages only as rows are written
         self._buf = np.zeros(self.max_rows, dtype)
-        self._start = 0
+        self._head = 0  # number of the next row appended
+        self._writing = 0  # rows below this number are written or being written
         self._count = 0
         self._spill: _ParquetSpill | None = None
 
@@ -49,10 +55,12 @@ class EventStore:
         if overflow > 0:
             spill_more = cap // 4 if self._spill is not None else 0
             self._evict(min(self._count, max(overflow, spill_more)))
-        end = (self._start + self._count) % cap
+        self._writing = self._head + n
+        end = self._head % cap
         first = min(n, cap - end)
         self._buf[end:end + first] = records[:first]
         self._buf[:n - first] = records[first:]
+        self._head += n
         self._count += n
 
     def _evict(self, k: int) -> None:
@@ -60,11 +68,11 @@ class EventStore:
         if k <= 0:
             return
         if self._spill is not None:
-            self._spill.write(self._slice(0, k))
+            lo = self._head - self._count
+            self._spill.write(self.copy(lo, lo + k))
             self.spilled += k
         else:
             self.dropped += k
-        self._start = (self._start + k) % len(self._buf)
         self._count -= k
 
     def _evict_records(self, records: np.ndarray) -> None:
@@ -74,22 +82,32 @@ class EventStore:
         else:
             self.dropped += len(records)
 
-    def _slice(self, first: int, last: int) -> np.ndarray:
-        cap = len(self._buf)
-        lo, hi = self._start + first, self._start + last
-        if hi <= cap:
-            return self._buf[lo:hi].copy()
-        if lo >= cap:
-            return self._buf[lo - cap:hi - cap].copy()
-        return np.concatenate((self._buf[lo:], self._buf[:hi - cap]))
+    def held(self, last: int | None = None) -> tuple[int, int]:
+        """Numbers ``(lo, hi)`` of the rows held (only the ``last`` newest if given)."""
+        count = self._count if last is None else min(self._count, max(last, 0))
+        return self._head - count, self._head
+
+    def copy(self, lo: int, hi: int) -> np.ndarray:
+        """Rows ``lo`` to ``hi`` (numbers from :meth:`held`), copied byte for byte."""
+        cap, size = len(self._buf), self.dtype.itemsize
+        flat = self._buf.view(np.uint8)
+        out = np.empty((hi - lo) * size, np.uint8)
+        start = lo % cap
+        first = min(hi - lo, cap - start)
+        out[:first * size] = flat[start * size:(start + first) * size]
+        out[first * size:] = flat[:(hi - lo - first) * size]
+        return out.view(self.dtype)
+
+    def intact_from(self) -> int:
+        """The number of the oldest row no append has overwritten or is overwriting."""
+        return self._writing - len(self._buf)
 
     def snapshot(self, last: int | None = None) -> np.ndarray:
         """A copy of the held records (only the ``last`` newest if given)."""
-        first = 0 if last is None else max(0, self._count - last)
-        return self._slice(first, self._count)
+        return self.copy(*self.held(last))
 
     def clear(self) -> None:
-        self._start = self._count = 0
+        self._count = 0
 
     def close(self) -> None:
         if self._spill is not None:

@@ -210,10 +210,16 @@ class Stream:
     def tail(self, n: int | None = 10) -> pd.DataFrame:
         """The ``n`` newest events held (all with ``None``)."""
         with self._lock:
-            if self._store is None:
+            store = self._store
+            if store is None:
                 return pd.DataFrame()
-            records = self._store.snapshot(n)
-        return self._frame(records)
+            lo, hi = store.held(n)
+        # copied without holding the reader back, so the kernel's buffer keeps draining;
+        # rows the reader overwrote meanwhile (the oldest, beyond max_rows) are cut
+        records = store.copy(lo, hi)
+        with self._lock:
+            cut = store.intact_from() - lo
+        return self._frame(records[max(cut, 0):])
 
     def to_datetime(self, values, clock: str = "monotonic") -> pd.Series:
         """Kernel ns timestamps (a column of :attr:`df`) as wall-clock datetimes."""
