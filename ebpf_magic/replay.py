@@ -462,6 +462,22 @@ def _need(obj: Any, key: str, types: type | tuple[type, ...], where: str,
     return value
 
 
+def _stream_stats(stats: dict, where: str) -> dict[str, Any]:
+    """A stream's counters as the live stream has them: ints, ``lost_per_cpu`` keyed by CPU."""
+    out: dict[str, Any] = {}
+    for key in stats:
+        if key == "lost_per_cpu":
+            per_cpu = _need(stats, key, dict, where)
+            if not all(isinstance(c, str) and c.isdigit() and len(c) < 8 for c in per_cpu):
+                raise ReplayError(f"malformed recording: {where}.lost_per_cpu has a key "
+                                  "that is not a CPU number")
+            out[key] = {int(c): _need(per_cpu, c, int, f"{where}.lost_per_cpu")
+                        for c in per_cpu}
+        else:
+            out[str(key)] = _need(stats, key, int, where)
+    return out
+
+
 def _need_time(obj: Any, key: str, where: str) -> float | None:
     value = _need(obj, key, (int, float), where, optional=True)
     if value is not None and not math.isfinite(value):
@@ -730,7 +746,7 @@ def _load(archive: _Archive, name: str | None) -> ReplayedProgram:
     for i, s in enumerate(_need(manifest, "streams", list, "manifest")):
         where = f"streams[{i}]"
         sname = _need(s, "name", str, where)
-        stats = _need(s, "stats", dict, where)
+        stats = _stream_stats(_need(s, "stats", dict, where), f"{where}.stats")
         streams[sname] = ReplayedStream(sname, _frame(archive, s, where), stats)
 
     maps: dict[str, ReplayedMap] = {}

@@ -24,7 +24,8 @@ from ebpf_magic.probes import Probe
 class FakeStream:
     def __init__(self, df: pd.DataFrame) -> None:
         self.df = df
-        self.stats = {"received": len(df), "lost_kernel": 0, "dropped_cap": 0}
+        self.stats = {"received": len(df), "lost_kernel": 3, "dropped_cap": 0,
+                      "lost_per_cpu": {1: 3}}
 
 
 class FakeMap:
@@ -81,7 +82,8 @@ def test_round_trip_keeps_every_row_and_dtype(tmp_path: Path) -> None:
     pd.testing.assert_frame_equal(back.events["events"].df, events, check_exact=True)
     pd.testing.assert_frame_equal(back.events["empty"].df, events.iloc[:0], check_exact=True)
     pd.testing.assert_frame_equal(back.maps["counts"].df, counts, check_exact=True)
-    assert back.events["events"].stats == {"received": 5, "lost_kernel": 0, "dropped_cap": 0}
+    assert back.events["events"].stats == {"received": 5, "lost_kernel": 3, "dropped_cap": 0,
+                                           "lost_per_cpu": {1: 3}}
     assert back.maps["counts"].info() == {"map": "counts", "kind": "hash", "entries": 3}
     assert (back.name, back.source, back.cflags, back.pid) == ("fake", "int x;", ["-DN=1"], 42)
     assert back.probes == prog.probes and back.attached == prog.attached
@@ -339,6 +341,7 @@ def test_live_stream_round_trip(tmp_path: Path, no_leaks) -> None:
                 time.sleep(0.05)
             path = prog.save(tmp_path / "ev.bpfrec")
             live = prog.events["events"].df
+            live_stats = prog.events["events"].stats
     finally:
         os.close(fd)
     back = ebpf_magic.load(path)
@@ -346,7 +349,7 @@ def test_live_stream_round_trip(tmp_path: Path, no_leaks) -> None:
     pd.testing.assert_frame_equal(replayed, live, check_exact=True)
     assert replayed["count"].tolist() == list(range(1, 26))
     assert replayed["count"].dtype == np.uint32 and replayed["ts"].dtype == live["ts"].dtype
-    assert back.events["events"].stats["received"] == 25
+    assert back.events["events"].stats == live_stats and live_stats["received"] == 25
     assert back.events["events"].tail(3)["count"].tolist() == [23, 24, 25]
 
 

@@ -264,3 +264,13 @@ def test_parquet_that_does_not_match_the_manifest(valid: bytes, tmp_path: Path, 
 def test_crafted_manifests(valid: bytes, tmp_path: Path, change, message: str) -> None:
     with pytest.raises(ReplayError, match=message):
         load_bytes(tmp_path, with_manifest(valid, change))
+
+
+@pytest.mark.parametrize("stats", [{"received": "5"}, {"received": 1.5},
+                                   {"lost_per_cpu": {"x": 1}}, {"lost_per_cpu": {"0": "1"}},
+                                   {"lost_per_cpu": [1]}, {"lost_per_cpu": {"1" * 40: 1}}])
+def test_stream_stats_of_the_wrong_shape_are_rejected(valid: bytes, tmp_path: Path,
+                                                      stats: dict) -> None:
+    data = with_manifest(valid, lambda m: m["streams"][0].update(stats=stats))
+    with pytest.raises(ReplayError, match=r"malformed recording: streams\[0\]\.stats"):
+        load_bytes(tmp_path, data)
