@@ -9,8 +9,10 @@ Two additions, both invisible to the user:
   BCC rewrites these method calls itself later, so the wrapped call stays the
   user's own text.
 * Every struct defined at file scope gets a hidden one-entry array
-  ``__ebpf_magic_type_<tag>``, so the compiler describes its full layout
-  (nested structs, arrays) and events of that type can be decoded.
+  ``__ebpf_magic_type_<tag>``, and every file-scope ``typedef`` of a struct or
+  union one named ``__ebpf_magic_typedef_<name>``, so the compiler describes
+  their full layout (nested structs, arrays) and events holding them can be
+  decoded.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field
 
 LOST_PREFIX = "__ebpf_magic_lost_"
 TYPE_PREFIX = "__ebpf_magic_type_"
+TYPEDEF_PREFIX = "__ebpf_magic_typedef_"
 
 
 @dataclass
@@ -27,8 +30,9 @@ class Prepared:
     """The text to compile, and the maps the rewrite added (hidden from the user).
 
     ``lost_maps`` names the loss counter of each ring buffer; ``type_maps`` the
-    hidden map describing each struct tag; ``reserved`` the struct tag a ring
-    buffer's ``ringbuf_reserve(sizeof(struct X))`` calls submit, where visible.
+    hidden map describing each type (``struct tag`` or a typedef name);
+    ``reserved`` the type a ring buffer's ``ringbuf_reserve(sizeof(struct X))``
+    calls submit, where visible.
     """
 
     text: str
@@ -40,6 +44,8 @@ class Prepared:
 
 _RINGBUF_DECL = re.compile(r"\bBPF_RINGBUF_OUTPUT\s*\(\s*(\w+)\s*,[^;]*;")
 _STRUCT_DEF = re.compile(r"\bstruct\s+(\w+)\s*\{")
+# at file scope, with struct bodies blanked: "typedef struct [tag] [{ }] name;"
+_TYPEDEF = re.compile(r"\btypedef\s+(?:struct|union)\s+(?:\w+\s*)?(?:\{\s*\}\s*)?(\w+)\s*;")
 _SIZEOF_STRUCT = re.compile(r"sizeof\s*\(\s*struct\s+(\w+)\s*\)")
 
 
@@ -105,15 +111,19 @@ def _wrap_calls(text: str, code: str, name: str, lost_map: str, reserved: dict[s
         else:
             tag = _SIZEOF_STRUCT.search(code[m.end():close])
             if tag:
-                reserved.setdefault(name, tag.group(1))
+                reserved.setdefault(name, f"struct {tag.group(1)}")
             new = (f"({{ void *__em_p = {call}; if (!__em_p) {_counter(lost_map)} __em_p; }})")
         edits.append((m.start(), close + 1, new))
     return edits
 
 
-def _file_scope_structs(code: str) -> list[str]:
-    """Tags of structs defined at file scope outside preprocessor conditionals."""
-    tags, depth, cond = [], 0, 0
+def file_scope(code: str) -> str:
+    """Masked ``code`` keeping only file-scope text outside preprocessor conditionals.
+
+    Everything between a file-scope ``{`` and its ``}`` is blanked (the braces
+    stay), as are directives and conditional regions; the length is unchanged.
+    """
+    out, depth, cond = [], 0, 0
     for line in code.splitlines(keepends=True):
         stripped = line.strip()
         if stripped.startswith("#"):
@@ -122,12 +132,23 @@ def _file_scope_structs(code: str) -> list[str]:
                 cond += 1
             elif directive.startswith("endif"):
                 cond -= 1
-        elif depth == 0 and cond == 0:
-            for m in _STRUCT_DEF.finditer(line):
-                if line[:m.start()].count("{") == line[:m.start()].count("}"):
-                    tags.append(m.group(1))
-        depth += line.count("{") - line.count("}")
-    return list(dict.fromkeys(tags))
+            out.append("".join(c if c == "\n" else " " for c in line))
+            continue
+        for c in line:
+            if c == "}":
+                depth -= 1
+            out.append(c if (cond == 0 and depth == 0) or c == "\n" else " ")
+            if c == "{":
+                depth += 1
+    return "".join(out)
+
+
+def _types(code: str) -> dict[str, str]:
+    """``{C type: hidden map}`` for file-scope struct tags and struct/union typedefs."""
+    top = file_scope(code)
+    types = {f"struct {m.group(1)}": TYPE_PREFIX + m.group(1) for m in _STRUCT_DEF.finditer(top)}
+    types.update({m.group(1): TYPEDEF_PREFIX + m.group(1) for m in _TYPEDEF.finditer(top)})
+    return types
 
 
 def prepare(source: str) -> Prepared:
@@ -146,11 +167,10 @@ def prepare(source: str) -> Prepared:
     for start, end, new in sorted(edits, reverse=True):
         text = text[:start] + new + text[end:]
     tail = []
-    for tag in _file_scope_structs(code):
-        type_map = TYPE_PREFIX + tag
-        prepared.type_maps[tag] = type_map
+    for ctype, type_map in _types(code).items():
+        prepared.type_maps[ctype] = type_map
         prepared.hidden.add(type_map)
-        tail.append(f"BPF_ARRAY({type_map}, struct {tag}, 1);")
+        tail.append(f"BPF_ARRAY({type_map}, {ctype}, 1);")
     if tail:
         text += "\n" + "\n".join(tail) + "\n"
     prepared.text = text

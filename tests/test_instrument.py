@@ -42,7 +42,7 @@ def test_ringbuf_calls_are_wrapped_with_balanced_arguments():
     assert "if (p) events.ringbuf_submit(p, 0);" in p.text
     assert "perf.perf_submit(ctx, &e, sizeof(e));" in p.text
     assert p.text.count("__em_r = ") == 1 and p.text.count("__em_p = ") == 1
-    assert p.reserved == {"events": "ev"}
+    assert p.reserved == {"events": "struct ev"}
 
 
 def test_file_scope_structs_get_hidden_type_maps():
@@ -55,9 +55,29 @@ struct outer { struct a in; int z; };
 int f(void *ctx) { struct local { int q; } l = {}; return l.q; }
 """
     p = prepare(src)
-    assert p.type_maps == {"a": "__ebpf_magic_type_a", "outer": "__ebpf_magic_type_outer"}
+    assert p.type_maps == {"struct a": "__ebpf_magic_type_a",
+                           "struct outer": "__ebpf_magic_type_outer"}
     assert "BPF_ARRAY(__ebpf_magic_type_outer, struct outer, 1);" in p.text
     assert p.hidden == {"__ebpf_magic_type_a", "__ebpf_magic_type_outer"}
+
+
+def test_file_scope_typedefs_of_structs_get_hidden_type_maps():
+    src = """
+typedef struct { u32 a; } anon_t;
+typedef struct inner { u32 b; } inner_t;
+typedef struct inner again_t;
+typedef union { u32 c; u64 d; } un_t;
+typedef struct inner *ptr_t;
+typedef u32 word_t;
+struct ev { anon_t x; inner_t y; };
+int f(void *ctx) { typedef struct { int q; } local_t; return 0; }
+"""
+    p = prepare(src)
+    assert p.type_maps == {
+        "struct inner": "__ebpf_magic_type_inner", "struct ev": "__ebpf_magic_type_ev",
+        "anon_t": "__ebpf_magic_typedef_anon_t", "inner_t": "__ebpf_magic_typedef_inner_t",
+        "again_t": "__ebpf_magic_typedef_again_t", "un_t": "__ebpf_magic_typedef_un_t"}
+    assert "BPF_ARRAY(__ebpf_magic_typedef_anon_t, anon_t, 1);" in p.text
 
 
 def test_source_without_buffers_or_structs_is_unchanged():

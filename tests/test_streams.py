@@ -196,6 +196,36 @@ def test_nested_structs_and_arrays_decode(no_leaks):
         assert "__ebpf_magic_type_ev" not in prog.maps
 
 
+TYPEDEFS = """
+typedef struct { u32 a; u32 b; } pair_t;
+typedef struct { u64 seq; pair_t p; char comm[16]; } ev_t;
+BPF_PERF_OUTPUT(perf);
+BPF_RINGBUF_OUTPUT(ring, 16);
+TRACEPOINT_PROBE(syscalls, sys_enter_getppid) {
+    @MINE@
+    ev_t e = {};
+    e.seq = 7; e.p.a = 1; e.p.b = 2;
+    bpf_get_current_comm(e.comm, sizeof(e.comm));
+    perf.perf_submit(args, &e, sizeof(e));
+    ev_t *r = ring.ringbuf_reserve(sizeof(*r));
+    if (r) { __builtin_memcpy(r, &e, sizeof(e)); r->seq = 8; ring.ringbuf_submit(r, 0); }
+    return 0;
+}
+""".replace("@MINE@", MINE)
+
+
+def test_typedef_structs_decode_without_a_dtype(no_leaks):
+    with Program(TYPEDEFS, defines={"PID": os.getpid()}) as prog:
+        os.getppid()
+        assert wait_for(lambda: prog.events["perf"].received == 1
+                        and prog.events["ring"].received == 1)
+        for name, seq in (("perf", 7), ("ring", 8)):
+            rows = prog.events[name].df.drop(columns="cpu", errors="ignore")
+            assert rows.to_dict("records") == [{"seq": seq, "p.a": 1, "p.b": 2,
+                                                "comm": my_comm()}]
+        assert not any(m.startswith("__ebpf_magic") for m in prog.maps)
+
+
 def test_stop_releases_thread_buffers_and_fds(no_leaks):
     fds_before = sorted(own_bpf_fds())
     prog = Program(NESTED, defines={"PID": os.getpid()})

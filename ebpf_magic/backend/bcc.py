@@ -31,7 +31,7 @@ from ..errors import (
     NotPrivilegedError,
     VerifierError,
 )
-from ..instrument import TYPE_PREFIX as STRUCT_TYPE_MAP
+from ..instrument import TYPE_PREFIX, TYPEDEF_PREFIX
 from ..probes import Probe
 from . import CompiledProgram, MapHandle
 from .locate import import_bcc
@@ -199,7 +199,7 @@ class BccProgram(CompiledProgram):
         for i in range(lib.bpf_perf_event_fields(module, name)):
             text = lib.bpf_perf_event_field(module, name, i).decode()
             fname, _, ftype = text.partition("#")
-            ctype = _event_field_ctype(ftype, self._struct_ctype)
+            ctype = _event_field_ctype(ftype, self._described_ctype)
             if ctype is None:
                 return None
             fields.append((fname, ctype))
@@ -207,10 +207,9 @@ class BccProgram(CompiledProgram):
             return None
         return np.dtype(type("event", (ct.Structure,), {"_fields_": fields}))
 
-    def _struct_ctype(self, tag: str):
-        """The ctypes layout of ``struct tag``, from the hidden one-entry map describing it."""
-        desc = self._bcc.libbcc.lib.bpf_table_leaf_desc(self._bpf.module,
-                                                         (STRUCT_TYPE_MAP + tag).encode())
+    def _described_ctype(self, type_map: str):
+        """The ctypes layout held by a hidden one-entry map describing a type."""
+        desc = self._bcc.libbcc.lib.bpf_table_leaf_desc(self._bpf.module, type_map.encode())
         if not desc:
             return None
         try:
@@ -363,21 +362,23 @@ _EVENT_CTYPES = {
 _ARRAY = re.compile(r"^(.*?) ?((?:\[\d+\])+)$")
 
 
-def _event_field_ctype(ftype: str, struct_ctype=None):
+def _event_field_ctype(ftype: str, described=None):
     ftype = ftype.strip()
     if ftype.startswith("enum "):
         ftype = "enum"
     m = _ARRAY.match(ftype)
     if m:
-        base = _event_field_ctype(m.group(1), struct_ctype)
+        base = _event_field_ctype(m.group(1), described)
         if base is None:
             return None
         for n in reversed([int(x) for x in re.findall(r"\d+", m.group(2))]):
             base = base * n
         return base
-    if ftype.startswith("struct ") and struct_ctype is not None:
-        return struct_ctype(ftype[len("struct "):].strip())
-    return _EVENT_CTYPES.get(ftype)
+    if ftype in _EVENT_CTYPES or described is None:
+        return _EVENT_CTYPES.get(ftype)
+    if ftype.startswith("struct "):
+        return described(TYPE_PREFIX + ftype[len("struct "):].strip())
+    return described(TYPEDEF_PREFIX + ftype) if ftype.isidentifier() else None
 
 
 def _compile_failure(exc: Exception, log: str, source: str, filename: str,
