@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 from .errors import (
     AttachError,
     BCCNotFoundError,
@@ -12,16 +15,30 @@ from .errors import (
     ProbeSpecError,
     VerifierError,
 )
-from .probes import Probe
-from .program import Program, stop_all
-from .replay import live as live
-from .replay import load as load
+
+# Imported on first use, so that light entry points (the kernel launcher, the
+# command line) start without numpy and pandas.
+_LAZY = {"Program": "program", "stop_all": "program", "Probe": "probes",
+         "live": "replay", "load": "replay"}
 
 __all__ = [
     "AttachError", "BCCNotFoundError", "BPFError", "CompileError", "HeadersMissingError",
     "NotPrivilegedError", "Probe", "ProbeSpecError", "Program", "VerifierError",
-    "load_ipython_extension", "stop_all", "unload_ipython_extension",
+    "live", "load", "load_ipython_extension", "stop_all", "unload_ipython_extension",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 
 def load_ipython_extension(ipython) -> None:
