@@ -45,7 +45,7 @@ class Prepared:
 _RINGBUF_DECL = re.compile(r"\bBPF_RINGBUF_OUTPUT\s*\(\s*(\w+)\s*,[^;]*;")
 _STRUCT_DEF = re.compile(r"\bstruct\s+(\w+)\s*\{")
 # at file scope, with struct bodies blanked: "typedef struct [tag] [{ }] name;"
-_TYPEDEF = re.compile(r"\btypedef\s+(?:struct|union)\s+(?:\w+\s*)?(?:\{\s*\}\s*)?(\w+)\s*;")
+_TYPEDEF = re.compile(r"\btypedef\s+(struct|union)\s+(\w+\s*)?(\{\s*\}\s*)?(\w+)\s*;")
 _SIZEOF_STRUCT = re.compile(r"sizeof\s*\(\s*struct\s+(\w+)\s*\)")
 
 
@@ -117,7 +117,7 @@ def _wrap_calls(text: str, code: str, name: str, lost_map: str, reserved: dict[s
     return edits
 
 
-def file_scope(code: str) -> str:
+def _file_scope(code: str) -> str:
     """Masked ``code`` keeping only file-scope text outside preprocessor conditionals.
 
     Everything between a file-scope ``{`` and its ``}`` is blanked (the braces
@@ -144,10 +144,17 @@ def file_scope(code: str) -> str:
 
 
 def _types(code: str) -> dict[str, str]:
-    """``{C type: hidden map}`` for file-scope struct tags and struct/union typedefs."""
-    top = file_scope(code)
+    """``{C type: hidden map}`` for file-scope struct tags and struct/union typedefs.
+
+    A typedef without a body names a struct defined elsewhere; it is described
+    only when that struct is defined here (a forward declaration is incomplete).
+    """
+    top = _file_scope(code)
     types = {f"struct {m.group(1)}": TYPE_PREFIX + m.group(1) for m in _STRUCT_DEF.finditer(top)}
-    types.update({m.group(1): TYPEDEF_PREFIX + m.group(1) for m in _TYPEDEF.finditer(top)})
+    for m in _TYPEDEF.finditer(top):
+        kind, tag, body, name = m.groups()
+        if body or (kind == "struct" and tag and f"struct {tag.strip()}" in types):
+            types[name] = TYPEDEF_PREFIX + name
     return types
 
 

@@ -66,6 +66,7 @@ def test_file_scope_typedefs_of_structs_get_hidden_type_maps():
 typedef struct { u32 a; } anon_t;
 typedef struct inner { u32 b; } inner_t;
 typedef struct inner again_t;
+typedef struct elsewhere opaque_t;
 typedef union { u32 c; u64 d; } un_t;
 typedef struct inner *ptr_t;
 typedef u32 word_t;
