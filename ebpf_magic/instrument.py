@@ -1,6 +1,6 @@
 """Source rewriting done before compilation, for event-stream bookkeeping.
 
-Two additions, both invisible to the user:
+Two additions, both invisible to the user, and one reading:
 
 * Ring-buffer losses are counted in the kernel. For every
   ``BPF_RINGBUF_OUTPUT(name, pages)`` table, each ``name.ringbuf_output(...)``
@@ -13,6 +13,10 @@ Two additions, both invisible to the user:
   union one named ``__ebpf_magic_typedef_<name>``, so the compiler describes
   their full layout (nested structs, arrays) and events holding them can be
   decoded.
+* Each ``BPF_HISTOGRAM`` is read as log2 or linear depending on what its
+  ``increment()`` calls count: a value passed through ``bpf_log2``/``bpf_log2l``
+  (directly, or assigned to the variable or key field that is incremented)
+  makes it log2; anything else makes it linear.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ class Prepared:
     lost_maps: dict[str, str] = field(default_factory=dict)
     type_maps: dict[str, str] = field(default_factory=dict)
     reserved: dict[str, str] = field(default_factory=dict)
+    hist_kinds: dict[str, str] = field(default_factory=dict)
 
 
 _RINGBUF_DECL = re.compile(r"\bBPF_RINGBUF_OUTPUT\s*\(\s*(\w+)\s*,[^;]*;")
@@ -47,6 +52,8 @@ _STRUCT_DEF = re.compile(r"\bstruct\s+(\w+)\s*\{")
 # at file scope, with struct bodies blanked: "typedef struct [tag] [{ }] name;"
 _TYPEDEF = re.compile(r"\btypedef\s+(struct|union)\s+(\w+\s*)?(\{\s*\}\s*)?(\w+)\s*;")
 _SIZEOF_STRUCT = re.compile(r"sizeof\s*\(\s*struct\s+(\w+)\s*\)")
+_HISTOGRAM_DECL = re.compile(r"\bBPF_HISTOGRAM\s*\(\s*(\w+)")
+_LOG2 = re.compile(r"\bbpf_log2l?\s*\(|\blog2l?\s*\(")
 
 
 def mask_code(source: str) -> str:
@@ -158,10 +165,32 @@ def _types(code: str) -> dict[str, str]:
     return types
 
 
+def histogram_kinds(code: str) -> dict[str, str]:
+    """``{histogram: "log2" | "linear"}`` from masked ``code`` (see the module doc)."""
+    kinds = {}
+    for decl in _HISTOGRAM_DECL.finditer(code):
+        name = decl.group(1)
+        calls = re.compile(rf"\b{re.escape(name)}\s*\.\s*(?:atomic_)?increment\s*\(")
+        found = []
+        for m in calls.finditer(code):
+            close = matching_paren(code, m.end() - 1)
+            arg = code[m.end():close].split(",")[0].strip() if close > 0 else ""
+            if _LOG2.search(arg):
+                found.append("log2")
+            elif arg.isidentifier():  # a variable or key struct filled elsewhere
+                fed = re.compile(rf"\b{re.escape(arg)}\s*(?:\.\s*\w+\s*)?=(?!=)([^;]*);")
+                logged = any(_LOG2.search(a.group(1)) for a in fed.finditer(code))
+                found.append("log2" if logged else "linear")
+            elif arg:
+                found.append("linear")
+        kinds[name] = "log2" if not found or "log2" in found else "linear"
+    return kinds
+
+
 def prepare(source: str) -> Prepared:
     """Rewrite ``source`` for compilation (see the module doc)."""
     code = mask_code(source)
-    prepared = Prepared(source)
+    prepared = Prepared(source, hist_kinds=histogram_kinds(code))
     edits: list[tuple[int, int, str]] = []
     for decl in _RINGBUF_DECL.finditer(code):
         name = decl.group(1)

@@ -45,7 +45,8 @@ class Map:
         self._key_dt = normalize_dtype(handle.key_dtype or _raw_dtype(handle.key_size))
         self._val_dt = normalize_dtype(handle.value_dtype or _raw_dtype(handle.value_size))
         self._batch_ok = handle.kind in _BATCH_KINDS
-        #: how :attr:`df` reads a ``BPF_HISTOGRAM``: "log2" or "linear"
+        #: how :attr:`df` reads a ``BPF_HISTOGRAM``: "log2" or "linear" (a program sets
+        #: it from how the histogram is incremented)
         self.hist_kind = "log2"
 
     # -- description -----------------------------------------------------------
@@ -336,8 +337,8 @@ class Map:
     def hist(self, kind: str | None = None, step: int = 1) -> histograms.Histogram:
         """This map read as a ``BPF_HISTOGRAM`` of ``kind`` "log2" or "linear".
 
-        ``kind`` defaults to :attr:`hist_kind` ("log2", as BCC's
-        ``print_log2_hist``); ``step`` is the bucket width of a linear histogram.
+        ``kind`` defaults to :attr:`hist_kind` (learned from the program; "log2"
+        where it cannot be told); ``step`` is the bucket width of a linear histogram.
         A struct key's ``slot`` field (BCC's convention) is the bucket; its other
         fields name a separate histogram each.
         """

@@ -85,6 +85,9 @@ class Program:
             # Buffers are read before any probe fires, so no event goes unseen or uncounted.
             handles = self._compiled.maps()
             self.maps = Maps({n: h for n, h in handles.items() if n not in prepared.hidden})
+            for name, kind in prepared.hist_kinds.items():
+                if name in self.maps:
+                    self.maps[name].hist_kind = kind
             self._streams = Streams.open(self._compiled, handles, prepared,
                                          **dict(stream_options or {}))
             for probe in self.probes:

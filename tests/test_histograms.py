@@ -77,7 +77,9 @@ def test_linear_histogram_override(prog):
     assert got == {0: 3, 100: 1, 1000: 1, 1500: 1}
     assert h.labels()[:2] == ["[0, 100)", "[100, 200)"]
     assert len(h.df) == 16  # [0, 100) .. [1500, 1600), empty buckets between included
-    p.maps["linear"].hist_kind = "linear"
+    # learned from the increments: bpf_log2l() directly or through the key's slot field
+    kinds = {name: p.maps[name].hist_kind for name in ("sizes", "linear", "by_fd")}
+    assert kinds == {"sizes": "log2", "linear": "linear", "by_fd": "log2"}
     assert p.maps["linear"].df["high"].iloc[0] == 1
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ebpf_magic.instrument import mask_code, matching_paren, prepare
+from ebpf_magic.instrument import histogram_kinds, mask_code, matching_paren, prepare
 
 SRC = """
 struct ev { u64 ts; char comm[16]; };
@@ -85,3 +85,27 @@ def test_source_without_buffers_or_structs_is_unchanged():
     src = "int f(void *ctx) { return 0; }\n"
     p = prepare(src)
     assert p.text == src and not p.hidden
+
+
+def test_histogram_kinds_follow_their_increments():
+    code = """
+BPF_HISTOGRAM(direct);
+BPF_HISTOGRAM(by_var);
+BPF_HISTOGRAM(by_key, struct k);
+BPF_HISTOGRAM(lin);
+BPF_HISTOGRAM(lin_var);
+BPF_HISTOGRAM(unused);
+int f(void *ctx) {
+    u64 d = 5, v = 0;
+    direct.increment(bpf_log2l(d));
+    u64 slot = bpf_log2(d);
+    by_var.increment(slot);
+    struct k key = {}; key.slot = bpf_log2l(d); by_key.atomic_increment(key);
+    lin.increment(d / 100);
+    v = d * 2;
+    lin_var.increment(v, 3);
+    return 0;
+}
+"""
+    assert histogram_kinds(code) == {"direct": "log2", "by_var": "log2", "by_key": "log2",
+                                     "lin": "linear", "lin_var": "linear", "unused": "log2"}
