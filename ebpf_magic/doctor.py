@@ -233,43 +233,46 @@ def check_debugfs() -> Row:
 
 @dataclass(frozen=True)
 class AttachCheck:
-    """A tiny program of one kind: ``code`` is C with ``{hit}`` where it counts a firing."""
+    """A tiny program of one kind that counts each firing.
+
+    By default its C is ``int FUNCTION(void *ctx)`` running ``body`` then
+    counting; ``code`` replaces that where the function differs, with ``{hit}``
+    where it counts.
+    """
 
     check: str
     spec: str  # bpftrace-style attach spec; "" when the C function's name attaches it
     function: str
-    code: str
+    body: str = ""  # statements before the count
     decl: str = ""  # map declarations the code needs besides the counter
+    code: str = ""
+
+    def text(self, hit: str) -> str:
+        """The C function, with ``hit`` as its counting statement."""
+        if self.code:
+            return self.code.format(hit=hit)
+        return f"int {self.function}(void *ctx) {{ {self.body}{hit}; return 0; }}"
 
 
 CHECKS = [
-    AttachCheck("kprobe", "kprobe:vfs_read", "doctor_kprobe",
-                "int doctor_kprobe(void *ctx) {{ {hit}; return 0; }}"),
-    AttachCheck("tracepoint", "tracepoint:syscalls:sys_enter_getppid", "doctor_tracepoint",
-                "int doctor_tracepoint(void *ctx) {{ {hit}; return 0; }}"),
-    AttachCheck("raw tracepoint", "rawtracepoint:sys_enter", "doctor_raw_tracepoint",
-                "int doctor_raw_tracepoint(void *ctx) {{ {hit}; return 0; }}"),
+    AttachCheck("kprobe", "kprobe:vfs_read", "doctor_kprobe"),
+    AttachCheck("tracepoint", "tracepoint:syscalls:sys_enter_getppid", "doctor_tracepoint"),
+    AttachCheck("raw tracepoint", "rawtracepoint:sys_enter", "doctor_raw_tracepoint"),
     AttachCheck("fentry", "", "kfunc__vfs_read",
-                "KFUNC_PROBE(vfs_read) {{ {hit}; return 0; }}"),
-    AttachCheck("uprobe", "uprobe:c:getpid", "doctor_uprobe",
-                "int doctor_uprobe(void *ctx) {{ {hit}; return 0; }}"),
-    AttachCheck("USDT", "usdt:{usdt_binary}:ebpf_magic:doctor", "doctor_usdt",
-                "int doctor_usdt(void *ctx) {{ {hit}; return 0; }}"),
-    AttachCheck("perf sampling", "profile:hz:99", "doctor_profile",
-                "int doctor_profile(void *ctx) {{ {hit}; return 0; }}"),
-    AttachCheck("hardware counters", "hardware:cycles", "doctor_hardware",
-                "int doctor_hardware(void *ctx) {{ {hit}; return 0; }}"),
+                code="KFUNC_PROBE(vfs_read) {{ {hit}; return 0; }}"),
+    AttachCheck("uprobe", "uprobe:c:getpid", "doctor_uprobe"),
+    AttachCheck("USDT", "usdt:{usdt_binary}:ebpf_magic:doctor", "doctor_usdt"),
+    AttachCheck("perf sampling", "profile:hz:99", "doctor_profile"),
+    AttachCheck("hardware counters", "hardware:cycles", "doctor_hardware"),
     # one tracepoint each: BCC keeps one perf event per tracepoint name and program
     AttachCheck("perf buffer", "tracepoint:syscalls:sys_enter_getpgrp", "doctor_perf_buffer",
-                "int doctor_perf_buffer(void *ctx) {{ u32 v = 1; "
-                "doctor_perf_events.perf_submit(ctx, &v, sizeof(v)); {hit}; return 0; }}",
-                "BPF_PERF_OUTPUT(doctor_perf_events);"),
+                body="u32 v = 1; doctor_perf_events.perf_submit(ctx, &v, sizeof(v)); ",
+                decl="BPF_PERF_OUTPUT(doctor_perf_events);"),
     AttachCheck("ring buffer", "tracepoint:syscalls:sys_enter_getsid", "doctor_ring_buffer",
-                "int doctor_ring_buffer(void *ctx) {{ u32 v = 1; "
-                "doctor_ring_events.ringbuf_output(&v, sizeof(v), 0); {hit}; return 0; }}",
-                "BPF_RINGBUF_OUTPUT(doctor_ring_events, 8);"),
+                body="u32 v = 1; doctor_ring_events.ringbuf_output(&v, sizeof(v), 0); ",
+                decl="BPF_RINGBUF_OUTPUT(doctor_ring_events, 8);"),
     AttachCheck("XDP", "xdp:{xdp_device}", "doctor_xdp",
-                "int doctor_xdp(struct xdp_md *ctx) {{ {hit}; return XDP_PASS; }}"),
+                code="int doctor_xdp(struct xdp_md *ctx) {{ {hit}; return XDP_PASS; }}"),
 ]
 # Kinds often missing (kernel config, virtual machines) are loaded apart from the others, so
 # that their failures do not make the others attach and detach again (uprobes detach slowly).
@@ -281,7 +284,7 @@ _STREAMS = {"perf buffer": "doctor_perf_events", "ring buffer": "doctor_ring_eve
 def _source(checks: list[AttachCheck]) -> str:
     lines = [f"BPF_ARRAY({_COUNTER}, u64, {len(CHECKS)});"]
     lines += [c.decl for c in checks if c.decl]
-    lines += [c.code.format(hit=f"{_COUNTER}.increment({CHECKS.index(c)})") for c in checks]
+    lines += [c.text(f"{_COUNTER}.increment({CHECKS.index(c)})") for c in checks]
     return "\n".join(lines) + "\n"
 
 
