@@ -66,6 +66,13 @@ class CompiledProgram(abc.ABC):
         """Descriptors of the loaded functions, by name."""
 
     @abc.abstractmethod
+    def detach(self) -> None:
+        """Detach every probe, keeping programs and maps open so buffers can be drained.
+
+        Safe to call twice; after it no probe of this program fires.
+        """
+
+    @abc.abstractmethod
     def close(self) -> None:
         """Detach every probe and close every descriptor. Safe to call twice."""
 

@@ -320,7 +320,7 @@ class BccProgram(CompiledProgram):
     def program_fds(self) -> dict[str, int]:
         return dict(self._prog_fds)
 
-    def close(self) -> None:
+    def detach(self) -> None:
         for fd in self._tracepoint_fds:
             self._bcc.libbcc.lib.bpf_close_perf_event_fd(fd)
         self._tracepoint_fds.clear()
@@ -328,6 +328,22 @@ class BccProgram(CompiledProgram):
             with contextlib.suppress(OSError):
                 os.close(link)
         self._xdp_links.clear()
+        bpf = getattr(self, "_bpf", None)
+        if bpf is not None:
+            with captured_stderr():
+                for fds, undo in ((bpf.kprobe_fds, bpf.detach_kprobe_event),
+                                  (bpf.uprobe_fds, bpf.detach_uprobe_event),
+                                  (bpf.raw_tracepoint_fds, bpf.detach_raw_tracepoint),
+                                  (bpf.kfunc_entry_fds, bpf.detach_kfunc),
+                                  (bpf.kfunc_exit_fds, bpf.detach_kretfunc),
+                                  (bpf.lsm_fds, bpf.detach_lsm)):
+                    for key in list(fds):
+                        undo(key)
+                for ev_type, ev_config in list(bpf.open_perf_events):
+                    bpf.detach_perf_event(ev_type, ev_config)
+
+    def close(self) -> None:
+        self.detach()
         bpf = getattr(self, "_bpf", None)
         if bpf is not None:
             with captured_stderr():
