@@ -287,3 +287,91 @@ def map_delete_batch(fd: int, keys, count: int) -> int:
     attr = _BatchAttr(keys=_addr(keys), count=count, map_fd=fd)
     bpf(MAP_DELETE_BATCH, attr)
     return attr.count
+
+
+MAP_CREATE = 0
+PROG_LOAD = 5
+RAW_TRACEPOINT_OPEN = 17
+PERF_FLAG_FD_CLOEXEC = 1 << 3
+
+
+class _MapCreateAttr(ctypes.Structure):
+    _fields_ = [("map_type", ctypes.c_uint32), ("key_size", ctypes.c_uint32),
+                ("value_size", ctypes.c_uint32), ("max_entries", ctypes.c_uint32),
+                ("map_flags", ctypes.c_uint32), ("inner_map_fd", ctypes.c_uint32),
+                ("numa_node", ctypes.c_uint32), ("map_name", ctypes.c_char * 16)]
+
+
+class _ProgLoadAttr(ctypes.Structure):
+    _fields_ = [("prog_type", ctypes.c_uint32), ("insn_cnt", ctypes.c_uint32),
+                ("insns", ctypes.c_uint64), ("license", ctypes.c_uint64),
+                ("log_level", ctypes.c_uint32), ("log_size", ctypes.c_uint32),
+                ("log_buf", ctypes.c_uint64), ("kern_version", ctypes.c_uint32),
+                ("prog_flags", ctypes.c_uint32), ("prog_name", ctypes.c_char * 16),
+                ("prog_ifindex", ctypes.c_uint32), ("expected_attach_type", ctypes.c_uint32)]
+
+
+class _RawTracepointAttr(ctypes.Structure):
+    _fields_ = [("name", ctypes.c_uint64), ("prog_fd", ctypes.c_uint32),
+                ("_pad", ctypes.c_uint32), ("cookie", ctypes.c_uint64)]
+
+
+class PerfEventAttr(ctypes.Structure):
+    """``struct perf_event_attr`` up to ``config2`` (PERF_ATTR_SIZE_VER1)."""
+
+    _fields_ = [("type", ctypes.c_uint32), ("size", ctypes.c_uint32),
+                ("config", ctypes.c_uint64), ("sample_period", ctypes.c_uint64),
+                ("sample_type", ctypes.c_uint64), ("read_format", ctypes.c_uint64),
+                ("flags", ctypes.c_uint64), ("wakeup", ctypes.c_uint32),
+                ("bp_type", ctypes.c_uint32), ("config1", ctypes.c_uint64),
+                ("config2", ctypes.c_uint64)]
+
+
+def map_create(map_type: int, key_size: int, value_size: int, max_entries: int,
+               flags: int = 0, name: str = "") -> int:
+    """Create a map; return its file descriptor (close-on-exec, as every bpf(2) fd)."""
+    return bpf(MAP_CREATE, _MapCreateAttr(map_type=map_type, key_size=key_size,
+                                          value_size=value_size, max_entries=max_entries,
+                                          map_flags=flags, map_name=name.encode()[:15]))
+
+
+def prog_load(prog_type: int, insns: bytes, license: str = "GPL", *, name: str = "",
+              expected_attach_type: int = 0, log_size: int = 1 << 16) -> int:
+    """Load a program from raw instructions; return its fd.
+
+    On failure the :class:`OSError` message carries the verifier's log.
+    """
+    code = ctypes.create_string_buffer(insns, len(insns))
+    lic = ctypes.create_string_buffer(license.encode())
+    log = ctypes.create_string_buffer(log_size)
+    attr = _ProgLoadAttr(prog_type=prog_type, insn_cnt=len(insns) // 8,
+                         insns=ctypes.addressof(code), license=ctypes.addressof(lic),
+                         log_level=1, log_size=log_size, log_buf=ctypes.addressof(log),
+                         prog_name=name.encode()[:15],
+                         expected_attach_type=expected_attach_type)
+    try:
+        return bpf(PROG_LOAD, attr)
+    except OSError as e:
+        text = log.value.decode(errors="replace").strip()
+        raise OSError(e.errno, f"{e.strerror}: {text}" if text else e.strerror) from None
+
+
+def raw_tracepoint_open(prog_fd: int, name: str | None) -> int:
+    """BPF_RAW_TRACEPOINT_OPEN: attach ``prog_fd`` to raw tracepoint ``name``.
+
+    ``name`` is None for programs whose target was fixed at load (fentry, fexit, LSM).
+    Closing the returned fd detaches.
+    """
+    buf = ctypes.create_string_buffer(name.encode()) if name is not None else None
+    return bpf(RAW_TRACEPOINT_OPEN,
+               _RawTracepointAttr(name=ctypes.addressof(buf) if buf is not None else 0,
+                                  prog_fd=prog_fd))
+
+
+def ioctl(fd: int, request: int, arg: int = 0) -> int:
+    """ioctl(2) with an integer argument; raise :class:`OSError` on failure."""
+    ret = _libc.ioctl(ctypes.c_int(fd), ctypes.c_ulong(request), ctypes.c_ulong(arg))
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return ret

@@ -1,0 +1,18 @@
+"""Attaching loaded BPF programs by file descriptor, one module per kind of hook.
+
+Every hook returns a :class:`Link`; closing it detaches. Nothing here needs the
+compiler backend that loaded the program: a program fd is enough.
+"""
+
+from .base import Link, LinkError, close_all
+from .kprobe import kprobe
+from .perf_event import perf_event
+from .probe_events import remove_stale_probe_events, stale_probe_events
+from .raw_tracepoint import raw_tracepoint
+from .tracepoint import tracepoint, tracepoints
+from .uprobe import uprobe
+from .xdp import xdp
+
+__all__ = ["Link", "LinkError", "close_all", "kprobe", "perf_event", "raw_tracepoint",
+           "remove_stale_probe_events", "stale_probe_events", "tracepoint", "tracepoints",
+           "uprobe", "xdp"]

@@ -1,0 +1,32 @@
+"""Perf events (software, hardware, sampling): one event per CPU running one program."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+from .. import sysbpf
+from . import probe_events
+from .base import Link, attach_to_perf_event, open_perf_event, perf_attr
+
+
+def perf_event(prog_fd: int, ev_type: int, config: int, *, sample_period: int = 0,
+               sample_freq: int = 0, pid: int = -1, cpus: Iterable[int] | None = None) -> Link:
+    """Attach ``prog_fd`` to perf event ``(ev_type, config)`` on every online CPU (or ``cpus``).
+
+    Give ``sample_period`` (events between runs) or ``sample_freq`` (runs per second).
+    """
+    probe_events.sweep_once()
+    description = f"perf_event:{ev_type}:{config}"
+    attr = perf_attr(ev_type, config, sample_period=sample_period, sample_freq=sample_freq)
+    fds: list[int] = []
+    try:
+        for cpu in (sysbpf.online_cpus() if cpus is None else cpus):
+            what = f"{description} on CPU {cpu}"
+            fds.append(open_perf_event(attr, pid, cpu, what))
+            attach_to_perf_event(prog_fd, fds[-1], what)
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    return Link(description, fds)
