@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import importlib
 import os
 import signal
 import socket
@@ -23,11 +24,12 @@ import pytest
 
 from ebpf_magic import kernel, link, sysbpf
 from ebpf_magic.link import probe_events
-from ebpf_magic.link import uprobe as uprobe_mod
 
 from conftest import bpftool_json, own_bpf_fds, uprobe_events
 
 pytestmark = pytest.mark.kernel
+# the module: the package's name `uprobe` is the function it defines
+uprobe_mod = importlib.import_module("ebpf_magic.link.uprobe")
 
 PROG_KPROBE, PROG_TRACEPOINT, PROG_XDP, PROG_PERF_EVENT, PROG_RAW_TRACEPOINT = 2, 5, 6, 7, 17
 MAP_ARRAY = 2
@@ -72,12 +74,14 @@ COUNT_LEN = 9  # instructions in _count()
 
 def counting_prog(prog_type: int, map_fd: int, *, pid: int | None = None,
                   raw_syscall: int | None = None, ethertype: int | None = None,
-                  ret: int = 0) -> int:
+                  retval: int | None = None, ret: int = 0) -> int:
     """Load a program counting its runs in ``map_fd`` slot 0, under the given filters."""
     body = b""
     if raw_syscall is not None:  # raw sys_enter: ctx->args[1] is the syscall number
         body += _insn(0x79, 6, 1, 8)  # r6 = *(u64 *)(r1 + 8)
         body += _insn(0x55, 6, off=COUNT_LEN + (3 if pid is not None else 0), imm=raw_syscall)
+    if retval is not None:  # a return probe's pt_regs: rax at +80 on x86_64
+        body += _insn(0x79, 6, 1, 80) + _insn(0x55, 6, off=COUNT_LEN, imm=retval)
     if ethertype is not None:  # xdp_md: data at +0, data_end at +4
         body += (_insn(0x61, 2, 1, 0) + _insn(0x61, 3, 1, 4)
                  + _insn(0xBF, 4, 2) + _insn(0x07, 4, imm=14)
@@ -247,3 +251,236 @@ def test_perf_event_on_chosen_cpus_by_period(clean, counter, prog_fds):
         while time.monotonic() < deadline:
             pass
     assert counter() > 50
+
+
+# -- uprobes ---------------------------------------------------------------------------------
+
+_libc = ctypes.CDLL(None)
+
+
+def _file_offset(addr: int) -> tuple[str, int]:
+    """The mapped file and file offset of code address ``addr`` in this process."""
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split()
+        lo, hi = (int(x, 16) for x in fields[0].split("-"))
+        if lo <= addr < hi and len(fields) >= 6:
+            return fields[5], addr - lo + int(fields[2], 16)
+    raise LookupError(hex(addr))
+
+
+LIBC_PATH, GETPID_OFFSET = _file_offset(ctypes.cast(_libc.getpid, ctypes.c_void_p).value)
+
+
+def _getpid(n: int) -> None:
+    for _ in range(n):
+        _libc.getpid()
+
+
+@pytest.fixture(params=["pmu", "tracefs"])
+def route(request, monkeypatch):
+    """Run a uprobe test through the perf PMU, then through a tracefs uprobe_events entry."""
+    monkeypatch.setattr(uprobe_mod, "ROUTES", (request.param,))
+    return request.param
+
+
+def test_uprobe_counts_libc_getpid_exactly(clean, counter, prog_fds, route):
+    prog_fds.append(counting_prog(PROG_KPROBE, counter.fd, pid=os.getpid()))
+    ours = probe_events.group()
+    with link.uprobe(prog_fds[0], LIBC_PATH, GETPID_OFFSET) as lk:
+        assert len(lk.fds) == 1
+        in_tracefs = [e for e in uprobe_events() if ours in e]
+        assert len(in_tracefs) == (1 if route == "tracefs" else 0)
+        if route == "tracefs":
+            assert in_tracefs[0].startswith(f"p:{ours}/")
+            path, offset = in_tracefs[0].split()[1].rsplit(":", 1)
+            assert (path, int(offset, 16)) == (LIBC_PATH, GETPID_OFFSET)
+        _getpid(300)
+        assert counter() == 300
+    _getpid(10)
+    assert counter() == 300
+
+
+def test_uretprobe_for_one_pid(clean, counter, prog_fds, route):
+    # no tgid filter, pid= does it; counted only where getpid's return value is in rax
+    prog_fds.append(counting_prog(PROG_KPROBE, counter.fd, retval=os.getpid()))
+    ours = probe_events.group()
+    with link.uprobe(prog_fds[0], LIBC_PATH, GETPID_OFFSET, retprobe=True,
+                     pid=os.getpid()) as lk:
+        assert lk.description.startswith("uretprobe:")
+        if route == "tracefs":
+            assert [e for e in uprobe_events() if e.startswith(f"r:{ours}/")]
+        subprocess.run([sys.executable, "-c", "import os\nfor _ in range(100): os.getpid()"],
+                       check=True)
+        _getpid(40)
+    assert counter() == 40
+
+
+def test_uprobe_errors(clean, counter, prog_fds, route):
+    prog_fds.append(counting_prog(PROG_KPROBE, counter.fd))
+    with pytest.raises(link.LinkError) as info:
+        link.uprobe(prog_fds[0], "/no/such/binary", 0x10)
+    assert info.value.errno == errno.ENOENT
+    assert "/no/such/binary" in str(info.value)
+
+
+UPROBE_CHILD = textwrap.dedent("""
+    import os, sys, time
+    from ebpf_magic import link, sysbpf
+    import importlib, struct
+    uprobe = importlib.import_module("ebpf_magic.link.uprobe")
+    exit0 = struct.pack("<BBhi", 0xb7, 0, 0, 0) + struct.pack("<BBhi", 0x95, 0, 0, 0)
+    prog = sysbpf.prog_load(2, exit0, "GPL")
+    if sys.argv[1] == "tracefs":
+        uprobe.ROUTES = ("tracefs",)
+    lk = link.uprobe(prog, sys.argv[2], int(sys.argv[3]))
+    print(lk.description, flush=True)
+    if sys.argv[4] == "count":
+        for _ in range(int(sys.argv[5])):
+            os.getpid()
+        lk.close()
+        print("closed", flush=True)
+    else:
+        time.sleep(60)
+""")
+
+
+def _child(*args: str, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", UPROBE_CHILD, *args],
+                            stdout=subprocess.PIPE, text=True, **kw)
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/bin/setpriv"), reason="needs setpriv (util-linux)")
+def test_uprobe_without_cap_sys_admin_falls_back_to_tracefs(clean, counter, prog_fds):
+    prog_fds.append(counting_prog(PROG_KPROBE, counter.fd))
+    child = subprocess.Popen(
+        ["setpriv", "--inh-caps=-sys_admin", "--bounding-set=-sys_admin", "--",
+         sys.executable, "-c", UPROBE_CHILD, "auto", LIBC_PATH, str(GETPID_OFFSET), "count",
+         "0"], stdout=subprocess.PIPE, text=True)
+    out, _ = child.communicate(timeout=30)
+    assert child.returncode == 0
+    description, closed = out.splitlines()
+    assert f"(ebpf_magic_{child.pid}/p_" in description  # the PMU refused: tracefs was used
+    assert closed == "closed"
+    assert not [e for e in uprobe_events() if f"ebpf_magic_{child.pid}/" in e]
+
+
+def test_stale_probe_events_of_killed_process_are_removed(clean, counter, prog_fds,
+                                                          monkeypatch):
+    monkeypatch.setattr(uprobe_mod, "ROUTES", ("tracefs",))
+    prog_fds.append(counting_prog(PROG_KPROBE, counter.fd, pid=os.getpid()))
+    killed = _child("tracefs", LIBC_PATH, str(GETPID_OFFSET), "sleep")
+    alive = _child("tracefs", LIBC_PATH, str(GETPID_OFFSET), "sleep")
+    try:
+        for child in (killed, alive):
+            assert child.stdout.readline()  # attached
+        mine = link.uprobe(prog_fds[0], LIBC_PATH, GETPID_OFFSET)
+        killed.send_signal(signal.SIGKILL)
+        killed.wait()
+        stale = link.stale_probe_events()
+        killed_group = f"ebpf_magic_{killed.pid}"
+        assert [s for s in stale if s.startswith(killed_group + "/")]
+        assert not [s for s in stale if s.startswith((f"ebpf_magic_{alive.pid}/",
+                                                      probe_events.group() + "/"))]
+        assert [e for e in uprobe_events() if killed_group in e]
+        removed = link.remove_stale_probe_events()
+        assert [s for s in removed if s.startswith(killed_group + "/")]
+        assert not [e for e in uprobe_events() if killed_group in e]
+        assert link.stale_probe_events() == []
+        # live entries, the other process's and ours, are untouched and still work
+        assert [e for e in uprobe_events() if f"ebpf_magic_{alive.pid}/" in e]
+        before = counter()
+        _getpid(25)
+        assert counter() - before == 25
+        mine.close()
+    finally:
+        for child in (killed, alive):
+            child.kill()
+            child.wait()
+            child.stdout.close()
+    # the cleanup above killed the other child too: now its entry is stale, and goes
+    assert [s for s in link.remove_stale_probe_events()
+            if s.startswith(f"ebpf_magic_{alive.pid}/")]
+    assert not [e for e in uprobe_events() if f"ebpf_magic_{alive.pid}/" in e]
+
+
+# -- kprobes ---------------------------------------------------------------------------------
+
+NO_KPROBES = ("this kernel has no kprobes (built without CONFIG_KPROBES: no kprobe_events in "
+              "tracefs, no kprobe PMU)")
+
+
+@pytest.mark.skipif(not kernel.kprobes_supported(), reason=NO_KPROBES)
+@pytest.mark.parametrize("route", ["pmu", "tracefs"])
+def test_kprobe_counts_getppid_exactly(clean, counter, prog_fds, route, monkeypatch):
+    monkeypatch.setattr(importlib.import_module("ebpf_magic.link.kprobe"), "ROUTES", (route,))
+    prog_fds.append(counting_prog(PROG_KPROBE, counter.fd, pid=os.getpid()))
+    with link.kprobe(prog_fds[0], "__x64_sys_getppid"):
+        _getppid(200)
+    with link.kprobe(prog_fds[0], "__x64_sys_getppid", retprobe=True):
+        _getppid(100)
+    _getppid(10)
+    assert counter() == 300
+
+
+@pytest.mark.skipif(kernel.kprobes_supported(), reason="this kernel has kprobes")
+def test_kprobe_without_kprobes_says_so(clean, counter, prog_fds):
+    prog_fds.append(counting_prog(PROG_KPROBE, counter.fd))
+    with pytest.raises(link.LinkError) as info:
+        link.kprobe(prog_fds[0], "vfs_read")
+    assert info.value.errno == errno.ENOENT
+    assert "kprobe_events does not exist" in str(info.value)
+    assert "without kprobes" in str(info.value)
+
+
+# -- XDP -------------------------------------------------------------------------------------
+
+@pytest.fixture
+def veth():
+    """A veth pair made for the test; yields (sending end, receiving end), then removes it."""
+    tag = os.getpid() % 100000
+    a, b = f"elk{tag}a", f"elk{tag}b"
+    made = subprocess.run(["ip", "link", "add", a, "type", "veth", "peer", "name", b],
+                          capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.fail(f"cannot make a veth pair: {made.stderr.strip()}")
+    try:
+        for dev in (a, b):
+            subprocess.run(["ip", "link", "set", dev, "up"], check=True)
+        yield a, b
+    finally:
+        subprocess.run(["ip", "link", "del", a], check=False)
+
+
+def _xdp_attached(dev: str) -> bool:
+    out = subprocess.run(["ip", "-j", "-d", "link", "show", dev], capture_output=True,
+                         text=True, check=True).stdout
+    return '"xdp"' in out
+
+
+def test_xdp_counts_frames_on_a_veth(clean, counter, prog_fds, veth):
+    sender, receiver = veth
+    prog_fds.append(counting_prog(PROG_XDP, counter.fd, ethertype=ETH_P_TEST, ret=XDP_PASS))
+    ifindex = socket.if_nametoindex(receiver)
+    frame = b"\xff" * 6 + b"\x02\x00\x00\x00\x00\x01" + struct.pack("!H", ETH_P_TEST) + bytes(46)
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as s:
+        s.bind((sender, 0))
+        with link.xdp(prog_fds[0], ifindex, 1 << 1) as lk:  # XDP_FLAGS_SKB_MODE
+            assert _xdp_attached(receiver)
+            prog_id = sysbpf.prog_info(prog_fds[0]).id
+            assert [x for x in bpftool_json("link", "show") if x.get("type") == "xdp"
+                    and x.get("prog_id") == prog_id]
+            with pytest.raises(link.LinkError) as busy:
+                link.xdp(prog_fds[0], ifindex, 1 << 1)
+            assert busy.value.errno == errno.EBUSY
+            assert "detach it first" in str(busy.value)
+            for _ in range(20):
+                s.send(frame)
+            deadline = time.monotonic() + 2
+            while counter() < 20 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert counter() == 20
+            assert lk.description.startswith(f"xdp:ifindex {ifindex}")
+        assert not _xdp_attached(receiver)
+        s.send(frame)
+        time.sleep(0.05)
+    assert counter() == 20
