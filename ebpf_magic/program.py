@@ -82,6 +82,7 @@ class Program:
             others = bind_explicit([p for p in requested if p.kind != "usdt"], functions)
             auto = [p for p in (auto_probe(f) for f in functions) if p is not None]
             self.probes = auto + usdt + others
+            self._compiled.load(self.probes)
             # Buffers are read before any probe fires, so no event goes unseen or uncounted.
             handles = self._compiled.maps()
             self.maps = Maps({n: h for n, h in handles.items() if n not in prepared.hidden})

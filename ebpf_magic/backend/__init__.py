@@ -3,7 +3,7 @@
 A backend compiles, loads and attaches; it hands the rest of the package
 plain descriptions (:class:`MapHandle`) with file descriptors and numpy dtypes.
 Maps, streams, widgets and recordings work from those alone, so they never see
-a backend's own types. BCC is the backend today (:mod:`.bcc`).
+a backend's own types. BCC is the backend today (:mod:`.bcc`); it compiles in a worker process.
 """
 
 from __future__ import annotations
@@ -46,6 +46,12 @@ class CompiledProgram(abc.ABC):
     log: str  # what the compiler printed
     warnings: list[str]  # what the user should know (e.g. inexact kernel headers)
 
+    def load(self, probes: list[Probe]) -> None:  # noqa: B027 - optional, not abstract
+        """Load the functions ``probes`` use, once, before maps(), event_dtype() and attach().
+
+        A backend that loads while compiling does nothing here.
+        """
+
     @abc.abstractmethod
     def maps(self) -> dict[str, MapHandle]:
         """Every map the program declares, by name."""
@@ -87,3 +93,10 @@ def compile_program(source: str, *, cflags: list[str], usdt: list[Probe],
 
     return BccProgram(source, cflags=cflags, usdt=usdt, filename=filename,
                       line_offset=line_offset)
+
+
+def prestart() -> None:
+    """Start the default backend's compiler now, so the first program does not wait for it."""
+    from .bcc import prestart as start
+
+    start()

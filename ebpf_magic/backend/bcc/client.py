@@ -1,0 +1,213 @@
+"""The compile worker seen from the notebook's process: start it, ask it, survive it.
+
+BCC compiles and loads in a separate process (:mod:`.worker`), so a compiler
+crash, an LLVM fatal error, a hang or a runaway allocation ends that process,
+not the user's. Programs already running hold their own descriptors and are
+unaffected. A dead worker is started again on the next request.
+
+Bounds, module-level so they can be changed at run time::
+
+    from ebpf_magic.backend.bcc import client
+    client.COMPILE_TIMEOUT = 180   # seconds one compile (or load) may take
+    client.MEMORY_LIMIT = 8 << 30  # the worker's address-space limit, bytes
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import fcntl
+import itertools
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from ...errors import BPFError, CompileError
+from .. import locate
+from . import protocol
+
+COMPILE_TIMEOUT = 60.0
+# BCC's peak for tcplife, a large real tool, is 0.36 GB of address space; LLVM reserves
+# more on bigger programs, so the bound only stops runaways.
+MEMORY_LIMIT = 4 << 30
+_TAIL_LINES = 8
+_NOTHING_LOST = "nothing was attached, other programs are unaffected"
+
+
+class Worker:
+    """One worker process: its socket, its stderr file and its request lock."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen | None = None
+        self._sock: socket.socket | None = None
+        self._stderr: int | None = None
+        self._ready = False
+        self._owner = 0
+        self._ids = itertools.count(1)
+
+    @property
+    def pid(self) -> int | None:
+        """The worker's process id, if one is running."""
+        return self._proc.pid if self._alive() else None
+
+    def start(self) -> None:
+        """Start the worker unless one is running (returns without waiting for it)."""
+        with self._lock:
+            self._ensure()
+
+    def next_id(self) -> int:
+        return next(self._ids)
+
+    def request(self, message: dict[str, Any],
+                timeout: float | None = None) -> tuple[dict[str, Any], list[int]]:
+        """Send ``message``; return the reply and the descriptors it carried.
+
+        Raises :class:`~ebpf_magic.errors.CompileError` when the worker crashes or
+        exceeds ``timeout`` (default :data:`COMPILE_TIMEOUT`); the worker is then
+        gone and the next request starts a new one. An interrupt stops the worker
+        too, and propagates.
+        """
+        timeout = COMPILE_TIMEOUT if timeout is None else timeout
+        with self._lock:
+            self._ensure()
+            deadline = time.monotonic() + timeout
+            try:
+                if not self._ready:
+                    self._wait(deadline, timeout)
+                    self._ready = True
+                os.ftruncate(self._stderr, 0)
+                protocol.send(self._sock, message)
+                return self._wait(deadline, timeout)
+            except (OSError, protocol.Closed):
+                raise self._crashed() from None
+            except BaseException:
+                self._stop()
+                raise
+
+    def _wait(self, deadline: float, timeout: float) -> tuple[dict[str, Any], list[int]]:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self._stop()
+                raise CompileError(
+                    f"the compiler took longer than {timeout:g} s on this cell and was "
+                    f"stopped; {_NOTHING_LOST}",
+                    "If the program is just large, raise the bound: "
+                    "`ebpf_magic.backend.bcc.client.COMPILE_TIMEOUT = 300`.")
+            readable, _, _ = select.select([self._sock], [], [], min(left, 0.5))
+            if readable:
+                return protocol.receive(self._sock)
+
+    def _crashed(self) -> CompileError:
+        proc = self._proc
+        status = None
+        if proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                status = proc.wait(timeout=5)
+        tail = self._stderr_tail()
+        self._stop()
+        if status is not None and status < 0:
+            try:
+                how = f"crashed ({signal.Signals(-status).name})"
+            except ValueError:
+                how = f"crashed (signal {-status})"
+        else:
+            how = f"exited (status {status})" if status is not None else "stopped answering"
+        message = f"the compiler {how} on this cell; {_NOTHING_LOST}"
+        if tail:
+            message += ". Its last words:\n" + "\n".join("    " + ln for ln in tail)
+        hint = ("This is a bug in BCC or LLVM triggered by this code; changing the construct "
+                "it names usually avoids it. The compiler restarts on the next cell.")
+        if "bad_alloc" in "\n".join(tail) or status == -signal.SIGKILL:
+            hint += (f" If it ran out of memory, the worker's bound is {MEMORY_LIMIT >> 20} MiB "
+                     "(`ebpf_magic.backend.bcc.client.MEMORY_LIMIT`).")
+        return CompileError(message, hint)
+
+    def _stderr_tail(self) -> list[str]:
+        if self._stderr is None:
+            return []
+        try:
+            size = os.fstat(self._stderr).st_size
+            start = max(0, size - 16384)
+            text = os.pread(self._stderr, size - start, start).decode("utf-8", "replace")
+        except OSError:
+            return []
+        lines = [ln.rstrip() for ln in text.splitlines() if ln.strip()]
+        return [ln[:300] for ln in lines[-_TAIL_LINES:]]
+
+    def _alive(self) -> bool:
+        return (self._proc is not None and self._proc.poll() is None
+                and self._owner == os.getpid())
+
+    def _ensure(self) -> None:
+        if self._alive():
+            return
+        self._stop()
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        fd, path = tempfile.mkstemp(prefix="ebpf_magic-compiler-", suffix=".log")
+        os.unlink(path)
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_APPEND)
+        env = dict(os.environ)
+        with contextlib.suppress(BPFError):  # the worker reports a missing BCC itself
+            env[locate.ENV_VAR] = str(Path(locate.import_bcc().__file__).parent.parent)
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "ebpf_magic.backend.bcc.worker", "--fd",
+                 str(child.fileno()), "--parent", str(os.getpid()), "--memory",
+                 str(MEMORY_LIMIT)],
+                stdin=subprocess.DEVNULL, stdout=fd, stderr=fd, pass_fds=[child.fileno()],
+                env=env, start_new_session=True)
+        except BaseException:
+            parent.close()
+            os.close(fd)
+            raise
+        finally:
+            child.close()
+        self._sock, self._stderr, self._ready, self._owner = parent, fd, False, os.getpid()
+
+    def _stop(self) -> None:
+        """Kill the worker (if any) and release what belongs to it."""
+        proc, self._proc = self._proc, None
+        if proc is not None and self._owner == os.getpid():
+            with contextlib.suppress(OSError):
+                proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        if self._stderr is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._stderr)
+            self._stderr = None
+        self._ready = False
+
+    def close(self) -> None:
+        """Stop the worker; the next request starts a new one."""
+        with self._lock:
+            self._stop()
+
+
+_worker = Worker()
+
+
+def worker() -> Worker:
+    """The process's compile worker."""
+    return _worker
+
+
+def prestart() -> None:
+    """Start the worker now, so the first compile does not wait for BCC to import."""
+    _worker.start()
+
+
+atexit.register(_worker.close)

@@ -1,0 +1,288 @@
+"""A program BCC compiled and loaded in the worker, held and attached here by descriptor.
+
+The worker (:mod:`.worker`) compiles and loads; this process receives the
+program and map descriptors, describes the maps as
+:class:`~ebpf_magic.backend.MapHandle` objects and attaches with
+:mod:`ebpf_magic.link`. A crash of the compiler costs the cell, not the session.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from ... import headers, kernel, link, sysbpf
+from ...errors import AttachError, BPFError, HeadersMissingError, NotPrivilegedError
+from ...probes import Probe
+from .. import CompiledProgram, MapHandle
+from ..locate import import_bcc
+from . import client, protocol
+from .diagnostics import compile_failure, load_failure
+
+# BPF program types (enum bpf_prog_type) by probe kind
+_PROG_TYPE = {"kprobe": 2, "kretprobe": 2, "uprobe": 2, "uretprobe": 2, "usdt": 2,
+              "tracepoint": 5, "xdp": 6, "profile": 7, "software": 7, "hardware": 7,
+              "rawtracepoint": 17, "kfunc": 26, "kretfunc": 26, "lsm": 29}
+_TRAMPOLINES = (26, 29)  # BPF_PROG_TYPE_TRACING, BPF_PROG_TYPE_LSM
+_XDP_FLAGS = {"skb": 2, "drv": 4, "hw": 8}
+_DECLARED = re.compile(r"\bBPF_(HISTOGRAM|STACK_TRACE|STACK_TRACE_BUILDID)\s*\(\s*(\w+)")
+
+
+class BccProgram(CompiledProgram):
+    """A C source compiled by BCC in the worker; its descriptors are owned here."""
+
+    def __init__(self, source: str, *, cflags: list[str], usdt: list[Probe],
+                 filename: str = "cell", line_offset: int = 0) -> None:
+        if not kernel.has_bpf_rights():
+            raise NotPrivilegedError("Not allowed to load BPF programs: " +
+                                     kernel.rights_summary(), kernel.rights_hint())
+        import_bcc()  # BCCNotFoundError here names the package to install
+        self._source = source
+        self._worker = client.worker()
+        self._id: int | None = None  # the compiled program waiting in the worker
+        self._links: list[link.Link] = []
+        self._prog_fds: dict[str, int] = {}
+        self._maps: dict[str, MapHandle] = {}
+        self._events: dict[str, np.dtype] = {}
+        self._uprobes: dict[str, dict] = {}
+        self._usdt: list[dict] = []
+        self._refused: dict[str, dict] = {}
+        self._loaded = False
+        self.headers = headers.ensure()
+        self.warnings = [self.headers.warning] if self.headers.warning else []
+        if self.headers.path is None:
+            raise HeadersMissingError("No kernel headers found to compile BPF C against.",
+                                      headers.install_hint())
+        kernel.ensure_tracefs()
+        key = self._worker.next_id()
+        specs = [_usdt_spec(p) for p in usdt]
+        reply, fds = self._worker.request({"op": "compile", "id": key, "source": source,
+                                           "cflags": list(cflags), "env": dict(os.environ),
+                                           "usdt": specs})
+        _close(fds)
+        self.log = reply.get("log", "")
+        if not reply["ok"]:
+            raise self._failure(reply, filename, line_offset)
+        self._id = key
+        self.functions: list[str] = list(reply["functions"])
+
+    def _failure(self, reply: dict, filename: str, line_offset: int) -> BPFError:
+        if reply["stage"] == "usdt":
+            return AttachError(f"cannot attach {reply['probe']}: {reply['error']}",
+                               "Check the binary path and the probe name (`readelf -n BINARY` "
+                               "lists USDT notes); a probe in a shared library may need --pid.",
+                               probe=reply["probe"])
+        if reply["stage"] == "compile":
+            return compile_failure(reply["error"], reply["log"], self._source, filename,
+                                   line_offset)
+        if reply["stage"] == "load":
+            return load_failure(reply["function"], reply["error"], reply["log"])
+        return BPFError(f"the compiler refused the request: {reply['error']}",
+                        "The compiler may have restarted in between; run the cell again.")
+
+    def load(self, probes: list[Probe]) -> None:
+        if self._loaded:
+            return
+        functions: dict[str, int] = {}
+        uprobes: dict[str, list] = {}
+        for p in probes:
+            if p.function in self.functions and p.kind in _PROG_TYPE:
+                functions.setdefault(p.function, _PROG_TYPE[p.kind])
+            if p.kind in ("uprobe", "uretprobe"):
+                path, sym = p.target.split(":", 1)
+                uprobes[str(p)] = [path, sym, p.pid if p.pid else -1]
+        key, self._id = self._id, None
+        reply, fds = self._worker.request({"op": "load", "id": key,
+                                           "functions": list(functions.items()),
+                                           "uprobes": uprobes})
+        try:
+            if not reply["ok"]:
+                raise self._failure(reply, "cell", 0)
+            self._prog_fds = {name: fds[i] for name, i in reply["programs"].items()}
+            self._refused = reply["failed"]
+            for name, why in self._refused.items():
+                if functions[name] not in _TRAMPOLINES:
+                    raise load_failure(name, why["error"], why["log"])
+            declared = {m.group(2): m.group(1).lower() for m in _DECLARED.finditer(self._source)}
+            for m in reply["maps"]:
+                self._maps[m["name"]] = _handle(m, fds[m["fd"]], declared)
+        except BaseException:
+            _close(fds)
+            self._prog_fds.clear()
+            self._maps.clear()
+            raise
+        self._events = {n: protocol.dtype_from_json(d) for n, d in reply["events"].items()}
+        self._uprobes = reply["uprobes"]
+        self._usdt = reply["usdt"]
+        self._loaded = True
+
+    # -- maps ---------------------------------------------------------------
+
+    def maps(self) -> dict[str, MapHandle]:
+        self._require_loaded()
+        return dict(self._maps)
+
+    def event_dtype(self, map_name: str) -> np.dtype | None:
+        self._require_loaded()
+        return self._events.get(map_name)
+
+    def _require_loaded(self) -> None:
+        if not self._loaded:
+            raise RuntimeError("load() the program's probes first")
+
+    # -- attach -------------------------------------------------------------
+
+    def attach(self, probe: Probe) -> list[str]:
+        self._require_loaded()
+        fd = self._prog_fds.get(probe.function)
+        refused = self._refused.get(probe.function)
+        if fd is None and refused is not None:
+            # fentry/fexit/LSM programs are checked against their target at load: that
+            # refusal is this probe's attach failure.
+            reason = (refused["log"].strip().splitlines() or [refused["error"]])[-1]
+            raise AttachError(f"cannot attach {probe}: {reason}", probe=str(probe))
+        if fd is None:
+            raise AttachError(f"no function {probe.function!r} in the program",
+                              f"Functions: {', '.join(self.functions)}", probe=str(probe))
+        try:
+            self._links.extend(self._link(probe, fd))
+        except link.LinkError as e:
+            # The hint is left to the caller, who knows what else this kernel offers.
+            raise AttachError(f"cannot attach {probe}: {e.what}: {e.strerror}",
+                              probe=str(probe)) from None
+        return [str(probe)]
+
+    def _link(self, probe: Probe, fd: int) -> list[link.Link]:
+        kind = probe.kind
+        if kind == "tracepoint":
+            if not probe.wildcard:
+                category, name = probe.target.split(":", 1)
+                return [link.tracepoint(fd, category, name)]
+            found = link.tracepoints(probe.target)
+            if not found:
+                raise AttachError(f"cannot attach {probe}: no tracepoint matches "
+                                  f"{probe.target!r}", probe=str(probe))
+            return self._each(link.tracepoint(fd, c, n) for c, n in found)
+        if kind in ("kprobe", "kretprobe"):
+            retprobe = kind == "kretprobe"
+            if not probe.wildcard:
+                return [link.kprobe(fd, probe.target, retprobe=retprobe)]
+            found = _kernel_functions(probe.target_regex())
+            if not found:
+                raise AttachError(f"cannot attach {probe}: no kernel function matches "
+                                  f"{probe.target!r}", probe=str(probe))
+            return self._each(link.kprobe(fd, f, retprobe=retprobe) for f in found)
+        if kind == "rawtracepoint":
+            return [link.raw_tracepoint(fd, probe.target)]
+        if kind in ("kfunc", "kretfunc", "lsm"):
+            return [link.raw_tracepoint(fd, None)]  # the target was fixed at load
+        if kind in ("uprobe", "uretprobe"):
+            where = self._uprobes.get(str(probe), {})
+            if "error" in where or "path" not in where:
+                reason = where.get("error") or "its address was not resolved"
+                raise AttachError(f"cannot attach {probe}: {reason}", probe=str(probe))
+            return [link.uprobe(fd, where["path"], where["offset"],
+                                retprobe=kind == "uretprobe", pid=probe.pid or -1)]
+        if kind == "usdt":
+            # A semaphore-guarded probe fires only while its semaphore is non-zero:
+            # the kernel counts it up for as long as the link holds (ref_ctr_offset).
+            points = [u for u in self._usdt if u["function"] == probe.function]
+            return self._each(link.uprobe(fd, u["path"], u["offset"], pid=u["pid"],
+                                          ref_ctr_offset=u["ref_ctr_offset"]) for u in points)
+        if kind in ("profile", "software", "hardware"):
+            ev_type, config, rate = probe.perf_event
+            return [link.perf_event(fd, ev_type, config, pid=probe.pid or -1, **rate)]
+        if kind == "xdp":
+            return [self._xdp(probe, fd)]
+        raise AttachError(f"unknown probe kind {kind!r}", probe=str(probe))
+
+    def _each(self, links) -> list[link.Link]:
+        """Links made one by one; those made before a failure are closed with it."""
+        made: list[link.Link] = []
+        try:
+            for one in links:
+                made.append(one)
+        except BaseException:
+            link.close_all(made)
+            raise
+        return made
+
+    def _xdp(self, probe: Probe, fd: int) -> link.Link:
+        dev, _, mode = probe.target.partition("@")
+        try:
+            ifindex = int(Path(f"/sys/class/net/{dev}/ifindex").read_text())
+        except OSError:
+            devices = sorted(os.listdir("/sys/class/net")) if os.path.isdir("/sys/class/net") \
+                else []
+            raise AttachError(f"cannot attach {probe}: no network device {dev!r}",
+                              f"Devices here: {', '.join(devices)}", probe=str(probe)) from None
+        try:
+            return link.xdp(fd, ifindex, _XDP_FLAGS.get(mode or "skb", 2))
+        except link.LinkError as e:
+            hint = ("Another XDP program is attached to this device; detach it first "
+                    f"(`ip link set dev {dev} xdp off`)." if e.errno == 16 else
+                    "XDP needs CAP_NET_ADMIN and a kernel >= 5.9 for XDP links.")
+            raise AttachError(f"cannot attach {probe}: {e.strerror}", hint,
+                              probe=str(probe)) from None
+
+    def program_fds(self) -> dict[str, int]:
+        return dict(self._prog_fds)
+
+    def detach(self) -> None:
+        links, self._links = self._links, []
+        link.close_all(links)
+
+    def close(self) -> None:
+        self.detach()
+        _close(list(self._prog_fds.values()) + [m.fd for m in self._maps.values()])
+        self._prog_fds.clear()
+        self._maps.clear()
+        key, self._id = self._id, None
+        if key is not None:  # compiled, never loaded: the worker still holds it
+            with contextlib.suppress(Exception):
+                self._worker.request({"op": "drop", "id": key})
+
+
+def _usdt_spec(probe: Probe) -> dict:
+    parts = probe.target.split(":")
+    return {"path": parts[0], "probe": ":".join(parts[1:]), "pid": probe.pid,
+            "function": probe.function, "probe_text": str(probe)}
+
+
+def _handle(desc: dict, fd: int, declared: dict[str, str]) -> MapHandle:
+    info = sysbpf.map_info(fd)
+    key_dt = protocol.dtype_from_json(desc["key"])
+    if info.kind in ("queue", "stack", "ringbuf"):
+        key_dt = None
+    return MapHandle(name=desc["name"], fd=fd, kind=info.kind, key_dtype=key_dt,
+                     value_dtype=protocol.dtype_from_json(desc["value"]),
+                     max_entries=info.max_entries, key_size=info.key_size,
+                     value_size=info.value_size, declared=declared.get(desc["name"], ""),
+                     extra={"id": info.id})
+
+
+def _kernel_functions(regex: str) -> list[str]:
+    """Kernel functions matching ``regex``: ftrace's attachable list, else kallsyms."""
+    pattern = re.compile(regex)
+    root = kernel.tracefs()
+    names: list[str] = []
+    try:
+        text = (root / "available_filter_functions").read_text() if root else ""
+        names = [ln.split()[0] for ln in text.splitlines() if ln.strip()]
+    except OSError:
+        pass
+    if not names:
+        with contextlib.suppress(OSError), open("/proc/kallsyms") as f:
+            names = [parts[2] for parts in map(str.split, f)
+                     if len(parts) >= 3 and parts[1] in "tTwW"]
+    return sorted({n for n in names if pattern.match(n)})
+
+
+def _close(fds: list[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)

@@ -1,0 +1,94 @@
+"""Messages between the notebook's process and the compile worker.
+
+A message is a JSON object, framed by its length, optionally carrying file
+descriptors (SCM_RIGHTS) on its first bytes. Nothing is pickled: numpy dtypes
+travel as the plain descriptors :func:`dtype_to_json` makes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import struct
+from typing import Any
+
+import numpy as np
+
+_HEADER = struct.Struct("<Q")
+MAX_FDS = 4096  # descriptors one reply may carry (programs and maps of one cell)
+
+
+class Closed(EOFError):
+    """The other end closed the connection (or died)."""
+
+
+def send(sock: socket.socket, message: dict[str, Any], fds: list[int] = ()) -> None:
+    """Send ``message`` and duplicates of ``fds`` (the sender keeps its own)."""
+    body = json.dumps(message).encode()
+    header = _HEADER.pack(len(body))
+    if fds:
+        socket.send_fds(sock, [header], list(fds))
+    else:
+        sock.sendall(header)
+    sock.sendall(body)
+
+
+def receive(sock: socket.socket) -> tuple[dict[str, Any], list[int]]:
+    """The next message and the descriptors that came with it (now owned by the caller)."""
+    data, fds, _flags, _addr = socket.recv_fds(sock, _HEADER.size, MAX_FDS)
+    if not data:
+        raise Closed("connection closed")
+    try:
+        header = data + _exactly(sock, _HEADER.size - len(data))
+        (size,) = _HEADER.unpack(header)
+        return json.loads(_exactly(sock, size)), fds
+    except BaseException:
+        _close(fds)
+        raise
+
+
+def _exactly(sock: socket.socket, size: int) -> bytes:
+    chunks = []
+    while size:
+        chunk = sock.recv(min(size, 1 << 20))
+        if not chunk:
+            raise Closed("connection closed mid-message")
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
+def _close(fds: list[int]) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def dtype_to_json(dtype: np.dtype | None) -> Any:
+    """A JSON-safe description of ``dtype`` (structs keep their offsets and padding)."""
+    if dtype is None:
+        return None
+    if dtype.subdtype is not None:
+        base, shape = dtype.subdtype
+        return {"base": dtype_to_json(base), "shape": list(shape)}
+    if dtype.names is not None:
+        fields = [dtype.fields[n] for n in dtype.names]
+        return {"names": list(dtype.names), "formats": [dtype_to_json(f[0]) for f in fields],
+                "offsets": [f[1] for f in fields], "itemsize": dtype.itemsize}
+    return dtype.str
+
+
+def dtype_from_json(desc: Any) -> np.dtype | None:
+    """The dtype :func:`dtype_to_json` described."""
+    if desc is None:
+        return None
+    if isinstance(desc, str):
+        return np.dtype(desc)
+    if "base" in desc:
+        return np.dtype((dtype_from_json(desc["base"]), tuple(desc["shape"])))
+    return np.dtype({"names": desc["names"],
+                     "formats": [dtype_from_json(f) for f in desc["formats"]],
+                     "offsets": desc["offsets"], "itemsize": desc["itemsize"]})

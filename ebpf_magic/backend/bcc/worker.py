@@ -1,0 +1,406 @@
+"""The compile worker: BCC compiles and loads C here, never in the notebook's process.
+
+Run as ``python -m ebpf_magic.backend.bcc.worker --fd N --parent PID``, by
+:mod:`.client` only. It imports BCC once and serves requests on the unix socket
+``N``, one program at a time:
+
+``compile``
+    source, cflags, environment and USDT probes -> the C functions and the
+    compiler's log, or the failure (exception text and log).
+``load``
+    functions with their BPF program types, uprobe targets to resolve -> program
+    and map descriptors (SCM_RIGHTS) with plain metadata: map names and key/value
+    dtypes, event record dtypes, resolved uprobe and USDT attach points, and the
+    functions the kernel refused with its reasons (the verifier's log). Then the
+    worker drops its BPF object, closing its copies of every descriptor: from then
+    on the notebook's process alone holds them.
+
+libbcc prints diagnostics on descriptor 2, a file the parent reads too: the log
+of each request is what was appended to it meanwhile, and after a crash the
+parent shows its end. Nothing here attaches anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import contextlib
+import ctypes as ct
+import functools
+import json
+import os
+import re
+import resource
+import signal
+import socket
+import struct
+import sys
+from typing import Any
+
+import numpy as np
+
+from ...instrument import TYPE_PREFIX, TYPEDEF_PREFIX
+from ..locate import import_bcc
+from . import protocol
+
+_PR_SET_PDEATHSIG = 1
+
+
+@functools.cache
+def _bcc_class():
+    """BCC, and its BPF class made to leave attaching to the parent; built once."""
+    bcc = import_bcc()
+    lib = bcc.libbcc.lib
+    # libbcc functions BCC's Python module does not declare
+    lib.bpf_num_tables.restype = ct.c_ulonglong
+    lib.bpf_num_tables.argtypes = [ct.c_void_p]
+    lib.bpf_table_name.restype = ct.c_char_p
+    lib.bpf_table_name.argtypes = [ct.c_void_p, ct.c_ulonglong]
+
+    class _BPF(bcc.BPF):
+        """BCC's BPF without auto-attach."""
+
+        def __init__(self, **kwargs):
+            try:
+                super().__init__(**kwargs)
+            except BaseException:
+                self.cleanup()
+                atexit.unregister(self.cleanup)
+                raise
+
+        def _trace_autoload(self):
+            pass
+
+    return bcc, _BPF
+
+
+class _Log:
+    """What libbcc appended to descriptor 2 since :meth:`mark`."""
+
+    def __init__(self) -> None:
+        self.start = 0
+
+    def mark(self) -> None:
+        with contextlib.suppress(Exception):
+            sys.stderr.flush()
+        self.start = os.fstat(2).st_size
+
+    def text(self) -> str:
+        with contextlib.suppress(Exception):
+            sys.stderr.flush()
+        end = os.fstat(2).st_size
+        try:
+            data = os.pread(2, max(0, end - self.start), self.start)
+        except OSError:
+            return ""
+        return data.decode("utf-8", "replace")
+
+
+class Server:
+    """Requests in, replies out; compiled programs wait here, by id, for their load."""
+
+    def __init__(self) -> None:
+        self.programs: dict[int, Compiled] = {}
+        self.log = _Log()
+
+    def handle(self, msg: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
+        op, key = msg.get("op"), msg.get("id")
+        if op == "compile":
+            self.drop(key)
+            compiled = Compiled(self.log)
+            reply = compiled.compile(msg)
+            if reply["ok"]:
+                self.programs[key] = compiled
+            return reply, []
+        if op == "load":
+            compiled = self.programs.get(key)
+            if compiled is None:
+                return {"ok": False, "stage": "protocol", "error": "nothing compiled"}, []
+            return compiled.load(msg)
+        if op == "drop":
+            self.drop(key)
+            return {"ok": True}, []
+        if op == "ping":
+            return {"ok": True, "pid": os.getpid()}, []
+        return {"ok": False, "stage": "protocol", "error": f"unknown request {op!r}"}, []
+
+    def drop(self, key: int | None) -> None:
+        compiled = self.programs.pop(key, None)
+        if compiled is not None:
+            compiled.drop()
+
+    def close(self) -> None:
+        for key in list(self.programs):
+            self.drop(key)
+
+
+class Compiled:
+    """One program between its compile and its load: BCC's BPF object and USDT contexts."""
+
+    def __init__(self, log: _Log) -> None:
+        self.bcc, self.cls = _bcc_class()
+        self.bpf = None
+        self.contexts: list = []
+        self.usdt: list[dict[str, Any]] = []
+        self.log = log
+
+    def compile(self, msg: dict[str, Any]) -> dict[str, Any]:
+        os.environ.clear()
+        os.environ.update(msg.get("env", {}))
+        self.log.mark()
+        for spec in msg.get("usdt", []):
+            try:
+                self.contexts.append(self._usdt_context(spec))
+            except Exception as e:
+                self.drop()
+                return {"ok": False, "stage": "usdt", "probe": spec["probe_text"],
+                        "error": str(e), "log": self.log.text()}
+        lib = self.bcc.libbcc.lib
+        text = msg["source"].encode()
+        if self.contexts:
+            # BCC's own USDT path would attach uprobes here; only the argument code is wanted.
+            handles = (ct.c_void_p * len(self.contexts))(*[c.get_context() for c in self.contexts])
+            generated = lib.bcc_usdt_genargs(handles, len(self.contexts))
+            if generated is None:
+                self.drop()
+                return {"ok": False, "stage": "usdt", "probe": msg["usdt"][0]["probe_text"],
+                        "error": "cannot generate the USDT probe arguments (a probe in a "
+                        "shared library with several locations needs a pid)",
+                        "log": self.log.text()}
+            text = generated + text
+        try:
+            self.bpf = self.cls(text=text, cflags=list(msg["cflags"]))
+        except Exception as e:
+            self.drop()
+            return {"ok": False, "stage": "compile", "error": str(e), "log": self.log.text()}
+        functions = [lib.bpf_function_name(self.bpf.module, i).decode()
+                     for i in range(lib.bpf_num_functions(self.bpf.module))]
+        self.usdt = [loc for ctx, spec in zip(self.contexts, msg.get("usdt", []), strict=True)
+                     for loc in self._usdt_locations(ctx, spec)]
+        return {"ok": True, "functions": functions, "log": self.log.text()}
+
+    def _usdt_context(self, spec: dict[str, Any]):
+        ctx = self.bcc.USDT(path=spec["path"], pid=spec["pid"]) if spec["pid"] else \
+            self.bcc.USDT(path=spec["path"])
+        ctx.enable_probe(probe=spec["probe"], fn_name=spec["function"])
+        return ctx
+
+    def _usdt_locations(self, ctx, spec: dict[str, Any]) -> list[dict[str, Any]]:
+        """Where the uprobes of one USDT probe go, with its semaphore's file offset."""
+        provider, _, name = spec["probe"].rpartition(":")
+        semaphores = {}
+        for p in ctx.enumerate_probes():
+            if p.name.decode() == name and (not provider or p.provider.decode() == provider):
+                semaphores[p.bin_path.decode()] = p.semaphore
+        out = []
+        for binpath, fn_name, addr, pid in ctx.enumerate_active_probes():
+            if fn_name.decode() != spec["function"]:
+                continue
+            path, offset = self.bcc.BPF._check_path_symbol(binpath, b"", addr, pid)
+            path = path.decode()
+            semaphore = semaphores.get(binpath.decode()) or semaphores.get(path) or 0
+            out.append({"function": spec["function"], "path": path, "offset": offset,
+                        "pid": pid if pid and pid > 0 else -1,
+                        "ref_ctr_offset": file_offset(path, semaphore) if semaphore else 0})
+        return out
+
+    def load(self, msg: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
+        if self.bpf is None:
+            return {"ok": False, "stage": "protocol", "error": "nothing compiled"}, []
+        fds: list[int] = []
+        programs, failed = {}, {}
+        for name, prog_type in msg["functions"]:
+            self.log.mark()
+            try:
+                fn = self.bpf.load_func(name.encode(), prog_type)
+            except Exception as e:
+                failed[name] = {"error": str(e), "log": self.log.text()}
+                continue
+            programs[name] = len(fds)
+            fds.append(fn.fd)
+        uprobes = {}
+        for key, (path, symbol, pid) in msg.get("uprobes", {}).items():
+            self.log.mark()
+            try:
+                resolved, offset = self.bcc.BPF._check_path_symbol(path, symbol, 0, pid)
+                uprobes[key] = {"path": resolved.decode(), "offset": offset}
+            except Exception as e:
+                uprobes[key] = {"error": str(e), "log": self.log.text()}
+        maps, events = self._maps(fds)
+        return {"ok": True, "programs": programs, "failed": failed, "maps": maps,
+                "events": events, "uprobes": uprobes, "usdt": self.usdt}, fds
+
+    def _maps(self, fds: list[int]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        lib = self.bcc.libbcc.lib
+        module = self.bpf.module
+        maps, events = [], {}
+        for i in range(lib.bpf_num_tables(module)):
+            name = lib.bpf_table_name(module, i).decode()
+            fd = lib.bpf_table_fd(module, name.encode())
+            if fd < 0:
+                continue
+            maps.append({"name": name, "fd": len(fds),
+                         "key": protocol.dtype_to_json(
+                             self._desc_dtype(lib.bpf_table_key_desc(module, name.encode()))),
+                         "value": protocol.dtype_to_json(
+                             self._desc_dtype(lib.bpf_table_leaf_desc(module, name.encode())))})
+            fds.append(fd)
+            event = self._event_dtype(name)
+            if event is not None:
+                events[name] = protocol.dtype_to_json(event)
+        return maps, events
+
+    def _desc_dtype(self, desc: bytes | None) -> np.dtype | None:
+        ctype = self._decode(desc)
+        try:
+            return None if ctype is None else np.dtype(ctype)
+        except Exception:
+            return None  # bitfields and other layouts numpy cannot express
+
+    def _decode(self, desc: bytes | None):
+        if not desc:
+            return None
+        try:
+            return self.bcc.BPF._decode_table_type(json.loads(desc.decode()))
+        except Exception:
+            return None
+
+    def _event_dtype(self, map_name: str) -> np.dtype | None:
+        """The record layout BCC learned from ``perf_submit``/``ringbuf_output`` calls."""
+        lib = self.bcc.libbcc.lib
+        module, name = self.bpf.module, map_name.encode()
+        fields = []
+        for i in range(lib.bpf_perf_event_fields(module, name)):
+            text = lib.bpf_perf_event_field(module, name, i).decode()
+            fname, _, ftype = text.partition("#")
+            ctype = event_field_ctype(ftype, self._described_ctype)
+            if ctype is None:
+                return None
+            fields.append((fname, ctype))
+        if not fields:
+            return None
+        try:
+            return np.dtype(type("event", (ct.Structure,), {"_fields_": fields}))
+        except Exception:
+            return None
+
+    def _described_ctype(self, type_map: str):
+        """The ctypes layout held by a hidden one-entry map describing a type."""
+        lib = self.bcc.libbcc.lib
+        return self._decode(lib.bpf_table_leaf_desc(self.bpf.module, type_map.encode()))
+
+    def drop(self) -> None:
+        """Release the BPF object and USDT contexts: close this process's descriptors."""
+        if self.bpf is not None:
+            self.bpf.cleanup()
+            atexit.unregister(self.bpf.cleanup)
+            self.bpf = None
+        self.contexts.clear()
+        self.usdt = []
+
+
+_EVENT_CTYPES = {
+    "char": ct.c_char, "s8": ct.c_int8, "signed char": ct.c_int8, "unsigned char": ct.c_uint8,
+    "u8": ct.c_uint8, "short": ct.c_int16, "s16": ct.c_int16, "unsigned short": ct.c_uint16,
+    "u16": ct.c_uint16, "int": ct.c_int32, "s32": ct.c_int32, "enum": ct.c_int32,
+    "unsigned int": ct.c_uint32, "u32": ct.c_uint32, "long": ct.c_int64,
+    "unsigned long": ct.c_uint64, "long long": ct.c_int64, "s64": ct.c_int64,
+    "unsigned long long": ct.c_uint64, "u64": ct.c_uint64, "_Bool": ct.c_bool,
+    "bool": ct.c_bool, "float": ct.c_float, "double": ct.c_double,
+    "void *": ct.c_uint64, "char *": ct.c_uint64, "u8 *": ct.c_uint64,
+    "__int128": ct.c_int64 * 2, "unsigned __int128": ct.c_uint64 * 2,
+    "pid_t": ct.c_int32, "uid_t": ct.c_uint32, "gid_t": ct.c_uint32, "size_t": ct.c_uint64,
+    "__u8": ct.c_uint8, "__u16": ct.c_uint16, "__u32": ct.c_uint32, "__u64": ct.c_uint64,
+    "__s8": ct.c_int8, "__s16": ct.c_int16, "__s32": ct.c_int32, "__s64": ct.c_int64,
+}
+_ARRAY = re.compile(r"^(.*?) ?((?:\[\d+\])+)$")
+
+
+def event_field_ctype(ftype: str, described=None):
+    """The ctypes type of one event field as BCC names it (``u32``, ``char[16]``...).
+
+    ``described`` maps a hidden type-describing map's name to its ctypes layout;
+    struct and typedef fields are looked up there.
+    """
+    ftype = ftype.strip()
+    if ftype.startswith("enum "):
+        ftype = "enum"
+    m = _ARRAY.match(ftype)
+    if m:
+        base = event_field_ctype(m.group(1), described)
+        if base is None:
+            return None
+        for n in reversed([int(x) for x in re.findall(r"\d+", m.group(2))]):
+            base = base * n
+        return base
+    if ftype in _EVENT_CTYPES or described is None:
+        return _EVENT_CTYPES.get(ftype)
+    if ftype.startswith("struct "):
+        return described(TYPE_PREFIX + ftype[len("struct "):].strip())
+    return described(TYPEDEF_PREFIX + ftype) if ftype.isidentifier() else None
+
+
+def file_offset(path: str, vaddr: int) -> int:
+    """The file offset of virtual address ``vaddr`` in ELF file ``path`` (0 if unmapped).
+
+    The kernel wants a USDT semaphore as a file offset (``ref_ctr_offset``);
+    the ELF notes give its link-time address.
+    """
+    try:
+        with open(path, "rb") as f:
+            ident = f.read(64)
+            if ident[:4] != b"\x7fELF" or ident[4] != 2:
+                return 0
+            end = "<" if ident[5] == 1 else ">"
+            phoff, = struct.unpack_from(end + "Q", ident, 32)
+            phentsize, phnum = struct.unpack_from(end + "HH", ident, 54)
+            f.seek(phoff)
+            table = f.read(phentsize * phnum)
+    except OSError:
+        return 0
+    for i in range(phnum):
+        p_type, _flags, p_offset, p_vaddr, _paddr, p_filesz = struct.unpack_from(
+            end + "IIQQQQ", table, i * phentsize)
+        if p_type == 1 and p_vaddr <= vaddr < p_vaddr + p_filesz:  # PT_LOAD
+            return vaddr - p_vaddr + p_offset
+    return 0
+
+
+def _die_with_parent(parent: int) -> None:
+    libc = ct.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(0)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve requests on the inherited socket until the parent closes it."""
+    parser = argparse.ArgumentParser(prog="ebpf_magic.backend.bcc.worker")
+    parser.add_argument("--fd", type=int, required=True)
+    parser.add_argument("--parent", type=int, required=True)
+    parser.add_argument("--memory", type=int, default=0, help="address-space limit, bytes")
+    args = parser.parse_args(argv)
+    _die_with_parent(args.parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop us
+    if args.memory:
+        resource.setrlimit(resource.RLIMIT_AS, (args.memory, args.memory))
+    sock = socket.socket(fileno=args.fd)
+    _bcc_class()
+    server = Server()
+    protocol.send(sock, {"ok": True, "pid": os.getpid()})
+    while True:
+        try:
+            msg, fds = protocol.receive(sock)
+        except protocol.Closed:
+            break
+        for fd in fds:
+            os.close(fd)
+        reply, out = server.handle(msg)
+        protocol.send(sock, reply, out)
+        if msg.get("op") == "load":
+            server.drop(msg.get("id"))
+    server.close()
+
+
+if __name__ == "__main__":
+    main()
