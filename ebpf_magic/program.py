@@ -24,10 +24,10 @@ import pandas as pd
 
 from . import instrument, sysbpf
 from . import source as src
-from .backend import CompiledProgram, compile_program
+from .backend import CompiledProgram, choose_backend, compile_program
 from .errors import AttachError
 from .maps import Maps
-from .probes import Probe, auto_probe, bind_explicit
+from .probes import Probe, bind_explicit
 from .streams import Streams
 from .suggest import attach_hint
 
@@ -48,6 +48,8 @@ class Program:
         defines: ``-D`` macros, ``{"NAME": value}`` or ``["NAME=VALUE"]``.
         pid: process to restrict uprobes and USDT probes to.
         stream_options: passed to each event stream (``max_rows``, ``page_cnt``...).
+        backend: ``"bcc"`` or ``"libbpf"``; by default chosen from the source's dialect
+            (:func:`~ebpf_magic.backend.choose_backend`).
         line_offset: added to line numbers in compile errors (1 for a notebook cell,
             whose first line is ``%%bpf``).
     """
@@ -56,8 +58,9 @@ class Program:
                  attach: Sequence[str | Probe] = (), cflags: Iterable[str] = (),
                  defines: Mapping[str, Any] | Iterable[str] = (), pid: int | None = None,
                  stream_options: Mapping[str, Any] | None = None,
-                 line_offset: int = 0) -> None:
+                 line_offset: int = 0, backend: str | None = None) -> None:
         self.name = name
+        self.backend = choose_backend(source, backend)
         self.source = source
         self.cflags = list(cflags) + src.define_flags(defines)
         self.pid = pid
@@ -73,14 +76,15 @@ class Program:
         usdt = [p for p in requested if p.kind == "usdt"]
         if any(not p.function for p in usdt):
             usdt = bind_explicit(usdt, src.function_names(source))
-        prepared = instrument.prepare(source)
+        prepared = instrument.prepare(source) if self.backend == "bcc" \
+            else instrument.Prepared(source)
         self._compiled = compile_program(prepared.text, cflags=self.cflags, usdt=usdt,
-                                         line_offset=line_offset)
+                                         line_offset=line_offset, backend=self.backend)
         try:
             self.warnings = list(self._compiled.warnings)
             functions = self._compiled.functions
             others = bind_explicit([p for p in requested if p.kind != "usdt"], functions)
-            auto = [p for p in (auto_probe(f) for f in functions) if p is not None]
+            auto = self._compiled.implied_probes()
             self.probes = auto + usdt + others
             self._compiled.load(self.probes)
             # Buffers are read before any probe fires, so no event goes unseen or uncounted.

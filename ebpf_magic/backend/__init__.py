@@ -9,11 +9,13 @@ a backend's own types. BCC is the backend today (:mod:`.bcc`); it compiles in a 
 from __future__ import annotations
 
 import abc
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..probes import Probe
+from ..errors import BPFError
+from ..probes import Probe, auto_probe
 
 
 @dataclass
@@ -52,6 +54,10 @@ class CompiledProgram(abc.ABC):
         A backend that loads while compiling does nothing here.
         """
 
+    def implied_probes(self) -> list[Probe]:
+        """The probes the program's own text implies (BCC: ``kprobe__FUNC`` and such names)."""
+        return [p for p in (auto_probe(f) for f in self.functions) if p is not None]
+
     @abc.abstractmethod
     def maps(self) -> dict[str, MapHandle]:
         """Every map the program declares, by name."""
@@ -83,16 +89,48 @@ class CompiledProgram(abc.ABC):
         """Detach every probe and close every descriptor. Safe to call twice."""
 
 
+BACKENDS = ("bcc", "libbpf")
+# BCC's dialect: its table macros, probe macros and method-call helpers
+_BCC_DIALECT = re.compile(r"\bBPF_(?:HASH|ARRAY|HISTOGRAM|PERF_OUTPUT|RINGBUF_OUTPUT|STACK_TRACE|"
+                          r"PERCPU_\w+|PROG_ARRAY|QUEUE|STACK|LPM_TRIE|TABLE|DEVMAP|CPUMAP|"
+                          r"XSKMAP|SOCKMAP|SOCKHASH|CGROUP_\w+|SK_STORAGE|TASK_STORAGE)\s*\(|"
+                          r"\b(?:TRACEPOINT_PROBE|RAW_TRACEPOINT_PROBE|KFUNC_PROBE|KRETFUNC_PROBE|"
+                          r"LSM_PROBE)\s*\(|\.\s*(?:perf_submit|ringbuf_output|ringbuf_reserve|"
+                          r"increment|lookup_or_try_init)\s*\(")
+# libbpf's: SEC() names and its headers
+_LIBBPF_DIALECT = re.compile(r"\bSEC\s*\(|^\s*#\s*include\s*[<\"](?:bpf/|vmlinux\.h)", re.M)
+
+
+def choose_backend(source: str, backend: str | None = None) -> str:
+    """The backend for ``source``: ``backend`` if given, else by the cell's dialect.
+
+    BCC's macros mean BCC; otherwise ``SEC(`` or libbpf's headers mean libbpf;
+    anything else goes to BCC.
+    """
+    if backend is not None:
+        if backend not in BACKENDS:
+            raise BPFError(f"unknown backend {backend!r}",
+                           f"Backends: {', '.join(BACKENDS)}.")
+        return backend
+    if _BCC_DIALECT.search(source):
+        return "bcc"
+    return "libbpf" if _LIBBPF_DIALECT.search(source) else "bcc"
+
+
 def compile_program(source: str, *, cflags: list[str], usdt: list[Probe],
-                    filename: str = "cell", line_offset: int = 0) -> CompiledProgram:
-    """Compile and load ``source`` with the default backend (BCC).
+                    filename: str = "cell", line_offset: int = 0,
+                    backend: str | None = None) -> CompiledProgram:
+    """Compile and load ``source`` with ``backend`` (default: :func:`choose_backend`).
 
     Compile errors name lines as ``filename, line N`` with ``line_offset`` added.
     """
-    from .bcc import BccProgram
+    if choose_backend(source, backend) == "libbpf":
+        from .libbpf import LibbpfProgram as Compiled
+    else:
+        from .bcc import BccProgram as Compiled
 
-    return BccProgram(source, cflags=cflags, usdt=usdt, filename=filename,
-                      line_offset=line_offset)
+    return Compiled(source, cflags=cflags, usdt=usdt, filename=filename,
+                    line_offset=line_offset)
 
 
 def prestart() -> None:

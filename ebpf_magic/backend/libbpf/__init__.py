@@ -1,0 +1,324 @@
+"""The libbpf backend: CO-RE C compiled by clang, loaded and attached by the system's libbpf.
+
+Kernel types come from the running kernel's BTF (a generated ``vmlinux.h``),
+and libbpf relocates every ``BPF_CORE_READ`` to the kernel's true layout, so
+kernel structs read right without kernel headers. The cell is libbpf-style C:
+``SEC("tracepoint/...")`` programs, maps in ``SEC(".maps")`` (or the legacy
+``struct bpf_map_def SEC("maps")``, rewritten), ``bpf_perf_event_output``
+and ring buffers (see :mod:`._compile` for what is added to the source).
+
+Probes attach with libbpf's own attach functions: a program's SEC() name is
+attached by ``bpf_program__attach`` exactly as libbpf-based tools do, and
+each attachment is a ``struct bpf_link`` this program owns and destroys.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes as ct
+import os
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from ... import kernel, sysbpf
+from ...errors import AttachError, BPFError, NotPrivilegedError, VerifierError
+from ...perfbuf import PerfEventAttr
+from ...probes import Probe
+from ...suggest import syscall_tracepoints
+from .. import CompiledProgram, MapHandle
+from . import _compile, _lib, _source
+from ._types import Btf, Dwarf
+
+_PROG_FAILED = re.compile(r"prog '(\w+)': (?:BPF program load failed|failed to load)")
+_KEYLESS = ("queue", "stack", "ringbuf", "user_ringbuf")
+_PERF_FLAG_FD_CLOEXEC = 8
+_PERF_FREQ = 1 << 10
+FLAGS_ZERO_WARNING = ("{map}: bpf_perf_event_output(..., 0, ...) with flags 0 writes to the "
+                      "buffer of CPU 0 only, so events on other CPUs are lost; pass "
+                      "BPF_F_CURRENT_CPU as the flags")
+
+
+def available() -> tuple[bool, str]:
+    """Whether this backend can run here, and why not."""
+    if _compile.clang() is None:
+        return False, "clang is not installed (apt-get install clang libbpf-dev)"
+    try:
+        _lib.lib()
+    except _lib.LibbpfMissing as e:
+        return False, f"libbpf.so.1 cannot be loaded ({e}); apt-get install libbpf1"
+    if not _compile.BTF_PATH.exists():
+        return False, "the kernel exposes no BTF (/sys/kernel/btf/vmlinux)"
+    return True, ""
+
+
+def version() -> str:
+    """The version of the system's libbpf."""
+    return _lib.version()
+
+
+class Link:
+    """One attachment (a ``struct bpf_link``); ``close()`` detaches it and is idempotent."""
+
+    def __init__(self, ptr: int, description: str) -> None:
+        self._ptr = ptr
+        self.description = description
+
+    def close(self) -> None:
+        ptr, self._ptr = self._ptr, None
+        if ptr:
+            with _lib.logged():
+                _lib.lib().bpf_link__destroy(ptr)
+
+
+class LibbpfProgram(CompiledProgram):
+    """A C source compiled by clang and loaded by libbpf."""
+
+    def __init__(self, source: str, *, cflags: list[str], usdt: list[Probe],
+                 filename: str = "cell", line_offset: int = 0) -> None:
+        if not kernel.has_bpf_rights():
+            raise NotPrivilegedError("Not allowed to load BPF programs: " +
+                                     kernel.rights_summary(), kernel.rights_hint())
+        self._obj: int | None = None
+        self._links: list[Link] = []
+        self._dwarf: Dwarf | None = None
+        compiled = _compile.compile_cell(source, list(cflags), filename, line_offset)
+        self.log = compiled.log
+        self._object = compiled.obj
+        self._records, flags_zero = _source.submissions(source)
+        self.warnings = list(compiled.warnings) + [FLAGS_ZERO_WARNING.format(map=m)
+                                                   for m in dict.fromkeys(flags_zero)]
+        lib = _lib.lib()
+        opts = _lib.ObjectOpenOpts(sz=ct.sizeof(_lib.ObjectOpenOpts),
+                                   object_name=filename.encode()[:15])
+        self._buf = ct.create_string_buffer(compiled.obj, len(compiled.obj))
+        with _lib.logged() as log:
+            obj = lib.bpf_object__open_mem(self._buf, len(compiled.obj), ct.byref(opts))
+            err = _lib.errno_of(0) if not obj else 0
+        if not obj:
+            raise BPFError(f"libbpf could not open the compiled object: {_lib.strerror(err)}",
+                           "\n".join(log[-8:]))
+        self._obj = obj
+        try:
+            self._programs: dict[str, int] = {}
+            self.sections: dict[str, str] = {}
+            prog = lib.bpf_object__next_program(obj, None)
+            while prog:
+                name = lib.bpf_program__name(prog).decode()
+                self._programs[name] = prog
+                self.sections[name] = lib.bpf_program__section_name(prog).decode()
+                prog = lib.bpf_object__next_program(obj, prog)
+            self.functions = list(self._programs)
+            kernel.ensure_tracefs()
+            with _lib.logged() as log:
+                rc = lib.bpf_object__load(obj)
+            if rc:
+                raise _load_failure(-rc, log)
+        except BaseException:
+            self.close()
+            raise
+
+    # -- probes ---------------------------------------------------------------
+
+    def implied_probes(self) -> list[Probe]:
+        """The probes the programs' SEC() names attach to."""
+        probes = (_source.section_probe(sec, fn) for fn, sec in self.sections.items())
+        return [p for p in probes if p is not None]
+
+    def attach(self, probe: Probe) -> list[str]:
+        prog = self._programs.get(probe.function)
+        if prog is None:
+            raise AttachError(f"no function {probe.function!r} in the program",
+                              f"Functions: {', '.join(self.functions)}", probe=str(probe))
+        lib = _lib.lib()
+        implied = _source.section_probe(self.sections[probe.function], probe.function)
+        if probe.kind in ("profile", "software", "hardware"):
+            return self._attach_perf_event(probe, prog)
+        with _lib.logged() as log:
+            if probe == implied:
+                link = lib.bpf_program__attach(prog)
+            elif probe.kind == "tracepoint":
+                category, _, name = probe.target.partition(":")
+                link = lib.bpf_program__attach_tracepoint(prog, category.encode(), name.encode())
+            elif probe.kind == "rawtracepoint":
+                link = lib.bpf_program__attach_raw_tracepoint(prog, probe.target.encode())
+            elif probe.kind in ("kprobe", "kretprobe"):
+                link = lib.bpf_program__attach_kprobe(prog, probe.kind == "kretprobe",
+                                                      probe.target.encode())
+            elif probe.kind in ("uprobe", "uretprobe"):
+                path, _, sym = probe.target.partition(":")
+                opts = _lib.UprobeOpts(sz=ct.sizeof(_lib.UprobeOpts),
+                                       retprobe=probe.kind == "uretprobe", func_name=sym.encode())
+                link = lib.bpf_program__attach_uprobe_opts(
+                    prog, probe.pid if probe.pid else -1, _library(path).encode(), 0,
+                    ct.byref(opts))
+            elif probe.kind == "usdt":
+                parts = probe.target.split(":")
+                path, provider, name = parts[0], parts[-2] if len(parts) == 3 else "", parts[-1]
+                link = lib.bpf_program__attach_usdt(prog, probe.pid if probe.pid else -1,
+                                                    _library(path).encode(), provider.encode(),
+                                                    name.encode(), None)
+            elif probe.kind == "xdp":
+                dev = probe.target.partition("@")[0]
+                try:
+                    ifindex = int(Path(f"/sys/class/net/{dev}/ifindex").read_text())
+                except OSError:
+                    raise AttachError(f"cannot attach {probe}: no network device {dev!r}",
+                                      probe=str(probe)) from None
+                link = lib.bpf_program__attach_xdp(prog, ifindex)
+            else:
+                link = lib.bpf_program__attach(prog)
+            err = _lib.errno_of(0) if not link else 0
+        if not link:
+            raise self._attach_failure(probe, probe == implied, err, log)
+        self._links.append(Link(link, str(probe)))
+        return [str(probe)]
+
+    def _attach_perf_event(self, probe: Probe, prog: int) -> list[str]:
+        ev_type, config, rate = probe.perf_event
+        attr = PerfEventAttr(type=ev_type, size=ct.sizeof(PerfEventAttr), config=config)
+        if "sample_freq" in rate:
+            attr.sample_period, attr.flags = rate["sample_freq"], _PERF_FREQ
+        else:
+            attr.sample_period = rate["sample_period"]
+        for cpu in sysbpf.online_cpus():
+            try:
+                pfd = sysbpf.perf_event_open(attr, -1, cpu, -1, _PERF_FLAG_FD_CLOEXEC)
+            except OSError as e:
+                raise AttachError(f"cannot attach {probe}: perf_event_open: {e.strerror}",
+                                  probe=str(probe)) from None
+            with _lib.logged() as log:
+                link = _lib.lib().bpf_program__attach_perf_event(prog, pfd)
+                err = _lib.errno_of(0) if not link else 0
+            if not link:
+                os.close(pfd)
+                raise self._attach_failure(probe, False, err, log)
+            self._links.append(Link(link, f"{probe} (cpu {cpu})"))  # the link owns pfd
+        return [str(probe)]
+
+    def _attach_failure(self, probe: Probe, from_section: bool, err: int,
+                        log: list[str]) -> AttachError:
+        section = self.sections.get(probe.function, "")
+        where = f'SEC("{section}") {probe.function}' if from_section else str(probe)
+        detail = next((ln.strip() for ln in reversed(log) if ln.strip()), "")
+        message = f"cannot attach {where}: {_lib.strerror(err)}" + (
+            f" ({detail})" if detail else "")
+        hint = ""
+        if probe.kind in ("kprobe", "kretprobe") and not kernel.kprobes_supported():
+            found = syscall_tracepoints(probe.target, exit=probe.kind == "kretprobe")
+            hint = "This kernel is built without kprobes (CONFIG_KPROBES is off)."
+            if found:
+                category, _, name = found[0].partition(":")
+                hint += (f' Use the tracepoint instead: SEC("tracepoint/{category}/{name}") '
+                         f"(or -a tracepoint:{found[0]}).")
+            else:
+                hint += ' Use a tracepoint instead: SEC("tracepoint/CATEGORY/NAME").'
+        return AttachError(message, hint, probe=str(probe))
+
+    def program_fds(self) -> dict[str, int]:
+        if self._obj is None:
+            return {}
+        lib = _lib.lib()
+        fds = {name: lib.bpf_program__fd(p) for name, p in self._programs.items()}
+        return {n: fd for n, fd in fds.items() if fd >= 0}
+
+    # -- maps -----------------------------------------------------------------
+
+    def maps(self) -> dict[str, MapHandle]:
+        lib = _lib.lib()
+        btf = self._btf()
+        out = {}
+        m = lib.bpf_object__next_map(self._obj, None)
+        while m:
+            name = lib.bpf_map__name(m).decode()
+            fd = lib.bpf_map__fd(m)
+            if fd >= 0 and not lib.bpf_map__is_internal(m):
+                info = sysbpf.map_info(fd)
+                key_dt = btf.dtype(lib.bpf_map__btf_key_type_id(m)) if btf else None
+                val_dt = btf.dtype(lib.bpf_map__btf_value_type_id(m)) if btf else None
+                if key_dt is not None and key_dt.itemsize != info.key_size:
+                    key_dt = None
+                if val_dt is not None and val_dt.itemsize != info.value_size:
+                    val_dt = None
+                if info.kind in _KEYLESS:
+                    key_dt = None
+                out[name] = MapHandle(name=name, fd=fd, kind=info.kind, key_dtype=key_dt,
+                                      value_dtype=val_dt, max_entries=info.max_entries,
+                                      key_size=info.key_size, value_size=info.value_size,
+                                      extra={"id": info.id})
+            m = lib.bpf_object__next_map(self._obj, m)
+        return out
+
+    def _btf(self) -> Btf | None:
+        lib = _lib.lib()
+        btf = lib.bpf_object__btf(self._obj)
+        if not btf:
+            return None
+        size = ct.c_uint32()
+        raw = lib.btf__raw_data(btf, ct.byref(size))
+        return Btf(ct.string_at(raw, size.value)) if raw else None
+
+    def event_dtype(self, map_name: str) -> np.dtype | None:
+        ctype = self._records.get(map_name)
+        if ctype is None:
+            return None
+        if self._dwarf is None:
+            with tempfile.NamedTemporaryFile(suffix=".o") as f:
+                f.write(self._object)
+                f.flush()
+                self._dwarf = Dwarf.of_object(Path(f.name)) or Dwarf("")
+        dt = self._dwarf.find(ctype)
+        return dt if dt is not None and dt.names else None
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def detach(self) -> None:
+        links, self._links = self._links, []
+        for link in links:
+            link.close()
+
+    def close(self) -> None:
+        self.detach()
+        obj, self._obj = self._obj, None
+        if obj:
+            with _lib.logged():
+                _lib.lib().bpf_object__close(obj)
+        self._programs = {}
+
+
+def _library(path: str) -> str:
+    """A uprobe target as a path: ``c`` names libc, like bpftrace's ``uprobe:c:malloc``."""
+    if "/" in path:
+        return path
+    name = f"lib{path}.so" if not path.startswith("lib") else path
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        listing = subprocess.run(["/sbin/ldconfig", "-p"], capture_output=True, text=True,
+                                 timeout=10).stdout
+        for line in listing.splitlines():
+            soname, arrow, where = line.partition("=>")
+            if arrow and soname.strip().split(" ")[0].startswith(name):
+                return where.strip()
+    return path
+
+
+def _load_failure(err: int, log: list[str]) -> BPFError:
+    if err in (1, 13) and not kernel.has_bpf_rights():
+        return NotPrivilegedError("Not allowed to load BPF programs: " +
+                                  kernel.rights_summary(), kernel.rights_hint())
+    text = "\n".join(log)
+    function = next((m.group(1) for m in map(_PROG_FAILED.search, log) if m), "")
+    verifier = [ln for ln in log if ln.strip() and not ln.startswith("libbpf:")
+                and not ln.startswith(("processed ", "-- BEGIN", "-- END"))]
+    if function or "-- BEGIN PROG LOAD LOG --" in text:
+        tail = "\n".join("    " + ln for ln in verifier[-12:])
+        return VerifierError(
+            f"The kernel's verifier rejected {function or 'a program'}() "
+            f"({_lib.strerror(err)}). The end of its log:\n{tail}",
+            "The last lines name the instruction it refused; a common cause is reading memory "
+            "without bpf_probe_read*()/BPF_CORE_READ() or a pointer not checked against NULL.",
+            log=text, function=function)
+    detail = "\n".join(ln.strip() for ln in log[-6:])
+    return BPFError(f"libbpf could not load the program: {_lib.strerror(err)}", detail)

@@ -1,0 +1,301 @@
+"""The libbpf backend on the real kernel: libbpf-style C, clang, kernel types from BTF."""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from ebpf_magic.backend import choose_backend
+from ebpf_magic.errors import AttachError, BPFError, CompileError, VerifierError
+from ebpf_magic.program import Program
+
+from conftest import bpftool_json, loaded_map_ids, loaded_prog_ids
+
+libbpf = pytest.importorskip("ebpf_magic.backend.libbpf")
+_OK, _WHY = libbpf.available()
+needs_libbpf = pytest.mark.skipif(not _OK, reason=f"libbpf backend unavailable: {_WHY}")
+
+# The kernel's samples/bpf/trace_output_kern.c as the seed gives it, on a tracepoint
+# (this kernel has no kprobes), with no #include lines.
+SEED = """\
+struct bpf_map_def SEC("maps") my_map = {
+	.type = BPF_MAP_TYPE_PERF_EVENT_ARRAY,
+	.key_size = sizeof(int),
+	.value_size = sizeof(u32),
+	.max_entries = 2,
+};
+
+SEC("tracepoint/syscalls/sys_enter_write")
+int bpf_prog1(struct pt_regs *ctx)
+{
+	struct S {
+		u64 pid;
+		u64 cookie;
+	} data;
+
+	data.pid = bpf_get_current_pid_tgid();
+	data.cookie = 0x12345678;
+
+	bpf_perf_event_output(ctx, &my_map, FLAGS, &data, sizeof(data));
+
+	return 0;
+}
+"""
+
+CORE = """\
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+
+struct event { u32 tgid; u32 parent_tgid; u32 helper_tgid; u32 tid; };
+
+struct {
+    __uint(type, BPF_MAP_TYPE_RINGBUF);
+    __uint(max_entries, 1 << 20);
+} events SEC(".maps");
+
+SEC("tracepoint/syscalls/sys_enter_getppid")
+int on_getppid(void *ctx)
+{
+    struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+    struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+    if (!e)
+        return 0;
+    u64 id = bpf_get_current_pid_tgid();
+    e->tgid = BPF_CORE_READ(task, tgid);
+    e->parent_tgid = BPF_CORE_READ(task, real_parent, tgid);
+    e->helper_tgid = id >> 32;
+    e->tid = (u32)id;
+    bpf_ringbuf_submit(e, 0);
+    return 0;
+}
+
+char LICENSE[] SEC("license") = "GPL";
+"""
+
+
+def _writes_on_cpus(n_per_cpu: int, cpus: list[int]) -> int:
+    """Fork a child making ``n_per_cpu`` write(2) calls pinned on each of ``cpus``; its pid."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: only system calls, then _exit
+        try:
+            for cpu in cpus:
+                os.sched_setaffinity(0, {cpu})
+                for _ in range(n_per_cpu):
+                    os.write(w, b"")
+        finally:
+            os._exit(0)
+    os.close(w)
+    os.close(r)
+    os.waitpid(pid, 0)
+    return pid
+
+
+def _wait_rows(stream, want: int, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while stream.received < want and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.1)  # anything beyond ``want`` would show up too
+
+
+def _links_of(prog_ids: set[int]) -> list[dict]:
+    """The kernel's links (bpftool's view) that attach any of ``prog_ids``."""
+    return [ln for ln in bpftool_json("link", "show") if ln.get("prog_id") in prog_ids]
+
+
+# -- choosing a backend (no kernel needed) -----------------------------------------
+
+
+def test_dialect_chooses_backend():
+    assert choose_backend(SEED) == "libbpf"
+    assert choose_backend(CORE) == "libbpf"
+    assert choose_backend("BPF_HASH(c, u32);\nint kprobe__x(void *ctx) { return 0; }") == "bcc"
+    assert choose_backend("TRACEPOINT_PROBE(sched, sched_switch) { return 0; }") == "bcc"
+    assert choose_backend("int f(void *ctx) { return 0; }") == "bcc"
+    assert choose_backend(SEED, "bcc") == "bcc"
+    with pytest.raises(BPFError, match="unknown backend 'gcc'"):
+        choose_backend(SEED, "gcc")
+
+
+def test_legacy_map_rewritten_in_place():
+    from ebpf_magic.backend.libbpf import _compile
+
+    text, notes, defaults = _compile.prepare(SEED)
+    assert defaults and notes == [_compile.LICENSE_NOTE]
+    assert "bpf_map_def" not in text
+    assert ("struct { __uint(type, BPF_MAP_TYPE_PERF_EVENT_ARRAY); __uint(key_size, sizeof(int)); "
+            "__uint(value_size, sizeof(u32)); __uint(max_entries, 2); } my_map SEC(\".maps\");"
+            in text)
+    # every line of the cell keeps its number
+    assert text.splitlines()[7:len(SEED.splitlines())] == SEED.splitlines()[7:]
+    assert text.rstrip().endswith('char LICENSE[] SEC("license") = "GPL";')
+
+
+# -- the real kernel ------------------------------------------------------------------
+
+
+@needs_libbpf
+@pytest.mark.kernel
+def test_seed_current_cpu_rows_from_every_cpu(no_leaks):
+    cpus = sorted(os.sched_getaffinity(0))[:2]
+    with Program(SEED.replace("FLAGS", "BPF_F_CURRENT_CPU")) as prog:
+        assert prog.backend == "libbpf"
+        assert prog.attached == ["tracepoint:syscalls:sys_enter_write=bpf_prog1"]
+        child = _writes_on_cpus(500, cpus)
+        stream = prog.events["my_map"]
+        _wait_rows(stream, 500 * len(cpus))
+        df = stream.df
+    mine = df[(df["pid"].to_numpy() >> np.uint64(32)) == child]
+    assert len(mine) == 500 * len(cpus)
+    assert (mine["cookie"] == 0x12345678).all()
+    assert sorted(mine["cpu"].unique()) == cpus
+
+
+@needs_libbpf
+@pytest.mark.kernel
+def test_seed_flags_zero_only_cpu0_and_warns(no_leaks):
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2 or cpus[0] != 0:
+        pytest.skip(f"needs CPU 0 and another CPU; this process may run on {cpus}")
+    with Program(SEED.replace("FLAGS", "0")) as prog:
+        assert any("BPF_F_CURRENT_CPU" in w and "my_map" in w for w in prog.warnings)
+        child = _writes_on_cpus(300, [0, cpus[1]])
+        stream = prog.events["my_map"]
+        _wait_rows(stream, 300)
+        df = stream.df
+    mine = df[(df["pid"].to_numpy() >> np.uint64(32)) == child]
+    assert len(mine) == 300  # the writes made on CPU 0; the others were never delivered
+
+
+def _getppid_in_threads(n: int, threads: int) -> int:
+    """Fork a child whose ``threads`` threads each call getppid() ``n`` times; its pid."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            workers = [threading.Thread(target=lambda: [os.getppid() for _ in range(n)])
+                       for _ in range(threads)]
+            for t in workers:
+                t.start()
+            for t in workers:
+                t.join()
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    return pid
+
+
+@needs_libbpf
+@pytest.mark.kernel
+def test_core_reads_true_pid_and_parent(no_leaks):
+    with Program(CORE) as prog:
+        child = _getppid_in_threads(1000, 2)
+        stream = prog.events["events"]
+        _wait_rows(stream, 2000)
+        df = stream.df
+        assert stream.stats["lost_kernel"] == 0
+    mine = df[df["helper_tgid"] == child]
+    assert len(mine) == 2000
+    assert (mine["tgid"] == child).all()
+    assert (mine["parent_tgid"] == os.getpid()).all()
+    assert mine["tid"].nunique() == 2 and child not in set(mine["tid"])
+
+
+@needs_libbpf
+@pytest.mark.kernel
+def test_stop_leaves_nothing_in_kernel_views(no_leaks):
+    prog = Program(CORE)
+    # other processes may load programs meanwhile: follow this program's own ids
+    prog_ids, map_ids = set(prog.prog_ids()), set(prog.map_ids())
+    assert prog_ids <= loaded_prog_ids() and len(prog_ids) == 1
+    assert map_ids <= loaded_map_ids() and len(map_ids) == 1
+    assert len(_links_of(prog_ids)) == 1
+    prog.stop()
+    prog.stop()
+    assert not loaded_prog_ids() & prog_ids
+    assert not loaded_map_ids() & map_ids
+    assert not _links_of(prog_ids)
+
+
+@needs_libbpf
+@pytest.mark.kernel
+def test_verifier_rejection_is_short_and_leaves_nothing(no_leaks):
+    bad = """\
+SEC("tracepoint/syscalls/sys_enter_getppid")
+int bad(void *ctx)
+{
+    int *p = (int *)bpf_get_current_task();
+    return *p;
+}
+"""
+    progs, maps = loaded_prog_ids(), loaded_map_ids()
+    with pytest.raises(VerifierError) as err:
+        Program(bad)
+    assert "rejected bad()" in err.value.message
+    assert "invalid mem access" in err.value.message
+    assert len(err.value.message.splitlines()) <= 14
+    assert not [p for p in bpftool_json("prog", "show")
+                if p["id"] not in progs and p.get("name") == "bad"]
+    assert not [m for m in bpftool_json("map", "show")
+                if m["id"] not in maps and m.get("name", "").startswith("cell")]
+
+
+@needs_libbpf
+@pytest.mark.kernel
+def test_kprobe_section_names_the_tracepoint(no_leaks):
+    from ebpf_magic import kernel
+
+    if kernel.kprobes_supported():
+        pytest.skip("this kernel has kprobes: the attach succeeds")
+    cell = SEED.replace("FLAGS", "BPF_F_CURRENT_CPU").replace(
+        "tracepoint/syscalls/sys_enter_write", "kprobe/sys_write")
+    with pytest.raises(AttachError) as err:
+        Program(cell)
+    assert 'SEC("kprobe/sys_write")' in err.value.message
+    assert 'SEC("tracepoint/syscalls/sys_enter_write")' in err.value.hint
+
+
+@needs_libbpf
+@pytest.mark.kernel
+def test_compile_error_names_cell_line(no_leaks):
+    cell = SEED.replace("FLAGS", "BPF_F_CURRENT_CPU").replace("0x12345678", "cookie_value")
+    with pytest.raises(CompileError) as err:
+        Program(cell, line_offset=1)
+    line = SEED.splitlines().index("\tdata.cookie = 0x12345678;") + 1
+    assert f"cell, line {line + 1}: error: use of undeclared identifier 'cookie_value'" \
+        in err.value.message
+
+
+@needs_libbpf
+@pytest.mark.kernel
+def test_clang_fatal_error_is_short(no_leaks):
+    cell = """\
+SEC("tracepoint/syscalls/sys_enter_getppid")
+int wide(void *ctx)
+{
+    volatile unsigned __int128 a = bpf_ktime_get_ns();
+    volatile unsigned __int128 b = a * a;
+    return (int)(b >> 64);
+}
+"""
+    with pytest.raises(CompileError) as err:
+        Program(cell)
+    assert "__multi3" in err.value.message
+    assert "128-bit" in err.value.hint
+    assert len(str(err.value).splitlines()) < 12
+
+
+@needs_libbpf
+@pytest.mark.kernel
+def test_clang_crash_is_a_compile_error(no_leaks, tmp_path, monkeypatch):
+    fake = tmp_path / "clang"
+    fake.write_text("#!/bin/sh\necho 'PLEASE submit a bug report' >&2\nkill -SEGV $$\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("EBPF_MAGIC_CLANG", str(fake))
+    with pytest.raises(CompileError, match="clang crashed"):
+        Program(SEED.replace("FLAGS", "0"), backend="libbpf")
