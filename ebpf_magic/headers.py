@@ -3,10 +3,12 @@
 The running kernel's own headers are used when they exist (``/lib/modules/
 <release>/build``, or the kernel's built-in ``/sys/kernel/kheaders.tar.xz``
 which BCC unpacks itself). On a kernel the distribution ships no headers for,
-the nearest installed distribution headers are merged into one directory
-under the user's cache (a symlink tree of the ``-common`` directory overlaid
-with the arch directory, the shape ``/lib/modules/*/build`` has on Debian) and
-named to BCC through ``BCC_KERNEL_SOURCE``. Struct layouts of kernel-internal
+the nearest installed distribution headers are merged into one directory (a
+symlink tree of the ``-common`` directory overlaid with the arch directory, the
+shape ``/lib/modules/*/build`` has on Debian) and named to BCC through
+``BCC_KERNEL_SOURCE``. Root builds it in :data:`SYSTEM_CACHE`, readable by every
+user (the eBPF kernel runs as an unprivileged one); another user uses that tree
+when it is there and otherwise builds one in their own cache. Struct layouts of kernel-internal
 types may then differ from the running kernel: that is reported as a warning.
 """
 
@@ -20,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SRC_ROOT = Path("/usr/src")
+SYSTEM_CACHE = Path("/var/cache/ebpf_magic")
+STAMP = ".ebpf_magic_complete"
 
 
 @dataclass(frozen=True)
@@ -42,10 +46,17 @@ class Headers:
 
 
 def cache_dir() -> Path:
-    """Where merged header trees are kept (``$EBPF_MAGIC_CACHE`` or the XDG cache)."""
-    base = os.environ.get("EBPF_MAGIC_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "ebpf_magic")
-    return Path(base)
+    """Where this process keeps its cache.
+
+    ``$EBPF_MAGIC_CACHE`` when set, else :data:`SYSTEM_CACHE` for root, else the
+    user's XDG cache.
+    """
+    if os.environ.get("EBPF_MAGIC_CACHE"):
+        return Path(os.environ["EBPF_MAGIC_CACHE"])
+    if os.geteuid() == 0:
+        return SYSTEM_CACHE
+    return Path(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
+                "ebpf_magic")
 
 
 def _version_key(release: str) -> tuple[int, ...]:
@@ -87,16 +98,25 @@ def nearest(release: str) -> tuple[str, Path, Path | None] | None:
 
 
 def merged_tree(arch: Path, common: Path | None) -> Path:
-    """A symlink tree of ``common`` overlaid with ``arch``, built once in the cache."""
+    """A symlink tree of ``common`` overlaid with ``arch``, built once.
+
+    A complete tree in this process's cache or in :data:`SYSTEM_CACHE` is used
+    as it is; otherwise one is built in :func:`cache_dir`, readable by all users.
+    """
     target = cache_dir() / "headers" / arch.name
-    stamp = target / ".ebpf_magic_complete"
-    if stamp.exists():
-        return target
+    for built in (target, SYSTEM_CACHE / "headers" / arch.name):
+        if (built / STAMP).exists():
+            return built
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0:  # the eBPF kernel's user must reach root's tree
+        for p in (target.parent, target.parent.parent):
+            p.chmod(0o755)
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     for layer in [d for d in (common, arch) if d is not None]:
         _link_tree(layer, tmp)
-    (tmp / ".ebpf_magic_complete").write_text(f"{common}\n{arch}\n")
+    (tmp / STAMP).write_text(f"{common}\n{arch}\n")
+    (tmp / STAMP).chmod(0o644)
     shutil.rmtree(target, ignore_errors=True)
     os.replace(tmp, target)
     return target
@@ -107,6 +127,7 @@ def _link_tree(src: Path, dst: Path) -> None:
         rel = os.path.relpath(root, src)
         out = dst / rel
         out.mkdir(parents=True, exist_ok=True)
+        out.chmod(0o755)
         for name in files + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
             link = out / name
             if link.is_symlink() or link.exists():

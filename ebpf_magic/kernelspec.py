@@ -1,8 +1,9 @@
 """Install and remove the "Python 3 (eBPF)" Jupyter kernel.
 
 The kernelspec runs :mod:`ebpf_magic.launcher`, which gives the kernel process
-the capabilities BPF needs and no others, so the notebook server itself never
-needs them. ``python -m ebpf_magic install-kernel --help`` lists the options.
+the capabilities BPF needs and no others (and, started by root, an unprivileged
+user), so the notebook server itself never needs them. ``python -m ebpf_magic
+install-kernel --help`` lists the options.
 """
 
 from __future__ import annotations
@@ -19,9 +20,13 @@ DISPLAY_NAME = "Python 3 (eBPF)"
 
 
 def spec(python: str | None = None, display_name: str = DISPLAY_NAME) -> dict:
-    """The kernel.json contents: ``python -m ebpf_magic.launcher -f {connection_file}``."""
+    """The kernel.json contents: ``python -I -m ebpf_magic.launcher -f {connection_file}``.
+
+    ``-I`` (isolated mode) keeps the working directory, which the kernel may be
+    able to write, and ``PYTHON*`` variables out of what a root-started launcher imports.
+    """
     return {
-        "argv": [python or sys.executable, "-m", "ebpf_magic.launcher",
+        "argv": [python or sys.executable, "-I", "-m", "ebpf_magic.launcher",
                  "-f", "{connection_file}"],
         "display_name": display_name,
         "language": "python",
@@ -60,6 +65,10 @@ def install(name: str = KERNEL_NAME, *, user: bool = False, prefix: str | None =
             json.dumps(spec(python, display_name), indent=1) + "\n")
         for logo in _logos():
             shutil.copy(logo, tmp)
+        # Readable by everyone (the kernel's own user included), writable by the installer.
+        for path in Path(tmp).iterdir():
+            path.chmod(0o644)
+        Path(tmp).chmod(0o755)
         return _manager().install_kernel_spec(tmp, kernel_name=name, user=user,
                                               prefix=prefix)
 

@@ -1,12 +1,19 @@
 """Start an IPython kernel that holds the capabilities BPF needs and no others.
 
-A Jupyter kernelspec runs ``python -m ebpf_magic.launcher -f {connection_file}``.
-The launcher narrows its own capabilities to :func:`wanted` (those it holds of
-them: a root process holds all, a file-capability interpreter holds what
-``setcap`` granted), removes every other capability from the bounding set so
-that nothing the kernel later runs can regain it, raises the kept ones as
-ambient capabilities so they survive ``execve``, lifts ``RLIMIT_MEMLOCK``, and
-then replaces itself with ``python -m ipykernel_launcher``.
+A Jupyter kernelspec runs ``python -I -m ebpf_magic.launcher -f {connection_file}``.
+
+Started by root (a Jupyter server running as root), the launcher becomes the
+unprivileged account :data:`ACCOUNT` (made by ``scripts/setup.sh``): it keeps
+:func:`wanted` across the change of user and no other capability, so the kernel
+can load BPF but cannot write root's files, read other users' files or become
+root again. Started by anyone else, it keeps :func:`wanted` of what it holds
+(an interpreter granted file capabilities holds what ``setcap`` gave it).
+
+Either way it removes every other capability from the bounding set, raises the
+kept ones as ambient capabilities so that processes the kernel starts (the
+compile worker, ``!bpftool``) keep them, sets ``no_new_privs`` so that no
+set-user-id or file-capability program run from a cell gains more, lifts
+``RLIMIT_MEMLOCK``, and replaces itself with ``python -m ipykernel_launcher``.
 
 Run ``python -m ebpf_magic.launcher --show`` to print the set it would keep.
 """
@@ -15,14 +22,15 @@ from __future__ import annotations
 
 import ctypes
 import os
+import pwd
 import resource
+import stat
 import sys
 from pathlib import Path
 
 from . import kernel
 from .kernel import (
     CAP_BPF,
-    CAP_DAC_OVERRIDE,
     CAP_NET_ADMIN,
     CAP_PERFMON,
     CAP_SYS_ADMIN,
@@ -30,18 +38,23 @@ from .kernel import (
     CAP_SYSLOG,
 )
 
+ACCOUNT = "ebpf-kernel"
+"""The account a root-started kernel runs as."""
+
 CAP_SETPCAP = 8
+CAP_IPC_LOCK = 14
 
-NAMES = {CAP_DAC_OVERRIDE: "dac_override", CAP_SETPCAP: "setpcap",
-         CAP_NET_ADMIN: "net_admin", CAP_SYS_ADMIN: "sys_admin",
-         CAP_SYS_RESOURCE: "sys_resource", CAP_SYSLOG: "syslog", CAP_PERFMON: "perfmon",
-         CAP_BPF: "bpf"}
-
+PR_SET_KEEPCAPS = 8
 PR_CAPBSET_DROP = 24
+PR_SET_NO_NEW_PRIVS = 38
 PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_RAISE = 2
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 _CAP_VERSION_3 = 0x20080522
+
+# Variables naming the starting user's own directories; the account gets its own.
+_PER_USER_ENV = ("XDG_RUNTIME_DIR", "IPYTHONDIR", "MPLCONFIGDIR", "JUPYTER_RUNTIME_DIR",
+                 "JUPYTER_DATA_DIR", "JUPYTER_CONFIG_DIR", "EBPF_MAGIC_CACHE", "MAIL")
 
 
 class _Header(ctypes.Structure):
@@ -56,25 +69,38 @@ class _Data(ctypes.Structure):
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def wanted(version: tuple[int, int] | None = None, uid: int | None = None) -> set[int]:
+class LaunchError(Exception):
+    """The kernel cannot be started with the rights it should have."""
+
+
+def memlock_liftable() -> bool:
+    """True when this process's locked-memory limit is, or may be made, unlimited."""
+    _, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    return hard == resource.RLIM_INFINITY or bool(
+        kernel.process_caps("CapEff") >> CAP_SYS_RESOURCE & 1)
+
+
+def wanted(version: tuple[int, int] | None = None,
+           memlock_unlimited: bool | None = None) -> set[int]:
     """The capabilities the kernel process needs on this host.
 
     CAP_BPF and CAP_PERFMON load and attach tracing programs (kernel >= 5.8;
     CAP_SYS_ADMIN before that), CAP_NET_ADMIN attaches XDP and tc programs,
     CAP_SYSLOG makes /proc/kallsyms show the addresses that kernel stacks are
     symbolized with, CAP_SYS_RESOURCE lifts the locked-memory limit BPF maps
-    are charged to before 5.11. A non-root user also needs CAP_DAC_OVERRIDE:
-    tracefs is root's alone, and a non-root process may not create uprobes
-    through the perf "uprobe" PMU, so BCC writes tracefs's uprobe_events.
+    are charged to before 5.11. Perf ring buffers are locked memory at any
+    version: where the limit cannot be lifted (``memlock_unlimited`` false; by
+    default :func:`memlock_liftable`) CAP_IPC_LOCK lets them exceed it.
+    tracefs, where uprobes are defined, is reached through its group
+    (``scripts/setup.sh``), not through a file-access override.
     """
     version = kernel.version_tuple() if version is None else version
-    uid = os.getuid() if uid is None else uid
     caps = {CAP_BPF, CAP_PERFMON} if version >= (5, 8) else {CAP_SYS_ADMIN}
     caps |= {CAP_NET_ADMIN, CAP_SYSLOG}
     if version < (5, 11):
         caps.add(CAP_SYS_RESOURCE)
-    if uid != 0:
-        caps.add(CAP_DAC_OVERRIDE)
+    elif not (memlock_liftable() if memlock_unlimited is None else memlock_unlimited):
+        caps.add(CAP_IPC_LOCK)
     return caps
 
 
@@ -91,7 +117,7 @@ def mask(caps: set[int]) -> int:
 
 def names(bits: int) -> list[str]:
     """``cap_*`` names of the bits set in a capability mask."""
-    return [f"cap_{NAMES.get(c, str(c))}" for c in range(64) if bits >> c & 1]
+    return kernel.cap_names(bits)
 
 
 def _capget() -> tuple[int, int, int]:
@@ -124,12 +150,8 @@ def _raise_memlock() -> None:
         resource.setrlimit(resource.RLIMIT_MEMLOCK, (hard, hard))
 
 
-def restrict(caps: set[int]) -> int:
-    """Keep only ``caps`` (of those held) in every capability set; return the kept mask."""
-    effective, permitted, _ = _capget()
-    known = mask({c for c in caps if c <= last_cap()})
-    keep = known & permitted
-    _raise_memlock()
+def _shrink_bounding_set(keep: int) -> None:
+    effective, _, _ = _capget()
     if effective >> CAP_SETPCAP & 1:
         for cap in range(last_cap() + 1):
             if not keep >> cap & 1:
@@ -137,16 +159,153 @@ def restrict(caps: set[int]) -> int:
     elif os.geteuid() == 0:
         print("ebpf_magic.launcher: no CAP_SETPCAP, so the bounding set stays as it is and "
               "programs the kernel runs may regain root's capabilities", file=sys.stderr)
+
+
+def _hold(keep: int) -> None:
+    """Make ``keep`` the effective, permitted, inheritable and ambient sets."""
     _capset(keep)
     _prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
     for cap in range(last_cap() + 1):
         if keep >> cap & 1:
             _prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0)
+
+
+def _keepable(caps: set[int]) -> tuple[int, int]:
+    """(the wanted mask, the part of it this process holds)."""
+    known = mask({c for c in caps if c <= last_cap()})
+    return known, known & _capget()[1]
+
+
+def _warn_missing(known: int, keep: int) -> None:
     missing = known & ~keep
     if missing:
         print(f"ebpf_magic.launcher: this process lacks {', '.join(names(missing))}; "
               "the kernel runs without them", file=sys.stderr)
+
+
+def restrict(caps: set[int]) -> int:
+    """Keep only ``caps`` (of those held) in every capability set; return the kept mask."""
+    known, keep = _keepable(caps)
+    _raise_memlock()
+    _shrink_bounding_set(keep)
+    _hold(keep)
+    _warn_missing(known, keep)
     return keep
+
+
+def account(name: str = ACCOUNT) -> pwd.struct_passwd:
+    """The password entry of the kernel's account; :class:`LaunchError` when there is none."""
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        raise LaunchError(
+            f"there is no user {name!r} for the eBPF kernel to run as, and it will not run "
+            "as root. Run scripts/setup.sh as root, which creates it (useradd --system "
+            f"--user-group --home-dir /var/lib/{name} --create-home --shell "
+            f"/usr/sbin/nologin {name}).") from None
+
+
+def become(entry: pwd.struct_passwd, caps: set[int]) -> int:
+    """As root, turn into ``entry``'s user holding only ``caps``; return the kept mask.
+
+    The bounding set shrinks first (that needs CAP_SETPCAP, which root has), then
+    ``PR_SET_KEEPCAPS`` carries the permitted set across setresuid, and the kept
+    capabilities are raised again, ambient included, as the new user.
+    """
+    known, keep = _keepable(caps)
+    _raise_memlock()
+    _shrink_bounding_set(keep)
+    _prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0)
+    os.setgroups(os.getgrouplist(entry.pw_name, entry.pw_gid))
+    os.setresgid(entry.pw_gid, entry.pw_gid, entry.pw_gid)
+    os.setresuid(entry.pw_uid, entry.pw_uid, entry.pw_uid)
+    _prctl(PR_SET_KEEPCAPS, 0, 0, 0, 0)
+    _hold(keep)
+    _warn_missing(known, keep)
+    return keep
+
+
+def account_env(entry: pwd.struct_passwd, env: dict[str, str]) -> dict[str, str]:
+    """``env`` with home, user and XDG directories the account's own."""
+    home = entry.pw_dir
+    out = {k: v for k, v in env.items() if k not in _PER_USER_ENV}
+    out.update(HOME=home, USER=entry.pw_name, LOGNAME=entry.pw_name,
+               XDG_CACHE_HOME=os.path.join(home, ".cache"),
+               XDG_CONFIG_HOME=os.path.join(home, ".config"),
+               XDG_DATA_HOME=os.path.join(home, ".local", "share"),
+               XDG_STATE_HOME=os.path.join(home, ".local", "state"))
+    return out
+
+
+def writable_code_paths(paths: list[str] | None = None) -> list[str]:
+    """Directories this process may change that hold code a root-started launcher runs.
+
+    Checked as the kernel's account: a directory on ``sys.path`` (or one above it)
+    it may write to would let a kernel put code there that the next launcher,
+    still root, imports. A sticky directory (``/tmp``) only counts when the
+    account owns the entry below it.
+    """
+    here = str(Path(__file__).resolve().parent)
+    found = []
+    for entry in dict.fromkeys([here, *(sys.path if paths is None else paths)]):
+        path = Path(os.path.realpath(entry or os.curdir))
+        if not path.is_dir():
+            continue
+        child = None
+        for p in (path, *path.parents):
+            if os.access(p, os.W_OK):
+                sticky = p.stat().st_mode & stat.S_ISVTX
+                if not sticky or (child is not None and child.stat().st_uid == os.getuid()):
+                    found.append(str(p))
+                    break
+            child = p
+    return sorted(set(found))
+
+
+def _connection_file(argv: list[str]) -> tuple[int, str, str] | None:
+    """(index, flag, path) of ``-f PATH`` or ``-f=PATH``: ``argv[index] == flag + path``."""
+    for i, arg in enumerate(argv):
+        if arg in ("-f", "--f") and i + 1 < len(argv):
+            return i + 1, "", argv[i + 1]
+        for flag in ("-f=", "--f="):
+            if arg.startswith(flag):
+                return i, flag, arg[len(flag):]
+    return None
+
+
+def hand_over_connection(argv: list[str], text: bytes) -> list[str]:
+    """``argv`` naming a private copy of the connection file, owned by this process's user.
+
+    The server's file is readable by root only. The copy is an anonymous memory
+    file (mode 0600) inherited across exec as ``/proc/self/fd/N``; it goes away
+    with the kernel, so nothing is left behind.
+    """
+    found = _connection_file(argv)
+    if found is None:
+        return argv
+    index, flag, _ = found
+    fd = os.memfd_create("jupyter-connection.json", 0)
+    os.fchmod(fd, 0o600)
+    os.write(fd, text)
+    os.set_inheritable(fd, True)
+    out = list(argv)
+    out[index] = f"{flag}/proc/self/fd/{fd}"
+    return out
+
+
+def _start_as_account(argv: list[str]) -> tuple[list[str], dict[str, str]]:
+    entry = account()
+    found = _connection_file(argv)
+    text = Path(found[2]).read_bytes() if found else b""
+    become(entry, wanted())
+    unsafe = writable_code_paths()
+    if unsafe:
+        raise LaunchError(
+            f"user {entry.pw_name!r} may write to {', '.join(unsafe)}, which holds code this "
+            "launcher runs as root: a kernel could change what the next one runs. Make "
+            "these directories root's and not writable by that user (scripts/setup.sh "
+            "checks this).")
+    return hand_over_connection(argv, text), account_env(entry, dict(os.environ))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -154,9 +313,23 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--show"]:
         print(",".join(names(mask(wanted()))))
         return 0
-    restrict(wanted())
-    os.execv(sys.executable, [sys.executable, "-m", "ipykernel_launcher", *argv])
-    return 1  # not reached: execv replaces this process
+    env = dict(os.environ)
+    try:
+        if os.getuid() == 0 or os.geteuid() == 0:
+            argv, env = _start_as_account(argv)
+        else:
+            restrict(wanted())
+    except (LaunchError, OSError) as e:
+        print(f"ebpf_magic.launcher: {e}", file=sys.stderr)
+        return 1
+    _prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+    try:
+        os.execve(sys.executable, [sys.executable, "-m", "ipykernel_launcher", *argv], env)
+    except OSError as e:
+        print(f"ebpf_magic.launcher: uid {os.getuid()} cannot run {sys.executable}: {e}. The "
+              "Python environment must be readable by the kernel's user (scripts/setup.sh "
+              "grants it).", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

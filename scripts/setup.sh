@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up a Debian/Ubuntu machine to run ebpf_magic, from nothing: system packages
-# (BCC, bpftool, compilers, kernel headers), tracefs, and a virtualenv in .venv
-# with the package installed. Idempotent: a second run only checks.
+# (BCC, bpftool, compilers, kernel headers), tracefs, a virtualenv in .venv with the
+# package installed, and the unprivileged account a root-started eBPF kernel runs as
+# (see docs/privileges.md). Idempotent: a second run only checks.
 #
 #   scripts/setup.sh [EXTRAS]    EXTRAS: pip extras to install, default "test"
 #
@@ -10,6 +11,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 EXTRAS=${1:-test}
 PYTHON=${PYTHON:-python3}
+ACCOUNT=ebpf-kernel          # ebpf_magic.launcher.ACCOUNT
+ACCOUNT_HOME=/var/lib/$ACCOUNT
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
@@ -21,7 +24,7 @@ fi
 # --- system packages -----------------------------------------------------------------
 arch=$(dpkg --print-architecture)
 packages=(python3-bpfcc bpfcc-tools bpftool python3-venv python3-dev gcc make
-          systemtap-sdt-dev iproute2 iputils-ping util-linux libcap2-bin binutils)
+          systemtap-sdt-dev iproute2 iputils-ping util-linux libcap2-bin binutils acl)
 case " $EXTRAS " in *test*|*browser*) packages+=(chromium) ;; esac
 missing=()
 for p in "${packages[@]}"; do
@@ -56,6 +59,32 @@ if [ ! -d /sys/kernel/tracing/events ] && [ ! -d /sys/kernel/debug/tracing/event
     mount -t tracefs tracefs /sys/kernel/tracing
 fi
 
+# --- the eBPF kernel's account ---------------------------------------------------------
+# A kernel started by a root Jupyter server runs as this user with only the BPF
+# capabilities. Its group may read tracefs and define uprobes (and kprobes) there:
+# nothing else that tracefs offers is writable by it.
+if ! getent group "$ACCOUNT" >/dev/null; then
+    say "creating group $ACCOUNT"
+    groupadd --system "$ACCOUNT"
+fi
+if ! getent passwd "$ACCOUNT" >/dev/null; then
+    say "creating user $ACCOUNT (no login shell, home $ACCOUNT_HOME)"
+    useradd --system --gid "$ACCOUNT" --home-dir "$ACCOUNT_HOME" --no-create-home \
+        --shell /usr/sbin/nologin --comment "ebpf_magic Jupyter kernel" "$ACCOUNT"
+fi
+install -d -o "$ACCOUNT" -g "$ACCOUNT" -m 0750 "$ACCOUNT_HOME"
+as_kernel() { setpriv --reuid="$ACCOUNT" --regid="$ACCOUNT" --init-groups "$@"; }
+
+tracing=/sys/kernel/tracing
+[ -d "$tracing/events" ] || tracing=/sys/kernel/debug/tracing
+if [ "$(stat -c '%G %a' "$tracing")" != "$ACCOUNT 750" ]; then
+    say "letting group $ACCOUNT read tracefs ($tracing)"
+    mount -o "remount,gid=$ACCOUNT,mode=0750" "$tracing"
+fi
+for f in uprobe_events kprobe_events; do
+    [ ! -e "$tracing/$f" ] || chmod g+w "$tracing/$f"
+done
+
 # --- virtualenv ----------------------------------------------------------------------
 if [ ! -x .venv/bin/python ]; then
     say "creating virtualenv .venv with $($PYTHON --version)"
@@ -69,7 +98,40 @@ if [ ! -e "$stamp" ]; then
     touch "$stamp"
 fi
 
+# --- what the kernel's user must read, and may not write -------------------------------
+# It runs this checkout's interpreter and package: directories it cannot pass through
+# (a Python under /root, say) get a search-only ACL entry for it, nothing more.
+base=$(.venv/bin/python -c 'import sys; print(sys.base_prefix)')
+for path in "$(readlink -f .venv/bin/python)" "$base/lib" "$PWD/ebpf_magic" "$PWD/notebooks"; do
+    dir=
+    IFS=/ read -ra parts <<<"${path#/}"
+    for part in "${parts[@]}"; do        # from / down: a parent must be passable first
+        dir="$dir/$part"
+        [ -d "$dir" ] || break
+        if ! as_kernel test -x "$dir"; then
+            say "letting $ACCOUNT pass through $dir (ACL u:$ACCOUNT:x)"
+            setfacl -m "u:$ACCOUNT:x" "$dir"
+        fi
+    done
+done
+if ! as_kernel .venv/bin/python -I -c 'import ebpf_magic, ipykernel' 2>/dev/null; then
+    echo "scripts/setup.sh: user $ACCOUNT cannot run .venv/bin/python with its packages;" \
+         "make the checkout and the Python it uses readable by it" >&2
+    exit 1
+fi
+unsafe=$(as_kernel .venv/bin/python -I -c \
+    'from ebpf_magic import launcher; print(*launcher.writable_code_paths())')
+if [ -n "$unsafe" ]; then
+    echo "scripts/setup.sh: user $ACCOUNT may write to $unsafe, which holds code the" \
+         "kernel launcher runs as root; make it root's and not writable by others" >&2
+    exit 1
+fi
+# Notebooks save recordings (%bpf save, EBPF_MAGIC_RECORD=1) into notebooks/recordings.
+chgrp "$ACCOUNT" notebooks/recordings
+chmod g+w notebooks/recordings
+
 # --- kernel headers as BCC will see them -------------------------------------------------
+# Root builds them under /var/cache/ebpf_magic, where the kernel's user reads them too.
 .venv/bin/python - <<'PY'
 from ebpf_magic import headers
 h = headers.ensure()

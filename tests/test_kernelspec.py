@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import grp
 import json
 import os
 import shutil
@@ -15,7 +16,7 @@ import pytest
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 
-from ebpf_magic import headers, kernelspec, launcher
+from ebpf_magic import headers, kernel, kernelspec, launcher
 
 from conftest import loaded_prog_ids
 
@@ -53,9 +54,9 @@ def execute(client, code: str) -> str:
     return "".join(out)
 
 @contextlib.contextmanager
-def running_kernel():
+def running_kernel(name: str = NAME):
     """Start the installed kernel; yield (manager, client, kernel pid); always shut it down."""
-    manager = KernelManager(kernel_name=NAME)
+    manager = KernelManager(kernel_name=name)
     manager.start_kernel()
     client = manager.client()
     client.start_channels()
@@ -68,13 +69,14 @@ def running_kernel():
 
 
 
-def test_wanted_capabilities_follow_kernel_version_and_user():
-    assert launcher.wanted((6, 1), uid=0) == {launcher.CAP_BPF, launcher.CAP_PERFMON,
-                                              launcher.CAP_NET_ADMIN, launcher.CAP_SYSLOG}
-    assert launcher.CAP_SYS_RESOURCE in launcher.wanted((5, 10), uid=0)
-    old = launcher.wanted((5, 4), uid=0)
+def test_wanted_capabilities_follow_kernel_version():
+    assert launcher.wanted((6, 1), memlock_unlimited=True) == {
+        launcher.CAP_BPF, launcher.CAP_PERFMON, launcher.CAP_NET_ADMIN, launcher.CAP_SYSLOG}
+    assert launcher.CAP_SYS_RESOURCE in launcher.wanted((5, 10))
+    old = launcher.wanted((5, 4))
     assert launcher.CAP_SYS_ADMIN in old and launcher.CAP_BPF not in old
-    assert launcher.CAP_DAC_OVERRIDE in launcher.wanted((6, 1), uid=1000)
+    for unlimited in (True, False):  # tracefs is reached through its group instead
+        assert kernel.CAP_DAC_OVERRIDE not in launcher.wanted((6, 1), unlimited)
 
 
 def test_cli_installs_and_uninstalls_into_a_prefix(tmp_path):
@@ -83,7 +85,7 @@ def test_cli_installs_and_uninstalls_into_a_prefix(tmp_path):
     assert done.returncode == 0, done.stderr
     spec_dir = tmp_path / "share" / "jupyter" / "kernels" / NAME
     spec = json.loads((spec_dir / "kernel.json").read_text())
-    assert spec["argv"] == [sys.executable, "-m", "ebpf_magic.launcher", "-f",
+    assert spec["argv"] == [sys.executable, "-I", "-m", "ebpf_magic.launcher", "-f",
                             "{connection_file}"]
     assert spec["display_name"] == "BPF here"
     done = cli("uninstall-kernel", "--prefix", str(tmp_path), "--name", NAME)
@@ -143,7 +145,7 @@ print(int(counter.maps["calls"][threading.get_native_id()]))""")
 
 
 NOBODY = 65534
-FILE_CAPS = "cap_bpf,cap_perfmon,cap_net_admin,cap_syslog,cap_dac_override+ep"
+FILE_CAPS = ",".join(launcher.names(launcher.mask(launcher.wanted()))) + "+ep"
 
 
 @pytest.fixture
@@ -151,7 +153,8 @@ def capable_python(tmp_path):
     """A copy of this venv's interpreter granted file capabilities, as docs/privileges.md says.
 
     It lives in a world-readable directory beside a copy of ``pyvenv.cfg`` and a link
-    to the venv's ``lib``, so it runs with the venv's packages.
+    to the venv's ``lib``, so it runs with the venv's packages. It is granted what the
+    launcher wants here, which never includes CAP_DAC_OVERRIDE.
     """
     setcap = shutil.which("setcap")
     if setcap is None:
@@ -185,18 +188,28 @@ def test_unprivileged_user_gets_bpf_rights_through_a_capable_interpreter(
                      "kernel.json")
     spec = json.loads(spec_file.read_text())
     assert spec["argv"][0] == str(python)
-    # The server would run as the user; here only the kernel does.
-    spec["argv"][:0] = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
-    # Share this process's merged kernel headers (building them takes seconds).
-    headers.ensure()
-    spec["env"] = {"HOME": str(data), "EBPF_MAGIC_CACHE": str(headers.cache_dir())}
+    # The server would run as the user and write the connection file as them; here
+    # only the kernel does, so the file is handed to the user first. The user is in
+    # the group scripts/setup.sh gives tracefs to, as docs/privileges.md tells.
+    runtime = data / "runtime"
+    runtime.mkdir()
+    os.chown(runtime, NOBODY, NOBODY)
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(runtime))
+    tracing = grp.getgrnam(launcher.ACCOUNT).gr_gid
+    as_user = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", f"--groups={tracing}"]
+    spec["argv"] = ["sh", "-c", f'chown {NOBODY}:{NOBODY} "$0" && exec "$@"',
+                    "{connection_file}", *as_user, *spec["argv"]]
+    # The merged kernel headers root built are shared (building them takes seconds).
+    assert headers.ensure().path is not None
+    spec["env"] = {"HOME": str(data)}
     spec_file.write_text(json.dumps(spec))
     with running_kernel() as (_, client, pid):
         status = Path(f"/proc/{pid}/status").read_text()
         uids = next(ln for ln in status.splitlines() if ln.startswith("Uid:")).split()[1:]
         assert set(map(int, uids)) == {NOBODY}
         assert launcher.names(decode(status, "CapEff")) == launcher.names(
-            launcher.mask(launcher.wanted(uid=NOBODY)))
+            launcher.mask(launcher.wanted()))
+        assert "NoNewPrivs:\t1" in status
         execute(client, "%load_ext ebpf_magic")
         execute(client, """%%bpf getpids -q -a uprobe:c:getpid=count
 BPF_HASH(calls, u32, u64);

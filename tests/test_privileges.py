@@ -1,0 +1,321 @@
+"""The eBPF kernel started by root runs as its own account: BPF works, root's rights do not.
+
+The kernelspec is installed the way ``scripts/lab.sh`` installs it (into this
+virtualenv, ``--sys-prefix``) and started by this (root) process through
+jupyter_client, as a root Jupyter server would start it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import socket
+import subprocess
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+import pytest
+from test_kernelspec import execute, running_kernel
+
+from ebpf_magic import kernel, kernelspec, launcher
+
+from conftest import COUNT_CELL, loaded_prog_ids, uprobe_events
+
+NAME = "ebpf-privileges-test"
+ETH_P_TEST = 0x88B5  # IEEE 802 local experimental ethertype: nothing else sends it
+
+
+def _account() -> pwd.struct_passwd:
+    if os.geteuid() != 0:
+        pytest.skip("only a kernel started by root changes user; these tests run as "
+                    f"uid {os.geteuid()}")
+    try:
+        return launcher.account()
+    except launcher.LaunchError as e:
+        pytest.fail(str(e))
+
+
+@pytest.fixture(scope="module")
+def spec_dir():
+    """The test kernelspec in this virtualenv, as ``install-kernel --sys-prefix`` writes it."""
+    path = Path(kernelspec.install(NAME, prefix=sys.prefix))
+    yield path
+    kernelspec.uninstall(NAME, prefix=sys.prefix)
+
+
+def status_of(pid: int) -> dict[str, str]:
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        fields[key] = value.strip()
+    return fields
+
+
+def bpf_mask() -> int:
+    return launcher.mask(launcher.wanted())
+
+
+def assert_confined(pid: int, entry: pwd.struct_passwd) -> None:
+    """The kernel process is the account, holds exactly the BPF capabilities, gains nothing."""
+    status = status_of(pid)
+    assert set(status["Uid"].split()) == {str(entry.pw_uid)}, status["Uid"]
+    assert set(status["Gid"].split()) == {str(entry.pw_gid)}, status["Gid"]
+    assert status["Groups"].split() == [str(entry.pw_gid)]
+    for field in ("CapEff", "CapPrm", "CapInh", "CapAmb", "CapBnd"):
+        assert kernel.cap_names(int(status[field], 16)) == kernel.cap_names(bpf_mask()), field
+    assert status["NoNewPrivs"] == "1"
+
+
+@pytest.mark.kernel
+def test_kernel_runs_as_its_account_with_only_bpf_capabilities(spec_dir):
+    entry = _account()
+    argv = json.loads((spec_dir / "kernel.json").read_text())["argv"]
+    assert argv[1:4] == ["-I", "-m", "ebpf_magic.launcher"]
+    with running_kernel(NAME) as (manager, client, pid):
+        assert pid == manager.provisioner.pid  # the launcher replaced itself
+        assert_confined(pid, entry)
+        seen = json.loads(execute(client, """
+import json, subprocess, sys
+child = subprocess.run([sys.executable, "-c", "print(open('/proc/self/status').read())"],
+                       capture_output=True, text=True, check=True).stdout
+print(json.dumps({"home": os.environ["HOME"], "child": child,
+                  "ipython": get_ipython().profile_dir.location}))"""))
+        # The compile worker and commands run from cells keep the same rights.
+        child = {ln.split(":")[0]: ln.split()[1] for ln in seen["child"].splitlines() if ":" in ln}
+        assert int(child["CapEff"], 16) == bpf_mask()
+        assert child["Uid"] == str(entry.pw_uid)
+        assert seen["home"] == entry.pw_dir
+        assert seen["ipython"].startswith(entry.pw_dir)
+        detail = execute(client, "from ebpf_magic import doctor\n"
+                                 "print(doctor.check_process().detail)")
+        assert f"uid {entry.pw_uid} ({entry.pw_name})" in detail
+        assert "cap_bpf" in detail and "cap_sys_admin" not in detail
+
+
+ESCAPES = r"""
+import ctypes, json, os
+from ebpf_magic import launcher
+def attempt(f):
+    try:
+        f()
+        return "allowed"
+    except OSError as e:
+        return type(e).__name__
+def write(path):
+    with open(path, "a") as f:
+        f.write("")
+def ptrace():
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.ptrace(16, VICTIM, None, None) != 0:  # PTRACE_ATTACH
+        raise OSError(ctypes.get_errno(), "ptrace")
+    libc.ptrace(17, VICTIM, None, None)  # PTRACE_DETACH
+def kill():
+    os.kill(VICTIM, 0)
+print(json.dumps({
+    "write /etc": attempt(lambda: write("/etc/ebpf-magic-escape")),
+    "read /etc/shadow": attempt(lambda: open("/etc/shadow").read()),
+    "setuid(0)": attempt(lambda: os.setuid(0)),
+    "setgid(0)": attempt(lambda: os.setgid(0)),
+    "ptrace": attempt(ptrace),
+    "signal": attempt(kill),
+    "read /proc/1/mem": attempt(lambda: open("/proc/1/mem", "rb").read(1)),
+    "write launcher": attempt(lambda: write(launcher.__file__)),
+    "write package": attempt(lambda: write(os.path.join(os.path.dirname(launcher.__file__),
+                                                        "__init__.py"))),
+    "write site-packages": attempt(lambda: write(os.path.join(SITE, "escape.pth"))),
+    "writable code": launcher.writable_code_paths() + launcher.writable_code_paths([OPEN]),
+}))
+"""
+
+
+@pytest.mark.kernel
+def test_kernel_cannot_act_as_root(spec_dir):
+    _account()
+    victim = subprocess.Popen(["sleep", "60"])  # a root process the kernel does not own
+    opened = Path(tempfile.mkdtemp(prefix="ebpf-magic-open-", dir="/var/tmp"))
+    opened.chmod(0o777)  # a directory anyone may write: the launcher must call it unsafe
+    site = next(p for p in sys.path if p.endswith("site-packages"))
+    try:
+        with running_kernel(NAME) as (_, client, _pid):
+            code = (ESCAPES.replace("VICTIM", str(victim.pid))
+                    .replace("SITE", repr(site)).replace("OPEN", repr(str(opened))))
+            seen = json.loads(execute(client, code))
+    finally:
+        victim.kill()
+        victim.wait()
+        opened.rmdir()
+        escaped = Path("/etc/ebpf-magic-escape")
+        written = escaped.exists()
+        escaped.unlink(missing_ok=True)
+    assert not written
+    assert seen.pop("writable code") == [str(opened)]
+    assert seen == {"write /etc": "PermissionError", "read /etc/shadow": "PermissionError",
+                    "setuid(0)": "PermissionError", "setgid(0)": "PermissionError",
+                    "ptrace": "PermissionError", "signal": "PermissionError",
+                    "read /proc/1/mem": "PermissionError", "write launcher": "PermissionError",
+                    "write package": "PermissionError",
+                    "write site-packages": "PermissionError"}
+
+
+REWRITE = r"""
+import json, os, sys
+spec = SPEC
+def attempt(f):
+    try:
+        f()
+        return "allowed"
+    except OSError as e:
+        return type(e).__name__
+def rewrite():  # the same kernel without the launcher: it would keep every capability
+    with open(spec, "w") as f:
+        json.dump({"argv": [sys.executable, "-m", "ipykernel_launcher", "-f",
+                            "{connection_file}"], "display_name": "x", "language": "python"}, f)
+def replace():
+    other = os.path.join(os.path.dirname(spec), "kernel.json.new")
+    with open(other, "w") as f:
+        f.write("{}")
+    os.replace(other, spec)
+print(json.dumps({"rewrite": attempt(rewrite), "replace": attempt(replace)}))
+"""
+
+
+@pytest.mark.kernel
+def test_kernel_cannot_rewrite_its_kernelspec(spec_dir):
+    entry = _account()
+    spec_file = spec_dir / "kernel.json"
+    before = spec_file.read_text()
+    with running_kernel(NAME) as (manager, client, pid):
+        seen = json.loads(execute(client, REWRITE.replace("SPEC", repr(str(spec_file)))))
+        assert seen == {"rewrite": "PermissionError", "replace": "PermissionError"}
+        manager.restart_kernel(now=True)
+        client.wait_for_ready(timeout=60)
+        again = int(execute(client, "import os; print(os.getpid())"))
+        assert again != pid
+        assert_confined(again, entry)
+    assert spec_file.read_text() == before
+
+
+@pytest.fixture
+def veth():
+    """A veth pair in this namespace, both ends up; removed afterwards."""
+    tag = uuid.uuid4().hex[:6]
+    a, b = f"epa{tag}", f"epb{tag}"
+    subprocess.run(["ip", "link", "add", a, "type", "veth", "peer", "name", b], check=True)
+    try:
+        for dev in (a, b):
+            subprocess.run(["ip", "link", "set", dev, "up"], check=True)
+        yield a, b
+    finally:
+        subprocess.run(["ip", "link", "del", a], capture_output=True)
+
+
+def send_frames(dev: str, count: int) -> None:
+    """``count`` Ethernet frames of type ETH_P_TEST out of ``dev`` (they arrive at its peer)."""
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as s:
+        s.bind((dev, 0))
+        frame = b"\xff" * 6 + b"\x02\x00\x00\x00\x00\x01" + ETH_P_TEST.to_bytes(2, "big")
+        for _ in range(count):
+            s.send(frame + b"\x00" * 46)
+
+
+XDP_CELL = """%%bpf frames -q -a xdp:{dev}=count
+#include <uapi/linux/if_ether.h>
+BPF_ARRAY(seen, u64, 1);
+int count(struct xdp_md *ctx) {{
+    void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
+    struct ethhdr *eth = data;
+    if ((void *)(eth + 1) > end || eth->h_proto != htons({proto})) return XDP_PASS;
+    seen.increment(0);
+    return XDP_PASS;
+}}"""
+
+UPROBE_CELL = """%%bpf getpids -q -a uprobe:c:getpid=count
+BPF_HASH(calls, u32, u64);
+int count(void *ctx) {
+    u32 tid = bpf_get_current_pid_tgid();
+    calls.increment(tid);
+    return 0;
+}"""
+
+
+@pytest.mark.kernel
+def test_bpf_still_loads_and_attaches(spec_dir, veth):
+    _account()
+    a, b = veth
+    before = loaded_prog_ids()
+    with running_kernel(NAME) as (_, client, pid):
+        execute(client, "%load_ext ebpf_magic")
+        execute(client, COUNT_CELL.format(name="parents", pid=pid).replace(
+            "%%bpf parents", "%%bpf parents -q"))
+        count = execute(client, """
+for _ in range(123):
+    os.getppid()
+print(int(parents.maps["calls"][os.getpid()]))""")
+        assert int(count) == 123
+
+        execute(client, UPROBE_CELL)
+        assert [e for e in uprobe_events() if f"ebpf_magic_{pid}/" in e]
+        count = execute(client, """
+import ctypes, threading
+libc, tid = ctypes.CDLL(None), threading.get_native_id()
+start = int(getpids.maps["calls"].get(tid, 0))
+for _ in range(77):
+    libc.getpid()
+print(int(getpids.maps["calls"][tid]) - start)""")
+        assert int(count) == 77
+
+        execute(client, XDP_CELL.format(dev=a, proto=ETH_P_TEST))
+        assert "xdp" in subprocess.run(["ip", "-d", "link", "show", a], capture_output=True,
+                                       text=True, check=True).stdout
+        send_frames(b, 31)
+        assert int(execute(client, "print(int(frames.maps['seen'][0]))")) == 31
+
+        ids = set(json.loads(execute(client, "print(sorted(parents.prog_ids() + "
+                                             "getpids.prog_ids() + frames.prog_ids()))")))
+        assert len(ids) == 3 and ids <= loaded_prog_ids() - before
+        execute(client, "%bpf stop parents\n%bpf stop getpids\n%bpf stop frames")
+        assert not ids & loaded_prog_ids()
+        assert not [e for e in uprobe_events() if f"ebpf_magic_{pid}/" in e]
+        assert "xdp" not in subprocess.run(["ip", "-d", "link", "show", a],
+                                           capture_output=True, text=True).stdout
+
+
+def test_connection_file_is_handed_over_privately(tmp_path):
+    text = b'{"key": "secret"}'
+    for argv, flag in ((["-f", str(tmp_path / "c.json")], ""),
+                       ([f"-f={tmp_path / 'c.json'}"], "-f=")):
+        out = launcher.hand_over_connection(argv, text)
+        path = out[-1][len(flag):]
+        assert out[-1].startswith(flag + "/proc/self/fd/")
+        fd = int(path.rsplit("/", 1)[1])
+        try:
+            assert os.get_inheritable(fd)
+            assert Path(path).read_bytes() == text
+            assert os.stat(path).st_mode & 0o777 == 0o600
+        finally:
+            os.close(fd)
+    assert launcher.hand_over_connection(["--debug"], text) == ["--debug"]
+
+
+def test_missing_account_is_a_clear_error():
+    with pytest.raises(launcher.LaunchError, match="scripts/setup.sh"):
+        launcher.account("ebpf-magic-no-such-user")
+
+
+def test_account_env_points_home_and_caches_at_the_account():
+    entry = pwd.struct_passwd(("ebpf-kernel", "x", 999, 999, "", "/var/lib/ebpf-kernel",
+                               "/usr/sbin/nologin"))
+    env = launcher.account_env(entry, {"HOME": "/root", "MPLCONFIGDIR": "/root/.mpl",
+                                       "XDG_CACHE_HOME": "/root/.cache", "PATH": "/bin"})
+    assert env["HOME"] == "/var/lib/ebpf-kernel" and env["USER"] == "ebpf-kernel"
+    assert env["XDG_CACHE_HOME"] == "/var/lib/ebpf-kernel/.cache"
+    assert "MPLCONFIGDIR" not in env and env["PATH"] == "/bin"
+
+
+def test_ipc_lock_only_where_locked_memory_stays_limited():
+    assert launcher.CAP_IPC_LOCK not in launcher.wanted((6, 1), memlock_unlimited=True)
+    assert launcher.CAP_IPC_LOCK in launcher.wanted((6, 1), memlock_unlimited=False)
+    assert launcher.CAP_IPC_LOCK not in launcher.wanted((5, 10), memlock_unlimited=False)
