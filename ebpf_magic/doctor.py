@@ -144,6 +144,10 @@ def check_privileges() -> Row:
                kernel.rights_hint())
 
 
+def check_process() -> Row:
+    return Row("process", OK, kernel.identity())
+
+
 def check_memlock() -> Row:
     limit = kernel.memlock()
     if kernel.version_tuple() >= (5, 11):
@@ -583,7 +587,8 @@ def check_attach_types(rows: list[Row], prog_ids: list[int] | None = None) -> li
     return [prober.rows.get(c.check, replace(missing, check=c.check)) for c in CHECKS] + [cleanup]
 
 
-ENVIRONMENT = {"privileges": check_privileges, "memlock": check_memlock, "BCC": check_bcc,
+ENVIRONMENT = {"privileges": check_privileges, "process": check_process,
+               "memlock": check_memlock, "BCC": check_bcc,
                "kernel": check_kernel, "BTF": check_btf, "kernel headers": check_headers,
                "tracefs": check_tracefs, "debugfs": check_debugfs}
 

@@ -123,3 +123,48 @@ def kprobes_supported() -> bool:
     if path is not None:
         return (path / "kprobe_events").exists()
     return kernel_config("KPROBES") not in ("n", None)
+
+
+# Every capability's name, by number (linux/capability.h), for showing whole masks.
+ALL_CAP_NAMES = (
+    "chown", "dac_override", "dac_read_search", "fowner", "fsetid", "kill", "setgid", "setuid",
+    "setpcap", "linux_immutable", "net_bind_service", "net_broadcast", "net_admin", "net_raw",
+    "ipc_lock", "ipc_owner", "sys_module", "sys_rawio", "sys_chroot", "sys_ptrace", "sys_pacct",
+    "sys_admin", "sys_boot", "sys_nice", "sys_resource", "sys_time", "sys_tty_config", "mknod",
+    "lease", "audit_write", "audit_control", "setfcap", "mac_override", "mac_admin", "syslog",
+    "wake_alarm", "block_suspend", "audit_read", "perfmon", "bpf", "checkpoint_restore")
+
+
+def cap_names(bits: int) -> list[str]:
+    """``cap_*`` names of the bits set in a capability mask (numbers for unknown bits)."""
+    return [f"cap_{ALL_CAP_NAMES[c] if c < len(ALL_CAP_NAMES) else c}"
+            for c in range(64) if bits >> c & 1]
+
+
+def process_caps(field: str = "CapEff", pid: int | str = "self") -> int:
+    """A capability mask of a process from /proc/PID/status: CapEff, CapPrm, CapAmb, CapBnd."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1], 16)
+    return 0
+
+
+def identity() -> str:
+    """This process's user and capabilities: ``uid 999 (ebpf-kernel); effective: ...``."""
+    import pwd
+
+    uid = os.getuid()
+    try:
+        who = f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
+    except KeyError:
+        who = f"uid {uid}"
+    parts = [who]
+    every = (1 << len(ALL_CAP_NAMES)) - 1
+    for label, field in (("effective", "CapEff"), ("ambient", "CapAmb")):
+        bits = process_caps(field)
+        held, lacking = cap_names(bits), cap_names(every & ~bits)
+        text = ", ".join(held) if held else "none"
+        if len(held) > len(lacking):
+            text = "all but " + ", ".join(lacking) if lacking else "all"
+        parts.append(f"{label}: {text}")
+    return "; ".join(parts)
