@@ -19,19 +19,18 @@ import ctypes as ct
 import os
 import re
 import subprocess
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from ... import kernel, sysbpf
+from ... import btf, kernel, sysbpf
+from ...btf.dwarf import dwarf_spec
 from ...errors import AttachError, BPFError, NotPrivilegedError, VerifierError
 from ...perfbuf import PerfEventAttr
 from ...probes import Probe
 from ...suggest import syscall_tracepoints
 from .. import CompiledProgram, MapHandle
 from . import _compile, _lib, _source
-from ._types import Btf, Dwarf
 
 _PROG_FAILED = re.compile(r"prog '(\w+)': (?:BPF program load failed|failed to load)")
 _KEYLESS = ("queue", "stack", "ringbuf", "user_ringbuf")
@@ -84,7 +83,7 @@ class LibbpfProgram(CompiledProgram):
                                      kernel.rights_summary(), kernel.rights_hint())
         self._obj: int | None = None
         self._links: list[Link] = []
-        self._dwarf: Dwarf | None = None
+        self._dwarf: btf.Spec | None = None
         compiled = _compile.compile_cell(source, list(cflags), filename, line_offset)
         self.log = compiled.log
         self._object = compiled.obj
@@ -229,7 +228,7 @@ class LibbpfProgram(CompiledProgram):
 
     def maps(self) -> dict[str, MapHandle]:
         lib = _lib.lib()
-        btf = self._btf()
+        spec = self._btf()
         out = {}
         m = lib.bpf_object__next_map(self._obj, None)
         while m:
@@ -237,40 +236,43 @@ class LibbpfProgram(CompiledProgram):
             fd = lib.bpf_map__fd(m)
             if fd >= 0 and not lib.bpf_map__is_internal(m):
                 info = sysbpf.map_info(fd)
-                key_dt = btf.dtype(lib.bpf_map__btf_key_type_id(m)) if btf else None
-                val_dt = btf.dtype(lib.bpf_map__btf_value_type_id(m)) if btf else None
-                if key_dt is not None and key_dt.itemsize != info.key_size:
-                    key_dt = None
-                if val_dt is not None and val_dt.itemsize != info.value_size:
-                    val_dt = None
-                if info.kind in _KEYLESS:
-                    key_dt = None
-                out[name] = MapHandle(name=name, fd=fd, kind=info.kind, key_dtype=key_dt,
+                key_dt = _dtype(spec, lib.bpf_map__btf_key_type_id(m), info.key_size)
+                val_dt = _dtype(spec, lib.bpf_map__btf_value_type_id(m), info.value_size)
+                out[name] = MapHandle(name=name, fd=fd, kind=info.kind,
+                                      key_dtype=None if info.kind in _KEYLESS else key_dt,
                                       value_dtype=val_dt, max_entries=info.max_entries,
                                       key_size=info.key_size, value_size=info.value_size,
                                       extra={"id": info.id})
             m = lib.bpf_object__next_map(self._obj, m)
         return out
 
-    def _btf(self) -> Btf | None:
+    def _btf(self) -> btf.Spec | None:
+        """The object's BTF as libbpf holds it after loading."""
         lib = _lib.lib()
-        btf = lib.bpf_object__btf(self._obj)
-        if not btf:
+        handle = lib.bpf_object__btf(self._obj)
+        if not handle:
             return None
         size = ct.c_uint32()
-        raw = lib.btf__raw_data(btf, ct.byref(size))
-        return Btf(ct.string_at(raw, size.value)) if raw else None
+        raw = lib.btf__raw_data(handle, ct.byref(size))
+        return btf.Spec.parse(ct.string_at(raw, size.value)) if raw else None
 
     def event_dtype(self, map_name: str) -> np.dtype | None:
+        """The type the source submits to ``map_name``, from the object's DWARF.
+
+        Records are often structs declared inside the function, which only
+        the DWARF from ``-g`` describes.
+        """
         ctype = self._records.get(map_name)
         if ctype is None:
             return None
         if self._dwarf is None:
-            with tempfile.NamedTemporaryFile(suffix=".o") as f:
-                f.write(self._object)
-                f.flush()
-                self._dwarf = Dwarf.of_object(Path(f.name)) or Dwarf("")
-        dt = self._dwarf.find(ctype)
+            try:
+                self._dwarf = dwarf_spec(self._object)
+            except BPFError:
+                return None
+        kind, _, name = ctype.partition(" ") if " " in ctype else ("typedef", "", ctype)
+        found = [t for t in self._dwarf.find(name, kind) if t.size or kind == "typedef"]
+        dt = _dtype(self._dwarf, found[0].id, None) if found else None
         return dt if dt is not None and dt.names else None
 
     # -- lifecycle ------------------------------------------------------------
@@ -287,6 +289,17 @@ class LibbpfProgram(CompiledProgram):
             with _lib.logged():
                 _lib.lib().bpf_object__close(obj)
         self._programs = {}
+
+
+def _dtype(spec: btf.Spec | None, type_id: int, size: int | None) -> np.dtype | None:
+    """The dtype of ``type_id`` if known and (when ``size`` is given) of that size."""
+    if spec is None or not type_id:
+        return None
+    try:
+        dt = btf.dtype(spec, type_id)
+    except BPFError:
+        return None
+    return dt if size is None or dt.itemsize == size else None
 
 
 def _library(path: str) -> str:
