@@ -28,6 +28,7 @@ class EventStore:
         self.max_rows = int(max_rows)
         self.dropped = 0
         self.spilled = 0
+        self.cleared = 0
         # calloc'ed: the kernel backs pages only as rows are written
         self._buf = np.zeros(self.max_rows, dtype)
         self._head = 0  # number of the next row appended
@@ -76,6 +77,8 @@ class EventStore:
         self._count -= k
 
     def _evict_records(self, records: np.ndarray) -> None:
+        if not len(records):
+            return
         if self._spill is not None:
             self._spill.write(records)
             self.spilled += len(records)
@@ -107,7 +110,24 @@ class EventStore:
         return self.copy(*self.held(last))
 
     def clear(self) -> None:
+        """Forget the rows held; they are counted in ``cleared``."""
+        self.cleared += self._count
         self._count = 0
+
+    def counters_from(self, other: EventStore) -> None:
+        """Continue ``other``'s counters (dropped, spilled, cleared) in this store."""
+        self.dropped, self.spilled, self.cleared = other.dropped, other.spilled, other.cleared
+
+    def resized(self, max_rows: int) -> EventStore:
+        """A store of ``max_rows`` taking over this one's rows, counters and spill file.
+
+        Rows that no longer fit are dropped (or spilled) and counted.
+        """
+        store = EventStore(self.dtype, max_rows)
+        store.counters_from(self)
+        store._spill, self._spill = self._spill, None
+        store.append(self.snapshot())
+        return store
 
     def close(self) -> None:
         if self._spill is not None:

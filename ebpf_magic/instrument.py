@@ -7,7 +7,10 @@ Two additions, both invisible to the user, and one reading:
   and ``name.ringbuf_reserve(...)`` call is wrapped so that a failed submission
   (buffer full) increments a hidden per-CPU counter ``__ebpf_magic_lost_<name>``.
   BCC rewrites these method calls itself later, so the wrapped call stays the
-  user's own text.
+  user's own text. With ``count_perf``, every ``BPF_PERF_OUTPUT(name)`` table's
+  ``name.perf_submit(...)`` and ``name.perf_submit_skb(...)`` calls are wrapped
+  the same way, for kernels whose perf events cannot report their own losses
+  (``PERF_FORMAT_LOST``, Linux 6.0).
 * Every struct defined at file scope gets a hidden one-entry array
   ``__ebpf_magic_type_<tag>``, and every file-scope ``typedef`` of a struct or
   union one named ``__ebpf_magic_typedef_<name>``, so the compiler describes
@@ -33,7 +36,8 @@ TYPEDEF_PREFIX = "__ebpf_magic_typedef_"
 class Prepared:
     """The text to compile, and the maps the rewrite added (hidden from the user).
 
-    ``lost_maps`` names the loss counter of each ring buffer; ``type_maps`` the
+    ``lost_maps`` names the loss counter of each ring buffer (and perf buffer,
+    when counted in the program); ``type_maps`` the
     hidden map describing each type (``struct tag`` or a typedef name);
     ``reserved`` the type a ring buffer's ``ringbuf_reserve(sizeof(struct X))``
     calls submit, where visible.
@@ -48,6 +52,9 @@ class Prepared:
 
 
 _RINGBUF_DECL = re.compile(r"\bBPF_RINGBUF_OUTPUT\s*\(\s*(\w+)\s*,[^;]*;")
+_PERF_DECL = re.compile(r"\bBPF_PERF_OUTPUT\s*\(\s*(\w+)\s*\)[^;]*;")
+# the method calls that submit to each kind of table
+_SUBMITS = {"ring": "ringbuf_output|ringbuf_reserve", "perf": "perf_submit|perf_submit_skb"}
 _STRUCT_DEF = re.compile(r"\bstruct\s+(\w+)\s*\{")
 # at file scope, with struct bodies blanked: "typedef struct [tag] [{ }] name;"
 _TYPEDEF = re.compile(r"\btypedef\s+(struct|union)\s+(\w+\s*)?(\{\s*\}\s*)?(\w+)\s*;")
@@ -104,16 +111,16 @@ def _counter(lost_map: str) -> str:
             f"if (__em_v) (*__em_v)++; }}")
 
 
-def _wrap_calls(text: str, code: str, name: str, lost_map: str, reserved: dict[str, str]
-                ) -> list[tuple[int, int, str]]:
+def _wrap_calls(text: str, code: str, name: str, lost_map: str, reserved: dict[str, str],
+                kind: str = "ring") -> list[tuple[int, int, str]]:
     edits = []
-    pattern = re.compile(rf"\b{re.escape(name)}\s*\.\s*(ringbuf_output|ringbuf_reserve)\s*\(")
+    pattern = re.compile(rf"\b{re.escape(name)}\s*\.\s*({_SUBMITS[kind]})\s*\(")
     for m in pattern.finditer(code):
         close = matching_paren(code, m.end() - 1)
         if close < 0:
             continue
         call = text[m.start():close + 1]
-        if m.group(1) == "ringbuf_output":
+        if m.group(1) != "ringbuf_reserve":  # returns 0 or a negative error
             new = (f"({{ int __em_r = {call}; if (__em_r) {_counter(lost_map)} __em_r; }})")
         else:
             tag = _SIZEOF_STRUCT.search(code[m.end():close])
@@ -187,18 +194,21 @@ def histogram_kinds(code: str) -> dict[str, str]:
     return kinds
 
 
-def prepare(source: str) -> Prepared:
+def prepare(source: str, count_perf: bool = False) -> Prepared:
     """Rewrite ``source`` for compilation (see the module doc)."""
     code = mask_code(source)
     prepared = Prepared(source, hist_kinds=histogram_kinds(code))
     edits: list[tuple[int, int, str]] = []
-    for decl in _RINGBUF_DECL.finditer(code):
+    decls = [("ring", d) for d in _RINGBUF_DECL.finditer(code)]
+    if count_perf:
+        decls += [("perf", d) for d in _PERF_DECL.finditer(code)]
+    for kind, decl in decls:
         name = decl.group(1)
         lost_map = LOST_PREFIX + name
         prepared.lost_maps[name] = lost_map
         prepared.hidden.add(lost_map)
         edits.append((decl.end(), decl.end(), f" BPF_PERCPU_ARRAY({lost_map}, u64, 1);"))
-        edits += _wrap_calls(source, code, name, lost_map, prepared.reserved)
+        edits += _wrap_calls(source, code, name, lost_map, prepared.reserved, kind)
     text = source
     for start, end, new in sorted(edits, reverse=True):
         text = text[:start] + new + text[end:]

@@ -6,14 +6,24 @@ For each online CPU a ``PERF_COUNT_SW_BPF_OUTPUT`` event is opened with
 ``bpf_perf_event_output`` writes. Records are parsed with numpy: runs of
 samples of one size are sliced out as a 2-D byte array at once; lost records
 (``PERF_RECORD_LOST``), size changes and wrap-around are handled between runs.
+
+Losses: the kernel writes a ``PERF_RECORD_LOST`` record only with the next
+sample that fits, so losses after a CPU's last successful write are never
+reported that way. Where the kernel has ``PERF_FORMAT_LOST`` (Linux 6.0) each
+ring's event is opened with it and :meth:`CpuRing.lost` reads the exact total
+at any moment; elsewhere the program counts its failed submissions itself
+(:mod:`ebpf_magic.instrument`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
+import functools
 import mmap
 import os
+import struct
 
 import numpy as np
 
@@ -23,6 +33,7 @@ PAGE_SIZE = mmap.PAGESIZE
 _PERF_TYPE_SOFTWARE = 1
 _PERF_COUNT_SW_BPF_OUTPUT = 10
 _PERF_SAMPLE_RAW = 1 << 10
+_PERF_FORMAT_LOST = 1 << 4
 _FLAG_WATERMARK = 1 << 14  # bit 14 of the flags word: wakeup_watermark counts bytes
 _PERF_FLAG_FD_CLOEXEC = 1 << 3
 _RECORD_LOST = 2
@@ -54,13 +65,37 @@ def _ioctl(fd: int, request: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
-class CpuRing:
-    """The perf ring of one CPU."""
+def _output_attr(read_lost: bool) -> PerfEventAttr:
+    return PerfEventAttr(type=_PERF_TYPE_SOFTWARE, size=ctypes.sizeof(PerfEventAttr),
+                         config=_PERF_COUNT_SW_BPF_OUTPUT, sample_period=1,
+                         sample_type=_PERF_SAMPLE_RAW,
+                         read_format=_PERF_FORMAT_LOST if read_lost else 0)
 
-    def __init__(self, cpu: int, page_cnt: int, wakeup_bytes: int) -> None:
-        attr = PerfEventAttr(type=_PERF_TYPE_SOFTWARE, size=ctypes.sizeof(PerfEventAttr),
-                             config=_PERF_COUNT_SW_BPF_OUTPUT, sample_period=1,
-                             sample_type=_PERF_SAMPLE_RAW)
+
+@functools.cache
+def lost_format_supported() -> bool:
+    """Whether perf events here can report their lost samples (``PERF_FORMAT_LOST``).
+
+    Asked once per process by opening a BPF-output event with that read format.
+    Only ``EINVAL`` (an unknown read format) means no; any other refusal is a
+    missing right, reported when a buffer is really opened.
+    """
+    try:
+        fd = sysbpf.perf_event_open(_output_attr(True), -1, sysbpf.online_cpus()[0], -1,
+                                    _PERF_FLAG_FD_CLOEXEC)
+    except OSError as e:
+        return e.errno != errno.EINVAL
+    os.close(fd)
+    return True
+
+
+class CpuRing:
+    """The perf ring of one CPU; with ``read_lost``, :meth:`lost` reads the kernel's count."""
+
+    def __init__(self, cpu: int, page_cnt: int, wakeup_bytes: int,
+                 read_lost: bool = False) -> None:
+        attr = _output_attr(read_lost)
+        self.read_lost = read_lost
         if wakeup_bytes > 0:
             attr.flags = _FLAG_WATERMARK
             attr.wakeup = wakeup_bytes
@@ -82,8 +117,16 @@ class CpuRing:
     def pending(self) -> bool:
         return int(self._pos[0]) != int(self._pos[1])
 
+    def lost(self) -> int:
+        """Samples the kernel could not write into this ring so far (needs ``read_lost``)."""
+        _value, lost = struct.unpack("QQ", os.read(self.fd, 16))
+        return lost
+
     def read(self) -> tuple[list[np.ndarray], int]:
-        """Take every complete record: (raw sample payloads as 2-D uint8 runs, lost count)."""
+        """Take every complete record: (raw sample payloads as 2-D uint8 runs, lost count).
+
+        The lost count sums the ``PERF_RECORD_LOST`` records read.
+        """
         head, tail = int(self._pos[0]), int(self._pos[1])
         if head == tail:
             return [], 0
@@ -143,16 +186,22 @@ def parse_records(raw: np.ndarray) -> tuple[list[np.ndarray], int]:
 
 
 class PerfBuffer:
-    """Every CPU's ring of one ``BPF_PERF_OUTPUT`` map, installed in the map."""
+    """Every CPU's ring of one ``BPF_PERF_OUTPUT`` map, installed in the map.
 
-    def __init__(self, map_fd: int, page_cnt: int, wakeup_bytes: int) -> None:
+    With ``read_lost``, each ring's event reports its losses (``PERF_FORMAT_LOST``).
+    """
+
+    def __init__(self, map_fd: int, page_cnt: int, wakeup_bytes: int,
+                 read_lost: bool = False) -> None:
         if page_cnt <= 0 or page_cnt & (page_cnt - 1):
             raise ValueError(f"page_cnt must be a power of two, got {page_cnt}")
         self.rings: list[CpuRing] = []
         self._map_fd = map_fd
+        self.read_lost = read_lost
         try:
             for cpu in sysbpf.online_cpus():
-                ring = CpuRing(cpu, page_cnt, min(wakeup_bytes, page_cnt * PAGE_SIZE // 2))
+                ring = CpuRing(cpu, page_cnt, min(wakeup_bytes, page_cnt * PAGE_SIZE // 2),
+                               read_lost)
                 self.rings.append(ring)
                 key, value = ctypes.c_uint32(cpu), ctypes.c_uint32(ring.fd)
                 sysbpf.map_update(map_fd, key, value)
@@ -163,6 +212,10 @@ class PerfBuffer:
     @property
     def fds(self) -> list[int]:
         return [r.fd for r in self.rings]
+
+    def lost_per_cpu(self) -> dict[int, int]:
+        """The kernel's count of samples lost, per CPU (needs ``read_lost``)."""
+        return {r.cpu: r.lost() for r in self.rings}
 
     def close(self) -> None:
         for ring in self.rings:

@@ -14,21 +14,23 @@ interpreter exits. A program that fails to start leaves nothing behind.
 from __future__ import annotations
 
 import atexit
+import contextlib
+import signal
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import pandas as pd
 
-from . import instrument, sysbpf
+from . import instrument, perfbuf, sysbpf
 from . import source as src
 from .backend import CompiledProgram, choose_backend, compile_program
 from .errors import AttachError
 from .maps import Maps
 from .probes import Probe, bind_explicit
-from .streams import Streams
+from .streams import Streams, check_options
 from .suggest import attach_hint
 
 _live: weakref.WeakSet[Program] = weakref.WeakSet()
@@ -76,11 +78,14 @@ class Program:
         usdt = [p for p in requested if p.kind == "usdt"]
         if any(not p.function for p in usdt):
             usdt = bind_explicit(usdt, src.function_names(source))
-        prepared = instrument.prepare(source) if self.backend == "bcc" \
-            else instrument.Prepared(source)
-        self._compiled = compile_program(prepared.text, cflags=self.cflags, usdt=usdt,
-                                         line_offset=line_offset, backend=self.backend)
+        check_options(stream_options or {})
+        prepared = instrument.prepare(source, count_perf=not perfbuf.lost_format_supported()) \
+            if self.backend == "bcc" else instrument.Prepared(source)
         try:
+            # a compiler interrupted half-way could leak what it loaded: Ctrl-C waits
+            with interrupts_deferred():
+                self._compiled = compile_program(prepared.text, cflags=self.cflags, usdt=usdt,
+                                                 line_offset=line_offset, backend=self.backend)
             self.warnings = list(self._compiled.warnings)
             functions = self._compiled.functions
             others = bind_explicit([p for p in requested if p.kind != "usdt"], functions)
@@ -102,7 +107,8 @@ class Program:
                     e.hint = e.hint or attach_hint(probe, e.message)
                     raise
         except BaseException:
-            self._release()
+            with interrupts_deferred():
+                self._release()
             raise
         self.started_at = time.time()
         with _live_lock:
@@ -128,7 +134,8 @@ class Program:
 
     @property
     def running(self) -> bool:
-        return self._compiled is not None and self.stopped_at is None
+        """True until :meth:`stop` has released everything (a probe may still fire)."""
+        return self._compiled is not None
 
     @property
     def uptime(self) -> float:
@@ -171,16 +178,30 @@ class Program:
     # -- lifecycle -------------------------------------------------------------
 
     def stop(self) -> None:
-        """Detach every probe, stop stream readers, close every descriptor. Idempotent."""
-        with self._lock:
-            if self.stopped_at is not None:
+        """Detach every probe, drain and close the streams, close every descriptor.
+
+        Idempotent. Probes are detached before the buffers are drained, so every
+        event submitted until then is in a stream or counted as lost. Ctrl-C
+        during the release is held back until it is complete, then raised; if
+        the release fails part-way, the program stays ``running`` and calling
+        ``stop()`` again finishes it.
+        """
+        with interrupts_deferred(), self._lock:
+            if self._compiled is None and self.stopped_at is not None:
                 return
-            self.stopped_at = time.time()
             self._release()
-        with _live_lock:
-            _live.discard(self)
+            if self.stopped_at is None:
+                self.stopped_at = time.time()
+            with _live_lock:
+                _live.discard(self)
 
     def _release(self) -> None:
+        """Detach, then drain and close the streams, then close the program.
+
+        Each step can run again after an error: a step that completed is a no-op.
+        """
+        if self._compiled is not None:
+            self._compiled.detach()
         if self._streams is not None:
             self._streams.close()
         if self._compiled is not None:
@@ -200,6 +221,26 @@ class Program:
 
     def _repr_html_(self) -> str:
         return pd.DataFrame([self.summary()]).to_html(index=False)
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold back SIGINT (Ctrl-C, a notebook's interrupt) until the block ends, then deliver it.
+
+    Only the main thread receives signals; elsewhere the block runs unchanged.
+    """
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or previous is None:
+        yield  # None: a handler not installed from Python, which cannot be put back
+        return
+    pending: list[Any] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: pending.append(frame))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if pending and callable(previous):
+            previous(signal.SIGINT, pending[0])
 
 
 def stop_all() -> None:

@@ -9,12 +9,9 @@ bytes; runs of equal-length records are decoded at once with numpy.
 
 from __future__ import annotations
 
-import ctypes
 import mmap
 
 import numpy as np
-
-from . import sysbpf
 
 PAGE_SIZE = mmap.PAGESIZE
 _BUSY = 1 << 31
@@ -25,10 +22,9 @@ _RUN_WINDOW = 8192
 class RingBuffer:
     """The consumer side of one ``ringbuf`` map."""
 
-    def __init__(self, map_fd: int, size: int, lost_fd: int | None = None) -> None:
+    def __init__(self, map_fd: int, size: int) -> None:
         self.fd = map_fd
         self.size = size
-        self._lost_fd = lost_fd
         self._cons_mm = mmap.mmap(map_fd, PAGE_SIZE, mmap.MAP_SHARED,
                                   mmap.PROT_READ | mmap.PROT_WRITE)
         try:
@@ -40,7 +36,6 @@ class RingBuffer:
         self._cons = np.frombuffer(self._cons_mm, np.uint64, 1)
         self._prod = np.frombuffer(self._prod_mm, np.uint64, 1)
         self._data = np.frombuffer(self._prod_mm, np.uint8, 2 * size, PAGE_SIZE)
-        self._ncpus = sysbpf.possible_cpus()
 
     def pending(self) -> bool:
         return int(self._prod[0]) != int(self._cons[0])
@@ -59,13 +54,6 @@ class RingBuffer:
         raw = self._data[start:start + length].copy()
         self._cons[0] = cons + length
         return parse_records(raw), 0
-
-    def lost_per_cpu(self) -> np.ndarray:
-        """Failed submissions counted in the kernel, per possible CPU."""
-        values = np.zeros(self._ncpus, np.uint64)
-        if self._lost_fd is not None:
-            sysbpf.map_lookup(self._lost_fd, ctypes.c_uint32(0), values)
-        return values
 
     def close(self) -> None:
         del self._cons, self._prod, self._data

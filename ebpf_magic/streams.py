@@ -30,10 +30,13 @@ which may be changed for the whole process):
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import numbers
 import os
 import select
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -42,16 +45,76 @@ import numpy as np
 import pandas as pd
 
 from . import dtypes as dt_util
-from . import eventframe, timebase
+from . import eventframe, sysbpf, timebase
+from .errors import BPFError
 from .eventstore import EventStore
 from .maps import normalize_dtype
-from .perfbuf import PAGE_SIZE, PerfBuffer
+from .perfbuf import PAGE_SIZE, PerfBuffer, lost_format_supported
 from .ringbuf import RingBuffer
 
-DEFAULTS: dict[str, Any] = {"max_rows": 1_000_000, "page_cnt": 256, "wakeup_bytes": None,
+DEFAULTS: dict[str, Any] = {"max_rows": 1_000_000, "page_cnt": None, "wakeup_bytes": None,
                             "poll_ms": 50, "batch_ms": 2}
+PERF_BUDGET = 64 << 20  # bytes of perf rings per stream, split across the CPUs
+PERF_FLOOR = 256 << 10  # the least and the most one CPU's ring gets
+PERF_CEILING = 16 << 20
 STREAM_KINDS = ("perf_event_array", "ringbuf")
 _OPTIONS = set(DEFAULTS) | {"dtypes", "time", "spill"}
+
+
+class StreamOptionError(BPFError, ValueError):
+    """A stream option has a value no stream can use."""
+
+
+class StreamWarning(UserWarning):
+    """A stream stopped delivering events (its reason is in :attr:`Stream.failure`)."""
+
+
+def _need_int(options: Mapping[str, Any], key: str, lo: int, hi: int, what: str) -> None:
+    value = options.get(key)
+    if value is None and key in ("page_cnt", "wakeup_bytes"):
+        return  # sized automatically
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or \
+            not lo <= value <= hi:
+        raise StreamOptionError(f"stream option {key}={value!r} is not {what}",
+                                f"Give {key} as a whole number from {lo:,} to {hi:,}.")
+
+
+def check_options(options: Mapping[str, Any]) -> None:
+    """Reject unknown or unusable stream options with a :class:`StreamOptionError`.
+
+    Called before anything is compiled or attached, so a typo costs nothing.
+    """
+    unknown = set(options) - _OPTIONS
+    if unknown:
+        raise StreamOptionError(f"unknown stream option(s) {sorted(unknown)}",
+                                f"Options are {', '.join(sorted(_OPTIONS))}.")
+    opts = {**DEFAULTS, **options}
+    ram = os.sysconf("SC_PHYS_PAGES") * PAGE_SIZE
+    _need_int(opts, "max_rows", 1, ram // 8, "a row count that fits in memory")
+    _need_int(opts, "page_cnt", 1, ram // PAGE_SIZE // 4 // len(sysbpf.online_cpus()),
+              "a page count whose rings fit in memory")
+    page_cnt = opts["page_cnt"]
+    if page_cnt is not None and page_cnt & (page_cnt - 1):
+        raise StreamOptionError(f"stream option page_cnt={page_cnt} is not a power of two",
+                                f"Try page_cnt={1 << (page_cnt.bit_length() - 1)}.")
+    _need_int(opts, "wakeup_bytes", 0, 1 << 31, "a byte count")
+    for key in ("poll_ms", "batch_ms"):
+        value = opts[key]
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or \
+                not 0 <= value <= 60_000 or (key == "poll_ms" and value == 0):
+            raise StreamOptionError(f"stream option {key}={value!r} is not a usable time",
+                                    f"Give {key} in milliseconds, up to 60000"
+                                    f"{' (more than 0)' if key == 'poll_ms' else ''}.")
+    if opts.get("spill") is not None:
+        spill = Path(opts["spill"])
+        try:
+            spill.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StreamOptionError(f"cannot spill to {spill}: {e.strerror}",
+                                    "Give spill a directory you can write to.") from None
+        if not os.access(spill, os.W_OK | os.X_OK):
+            raise StreamOptionError(f"cannot spill to {spill}: not writable",
+                                    "Give spill a directory you can write to.")
 
 
 def as_dtype(layout: Any) -> np.dtype:
@@ -79,7 +142,11 @@ class Stream:
         self._raw = layout is None
         self._set_layout(layout)
         self._buffer: PerfBuffer | RingBuffer | None = None
-        self._closed_lost: np.ndarray | None = None
+        self._closed_lost: dict[int, int] | None = None
+        self._lost_fd: int | None = None  # the program's own loss counter, if it has one
+        self.failure: str | None = None
+        self._lost_reader = 0
+        self._failure_shown = False
         self.closed = False
         self._rate = (time.monotonic(), 0, 0.0)
 
@@ -106,7 +173,7 @@ class Stream:
         old = getattr(self, "_store", None)
         self._store = EventStore(stored, self._max_rows)
         if old is not None:
-            self._store.dropped, self._store.spilled = old.dropped, old.spilled
+            self._store.counters_from(old)
 
     def set_dtype(self, layout: Any) -> None:
         """Decode this stream's records with ``layout`` (numpy dtype or ctypes type).
@@ -154,9 +221,10 @@ class Stream:
             return 0
         n = 0
         if isinstance(buf, PerfBuffer):
+            counted = buf.read_lost or self._lost_fd is not None
             for ring in buf.rings:
                 blocks, lost = ring.read()
-                if lost:
+                if lost and not counted:  # the kernel's lost records are the only count
                     self._lost_cpu[ring.cpu] = self._lost_cpu.get(ring.cpu, 0) + lost
                 n += self._take(blocks, ring.cpu)
         else:
@@ -169,14 +237,35 @@ class Stream:
             with self._lock:
                 self.received += len(block)
                 n += len(block)
+                if self.failure is not None:
+                    self._lost_reader += len(block)
+                    continue
                 if self._paused:
                     self._discarded += len(block)
                     continue
-                records = self._decode(block, cpu)
-                self._store.append(records)
+                try:
+                    records = self._decode(block, cpu)
+                    self._store.append(records)  # all or nothing: raises before storing
+                except Exception as e:
+                    self._lost_reader += len(block)
+                    self._fail(e)
+                    continue
             if self._callbacks:
                 self._call_back(records)
         return n
+
+    def _fail(self, error: BaseException) -> None:
+        """Stop delivering: later events are read from the buffer and counted as lost."""
+        with self._lock:
+            if self.failure is None:
+                self.failure = f"{type(error).__name__}: {error}"[:300]
+
+    def _show_failure(self) -> None:
+        if self.failure is not None and not self._failure_shown:
+            self._failure_shown = True
+            warnings.warn(f"stream {self.name!r} stopped delivering events ({self.failure}); "
+                          f"events since are counted in stats['lost_reader']. Fix the cause "
+                          f"and run the program again.", StreamWarning, stacklevel=3)
 
     def _call_back(self, records: np.ndarray) -> None:
         for rec in records:
@@ -209,6 +298,7 @@ class Stream:
 
     def tail(self, n: int | None = 10) -> pd.DataFrame:
         """The ``n`` newest events held (all with ``None``)."""
+        self._show_failure()
         with self._lock:
             store = self._store
             if store is None:
@@ -231,31 +321,50 @@ class Stream:
 
     @property
     def lost_per_cpu(self) -> dict[int, int]:
-        """Events the kernel could not place in the buffer, per CPU."""
-        if isinstance(self._buffer, RingBuffer) or self._closed_lost is not None:
-            values = self._closed_lost if self._closed_lost is not None \
-                else self._buffer.lost_per_cpu()
+        """Events the kernel could not place in the buffer, per CPU; exact at every moment.
+
+        Read from the kernel's count (perf events with ``PERF_FORMAT_LOST``), from
+        the program's own count of failed submissions (ring buffers, and perf
+        buffers on older kernels), or else from the perf ring's lost records.
+        """
+        with self._lock:
+            if self._closed_lost is not None:
+                return dict(self._closed_lost)
+            return self._read_lost()
+
+    def _read_lost(self) -> dict[int, int]:
+        buf = self._buffer
+        if self._lost_fd is not None:
+            values = np.zeros(sysbpf.possible_cpus(), np.uint64)
+            sysbpf.map_lookup(self._lost_fd, ctypes.c_uint32(0), values)
             return {cpu: int(v) for cpu, v in enumerate(values) if v}
-        return dict(self._lost_cpu)
+        if isinstance(buf, PerfBuffer) and buf.read_lost:
+            return {cpu: v for cpu, v in buf.lost_per_cpu().items() if v}
+        return {cpu: v for cpu, v in self._lost_cpu.items() if v}
 
     @property
     def stats(self) -> dict[str, Any]:
         """Counts: received from the buffer, lost in the kernel, dropped by ``max_rows``.
 
-        ``received`` counts every event read from the buffer; of those,
-        ``held`` are kept, ``dropped_cap`` were dropped as the oldest beyond
-        ``max_rows``, ``spilled`` were written to the spill file and
-        ``discarded_paused`` arrived while paused (what was ``clear()``-ed is
-        not counted). ``lost_kernel`` never reached the buffer (perf: lost
-        records; ring buffer: submissions that found it full).
+        ``received`` counts every event read from the buffer; each of them is
+        ``held``, ``dropped_cap`` (the oldest beyond ``max_rows``), ``spilled``
+        (written to the spill file), ``discarded_paused`` (arrived while paused),
+        ``cleared`` (forgotten by :meth:`clear`) or ``lost_reader`` (read after
+        the stream failed; ``failed`` is then 1 and :attr:`failure` says why).
+        ``lost_kernel`` never reached the buffer (it was full). No counter is
+        ever reset.
         """
+        self._show_failure()
         with self._lock:
             store = self._store
+            has = store is not None
             return {"received": self.received, "lost_kernel": self.lost_kernel,
-                    "dropped_cap": store.dropped if store else 0,
-                    "spilled": store.spilled if store else 0,
-                    "discarded_paused": self._discarded, "held": len(store) if store else 0,
-                    "lost_per_cpu": self.lost_per_cpu}
+                    "dropped_cap": store.dropped if has else 0,
+                    "spilled": store.spilled if has else 0,
+                    "discarded_paused": self._discarded,
+                    "cleared": store.cleared if has else 0,
+                    "lost_reader": self._lost_reader, "failed": int(self.failure is not None),
+                    "held": len(store) if has else 0, "lost_per_cpu": self.lost_per_cpu}
 
     def __len__(self) -> int:
         return len(self._store) if self._store is not None else 0
@@ -268,15 +377,11 @@ class Stream:
 
     @max_rows.setter
     def max_rows(self, value: int) -> None:
+        check_options({"max_rows": value})
         with self._lock:
             self._max_rows = int(value)
             if self._store is not None:
-                held = self._store.snapshot()
-                store = EventStore(self._store.dtype, self._max_rows)
-                store.dropped, store.spilled = self._store.dropped, self._store.spilled
-                store._spill, self._store._spill = self._store._spill, None
-                store.append(held)
-                self._store = store
+                self._store = self._store.resized(self._max_rows)
 
     def pause(self) -> None:
         """Keep reading the buffer, but discard (and count) events until :meth:`resume`."""
@@ -290,7 +395,7 @@ class Stream:
         return self._paused
 
     def clear(self) -> None:
-        """Forget the events held (counters keep counting)."""
+        """Forget the events held (counted in ``stats["cleared"]``; no counter resets)."""
         with self._lock:
             if self._store is not None:
                 self._store.clear()
@@ -340,9 +445,10 @@ class Stream:
         s = self.stats
         state = "stopped" if self.closed else ("paused" if self._paused else "running")
         kind = "perf buffer" if self.kind == "perf_event_array" else "ring buffer"
+        failed = f"; failed: {self.failure}" if self.failure else ""
         return (f"{self.name} ({kind}, {state}): {s['received']:,} received, "
                 f"{s['lost_kernel']:,} lost in the kernel, {s['dropped_cap']:,} dropped by "
-                f"max_rows, {s['held']:,} held")
+                f"max_rows, {s['held']:,} held{failed}")
 
     def __repr__(self) -> str:
         return f"<Stream {self.summary()}>"
@@ -363,15 +469,22 @@ class Stream:
     # -- lifecycle -----------------------------------------------------------------
 
     def _close(self) -> None:
-        if isinstance(self._buffer, RingBuffer):
-            with contextlib.suppress(OSError):
-                self._closed_lost = self._buffer.lost_per_cpu()
-        if self._buffer is not None:
-            self._buffer.close()
-            self._buffer = None
-        if self._store is not None:
-            self._store.close()
-        self.closed = True
+        """Keep the final loss counts, unmap the buffer, close the spill file."""
+        with self._lock:
+            if self._buffer is not None:
+                try:
+                    self._closed_lost = self._read_lost()
+                except OSError as e:
+                    self._closed_lost = {}
+                    self._fail(e)
+                self._buffer.close()
+                self._buffer = None
+            if self._store is not None:
+                try:
+                    self._store.close()
+                except Exception as e:  # the spill file could not be completed
+                    self._fail(e)
+            self.closed = True
 
 
 class Streams(Mapping):
@@ -389,14 +502,13 @@ class Streams(Mapping):
     @classmethod
     def open(cls, compiled, handles: Mapping, prepared, **options: Any) -> Streams:
         """Start consuming every perf and ring buffer among ``handles``."""
-        unknown = set(options) - _OPTIONS
-        if unknown:
-            raise ValueError(f"unknown stream option(s) {sorted(unknown)}; "
-                             f"options are {sorted(_OPTIONS)}")
+        check_options(options)
         opts = {**DEFAULTS, **options}
-        page_cnt = int(opts["page_cnt"])
+        ncpus = len(sysbpf.online_cpus())
+        page_cnt = perf_pages(ncpus) if opts["page_cnt"] is None else int(opts["page_cnt"])
         wakeup = opts["wakeup_bytes"]
         wakeup = page_cnt * PAGE_SIZE // 4 if wakeup is None else int(wakeup)
+        max_rows = int(opts["max_rows"])
         layouts = {n: as_dtype(v) for n, v in (opts.get("dtypes") or {}).items()}
         hidden = set(prepared.hidden)
         streams: dict[str, Stream] = {}
@@ -406,14 +518,17 @@ class Streams(Mapping):
                 if h.kind not in STREAM_KINDS or name in hidden:
                     continue
                 layout = layouts.get(name) or _learned_layout(compiled, handles, prepared, name)
-                stream = Stream(name, h.kind, layout, int(opts["max_rows"]))
+                if layout is not None:
+                    _check_memory(name, layout, max_rows)
+                stream = Stream(name, h.kind, layout, max_rows)
                 streams[name] = stream
+                lost = handles.get(prepared.lost_maps.get(name, ""))
+                stream._lost_fd = lost.fd if lost is not None else None
                 if h.kind == "perf_event_array":
-                    stream._buffer = PerfBuffer(h.fd, page_cnt, wakeup)
+                    read_lost = lost is None and lost_format_supported()
+                    stream._buffer = PerfBuffer(h.fd, page_cnt, wakeup, read_lost)
                 else:
-                    lost = handles.get(prepared.lost_maps.get(name, ""))
-                    stream._buffer = RingBuffer(h.fd, h.max_entries,
-                                                lost.fd if lost is not None else None)
+                    stream._buffer = RingBuffer(h.fd, h.max_entries)
                 for col, clock in (opts.get("time") or {}).items():
                     stream.set_time(col, clock)
                 if opts.get("spill") and stream.dtype is not None:
@@ -429,19 +544,32 @@ class Streams(Mapping):
         return self
 
     def _run(self) -> None:
-        with select.epoll() as ep:
-            ep.register(self._wake, select.EPOLLIN)
+        try:
+            with select.epoll() as ep:
+                ep.register(self._wake, select.EPOLLIN)
+                for s in self._streams.values():
+                    fds = s._buffer.fds if isinstance(s._buffer, PerfBuffer) else [s._buffer.fd]
+                    for fd in fds:
+                        ep.register(fd, select.EPOLLIN)
+                while not self._stopping.is_set():
+                    ep.poll(self._poll_s)
+                    if self._stopping.is_set():
+                        break
+                    if self._consume() and self._batch_s:
+                        self._stopping.wait(self._batch_s)
+        except Exception as e:  # the buffers then fill, and the kernel counts the losses
             for s in self._streams.values():
-                fds = s._buffer.fds if isinstance(s._buffer, PerfBuffer) else [s._buffer.fd]
-                for fd in fds:
-                    ep.register(fd, select.EPOLLIN)
-            while not self._stopping.is_set():
-                ep.poll(self._poll_s)
-                if self._stopping.is_set():
-                    break
-                read = sum(s._consume() for s in self._streams.values())
-                if read and self._batch_s:
-                    self._stopping.wait(self._batch_s)
+                s._fail(e)
+
+    def _consume(self) -> int:
+        """Read every buffer once; a stream whose reading fails is marked failed."""
+        read = 0
+        for s in self._streams.values():
+            try:
+                read += s._consume()
+            except Exception as e:
+                s._fail(e)
+        return read
 
     @property
     def received(self) -> int:
@@ -457,10 +585,10 @@ class Streams(Mapping):
         return pd.DataFrame(rows)
 
     def close(self) -> None:
-        """Stop the reader, take what is left in the buffers, unmap them, close descriptors."""
-        if self._closed:
-            return
-        self._closed = True
+        """Stop the reader, take what is left in the buffers, unmap them, close descriptors.
+
+        Safe to call again after an error: what is already closed is skipped.
+        """
         self._stopping.set()
         if self._wake >= 0:
             with contextlib.suppress(OSError):
@@ -468,10 +596,12 @@ class Streams(Mapping):
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+        if not self._closed:
+            self._consume()
+            self._closed = True
         for s in self._streams.values():
-            with contextlib.suppress(Exception):
-                s._consume()
-            s._close()
+            if not s.closed:
+                s._close()
         if self._wake >= 0:
             os.close(self._wake)
             self._wake = -1
@@ -494,6 +624,22 @@ class Streams(Mapping):
 
     def _repr_html_(self) -> str:
         return self.df.to_html(index=False)
+
+
+def perf_pages(ncpus: int) -> int:
+    """Pages per CPU of a perf buffer by default (see the module doc for the formula)."""
+    per_cpu = min(max(PERF_BUDGET // ncpus, PERF_FLOOR), PERF_CEILING)
+    return 1 << ((per_cpu // PAGE_SIZE).bit_length() - 1)
+
+
+def _check_memory(name: str, layout: np.dtype, max_rows: int) -> None:
+    need = max_rows * (layout.itemsize + 2)
+    ram = os.sysconf("SC_PHYS_PAGES") * PAGE_SIZE
+    if need > ram:
+        raise StreamOptionError(
+            f"stream {name!r}: max_rows={max_rows:,} needs {need / 2**30:,.1f} GiB "
+            f"({layout.itemsize} bytes per event); this machine has {ram / 2**30:,.1f} GiB",
+            "Lower max_rows, or keep more events on disk with spill.")
 
 
 def _learned_layout(compiled, handles: Mapping, prepared, name: str) -> np.dtype | None:

@@ -1,0 +1,332 @@
+"""Exact accounting on a real kernel: every event submitted is received or counted as lost.
+
+The workload is a child process making exactly N getppid() calls; the program
+streams one event per call of the pid held in its ``target`` map, into buffers
+small enough to overflow. Stopping (also under load, also interrupted by
+SIGINT) must leave nothing of the program in the kernel.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ebpf_magic import perfbuf, sysbpf
+from ebpf_magic.errors import AttachError
+from ebpf_magic.program import Program
+from ebpf_magic.streams import StreamOptionError, StreamWarning
+
+from conftest import loaded_prog_ids, own_bpf_fds, uprobe_events
+
+pytestmark = pytest.mark.kernel
+
+DECL = {"perf": ("BPF_PERF_OUTPUT(events);", "events.perf_submit(args, &e, sizeof(e));"),
+        "ringbuf": ("BPF_RINGBUF_OUTPUT(events, 1);", "events.ringbuf_output(&e, sizeof(e), 0);")}
+SMALL = {"page_cnt": 1, "wakeup_bytes": 1 << 20, "poll_ms": 20, "batch_ms": 20}
+
+# N getppid() calls, started when a byte arrives on stdin; N = 0 calls until killed
+LOOP = r"""
+#include <stdlib.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    long n = atol(argv[1]);
+    char go;
+    if (read(0, &go, 1) != 1) return 1;
+    for (long i = 0; n == 0 || i < n; i++) getppid();
+    return 0;
+}
+"""
+
+
+def source(kind: str) -> str:
+    decl, submit = DECL[kind]
+    return f"""
+struct ev_t {{ u64 seq; u64 pad[3]; }};
+{decl}
+BPF_ARRAY(target, u32, 1);
+BPF_ARRAY(seqs, u64, 1);
+TRACEPOINT_PROBE(syscalls, sys_enter_getppid) {{
+    int k = 0;
+    u32 *pid = target.lookup(&k);
+    if (!pid || *pid != (bpf_get_current_pid_tgid() >> 32)) return 0;
+    u64 *s = seqs.lookup(&k);
+    if (!s) return 0;
+    struct ev_t e = {{}};
+    e.seq = __sync_fetch_and_add(s, 1);
+    {submit}
+    return 0;
+}}
+"""
+
+
+@pytest.fixture(scope="module")
+def loop(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("loop")
+    (d / "loop.c").write_text(LOOP)
+    subprocess.run(["gcc", "-O2", "-o", str(d / "loop"), str(d / "loop.c")], check=True)
+    return d / "loop"
+
+
+def start_child(loop: Path, prog: Program, n: int) -> subprocess.Popen:
+    """A child that makes ``n`` calls once it is the program's target."""
+    child = subprocess.Popen([str(loop), str(n)], stdin=subprocess.PIPE)
+    prog.maps["target"][0] = child.pid
+    child.stdin.write(b"g")
+    child.stdin.flush()
+    return child
+
+
+def settles(stream, total: int, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if stream.received + stream.lost_kernel >= total:
+            time.sleep(0.05)  # and stays there
+            return stream.received + stream.lost_kernel == total
+        time.sleep(0.01)
+    return False
+
+
+def accounted(stats: dict) -> int:
+    """Where every received event went."""
+    return sum(stats[k] for k in ("held", "dropped_cap", "spilled", "discarded_paused",
+                                  "cleared", "lost_reader"))
+
+
+def exact_runs(loop: Path, kind: str, runs: int, n: int) -> list[tuple[int, int]]:
+    """(received, lost) of each of ``runs`` bursts of ``n`` events, asserting exactness."""
+    out = []
+    with Program(source(kind), stream_options=SMALL) as prog:
+        stream = prog.events["events"]
+        for run in range(runs):
+            received, lost = stream.received, stream.lost_kernel
+            assert start_child(loop, prog, n).wait() == 0
+            assert settles(stream, received + lost + n), (
+                f"run {run}: {stream.received - received} received + "
+                f"{stream.lost_kernel - lost} lost != {n}")
+            out.append((stream.received - received, stream.lost_kernel - lost))
+        assert int(prog.maps["seqs"][0]) == runs * n
+        stats = stream.stats
+        assert accounted(stats) == stats["received"] and stats["failed"] == 0
+        seq = stream.df["seq"].to_numpy()
+        assert len(np.unique(seq)) == len(seq) == stats["held"]
+    return out
+
+
+@pytest.mark.parametrize("kind", sorted(DECL))
+def test_every_burst_into_small_buffers_is_received_or_lost(loop, kind, no_leaks):
+    runs = exact_runs(loop, kind, runs=20, n=20_000)
+    assert sum(lost for _, lost in runs) > 0, "the buffers never overflowed"
+    assert sum(received for received, _ in runs) > 0
+
+
+def test_perf_losses_counted_by_the_program_where_the_kernel_cannot(loop, monkeypatch,
+                                                                    no_leaks):
+    monkeypatch.setattr(perfbuf, "lost_format_supported", lambda: False)
+    with Program(source("perf"), stream_options=SMALL) as prog:
+        stream = prog.events["events"]
+        assert stream._lost_fd is not None and not stream._buffer.read_lost
+    runs = exact_runs(loop, "perf", runs=5, n=20_000)
+    assert sum(lost for _, lost in runs) > 0
+
+
+@pytest.mark.parametrize("kind", sorted(DECL))
+def test_stop_under_load_accounts_for_every_event_submitted(loop, kind, no_leaks):
+    prog = Program(source(kind), stream_options=SMALL)
+    seqs = os.dup(prog.maps["seqs"].handle.fd)  # read after the program is gone
+    try:
+        stream = prog.events["events"]
+        child = start_child(loop, prog, 0)
+        try:
+            while int(prog.maps["seqs"][0]) < 50_000:
+                time.sleep(0.005)
+            prog.stop()
+        finally:
+            child.kill()
+            child.wait()
+        submitted = np.zeros(1, np.uint64)
+        sysbpf.map_lookup(seqs, np.zeros(1, np.uint32), submitted)
+    finally:
+        os.close(seqs)
+    stats = stream.stats
+    assert stats["received"] + stats["lost_kernel"] == int(submitted[0])
+    assert stats["received"] > 0 and stats["lost_kernel"] > 0
+    assert accounted(stats) == stats["received"]
+
+
+UPROBE = """
+BPF_ARRAY(calls, u64, 1);
+BPF_PERF_OUTPUT(perf);
+BPF_RINGBUF_OUTPUT(ring, 4);
+int on_getpid(void *ctx) {
+    int k = 0;
+    calls.increment(k);
+    u64 v = 1;
+    ring.ringbuf_output(&v, sizeof(v), 0);
+    return 0;
+}
+TRACEPOINT_PROBE(syscalls, sys_enter_getppid) {
+    u64 v = 2;
+    perf.perf_submit(args, &v, sizeof(v));
+    return 0;
+}
+"""
+
+
+def gone(ids: list[int]) -> bool:
+    """Whether the kernel has freed the programs ``ids`` (it frees them lazily)."""
+    deadline = time.monotonic() + 2
+    while set(ids) & loaded_prog_ids() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return not set(ids) & loaded_prog_ids()
+
+
+def assert_released(ids: list[int], fds_before: list[str]) -> None:
+    assert sorted(own_bpf_fds()) == fds_before
+    assert gone(ids)
+    assert not [e for e in uprobe_events() if "getpid" in e]
+    assert not any(t.name.startswith("ebpf_magic-streams") for t in threading.enumerate())
+
+
+def innermost_file(e: BaseException) -> str:
+    tb = e.__traceback__
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb.tb_frame.f_code.co_filename
+
+
+def test_sigint_during_stop_is_delivered_after_everything_is_released(no_leaks):
+    fds_before = sorted(own_bpf_fds())
+    main = threading.main_thread().ident
+    attach = ["uprobe:c:getpid=on_getpid"]
+    prog = Program(UPROBE, attach=attach)
+    t0 = time.perf_counter()
+    prog.stop()
+    duration = time.perf_counter() - t0
+    rng = random.Random(9)
+    inside = 0
+    for _ in range(24):
+        prog = Program(UPROBE, attach=attach)
+        ids = prog.prog_ids()
+        os.getpid()
+        assert int(prog.maps["calls"][0]) >= 1
+        timer = threading.Timer(rng.uniform(0, duration * 1.2), signal.pthread_kill,
+                                (main, signal.SIGINT))
+        try:
+            timer.start()
+            prog.stop()
+            timer.join()
+            time.sleep(0.001)  # a signal sent after stop() lands here
+        except KeyboardInterrupt as e:
+            timer.join()
+            inside += innermost_file(e).endswith("program.py")
+        if prog.running:  # interrupted before stop() began: a second stop() does it all
+            prog.stop()
+        assert not prog.running
+        assert_released(ids, fds_before)
+        prog.stop()  # idempotent
+    assert inside >= 5, f"only {inside} of 24 interrupts landed inside stop()"
+
+
+def test_sigint_during_a_failed_start_rolls_back_everything(no_leaks):
+    fds_before = sorted(own_bpf_fds())
+    main = threading.main_thread().ident
+    bad = ["uprobe:c:getpid=on_getpid", "tracepoint:nosuch:event=on_getpid"]
+    t0 = time.perf_counter()
+    with pytest.raises(AttachError):
+        Program(UPROBE, attach=bad)
+    duration = time.perf_counter() - t0
+    rng = random.Random(9)
+    for _ in range(10):  # in the compiler, while attaching, while rolling back
+        timer = threading.Timer(rng.uniform(0, duration), signal.pthread_kill,
+                                (main, signal.SIGINT))
+        with pytest.raises((KeyboardInterrupt, AttachError)):
+            try:
+                timer.start()
+                Program(UPROBE, attach=bad)
+            finally:
+                timer.join()
+                time.sleep(0.001)
+        assert sorted(own_bpf_fds()) == fds_before
+
+
+SPILL = """
+struct ev_t { u64 seq; };
+BPF_RINGBUF_OUTPUT(events, 64);
+BPF_ARRAY(seqs, u64, 1);
+TRACEPOINT_PROBE(syscalls, sys_enter_getppid) {
+    if ((bpf_get_current_pid_tgid() >> 32) != PID) return 0;
+    int k = 0;
+    u64 *s = seqs.lookup(&k);
+    if (!s) return 0;
+    struct ev_t e = { __sync_fetch_and_add(s, 1) };
+    events.ringbuf_output(&e, sizeof(e), 0);
+    return 0;
+}
+"""
+
+
+def test_a_failing_reader_is_reported_and_counts_what_it_drops(tmp_path, no_leaks):
+    spill = tmp_path / "spill"
+    with Program(SPILL, defines={"PID": os.getpid()},
+                 stream_options={"max_rows": 100, "spill": str(spill)}) as prog:
+        stream = prog.events["events"]
+        for _ in range(100):
+            os.getppid()
+        assert settles(stream, 100)
+        assert stream.stats["failed"] == 0
+        spill.rmdir()
+        spill.write_text("")  # the spill directory is gone: spilling must fail
+        for _ in range(900):  # the store is full: these must go to the spill file
+            os.getppid()
+        assert settles(stream, 1000)
+        with pytest.warns(StreamWarning, match="stopped delivering events"):
+            df = stream.df
+        assert list(df["seq"]) == list(range(100))
+        stats = stream.stats
+        assert stats["failed"] == 1 and "FileExistsError" in stream.failure
+        assert (stats["held"], stats["lost_reader"], stats["spilled"]) == (100, 900, 0)
+        assert accounted(stats) == stats["received"] == 1000
+        assert "failed" in repr(stream)
+    assert stream.stats["lost_reader"] == 900
+
+
+def test_counters_survive_clear(no_leaks):
+    with Program(SPILL, defines={"PID": os.getpid()},
+                 stream_options={"max_rows": 100}) as prog:
+        stream = prog.events["events"]
+        for _ in range(250):
+            os.getppid()
+        assert settles(stream, 250)
+        stream.clear()
+        stats = stream.stats
+        assert (stats["held"], stats["dropped_cap"], stats["cleared"]) == (0, 150, 100)
+        stream.max_rows = 10
+        for _ in range(20):
+            os.getppid()
+        assert settles(stream, 270)
+        stats = stream.stats
+        assert (stats["held"], stats["dropped_cap"], stats["cleared"]) == (10, 160, 100)
+        assert accounted(stats) == stats["received"] == 270
+
+
+@pytest.mark.parametrize("options", [{"max_rows": -5}, {"max_rows": 10**13},
+                                     {"max_rows": "10"}, {"max_rows": 1.5},
+                                     {"max_rows": True}, {"page_cnt": 3},
+                                     {"page_cnt": 0}, {"poll_ms": 0}, {"wakeup_bytes": -1},
+                                     {"max_row": 10}, {"spill": "/dev/null/x"}])
+def test_bad_stream_options_are_refused_before_anything_loads(options, no_leaks):
+    fds_before = sorted(own_bpf_fds())
+    t0 = time.monotonic()
+    with pytest.raises(StreamOptionError) as info:
+        Program(SPILL, defines={"PID": 1}, stream_options=options)
+    assert time.monotonic() - t0 < 0.1, "refused only after compiling"
+    assert len(str(info.value).splitlines()) <= 2 and info.value.hint
+    assert sorted(own_bpf_fds()) == fds_before
