@@ -123,6 +123,7 @@ def clean(no_leaks):
     """No perf/bpf fd, BPF link, or tracefs probe event of this process survives the test."""
     links_before = {x["id"] for x in bpftool_json("link", "show")}
     yield
+    assert link.wait_released(timeout=60), "background release did not finish"
     ours = probe_events.group()
     assert not [e for e in uprobe_events() if ours in e], "uprobe_events entry left behind"
     new_links = [x for x in bpftool_json("link", "show") if x["id"] not in links_before
@@ -142,8 +143,10 @@ def test_tracepoint_counts_exactly_and_close_detaches(clean, counter, prog_fds):
     fds_before = own_bpf_fds()
     lk = link.tracepoint(prog_fds[0], "syscalls", "sys_enter_getppid")
     assert lk.description == "tracepoint:syscalls:sys_enter_getppid"
-    assert len(lk.fds) == 1
-    assert len(own_bpf_fds()) == len(fds_before) + 1
+    # a BPF perf link, and the tracepoint's perf event under it
+    assert sorted(own_bpf_fds()) == sorted([*fds_before, "anon_inode:bpf_link",
+                                            "anon_inode:[perf_event]"])
+    assert len(lk.fds) == 2
     _getppid(1000)
     assert counter() == 1000
     lk.close()
@@ -189,17 +192,47 @@ def test_tracepoints_resolves_wildcards():
         link.tracepoints("sys_enter_getppid")
 
 
-def test_close_all_detaches_many_tracepoints(clean, counter, prog_fds):
+@pytest.mark.parametrize("wait", [False, True])
+def test_close_all_detaches_many_tracepoints(clean, counter, prog_fds, monkeypatch, wait):
     prog_fds.append(counting_prog(PROG_TRACEPOINT, counter.fd, pid=os.getpid()))
-    names = link.tracepoints("syscalls:sys_enter_get*")
-    links = [link.tracepoint(prog_fds[0], c, n) for c, n in names]
+    prog_fds.append(counting_prog(PROG_KPROBE, counter.fd, pid=os.getpid()))
+    # every sys_enter_get* but getpid, which the uprobe below counts
+    names = [x for x in link.tracepoints("syscalls:sys_enter_get*") if x[1] != "sys_enter_getpid"]
     assert len(names) > 10
+    ours = probe_events.group()
+    fds_before = own_bpf_fds()
+    links = [link.tracepoint(prog_fds[0], c, n) for c, n in names]
+    monkeypatch.setattr(uprobe_mod, "ROUTES", ("tracefs",))
+    links.append(link.uprobe(prog_fds[1], LIBC_PATH, GETPID_OFFSET))
+    before = counter()
     _getppid(50)
-    assert counter() == 50
-    link.close_all(links)
-    assert all(lk.fds == () for lk in links)
+    _getpid(5)
+    assert counter() - before == 55
+    link.close_all(links, wait=wait)
+    # every program is detached when close_all returns, released or not (its closing
+    # threads made get* calls of their own, e.g. gettid, before their links were closed)
+    detached = counter()
     _getppid(50)
-    assert counter() == 50
+    _getpid(5)
+    assert counter() == detached
+    assert all(lk.closed and lk.fds == () for lk in links)
+    prog_ids = {sysbpf.prog_info(fd).id for fd in prog_fds}
+    assert not [x for x in bpftool_json("link", "show") if x.get("prog_id") in prog_ids]
+    if wait:
+        assert not [e for e in uprobe_events() if ours in e]
+        assert own_bpf_fds() == fds_before
+    assert link.wait_released(timeout=60)
+    assert own_bpf_fds() == fds_before
+    assert not [e for e in uprobe_events() if ours in e]
+
+
+def test_close_all_of_nothing_and_of_closed_links(clean, counter, prog_fds):
+    link.close_all([])
+    prog_fds.append(counting_prog(PROG_TRACEPOINT, counter.fd, pid=os.getpid()))
+    lk = link.tracepoint(prog_fds[0], "syscalls", "sys_enter_getppid")
+    lk.close()
+    link.close_all([lk, lk])
+    assert link.wait_released(timeout=10)
 
 
 # -- raw tracepoints -------------------------------------------------------------------------
@@ -229,7 +262,7 @@ def test_perf_event_samples_on_every_cpu(clean, counter, prog_fds):
     prog_fds.append(counting_prog(PROG_PERF_EVENT, counter.fd))
     fds_before = own_bpf_fds()
     lk = link.perf_event(prog_fds[0], 1, 0, sample_freq=1000)  # software cpu-clock
-    assert len(lk.fds) == len(sysbpf.online_cpus())
+    assert len(lk.fds) == 2 * len(sysbpf.online_cpus())  # a BPF link and an event per CPU
     deadline = time.monotonic() + 0.2
     while time.monotonic() < deadline:
         pass
@@ -246,7 +279,7 @@ def test_perf_event_on_chosen_cpus_by_period(clean, counter, prog_fds):
     # task-clock of this process: one run per 1 ms of its CPU time
     with link.perf_event(prog_fds[0], 1, 1, sample_period=1_000_000, pid=os.getpid(),
                          cpus=[-1]) as lk:
-        assert len(lk.fds) == 1
+        assert len(lk.fds) == 2
         deadline = time.monotonic() + 0.2
         while time.monotonic() < deadline:
             pass
@@ -287,7 +320,7 @@ def test_uprobe_counts_libc_getpid_exactly(clean, counter, prog_fds, route):
     prog_fds.append(counting_prog(PROG_KPROBE, counter.fd, pid=os.getpid()))
     ours = probe_events.group()
     with link.uprobe(prog_fds[0], LIBC_PATH, GETPID_OFFSET) as lk:
-        assert len(lk.fds) == 1
+        assert len(lk.fds) == 2
         in_tracefs = [e for e in uprobe_events() if ours in e]
         assert len(in_tracefs) == (1 if route == "tracefs" else 0)
         if route == "tracefs":

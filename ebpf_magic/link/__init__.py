@@ -4,7 +4,7 @@ Every hook returns a :class:`Link`; closing it detaches. Nothing here needs the
 compiler backend that loaded the program: a program fd is enough.
 """
 
-from .base import Link, LinkError, close_all
+from .base import Link, LinkError, close_all, wait_released
 from .kprobe import kprobe
 from .perf_event import perf_event
 from .probe_events import remove_stale_probe_events, stale_probe_events
@@ -15,4 +15,4 @@ from .xdp import xdp
 
 __all__ = ["Link", "LinkError", "close_all", "kprobe", "perf_event", "raw_tracepoint",
            "remove_stale_probe_events", "stale_probe_events", "tracepoint", "tracepoints",
-           "uprobe", "xdp"]
+           "uprobe", "wait_released", "xdp"]

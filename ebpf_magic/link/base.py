@@ -8,11 +8,15 @@ closes the fds but leaves tracefs probe events behind, see ``probe_events``).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
+import errno
 import os
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 from .. import sysbpf
 
@@ -23,6 +27,9 @@ PERF_FLAG_FREQ = 1 << 10  # attr.flags bit: sample_period holds a frequency
 IOC_ENABLE = 0x2400
 IOC_DISABLE = 0x2401
 IOC_SET_BPF = 0x40042408  # _IOW('$', 8, __u32)
+BPF_PERF_EVENT = 41  # enum bpf_attach_type: a BPF link to a perf event (kernel >= 5.15)
+# link_create's answers where BPF perf links do not exist for this event or kernel
+_NO_PERF_LINK = (errno.EINVAL, errno.EOPNOTSUPP, 524)  # 524: the kernel's ENOTSUPP
 
 
 class LinkError(OSError):
@@ -41,38 +48,43 @@ class LinkError(OSError):
 class Link:
     """One attachment: closing it detaches the program and releases what it held.
 
-    ``close()`` is idempotent, thread-safe and never raises for an object the
-    kernel has already dropped. ``undo`` runs after the fds are closed (tracefs
-    probe events are removed there).
+    ``fds`` are closed first and detach the program (a BPF link, or a perf
+    event the program was set on directly). ``release_fds`` hold only what is
+    inert once those are closed (the perf event under a BPF perf link): the
+    kernel may take an RCU grace period to free each, so :func:`close_all` may
+    release them in the background. ``undo`` runs last (tracefs probe events
+    are removed there). ``close()`` is idempotent, thread-safe and never raises
+    for an object the kernel has already dropped.
     """
 
     def __init__(self, description: str, fds: Sequence[int],
-                 undo: Callable[[], None] | None = None) -> None:
+                 undo: Callable[[], None] | None = None, *,
+                 release_fds: Sequence[int] = ()) -> None:
         self.description = description
         self._fds: list[int] = list(fds)
+        self._release_fds: list[int] = list(release_fds)
         self._undo = undo
         self._lock = threading.Lock()
 
     @property
     def fds(self) -> tuple[int, ...]:
-        """The descriptors this link holds open (empty once closed)."""
-        return tuple(self._fds)
+        """Every descriptor this link holds open (empty once closed)."""
+        return (*self._fds, *self._release_fds)
 
     @property
     def closed(self) -> bool:
-        return not self._fds and self._undo is None
+        return not self._fds and not self._release_fds and self._undo is None
+
+    def _take(self) -> tuple[list[int], list[int], Callable[[], None] | None]:
+        with self._lock:
+            taken = self._fds, self._release_fds, self._undo
+            self._fds, self._release_fds, self._undo = [], [], None
+        return taken
 
     def close(self) -> None:
-        """Detach: close every fd, then undo any tracefs entry."""
-        with self._lock:
-            fds, self._fds = self._fds, []
-            undo, self._undo = self._undo, None
-        for fd in fds:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        if undo is not None:
-            with contextlib.suppress(OSError):
-                undo()
+        """Detach, then release: close every fd, then undo any tracefs entry."""
+        fds, release_fds, undo = self._take()
+        _release(fds + release_fds, undo)
 
     def __enter__(self) -> Link:
         return self
@@ -85,14 +97,104 @@ class Link:
             self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self.closed else f"fds={self._fds}"
+        state = "closed" if self.closed else f"fds={list(self.fds)}"
         return f"<Link {self.description} {state}>"
 
 
-def close_all(links: Iterable[Link]) -> None:
-    """Close many links; returns when every one is detached."""
-    for link in links:
-        link.close()
+def _close(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.close(fd)
+
+
+def _release(fds: Sequence[int], undo: Callable[[], None] | None) -> None:
+    for fd in fds:
+        _close(fd)
+    if undo is not None:
+        with contextlib.suppress(OSError):
+            undo()
+
+
+_MAX_CLOSERS = 128
+
+
+def _close_parallel(fds: Sequence[int]) -> None:
+    """Close ``fds`` from many threads: the RCU grace periods their release waits for overlap."""
+    if len(fds) < 2:
+        for fd in fds:
+            _close(fd)
+        return
+    with ThreadPoolExecutor(min(len(fds), _MAX_CLOSERS), "ebpf-magic-detach") as pool:
+        list(pool.map(_close, fds))
+
+
+class _Releaser:
+    """Releases detached links' remaining fds in one background thread, started on demand.
+
+    The kernel frees a tracepoint's perf event under a global mutex, one RCU grace
+    period at a time (about 40 ms each on a small VM); nothing in user space shortens
+    that, so it happens after detaching rather than before it returns. The thread
+    ends when the queue is empty; at interpreter exit the queue is drained first,
+    so tracefs probe events are removed.
+    """
+
+    def __init__(self) -> None:
+        self._queue: deque[tuple[list[int], Callable[[], None] | None]] = deque()
+        self._cond = threading.Condition()
+        self._busy = False
+        self._atexit = False
+
+    def submit(self, items: list[tuple[list[int], Callable[[], None] | None]]) -> None:
+        with self._cond:
+            self._queue.extend(items)
+            if not self._atexit:
+                atexit.register(self.wait)
+                self._atexit = True
+            if not self._busy:
+                self._busy = True
+                threading.Thread(target=self._run, name="ebpf-magic-release", daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if not self._queue:
+                    self._busy = False
+                    self._cond.notify_all()
+                    return
+                fds, undo = self._queue.popleft()
+            _release(fds, undo)
+
+    def pending(self) -> int:
+        with self._cond:
+            return sum(len(fds) for fds, _ in self._queue) + self._busy
+
+    def wait(self, timeout: float | None = None) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._busy, timeout)
+
+
+_releaser = _Releaser()
+
+
+def close_all(links: Iterable[Link], *, wait: bool = False) -> None:
+    """Detach many links at once: when this returns, none of their programs runs.
+
+    Detaching fds are closed from parallel threads. What remains open (perf events
+    under BPF perf links, then tracefs entries) is released by a background thread
+    unless ``wait`` is true; :func:`wait_released` waits for it.
+    """
+    taken = [link._take() for link in links]
+    _close_parallel([fd for fds, _, _ in taken for fd in fds])
+    rest = [(release_fds, undo) for _, release_fds, undo in taken if release_fds or undo]
+    if wait:
+        for fds, undo in rest:
+            _release(fds, undo)
+    elif rest:
+        _releaser.submit(rest)
+
+
+def wait_released(timeout: float | None = None) -> bool:
+    """Wait until links detached by :func:`close_all` are fully released; False on timeout."""
+    return _releaser.wait(timeout)
 
 
 def perf_attr(ev_type: int, config: int, *, sample_period: int = 1, sample_freq: int = 0,
@@ -118,17 +220,32 @@ def open_perf_event(attr: sysbpf.PerfEventAttr, pid: int, cpu: int, what: str) -
         raise LinkError(e.errno, f"perf_event_open for {what}") from None
 
 
-def attach_to_perf_event(prog_fd: int, perf_fd: int, what: str) -> None:
-    """Run ``prog_fd`` on the perf event and enable it; the event's close detaches."""
+def attach_to_perf_event(prog_fd: int, perf_fd: int, what: str) -> int | None:
+    """Run ``prog_fd`` on the perf event and enable it.
+
+    Returns the fd of the BPF perf link whose close detaches the program, or None
+    where the kernel has no such links and the program was set on the event
+    itself (then closing the event detaches).
+    """
+    link_fd = None
     try:
-        sysbpf.ioctl(perf_fd, IOC_SET_BPF, prog_fd)
+        link_fd = sysbpf.link_create(prog_fd, perf_fd, BPF_PERF_EVENT)
     except OSError as e:
-        raise LinkError(e.errno, f"PERF_EVENT_IOC_SET_BPF of program fd {prog_fd} on {what}") \
-            from None
+        if e.errno not in _NO_PERF_LINK:
+            raise LinkError(e.errno, f"BPF_LINK_CREATE of program fd {prog_fd} on {what}") \
+                from None
+        try:
+            sysbpf.ioctl(perf_fd, IOC_SET_BPF, prog_fd)
+        except OSError as e2:
+            raise LinkError(e2.errno, f"PERF_EVENT_IOC_SET_BPF of program fd {prog_fd} on "
+                            f"{what}") from None
     try:
         sysbpf.ioctl(perf_fd, IOC_ENABLE)
     except OSError as e:
+        if link_fd is not None:
+            os.close(link_fd)
         raise LinkError(e.errno, f"PERF_EVENT_IOC_ENABLE on {what}") from None
+    return link_fd
 
 
 def perf_link(prog_fd: int, attr: sysbpf.PerfEventAttr, pid: int, cpu: int, description: str,
@@ -136,11 +253,13 @@ def perf_link(prog_fd: int, attr: sysbpf.PerfEventAttr, pid: int, cpu: int, desc
     """Open one perf event, attach ``prog_fd``, and return the owning link."""
     fd = open_perf_event(attr, pid, cpu, description)
     try:
-        attach_to_perf_event(prog_fd, fd, description)
+        link_fd = attach_to_perf_event(prog_fd, fd, description)
     except BaseException:
         os.close(fd)
         raise
-    return Link(description, [fd], undo)
+    if link_fd is None:
+        return Link(description, [fd], undo)
+    return Link(description, [link_fd], undo, release_fds=[fd])
 
 
 def pmu_type(pmu: str) -> int | None:

@@ -19,14 +19,24 @@ def perf_event(prog_fd: int, ev_type: int, config: int, *, sample_period: int = 
     probe_events.sweep_once()
     description = f"perf_event:{ev_type}:{config}"
     attr = perf_attr(ev_type, config, sample_period=sample_period, sample_freq=sample_freq)
-    fds: list[int] = []
+    detach: list[int] = []  # BPF links, or the events themselves where there are none
+    events: list[int] = []  # events under BPF links
     try:
         for cpu in (sysbpf.online_cpus() if cpus is None else cpus):
             what = f"{description} on CPU {cpu}"
-            fds.append(open_perf_event(attr, pid, cpu, what))
-            attach_to_perf_event(prog_fd, fds[-1], what)
+            fd = open_perf_event(attr, pid, cpu, what)
+            try:
+                link_fd = attach_to_perf_event(prog_fd, fd, what)
+            except BaseException:
+                os.close(fd)
+                raise
+            if link_fd is None:
+                detach.append(fd)
+            else:
+                detach.append(link_fd)
+                events.append(fd)
     except BaseException:
-        for fd in fds:
+        for fd in detach + events:
             os.close(fd)
         raise
-    return Link(description, fds)
+    return Link(description, detach, release_fds=events)
