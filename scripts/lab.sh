@@ -4,8 +4,10 @@
 # Extra arguments go to `jupyter lab` (e.g. --port=8899).
 #
 # The kernelspec goes into the virtualenv (--sys-prefix), so it is visible to this
-# JupyterLab only. Its launcher keeps the kernel process to CAP_BPF, CAP_PERFMON,
-# CAP_NET_ADMIN and CAP_SYSLOG; see docs/privileges.md.
+# JupyterLab only, and is root's when this runs as root. Started by a root server, its
+# launcher runs the kernel as the user ebpf-kernel (scripts/setup.sh creates it) with
+# only CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN, CAP_SYSLOG (and CAP_IPC_LOCK where locked
+# memory stays limited); see docs/privileges.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,7 +19,12 @@ fi
 
 args=(--ip=127.0.0.1 --no-browser
       --MappingKernelManager.default_kernel_name=python3-ebpf)
-# Jupyter refuses to start as root unless told; the kernel still gives up root's
-# other capabilities.
-[ "$(id -u)" -ne 0 ] || args+=(--allow-root)
+# Jupyter refuses to start as root unless told; the kernel still runs as ebpf-kernel.
+if [ "$(id -u)" -eq 0 ]; then
+    args+=(--allow-root)
+    if ! getent passwd ebpf-kernel >/dev/null; then
+        echo "scripts/lab.sh: no user ebpf-kernel for the eBPF kernel; run scripts/setup.sh lab" >&2
+        exit 1
+    fi
+fi
 exec .venv/bin/jupyter lab "${args[@]}" "$@" notebooks/
