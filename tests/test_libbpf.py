@@ -309,3 +309,34 @@ def test_clang_crash_is_a_compile_error(no_leaks, tmp_path, monkeypatch):
     monkeypatch.setenv("EBPF_MAGIC_CLANG", str(fake))
     with pytest.raises(CompileError, match="clang crashed"):
         Program(SEED.replace("FLAGS", "0"), backend="libbpf")
+
+
+@needs_libbpf
+@pytest.mark.kernel
+def test_cell_reports_backend_and_warns(shell, capsys, no_leaks):
+    shell.run_cell_magic("bpf", "seed", SEED.replace("FLAGS", "0"))
+    out = capsys.readouterr()
+    prog = shell.user_ns["seed"]
+    try:
+        assert out.out.strip() == ("seed: attached tracepoint:syscalls:sys_enter_write=bpf_prog1; "
+                                   "maps: my_map; events: my_map; backend: libbpf")
+        assert "BPF_F_CURRENT_CPU" in out.err and "license" in out.err
+        # a SEC() without a target is attached by -a; --backend names the backend
+        shell.run_cell_magic("bpf", "plain -a tracepoint:syscalls:sys_enter_getppid "
+                             "--backend libbpf",
+                             'SEC("tracepoint") int on_getppid(void *ctx) { return 0; }')
+        assert capsys.readouterr().out.strip() == (
+            "plain: attached tracepoint:syscalls:sys_enter_getppid=on_getppid; backend: libbpf")
+    finally:
+        prog.stop()
+        if "plain" in shell.user_ns:
+            shell.user_ns["plain"].stop()
+
+
+@needs_libbpf
+@pytest.mark.kernel
+def test_function_without_section_is_a_short_error(no_leaks):
+    with pytest.raises(BPFError) as err:
+        Program("int on_getppid(void *ctx) { return 0; }", backend="libbpf")
+    assert err.value.message.startswith("on_getppid() has no SEC() name")
+    assert 'SEC("tracepoint/CATEGORY/NAME")' in err.value.hint

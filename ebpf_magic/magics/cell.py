@@ -36,6 +36,9 @@ PARSER.add_argument("--raw", action="store_true",
 PARSER.add_argument("--max-rows", type=int, metavar="N",
                     help="events each stream keeps (oldest are dropped and counted)")
 PARSER.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+PARSER.add_argument("--backend", choices=("bcc", "libbpf"),
+                    help="compile with BCC or with clang and libbpf (CO-RE); by default chosen "
+                         "from the cell: SEC() or libbpf's headers mean libbpf")
 PARSER.add_argument("--record", nargs="?", const=1.0, type=float, metavar="EVERY",
                     help="record this program: snapshot its maps every EVERY seconds "
                          "(default 1) and let `%%bpf save NAME` refresh recordings/NAME.bpfrec")
@@ -58,6 +61,9 @@ Wildcards (*) work for tracepoints and kprobes. Examples:
     -a uprobe:c:malloc            (the one unattached C function)
     -a profile:hz:99=on_sample
     -a xdp:veth0=count_packets    (xdp:DEV@drv for native mode)
+
+A cell with SEC("...") names (libbpf's style) compiles with clang against the running
+kernel's BTF and attaches from those names: SEC("tracepoint/syscalls/sys_enter_write").
 
 Python variables: {{var}} and $var in the cell are replaced by the value of the
 notebook variable var (also {{obj.attr}}), only when that variable exists, so
@@ -109,7 +115,7 @@ def run(magics, line: str, cell: str) -> None:
     def factory() -> Program:
         return Program(text, name=args.name, attach=args.attach, cflags=cflags,
                        defines=args.defines, pid=args.pid, stream_options=stream_options,
-                       line_offset=1)
+                       line_offset=1, backend=args.backend)
 
     prog = magics.session.start(args.name, factory)
     shell.user_ns[args.name] = prog
@@ -132,4 +138,5 @@ def _report(prog: Program) -> None:
         parts.append(f"events: {', '.join(prog.events)}")
     if prog.unattached:
         parts.append(f"not attached: {', '.join(prog.unattached)}")
+    parts.append(f"backend: {prog.backend}")
     print("; ".join(parts))

@@ -323,10 +323,16 @@ def _load_failure(err: int, log: list[str]) -> BPFError:
                                   kernel.rights_summary(), kernel.rights_hint())
     text = "\n".join(log)
     function = next((m.group(1) for m in map(_PROG_FAILED.search, log) if m), "")
+    if "missing BPF prog type" in text:
+        return BPFError(f"{function or 'A function'}() has no SEC() name, so libbpf cannot tell "
+                        "what kind of program it is.",
+                        'Put SEC("tracepoint/CATEGORY/NAME") (or SEC("kprobe/FUNC"), '
+                        'SEC("uprobe"), SEC("perf_event")...) before it; a SEC() without a target '
+                        "is attached with -a SPEC=FUNCTION.")
     verifier = [ln for ln in log if ln.strip() and not ln.startswith("libbpf:")
                 and not ln.startswith(("processed ", "-- BEGIN", "-- END"))]
     if function or "-- BEGIN PROG LOAD LOG --" in text:
-        tail = "\n".join("    " + ln for ln in verifier[-12:])
+        tail = "\n".join("    " + ln.strip() for ln in (verifier or log)[-12:])
         return VerifierError(
             f"The kernel's verifier rejected {function or 'a program'}() "
             f"({_lib.strerror(err)}). The end of its log:\n{tail}",
