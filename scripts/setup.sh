@@ -24,7 +24,8 @@ fi
 # --- system packages -----------------------------------------------------------------
 arch=$(dpkg --print-architecture)
 packages=(python3-bpfcc bpfcc-tools bpftool python3-venv python3-dev gcc make
-          systemtap-sdt-dev iproute2 iputils-ping util-linux libcap2-bin binutils acl)
+          systemtap-sdt-dev iproute2 iputils-ping util-linux libcap2-bin binutils acl
+          clang libbpf-dev)
 case " $EXTRAS " in *test*|*browser*) packages+=(chromium) ;; esac
 missing=()
 for p in "${packages[@]}"; do
