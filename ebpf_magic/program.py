@@ -86,6 +86,8 @@ class Program:
             with interrupts_deferred():
                 self._compiled = compile_program(prepared.text, cflags=self.cflags, usdt=usdt,
                                                  line_offset=line_offset, backend=self.backend)
+            prepared.lost_maps.update(self._compiled.loss_counters())
+            prepared.hidden.update(prepared.lost_maps.values())
             self.warnings = list(self._compiled.warnings)
             functions = self._compiled.functions
             others = bind_explicit([p for p in requested if p.kind != "usdt"], functions)

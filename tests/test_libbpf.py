@@ -63,6 +63,10 @@ SEC("tracepoint/syscalls/sys_enter_getppid")
 int on_getppid(void *ctx)
 {
     struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+#ifdef PARENT
+    if (BPF_CORE_READ(task, real_parent, tgid) != PARENT)
+        return 0;
+#endif
     struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
     if (!e)
         return 0;
@@ -136,8 +140,9 @@ def test_dialect_chooses_backend():
 def test_legacy_map_rewritten_in_place():
     from ebpf_magic.backend.libbpf import _compile
 
-    text, notes, defaults = _compile.prepare(SEED)
-    assert defaults and notes == [_compile.LICENSE_NOTE]
+    adjusted = _compile.prepare(SEED)
+    text = adjusted.text
+    assert adjusted.include_defaults and adjusted.notes == [_compile.LICENSE_NOTE]
     assert "bpf_map_def" not in text
     assert ("struct { __uint(type, BPF_MAP_TYPE_PERF_EVENT_ARRAY); __uint(key_size, sizeof(int)); "
             "__uint(value_size, sizeof(u32)); __uint(max_entries, 2); } my_map SEC(\".maps\");"
@@ -340,3 +345,18 @@ def test_function_without_section_is_a_short_error(no_leaks):
         Program("int on_getppid(void *ctx) { return 0; }", backend="libbpf")
     assert err.value.message.startswith("on_getppid() has no SEC() name")
     assert 'SEC("tracepoint/CATEGORY/NAME")' in err.value.hint
+
+
+@needs_libbpf
+@pytest.mark.kernel
+def test_ring_overflow_received_plus_lost_is_submitted(no_leaks):
+    small = CORE.replace("1 << 20", "4096")  # one page: a burst overflows it
+    with Program(small, defines={"PARENT": os.getpid()},
+                 stream_options={"batch_ms": 50, "poll_ms": 200}) as prog:
+        assert list(prog.maps) == ["events"]  # the loss counter stays hidden
+        _getppid_in_threads(20000, 1)
+        stream = prog.events["events"]
+    stats = stream.stats
+    assert stats["lost_kernel"] > 0
+    assert stats["received"] + stats["lost_kernel"] == 20000
+    assert len(stream.df) == stats["received"]

@@ -58,6 +58,10 @@ class CompiledProgram(abc.ABC):
         """The probes the program's own text implies (BCC: ``kprobe__FUNC`` and such names)."""
         return [p for p in (auto_probe(f) for f in self.functions) if p is not None]
 
+    def loss_counters(self) -> dict[str, str]:
+        """Hidden maps the backend added to count failed submissions, by stream name."""
+        return {}
+
     @abc.abstractmethod
     def maps(self) -> dict[str, MapHandle]:
         """Every map the program declares, by name."""

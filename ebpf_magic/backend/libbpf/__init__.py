@@ -87,6 +87,7 @@ class LibbpfProgram(CompiledProgram):
         compiled = _compile.compile_cell(source, list(cflags), filename, line_offset)
         self.log = compiled.log
         self._object = compiled.obj
+        self._lost_maps = dict(compiled.lost_maps)
         self._records, flags_zero = _source.submissions(source)
         self.warnings = list(compiled.warnings) + [FLAGS_ZERO_WARNING.format(map=m)
                                                    for m in dict.fromkeys(flags_zero)]
@@ -126,6 +127,9 @@ class LibbpfProgram(CompiledProgram):
         """The probes the programs' SEC() names attach to."""
         probes = (_source.section_probe(sec, fn) for fn, sec in self.sections.items())
         return [p for p in probes if p is not None]
+
+    def loss_counters(self) -> dict[str, str]:
+        return dict(self._lost_maps)
 
     def attach(self, probe: Probe) -> list[str]:
         prog = self._programs.get(probe.function)

@@ -11,6 +11,11 @@ Before compiling, the source is adjusted without moving any line:
   ``bpf_tracing.h`` and ``bpf_core_read.h`` are included from the command line;
 * a legacy ``struct bpf_map_def SEC("maps") NAME = {...};`` (refused by libbpf
   1.x) becomes the BTF-defined map with the same fields, on the same lines;
+* every ring buffer ``NAME`` gets a hidden per-CPU counter
+  ``__ebpf_magic_lost_NAME``, declared on the ring buffer's line, and each
+  ``bpf_ringbuf_output(&NAME, ...)``/``bpf_ringbuf_reserve(&NAME, ...)`` call
+  counts its failures (buffer full) there, so every event is received or
+  counted as lost;
 * no license section: ``char LICENSE[] SEC("license") = "GPL";`` is appended.
 """
 
@@ -29,7 +34,7 @@ from pathlib import Path
 
 from ... import headers
 from ...errors import BPFError, CompileError
-from ...instrument import mask_code
+from ...instrument import LOST_PREFIX, mask_code, matching_paren
 
 BTF_PATH = Path("/sys/kernel/btf/vmlinux")
 TIMEOUT_S = 60.0
@@ -41,6 +46,8 @@ _LEGACY_MAP = re.compile(r"\bstruct\s+bpf_map_def\s+SEC\s*\(\s*\"maps\"\s*\)\s*(
 _FIELD = re.compile(r"\.\s*(\w+)\s*=\s*([^,]+)")
 _LEGACY_FIELDS = {"type": "type", "key_size": "key_size", "value_size": "value_size",
                   "max_entries": "max_entries", "map_flags": "map_flags"}
+_RINGBUF_MAP = re.compile(r"\bstruct\s*\{[^{}]*\b__uint\s*\(\s*type\s*,\s*BPF_MAP_TYPE_RINGBUF\s*\)"
+                          r"[^{}]*\}\s*(\w+)\s+SEC\s*\(\s*\"\.maps\"\s*\)\s*;")
 _LICENSE = re.compile(r"\bSEC\s*\(\s*\"license\"\s*\)")
 _INCLUDE = re.compile(r"^\s*#\s*include\b", re.M)
 _DIAG = re.compile(r"^(?P<file>[^:\n]+):(?P<line>\d+):(?P<col>\d+): (?P<sev>error|warning|fatal "
@@ -57,6 +64,7 @@ class Compiled:
     source: str  # the text clang compiled
     log: str
     warnings: list[str] = field(default_factory=list)
+    lost_maps: dict[str, str] = field(default_factory=dict)  # ring buffer -> loss counter
 
 
 def target_arch() -> str:
@@ -74,10 +82,19 @@ def bpftool() -> str | None:
         (p for p in ("/usr/sbin/bpftool", "/sbin/bpftool") if os.path.exists(p)), None)
 
 
-def prepare(source: str) -> tuple[str, list[str], bool]:
-    """``(text, notes, include_defaults)``: the source adjusted as the module doc says."""
+@dataclass
+class Adjusted:
+    """The source as clang compiles it (see the module doc)."""
+
+    text: str
+    notes: list[str]  # what the user should know about the changes
+    include_defaults: bool  # the cell has no #include: add vmlinux.h and libbpf's headers
+    lost_maps: dict[str, str]  # ring buffer -> its hidden loss counter
+
+
+def prepare(source: str) -> Adjusted:
+    """Adjust ``source`` as the module doc says, keeping every line where it was."""
     code = mask_code(source)
-    notes = []
     edits = []
     for m in _LEGACY_MAP.finditer(source):
         if code[m.start()] != "s":  # in a comment
@@ -92,13 +109,46 @@ def prepare(source: str) -> tuple[str, list[str], bool]:
         # keep the line count so that diagnostics name the cell's own lines
         text += "\n" * source[m.start():m.end()].count("\n")
         edits.append((m.start(), m.end(), text))
-    text = source
-    for start, end, new in reversed(edits):
-        text = text[:start] + new + text[end:]
+    text = _apply(source, edits)
+    text, lost_maps = _count_ring_losses(text)
+    notes = []
     if not any(code[m.start()] == "S" for m in _LICENSE.finditer(source)):
         text += "\nchar LICENSE[] SEC(\"license\") = \"GPL\";\n"
         notes.append(LICENSE_NOTE)
-    return text, notes, not _INCLUDE.search(code)
+    return Adjusted(text, notes, not _INCLUDE.search(code), lost_maps)
+
+
+def _apply(text: str, edits: list[tuple[int, int, str]]) -> str:
+    for start, end, new in sorted(edits, reverse=True):
+        text = text[:start] + new + text[end:]
+    return text
+
+
+def _count_ring_losses(text: str) -> tuple[str, dict[str, str]]:
+    code = mask_code(text)
+    edits, lost_maps = [], {}
+    for m in _RINGBUF_MAP.finditer(text):
+        if code[m.start()] != "s":  # in a comment
+            continue
+        name = m.group(1)
+        lost = lost_maps[name] = LOST_PREFIX + name
+        edits.append((m.end(), m.end(),
+                      f" struct {{ __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY); __type(key, __u32); "
+                      f"__type(value, __u64); __uint(max_entries, 1); }} {lost} SEC(\".maps\");"))
+        count = (f"{{ __u32 __em_k = 0; __u64 *__em_v = bpf_map_lookup_elem(&{lost}, &__em_k); "
+                 f"if (__em_v) (*__em_v)++; }}")
+        calls = re.compile(rf"\b(bpf_ringbuf_output|bpf_ringbuf_reserve)\s*\(\s*&\s*"
+                           rf"{re.escape(name)}\s*,")
+        for c in calls.finditer(code):
+            close = matching_paren(code, code.index("(", c.start()))
+            if close < 0:
+                continue
+            call = text[c.start():close + 1]
+            wrapped = (f"({{ long __em_r = {call}; if (__em_r) {count} __em_r; }})"
+                       if c.group(1) == "bpf_ringbuf_output" else
+                       f"({{ void *__em_p = {call}; if (!__em_p) {count} __em_p; }})")
+            edits.append((c.start(), close + 1, wrapped))
+    return _apply(text, edits), lost_maps
 
 
 def _btf_hash() -> str:
@@ -179,7 +229,8 @@ def compile_cell(source: str, cflags: list[str], filename: str = "cell",
     if cc is None:
         raise CompileError("clang is needed to compile libbpf programs and was not found.",
                            "Install it: apt-get install clang libbpf-dev")
-    text, notes, defaults = prepare(source)
+    adjusted = prepare(source)
+    text, defaults = adjusted.text, adjusted.include_defaults
     vmlinux = vmlinux_dir()
     pch = precompiled(vmlinux, cc) if defaults else None
     with tempfile.TemporaryDirectory(prefix="ebpf_magic-") as tmp:
@@ -205,7 +256,7 @@ def compile_cell(source: str, cflags: list[str], filename: str = "cell",
                 break
         if done.returncode != 0:
             raise _failure(done.returncode, log, text, c_file.name, filename, line_offset)
-        return Compiled(o_file.read_bytes(), text, log, notes)
+        return Compiled(o_file.read_bytes(), text, log, adjusted.notes, adjusted.lost_maps)
 
 
 def _failure(rc: int, log: str, text: str, c_name: str, filename: str,
