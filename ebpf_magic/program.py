@@ -82,8 +82,9 @@ class Program:
         prepared = instrument.prepare(source, count_perf=not perfbuf.lost_format_supported()) \
             if self.backend == "bcc" else instrument.Prepared(source)
         try:
-            # a compiler interrupted half-way could leak what it loaded: Ctrl-C waits
-            with interrupts_deferred():
+            # A compiler interrupted half-way in this process could leak what it loaded:
+            # Ctrl-C waits. BCC compiles in a worker process that Ctrl-C stops at once.
+            with contextlib.nullcontext() if self.backend == "bcc" else interrupts_deferred():
                 self._compiled = compile_program(prepared.text, cflags=self.cflags, usdt=usdt,
                                                  line_offset=line_offset, backend=self.backend)
             prepared.lost_maps.update(self._compiled.loss_counters())

@@ -238,6 +238,7 @@ class BccProgram(CompiledProgram):
 
     def close(self) -> None:
         self.detach()
+        link.wait_released()  # what detach() left to release in the background
         _close(list(self._prog_fds.values()) + [m.fd for m in self._maps.values()])
         self._prog_fds.clear()
         self._maps.clear()

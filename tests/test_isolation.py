@@ -1,0 +1,224 @@
+"""Nothing typed into a cell ends the process: BCC compiles in a worker that may die instead.
+
+Each crasher below once killed the Jupyter kernel (a segfault in libbcc, an LLVM
+fatal error, a stack overflow in clang, a hang). Now each costs only its cell:
+a short error, an earlier program still counting exactly, nothing of the
+failed cell loaded, and the next compile served by a new worker.
+"""
+
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from ebpf_magic import Program
+from ebpf_magic.backend.bcc import client
+from ebpf_magic.errors import CompileError
+
+from conftest import COUNT_CELL, bpftool_json, own_bpf_fds
+
+pytestmark = pytest.mark.kernel
+
+COUNTER = """
+BPF_HASH(calls, u32, u64);
+int on_getppid(void *ctx) {
+    u32 pid = bpf_get_current_pid_tgid() >> 32;
+    if (pid != PID) return 0;
+    calls.increment(pid);
+    return 0;
+}"""
+GETPPID = "tracepoint:syscalls:sys_enter_getppid"
+
+# A u128 multiply: LLVM's BPF backend has no __multi3 and exits the process.
+MULTI3 = """
+BPF_ARRAY(out, u64, 1);
+int f(void *ctx) {
+    int z = 0;
+    u64 *v = out.lookup(&z);
+    if (!v) return 0;
+    unsigned __int128 x = *v;
+    x = x * x;
+    *v = (u64)(x >> 64);
+    return 0;
+}"""
+# 5 MB of one expression: clang recurses once per operator and overflows its stack.
+HUGE = "int f(void *ctx) { return " + "1+" * (5 << 19) + "1; }"
+# Thousands of functions: compiles, but far slower than the lowered bound below.
+SLOW = "".join(f"int f{i}(void *ctx) {{ return {i}; }}\n" for i in range(4000))
+
+CRASHERS = {
+    "segfault in libbcc": ("1\nBPF_HASH(u)", "the compiler crashed (SIGSEGV) on this cell"),
+    "LLVM fatal error": (MULTI3, "the compiler exited (status 1) on this cell"),
+    "5 MB cell": (HUGE, "the compiler crashed (SIGSEGV) on this cell"),
+}
+NOTHING_LOST = "nothing was attached, other programs are unaffected"
+
+
+def programs_of(pid: int | None) -> set[int]:
+    """Ids of the BPF programs process ``pid`` holds a descriptor of (the kernel's fdinfo)."""
+    ids: set[int] = set()
+    fdinfo = Path(f"/proc/{pid}/fdinfo")
+    if pid is None or not fdinfo.is_dir():
+        return ids  # no such process holds nothing
+    for info in fdinfo.iterdir():
+        try:
+            text = info.read_text()
+        except OSError:
+            continue
+        ids.update(int(ln.split()[1]) for ln in text.splitlines() if ln.startswith("prog_id:"))
+    return ids
+
+
+@pytest.fixture
+def earlier():
+    """A program started before the failing one, counting this process's getppid() calls."""
+    prog = Program(COUNTER, attach=[GETPPID], defines={"PID": os.getpid()})
+    yield prog
+    prog.stop()
+
+
+def assert_still_counting(prog: Program, n: int = 25) -> None:
+    before = prog.maps["calls"].get(os.getpid(), 0)
+    for _ in range(n):
+        os.getppid()
+    assert prog.maps["calls"][os.getpid()] == before + n
+
+
+@pytest.mark.parametrize("case", list(CRASHERS))
+def test_crashing_compile_costs_only_the_cell(case, earlier, no_leaks):
+    source, said = CRASHERS[case]
+    assert_still_counting(earlier)
+    worker = client.worker().pid
+    mine = programs_of(os.getpid())
+    with pytest.raises(CompileError) as info:
+        Program(source, attach=[GETPPID])
+    text = str(info.value)
+    assert said in text and NOTHING_LOST in text
+    if case == "LLVM fatal error":
+        assert "__multi3" in text  # the worker's last words
+    assert len(text.splitlines()) < 16
+    assert client.worker().pid is None, "the crashed worker is gone"
+    assert programs_of(os.getpid()) == mine
+    assert worker is not None and not programs_of(worker)
+    assert_still_counting(earlier)
+    # the next cell compiles in a new worker
+    with Program(COUNTER, attach=[GETPPID], defines={"PID": os.getpid()}) as again:
+        assert_still_counting(again)
+    assert client.worker().pid not in (None, worker)
+
+
+def test_compile_over_the_time_bound_is_stopped(earlier, monkeypatch, no_leaks):
+    monkeypatch.setattr(client, "COMPILE_TIMEOUT", 1.0)
+    mine = programs_of(os.getpid())
+    start = time.monotonic()
+    with pytest.raises(CompileError) as info:
+        Program(SLOW)
+    assert time.monotonic() - start < 5
+    assert "the compiler took longer than 1 s on this cell and was stopped" in str(info.value)
+    assert NOTHING_LOST in str(info.value)
+    assert "COMPILE_TIMEOUT" in info.value.hint
+    assert client.worker().pid is None
+    assert programs_of(os.getpid()) == mine
+    assert_still_counting(earlier)
+
+
+def test_interrupt_while_compiling_stops_the_worker(earlier, no_leaks):
+    mine = programs_of(os.getpid())
+    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            Program(SLOW)
+    finally:
+        timer.cancel()
+    assert client.worker().pid is None
+    assert programs_of(os.getpid()) == mine
+    assert_still_counting(earlier)
+    with Program(COUNTER, attach=[GETPPID], defines={"PID": os.getpid()}) as again:
+        assert_still_counting(again)
+
+
+def test_worker_killed_between_cells_is_restarted(earlier, no_leaks):
+    worker = client.worker().pid
+    assert worker is not None
+    os.kill(worker, signal.SIGKILL)
+    time.sleep(0.1)
+    with Program(COUNTER, attach=[GETPPID], defines={"PID": os.getpid()}) as again:
+        assert_still_counting(again)
+        assert_still_counting(earlier)
+    assert client.worker().pid not in (None, worker)
+
+
+def test_worker_keeps_nothing_it_handed_over(no_leaks):
+    with Program(COUNTER, attach=[GETPPID], defines={"PID": os.getpid()}) as prog:
+        worker = client.worker().pid
+        ids = set(prog.prog_ids())
+        assert ids <= programs_of(os.getpid())
+        assert not programs_of(worker)
+        assert own_bpf_fds(worker) == []
+    loaded = {p["id"] for p in bpftool_json("prog", "show")}
+    assert not ids & loaded
+    assert not {m["id"] for m in bpftool_json("map", "show")} & set(prog.map_ids() or [])
+
+
+def test_crash_through_the_magic_keeps_the_session(shell, capsys, no_leaks):
+    assert shell.run_cell(COUNT_CELL.format(name="good", pid=os.getpid())).success
+    mine = programs_of(os.getpid())
+    result = shell.run_cell("%%bpf bad\n1\nBPF_HASH(u)\n")
+    assert not result.success
+    out = capsys.readouterr()
+    text = out.out + out.err
+    assert "CompileError" in text
+    assert "the compiler crashed (SIGSEGV) on this cell; " + NOTHING_LOST in text
+    assert "Traceback" not in text
+    assert programs_of(os.getpid()) == mine
+    assert "bad" not in shell.user_ns
+    assert list(shell.run_line_magic("bpf", "list")["name"]) == ["good"]
+    assert_still_counting(shell.user_ns["good"])
+    shell.run_line_magic("bpf", "stop --all")
+
+
+SEMAPHORE_C = r"""
+#define _SDT_HAS_SEMAPHORES 1
+#include <sys/sdt.h>
+#include <stdio.h>
+#include <stdlib.h>
+__extension__ unsigned short demo_tick_semaphore __attribute__((unused))
+    __attribute__((section(".probes")));
+int main(int argc, char **argv) {
+    int n = atoi(argv[1]), fired = 0;
+    getchar();
+    for (int i = 0; i < n; i++)
+        if (demo_tick_semaphore) { fired++; DTRACE_PROBE1(demo, tick, i); }
+    printf("%d\n", fired);
+    return 0;
+}
+"""
+
+
+def test_usdt_probe_behind_a_semaphore_keeps_firing(tmp_path, no_leaks):
+    # BCC enables the semaphore in the worker and disables it when the worker lets go
+    # of the program: the kernel must hold it up for as long as the probe is attached.
+    if not shutil.which("gcc"):
+        pytest.fail("gcc and <sys/sdt.h> (systemtap-sdt-dev) are needed; scripts/setup.sh "
+                    "installs them")
+    (tmp_path / "sem.c").write_text(SEMAPHORE_C)
+    binary = tmp_path / "sem"
+    subprocess.run(["gcc", "-O1", "-o", str(binary), str(tmp_path / "sem.c")], check=True)
+    proc = subprocess.Popen([str(binary), "77"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        src = """
+        BPF_ARRAY(ticks, u64, 1);
+        int on_tick(struct pt_regs *ctx) { int zero = 0; ticks.increment(zero); return 0; }"""
+        with Program(src, attach=[f"usdt:{binary}:demo:tick"], pid=proc.pid) as prog:
+            out, _ = proc.communicate(b"\n", timeout=30)
+            assert int(out) == 77  # the semaphore was up for every iteration
+            assert prog.maps["ticks"][0] == 77
+    finally:
+        proc.kill()
+        proc.wait()
