@@ -241,7 +241,11 @@ def _coerce(value: Any, dt: np.dtype) -> Any:
                         f"got {type(value).__name__}")
     if dt.subdtype is not None:
         base, shape = dt.subdtype
-        return [_coerce(v, base) for v in value] if len(shape) == 1 else value
+        if len(shape) == 1:
+            return [_coerce(v, base) for v in value]
+        if not base.names and np.ndim(value) == 1:  # the flat list to_python gives
+            return np.reshape(np.asarray([_coerce(v, base) for v in value], base), shape)
+        return value
     if is_char_array(dt) and isinstance(value, str):
         return value.encode()
     return value

@@ -130,7 +130,11 @@ class _Builder:
             elem_t = self.spec.resolve(t.type)
             if elem_t.is_char:
                 return np.dtype(f"S{t.nelems}") if t.nelems else np.dtype(("S1", (0,)))
-            return np.dtype((self.build(t.type), (t.nelems,)))
+            elem = self.build(t.type)
+            if elem.subdtype is not None:  # arrays of arrays: one multi-dimensional subarray
+                base, shape = elem.subdtype
+                return np.dtype((base, (t.nelems, *shape)))
+            return np.dtype((elem, (t.nelems,)))
         if kind in ("struct", "union"):
             return self._aggregate(t)
         what = "void" if kind == "void" else f"{kind} {t.name!r}".strip()

@@ -185,7 +185,10 @@ class Spec:
         DATASEC sizes and variable offsets, which the compiler leaves as 0 in a relocatable
         object, are taken from the ELF section sizes and symbol values, as a loader does.
         """
-        obj = elf.ELF(data)
+        try:
+            obj = elf.ELF(data)
+        except elf.ELFError as e:
+            raise BTFError(e.message, e.hint) from None
         raw = obj.section_data(".BTF")
         if raw is None:
             raise BTFError("the ELF object has no .BTF section",
@@ -385,7 +388,8 @@ def _record_starts(words: np.ndarray) -> np.ndarray:
 def _string_offsets(strings: bytes, name: bytes) -> list[int]:
     """Offsets of every NUL-terminated string equal to ``name``."""
     needle = b"\0" + name + b"\0"
-    out, at = [], strings.find(needle)
+    out = [0] if strings.startswith(name + b"\0") else []  # split BTF has no leading NUL
+    at = strings.find(needle)
     while at >= 0:
         out.append(at + 1)
         at = strings.find(needle, at + 1)
