@@ -319,3 +319,38 @@ def test_ipc_lock_only_where_locked_memory_stays_limited():
     assert launcher.CAP_IPC_LOCK not in launcher.wanted((6, 1), memlock_unlimited=True)
     assert launcher.CAP_IPC_LOCK in launcher.wanted((6, 1), memlock_unlimited=False)
     assert launcher.CAP_IPC_LOCK not in launcher.wanted((5, 10), memlock_unlimited=False)
+
+
+SIGNAL_CELL = """%%bpf killer -q -a tracepoint:syscalls:sys_enter_getppid=on -D VICTIM={pid}
+int on(void *ctx) {{
+    if (bpf_get_current_pid_tgid() >> 32 == VICTIM)
+        bpf_send_signal(9);
+    return 0;
+}}"""
+
+
+@pytest.mark.kernel
+def test_bpf_still_signals_processes_the_kernel_may_not(spec_dir):
+    """What docs/privileges.md warns of: bpf_send_signal reaches a process os.kill cannot."""
+    _account()
+    victim = subprocess.Popen(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "sh", "-c",
+         "read line; exec python3 -c 'import os, time\nwhile True: os.getppid(); "
+         "time.sleep(0.01)'"], stdin=subprocess.PIPE)
+    try:
+        with running_kernel(NAME) as (_, client, _pid):
+            refused = execute(client, f"""
+try:
+    os.kill({victim.pid}, 9)
+    print("allowed")
+except PermissionError:
+    print("refused")""")
+            assert refused.strip() == "refused"
+            execute(client, "%load_ext ebpf_magic")
+            execute(client, SIGNAL_CELL.format(pid=victim.pid))
+            victim.stdin.close()  # now it starts calling getppid()
+            assert victim.wait(timeout=10) == -9
+            execute(client, "%bpf stop killer")
+    finally:
+        victim.kill()
+        victim.wait()
