@@ -360,3 +360,109 @@ def test_ring_overflow_received_plus_lost_is_submitted(no_leaks):
     assert stats["lost_kernel"] > 0
     assert stats["received"] + stats["lost_kernel"] == 20000
     assert len(stream.df) == stats["received"]
+
+
+STRUCT_KEYS = """\
+enum shade { SHADE_LIGHT = 1, SHADE_DARK = 2 };
+struct call_key {
+    struct { u32 pid; u16 tag; } inner;
+    u8 arr[3];
+    char name[8];
+    enum shade shade;
+};
+
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __type(key, struct call_key);
+    __type(value, u64);
+    __uint(max_entries, 64);
+} calls SEC(".maps");
+
+SEC("tracepoint/syscalls/sys_enter_getppid")
+int count(void *ctx)
+{
+    struct call_key k = {};
+    u64 one = 1, *n;
+    k.inner.pid = bpf_get_current_pid_tgid() >> 32;
+    if (k.inner.pid != PID)
+        return 0;
+    k.inner.tag = 7;
+    k.arr[1] = 9;
+    __builtin_memcpy(k.name, "ppid", 5);
+    k.shade = SHADE_DARK;
+    n = bpf_map_lookup_elem(&calls, &k);
+    if (n)
+        __sync_fetch_and_add(n, 1);
+    else
+        bpf_map_update_elem(&calls, &k, &one, BPF_NOEXIST);
+    return 0;
+}
+"""
+
+
+@needs_libbpf
+@pytest.mark.kernel
+def test_struct_keys_from_btf_roundtrip(no_leaks):
+    with Program(STRUCT_KEYS, defines={"PID": os.getpid()}) as prog:
+        for _ in range(250):
+            os.getppid()
+        calls = prog.maps["calls"]
+        df = calls.df
+        assert len(df) == 1
+        row = df.iloc[0]
+        assert (row["inner.pid"], row["inner.tag"], row["name"]) == (os.getpid(), 7, "ppid")
+        assert [row[f"arr[{i}]"] for i in range(3)] == [0, 9, 0]
+        assert row["shade"] == "SHADE_DARK"
+        assert row["value"] == 250
+        key = calls.row_key(row.to_dict())
+        assert calls[key] == 250
+        calls[key] = 1000
+        os.getppid()
+        assert calls[key] == 1001
+        del calls[key]
+        assert len(calls) == 0
+
+
+BCC_COUNTER = """\
+BPF_HASH(seen, u32, u64);
+TRACEPOINT_PROBE(syscalls, sys_enter_getppid) {
+    u32 pid = bpf_get_current_pid_tgid() >> 32;
+    seen.increment(pid);
+    return 0;
+}
+"""
+
+
+@needs_libbpf
+@pytest.mark.kernel
+def test_bcc_and_libbpf_in_one_process(no_leaks):
+    import ctypes
+
+    from ebpf_magic.backend.bcc import symbolize_user
+
+    with Program(BCC_COUNTER) as bcc_prog:
+        assert bcc_prog.backend == "bcc"
+        symbolize_user(os.getpid(), [0])  # BCC's library, and its libbpf, in this process
+        # another user of the process's libbpf replaces its print callback (BCC does so
+        # on every compile): the verifier's log must still reach the error
+        ctypes.CDLL("libbpf.so.1").libbpf_set_print(None)
+        bad = ('SEC("tp/syscalls/sys_enter_getppid") int bad(void *c) '
+               '{ return *(int *)bpf_get_current_task(); }')
+        with pytest.raises(VerifierError, match="invalid mem access"):
+            Program(bad)
+        with Program(CORE) as core:
+            child = _getppid_in_threads(100, 1)
+            _wait_rows(core.events["events"], 100)
+            df = core.events["events"].df
+        assert (df["helper_tgid"] == child).sum() == 100
+        assert bcc_prog.maps["seen"][child] == 100
+
+
+@needs_libbpf
+@pytest.mark.kernel
+def test_kernel_type_name_clash_says_rename(no_leaks):
+    cell = STRUCT_KEYS.replace("call_key", "key")
+    with pytest.raises(CompileError) as err:
+        Program(cell, defines={"PID": 1})
+    assert "cell, line 2: error: redefinition of 'key'" in err.value.message
+    assert "vmlinux.h" in err.value.hint and "rename" in err.value.hint

@@ -52,6 +52,8 @@ _LICENSE = re.compile(r"\bSEC\s*\(\s*\"license\"\s*\)")
 _INCLUDE = re.compile(r"^\s*#\s*include\b", re.M)
 _DIAG = re.compile(r"^(?P<file>[^:\n]+):(?P<line>\d+):(?P<col>\d+): (?P<sev>error|warning|fatal "
                    r"error): (?P<msg>.*)$")
+_REDEFINED = re.compile(r"error: (?:redefinition of|typedef redefinition with different types) "
+                        r"'(\w+)")
 LICENSE_NOTE = ("the cell has no license section: GPL was assumed "
                 "(char LICENSE[] SEC(\"license\") = \"GPL\";), as GPL-only helpers require")
 
@@ -274,6 +276,10 @@ def _failure(rc: int, log: str, text: str, c_name: str, filename: str,
     if any("__multi3" in d or "__divti3" in d or "built-in function" in d for d in diags):
         hint = ("The BPF target has no 128-bit multiply or divide and no library calls: use "
                 "64-bit arithmetic.")
+    clash = next((m.group(1) for m in map(_REDEFINED.search, diags) if m), None)
+    if clash and not hint:
+        hint = (f"The kernel's own types (vmlinux.h, included for you) already define {clash!r}; "
+                "rename yours.")
     message = ("The C code did not compile:\n" + "\n".join(diags) if diags
                else "The C code did not compile (clang printed nothing).")
     return CompileError(message, hint, diagnostics=diags)
