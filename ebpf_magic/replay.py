@@ -26,6 +26,7 @@ import math
 import os
 import platform
 import re
+import struct
 import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -43,9 +44,19 @@ RECORDINGS_ENV = "EBPF_MAGIC_RECORDINGS"
 REPLAY_ENV = "EBPF_MAGIC_REPLAY"
 RECORD_ENV = "EBPF_MAGIC_RECORD"
 
-MAX_BYTES = 1 << 30  # total uncompressed size of a recording
+# Limits on what one recording may cost to read. ``load(max_bytes=...)`` replaces MAX_BYTES,
+# which bounds both the unpacked members and the decoded frames (each a separate total).
+MAX_BYTES = 1 << 30  # unpacked members in total; decoded frames in total
 MAX_MEMBERS = 10_000
+MAX_DIRECTORY_ENTRY = 128  # central-directory bytes per member (names are under 30 bytes)
 MAX_MANIFEST = 16 << 20
+MAX_FOOTER = 4 << 20  # a Parquet member's metadata footer
+MAX_ROW_GROUP_BYTES = 1 << 30  # one Parquet row group decoded: the unit read at once
+MAX_COLUMN_BYTES = 512 << 20  # one column of one row group, as its metadata declares it
+OBJECT_BYTES = 64  # what a value costs decoded as a Python object (pointer and object)
+# manifest times are seconds since the epoch that pandas and datetime can both show
+MIN_TIME = 0.0
+MAX_TIME = float(2**33)  # year 2242
 _MEMBER = re.compile(r"(streams/\d{1,6}|tables/\d{1,6}|maps/\d{1,6}/\d{1,6})\.parquet")
 _NUMERIC = {"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
             "float16", "float32", "float64"}
@@ -164,7 +175,11 @@ def announce(prog: ReplayedProgram, why: str = "") -> str:
 def _when(t: float | None) -> str:
     if t is None:
         return "unknown time"
-    return _dt.datetime.fromtimestamp(t, _dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    try:
+        stamp = _dt.datetime.fromtimestamp(t, _dt.timezone.utc)
+    except (ValueError, OverflowError, OSError):
+        return "unknown time"
+    return stamp.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 @dataclass
@@ -480,9 +495,15 @@ def _stream_stats(stats: dict, where: str) -> dict[str, Any]:
 
 def _need_time(obj: Any, key: str, where: str) -> float | None:
     value = _need(obj, key, (int, float), where, optional=True)
-    if value is not None and not math.isfinite(value):
+    if value is None:
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
         raise ReplayError(f"malformed recording: {where}.{key} is not a finite time")
-    return None if value is None else float(value)
+    if not MIN_TIME <= value <= MAX_TIME:
+        shown = f"{value:.6g}" if isinstance(value, float) else f"{str(value)[:20]}"
+        raise ReplayError(f"malformed recording: {where}.{key} is out of range ({shown} s "
+                          f"since 1970, not between {MIN_TIME:.0f} and {MAX_TIME:.0f})")
+    return float(value)
 
 
 def _str_list(value: Any, where: str) -> list[str]:
@@ -528,10 +549,60 @@ def _dtype_spec(descr: Any, where: str, depth: int) -> Any:
     return fields
 
 
+_EOCD = struct.Struct("<4s4H2LH")
+_EOCD64_LOCATOR = struct.Struct("<4sLQL")
+_EOCD64 = struct.Struct("<4sQ2H2L4Q")
+
+
+def _directory_extent(path: Path) -> tuple[int, int] | None:
+    """``(members, bytes)`` of a zip's central directory, read from its end records alone.
+
+    Finds the end-of-central-directory record (and its ZIP64 form) the way
+    :mod:`zipfile` does, so the limits hold for the directory zipfile will read;
+    None when there is no such record (zipfile then rejects the file itself).
+    """
+    with open(path, "rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size < _EOCD.size:
+            return None
+        start = max(size - (1 << 16) - _EOCD.size, 0)
+        f.seek(start)
+        tail = f.read()
+        at = len(tail) - _EOCD.size
+        if not (tail[at:at + 4] == b"PK\x05\x06" and tail[-2:] == b"\0\0"):
+            at = tail.rfind(b"PK\x05\x06")
+            if at < 0 or len(tail) - at < _EOCD.size:
+                return None
+        record = _EOCD.unpack_from(tail, at)
+        members, directory = record[4], record[5]
+        where = start + at  # the record's offset in the file
+        if where < _EOCD64_LOCATOR.size + _EOCD64.size:
+            return members, directory
+        f.seek(where - _EOCD64_LOCATOR.size)
+        locator = f.read(_EOCD64_LOCATOR.size)
+        if locator[:4] != b"PK\x06\x07":
+            return members, directory
+        f.seek(where - _EOCD64_LOCATOR.size - _EOCD64.size)
+        record64 = _EOCD64.unpack(f.read(_EOCD64.size))
+        if record64[0] != b"PK\x06\x06":
+            return members, directory
+        return record64[7], record64[8]
+
+
 class _Archive:
     """A recording's zip, read within limits."""
 
     def __init__(self, path: Path, max_bytes: int) -> None:
+        try:
+            extent = _directory_extent(path)
+        except OSError as e:
+            raise ReplayError(f"cannot read {path} ({e})") from None
+        if extent is not None:
+            members, directory = extent
+            if members > MAX_MEMBERS or directory > MAX_MEMBERS * MAX_DIRECTORY_ENTRY:
+                raise ReplayError(f"{path} lists {members:,} members in {directory:,} bytes, "
+                                  f"more than a recording may hold ({MAX_MEMBERS:,} members in "
+                                  f"{MAX_MEMBERS * MAX_DIRECTORY_ENTRY:,} bytes)")
         try:
             self.zf = zipfile.ZipFile(path)
             infos = self.zf.infolist()
@@ -558,7 +629,8 @@ class _Archive:
             raise ReplayError(f"{path} has encrypted members, which recordings never have")
         self.path = path
         self.sizes = {i.filename: i.file_size for i in infos}
-        self.budget = max_bytes
+        self.budget = max_bytes  # members still allowed to unpack
+        self.decoded = max_bytes  # frames still allowed to decode
 
     def read(self, name: str, limit: int | None = None) -> bytes:
         if name not in self.sizes:
@@ -641,10 +713,267 @@ def _objects(values: list[Any]) -> pd.Series:
     return pd.Series(out, dtype=object, copy=False)
 
 
-def _frame(archive: _Archive, desc: dict[str, Any], where: str) -> pd.DataFrame:
+# Decoding a Parquet member is bounded twice. Before anything is decoded, its
+# metadata (row groups, rows, each column's declared size) must fit the budget
+# at a conservative width per value. Then row groups are decoded one at a time,
+# strings kept dictionary-encoded, and their actual decoded size is added up, so
+# a file whose metadata lies stops at the first row group that overshoots.
+
+_PHYSICAL_WIDTH = {"BOOLEAN": 8, "INT32": 8, "INT64": 8, "INT96": 12, "FLOAT": 8, "DOUBLE": 8,
+                   "BYTE_ARRAY": 8}
+
+
+def _too_big(where: str, what: str, size: int, limit: int) -> ReplayError:
+    return ReplayError(f"{where}: {what} {size:,} bytes, over the limit of {limit:,} bytes",
+                       "Pass max_bytes= to load() for larger recordings you trust.")
+
+
+class _Thrift:
+    """Just enough of Thrift's compact protocol to read Parquet page headers."""
+
+    def __init__(self, data: bytes, pos: int, end: int) -> None:
+        self.data, self.pos, self.end = data, pos, end
+
+    def byte(self) -> int:
+        if self.pos >= self.end:
+            raise ValueError("a page header runs past its column")
+        self.pos += 1
+        return self.data[self.pos - 1]
+
+    def skip(self, n: int) -> None:
+        if n < 0 or self.pos + n > self.end:
+            raise ValueError("a page header runs past its column")
+        self.pos += n
+
+    def varint(self) -> int:
+        value = shift = 0
+        while True:
+            b = self.byte()
+            value |= (b & 0x7F) << shift
+            if not b & 0x80:
+                return value
+            shift += 7
+            if shift > 63:
+                raise ValueError("a page header holds an overlong integer")
+
+    def int(self) -> int:
+        n = self.varint()
+        return (n >> 1) ^ -(n & 1)
+
+    def struct(self, depth: int = 0) -> dict[int, Any]:
+        """A struct's integer and struct fields by id (other values are skipped)."""
+        if depth > 8:
+            raise ValueError("a page header nests too deeply")
+        fields: dict[int, Any] = {}
+        last = 0
+        while (head := self.byte()) & 0x0F:
+            last = last + (head >> 4) if head >> 4 else self.int()
+            fields[last] = self.value(head & 0x0F, depth)
+        return fields
+
+    def value(self, kind: int, depth: int) -> Any:
+        if kind in (1, 2):  # a boolean, in the field header itself
+            return kind == 1
+        if kind in (4, 5, 6):
+            return self.int()
+        if kind == 12:
+            return self.struct(depth + 1)
+        if kind in (3, 7, 8):  # byte, double, binary
+            self.skip(1 if kind == 3 else 8 if kind == 7 else self.varint())
+        elif kind in (9, 10):  # list, set
+            head = self.byte()
+            count = self.varint() if head >> 4 == 15 else head >> 4
+            self.elements(count, [head & 0x0F], depth)
+        elif kind == 11:  # map
+            count = self.varint()
+            if count:
+                types = self.byte()
+                self.elements(count, [types >> 4, types & 0x0F], depth)
+        else:
+            raise ValueError(f"a page header holds an unknown Thrift type {kind}")
+        return None
+
+    def elements(self, count: int, kinds: list[int], depth: int) -> None:
+        if count > self.end - self.pos:  # every element takes at least a byte
+            raise ValueError("a page header holds a list longer than its column")
+        for _ in range(count):
+            for kind in kinds:
+                if kind in (1, 2):
+                    self.skip(1)
+                else:
+                    self.value(kind, depth + 1)
+
+
+_DATA_PAGES = {0: 5, 3: 8}  # page type -> the header field describing a data page
+
+
+def _pages(data: bytes, chunk: Any) -> tuple[int, int]:
+    """``(values, uncompressed bytes)`` of a column chunk, from its pages' own headers.
+
+    The reader decodes whole pages, whatever the column's metadata says, so
+    these are the numbers that bound what decoding it costs. It reads no pages
+    for a column that declares no values.
+    """
+    if chunk.num_values <= 0:
+        return 0, 0
+    start = chunk.data_page_offset
+    if chunk.has_dictionary_page and 0 < chunk.dictionary_page_offset < start:
+        start = chunk.dictionary_page_offset
+    end = start + chunk.total_compressed_size
+    if not 0 <= start <= end <= len(data):
+        raise ValueError("a column's pages lie outside the file")
+    reader = _Thrift(data, start, end)
+    values = size = 0
+    while reader.pos < end:
+        header = reader.struct()
+        uncompressed, compressed = header.get(2), header.get(3)
+        if not (isinstance(uncompressed, int) and isinstance(compressed, int)
+                and uncompressed >= 0):
+            raise ValueError("a page header has no valid sizes")
+        described = header.get(_DATA_PAGES.get(header.get(1), 0))
+        if isinstance(described, dict) and isinstance(described.get(1), int):
+            values += max(described[1], 0)
+        size += uncompressed
+        reader.skip(compressed)
+    return values, size
+
+
+def _leaves(t: Any) -> int:
+    """How many Parquet leaf columns an Arrow type is stored as."""
+    import pyarrow as pa
+
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        return _leaves(t.value_type)
+    if pa.types.is_struct(t):
+        return sum(_leaves(t.field(i).type) for i in range(t.num_fields))
+    if pa.types.is_map(t):
+        return _leaves(t.key_type) + _leaves(t.item_type)
+    return 1
+
+
+def _read_parquet(data: bytes, names: list[str], rows: int, objects: list[bool], budget: int,
+                  where: str) -> tuple[Any, int]:
+    """A Parquet member as an Arrow table, and what it costs decoded, within ``budget`` bytes.
+
+    ``objects`` says which columns become Python objects (each value then costs
+    :data:`OBJECT_BYTES` more).
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    if len(data) < 12 or data[-4:] != b"PAR1":
+        raise ReplayError(f"{where} is not a Parquet file")
+    footer = int.from_bytes(data[-8:-4], "little")
+    if footer > MAX_FOOTER:
+        raise ReplayError(f"{where} has a {footer:,}-byte metadata footer, more than a "
+                          f"recording writes ({MAX_FOOTER:,})")
+    pf = pq.ParquetFile(pa.BufferReader(data), thrift_string_size_limit=MAX_FOOTER,
+                        thrift_container_size_limit=1 << 16)
+    meta = pf.metadata
+    fields = pf.schema_arrow
+    if meta.num_rows != rows or fields.names != names:
+        raise ReplayError(f"{where} does not match the manifest (its rows or columns differ)")
+    owner = [i for i, f in enumerate(fields) for _ in range(_leaves(f.type))]
+    if len(owner) != meta.num_columns:
+        raise ReplayError(f"{where} does not match the manifest (its columns differ)")
+    leaves = [pf.schema.column(j) for j in range(meta.num_columns)]
+    group_limit = min(MAX_ROW_GROUP_BYTES, budget)
+    column_limit = min(MAX_COLUMN_BYTES, budget)
+    total = 0
+    for g in range(meta.num_row_groups):
+        group = meta.row_group(g)
+        estimate = 0
+        for j, leaf in enumerate(leaves):
+            chunk = group.column(j)
+            if leaf.max_repetition_level == 0 and chunk.num_values != group.num_rows:
+                raise ReplayError(f"{where} is inconsistent: a column of row group {g} holds "
+                                  f"{chunk.num_values} values for {group.num_rows} rows")
+            values, paged = _pages(data, chunk)
+            declared = max(chunk.total_uncompressed_size, paged)
+            if declared > column_limit:
+                raise _too_big(where, f"column {leaf.path} of row group {g} declares",
+                               declared, column_limit)
+            width = leaf.length if leaf.physical_type == "FIXED_LEN_BYTE_ARRAY" else \
+                _PHYSICAL_WIDTH.get(leaf.physical_type, 8)
+            per_value = width + (OBJECT_BYTES if objects[owner[j]] else 0)
+            estimate += max(max(chunk.num_values, values) * per_value, declared)
+        if estimate > group_limit:
+            raise _too_big(where, f"row group {g} would decode to", estimate, group_limit)
+        total += estimate
+        if total > budget:
+            raise _too_big(where, "its metadata declares at least", total, budget)
+
+    # strings stay dictionary-encoded until their decoded size is known
+    strings = [j for j, leaf in enumerate(leaves) if leaf.physical_type == "BYTE_ARRAY"]
+    pf = pq.ParquetFile(pa.BufferReader(data), read_dictionary=strings,
+                        thrift_string_size_limit=MAX_FOOTER,
+                        thrift_container_size_limit=1 << 16)
+    parts = []
+    spent = 0
+    for g in range(meta.num_row_groups):
+        part = pf.read_row_group(g, use_threads=False)
+        if part.num_rows != meta.row_group(g).num_rows:
+            raise ReplayError(f"{where} is inconsistent: row group {g} holds {part.num_rows} "
+                              f"rows, not the {meta.row_group(g).num_rows} it declares")
+        cost = 0
+        for i, column in enumerate(part.columns):
+            for chunk in column.chunks:
+                size, count = _decoded_size(chunk)
+                cost += 2 * size + count * OBJECT_BYTES if objects[i] else size
+        spent += cost
+        if cost > group_limit:
+            raise _too_big(where, f"row group {g} decodes to", cost, group_limit)
+        if spent > budget:
+            raise _too_big(where, "it decodes to at least", spent, budget)
+        parts.append(pa.Table.from_arrays([_plain(c) for c in part.columns],
+                                          names=part.column_names))
+    if not parts:
+        return pa.table({n: pa.array([], _plain_type(f.type)) for n, f in
+                         zip(names, fields, strict=True)}), 0
+    return pa.concat_tables(parts), spent
+
+
+def _decoded_size(arr: Any) -> tuple[int, int]:
+    """``(bytes, values)`` of an Arrow array with its dictionaries expanded, without expanding."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    t = arr.type
+    if pa.types.is_dictionary(t):
+        lengths = pc.binary_length(arr.dictionary)
+        data = pc.sum(pc.take(lengths, arr.indices)).as_py() or 0
+        return arr.indices.nbytes + (len(arr) + 1) * 8 + data, len(arr)
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        size, count = _decoded_size(arr.values)
+        return size + (len(arr) + 1) * 8, count + len(arr)
+    if pa.types.is_struct(t):
+        sizes = [_decoded_size(arr.field(i)) for i in range(t.num_fields)]
+        return sum(s for s, _ in sizes), sum(c for _, c in sizes) + len(arr)
+    return arr.nbytes, len(arr)
+
+
+def _plain_type(t: Any) -> Any:
+    """``t`` with its dictionary-encoded parts as their value types."""
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(t):
+        return _plain_type(t.value_type)
+    if pa.types.is_list(t):
+        return pa.list_(t.value_field.with_type(_plain_type(t.value_type)))
+    if pa.types.is_large_list(t):
+        return pa.large_list(t.value_field.with_type(_plain_type(t.value_type)))
+    if pa.types.is_struct(t):
+        return pa.struct([t.field(i).with_type(_plain_type(t.field(i).type))
+                          for i in range(t.num_fields)])
+    return t
+
+
+def _plain(column: Any) -> Any:
+    plain = _plain_type(column.type)
+    return column if plain == column.type else column.cast(plain)
+
+
+def _frame(archive: _Archive, desc: dict[str, Any], where: str) -> pd.DataFrame:
     member = _need(desc, "file", str, where)
     rows = _need(desc, "rows", int, where)
     cols = _need(desc, "columns", list, where)
@@ -659,16 +988,14 @@ def _frame(archive: _Archive, desc: dict[str, Any], where: str) -> pd.DataFrame:
         raise ReplayError(f"malformed recording: {where} has duplicate or unknown columns")
     data = archive.read(member)
     where = f"{archive.path}:{member}"
+    objects = [kind not in _NUMERIC and not _TIMES.fullmatch(kind) for _, kind in spec]
     try:
-        pf = pq.ParquetFile(pa.BufferReader(data))
-        if pf.metadata.num_rows != rows or pf.schema_arrow.names != names:
-            raise ReplayError(f"{where} does not match the manifest (its rows or columns "
-                              "differ)")
-        table = pf.read()
+        table, cost = _read_parquet(data, names, rows, objects, archive.decoded, where)
     except ReplayError:
         raise
     except Exception as e:  # noqa: BLE001 - any failure of a crafted or damaged Parquet file
         raise ReplayError(f"{where} is not a readable Parquet file ({e})") from None
+    archive.decoded -= cost
     if table.num_rows != rows:
         raise ReplayError(f"{where} does not match the manifest (row count)")
     try:

@@ -1,0 +1,369 @@
+"""Hostile recordings are cheap to refuse: bombs are rejected before they are decoded.
+
+Each crafted file is loaded the way ``%bpf load`` does (load, then announce) in
+a fresh interpreter, which reports its peak memory over its own baseline (taken
+after importing what loading needs) and the seconds the load took. The child's
+address space is capped, so a loader that did decode a bomb fails quickly
+instead of exhausting the machine.
+
+The Parquet bombs are written byte by byte: int64 zeros whose pages are one
+run-length-encoded run, so a file of a few KB holds billions of values.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+import re
+import resource
+import struct
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import ebpf_magic
+from ebpf_magic import recording, replay
+from ebpf_magic.errors import ReplayError
+from ebpf_magic.probes import Probe
+
+MEMORY = 300 << 20  # peak RSS a refusal may add to the interpreter's
+SECONDS = 5.0  # how long a refusal may take
+ADDRESS_SPACE = 6 << 30  # the child's cap: far above a refusal, far below a decoded bomb
+REPO = Path(__file__).resolve().parent.parent
+
+CHILD = r"""
+import json, resource, sys, time
+import numpy, pandas, pyarrow, pyarrow.parquet
+import ebpf_magic
+from ebpf_magic import replay
+from ebpf_magic.errors import ReplayError
+
+def peak():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+base = peak()
+start = time.perf_counter()
+try:
+    print(replay.announce(ebpf_magic.load(sys.argv[1])), file=sys.stderr)
+    error = None
+except ReplayError as e:
+    error = str(e)
+print(json.dumps({"error": error, "seconds": time.perf_counter() - start,
+                  "memory": peak() - base}))
+"""
+
+
+def load_in_child(path: Path) -> dict[str, Any]:
+    """What loading ``path`` in a fresh interpreter raised, cost in memory, and took."""
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE, ADDRESS_SPACE))
+
+    done = subprocess.run([sys.executable, "-c", CHILD, str(path)], capture_output=True,
+                          text=True, timeout=120, preexec_fn=cap)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout)
+
+
+def assert_refused_cheaply(path: Path, message: str) -> str:
+    result = load_in_child(path)
+    assert result["error"] is not None, "the crafted file loaded"
+    assert re.search(message, result["error"]), result["error"]
+    assert result["memory"] < MEMORY, f"{result['memory'] >> 20} MB to refuse it"
+    assert result["seconds"] < SECONDS, f"{result['seconds']:.1f} s to refuse it"
+    assert "Traceback" not in result["error"] and len(result["error"]) < 400
+    return result["error"]
+
+
+# -- Parquet written by hand: Thrift compact protocol, uncompressed pages ---------------
+
+_CODES = {"i32": 5, "i64": 6, "bin": 8, "list": 9, "struct": 12}
+
+
+def varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append(n & 0x7F | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            return bytes(out)
+
+
+def thrift(kind: str, v: Any) -> bytes:
+    if kind in ("i32", "i64"):
+        return varint((v << 1) ^ (v >> 63))
+    if kind == "bin":
+        return varint(len(v)) + v.encode()
+    if kind == "struct":
+        return v
+    item, items = v
+    n = len(items)
+    head = bytes([n << 4 | _CODES[item]]) if n < 15 else bytes([0xF0 | _CODES[item]]) + varint(n)
+    return head + b"".join(thrift(item, x) for x in items)
+
+
+def struct_(*fields: tuple[int, str, Any]) -> bytes:
+    out, last = bytearray(), 0
+    for fid, kind, v in fields:
+        out.append((fid - last) << 4 | _CODES[kind])
+        out += thrift(kind, v)
+        last = fid
+    return bytes(out + b"\0")
+
+
+def run(count: int, value: int) -> bytes:
+    """One run of the RLE/bit-packed hybrid encoding: ``count`` times ``value``."""
+    return varint(count << 1) + bytes([value])
+
+
+def page(kind: int, payload: bytes, values: int) -> bytes:
+    if kind == 2:  # dictionary page, PLAIN
+        described = (7, "struct", struct_((1, "i32", values), (2, "i32", 0)))
+    else:  # data page v1: RLE_DICTIONARY values, RLE levels
+        described = (5, "struct", struct_((1, "i32", values), (2, "i32", 8), (3, "i32", 3),
+                                          (4, "i32", 3)))
+    return struct_((1, "i32", kind), (2, "i32", len(payload)), (3, "i32", len(payload)),
+                   described) + payload
+
+
+def zeros_parquet(groups: int, rows: int, elements: int = 0, declared_values: int | None = None,
+                  declared_size: int | None = None) -> bytes:
+    """Column ``x``: int64 zeros in ``groups`` row groups of ``rows`` rows.
+
+    ``elements`` makes ``x`` a list<int64> whose rows each hold that many
+    zeros; ``declared_values`` and ``declared_size`` replace what each column's
+    metadata says it holds.
+    """
+    values = rows * elements if elements else rows
+    dictionary = page(2, b"\0" * 8, 1)
+    payload = bytes([1]) + run(values, 0)
+    if elements:
+        reps = b"".join(run(1, 0) + run(elements - 1, 1) for _ in range(rows))
+        defs = run(values, 2)
+        payload = (len(reps).to_bytes(4, "little") + reps + len(defs).to_bytes(4, "little")
+                   + defs + payload)
+    chunk = dictionary + page(0, payload, values)
+    size = len(chunk) if declared_size is None else declared_size
+    path = ["x", "list", "element"] if elements else ["x"]
+    out = bytearray(b"PAR1")
+    row_groups = []
+    for _ in range(groups):
+        start = len(out)
+        out += chunk
+        meta = struct_((1, "i32", 2), (2, "list", ("i32", [0, 3, 8])),
+                       (3, "list", ("bin", path)), (4, "i32", 0),
+                       (5, "i64", values if declared_values is None else declared_values),
+                       (6, "i64", size), (7, "i64", len(chunk)),
+                       (9, "i64", start + len(dictionary)), (11, "i64", start))
+        column = struct_((2, "i64", start), (3, "struct", meta))
+        row_groups.append(struct_((1, "list", ("struct", [column])), (2, "i64", size),
+                                  (3, "i64", rows)))
+    schema = [struct_((4, "bin", "schema"), (5, "i32", 1))]
+    if elements:
+        schema += [struct_((3, "i32", 1), (4, "bin", "x"), (5, "i32", 1), (6, "i32", 3)),
+                   struct_((3, "i32", 2), (4, "bin", "list"), (5, "i32", 1))]
+    schema.append(struct_((1, "i32", 2), (3, "i32", 0), (4, "bin", path[-1])))
+    footer = struct_((1, "i32", 1), (2, "list", ("struct", schema)),
+                     (3, "i64", groups * rows), (4, "list", ("struct", row_groups)))
+    return bytes(out + footer + len(footer).to_bytes(4, "little") + b"PAR1")
+
+
+# -- recordings around a crafted stream -------------------------------------------------
+
+
+class _Stream:
+    def __init__(self, df: pd.DataFrame) -> None:
+        self.df, self.stats = df, {"received": len(df)}
+
+
+class _Prog:
+    name, source, cflags, pid = "p", "int x;", [], None
+    probes = [Probe("tracepoint", "sched:sched_switch", "f")]
+    attached = ["tracepoint:sched:sched_switch"]
+    running, stopped_at, maps = True, None, {}
+
+    def __init__(self, df: pd.DataFrame) -> None:
+        self.started_at = time.time()
+        self.events = {"ev": _Stream(df)}
+
+
+def recording_with(path: Path, stream: bytes, rows: int, columns: list[list[str]],
+                   change=None) -> Path:
+    """A recording of one stream whose Parquet member is ``stream``."""
+    recording.save(_Prog(pd.DataFrame({"x": np.zeros(1, np.int64)})), path)
+    with zipfile.ZipFile(path) as zf:
+        manifest = json.loads(zf.read(recording.MANIFEST))
+    manifest["streams"][0].update(rows=rows, columns=columns)
+    if change:
+        change(manifest)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr(recording.MANIFEST, json.dumps(manifest))
+        zf.writestr("streams/0.parquet", stream)
+    return path
+
+
+def test_crafted_parquet_reads_as_written() -> None:
+    flat = pq.read_table(io.BytesIO(zeros_parquet(3, 5)))
+    assert flat.num_rows == 15 and flat.column("x").to_pylist() == [0] * 15
+    nested = pq.read_table(io.BytesIO(zeros_parquet(2, 3, elements=4, declared_values=3)))
+    assert nested.column("x").to_pylist() == [[0] * 4] * 6
+    assert pq.ParquetFile(io.BytesIO(zeros_parquet(2, 3, elements=4, declared_values=3))) \
+        .metadata.row_group(0).column(0).num_values == 3
+
+
+def test_parquet_bomb_is_refused_from_its_metadata(tmp_path: Path) -> None:
+    bomb = zeros_parquet(30, 10_000_000)  # 2.4 GB of int64 zeros
+    path = recording_with(tmp_path / "bomb.bpfrec", bomb, 300_000_000, [["x", "int64"]])
+    assert path.stat().st_size < 10_000
+    error = assert_refused_cheaply(
+        path, r"bomb\.bpfrec:streams/0\.parquet: its metadata declares at least "
+              r"[\d,]+ bytes, over the limit of 1,073,741,824 bytes")
+    assert "max_bytes=" in error
+
+
+def test_metadata_that_lies_is_refused_from_the_page_headers(tmp_path: Path) -> None:
+    # one row holding a billion zeros, while its column claims one value of 16 bytes
+    bomb = zeros_parquet(1, 1, elements=1_000_000_000, declared_values=1, declared_size=16)
+    meta = pq.ParquetFile(io.BytesIO(bomb)).metadata.row_group(0).column(0)
+    assert (meta.num_values, meta.total_uncompressed_size) == (1, 16)
+    path = recording_with(tmp_path / "liar.bpfrec", bomb, 1, [["x", "list"]])
+    assert path.stat().st_size < 10_000
+    assert_refused_cheaply(path, r"liar\.bpfrec:streams/0\.parquet: row group 0 would decode "
+                                 r"to [\d,]+ bytes, over the limit of [\d,]+ bytes")
+
+
+def test_strings_are_measured_before_they_expand(tmp_path: Path) -> None:
+    # 4000 rows of one 512 KiB string: metadata declares 512 KiB, decoding makes 2 GiB
+    column = pa.DictionaryArray.from_arrays(pa.array(np.zeros(4000, np.int32)),
+                                            pa.array(["a" * (512 << 10)]))
+    buf = io.BytesIO()
+    pq.write_table(pa.table({"x": column}), buf, compression="zstd", store_schema=False)
+    meta = pq.ParquetFile(io.BytesIO(buf.getvalue())).metadata.row_group(0).column(0)
+    assert meta.total_uncompressed_size < 1 << 20
+    path = recording_with(tmp_path / "strings.bpfrec", buf.getvalue(), 4000, [["x", "str"]])
+    assert path.stat().st_size < 10_000
+    assert_refused_cheaply(path, r"strings\.bpfrec:streams/0\.parquet: row group 0 decodes to "
+                                 r"[\d,]+ bytes, over the limit of 1,073,741,824 bytes")
+
+
+@functools.cache
+def central_directory(members: int) -> bytes:
+    """Central-directory entries of ``members`` empty members."""
+    entry = struct.pack("<4s6H3L5H2L", b"PK\x01\x02", 20, 20, 0, 0, 0, 0, 0, 0, 0, 21, 0, 0,
+                        0, 0, 0, 0)  # then a 21-byte name
+    return b"".join(entry + b"maps/0/%06d.parquet" % i for i in range(members))
+
+
+def directory_bomb(path: Path, members: int, declared: int) -> Path:
+    """A zip whose central directory lists ``members`` empty members (``declared`` in its end
+    records), with no data: all zipfile needs to start parsing the directory."""
+    directory = central_directory(members)
+    end64 = struct.pack("<4sQ2H2L4Q", b"PK\x06\x06", 44, 45, 45, 0, 0, declared, declared,
+                        len(directory), 0)
+    locator = struct.pack("<4sLQL", b"PK\x06\x07", 0, len(directory), 1)
+    end = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, 0xFFFF, 0xFFFF, 0xFFFFFFFF, 0, 0)
+    path.write_bytes(directory + end64 + locator + end)
+    return path
+
+
+@pytest.mark.parametrize("declared", [1_000_000, 3], ids=["honest", "lying-count"])
+def test_million_member_zip_is_refused_from_its_end_record(tmp_path: Path,
+                                                           declared: int) -> None:
+    path = directory_bomb(tmp_path / "members.bpfrec", 1_000_000, declared)
+    with zipfile.ZipFile(directory_bomb(tmp_path / "small.bpfrec", 3, 3)) as zf:
+        assert len(zf.infolist()) == 3  # zipfile reads the crafted layout
+    assert_refused_cheaply(path, rf"members\.bpfrec lists {declared:,} members in 67,000,000 "
+                                 r"bytes, more than a recording may hold \(10,000 members in "
+                                 r"1,280,000 bytes\)")
+
+
+def test_capture_time_out_of_range_is_a_short_error(tmp_path: Path) -> None:
+    path = recording_with(tmp_path / "time.bpfrec", recording.frame_to_parquet(
+        pd.DataFrame({"x": np.zeros(1, np.int64)}))[0], 1, [["x", "int64"]],
+        lambda m: m["capture"].update(start=1e20))
+    assert_refused_cheaply(path, r"malformed recording: capture\.start is out of range "
+                                 r"\(1e\+20 s since 1970")
+
+
+def plain_recording(tmp_path: Path, change) -> Path:
+    df = pd.DataFrame({"x": np.zeros(1, np.int64)})
+    return recording_with(tmp_path / "r.bpfrec", recording.frame_to_parquet(df)[0], 1,
+                          [["x", "int64"]], change)
+
+
+@pytest.mark.parametrize("where, value", [
+    (("capture", "end"), -1), (("capture", "saved"), 2**70), (("capture", "start"), 1e300),
+    (("capture", "start"), replay.MAX_TIME + 1)])
+def test_every_capture_time_is_checked(tmp_path: Path, where: tuple[str, str], value) -> None:
+    path = plain_recording(tmp_path, lambda m: m[where[0]].update({where[1]: value}))
+    with pytest.raises(ReplayError, match=rf"{where[0]}\.{where[1]} is out of range"):
+        ebpf_magic.load(path)
+
+
+def test_snapshot_times_are_checked(tmp_path: Path) -> None:
+    def far_snapshot(m: dict) -> None:
+        m["maps"] = [{"name": "m", "kind": "hash", "declared": "", "key_type": "u32",
+                      "value_type": "u64", "max_entries": 1, "key_dtype": None,
+                      "value_dtype": None, "info": {}, "snapshots": [
+                          {"time": 1e13, "file": "streams/0.parquet", "rows": 1,
+                           "columns": [["x", "int64"]], "index": []}]}]
+
+    with pytest.raises(ReplayError, match=r"maps\[0\]\.snapshots\[0\]\.time is out of range"):
+        ebpf_magic.load(plain_recording(tmp_path, far_snapshot))
+
+
+def test_times_in_range_load_and_show(tmp_path: Path) -> None:
+    prog = ebpf_magic.load(plain_recording(
+        tmp_path, lambda m: m["capture"].update(start=replay.MAX_TIME, end=None)))
+    assert "at 2242-03-16" in str(prog.recording)
+    odd = replay.RecordingInfo(Path("x"), 1, {}, 1e20, None, None)
+    assert "at unknown time" in str(odd)
+
+
+def test_huge_parquet_footer_is_refused(tmp_path: Path) -> None:
+    table = pa.table({"x": np.zeros(1, np.int64)})
+    buf = io.BytesIO()
+    pq.write_table(table.replace_schema_metadata({"pad": "a" * (8 << 20)}), buf)
+    path = recording_with(tmp_path / "footer.bpfrec", buf.getvalue(), 1, [["x", "int64"]])
+    with pytest.raises(ReplayError, match=r"footer\.bpfrec:streams/0\.parquet has a "
+                                          r"[\d,]+-byte metadata footer"):
+        ebpf_magic.load(path)
+
+
+def test_max_bytes_bounds_decoded_frames(tmp_path: Path) -> None:
+    stream = zeros_parquet(1, 100_000)  # 800 KB decoded from a few hundred bytes
+    path = recording_with(tmp_path / "r.bpfrec", stream, 100_000, [["x", "int64"]])
+    assert ebpf_magic.load(path).events["ev"].df["x"].sum() == 0
+    assert sum(i.file_size for i in zipfile.ZipFile(path).infolist()) < 100_000
+    with pytest.raises(ReplayError, match=r"over the limit of 200,000 bytes"):
+        ebpf_magic.load(path, max_bytes=200_000)
+
+
+def test_frames_read_row_group_by_row_group(tmp_path: Path) -> None:
+    df = pd.DataFrame({"pid": np.arange(20, dtype=np.uint32),
+                       "comm": [f"c{i % 3}" for i in range(20)],
+                       "stack": pd.Series([["a", f"b{i}"] for i in range(20)], dtype=object)})
+    member, desc = recording.frame_to_parquet(df)
+    table = pq.read_table(io.BytesIO(member))
+    buf = io.BytesIO()
+    pq.write_table(table, buf, row_group_size=6)
+    assert pq.ParquetFile(io.BytesIO(buf.getvalue())).metadata.num_row_groups == 4
+    path = recording_with(tmp_path / "r.bpfrec", buf.getvalue(), 20, desc["columns"])
+    pd.testing.assert_frame_equal(ebpf_magic.load(path).events["ev"].df, df, check_exact=True)
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "notebooks" / "recordings").glob("*.bpfrec")),
+                         ids=lambda p: p.name)
+def test_committed_recordings_still_load(path: Path) -> None:
+    prog = ebpf_magic.load(path)
+    assert len(prog.maps) or len(prog.events)
+    assert "unknown time" not in str(prog.recording)
