@@ -11,8 +11,8 @@ from __future__ import annotations
 import functools
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -41,8 +41,7 @@ class BTFError(BPFError):
     """BTF that cannot be read, or a type or name it does not have."""
 
 
-@dataclass(frozen=True)
-class Member:
+class Member(NamedTuple):
     """A struct or union member; ``bit_offset`` from the start of the aggregate."""
 
     name: str
@@ -51,22 +50,19 @@ class Member:
     bitfield_size: int = 0
 
 
-@dataclass(frozen=True)
-class Enumerator:
+class Enumerator(NamedTuple):
     name: str
     value: int
 
 
-@dataclass(frozen=True)
-class Param:
+class Param(NamedTuple):
     """A ``func_proto`` parameter (``type`` 0 and no name: the ``...`` of a variadic)."""
 
     name: str
     type: int
 
 
-@dataclass(frozen=True)
-class VarSecinfo:
+class VarSecinfo(NamedTuple):
     """One variable of a DATASEC: its VAR (or FUNC) type id, offset and size in the section."""
 
     type: int
@@ -74,8 +70,7 @@ class VarSecinfo:
     size: int
 
 
-@dataclass(frozen=True)
-class Type:
+class Type(NamedTuple):
     """One decoded BTF type.
 
     ``size`` is set for int/struct/union/enum/enum64/datasec/float; ``type`` is the type
@@ -133,6 +128,7 @@ class Spec:
         self._strings = b"\0"
         self._str_base = 0  # string offsets below this are the base's
         self._words = np.zeros(0, "<u4")
+        self._raw = b""  # the type section
         self._starts = np.zeros(0, np.int64)  # word index of each record
         self._kinds = np.zeros(0, np.uint8)
         self._name_offs = np.zeros(0, np.uint32)
@@ -171,6 +167,7 @@ class Spec:
             spec._str_base = base._str_base + len(base._strings)
         words = np.frombuffer(raw, order + "u4", type_len // 4, types_at)
         spec._words = words
+        spec._raw = raw[types_at:types_at + type_len]
         spec._starts = _record_starts(words)
         starts = spec._starts
         info = words[starts + 1] if len(starts) else np.zeros(0, np.uint32)
@@ -277,72 +274,62 @@ class Spec:
 
     def string(self, offset: int) -> str:
         """The string at ``offset`` of the string section (the base's for low offsets)."""
-        if offset < self._str_base:
+        off = offset - self._str_base
+        if off < 0:
             assert self.base is not None
             return self.base.string(offset)
-        off = offset - self._str_base
-        if off >= len(self._strings):
-            raise BTFError(f"string offset {offset} is beyond the BTF string section")
         end = self._strings.find(b"\0", off)
-        return self._strings[off:end if end >= 0 else None].decode("utf-8", "replace")
+        if end < 0:
+            if off >= len(self._strings):
+                raise BTFError(f"string offset {offset} is beyond the BTF string section")
+            end = len(self._strings)
+        return self._strings[off:end].decode("utf-8", "replace")
 
     # -- decoding -------------------------------------------------------------------------
 
     def _decode(self, type_id: int) -> Type:
-        at = int(self._starts[type_id - self._first])
-        w = self._words
-        name_off, info, size_or_type = (int(x) for x in w[at:at + 3])
+        at = 4 * int(self._starts[type_id - self._first])
+        name_off, info, size_or_type = struct.unpack_from(self.byteorder + "3I", self._raw, at)
         code = (info >> 24) & 0x1F
         kind, vlen, flag = KINDS[code], info & 0xFFFF, bool(info >> 31)
-        name = self.string(name_off)
-        t = Type(type_id, kind, name, kind_flag=flag)
-        if kind in _SIZED:
-            t = replace(t, size=size_or_type)
-        else:
-            t = replace(t, type=size_or_type)
-        extra = [int(x) for x in w[at + 3:at + 3 + _EXTRA[code][0] + _EXTRA[code][1] * vlen]]
+        fixed, per = _EXTRA[code]
+        extra = struct.unpack_from(f"{self.byteorder}{fixed + per * vlen}I", self._raw, at + 12)
+        string = self.string
+        kw: dict = {"size" if kind in _SIZED else "type": size_or_type}
         if kind == "int":
             enc = extra[0]
-            return replace(t, encoding=(enc >> 24) & 0xF, int_offset=(enc >> 16) & 0xFF,
-                           bits=enc & 0xFF)
-        if kind == "array":
-            return replace(t, type=extra[0], index_type=extra[1], nelems=extra[2])
-        if kind in ("struct", "union"):
+            kw.update(encoding=(enc >> 24) & 0xF, int_offset=(enc >> 16) & 0xFF, bits=enc & 0xFF)
+        elif kind == "array":
+            kw.update(type=extra[0], index_type=extra[1], nelems=extra[2])
+        elif kind in ("struct", "union"):
             members = []
-            for i in range(vlen):
-                m_name, m_type, off = extra[3 * i:3 * i + 3]
+            for i in range(0, 3 * vlen, 3):
+                m_name, m_type, off = extra[i:i + 3]
                 bits, off = (off >> 24, off & 0xFFFFFF) if flag else (0, off)
-                members.append(Member(self.string(m_name), m_type, off, bits))
-            return replace(t, members=tuple(members))
-        if kind == "enum":
+                members.append(Member(string(m_name), m_type, off, bits))
+            kw["members"] = tuple(members)
+        elif kind in ("enum", "enum64"):
+            step, width = (2, 32) if kind == "enum" else (3, 64)
             vals = []
-            for i in range(vlen):
-                value = extra[2 * i + 1]
-                if flag and value >= 1 << 31:
-                    value -= 1 << 32
-                vals.append(Enumerator(self.string(extra[2 * i]), value))
-            return replace(t, enumerators=tuple(vals))
-        if kind == "enum64":
-            vals = []
-            for i in range(vlen):
-                value = extra[3 * i + 1] | extra[3 * i + 2] << 32
-                if flag and value >= 1 << 63:
-                    value -= 1 << 64
-                vals.append(Enumerator(self.string(extra[3 * i]), value))
-            return replace(t, enumerators=tuple(vals))
-        if kind == "func_proto":
-            return replace(t, params=tuple(Param(self.string(extra[2 * i]), extra[2 * i + 1])
-                                           for i in range(vlen)))
-        if kind == "var":
-            return replace(t, linkage=extra[0])
-        if kind == "func":
-            return replace(t, linkage=vlen)
-        if kind == "decl_tag":
-            idx = extra[0]
-            return replace(t, component_idx=idx - (1 << 32) if idx >= 1 << 31 else idx)
+            for i in range(0, step * vlen, step):
+                value = extra[i + 1] if step == 2 else extra[i + 1] | extra[i + 2] << 32
+                if flag and value >> (width - 1):
+                    value -= 1 << width
+                vals.append(Enumerator(string(extra[i]), value))
+            kw["enumerators"] = tuple(vals)
+        elif kind == "func_proto":
+            kw["params"] = tuple(Param(string(extra[i]), extra[i + 1])
+                                 for i in range(0, 2 * vlen, 2))
+        elif kind == "var":
+            kw["linkage"] = extra[0]
+        elif kind == "func":
+            kw["linkage"] = vlen
+        elif kind == "decl_tag":
+            kw["component_idx"] = extra[0] - (1 << 32) if extra[0] >> 31 else extra[0]
+        t = Type(type_id, kind, string(name_off), kind_flag=flag, **kw)
         if kind == "datasec":
-            infos = [VarSecinfo(*extra[3 * i:3 * i + 3]) for i in range(vlen)]
-            return self._fix_datasec(t, infos)
+            return self._fix_datasec(t, [VarSecinfo(*extra[i:i + 3])
+                                         for i in range(0, 3 * vlen, 3)])
         return t
 
     def _fix_datasec(self, t: Type, infos: list[VarSecinfo]) -> Type:
@@ -355,9 +342,9 @@ class Spec:
             for info in infos:
                 var_name = self.type(info.type).name
                 offset = symbols.get(var_name, info.offset)
-                fixed.append(replace(info, offset=offset))
+                fixed.append(info._replace(offset=offset))
             infos = fixed
-        return replace(t, size=size, secinfo=tuple(infos))
+        return t._replace(size=size, secinfo=tuple(infos))
 
 
 def _record_starts(words: np.ndarray) -> np.ndarray:
