@@ -466,3 +466,75 @@ def test_kernel_type_name_clash_says_rename(no_leaks):
         Program(cell, defines={"PID": 1})
     assert "cell, line 2: error: redefinition of 'key'" in err.value.message
     assert "vmlinux.h" in err.value.hint and "rename" in err.value.hint
+
+
+PROBE_KINDS = """\
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __type(key, u32);
+    __type(value, u64);
+    __uint(max_entries, 16);
+} counts SEC(".maps");
+
+static void bump(u32 slot)
+{
+    u64 one = 1, *n = bpf_map_lookup_elem(&counts, &slot);
+    if (n)
+        __sync_fetch_and_add(n, 1);
+    else
+        bpf_map_update_elem(&counts, &slot, &one, BPF_NOEXIST);
+}
+
+static bool mine(void) { return bpf_get_current_pid_tgid() >> 32 == PID; }
+
+SEC("raw_tp/sys_enter")
+int raw(struct bpf_raw_tracepoint_args *ctx)
+{
+    if (mine() && ctx->args[1] == NR_GETPPID) bump(1);
+    return 0;
+}
+
+SEC("tp_btf/sys_enter")
+int BPF_PROG(typed, struct pt_regs *regs, long id)
+{
+    if (mine() && id == NR_GETPPID) bump(2);
+    return 0;
+}
+
+SEC("uprobe")
+int on_getpid(void *ctx) { bump(3); return 0; }
+
+SEC("uprobe/libc.so.6:getpid")
+int on_getpid_sec(void *ctx) { if (mine()) bump(4); return 0; }
+
+SEC("perf_event")
+int sample(void *ctx) { if (mine()) bump(5); return 0; }
+"""
+
+
+@needs_libbpf
+@pytest.mark.kernel
+def test_probe_kinds_from_sections_and_specs(no_leaks):
+    import ctypes
+
+    libc = ctypes.CDLL(None)
+    nr_getppid = {"x86_64": 110, "aarch64": 173}.get(os.uname().machine)
+    if nr_getppid is None:
+        pytest.skip(f"getppid's syscall number on {os.uname().machine} is not in this test")
+    n, me = 300, os.getpid()
+    with Program(PROBE_KINDS, defines={"PID": me, "NR_GETPPID": nr_getppid}, pid=me,
+                 attach=["uprobe:c:getpid=on_getpid", "software:cpu-clock:100000=sample"]
+                 ) as prog:
+        assert prog.attached == [
+            "rawtracepoint:sys_enter=raw", "rawtracepoint:sys_enter=typed",
+            "uprobe:libc.so.6:getpid=on_getpid_sec", f"uprobe:c:getpid (pid {me})=on_getpid",
+            f"software:cpu-clock:100000 (pid {me})=sample"]
+        for _ in range(n):
+            os.getppid()
+            libc.getpid()
+        deadline = time.monotonic() + 0.2
+        while time.monotonic() < deadline:  # on CPU, for the cpu-clock samples
+            pass
+        counts = {int(k): int(v) for k, v in prog.maps["counts"].items()}
+    assert {k: counts.get(k) for k in (1, 2, 3, 4)} == {1: n, 2: n, 3: n, 4: n}
+    assert counts.get(5, 0) > 0
