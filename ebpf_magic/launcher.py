@@ -193,8 +193,9 @@ def restrict(caps: set[int]) -> int:
     return keep
 
 
-def account(name: str = ACCOUNT) -> pwd.struct_passwd:
-    """The password entry of the kernel's account; :class:`LaunchError` when there is none."""
+def account(name: str | None = None) -> pwd.struct_passwd:
+    """The password entry of ``name`` (default :data:`ACCOUNT`); LaunchError if missing."""
+    name = name or ACCOUNT
     try:
         return pwd.getpwnam(name)
     except KeyError:

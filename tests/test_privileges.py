@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from ebpf_magic import kernel, kernelspec, launcher
 from conftest import COUNT_CELL, loaded_prog_ids, uprobe_events
 
 NAME = "ebpf-privileges-test"
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 ETH_P_TEST = 0x88B5  # IEEE 802 local experimental ethertype: nothing else sends it
 
 
@@ -89,6 +91,11 @@ print(json.dumps({"home": os.environ["HOME"], "child": child,
         assert child["Uid"] == str(entry.pw_uid)
         assert seen["home"] == entry.pw_dir
         assert seen["ipython"].startswith(entry.pw_dir)
+        # Recordings may be saved next to the notebooks; the notebooks stay root's.
+        where = json.loads(execute(client, f"""
+print(json.dumps([os.access({str(NOTEBOOKS / "recordings")!r}, os.W_OK),
+                  os.access({str(NOTEBOOKS)!r}, os.W_OK)]))"""))
+        assert where == [True, False]
         detail = execute(client, "from ebpf_magic import doctor\n"
                                  "print(doctor.check_process().detail)")
         assert f"uid {entry.pw_uid} ({entry.pw_name})" in detail
@@ -281,6 +288,48 @@ print(int(getpids.maps["calls"][tid]) - start)""")
         assert not [e for e in uprobe_events() if f"ebpf_magic_{pid}/" in e]
         assert "xdp" not in subprocess.run(["ip", "-d", "link", "show", a],
                                            capture_output=True, text=True).stdout
+
+
+def launch(tmp_path: Path, setup: str) -> subprocess.CompletedProcess:
+    """Run the launcher as the kernelspec does, after ``setup`` (Python) has run."""
+    connection = tmp_path / "connection.json"
+    connection.write_text("{}")
+    code = (f"import sys\nfrom ebpf_magic import launcher\n{setup}\n"
+            f"sys.exit(launcher.main(['-f', {str(connection)!r}]))")
+    return subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True,
+                          timeout=20)
+
+
+def test_launcher_refuses_to_run_as_root_without_the_account(tmp_path):
+    _account()
+    done = launch(tmp_path, "launcher.ACCOUNT = 'ebpf-magic-no-such-user'")
+    assert done.returncode == 1
+    assert "no user 'ebpf-magic-no-such-user'" in done.stderr
+    assert "scripts/setup.sh" in done.stderr
+
+
+def test_launcher_refuses_when_its_account_could_change_its_code(tmp_path):
+    _account()
+    opened = Path(tempfile.mkdtemp(prefix="ebpf-magic-open-", dir="/var/tmp"))
+    try:
+        opened.chmod(0o777)
+        done = launch(tmp_path, f"sys.path.append({str(opened)!r})")
+    finally:
+        opened.rmdir()
+    assert done.returncode == 1
+    assert f"may write to {opened}" in done.stderr
+
+
+@pytest.mark.kernel
+def test_root_server_still_interrupts_the_kernel(spec_dir):
+    _account()
+    with running_kernel(NAME) as (manager, client, _pid):
+        msg_id = client.execute("import time\ntime.sleep(60)")
+        time.sleep(1)
+        manager.interrupt_kernel()
+        reply = client.get_shell_msg(timeout=20)
+        assert reply["parent_header"]["msg_id"] == msg_id
+        assert reply["content"]["ename"] == "KeyboardInterrupt"
 
 
 def test_connection_file_is_handed_over_privately(tmp_path):
