@@ -225,8 +225,12 @@ def precompiled(vmlinux: Path, cc: str) -> Path | None:
 
 
 def compile_cell(source: str, cflags: list[str], filename: str = "cell",
-                 line_offset: int = 0) -> Compiled:
-    """Compile ``source`` to a BPF object; raise CompileError naming the cell's lines."""
+                 line_offset: int = 0, use_pch: bool = True) -> Compiled:
+    """Compile ``source`` to a BPF object; raise CompileError naming the cell's lines.
+
+    ``use_pch=False`` parses the default headers as text instead of using the
+    precompiled header (for comparison; both give the same object).
+    """
     cc = clang()
     if cc is None:
         raise CompileError("clang is needed to compile libbpf programs and was not found.",
@@ -234,7 +238,7 @@ def compile_cell(source: str, cflags: list[str], filename: str = "cell",
     adjusted = prepare(source)
     text, defaults = adjusted.text, adjusted.include_defaults
     vmlinux = vmlinux_dir()
-    pch = precompiled(vmlinux, cc) if defaults else None
+    pch = precompiled(vmlinux, cc) if defaults and use_pch else None
     with tempfile.TemporaryDirectory(prefix="ebpf_magic-") as tmp:
         c_file = Path(tmp) / f"{filename}.c"
         o_file = Path(tmp) / f"{filename}.o"
