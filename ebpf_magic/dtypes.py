@@ -77,6 +77,11 @@ def columns(records: np.ndarray, prefix: str = "") -> dict[str, Any]:
     """Flatten structured ``records`` into ``{column name: 1-D array}``."""
     dt = records.dtype
     out: dict[str, Any] = {}
+    if dt.names and records.ndim > 1:  # an array of structs: name[0].field, name[1].field...
+        flat = records.reshape(len(records), int(np.prod(records.shape[1:])))
+        for i in range(flat.shape[1]):
+            out.update(columns(flat[:, i], f"{prefix.rstrip('.') or 'value'}[{i}]."))
+        return out
     if dt.names:
         packed = bitfields(dt)
         by_storage = _by_storage(dt)
@@ -118,7 +123,7 @@ def _enum_column(values: np.ndarray, names: dict[int, str]) -> pd.Categorical:
 
 def _bitfield_column(storage: np.ndarray, bf: Bitfield) -> np.ndarray:
     """One bitfield of every record, from its storage bytes (an ``(N, nbytes)`` u1 array)."""
-    raw = np.ascontiguousarray(storage).reshape(len(storage), -1)
+    raw = np.ascontiguousarray(storage).reshape(len(storage), int(np.prod(storage.shape[1:])))
     first, end = bf.bit_offset // 8, -(-(bf.bit_offset + bf.bits) // 8)
     out_dt = bf.dtype.newbyteorder("=")
     if end - first > 8:  # a 64-bit field straddling nine bytes

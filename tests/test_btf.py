@@ -40,7 +40,8 @@ struct bits { u32 lo:3; int neg:5; u32 :2; u64 big:40; char c; };
 union un { u32 ip4; unsigned char ip6[16]; };
 struct rec {
     u64 ts; struct inner in; enum state st; struct bits b; union un u;
-    cv_pid pid; u32 grid[2][3]; char comms[2][4]; _Bool ok; void *ptr; u32 flex[];
+    cv_pid pid; u32 grid[2][3]; char comms[2][4]; _Bool ok; void *ptr; struct bits pairs[2];
+    u32 flex[];
 };
 struct anon { int kind; union { u32 x; u64 y; }; struct { short p, q; }; };
 union flags { u32 raw; struct { u32 a:4; u32 b:4; }; };
@@ -52,12 +53,13 @@ unsigned long long layout[] = {
     sizeof(struct rec), OFF(rec, in), OFF(rec, in.name), OFF(rec, st), OFF(rec, b),
     OFF(rec, b.c), sizeof(struct bits), OFF(rec, u), sizeof(union un), OFF(rec, pid),
     OFF(rec, grid), OFF(rec, comms), OFF(rec, ok), OFF(rec, ptr), OFF(rec, flex),
-    sizeof(struct anon), OFF(anon, x), OFF(anon, y), OFF(anon, q),
+    sizeof(struct anon), OFF(anon, x), OFF(anon, y), OFF(anon, q), OFF(rec, pairs[1]),
 };
 struct rec initialized = {
     .ts = 0x1122334455667788ULL, .in = {.a = 42, .name = "eth0"}, .st = RUNNING,
     .b = {.lo = 5, .neg = -3, .big = 0xABCDEF0123ULL, .c = 'x'}, .u = {.ip4 = 0x0A000001},
     .pid = 4321, .grid = {{1, 2, 3}, {4, 5, 6}}, .comms = {"ab", "cde"}, .ok = 1,
+    .pairs = {{.lo = 1, .neg = -1}, {.big = 3, .c = 4}},
 };
 struct anon anon_value = {.kind = 2, .y = 0x100000005ULL, .q = -9};
 const volatile int ro_int = -17;
@@ -79,6 +81,7 @@ EXPECTED = {
     "b": {"lo": 5, "neg": -3, "big": 0xABCDEF0123, "c": ord("x")},
     "u": {"ip4": 0x0A000001},  # ip6 is the same bytes: checked per byte order below
     "pid": 4321, "grid": [1, 2, 3, 4, 5, 6], "comms": ["ab", "cde"], "ok": True, "ptr": 0,
+    "pairs": [{"lo": 1, "neg": -1, "big": 0, "c": 0}, {"lo": 0, "neg": 0, "big": 3, "c": 4}],
     "flex": [],
 }
 
@@ -122,7 +125,7 @@ def test_layout_matches_clang_offsetof(obj):
     target, data = obj
     spec = Spec.from_elf(data)
     layout_dt, raw = global_value(data, spec, ".data", "layout")
-    assert layout_dt == np.dtype((spec.byteorder + "u8", (19,)))
+    assert layout_dt == np.dtype((spec.byteorder + "u8", (20,)))
     want = np.frombuffer(raw, spec.byteorder + "u8").tolist()
     rec = dtype(spec, struct_id(spec, "rec"))
     anon = dtype(spec, struct_id(spec, "anon"))
@@ -133,7 +136,7 @@ def test_layout_matches_clang_offsetof(obj):
         rec["b"].itemsize, fields["u"][1], rec["u"].itemsize, fields["pid"][1],
         fields["grid"][1], fields["comms"][1], fields["ok"][1], fields["ptr"][1],
         fields["flex"][1], anon.itemsize, anon.fields["x"][1], anon.fields["y"][1],
-        anon.fields["q"][1],
+        anon.fields["q"][1], fields["pairs"][1] + rec["pairs"].itemsize // 2,
     ]
     assert got == want
     assert rec["in"]["name"] == np.dtype("S6")
@@ -158,6 +161,9 @@ def test_initialized_struct_decodes_and_round_trips(obj):
     # encoding what was decoded gives back the compiler's bytes, padding and unnamed bits too
     assert dtypes.encode(dtypes.to_python(record[0], dt), dt).tobytes() == raw
     assert dtypes.encode(dtypes.to_key(record[0], dt), dt).tobytes() == raw
+    row = dtypes.frame(record).iloc[0]
+    assert (row["st"], row["b.neg"], row["comms[1]"], row["grid[5]"]) == ("RUNNING", -3, "cde", 6)
+    assert (row["pairs[0].neg"], row["pairs[1].big"], row["pairs[1].c"]) == (-1, 3, 4)
 
 
 def test_bitfields_are_columns_and_encode_writes_only_their_bits(obj):
@@ -174,6 +180,7 @@ def test_bitfields_are_columns_and_encode_writes_only_their_bits(obj):
     assert list(frame.columns) == ["lo", "neg", "big", "c"]
     assert frame.to_dict("records") == rows
     assert frame["neg"].dtype == np.int32 and frame["big"].dtype == np.uint64
+    assert list(dtypes.frame(records[:0]).columns) == ["lo", "neg", "big", "c"]
     assert [dtypes.to_python(r, dt) for r in records] == rows
     # setting one bitfield leaves its neighbours alone
     one = dtypes.encode({"neg": -1}, dt)
