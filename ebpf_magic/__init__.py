@@ -43,9 +43,13 @@ def __dir__() -> list[str]:
 
 def load_ipython_extension(ipython) -> None:
     """``%load_ext ebpf_magic``: register ``%%bpf`` and ``%bpf``."""
+    from .backend import prestart
+    from .kernel import has_bpf_rights
     from .magics import register
 
     register(ipython)
+    if has_bpf_rights():
+        prestart()  # the compiler imports while the user types the first cell
 
 
 def unload_ipython_extension(ipython) -> None:

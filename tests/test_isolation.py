@@ -127,6 +127,22 @@ def test_compile_over_the_time_bound_is_stopped(earlier, monkeypatch, no_leaks):
     assert_still_counting(earlier)
 
 
+def test_compile_over_the_memory_bound_is_stopped(earlier, monkeypatch, no_leaks):
+    # the bound is set just above what an idle worker maps, so any real compile exceeds it
+    monkeypatch.setattr(client, "MEMORY_LIMIT", 0)
+    client.worker().close()
+    client.worker().request({"op": "ping"})
+    status = Path(f"/proc/{client.worker().pid}/status").read_text()
+    idle = int(next(ln for ln in status.splitlines() if ln.startswith("VmSize:")).split()[1])
+    monkeypatch.setattr(client, "MEMORY_LIMIT", (idle << 10) + (32 << 20))
+    client.worker().close()
+    with pytest.raises(CompileError) as info:
+        Program(SLOW)
+    assert "nothing was attached, other programs are unaffected" in str(info.value)
+    assert "MEMORY_LIMIT" in info.value.hint
+    assert_still_counting(earlier)
+
+
 def test_interrupt_while_compiling_stops_the_worker(earlier, no_leaks):
     mine = programs_of(os.getpid())
     timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))

@@ -127,7 +127,8 @@ class Worker:
             message += ". Its last words:\n" + "\n".join("    " + ln for ln in tail)
         hint = ("This is a bug in BCC or LLVM triggered by this code; changing the construct "
                 "it names usually avoids it. The compiler restarts on the next cell.")
-        if "bad_alloc" in "\n".join(tail) or status == -signal.SIGKILL:
+        if any(w in "\n".join(tail) for w in ("bad_alloc", "MemoryError")) \
+                or status == -signal.SIGKILL:
             hint += (f" If it ran out of memory, the worker's bound is {MEMORY_LIMIT >> 20} MiB "
                      "(`ebpf_magic.backend.bcc.client.MEMORY_LIMIT`).")
         return CompileError(message, hint)
@@ -156,7 +157,8 @@ class Worker:
         fd, path = tempfile.mkstemp(prefix="ebpf_magic-compiler-", suffix=".log")
         os.unlink(path)
         fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_APPEND)
-        env = dict(os.environ)
+        # numpy's BLAS would reserve address space per CPU for threads the worker never uses
+        env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
         with contextlib.suppress(BPFError):  # the worker reports a missing BCC itself
             env[locate.ENV_VAR] = str(Path(locate.import_bcc().__file__).parent.parent)
         try:

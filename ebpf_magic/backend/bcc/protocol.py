@@ -11,6 +11,7 @@ import json
 import os
 import socket
 import struct
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -23,14 +24,21 @@ class Closed(EOFError):
     """The other end closed the connection (or died)."""
 
 
-def send(sock: socket.socket, message: dict[str, Any], fds: list[int] = ()) -> None:
-    """Send ``message`` and duplicates of ``fds`` (the sender keeps its own)."""
+def send(sock: socket.socket, message: dict[str, Any], fds: list[int] = (),
+         handed_over: Callable[[], None] | None = None) -> None:
+    """Send ``message`` and duplicates of ``fds`` (the sender keeps its own).
+
+    ``handed_over`` runs once the descriptors are in flight and before the rest
+    of the message: whatever it closes is closed before the receiver has the reply.
+    """
     body = json.dumps(message).encode()
     header = _HEADER.pack(len(body))
     if fds:
         socket.send_fds(sock, [header], list(fds))
     else:
         sock.sendall(header)
+    if handed_over is not None:
+        handed_over()
     sock.sendall(body)
 
 

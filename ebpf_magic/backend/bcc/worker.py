@@ -396,9 +396,10 @@ def main(argv: list[str] | None = None) -> None:
         for fd in fds:
             os.close(fd)
         reply, out = server.handle(msg)
-        protocol.send(sock, reply, out)
-        if msg.get("op") == "load":
-            server.drop(msg.get("id"))
+        # After a load the worker lets go of everything before the parent can go on.
+        done = functools.partial(server.drop, msg.get("id")) if msg.get("op") == "load" \
+            else None
+        protocol.send(sock, reply, out, handed_over=done)
     server.close()
 
 
