@@ -70,3 +70,7 @@ class ProbeSpecError(BPFError, ValueError):
 
 class ReplayError(BPFError):
     """A recording is malformed, truncated or not a recording."""
+
+
+class OptionError(BPFError, ValueError):
+    """An option's value is malformed or out of range; the hint says what is allowed."""

@@ -15,6 +15,12 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from .errors import OptionError
+
+# what a -D macro name may be, in words for error messages
+MACRO_NAME_RULE = "a letter or underscore, then letters, digits or underscores"
+_MACRO_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
 _BRACED = re.compile(r"(\{\{|\{)\s*([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)\s*(\}\}|\})")
 _DOLLAR = re.compile(r"(\$\$|\$)([A-Za-z_]\w*)")
 _MISSING = object()
@@ -57,18 +63,37 @@ def interpolate(text: str, namespace: Mapping[str, Any]) -> str:
     return _DOLLAR.sub(dollar, _BRACED.sub(braced, text))
 
 
+def parse_define(text: str) -> tuple[str, str | None]:
+    """``"NAME=VALUE"`` as ``(NAME, VALUE)``, ``"NAME"`` as ``(NAME, None)``.
+
+    Raises :class:`~ebpf_magic.errors.OptionError` unless NAME is a C macro name.
+    """
+    name, eq, value = text.partition("=")
+    _check_macro_name(name)
+    return name, value if eq else None
+
+
+def _check_macro_name(name: Any) -> None:
+    if not isinstance(name, str) or not _MACRO_NAME.fullmatch(name):
+        raise OptionError(f"{name!r} is not a C macro name",
+                          f"A macro name is {MACRO_NAME_RULE}: PID, MAX_LEN, _DEBUG.")
+
+
 def define_flags(defines: Mapping[str, Any] | Iterable[str]) -> list[str]:
-    """``-D`` flags from ``{"NAME": value}`` (None: no value) or ``["NAME=VALUE", ...]``."""
+    """``-D`` flags from ``{"NAME": value}`` (None: no value) or ``["NAME=VALUE", ...]``.
+
+    A single string is one define. Raises :class:`~ebpf_magic.errors.OptionError`
+    for a name that is not a C macro name.
+    """
     if isinstance(defines, Mapping):
-        items = [(k, v) for k, v in defines.items()]
+        items = list(defines.items())
+        for name, _ in items:
+            _check_macro_name(name)
     else:
-        items = [tuple(d.split("=", 1)) if "=" in d else (d, None) for d in defines]
-    flags = []
-    for name, value in items:
-        if not re.fullmatch(r"[A-Za-z_]\w*", str(name)):
-            raise ValueError(f"-D {name!r}: a macro name is letters, digits and underscores")
-        flags.append(f"-D{name}" if value is None else f"-D{name}={_render(value)}")
-    return flags
+        texts = [defines] if isinstance(defines, str) else defines
+        items = [parse_define(str(d)) for d in texts]
+    return [f"-D{name}" if value is None else f"-D{name}={_render(value)}"
+            for name, value in items]
 
 
 _FUNC_DEF = re.compile(r"^\s*(?:static\s+)?(?:inline\s+)?(?:int|void|u32|u64|long|unsigned "

@@ -1,10 +1,11 @@
-"""Interpolation of notebook variables into C, leaving C braces alone."""
+"""Preparing C source: notebook variables (C braces left alone) and -D macro flags."""
 
 from types import SimpleNamespace
 
 import pytest
 
-from ebpf_magic.source import define_flags, function_names, interpolate
+from ebpf_magic.errors import OptionError
+from ebpf_magic.source import define_flags, function_names, interpolate, parse_define
 
 
 def test_braced_and_dollar_variables():
@@ -27,10 +28,29 @@ def test_unknown_names_stay():
 
 
 def test_define_flags():
-    assert define_flags({"PID": 5, "DEBUG": None}) == ["-DPID=5", "-DDEBUG"]
-    assert define_flags(["A=1", "B"]) == ["-DA=1", "-DB"]
-    with pytest.raises(ValueError, match="macro name"):
-        define_flags(["1BAD"])
+    assert define_flags({"PID": 5, "DEBUG": None, "ON": True}) == ["-DPID=5", "-DDEBUG", "-DON=1"]
+    assert define_flags(["A=1", "B", "_C=x=y", "E="]) == ["-DA=1", "-DB", "-D_C=x=y", "-DE="]
+    assert define_flags("LONE=2") == ["-DLONE=2"]
+
+
+@pytest.mark.parametrize("defines,name", [
+    (["1BAD"], "'1BAD'"), (["1X=3"], "'1X'"), (["A B=1"], "'A B'"), (["=3"], "''"),
+    ({"A-B": 1}, "'A-B'"), ({7: 1}, "7"), (["\u00e9t\u00e9=1"], "'\u00e9t\u00e9'"),
+    (["A\n=1"], "'A\\n'")])
+def test_define_flags_refuse_bad_names(defines, name):
+    with pytest.raises(OptionError) as info:
+        define_flags(defines)
+    assert info.value.message == f"{name} is not a C macro name"
+    assert "a letter or underscore, then letters, digits or underscores" in info.value.hint
+    assert isinstance(info.value, ValueError)
+
+
+def test_parse_define():
+    assert parse_define("PID=42") == ("PID", "42")
+    assert parse_define("DEBUG") == ("DEBUG", None)
+    assert parse_define("S=") == ("S", "")
+    with pytest.raises(OptionError, match="^'9' is not a C macro name"):
+        parse_define("9=9")
 
 
 def test_function_names():
