@@ -277,8 +277,11 @@ def test_function_local_struct_comes_from_dwarf(clang, tmp_path):
     unsigned long long local_layout[4];
     __attribute__((section("tp/x"), used)) int prog(void *ctx) {
         struct S { u64 pid; u64 cookie; char comm[5]; struct bits b; enum state st; } data = {};
+        typedef struct { u32 a; u32 b; } pair_t;
+        pair_t pair = {1, 2};
         long (*out)(void *, void *, u64, void *, u64) = (void *)25;
         data.pid = 1;
+        out(ctx, 0, 0, &pair, sizeof(pair));
         local_layout[0] = sizeof(struct S);
         local_layout[1] = __builtin_offsetof(struct S, comm);
         local_layout[2] = __builtin_offsetof(struct S, b);
@@ -290,7 +293,8 @@ def test_function_local_struct_comes_from_dwarf(clang, tmp_path):
     data = compile_c(clang, tmp_path, source)
     assert Spec.from_elf(data).find("S") == []  # clang's BTF lacks it
     local = local_struct_dtypes(data)
-    assert list(local) == ["S"]
+    assert sorted(local) == ["S", "pair_t"]
+    assert local["pair_t"] == np.dtype([("a", "<u4"), ("b", "<u4")])
     dt = local["S"]
     # the program stores sizeof/offsetof as immediates: find them in its instructions
     insns = ELF(data).section_data("tp/x")
@@ -305,6 +309,28 @@ def test_function_local_struct_comes_from_dwarf(clang, tmp_path):
     dwarf = dwarf_spec(data)
     from_dwarf = dtype(dwarf, struct_id(dwarf, "bits"))
     assert from_dwarf == from_btf and dtypes.bitfields(from_dwarf) == dtypes.bitfields(from_btf)
+
+
+def test_local_structs_with_one_tag_and_two_layouts_keep_both(clang, tmp_path):
+    source = r"""
+    struct out { unsigned long long a; };
+    __attribute__((section("tp/a"), used)) int f(void *ctx) {
+        struct S { unsigned int x:4, y:4; } s = {1, 2};
+        return *(volatile unsigned char *)&s;
+    }
+    __attribute__((section("tp/b"), used)) int g(void *ctx) {
+        struct S { unsigned int x:2, y:6; } s = {1, 2};
+        return *(volatile unsigned char *)&s;
+    }
+    __attribute__((section("tp/c"), used)) int h(void *ctx) {
+        struct T { int v; } t = {3};
+        return *(volatile int *)&t;
+    }
+    """
+    local = local_struct_dtypes(compile_c(clang, tmp_path, source))
+    assert sorted(local) == ["T", "f:S", "g:S"]
+    assert dtypes.bitfields(local["f:S"])["y"].bit_offset == 4
+    assert dtypes.bitfields(local["g:S"])["y"].bit_offset == 2
 
 
 def test_split_btf_continues_its_base():
@@ -338,6 +364,22 @@ def test_signed_and_unsigned_enums_by_kind_flag():
     assert dtypes.to_python(np.array([-1], dtype(spec, 1))[0], dtype(spec, 1)) == "minus_one"
     assert dtypes.to_python(np.array([2**32 - 1], dtype(spec, 2))[0], dtype(spec, 2)) == \
         "all_ones"
+
+
+def test_old_style_bitfields_carried_by_the_int_type():
+    """BTF without the kind flag puts a bitfield's width and offset in its INT type."""
+    strings = b"\0int\0u3\0s\0a\0b\0"
+    at = {n: strings.find(b"\0" + n + b"\0") + 1 for n in (b"int", b"u3", b"s", b"a", b"b")}
+    raw = build_btf([
+        (b"int", 1, 0, 4, [(1 << 24) | 32]),
+        (b"u3", 1, 0, 4, [(2 << 16) | 3]),  # unsigned, 3 bits starting 2 bits in
+        (b"s", 4, 2, 8, [at[b"a"], 2, 4, at[b"b"], 1, 32]),
+    ], strings)
+    spec = Spec.parse(raw)
+    dt = dtype(spec, 3)
+    assert dtypes.bitfields(dt)["a"] == ("__bits0", 6, 3, np.dtype("<u4"), False)
+    assert dtypes.to_python(dtypes.encode({"a": 5, "b": -2}, dt)[0], dt) == {"a": 5, "b": -2}
+    assert dtypes.encode({"a": 5}, dt).tobytes()[:1] == bytes([5 << 6 & 0xFF])
 
 
 def test_bad_input_says_what_it_is():
@@ -386,8 +428,14 @@ def test_vmlinux_task_struct_matches_bpftool():
     rows = {r.field: r for r in struct_fields(spec, "task_struct")}
     assert rows["tgid"].offset == int(tgid[1]) // 8 and rows["tgid"].c_type == "pid_t"
     assert rows["comm"].c_type == "char[16]" and rows["comm"].size == 16
+    body = dump[head.end():dump.index("\n[", head.end())]
+    bitfield = re.search(r"^\t'(\w+)' type_id=\d+ bits_offset=(\d+) bitfield_size=(\d+)$", body,
+                         re.M)
+    row = rows[bitfield[1]]
+    assert (row.bit_offset, row.bits) == (int(bitfield[2]), int(bitfield[3]))
     dt = dtype(spec, task[0].id)
     assert dt.itemsize == int(head[2])
+    assert bitfield[1] in dtypes.bitfields(dt)
     assert dt.fields["tgid"][1] == int(tgid[1]) // 8
     assert dt["comm"] == np.dtype("S16")
     with pytest.raises(BTFError, match="no struct or union 'task_strcut'"):

@@ -38,8 +38,8 @@ def dwarf_spec(elf_bytes: bytes) -> Spec:
 def local_struct_dtypes(elf_bytes: bytes) -> dict[str, np.dtype]:
     """Named structs and unions declared inside functions, by tag, as dtypes.
 
-    Two local types with the same tag but different layouts are both kept, as
-    ``"function:tag"``.
+    A typedef of a struct declared inside a function counts too, by its name. Two local
+    types with the same tag but different layouts are both kept, as ``"function:tag"``.
     """
     spec, local = _read(elf_bytes)
     by_tag: dict[str, list[tuple[str, np.dtype]]] = {}
@@ -47,11 +47,20 @@ def local_struct_dtypes(elf_bytes: bytes) -> dict[str, np.dtype]:
         by_tag.setdefault(spec.type(type_id).name, []).append((scope, dtype(spec, type_id)))
     out = {}
     for tag, found in by_tag.items():
-        if all(dt == found[0][1] and dt.itemsize == found[0][1].itemsize for _, dt in found):
+        if all(_same(dt, found[0][1]) for _, dt in found):
             out[tag] = found[0][1]
         else:
             out.update({f"{scope}:{tag}": dt for scope, dt in found})
     return out
+
+
+def _same(a: np.dtype, b: np.dtype) -> bool:
+    """Equal layouts and equal metadata (bitfields, enum names), all the way down."""
+    if a != b or (a.metadata or {}) != (b.metadata or {}):
+        return False
+    if a.subdtype is not None:
+        return _same(a.subdtype[0], b.subdtype[0])
+    return all(_same(a[n], b[n]) for n in a.names or ())
 
 
 def _read(elf_bytes: bytes) -> tuple[Spec, list[tuple[str, int]]]:
@@ -87,14 +96,19 @@ class _Converter:
         for die in typed:
             self.ids[die.offset] = self._new_id()
             self.by_id[self.ids[die.offset]] = die
-        local = []
         for die in typed:
             self._convert(die)
-            if die.tag in _AGGREGATES and _name(die) and "DW_AT_declaration" not in die.attributes:
-                scope = _scope(die)
-                if scope is not None:
-                    local.append((scope, self.ids[die.offset]))
-        return Spec.from_types(list(self.types)), local  # type: ignore[arg-type]
+        spec = Spec.from_types(list(self.types))  # type: ignore[arg-type]
+        local = []
+        for die in typed:
+            type_id = self.ids[die.offset]
+            t = spec.type(type_id)
+            named = t.kind in ("struct", "union") and t.name
+            typedef = t.kind == "typedef" and spec.resolve(type_id).kind in ("struct", "union")
+            scope = _scope(die) if named or typedef else None
+            if scope is not None:
+                local.append((scope, type_id))
+        return spec, local
 
     def _ref(self, die: Any) -> int:
         attr = die.attributes.get("DW_AT_type")
