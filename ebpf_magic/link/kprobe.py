@@ -59,7 +59,7 @@ def _via_tracefs(prog_fd: int, function: str, offset: int, retprobe: bool,
     grp, event = probe_events.add("kprobe", target, retprobe=retprobe)
 
     def undo() -> None:
-        probe_events.remove("kprobe", grp, event)
+        probe_events.remove("kprobe", grp, event, busy_timeout=probe_events.BUSY_TIMEOUT)
 
     try:
         attr = perf_attr(PERF_TYPE_TRACEPOINT, tracepoint_id(grp, event))

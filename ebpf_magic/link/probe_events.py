@@ -14,6 +14,7 @@ import itertools
 import os
 import re
 import threading
+import time
 from pathlib import Path
 
 from .. import kernel
@@ -26,6 +27,7 @@ _BCC = re.compile(r"_bcc_(\d+)$")
 _seq = itertools.count()
 _swept = False
 _sweep_lock = threading.Lock()
+BUSY_TIMEOUT = 5.0  # seconds a detached probe's entry may stay busy before removal gives up
 
 
 def group() -> str:
@@ -71,16 +73,29 @@ def add(kind: str, target: str, *, retprobe: bool = False) -> tuple[str, str]:
     return grp, event
 
 
-def remove(kind: str, grp: str, event: str) -> None:
-    """Delete probe event ``grp/event``; an entry already gone is not an error."""
+def remove(kind: str, grp: str, event: str, *, busy_timeout: float = 0.0) -> None:
+    """Delete probe event ``grp/event``; an entry already gone is not an error.
+
+    A perf event the kernel frees after an RCU grace period keeps the entry busy
+    for a moment after its last fd is closed: ``busy_timeout`` seconds of EBUSY
+    are retried.
+    """
     root = kernel.tracefs()
     if root is None:
         return
-    try:
-        _write(root / f"{kind}_events", f"-:{grp}/{event}\n")
-    except OSError as e:
-        if e.errno not in (errno.ENOENT, errno.EINVAL):
-            raise LinkError(e.errno, f"removing {kind} event {grp}/{event}") from None
+    deadline = time.monotonic() + busy_timeout
+    delay = 0.001
+    while True:
+        try:
+            _write(root / f"{kind}_events", f"-:{grp}/{event}\n")
+            return
+        except OSError as e:
+            if e.errno in (errno.ENOENT, errno.EINVAL):
+                return
+            if e.errno != errno.EBUSY or time.monotonic() >= deadline:
+                raise LinkError(e.errno, f"removing {kind} event {grp}/{event}") from None
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
 
 
 def _entries() -> list[tuple[str, str, str]]:
@@ -126,12 +141,16 @@ def stale_probe_events() -> list[str]:
     return [f"{grp}/{event}" for _, grp, event in _stale()]
 
 
-def remove_stale_probe_events() -> list[str]:
-    """Remove the stale probe events; return the ``GROUP/EVENT`` names removed."""
+def remove_stale_probe_events(*, busy_timeout: float = 1.0) -> list[str]:
+    """Remove the stale probe events; return the ``GROUP/EVENT`` names removed.
+
+    The kernel frees a just-killed process's perf events a moment after it exits;
+    an entry still busy after ``busy_timeout`` seconds is left for a later call.
+    """
     removed = []
     for kind, grp, event in _stale():
         try:
-            remove(kind, grp, event)
+            remove(kind, grp, event, busy_timeout=busy_timeout)
         except LinkError:
             continue  # still opened by someone, or not ours to remove
         removed.append(f"{grp}/{event}")
@@ -148,6 +167,6 @@ def sweep_once() -> None:
             return
         _swept = True
         try:
-            remove_stale_probe_events()
+            remove_stale_probe_events(busy_timeout=0.0)
         except Exception:  # noqa: BLE001 - housekeeping must never stop an attach
             pass

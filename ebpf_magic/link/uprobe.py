@@ -70,7 +70,7 @@ def _via_tracefs(prog_fd: int, path: str, offset: int, retprobe: bool, pid: int,
     grp, event = probe_events.add("uprobe", target, retprobe=retprobe)
 
     def undo() -> None:
-        probe_events.remove("uprobe", grp, event)
+        probe_events.remove("uprobe", grp, event, busy_timeout=probe_events.BUSY_TIMEOUT)
 
     try:
         attr = perf_attr(PERF_TYPE_TRACEPOINT, tracepoint_id(grp, event))
