@@ -232,6 +232,19 @@ def check_debugfs() -> Row:
                "As root: `mount -t debugfs debugfs /sys/kernel/debug`.")
 
 
+def check_probe_events() -> Row:
+    from .link import stale_probe_events
+
+    stale = stale_probe_events()
+    if not stale:
+        return Row("stale probe events", OK, "none left in tracefs by processes that exited")
+    shown = ", ".join(stale[:3]) + (f" and {len(stale) - 3} more" if len(stale) > 3 else "")
+    return Row("stale probe events", WARN, f"{len(stale)} uprobe/kprobe events left in tracefs "
+               f"by processes that exited: {shown}",
+               "ebpf_magic removes them at its first attach; now: `python -c 'from ebpf_magic "
+               "import link; link.remove_stale_probe_events()'`.")
+
+
 # -- attach checks --------------------------------------------------------------
 
 
@@ -590,7 +603,8 @@ def check_attach_types(rows: list[Row], prog_ids: list[int] | None = None) -> li
 ENVIRONMENT = {"privileges": check_privileges, "process": check_process,
                "memlock": check_memlock, "BCC": check_bcc,
                "kernel": check_kernel, "BTF": check_btf, "kernel headers": check_headers,
-               "tracefs": check_tracefs, "debugfs": check_debugfs}
+               "tracefs": check_tracefs, "debugfs": check_debugfs,
+               "stale probe events": check_probe_events}
 
 
 def _safely(name: str, check) -> Row:
