@@ -241,22 +241,22 @@ def account_env(entry: pwd.struct_passwd, env: dict[str, str]) -> dict[str, str]
 def writable_code_paths(paths: list[str] | None = None) -> list[str]:
     """Directories this process may change that hold code a root-started launcher runs.
 
-    Checked as the kernel's account: a directory on ``sys.path`` (or one above it)
-    it may write to would let a kernel put code there that the next launcher,
-    still root, imports. A sticky directory (``/tmp``) only counts when the
-    account owns the entry below it.
+    Checked as the kernel's account: a directory on ``sys.path`` or holding the
+    interpreter (or one above them) it may write to would let a kernel put code
+    there that the next launcher, still root, runs. A sticky directory (``/tmp``)
+    above one only counts when the account owns the entry below it.
     """
-    here = str(Path(__file__).resolve().parent)
+    entries = [os.path.dirname(__file__), os.path.dirname(sys.executable),
+               *(sys.path if paths is None else paths)]
+    # Both the path as named and where its links lead: either chain could be swapped.
+    dirs = {Path(f(e or os.curdir)) for e in entries for f in (os.path.abspath, os.path.realpath)}
     found = []
-    for entry in dict.fromkeys([here, *(sys.path if paths is None else paths)]):
-        path = Path(os.path.realpath(entry or os.curdir))
-        if not path.is_dir():
-            continue
+    for path in sorted(d for d in dirs if d.is_dir()):
         child = None
         for p in (path, *path.parents):
             if os.access(p, os.W_OK):
                 sticky = p.stat().st_mode & stat.S_ISVTX
-                if not sticky or (child is not None and child.stat().st_uid == os.getuid()):
+                if not sticky or child is None or child.stat().st_uid == os.getuid():
                     found.append(str(p))
                     break
             child = p
@@ -306,6 +306,9 @@ def _start_as_account(argv: list[str]) -> tuple[list[str], dict[str, str]]:
             "launcher runs as root: a kernel could change what the next one runs. Make "
             "these directories root's and not writable by that user (scripts/setup.sh "
             "checks this).")
+    if not os.access(os.curdir, os.X_OK):
+        print(f"ebpf_magic.launcher: user {entry.pw_name!r} may not enter {os.getcwd()}; "
+              "files beside the notebook are out of the kernel's reach", file=sys.stderr)
     return hand_over_connection(argv, text), account_env(entry, dict(os.environ))
 
 

@@ -133,7 +133,9 @@ print(json.dumps({
     "write package": attempt(lambda: write(os.path.join(os.path.dirname(launcher.__file__),
                                                         "__init__.py"))),
     "write site-packages": attempt(lambda: write(os.path.join(SITE, "escape.pth"))),
-    "writable code": launcher.writable_code_paths() + launcher.writable_code_paths([OPEN]),
+    "writable code": [launcher.writable_code_paths(), launcher.writable_code_paths([OPEN]),
+                      launcher.writable_code_paths(["/var/tmp"]),
+                      launcher.writable_code_paths([CLOSED])],
 }))
 """
 
@@ -144,21 +146,25 @@ def test_kernel_cannot_act_as_root(spec_dir):
     victim = subprocess.Popen(["sleep", "60"])  # a root process the kernel does not own
     opened = Path(tempfile.mkdtemp(prefix="ebpf-magic-open-", dir="/var/tmp"))
     opened.chmod(0o777)  # a directory anyone may write: the launcher must call it unsafe
+    closed = Path(tempfile.mkdtemp(prefix="ebpf-magic-closed-", dir="/var/tmp"))
+    closed.chmod(0o755)  # root's, below a sticky directory: safe
     site = next(p for p in sys.path if p.endswith("site-packages"))
     try:
         with running_kernel(NAME) as (_, client, _pid):
             code = (ESCAPES.replace("VICTIM", str(victim.pid))
-                    .replace("SITE", repr(site)).replace("OPEN", repr(str(opened))))
+                    .replace("SITE", repr(site)).replace("OPEN", repr(str(opened)))
+                    .replace("CLOSED", repr(str(closed))))
             seen = json.loads(execute(client, code))
     finally:
         victim.kill()
         victim.wait()
         opened.rmdir()
+        closed.rmdir()
         escaped = Path("/etc/ebpf-magic-escape")
         written = escaped.exists()
         escaped.unlink(missing_ok=True)
     assert not written
-    assert seen.pop("writable code") == [str(opened)]
+    assert seen.pop("writable code") == [[], [str(opened)], ["/var/tmp"], []]
     assert seen == {"write /etc": "PermissionError", "read /etc/shadow": "PermissionError",
                     "setuid(0)": "PermissionError", "setgid(0)": "PermissionError",
                     "ptrace": "PermissionError", "signal": "PermissionError",
