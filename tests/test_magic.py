@@ -91,7 +91,8 @@ def test_bad_options_are_usage_errors(shell, capsys):
     from IPython.core.error import UsageError
     with pytest.raises(UsageError, match="NAME"):
         shell.run_cell_magic("bpf", "", "int f(void *c) { return 0; }")
-    with pytest.raises(UsageError, match="invalid int value"):
+    with pytest.raises(UsageError, match="--pid: wants a whole number from 1 to 4,194,304, got "
+                                         "'notanumber'"):
         shell.run_cell_magic("bpf", "p --pid notanumber", "int f(void *c) { return 0; }")
     with pytest.raises(UsageError, match="unknown subcommand"):
         shell.run_line_magic("bpf", "frobnicate")

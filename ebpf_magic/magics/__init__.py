@@ -7,11 +7,13 @@ subcommand, one small module each, listed in :data:`SUBCOMMANDS`.
 from __future__ import annotations
 
 import importlib
+import shlex
 
 from IPython.core.error import UsageError
-from IPython.core.magic import Magics, line_cell_magic, magics_class
+from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
 
 from ..session import Session
+from ..source import interpolate
 from . import cell
 
 # modules of ebpf_magic.magics, one per `%bpf SUBCOMMAND`
@@ -38,7 +40,11 @@ class BpfMagics(Magics):
         self.warned: set[str] = set()  # warnings shown once per session
 
     @line_cell_magic
+    @no_var_expand
     def bpf(self, line: str, cell_text: str | None = None):
+        # The line gets the cell's interpolation rules, not IPython's expansion, which
+        # evaluates any {expression} and takes time quadratic in the line's length.
+        line = interpolate(line, self.shell.user_ns)
         if cell_text is not None:
             return cell.run(self, line, cell_text)
         sub, _, rest = line.strip().partition(" ")
@@ -46,7 +52,12 @@ class BpfMagics(Magics):
             raise UsageError("%bpf needs a subcommand: " + ", ".join(SUBCOMMANDS) +
                              " (or use %%bpf NAME as a cell magic; see %bpf?)")
         if sub not in SUBCOMMANDS:
-            raise UsageError(f"unknown subcommand {sub!r}; known: {', '.join(SUBCOMMANDS)}")
+            raise UsageError(f"unknown subcommand {cell.clip(sub)!r}; "
+                             f"known: {', '.join(SUBCOMMANDS)}")
+        try:
+            shlex.split(rest)  # subcommands split their arguments the same way
+        except ValueError as e:
+            raise UsageError(f"%bpf {sub}: {e}") from None
         return _subcommand(sub).run(self, rest.strip())
 
 

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import shlex
+from argparse import ArgumentTypeError
 
 from IPython.core.error import UsageError
+
+from .cell import seconds
+
+# the longest refresh interval the browser's own control offers
+MAX_EVERY = 3600.0
 
 USAGE = "%bpf browse [NAME[/MAP]] [--every SECONDS]"
 HELP = ("A live table of the maps of program NAME (all session programs without it): "
@@ -18,10 +24,12 @@ def run(magics, args: str):
     interval = 1.0
     if "--every" in words:
         i = words.index("--every")
+        if i + 1 == len(words):
+            raise UsageError(f"usage: {USAGE}")
         try:
-            interval = float(words[i + 1])
-        except (IndexError, ValueError):
-            raise UsageError(f"usage: {USAGE}") from None
+            interval = seconds(words[i + 1], hi=MAX_EVERY)
+        except ArgumentTypeError as e:
+            raise UsageError(f"%bpf browse: --every {e}") from None
         del words[i:i + 2]
     if len(words) > 1:
         raise UsageError(f"usage: {USAGE}")

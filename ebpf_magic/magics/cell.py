@@ -3,20 +3,79 @@
 from __future__ import annotations
 
 import argparse
+import keyword
+import math
 import shlex
 import sys
+from collections.abc import Callable
 
 from IPython.core.error import UsageError
 
 from .. import recording, replay
+from ..errors import OptionError
 from ..probes import USAGE as PROBE_USAGE
+from ..probes import Probe
 from ..program import Program
-from ..source import interpolate
+from ..source import MACRO_NAME_RULE, interpolate, parse_define
+
+# argparse's time grows with the square of the number of options; no real line comes near
+MAX_WORDS = 1000
+MAX_ROWS = 1_000_000_000
+PID_MAX = 4_194_304  # the kernel's PID_MAX_LIMIT on 64-bit machines
+MAX_SECONDS = 86_400.0
+
+
+def clip(text: str, limit: int = 60) -> str:
+    """``text`` shortened to ``limit`` characters for an error message."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
+def whole_number(lo: int, hi: int) -> Callable[[str], int]:
+    """An argparse type: an integer from ``lo`` to ``hi``."""
+
+    def check(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = lo - 1
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(
+                f"wants a whole number from {lo:,} to {hi:,}, got {clip(text)!r}")
+        return value
+
+    return check
+
+
+def seconds(text: str, lo: float = 0.0, hi: float = MAX_SECONDS) -> float:
+    """A number of seconds above ``lo`` and at most ``hi``; argparse.ArgumentTypeError if not."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and lo < value <= hi):
+        raise argparse.ArgumentTypeError(
+            f"wants a number of seconds above {lo:g} and at most {hi:g}, got {clip(text)!r}")
+    return value
+
+
+def _define(text: str) -> str:
+    try:
+        parse_define(text)
+    except OptionError as e:
+        raise argparse.ArgumentTypeError(f"{clip(e.message)} ({MACRO_NAME_RULE})") from None
+    return text
+
+
+def _flags(text: str) -> list[str]:
+    try:
+        return shlex.split(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{e} in {clip(text)!r}") from None
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):
-        raise UsageError(f"%%bpf: {message}\n{self.format_usage()}")
+        raise UsageError(f"%%bpf: {clip(message, 300)}\n{self.format_usage()}")
 
 
 PARSER = _Parser(prog="%%bpf", add_help=False,
@@ -26,20 +85,21 @@ PARSER.add_argument("name", metavar="NAME", help="Python name the program is bou
 PARSER.add_argument("-a", "--attach", action="append", default=[], metavar="SPEC[=FUNCTION]",
                     help="attach FUNCTION (or the one unattached C function) to a probe in "
                          "bpftrace syntax; repeatable")
-PARSER.add_argument("-p", "--pid", type=int, help="restrict uprobes and USDT probes to PID")
-PARSER.add_argument("-D", dest="defines", action="append", default=[], metavar="NAME[=VALUE]",
-                    help="define a C macro; repeatable")
-PARSER.add_argument("--cflags", default="", metavar="FLAGS",
+PARSER.add_argument("-p", "--pid", type=whole_number(1, PID_MAX),
+                    help="restrict uprobes and USDT probes to PID")
+PARSER.add_argument("-D", dest="defines", action="append", default=[], type=_define,
+                    metavar="NAME[=VALUE]", help="define a C macro; repeatable")
+PARSER.add_argument("--cflags", default=[], type=_flags, metavar="FLAGS",
                     help="extra compiler flags, quoted: --cflags '-Wno-unused -DX=1'")
 PARSER.add_argument("--raw", action="store_true",
-                    help="no {var}/$var interpolation of Python variables")
-PARSER.add_argument("--max-rows", type=int, metavar="N",
+                    help="no {var}/$var interpolation of Python variables in the cell")
+PARSER.add_argument("--max-rows", type=whole_number(1, MAX_ROWS), metavar="N",
                     help="events each stream keeps (oldest are dropped and counted)")
 PARSER.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
 PARSER.add_argument("--backend", choices=("bcc", "libbpf"),
                     help="compile with BCC or with clang and libbpf (CO-RE); by default chosen "
                          "from the cell: SEC() or libbpf's headers mean libbpf")
-PARSER.add_argument("--record", nargs="?", const=1.0, type=float, metavar="EVERY",
+PARSER.add_argument("--record", nargs="?", const=1.0, type=seconds, metavar="EVERY",
                     help="record this program: snapshot its maps every EVERY seconds "
                          "(default 1) and let `%%bpf save NAME` refresh recordings/NAME.bpfrec")
 
@@ -69,7 +129,8 @@ Python variables: {{var}} and $var in the cell are replaced by the value of the
 notebook variable var (also {{obj.attr}}), only when that variable exists, so
 C braces are left alone. To keep a literal {{name}} or $name although a
 variable of that name exists, double it: {{{{name}}}} or $$name. --raw turns
-interpolation off.
+interpolation off in the cell. The %%bpf and %bpf lines follow the same rules
+(-D PID=$pid), always; other Python expressions are not evaluated there.
 
 Where BPF cannot be loaded (no rights, no BCC, not Linux, or EBPF_MAGIC_REPLAY=1),
 the cell replays recordings/NAME.bpfrec (folder: $EBPF_MAGIC_RECORDINGS) and
@@ -84,14 +145,25 @@ that fails leaves nothing attached. The program object gives:
 """
 
 
-def parse(line: str):
+def parse(line: str) -> argparse.Namespace:
+    """The options of a ``%%bpf`` line, every value checked; UsageError for a bad one.
+
+    Attach specs are parsed too (:class:`~ebpf_magic.errors.ProbeSpecError`),
+    so nothing starts, and no running program is stopped, for a line with a mistake.
+    """
     try:
         words = shlex.split(line)
     except ValueError as e:
         raise UsageError(f"%%bpf: {e}") from None
+    if len(words) > MAX_WORDS:
+        raise UsageError(f"%%bpf: the line has {len(words):,} words, more than {MAX_WORDS:,}; "
+                         "put long lists of macros in the cell as #define lines")
     args = PARSER.parse_args(words)
-    if not args.name.isidentifier():
-        raise UsageError(f"%%bpf: NAME must be a Python identifier, got {args.name!r}")
+    if not args.name.isidentifier() or keyword.iskeyword(args.name):
+        raise UsageError(f"%%bpf: NAME must be a Python identifier and not a keyword, "
+                         f"got {clip(args.name)!r}")
+    for spec in args.attach:
+        Probe.parse(spec, args.pid)
     return args
 
 
@@ -109,11 +181,10 @@ def run(magics, line: str, cell: str) -> None:
         print(replay.announce(prog, why))
         return
     text = cell if args.raw else interpolate(cell, shell.user_ns)
-    stream_options = {"max_rows": args.max_rows} if args.max_rows else {}
-    cflags = shlex.split(args.cflags)
+    stream_options = {"max_rows": args.max_rows} if args.max_rows is not None else {}
 
     def factory() -> Program:
-        return Program(text, name=args.name, attach=args.attach, cflags=cflags,
+        return Program(text, name=args.name, attach=args.attach, cflags=args.cflags,
                        defines=args.defines, pid=args.pid, stream_options=stream_options,
                        line_offset=1, backend=args.backend)
 
