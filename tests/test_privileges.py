@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from test_kernelspec import execute, running_kernel
 
-from ebpf_magic import kernel, kernelspec, launcher
+from ebpf_magic import headers, kernel, kernelspec, launcher
 
 from conftest import COUNT_CELL, loaded_prog_ids, uprobe_events
 
@@ -409,3 +409,31 @@ except PermissionError:
     finally:
         victim.kill()
         victim.wait()
+
+
+def test_headers_root_builds_for_everyone_and_users_reuse_it(tmp_path, monkeypatch):
+    arch = tmp_path / "src" / "linux-headers-6.1.0-9-amd64"
+    common = tmp_path / "src" / "linux-headers-6.1.0-9-common"
+    (arch / "include" / "generated").mkdir(parents=True)
+    (common / "include" / "linux").mkdir(parents=True)
+    (common / "include" / "linux" / "sched.h").write_text("/* common */\n")
+    system = tmp_path / "system"
+    monkeypatch.setattr(headers, "SYSTEM_CACHE", system)
+    monkeypatch.delenv("EBPF_MAGIC_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user"))
+    old_umask = os.umask(0o077)  # root's tree must not inherit a private umask
+    try:
+        monkeypatch.setattr(os, "geteuid", lambda: 0)
+        assert headers.cache_dir() == system
+        built = headers.merged_tree(arch, common)
+    finally:
+        os.umask(old_umask)
+    assert built == system / "headers" / arch.name
+    for d in (system, system / "headers", built, built / "include", built / "include" / "linux"):
+        assert d.stat().st_mode & 0o755 == 0o755, d
+    assert (built / "include" / "linux" / "sched.h").read_text() == "/* common */\n"
+
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert headers.cache_dir() == tmp_path / "user" / "ebpf_magic"
+    assert headers.merged_tree(arch, common) == built  # reused, not rebuilt
+    assert not (tmp_path / "user").exists()
