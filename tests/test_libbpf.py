@@ -178,8 +178,10 @@ def test_seed_flags_zero_only_cpu0_and_warns(no_leaks):
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2 or cpus[0] != 0:
         pytest.skip(f"needs CPU 0 and another CPU; this process may run on {cpus}")
-    with Program(SEED.replace("FLAGS", "0")) as prog:
+    # the seed's own first line: vmlinux.h has those types, so the include is left out
+    with Program("#include <linux/ptrace.h>\n" + SEED.replace("FLAGS", "0")) as prog:
         assert any("BPF_F_CURRENT_CPU" in w and "my_map" in w for w in prog.warnings)
+        assert any(w.startswith("<linux/ptrace.h> left out") for w in prog.warnings)
         child = _writes_on_cpus(300, [0, cpus[1]])
         stream = prog.events["my_map"]
         _wait_rows(stream, 300)
@@ -538,3 +540,14 @@ def test_probe_kinds_from_sections_and_specs(no_leaks):
         counts = {int(k): int(v) for k, v in prog.maps["counts"].items()}
     assert {k: counts.get(k) for k in (1, 2, 3, 4)} == {1: n, 2: n, 3: n, 4: n}
     assert counts.get(5, 0) > 0
+
+
+@needs_libbpf
+@pytest.mark.kernel
+def test_vmlinux_with_kernel_headers_is_a_short_error(no_leaks):
+    cell = '#include "vmlinux.h"\n#include <linux/ptrace.h>\n' + SEED.replace("FLAGS", "0")
+    with pytest.raises(CompileError) as err:
+        Program(cell)
+    lines = err.value.message.splitlines()
+    assert len(lines) <= 2 * 6 + 2 and lines[-1].startswith("... and ")
+    assert 'include "vmlinux.h"' in err.value.hint and "not the others" in err.value.hint

@@ -7,8 +7,11 @@ hash, so a cell compiles in tens of milliseconds instead of re-parsing 3 MB.
 
 Before compiling, the source is adjusted without moving any line:
 
-* no ``#include`` at all: vmlinux.h and libbpf's ``bpf_helpers.h``,
-  ``bpf_tracing.h`` and ``bpf_core_read.h`` are included from the command line;
+* no ``#include`` of vmlinux.h or of libbpf's headers: vmlinux.h and libbpf's
+  ``bpf_helpers.h``, ``bpf_tracing.h`` and ``bpf_core_read.h`` are included
+  from the command line, and the cell's includes of kernel headers
+  (``<linux/...>``, ``<uapi/linux/...>``, ``<asm/...>``), whose types
+  vmlinux.h holds as this kernel has them, are left out with a note;
 * a legacy ``struct bpf_map_def SEC("maps") NAME = {...};`` (refused by libbpf
   1.x) becomes the BTF-defined map with the same fields, on the same lines;
 * every ring buffer ``NAME`` gets a hidden per-CPU counter
@@ -49,11 +52,14 @@ _LEGACY_FIELDS = {"type": "type", "key_size": "key_size", "value_size": "value_s
 _RINGBUF_MAP = re.compile(r"\bstruct\s*\{[^{}]*\b__uint\s*\(\s*type\s*,\s*BPF_MAP_TYPE_RINGBUF\s*\)"
                           r"[^{}]*\}\s*(\w+)\s+SEC\s*\(\s*\"\.maps\"\s*\)\s*;")
 _LICENSE = re.compile(r"\bSEC\s*\(\s*\"license\"\s*\)")
-_INCLUDE = re.compile(r"^\s*#\s*include\b", re.M)
+_INCLUDE = re.compile(r"^[ \t]*#[ \t]*include[ \t]*[<\"]([^>\"]+)[>\"].*$", re.M)
+# kernel headers whose types vmlinux.h (from the running kernel) already has
+_KERNEL_HEADER = re.compile(r"^(?:uapi/)?(?:linux|asm|asm-generic)/[\w/.-]+\.h$")
 _DIAG = re.compile(r"^(?P<file>[^:\n]+):(?P<line>\d+):(?P<col>\d+): (?P<sev>error|warning|fatal "
                    r"error): (?P<msg>.*)$")
 _REDEFINED = re.compile(r"error: (?:redefinition of|typedef redefinition with different types) "
                         r"'(\w+)")
+MAX_ERRORS = 6
 LICENSE_NOTE = ("the cell has no license section: GPL was assumed "
                 "(char LICENSE[] SEC(\"license\") = \"GPL\";), as GPL-only helpers require")
 
@@ -111,13 +117,22 @@ def prepare(source: str) -> Adjusted:
         # keep the line count so that diagnostics name the cell's own lines
         text += "\n" * source[m.start():m.end()].count("\n")
         edits.append((m.start(), m.end(), text))
+    includes = [m for m in _INCLUDE.finditer(source) if code[m.start():m.end()].strip()]
+    defaults = not any(m.group(1) == "vmlinux.h" or m.group(1).startswith("bpf/")
+                       for m in includes)
+    notes = []
+    if defaults:
+        dropped = [m for m in includes if _KERNEL_HEADER.match(m.group(1))]
+        edits += [(m.start(), m.end(), "") for m in dropped]
+        if dropped:
+            notes.append(f"{', '.join(f'<{m.group(1)}>' for m in dropped)} left out: vmlinux.h, "
+                         "generated from the running kernel, has those types")
     text = _apply(source, edits)
     text, lost_maps = _count_ring_losses(text)
-    notes = []
     if not any(code[m.start()] == "S" for m in _LICENSE.finditer(source)):
         text += "\nchar LICENSE[] SEC(\"license\") = \"GPL\";\n"
         notes.append(LICENSE_NOTE)
-    return Adjusted(text, notes, not _INCLUDE.search(code), lost_maps)
+    return Adjusted(text, notes, defaults, lost_maps)
 
 
 def _apply(text: str, edits: list[tuple[int, int, str]]) -> str:
@@ -177,10 +192,12 @@ def vmlinux_dir() -> Path:
         raise BPFError("This kernel exposes no BTF (/sys/kernel/btf/vmlinux is missing).",
                        "CO-RE needs a kernel built with CONFIG_DEBUG_INFO_BTF=y; use the BCC "
                        "backend (--backend bcc) with kernel headers instead.")
-    d = headers.cache_dir() / "vmlinux" / _btf_hash()
+    key = _btf_hash()
+    for base in dict.fromkeys((headers.cache_dir(), headers.SYSTEM_CACHE)):
+        if (base / "vmlinux" / key / "vmlinux.h").exists():  # root's cache serves all users
+            return base / "vmlinux" / key
+    d = headers.cache_dir() / "vmlinux" / key
     header = d / "vmlinux.h"
-    if header.exists():
-        return d
     tool = bpftool()
     if tool is None:
         raise BPFError("bpftool is needed to generate vmlinux.h and was not found.",
@@ -201,13 +218,25 @@ def vmlinux_dir() -> Path:
 
 
 def _base_flags(vmlinux: Path) -> list[str]:
-    return ["-g", "-O2", "-target", "bpf", f"-D__TARGET_ARCH_{target_arch()}",
-            "-I", str(vmlinux), "-fno-color-diagnostics", "-ferror-limit=20"]
+    flags = ["-g", "-O2", "-target", "bpf", f"-D__TARGET_ARCH_{target_arch()}",
+             "-I", str(vmlinux), "-fno-color-diagnostics", "-ferror-limit=20"]
+    # the BPF target has no system include directory of its own: <linux/bpf.h> needs the
+    # host's <asm/...> (Debian keeps them in /usr/include/<multiarch>)
+    multiarch = Path(f"/usr/include/{platform.machine()}-linux-gnu")
+    return flags + (["-idirafter", str(multiarch)] if multiarch.is_dir() else [])
 
 
 def precompiled(vmlinux: Path, cc: str) -> Path | None:
-    """vmlinux.h and libbpf's helper headers, precompiled; None if clang refuses."""
-    pch = vmlinux / f"defaults-{hashlib.sha256(cc.encode()).hexdigest()[:8]}.pch"
+    """vmlinux.h and libbpf's helper headers, precompiled; None if that cannot be done."""
+    try:
+        return _precompiled(vmlinux, cc)
+    except (OSError, subprocess.SubprocessError):  # a cache this user may only read
+        return None
+
+
+def _precompiled(vmlinux: Path, cc: str) -> Path | None:
+    key = "\0".join([cc, *_base_flags(vmlinux)]).encode()
+    pch = vmlinux / f"defaults-{hashlib.sha256(key).hexdigest()[:8]}.pch"
     if pch.exists():
         return pch
     h = vmlinux / "defaults.h"  # the precompiled header names it: it stays beside it
@@ -276,17 +305,34 @@ def _failure(rc: int, log: str, text: str, c_name: str, filename: str,
                             diagnostics=diags)
     if not diags:
         diags = [ln for ln in log.splitlines() if "error" in ln][:10]
-    hint = ""
-    if any("__multi3" in d or "__divti3" in d or "built-in function" in d for d in diags):
-        hint = ("The BPF target has no 128-bit multiply or divide and no library calls: use "
-                "64-bit arithmetic.")
-    clash = next((m.group(1) for m in map(_REDEFINED.search, diags) if m), None)
-    if clash and not hint:
-        hint = (f"The kernel's own types (vmlinux.h, included for you) already define {clash!r}; "
-                "rename yours.")
-    message = ("The C code did not compile:\n" + "\n".join(diags) if diags
+    hint = _hint(diags, filename)
+    errors = [d for d in diags if not d.startswith("    ")]
+    shown = diags
+    if len(errors) > MAX_ERRORS:  # the first errors are the ones to fix; the rest often follow
+        cut = diags.index(errors[MAX_ERRORS])
+        shown = diags[:cut] + [f"... and {len(errors) - MAX_ERRORS} more errors"]
+    message = ("The C code did not compile:\n" + "\n".join(shown) if diags
                else "The C code did not compile (clang printed nothing).")
     return CompileError(message, hint, diagnostics=diags)
+
+
+def _hint(diags: list[str], filename: str) -> str:
+    """What to do about the errors clang reported, where a common cause is recognisable."""
+    if any("__multi3" in d or "__divti3" in d or "built-in function" in d for d in diags):
+        return ("The BPF target has no 128-bit multiply or divide and no library calls: use "
+                "64-bit arithmetic.")
+    redefined = [(d, m.group(1)) for d in diags if (m := _REDEFINED.search(d))]
+    if any(not d.startswith(f"{filename}, ") for d, _ in redefined):
+        return ('vmlinux.h and the kernel\'s <linux/...> headers define the same types: '
+                'include "vmlinux.h" (this kernel\'s types) and not the others.')
+    if redefined:
+        return (f"The kernel's own types (vmlinux.h) already define {redefined[0][1]!r}; "
+                "rename yours.")
+    if any("file not found" in d for d in diags):
+        return ('Kernel types come from "vmlinux.h" (generated from this kernel) and libbpf\'s '
+                "helpers from <bpf/bpf_helpers.h>, <bpf/bpf_tracing.h>, <bpf/bpf_core_read.h>; "
+                "a cell without any #include gets all of these.")
+    return ""
 
 
 def format_diagnostics(log: str, text: str, c_name: str, filename: str,
