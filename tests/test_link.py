@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import importlib
 import os
 import signal
@@ -157,6 +158,7 @@ def test_tracepoint_counts_exactly_and_close_detaches(clean, counter, prog_fds):
     assert sorted(own_bpf_fds()) == sorted([*fds_before, "anon_inode:bpf_link",
                                             "anon_inode:[perf_event]"])
     assert len(lk.fds) == 2
+    assert all(fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC for fd in lk.fds)
     _getppid(1000)
     assert counter() == 1000
     lk.close()
@@ -273,6 +275,7 @@ def test_perf_event_samples_on_every_cpu(clean, counter, prog_fds):
     fds_before = own_bpf_fds()
     lk = link.perf_event(prog_fds[0], 1, 0, sample_freq=1000)  # software cpu-clock
     assert len(lk.fds) == 2 * len(sysbpf.online_cpus())  # a BPF link and an event per CPU
+    assert all(fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC for fd in lk.fds)
     deadline = time.monotonic() + 0.2
     while time.monotonic() < deadline:
         pass
@@ -410,6 +413,28 @@ def test_uprobe_without_cap_sys_admin_falls_back_to_tracefs(clean, counter, prog
     assert f"(ebpf_magic_{child.pid}/p_" in description  # the PMU refused: tracefs was used
     assert closed == "closed"
     assert not [e for e in uprobe_events() if f"ebpf_magic_{child.pid}/" in e]
+
+
+def test_first_attach_of_a_process_removes_stale_probe_events(clean):
+    killed = _child("tracefs", LIBC_PATH, str(GETPID_OFFSET), "sleep")
+    try:
+        assert killed.stdout.readline()
+    finally:
+        killed.kill()
+        killed.wait()
+        killed.stdout.close()
+    group = f"ebpf_magic_{killed.pid}/"
+    assert [s for s in link.stale_probe_events() if s.startswith(group)]
+    # The sweep never waits for an entry the kernel still holds for a moment after the
+    # kill; a later process's first attach removes it.
+    for delay in (0.1, 0.5, 2.0):
+        time.sleep(delay)
+        sweeper = _child("pmu", LIBC_PATH, str(GETPID_OFFSET), "count", "0")
+        sweeper.communicate(timeout=30)
+        assert sweeper.returncode == 0
+        if not [s for s in link.stale_probe_events() if s.startswith(group)]:
+            break
+    assert not [e for e in uprobe_events() if group in e]
 
 
 def test_stale_probe_events_of_killed_process_are_removed(clean, counter, prog_fds,
