@@ -334,13 +334,15 @@ def test_local_structs_with_one_tag_and_two_layouts_keep_both(clang, tmp_path):
 
 
 def test_split_btf_continues_its_base():
-    base = Spec.parse(build_btf([(b"int", 1, 0, 4, [(1 << 24) | 32])], b"\0int\0"))
-    # split strings start after the base's: "pair" at 5, "a" at 10, "b" at 12
+    base = Spec.parse(build_btf([(b"int", 1, 0, 4, [(1 << 24) | 32])], b"\0int\0shared\0"))
+    # split strings start after the base's 12 bytes: "pair" at 12, "a" at 17, "b" at 19
     split_strings = b"pair\0a\0b\0"
-    members = [10, 1, 0, 12, 1, 32]
-    raw = build_btf([(5, 4, 2, 8, members), (0, 2, 0, 2, [])], split_strings, named=False)
+    members = [17, 1, 0, 19, 1, 32]
+    raw = build_btf([(12, 4, 2, 8, members), (0, 2, 0, 2, []), (5, 8, 0, 2, [])],
+                    split_strings, named=False)
     split = Spec.parse(raw, base=base)
-    assert len(split) == 4
+    assert len(split) == 5
+    assert [t.id for t in split.find("shared")] == [4]  # a split type named by a base string
     pair = split.find("pair", "struct")[0]
     assert pair.id == 2 and [m.name for m in pair.members] == ["a", "b"]
     assert split.find("int")[0].id == 1  # found in the base
