@@ -29,6 +29,7 @@ _PROG_TYPE = {"kprobe": 2, "kretprobe": 2, "uprobe": 2, "uretprobe": 2, "usdt": 
               "rawtracepoint": 17, "kfunc": 26, "kretfunc": 26, "lsm": 29}
 _TRAMPOLINES = (26, 29)  # BPF_PROG_TYPE_TRACING, BPF_PROG_TYPE_LSM
 _XDP_FLAGS = {"skb": 2, "drv": 4, "hw": 8}
+RELEASE_WAIT = 1.0  # seconds close() waits for detached links to be released
 _DECLARED = re.compile(r"\bBPF_(HISTOGRAM|STACK_TRACE|STACK_TRACE_BUILDID)\s*\(\s*(\w+)")
 
 
@@ -238,7 +239,9 @@ class BccProgram(CompiledProgram):
 
     def close(self) -> None:
         self.detach()
-        link.wait_released()  # what detach() left to release in the background
+        # Detached perf events are freed one RCU grace period at a time in the background:
+        # wait for a few, leave hundreds (a wildcard) to the link layer's releaser.
+        link.wait_released(timeout=RELEASE_WAIT)
         _close(list(self._prog_fds.values()) + [m.fd for m in self._maps.values()])
         self._prog_fds.clear()
         self._maps.clear()
