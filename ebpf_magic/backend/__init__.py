@@ -3,7 +3,9 @@
 A backend compiles, loads and attaches; it hands the rest of the package
 plain descriptions (:class:`MapHandle`) with file descriptors and numpy dtypes.
 Maps, streams, widgets and recordings work from those alone, so they never see
-a backend's own types. BCC is the backend today (:mod:`.bcc`); it compiles in a worker process.
+a backend's own types. Two backends: BCC (:mod:`.bcc`, its dialect, compiled in a worker
+process) and libbpf (:mod:`.libbpf`, CO-RE C compiled by clang against the kernel's BTF);
+:func:`choose_backend` picks one from the cell's dialect.
 """
 
 from __future__ import annotations
