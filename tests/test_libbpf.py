@@ -551,3 +551,20 @@ def test_vmlinux_with_kernel_headers_is_a_short_error(no_leaks):
     lines = err.value.message.splitlines()
     assert len(lines) <= 2 * 6 + 2 and lines[-1].startswith("... and ")
     assert 'include "vmlinux.h"' in err.value.hint and "not the others" in err.value.hint
+
+
+@needs_libbpf
+@pytest.mark.kernel
+def test_rerun_cell_replaces_program(shell, no_leaks):
+    cell = SEED.replace("FLAGS", "BPF_F_CURRENT_CPU")
+    shell.run_cell_magic("bpf", "seed -q", cell)
+    first = set(shell.user_ns["seed"].prog_ids())
+    shell.run_cell_magic("bpf", "seed -q", cell)
+    second = set(shell.user_ns["seed"].prog_ids())
+    try:
+        assert first and second and not first & second
+        assert _released(loaded_prog_ids, first)
+        assert not _links_of(first) and len(_links_of(second)) == 1
+    finally:
+        shell.user_ns["seed"].stop()
+    assert _released(loaded_prog_ids, second)
