@@ -8,12 +8,31 @@ the record's numpy dtype and keeps the newest ``max_rows`` events::
     prog.events["events"].df          # one column per field (+ "cpu" for perf buffers)
     prog.events["events"].stats       # received, lost in the kernel, dropped by the cap
 
+Every event the program submitted is in the stream or counted, at every
+moment: ``received + lost_kernel`` equals the submissions so far (once the
+reader has caught up), and each received event is held, dropped by the cap,
+spilled, discarded while paused, cleared, or lost by a failed reader (see
+:attr:`Stream.stats`). Stopping detaches the probes first, then drains.
+
+Memory. A perf buffer has one ring per online CPU; by default each gets
+``clamp(PERF_BUDGET / CPUs, PERF_FLOOR, PERF_CEILING)`` rounded down to a power
+of two pages, i.e. 64 MiB per stream split across the CPUs, at least 256 KiB
+and at most 16 MiB each: 16 MiB x 2 on a 2-CPU machine, 256 KiB x 256 on a
+256-CPU one (``CPUs x 256 KiB`` beyond 256 CPUs), plus one page per CPU. A
+ring buffer is the one size the C declares (``BPF_RINGBUF_OUTPUT(name, pages)``,
+shared by all CPUs); this module never changes it, and reports what a small
+ring drops in ``lost_kernel``: about 4 MiB (1024 pages) kept up with a
+million-events/s burst in ``bench/stream.py``, 1 MiB did not always. The
+decoded events take ``max_rows x`` (record size + 2) bytes at most, allocated
+as rows arrive.
+
 Options (``Program(..., stream_options={...})``; defaults in :data:`DEFAULTS`,
 which may be changed for the whole process):
 
 * ``max_rows``: events kept per stream; the oldest are dropped and counted.
-* ``page_cnt``: perf buffer size per CPU, in pages (a power of two). A ring
-  buffer's size is the one the C source declares.
+* ``page_cnt``: perf buffer size per CPU, in pages (a power of two); by
+  default from the budget above. A ring buffer's size is the one the C
+  source declares.
 * ``wakeup_bytes``: a perf ring wakes the reader once this many bytes wait
   (default: a quarter of the ring); 0 wakes it on every event.
 * ``poll_ms``: the longest the reader sleeps when no wake-up comes.
@@ -369,6 +388,14 @@ class Stream:
     def __len__(self) -> int:
         return len(self._store) if self._store is not None else 0
 
+    @property
+    def buffer_bytes(self) -> int:
+        """Bytes of kernel buffer this stream reads from (every CPU's ring for perf)."""
+        buf = self._buffer
+        if isinstance(buf, PerfBuffer):
+            return sum(r.size for r in buf.rings)
+        return buf.size if buf is not None else 0
+
     # -- control -----------------------------------------------------------------
 
     @property
@@ -570,6 +597,17 @@ class Streams(Mapping):
             except Exception as e:
                 s._fail(e)
         return read
+
+    @property
+    def reader_cpu_s(self) -> float:
+        """CPU time the reader thread has used so far, in seconds (0 once it has ended)."""
+        thread = self._thread
+        if thread is None or thread.ident is None or not thread.is_alive():
+            return 0.0
+        try:
+            return time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
+        except OSError:  # the thread has just ended
+            return 0.0
 
     @property
     def received(self) -> int:
