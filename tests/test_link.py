@@ -12,6 +12,7 @@ import errno
 import fcntl
 import importlib
 import os
+import shutil
 import signal
 import socket
 import struct
@@ -372,6 +373,76 @@ def test_uprobe_errors(clean, counter, prog_fds, route):
         link.uprobe(prog_fds[0], "/no/such/binary", 0x10)
     assert info.value.errno == errno.ENOENT
     assert "/no/such/binary" in str(info.value)
+
+
+TARGET_C = r"""
+#include <stdio.h>
+#include <stdlib.h>
+/* a USDT-style semaphore, in file-backed data: the kernel counts attached probes in it */
+__attribute__((section(".probes"))) unsigned short ebm_semaphore = 0;
+__attribute__((noinline)) void ebm_probe(void) { __asm__ volatile(""); }
+int main(void) {
+    char line[32];
+    while (fgets(line, sizeof line, stdin)) {
+        for (int i = atoi(line); i > 0; i--) ebm_probe();
+        printf("%u\n", ebm_semaphore);
+        fflush(stdout);
+    }
+    return 0;
+}
+"""
+
+
+def _elf_file_offset(binary: Path, symbol: str) -> int:
+    """File offset of ``symbol`` in ``binary``, from nm's address and readelf's sections."""
+    nm = subprocess.run(["nm", str(binary)], capture_output=True, text=True, check=True).stdout
+    addr = next(int(ln.split()[0], 16) for ln in nm.splitlines() if ln.endswith(" " + symbol))
+    sections = subprocess.run(["readelf", "-SW", str(binary)], capture_output=True, text=True,
+                              check=True).stdout
+    for line in sections.splitlines():
+        fields = line.replace("[ ", "[").split()
+        if len(fields) > 5 and fields[0].startswith("[") and fields[2] != "NOBITS":
+            try:
+                start, offset, size = (int(fields[i], 16) for i in (3, 4, 5))
+            except ValueError:
+                continue
+            if start <= addr < start + size:
+                return addr - start + offset
+    raise LookupError(symbol)
+
+
+@pytest.fixture(scope="module")
+def target(tmp_path_factory) -> Path:
+    """A small binary with a probe-able function and a semaphore in its data."""
+    if shutil.which("cc") is None or shutil.which("readelf") is None:
+        pytest.skip("needs a C compiler and binutils to build the uprobe target")
+    tmp = tmp_path_factory.mktemp("uprobe_target")
+    (tmp / "target.c").write_text(TARGET_C)
+    subprocess.run(["cc", "-O1", "-o", str(tmp / "target"), str(tmp / "target.c")], check=True)
+    return tmp / "target"
+
+
+def test_uprobe_semaphore_counts_while_attached(clean, counter, prog_fds, route, target):
+    proc = subprocess.Popen([str(target)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)
+
+    def call(n: int) -> int:
+        proc.stdin.write(f"{n}\n")
+        proc.stdin.flush()
+        return int(proc.stdout.readline())
+
+    try:
+        assert call(0) == 0
+        prog_fds.append(counting_prog(PROG_KPROBE, counter.fd, pid=proc.pid))
+        with link.uprobe(prog_fds[0], str(target), _elf_file_offset(target, "ebm_probe"),
+                         ref_ctr_offset=_elf_file_offset(target, "ebm_semaphore")):
+            assert call(123) == 1  # the kernel raised the semaphore of the running process
+        assert call(7) == 0
+        assert counter() == 123
+    finally:
+        proc.stdin.close()
+        proc.wait()
+        proc.stdout.close()
 
 
 UPROBE_CHILD = textwrap.dedent("""
