@@ -568,3 +568,12 @@ def test_rerun_cell_replaces_program(shell, no_leaks):
     finally:
         shell.user_ns["seed"].stop()
     assert _released(loaded_prog_ids, second)
+
+
+def test_missing_clang_is_a_short_error(monkeypatch):
+    monkeypatch.setenv("EBPF_MAGIC_CLANG", "")
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(BPFError) as err:
+        Program(SEED.replace("FLAGS", "0"))
+    assert "clang is not installed" in err.value.message
+    assert "--backend bcc" in err.value.hint

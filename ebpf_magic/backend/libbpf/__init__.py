@@ -74,10 +74,19 @@ class Link:
 
 
 class LibbpfProgram(CompiledProgram):
-    """A C source compiled by clang and loaded by libbpf."""
+    """A C source compiled by clang and loaded by libbpf.
+
+    ``usdt`` probes need nothing at load time here: :meth:`attach` attaches
+    them with libbpf's USDT support (the C side uses ``<bpf/usdt.bpf.h>``).
+    """
 
     def __init__(self, source: str, *, cflags: list[str], usdt: list[Probe],
                  filename: str = "cell", line_offset: int = 0) -> None:
+        ok, why = available()
+        if not ok:
+            raise BPFError(f"The libbpf backend cannot run here: {why}.",
+                           "Install what is missing (scripts/setup.sh does), or use BCC: "
+                           "--backend bcc.")
         if not kernel.has_bpf_rights():
             raise NotPrivilegedError("Not allowed to load BPF programs: " +
                                      kernel.rights_summary(), kernel.rights_hint())
@@ -97,7 +106,7 @@ class LibbpfProgram(CompiledProgram):
         self._buf = ct.create_string_buffer(compiled.obj, len(compiled.obj))
         with _lib.logged() as log:
             obj = lib.bpf_object__open_mem(self._buf, len(compiled.obj), ct.byref(opts))
-            err = _lib.errno_of(0) if not obj else 0
+            err = _lib.last_errno() if not obj else 0
         if not obj:
             raise BPFError(f"libbpf could not open the compiled object: {_lib.strerror(err)}",
                            "\n".join(log[-8:]))
@@ -174,7 +183,7 @@ class LibbpfProgram(CompiledProgram):
                 link = lib.bpf_program__attach_xdp(prog, ifindex)
             else:
                 link = lib.bpf_program__attach(prog)
-            err = _lib.errno_of(0) if not link else 0
+            err = _lib.last_errno() if not link else 0
         if not link:
             raise self._attach_failure(probe, probe == implied, err, log)
         self._links.append(Link(link, str(probe)))
@@ -195,7 +204,7 @@ class LibbpfProgram(CompiledProgram):
                                   probe=str(probe)) from None
             with _lib.logged() as log:
                 link = _lib.lib().bpf_program__attach_perf_event(prog, pfd)
-                err = _lib.errno_of(0) if not link else 0
+                err = _lib.last_errno() if not link else 0
             if not link:
                 os.close(pfd)
                 raise self._attach_failure(probe, False, err, log)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes as ct
-import ctypes.util
 import functools
 import os
 import threading
@@ -73,14 +72,10 @@ class LibbpfMissing(OSError):
 @functools.cache
 def lib() -> ct.CDLL:
     """The system's libbpf with the signatures this backend uses; loaded once."""
-    name = ctypes.util.find_library("bpf") or "libbpf.so.1"
     try:
         handle = ct.CDLL("libbpf.so.1", use_errno=True)
-    except OSError:
-        try:
-            handle = ct.CDLL(name, use_errno=True)
-        except OSError as e:
-            raise LibbpfMissing(str(e)) from None
+    except OSError as e:
+        raise LibbpfMissing(str(e)) from None
     for fn, (restype, argtypes) in _SIGNATURES.items():
         f = getattr(handle, fn)
         f.restype, f.argtypes = restype, argtypes
@@ -123,9 +118,9 @@ def logged() -> Iterator[list[str]]:
             _log.clear()
 
 
-def errno_of(result: int) -> int:
-    """The positive errno of a libbpf call that returned ``result`` (or NULL)."""
-    return -result if isinstance(result, int) and result < 0 else (ct.get_errno() or 0)
+def last_errno() -> int:
+    """errno as the last libbpf call of this thread left it (libbpf 1.x sets it on failure)."""
+    return ct.get_errno()
 
 
 def strerror(err: int) -> str:
