@@ -101,7 +101,8 @@ fi
 
 # --- what the kernel's user must read, and may not write -------------------------------
 # It runs this checkout's interpreter and package: directories it cannot pass through
-# (a Python under /root, say) get a search-only ACL entry for it, nothing more.
+# (a Python under /root, say) get a search-only ACL entry for its group (which users
+# running the kernel as themselves join, see docs/privileges.md), nothing more.
 base=$(.venv/bin/python -c 'import sys; print(sys.base_prefix)')
 for path in "$(readlink -f .venv/bin/python)" "$base/lib" "$PWD/ebpf_magic" "$PWD/notebooks"; do
     dir=
@@ -110,8 +111,8 @@ for path in "$(readlink -f .venv/bin/python)" "$base/lib" "$PWD/ebpf_magic" "$PW
         dir="$dir/$part"
         [ -d "$dir" ] || break
         if ! as_kernel test -x "$dir"; then
-            say "letting $ACCOUNT pass through $dir (ACL u:$ACCOUNT:x)"
-            setfacl -m "u:$ACCOUNT:x" "$dir"
+            say "letting group $ACCOUNT pass through $dir (ACL g:$ACCOUNT:x)"
+            setfacl -m "g:$ACCOUNT:x" "$dir"
         fi
     done
 done
