@@ -533,8 +533,6 @@ class Streams(Mapping):
         opts = {**DEFAULTS, **options}
         ncpus = len(sysbpf.online_cpus())
         page_cnt = perf_pages(ncpus) if opts["page_cnt"] is None else int(opts["page_cnt"])
-        wakeup = opts["wakeup_bytes"]
-        wakeup = page_cnt * PAGE_SIZE // 4 if wakeup is None else int(wakeup)
         max_rows = int(opts["max_rows"])
         layouts = {n: as_dtype(v) for n, v in (opts.get("dtypes") or {}).items()}
         hidden = set(prepared.hidden)
@@ -553,7 +551,8 @@ class Streams(Mapping):
                 stream._lost_fd = lost.fd if lost is not None else None
                 if h.kind == "perf_event_array":
                     read_lost = lost is None and lost_format_supported()
-                    stream._buffer = PerfBuffer(h.fd, page_cnt, wakeup, read_lost)
+                    stream._buffer = _perf_buffer(name, h.fd, page_cnt, opts["wakeup_bytes"],
+                                                  read_lost, shrink=opts["page_cnt"] is None)
                 else:
                     stream._buffer = RingBuffer(h.fd, h.max_entries)
                 for col, clock in (opts.get("time") or {}).items():
@@ -668,6 +667,33 @@ def perf_pages(ncpus: int) -> int:
     """Pages per CPU of a perf buffer by default (see the module doc for the formula)."""
     per_cpu = min(max(PERF_BUDGET // ncpus, PERF_FLOOR), PERF_CEILING)
     return 1 << ((per_cpu // PAGE_SIZE).bit_length() - 1)
+
+
+def _perf_buffer(name: str, map_fd: int, page_cnt: int, wakeup: int | None, read_lost: bool,
+                 shrink: bool) -> PerfBuffer:
+    """A perf buffer of ``page_cnt`` pages per CPU, or, with ``shrink``, as many as allowed.
+
+    Without CAP_IPC_LOCK the kernel caps the perf ring memory a user may lock
+    (``perf_event_mlock_kb`` per CPU, then ``RLIMIT_MEMLOCK``): a default-sized
+    buffer then halves until it fits, with a warning.
+    """
+    wanted = page_cnt
+    while True:
+        try:
+            buf = PerfBuffer(map_fd, page_cnt, page_cnt * PAGE_SIZE // 4 if wakeup is None
+                             else int(wakeup), read_lost)
+        except PermissionError:
+            if not shrink or page_cnt == 1:
+                raise
+            page_cnt //= 2
+            continue
+        if page_cnt < wanted:
+            warnings.warn(f"perf buffer {name!r} has {page_cnt * PAGE_SIZE >> 10:,} KiB per CPU "
+                          f"instead of {wanted * PAGE_SIZE >> 10:,} KiB: the locked-memory limit "
+                          "(kernel.perf_event_mlock_kb, ulimit -l) allows no more, so fast "
+                          "bursts may lose events (counted). Raise the limit, or grant "
+                          "CAP_IPC_LOCK.", StreamWarning, stacklevel=4)
+        return buf
 
 
 def _check_memory(name: str, layout: np.dtype, max_rows: int) -> None:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -349,3 +351,40 @@ def test_default_perf_rings_split_a_budget_across_cpus(no_leaks):
             os.getppid()
         assert settles(prog.events["events"], 10)
         assert prog.events.reader_cpu_s > 0
+
+
+SHRINK = """
+import os, time, warnings
+from ebpf_magic.program import Program
+src = '''
+BPF_PERF_OUTPUT(events);
+TRACEPOINT_PROBE(syscalls, sys_enter_getppid) {
+    if ((bpf_get_current_pid_tgid() >> 32) != PID) return 0;
+    u64 v = 7;
+    events.perf_submit(args, &v, sizeof(v));
+    return 0;
+}
+'''
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    with Program(src, defines={"PID": os.getpid()}) as prog:
+        stream = prog.events["events"]
+        os.getppid()
+        deadline = time.monotonic() + 5
+        while stream.received < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        print(stream.buffer_bytes, stream.received, len(caught), str(caught[0].message))
+"""
+
+
+def test_default_perf_rings_shrink_to_the_locked_memory_limit():
+    if not (shutil.which("setpriv") and shutil.which("prlimit")):
+        pytest.skip("needs setpriv and prlimit (util-linux) to run without CAP_IPC_LOCK")
+    out = subprocess.run(["setpriv", "--inh-caps=-ipc_lock", "--bounding-set=-ipc_lock",
+                          "prlimit", "--memlock=65536:65536", sys.executable, "-c", SHRINK],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    size, received, warned, message = out.stdout.split(" ", 3)
+    cpus = len(sysbpf.online_cpus())
+    assert int(size) < cpus * perf_pages(cpus) * PAGE_SIZE and int(received) == 1
+    assert warned == "1" and "locked-memory limit" in message
