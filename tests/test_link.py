@@ -35,6 +35,7 @@ uprobe_mod = importlib.import_module("ebpf_magic.link.uprobe")
 
 PROG_KPROBE, PROG_TRACEPOINT, PROG_XDP, PROG_PERF_EVENT, PROG_RAW_TRACEPOINT = 2, 5, 6, 7, 17
 MAP_ARRAY = 2
+PERF_TYPE_SOFTWARE = 1  # config 0: cpu-clock, 1: task-clock
 NR_GETPPID = 110  # x86_64
 ETH_P_TEST = 0x88B5  # IEEE local experimental ethertype
 XDP_PASS = 2
@@ -274,7 +275,7 @@ def test_raw_tracepoint_unknown_name(clean, counter, prog_fds):
 def test_perf_event_samples_on_every_cpu(clean, counter, prog_fds):
     prog_fds.append(counting_prog(PROG_PERF_EVENT, counter.fd))
     fds_before = own_bpf_fds()
-    lk = link.perf_event(prog_fds[0], 1, 0, sample_freq=1000)  # software cpu-clock
+    lk = link.perf_event(prog_fds[0], PERF_TYPE_SOFTWARE, 0, sample_freq=1000)  # cpu-clock
     assert len(lk.fds) == 2 * len(sysbpf.online_cpus())  # a BPF link and an event per CPU
     assert all(fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC for fd in lk.fds)
     deadline = time.monotonic() + 0.2
@@ -288,11 +289,21 @@ def test_perf_event_samples_on_every_cpu(clean, counter, prog_fds):
     assert counter() == fired
 
 
+def test_perf_event_failing_on_one_cpu_keeps_nothing_open(clean, counter, prog_fds):
+    prog_fds.append(counting_prog(PROG_PERF_EVENT, counter.fd))
+    fds_before = own_bpf_fds()
+    with pytest.raises(link.LinkError) as info:
+        link.perf_event(prog_fds[0], PERF_TYPE_SOFTWARE, 0, sample_freq=100, cpus=[0, 4095])
+    assert info.value.errno in (errno.EINVAL, errno.ENODEV, errno.ENXIO)
+    assert str(info.value).startswith("perf_event_open for perf_event:1:0 on CPU 4095: ")
+    assert own_bpf_fds() == fds_before  # CPU 0's event and link were closed again
+
+
 def test_perf_event_on_chosen_cpus_by_period(clean, counter, prog_fds):
     prog_fds.append(counting_prog(PROG_PERF_EVENT, counter.fd, pid=os.getpid()))
     # task-clock of this process: one run per 1 ms of its CPU time
-    with link.perf_event(prog_fds[0], 1, 1, sample_period=1_000_000, pid=os.getpid(),
-                         cpus=[-1]) as lk:
+    with link.perf_event(prog_fds[0], PERF_TYPE_SOFTWARE, 1, sample_period=1_000_000,
+                         pid=os.getpid(), cpus=[-1]) as lk:
         assert len(lk.fds) == 2
         cpu0 = time.process_time()
         while counter() < 50 and time.process_time() - cpu0 < 5:

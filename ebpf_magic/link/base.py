@@ -2,8 +2,9 @@
 
 A :class:`Link` owns the file descriptors that keep one attachment alive and,
 for tracefs-defined probes, the probe event to remove afterwards. Closing the
-link detaches the program; nothing else does, except process exit (which
-closes the fds but leaves tracefs probe events behind, see ``probe_events``).
+link (or dropping the last reference to it) detaches the program. Process exit
+closes the fds too but leaves tracefs probe events behind; ``probe_events``
+finds and removes those.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ PERF_TYPE_TRACEPOINT = 2
 PERF_SAMPLE_RAW = 1 << 10
 PERF_FLAG_FREQ = 1 << 10  # attr.flags bit: sample_period holds a frequency
 IOC_ENABLE = 0x2400
-IOC_DISABLE = 0x2401
 IOC_SET_BPF = 0x40042408  # _IOW('$', 8, __u32)
 BPF_PERF_EVENT = 41  # enum bpf_attach_type: a BPF link to a perf event (kernel >= 5.15)
 # link_create's answers where BPF perf links do not exist for this event or kernel
@@ -48,8 +48,8 @@ class LinkError(OSError):
 class Link:
     """One attachment: closing it detaches the program and releases what it held.
 
-    ``fds`` are closed first and detach the program (a BPF link, or a perf
-    event the program was set on directly). ``release_fds`` hold only what is
+    ``detach_fds`` are closed first and detach the program (a BPF link, or a
+    perf event the program was set on directly). ``release_fds`` hold only what is
     inert once those are closed (the perf event under a BPF perf link): the
     kernel may take an RCU grace period to free each, so :func:`close_all` may
     release them in the background. ``undo`` runs last (tracefs probe events
@@ -57,11 +57,11 @@ class Link:
     for an object the kernel has already dropped.
     """
 
-    def __init__(self, description: str, fds: Sequence[int],
+    def __init__(self, description: str, detach_fds: Sequence[int],
                  undo: Callable[[], None] | None = None, *,
                  release_fds: Sequence[int] = ()) -> None:
         self.description = description
-        self._fds: list[int] = list(fds)
+        self._fds: list[int] = list(detach_fds)
         self._release_fds: list[int] = list(release_fds)
         self._undo = undo
         self._lock = threading.Lock()
@@ -73,6 +73,7 @@ class Link:
 
     @property
     def closed(self) -> bool:
+        """True once close() (or close_all) has taken everything the link held."""
         return not self._fds and not self._release_fds and self._undo is None
 
     def _take(self) -> tuple[list[int], list[int], Callable[[], None] | None]:
