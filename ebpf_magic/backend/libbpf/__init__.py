@@ -35,6 +35,7 @@ from . import _compile, _lib, _source
 _PROG_FAILED = re.compile(r"prog '(\w+)': (?:BPF program load failed|failed to load)")
 _KEYLESS = ("queue", "stack", "ringbuf", "user_ringbuf")
 _PERF_FLAG_FD_CLOEXEC = 8
+_PERF_EVENT_ARRAY = 4  # enum bpf_map_type
 _PERF_FREQ = 1 << 10
 FLAGS_ZERO_WARNING = ("{map}: bpf_perf_event_output(..., 0, ...) with flags 0 writes to the "
                       "buffer of CPU 0 only, so events on other CPUs are lost; pass "
@@ -121,6 +122,7 @@ class LibbpfProgram(CompiledProgram):
                 self.sections[name] = lib.bpf_program__section_name(prog).decode()
                 prog = lib.bpf_object__next_program(obj, prog)
             self.functions = list(self._programs)
+            self._one_slot_per_cpu()
             kernel.ensure_tracefs()
             with _lib.logged() as log:
                 rc = lib.bpf_object__load(obj)
@@ -129,6 +131,23 @@ class LibbpfProgram(CompiledProgram):
         except BaseException:
             self.close()
             raise
+
+    def _one_slot_per_cpu(self) -> None:
+        """Give every perf event array a slot per possible CPU, before loading.
+
+        A CPU without a slot cannot deliver (``bpf_perf_event_output`` fails
+        there), and nothing would count what it drops.
+        """
+        lib, cpus = _lib.lib(), sysbpf.possible_cpus()
+        m = lib.bpf_object__next_map(self._obj, None)
+        while m:
+            size = lib.bpf_map__max_entries(m)
+            if lib.bpf_map__type(m) == _PERF_EVENT_ARRAY and 0 < size < cpus:
+                lib.bpf_map__set_max_entries(m, cpus)
+                name = lib.bpf_map__name(m).decode()
+                self.warnings.append(f"{name}: max_entries {size} raised to {cpus}, one per CPU, "
+                                     "so that events on every CPU reach the buffer")
+            m = lib.bpf_object__next_map(self._obj, m)
 
     # -- probes ---------------------------------------------------------------
 

@@ -59,6 +59,8 @@ _SIGNATURES = {
     "bpf_map__fd": (ct.c_int, [ct.c_void_p]),
     "bpf_map__type": (ct.c_int, [ct.c_void_p]),
     "bpf_map__is_internal": (ct.c_bool, [ct.c_void_p]),
+    "bpf_map__max_entries": (ct.c_uint32, [ct.c_void_p]),
+    "bpf_map__set_max_entries": (ct.c_int, [ct.c_void_p, ct.c_uint32]),
     "bpf_map__btf_key_type_id": (ct.c_uint32, [ct.c_void_p]),
     "bpf_map__btf_value_type_id": (ct.c_uint32, [ct.c_void_p]),
     "btf__raw_data": (ct.c_void_p, [ct.c_void_p, ct.POINTER(ct.c_uint32)]),
