@@ -89,7 +89,11 @@ def columns(records: np.ndarray, prefix: str = "") -> dict[str, Any]:
             sub = records[name]
             if name in by_storage:
                 for bit_name in by_storage[name]:
-                    out[f"{prefix}{bit_name}"] = _bitfield_column(sub, packed[bit_name])
+                    bf = packed[bit_name]
+                    column = _bitfield_column(sub, bf)
+                    names = enum_names(bf.dtype)
+                    out[f"{prefix}{bit_name}"] = column if names is None else _enum_column(
+                        column, names)
                 continue
             out.update(columns(sub, f"{prefix}{name}." if dt[name].names else f"{prefix}{name}"))
         return out
@@ -223,7 +227,10 @@ def _visible_items(value: Any, dt: np.dtype, convert: Any) -> list[tuple[str, An
     for name in dt.names:
         if name in by_storage:
             raw = np.asarray(value[name]).tobytes()
-            items += [(b, _bitfield_value(raw, packed[b])) for b in by_storage[name]]
+            for b in by_storage[name]:
+                number = _bitfield_value(raw, packed[b])
+                names = enum_names(packed[b].dtype) or {}
+                items.append((b, names.get(number, number)))
         else:
             items.append((name, convert(value[name], dt[name])))
     return items
@@ -310,7 +317,7 @@ def _assign(target: np.ndarray, value: Any, dt: np.dtype) -> None:
             if name in packed:
                 bf = packed[name]
                 store = target[bf.storage]
-                raw = _with_bitfield(store.tobytes(), v, bf, name)
+                raw = _with_bitfield(store.tobytes(), _enum_number(v, bf.dtype), bf, name)
                 store[...] = np.frombuffer(raw, np.uint8).reshape(store.shape)
             else:
                 _assign(target[name], v, dt[name])
@@ -325,14 +332,19 @@ def _assign(target: np.ndarray, value: Any, dt: np.dtype) -> None:
         for index, v in zip(np.ndindex(*shape), flat, strict=False):
             _assign(target[(slice(None), *index)], v, base)
         return
+    target[0] = _enum_number(value, dt)
+
+
+def _enum_number(value: Any, dt: np.dtype) -> Any:
+    """The number of an enum name (other values pass through)."""
     names = enum_names(dt)
-    if isinstance(value, str) and names is not None:
-        numbers = {name: number for number, name in reversed(names.items())}
-        if value not in numbers:
-            raise ValueError(f"{value!r} is not a name of this enum; names are "
-                             f"{list(dict.fromkeys(names.values()))}")
-        value = numbers[value]
-    target[0] = value
+    if not isinstance(value, str) or names is None:
+        return value
+    numbers = {name: number for number, name in reversed(names.items())}
+    if value not in numbers:
+        raise ValueError(f"{value!r} is not a name of this enum; names are "
+                         f"{list(dict.fromkeys(names.values()))}")
+    return numbers[value]
 
 
 def describe(dt: np.dtype) -> str:

@@ -37,6 +37,7 @@ typedef const volatile pid32 cv_pid;
 enum state { IDLE = 0, RUNNING = 1, DEAD = 7 };
 struct inner { u32 a; char name[6]; };
 struct bits { u32 lo:3; int neg:5; u32 :2; u64 big:40; char c; };
+struct ebits { enum state st:4; u32 rest:28; };
 union un { u32 ip4; unsigned char ip6[16]; };
 struct rec {
     u64 ts; struct inner in; enum state st; struct bits b; union un u;
@@ -67,6 +68,7 @@ const volatile char ro_name[8] = "ro";
 u64 bss_a;
 struct bits bss_b;
 int data_int = 99;
+struct ebits ebits_value = {.st = DEAD, .rest = 5};
 union flags flags_value;
 
 __attribute__((section("tp/syscalls/sys_enter_getppid"), used))
@@ -220,6 +222,11 @@ def test_enum_columns_show_names(obj):
     assert dtypes.encode("DEAD", dt)[0] == 7 and dtypes.encode(3, dt)[0] == 3
     with pytest.raises(ValueError, match="names are \\['IDLE', 'RUNNING', 'DEAD'\\]"):
         dtypes.encode("ZOMBIE", dt)
+    # an enum bitfield shows its name too, and takes one
+    ebits, raw = global_value(data, spec, ".data", "ebits_value")
+    assert dtypes.to_python(np.frombuffer(raw, ebits)[0], ebits) == {"st": "DEAD", "rest": 5}
+    assert list(dtypes.columns(np.frombuffer(raw, ebits))["st"]) == ["DEAD"]
+    assert dtypes.encode({"st": "DEAD", "rest": 5}, ebits).tobytes() == raw
 
 
 def test_unions_show_every_member_and_encode_the_one_given(obj):
