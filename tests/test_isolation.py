@@ -6,6 +6,7 @@ a short error, an earlier program still counting exactly, nothing of the
 failed cell loaded, and the next compile served by a new worker.
 """
 
+import json
 import os
 import shutil
 import signal
@@ -14,15 +15,14 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ebpf_magic import Program
-from ebpf_magic.backend.bcc import client
-from ebpf_magic.errors import CompileError
+from ebpf_magic.backend.bcc import client, protocol
+from ebpf_magic.errors import AttachError, CompileError
 
 from conftest import COUNT_CELL, bpftool_json, own_bpf_fds
-
-pytestmark = pytest.mark.kernel
 
 COUNTER = """
 BPF_HASH(calls, u32, u64);
@@ -89,6 +89,7 @@ def assert_still_counting(prog: Program, n: int = 25) -> None:
     assert prog.maps["calls"][os.getpid()] == before + n
 
 
+@pytest.mark.kernel
 @pytest.mark.parametrize("case", list(CRASHERS))
 def test_crashing_compile_costs_only_the_cell(case, earlier, no_leaks):
     source, said = CRASHERS[case]
@@ -112,6 +113,7 @@ def test_crashing_compile_costs_only_the_cell(case, earlier, no_leaks):
     assert client.worker().pid not in (None, worker)
 
 
+@pytest.mark.kernel
 def test_compile_over_the_time_bound_is_stopped(earlier, monkeypatch, no_leaks):
     monkeypatch.setattr(client, "COMPILE_TIMEOUT", 1.0)
     mine = programs_of(os.getpid())
@@ -127,6 +129,7 @@ def test_compile_over_the_time_bound_is_stopped(earlier, monkeypatch, no_leaks):
     assert_still_counting(earlier)
 
 
+@pytest.mark.kernel
 def test_compile_over_the_memory_bound_is_stopped(earlier, monkeypatch, no_leaks):
     # the bound is set just above what an idle worker maps, so any real compile exceeds it
     monkeypatch.setattr(client, "MEMORY_LIMIT", 0)
@@ -143,6 +146,7 @@ def test_compile_over_the_memory_bound_is_stopped(earlier, monkeypatch, no_leaks
     assert_still_counting(earlier)
 
 
+@pytest.mark.kernel
 def test_interrupt_while_compiling_stops_the_worker(earlier, no_leaks):
     mine = programs_of(os.getpid())
     timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
@@ -159,6 +163,7 @@ def test_interrupt_while_compiling_stops_the_worker(earlier, no_leaks):
         assert_still_counting(again)
 
 
+@pytest.mark.kernel
 def test_worker_killed_between_cells_is_restarted(earlier, no_leaks):
     worker = client.worker().pid
     assert worker is not None
@@ -170,6 +175,7 @@ def test_worker_killed_between_cells_is_restarted(earlier, no_leaks):
     assert client.worker().pid not in (None, worker)
 
 
+@pytest.mark.kernel
 def test_worker_keeps_nothing_it_handed_over(no_leaks):
     with Program(COUNTER, attach=[GETPPID], defines={"PID": os.getpid()}) as prog:
         worker = client.worker().pid
@@ -182,15 +188,18 @@ def test_worker_keeps_nothing_it_handed_over(no_leaks):
     assert not {m["id"] for m in bpftool_json("map", "show")} & set(prog.map_ids() or [])
 
 
-def test_crash_through_the_magic_keeps_the_session(shell, capsys, no_leaks):
+@pytest.mark.kernel
+@pytest.mark.parametrize("case", list(CRASHERS))
+def test_crash_through_the_magic_keeps_the_session(case, shell, capsys, no_leaks):
+    source, said = CRASHERS[case]
     assert shell.run_cell(COUNT_CELL.format(name="good", pid=os.getpid())).success
     mine = programs_of(os.getpid())
-    result = shell.run_cell("%%bpf bad\n1\nBPF_HASH(u)\n")
+    result = shell.run_cell("%%bpf bad\n" + source + "\n")
     assert not result.success
     out = capsys.readouterr()
     text = out.out + out.err
     assert "CompileError" in text
-    assert "the compiler crashed (SIGSEGV) on this cell; " + NOTHING_LOST in text
+    assert f"{said}; {NOTHING_LOST}" in text
     assert "Traceback" not in text
     assert programs_of(os.getpid()) == mine
     assert "bad" not in shell.user_ns
@@ -217,6 +226,7 @@ int main(int argc, char **argv) {
 """
 
 
+@pytest.mark.kernel
 def test_usdt_probe_behind_a_semaphore_keeps_firing(tmp_path, no_leaks):
     # BCC enables the semaphore in the worker and disables it when the worker lets go
     # of the program: the kernel must hold it up for as long as the probe is attached.
@@ -238,3 +248,27 @@ def test_usdt_probe_behind_a_semaphore_keeps_firing(tmp_path, no_leaks):
     finally:
         proc.kill()
         proc.wait()
+
+
+@pytest.mark.kernel
+def test_wildcard_kprobe_is_resolved_here(no_leaks):
+    with pytest.raises(AttachError) as info:
+        Program("int f(void *ctx) { return 0; }", attach=["kprobe:no_such_function_xyz_*"])
+    assert "no kernel function matches 'no_such_function_xyz_*'" in str(info.value)
+
+
+def test_dtypes_cross_the_socket_unchanged():
+    inner = np.dtype({"names": ["a", "b"], "formats": ["u1", "<u8"], "offsets": [0, 8],
+                      "itemsize": 16})
+    cases = [
+        np.dtype("<u4"), np.dtype("S16"), np.dtype(("<i8", (2, 3))),
+        np.dtype({"names": ["pid", "comm", "in", "tail"],
+                  "formats": ["<u4", "S16", inner, ("<u2", (3,))],
+                  "offsets": [0, 4, 24, 40], "itemsize": 48}),
+        np.dtype({"names": ["as_u64", "as_bytes"], "formats": ["<u8", ("u1", (8,))],
+                  "offsets": [0, 0], "itemsize": 8}),  # a union
+    ]
+    for dt in cases:
+        wire = json.loads(json.dumps(protocol.dtype_to_json(dt)))
+        assert protocol.dtype_from_json(wire) == dt
+    assert protocol.dtype_from_json(protocol.dtype_to_json(None)) is None
