@@ -150,6 +150,9 @@ def test_legacy_map_rewritten_in_place():
     # every line of the cell keeps its number
     assert text.splitlines()[7:len(SEED.splitlines())] == SEED.splitlines()[7:]
     assert text.rstrip().endswith('char LICENSE[] SEC("license") = "GPL";')
+    other_order = SEED.replace('struct bpf_map_def SEC("maps") my_map',
+                               'struct bpf_map_def my_map SEC("maps")')
+    assert _compile.prepare(other_order).text == text
 
 
 # -- the real kernel ------------------------------------------------------------------

@@ -10,6 +10,9 @@ and ring buffers (see :mod:`._compile` for what is added to the source).
 Probes attach with libbpf's own attach functions: a program's SEC() name is
 attached by ``bpf_program__attach`` exactly as libbpf-based tools do, and
 each attachment is a ``struct bpf_link`` this program owns and destroys.
+libbpf, not attaching by descriptor, because it also owns what some programs
+need at attach time: USDT argument specs, the BTF targets of ``tp_btf``,
+``fentry`` and ``lsm`` programs, and the SEC() grammar itself.
 """
 
 from __future__ import annotations

@@ -44,8 +44,8 @@ TIMEOUT_S = 60.0
 HELPER_HEADERS = ("bpf/bpf_helpers.h", "bpf/bpf_tracing.h", "bpf/bpf_core_read.h")
 _ARCH = {"x86_64": "x86", "aarch64": "arm64", "arm64": "arm64", "s390x": "s390",
          "ppc64le": "powerpc", "riscv64": "riscv", "loongarch64": "loongarch"}
-_LEGACY_MAP = re.compile(r"\bstruct\s+bpf_map_def\s+SEC\s*\(\s*\"maps\"\s*\)\s*(\w+)\s*=\s*\{"
-                         r"(?P<body>[^}]*)\}\s*;")
+_LEGACY_MAP = re.compile(r"\bstruct\s+bpf_map_def\s+(?:SEC\s*\(\s*\"maps\"\s*\)\s*(\w+)|"
+                         r"(\w+)\s+SEC\s*\(\s*\"maps\"\s*\))\s*=\s*\{(?P<body>[^}]*)\}\s*;")
 _FIELD = re.compile(r"\.\s*(\w+)\s*=\s*([^,]+)")
 _LEGACY_FIELDS = {"type": "type", "key_size": "key_size", "value_size": "value_size",
                   "max_entries": "max_entries", "map_flags": "map_flags"}
@@ -112,7 +112,7 @@ def prepare(source: str) -> Adjusted:
         for key, btf_key in _LEGACY_FIELDS.items():
             if key in fields:
                 decl.append(f"__uint({btf_key}, {fields[key]});")
-        decl.append(f"}} {m.group(1)} SEC(\".maps\");")
+        decl.append(f"}} {m.group(1) or m.group(2)} SEC(\".maps\");")
         text = " ".join(decl)
         # keep the line count so that diagnostics name the cell's own lines
         text += "\n" * source[m.start():m.end()].count("\n")
