@@ -9,7 +9,8 @@ Bounds, module-level so they can be changed at run time::
 
     from ebpf_magic.backend.bcc import client
     client.COMPILE_TIMEOUT = 180   # seconds one compile (or load) may take
-    client.MEMORY_LIMIT = 8 << 30  # the worker's address-space limit, bytes
+    client.MEMORY_LIMIT = 8 << 30  # the worker's address-space limit, bytes,
+    client.worker().close()        # ... from the next worker on
 """
 
 from __future__ import annotations
