@@ -98,7 +98,7 @@ class _Converter:
             self.by_id[self.ids[die.offset]] = die
         for die in typed:
             self._convert(die)
-        spec = Spec.from_types(list(self.types))  # type: ignore[arg-type]
+        spec = Spec.from_types(list(self.types))
         local = []
         for die in typed:
             type_id = self.ids[die.offset]
@@ -182,13 +182,14 @@ class _Converter:
         return Member(_name(die), self._ref(die), bit, bits)
 
     def _sizeof(self, type_id: int) -> int:
+        """Byte size of a type's DIE, through typedefs and qualifiers."""
         for _ in range(64):
-            t = self.types[type_id - 1] if type_id else None
-            if t is None:
+            die = self.by_id.get(type_id)
+            if die is None:
                 return 0
-            if t.size:
-                return t.size
-            type_id = t.type
+            if "DW_AT_byte_size" in die.attributes:
+                return _int_attr(die, "DW_AT_byte_size")
+            type_id = self._ref(die)
         return 0
 
 
