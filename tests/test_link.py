@@ -519,6 +519,36 @@ def test_first_attach_of_a_process_removes_stale_probe_events(clean):
     assert not [e for e in uprobe_events() if group in e]
 
 
+def test_stale_entries_named_the_bcc_way_are_found_by_their_pid_suffix(clean):
+    dead = _dead_pid()
+    live = os.getppid()
+    root = kernel.tracefs()
+    names = {pid: f"p_ebm_test_0x{GETPID_OFFSET:x}_bcc_{pid}" for pid in (dead, live)}
+    fd = os.open(root / "uprobe_events", os.O_WRONLY | os.O_APPEND)
+    try:
+        for name in names.values():
+            os.write(fd, f"p:uprobes/{name} {LIBC_PATH}:0x{GETPID_OFFSET:x}\n".encode())
+    finally:
+        os.close(fd)
+    try:
+        stale = link.stale_probe_events()
+        assert f"uprobes/{names[dead]}" in stale
+        assert f"uprobes/{names[live]}" not in stale
+        assert f"uprobes/{names[dead]}" in link.remove_stale_probe_events()
+        assert not [e for e in uprobe_events() if names[dead] in e]
+        assert [e for e in uprobe_events() if names[live] in e]
+    finally:
+        for name in names.values():
+            probe_events.remove("uprobe", "uprobes", name)
+    assert not [e for e in uprobe_events() if "_ebm_test_" in e]
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
 def test_stale_probe_events_of_killed_process_are_removed(clean, counter, prog_fds,
                                                           monkeypatch):
     monkeypatch.setattr(uprobe_mod, "ROUTES", ("tracefs",))
