@@ -383,7 +383,17 @@ def test_uprobe_errors(clean, counter, prog_fds, route):
     with pytest.raises(link.LinkError) as info:
         link.uprobe(prog_fds[0], "/no/such/binary", 0x10)
     assert info.value.errno == errno.ENOENT
-    assert "/no/such/binary" in str(info.value)
+    tried = {"pmu": "perf_event_open for uprobe:/no/such/binary:0x10: ",
+             "tracefs": "adding uprobe event "}[route]
+    assert str(info.value).startswith(tried) and "/no/such/binary" in str(info.value)
+
+
+def test_uprobe_on_a_missing_file_does_not_fall_back_to_tracefs(clean, counter, prog_fds):
+    prog_fds.append(counting_prog(PROG_KPROBE, counter.fd))
+    with pytest.raises(link.LinkError) as info:
+        link.uprobe(prog_fds[0], "/no/such/binary", 0x10)
+    assert info.value.errno == errno.ENOENT
+    assert str(info.value).startswith("perf_event_open for uprobe:/no/such/binary:0x10: ")
 
 
 TARGET_C = r"""

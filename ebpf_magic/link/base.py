@@ -164,10 +164,6 @@ class _Releaser:
                 fds, undo = self._queue.popleft()
             _release(fds, undo)
 
-    def pending(self) -> int:
-        with self._cond:
-            return sum(len(fds) for fds, _ in self._queue) + self._busy
-
     def wait(self, timeout: float | None = None) -> bool:
         with self._cond:
             return self._cond.wait_for(lambda: not self._busy, timeout)

@@ -19,7 +19,8 @@ from .tracepoint import tracepoint_id
 
 # Tried in order; the tracefs route is used when the PMU is absent or refuses this process.
 ROUTES = ("pmu", "tracefs")
-_FALLBACK_ERRNOS = (errno.EACCES, errno.EPERM, errno.ENOENT, errno.EOPNOTSUPP)
+# the PMU is missing (EOPNOTSUPP, raised here) or refuses this process (EACCES, EPERM)
+_FALLBACK_ERRNOS = (errno.EACCES, errno.EPERM, errno.EOPNOTSUPP)
 
 
 def kprobe(prog_fd: int, function: str, *, retprobe: bool = False, offset: int = 0) -> Link:
@@ -45,7 +46,7 @@ def _via_pmu(prog_fd: int, function: str, offset: int, retprobe: bool,
              description: str) -> Link:
     ptype = pmu_type("kprobe")
     if ptype is None:
-        raise LinkError(errno.ENOENT, f"{description}: no kprobe PMU in /sys/bus/event_source",
+        raise LinkError(errno.EOPNOTSUPP, f"{description}: no kprobe PMU in /sys/bus/event_source",
                         "This kernel was built without kprobes (CONFIG_KPROBES).")
     config = 1 << pmu_retprobe_bit("kprobe") if retprobe else 0
     name = ctypes.create_string_buffer(function.encode())

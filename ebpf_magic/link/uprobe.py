@@ -21,7 +21,8 @@ from .tracepoint import tracepoint_id
 REF_CTR_OFFSET_SHIFT = 32  # PERF_UPROBE_REF_CTR_OFFSET_SHIFT
 # Tried in order; the tracefs route is used when the PMU is absent or refuses this process.
 ROUTES = ("pmu", "tracefs")
-_FALLBACK_ERRNOS = (errno.EACCES, errno.EPERM, errno.ENOENT, errno.EOPNOTSUPP)
+# the PMU is missing (EOPNOTSUPP, raised here) or refuses this process (EACCES, EPERM)
+_FALLBACK_ERRNOS = (errno.EACCES, errno.EPERM, errno.EOPNOTSUPP)
 
 
 def uprobe(prog_fd: int, path: str, offset: int, *, retprobe: bool = False, pid: int = -1,
@@ -55,7 +56,7 @@ def _via_pmu(prog_fd: int, path: str, offset: int, retprobe: bool, pid: int, cpu
              ref_ctr_offset: int, description: str) -> Link:
     ptype = pmu_type("uprobe")
     if ptype is None:
-        raise LinkError(errno.ENOENT, f"{description}: no uprobe PMU in /sys/bus/event_source")
+        raise LinkError(errno.EOPNOTSUPP, f"{description}: no uprobe PMU in /sys/bus/event_source")
     config = ref_ctr_offset << REF_CTR_OFFSET_SHIFT
     if retprobe:
         config |= 1 << pmu_retprobe_bit("uprobe")
