@@ -13,6 +13,8 @@ buffer and a ring buffer, side by side in one run:
       into a list of dicts, then a DataFrame
   (d) an ebpf_magic stream with default options (only ``max_rows`` raised so the
       frame can hold the whole burst), ending in ``stream.df``
+  (d1) the same with 1 MiB buffers: perf ``page_cnt=256`` per CPU (the default
+      before it was budgeted), ring ``BPF_RINGBUF_OUTPUT(events, 256)``
 
 For (d) it also prints what the defaults cost and deliver: ``lost`` (goal 0 for
 both buffer kinds at the generator's full rate), ``reader_ns/ev`` (CPU time of
@@ -168,9 +170,12 @@ def run_bcc(exe: Path, seconds: float, kind: str) -> dict:
             "df_s": elapsed - (t1 - t0)}
 
 
-def run_stream(exe: Path, seconds: float, kind: str) -> dict:
-    with Program(source(kind), name="bench-d",
-                 stream_options={"max_rows": 50_000_000}) as prog:
+def run_stream(exe: Path, seconds: float, kind: str, small: bool = False) -> dict:
+    text, options = source(kind), {"max_rows": 50_000_000}
+    if small:  # 1 MiB: perf per CPU (the default before the budget), ring in all
+        text = text.replace("BPF_RINGBUF_OUTPUT(events, 1024)", "BPF_RINGBUF_OUTPUT(events, 256)")
+        options["page_cnt"] = 256
+    with Program(text, name="bench-d", stream_options=options) as prog:
         stream = prog.events["events"]
         cpu0 = prog.events.reader_cpu_s
         t0 = time.monotonic()
@@ -211,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
                 results[(kind, "b0 no buffer")] = run_unconsumed(exe, s, kind, install=False)
             results[(kind, "c bcc callback")] = run_bcc(exe, s, kind)
             results[(kind, "d ebpf_magic")] = run_stream(exe, s, kind)
+            results[(kind, "d1 1 MiB buffer")] = run_stream(exe, s, kind, small=True)
     table = pd.DataFrame(results).T
     table.index.names = ["buffer", "case"]
     table = table.reindex(columns=["calls/s", "events/s", "captured", "lost", "unaccounted",
@@ -218,10 +224,10 @@ def main(argv: list[str] | None = None) -> int:
     formats = {c: "{:,.0f}".format for c in table.columns}
     formats["df_s"] = "{:.2f}".format
     print(table.to_string(formatters=formats, na_rep="-"))
-    print("\n(d) with default options:")
-    for kind in ("perf", "ringbuf"):
-        d = results[(kind, "d ebpf_magic")]
-        print(f"  {kind:8} lost {d['lost']:,}, reader {d['reader_ns/ev']:.0f} ns/event, "
+    print("\n(d) with default options, (d1) with 1 MiB buffers:")
+    for kind, case in [(k, c) for k in ("perf", "ringbuf") for c in ("d", "d1")]:
+        d = results[(kind, "d ebpf_magic" if case == "d" else "d1 1 MiB buffer")]
+        print(f"  {kind:8}{case:3} lost {d['lost']:,}, reader {d['reader_ns/ev']:.0f} ns/event, "
               f"sustained {d['sustained/s']:,.0f} events/s, reader max "
               f"{d['reader_max/s']:,.0f} events/s, buffers {d['buf_MiB']:.0f} MiB")
     ok = True
