@@ -81,3 +81,22 @@ def test_spill_writes_what_the_cap_would_drop(tmp_path: Path) -> None:
     spilled = pd.read_parquet(tmp_path / "s.parquet")["seq"].tolist()
     assert spilled + store.snapshot()["seq"].tolist() == list(range(40))
     assert store.dropped == 0 and store.spilled == len(spilled)
+
+
+def test_counters_survive_clear_and_resizing() -> None:
+    store = EventStore(DT, 10)
+    store.append(rows(0, 25))
+    store.clear()
+    assert (len(store), store.dropped, store.cleared) == (0, 15, 10)
+    store.append(rows(25, 33))
+    smaller = store.resized(5)
+    assert smaller.snapshot()["seq"].tolist() == list(range(28, 33))
+    assert (smaller.dropped, smaller.cleared) == (18, 10)
+
+
+def test_a_store_filled_exactly_writes_no_empty_spill(tmp_path: Path) -> None:
+    store = EventStore(DT, 8)
+    store.spill_to(tmp_path / "missing" / "s.parquet", lambda r: pd.DataFrame({"seq": r["seq"]}))
+    store.append(rows(0, 8))
+    store.close()
+    assert not (tmp_path / "missing").exists() and store.spilled == 0

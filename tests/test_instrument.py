@@ -109,3 +109,14 @@ int f(void *ctx) {
 """
     assert histogram_kinds(code) == {"direct": "log2", "by_var": "log2", "by_key": "log2",
                                      "lin": "linear", "lin_var": "linear", "unused": "log2"}
+
+
+def test_perf_submissions_are_counted_only_when_asked():
+    assert "perf" not in prepare(SRC).lost_maps
+    p = prepare(SRC, count_perf=True)
+    assert p.lost_maps == {"events": "__ebpf_magic_lost_events",
+                           "perf": "__ebpf_magic_lost_perf"}
+    assert "BPF_PERF_OUTPUT(perf); BPF_PERCPU_ARRAY(__ebpf_magic_lost_perf, u64, 1);" in p.text
+    assert ("({ int __em_r = perf.perf_submit(ctx, &e, sizeof(e)); if (__em_r) { int __em_k "
+            "= 0; u64 *__em_v = __ebpf_magic_lost_perf.lookup(&__em_k);") in p.text
+    assert p.hidden >= {"__ebpf_magic_lost_perf", "__ebpf_magic_lost_events"}
