@@ -73,6 +73,7 @@ def test_bad_option_is_a_short_usage_error(shell, capsys, options, message):
     assert_short(error, shown, message)
     assert str(error).splitlines()[1].startswith(USAGE_LINE)
     assert "p" not in shell.user_ns
+    assert shell.run_line_magic("bpf", "list").empty
 
 
 def test_keyword_name_is_refused(shell, capsys):
