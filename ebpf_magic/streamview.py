@@ -34,6 +34,9 @@ class LiveView:
         head = (f"<b>{html.escape(s.name)}</b> ({state}): {s.rate():,.0f} events/s, "
                 f"{stats['received']:,} received, {stats['lost_kernel']:,} lost in the kernel, "
                 f"{stats['dropped_cap']:,} dropped by max_rows")
+        if s.failure:
+            head += (f"; <b>failed</b>: {html.escape(s.failure)} "
+                     f"({stats['lost_reader']:,} events lost since)")
         return f"<div>{head}</div>" + s.tail(self.rows).to_html(index=False)
 
     def _run(self) -> None:

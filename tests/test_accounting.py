@@ -299,6 +299,7 @@ def test_a_failing_reader_is_reported_and_counts_what_it_drops(tmp_path, no_leak
         assert (stats["held"], stats["lost_reader"], stats["spilled"]) == (100, 900, 0)
         assert accounted(stats) == stats["received"] == 1000
         assert "failed" in repr(stream)
+        assert "FileExistsError" in stream.live(rows=1, interval=0.05).value
     assert stream.stats["lost_reader"] == 900
 
 
