@@ -2,6 +2,8 @@
 
 Every hook returns a :class:`Link`; closing it detaches. Nothing here needs the
 compiler backend that loaded the program: a program fd is enough.
+:func:`close_all` detaches many links at once and leaves the slow part of the
+kernel's cleanup to a background thread; :func:`wait_released` waits for it.
 """
 
 from .base import Link, LinkError, close_all, wait_released
