@@ -94,7 +94,12 @@ def counting_prog(prog_type: int, map_fd: int, *, pid: int | None = None,
     if pid is not None:
         body += _skip_unless_pid(pid, COUNT_LEN)
     body += _count(map_fd) + _exit(ret)
-    return sysbpf.prog_load(prog_type, body, "GPL", name="test_link")
+    fd = sysbpf.prog_load(prog_type, body, "GPL", name="test_link")
+    LOADED_IDS.add(sysbpf.prog_info(fd).id)
+    return fd
+
+
+LOADED_IDS: set[int] = set()  # kernel ids of every program these tests loaded
 
 
 @pytest.fixture
@@ -134,14 +139,12 @@ def bpf_links() -> list[dict]:
 @pytest.fixture
 def clean(no_leaks):
     """No perf/bpf fd, BPF link, or tracefs probe event of this process survives the test."""
-    links_before = {x["id"] for x in bpf_links()}
     yield
     assert link.wait_released(timeout=60), "background release did not finish"
     ours = probe_events.group()
     assert not [e for e in uprobe_events() if ours in e], "uprobe_events entry left behind"
-    new_links = [x for x in bpf_links() if x["id"] not in links_before
-                 and any(p["pid"] == os.getpid() for p in x.get("pids", []))]
-    assert not new_links, f"BPF links left: {new_links}"
+    left = [x for x in bpf_links() if x.get("prog_id") in LOADED_IDS]
+    assert not left, f"BPF links left: {left}"
 
 
 def _getppid(n: int) -> None:
