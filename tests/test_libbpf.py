@@ -101,7 +101,7 @@ def _writes_on_cpus(n_per_cpu: int, cpus: list[int]) -> int:
     return pid
 
 
-def _wait_rows(stream, want: int, timeout: float = 5.0) -> None:
+def _wait_rows(stream, want: int, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while stream.received < want and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -113,7 +113,7 @@ def _links_of(prog_ids: set[int]) -> list[dict]:
     return [ln for ln in bpftool_json("link", "show") if ln.get("prog_id") in prog_ids]
 
 
-def _released(listing, ids: set[int], timeout: float = 2.0) -> bool:
+def _released(listing, ids: set[int], timeout: float = 5.0) -> bool:
     """Whether ``ids`` leave the kernel's ``listing`` (it frees maps from a work queue)."""
     deadline = time.monotonic() + timeout
     while listing() & ids:
