@@ -66,6 +66,7 @@ class Worker:
             self._ensure()
 
     def next_id(self) -> int:
+        """A fresh id naming one program in the worker between its compile and its load."""
         return next(self._ids)
 
     def request(self, message: dict[str, Any],

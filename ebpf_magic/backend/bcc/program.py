@@ -152,8 +152,9 @@ class BccProgram(CompiledProgram):
         try:
             self._links.extend(self._link(probe, fd))
         except link.LinkError as e:
-            # The hint is left to the caller, who knows what else this kernel offers.
-            raise AttachError(f"cannot attach {probe}: {e.what}: {e.strerror}",
+            # Without kprobes the caller knows better what to try (the syscall's tracepoint).
+            hint = "" if probe.kind in ("kprobe", "kretprobe") else e.hint
+            raise AttachError(f"cannot attach {probe}: {e.what}: {e.strerror}", hint,
                               probe=str(probe)) from None
         return [str(probe)]
 
