@@ -583,3 +583,24 @@ def test_missing_clang_is_a_short_error(monkeypatch):
         Program(SEED.replace("FLAGS", "0"))
     assert "clang is not installed" in err.value.message
     assert "--backend bcc" in err.value.hint
+
+
+@needs_libbpf
+def test_vmlinux_cache_and_stale_precompiled_header(tmp_path, monkeypatch):
+    from ebpf_magic import headers
+    from ebpf_magic.backend.libbpf import _compile
+
+    monkeypatch.setenv("EBPF_MAGIC_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(headers, "SYSTEM_CACHE", tmp_path / "system")
+    cell = SEED.replace("FLAGS", "0")
+    first = _compile.compile_cell(cell, [])
+    d = _compile.vmlinux_dir()
+    assert d.parent.parent == tmp_path / "cache"
+    assert (d / "vmlinux.h").stat().st_mode & 0o777 == 0o644  # another user's kernel reads it
+    [pch] = d.glob("*.pch")
+    later = (d / "defaults.h").stat().st_mtime + 10
+    os.utime(d / "defaults.h", (later, later))  # as if libbpf's headers had been updated
+    assert _compile.compile_cell(cell, []).obj.startswith(b"\x7fELF")  # compiled without it...
+    assert not pch.exists()  # ...and dropped, to be built again
+    assert len(_compile.compile_cell(cell, []).obj) == len(first.obj)
+    assert pch.exists()

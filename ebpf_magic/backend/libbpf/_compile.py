@@ -289,6 +289,9 @@ def compile_cell(source: str, cflags: list[str], filename: str = "cell",
             log = done.stderr.decode("utf-8", "replace")
             if done.returncode == 0 or not ("precompiled header" in log or "AST file" in log):
                 break
+            if pch is not None and "modified since the precompiled header" in log:
+                with contextlib.suppress(OSError):  # headers were updated: build it again next time
+                    pch.unlink()
         if done.returncode != 0:
             raise _failure(done.returncode, log, text, c_file.name, filename, line_offset)
         return Compiled(o_file.read_bytes(), text, log, adjusted.notes, adjusted.lost_maps)

@@ -21,7 +21,7 @@ _SECTIONS = {
     "kprobe": "kprobe", "kretprobe": "kretprobe", "uprobe": "uprobe", "uretprobe": "uretprobe",
     "uprobe.s": "uprobe", "uretprobe.s": "uretprobe", "usdt": "usdt",
     "fentry": "kfunc", "fexit": "kretfunc", "fentry.s": "kfunc", "fexit.s": "kretfunc",
-    "lsm": "lsm", "lsm.s": "lsm",
+    "lsm": "lsm", "lsm.s": "lsm", "ksyscall": "kprobe", "kretsyscall": "kretprobe",
 }
 _OUTPUT = re.compile(r"\b(bpf_perf_event_output|bpf_ringbuf_output|bpf_ringbuf_reserve)\s*\(")
 _SIZEOF_TYPE = re.compile(r"^\s*sizeof\s*\(\s*((?:struct|union)\s+\w+|\w+)\s*\)\s*$")
@@ -36,6 +36,8 @@ def section_probe(section: str, function: str) -> Probe | None:
         return None
     if kind == "tracepoint":
         target = target.replace("/", ":", 1)
+    elif prefix in ("ksyscall", "kretsyscall"):
+        target = f"sys_{target}"
     return Probe(kind, target, function)
 
 
