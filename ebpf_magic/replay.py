@@ -5,10 +5,13 @@
 ``.maps[NAME].df``, ``.maps[NAME].info()``, ``.browse()``, and the plots that
 work from those frames. It loads nothing into the kernel.
 
-A file is untrusted input: the loader checks sizes before decompressing,
+A file is untrusted input: the loader checks the zip's member count from its
+end records before parsing its directory, checks sizes before decompressing,
 accepts only the member names the format uses, validates every manifest field's
-type, and checks every Parquet file against the manifest. Anything else is a
-:class:`~ebpf_magic.errors.ReplayError` saying what is wrong.
+type and range, and checks every Parquet file against the manifest. What a
+Parquet member decodes to is bounded from its footer and page headers before
+decoding, then measured row group by row group (``load(max_bytes=)``). Anything
+else is a :class:`~ebpf_magic.errors.ReplayError` saying what is wrong.
 
 Notebooks that run live on a Linux box and replay elsewhere find recordings by
 name: ``recordings/NAME.bpfrec`` under the working directory (the notebook's
@@ -50,7 +53,7 @@ MAX_BYTES = 1 << 30  # unpacked members in total; decoded frames in total
 MAX_MEMBERS = 10_000
 MAX_DIRECTORY_ENTRY = 128  # central-directory bytes per member (names are under 30 bytes)
 MAX_MANIFEST = 16 << 20
-MAX_FOOTER = 4 << 20  # a Parquet member's metadata footer
+MAX_FOOTER = 1 << 20  # a Parquet member's metadata footer
 MAX_ROW_GROUP_BYTES = 1 << 30  # one Parquet row group decoded: the unit read at once
 MAX_COLUMN_BYTES = 512 << 20  # one column of one row group, as its metadata declares it
 OBJECT_BYTES = 64  # what a value costs decoded as a Python object (pointer and object)
@@ -729,20 +732,20 @@ def _too_big(where: str, what: str, size: int, limit: int) -> ReplayError:
 
 
 class _Thrift:
-    """Just enough of Thrift's compact protocol to read Parquet page headers."""
+    """Just enough of Thrift's compact protocol to read Parquet footers and page headers."""
 
     def __init__(self, data: bytes, pos: int, end: int) -> None:
         self.data, self.pos, self.end = data, pos, end
 
     def byte(self) -> int:
         if self.pos >= self.end:
-            raise ValueError("a page header runs past its column")
+            raise ValueError("Parquet metadata runs past its end")
         self.pos += 1
         return self.data[self.pos - 1]
 
     def skip(self, n: int) -> None:
         if n < 0 or self.pos + n > self.end:
-            raise ValueError("a page header runs past its column")
+            raise ValueError("Parquet metadata runs past its end")
         self.pos += n
 
     def varint(self) -> int:
@@ -754,16 +757,16 @@ class _Thrift:
                 return value
             shift += 7
             if shift > 63:
-                raise ValueError("a page header holds an overlong integer")
+                raise ValueError("Parquet metadata holds an overlong integer")
 
     def int(self) -> int:
         n = self.varint()
         return (n >> 1) ^ -(n & 1)
 
     def struct(self, depth: int = 0) -> dict[int, Any]:
-        """A struct's integer and struct fields by id (other values are skipped)."""
-        if depth > 8:
-            raise ValueError("a page header nests too deeply")
+        """A struct's integer, struct and list fields by id (other values are skipped)."""
+        if depth > 16:
+            raise ValueError("Parquet metadata nests too deeply")
         fields: dict[int, Any] = {}
         last = 0
         while (head := self.byte()) & 0x0F:
@@ -783,43 +786,70 @@ class _Thrift:
         elif kind in (9, 10):  # list, set
             head = self.byte()
             count = self.varint() if head >> 4 == 15 else head >> 4
-            self.elements(count, [head & 0x0F], depth)
+            return self.elements(count, [head & 0x0F], depth)
         elif kind == 11:  # map
             count = self.varint()
             if count:
                 types = self.byte()
                 self.elements(count, [types >> 4, types & 0x0F], depth)
         else:
-            raise ValueError(f"a page header holds an unknown Thrift type {kind}")
+            raise ValueError(f"Parquet metadata holds an unknown Thrift type {kind}")
         return None
 
-    def elements(self, count: int, kinds: list[int], depth: int) -> None:
+    def elements(self, count: int, kinds: list[int], depth: int) -> list[Any]:
         if count > self.end - self.pos:  # every element takes at least a byte
-            raise ValueError("a page header holds a list longer than its column")
+            raise ValueError("Parquet metadata holds a list longer than itself")
+        out = []
         for _ in range(count):
             for kind in kinds:
                 if kind in (1, 2):
                     self.skip(1)
                 else:
-                    self.value(kind, depth + 1)
+                    out.append(self.value(kind, depth + 1))
+        return out
 
 
 _DATA_PAGES = {0: 5, 3: 8}  # page type -> the header field describing a data page
 
 
-def _pages(data: bytes, chunk: Any) -> tuple[int, int]:
+def _row_groups(data: bytes, footer: int) -> list[tuple[int, list[dict[int, int]]]]:
+    """``(rows, [column chunk metadata])`` of each row group, from the footer's own bytes.
+
+    pyarrow's accessors for column chunk metadata abort the whole process on
+    some malformed footers, so the numbers the limits need are read here.
+    Column chunk metadata is Parquet's ColumnMetaData, by Thrift field id.
+    """
+    end = len(data) - 8
+    if footer > end - 4:
+        raise ValueError("the metadata footer is longer than the file")
+    meta = _Thrift(data, end - footer, end).struct()
+    groups = []
+    for group in meta.get(4) or []:
+        if not isinstance(group, dict) or not isinstance(group.get(3), int):
+            raise ValueError("a row group has no row count")
+        chunks = [c.get(3) if isinstance(c, dict) else None for c in group.get(1) or []]
+        for chunk in chunks:
+            if not (isinstance(chunk, dict) and all(isinstance(chunk.get(k), int)
+                                                    for k in (5, 6, 7, 9))):
+                raise ValueError("a column chunk has no readable metadata")
+        groups.append((group[3], chunks))
+    return groups
+
+
+def _pages(data: bytes, chunk: dict[int, int]) -> tuple[int, int]:
     """``(values, uncompressed bytes)`` of a column chunk, from its pages' own headers.
 
     The reader decodes whole pages, whatever the column's metadata says, so
     these are the numbers that bound what decoding it costs. It reads no pages
     for a column that declares no values.
     """
-    if chunk.num_values <= 0:
+    if chunk[5] <= 0:
         return 0, 0
-    start = chunk.data_page_offset
-    if chunk.has_dictionary_page and 0 < chunk.dictionary_page_offset < start:
-        start = chunk.dictionary_page_offset
-    end = start + chunk.total_compressed_size
+    start = chunk[9]
+    dictionary = chunk.get(11)
+    if isinstance(dictionary, int) and 0 < dictionary < start:
+        start = dictionary
+    end = start + chunk[7]
     if not 0 <= start <= end <= len(data):
         raise ValueError("a column's pages lie outside the file")
     reader = _Thrift(data, start, end)
@@ -877,26 +907,29 @@ def _read_parquet(data: bytes, names: list[str], rows: int, objects: list[bool],
     if len(owner) != meta.num_columns:
         raise ReplayError(f"{where} does not match the manifest (its columns differ)")
     leaves = [pf.schema.column(j) for j in range(meta.num_columns)]
+    groups = _row_groups(data, footer)
+    if len(groups) != meta.num_row_groups or any(
+            len(chunks) != len(leaves) or n != meta.row_group(g).num_rows
+            for g, (n, chunks) in enumerate(groups)):
+        raise ReplayError(f"{where} is inconsistent: its row groups cannot be read")
     group_limit = min(MAX_ROW_GROUP_BYTES, budget)
     column_limit = min(MAX_COLUMN_BYTES, budget)
     total = 0
-    for g in range(meta.num_row_groups):
-        group = meta.row_group(g)
+    for g, (group_rows, chunks) in enumerate(groups):
         estimate = 0
-        for j, leaf in enumerate(leaves):
-            chunk = group.column(j)
-            if leaf.max_repetition_level == 0 and chunk.num_values != group.num_rows:
+        for j, (leaf, chunk) in enumerate(zip(leaves, chunks, strict=True)):
+            if leaf.max_repetition_level == 0 and chunk[5] != group_rows:
                 raise ReplayError(f"{where} is inconsistent: a column of row group {g} holds "
-                                  f"{chunk.num_values} values for {group.num_rows} rows")
+                                  f"{chunk[5]} values for {group_rows} rows")
             values, paged = _pages(data, chunk)
-            declared = max(chunk.total_uncompressed_size, paged)
+            declared = max(chunk[6], paged)
             if declared > column_limit:
                 raise _too_big(where, f"column {leaf.path} of row group {g} declares",
                                declared, column_limit)
             width = leaf.length if leaf.physical_type == "FIXED_LEN_BYTE_ARRAY" else \
                 _PHYSICAL_WIDTH.get(leaf.physical_type, 8)
             per_value = width + (OBJECT_BYTES if objects[owner[j]] else 0)
-            estimate += max(max(chunk.num_values, values) * per_value, declared)
+            estimate += max(max(chunk[5], values) * per_value, declared)
         if estimate > group_limit:
             raise _too_big(where, f"row group {g} would decode to", estimate, group_limit)
         total += estimate
@@ -912,9 +945,9 @@ def _read_parquet(data: bytes, names: list[str], rows: int, objects: list[bool],
     spent = 0
     for g in range(meta.num_row_groups):
         part = pf.read_row_group(g, use_threads=False)
-        if part.num_rows != meta.row_group(g).num_rows:
+        if part.num_rows != groups[g][0]:
             raise ReplayError(f"{where} is inconsistent: row group {g} holds {part.num_rows} "
-                              f"rows, not the {meta.row_group(g).num_rows} it declares")
+                              f"rows, not the {groups[g][0]} it declares")
         cost = 0
         for i, column in enumerate(part.columns):
             for chunk in column.chunks:
@@ -1020,8 +1053,9 @@ def load(path: str | os.PathLike, name: str | None = None, *,
     """Read the recording at ``path`` into a :class:`ReplayedProgram` (named ``name``).
 
     Raises :class:`~ebpf_magic.errors.ReplayError` for anything that is not
-    a complete, well-formed recording, including files over ``max_bytes``
-    uncompressed.
+    a complete, well-formed recording, including files whose members unpack to
+    more than ``max_bytes`` or whose frames decode to more (see
+    :data:`OBJECT_BYTES` for what a Python object counts).
     """
     path = Path(path)
     if not path.is_file():

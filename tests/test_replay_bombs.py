@@ -136,12 +136,13 @@ def page(kind: int, payload: bytes, values: int) -> bytes:
 
 
 def zeros_parquet(groups: int, rows: int, elements: int = 0, declared_values: int | None = None,
-                  declared_size: int | None = None) -> bytes:
+                  declared_size: int | None = None, histogram: list[int] | None = None) -> bytes:
     """Column ``x``: int64 zeros in ``groups`` row groups of ``rows`` rows.
 
     ``elements`` makes ``x`` a list<int64> whose rows each hold that many
     zeros; ``declared_values`` and ``declared_size`` replace what each column's
-    metadata says it holds.
+    metadata says it holds; ``histogram`` adds size statistics with that
+    definition-level histogram.
     """
     values = rows * elements if elements else rows
     dictionary = page(2, b"\0" * 8, 1)
@@ -159,11 +160,14 @@ def zeros_parquet(groups: int, rows: int, elements: int = 0, declared_values: in
     for _ in range(groups):
         start = len(out)
         out += chunk
-        meta = struct_((1, "i32", 2), (2, "list", ("i32", [0, 3, 8])),
-                       (3, "list", ("bin", path)), (4, "i32", 0),
-                       (5, "i64", values if declared_values is None else declared_values),
-                       (6, "i64", size), (7, "i64", len(chunk)),
-                       (9, "i64", start + len(dictionary)), (11, "i64", start))
+        fields = [(1, "i32", 2), (2, "list", ("i32", [0, 3, 8])), (3, "list", ("bin", path)),
+                  (4, "i32", 0),
+                  (5, "i64", values if declared_values is None else declared_values),
+                  (6, "i64", size), (7, "i64", len(chunk)),
+                  (9, "i64", start + len(dictionary)), (11, "i64", start)]
+        if histogram is not None:
+            fields.append((16, "struct", struct_((3, "list", ("i64", histogram)))))
+        meta = struct_(*fields)
         column = struct_((2, "i64", start), (3, "struct", meta))
         row_groups.append(struct_((1, "list", ("struct", [column])), (2, "i64", size),
                                   (3, "i64", rows)))
@@ -253,6 +257,14 @@ def test_strings_are_measured_before_they_expand(tmp_path: Path) -> None:
     assert path.stat().st_size < 10_000
     assert_refused_cheaply(path, r"strings\.bpfrec:streams/0\.parquet: row group 0 decodes to "
                                  r"[\d,]+ bytes, over the limit of 1,073,741,824 bytes")
+
+
+def test_metadata_pyarrow_cannot_parse_is_an_error_not_an_abort(tmp_path: Path) -> None:
+    # pyarrow's column-metadata accessors abort the process on this histogram
+    stream = zeros_parquet(1, 5, histogram=[1, 2, 3, 4])
+    path = recording_with(tmp_path / "stats.bpfrec", stream, 5, [["x", "int64"]])
+    assert_refused_cheaply(path, r"stats\.bpfrec:streams/0\.parquet is not a readable Parquet "
+                                 r"file \(")
 
 
 @functools.cache
@@ -367,3 +379,16 @@ def test_committed_recordings_still_load(path: Path) -> None:
     prog = ebpf_magic.load(path)
     assert len(prog.maps) or len(prog.events)
     assert "unknown time" not in str(prog.recording)
+
+
+def test_decoded_size_adds_up_across_row_groups(tmp_path: Path) -> None:
+    # three row groups of 100 copies of one 1 KiB string: each fits 500 KB, together not
+    column = pa.DictionaryArray.from_arrays(pa.array(np.zeros(300, np.int32)),
+                                            pa.array(["a" * 1024]))
+    buf = io.BytesIO()
+    pq.write_table(pa.table({"x": column}), buf, row_group_size=100, store_schema=False)
+    path = recording_with(tmp_path / "r.bpfrec", buf.getvalue(), 300, [["x", "str"]])
+    assert len(ebpf_magic.load(path).events["ev"].df["x"].str.len().unique()) == 1
+    with pytest.raises(ReplayError, match=r"r\.bpfrec:streams/0\.parquet: it decodes to at "
+                                          r"least [\d,]+ bytes, over the limit of 500,000"):
+        ebpf_magic.load(path, max_bytes=500_000)

@@ -170,6 +170,22 @@ def test_random_bytes_as_parquet(valid: bytes, tmp_path: Path, blob: bytes) -> N
 
 
 @FUZZ
+@given(st.data())
+def test_damaged_parquet_pages_and_footers(valid: bytes, tmp_path: Path, data) -> None:
+    files = members(valid)
+    damaged = bytearray(files["streams/0.parquet"])
+    for _ in range(data.draw(st.integers(1, 6))):
+        damaged[data.draw(st.integers(0, len(damaged) - 1))] = data.draw(st.integers(0, 255))
+    files["streams/0.parquet"] = bytes(damaged)
+    try:
+        prog = load_bytes(tmp_path, build(files))
+    except ReplayError as e:
+        assert str(e)
+    else:
+        assert len(prog.events["ev"].df) == 20
+
+
+@FUZZ
 @given(st.binary(max_size=3000))
 def test_random_bytes_as_file(tmp_path: Path, blob: bytes) -> None:
     with pytest.raises(ReplayError):
