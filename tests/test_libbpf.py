@@ -320,8 +320,21 @@ def test_clang_crash_is_a_compile_error(no_leaks, tmp_path, monkeypatch):
     fake.write_text("#!/bin/sh\necho 'PLEASE submit a bug report' >&2\nkill -SEGV $$\n")
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("EBPF_MAGIC_CLANG", str(fake))
-    with pytest.raises(CompileError, match="clang crashed"):
+    with pytest.raises(CompileError, match=r"clang crashed compiling the cell \(SIGSEGV\)"):
         Program(SEED.replace("FLAGS", "0"), backend="libbpf")
+
+
+@needs_libbpf
+@pytest.mark.kernel
+def test_clang_stack_overflow_is_a_compile_error(no_leaks):
+    # 5 MB of one expression: clang recurses once per operator and overflows its stack
+    huge = ('SEC("tp/syscalls/sys_enter_getppid") int f(void *ctx) { return '
+            + "1+" * (5 << 19) + "1; }")
+    with pytest.raises(CompileError, match="clang crashed") as err:
+        Program(huge)
+    assert "compiler limit" in err.value.hint
+    with Program(CORE) as prog:  # and the next cell compiles as usual
+        assert prog.attached
 
 
 @needs_libbpf

@@ -30,6 +30,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
@@ -301,11 +302,14 @@ def _failure(rc: int, log: str, text: str, c_name: str, filename: str,
              line_offset: int) -> CompileError:
     diags = format_diagnostics(log, text, c_name, filename, line_offset)
     if rc < 0 or "PLEASE submit a bug report" in log or "Stack dump" in log:
-        first = diags[0] if diags else ""
-        return CompileError(f"clang crashed compiling the cell{': ' + first if first else '.'}",
-                            "The BPF back end cannot lower something in the code (e.g. 128-bit "
-                            "arithmetic, large structs passed by value); rewrite that part.",
-                            diagnostics=diags)
+        how = f" ({signal.Signals(-rc).name})" if -rc in set(signal.Signals) else ""
+        where = next((d for d in diags if d.startswith(f"{filename}, line")), "")
+        return CompileError(f"clang crashed compiling the cell{how}" +
+                            (f": {where}" if where else "."),
+                            "A compiler failure, not an error in the C as written: code the BPF "
+                            "back end cannot lower (128-bit arithmetic, a large struct by value) "
+                            "or a compiler limit (an extremely long expression) causes it. "
+                            "Simplify that code.", diagnostics=diags)
     if not diags:
         diags = [ln for ln in log.splitlines() if "error" in ln][:10]
     hint = _hint(diags, filename)
