@@ -168,7 +168,7 @@ def test_worker_killed_between_cells_is_restarted(earlier, no_leaks):
     worker = client.worker().pid
     assert worker is not None
     os.kill(worker, signal.SIGKILL)
-    time.sleep(0.1)
+    os.waitid(os.P_PID, worker, os.WEXITED | os.WNOWAIT)  # dead, not yet reaped
     with Program(COUNTER, attach=[GETPPID], defines={"PID": os.getpid()}) as again:
         assert_still_counting(again)
         assert_still_counting(earlier)

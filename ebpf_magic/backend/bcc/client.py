@@ -81,6 +81,9 @@ class Worker:
         timeout = COMPILE_TIMEOUT if timeout is None else timeout
         with self._lock:
             self._ensure()
+            if self._ready and select.select([self._sock], [], [], 0)[0]:
+                self._stop()  # it died between requests: its end of the socket is closed
+                self._ensure()
             deadline = time.monotonic() + timeout
             try:
                 if not self._ready:
