@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -617,3 +619,33 @@ def test_vmlinux_cache_and_stale_precompiled_header(tmp_path, monkeypatch):
     assert not pch.exists()  # ...and dropped, to be built again
     assert len(_compile.compile_cell(cell, []).obj) == len(first.obj)
     assert pch.exists()
+
+
+@needs_libbpf
+def test_describe_names_what_the_backend_uses(tmp_path, monkeypatch):
+    from ebpf_magic import headers
+
+    facts = libbpf.describe()
+    assert facts["clang"].split(":")[0].endswith("clang") and "clang version" in facts["clang"]
+    assert facts["libbpf"].startswith("libbpf.so.1, version 1.")
+    assert facts["kernel BTF"] == "/sys/kernel/btf/vmlinux"
+    monkeypatch.setenv("EBPF_MAGIC_CACHE", str(tmp_path))
+    monkeypatch.setattr(headers, "SYSTEM_CACHE", tmp_path)
+    assert libbpf.describe()["vmlinux.h"].startswith("not generated yet")
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert libbpf.describe()["clang"].startswith("missing")
+
+
+def test_nothing_outside_the_backend_knows_libbpf():
+    import ebpf_magic
+
+    root = Path(ebpf_magic.__file__).parent
+    private = re.compile(r"\bbackend\.libbpf\._|\blibbpf\.(?:_\w+)|libbpf\.so|\bbpf_object__|"
+                         r"\bbpf_program__|\bbpf_link__")
+    found = []
+    for path in root.rglob("*.py"):
+        if root / "backend" / "libbpf" in path.parents:
+            continue
+        found += [f"{path.relative_to(root)}: {m.group(0)}"
+                  for m in private.finditer(path.read_text())]
+    assert not found

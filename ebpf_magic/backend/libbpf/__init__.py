@@ -63,6 +63,24 @@ def version() -> str:
     return _lib.version()
 
 
+def describe() -> dict[str, str]:
+    """What this backend uses here, in words (for the doctor): clang, libbpf, BTF, vmlinux.h."""
+    cc = _compile.clang()
+    try:
+        libbpf = f"libbpf.so.1, version {_lib.version()}"
+    except _lib.LibbpfMissing as e:
+        libbpf = f"missing ({e}); apt-get install libbpf1"
+    cached = _compile.cached_vmlinux()
+    return {
+        "clang": f"{cc}: {_compile.clang_version(cc)}" if cc else
+                 "missing; apt-get install clang libbpf-dev",
+        "libbpf": libbpf,
+        "kernel BTF": str(_compile.BTF_PATH) if _compile.BTF_PATH.exists() else
+                      "missing: the kernel has no CONFIG_DEBUG_INFO_BTF, CO-RE cannot work",
+        "vmlinux.h": str(cached) if cached else "not generated yet (the first libbpf cell does)",
+    }
+
+
 class Link:
     """One attachment (a ``struct bpf_link``); ``close()`` detaches it and is idempotent."""
 

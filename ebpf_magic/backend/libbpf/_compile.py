@@ -187,17 +187,36 @@ def _write_shared(path: Path, data: bytes) -> None:
         raise
 
 
+def cached_vmlinux() -> Path | None:
+    """The cached vmlinux.h for the running kernel's BTF, if one was generated already."""
+    if not BTF_PATH.exists():
+        return None
+    key = _btf_hash()
+    for base in dict.fromkeys((headers.cache_dir(), headers.SYSTEM_CACHE)):
+        if (base / "vmlinux" / key / "vmlinux.h").exists():  # root's cache serves all users
+            return base / "vmlinux" / key / "vmlinux.h"
+    return None
+
+
+def clang_version(cc: str) -> str:
+    """The first line of ``clang --version``."""
+    try:
+        out = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"does not run: {e}"
+    return (out.stdout.splitlines() or ["unknown version"])[0]
+
+
 def vmlinux_dir() -> Path:
     """A cache directory holding ``vmlinux.h`` for the running kernel's BTF (made once)."""
     if not BTF_PATH.exists():
         raise BPFError("This kernel exposes no BTF (/sys/kernel/btf/vmlinux is missing).",
                        "CO-RE needs a kernel built with CONFIG_DEBUG_INFO_BTF=y; use the BCC "
                        "backend (--backend bcc) with kernel headers instead.")
-    key = _btf_hash()
-    for base in dict.fromkeys((headers.cache_dir(), headers.SYSTEM_CACHE)):
-        if (base / "vmlinux" / key / "vmlinux.h").exists():  # root's cache serves all users
-            return base / "vmlinux" / key
-    d = headers.cache_dir() / "vmlinux" / key
+    cached = cached_vmlinux()
+    if cached is not None:
+        return cached.parent
+    d = headers.cache_dir() / "vmlinux" / _btf_hash()
     header = d / "vmlinux.h"
     tool = bpftool()
     if tool is None:
