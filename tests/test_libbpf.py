@@ -649,3 +649,61 @@ def test_nothing_outside_the_backend_knows_libbpf():
         found += [f"{path.relative_to(root)}: {m.group(0)}"
                   for m in private.finditer(path.read_text())]
     assert not found
+
+
+USDT_C = r"""
+#include <sys/sdt.h>
+#include <stdlib.h>
+int main(int argc, char **argv) {
+    int n = atoi(argv[1]);
+    for (int i = 0; i < n; i++) DTRACE_PROBE1(demo, tick, i);
+    return 0;
+}
+"""
+USDT_BPF = """\
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/usdt.bpf.h>
+
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __type(key, u32);
+    __type(value, u64);
+    __uint(max_entries, 2);
+} ticks SEC(".maps");
+
+SEC("usdt")
+int BPF_USDT(on_tick, int i)
+{
+    u32 count = 0, sum = 1;
+    u64 *n = bpf_map_lookup_elem(&ticks, &count), *s = bpf_map_lookup_elem(&ticks, &sum);
+    if (n && s) {
+        __sync_fetch_and_add(n, 1);
+        __sync_fetch_and_add(s, i);
+    }
+    return 0;
+}
+
+char LICENSE[] SEC("license") = "GPL";
+"""
+
+
+@needs_libbpf
+@pytest.mark.kernel
+def test_usdt_through_libbpf_counts_exactly(tmp_path, no_leaks):
+    import shutil
+    import subprocess
+
+    sdt = [p for p in ("/usr/include/sys/sdt.h", "/usr/include/x86_64-linux-gnu/sys/sdt.h",
+                       "/usr/include/aarch64-linux-gnu/sys/sdt.h") if os.path.exists(p)]
+    if not shutil.which("gcc") or not sdt:
+        pytest.fail("gcc and <sys/sdt.h> (systemtap-sdt-dev) are needed; scripts/setup.sh "
+                    "installs them")
+    (tmp_path / "demo.c").write_text(USDT_C)
+    subprocess.run(["gcc", "-O1", "-o", str(tmp_path / "demo"), str(tmp_path / "demo.c")],
+                   check=True)
+    with Program(USDT_BPF, attach=[f"usdt:{tmp_path / 'demo'}:demo:tick=on_tick"]) as prog:
+        assert list(prog.maps) == ["ticks"]  # libbpf's USDT bookkeeping maps stay hidden
+        subprocess.run([str(tmp_path / "demo"), "321"], check=True)
+        assert prog.maps["ticks"][0] == 321
+        assert prog.maps["ticks"][1] == sum(range(321))

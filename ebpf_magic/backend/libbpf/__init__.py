@@ -39,6 +39,7 @@ _PROG_FAILED = re.compile(r"prog '(\w+)': (?:BPF program load failed|failed to l
 _KEYLESS = ("queue", "stack", "ringbuf", "user_ringbuf")
 _PERF_FLAG_FD_CLOEXEC = 8
 _PERF_EVENT_ARRAY = 4  # enum bpf_map_type
+_LIBBPF_OWN = ("__bpf_usdt_",)  # maps <bpf/usdt.bpf.h> declares for libbpf's bookkeeping
 _PERF_FREQ = 1 << 10
 FLAGS_ZERO_WARNING = ("{map}: bpf_perf_event_output(..., 0, ...) with flags 0 writes to the "
                       "buffer of CPU 0 only, so events on other CPUs are lost; pass "
@@ -287,7 +288,7 @@ class LibbpfProgram(CompiledProgram):
         while m:
             name = lib.bpf_map__name(m).decode()
             fd = lib.bpf_map__fd(m)
-            if fd >= 0 and not lib.bpf_map__is_internal(m):
+            if fd >= 0 and not lib.bpf_map__is_internal(m) and not name.startswith(_LIBBPF_OWN):
                 info = sysbpf.map_info(fd)
                 key_dt = _dtype(spec, lib.bpf_map__btf_key_type_id(m), info.key_size)
                 val_dt = _dtype(spec, lib.bpf_map__btf_value_type_id(m), info.value_size)
