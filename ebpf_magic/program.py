@@ -101,11 +101,15 @@ class Program:
             for name, kind in prepared.hist_kinds.items():
                 if name in self.maps:
                     self.maps[name].hist_kind = kind
-            self._streams = Streams.open(self._compiled, handles, prepared,
-                                         **dict(stream_options or {}))
+            # Ctrl-C waits for each step to finish, so what it opened is owned and rolled back
+            # (a descriptor between its creation and its owner would be lost)
+            with interrupts_deferred():
+                self._streams = Streams.open(self._compiled, handles, prepared,
+                                             **dict(stream_options or {}))
             for probe in self.probes:
                 try:
-                    self.attached += self._compiled.attach(probe)
+                    with interrupts_deferred():
+                        self.attached += self._compiled.attach(probe)
                 except AttachError as e:
                     e.hint = e.hint or attach_hint(probe, e.message)
                     raise

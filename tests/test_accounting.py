@@ -248,7 +248,7 @@ def test_sigint_during_a_failed_start_rolls_back_everything(no_leaks):
         Program(UPROBE, attach=bad)
     duration = time.perf_counter() - t0
     rng = random.Random(9)
-    for _ in range(6):  # in the compiler, while attaching, while rolling back
+    for _ in range(12):  # in the compiler, while attaching, while rolling back
         timer = threading.Timer(rng.uniform(0, duration), signal.pthread_kill,
                                 (main, signal.SIGINT))
         with pytest.raises((KeyboardInterrupt, AttachError)):
