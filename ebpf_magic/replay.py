@@ -836,15 +836,26 @@ def _row_groups(data: bytes, footer: int) -> list[tuple[int, list[dict[int, int]
     return groups
 
 
-def _pages(data: bytes, chunk: dict[int, int]) -> tuple[int, int]:
-    """``(values, uncompressed bytes)`` of a column chunk, from its pages' own headers.
+@dataclass
+class _Chunk:
+    """What a column chunk's pages hold, from their own headers."""
+
+    values: int = 0  # values in data pages
+    size: int = 0  # uncompressed bytes of all pages
+    looked_up: int = 0  # values of data pages that index the dictionary
+    dictionary: tuple[int, int, int, int] | None = None  # offset, stored, unpacked, entries
+
+
+def _pages(data: bytes, chunk: dict[int, int]) -> _Chunk:
+    """The pages of a column chunk, from their own headers.
 
     The reader decodes whole pages, whatever the column's metadata says, so
     these are the numbers that bound what decoding it costs. It reads no pages
     for a column that declares no values.
     """
+    out = _Chunk()
     if chunk[5] <= 0:
-        return 0, 0
+        return out
     start = chunk[9]
     dictionary = chunk.get(11)
     if isinstance(dictionary, int) and 0 < dictionary < start:
@@ -853,19 +864,54 @@ def _pages(data: bytes, chunk: dict[int, int]) -> tuple[int, int]:
     if not 0 <= start <= end <= len(data):
         raise ValueError("a column's pages lie outside the file")
     reader = _Thrift(data, start, end)
-    values = size = 0
     while reader.pos < end:
         header = reader.struct()
         uncompressed, compressed = header.get(2), header.get(3)
         if not (isinstance(uncompressed, int) and isinstance(compressed, int)
                 and uncompressed >= 0):
             raise ValueError("a page header has no valid sizes")
-        described = header.get(_DATA_PAGES.get(header.get(1), 0))
+        kind = header.get(1)
+        described = header.get(_DATA_PAGES.get(kind, 0))
         if isinstance(described, dict) and isinstance(described.get(1), int):
-            values += max(described[1], 0)
-        size += uncompressed
+            count = max(described[1], 0)
+            out.values += count
+            if described.get(2 if kind == 0 else 4) not in _PLAIN_ENCODINGS:
+                out.looked_up += count
+        elif kind == 2 and isinstance(header.get(7), dict):
+            entries = header[7].get(1)
+            out.dictionary = (reader.pos, compressed, uncompressed,
+                              entries if isinstance(entries, int) else -1)
+        out.size += uncompressed
         reader.skip(compressed)
-    return values, size
+    return out
+
+
+_PLAIN_ENCODINGS = {0, 4, 5, 6, 7, 9}  # value encodings that do not index a dictionary
+_CODECS = {0: None, 1: "snappy", 2: "gzip", 4: "brotli", 6: "zstd", 7: "lz4_raw"}
+
+
+def _longest_entry(data: bytes, chunk: dict[int, int], pages: _Chunk) -> int | None:
+    """The longest value in a chunk's string dictionary, or None when that is costly to tell."""
+    import pyarrow as pa
+
+    if pages.dictionary is None:
+        return 0
+    start, stored, unpacked, entries = pages.dictionary
+    if chunk.get(4) not in _CODECS or not 0 <= entries <= 1 << 16 or unpacked > 4 << 20:
+        return None
+    raw = data[start:start + stored]
+    codec = _CODECS[chunk[4]]
+    if codec is not None:
+        try:
+            raw = pa.Codec(codec).decompress(raw, decompressed_size=unpacked).to_pybytes()
+        except (pa.ArrowException, ValueError):
+            return None
+    longest = pos = 0
+    for _ in range(entries):  # PLAIN byte arrays: a 4-byte length, then the bytes
+        n = int.from_bytes(raw[pos:pos + 4], "little")
+        longest = max(longest, min(n, len(raw)))
+        pos += 4 + n
+    return longest
 
 
 def _leaves(t: Any) -> int:
@@ -914,15 +960,18 @@ def _read_parquet(data: bytes, names: list[str], rows: int, objects: list[bool],
         raise ReplayError(f"{where} is inconsistent: its row groups cannot be read")
     group_limit = min(MAX_ROW_GROUP_BYTES, budget)
     column_limit = min(MAX_COLUMN_BYTES, budget)
-    total = 0
+    total = grown = 0
+    expanding: set[int] = set()  # string columns whose dictionaries are indexed
+    bounded = True  # whether what those dictionaries expand to is known to fit
     for g, (group_rows, chunks) in enumerate(groups):
-        estimate = 0
+        estimate = expansion = 0
         for j, (leaf, chunk) in enumerate(zip(leaves, chunks, strict=True)):
             if leaf.max_repetition_level == 0 and chunk[5] != group_rows:
                 raise ReplayError(f"{where} is inconsistent: a column of row group {g} holds "
                                   f"{chunk[5]} values for {group_rows} rows")
-            values, paged = _pages(data, chunk)
-            declared = max(chunk[6], paged)
+            pages = _pages(data, chunk)
+            values = pages.values
+            declared = max(chunk[6], pages.size)
             if declared > column_limit:
                 raise _too_big(where, f"column {leaf.path} of row group {g} declares",
                                declared, column_limit)
@@ -930,14 +979,22 @@ def _read_parquet(data: bytes, names: list[str], rows: int, objects: list[bool],
                 _PHYSICAL_WIDTH.get(leaf.physical_type, 8)
             per_value = width + (OBJECT_BYTES if objects[owner[j]] else 0)
             estimate += max(max(chunk[5], values) * per_value, declared)
+            if leaf.physical_type == "BYTE_ARRAY" and pages.looked_up:
+                expanding.add(j)
+                longest = _longest_entry(data, chunk, pages)
+                bounded = bounded and longest is not None
+                expansion += pages.looked_up * (longest or 0) * (2 if objects[owner[j]] else 1)
+        bounded = bounded and estimate + expansion <= group_limit
+        grown += expansion
         if estimate > group_limit:
             raise _too_big(where, f"row group {g} would decode to", estimate, group_limit)
         total += estimate
         if total > budget:
             raise _too_big(where, "its metadata declares at least", total, budget)
 
-    # strings stay dictionary-encoded until their decoded size is known
-    strings = [j for j, leaf in enumerate(leaves) if leaf.physical_type == "BYTE_ARRAY"]
+    # strings whose dictionaries might expand past the limits stay dictionary-encoded until
+    # their decoded size is known
+    strings = [] if bounded and total + grown <= budget else sorted(expanding)
     pf = pq.ParquetFile(pa.BufferReader(data), read_dictionary=strings,
                         thrift_string_size_limit=MAX_FOOTER,
                         thrift_container_size_limit=1 << 16)
