@@ -613,8 +613,9 @@ def test_vmlinux_cache_and_stale_precompiled_header(tmp_path, monkeypatch):
     assert d.parent.parent == tmp_path / "cache"
     assert (d / "vmlinux.h").stat().st_mode & 0o777 == 0o644  # another user's kernel reads it
     [pch] = d.glob("*.pch")
-    later = (d / "defaults.h").stat().st_mtime + 10
-    os.utime(d / "defaults.h", (later, later))  # as if libbpf's headers had been updated
+    [header] = d.glob("defaults-*.h")
+    later = header.stat().st_mtime + 10
+    os.utime(header, (later, later))  # as if libbpf's headers had been updated
     assert _compile.compile_cell(cell, []).obj.startswith(b"\x7fELF")  # compiled without it...
     assert not pch.exists()  # ...and dropped, to be built again
     assert len(_compile.compile_cell(cell, []).obj) == len(first.obj)
@@ -707,3 +708,77 @@ def test_usdt_through_libbpf_counts_exactly(tmp_path, no_leaks):
         subprocess.run([str(tmp_path / "demo"), "321"], check=True)
         assert prog.maps["ticks"][0] == 321
         assert prog.maps["ticks"][1] == sum(range(321))
+
+
+XDP_COUNT = """\
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __type(key, u32);
+    __type(value, u64);
+    __uint(max_entries, 1);
+} frames SEC(".maps");
+
+SEC("xdp")
+int count_frames(struct xdp_md *ctx)
+{
+    void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
+    struct ethhdr *eth = data;
+    u32 zero = 0;
+    u64 *n;
+    if ((void *)(eth + 1) > end || eth->h_proto != bpf_htons(0x88b5))
+        return XDP_PASS;
+    n = bpf_map_lookup_elem(&frames, &zero);
+    if (n)
+        __sync_fetch_and_add(n, 1);
+    return XDP_PASS;
+}
+"""
+
+
+@needs_libbpf
+@pytest.mark.kernel
+def test_xdp_counts_frames_on_a_veth(no_leaks):
+    import socket
+    import struct
+    import subprocess
+
+    tag = os.getpid() % 100000
+    sender, receiver = f"elb{tag}a", f"elb{tag}b"
+    made = subprocess.run(["ip", "link", "add", sender, "type", "veth", "peer", "name",
+                           receiver], capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.fail(f"cannot make a veth pair: {made.stderr.strip()}")
+
+    def xdp_attached() -> bool:
+        return '"xdp"' in subprocess.run(["ip", "-j", "-d", "link", "show", receiver],
+                                         capture_output=True, text=True).stdout
+
+    frame = b"\xff" * 6 + b"\x02\x00\x00\x00\x00\x01" + struct.pack("!H", 0x88B5) + bytes(46)
+    try:
+        for dev in (sender, receiver):
+            subprocess.run(["ip", "link", "set", dev, "up"], check=True)
+        with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as s:
+            s.bind((sender, 0))
+            with Program(XDP_COUNT, attach=[f"xdp:{receiver}"]) as prog:
+                assert prog.attached == [f"xdp:{receiver}=count_frames"]
+                assert xdp_attached()
+                for _ in range(20):
+                    s.send(frame)
+                deadline = time.monotonic() + 2
+                while prog.maps["frames"][0] < 20 and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                assert prog.maps["frames"][0] == 20
+            assert not xdp_attached()
+        with pytest.raises(AttachError, match="unknown XDP mode 'fast'"):
+            Program(XDP_COUNT, attach=[f"xdp:{receiver}@fast"])
+    finally:
+        subprocess.run(["ip", "link", "del", sender], check=False)
+
+
+@needs_libbpf
+@pytest.mark.kernel
+def test_undefined_function_is_named(no_leaks):
+    cell = 'SEC("tp/syscalls/sys_enter_getppid") int f(void *ctx) { return not_a_helper(1); }'
+    with pytest.raises(BPFError) as err:
+        Program(cell, cflags=["-Wno-implicit-function-declaration"])
+    assert err.value.message.startswith("not_a_helper is used but defined nowhere")

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ... import btf, kernel, sysbpf
+from ... import link as links
 from ...btf.dwarf import dwarf_spec
 from ...errors import AttachError, BPFError, NotPrivilegedError, VerifierError
 from ...perfbuf import PerfEventAttr
@@ -35,10 +36,12 @@ from ...suggest import syscall_tracepoints
 from .. import CompiledProgram, MapHandle
 from . import _compile, _lib, _source
 
+_EXTERN = re.compile(r"failed to find BTF for extern '(\w+)'")
 _PROG_FAILED = re.compile(r"prog '(\w+)': (?:BPF program load failed|failed to load)")
 _KEYLESS = ("queue", "stack", "ringbuf", "user_ringbuf")
 _PERF_FLAG_FD_CLOEXEC = 8
 _PERF_EVENT_ARRAY = 4  # enum bpf_map_type
+_XDP_MODES = {"skb": 2, "drv": 4, "hw": 8}  # XDP_FLAGS_*_MODE
 _LIBBPF_OWN = ("__bpf_usdt_",)  # maps <bpf/usdt.bpf.h> declares for libbpf's bookkeeping
 _PERF_FREQ = 1 << 10
 FLAGS_ZERO_WARNING = ("{map}: bpf_perf_event_output(..., 0, ...) with flags 0 writes to the "
@@ -82,7 +85,7 @@ def describe() -> dict[str, str]:
     }
 
 
-class Link:
+class LibbpfLink:
     """One attachment (a ``struct bpf_link``); ``close()`` detaches it and is idempotent."""
 
     def __init__(self, ptr: int, description: str) -> None:
@@ -114,7 +117,7 @@ class LibbpfProgram(CompiledProgram):
             raise NotPrivilegedError("Not allowed to load BPF programs: " +
                                      kernel.rights_summary(), kernel.rights_hint())
         self._obj: int | None = None
-        self._links: list[Link] = []
+        self._links: list[LibbpfLink | links.Link] = []
         self._dwarf: btf.Spec | None = None
         compiled = _compile.compile_cell(source, list(cflags), filename, line_offset)
         self.log = compiled.log
@@ -131,6 +134,13 @@ class LibbpfProgram(CompiledProgram):
             obj = lib.bpf_object__open_mem(self._buf, len(compiled.obj), ct.byref(opts))
             err = _lib.last_errno() if not obj else 0
         if not obj:
+            extern = next((m.group(1) for m in map(_EXTERN.search, log) if m), None)
+            if extern:
+                raise BPFError(f"{extern} is used but defined nowhere: not in the cell, not a "
+                               "BPF helper, not in libbpf's headers.",
+                               "Define it, or include the header that does (a cell without "
+                               "#include gets vmlinux.h and libbpf's bpf_helpers.h, "
+                               "bpf_tracing.h, bpf_core_read.h and bpf_endian.h).")
             raise BPFError(f"libbpf could not open the compiled object: {_lib.strerror(err)}",
                            "\n".join(log[-8:]))
         self._obj = obj
@@ -190,6 +200,8 @@ class LibbpfProgram(CompiledProgram):
         implied = _source.section_probe(self.sections[probe.function], probe.function)
         if probe.kind in ("profile", "software", "hardware"):
             return self._attach_perf_event(probe, prog)
+        if probe.kind == "xdp":
+            return self._attach_xdp(probe, prog)
         with _lib.logged() as log:
             if probe == implied:
                 link = lib.bpf_program__attach(prog)
@@ -214,20 +226,12 @@ class LibbpfProgram(CompiledProgram):
                 link = lib.bpf_program__attach_usdt(prog, probe.pid if probe.pid else -1,
                                                     _library(path).encode(), provider.encode(),
                                                     name.encode(), None)
-            elif probe.kind == "xdp":
-                dev = probe.target.partition("@")[0]
-                try:
-                    ifindex = int(Path(f"/sys/class/net/{dev}/ifindex").read_text())
-                except OSError:
-                    raise AttachError(f"cannot attach {probe}: no network device {dev!r}",
-                                      probe=str(probe)) from None
-                link = lib.bpf_program__attach_xdp(prog, ifindex)
             else:
                 link = lib.bpf_program__attach(prog)
             err = _lib.last_errno() if not link else 0
         if not link:
             raise self._attach_failure(probe, probe == implied, err, log)
-        self._links.append(Link(link, str(probe)))
+        self._links.append(LibbpfLink(link, str(probe)))
         return [str(probe)]
 
     def _attach_perf_event(self, probe: Probe, prog: int) -> list[str]:
@@ -249,7 +253,29 @@ class LibbpfProgram(CompiledProgram):
             if not link:
                 os.close(pfd)
                 raise self._attach_failure(probe, False, err, log)
-            self._links.append(Link(link, f"{probe} (cpu {cpu})"))  # the link owns pfd
+            self._links.append(LibbpfLink(link, f"{probe} (cpu {cpu})"))  # the link owns pfd
+        return [str(probe)]
+
+    def _attach_xdp(self, probe: Probe, prog: int) -> list[str]:
+        """XDP by BPF link in the mode ``xdp:DEV@skb|drv|hw`` names (libbpf 1.1 takes no mode)."""
+        dev, _, mode = probe.target.partition("@")
+        try:
+            ifindex = int(Path(f"/sys/class/net/{dev}/ifindex").read_text())
+        except OSError:
+            devices = sorted(os.listdir("/sys/class/net")) if os.path.isdir("/sys/class/net") \
+                else []
+            raise AttachError(f"cannot attach {probe}: no network device {dev!r}",
+                              f"Devices here: {', '.join(devices)}", probe=str(probe)) from None
+        if (mode or "skb") not in _XDP_MODES:
+            raise AttachError(f"cannot attach {probe}: unknown XDP mode {mode!r}",
+                              f"Modes: {', '.join('@' + m for m in _XDP_MODES)}", probe=str(probe))
+        try:
+            attached = links.xdp(_lib.lib().bpf_program__fd(prog), ifindex,
+                                 _XDP_MODES[mode or "skb"])
+        except links.LinkError as e:
+            raise AttachError(f"cannot attach {probe}: {e.strerror}",
+                              e.hint or "XDP needs CAP_NET_ADMIN.", probe=str(probe)) from None
+        self._links.append(attached)
         return [str(probe)]
 
     def _attach_failure(self, probe: Probe, from_section: bool, err: int,

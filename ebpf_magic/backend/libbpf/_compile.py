@@ -8,7 +8,7 @@ hash, so a cell compiles in tens of milliseconds instead of re-parsing 3 MB.
 Before compiling, the source is adjusted without moving any line:
 
 * no ``#include`` of vmlinux.h or of libbpf's headers: vmlinux.h and libbpf's
-  ``bpf_helpers.h``, ``bpf_tracing.h`` and ``bpf_core_read.h`` are included
+  ``bpf_helpers.h``, ``bpf_tracing.h``, ``bpf_core_read.h`` and ``bpf_endian.h`` are included
   from the command line, and the cell's includes of kernel headers
   (``<linux/...>``, ``<uapi/linux/...>``, ``<asm/...>``), whose types
   vmlinux.h holds as this kernel has them, are left out with a note;
@@ -42,7 +42,8 @@ from ...instrument import LOST_PREFIX, mask_code, matching_paren
 
 BTF_PATH = Path("/sys/kernel/btf/vmlinux")
 TIMEOUT_S = 60.0
-HELPER_HEADERS = ("bpf/bpf_helpers.h", "bpf/bpf_tracing.h", "bpf/bpf_core_read.h")
+HELPER_HEADERS = ("bpf/bpf_helpers.h", "bpf/bpf_tracing.h", "bpf/bpf_core_read.h",
+                  "bpf/bpf_endian.h")
 _ARCH = {"x86_64": "x86", "aarch64": "arm64", "arm64": "arm64", "s390x": "s390",
          "ppc64le": "powerpc", "riscv64": "riscv", "loongarch64": "loongarch"}
 _LEGACY_MAP = re.compile(r"\bstruct\s+bpf_map_def\s+(?:SEC\s*\(\s*\"maps\"\s*\)\s*(\w+)|"
@@ -255,14 +256,15 @@ def precompiled(vmlinux: Path, cc: str) -> Path | None:
 
 
 def _precompiled(vmlinux: Path, cc: str) -> Path | None:
-    key = "\0".join([cc, *_base_flags(vmlinux)]).encode()
-    pch = vmlinux / f"defaults-{hashlib.sha256(key).hexdigest()[:8]}.pch"
+    text = "".join(f'#include "{x}"\n' if x == "vmlinux.h" else f"#include <{x}>\n"
+                   for x in ("vmlinux.h", *HELPER_HEADERS))
+    key = hashlib.sha256("\0".join([cc, *_base_flags(vmlinux), text]).encode()).hexdigest()[:8]
+    pch = vmlinux / f"defaults-{key}.pch"
     if pch.exists():
         return pch
-    h = vmlinux / "defaults.h"  # the precompiled header names it: it stays beside it
+    h = vmlinux / f"defaults-{key}.h"  # the precompiled header names it: it stays beside it
     if not h.exists():
-        _write_shared(h, "".join(f'#include "{x}"\n' if x == "vmlinux.h" else f"#include <{x}>\n"
-                                 for x in ("vmlinux.h", *HELPER_HEADERS)).encode())
+        _write_shared(h, text.encode())
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "defaults.pch"
         done = subprocess.run([cc, *_base_flags(vmlinux), "-x", "c-header", str(h), "-o",

@@ -53,7 +53,6 @@ _SIGNATURES = {
     "bpf_program__attach_usdt": (ct.c_void_p, [ct.c_void_p, ct.c_int, ct.c_char_p, ct.c_char_p,
                                                ct.c_char_p, ct.c_void_p]),
     "bpf_program__attach_perf_event": (ct.c_void_p, [ct.c_void_p, ct.c_int]),
-    "bpf_program__attach_xdp": (ct.c_void_p, [ct.c_void_p, ct.c_int]),
     "bpf_link__destroy": (ct.c_int, [ct.c_void_p]),
     "bpf_map__name": (ct.c_char_p, [ct.c_void_p]),
     "bpf_map__fd": (ct.c_int, [ct.c_void_p]),
