@@ -91,8 +91,10 @@ class Program:
             prepared.hidden.update(prepared.lost_maps.values())
             self.warnings = list(self._compiled.warnings)
             functions = self._compiled.functions
-            others = bind_explicit([p for p in requested if p.kind != "usdt"], functions)
             auto = self._compiled.implied_probes()
+            # functions with implied probes are taken: a spec without =FUNCTION means another
+            others = bind_explicit(auto + [p for p in requested if p.kind != "usdt"],
+                                   functions)[len(auto):]
             self.probes = auto + usdt + others
             self._compiled.load(self.probes)
             # Buffers are read before any probe fires, so no event goes unseen or uncounted.

@@ -782,3 +782,15 @@ def test_undefined_function_is_named(no_leaks):
     with pytest.raises(BPFError) as err:
         Program(cell, cflags=["-Wno-implicit-function-declaration"])
     assert err.value.message.startswith("not_a_helper is used but defined nowhere")
+
+
+@needs_libbpf
+@pytest.mark.kernel
+def test_spec_without_function_binds_the_one_without_a_target(no_leaks):
+    cell = """\
+SEC("tracepoint/syscalls/sys_enter_getppid") int on_getppid(void *ctx) { return 0; }
+SEC("perf_event") int on_sample(void *ctx) { return 0; }
+"""
+    with Program(cell, attach=["software:cpu-clock:1000000"]) as prog:
+        assert prog.attached == ["tracepoint:syscalls:sys_enter_getppid=on_getppid",
+                                 "software:cpu-clock:1000000=on_sample"]
