@@ -717,10 +717,11 @@ def _objects(values: list[Any]) -> pd.Series:
 
 
 # Decoding a Parquet member is bounded twice. Before anything is decoded, its
-# metadata (row groups, rows, each column's declared size) must fit the budget
-# at a conservative width per value. Then row groups are decoded one at a time,
-# strings kept dictionary-encoded, and their actual decoded size is added up, so
-# a file whose metadata lies stops at the first row group that overshoots.
+# footer and page headers (row groups, rows, values and bytes of every page) must
+# fit the budget at a conservative width per value. Then row groups are decoded
+# one at a time and their actual decoded size is added up; string columns whose
+# dictionaries might expand past the limits stay dictionary-encoded until then,
+# so one row group of repeated long strings is measured, not materialized.
 
 _PHYSICAL_WIDTH = {"BOOLEAN": 8, "INT32": 8, "INT64": 8, "INT96": 12, "FLOAT": 8, "DOUBLE": 8,
                    "BYTE_ARRAY": 8}
@@ -875,7 +876,11 @@ def _pages(data: bytes, chunk: dict[int, int]) -> _Chunk:
         if isinstance(described, dict) and isinstance(described.get(1), int):
             count = max(described[1], 0)
             out.values += count
-            if described.get(2 if kind == 0 else 4) not in _PLAIN_ENCODINGS:
+            encoding = described.get(2 if kind == 0 else 4)
+            if encoding == _DELTA_BYTE_ARRAY:
+                raise ValueError("a page is DELTA_BYTE_ARRAY-encoded, whose values share "
+                                 "prefixes without bound; recordings never use it")
+            if encoding not in _PLAIN_ENCODINGS:
                 out.looked_up += count
         elif kind == 2 and isinstance(header.get(7), dict):
             entries = header[7].get(1)
@@ -886,7 +891,8 @@ def _pages(data: bytes, chunk: dict[int, int]) -> _Chunk:
     return out
 
 
-_PLAIN_ENCODINGS = {0, 4, 5, 6, 7, 9}  # value encodings that do not index a dictionary
+_PLAIN_ENCODINGS = {0, 3, 4, 5, 6, 9}  # value encodings that do not index a dictionary
+_DELTA_BYTE_ARRAY = 7
 _CODECS = {0: None, 1: "snappy", 2: "gzip", 4: "brotli", 6: "zstd", 7: "lz4_raw"}
 
 

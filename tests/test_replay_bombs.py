@@ -392,3 +392,14 @@ def test_decoded_size_adds_up_across_row_groups(tmp_path: Path) -> None:
     with pytest.raises(ReplayError, match=r"r\.bpfrec:streams/0\.parquet: it decodes to at "
                                           r"least [\d,]+ bytes, over the limit of 500,000"):
         ebpf_magic.load(path, max_bytes=500_000)
+
+
+def test_prefix_sharing_strings_are_refused(tmp_path: Path) -> None:
+    # DELTA_BYTE_ARRAY values reuse the previous value's prefix: a page can hold more than itself
+    buf = io.BytesIO()
+    pq.write_table(pa.table({"x": ["a" * 100] * 10}), buf, use_dictionary=False,
+                   column_encoding={"x": "DELTA_BYTE_ARRAY"})
+    path = recording_with(tmp_path / "r.bpfrec", buf.getvalue(), 10, [["x", "str"]])
+    with pytest.raises(ReplayError, match=r"not a readable Parquet file \(a page is "
+                                          r"DELTA_BYTE_ARRAY-encoded"):
+        ebpf_magic.load(path)
