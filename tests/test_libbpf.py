@@ -794,3 +794,36 @@ SEC("perf_event") int on_sample(void *ctx) { return 0; }
     with Program(cell, attach=["software:cpu-clock:1000000"]) as prog:
         assert prog.attached == ["tracepoint:syscalls:sys_enter_getppid=on_getppid",
                                  "software:cpu-clock:1000000=on_sample"]
+
+
+BCC_TGID = """\
+#include <linux/sched.h>
+BPF_HASH(tgid, u32, u64);
+TRACEPOINT_PROBE(syscalls, sys_enter_getppid) {
+    u32 pid = bpf_get_current_pid_tgid() >> 32;
+    if (pid != PID) return 0;
+    struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+    u64 read = task->tgid;
+    tgid.update(&pid, &read);
+    return 0;
+}
+"""
+
+
+@needs_libbpf
+@pytest.mark.kernel
+def test_core_right_where_bcc_headers_do_not_match(no_leaks):
+    from ebpf_magic import headers
+
+    if headers.ensure().exact:
+        pytest.skip("kernel headers match this kernel: BCC reads task_struct right here too")
+    me = os.getpid()
+    with Program(BCC_TGID, defines={"PID": me}) as bcc_prog, \
+            Program(CORE, defines={"PARENT": os.getppid()}) as core:
+        os.getppid()
+        _wait_rows(core.events["events"], 1)
+        bcc_read = bcc_prog.maps["tgid"][me]
+        df = core.events["events"].df
+    assert bcc_read != me  # BCC compiled task_struct's layout from other headers
+    mine = df[df["helper_tgid"] == me]
+    assert len(mine) == 1 and mine["tgid"].iloc[0] == me
