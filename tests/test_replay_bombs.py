@@ -403,3 +403,15 @@ def test_prefix_sharing_strings_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ReplayError, match=r"not a readable Parquet file \(a page is "
                                           r"DELTA_BYTE_ARRAY-encoded"):
         ebpf_magic.load(path)
+
+
+def test_strings_measured_dictionary_encoded_read_back_the_same(tmp_path: Path) -> None:
+    # one long string among short ones: the bound (longest x count) is over max_bytes,
+    # the real size is not, so the columns are read dictionary-encoded, measured, and kept
+    words = ["b"] * 999 + ["a" * 100_000]
+    df = pd.DataFrame({"comm": pd.Series(words, dtype=object),
+                       "stack": pd.Series([[w, "c"] for w in words], dtype=object)})
+    member, desc = recording.frame_to_parquet(df)
+    path = recording_with(tmp_path / "r.bpfrec", member, 1000, desc["columns"])
+    back = ebpf_magic.load(path, max_bytes=10_000_000)
+    pd.testing.assert_frame_equal(back.events["ev"].df, df, check_exact=True)
