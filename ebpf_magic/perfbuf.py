@@ -122,21 +122,26 @@ class CpuRing:
         _value, lost = struct.unpack("QQ", os.read(self.fd, 16))
         return lost
 
-    def read(self) -> tuple[list[np.ndarray], int]:
-        """Take every complete record: (raw sample payloads as 2-D uint8 runs, lost count).
+    def read(self, max_bytes: int | None = None) -> tuple[list[np.ndarray], int]:
+        """Take complete records: (raw sample payloads as 2-D uint8 runs, lost count).
 
-        The lost count sums the ``PERF_RECORD_LOST`` records read.
+        At most ``max_bytes`` are taken (whole records; all with None), so that
+        a full ring is read in pieces that stay in the CPU's cache. The lost
+        count sums the ``PERF_RECORD_LOST`` records read.
         """
         head, tail = int(self._pos[0]), int(self._pos[1])
         if head == tail:
             return [], 0
+        if max_bytes is not None and head - tail > max_bytes:
+            head = tail + max_bytes
         start, end = tail % self.size, head % self.size
         if start < end:
             raw = self._data[start:end].copy()
         else:
             raw = np.concatenate((self._data[start:], self._data[:end]))
-        self._pos[1] = head  # the bytes are copied: hand the space back to the kernel
-        return parse_records(raw)
+        blocks, lost, used = _parse(raw)
+        self._pos[1] = tail + used  # the bytes are copied: hand the space back to the kernel
+        return blocks, lost
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -151,8 +156,14 @@ def parse_records(raw: np.ndarray) -> tuple[list[np.ndarray], int]:
 
     Each block is a 2-D uint8 array, one row per sample, holding the raw
     payload (as the kernel padded it); consecutive samples of one size form one
-    block without a Python step per record.
+    block without a Python step per record. A record cut off at the end is left out.
     """
+    blocks, lost, _used = _parse(raw)
+    return blocks, lost
+
+
+def _parse(raw: np.ndarray) -> tuple[list[np.ndarray], int, int]:
+    """:func:`parse_records`, and the bytes of the complete records parsed."""
     blocks: list[np.ndarray] = []
     lost = 0
     pos, n = 0, len(raw)
@@ -182,7 +193,7 @@ def parse_records(raw: np.ndarray) -> tuple[list[np.ndarray], int]:
             raw_size = int(raw[pos + 8:pos + 12].view(np.uint32)[0])
             blocks.append(raw[pos + 12:pos + 12 + raw_size].reshape(1, -1))
         pos += size
-    return blocks, lost
+    return blocks, lost, pos
 
 
 class PerfBuffer:

@@ -40,13 +40,20 @@ class RingBuffer:
     def pending(self) -> bool:
         return int(self._prod[0]) != int(self._cons[0])
 
-    def read(self) -> tuple[list[np.ndarray], int]:
-        """Take every committed record: (payload blocks as 2-D uint8 runs, 0)."""
+    def read(self, max_bytes: int | None = None) -> tuple[list[np.ndarray], int]:
+        """Take committed records: (payload blocks as 2-D uint8 runs, 0).
+
+        At most ``max_bytes`` are taken (whole records; all with None, or when
+        the next record alone is larger).
+        """
         cons, prod = int(self._cons[0]), int(self._prod[0])
         if cons == prod:
             return [], 0
         start = cons & (self.size - 1)
-        length = committed_length(self._data[start:start + prod - cons].copy())
+        avail = prod - cons if max_bytes is None else min(prod - cons, max_bytes)
+        length = committed_length(self._data[start:start + avail].copy())
+        if length == 0 and avail < prod - cons:
+            length = committed_length(self._data[start:start + prod - cons].copy())
         if length == 0:
             return [], 0
         # Copy again what the first copy saw committed: its payload bytes are

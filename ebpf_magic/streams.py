@@ -76,6 +76,7 @@ DEFAULTS: dict[str, Any] = {"max_rows": 1_000_000, "page_cnt": None, "wakeup_byt
 PERF_BUDGET = 64 << 20  # bytes of perf rings per stream, split across the CPUs
 PERF_FLOOR = 256 << 10  # the least and the most one CPU's ring gets
 PERF_CEILING = 16 << 20
+READ_BYTES = 512 << 10  # a buffer is read in pieces of this size, which stay in the CPU's cache
 STREAM_KINDS = ("perf_event_array", "ringbuf")
 _OPTIONS = set(DEFAULTS) | {"dtypes", "time", "spill"}
 
@@ -242,12 +243,18 @@ class Stream:
         if isinstance(buf, PerfBuffer):
             counted = buf.read_lost or self._lost_fd is not None
             for ring in buf.rings:
-                blocks, lost = ring.read()
-                if lost and not counted:  # the kernel's lost records are the only count
-                    self._lost_cpu[ring.cpu] = self._lost_cpu.get(ring.cpu, 0) + lost
-                n += self._take(blocks, ring.cpu)
+                for _ in range(ring.size // READ_BYTES + 1):  # at most a ring's worth
+                    blocks, lost = ring.read(READ_BYTES)
+                    if lost and not counted:  # the kernel's lost records are the only count
+                        self._lost_cpu[ring.cpu] = self._lost_cpu.get(ring.cpu, 0) + lost
+                    n += self._take(blocks, ring.cpu)
+                    if not ring.pending():
+                        break
         else:
-            n += self._take(buf.read()[0], 0)
+            for _ in range(buf.size // READ_BYTES + 1):
+                n += self._take(buf.read(READ_BYTES)[0], 0)
+                if not buf.pending():
+                    break
         return n
 
     def _take(self, blocks: list[np.ndarray], cpu: int) -> int:
