@@ -25,7 +25,7 @@ from ebpf_magic import perfbuf, sysbpf
 from ebpf_magic.errors import AttachError
 from ebpf_magic.perfbuf import PAGE_SIZE
 from ebpf_magic.program import Program
-from ebpf_magic.streams import StreamOptionError, StreamWarning, perf_pages
+from ebpf_magic.streams import READ_BYTES, StreamOptionError, StreamWarning, perf_pages
 
 from conftest import loaded_prog_ids, own_bpf_fds, uprobe_events
 
@@ -389,3 +389,18 @@ def test_default_perf_rings_shrink_to_the_locked_memory_limit():
     cpus = len(sysbpf.online_cpus())
     assert int(size) < cpus * perf_pages(cpus) * PAGE_SIZE and int(received) == 1
     assert warned == "1" and "locked-memory limit" in message
+
+
+@pytest.mark.parametrize("kind", sorted(DECL))
+def test_a_full_buffer_is_read_in_pieces_without_losing_a_record(loop, kind, no_leaks):
+    # 1 MiB buffers and a reader that sleeps: each read finds more than one piece
+    text = source(kind).replace("BPF_RINGBUF_OUTPUT(events, 1)", "BPF_RINGBUF_OUTPUT(events, 256)")
+    options = {"page_cnt": 256, "wakeup_bytes": 1 << 30, "poll_ms": 500, "batch_ms": 0}
+    n = 20_000  # 800-960 KiB of records: two pieces, cut inside a record
+    assert n * 40 > READ_BYTES
+    with Program(text, stream_options=options) as prog:
+        stream = prog.events["events"]
+        assert start_child(loop, prog, n).wait() == 0
+        assert settles(stream, n)
+        assert stream.lost_kernel == 0
+        assert sorted(stream.df["seq"]) == list(range(n))
