@@ -287,6 +287,9 @@ class Stream:
                 self.failure = f"{type(error).__name__}: {error}"[:300]
 
     def _show_failure(self) -> None:
+        """Warn once, on the user's next read (a live view's thread shows it itself)."""
+        if threading.current_thread() is not threading.main_thread():
+            return
         if self.failure is not None and not self._failure_shown:
             self._failure_shown = True
             warnings.warn(f"stream {self.name!r} stopped delivering events ({self.failure}); "

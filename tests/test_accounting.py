@@ -291,6 +291,9 @@ def test_a_failing_reader_is_reported_and_counts_what_it_drops(tmp_path, no_leak
         for _ in range(900):  # the store is full: these must go to the spill file
             os.getppid()
         assert settles(stream, 1000)
+        elsewhere = threading.Thread(target=lambda: stream.stats)  # e.g. a live view's
+        elsewhere.start()
+        elsewhere.join()
         with pytest.warns(StreamWarning, match="stopped delivering events"):
             df = stream.df
         assert list(df["seq"]) == list(range(100))
