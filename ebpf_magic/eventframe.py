@@ -82,6 +82,8 @@ def strings(arr: np.ndarray) -> Any:
 def columns(records: np.ndarray, prefix: str = "") -> dict[str, Any]:
     """Like :func:`ebpf_magic.dtypes.columns`, decoding ``char[]`` fields with :func:`strings`."""
     dt = records.dtype
+    if dtypes.bitfields(dt):  # bitfields stand in place of their storage bytes
+        return dtypes.columns(records, prefix)
     out: dict[str, Any] = {}
     for name in dt.names:
         field = dt[name]

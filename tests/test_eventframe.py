@@ -75,3 +75,21 @@ def test_small_frames_match_the_plain_decoder() -> None:
     comms = [b"x", b"y\0z"]
     assert eventframe.frame(records(comms))["comm"].tolist() == \
         dtypes.decode_strings(records(comms)["comm"]).tolist()
+
+
+def test_event_bitfields_are_columns_of_their_own() -> None:
+    """A record with bitfields (as the BTF reader describes one) shows each bitfield's value."""
+    bits = {"lo": dtypes.Bitfield("__bits0", 0, 3, np.dtype("<u4")),
+            "hi": dtypes.Bitfield("__bits0", 3, 5, np.dtype("<u4"))}
+    inner = np.dtype({"names": ["__bits0"], "formats": [("u1", (4,))], "offsets": [0],
+                      "itemsize": 4}, metadata={"bitfields": bits})
+    dt = np.dtype([("pid", "<u4"), ("flags", inner), ("comm", "S8")])
+    rec = np.zeros(3, dt)
+    rec["pid"] = [1, 2, 3]
+    word = np.array([5 | 17 << 3, 0, 7 | 31 << 3], "<u4")
+    rec["flags"]["__bits0"] = word.view(np.uint8).reshape(3, 4)
+    rec["comm"] = [b"a", b"b", b"c"]
+    df = eventframe.frame(rec)
+    assert list(df.columns) == ["pid", "flags.lo", "flags.hi", "comm"]
+    assert df["flags.lo"].tolist() == [5, 0, 7]
+    assert df["flags.hi"].tolist() == [17, 0, 31]
