@@ -35,7 +35,6 @@ _PERF_COUNT_SW_BPF_OUTPUT = 10
 _PERF_SAMPLE_RAW = 1 << 10
 _PERF_FORMAT_LOST = 1 << 4
 _FLAG_WATERMARK = 1 << 14  # bit 14 of the flags word: wakeup_watermark counts bytes
-_PERF_FLAG_FD_CLOEXEC = 1 << 3
 _RECORD_LOST = 2
 _RECORD_SAMPLE = 9
 _IOC_ENABLE = 0x2400
@@ -45,31 +44,12 @@ _RUN_WINDOW = 8192  # records checked per vectorized step
 _TYPE_AND_SIZE = np.uint64(0xFFFF_0000_FFFF_FFFF)  # a record header without its misc bits
 
 
-class PerfEventAttr(ctypes.Structure):
-    """``struct perf_event_attr`` up to ``config2`` (PERF_ATTR_SIZE_VER1)."""
-
-    _fields_ = [("type", ctypes.c_uint32), ("size", ctypes.c_uint32),
-                ("config", ctypes.c_uint64), ("sample_period", ctypes.c_uint64),
-                ("sample_type", ctypes.c_uint64), ("read_format", ctypes.c_uint64),
-                ("flags", ctypes.c_uint64), ("wakeup", ctypes.c_uint32),
-                ("bp_type", ctypes.c_uint32), ("config1", ctypes.c_uint64),
-                ("config2", ctypes.c_uint64)]
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _ioctl(fd: int, request: int) -> None:
-    if _libc.ioctl(fd, request, 0) < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
-
-def _output_attr(read_lost: bool) -> PerfEventAttr:
-    return PerfEventAttr(type=_PERF_TYPE_SOFTWARE, size=ctypes.sizeof(PerfEventAttr),
-                         config=_PERF_COUNT_SW_BPF_OUTPUT, sample_period=1,
-                         sample_type=_PERF_SAMPLE_RAW,
-                         read_format=_PERF_FORMAT_LOST if read_lost else 0)
+def _output_attr(read_lost: bool) -> sysbpf.PerfEventAttr:
+    return sysbpf.PerfEventAttr(type=_PERF_TYPE_SOFTWARE,
+                                size=ctypes.sizeof(sysbpf.PerfEventAttr),
+                                config=_PERF_COUNT_SW_BPF_OUTPUT, sample_period=1,
+                                sample_type=_PERF_SAMPLE_RAW,
+                                read_format=_PERF_FORMAT_LOST if read_lost else 0)
 
 
 @functools.cache
@@ -82,7 +62,7 @@ def lost_format_supported() -> bool:
     """
     try:
         fd = sysbpf.perf_event_open(_output_attr(True), -1, sysbpf.online_cpus()[0], -1,
-                                    _PERF_FLAG_FD_CLOEXEC)
+                                    sysbpf.PERF_FLAG_FD_CLOEXEC)
     except OSError as e:
         return e.errno != errno.EINVAL
     os.close(fd)
@@ -102,7 +82,7 @@ class CpuRing:
         else:
             attr.wakeup = 1  # wakeup_events: one wake-up per event
         self.cpu = cpu
-        self.fd = sysbpf.perf_event_open(attr, -1, cpu, -1, _PERF_FLAG_FD_CLOEXEC)
+        self.fd = sysbpf.perf_event_open(attr, -1, cpu, -1, sysbpf.PERF_FLAG_FD_CLOEXEC)
         try:
             self.size = page_cnt * PAGE_SIZE
             self._mm = mmap.mmap(self.fd, PAGE_SIZE + self.size, mmap.MAP_SHARED,
@@ -112,7 +92,7 @@ class CpuRing:
             raise
         self._pos = np.frombuffer(self._mm, np.uint64, 2, _HEAD_OFFSET)  # head, tail
         self._data = np.frombuffer(self._mm, np.uint8, self.size, PAGE_SIZE)
-        _ioctl(self.fd, _IOC_ENABLE)
+        sysbpf.ioctl(self.fd, _IOC_ENABLE)
 
     def pending(self) -> bool:
         return int(self._pos[0]) != int(self._pos[1])
@@ -145,7 +125,7 @@ class CpuRing:
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
-            _ioctl(self.fd, _IOC_DISABLE)
+            sysbpf.ioctl(self.fd, _IOC_DISABLE)
         del self._pos, self._data
         self._mm.close()
         os.close(self.fd)
