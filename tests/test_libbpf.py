@@ -12,13 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ebpf_magic.backend import choose_backend
+from ebpf_magic.backend import choose_backend, libbpf
 from ebpf_magic.errors import AttachError, BPFError, CompileError, VerifierError
 from ebpf_magic.program import Program
 
 from conftest import bpftool_json, loaded_map_ids, loaded_prog_ids
 
-libbpf = pytest.importorskip("ebpf_magic.backend.libbpf")
 _OK, _WHY = libbpf.available()
 needs_libbpf = pytest.mark.skipif(not _OK, reason=f"libbpf backend unavailable: {_WHY}")
 

@@ -610,6 +610,7 @@ NO_KPROBES = ("this kernel has no kprobes (built without CONFIG_KPROBES: no kpro
               "tracefs, no kprobe PMU)")
 
 
+@pytest.mark.kernel_feature
 @pytest.mark.skipif(not kernel.kprobes_supported(), reason=NO_KPROBES)
 @pytest.mark.parametrize("route", ["pmu", "tracefs"])
 def test_kprobe_counts_getppid_exactly(clean, counter, prog_fds, route, monkeypatch):
@@ -623,6 +624,7 @@ def test_kprobe_counts_getppid_exactly(clean, counter, prog_fds, route, monkeypa
     assert counter() == 300
 
 
+@pytest.mark.kernel_feature
 @pytest.mark.skipif(kernel.kprobes_supported(), reason="this kernel has kprobes")
 def test_kprobe_without_kprobes_says_so(clean, counter, prog_fds):
     prog_fds.append(counting_prog(PROG_KPROBE, counter.fd))
@@ -685,3 +687,15 @@ def test_xdp_counts_frames_on_a_veth(clean, counter, prog_fds, veth):
         s.send(frame)
         time.sleep(0.05)
     assert counter() == 20
+
+
+def test_xdp_device_names_the_devices_and_modes_there_are():
+    assert link.xdp_device("lo") == (1, 1 << 1)  # skb mode unless told
+    assert link.xdp_device("lo@drv") == (1, 1 << 2)
+    with pytest.raises(link.LinkError) as info:
+        link.xdp_device("nosuchdev0")
+    assert info.value.errno == errno.ENODEV and info.value.what == "no network device 'nosuchdev0'"
+    assert "lo" in info.value.hint.removeprefix("Devices here: ").split(", ")
+    with pytest.raises(link.LinkError, match="unknown XDP mode 'fast'") as info:
+        link.xdp_device("lo@fast")
+    assert info.value.hint == "Modes: @skb, @drv, @hw"

@@ -13,8 +13,9 @@ from .probe_events import remove_stale_probe_events, stale_probe_events
 from .raw_tracepoint import raw_tracepoint
 from .tracepoint import tracepoint, tracepoints
 from .uprobe import uprobe
+from .xdp import device as xdp_device
 from .xdp import xdp
 
 __all__ = ["Link", "LinkError", "close_all", "kprobe", "perf_event", "raw_tracepoint",
            "remove_stale_probe_events", "stale_probe_events", "tracepoint", "tracepoints",
-           "uprobe", "wait_released", "xdp"]
+           "uprobe", "wait_released", "xdp", "xdp_device"]

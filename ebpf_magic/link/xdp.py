@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+from pathlib import Path
 
 from .. import sysbpf
 from . import probe_events
@@ -12,6 +13,26 @@ BPF_XDP = 37  # enum bpf_attach_type
 XDP_FLAGS_SKB_MODE = 1 << 1
 XDP_FLAGS_DRV_MODE = 1 << 2
 XDP_FLAGS_HW_MODE = 1 << 3
+MODES = {"skb": XDP_FLAGS_SKB_MODE, "drv": XDP_FLAGS_DRV_MODE, "hw": XDP_FLAGS_HW_MODE}
+
+
+def device(target: str) -> tuple[int, int]:
+    """An ``xdp:`` probe's target, ``DEV[@skb|drv|hw]``, as ``(ifindex, flags)`` for :func:`xdp`.
+
+    Raises :class:`LinkError` naming the devices, or the modes, there are.
+    """
+    dev, _, mode = target.partition("@")
+    if (mode or "skb") not in MODES:
+        raise LinkError(errno.EINVAL, f"unknown XDP mode {mode!r}",
+                        f"Modes: {', '.join('@' + m for m in MODES)}")
+    try:
+        ifindex = int(Path(f"/sys/class/net/{dev}/ifindex").read_text())
+    except (OSError, ValueError):
+        net = Path("/sys/class/net")
+        devices = sorted(p.name for p in net.iterdir()) if net.is_dir() else []
+        raise LinkError(errno.ENODEV, f"no network device {dev!r}",
+                        f"Devices here: {', '.join(devices)}") from None
+    return ifindex, MODES[mode or "skb"]
 
 
 def xdp(prog_fd: int, ifindex: int, flags: int) -> Link:

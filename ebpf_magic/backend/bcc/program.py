@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from pathlib import Path
 
 import numpy as np
 
@@ -28,7 +27,6 @@ _PROG_TYPE = {"kprobe": 2, "kretprobe": 2, "uprobe": 2, "uretprobe": 2, "usdt": 
               "tracepoint": 5, "xdp": 6, "profile": 7, "software": 7, "hardware": 7,
               "rawtracepoint": 17, "kfunc": 26, "kretfunc": 26, "lsm": 29}
 _TRAMPOLINES = (26, 29)  # BPF_PROG_TYPE_TRACING, BPF_PROG_TYPE_LSM
-_XDP_FLAGS = {"skb": 2, "drv": 4, "hw": 8}
 RELEASE_WAIT = 1.0  # seconds close() waits for detached links to be released
 _DECLARED = re.compile(r"\bBPF_(HISTOGRAM|STACK_TRACE|STACK_TRACE_BUILDID)\s*\(\s*(\w+)")
 
@@ -214,22 +212,12 @@ class BccProgram(CompiledProgram):
         return made
 
     def _xdp(self, probe: Probe, fd: int) -> link.Link:
-        dev, _, mode = probe.target.partition("@")
         try:
-            ifindex = int(Path(f"/sys/class/net/{dev}/ifindex").read_text())
-        except OSError:
-            devices = sorted(os.listdir("/sys/class/net")) if os.path.isdir("/sys/class/net") \
-                else []
-            raise AttachError(f"cannot attach {probe}: no network device {dev!r}",
-                              f"Devices here: {', '.join(devices)}", probe=str(probe)) from None
-        try:
-            return link.xdp(fd, ifindex, _XDP_FLAGS.get(mode or "skb", 2))
+            return link.xdp(fd, *link.xdp_device(probe.target))
         except link.LinkError as e:
-            hint = ("Another XDP program is attached to this device; detach it first "
-                    f"(`ip link set dev {dev} xdp off`)." if e.errno == 16 else
-                    "XDP needs CAP_NET_ADMIN and a kernel >= 5.9 for XDP links.")
-            raise AttachError(f"cannot attach {probe}: {e.strerror}", hint,
-                              probe=str(probe)) from None
+            raise AttachError(f"cannot attach {probe}: {e.what} ({e.strerror})",
+                              e.hint or "XDP needs CAP_NET_ADMIN and a kernel >= 5.9 for XDP "
+                              "links.", probe=str(probe)) from None
 
     def program_fds(self) -> dict[str, int]:
         return dict(self._prog_fds)

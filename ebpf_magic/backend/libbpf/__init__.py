@@ -22,7 +22,6 @@ import ctypes as ct
 import os
 import re
 import subprocess
-from pathlib import Path
 
 import numpy as np
 
@@ -30,7 +29,6 @@ from ... import btf, kernel, sysbpf
 from ... import link as links
 from ...btf.dwarf import dwarf_spec
 from ...errors import AttachError, BPFError, NotPrivilegedError, VerifierError
-from ...perfbuf import PerfEventAttr
 from ...probes import Probe
 from ...suggest import syscall_tracepoints
 from .. import CompiledProgram, MapHandle
@@ -39,9 +37,7 @@ from . import _compile, _lib, _source
 _EXTERN = re.compile(r"failed to find BTF for extern '(\w+)'")
 _PROG_FAILED = re.compile(r"prog '(\w+)': (?:BPF program load failed|failed to load)")
 _KEYLESS = ("queue", "stack", "ringbuf", "user_ringbuf")
-_PERF_FLAG_FD_CLOEXEC = 8
 _PERF_EVENT_ARRAY = 4  # enum bpf_map_type
-_XDP_MODES = {"skb": 2, "drv": 4, "hw": 8}  # XDP_FLAGS_*_MODE
 _LIBBPF_OWN = ("__bpf_usdt_",)  # maps <bpf/usdt.bpf.h> declares for libbpf's bookkeeping
 _PERF_FREQ = 1 << 10
 FLAGS_ZERO_WARNING = ("{map}: bpf_perf_event_output(..., 0, ...) with flags 0 writes to the "
@@ -236,14 +232,15 @@ class LibbpfProgram(CompiledProgram):
 
     def _attach_perf_event(self, probe: Probe, prog: int) -> list[str]:
         ev_type, config, rate = probe.perf_event
-        attr = PerfEventAttr(type=ev_type, size=ct.sizeof(PerfEventAttr), config=config)
+        attr = sysbpf.PerfEventAttr(type=ev_type, size=ct.sizeof(sysbpf.PerfEventAttr),
+                                    config=config)
         if "sample_freq" in rate:
             attr.sample_period, attr.flags = rate["sample_freq"], _PERF_FREQ
         else:
             attr.sample_period = rate["sample_period"]
         for cpu in sysbpf.online_cpus():
             try:
-                pfd = sysbpf.perf_event_open(attr, -1, cpu, -1, _PERF_FLAG_FD_CLOEXEC)
+                pfd = sysbpf.perf_event_open(attr, -1, cpu, -1, sysbpf.PERF_FLAG_FD_CLOEXEC)
             except OSError as e:
                 raise AttachError(f"cannot attach {probe}: perf_event_open: {e.strerror}",
                                   probe=str(probe)) from None
@@ -258,22 +255,11 @@ class LibbpfProgram(CompiledProgram):
 
     def _attach_xdp(self, probe: Probe, prog: int) -> list[str]:
         """XDP by BPF link in the mode ``xdp:DEV@skb|drv|hw`` names (libbpf 1.1 takes no mode)."""
-        dev, _, mode = probe.target.partition("@")
         try:
-            ifindex = int(Path(f"/sys/class/net/{dev}/ifindex").read_text())
-        except OSError:
-            devices = sorted(os.listdir("/sys/class/net")) if os.path.isdir("/sys/class/net") \
-                else []
-            raise AttachError(f"cannot attach {probe}: no network device {dev!r}",
-                              f"Devices here: {', '.join(devices)}", probe=str(probe)) from None
-        if (mode or "skb") not in _XDP_MODES:
-            raise AttachError(f"cannot attach {probe}: unknown XDP mode {mode!r}",
-                              f"Modes: {', '.join('@' + m for m in _XDP_MODES)}", probe=str(probe))
-        try:
-            attached = links.xdp(_lib.lib().bpf_program__fd(prog), ifindex,
-                                 _XDP_MODES[mode or "skb"])
+            attached = links.xdp(_lib.lib().bpf_program__fd(prog),
+                                 *links.xdp_device(probe.target))
         except links.LinkError as e:
-            raise AttachError(f"cannot attach {probe}: {e.strerror}",
+            raise AttachError(f"cannot attach {probe}: {e.what} ({e.strerror})",
                               e.hint or "XDP needs CAP_NET_ADMIN.", probe=str(probe)) from None
         self._links.append(attached)
         return [str(probe)]
