@@ -90,3 +90,25 @@ def test_clean_shutdown_releases(kernel):
     assert ids <= loaded_prog_ids()
     km.shutdown_kernel(now=False)
     assert not ids & loaded_prog_ids()
+
+
+def test_cells_that_crash_the_compiler_leave_the_kernel_alive(kernel):
+    """A segfault, an LLVM fatal error and a 5 MB cell each cost only their cell."""
+    from test_isolation import CRASHERS, NOTHING_LOST
+
+    km, kc = kernel
+    execute(kc, "%load_ext ebpf_magic")
+    assert execute(kc, CELL)["status"] == "ok"
+    pid = kernel_pid(km)
+    for case, (source, said) in CRASHERS.items():
+        r = execute(kc, f"%%bpf crash\n{source}", timeout=120)
+        assert r["status"] == "error", case
+        assert r["error"]["ename"] == "CompileError", case
+        shown = "\n".join(r["error"]["traceback"])
+        assert said in shown and NOTHING_LOST in shown, case
+        assert "File " not in shown, case
+        assert km.is_alive() and kernel_pid(km) == pid, case
+        r = execute(kc, "import os\nbefore = counter.maps['calls'].get(os.getpid(), 0)\n"
+                        "for _ in range(31): os.getppid()\n"
+                        "counter.maps['calls'][os.getpid()] - before")
+        assert r["data"][0]["text/plain"] == "31", case

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import signal
 import socket
 import subprocess
 import sys
@@ -294,6 +295,30 @@ print(int(getpids.maps["calls"][tid]) - start)""")
         assert not [e for e in uprobe_events() if f"ebpf_magic_{pid}/" in e]
         assert "xdp" not in subprocess.run(["ip", "-d", "link", "show", a],
                                            capture_output=True, text=True).stdout
+
+
+@pytest.mark.kernel
+def test_killed_kernel_leaves_no_uprobe_event_behind(spec_dir):
+    """Without CAP_SYS_ADMIN uprobes are tracefs entries, which a SIGKILL cannot remove:
+    the next kernel's first attach removes the dead one's."""
+    _account()
+    with running_kernel(NAME) as (manager, client, pid):
+        execute(client, "%load_ext ebpf_magic")
+        execute(client, UPROBE_CELL)
+        assert [e for e in uprobe_events() if f"ebpf_magic_{pid}/" in e]
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while manager.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.1)
+    assert [e for e in uprobe_events() if f"ebpf_magic_{pid}/" in e], \
+        "a killed kernel's entry should outlive it until someone removes it"
+    with running_kernel(NAME) as (_, client, second):
+        execute(client, "%load_ext ebpf_magic")
+        execute(client, UPROBE_CELL)
+        assert [e for e in uprobe_events() if f"ebpf_magic_{second}/" in e]
+        assert not [e for e in uprobe_events() if f"ebpf_magic_{pid}/" in e]
+        execute(client, "%bpf stop getpids")
+    assert not [e for e in uprobe_events() if f"ebpf_magic_{second}/" in e]
 
 
 def launch(tmp_path: Path, setup: str) -> subprocess.CompletedProcess:
