@@ -1,8 +1,9 @@
 """Stack traces: symbolized frames and folded stacks with counts.
 
 Kernel addresses resolve through ``/proc/kallsyms`` (read here, once); user
-addresses through the compiler backend's symbolizer for the process that was
-sampled. A folded stack is frames joined by ``;`` from the root to the leaf,
+addresses through :func:`ebpf_magic.backend.symbolize_user` for the process that
+was sampled (BCC's symbolizer for BCC's maps where BCC is present, else
+:mod:`ebpf_magic.symbols`). A folded stack is frames joined by ``;`` from the root to the leaf,
 the format of flamegraph.pl, and what :func:`ebpf_magic.plots.flamegraph` draws.
 """
 
@@ -58,20 +59,23 @@ def kernel_symbols() -> Kallsyms:
         return _kallsyms
 
 
-def symbolize_user(pid: int, addrs: list[int]) -> list[str]:
-    """Names of user addresses in process ``pid``; unknown ones as hex."""
-    from .backend.bcc import symbolize_user as backend_symbolize
+def symbolize_user(pid: int, addrs: list[int], backend: str = "") -> list[str]:
+    """Names of user addresses in process ``pid``; unknown ones as hex.
 
-    names = backend_symbolize(pid, list(addrs)) if addrs else []
+    ``backend`` is the backend whose program recorded the addresses ("" if unknown).
+    """
+    from .backend import symbolize_user as backend_symbolize
+
+    names = backend_symbolize(pid, list(addrs), backend) if addrs else []
     return [n or f"0x{a:x}" for n, a in zip(names, addrs, strict=True)]
 
 
-def symbolize(addrs: list[int], pid: int | None = None) -> list[str]:
+def symbolize(addrs: list[int], pid: int | None = None, backend: str = "") -> list[str]:
     """Frame names, leaf first as stored: kernel addresses by kallsyms, user ones in ``pid``."""
     user = [a for a in addrs if a < KERNEL_START]
     names = {}
     if user and pid is not None:
-        names = dict(zip(user, symbolize_user(pid, user), strict=True))
+        names = dict(zip(user, symbolize_user(pid, user, backend), strict=True))
     return [kernel_symbols().resolve(a) if a >= KERNEL_START else names.get(a, f"0x{a:x}")
             for a in addrs]
 
@@ -92,10 +96,16 @@ def stack_frame(stack_map: Any, pid: int | None = None) -> pd.DataFrame:
     """
     keys, values = stack_map.snapshot()
     stacks = addresses(values)
-    folded = [";".join(reversed(symbolize(s, pid))) for s in stacks]
+    backend = _backend(stack_map)
+    folded = [";".join(reversed(symbolize(s, pid, backend))) for s in stacks]
     return pd.DataFrame({"stack_id": keys.astype(np.int64),
                          "depth": np.array([len(s) for s in stacks], dtype=np.int64),
                          "stack": folded})
+
+
+def _backend(stack_map: Any) -> str:
+    """The backend that made a live stack map ("" where its handle does not say)."""
+    return getattr(getattr(stack_map, "handle", None), "backend", "")
 
 
 _ROLES = {
@@ -140,6 +150,7 @@ def folded(counts: Any, stack_map: Any, *, kernel: bool = True, user: bool = Tru
     pcol, ccol = _find(cols, "pid", pid_field), _find(cols, "comm", comm_field)
     vcol = count_field or ("value" if "value" in cols else next(
         c for c in reversed(cols) if c not in (kcol, ucol, pcol, ccol)))
+    backend = _backend(stack_map)
     if hasattr(stack_map, "snapshot"):
         keys, values = stack_map.snapshot()
         ips = dict(zip(keys.astype(np.int64).tolist(), addresses(values), strict=True))
@@ -158,7 +169,7 @@ def folded(counts: Any, stack_map: Any, *, kernel: bool = True, user: bool = Tru
         if sid in named:
             return named[sid]
         if (sid, pid) not in cache:
-            cache[(sid, pid)] = list(reversed(symbolize(ips.get(sid, []), pid)))
+            cache[(sid, pid)] = list(reversed(symbolize(ips.get(sid, []), pid, backend)))
         return cache[(sid, pid)]
 
     rows = []

@@ -94,3 +94,85 @@ def test_folded_of_empty_maps_is_an_empty_frame():
     with Program(src) as p:
         df = stacks.folded(p.maps["counts"], p.maps["traces"])
     assert df.empty and list(df.columns) == ["stack", "count"]
+
+
+LIBBPF_SAMPLER = r"""
+struct key_t { u32 pid; int user_stack_id; };
+struct {
+    __uint(type, BPF_MAP_TYPE_STACK_TRACE);
+    __uint(max_entries, 256);
+    __type(key, u32);
+    __uint(value_size, 127 * sizeof(u64));
+} traces SEC(".maps");
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 1024);
+    __type(key, struct key_t);
+    __type(value, u64);
+} counts SEC(".maps");
+
+SEC("perf_event")
+int sample(void *ctx)
+{
+    struct key_t k = {};
+    u64 one = 1, *n;
+    k.pid = bpf_get_current_pid_tgid() >> 32;
+    if (k.pid != PID) return 0;
+    k.user_stack_id = bpf_get_stackid(ctx, &traces, BPF_F_USER_STACK);
+    n = bpf_map_lookup_elem(&counts, &k);
+    if (n) __sync_fetch_and_add(n, 1);
+    else bpf_map_update_elem(&counts, &k, &one, BPF_NOEXIST);
+    return 0;
+}
+"""
+# a loop in a function with a frame pointer, called from another: the sampled user stacks
+SPINNER = r"""
+volatile unsigned long em_sink;
+__attribute__((noinline)) void em_spin_leaf(unsigned long n)
+{ for (unsigned long i = 0; i < n; i++) em_sink += i; }
+__attribute__((noinline)) void em_spin_outer(unsigned long n) { em_spin_leaf(n); em_sink++; }
+"""
+
+
+@pytest.fixture
+def spinner(tmp_path):
+    import ctypes
+    import shutil
+    import subprocess
+
+    cc = shutil.which("gcc") or shutil.which("cc")
+    if cc is None:
+        pytest.skip("no C compiler to build the sampled library")
+    lib = tmp_path / "libspin.so"
+    subprocess.run([cc, "-O0", "-fno-omit-frame-pointer", "-shared", "-fPIC", "-x", "c", "-",
+                    "-o", str(lib)], input=SPINNER, text=True, check=True)
+    spin = ctypes.CDLL(str(lib)).em_spin_outer
+    spin.argtypes = [ctypes.c_ulong]
+    return spin
+
+
+def test_libbpf_user_stacks_are_symbolized_without_bcc(spinner, monkeypatch, no_leaks):
+    import time
+
+    from ebpf_magic.backend import bcc, libbpf
+
+    ok, why = libbpf.available()
+    if not ok:
+        pytest.skip(f"libbpf backend unavailable: {why}")
+
+    def no_bcc(pid, addrs):
+        raise AssertionError("a libbpf program's stacks were symbolized by BCC")
+
+    monkeypatch.setattr(bcc, "symbolize_user", no_bcc)
+    me = os.getpid()
+    with Program(LIBBPF_SAMPLER, defines={"PID": me}, pid=me,
+                 attach=["software:cpu-clock:100000=sample"]) as prog:
+        assert prog.backend == "libbpf"
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline:
+            spinner(200_000)
+        df = stacks.folded(prog.maps["counts"], prog.maps["traces"])
+    assert df["count"].sum() > 0
+    spun = df[df["stack"].str.endswith("em_spin_outer;em_spin_leaf")]
+    # most of the half second is spent in the leaf loop: 10 kHz sampling sees it often
+    assert spun["count"].sum() >= 100, df.head(10).to_string()

@@ -28,7 +28,8 @@ class MapHandle:
     ``ringbuf``...); ``declared`` is how the source declared it when that adds
     meaning the kernel type lacks (``histogram``). ``value_dtype`` describes one
     value (for per-CPU maps: one CPU's value); ``key_dtype`` is None for maps
-    without keys (queue, stack, ring buffer).
+    without keys (queue, stack, ring buffer). ``backend`` names the backend
+    that made the map, where it says.
     """
 
     name: str
@@ -41,6 +42,7 @@ class MapHandle:
     value_size: int
     declared: str = ""
     extra: dict = field(default_factory=dict)
+    backend: str = ""
 
 
 class CompiledProgram(abc.ABC):
@@ -137,6 +139,51 @@ def compile_program(source: str, *, cflags: list[str], usdt: list[Probe],
 
     return Compiled(source, cflags=cflags, usdt=usdt, filename=filename,
                     line_offset=line_offset)
+
+
+def available(backend: str) -> tuple[bool, str]:
+    """Whether ``backend`` can run here, and why not."""
+    if backend == "libbpf":
+        from . import libbpf
+
+        return libbpf.available()
+    from . import bcc
+
+    try:
+        bcc.version()
+    except BPFError as e:
+        return False, e.message
+    return True, ""
+
+
+def version(backend: str) -> str | None:
+    """The version of what ``backend`` runs on (BCC's, libbpf's), or None where it is missing."""
+    try:
+        if backend == "libbpf":
+            from . import libbpf
+
+            return libbpf.version()
+        from . import bcc
+
+        return bcc.version()
+    except Exception:  # noqa: BLE001 - any failure means "not here"
+        return None
+
+
+def symbolize_user(pid: int, addrs: list[int], backend: str = "") -> list[str | None]:
+    """Function names of user-space addresses in process ``pid`` (None where unknown).
+
+    BCC's symbolizer where BCC is present, unless ``backend`` is ``"libbpf"``
+    (whose programs need no BCC); else :mod:`ebpf_magic.symbols`, from the
+    process's mappings and the ELF files they map.
+    """
+    if backend != "libbpf" and available("bcc")[0]:
+        from . import bcc
+
+        return bcc.symbolize_user(pid, addrs)
+    from .. import symbols
+
+    return symbols.symbolize_user(pid, addrs)
 
 
 def prestart() -> None:

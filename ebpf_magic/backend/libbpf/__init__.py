@@ -308,7 +308,7 @@ class LibbpfProgram(CompiledProgram):
                                       key_dtype=None if info.kind in _KEYLESS else key_dt,
                                       value_dtype=val_dt, max_entries=info.max_entries,
                                       key_size=info.key_size, value_size=info.value_size,
-                                      extra={"id": info.id})
+                                      extra={"id": info.id}, backend="libbpf")
             m = lib.bpf_object__next_map(self._obj, m)
         return out
 
