@@ -3,9 +3,10 @@
 A recording (``.bpfrec``) is a zip archive holding
 
 * ``manifest.json``: the format version, the program (source, compiler
-  flags, attach list, pid), the probes that were attached, host facts
-  (kernel release, BCC version, CPU count, hostname unless left out) and
-  the capture's start and end;
+  flags, attach list, pid, the backend that ran it), the probes that were
+  attached, host facts (kernel release, the backend's versions: BCC's, or
+  libbpf's and clang's; CPU count, hostname unless left out) and the
+  capture's start and end;
 * ``streams/<i>.parquet``: every event of each stream;
 * ``maps/<i>/<j>.parquet``: snapshots of each map with their timestamps
   (periodic ones from a :class:`Recorder`, then the final one);
@@ -198,20 +199,16 @@ def autosave(prog: Any, hostname: bool = True,
 # -- host facts -------------------------------------------------------------------
 
 
-def bcc_version() -> str | None:
-    try:
-        from .backend.locate import import_bcc
+def host_facts(hostname: bool = True, backend: str = "bcc") -> dict[str, Any]:
+    """Where a capture ran: kernel, backend versions, CPUs, and (unless left out) the hostname.
 
-        return str(getattr(import_bcc(), "__version__", "unknown"))
-    except Exception:  # noqa: BLE001 - any failure means "unknown"
-        return None
+    The versions are those ``backend`` ran on: BCC's, or libbpf's and clang's.
+    """
+    from . import backend as backends
 
-
-def host_facts(hostname: bool = True) -> dict[str, Any]:
-    """Where a capture ran: kernel, BCC, CPUs, and (unless left out) the hostname."""
     return {"system": platform.system(), "kernel": platform.release(),
-            "machine": platform.machine(), "bcc": bcc_version(), "cpus": os.cpu_count(),
-            "hostname": socket.gethostname() if hostname else None}
+            "machine": platform.machine(), **backends.host_facts(backend),
+            "cpus": os.cpu_count(), "hostname": socket.gethostname() if hostname else None}
 
 
 # -- columns ----------------------------------------------------------------------
@@ -359,13 +356,14 @@ def save(prog: Any, path: str | os.PathLike, *, snapshots: Recorder | Iterable[S
         if not hostname:
             host["hostname"] = None
     else:
-        host = host_facts(hostname)
+        host = host_facts(hostname, getattr(prog, "backend", "bcc"))
     end = prog.stopped_at or time.time()
     manifest: dict[str, Any] = {
         "format": FORMAT, "version": VERSION,
         "program": {"name": prog.name, "source": prog.source, "cflags": list(prog.cflags),
                     "pid": prog.pid, "probes": [_probe_dict(p) for p in prog.probes],
-                    "attached": list(prog.attached)},
+                    "attached": list(prog.attached),
+                    "backend": getattr(prog, "backend", "bcc")},
         "host": host,
         "capture": {"start": prog.started_at, "end": end, "saved": time.time()},
         "streams": [], "maps": [],

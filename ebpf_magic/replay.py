@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 
 from . import recording
+from .backend import BACKENDS, choose_backend
 from .errors import ReplayError
 from .probes import Probe
 
@@ -205,6 +206,8 @@ class RecordingInfo:
         facts = [f"{h.get('system') or 'Linux'} {h.get('kernel') or '?'}"]
         if h.get("bcc"):
             facts.append(f"BCC {h['bcc']}")
+        if h.get("libbpf"):
+            facts.append(f"libbpf {h['libbpf']}")
         if h.get("cpus"):
             facts.append(f"{h['cpus']} CPUs")
         on = f"on {h['hostname']} " if h.get("hostname") else ""
@@ -394,6 +397,7 @@ class ReplayedProgram:
         self.pid: int | None = program["pid"]
         self.probes: list[Probe] = program["probes"]
         self.attached: list[str] = program["attached"]
+        self.backend: str = program["backend"]
         self.recording = info
         self.started_at = info.start
         self.stopped_at = info.end
@@ -1151,6 +1155,7 @@ def _load(archive: _Archive, name: str | None) -> ReplayedProgram:
         "cflags": _str_list(_need(prog, "cflags", list, "program"), "program.cflags"),
         "pid": _need(prog, "pid", int, "program", optional=True),
         "attached": _str_list(_need(prog, "attached", list, "program"), "program.attached"),
+        "backend": _backend(prog),
         "probes": [],
     }
     for p in _need(prog, "probes", list, "program"):
@@ -1158,8 +1163,11 @@ def _load(archive: _Archive, name: str | None) -> ReplayedProgram:
             _need(p, "kind", str, "probe"), _need(p, "target", str, "probe"),
             _need(p, "function", str, "probe"), _need(p, "pid", int, "probe", optional=True)))
     host = _need(manifest, "host", dict, "manifest")
-    for key in ("system", "kernel", "machine", "bcc", "hostname"):
+    for key in ("system", "kernel", "machine", "hostname"):
         _need(host, key, str, "host", optional=True)
+    for key in ("bcc", "libbpf", "clang"):  # the versions of the backend that ran it
+        if key in host:
+            _need(host, key, str, "host", optional=True)
     _need(host, "cpus", int, "host", optional=True)
     capture = _need(manifest, "capture", dict, "manifest")
     info = RecordingInfo(archive.path, version, host, _need_time(capture, "start", "capture"),
@@ -1202,6 +1210,18 @@ def _load(archive: _Archive, name: str | None) -> ReplayedProgram:
         tables[_need(t, "name", str, f"tables[{i}]")] = _frame(archive, t, f"tables[{i}]")
     return ReplayedProgram(name or program["name"], program, info, streams, maps, snapshots,
                            tables)
+
+
+def _backend(prog: dict[str, Any]) -> str:
+    """The backend that ran a recorded program; for recordings that do not name it, the one
+    its source's dialect chooses."""
+    if prog.get("backend") is None:
+        return choose_backend(prog["source"])
+    name = _need(prog, "backend", str, "program")
+    if name not in BACKENDS:
+        raise ReplayError(f"malformed recording: program.backend is {name[:40]!r}, not one of "
+                          f"{', '.join(BACKENDS)}")
+    return name
 
 
 def read_manifest(path: str | os.PathLike) -> dict[str, Any]:

@@ -231,6 +231,7 @@ def test_live_program_round_trip(tmp_path: Path, no_leaks) -> None:
     assert back.maps["counts"].handle.key_dtype == np.dtype(np.uint32)
     assert back.attached == prog.attached and back.source == SOURCE
     assert back.recording.host["bcc"], "the BCC version is recorded"
+    assert back.backend == prog.backend == "bcc"
     stacked = back.maps["counts"].snapshots
     assert stacked["time"].is_monotonic_increasing and len(stacked) >= 2
     assert stacked["value"].iloc[-1] == 30
@@ -240,6 +241,98 @@ def test_live_program_round_trip(tmp_path: Path, no_leaks) -> None:
     # after the program stopped, its recorder's snapshots still save
     late = ebpf_magic.load(prog.save(tmp_path / "late.bpfrec"))
     assert late.maps["counts"].df["value"].iloc[-1] == 30
+
+
+LIBBPF_SOURCE = """
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, 4);
+    __type(key, u32);
+    __type(value, u64);
+} sizes SEC(".maps");
+
+SEC("tracepoint/syscalls/sys_enter_write")
+int on_write(struct trace_event_raw_sys_enter *ctx)
+{
+    u32 i = ctx->args[2];
+    u64 *n;
+    if ((bpf_get_current_pid_tgid() >> 32) != PID || ctx->args[2] > 3)
+        return 0;
+    n = bpf_map_lookup_elem(&sizes, &i);
+    if (n)
+        __sync_fetch_and_add(n, 1);
+    return 0;
+}
+"""
+
+
+@pytest.mark.kernel
+def test_libbpf_program_round_trip_names_its_backend(tmp_path: Path, no_leaks) -> None:
+    from ebpf_magic.backend import libbpf
+
+    ok, why = libbpf.available()
+    if not ok:
+        pytest.skip(f"libbpf backend unavailable: {why}")
+    fd = os.open(os.devnull, os.O_WRONLY)
+    try:
+        with ebpf_magic.Program(LIBBPF_SOURCE, name="libbpf_writes",
+                                defines={"PID": os.getpid()}) as prog:
+            for i in range(30):
+                os.write(fd, b"x" * (1 + i % 3))
+            path = prog.save(tmp_path / "libbpf_writes.bpfrec")
+            live = prog.maps["sizes"].df
+    finally:
+        os.close(fd)
+    manifest = replay.read_manifest(path)
+    assert manifest["program"]["backend"] == "libbpf"
+    host = manifest["host"]
+    assert host["libbpf"] == libbpf.version() and "clang" in host["clang"]
+    assert "bcc" not in host, "a libbpf program's recording does not name BCC"
+    back = ebpf_magic.load(path)
+    assert back.backend == prog.backend == "libbpf"
+    assert back.maps["sizes"].df["value"].tolist() == [0, 10, 10, 10]
+    pd.testing.assert_frame_equal(back.maps["sizes"].df, live, check_exact=True)
+    assert f"libbpf {libbpf.version()}" in back.recording.where()
+    # saved again from the replay, it still says so
+    assert ebpf_magic.load(back.save(tmp_path / "again.bpfrec")).backend == "libbpf"
+
+
+REPO = Path(__file__).resolve().parent.parent
+# recorded before recordings named their backend
+OLD_RECORDINGS = ["hello", "lat", "prof", "writes", "xdp"]
+
+
+@pytest.mark.parametrize("name", OLD_RECORDINGS)
+def test_old_recordings_load_as_bcc(name: str) -> None:
+    path = REPO / "notebooks" / "recordings" / f"{name}.bpfrec"
+    assert "backend" not in replay.read_manifest(path)["program"]
+    back = replay.load(path)
+    assert back.backend == "bcc"
+    assert "BCC " in back.recording.where()
+
+
+def _with_manifest(path: Path, out: Path, change) -> Path:
+    """A copy of the recording at ``path`` whose manifest ``change`` edited in place."""
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(out, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename == recording.MANIFEST:
+                manifest = json.loads(data)
+                change(manifest)
+                data = json.dumps(manifest).encode()
+            dst.writestr(info, data)
+    return out
+
+
+@pytest.mark.parametrize("value", ["gcc", 3, ["bcc"], ""])
+def test_unknown_backend_is_a_replay_error(tmp_path: Path, value) -> None:
+    counts = pd.DataFrame({"key": np.array([1], np.uint32), "value": np.array([5], np.uint64)})
+    good = recording.save(FakeProgram({}, {"counts": counts}), tmp_path / "good.bpfrec")
+    assert replay.load(good).backend == "bcc"
+    bad = _with_manifest(good, tmp_path / "bad.bpfrec",
+                         lambda m: m["program"].update(backend=value))
+    with pytest.raises(ReplayError, match="program.backend"):
+        replay.load(bad)
 
 
 def test_loading_garbage_is_a_replay_error(tmp_path: Path) -> None:

@@ -170,6 +170,18 @@ def version(backend: str) -> str | None:
         return None
 
 
+def host_facts(backend: str) -> dict[str, str | None]:
+    """The versions a recording of a ``backend`` program names (None where unknown).
+
+    BCC's version for BCC programs; libbpf's and clang's for libbpf programs.
+    """
+    if backend != "libbpf":
+        return {"bcc": version("bcc")}
+    from . import libbpf
+
+    return {"libbpf": version("libbpf"), "clang": libbpf.compiler_version()}
+
+
 def symbolize_user(pid: int, addrs: list[int], backend: str = "") -> list[str | None]:
     """Function names of user-space addresses in process ``pid`` (None where unknown).
 

@@ -63,6 +63,12 @@ def version() -> str:
     return _lib.version()
 
 
+def compiler_version() -> str | None:
+    """clang's version (``clang --version``'s first line), or None without clang."""
+    cc = _compile.clang()
+    return _compile.clang_version(cc) if cc else None
+
+
 def describe() -> dict[str, str]:
     """What this backend uses here, in words (for the doctor): clang, libbpf, BTF, vmlinux.h."""
     cc = _compile.clang()
