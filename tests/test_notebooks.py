@@ -108,7 +108,7 @@ def home():
 
 
 def test_every_notebook_has_its_recordings() -> None:
-    assert len(BOOKS) == 8
+    assert len(BOOKS) == 9
     recordings = list((NOTEBOOKS / "recordings").glob("*.bpfrec"))
     for name in BOOKS:
         book = nbformat.read(NOTEBOOKS / name, as_version=4)
