@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import abc
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
+from .. import dtypes
 from ..errors import BPFError
 from ..probes import Probe, auto_probe
+from ..suggest import near
 
 
 @dataclass
@@ -45,6 +49,70 @@ class MapHandle:
     backend: str = ""
 
 
+@dataclass
+class GlobalVar:
+    """A global variable of a program: where its bytes live and their layout.
+
+    ``section`` is its data section (``.rodata``, ``.data``, ``.bss``, or a named one such
+    as ``.data.stats``); that section's map, descriptor ``fd`` (-1 before load), holds it at
+    ``offset`` in its one value. ``c_type`` is its C declaration (``const volatile int``).
+    """
+
+    name: str
+    section: str
+    offset: int
+    dtype: np.dtype
+    c_type: str
+    fd: int = -1
+
+    @property
+    def writable(self) -> bool:
+        """False for ``.rodata``, which the kernel freezes at load."""
+        return not self.section.startswith(".rodata")
+
+
+def encode_globals(values: Mapping[str, Any],
+                   variables: list[GlobalVar]) -> list[tuple[GlobalVar, bytes]]:
+    """Each of ``values`` as the bytes of its variable, for writing before load.
+
+    Raises :class:`~ebpf_magic.errors.BPFError` for a name the program does not declare
+    (listing those it does, nearest first) or a value that does not fit its type.
+    """
+    by_name = {v.name: v for v in variables}
+    out = []
+    for name, value in values.items():
+        var = by_name.get(name)
+        if var is None:
+            close = near(str(name), list(by_name))
+            listed = close + sorted(set(by_name) - set(close))
+            raise BPFError(f"no global variable {name!r} in the program",
+                           f"Its globals: {', '.join(listed)}." if listed else
+                           "It declares none; e.g. const volatile int target_pid = 0;")
+        out.append((var, encode_value(var, value)))
+    return out
+
+
+def encode_value(var: GlobalVar, value: Any) -> bytes:
+    """``value`` as the bytes of ``var``; BPFError if it does not fit the variable's type.
+
+    A struct's fields that a dict leaves out are zero.
+    """
+    dt = var.dtype
+    plain_int = dt.kind in "iu" and dt.subdtype is None and not dt.names
+    if plain_int and not dtypes.enum_names(dt) and (isinstance(value, bool) or
+                                                     not isinstance(value, (int, np.integer))):
+        raise BPFError(f"cannot set {var.name} ({var.c_type}) to {value!r}: it takes a whole "
+                       "number", f"e.g. {var.name}=123")
+    if dtypes.is_char_array(dt) and isinstance(value, str) and len(value.encode()) > dt.itemsize:
+        raise BPFError(f"cannot set {var.name} ({var.c_type}) to {value!r}: longer than its "
+                       f"{dt.itemsize} bytes", "Give a shorter string, or make the array longer.")
+    try:
+        return dtypes.encode(value, dt).tobytes()
+    except (ValueError, TypeError, OverflowError) as e:
+        raise BPFError(f"cannot set {var.name} ({var.c_type}) to {value!r}: {e}",
+                       f"{var.name} is {dtypes.describe(dt)}.") from None
+
+
 class CompiledProgram(abc.ABC):
     """A compiled and loaded BPF object. ``close()`` releases everything it holds."""
 
@@ -65,6 +133,10 @@ class CompiledProgram(abc.ABC):
     def loss_counters(self) -> dict[str, str]:
         """Hidden maps the backend added to count failed submissions, by stream name."""
         return {}
+
+    def globals(self) -> list[GlobalVar]:
+        """The program's global variables, with the descriptors of their sections' maps."""
+        return []
 
     @abc.abstractmethod
     def maps(self) -> dict[str, MapHandle]:
@@ -127,18 +199,40 @@ def choose_backend(source: str, backend: str | None = None) -> str:
 
 def compile_program(source: str, *, cflags: list[str], usdt: list[Probe],
                     filename: str = "cell", line_offset: int = 0,
-                    backend: str | None = None) -> CompiledProgram:
+                    backend: str | None = None,
+                    globals: Mapping[str, Any] | None = None) -> CompiledProgram:
     """Compile and load ``source`` with ``backend`` (default: :func:`choose_backend`).
 
     Compile errors name lines as ``filename, line N`` with ``line_offset`` added.
+    ``globals`` are initial values of global variables (libbpf only; see
+    :func:`check_globals`).
     """
-    if choose_backend(source, backend) == "libbpf":
-        from .libbpf import LibbpfProgram as Compiled
-    else:
-        from .bcc import BccProgram as Compiled
+    chosen = choose_backend(source, backend)
+    check_globals(chosen, globals or {})
+    if chosen == "libbpf":
+        from .libbpf import LibbpfProgram
 
-    return Compiled(source, cflags=cflags, usdt=usdt, filename=filename,
-                    line_offset=line_offset)
+        return LibbpfProgram(source, cflags=cflags, usdt=usdt, filename=filename,
+                             line_offset=line_offset, globals=globals)
+    from .bcc import BccProgram
+
+    return BccProgram(source, cflags=cflags, usdt=usdt, filename=filename,
+                      line_offset=line_offset)
+
+
+def check_globals(backend: str, names: Mapping[str, Any] | list[str]) -> None:
+    """Raise :class:`~ebpf_magic.errors.BPFError` if ``backend`` cannot set globals ``names``.
+
+    Only libbpf programs have settable globals; BCC programs take ``-D`` macros instead.
+    """
+    if names and backend == "bcc":
+        first = next(iter(names))
+        raise BPFError(f"cannot set {', '.join(names)}: BCC programs have no settable globals; "
+                       "they take -D instead",
+                       f"Write -D {first}=VALUE (Program(defines={{'{first}': VALUE}})) and use "
+                       f"{first} as a macro in the C source, or write the program in libbpf's "
+                       "style (SEC() names, --backend libbpf) with "
+                       f"const volatile ... {first};")
 
 
 def available(backend: str) -> tuple[bool, str]:

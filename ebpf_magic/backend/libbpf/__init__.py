@@ -22,6 +22,8 @@ import ctypes as ct
 import os
 import re
 import subprocess
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -31,7 +33,7 @@ from ...btf.dwarf import dwarf_spec
 from ...errors import AttachError, BPFError, NotPrivilegedError, VerifierError
 from ...probes import Probe
 from ...suggest import syscall_tracepoints
-from .. import CompiledProgram, MapHandle
+from .. import CompiledProgram, GlobalVar, MapHandle, encode_globals
 from . import _compile, _lib, _source
 
 _EXTERN = re.compile(r"failed to find BTF for extern '(\w+)'")
@@ -40,6 +42,7 @@ _KEYLESS = ("queue", "stack", "ringbuf", "user_ringbuf")
 _PERF_EVENT_ARRAY = 4  # enum bpf_map_type
 _LIBBPF_OWN = ("__bpf_usdt_",)  # maps <bpf/usdt.bpf.h> declares for libbpf's bookkeeping
 _PERF_FREQ = 1 << 10
+_DATA_SECTIONS = (".rodata", ".data", ".bss")  # and named ones: .data.NAME, .rodata.NAME
 FLAGS_ZERO_WARNING = ("{map}: bpf_perf_event_output(..., 0, ...) with flags 0 writes to the "
                       "buffer of CPU 0 only, so events on other CPUs are lost; pass "
                       "BPF_F_CURRENT_CPU as the flags")
@@ -106,10 +109,14 @@ class LibbpfProgram(CompiledProgram):
 
     ``usdt`` probes need nothing at load time here: :meth:`attach` attaches
     them with libbpf's USDT support (the C side uses ``<bpf/usdt.bpf.h>``).
+    ``globals`` are written into the data sections' initial images between
+    opening and loading, so ``const volatile`` variables reach the verifier
+    with their values.
     """
 
     def __init__(self, source: str, *, cflags: list[str], usdt: list[Probe],
-                 filename: str = "cell", line_offset: int = 0) -> None:
+                 filename: str = "cell", line_offset: int = 0,
+                 globals: Mapping[str, Any] | None = None) -> None:
         ok, why = available()
         if not ok:
             raise BPFError(f"The libbpf backend cannot run here: {why}.",
@@ -119,6 +126,8 @@ class LibbpfProgram(CompiledProgram):
             raise NotPrivilegedError("Not allowed to load BPF programs: " +
                                      kernel.rights_summary(), kernel.rights_hint())
         self._obj: int | None = None
+        self._sections: dict[str, int] = {}
+        self._variables: list[GlobalVar] = []
         self._links: list[LibbpfLink | links.Link] = []
         self._dwarf: btf.Spec | None = None
         compiled = _compile.compile_cell(source, list(cflags), filename, line_offset)
@@ -157,6 +166,8 @@ class LibbpfProgram(CompiledProgram):
                 prog = lib.bpf_object__next_program(obj, prog)
             self.functions = list(self._programs)
             self._one_slot_per_cpu()
+            self._find_variables()
+            self._set_initial(globals or {})
             kernel.ensure_tracefs()
             with _lib.logged() as log:
                 rc = lib.bpf_object__load(obj)
@@ -182,6 +193,62 @@ class LibbpfProgram(CompiledProgram):
                 self.warnings.append(f"{name}: max_entries {size} raised to {cpus}, one per CPU, "
                                      "so that events on every CPU reach the buffer")
             m = lib.bpf_object__next_map(self._obj, m)
+
+    def _find_variables(self) -> None:
+        """The data sections' maps and the variables in them, from the object's BTF.
+
+        Function-local statics (named ``function.variable``, e.g. bpf_printk's format)
+        are the compiler's, not the program's globals.
+        """
+        lib, spec = _lib.lib(), self._btf()
+        m = lib.bpf_object__next_map(self._obj, None)
+        while m and spec is not None:
+            type_id = lib.bpf_map__btf_value_type_id(m)
+            sec = spec.type(type_id) if lib.bpf_map__is_internal(m) and type_id else None
+            if sec is not None and sec.kind == "datasec" and sec.name.startswith(_DATA_SECTIONS):
+                self._sections[sec.name] = m
+                for info in sec.secinfo:
+                    var = spec.type(info.type)
+                    dt = _dtype(spec, var.type, None) if var.kind == "var" else None
+                    if dt is not None and "." not in var.name:
+                        self._variables.append(GlobalVar(var.name, sec.name, info.offset, dt,
+                                                         btf.c_decl(spec, var.type)))
+            m = lib.bpf_object__next_map(self._obj, m)
+
+    def _set_initial(self, values: Mapping[str, Any]) -> None:
+        """Write ``values`` into their sections' initial images (before load only)."""
+        lib = _lib.lib()
+        images: dict[str, bytearray] = {}
+        for var, raw in encode_globals(values, self._variables):
+            if not var.writable and "volatile" not in var.c_type.split():
+                self.warnings.append(f"{var.name} is const but not volatile, so clang may have "
+                                     "built its initial value into the code and setting it may "
+                                     "change nothing; declare it const volatile")
+            image = images.get(var.section)
+            if image is None:
+                size = ct.c_size_t()
+                data = lib.bpf_map__initial_value(self._sections[var.section], ct.byref(size))
+                if not data:
+                    raise BPFError(f"libbpf holds no initial value for {var.section}",
+                                   f"{var.name} cannot be set before load.")
+                image = images[var.section] = bytearray(ct.string_at(data, size.value))
+            image[var.offset:var.offset + len(raw)] = raw
+        for section, image in images.items():
+            buf = (ct.c_char * len(image)).from_buffer(image)
+            with _lib.logged() as log:
+                rc = lib.bpf_map__set_initial_value(self._sections[section], buf, len(image))
+            if rc:
+                raise BPFError(f"libbpf could not set the initial value of {section}: "
+                               f"{_lib.strerror(-rc)}", "\n".join(log[-4:]))
+
+    def globals(self) -> list[GlobalVar]:
+        """The variables of ``.rodata``, ``.data`` and ``.bss`` (and named data sections)."""
+        if self._obj is None:
+            return []
+        lib = _lib.lib()
+        fds = {sec: lib.bpf_map__fd(m) for sec, m in self._sections.items()}
+        return [GlobalVar(v.name, v.section, v.offset, v.dtype, v.c_type, fds[v.section])
+                for v in self._variables if fds[v.section] >= 0]
 
     # -- probes ---------------------------------------------------------------
 
@@ -361,6 +428,7 @@ class LibbpfProgram(CompiledProgram):
             with _lib.logged():
                 _lib.lib().bpf_object__close(obj)
         self._programs = {}
+        self._sections = {}
 
 
 def _dtype(spec: btf.Spec | None, type_id: int, size: int | None) -> np.dtype | None:

@@ -62,6 +62,9 @@ _SIGNATURES = {
     "bpf_map__set_max_entries": (ct.c_int, [ct.c_void_p, ct.c_uint32]),
     "bpf_map__btf_key_type_id": (ct.c_uint32, [ct.c_void_p]),
     "bpf_map__btf_value_type_id": (ct.c_uint32, [ct.c_void_p]),
+    "bpf_map__value_size": (ct.c_uint32, [ct.c_void_p]),
+    "bpf_map__initial_value": (ct.c_void_p, [ct.c_void_p, ct.POINTER(ct.c_size_t)]),
+    "bpf_map__set_initial_value": (ct.c_int, [ct.c_void_p, ct.c_void_p, ct.c_size_t]),
     "btf__raw_data": (ct.c_void_p, [ct.c_void_p, ct.POINTER(ct.c_uint32)]),
 }
 
