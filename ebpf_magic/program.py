@@ -26,8 +26,9 @@ import pandas as pd
 
 from . import instrument, perfbuf, sysbpf
 from . import source as src
-from .backend import CompiledProgram, choose_backend, compile_program
+from .backend import CompiledProgram, check_globals, choose_backend, compile_program
 from .errors import AttachError
+from .globalvars import Globals
 from .maps import Maps
 from .probes import Probe, bind_explicit
 from .streams import Streams, check_options
@@ -54,13 +55,17 @@ class Program:
             (:func:`~ebpf_magic.backend.choose_backend`).
         line_offset: added to line numbers in compile errors (1 for a notebook cell,
             whose first line is ``%%bpf``).
+        globals: initial values of global variables, ``{"target_pid": 123}``, written
+            before load (so ``const volatile`` ones reach the verifier as constants);
+            libbpf programs only. Read and write them later through :attr:`globals`.
     """
 
     def __init__(self, source: str, *, name: str = "bpf",
                  attach: Sequence[str | Probe] = (), cflags: Iterable[str] = (),
                  defines: Mapping[str, Any] | Iterable[str] = (), pid: int | None = None,
                  stream_options: Mapping[str, Any] | None = None,
-                 line_offset: int = 0, backend: str | None = None) -> None:
+                 line_offset: int = 0, backend: str | None = None,
+                 globals: Mapping[str, Any] | None = None) -> None:
         self.name = name
         self.backend = choose_backend(source, backend)
         self.source = source
@@ -72,6 +77,7 @@ class Program:
         self.attached: list[str] = []
         self._compiled: CompiledProgram | None = None
         self._streams: Streams | None = None
+        self._globals = Globals([], name)
         self._lock = threading.Lock()
 
         requested = [Probe.parse(a, pid) if isinstance(a, str) else a for a in attach]
@@ -86,7 +92,9 @@ class Program:
             # Ctrl-C waits. BCC compiles in a worker process that Ctrl-C stops at once.
             with contextlib.nullcontext() if self.backend == "bcc" else interrupts_deferred():
                 self._compiled = compile_program(prepared.text, cflags=self.cflags, usdt=usdt,
-                                                 line_offset=line_offset, backend=self.backend)
+                                                 line_offset=line_offset, backend=self.backend,
+                                                 globals=globals)
+            self._globals = Globals(self._compiled.globals(), name)
             prepared.lost_maps.update(self._compiled.loss_counters())
             prepared.hidden.update(prepared.lost_maps.values())
             self.warnings = list(self._compiled.warnings)
@@ -130,6 +138,15 @@ class Program:
         """The program's perf and ring buffers as live event streams, by name."""
         assert self._streams is not None
         return self._streams
+
+    @property
+    def globals(self) -> Globals:
+        """The program's global variables, ``{name: value}`` read live; ``.df`` lists them.
+
+        ``.data`` and ``.bss`` variables can be assigned; ``.rodata`` is set before load
+        (the ``globals=`` argument).
+        """
+        return self._globals
 
     @property
     def functions(self) -> list[str]:
@@ -214,6 +231,7 @@ class Program:
         if self._streams is not None:
             self._streams.close()
         if self._compiled is not None:
+            self._globals.release()
             self._compiled.close()
             self._compiled = None
 
@@ -230,6 +248,14 @@ class Program:
 
     def _repr_html_(self) -> str:
         return pd.DataFrame([self.summary()]).to_html(index=False)
+
+
+def check_settable(source: str, backend: str | None, names: Iterable[str]) -> None:
+    """Raise :class:`~ebpf_magic.errors.BPFError` if ``source``'s backend cannot set ``names``.
+
+    Lets a caller refuse ``globals=`` for a BCC program before anything is stopped or started.
+    """
+    check_globals(choose_backend(source, backend), list(names))
 
 
 @contextlib.contextmanager

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import keyword
 import math
 import shlex
@@ -15,7 +16,7 @@ from .. import recording, replay
 from ..errors import OptionError
 from ..probes import USAGE as PROBE_USAGE
 from ..probes import Probe
-from ..program import Program
+from ..program import Program, check_settable
 from ..source import MACRO_NAME_RULE, interpolate, parse_define
 
 # argparse's time grows with the square of the number of options; no real line comes near
@@ -66,6 +67,18 @@ def _define(text: str) -> str:
     return text
 
 
+def _assignment(text: str) -> tuple[str, object]:
+    """``VAR=VALUE``: VALUE as a Python literal (123, 0x10, [1, 2], {'x': 1}), else a string."""
+    name, eq, value = text.partition("=")
+    if not eq or not name.isidentifier() or not name.isascii():
+        raise argparse.ArgumentTypeError(
+            f"wants VAR=VALUE with VAR a C variable name, got {clip(text)!r}")
+    try:
+        return name, ast.literal_eval(value)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return name, value
+
+
 def _flags(text: str) -> list[str]:
     try:
         return shlex.split(text)
@@ -89,6 +102,12 @@ PARSER.add_argument("-p", "--pid", type=whole_number(1, PID_MAX),
                     help="restrict uprobes and USDT probes to PID")
 PARSER.add_argument("-D", dest="defines", action="append", default=[], type=_define,
                     metavar="NAME[=VALUE]", help="define a C macro; repeatable")
+PARSER.add_argument("--set", dest="globals", action="append", default=[], type=_assignment,
+                    metavar="VAR=VALUE",
+                    help="set a global variable before load (libbpf programs: const volatile "
+                         "ones become constants for the verifier); VALUE is a Python literal "
+                         "(123, 0x10, 'text', [1, 2], {'low': 1}) or else a word taken as a "
+                         "string (an enum name, a char[] value); repeatable")
 PARSER.add_argument("--cflags", default=[], type=_flags, metavar="FLAGS",
                     help="extra compiler flags, quoted: --cflags '-Wno-unused -DX=1'")
 PARSER.add_argument("--raw", action="store_true",
@@ -141,6 +160,7 @@ Re-running a cell with the same NAME stops the old program first. A cell
 that fails leaves nothing attached. The program object gives:
     NAME.maps["m"].df        a map as a DataFrame (also NAME.maps["m"][key])
     NAME.events["e"].df      events submitted to a perf or ring buffer
+    NAME.globals["v"]        a global variable (libbpf programs), live; NAME.globals.df
     NAME.stop()              detach and unload
 """
 
@@ -181,12 +201,13 @@ def run(magics, line: str, cell: str) -> None:
         print(replay.announce(prog, why))
         return
     text = cell if args.raw else interpolate(cell, shell.user_ns)
+    check_settable(text, args.backend, [name for name, _ in args.globals])
     stream_options = {"max_rows": args.max_rows} if args.max_rows is not None else {}
 
     def factory() -> Program:
         return Program(text, name=args.name, attach=args.attach, cflags=args.cflags,
                        defines=args.defines, pid=args.pid, stream_options=stream_options,
-                       line_offset=1, backend=args.backend)
+                       line_offset=1, backend=args.backend, globals=dict(args.globals))
 
     prog = magics.session.start(args.name, factory)
     shell.user_ns[args.name] = prog
