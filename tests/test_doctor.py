@@ -75,6 +75,71 @@ def test_environment_rows(observed):
 
 
 @pytest.mark.kernel
+def test_backend_rows(observed):
+    from ebpf_magic import backend
+
+    rows = {r.check: r for r in observed[0].rows}
+    assert rows["clang"].status == "ok" and "clang version" in rows["clang"].detail
+    assert rows["libbpf"].status == "ok"
+    assert f"version {backend.version('libbpf')}" in rows["libbpf"].detail
+    assert rows["vmlinux.h cache"].status == "ok" and "BTF" in rows["vmlinux.h cache"].detail
+    assert rows["BCC dialect cells"].status == "ok"
+    assert rows["BCC dialect cells"].detail.startswith("served by the BCC backend")
+    assert rows["libbpf-style cells"].status == "ok"
+    assert rows["libbpf-style cells"].detail.startswith("served by the libbpf backend")
+    # this kernel's headers are not installed: BCC reads kernel structs wrong, libbpf right
+    structs = rows["kernel struct reads"]
+    assert structs.status == "warn" and structs.detail.startswith("libbpf backend: ")
+    assert "BCC's reads of kernel structs (task_struct, sock, ...) can be wrong" in structs.detail
+    assert "CO-RE reads (BPF_CORE_READ) are relocated to this kernel's BTF and are right" \
+        in structs.detail
+    assert "--backend libbpf" in structs.fix
+
+
+def _headers(exact: bool):
+    from ebpf_magic.headers import Headers
+
+    return Headers(Path("/usr/src/linux-headers-x"), "running kernel" if exact else
+                   "nearest distro headers", "6.1.0-99-amd64", exact=exact)
+
+
+def test_backend_rows_where_headers_match(monkeypatch):
+    from ebpf_magic.backend import libbpf
+
+    monkeypatch.setattr(doctor.headers, "ensure", lambda: _headers(True))
+    monkeypatch.setattr(libbpf, "available", lambda: (True, ""))
+    row = doctor.check_kernel_structs()
+    assert row.status == "ok" and row.detail.startswith("both backends: BCC compiles against "
+                                                        "this kernel's headers (running kernel)")
+
+
+def test_backend_rows_without_clang_and_libbpf(monkeypatch):
+    from ebpf_magic.backend import libbpf
+
+    def missing():
+        raise OSError("libbpf.so.1: cannot open shared object file")
+
+    monkeypatch.setattr(doctor.headers, "ensure", lambda: _headers(False))
+    monkeypatch.setattr(libbpf, "compiler_version", lambda: None)
+    monkeypatch.setattr(libbpf, "version", missing)
+    monkeypatch.setattr(libbpf, "available", lambda: (False, "clang is not installed"))
+    rows = {name: doctor.ENVIRONMENT[name]() for name in
+            ("clang", "libbpf", "libbpf-style cells", "kernel struct reads")}
+    assert {n: r.status for n, r in rows.items()} == {
+        "clang": "warn", "libbpf": "warn", "libbpf-style cells": "warn",
+        "kernel struct reads": "warn"}
+    assert all("apt-get install clang libbpf-dev" in r.fix for r in rows.values())
+    assert rows["libbpf-style cells"].detail == "no backend: clang is not installed"
+    assert rows["kernel struct reads"].detail.startswith(
+        "no backend reads them right: BCC compiles against 6.1.0-99-amd64 headers")
+
+
+def test_doctor_uses_the_libbpf_backend_through_its_functions():
+    text = (REPO / "ebpf_magic" / "doctor.py").read_text()
+    assert "libbpf._" not in text and "import _" not in text
+
+
+@pytest.mark.kernel
 def test_finishes_in_bounded_time(observed):
     assert observed[0].elapsed < SANITY_SECONDS
 
