@@ -4,10 +4,17 @@ Each read looks up the variable's data section in the kernel (a one-value array
 map), so it shows what the program sees now. ``.data`` and ``.bss`` variables
 can be written; ``.rodata`` is frozen at load, so it is set before load instead
 (``%%bpf NAME --set VAR=VALUE``, ``Program(..., globals={...})``).
+
+A write changes only the variable's own bytes, through a shared mapping of the
+section's map (libbpf creates data sections mappable), so the program's updates
+of its neighbours at the same moment are kept. Where a map cannot be mapped
+(kernels before 5.5), the section's value is read, changed and written back
+whole, and such an update can be lost.
 """
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -26,8 +33,7 @@ class Globals(Mapping[str, Any]):
 
     Values are plain Python (ints, str for ``char[]``, enum names, dicts for
     structs). Assigning to a ``.data`` or ``.bss`` variable writes it into the
-    running program; writing rewrites the section's whole value, so an update the
-    program makes to another variable of that section at the same instant can be lost.
+    running program.
     """
 
     def __init__(self, variables: list[GlobalVar], program: str = "bpf") -> None:
@@ -66,6 +72,14 @@ class Globals(Mapping[str, Any]):
                            f"Set it before load: %%bpf NAME --set {name}=VALUE, or "
                            f"Program(..., globals={{'{name}': VALUE}}).")
         raw = encode_value(var, value)
+        size = sysbpf.map_info(var.fd).value_size
+        try:
+            with mmap.mmap(var.fd, size, mmap.MAP_SHARED,
+                           mmap.PROT_READ | mmap.PROT_WRITE) as shared:
+                shared[var.offset:var.offset + len(raw)] = raw
+            return
+        except OSError:  # not a mappable map
+            pass
         section = self._section(var)
         section[var.offset:var.offset + len(raw)] = np.frombuffer(raw, np.uint8)
         sysbpf.map_update(var.fd, _KEY, section)

@@ -158,6 +158,41 @@ def test_bss_counter_and_switch(no_leaks):
 
 @needs_libbpf
 @pytest.mark.kernel
+def test_writing_a_switch_keeps_the_programs_updates_of_its_neighbour(no_leaks):
+    # `seen` and `enabled` share .bss: the child's 200,000 calls all count while `enabled` flips
+    calls = 200_000
+    child, go = _child_on_signal(calls)
+    with Program(COUNTER.replace("u64 seen = 7;", "u64 seen;"),
+                 globals={"target_pid": child}) as prog:
+        assert prog.globals.df.set_index("name").loc[["seen", "enabled"], "section"].tolist() \
+            == [".bss", ".bss"]
+        os.write(go, b"x")
+        os.close(go)
+        flips = 0
+        while os.waitpid(child, os.WNOHANG) == (0, 0):
+            prog.globals["enabled"] = flips % 2
+            flips += 1
+        assert flips > 100 and prog.globals["seen"] == calls
+
+
+@needs_libbpf
+@pytest.mark.kernel
+def test_write_without_a_shared_mapping(monkeypatch, no_leaks):
+    # kernels before 5.5 cannot map array maps: the section's value is rewritten whole
+    def unmappable(*args, **kwargs):
+        raise OSError(22, "Invalid argument")
+
+    monkeypatch.setattr("ebpf_magic.globalvars.mmap.mmap", unmappable)
+    with Program(COUNTER, globals={"target_pid": os.getpid()}) as prog:
+        prog.globals["enabled"] = 1
+        _getppid(30)
+        prog.globals["counted"] = prog.globals["counted"] + 1000
+        assert (prog.globals["enabled"], prog.globals["counted"], prog.globals["seen"]) == \
+            (1, 1030, 37)
+
+
+@needs_libbpf
+@pytest.mark.kernel
 def test_enum_struct_array_and_string_set_before_load(no_leaks):
     values = {"target_pid": os.getpid(), "mode": "GMODE_DOUBLE", "tag": "hello",
               "limits": {"low": 3, "high": 4}, "weights": [7, 8, 9], "enabled": 1, "seen": 100}
