@@ -202,12 +202,12 @@ def check_clang() -> Row:
 
 def check_libbpf() -> Row:
     from . import backend
+    from .backend import libbpf
 
-    found = backend.version("libbpf")
-    if found is None:
-        return Row("libbpf", WARN, "libbpf.so.1 cannot be loaded: libbpf-style cells cannot be "
-                   "loaded", _LIBBPF_PACKAGES)
-    return Row("libbpf", OK, f"libbpf.so.1, version {found} (loads and attaches libbpf-style "
+    if backend.version("libbpf") is None:
+        return Row("libbpf", WARN, "the system's libbpf cannot be loaded: libbpf-style cells "
+                   "cannot be loaded", _LIBBPF_PACKAGES)
+    return Row("libbpf", OK, libbpf.describe()["libbpf"] + " (loads and attaches libbpf-style "
                "cells)")
 
 
