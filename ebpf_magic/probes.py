@@ -182,3 +182,10 @@ def bind_explicit(probes: list[Probe], functions: list[str]) -> list[Probe]:
                              f"Candidates: {', '.join(free)}",
                              f"Write it as {unbound[0].spec}=FUNCTION.")
     return [p if p.function else p.bind(free[0]) for p in probes]
+
+
+def find(pattern: str = "", verbose: bool = False):
+    """Probes matching ``pattern`` as a DataFrame; see :func:`ebpf_magic.discover.find`."""
+    from .discover import find as listing  # discover builds on this module's tables
+
+    return listing(pattern, verbose)

@@ -75,8 +75,13 @@ def struct_fields(spec: Spec, name: str) -> list[StructField]:
     if not found:
         raise BTFError(f"no struct or union {name!r} in this BTF",
                        "check the spelling (without the 'struct ' prefix)")
+    return type_fields(spec, found[0])
+
+
+def type_fields(spec: Spec, t: Type) -> list[StructField]:
+    """The members of struct or union type ``t``, anonymous members' fields inlined."""
     rows: list[StructField] = []
-    _list_fields(spec, found[0], 0, rows)
+    _list_fields(spec, t, 0, rows)
     return rows
 
 

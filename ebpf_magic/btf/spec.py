@@ -270,6 +270,14 @@ class Spec:
             hits &= self._kinds == KIND_CODES[kind]
         return found + [self.type(self._first + int(i)) for i in np.flatnonzero(hits)]
 
+    def names(self, kind: str) -> list[str]:
+        """The names of every named type of ``kind`` held here and in the base."""
+        if kind not in KIND_CODES:
+            raise BTFError(f"unknown BTF kind {kind!r}", f"kinds are: {', '.join(KINDS[1:])}")
+        found = self.base.names(kind) if self.base is not None else []
+        offs = self._name_offs[(self._kinds == KIND_CODES[kind]) & (self._name_offs != 0)]
+        return found + [self.string(int(o)) for o in offs]
+
     def string(self, offset: int) -> str:
         """The string at ``offset`` of the string section (the base's for low offsets)."""
         off = offset - self._str_base
