@@ -1,7 +1,8 @@
 """A live map browser: a model drivable from Python, and an ipywidgets view of it.
 
 :class:`BrowserModel` lists maps and reads the selected one into a table
-(sort, text filter, top-N), edits and deletes rows, and refreshes on a
+(sorted by its numeric value, largest first, until another column is chosen;
+text filter; top-N), edits and deletes rows, and refreshes on a
 background thread. It works on any object exposing ``.name``, ``.kind``,
 ``.info()`` and ``.df`` (live maps or a recording's); editing needs
 ``row_key``/``set_cell``/``__delitem__``, which live maps have.
@@ -12,6 +13,7 @@ a PNG bar chart for histograms), so it needs no front-end extension.
 from __future__ import annotations
 
 import io
+import numbers
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -25,6 +27,8 @@ from .histograms import Histogram
 LISTING_COLUMNS = ["map", "kind", "key", "value", "entries", "max_entries", "full"]
 
 MapSource = Callable[[], Mapping[str, Any]]
+
+TABLE_HEIGHT = "24em"  # the table scrolls inside a box this high
 
 
 def _source(obj: Any) -> tuple[MapSource, Callable[[], bool]]:
@@ -155,11 +159,37 @@ class BrowserModel:
             for col in df.columns:
                 mask |= df[col].astype(str).str.lower().str.contains(text, regex=False)
             df = df[mask]
-        if self.sort_by is not None and self.sort_by in df.columns:
-            df = df.sort_values(self.sort_by, ascending=self.ascending, kind="stable")
+        column, ascending = self.sorting
+        if column is not None and column in df.columns:
+            df = df.sort_values(column, ascending=ascending, kind="stable")
         if self.top_n:
             df = df.head(self.top_n)
         self.view = df
+
+    @property
+    def value_columns(self) -> list[str]:
+        """The selected map's value columns (the key's are the others)."""
+        m = self.current
+        if hasattr(m, "_val_columns"):
+            return [c for c in self.data.columns if _is_value_column(c, m)]
+        return [c for c in self.data.columns if c in ("value", "count")]
+
+    @property
+    def sorting(self) -> tuple[str | None, bool]:
+        """(column, ascending) the view is sorted by.
+
+        Until a column is chosen: the first numeric value column, descending, so
+        top-N shows the largest entries; histograms keep their bucket order.
+        """
+        if self.sort_by is not None:
+            return self.sort_by, self.ascending
+        if self.histogram is not None:
+            return None, False
+        for column in self.value_columns:
+            if pd.api.types.is_numeric_dtype(self.data[column]) and \
+                    not pd.api.types.is_bool_dtype(self.data[column]):
+                return column, False
+        return None, False
 
     def sort(self, column: str, ascending: bool = False) -> pd.DataFrame:
         if len(self.data.columns) and column not in self.data.columns:
@@ -263,10 +293,38 @@ def _is_histogram(m: Any) -> bool:
     return declared == "histogram" or m.info().get("kind") == "histogram"
 
 
-def table_html(df: pd.DataFrame, max_rows: int = 1000) -> str:
-    """An HTML table of ``df`` with the index (the row number used by edit and delete)."""
-    return df.head(max_rows).to_html(classes="bpf-table", border=0, na_rep="",
-                                     index_names=False)
+def _cell(value: Any, separated: bool) -> str:
+    if value is None or (pd.api.types.is_scalar(value) and pd.isna(value)):
+        return ""
+    if separated and isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return f"{value:,}"
+    return escape(str(value))
+
+
+def table_html(df: pd.DataFrame, max_rows: int = 1000, separated: Any = ()) -> str:
+    """An HTML table of ``df`` in a scroll box of bounded height.
+
+    The index (the row number used by edit and delete) comes first. Numeric
+    columns are right-aligned; those in ``separated`` (counts, not IDs such as a
+    PID key) show thousands separators.
+    """
+    df = df.head(max_rows)
+    right = "text-align:right;font-variant-numeric:tabular-nums"
+    numeric = [pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])
+               for c in df.columns]
+    head = "".join(f'<th style="{right if num else "text-align:left"}">{escape(str(c))}</th>'
+                   for c, num in zip(df.columns, numeric, strict=True))
+    rows = []
+    for index, values in zip(df.index, df.itertuples(index=False, name=None),
+                             strict=True):
+        cells = "".join(
+            f'<td style="{right}">{_cell(v, c in separated)}</td>' if num
+            else f"<td>{_cell(v, False)}</td>"
+            for c, v, num in zip(df.columns, values, numeric, strict=True))
+        rows.append(f'<tr><th style="{right}">{index}</th>{cells}</tr>')
+    return (f'<div class="bpf-scroll" style="max-height:{TABLE_HEIGHT};overflow:auto">'
+            f'<table class="bpf-table"><thead><tr><th></th>{head}</tr></thead>'
+            f"<tbody>{''.join(rows)}</tbody></table></div>")
 
 
 def histogram_png(h: Histogram) -> bytes:
@@ -388,11 +446,14 @@ class MapBrowser:
             self.chart.layout.display = None
         else:
             self.chart.layout.display = "none"
-        self.table.value = table_html(view)
+        self.table.value = table_html(view, separated=set(m.value_columns))
         state = "closed" if m.closed else "paused" if m.paused else (
             "live" if m.live else "stopped")
         error = f' <span style="color:#c00">{escape(m.error)}</span>' if m.error else ""
-        self.status.value = (f"<small>{len(data)} rows, showing {len(view)}; {state}; "
+        column, ascending = m.sorting
+        order = f"sorted by {escape(str(column))} {'ascending' if ascending else 'descending'}; " \
+            if column is not None else ""
+        self.status.value = (f"<small>{len(data)} rows, showing {len(view)}; {order}{state}; "
                              f"read in {m.last_refresh_s * 1000:.1f} ms</small>{error}")
 
     def close(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 
 import pandas as pd
@@ -99,7 +100,7 @@ def test_widget_renders_table_and_chart_and_closes(no_leaks):
         os.getppid()
         browser = prog.browse(interval=0.05)
         try:
-            assert f"<td>{os.getpid()}</td>" in browser.table.value
+            assert f">{os.getpid()}</td>" in browser.table.value
             assert "counts" in browser.listing.value
             browser.chooser.value = "sizes"
             assert browser.chart.layout.display is None
@@ -115,27 +116,58 @@ class Recorded:
 
     name, kind = "lat", "hash"
 
+    def __init__(self, df: pd.DataFrame | None = None) -> None:
+        self.frame = pd.DataFrame({"key": [1, 2], "value": [10, 20]}) if df is None else df
+
     def info(self):
-        return {"map": "lat", "kind": "hash", "key": "u32", "value": "u64", "entries": 2,
-                "max_entries": 10, "full": False}
+        return {"map": "lat", "kind": "hash", "key": "u32", "value": "u64",
+                "entries": len(self.frame), "max_entries": 10, "full": False}
 
     @property
     def df(self):
-        return pd.DataFrame({"key": [1, 2], "value": [10, 20]})
+        return self.frame
+
+
+RIGHT = "text-align:right"
 
 
 def test_model_works_on_duck_typed_read_only_maps():
     model = BrowserModel({"lat": Recorded()})
-    assert model.select("lat")["value"].tolist() == [10, 20]
-    assert model.sort("value", ascending=False)["key"].tolist() == [2, 1]
+    assert model.select("lat")["value"].tolist() == [20, 10]
+    assert model.sort("value", ascending=True)["key"].tolist() == [1, 2]
     assert not model.editable
     with pytest.raises(TypeError):
         model.delete(0)
     browser = MapBrowser({"lat": Recorded()}, start=False)
-    assert "<td>20</td>" in browser.table.value
+    assert f'<td style="{RIGHT};font-variant-numeric:tabular-nums">20</td>' in browser.table.value
     browser.close()
 
 
+def test_numeric_values_sort_largest_first_so_top_n_is_the_top():
+    df = pd.DataFrame({"key": [5, 6, 7, 8], "value": [3, 40_000, 7, 1_200_000]})
+    model = BrowserModel({"lat": Recorded(df)}, top_n=2)
+    assert model.refresh()["key"].tolist() == [8, 6]
+    assert model.sorting == ("value", False)
+    model.top(0)
+    assert model.sort("key", ascending=True)["key"].tolist() == [5, 6, 7, 8]
+    model.select("lat")  # choosing the map again restores the default order
+    assert model.view["value"].tolist() == [1_200_000, 40_000, 7, 3]
+    text = pd.DataFrame({"key": [1, 2], "value": ["b", "a"]})
+    assert BrowserModel({"lat": Recorded(text)}).refresh()["key"].tolist() == [1, 2]
+
+
+def test_table_scrolls_in_a_bounded_box_with_numbers_right_aligned_and_separated():
+    df = pd.DataFrame({"key": [123456, 7], "comm": ["bash", "<x>"],
+                       "value": [1_234_567, 89]})
+    browser = MapBrowser({"lat": Recorded(df)}, start=False)
+    html = browser.table.value
+    browser.close()
+    assert html.startswith('<div class="bpf-scroll" style="max-height:24em;overflow:auto">')
+    cells = re.findall(r"<td( style=\"[^\"]*\")?>([^<]*)</td>", html)
+    assert [text for _, text in cells] == ["123456", "bash", "1,234,567",
+                                           "7", "&lt;x&gt;", "89"]
+    assert [RIGHT in style for style, _ in cells] == [True, False, True] * 2
+    assert "sorted by value descending" in browser.status.value
 
 
 @pytest.mark.kernel
