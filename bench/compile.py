@@ -20,9 +20,9 @@ import argparse
 import statistics
 import time
 
-from ebpf_magic import headers
 from ebpf_magic.backend import prestart
-from ebpf_magic.backend.locate import import_bcc
+from ebpf_magic.backend.bcc import headers
+from ebpf_magic.backend.bcc.locate import import_bcc
 from ebpf_magic.program import Program
 
 TP = ("syscalls", "sys_enter_getppid")

@@ -22,8 +22,9 @@ import re
 import sys
 import time
 
-from ebpf_magic import headers, link
-from ebpf_magic.backend.locate import import_bcc
+from ebpf_magic import link
+from ebpf_magic.backend.bcc import headers
+from ebpf_magic.backend.bcc.locate import import_bcc
 
 SOURCE = """
 BPF_ARRAY(calls, u64, 1);

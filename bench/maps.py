@@ -15,8 +15,9 @@ import time
 import numpy as np
 import pandas as pd
 
-from ebpf_magic import headers, sysbpf
-from ebpf_magic.backend.locate import import_bcc
+from ebpf_magic import sysbpf
+from ebpf_magic.backend.bcc import headers
+from ebpf_magic.backend.bcc.locate import import_bcc
 from ebpf_magic.program import Program
 from ebpf_magic.widgets import MapBrowser
 

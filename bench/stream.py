@@ -45,8 +45,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ebpf_magic import headers
-from ebpf_magic.backend.locate import import_bcc
+from ebpf_magic.backend.bcc import headers
+from ebpf_magic.backend.bcc.locate import import_bcc
 from ebpf_magic.program import Program
 
 GENERATOR = r"""

@@ -37,7 +37,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import headers, kernel, sysbpf
+from . import cache, kernel, sysbpf
+from .backend.bcc import headers
 from .errors import (
     AttachError,
     BCCNotFoundError,
@@ -272,7 +273,7 @@ def check_headers() -> Row:
         found = headers.ensure()
     except OSError as e:
         return Row("kernel headers", FAIL, f"could not prepare kernel headers: {e}",
-                   f"Make {headers.cache_dir()} writable, or set EBPF_MAGIC_CACHE to a "
+                   f"Make {cache.cache_dir()} writable, or set EBPF_MAGIC_CACHE to a "
                    "writable directory.")
     if found.path is None:
         return Row("kernel headers", FAIL, f"no kernel headers for {kernel.release()}: BCC "

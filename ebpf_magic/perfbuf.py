@@ -12,7 +12,7 @@ sample that fits, so losses after a CPU's last successful write are never
 reported that way. Where the kernel has ``PERF_FORMAT_LOST`` (Linux 6.0) each
 ring's event is opened with it and :meth:`CpuRing.lost` reads the exact total
 at any moment; elsewhere the program counts its failed submissions itself
-(:mod:`ebpf_magic.instrument`).
+(:mod:`ebpf_magic.backend.bcc.instrument`).
 """
 
 from __future__ import annotations

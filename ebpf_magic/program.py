@@ -24,8 +24,8 @@ from typing import Any
 
 import pandas as pd
 
-from . import instrument, perfbuf, sysbpf
 from . import source as src
+from . import sysbpf
 from .backend import CompiledProgram, check_globals, choose_backend, compile_program
 from .errors import AttachError
 from .globalvars import Globals
@@ -85,18 +85,14 @@ class Program:
         if any(not p.function for p in usdt):
             usdt = bind_explicit(usdt, src.function_names(source))
         check_options(stream_options or {})
-        prepared = instrument.prepare(source, count_perf=not perfbuf.lost_format_supported()) \
-            if self.backend == "bcc" else instrument.Prepared(source)
         try:
             # A compiler interrupted half-way in this process could leak what it loaded:
             # Ctrl-C waits. BCC compiles in a worker process that Ctrl-C stops at once.
             with contextlib.nullcontext() if self.backend == "bcc" else interrupts_deferred():
-                self._compiled = compile_program(prepared.text, cflags=self.cflags, usdt=usdt,
+                self._compiled = compile_program(source, cflags=self.cflags, usdt=usdt,
                                                  line_offset=line_offset, backend=self.backend,
                                                  globals=globals)
             self._globals = Globals(self._compiled.globals(), name)
-            prepared.lost_maps.update(self._compiled.loss_counters())
-            prepared.hidden.update(prepared.lost_maps.values())
             self.warnings = list(self._compiled.warnings)
             functions = self._compiled.functions
             auto = self._compiled.implied_probes()
@@ -107,14 +103,15 @@ class Program:
             self._compiled.load(self.probes)
             # Buffers are read before any probe fires, so no event goes unseen or uncounted.
             handles = self._compiled.maps()
-            self.maps = Maps({n: h for n, h in handles.items() if n not in prepared.hidden})
-            for name, kind in prepared.hist_kinds.items():
+            hidden = self._compiled.hidden_maps()
+            self.maps = Maps({n: h for n, h in handles.items() if n not in hidden})
+            for name, kind in self._compiled.histogram_kinds().items():
                 if name in self.maps:
                     self.maps[name].hist_kind = kind
             # Ctrl-C waits for each step to finish, so what it opened is owned and rolled back
             # (a descriptor between its creation and its owner would be lost)
             with interrupts_deferred():
-                self._streams = Streams.open(self._compiled, handles, prepared,
+                self._streams = Streams.open(self._compiled, handles,
                                              **dict(stream_options or {}))
             for probe in self.probes:
                 try:

@@ -1,4 +1,4 @@
-"""Replaying recordings without BCC, privileges, or even Linux.
+"""Replaying recordings without a compiler, privileges, or even Linux.
 
 :func:`load` reads a ``.bpfrec`` file (see :mod:`ebpf_magic.recording`) into a
 :class:`ReplayedProgram` with the read API of a live program: ``.events[NAME].df``,
@@ -40,8 +40,8 @@ import numpy as np
 import pandas as pd
 
 from . import recording
-from .backend import BACKENDS, choose_backend
-from .errors import ReplayError
+from .backend import BACKENDS, available, choose_backend
+from .errors import BPFError, ReplayError
 from .probes import Probe
 
 RECORDINGS_ENV = "EBPF_MAGIC_RECORDINGS"
@@ -126,8 +126,12 @@ def set_replay(on: bool | None) -> None:
     _settings["replay"] = on
 
 
-def can_run_live() -> tuple[bool, str]:
-    """Whether this process can load BPF programs, and if not, why not."""
+def can_run_live(source: str | None = None, backend: str | None = None) -> tuple[bool, str]:
+    """Whether this process can load BPF programs, and if not, why not.
+
+    With ``source``, whether the backend for it (``backend``, else chosen by its dialect) is
+    available here; without, whether any backend is.
+    """
     if _flag("replay", REPLAY_ENV):
         how = "set_replay(True)" if _settings["replay"] else f"{REPLAY_ENV}=1"
         return False, f"replay was requested ({how})"
@@ -138,12 +142,16 @@ def can_run_live() -> tuple[bool, str]:
     if not kernel.has_bpf_rights():
         return False, f"no rights to load BPF: {kernel.rights_summary()}"
     try:
-        from .backend.locate import import_bcc
-
-        import_bcc()
-    except Exception as e:  # noqa: BLE001 - any failure means "cannot run live"
-        return False, f"BCC is not available: {str(e).splitlines()[0]}"
-    return True, "live"
+        wanted = [choose_backend(source, backend)] if source is not None else list(BACKENDS)
+    except BPFError:
+        return True, "live"  # an unknown --backend is the live run's error to report
+    why = []
+    for name in wanted:
+        ok, reason = available(name)
+        if ok:
+            return True, "live"
+        why.append(f"no {name} backend: {reason.splitlines()[0] if reason else 'missing'}")
+    return False, "; ".join(why)
 
 
 def live() -> bool:

@@ -537,27 +537,32 @@ class Streams(Mapping):
         self._closed = False
 
     @classmethod
-    def open(cls, compiled, handles: Mapping, prepared, **options: Any) -> Streams:
-        """Start consuming every perf and ring buffer among ``handles``."""
+    def open(cls, compiled, handles: Mapping, **options: Any) -> Streams:
+        """Start consuming every perf and ring buffer among ``handles``.
+
+        ``compiled`` (a :class:`~ebpf_magic.backend.CompiledProgram`) says which maps are
+        its own bookkeeping, each stream's loss counter and record layout.
+        """
         check_options(options)
         opts = {**DEFAULTS, **options}
         ncpus = len(sysbpf.online_cpus())
         page_cnt = perf_pages(ncpus) if opts["page_cnt"] is None else int(opts["page_cnt"])
         max_rows = int(opts["max_rows"])
         layouts = {n: as_dtype(v) for n, v in (opts.get("dtypes") or {}).items()}
-        hidden = set(prepared.hidden)
+        hidden = compiled.hidden_maps()
+        loss_counters = compiled.loss_counters()
         streams: dict[str, Stream] = {}
         self = cls(streams, opts["poll_ms"] / 1000, opts["batch_ms"] / 1000)
         try:
             for name, h in handles.items():
                 if h.kind not in STREAM_KINDS or name in hidden:
                     continue
-                layout = layouts.get(name) or _learned_layout(compiled, handles, prepared, name)
+                layout = layouts.get(name) or _learned_layout(compiled, name)
                 if layout is not None:
                     _check_memory(name, layout, max_rows)
                 stream = Stream(name, h.kind, layout, max_rows)
                 streams[name] = stream
-                lost = handles.get(prepared.lost_maps.get(name, ""))
+                lost = handles.get(loss_counters.get(name, ""))
                 stream._lost_fd = lost.fd if lost is not None else None
                 if h.kind == "perf_event_array":
                     read_lost = lost is None and lost_format_supported()
@@ -716,11 +721,8 @@ def _check_memory(name: str, layout: np.dtype, max_rows: int) -> None:
             "Lower max_rows, or keep more events on disk with spill.")
 
 
-def _learned_layout(compiled, handles: Mapping, prepared, name: str) -> np.dtype | None:
+def _learned_layout(compiled, name: str) -> np.dtype | None:
     """The submitted record's dtype from the program, or None if it cannot be learned."""
     layout = compiled.event_dtype(name)
-    if layout is None and name in prepared.reserved:
-        typed = handles.get(prepared.type_maps.get(prepared.reserved[name], ""))
-        layout = typed.value_dtype if typed is not None else None
     return as_dtype(layout) if layout is not None else None
 

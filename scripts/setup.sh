@@ -135,7 +135,7 @@ chmod g+w notebooks/recordings
 # --- kernel headers as BCC will see them -------------------------------------------------
 # Root builds them under /var/cache/ebpf_magic, where the kernel's user reads them too.
 .venv/bin/python - <<'PY'
-from ebpf_magic import headers
+from ebpf_magic.backend.bcc import headers
 h = headers.ensure()
 if h.path is None:
     raise SystemExit("no kernel headers found: " + headers.install_hint())

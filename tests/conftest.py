@@ -40,7 +40,7 @@ def bpf_unavailable_reason() -> str | None:
     if not kernel.has_bpf_rights():
         return "no BPF rights (" + kernel.rights_summary() + ")"
     try:
-        from ebpf_magic.backend.locate import import_bcc
+        from ebpf_magic.backend.bcc.locate import import_bcc
 
         import_bcc()
     except Exception as e:  # noqa: BLE001 - any failure means "cannot run here"

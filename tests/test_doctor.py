@@ -97,7 +97,7 @@ def test_backend_rows(observed):
 
 
 def _headers(exact: bool):
-    from ebpf_magic.headers import Headers
+    from ebpf_magic.backend.bcc.headers import Headers
 
     return Headers(Path("/usr/src/linux-headers-x"), "running kernel" if exact else
                    "nearest distro headers", "6.1.0-99-amd64", exact=exact)
@@ -187,7 +187,7 @@ def test_unprivileged_run_reports_privileges_with_a_fix():
 
 
 def test_without_bcc_reports_how_to_install_it():
-    code = ("import json, sys; import ebpf_magic.backend.locate as locate; "
+    code = ("import json, sys; import ebpf_magic.backend.bcc.locate as locate; "
             "locate.candidates = lambda: []; from ebpf_magic import doctor; "
             "r = doctor.run(); print(json.dumps({'usable': r.usable, "
             "'rows': r.df.to_dict('records')}))")

@@ -154,7 +154,7 @@ def test_bcc_missing_names_package():
     code = """
         import sys
         sys.modules["bcc"] = None
-        from ebpf_magic.backend import locate
+        from ebpf_magic.backend.bcc import locate
         locate._SEARCH.clear()
         from IPython.core.interactiveshell import InteractiveShell
         sh = InteractiveShell.instance()

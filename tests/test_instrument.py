@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ebpf_magic.instrument import histogram_kinds, mask_code, matching_paren, prepare
+from ebpf_magic.backend.bcc.instrument import histogram_kinds, prepare
+from ebpf_magic.ctext import mask_code, matching_paren
 
 SRC = """
 struct ev { u64 ts; char comm[16]; };

@@ -16,7 +16,8 @@ import pytest
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 
-from ebpf_magic import headers, kernel, kernelspec, launcher
+from ebpf_magic import kernel, kernelspec, launcher
+from ebpf_magic.backend.bcc import headers
 
 from conftest import loaded_prog_ids
 

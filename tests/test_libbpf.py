@@ -601,11 +601,11 @@ def test_missing_clang_is_a_short_error(monkeypatch):
 
 @needs_libbpf
 def test_vmlinux_cache_and_stale_precompiled_header(tmp_path, monkeypatch):
-    from ebpf_magic import headers
+    from ebpf_magic import cache
     from ebpf_magic.backend.libbpf import _compile
 
     monkeypatch.setenv("EBPF_MAGIC_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(headers, "SYSTEM_CACHE", tmp_path / "system")
+    monkeypatch.setattr(cache, "SYSTEM_CACHE", tmp_path / "system")
     cell = SEED.replace("FLAGS", "0")
     first = _compile.compile_cell(cell, [])
     d = _compile.vmlinux_dir()
@@ -623,14 +623,14 @@ def test_vmlinux_cache_and_stale_precompiled_header(tmp_path, monkeypatch):
 
 @needs_libbpf
 def test_describe_names_what_the_backend_uses(tmp_path, monkeypatch):
-    from ebpf_magic import headers
+    from ebpf_magic import cache
 
     facts = libbpf.describe()
     assert facts["clang"].split(":")[0].endswith("clang") and "clang version" in facts["clang"]
     assert facts["libbpf"].startswith("libbpf.so.1, version 1.")
     assert facts["kernel BTF"] == "/sys/kernel/btf/vmlinux"
     monkeypatch.setenv("EBPF_MAGIC_CACHE", str(tmp_path))
-    monkeypatch.setattr(headers, "SYSTEM_CACHE", tmp_path)
+    monkeypatch.setattr(cache, "SYSTEM_CACHE", tmp_path)
     assert libbpf.describe()["vmlinux.h"].startswith("not generated yet")
     monkeypatch.setenv("PATH", "/nonexistent")
     assert libbpf.describe()["clang"].startswith("missing")
@@ -812,7 +812,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_getppid) {
 @needs_libbpf
 @pytest.mark.kernel
 def test_core_right_where_bcc_headers_do_not_match(no_leaks):
-    from ebpf_magic import headers
+    from ebpf_magic.backend.bcc import headers
 
     if headers.ensure().exact:
         pytest.skip("kernel headers match this kernel: BCC reads task_struct right here too")

@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from ebpf_magic.backend import locate
+from ebpf_magic.backend.bcc import locate
 from ebpf_magic.errors import BCCNotFoundError
 
 
@@ -29,7 +29,7 @@ def test_imports_system_bcc_alone():
     """From this venv, `import bcc` fails, yet BCC is found without site-packages on the path."""
     r = _run_isolated("""
         import sys
-        from ebpf_magic.backend.locate import import_bcc
+        from ebpf_magic.backend.bcc.locate import import_bcc
         before = list(sys.path)
         bcc = import_bcc()
         assert sys.path == before, "sys.path was changed"
@@ -48,7 +48,7 @@ def test_unrelated_pypi_bcc_is_ignored(tmp_path):
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text("LATTICE = True\n")
     r = _run_isolated("""
-        from ebpf_magic.backend.locate import import_bcc
+        from ebpf_magic.backend.bcc.locate import import_bcc
         print(hasattr(import_bcc(), "BPF"))
     """, {"PYTHONPATH": str(tmp_path / "site")})
     assert r.stdout.strip() == "True" or "BCC's Python package was not found" in r.stderr

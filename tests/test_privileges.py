@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 from test_kernelspec import execute, running_kernel
 
-from ebpf_magic import headers, kernel, kernelspec, launcher
+from ebpf_magic import cache, kernel, kernelspec, launcher
+from ebpf_magic.backend.bcc import headers
 
 from conftest import COUNT_CELL, loaded_prog_ids, uprobe_events
 
@@ -443,13 +444,13 @@ def test_headers_root_builds_for_everyone_and_users_reuse_it(tmp_path, monkeypat
     (common / "include" / "linux").mkdir(parents=True)
     (common / "include" / "linux" / "sched.h").write_text("/* common */\n")
     system = tmp_path / "system"
-    monkeypatch.setattr(headers, "SYSTEM_CACHE", system)
+    monkeypatch.setattr(cache, "SYSTEM_CACHE", system)
     monkeypatch.delenv("EBPF_MAGIC_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user"))
     old_umask = os.umask(0o077)  # root's tree must not inherit a private umask
     try:
         monkeypatch.setattr(os, "geteuid", lambda: 0)
-        assert headers.cache_dir() == system
+        assert cache.cache_dir() == system
         built = headers.merged_tree(arch, common)
     finally:
         os.umask(old_umask)
@@ -459,6 +460,6 @@ def test_headers_root_builds_for_everyone_and_users_reuse_it(tmp_path, monkeypat
     assert (built / "include" / "linux" / "sched.h").read_text() == "/* common */\n"
 
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
-    assert headers.cache_dir() == tmp_path / "user" / "ebpf_magic"
+    assert cache.cache_dir() == tmp_path / "user" / "ebpf_magic"
     assert headers.merged_tree(arch, common) == built  # reused, not rebuilt
     assert not (tmp_path / "user").exists()

@@ -134,6 +134,14 @@ class CompiledProgram(abc.ABC):
         """Hidden maps the backend added to count failed submissions, by stream name."""
         return {}
 
+    def hidden_maps(self) -> set[str]:
+        """Maps the backend added for its own bookkeeping, which the user never sees."""
+        return set(self.loss_counters().values())
+
+    def histogram_kinds(self) -> dict[str, str]:
+        """``{map: "log2" | "linear"}`` for maps the source declares as histograms."""
+        return {}
+
     def globals(self) -> list[GlobalVar]:
         """The program's global variables, with the descriptors of their sections' maps."""
         return []

@@ -191,7 +191,7 @@ def run(magics, line: str, cell: str) -> None:
     """Start the cell's program; bind it to NAME in the user namespace."""
     args = parse(line)
     shell = magics.shell
-    live, why = replay.can_run_live()
+    live, why = replay.can_run_live(cell, args.backend)
     # Replay recordings/NAME.bpfrec instead, and say so. Without a recording, running
     # live gives the precise error (missing rights or BCC) with its fix, unless replay
     # was asked for.

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..locate import import_bcc
 from .client import prestart
 from .diagnostics import format_diagnostics
+from .locate import import_bcc
 from .program import BccProgram
 
 __all__ = ["BccProgram", "format_diagnostics", "location", "prestart", "symbolize_user",

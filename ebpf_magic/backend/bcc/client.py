@@ -32,8 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import BPFError, CompileError
-from .. import locate
-from . import protocol
+from . import locate, protocol
 
 COMPILE_TIMEOUT = 60.0
 # BCC's peak for tcplife, a large real tool, is 0.36 GB of address space; LLVM reserves

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import re
 
-from ... import headers, kernel
+from ... import kernel
 from ...errors import BPFError, CompileError, HeadersMissingError, NotPrivilegedError, VerifierError
+from . import headers
 
 _DIAG = re.compile(r"^(?P<file>[^:\s]+):(?P<line>\d+):(?P<col>\d+): (?P<sev>error|warning|fatal "
                    r"error): (?P<msg>.*)$")

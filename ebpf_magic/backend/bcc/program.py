@@ -14,13 +14,13 @@ import re
 
 import numpy as np
 
-from ... import headers, kernel, link, sysbpf
+from ... import kernel, link, perfbuf, sysbpf
 from ...errors import AttachError, BPFError, HeadersMissingError, NotPrivilegedError
 from ...probes import Probe
 from .. import CompiledProgram, MapHandle
-from ..locate import import_bcc
-from . import client, protocol
+from . import client, headers, instrument, protocol
 from .diagnostics import compile_failure, load_failure
+from .locate import import_bcc
 
 # BPF program types (enum bpf_prog_type) by probe kind
 _PROG_TYPE = {"kprobe": 2, "kretprobe": 2, "uprobe": 2, "uretprobe": 2, "usdt": 2,
@@ -40,7 +40,10 @@ class BccProgram(CompiledProgram):
             raise NotPrivilegedError("Not allowed to load BPF programs: " +
                                      kernel.rights_summary(), kernel.rights_hint())
         import_bcc()  # BCCNotFoundError here names the package to install
-        self._source = source
+        # loss counters, type-describing maps, histogram kinds (see .instrument)
+        self._prepared = instrument.prepare(source,
+                                            count_perf=not perfbuf.lost_format_supported())
+        self._source = source = self._prepared.text
         self._worker = client.worker()
         self._id: int | None = None  # the compiled program waiting in the worker
         self._links: list[link.Link] = []
@@ -127,7 +130,21 @@ class BccProgram(CompiledProgram):
 
     def event_dtype(self, map_name: str) -> np.dtype | None:
         self._require_loaded()
-        return self._events.get(map_name)
+        layout = self._events.get(map_name)
+        reserved = self._prepared.reserved.get(map_name)
+        if layout is None and reserved is not None:  # ringbuf_reserve(sizeof(struct X))
+            typed = self._maps.get(self._prepared.type_maps.get(reserved, ""))
+            layout = typed.value_dtype if typed is not None else None
+        return layout
+
+    def loss_counters(self) -> dict[str, str]:
+        return dict(self._prepared.lost_maps)
+
+    def hidden_maps(self) -> set[str]:
+        return set(self._prepared.hidden)
+
+    def histogram_kinds(self) -> dict[str, str]:
+        return dict(self._prepared.hist_kinds)
 
     def _require_loaded(self) -> None:
         if not self._loaded:

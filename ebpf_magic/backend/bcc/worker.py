@@ -39,9 +39,9 @@ from typing import Any
 
 import numpy as np
 
-from ...instrument import TYPE_PREFIX, TYPEDEF_PREFIX
-from ..locate import import_bcc
 from . import protocol
+from .instrument import TYPE_PREFIX, TYPEDEF_PREFIX
+from .locate import import_bcc
 
 _PR_SET_PDEATHSIG = 1
 

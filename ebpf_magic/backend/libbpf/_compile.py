@@ -36,12 +36,13 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ... import headers
+from ... import cache, suggest
+from ...ctext import mask_code, matching_paren
 from ...errors import BPFError, CompileError
-from ...instrument import LOST_PREFIX, mask_code, matching_paren
 
 BTF_PATH = Path("/sys/kernel/btf/vmlinux")
 TIMEOUT_S = 60.0
+LOST_PREFIX = "__ebpf_magic_lost_"  # a ring buffer's hidden loss counter: this + its name
 HELPER_HEADERS = ("bpf/bpf_helpers.h", "bpf/bpf_tracing.h", "bpf/bpf_core_read.h",
                   "bpf/bpf_endian.h")
 _ARCH = {"x86_64": "x86", "aarch64": "arm64", "arm64": "arm64", "s390x": "s390",
@@ -193,7 +194,7 @@ def cached_vmlinux() -> Path | None:
     if not BTF_PATH.exists():
         return None
     key = _btf_hash()
-    for base in dict.fromkeys((headers.cache_dir(), headers.SYSTEM_CACHE)):
+    for base in dict.fromkeys((cache.cache_dir(), cache.SYSTEM_CACHE)):
         if (base / "vmlinux" / key / "vmlinux.h").exists():  # root's cache serves all users
             return base / "vmlinux" / key / "vmlinux.h"
     return None
@@ -217,7 +218,7 @@ def vmlinux_dir() -> Path:
     cached = cached_vmlinux()
     if cached is not None:
         return cached.parent
-    d = headers.cache_dir() / "vmlinux" / _btf_hash()
+    d = cache.cache_dir() / "vmlinux" / _btf_hash()
     header = d / "vmlinux.h"
     tool = bpftool()
     if tool is None:
@@ -225,7 +226,7 @@ def vmlinux_dir() -> Path:
                        "Install it: apt-get install bpftool")
     d.mkdir(parents=True, exist_ok=True)
     for p in (d, *d.parents):
-        if p == headers.cache_dir().parent:
+        if p == cache.cache_dir().parent:
             break
         with contextlib.suppress(OSError):
             os.chmod(p, 0o755)
@@ -346,9 +347,9 @@ def _failure(rc: int, log: str, text: str, c_name: str, filename: str,
 
 def _hint(diags: list[str], filename: str) -> str:
     """What to do about the errors clang reported, where a common cause is recognisable."""
-    if any("__multi3" in d or "__divti3" in d or "built-in function" in d for d in diags):
-        return ("The BPF target has no 128-bit multiply or divide and no library calls: use "
-                "64-bit arithmetic.")
+    construct = suggest.unsupported_construct("\n".join(diags))
+    if construct:
+        return construct[0].upper() + construct[1:]
     redefined = [(d, m.group(1)) for d in diags if (m := _REDEFINED.search(d))]
     if any(not d.startswith(f"{filename}, ") for d, _ in redefined):
         return ('vmlinux.h and the kernel\'s <linux/...> headers define the same types: '

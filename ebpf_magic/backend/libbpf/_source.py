@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from ...instrument import mask_code, matching_paren
+from ...ctext import mask_code, matching_paren
 from ...probes import Probe
 
 # SEC() prefix -> probe kind; the rest of the section name is the target

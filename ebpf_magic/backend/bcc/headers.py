@@ -6,8 +6,8 @@ which BCC unpacks itself). On a kernel the distribution ships no headers for,
 the nearest installed distribution headers are merged into one directory (a
 symlink tree of the ``-common`` directory overlaid with the arch directory, the
 shape ``/lib/modules/*/build`` has on Debian) and named to BCC through
-``BCC_KERNEL_SOURCE``. Root builds it in :data:`SYSTEM_CACHE`, readable by every
-user (the eBPF kernel runs as an unprivileged one); another user uses that tree
+``BCC_KERNEL_SOURCE``. Root builds it in :data:`~ebpf_magic.cache.SYSTEM_CACHE`, readable by
+every user (the eBPF kernel runs as an unprivileged one); another user uses that tree
 when it is there and otherwise builds one in their own cache. Struct layouts of kernel-internal
 types may then differ from the running kernel: that is reported as a warning.
 """
@@ -21,8 +21,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from ... import cache
+
 SRC_ROOT = Path("/usr/src")
-SYSTEM_CACHE = Path("/var/cache/ebpf_magic")
 STAMP = ".ebpf_magic_complete"
 
 
@@ -43,20 +44,6 @@ class Headers:
                 f"{self.release} headers ({self.path}). Tracepoint arguments, helpers, maps and "
                 "events are unaffected, but layouts of kernel-internal structs may differ: "
                 "reads of kernel structs (task_struct, sock, ...) can be wrong.")
-
-
-def cache_dir() -> Path:
-    """Where this process keeps its cache.
-
-    ``$EBPF_MAGIC_CACHE`` when set, else :data:`SYSTEM_CACHE` for root, else the
-    user's XDG cache.
-    """
-    if os.environ.get("EBPF_MAGIC_CACHE"):
-        return Path(os.environ["EBPF_MAGIC_CACHE"])
-    if os.geteuid() == 0:
-        return SYSTEM_CACHE
-    return Path(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
-                "ebpf_magic")
 
 
 def _version_key(release: str) -> tuple[int, ...]:
@@ -100,11 +87,12 @@ def nearest(release: str) -> tuple[str, Path, Path | None] | None:
 def merged_tree(arch: Path, common: Path | None) -> Path:
     """A symlink tree of ``common`` overlaid with ``arch``, built once.
 
-    A complete tree in this process's cache or in :data:`SYSTEM_CACHE` is used
-    as it is; otherwise one is built in :func:`cache_dir`, readable by all users.
+    A complete tree in this process's cache or in :data:`~ebpf_magic.cache.SYSTEM_CACHE` is
+    used as it is; otherwise one is built in :func:`~ebpf_magic.cache.cache_dir`, readable by
+    all users.
     """
-    target = cache_dir() / "headers" / arch.name
-    for built in (target, SYSTEM_CACHE / "headers" / arch.name):
+    target = cache.cache_dir() / "headers" / arch.name
+    for built in (target, cache.SYSTEM_CACHE / "headers" / arch.name):
         if (built / STAMP).exists():
             return built
     target.parent.mkdir(parents=True, exist_ok=True)
