@@ -7,6 +7,7 @@ also accept a :class:`~ebpf_magic.histograms.Histogram` or a histogram map.
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Iterable
 from html import escape
 from typing import Any
@@ -16,6 +17,8 @@ import pandas as pd
 
 from . import histograms
 from .histograms import as_histogram
+
+LOG_SPAN = 100  # counts spanning more than this factor get a log colour scale
 
 
 def _axes(ax: Any, figsize: tuple[float, float] = (8, 4)) -> Any:
@@ -48,13 +51,85 @@ def hist(data: Any, ax: Any = None, kind: str | None = None, title: str | None =
         name = ", ".join(map(str, section)) if section else None
         ax.bar(x + offset, heights, width=width, label=name,
                color=color if len(sections) == 1 else None)
-    ax.set_xticks(x, labels, rotation=45 if len(x) > 6 else 0, ha="right" if len(x) > 6 else
-                  "center")
+    ax.set_xticks(x, labels)
+    _fit_xlabels(ax, labels)
     ax.set_ylabel("count")
     ax.set_xlabel("log2 buckets" if h.kind == "log2" else "linear buckets")
     if len(sections) > 1:
         ax.legend(title=", ".join(h.section_columns))
     ax.set_title(title if title is not None else (f"@{h.name}" if h.name else ""))
+    return ax
+
+
+def _fit_xlabels(ax: Any, labels: list[str]) -> None:
+    """Categorical x tick labels that never overlap.
+
+    Horizontal when each fits its slot, else vertical; when even vertical ones
+    would touch, every k-th label is shown (the first and then every k-th bucket).
+    """
+    if not labels:
+        return
+    renderer = ax.figure.canvas.get_renderer()
+    left, right = ax.get_xlim()
+    slot = ax.get_window_extent(renderer).width / max(right - left, 1e-9)
+    size = ax.xaxis.get_major_ticks()[0].label1.get_fontsize() if ax.xaxis.get_major_ticks() \
+        else 10
+    probe = ax.figure.text(0, 0, "", fontsize=size)
+    widths = []
+    for text in labels:
+        probe.set_text(text)
+        widths.append(probe.get_window_extent(renderer).width)
+    probe.set_text("Ag")
+    height = probe.get_window_extent(renderer).height
+    probe.remove()
+    gap = 1.15  # room between neighbouring labels, and for a tighter layout later
+    if max(widths) * gap <= slot:
+        ax.tick_params(axis="x", labelrotation=0)
+        return
+    every = int(np.ceil(height * gap / slot))
+    shown = [text if i % every == 0 else "" for i, text in enumerate(labels)]
+    ax.set_xticks(ax.get_xticks(), shown, rotation=90, ha="center")
+
+
+def _distinct_times(stamps: list[Any]) -> list[str]:
+    """Labels for clock times or offsets with as many decimals of a second as make them distinct."""
+    def label(stamp: Any, digits: int) -> str:
+        if isinstance(stamp, pd.Timedelta):
+            return f"{stamp.total_seconds():.{digits}f}s"
+        if isinstance(stamp, pd.Timestamp):
+            text = stamp.strftime("%H:%M:%S")
+            return f"{text}.{stamp.microsecond:06d}"[:len(text) + 1 + digits] if digits else text
+        return str(stamp)
+
+    stamps = [pd.Timestamp(s) if isinstance(s, (np.datetime64, datetime.datetime)) else s
+              for s in stamps]
+    for digits in range(7):
+        labels = [label(s, digits) for s in stamps]
+        if len(set(labels)) == len(labels):
+            return labels
+    return [str(s) for s in stamps]
+
+
+def time_axis(ax: Any, axis: str = "x") -> Any:
+    """Give a date axis clock-time tick labels that are never repeated; returns ``ax``.
+
+    Ticks less than a second apart get as many decimals of a second as tell
+    them apart. Works on axes pandas or matplotlib drew with datetimes.
+    """
+    from matplotlib import dates
+    from matplotlib.ticker import Formatter
+
+    class DistinctTimes(Formatter):
+        def __call__(self, x: float, pos: int | None = None) -> str:
+            return self.format_ticks([x])[0]
+
+        def format_ticks(self, values: list[float]) -> list[str]:
+            return _distinct_times([pd.Timestamp(dates.num2date(v)).tz_localize(None)
+                                    for v in values])
+
+    target = ax.xaxis if axis == "x" else ax.yaxis
+    target.set_major_formatter(DistinctTimes())
+    target.set_minor_formatter(lambda x, pos: "")
     return ax
 
 
@@ -100,6 +175,8 @@ def rate(df: pd.DataFrame, time: str | None = None, interval: str = "1s", by: st
         ax.set_xlabel("seconds")
     for name in rates.columns:
         ax.plot(x, rates[name].to_numpy(), drawstyle="steps-post", label=str(name))
+    if isinstance(x, pd.DatetimeIndex):
+        time_axis(ax)
     ax.set_ylabel(f"events/s (per {interval})")
     if by is not None:
         ax.legend(title=by)
@@ -148,29 +225,32 @@ def heatmap(data: Any, value: str | None = None, time: str | None = None, interv
             cmap: str = "viridis") -> Any:
     """A latency heatmap: time bins across, log2 buckets up, colour = count.
 
-    Takes what :func:`heatmap_frame` takes.
+    Takes what :func:`heatmap_frame` takes. When the non-zero counts span more
+    than two decades the colour scale is logarithmic (empty cells are left
+    blank), so one crowded cell does not hide the rest.
     """
+    from matplotlib import colormaps
+    from matplotlib.colors import LogNorm
+
     counts = heatmap_frame(data, value, time, interval, kind, cumulative)
     ax = _axes(ax)
+    values = counts.to_numpy()
+    positive = values[values > 0]
+    log = len(positive) > 0 and positive.max() > LOG_SPAN * positive.min()
+    norm = LogNorm(vmin=positive.min(), vmax=positive.max()) if log else None
     mesh = ax.pcolormesh(np.arange(counts.shape[1] + 1), np.arange(counts.shape[0] + 1),
-                         counts.to_numpy(), cmap=cmap, shading="flat")
+                         np.ma.masked_less_equal(values, 0) if log else values,
+                         cmap=colormaps[cmap].with_extremes(bad="white"), norm=norm,
+                         shading="flat")
     ax.set_yticks(np.arange(counts.shape[0]) + 0.5, list(counts.index))
     step = max(1, counts.shape[1] // 10)
     cols = list(counts.columns)
-    ax.set_xticks(np.arange(0, len(cols), step) + 0.5, [_time_label(c) for c in cols[::step]],
+    ax.set_xticks(np.arange(0, len(cols), step) + 0.5, _distinct_times(cols[::step]),
                   rotation=45, ha="right")
     ax.set_ylabel(f"{value or 'value'} ({kind} buckets)")
     ax.set_xlabel("time")
-    ax.figure.colorbar(mesh, ax=ax, label="count")
+    ax.figure.colorbar(mesh, ax=ax, label="count (log scale)" if log else "count")
     return ax
-
-
-def _time_label(stamp: Any) -> str:
-    if isinstance(stamp, pd.Timedelta):
-        return f"{stamp.total_seconds():g}s"
-    if isinstance(stamp, pd.Timestamp):
-        return stamp.strftime("%H:%M:%S")
-    return str(stamp)
 
 
 def flame_rects(folded: pd.DataFrame) -> pd.DataFrame:

@@ -76,3 +76,63 @@ def test_flamegraph_widths_follow_counts():
     assert widths == [2, 3, 5, 5, 10]
     svg = plots.flamegraph_svg(folded)
     assert svg.count("<rect") == 5 and "<title>main (10 samples, 100.0%)</title>" in svg
+
+
+def shown_xlabels(ax):
+    ax.figure.canvas.draw()
+    return [t for t in ax.get_xticklabels() if t.get_visible() and t.get_text()]
+
+
+def test_histogram_x_labels_never_overlap_however_many_buckets():
+    import matplotlib.pyplot as plt
+
+    values = [2 ** i for i in range(40)]
+    for figsize in [(8, 4), (4, 3), (2.5, 2)]:
+        fig, ax = plt.subplots(figsize=figsize)
+        plots.hist(from_values(values), ax=ax)
+        fig.tight_layout()
+        labels = shown_xlabels(ax)
+        boxes = [t.get_window_extent() for t in labels]
+        assert len(labels) >= 2 and labels[0].get_text() == "[1]"
+        for a, b in zip(boxes[:-1], boxes[1:], strict=True):
+            assert a.x1 <= b.x0, (figsize, [t.get_text() for t in labels])
+        plt.close(fig)
+    ax = plots.hist(from_values([1, 2, 4]))  # few buckets stay horizontal and all labelled
+    assert [t.get_text() for t in shown_xlabels(ax)] == ["[1]", "[2, 4)", "[4, 8)"]
+    assert {t.get_rotation() for t in ax.get_xticklabels()} == {0}
+
+
+def test_heatmap_colour_scale_turns_logarithmic_past_two_decades():
+    from matplotlib.colors import LogNorm
+
+    crowded = pd.DataFrame({"time": [0.1] * 2834 + [1.5] * 3, "lat": [3] * 2834 + [200] * 3})
+    mesh = plots.heatmap(crowded, value="lat").collections[0]
+    assert isinstance(mesh.norm, LogNorm)
+    assert (mesh.norm.vmin, mesh.norm.vmax) == (3, 2834)
+    grid = plots.heatmap_frame(crowded, value="lat")
+    assert mesh.get_array().filled(0).reshape(grid.shape).tolist() == grid.values.tolist()
+    even = pd.DataFrame({"time": [0.1] * 99 + [1.5], "lat": [3] * 99 + [200]})
+    assert not isinstance(plots.heatmap(even, value="lat").collections[0].norm, LogNorm)
+
+
+def test_time_axes_never_repeat_a_tick_label():
+    start = pd.Timestamp("2026-11-25 03:31:05")
+    half_seconds = pd.DataFrame({"time": [start + pd.Timedelta(seconds=0.5 * i)
+                                          for i in range(8)], "lat": [3] * 8})
+    ax = plots.heatmap(half_seconds, value="lat", interval="500ms")
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert labels == ["03:31:05.0", "03:31:05.5", "03:31:06.0", "03:31:06.5", "03:31:07.0",
+                      "03:31:07.5", "03:31:08.0", "03:31:08.5"]
+    whole = pd.DataFrame({"time": [start + pd.Timedelta(seconds=i) for i in range(3)],
+                          "lat": [3] * 3})
+    ax = plots.heatmap(whole, value="lat")
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["03:31:05", "03:31:06", "03:31:07"]
+    series = pd.Series([760, 1650], index=[start + pd.Timedelta(seconds=0.3),
+                                           start + pd.Timedelta(seconds=1.5)])
+    ax = plots.time_axis(series.plot())
+    texts = [t.get_text() for t in shown_xlabels(ax)]
+    assert len(texts) >= 2 and len(set(texts)) == len(texts), texts
+    rate = plots.rate(pd.DataFrame({"time": [start + pd.Timedelta(seconds=0.1 * i)
+                                             for i in range(30)]}), interval="500ms")
+    texts = [t.get_text() for t in shown_xlabels(rate)]
+    assert len(texts) >= 2 and len(set(texts)) == len(texts), texts
