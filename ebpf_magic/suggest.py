@@ -103,3 +103,91 @@ def attach_hint(probe: Probe, reason: str) -> str:
     if kind in ("profile", "software"):
         return "perf_event_open failed; check /proc/sys/kernel/perf_event_paranoid and CAP_PERFMON."
     return ""
+
+
+# what the BPF back end cannot lower, by the library function LLVM would have called
+_LIBCALLS = {
+    "__multi3": "a 128-bit multiply",
+    "__divti3": "a 128-bit divide", "__udivti3": "a 128-bit divide",
+    "__modti3": "a 128-bit remainder", "__umodti3": "a 128-bit remainder",
+    "__ashlti3": "a 128-bit shift", "__lshrti3": "a 128-bit shift", "__ashrti3": "a 128-bit shift",
+}
+_LIBCALL = re.compile(r"built-in function '(\w+)'")
+
+
+def unsupported_construct(text: str) -> str:
+    """Plain words for a construct the BPF back end cannot compile, named in ``text``; or ''."""
+    m = _LIBCALL.search(text)
+    if not m:
+        return ""
+    what = _LIBCALLS.get(m.group(1))
+    if what is None:
+        return (f"a call to the library function {m.group(1)}() is not supported by the BPF "
+                "backend (BPF programs cannot call library code): write that computation "
+                "without it, or use a BPF helper.")
+    return (f"{what} is not supported by the BPF backend: use 64-bit (or narrower) types, e.g. a "
+            "32-bit loop counter or __u64 operands; a product or quotient of two 64-bit values "
+            "that is kept in an __int128 (or whose high half is used) needs 128 bits.")
+
+
+@lru_cache(maxsize=1)
+def helpers() -> tuple[str, ...]:
+    """The names of the kernel's BPF helper functions, from the UAPI header, else empty."""
+    for path in ("/usr/include/linux/bpf.h", "/usr/include/x86_64-linux-gnu/linux/bpf.h"):
+        try:
+            text = Path(path).read_text()
+        except OSError:
+            continue
+        names = re.findall(r"^\s*FN\((\w+),", text, re.M) or \
+            re.findall(r"^\s*FN\((\w+)\)", text, re.M)
+        return tuple(sorted("bpf_" + n for n in names if n != "unspec"))
+    return ()
+
+
+def unknown_helper(name: str) -> str:
+    """The message for a call to ``name``, which no header declares."""
+    close = near(name, helpers(), n=3)
+    return (f"{name}() is not a BPF helper (nothing declares it)." +
+            (f" Did you mean: {', '.join(close)}?" if close else
+             " The helpers are listed in `man bpf-helpers`."))
+
+
+# verifier rejections by class: the log's words, then what to do
+_VERIFIER_HINTS = (
+    (r"back-edge from insn|infinite loop detected|jumps is too complex|"
+     r"BPF program is too large|too many states|loop is not bounded",
+     "The verifier could not prove a loop ends, or followed too many paths through it: give "
+     "loops a constant upper bound (for (int i = 0; i < 64 && i < n; i++)), keep them short, or "
+     "use bpf_loop()."),
+    (r"invalid access to map value|value is outside of the allowed memory range|"
+     r"invalid access to packet",
+     "An access past the end of a map value (or packet): check the index against the value's "
+     "size before using it (if (i >= N) return 0;), with an unsigned index."),
+    (r"invalid mem access '\w*_or_null\w*'",
+     "A map lookup can return NULL: check the pointer (if (!v) return 0;) before reading or "
+     "writing through it."),
+    (r"invalid (indirect )?read from stack|uninitialized stack|!read_ok",
+     "A read of a stack variable that was never written: initialise it (= {} or = 0, or "
+     "__builtin_memset) before use, including structs' padding."),
+    (r"pointer arithmetic|math between \w+ pointer|pointer .* prohibited|"
+     r"unbounded min value|R\d+ has unknown scalar",
+     "Pointer arithmetic with a value the verifier cannot bound: clamp the offset first "
+     "(off &= 0xff, or if (off > MAX) return 0;)."),
+    (r"invalid mem access 'scalar'|invalid mem access 'inv'",
+     "A direct read of memory the program does not own (kernel or user memory): copy it with "
+     "bpf_probe_read_kernel() or bpf_probe_read_user() first."),
+    (r"unknown func|helper call is not allowed|program of this type cannot use helper",
+     "A helper this program type may not call (or that does not exist): see which helpers "
+     "each program type allows with `bpftool feature probe`."),
+)
+
+
+def verifier_hint(log: str) -> str:
+    """What to do about a verifier rejection, from the class of its last error in ``log``."""
+    lines = [ln for ln in log.strip().splitlines() if not ln.startswith("processed ")]
+    tail = "\n".join(lines[-3:])
+    for pattern, hint in _VERIFIER_HINTS:
+        if re.search(pattern, tail):
+            return hint
+    return ("The last lines name the instruction it refused and why; the line after '@' is "
+            "the C source line of that instruction.")

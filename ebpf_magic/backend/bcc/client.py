@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ... import suggest
 from ...errors import BPFError, CompileError
 from . import locate, protocol
 
@@ -131,6 +132,9 @@ class Worker:
             message += ". Its last words:\n" + "\n".join("    " + ln for ln in tail)
         hint = ("This is a bug in BCC or LLVM triggered by this code; changing the construct "
                 "it names usually avoids it. The compiler restarts on the next cell.")
+        construct = suggest.unsupported_construct("\n".join(tail))
+        if construct:
+            hint = construct[0].upper() + construct[1:] + " The compiler restarts on the next cell."
         if any(w in "\n".join(tail) for w in ("bad_alloc", "MemoryError")) \
                 or status == -signal.SIGKILL:
             hint += (f" If it ran out of memory, the worker's bound is {MEMORY_LIMIT >> 20} MiB "

@@ -6,9 +6,10 @@ functions, run in the notebook's process, decide what the user is told.
 
 from __future__ import annotations
 
+import difflib
 import re
 
-from ... import kernel
+from ... import kernel, suggest
 from ...errors import BPFError, CompileError, HeadersMissingError, NotPrivilegedError, VerifierError
 from . import headers
 
@@ -35,7 +36,7 @@ def compile_failure(error: str, log: str, source: str, filename: str,
         return CompileError(message, diagnostics=diags)
     if "Failed to load" in text or "bpf: Failed" in log:
         fn = re.search(r"program b?'?(\w+)", text)
-        return load_failure(fn.group(1) if fn else "?", text, log)
+        return load_failure(fn.group(1) if fn else "?", text, log, source, log, line_offset)
     return BPFError(f"BCC failed: {text}", log.strip()[-2000:])
 
 
@@ -78,18 +79,66 @@ def _cell_line(quoted: str, reported: int, cell: list[str]) -> int | None:
     return reported if 1 <= reported <= len(cell) else None
 
 
-def load_failure(function: str, error: str, log: str) -> BPFError:
-    """The error for ``function`` refused at load: usually the verifier's log tail."""
+def load_failure(function: str, error: str, log: str, source: str = "", compile_log: str = "",
+                 line_offset: int = 0) -> BPFError:
+    """The error for ``function`` refused at load: usually the verifier's log tail.
+
+    ``source`` and ``compile_log`` (the cell and what the compiler printed for it)
+    let a call to an undeclared function be named, and the log's ``@ main.c:N``
+    become the cell's line numbers.
+    """
     if not kernel.has_bpf_rights():
         return NotPrivilegedError("Not allowed to load BPF programs: " + kernel.rights_summary(),
                                   kernel.rights_hint())
+    undeclared = _UNDECLARED.findall(compile_log)
+    if undeclared:
+        name = undeclared[0]
+        diags = format_diagnostics(compile_log.replace("warning:", "error:"), source, "cell",
+                                   line_offset)
+        where = [d for d in diags if name in d or d.startswith("    ")][:2]
+        return CompileError(suggest.unknown_helper(name) + ("\n" + "\n".join(where)
+                                                            if where else ""),
+                            "Call one of the kernel's helpers (`man bpf-helpers`) or define "
+                            "the function in the cell (static inline).", diagnostics=diags)
     vlog = log.split("bpf: Failed to load program:", 1)[-1].strip()
     reason = error.split(":")[-1].strip()
     tail = [ln for ln in vlog.splitlines() if ln.strip() and not ln.startswith("processed ")]
-    decisive = "\n".join("    " + ln for ln in tail[-12:])
+    tail = _cell_lines_in(tail[-12:], source, line_offset)
+    decisive = "\n".join("    " + ln for ln in tail)
     return VerifierError(
         f"The kernel's verifier rejected {function}() ({reason}). The end of its log:\n"
         f"{decisive}",
-        "The last lines name the instruction it refused; a common cause is reading memory "
-        "without bpf_probe_read*() or a pointer that was not checked against NULL.",
-        log=vlog, function=function)
+        suggest.verifier_hint(vlog), log=vlog, function=function)
+
+
+_UNDECLARED = re.compile(r"(?:implicit declaration of function|call to undeclared function) "
+                         r"'(\w+)'")
+_SOURCE_AT = re.compile(r"^; (?P<text>.*) @ main\.c:(?P<line>\d+)$")
+
+
+def _cell_lines_in(tail: list[str], source: str, line_offset: int) -> list[str]:
+    """The verifier's ``; TEXT @ main.c:N`` lines, with N replaced by the cell's line number.
+
+    BCC compiles a rewritten copy of the cell with lines of its own in front; the
+    cell line most like TEXT fixes the distance, which holds for its neighbours.
+    Lines that name no source line (``@ main.c:0``) are left out.
+    """
+    cell = [ln.strip() for ln in source.splitlines()]
+    found = [(i, _SOURCE_AT.match(ln)) for i, ln in enumerate(tail)]
+    shifts = {}
+    for i, m in found:
+        if m and int(m.group("line")) and cell:
+            text = m.group("text").strip()
+            scores = [difflib.SequenceMatcher(None, text, c).ratio() for c in cell]
+            best = max(range(len(cell)), key=lambda n: scores[n])
+            if scores[best] >= 0.6:
+                shifts[i] = int(m.group("line")) - (best + 1)
+    out = []
+    for i, m in found:
+        if m and not int(m.group("line")):
+            continue
+        number = int(m.group("line")) - shifts[min(shifts, key=lambda j: abs(j - i))] \
+            if m and shifts else 0
+        out.append(f"; {cell[number - 1]} @ cell, line {number + line_offset}"
+                   if 1 <= number <= len(cell) else tail[i])
+    return out

@@ -44,6 +44,7 @@ class BccProgram(CompiledProgram):
         self._prepared = instrument.prepare(source,
                                             count_perf=not perfbuf.lost_format_supported())
         self._source = source = self._prepared.text
+        self._line_offset = line_offset
         self._worker = client.worker()
         self._id: int | None = None  # the compiled program waiting in the worker
         self._links: list[link.Link] = []
@@ -82,7 +83,8 @@ class BccProgram(CompiledProgram):
             return compile_failure(reply["error"], reply["log"], self._source, filename,
                                    line_offset)
         if reply["stage"] == "load":
-            return load_failure(reply["function"], reply["error"], reply["log"])
+            return load_failure(reply["function"], reply["error"], reply["log"], self._source,
+                                self.log, self._line_offset)
         return BPFError(f"the compiler refused the request: {reply['error']}",
                         "The compiler may have restarted in between; run the cell again.")
 
@@ -108,7 +110,8 @@ class BccProgram(CompiledProgram):
             self._refused = reply["failed"]
             for name, why in self._refused.items():
                 if functions[name] not in _TRAMPOLINES:
-                    raise load_failure(name, why["error"], why["log"])
+                    raise load_failure(name, why["error"], why["log"], self._source, self.log,
+                                       self._line_offset)
             declared = {m.group(2): m.group(1).lower() for m in _DECLARED.finditer(self._source)}
             for m in reply["maps"]:
                 self._maps[m["name"]] = _handle(m, fds[m["fd"]], declared)
