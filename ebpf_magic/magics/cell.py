@@ -178,13 +178,23 @@ def parse(line: str) -> argparse.Namespace:
     if len(words) > MAX_WORDS:
         raise UsageError(f"%%bpf: the line has {len(words):,} words, more than {MAX_WORDS:,}; "
                          "put long lists of macros in the cell as #define lines")
-    args = PARSER.parse_args(words)
+    args = PARSER.parse_args(_joined_values(words))
     if not args.name.isidentifier() or keyword.iskeyword(args.name):
         raise UsageError(f"%%bpf: NAME must be a Python identifier and not a keyword, "
                          f"got {clip(args.name)!r}")
     for spec in args.attach:
         Probe.parse(spec, args.pid)
     return args
+
+
+def _joined_values(words: list[str]) -> list[str]:
+    """``--cflags VALUE`` as ``--cflags=VALUE``: argparse takes a lone ``-DX=1`` for an option."""
+    out: list[str] = []
+    it = iter(words)
+    for word in it:
+        value = next(it, None) if word == "--cflags" else None
+        out.append(word if value is None else f"--cflags={value}")
+    return out
 
 
 def run(magics, line: str, cell: str) -> None:
