@@ -85,6 +85,8 @@ def bucket_frame(slots: np.ndarray, counts: np.ndarray, kind: str = "log2", step
     parts = []
     groups = df.groupby(names, sort=True, dropna=False) if names else [((), df)]
     for section, part in groups:
+        if part.empty:  # a histogram that has counted nothing yet
+            continue
         part = part.groupby("slot", as_index=False)["count"].sum()
         full = pd.DataFrame({"slot": np.arange(part["slot"].min(), part["slot"].max() + 1)})
         full = full.merge(part, on="slot", how="left").fillna({"count": 0})
@@ -124,6 +126,9 @@ def from_values(values: Any, kind: str = "log2", step: int = 1, name: str = "") 
     slots = log2_slots(v) if kind == "log2" else (v // step).astype(np.int64)
     return Histogram(bucket_frame(slots, np.ones(len(v), np.int64), kind, step), kind=kind,
                      name=name)
+
+
+EMPTY = "(empty: nothing counted yet)"
 
 
 class Histogram:
@@ -166,6 +171,8 @@ class Histogram:
         return int(self.df["count"].sum())
 
     def __str__(self) -> str:
+        if self.df.empty:
+            return f"@{self.name}: {EMPTY}\n"
         out = []
         cols = self.section_columns
         for section, part in self.sections():

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from . import histograms
-from .histograms import as_histogram
+from .histograms import EMPTY, as_histogram
 
 LOG_SPAN = 100  # counts spanning more than this factor get a log colour scale
 
@@ -57,6 +57,8 @@ def hist(data: Any, ax: Any = None, kind: str | None = None, title: str | None =
     ax.set_xlabel("log2 buckets" if h.kind == "log2" else "linear buckets")
     if len(sections) > 1:
         ax.legend(title=", ".join(h.section_columns))
+    if buckets.empty:
+        ax.text(0.5, 0.5, EMPTY, transform=ax.transAxes, ha="center", va="center")
     ax.set_title(title if title is not None else (f"@{h.name}" if h.name else ""))
     return ax
 

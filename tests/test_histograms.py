@@ -17,8 +17,10 @@ BPF_HISTOGRAM(sizes);
 BPF_HISTOGRAM(linear);
 struct fd_slot { u32 fd; u64 slot; };
 BPF_HISTOGRAM(by_fd, struct fd_slot);
+BPF_HISTOGRAM(never);
 TRACEPOINT_PROBE(syscalls, sys_enter_write) {
     if ((bpf_get_current_pid_tgid() >> 32) != PID) return 0;
+    if (args->count == 0x7fffffff) never.increment(bpf_log2l(args->count));
     if (args->fd != FD1 && args->fd != FD2) return 0;
     if (args->fd == FD1) {
         sizes.increment(bpf_log2l(args->count));
@@ -93,6 +95,23 @@ def test_keyed_histogram_has_one_section_per_key(prog):
     fd2 = df[df["fd"] == w2]
     assert fd2[["low", "high", "count"]].values.tolist() == [[4, 8, 3]]
     assert f"@by_fd[{w2}]:" in str(p.maps["by_fd"].hist())
+
+
+@pytest.mark.kernel
+def test_histogram_that_counted_nothing_is_empty(prog):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from ebpf_magic import plots
+
+    p, _, _ = prog
+    df = p.maps["never"].df
+    assert list(df.columns) == ["slot", "low", "high", "count"] and df.empty
+    h = p.maps["never"].hist()
+    assert str(h) == "@never: (empty: nothing counted yet)\n"
+    ax = plots.hist(p.maps["never"])
+    assert [t.get_text() for t in ax.texts] == ["(empty: nothing counted yet)"]
+    assert len(ax.patches) == 0
 
 
 def test_bucket_labels_like_bpftrace():
