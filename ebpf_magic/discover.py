@@ -216,7 +216,8 @@ def _list_tracepoints(pattern: str, verbose: bool, kind: str) -> list[dict]:
 
 
 @functools.cache
-def _vmlinux() -> btf.Spec | None:
+def kernel_btf() -> btf.Spec | None:
+    """The kernel's BTF, read once; None where the kernel has none."""
     try:
         return btf.vmlinux()
     except (BPFError, OSError):
@@ -226,7 +227,7 @@ def _vmlinux() -> btf.Spec | None:
 @functools.cache
 def raw_tracepoints() -> tuple[str, ...]:
     """Raw tracepoint names, from BTF's ``btf_trace_NAME`` typedefs (empty without BTF)."""
-    spec = _vmlinux()
+    spec = kernel_btf()
     if spec is None:
         return ()
     n = len(_TRACE_PREFIX)
@@ -235,7 +236,7 @@ def raw_tracepoints() -> tuple[str, ...]:
 
 
 def _btf_args(name: str, typedef: bool) -> str:
-    spec = _vmlinux()
+    spec = kernel_btf()
     if spec is None:
         return ""
     found = spec.find(_TRACE_PREFIX + name, "typedef") if typedef else spec.find(name, "func")
@@ -280,7 +281,7 @@ def kernel_functions() -> tuple[str, ...]:
 @functools.cache
 def btf_functions() -> tuple[str, ...]:
     """Kernel functions BTF describes (what fentry/fexit can attach to)."""
-    spec = _vmlinux()
+    spec = kernel_btf()
     return () if spec is None else tuple(sorted(set(spec.names("func"))))
 
 
@@ -307,6 +308,12 @@ def _ldconfig() -> dict[str, str]:
         if arrow:
             found.setdefault(soname.strip().split(" ")[0], where.strip())
     return found
+
+
+def libraries() -> list[str]:
+    """Short names of the shared libraries the dynamic linker knows (``c`` for libc.so.6)."""
+    found = {re.sub(r"^lib|\.so.*$", "", soname) for soname in _ldconfig()}
+    return sorted(n for n in found if n)
 
 
 def library_path(target: str) -> str:

@@ -6,6 +6,7 @@ subcommand, one small module each, listed in :data:`SUBCOMMANDS`.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import shlex
 
@@ -14,10 +15,10 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_exp
 
 from ..session import Session
 from ..source import interpolate
-from . import cell
+from . import cell, complete
 
 # modules of ebpf_magic.magics, one per `%bpf SUBCOMMAND`
-SUBCOMMANDS = ("list", "stop", "browse", "doctor", "save", "load")
+SUBCOMMANDS = ("list", "stop", "browse", "probes", "struct", "doctor", "save", "load", "help")
 
 
 def _subcommand(name: str):
@@ -52,7 +53,9 @@ class BpfMagics(Magics):
             raise UsageError("%bpf needs a subcommand: " + ", ".join(SUBCOMMANDS) +
                              " (or use %%bpf NAME as a cell magic; see %bpf?)")
         if sub not in SUBCOMMANDS:
-            raise UsageError(f"unknown subcommand {cell.clip(sub)!r}; "
+            near = difflib.get_close_matches(sub, SUBCOMMANDS, n=1)
+            maybe = f"did you mean %bpf {near[0]}? " if near else ""
+            raise UsageError(f"unknown subcommand {cell.clip(sub)!r}; {maybe}"
                              f"known: {', '.join(SUBCOMMANDS)}")
         try:
             shlex.split(rest)  # subcommands split their arguments the same way
@@ -66,6 +69,7 @@ def register(ipython) -> None:
     magics.bpf.__func__.__doc__ = _doc()
     ipython.register_magics(magics)
     ipython._ebpf_magics = magics
+    complete.register(ipython)
 
 
 def unregister(ipython) -> None:
@@ -73,3 +77,4 @@ def unregister(ipython) -> None:
     if magics is not None:
         magics.session.stop_all()
         del ipython._ebpf_magics
+    complete.unregister(ipython)

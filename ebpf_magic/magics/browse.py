@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import shlex
-from argparse import ArgumentTypeError
-
 from IPython.core.error import UsageError
 
+from .args import parser
 from .cell import seconds
 
 # the longest refresh interval the browser's own control offers
@@ -15,26 +13,19 @@ MAX_EVERY = 3600.0
 USAGE = "%bpf browse [NAME[/MAP]] [--every SECONDS]"
 HELP = ("A live table of the maps of program NAME (all session programs without it): "
         "sort, filter, top-N, pause, edit and delete rows; histograms as bar charts.")
+PARSER = parser(USAGE, HELP)
+PARSER.add_argument("target", nargs="?", default="", metavar="NAME[/MAP]")
+PARSER.add_argument("--every", type=lambda text: seconds(text, hi=MAX_EVERY), default=1.0,
+                    metavar="SECONDS")
 
 
 def run(magics, args: str):
     from ..widgets import MapBrowser
 
-    words = shlex.split(args)
-    interval = 1.0
-    if "--every" in words:
-        i = words.index("--every")
-        if i + 1 == len(words):
-            raise UsageError(f"usage: {USAGE}")
-        try:
-            interval = seconds(words[i + 1], hi=MAX_EVERY)
-        except ArgumentTypeError as e:
-            raise UsageError(f"%bpf browse: --every {e}") from None
-        del words[i:i + 2]
-    if len(words) > 1:
-        raise UsageError(f"usage: {USAGE}")
+    opts = PARSER.parse(args)
+    interval = opts.every
     session = magics.session
-    target = words[0] if words else ""
+    target = opts.target
     name, _, map_name = target.partition("/")
     if name:
         try:

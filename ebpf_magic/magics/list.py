@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import pandas as pd
+from IPython.core.error import UsageError
+
+from .args import parser
 
 USAGE = "%bpf list"
 HELP = "A table of programs: name, probes attached, maps, events so far, uptime."
+PARSER = parser(USAGE, HELP)
 
 
 def run(magics, args: str) -> pd.DataFrame:
+    if args.strip():
+        raise UsageError(f"%bpf list takes no arguments, got {args.strip()!r}\n"
+                         "To find probes to attach: %bpf probes PATTERN "
+                         "(e.g. %bpf probes 'tracepoint:syscalls:*open*')")
+    PARSER.parse(args)
     return magics.session.table()

@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
-import shlex
-
 from IPython.core.error import UsageError
 
 from .. import replay
+from .args import parser
 
 USAGE = "%bpf load PATH NAME"
 HELP = ("Replay the recording at PATH as program NAME: its events and map snapshots read like "
         "a live program's (.events, .maps, .browse(), plots); needs no BPF rights.")
+PARSER = parser(USAGE, HELP)
+PARSER.add_argument("path", metavar="PATH")
+PARSER.add_argument("name", metavar="NAME")
 
 
 def run(magics, args: str):
-    words = shlex.split(args)
-    if len(words) != 2 or not words[1].isidentifier():
+    opts = PARSER.parse(args)
+    if not opts.name.isidentifier():
         raise UsageError(f"usage: {USAGE} (NAME a Python identifier)")
-    path, name = words
-    prog = magics.session.start(name, lambda: replay.load(path, name))
-    magics.shell.user_ns[name] = prog
+    prog = magics.session.start(opts.name, lambda: replay.load(opts.path, opts.name))
+    magics.shell.user_ns[opts.name] = prog
     print(replay.announce(prog))
     return None

@@ -2,24 +2,27 @@
 
 from __future__ import annotations
 
-import shlex
-
 from IPython.core.error import UsageError
+
+from .args import parser
 
 USAGE = "%bpf stop NAME [NAME ...] | --all"
 HELP = "Detach and unload the named programs (or all); their maps and streams are released."
+PARSER = parser(USAGE, HELP)
+PARSER.add_argument("names", nargs="*", metavar="NAME")
+PARSER.add_argument("--all", action="store_true")
 
 
 def run(magics, args: str) -> None:
-    names = shlex.split(args)
-    if names == ["--all"]:
+    opts = PARSER.parse(args)
+    if opts.all and not opts.names:
         stopped = magics.session.stop_all()
-    elif names and "--all" not in names:
-        unknown = [n for n in names if n not in magics.session.programs]
+    elif opts.names and not opts.all:
+        unknown = [n for n in opts.names if n not in magics.session.programs]
         if unknown:
             raise UsageError(f"no program named {', '.join(unknown)}; running: "
                              f"{', '.join(magics.session.programs) or 'none'}")
-        stopped = [n for n in names if magics.session.stop(n)]
+        stopped = [n for n in opts.names if magics.session.stop(n)]
     else:
         raise UsageError(f"usage: {USAGE}")
     print(f"stopped: {', '.join(stopped) or 'nothing was running'}")

@@ -1,0 +1,189 @@
+"""Tab completion for ``%%bpf`` first lines and ``%bpf`` subcommands.
+
+One matcher joins IPython's completer (``Completer.custom_matchers``), so the terminal and
+every Jupyter front end get the same completions: option names, ``-a`` probe specs kind by
+kind (``tracepoint:sch`` -> categories, then events; ``uprobe:c:`` -> libc's functions;
+``xdp:`` -> network devices), running programs' names, subcommands and their arguments.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+
+from IPython.core.completer import (
+    CompletionContext,
+    SimpleCompletion,
+    SimpleMatcherResult,
+    context_matcher,
+)
+
+from .. import discover
+from ..errors import BPFError
+from ..probes import HARDWARE_EVENTS, SOFTWARE_EVENTS
+
+LIMIT = 500  # completions offered at once
+# the -a kinds offered, by bpftrace's long names
+KINDS = ("tracepoint", "rawtracepoint", "kprobe", "kretprobe", "kfunc", "kretfunc", "uprobe",
+         "uretprobe", "usdt", "profile", "software", "hardware", "xdp", "lsm")
+# subcommands whose positional arguments are program names
+_PROGRAM_ARGS = ("stop", "save", "browse")
+
+
+def register(ipython) -> None:
+    """Add the matcher to ``ipython``'s completer (once)."""
+    matchers = ipython.Completer.custom_matchers
+    if bpf_matcher not in matchers:
+        matchers.append(bpf_matcher)
+
+
+def unregister(ipython) -> None:
+    with contextlib.suppress(ValueError):
+        ipython.Completer.custom_matchers.remove(bpf_matcher)
+
+
+@context_matcher()
+def bpf_matcher(context: CompletionContext) -> SimpleMatcherResult:
+    """Completions on a ``%%bpf`` line or a ``%bpf`` line; nothing elsewhere."""
+    line = context.text_until_cursor
+    words = line.split(" ")
+    head = words[0].lstrip()
+    in_cell = head == "%%bpf" and context.cursor_line == 0
+    if not (in_cell or head == "%bpf") or len(words) < 2:
+        return {"completions": [], "suppress": False}
+    word = words[-1]
+    before = [w for w in words[1:-1] if w]
+    ipython = _shell()
+    programs = _programs(ipython)
+    if in_cell:
+        found = _cell_line(word, before, programs)
+    else:
+        found = _subcommand_line(word, before, programs)
+    if found is None:  # not ours to complete (a file name, a value)
+        return {"completions": [], "suppress": False}
+    token = context.token
+    if not word.endswith(token):
+        token = re.split(r"[\s:=/\[\]\"']", word)[-1]
+    cut = len(word) - len(token)
+    texts = sorted({c[cut:] for c in found if c.startswith(word)})[:LIMIT]
+    return {"completions": [SimpleCompletion(t, type="bpf") for t in texts],
+            "matched_fragment": token, "suppress": True, "ordered": True}
+
+
+def _shell():
+    from IPython import get_ipython
+
+    return get_ipython()
+
+
+def _programs(ipython) -> list[str]:
+    magics = getattr(ipython, "_ebpf_magics", None)
+    return list(magics.session.programs) if magics is not None else []
+
+
+def _cell_line(word: str, before: list[str], programs: list[str]) -> list[str] | None:
+    from .cell import PARSER
+
+    if before and before[-1] in ("-a", "--attach"):
+        return probe_specs(word)
+    if word.startswith("-"):
+        return re.findall(r"(?<![\w-])--?[A-Za-z][\w-]*", PARSER.format_help())
+    if not before:
+        return programs
+    return None
+
+
+def _subcommand_line(word: str, before: list[str], programs: list[str]) -> list[str] | None:
+    from . import SUBCOMMANDS, _subcommand
+
+    if not before:
+        return list(SUBCOMMANDS)
+    sub = before[0]
+    if sub not in SUBCOMMANDS:
+        return None
+    if word.startswith("-"):
+        return _subcommand(sub).PARSER.options()
+    if sub == "probes":
+        return probe_specs(word)
+    if sub == "struct":
+        return struct_names(word)
+    if sub in _PROGRAM_ARGS and (sub == "stop" or len(before) == 1):
+        if sub == "browse" and "/" in word:
+            return _map_targets(word.split("/", 1)[0])
+        return programs
+    return None
+
+
+def _map_targets(name: str) -> list[str]:
+    magics = getattr(_shell(), "_ebpf_magics", None)
+    prog = magics.session.programs.get(name) if magics is not None else None
+    return [f"{name}/{m}" for m in prog.maps] if prog is not None else []
+
+
+def struct_names(word: str) -> list[str]:
+    """Kernel struct names starting with ``word``, from BTF."""
+    if "." in word:
+        path, _, _ = word.rpartition(".")
+        try:
+            return [f"{path}.{f}" for f in _btf_fields(path)]
+        except BPFError:
+            return []
+    spec = discover.kernel_btf()
+    if spec is None:
+        return []
+    return sorted({n for n in spec.names("struct") if n.startswith(word)})
+
+
+def _btf_fields(path: str) -> list[str]:
+    from .. import btf
+
+    return list(btf.struct(path)["field"])
+
+
+def probe_specs(word: str) -> list[str]:
+    """Probe specs that continue ``word``: kinds, then each kind's next part."""
+    kind, sep, rest = word.partition(":")
+    if not sep:
+        return [f"{k}:" for k in KINDS]
+    try:
+        return [f"{kind}:{t}" for t in _targets(kind, rest)]
+    except BPFError:
+        return []
+
+
+def _targets(kind: str, rest: str) -> list[str]:
+    if kind == "tracepoint":
+        events = discover.tracepoints()
+        if ":" not in rest:
+            return sorted({e.split(":")[0] + ":" for e in events})
+        return events
+    if kind == "rawtracepoint":
+        return list(discover.raw_tracepoints())
+    if kind in ("kprobe", "kretprobe"):
+        return _prefixed(discover.kernel_functions(), rest)
+    if kind in ("kfunc", "kretfunc"):
+        return _prefixed(discover.btf_functions(), rest)
+    if kind in ("uprobe", "uretprobe", "usdt"):
+        target, sep, symbol = rest.rpartition(":") if kind != "usdt" else rest.partition(":")
+        if kind != "usdt" and not sep:
+            return [f"{lib}:" for lib in discover.libraries()]
+        if kind == "usdt" and not sep:
+            return []  # a path or PID: file completion is more use
+        if kind == "usdt":
+            return [f"{target}:{n.provider}:{n.name}"
+                    for n in discover.usdt_notes(discover.library_path(target))]
+        return [f"{target}:{s}" for s in
+                _prefixed(discover.elf_functions(discover.library_path(target)), symbol)]
+    if kind == "software":
+        return list(SOFTWARE_EVENTS)
+    if kind == "hardware":
+        return list(HARDWARE_EVENTS)
+    if kind == "profile":
+        return ["hz:", "s:", "ms:", "us:"] if ":" not in rest else [rest]
+    if kind == "xdp":
+        return discover.network_devices()
+    return []
+
+
+def _prefixed(names, prefix: str) -> list[str]:
+    return [n for n in names if n.startswith(prefix)]

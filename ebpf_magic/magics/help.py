@@ -1,0 +1,14 @@
+"""``%bpf help``: what ``%bpf?`` shows."""
+
+from __future__ import annotations
+
+from .args import parser
+
+USAGE = "%bpf help"
+HELP = "Show this help (the same as %bpf?)."
+PARSER = parser(USAGE, HELP)
+
+
+def run(magics, args: str) -> None:
+    PARSER.parse(args)
+    print(magics.bpf.__doc__)

@@ -1,0 +1,21 @@
+"""``%bpf probes [PATTERN] [-v]``: attach points matching a pattern, as a DataFrame."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from .. import discover
+from .args import parser
+
+USAGE = "%bpf probes [PATTERN] [-v]"
+HELP = ("List attach points in -a syntax: tracepoint:syscalls:*open*, rawtracepoint:*, "
+        "kprobe:vfs_*, uprobe:c:mall*, usdt:PATH_OR_PID:*, software:*, profile:*, xdp:*; "
+        "-v adds their arguments with C types. Without PATTERN, a count of each kind.")
+PARSER = parser(USAGE, HELP)
+PARSER.add_argument("pattern", nargs="?", default="", metavar="PATTERN")
+PARSER.add_argument("-v", "--verbose", action="store_true")
+
+
+def run(magics, args: str) -> pd.DataFrame:
+    opts = PARSER.parse(args)
+    return discover.find(opts.pattern, opts.verbose)
