@@ -108,3 +108,32 @@ def test_cflags_takes_one_flag_without_space(shell, no_leaks):
         os.getppid()
     assert shell.user_ns["p"].maps["n"][0] == 15
     shell.run_line_magic("bpf", "stop p")
+
+
+def test_interrupt_while_compiling_is_one_line(shell, capsys, no_leaks):
+    import _thread
+    import threading
+    import time
+
+    from ebpf_magic.backend.bcc import client
+
+    started = threading.Event()
+    request = client.Worker.request
+
+    def slow_request(self, message):  # the compile takes long enough for Ctrl-C to land in it
+        started.set()
+        time.sleep(5)
+        return request(self, message)
+
+    timer = threading.Thread(target=lambda: started.wait(10) and _thread.interrupt_main())
+    timer.start()
+    try:
+        client.Worker.request = slow_request
+        result = shell.run_cell(COUNT.format(name="p", pid=os.getpid()))
+    finally:
+        client.Worker.request = request
+        timer.join()
+    out = capsys.readouterr()
+    assert not result.success
+    assert (out.out + out.err).strip().splitlines() == ["interrupted: nothing was attached"]
+    assert "p" not in shell.user_ns

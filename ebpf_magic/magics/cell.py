@@ -6,11 +6,16 @@ import argparse
 import ast
 import keyword
 import math
+import os
+import re
 import shlex
 import sys
 from collections.abc import Callable
+from html import escape
+from pathlib import Path
 
 from IPython.core.error import UsageError
+from IPython.display import display
 
 from .. import recording, replay
 from ..errors import OptionError
@@ -18,6 +23,10 @@ from ..probes import USAGE as PROBE_USAGE
 from ..probes import Probe
 from ..program import Program, check_settable
 from ..source import MACRO_NAME_RULE, interpolate, parse_define
+
+_HEADERS = re.compile(r"Kernel headers for (?P<running>\S+) are not installed; compiling "
+                      r"against (?P<used>\S+) headers")
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 # argparse's time grows with the square of the number of options; no real line comes near
 MAX_WORDS = 1000
@@ -84,6 +93,13 @@ def _flags(text: str) -> list[str]:
         return shlex.split(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(f"{e} in {clip(text)!r}") from None
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C while a cell's program was starting; IPython shows the one-line message."""
+
+    def _render_traceback_(self) -> list[str]:
+        return [str(self)]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -219,16 +235,42 @@ def run(magics, line: str, cell: str) -> None:
                        defines=args.defines, pid=args.pid, stream_options=stream_options,
                        line_offset=1, backend=args.backend, globals=dict(args.globals))
 
-    prog = magics.session.start(args.name, factory)
+    try:
+        prog = magics.session.start(args.name, factory)
+    except KeyboardInterrupt:
+        raise Interrupted("interrupted: nothing was attached") from None
     shell.user_ns[args.name] = prog
     if args.record is not None:
         recording.mark(prog, args.record)
-    for warning in prog.warnings:
-        if warning not in magics.warned:
-            magics.warned.add(warning)
-            print(f"warning: {warning}", file=sys.stderr)
+    report_warnings(magics.warned, prog.warnings)
     if not args.quiet:
         _report(prog)
+
+
+def report_warnings(warned: set[str], warnings: list[str]) -> None:
+    """Show each warning once per session (``warned`` holds those already shown).
+
+    The note that BCC compiles against another release's kernel headers is one
+    plain line pointing to the README, since it concerns the machine, not the cell;
+    other warnings go to stderr.
+    """
+    for warning in warnings:
+        headers = _HEADERS.match(warning)
+        key = "kernel headers" if headers else warning
+        if key in warned:
+            continue
+        warned.add(key)
+        if headers is None:
+            print(f"warning: {warning}", file=sys.stderr)
+            continue
+        text = (f"note: BCC compiles against {headers['used']} kernel headers, not "
+                f"{headers['running']}'s, so its reads of kernel structs may be off")
+        link = "README, Kernel headers"
+        html = escape(link)
+        if README.is_file():
+            html = f'<a href="{escape(os.path.relpath(README))}" target="_blank">{html}</a>'
+        display({"text/plain": f"{text} ({link})",
+                 "text/html": f"<small>{escape(text)} ({html})</small>"}, raw=True)
 
 
 def _report(prog: Program) -> None:
