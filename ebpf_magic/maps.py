@@ -495,6 +495,10 @@ class Maps(Mapping):
     def __iter__(self) -> Iterator[str]:
         return iter(self._maps)
 
+    def _ipython_key_completions_(self) -> list[str]:
+        """The map names IPython offers after ``prog.maps["``."""
+        return list(self._maps)
+
     def __len__(self) -> int:
         return len(self._maps)
 

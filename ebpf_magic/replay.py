@@ -358,6 +358,10 @@ class _Named(Mapping):
     def __iter__(self) -> Iterator[str]:
         return iter(self._items)
 
+    def _ipython_key_completions_(self) -> list[str]:
+        """The names IPython offers after ``prog.maps["`` or ``prog.events["``."""
+        return list(self._items)
+
     def __len__(self) -> int:
         return len(self._items)
 

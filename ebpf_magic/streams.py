@@ -668,6 +668,10 @@ class Streams(Mapping):
     def __iter__(self) -> Iterator[str]:
         return iter(self._streams)
 
+    def _ipython_key_completions_(self) -> list[str]:
+        """The stream names IPython offers after ``prog.events["``."""
+        return list(self._streams)
+
     def __len__(self) -> int:
         return len(self._streams)
 
