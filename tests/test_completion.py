@@ -1,0 +1,102 @@
+"""Tab completion through IPython's own completer, as the terminal and Jupyter ask for it."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from IPython.core.completer import provisionalcompleter
+
+from ebpf_magic import discover, kernel
+from ebpf_magic.magics import SUBCOMMANDS
+
+RECORDINGS = os.path.join(os.path.dirname(__file__), "..", "notebooks", "recordings")
+TRACEFS = kernel.tracefs()
+needs_tracefs = pytest.mark.skipif(
+    TRACEFS is None or not os.access(TRACEFS / "available_events", os.R_OK),
+    reason="tracefs is not readable here (not mounted, or no rights)")
+
+
+def complete(shell, text: str, offset: int | None = None) -> list[str]:
+    """The lines Tab would make of ``text`` with the cursor at ``offset`` (default: its end)."""
+    offset = len(text) if offset is None else offset
+    with provisionalcompleter():
+        found = shell.Completer.completions(text, offset)
+        return sorted(text[:c.start] + c.text + text[c.end:offset] for c in found)
+
+
+def test_cell_line_options(shell):
+    assert complete(shell, "%%bpf prog --max") == ["%%bpf prog --max-rows"]
+    assert "%%bpf prog --backend" in complete(shell, "%%bpf prog --")
+    assert "%%bpf prog --record" in complete(shell, "%%bpf prog --")
+
+
+def test_attach_kinds(shell):
+    kinds = complete(shell, "%%bpf prog -a ")
+    assert "%%bpf prog -a tracepoint:" in kinds and "%%bpf prog -a uprobe:" in kinds
+    assert complete(shell, "%%bpf prog -a rawt") == ["%%bpf prog -a rawtracepoint:"]
+
+
+@needs_tracefs
+def test_tracepoint_categories_then_events(shell):
+    events = (TRACEFS / "available_events").read_text().split()
+    sch = sorted({e.split(":")[0] for e in events if e.startswith("sch")})
+    assert complete(shell, "%%bpf prog -a tracepoint:sch") == [
+        f"%%bpf prog -a tracepoint:{c}:" for c in sch]
+    switch = sorted(e for e in events if e.startswith("sched:sched_sw"))
+    assert complete(shell, "%%bpf prog -a tracepoint:sched:sched_sw") == [
+        f"%%bpf prog -a tracepoint:{e}" for e in switch]
+
+
+@needs_tracefs
+def test_only_the_first_line_of_a_cell(shell):
+    text = "%%bpf prog -a tracepoint:sch\nint x;"
+    cut = text.index("\n")
+    assert complete(shell, text, cut)[0].startswith("%%bpf prog -a tracepoint:sched:")
+    assert not any("tracepoint:sched:" in c for c in complete(shell, text + " tracepoint:sch"))
+
+
+def test_library_symbols(shell):
+    assert complete(shell, "%%bpf prog -a uprobe:c:getpi") == ["%%bpf prog -a uprobe:c:getpid"]
+    assert "%%bpf prog -a uprobe:c:" in complete(shell, "%%bpf prog -a uprobe:")
+
+
+def test_xdp_devices(shell):
+    assert complete(shell, "%%bpf prog -a xdp:") == [
+        f"%%bpf prog -a xdp:{d}" for d in sorted(os.listdir("/sys/class/net"))]
+
+
+def test_subcommands_and_program_names(shell):
+    assert complete(shell, "%bpf ") == sorted(f"%bpf {s}" for s in SUBCOMMANDS)
+    assert complete(shell, "%bpf st") == ["%bpf stop", "%bpf struct"]
+    shell.run_line_magic("bpf", f"load {RECORDINGS}/kinds.bpfrec kinds")
+    shell.run_line_magic("bpf", f"load {RECORDINGS}/opens.bpfrec opens")
+    assert complete(shell, "%bpf stop ") == ["%bpf stop kinds", "%bpf stop opens"]
+    assert complete(shell, "%bpf stop kinds o") == ["%bpf stop kinds opens"]
+    assert complete(shell, "%bpf save k") == ["%bpf save kinds"]
+    assert complete(shell, "%bpf browse kinds/by_") == ["%bpf browse kinds/by_fd",
+                                                         "%bpf browse kinds/by_size"]
+    assert complete(shell, "%%bpf ki") == ["%%bpf kinds"]
+    assert complete(shell, "%bpf stop --a") == ["%bpf stop --all"]
+
+
+@needs_tracefs
+def test_probes_and_struct_arguments(shell):
+    assert complete(shell, "%bpf probes tracepoint:syscalls:sys_enter_opena") == [
+        "%bpf probes tracepoint:syscalls:sys_enter_openat",
+        "%bpf probes tracepoint:syscalls:sys_enter_openat2"]
+    if discover.kernel_btf() is None:
+        pytest.skip("the kernel has no BTF")
+    assert "%bpf struct task_struct" in complete(shell, "%bpf struct task_str")
+    assert complete(shell, "%bpf struct task_struct.tgi") == ["%bpf struct task_struct.tgid"]
+
+
+def test_replayed_map_and_stream_keys(shell):
+    shell.run_line_magic("bpf", f"load {RECORDINGS}/opens.bpfrec opens")
+    assert complete(shell, 'opens.maps["by') == ['opens.maps["by_comm']
+    assert complete(shell, 'opens.events["f') == ['opens.events["files']
+
+
+def test_elsewhere_python_completion_is_untouched(shell):
+    shell.user_ns["some_value"] = 1
+    assert complete(shell, "some_va") == ["some_value"]
