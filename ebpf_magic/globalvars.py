@@ -24,6 +24,7 @@ import pandas as pd
 from . import dtypes, sysbpf
 from .backend import GlobalVar, encode_value
 from .errors import BPFError
+from .maps import stopped_error
 
 _KEY = np.zeros(1, np.uint32)  # a data section's map holds its one value at index 0
 
@@ -40,15 +41,16 @@ class Globals(Mapping[str, Any]):
         self._vars = {v.name: v for v in variables}
         self._program = program
         self._released = False
+        self._stopped_at: float | None = None
 
-    def release(self) -> None:
+    def release(self, stopped_at: float | None = None) -> None:
         """Forget the descriptors (the program closed them); reads then raise BPFError."""
         self._released = True
+        self._stopped_at = stopped_at or self._stopped_at
 
     def _var(self, name: str) -> GlobalVar:
         if self._released:
-            raise BPFError(f"program {self._program!r} is stopped: its globals are gone",
-                           "Read them before stop(), or run the cell again.")
+            raise stopped_error(self._program, self._stopped_at)
         var = self._vars.get(name)
         if var is None:
             names = ", ".join(self._vars)

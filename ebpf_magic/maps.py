@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import re
+import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -24,6 +25,7 @@ import pandas as pd
 
 from . import dtypes, histograms, sysbpf
 from .backend import MapHandle
+from .errors import BPFError
 
 PERCPU_KINDS = {"percpu_hash", "percpu_array", "lru_percpu_hash"}
 ARRAY_KINDS = {"array", "percpu_array", "prog_array", "perf_event_array", "cgroup_array",
@@ -475,6 +477,30 @@ def normalize_dtype(dt: np.dtype) -> np.dtype:
     return dt
 
 
+def stopped_error(program: str, stopped_at: float | None) -> BPFError:
+    """What reading a map or global of the stopped program ``program`` raises."""
+    when = time.strftime(" at %H:%M:%S", time.localtime(stopped_at)) if stopped_at else ""
+    return BPFError(f"program {program!r} was stopped{when}; re-run its cell",
+                    "Stopping a program releases its maps and globals; read them before stop() "
+                    "to keep their values.")
+
+
+class _Released:
+    """The handle of a stopped program's map: its other fields stay, its descriptor is gone."""
+
+    def __init__(self, handle: MapHandle, program: str, stopped_at: float | None) -> None:
+        self._handle = handle
+        self._program = program
+        self._stopped_at = stopped_at
+
+    @property
+    def fd(self) -> int:
+        raise stopped_error(self._program, self._stopped_at)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._handle, name)
+
+
 def _raw_dtype(size: int) -> np.dtype:
     return np.dtype({8: np.uint64, 4: np.uint32, 2: np.uint16, 1: np.uint8}.get(size, f"V{size}"))
 
@@ -501,6 +527,12 @@ class Maps(Mapping):
 
     def __len__(self) -> int:
         return len(self._maps)
+
+    def release(self, program: str, stopped_at: float | None) -> None:
+        """The program closed the maps: reading one now raises :func:`stopped_error`."""
+        for m in self._maps.values():
+            if not isinstance(m.handle, _Released):
+                m.handle = _Released(m.handle, program, stopped_at)
 
     @property
     def df(self) -> pd.DataFrame:

@@ -215,6 +215,9 @@ class Program:
             self._release()
             if self.stopped_at is None:
                 self.stopped_at = time.time()
+            if hasattr(self, "maps"):
+                self.maps.release(self.name, self.stopped_at)
+            self._globals.release(self.stopped_at)
             with _live_lock:
                 _live.discard(self)
 

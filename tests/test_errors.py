@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -220,3 +221,17 @@ def test_no_fds_left_after_errors(no_leaks):
         with pytest.raises(error):
             Program(src, attach=attach)
     assert own_bpf_fds() == []
+
+
+def test_reading_a_stopped_program_says_when_it_stopped(shell, capsys, no_leaks):
+    cell = ("%%bpf p -a tracepoint:syscalls:sys_enter_getppid\nBPF_HASH(m, u32, u64);\n"
+            "int f(void *c) { u32 k = 1; m.increment(k); return 0; }\n")
+    assert shell.run_cell(cell).success
+    shell.run_line_magic("bpf", "stop p")
+    stopped = time.strftime("%H:%M:%S", time.localtime(shell.user_ns["p"].stopped_at))
+    capsys.readouterr()
+    for read in ('p.maps["m"].df', 'p.maps["m"][1]', 'len(p.maps["m"])'):
+        text = shown(shell, read, capsys)
+        assert text.splitlines()[0].endswith(f"\x1b[0m: program 'p' was stopped at {stopped}; "
+                                             "re-run its cell"), read
+        assert "Traceback" not in text and "Errno" not in text
