@@ -26,6 +26,23 @@ def tracepoints() -> tuple[str, ...]:
 
 
 @lru_cache(maxsize=1)
+def raw_tracepoints() -> tuple[str, ...]:
+    """Names raw tracepoints attach to: the kernel BTF's ``btf_trace_NAME`` types.
+
+    Without BTF, tracefs's event names outside ``syscalls`` (whose events are
+    not raw tracepoints: those are ``sys_enter`` and ``sys_exit``).
+    """
+    try:
+        strings = Path("/sys/kernel/btf/vmlinux").read_bytes()
+    except OSError:
+        strings = b""
+    names = {n.decode() for n in re.findall(rb"\0btf_trace_(\w+)\0", strings)}
+    if not names:
+        names = {t.split(":")[1] for t in tracepoints() if not t.startswith("syscalls:")}
+    return tuple(sorted(names))
+
+
+@lru_cache(maxsize=1)
 def kernel_symbols() -> tuple[str, ...]:
     """Function names from /proc/kallsyms."""
     names = set()
@@ -83,9 +100,14 @@ def attach_hint(probe: Probe, reason: str) -> str:
                 f"{kernel.tracefs() or '/sys/kernel/tracing'}/events)." +
                 (f" Did you mean: {', '.join(close)}?" if close else ""))
     if kind == "rawtracepoint":
-        names = tuple(sorted({t.split(":")[1] for t in tracepoints()}))
-        close = near(probe.target, names)
-        return ("Raw tracepoints are named without category (e.g. sched_switch)." +
+        names = raw_tracepoints()
+        if probe.target in names:
+            return (f"{probe.target} is a raw tracepoint of this kernel, and the kernel refused "
+                    "this program for it: a program reading ctx->args[i] beyond the arguments "
+                    "the tracepoint passes (its TP_PROTO) is refused with EINVAL.")
+        close = [n for n in near(probe.target, names) if n != probe.target]
+        return (f"No raw tracepoint {probe.target!r} (raw tracepoints are named without "
+                "category, e.g. sched_switch; syscalls are sys_enter and sys_exit)." +
                 (f" Did you mean: {', '.join(close)}?" if close else ""))
     if kind in ("uprobe", "uretprobe"):
         path, _, sym = probe.target.partition(":")

@@ -235,3 +235,27 @@ def test_reading_a_stopped_program_says_when_it_stopped(shell, capsys, no_leaks)
         assert text.splitlines()[0].endswith(f"\x1b[0m: program 'p' was stopped at {stopped}; "
                                              "re-run its cell"), read
         assert "Traceback" not in text and "Errno" not in text
+
+
+def test_raw_tracepoint_refused_does_not_suggest_its_own_name():
+    src = "int f(struct bpf_raw_tracepoint_args *ctx) { return ctx->args[7] != 0; }"
+    with pytest.raises(AttachError) as info:
+        Program(src, attach=["rawtracepoint:sched_switch"])  # it passes 4 arguments
+    assert info.value.message.endswith("Invalid argument")
+    assert info.value.hint.startswith("sched_switch is a raw tracepoint of this kernel, and the "
+                                      "kernel refused this program for it")
+    assert "Did you mean" not in info.value.hint
+
+
+def test_missing_raw_tracepoint_suggests_real_ones_only():
+    from ebpf_magic import suggest
+
+    src = "int f(struct bpf_raw_tracepoint_args *ctx) { return 0; }"
+    with pytest.raises(AttachError) as info:
+        Program(src, attach=["rawtracepoint:sys_enter_wrte"])
+    hint = info.value.hint
+    assert hint.startswith("No raw tracepoint 'sys_enter_wrte'")
+    close = hint.split("Did you mean: ")[1].rstrip("?").split(", ")
+    assert "sys_enter" in close
+    assert set(close) <= set(suggest.raw_tracepoints())
+    assert "sys_enter_write" not in close  # a tracefs event, not a raw tracepoint
