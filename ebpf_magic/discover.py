@@ -39,6 +39,10 @@ _TRACE_PREFIX = "btf_trace_"
 _FIELD = re.compile(r"\s*field:(?P<decl>[^;]*);\s*offset:(\d+);\s*size:(\d+);")
 
 
+class SourceUnavailable(BPFError):
+    """A listing's source (tracefs, most often) cannot be read by this process."""
+
+
 class Field:
     """One argument of a probe: its name and C type."""
 
@@ -83,7 +87,12 @@ def summary() -> pd.DataFrame:
     """Kinds of probe, how many of each this machine offers, and whether they attach here."""
     rows = []
     for kind in _GLOBAL:
-        found = _LISTERS[kind]("*", False, kind)
+        try:
+            found = _LISTERS[kind]("*", False, kind)
+        except SourceUnavailable as e:
+            rows.append({"kind": kind, "count": None, "attachable": _attachable(kind),
+                         "example": e.message})
+            continue
         rows.append({"kind": kind, "count": len(found), "attachable": _attachable(kind),
                      "example": found[0]["probe"] if found else ""})
     rows.append({"kind": "uprobe", "count": None, "attachable": True,
@@ -169,9 +178,10 @@ def tracepoints() -> list[str]:
     try:
         return path.read_text().split()
     except OSError as e:
-        raise BPFError(f"cannot read {path}: {e.strerror}",
-                       "Listing tracepoints needs read access to tracefs (root, or the "
-                       "group that owns it).") from None
+        raise SourceUnavailable(f"cannot read {path}: {e.strerror}",
+                                "Listing tracepoints needs read access to tracefs (root, or "
+                                "the group that owns it); BTF-based kinds still list: "
+                                "rawtracepoint:*, kfunc:*.") from None
 
 
 def tracepoint_fields(category: str, name: str) -> list[Field]:
@@ -180,6 +190,10 @@ def tracepoint_fields(category: str, name: str) -> list[Field]:
     path = Path(root or "/sys/kernel/tracing") / "events" / category / name / "format"
     try:
         text = path.read_text()
+    except PermissionError as e:
+        raise SourceUnavailable(f"cannot read {path}: {e.strerror}",
+                                "Reading tracepoint formats needs read access to tracefs.") \
+            from None
     except OSError as e:
         raise BPFError(f"no format for tracepoint {category}:{name} ({e.strerror})",
                        "List them with %bpf probes tracepoint:CATEGORY:*") from None

@@ -13,7 +13,7 @@ import pytest
 from IPython.core.error import UsageError
 
 from ebpf_magic import btf, discover, kernel, probes
-from ebpf_magic.errors import BPFError, ProbeSpecError
+from ebpf_magic.errors import ProbeSpecError
 
 TRACEFS = kernel.tracefs()
 needs_tracefs = pytest.mark.skipif(
@@ -136,10 +136,16 @@ def test_unknown_kind_is_a_clear_error():
         probes.find("tracepiont:*")
 
 
-def test_unreadable_tracefs_says_why(monkeypatch, tmp_path):
+def test_unreadable_tracefs_says_why(monkeypatch, tmp_path, shell, capsys):
     monkeypatch.setattr(kernel, "tracefs", lambda: tmp_path)
-    with pytest.raises(BPFError, match="cannot read .*available_events"):
+    with pytest.raises(discover.SourceUnavailable, match="cannot read .*available_events"):
         probes.find("tracepoint:*")
+    # the magic says so in a line and the notebook goes on; the summary still counts the rest
+    assert shell.run_line_magic("bpf", "probes tracepoint:syscalls:*") is None
+    assert capsys.readouterr().out.startswith(f"cannot read {tmp_path}/available_events")
+    rows = probes.find().set_index("kind")
+    assert rows.loc["tracepoint", "example"].startswith("cannot read")
+    assert rows.loc["xdp", "count"] == len(os.listdir("/sys/class/net"))
 
 
 @needs_btf

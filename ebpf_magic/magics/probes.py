@@ -16,6 +16,10 @@ PARSER.add_argument("pattern", nargs="?", default="", metavar="PATTERN")
 PARSER.add_argument("-v", "--verbose", action="store_true")
 
 
-def run(magics, args: str) -> pd.DataFrame:
+def run(magics, args: str) -> pd.DataFrame | None:
     opts = PARSER.parse(args)
-    return discover.find(opts.pattern, opts.verbose)
+    try:
+        return discover.find(opts.pattern, opts.verbose)
+    except discover.SourceUnavailable as e:  # no rights to tracefs: say so, not a traceback
+        print(e)
+        return None
