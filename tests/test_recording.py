@@ -386,7 +386,7 @@ def test_cell_replays_its_recording_when_it_cannot_run_live(shell, tmp_path, mon
 def test_live_cell_records_on_request(shell, tmp_path, capsys, no_leaks) -> None:
     assert shell.run_cell("%%bpf w\n" + CELL).success
     shell.run_line_magic("bpf", "save w")
-    assert "not recording" in capsys.readouterr().out
+    assert "w.bpfrec is kept; to refresh it, run the cell with --record" in capsys.readouterr().out
     assert not (tmp_path / "recordings" / "w.bpfrec").exists()
 
     assert shell.run_cell("%%bpf w --record 0.05\n" + CELL).success
