@@ -143,6 +143,51 @@ def as_dtype(layout: Any) -> np.dtype:
     return dt if dt.names else np.dtype([("value", dt)])
 
 
+def _count(value: Any) -> str:
+    return f"{value:,}" if isinstance(value, numbers.Integral) else str(value)
+
+
+class Stats(dict):
+    """A stream's counters by name, shown as a small table: label, count, what it means."""
+
+    #: each counter's label and meaning, in the order shown
+    LABELS = {
+        "received": ("received", "events read from the kernel's buffer"),
+        "held": ("in the frame", "events in .df now"),
+        "lost_kernel": ("lost in kernel", "never reached the buffer: it was full"),
+        "dropped_cap": ("dropped by the cap", "oldest events beyond max_rows, forgotten"),
+        "spilled": ("spilled to disk", "written to the spill file instead of memory"),
+        "discarded_paused": ("discarded while paused", "arrived while the stream was paused"),
+        "cleared": ("cleared", "forgotten by clear()"),
+        "lost_reader": ("lost after a failure", "read after the stream failed; see .failure"),
+        "failed": ("failed", "1 if the stream stopped delivering events"),
+    }
+
+    @property
+    def df(self) -> pd.DataFrame:
+        """One row per counter: its label, count and meaning."""
+        rows = [(label, self[key], meaning) for key, (label, meaning) in self.LABELS.items()
+                if key in self]
+        lost = self.get("lost_per_cpu")
+        if lost:
+            rows.append(("lost in kernel by CPU",
+                         ", ".join(f"CPU {c}: {n:,}" for c, n in sorted(lost.items())),
+                         "where the kernel's losses happened"))
+        return pd.DataFrame(rows, columns=["counter", "count", "meaning"]).set_index("counter")
+
+    def __repr__(self) -> str:
+        df = self.df
+        width = max(len(label) for label in df.index)
+        counts = [_count(c) for c in df["count"]]
+        digits = max(len(c) for c in counts)
+        return "\n".join(f"{label:<{width}}  {c:>{digits}}  {meaning}"
+                         for label, c, meaning in zip(df.index, counts, df["meaning"],
+                                                      strict=True))
+
+    def _repr_html_(self) -> str:
+        return self.df.to_html(formatters={"count": _count})
+
+
 class Stream:
     """The events of one perf or ring buffer: held, counted, and shown as a DataFrame."""
 
@@ -387,13 +432,14 @@ class Stream:
         with self._lock:
             store = self._store
             has = store is not None
-            return {"received": self.received, "lost_kernel": self.lost_kernel,
-                    "dropped_cap": store.dropped if has else 0,
-                    "spilled": store.spilled if has else 0,
-                    "discarded_paused": self._discarded,
-                    "cleared": store.cleared if has else 0,
-                    "lost_reader": self._lost_reader, "failed": int(self.failure is not None),
-                    "held": len(store) if has else 0, "lost_per_cpu": self.lost_per_cpu}
+            return Stats({"received": self.received, "lost_kernel": self.lost_kernel,
+                          "dropped_cap": store.dropped if has else 0,
+                          "spilled": store.spilled if has else 0,
+                          "discarded_paused": self._discarded,
+                          "cleared": store.cleared if has else 0,
+                          "lost_reader": self._lost_reader,
+                          "failed": int(self.failure is not None),
+                          "held": len(store) if has else 0, "lost_per_cpu": self.lost_per_cpu})
 
     def __len__(self) -> int:
         return len(self._store) if self._store is not None else 0
