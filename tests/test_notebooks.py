@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -17,16 +19,24 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from ebpf_magic import kernelspec
+from ebpf_magic.backend.bcc.headers import Headers
+from ebpf_magic.magics import cell as cell_magic
+from ebpf_magic.magics import save
+from ebpf_magic.replay import RECORD_ENV, recording_path
+
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 BOOKS = sorted(p.name for p in NOTEBOOKS.glob("[0-9]*.ipynb"))
 
+# argv: notebook, working directory, output [, kernel name: else the notebook's own]
 RUNNER = """
 import json, sys
 import nbformat
 from nbclient import NotebookClient
 book = nbformat.read(sys.argv[1], as_version=4)
-client = NotebookClient(book, timeout=300, kernel_name="python3", allow_errors=True,
-                        resources={"metadata": {"path": sys.argv[2]}})
+kernel = {"kernel_name": sys.argv[4]} if len(sys.argv) > 4 else {}
+client = NotebookClient(book, timeout=300, allow_errors=True,
+                        resources={"metadata": {"path": sys.argv[2]}}, **kernel)
 client.execute()
 nbformat.write(book, sys.argv[3])
 """
@@ -53,7 +63,12 @@ def unprivileged_python() -> tuple[str, str]:
 
 
 def execute(notebook: str, home: Path, replay: bool) -> nbformat.NotebookNode:
-    """Run ``notebook`` in a fresh kernel; as nobody without capabilities when ``replay``."""
+    """Run ``notebook`` in a fresh kernel; as nobody without capabilities when ``replay``.
+
+    The kernel is this interpreter's plain ipykernel ("python3"), not the
+    python3-ebpf kernel the notebooks name: that one's launcher chooses its own
+    user and rights, and these runs choose them (root live, nobody replaying).
+    """
     out = home / "executed.ipynb"
     runner = home / "runner.py"
     runner.write_text(RUNNER)
@@ -72,7 +87,7 @@ def execute(notebook: str, home: Path, replay: bool) -> nbformat.NotebookNode:
     elif replay:
         env["EBPF_MAGIC_REPLAY"] = "1"  # replays even where this user could trace
     done = subprocess.run(prefix + [python, str(runner), str(NOTEBOOKS / notebook),
-                                    str(NOTEBOOKS), str(out)],
+                                    str(NOTEBOOKS), str(out), "python3"],
                           env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return nbformat.read(out, as_version=4)
@@ -89,9 +104,13 @@ def check(book: nbformat.NotebookNode, replay: bool) -> None:
         if "figure" in cell.metadata.get("tags", []) and not any(
                 "image/png" in o.get("data", {}) for o in outputs):
             missing.append(cell.source[:60])
+        errors += [f"{cell.source[:60]!r} wrote to stderr: {o.text[:300]!r}" for o in outputs
+                   if o.output_type == "stream" and o.name == "stderr"]
     assert not errors, "\n".join(errors)
     assert not missing, f"cells that drew no figure: {missing}"
     text = json.dumps([c.get("outputs", []) for c in book.cells if c.cell_type == "code"])
+    assert text.count("kernel headers, not") <= 1, "the headers note is shown once per session"
+    assert "not recording" not in text
     if replay:
         assert "replayed from" in text and ".bpfrec" in text, "a replay must say so"
         assert "no rights to load BPF" in text or "replay was requested" in text
@@ -136,3 +155,79 @@ def test_notebook_runs_live(notebook: str, home: Path) -> None:
         assert not [n for n in os.listdir("/sys/class/net") if n.startswith("ebpfnb")]
         netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
         assert "ebpf_nb06" not in netns
+
+
+def test_notebooks_open_in_the_least_privilege_kernel() -> None:
+    for name in BOOKS:
+        spec = nbformat.read(NOTEBOOKS / name, as_version=4).metadata.kernelspec
+        assert (spec.name, spec.display_name, spec.language) == (
+            kernelspec.KERNEL_NAME, kernelspec.DISPLAY_NAME, "python"), name
+
+
+def test_headers_note_is_one_line_once_per_session(capsys) -> None:
+    from IPython.core.interactiveshell import InteractiveShell
+
+    InteractiveShell.instance()  # display() prints text/plain in a plain shell
+    try:
+        inexact = Headers(Path("/usr/src/linux-headers-6.1.0-41-amd64"),
+                          "nearest distro headers", "6.1.0-41-amd64", exact=False)
+        warned: set[str] = set()
+        cell_magic.report_warnings(warned, [inexact.warning, "x is const but not volatile"])
+        cell_magic.report_warnings(warned, [inexact.warning])
+        out, err = capsys.readouterr()
+        assert out.splitlines() == [
+            f"note: BCC compiles against 6.1.0-41-amd64 kernel headers, not "
+            f"{platform.release()}'s, so its reads of kernel structs may be off "
+            "(README, Kernel headers)"]
+        assert err == "warning: x is const but not volatile\n"
+    finally:
+        InteractiveShell.clear_instance()
+
+
+def test_save_without_recording_reads_as_routine(capsys) -> None:
+    class Live:
+        name, recording = "lat", None
+
+    class Magics:
+        session = type("Session", (), {"get": staticmethod(lambda name: Live())})()
+        shell = type("Shell", (), {"user_ns": {}})()
+
+    save.run(Magics(), "lat")
+    assert capsys.readouterr().out == (
+        f"lat: {recording_path('lat')} is kept; to refresh it, run the cell with "
+        f"--record (or {RECORD_ENV}=1), then save\n")
+
+
+def shown(cell: nbformat.NotebookNode) -> str:
+    """What a code cell shows: its printed text and the plain text of its results."""
+    return "".join(o.get("text", "") or o.get("data", {}).get("text/plain", "")
+                   for o in cell.get("outputs", []))
+
+
+def cell_with(book: nbformat.NotebookNode, text: str) -> nbformat.NotebookNode:
+    return next(c for c in book.cells if c.cell_type == "code" and text in c.source)
+
+
+def test_notebook_statements_are_computed_from_the_data(home: Path) -> None:
+    import ebpf_magic
+
+    recordings = NOTEBOOKS / "recordings"
+    book = execute("07_investigation.ipynb", home, replay=True)
+    prose = " ".join(c.source for c in book.cells if c.cell_type == "markdown")
+    assert not re.search(r"\d\s*(ns|µs|us)\b|(nano|micro|milli)seconds?\b", prose), \
+        "latencies are stated by cells that compute them"
+    df = ebpf_magic.load(recordings / "inv.bpfrec").events["events"].df
+    small = df[df["bytes"] < 512]
+    writes = small.groupby("comm").size()
+    leader = writes.idxmax()
+    mine = small[small["comm"] == leader]
+    assert f"{leader} issued {writes[leader]:,} of the {len(small):,} small writes " \
+           f"({writes[leader] / len(small):.0%}), each a system call with a median of " \
+           f"{mine['ns'].median():,.0f} ns" in shown(cell_with(book, "median_ns ="))
+
+    book = execute("03_perf_events.ipynb", home, replay=True)
+    df = ebpf_magic.load(recordings / "writes.bpfrec").events["events"].df
+    first = df.drop_duplicates(["comm", "pid", "fd", "bytes"])
+    dd, python = (set(first.loc[first["comm"] == c, "bytes"]) for c in ("dd", "python"))
+    assert {512, 65536} <= dd and 6 in python  # both dd runs and the notebook's 6-byte lines
+    assert repr(first) in shown(cell_with(book, 'writes.events["events"].df'))
