@@ -8,7 +8,9 @@ in replay mode. This installs from the package index, so it takes a minute.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -17,6 +19,8 @@ from pathlib import Path
 import nbformat
 import pytest
 from test_notebooks import RUNNER, check
+
+from ebpf_magic.kernelspec import DISPLAY_NAME, KERNEL_NAME
 
 ROOT = Path(__file__).resolve().parent.parent
 BINDER = ROOT / "binder"
@@ -31,6 +35,12 @@ def test_binder_files_name_what_repo2docker_reads() -> None:
                     if ln.strip() and not ln.startswith("#")]
     assert "pyarrow" in requirements and "jupyterlab" in requirements
     assert "bcc" not in requirements  # PyPI's "bcc" is an unrelated project
+    # postBuild installs the package without its dependencies: requirements.txt names them all
+    block = re.search(r"^dependencies = \[(.*?)^\]", (ROOT / "pyproject.toml").read_text(),
+                      re.S | re.M)
+    needed = re.findall(r'^\s*"([^"]+)"', block.group(1), re.M)
+    missing = {re.split(r"[<>=!~ \[;]", d)[0].lower() for d in needed} - set(requirements)
+    assert not missing, f"binder/requirements.txt lacks {sorted(missing)}"
     runtime = (BINDER / "runtime.txt").read_text().strip()
     assert runtime.startswith("python-3.")
 
@@ -88,8 +98,18 @@ def test_binder_environment_replays_a_notebook(binder_env, tmp_path: Path) -> No
            "MPLCONFIGDIR": str(tmp_path / "mpl"), "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt"),
            "EBPF_MAGIC_REPLAY": "1", "LANG": "C.UTF-8"}
     notebooks = repo / "notebooks"
-    done = subprocess.run([str(python), str(runner), str(notebooks / "04_latency_histograms.ipynb"),
-                           str(notebooks), str(out)], env=env, capture_output=True, text=True,
-                          timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    book = notebooks / "04_latency_histograms.ipynb"
+    assert nbformat.read(book, as_version=4).metadata.kernelspec.name == KERNEL_NAME
+    done = subprocess.run([str(python), str(runner), str(book), str(notebooks), str(out)],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]  # it started the kernel the notebook names
     check(nbformat.read(out, as_version=4), replay=True)
+
+
+def test_binder_kernel_named_by_the_notebooks_is_a_plain_ipykernel(binder_env) -> None:
+    python, _ = binder_env
+    listed = subprocess.run([str(python), "-m", "jupyter", "kernelspec", "list", "--json"],
+                            capture_output=True, text=True, check=True)
+    spec = json.loads(listed.stdout)["kernelspecs"][KERNEL_NAME]["spec"]
+    assert spec["display_name"] == DISPLAY_NAME
+    assert "ipykernel_launcher" in spec["argv"] and "ebpf_magic.launcher" not in spec["argv"]
