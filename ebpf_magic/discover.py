@@ -173,8 +173,10 @@ def tracepoints() -> list[str]:
     """Every tracepoint as ``CATEGORY:NAME``, from tracefs."""
     path = _tracefs_file("available_events")
     if path is None:
-        raise BPFError("tracefs is not mounted, so tracepoints cannot be listed",
-                       "mount -t tracefs nodev /sys/kernel/tracing")
+        raise SourceUnavailable("tracefs is not mounted or not readable by this user, so "
+                                "tracepoints cannot be listed here",
+                                "Root (or tracefs's group) can list them; BTF-based kinds still "
+                                "list: rawtracepoint:*, kfunc:*.")
     try:
         return path.read_text().split()
     except OSError as e:
