@@ -101,3 +101,27 @@ def test_replayed_map_and_stream_keys(shell):
 def test_elsewhere_python_completion_is_untouched(shell):
     shell.user_ns["some_value"] = 1
     assert complete(shell, "some_va") == ["some_value"]
+
+
+LIVE_CELL = """%%bpf live_keys -D PID={pid}
+BPF_HASH(per_fd, u32, u64);
+BPF_HASH(per_size, u64, u64);
+BPF_PERF_OUTPUT(writes);
+TRACEPOINT_PROBE(syscalls, sys_enter_getppid) {{
+    if ((bpf_get_current_pid_tgid() >> 32) != PID) return 0;
+    u32 key = 0;
+    per_fd.increment(key);
+    writes.perf_submit(args, &key, sizeof(key));
+    return 0;
+}}
+"""
+
+
+@pytest.mark.kernel
+def test_live_map_and_stream_keys(no_leaks, shell):
+    shell.run_cell(LIVE_CELL.format(pid=os.getpid()), store_history=False).raise_error()
+    assert complete(shell, 'live_keys.maps["per') == ['live_keys.maps["per_fd',
+                                                       'live_keys.maps["per_size']
+    assert complete(shell, 'live_keys.events["w') == ['live_keys.events["writes']
+    assert complete(shell, "%bpf stop l") == ["%bpf stop live_keys"]
+    shell.run_line_magic("bpf", "stop live_keys")

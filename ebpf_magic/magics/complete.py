@@ -1,9 +1,10 @@
-"""Tab completion for ``%%bpf`` first lines and ``%bpf`` subcommands.
+"""Tab completion for ``%%bpf`` first lines, ``%bpf`` subcommands and programs' map names.
 
 One matcher joins IPython's completer (``Completer.custom_matchers``), so the terminal and
 every Jupyter front end get the same completions: option names, ``-a`` probe specs kind by
 kind (``tracepoint:sch`` -> categories, then events; ``uprobe:c:`` -> libc's functions;
-``xdp:`` -> network devices), running programs' names, subcommands and their arguments.
+``xdp:`` -> network devices), running programs' names, subcommands and their arguments,
+and ``prog.maps["`` / ``prog.events["`` of the session's programs.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ KINDS = ("tracepoint", "rawtracepoint", "kprobe", "kretprobe", "kfunc", "kretfun
          "uretprobe", "usdt", "profile", "software", "hardware", "xdp", "lsm")
 # subcommands whose positional arguments are program names
 _PROGRAM_ARGS = ("stop", "save", "browse")
+# PROG.maps["KEY or PROG.events['KEY at the end of the line
+_KEY = re.compile(r"(?<![\w.])(?P<prog>[A-Za-z_]\w*)\.(?P<what>maps|events)\[[\"'](?P<key>\w*)$")
 
 
 def register(ipython) -> None:
@@ -46,6 +49,9 @@ def unregister(ipython) -> None:
 def bpf_matcher(context: CompletionContext) -> SimpleMatcherResult:
     """Completions on a ``%%bpf`` line or a ``%bpf`` line; nothing elsewhere."""
     line = context.text_until_cursor
+    keys = _KEY.search(line)
+    if keys is not None:
+        return _key_matches(keys)
     words = line.split(" ")
     head = words[0].lstrip()
     in_cell = head == "%%bpf" and context.cursor_line == 0
@@ -68,6 +74,22 @@ def bpf_matcher(context: CompletionContext) -> SimpleMatcherResult:
     texts = sorted({c[cut:] for c in found if c.startswith(word)})[:LIMIT]
     return {"completions": [SimpleCompletion(t, type="bpf") for t in texts],
             "matched_fragment": token, "suppress": True, "ordered": True}
+
+
+def _key_matches(found: re.Match) -> SimpleMatcherResult:
+    """``PROG.maps["`` / ``PROG.events["`` of a session program, live or replayed.
+
+    IPython's own key completion does not evaluate properties (``Program.events`` is one),
+    so the session's programs are asked directly.
+    """
+    name, what, typed = found.group("prog", "what", "key")
+    magics = getattr(_shell(), "_ebpf_magics", None)
+    prog = magics.session.programs.get(name) if magics is not None else None
+    if prog is None:
+        return {"completions": [], "suppress": False}
+    names = sorted(n for n in getattr(prog, what) if n.startswith(typed))
+    return {"completions": [SimpleCompletion(n, type="bpf") for n in names],
+            "matched_fragment": typed, "suppress": True, "ordered": True}
 
 
 def _shell():
