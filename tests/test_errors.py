@@ -289,3 +289,19 @@ def test_missing_raw_tracepoint_suggests_real_ones_only():
     assert "sys_enter" in close
     assert set(close) <= set(suggest.raw_tracepoints())
     assert "sys_enter_write" not in close  # a tracefs event, not a raw tracepoint
+
+
+def test_args_in_a_function_attached_by_option_explains_how_to_get_them(shell, capsys):
+    text = shown(shell, "%%bpf p -a tracepoint:syscalls:sys_enter_write\n"
+                        "int f(void *ctx) { return args->fd; }", capsys)
+    assert "cell, line 2: error: use of undeclared identifier 'args'" in text
+    assert ("`args` exists only inside TRACEPOINT_PROBE(category, event) { ... }, which "
+            "attaches itself") in text
+
+
+def test_unsubstituted_names_are_named(shell, capsys):
+    shell.user_ns.pop("threshold", None)
+    text = shown(shell, "%%bpf p -a tracepoint:syscalls:sys_enter_getppid\n"
+                        "int f(void *ctx) { return {threshold} + $limit; }", capsys)
+    assert ("Not substituted, as no notebook variable has the name: threshold, limit. Define "
+            "the variable before running the cell") in text

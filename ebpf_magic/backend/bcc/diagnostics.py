@@ -33,11 +33,31 @@ def compile_failure(error: str, log: str, source: str, filename: str,
         diags = format_diagnostics(log, source, filename, line_offset)
         message = ("The C code did not compile:\n" + "\n".join(diags) if diags
                    else "The C code did not compile (the compiler printed nothing).")
-        return CompileError(message, diagnostics=diags)
+        return CompileError(message, _compile_hint(diags), diagnostics=diags)
     if "Failed to load" in text or "bpf: Failed" in log:
         fn = re.search(r"program b?'?(\w+)", text)
         return load_failure(fn.group(1) if fn else "?", text, log, source, log, line_offset)
     return BPFError(f"BCC failed: {text}", log.strip()[-2000:])
+
+
+_LEFT_AS_IS = re.compile(r"\{([A-Za-z_]\w*(?:\.\w+)*)\}|\$([A-Za-z_]\w*)")
+
+
+def _compile_hint(diags: list[str]) -> str:
+    """What to do about compile errors with a recognisable cause, else ''."""
+    if any("undeclared identifier 'args'" in d for d in diags):
+        return ("`args` exists only inside TRACEPOINT_PROBE(category, event) { ... }, which "
+                "attaches itself; a function attached with -a tracepoint:CATEGORY:EVENT gets "
+                "`void *ctx`: write the function as TRACEPOINT_PROBE(CATEGORY, EVENT), or "
+                "read the fields through a pointer to the event's struct trace_event_raw_EVENT.")
+    code = [d for d in diags if d.startswith("    ")]
+    names = dict.fromkeys(a or b for d in code for a, b in _LEFT_AS_IS.findall(d))
+    if names:
+        listed = ", ".join(names)
+        return (f"Not substituted, as no notebook variable has the name: {listed}. Define the "
+                "variable before running the cell, or double the braces ({{name}}, $$name) to "
+                "keep the text.")
+    return ""
 
 
 def format_diagnostics(log: str, source: str, filename: str, line_offset: int = 0) -> list[str]:
