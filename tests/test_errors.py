@@ -305,3 +305,12 @@ def test_unsubstituted_names_are_named(shell, capsys):
                         "int f(void *ctx) { return {threshold} + $limit; }", capsys)
     assert ("Not substituted, as no notebook variable has the name: threshold, limit. Define "
             "the variable before running the cell") in text
+
+
+def test_empty_struct_compiles_without_a_hidden_type_map(no_leaks):
+    src = ("struct stub {};\ntypedef struct { /* nothing yet */ } empty_t;\n"
+           "struct one { u32 x; };\nBPF_HASH(m, u32, struct one);\n"
+           "int f(void *ctx) { return 0; }")
+    with Program(src, attach=["tracepoint:syscalls:sys_enter_getppid"]) as p:
+        assert list(p.maps) == ["m"]
+        assert p.maps["m"].value_type == "struct {u32 x}"

@@ -123,12 +123,24 @@ def _types(code: str) -> dict[str, str]:
     only when that struct is defined here (a forward declaration is incomplete).
     """
     top = _file_scope(code)
-    types = {f"struct {m.group(1)}": TYPE_PREFIX + m.group(1) for m in _STRUCT_DEF.finditer(top)}
+    types = {f"struct {m.group(1)}": TYPE_PREFIX + m.group(1) for m in _STRUCT_DEF.finditer(top)
+             if not _empty_body(code, m.end() - 1)}
     for m in _TYPEDEF.finditer(top):
         kind, tag, body, name = m.groups()
+        if body and _empty_body(code, m.start(3)):
+            continue
         if body or (kind == "struct" and tag and f"struct {tag.strip()}" in types):
             types[name] = TYPEDEF_PREFIX + name
     return types
+
+
+def _empty_body(code: str, brace: int) -> bool:
+    """Whether the ``{`` at ``brace`` in masked ``code`` closes with nothing inside.
+
+    An empty struct has size 0, and a map cannot have a value of size 0.
+    """
+    close = code.find("}", brace)
+    return close > 0 and not code[brace + 1:close].strip()
 
 
 def histogram_kinds(code: str) -> dict[str, str]:
