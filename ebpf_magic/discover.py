@@ -19,6 +19,7 @@ import struct
 import subprocess
 from collections.abc import Iterable
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 from elftools.common.exceptions import ELFError
@@ -43,15 +44,15 @@ class SourceUnavailable(BPFError):
     """A listing's source (tracefs, most often) cannot be read by this process."""
 
 
-class Field:
+class Field(NamedTuple):
     """One argument of a probe: its name and C type."""
 
-    __slots__ = ("name", "c_type")
+    name: str
+    c_type: str
 
-    def __init__(self, name: str, c_type: str) -> None:
-        self.name, self.c_type = name, c_type
-
-    def __repr__(self) -> str:
+    @property
+    def decl(self) -> str:
+        """The C declaration: ``const char *filename``."""
         return f"{self.c_type} {self.name}".replace("* ", "*")
 
 
@@ -163,7 +164,7 @@ def _match(names: Iterable[str], pattern: str) -> list[str]:
 
 
 def _decls(fields: list[Field]) -> str:
-    return "; ".join(map(repr, fields))
+    return "; ".join(f.decl for f in fields)
 
 
 # -- tracepoints --------------------------------------------------------------------------
@@ -389,14 +390,14 @@ def _list_uprobes(pattern: str, verbose: bool, kind: str) -> list[dict]:
                  else None)
 
 
-class Note:
-    """One USDT probe of an ELF file's ``.note.stapsdt``."""
+class Note(NamedTuple):
+    """One USDT probe of an ELF file's ``.note.stapsdt``: where it is and its argument specs."""
 
-    __slots__ = ("provider", "name", "pc", "semaphore", "args")
-
-    def __init__(self, provider: str, name: str, pc: int, semaphore: int, args: str) -> None:
-        self.provider, self.name, self.pc = provider, name, pc
-        self.semaphore, self.args = semaphore, args
+    provider: str
+    name: str
+    pc: int
+    semaphore: int
+    args: str
 
 
 def usdt_notes(path: str) -> list[Note]:
