@@ -100,7 +100,8 @@ def summary() -> pd.DataFrame:
                  "example": "uprobe:c:malloc  (list: uprobe:BINARY_OR_LIB:*)"})
     rows.append({"kind": "usdt", "count": None, "attachable": True,
                  "example": "usdt:PATH_OR_PID:*"})
-    return pd.DataFrame(rows, columns=["kind", "count", "attachable", "example"])
+    frame = pd.DataFrame(rows, columns=["kind", "count", "attachable", "example"])
+    return frame.astype({"count": "Int64"})  # no count for kinds that need a target
 
 
 # -- which kinds attach here --------------------------------------------------------------
