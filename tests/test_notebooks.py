@@ -27,6 +27,8 @@ from ebpf_magic.replay import RECORD_ENV, recording_path
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 BOOKS = sorted(p.name for p in NOTEBOOKS.glob("[0-9]*.ipynb"))
+# notebooks whose text discusses the warnings the backend gives for their cells
+TEACHES_WARNINGS = {"09_bpf_syscall_and_libbpf.ipynb"}
 
 # argv: notebook, working directory, output [, kernel name: else the notebook's own]
 RUNNER = """
@@ -93,7 +95,8 @@ def execute(notebook: str, home: Path, replay: bool) -> nbformat.NotebookNode:
     return nbformat.read(out, as_version=4)
 
 
-def check(book: nbformat.NotebookNode, replay: bool) -> None:
+def check(book: nbformat.NotebookNode, replay: bool, warns: bool = False) -> None:
+    """No errors, every figure drawn, nothing on stderr (but warnings when ``warns``)."""
     errors, missing = [], []
     for cell in book.cells:
         if cell.cell_type != "code":
@@ -105,11 +108,15 @@ def check(book: nbformat.NotebookNode, replay: bool) -> None:
                 "image/png" in o.get("data", {}) for o in outputs):
             missing.append(cell.source[:60])
         errors += [f"{cell.source[:60]!r} wrote to stderr: {o.text[:300]!r}" for o in outputs
-                   if o.output_type == "stream" and o.name == "stderr"]
+                   if o.output_type == "stream" and o.name == "stderr" and not (
+                       warns and all(line.startswith("warning: ")
+                                     for line in o.text.splitlines()))]
     assert not errors, "\n".join(errors)
     assert not missing, f"cells that drew no figure: {missing}"
     text = json.dumps([c.get("outputs", []) for c in book.cells if c.cell_type == "code"])
-    assert text.count("kernel headers, not") <= 1, "the headers note is shown once per session"
+    notes = sum(shown(c).count("kernel headers, not") for c in book.cells
+                if c.cell_type == "code")
+    assert notes <= 1, "the headers note is shown once per session"
     assert "not recording" not in text
     if replay:
         assert "replayed from" in text and ".bpfrec" in text, "a replay must say so"
@@ -142,14 +149,15 @@ def test_every_notebook_has_its_recordings() -> None:
 
 @pytest.mark.parametrize("notebook", BOOKS)
 def test_notebook_replays_without_privileges(notebook: str, home: Path) -> None:
-    check(execute(notebook, home, replay=True), replay=True)
+    check(execute(notebook, home, replay=True), replay=True, warns=notebook in TEACHES_WARNINGS)
 
 
 @pytest.mark.kernel
 @pytest.mark.parametrize("notebook", BOOKS)
 def test_notebook_runs_live(notebook: str, home: Path) -> None:
     before = set(os.listdir(NOTEBOOKS / "recordings"))
-    check(execute(notebook, home, replay=False), replay=False)
+    check(execute(notebook, home, replay=False), replay=False,
+          warns=notebook in TEACHES_WARNINGS)
     assert set(os.listdir(NOTEBOOKS / "recordings")) == before
     if notebook.startswith("06"):
         assert not [n for n in os.listdir("/sys/class/net") if n.startswith("ebpfnb")]
