@@ -455,5 +455,5 @@ def test_browse_subcommand_shows_a_replayed_programs_maps(tmp_path, shell):
         prog.save(tmp_path / "rec.bpfrec")
     shell.run_line_magic("bpf", f"load {tmp_path / 'rec.bpfrec'} again")
     browser = shell.run_line_magic("bpf", "browse again")
-    assert "<td>70</td>" in browser.table.value
+    assert 'tabular-nums">70</td>' in browser.table.value  # a right-aligned number
     browser.close()
