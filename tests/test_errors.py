@@ -314,3 +314,27 @@ def test_empty_struct_compiles_without_a_hidden_type_map(no_leaks):
     with Program(src, attach=["tracepoint:syscalls:sys_enter_getppid"]) as p:
         assert list(p.maps) == ["m"]
         assert p.maps["m"].value_type == "struct {u32 x}"
+
+
+def test_errors_inside_headers_are_shown_at_the_including_cell_line():
+    src = ("#define hlist_node 1\n#include <net/sock.h>\n"
+           "int f(struct pt_regs *ctx, struct sock *sk) { return sk->sk_state; }\n")
+    with pytest.raises(CompileError) as info:
+        Program(src, line_offset=1)
+    first, quoted = info.value.diagnostics[:2]
+    assert first.startswith("cell, line 3 (in include/linux/list.h:")
+    assert first.endswith("): error: declaration of anonymous struct must be a definition")
+    assert quoted == "    #include <net/sock.h>"
+
+
+def test_errors_on_lines_bcc_rewrote_map_to_the_nearest_cell_line():
+    from ebpf_magic.backend.bcc.diagnostics import format_diagnostics
+
+    cell = ("#include <linux/tcp.h>\nint f(struct pt_regs *ctx, struct sock *sk) {\n"
+            "    struct tcp_sock *ts = tcp_sk(sk);\n    return ts->srtt_us;\n}\n")
+    log = ("/virtual/main.c:19:27: error: incompatible pointer types\n"
+           "    struct tcp_sock *ts = ((struct tcp_sock *)sk);\n"
+           "                          ^\n")
+    assert format_diagnostics(log, cell, "cell", 1) == [
+        "cell, line 4: error: incompatible pointer types",
+        "    struct tcp_sock *ts = tcp_sk(sk);"]

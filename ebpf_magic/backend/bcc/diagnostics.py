@@ -67,22 +67,39 @@ def format_diagnostics(log: str, source: str, filename: str, line_offset: int = 
     ``%%bpf`` line is the cell's first).
 
     BCC inserts generated code (tracepoint structs, USDT arguments) into the
-    text it compiles, so the compiler's line numbers are mapped back to the
-    cell by finding the quoted source line there.
+    text it compiles and rewrites some lines, so the compiler's line numbers are
+    mapped back to the cell by finding the quoted source line there, or the most
+    similar one. An error inside a header is shown at the cell line that
+    included it, with the header's own place.
     """
     cell = source.splitlines()
     lines = log.splitlines()
     out: list[str] = []
+    included_at: int | None = None  # the main file's line the current header chain starts at
     for i, line in enumerate(lines):
+        inc = _INCLUDED.match(line)
+        if inc:
+            if _is_main(inc.group("file")):
+                included_at = int(inc.group("line"))
+            continue
         m = _DIAG.match(line)
         if not m or m.group("sev") == "warning":
             continue
         quoted = lines[i + 1] if i + 1 < len(lines) else ""
-        number = _cell_line(quoted, int(m.group("line")), cell)
+        sev, msg, reported = m.group("sev"), m.group("msg"), int(m.group("line"))
+        if _is_main(m.group("file")):
+            included_at = None
+            number = _cell_line(quoted, reported, cell)
+            place = ""
+        else:
+            number = included_at if included_at and 1 <= included_at <= len(cell) else None
+            place = f" (in {m.group('file')}:{reported})"
         if number is None:
-            continue  # a diagnostic inside BCC's own headers
-        out.append(f"{filename}, line {number + line_offset}: {m.group('sev')}: "
-                   f"{m.group('msg')}")
+            out.append(f"{m.group('file')}:{reported}: {sev}: {msg}")
+            if quoted.strip():
+                out.append(f"    {quoted.strip()}")
+            continue
+        out.append(f"{filename}, line {number + line_offset}{place}: {sev}: {msg}")
         out.append(f"    {cell[number - 1].strip()}")
     if not out:
         errors = [ln for ln in lines if "error" in ln]
@@ -90,12 +107,24 @@ def format_diagnostics(log: str, source: str, filename: str, line_offset: int = 
     return out
 
 
+_INCLUDED = re.compile(r"^In file included from (?P<file>[^:\s]+):(?P<line>\d+):")
+
+
+def _is_main(path: str) -> bool:
+    return path.rsplit("/", 1)[-1] == "main.c"
+
+
 def _cell_line(quoted: str, reported: int, cell: list[str]) -> int | None:
+    """The cell's line the compiler quoted: the same text, else the most similar, else
+    the reported number."""
     if quoted.strip():
         matches = [i + 1 for i, text in enumerate(cell) if text.rstrip() == quoted.rstrip()]
         if matches:
             return min(matches, key=lambda n: abs(n - reported))
-        return None
+        scores = [difflib.SequenceMatcher(None, quoted.strip(), text.strip()).ratio()
+                  for text in cell]
+        if scores and max(scores) >= 0.6:
+            return max(range(len(cell)), key=lambda n: (scores[n], -abs(n + 1 - reported))) + 1
     return reported if 1 <= reported <= len(cell) else None
 
 
