@@ -71,7 +71,11 @@ def _fit_xlabels(ax: Any, labels: list[str]) -> None:
     """
     if not labels:
         return
-    renderer = ax.figure.canvas.get_renderer()
+    get_renderer = getattr(ax.figure.canvas, "get_renderer", None)
+    if get_renderer is None:  # a canvas that cannot measure text: vertical past a few labels
+        ax.tick_params(axis="x", labelrotation=90 if len(labels) > 6 else 0)
+        return
+    renderer = get_renderer()
     left, right = ax.get_xlim()
     slot = ax.get_window_extent(renderer).width / max(right - left, 1e-9)
     size = ax.xaxis.get_major_ticks()[0].label1.get_fontsize() if ax.xaxis.get_major_ticks() \
