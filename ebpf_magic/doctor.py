@@ -387,6 +387,23 @@ def _source(checks: list[AttachCheck]) -> str:
     return "\n".join(lines) + "\n"
 
 
+CAP_SYS_ADMIN, CAP_NET_ADMIN = 21, 12
+
+
+def _veth_fix(step: list[str]) -> str:
+    """What the XDP check's failed ``ip`` step ``step`` needs that this process lacks."""
+    caps = kernel.effective_caps()
+    if step[:2] == ["netns", "add"] and not caps >> CAP_SYS_ADMIN & 1:
+        has = " (it has CAP_NET_ADMIN, enough for XDP itself)" if caps >> CAP_NET_ADMIN & 1 \
+            else ""
+        return ("Making the scratch network namespace needs CAP_SYS_ADMIN, which this process "
+                f"lacks{has}: run doctor as root (`sudo python -m ebpf_magic doctor`) to check "
+                "XDP; cells can still attach XDP to existing devices (-a xdp:DEV).")
+    if not caps >> CAP_NET_ADMIN & 1:
+        return "Making the test veth pair and attaching XDP need CAP_NET_ADMIN."
+    return "The test veth pair needs veth support in the kernel (CONFIG_VETH)."
+
+
 class Scratch:
     """What the USDT and XDP checks need: a binary with a USDT note, a veth in a fresh netns."""
 
@@ -445,8 +462,7 @@ class Scratch:
             if done.returncode != 0:
                 self.skipped["XDP"] = Row("XDP", NOT_CHECKED, "could not make a test veth "
                                           f"pair: `ip {' '.join(step)}`: {done.stderr.strip()}",
-                                          "XDP needs CAP_NET_ADMIN and veth support "
-                                          "(CONFIG_VETH).")
+                                          _veth_fix(step))
                 return
 
     def send_frame(self) -> None:

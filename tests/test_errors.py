@@ -338,3 +338,22 @@ def test_errors_on_lines_bcc_rewrote_map_to_the_nearest_cell_line():
     assert format_diagnostics(log, cell, "cell", 1) == [
         "cell, line 4: error: incompatible pointer types",
         "    struct tcp_sock *ts = tcp_sk(sk);"]
+
+
+def test_doctor_names_what_xdp_check_lacks_in_least_privilege():
+    code = """
+        from ebpf_magic import doctor
+        scratch = doctor.Scratch()
+        try:
+            scratch.make_veth()
+            print(scratch.skipped["XDP"].fix)
+        finally:
+            scratch.close()
+    """
+    caps = "+bpf,+perfmon,+net_admin,+syslog"
+    r = _isolated(code, "setpriv", "--reuid=ebpf-kernel", "--regid=ebpf-kernel",
+                  "--clear-groups", "--no-new-privs", f"--inh-caps=-all,{caps}",
+                  f"--ambient-caps=-all,{caps}", f"--bounding-set=-all,{caps}")
+    assert r.stdout.startswith(
+        "Making the scratch network namespace needs CAP_SYS_ADMIN, which this process lacks "
+        "(it has CAP_NET_ADMIN, enough for XDP itself)"), r.stdout + r.stderr
