@@ -8,7 +8,14 @@ import time
 
 import pytest
 
-from ebpf_magic import AttachError, CompileError, HeadersMissingError, Program, VerifierError
+from ebpf_magic import (
+    AttachError,
+    BPFError,
+    CompileError,
+    HeadersMissingError,
+    Program,
+    VerifierError,
+)
 
 from conftest import bpftool_json, own_bpf_fds
 
@@ -357,3 +364,27 @@ def test_doctor_names_what_xdp_check_lacks_in_least_privilege():
     assert r.stdout.startswith(
         "Making the scratch network namespace needs CAP_SYS_ADMIN, which this process lacks "
         "(it has CAP_NET_ADMIN, enough for XDP itself)"), r.stdout + r.stderr
+
+
+LIBBPF_TAIL = '\nchar LICENSE[] SEC("license") = "GPL";\n'
+
+
+def test_libbpf_unknown_helper_is_named_with_near_helpers():
+    src = ('SEC("tracepoint/syscalls/sys_enter_getppid")\nint f(void *ctx) {\n'
+           "  __u32 p = bpf_get_current_pid();\n  return p; }" + LIBBPF_TAIL)
+    with pytest.raises(BPFError) as info:
+        Program(src)
+    assert info.value.message == ("bpf_get_current_pid() is not a BPF helper (nothing declares "
+                                  "it). Did you mean: bpf_get_current_pid_tgid, "
+                                  "bpf_get_current_cgroup_id, bpf_get_current_uid_gid?")
+
+
+def test_libbpf_verifier_hint_fits_null_pointer():
+    src = ("struct { __uint(type, BPF_MAP_TYPE_HASH); __uint(max_entries, 4); "
+           '__type(key, int); __type(value, __u64); } a SEC(".maps");\n'
+           'SEC("tracepoint/syscalls/sys_enter_getppid")\n'
+           "int f(void *ctx) { int k = 0; __u64 *v = bpf_map_lookup_elem(&a, &k);\n"
+           "  return *v; }" + LIBBPF_TAIL)
+    with pytest.raises(VerifierError) as info:
+        Program(src)
+    assert info.value.hint.startswith("A map lookup can return NULL: check the pointer")

@@ -32,7 +32,7 @@ from ... import link as links
 from ...btf.dwarf import dwarf_spec
 from ...errors import AttachError, BPFError, NotPrivilegedError, VerifierError
 from ...probes import Probe
-from ...suggest import syscall_tracepoints
+from ...suggest import helpers, near, syscall_tracepoints, unknown_helper, verifier_hint
 from .. import CompiledProgram, GlobalVar, MapHandle, encode_globals
 from . import _compile, _lib, _source
 
@@ -146,6 +146,10 @@ class LibbpfProgram(CompiledProgram):
             err = _lib.last_errno() if not obj else 0
         if not obj:
             extern = next((m.group(1) for m in map(_EXTERN.search, log) if m), None)
+            if extern and near(extern, helpers(), n=1):  # a misspelt helper
+                raise BPFError(unknown_helper(extern),
+                               "Call one of the kernel's helpers (`man bpf-helpers`) or define "
+                               "the function in the cell (static inline).")
             if extern:
                 raise BPFError(f"{extern} is used but defined nowhere: not in the cell, not a "
                                "BPF helper, not in libbpf's headers.",
@@ -476,8 +480,6 @@ def _load_failure(err: int, log: list[str]) -> BPFError:
         return VerifierError(
             f"The kernel's verifier rejected {function or 'a program'}() "
             f"({_lib.strerror(err)}). The end of its log:\n{tail}",
-            "The last lines name the instruction it refused; a common cause is reading memory "
-            "without bpf_probe_read*()/BPF_CORE_READ() or a pointer not checked against NULL.",
-            log=text, function=function)
+            verifier_hint("\n".join(verifier or log)), log=text, function=function)
     detail = "\n".join(ln.strip() for ln in log[-6:])
     return BPFError(f"libbpf could not load the program: {_lib.strerror(err)}", detail)
