@@ -388,3 +388,20 @@ def test_libbpf_verifier_hint_fits_null_pointer():
     with pytest.raises(VerifierError) as info:
         Program(src)
     assert info.value.hint.startswith("A map lookup can return NULL: check the pointer")
+
+
+@pytest.mark.parametrize(("last_lines", "hint_start"), [
+    ("back-edge from insn 12 to 5", "The verifier could not prove a loop ends"),
+    ("BPF program is too large. Processed 1000001 insn", "The verifier could not prove a loop"),
+    ("invalid read from stack R2 off -16+0 size 8", "A read of a stack variable that was never"),
+    ("R1 pointer arithmetic on map_ptr prohibited", "Pointer arithmetic with a value"),
+    ("R1 invalid mem access 'scalar'", "A direct read of memory the program does not own"),
+    ("unknown func bpf_get_stackid#27", "A helper this program type may not call"),
+    ("7: (79) r0 = *(u64 *)(r0 +0)\nR0 invalid mem access 'map_value_or_null'",
+     "A map lookup can return NULL"),
+])
+def test_verifier_hint_by_rejection_class(last_lines, hint_start):
+    from ebpf_magic.suggest import verifier_hint
+
+    log = "0: (b7) r1 = 0\n" + last_lines + "\nprocessed 8 insns (limit 1000000)"
+    assert verifier_hint(log).startswith(hint_start)
