@@ -140,7 +140,7 @@ def table(page, selector: str) -> list[dict[str, str]]:
 
 
 def count(rows: list[dict[str, str]], key: int) -> int:
-    return next((int(r["value"]) for r in rows if r.get("key") == str(key)), 0)
+    return next((int(r["value"].replace(",", "")) for r in rows if r.get("key") == str(key)), 0)
 
 
 def cap_eff(pid: int | str) -> int:
@@ -198,7 +198,7 @@ def test_notebook_runs_bpf_and_widgets_update_live_in_chromium(lab, ui):
             page.wait_for_function(
                 """([sel, key, n]) => [...document.querySelectorAll(sel + ' tbody tr')]
                     .some(tr => tr.children[1].textContent.trim() === String(key)
-                          && Number(tr.children[2].textContent) >= n)""",
+                          && Number(tr.children[2].textContent.replace(/,/g, '')) >= n)""",
                 arg=[counts, GETPPID, count(first, GETPPID) + CALLS], timeout=15_000)
             second = table(page, counts)
             shoot(page, f"{ui}-3-second-look")
