@@ -479,6 +479,23 @@ class ReplayedProgram:
 # -- reading -------------------------------------------------------------------------
 
 
+# A map's listing row (maps.Map.info()): exactly these fields, of these types.
+_MAP_INFO = {"map": str, "kind": str, "key": str, "value": str, "entries": int,
+             "max_entries": int, "full": bool}
+
+
+def _map_info(info: dict[str, Any], where: str) -> dict[str, Any]:
+    """A recorded map listing row, checked field by field (widgets show it as HTML).
+
+    Fields other than these are refused.
+    """
+    unknown = sorted(str(k) for k in set(info) - set(_MAP_INFO))
+    if unknown:
+        raise ReplayError(f"malformed recording: {where} has unknown fields {unknown[:5]}")
+    return {key: _need(info, key, types, where, optional=True)
+            for key, types in _MAP_INFO.items() if key in info}
+
+
 def _need(obj: Any, key: str, types: type | tuple[type, ...], where: str,
           optional: bool = False) -> Any:
     if not isinstance(obj, dict):
@@ -1205,7 +1222,7 @@ def _load(archive: _Archive, name: str | None) -> ReplayedProgram:
                 "max_entries": _need(m, "max_entries", int, where, optional=True),
                 "key_dtype": _safe_dtype(m.get("key_dtype"), f"{where}.key_dtype"),
                 "value_dtype": _safe_dtype(m.get("value_dtype"), f"{where}.value_dtype"),
-                "info": _need(m, "info", dict, where)}
+                "info": _map_info(_need(m, "info", dict, where), f"{where}.info")}
         snaps = []
         for j, snap in enumerate(_need(m, "snapshots", list, where)):
             t = _need_time(snap, "time", f"{where}.snapshots[{j}]")

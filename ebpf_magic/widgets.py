@@ -321,7 +321,7 @@ def table_html(df: pd.DataFrame, max_rows: int = 1000, separated: Any = ()) -> s
             f'<td style="{right}">{_cell(v, c in separated)}</td>' if num
             else f"<td>{_cell(v, False)}</td>"
             for c, v, num in zip(df.columns, values, numeric, strict=True))
-        rows.append(f'<tr><th style="{right}">{index}</th>{cells}</tr>')
+        rows.append(f'<tr><th style="{right}">{escape(str(index))}</th>{cells}</tr>')
     return (f'<div class="bpf-scroll" style="max-height:{TABLE_HEIGHT};overflow:auto">'
             f'<table class="bpf-table"><thead><tr><th></th>{head}</tr></thead>'
             f"<tbody>{''.join(rows)}</tbody></table></div>")
@@ -476,14 +476,14 @@ def _is_value_column(column: str, m: Any) -> bool:
 
 
 def _listing_html(listing: pd.DataFrame, selected: str | None) -> str:
+    """The map listing as HTML; every value is escaped (a replayed recording is untrusted)."""
     rows = []
     for rec in listing.to_dict("records"):
         style = ' style="font-weight:bold"' if rec["map"] == selected else ""
-        full = ' <span style="color:#c00">FULL</span>' if rec["full"] else ""
-        entries = "" if rec["entries"] is None or pd.isna(rec["entries"]) else rec["entries"]
-        rows.append(f"<tr{style}><td>{escape(str(rec['map']))}</td><td>{rec['kind']}</td>"
-                    f"<td>{escape(str(rec['key']))}</td><td>{escape(str(rec['value']))}</td>"
-                    f"<td>{entries}</td><td>{rec['max_entries']}{full}</td></tr>")
+        full = ' <span style="color:#c00">FULL</span>' if rec["full"] is True else ""
+        cells = "".join(f"<td>{_cell(rec[c], False)}</td>"
+                        for c in ("map", "kind", "key", "value", "entries"))
+        rows.append(f"<tr{style}>{cells}<td>{_cell(rec['max_entries'], False)}{full}</td></tr>")
     head = "".join(f"<th>{c}</th>" for c in ("map", "kind", "key", "value", "entries",
                                              "max_entries"))
     return f"<table class='bpf-maps'><tr>{head}</tr>{''.join(rows)}</table>"

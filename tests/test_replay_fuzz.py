@@ -276,6 +276,9 @@ def test_parquet_that_does_not_match_the_manifest(valid: bytes, tmp_path: Path, 
     (lambda m: m["streams"][0]["columns"][0].__setitem__(1, "object"), "unknown column type"),
     (lambda m: m["streams"][0]["columns"][0].__setitem__(1, "pickle"), "unknown column type"),
     (lambda m: m["capture"].update(start=float("nan")), "finite"),
+    (lambda m: m["maps"][0]["info"].update(script="x"), r"maps\[0\]\.info has unknown fields"),
+    (lambda m: m["maps"][0]["info"].update(entries="<b>3</b>"), "wrong type"),
+    (lambda m: m["maps"][0]["info"].update(max_entries=[1]), "wrong type"),
 ])
 def test_crafted_manifests(valid: bytes, tmp_path: Path, change, message: str) -> None:
     with pytest.raises(ReplayError, match=message):
@@ -290,3 +293,16 @@ def test_stream_stats_of_the_wrong_shape_are_rejected(valid: bytes, tmp_path: Pa
     data = with_manifest(valid, lambda m: m["streams"][0].update(stats=stats))
     with pytest.raises(ReplayError, match=r"malformed recording: streams\[0\]\.stats"):
         load_bytes(tmp_path, data)
+
+
+def test_map_listing_from_a_recording_is_shown_escaped(valid: bytes, tmp_path: Path) -> None:
+    """Strings a recording chooses reach the browser's HTML as text, never as markup."""
+    from ebpf_magic.widgets import MapBrowser
+
+    evil = "<img src=x onerror=alert(1)>"
+    data = with_manifest(valid, lambda m: m["maps"][0]["info"].update(kind=evil, key=evil))
+    prog = load_bytes(tmp_path, data)
+    browser = MapBrowser(prog, start=False)
+    html = browser.listing.value + browser.table.value
+    browser.close()
+    assert "<img" not in html and "&lt;img src=x onerror=alert(1)&gt;" in html
