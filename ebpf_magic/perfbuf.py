@@ -92,7 +92,11 @@ class CpuRing:
             raise
         self._pos = np.frombuffer(self._mm, np.uint64, 2, _HEAD_OFFSET)  # head, tail
         self._data = np.frombuffer(self._mm, np.uint8, self.size, PAGE_SIZE)
-        sysbpf.ioctl(self.fd, _IOC_ENABLE)
+        try:
+            sysbpf.ioctl(self.fd, _IOC_ENABLE)
+        except BaseException:
+            self.close()
+            raise
 
     def pending(self) -> bool:
         return int(self._pos[0]) != int(self._pos[1])
