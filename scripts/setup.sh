@@ -10,7 +10,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EXTRAS=${1:-test}
-PYTHON=${PYTHON:-python3}
+# The distribution's interpreter (BCC's own Python): one the kernel's account can reach
+# without any opening of a home directory, as a pyenv or uv Python under /root would need.
+if [ -z "${PYTHON:-}" ]; then
+    PYTHON=python3
+    [ ! -x /usr/bin/python3 ] || PYTHON=/usr/bin/python3
+fi
 ACCOUNT=ebpf-kernel          # ebpf_magic.launcher.ACCOUNT
 ACCOUNT_HOME=/var/lib/$ACCOUNT
 
@@ -101,8 +106,10 @@ fi
 
 # --- what the kernel's user must read, and may not write -------------------------------
 # It runs this checkout's interpreter and package: directories it cannot pass through
-# (a Python under /root, say) get a search-only ACL entry for its group (which users
-# running the kernel as themselves join, see docs/privileges.md), nothing more.
+# (a checkout under /root, say) get a search-only ACL entry for its group (which users
+# running the kernel as themselves join, see docs/privileges.md), nothing more. A home
+# directory opened that way lets the group open files there whose names it knows: said
+# below, so that a checkout outside home directories can be chosen instead.
 base=$(.venv/bin/python -c 'import sys; print(sys.base_prefix)')
 for path in "$(readlink -f .venv/bin/python)" "$base/lib" "$PWD/ebpf_magic" "$PWD/notebooks"; do
     dir=
@@ -112,6 +119,12 @@ for path in "$(readlink -f .venv/bin/python)" "$base/lib" "$PWD/ebpf_magic" "$PW
         [ -d "$dir" ] || break
         if ! as_kernel test -x "$dir"; then
             say "letting group $ACCOUNT pass through $dir (ACL g:$ACCOUNT:x)"
+            case "$dir" in
+                /root|/home/*) echo "scripts/setup.sh: warning: $dir is a home directory;" \
+                    "group $ACCOUNT can now open files in it whose names it knows." \
+                    "A checkout outside home directories (e.g. /srv, /opt) needs no such" \
+                    "opening." >&2 ;;
+            esac
             setfacl -m "g:$ACCOUNT:x" "$dir"
         fi
     done
