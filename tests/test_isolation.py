@@ -272,3 +272,26 @@ def test_dtypes_cross_the_socket_unchanged():
         wire = json.loads(json.dumps(protocol.dtype_to_json(dt)))
         assert protocol.dtype_from_json(wire) == dt
     assert protocol.dtype_from_json(protocol.dtype_to_json(None)) is None
+
+
+def test_a_reply_carries_more_descriptors_than_one_ancillary_message_can():
+    """A cell with hundreds of maps and programs: every descriptor arrives, in order."""
+    import socket
+
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    sent = [os.open("/dev/null", os.O_RDONLY) for _ in range(600)]
+    try:
+        protocol.send(a, {"n": len(sent)}, sent)
+        message, got = protocol.receive(b)
+        try:
+            assert message == {"n": 600} and len(got) == 600
+            assert [os.fstat(fd).st_ino for fd in got] == [os.fstat(fd).st_ino for fd in sent]
+            assert set(got).isdisjoint(sent)
+        finally:
+            for fd in got:
+                os.close(fd)
+    finally:
+        for fd in sent:
+            os.close(fd)
+        a.close()
+        b.close()

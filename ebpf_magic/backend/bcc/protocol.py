@@ -1,8 +1,10 @@
 """Messages between the notebook's process and the compile worker.
 
 A message is a JSON object, framed by its length, optionally carrying file
-descriptors (SCM_RIGHTS) on its first bytes. Nothing is pickled: numpy dtypes
-travel as the plain descriptors :func:`dtype_to_json` makes.
+descriptors (SCM_RIGHTS): the header says how many, and they ride on the header
+and, beyond what one ancillary message may carry, on one marker byte per batch.
+Nothing is pickled: numpy dtypes travel as the plain descriptors
+:func:`dtype_to_json` makes.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-_HEADER = struct.Struct("<Q")
-MAX_FDS = 4096  # descriptors one reply may carry (programs and maps of one cell)
+_HEADER = struct.Struct("<QI")  # body length, descriptors sent
+_BATCH = 250  # descriptors per ancillary message (the kernel's SCM_MAX_FD is 253)
 
 
 class Closed(EOFError):
@@ -32,9 +34,12 @@ def send(sock: socket.socket, message: dict[str, Any], fds: list[int] = (),
     of the message: whatever it closes is closed before the receiver has the reply.
     """
     body = json.dumps(message).encode()
-    header = _HEADER.pack(len(body))
+    fds = list(fds)
+    header = _HEADER.pack(len(body), len(fds))
     if fds:
-        socket.send_fds(sock, [header], list(fds))
+        socket.send_fds(sock, [header], fds[:_BATCH])
+        for start in range(_BATCH, len(fds), _BATCH):
+            socket.send_fds(sock, [b"\0"], fds[start:start + _BATCH])
     else:
         sock.sendall(header)
     if handed_over is not None:
@@ -44,12 +49,17 @@ def send(sock: socket.socket, message: dict[str, Any], fds: list[int] = (),
 
 def receive(sock: socket.socket) -> tuple[dict[str, Any], list[int]]:
     """The next message and the descriptors that came with it (now owned by the caller)."""
-    data, fds, _flags, _addr = socket.recv_fds(sock, _HEADER.size, MAX_FDS)
+    data, fds, _flags, _addr = socket.recv_fds(sock, _HEADER.size, _BATCH)
     if not data:
         raise Closed("connection closed")
     try:
         header = data + _exactly(sock, _HEADER.size - len(data))
-        (size,) = _HEADER.unpack(header)
+        size, count = _HEADER.unpack(header)
+        while len(fds) < count:
+            marker, more, _flags, _addr = socket.recv_fds(sock, 1, _BATCH)
+            if not marker:
+                raise Closed("connection closed mid-message")
+            fds += more
         return json.loads(_exactly(sock, size)), fds
     except BaseException:
         _close(fds)
