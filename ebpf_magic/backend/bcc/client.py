@@ -28,12 +28,11 @@ import sys
 import tempfile
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 from ... import suggest
-from ...errors import BPFError, CompileError
-from . import locate, protocol
+from ...errors import CompileError
+from . import protocol
 
 COMPILE_TIMEOUT = 60.0
 # BCC's peak for tcplife, a large real tool, is 0.36 GB of address space; LLVM reserves
@@ -166,9 +165,8 @@ class Worker:
         os.unlink(path)
         fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_APPEND)
         # numpy's BLAS would reserve address space per CPU for threads the worker never uses
+        # (the worker finds BCC the way this process would, and reports it missing itself)
         env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
-        with contextlib.suppress(BPFError):  # the worker reports a missing BCC itself
-            env[locate.ENV_VAR] = str(Path(locate.import_bcc().__file__).parent.parent)
         try:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "ebpf_magic.backend.bcc.worker", "--fd",
