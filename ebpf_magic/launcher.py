@@ -318,6 +318,10 @@ def main(argv: list[str] | None = None) -> int:
         print(",".join(names(mask(wanted()))))
         return 0
     env = dict(os.environ)
+    if CAP_SYS_ADMIN in wanted():
+        print("ebpf_magic.launcher: this kernel (before 5.8) has no CAP_BPF/CAP_PERFMON, so the "
+              "eBPF kernel keeps CAP_SYS_ADMIN, which is nearly all of root: its confinement "
+              "does not hold here (docs/privileges.md)", file=sys.stderr)
     try:
         if os.getuid() == 0 or os.geteuid() == 0:
             argv, env = _start_as_account(argv)

@@ -228,3 +228,14 @@ for _ in range(40):
 print(int(getpids.maps["calls"][tid]) - before)""")
         assert int(count) == 40
         execute(client, "%bpf stop getpids")
+
+
+def test_launcher_says_confinement_does_not_hold_before_5_8(monkeypatch, capsys):
+    monkeypatch.setattr(kernel, "version_tuple", lambda: (5, 4))
+    monkeypatch.setattr(launcher, "_start_as_account", lambda argv: (_ for _ in ()).throw(
+        launcher.LaunchError("stop here")))
+    monkeypatch.setattr(launcher, "restrict", lambda caps: (_ for _ in ()).throw(
+        launcher.LaunchError("stop here")))
+    assert launcher.main(["-f", "x.json"]) == 1
+    err = capsys.readouterr().err
+    assert "keeps CAP_SYS_ADMIN, which is nearly all of root" in err
