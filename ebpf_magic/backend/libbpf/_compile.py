@@ -14,10 +14,11 @@ Before compiling, the source is adjusted without moving any line:
   vmlinux.h holds as this kernel has them, are left out with a note;
 * a legacy ``struct bpf_map_def SEC("maps") NAME = {...};`` (refused by libbpf
   1.x) becomes the BTF-defined map with the same fields, on the same lines;
-* every ring buffer ``NAME`` gets a hidden per-CPU counter
-  ``__ebpf_magic_lost_NAME``, declared on the ring buffer's line, and each
-  ``bpf_ringbuf_output(&NAME, ...)``/``bpf_ringbuf_reserve(&NAME, ...)`` call
-  counts its failures (buffer full) there, so every event is received or
+* every ring buffer and perf event array ``NAME`` gets a hidden per-CPU
+  counter ``__ebpf_magic_lost_NAME``, declared on the map's line, and each
+  ``bpf_ringbuf_output(&NAME, ...)``/``bpf_ringbuf_reserve(&NAME, ...)``/
+  ``bpf_perf_event_output(ctx, &NAME, ...)`` call counts its failures there
+  (a full buffer; another CPU's perf slot), so every event is received or
   counted as lost;
 * no license section: ``char LICENSE[] SEC("license") = "GPL";`` is appended.
 """
@@ -52,8 +53,10 @@ _LEGACY_MAP = re.compile(r"\bstruct\s+bpf_map_def\s+(?:SEC\s*\(\s*\"maps\"\s*\)\
 _FIELD = re.compile(r"\.\s*(\w+)\s*=\s*([^,]+)")
 _LEGACY_FIELDS = {"type": "type", "key_size": "key_size", "value_size": "value_size",
                   "max_entries": "max_entries", "map_flags": "map_flags"}
-_RINGBUF_MAP = re.compile(r"\bstruct\s*\{[^{}]*\b__uint\s*\(\s*type\s*,\s*BPF_MAP_TYPE_RINGBUF\s*\)"
-                          r"[^{}]*\}\s*(\w+)\s+SEC\s*\(\s*\"\.maps\"\s*\)\s*;")
+_OUTPUT_MAP = re.compile(r"\bstruct\s*\{[^{}]*\b__uint\s*\(\s*type\s*,\s*BPF_MAP_TYPE_"
+                         r"(RINGBUF|PERF_EVENT_ARRAY)\s*\)"
+                         r"[^{}]*\}\s*(\w+)\s+SEC\s*\(\s*\"\.maps\"\s*\)\s*;")
+_PERF_OUTPUT = re.compile(r"\bbpf_perf_event_output\s*\(")
 _LICENSE = re.compile(r"\bSEC\s*\(\s*\"license\"\s*\)")
 _INCLUDE = re.compile(r"^[ \t]*#[ \t]*include[ \t]*[<\"]([^>\"]+)[>\"].*$", re.M)
 # kernel headers whose types vmlinux.h (from the running kernel) already has
@@ -75,7 +78,7 @@ class Compiled:
     source: str  # the text clang compiled
     log: str
     warnings: list[str] = field(default_factory=list)
-    lost_maps: dict[str, str] = field(default_factory=dict)  # ring buffer -> loss counter
+    lost_maps: dict[str, str] = field(default_factory=dict)  # output map -> loss counter
 
 
 def target_arch() -> str:
@@ -100,7 +103,7 @@ class Adjusted:
     text: str
     notes: list[str]  # what the user should know about the changes
     include_defaults: bool  # the cell has no #include: add vmlinux.h and libbpf's headers
-    lost_maps: dict[str, str]  # ring buffer -> its hidden loss counter
+    lost_maps: dict[str, str]  # output map -> its hidden loss counter
 
 
 def prepare(source: str) -> Adjusted:
@@ -131,7 +134,7 @@ def prepare(source: str) -> Adjusted:
             notes.append(f"{', '.join(f'<{m.group(1)}>' for m in dropped)} left out: vmlinux.h, "
                          "generated from the running kernel, has those types")
     text = _apply(source, edits)
-    text, lost_maps = _count_ring_losses(text)
+    text, lost_maps = _count_losses(text)
     if not any(code[m.start()] == "S" for m in _LICENSE.finditer(source)):
         text += "\nchar LICENSE[] SEC(\"license\") = \"GPL\";\n"
         notes.append(LICENSE_NOTE)
@@ -144,30 +147,53 @@ def _apply(text: str, edits: list[tuple[int, int, str]]) -> str:
     return text
 
 
-def _count_ring_losses(text: str) -> tuple[str, dict[str, str]]:
+def _count_losses(text: str) -> tuple[str, dict[str, str]]:
+    """Give each ring buffer and perf event array a hidden per-CPU count of failed outputs.
+
+    A submission that fails (a full buffer; for a perf array also an output to
+    another CPU's slot, as flags 0 makes from every CPU but the first) is counted
+    where it happened. Perf arrays are counted only when every
+    ``bpf_perf_event_output`` call names its map as ``&NAME``: otherwise the
+    kernel's own count of full-ring losses stands.
+    """
     code = mask_code(text)
     edits, lost_maps = [], {}
-    for m in _RINGBUF_MAP.finditer(text):
+    perf_edits, perf_lost, perf_calls = [], {}, 0
+    for m in _OUTPUT_MAP.finditer(text):
         if code[m.start()] != "s":  # in a comment
             continue
-        name = m.group(1)
-        lost = lost_maps[name] = LOST_PREFIX + name
-        edits.append((m.end(), m.end(),
-                      f" struct {{ __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY); __type(key, __u32); "
-                      f"__type(value, __u64); __uint(max_entries, 1); }} {lost} SEC(\".maps\");"))
+        kind, name = m.group(1), m.group(2)
+        lost = LOST_PREFIX + name
+        found = [(m.end(), m.end(),
+                  f" struct {{ __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY); __type(key, __u32); "
+                  f"__type(value, __u64); __uint(max_entries, 1); }} {lost} SEC(\".maps\");")]
         count = (f"{{ __u32 __em_k = 0; __u64 *__em_v = bpf_map_lookup_elem(&{lost}, &__em_k); "
                  f"if (__em_v) (*__em_v)++; }}")
-        calls = re.compile(rf"\b(bpf_ringbuf_output|bpf_ringbuf_reserve)\s*\(\s*&\s*"
-                           rf"{re.escape(name)}\s*,")
+        if kind == "RINGBUF":
+            calls = re.compile(rf"\b(bpf_ringbuf_output|bpf_ringbuf_reserve)\s*\(\s*&\s*"
+                               rf"{re.escape(name)}\s*,")
+        else:
+            calls = re.compile(rf"\b(bpf_perf_event_output)\s*\([^,();]*(?:\([^()]*\)[^,();]*)?"
+                               rf",\s*&\s*{re.escape(name)}\s*,")
         for c in calls.finditer(code):
             close = matching_paren(code, code.index("(", c.start()))
             if close < 0:
                 continue
             call = text[c.start():close + 1]
-            wrapped = (f"({{ long __em_r = {call}; if (__em_r) {count} __em_r; }})"
-                       if c.group(1) == "bpf_ringbuf_output" else
-                       f"({{ void *__em_p = {call}; if (!__em_p) {count} __em_p; }})")
-            edits.append((c.start(), close + 1, wrapped))
+            wrapped = (f"({{ void *__em_p = {call}; if (!__em_p) {count} __em_p; }})"
+                       if c.group(1) == "bpf_ringbuf_reserve" else
+                       f"({{ long __em_r = {call}; if (__em_r) {count} __em_r; }})")
+            found.append((c.start(), close + 1, wrapped))
+        if kind == "RINGBUF":
+            edits += found
+            lost_maps[name] = lost
+        else:
+            perf_edits += found
+            perf_lost[name] = lost
+            perf_calls += len(found) - 1
+    if perf_calls and perf_calls == len(_PERF_OUTPUT.findall(code)):
+        edits += perf_edits
+        lost_maps.update(perf_lost)
     return _apply(text, edits), lost_maps
 
 
