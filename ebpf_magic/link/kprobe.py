@@ -5,22 +5,11 @@ from __future__ import annotations
 import ctypes
 import errno
 
-from . import probe_events
-from .base import (
-    PERF_TYPE_TRACEPOINT,
-    Link,
-    LinkError,
-    perf_attr,
-    perf_link,
-    pmu_retprobe_bit,
-    pmu_type,
-)
-from .tracepoint import tracepoint_id
+from . import probe_events, routes
+from .base import Link, LinkError, perf_attr, perf_link, pmu_retprobe_bit, pmu_type
 
 # Tried in order; the tracefs route is used when the PMU is absent or refuses this process.
 ROUTES = ("pmu", "tracefs")
-# the PMU is missing (EOPNOTSUPP, raised here) or refuses this process (EACCES, EPERM)
-_FALLBACK_ERRNOS = (errno.EACCES, errno.EPERM, errno.EOPNOTSUPP)
 
 
 def kprobe(prog_fd: int, function: str, *, retprobe: bool = False, offset: int = 0) -> Link:
@@ -28,18 +17,10 @@ def kprobe(prog_fd: int, function: str, *, retprobe: bool = False, offset: int =
     probe_events.sweep_once()
     kind = "kretprobe" if retprobe else "kprobe"
     description = f"{kind}:{function}" + (f"+0x{offset:x}" if offset else "")
-    error: LinkError | None = None
-    for route in ROUTES:
-        try:
-            if route == "pmu":
-                return _via_pmu(prog_fd, function, offset, retprobe, description)
-            return _via_tracefs(prog_fd, function, offset, retprobe, description)
-        except LinkError as e:
-            if e.errno not in _FALLBACK_ERRNOS:
-                raise
-            error = e
-    assert error is not None
-    raise error
+    target = f"{function}+{offset}" if offset else function
+    return routes.first_that_works(
+        ROUTES, lambda: _via_pmu(prog_fd, function, offset, retprobe, description),
+        lambda: routes.via_tracefs("kprobe", target, retprobe, prog_fd, -1, 0, description))
 
 
 def _via_pmu(prog_fd: int, function: str, offset: int, retprobe: bool,
@@ -53,18 +34,3 @@ def _via_pmu(prog_fd: int, function: str, offset: int, retprobe: bool,
     attr = perf_attr(ptype, config, config1=ctypes.addressof(name), config2=offset)
     return perf_link(prog_fd, attr, -1, 0, description)
 
-
-def _via_tracefs(prog_fd: int, function: str, offset: int, retprobe: bool,
-                 description: str) -> Link:
-    target = f"{function}+{offset}" if offset else function
-    grp, event = probe_events.add("kprobe", target, retprobe=retprobe)
-
-    def undo() -> None:
-        probe_events.remove("kprobe", grp, event, busy_timeout=probe_events.BUSY_TIMEOUT)
-
-    try:
-        attr = perf_attr(PERF_TYPE_TRACEPOINT, tracepoint_id(grp, event))
-        return perf_link(prog_fd, attr, -1, 0, f"{description} ({grp}/{event})", undo)
-    except BaseException:
-        undo()
-        raise

@@ -6,23 +6,12 @@ import ctypes
 import errno
 import os
 
-from . import probe_events
-from .base import (
-    PERF_TYPE_TRACEPOINT,
-    Link,
-    LinkError,
-    perf_attr,
-    perf_link,
-    pmu_retprobe_bit,
-    pmu_type,
-)
-from .tracepoint import tracepoint_id
+from . import probe_events, routes
+from .base import Link, LinkError, perf_attr, perf_link, pmu_retprobe_bit, pmu_type
 
 REF_CTR_OFFSET_SHIFT = 32  # PERF_UPROBE_REF_CTR_OFFSET_SHIFT
 # Tried in order; the tracefs route is used when the PMU is absent or refuses this process.
 ROUTES = ("pmu", "tracefs")
-# the PMU is missing (EOPNOTSUPP, raised here) or refuses this process (EACCES, EPERM)
-_FALLBACK_ERRNOS = (errno.EACCES, errno.EPERM, errno.EOPNOTSUPP)
 
 
 def uprobe(prog_fd: int, path: str, offset: int, *, retprobe: bool = False, pid: int = -1,
@@ -36,20 +25,11 @@ def uprobe(prog_fd: int, path: str, offset: int, *, retprobe: bool = False, pid:
     kind = "uretprobe" if retprobe else "uprobe"
     description = f"{kind}:{path}:0x{offset:x}" + (f" pid {pid}" if pid >= 0 else "")
     cpu = 0 if pid < 0 else -1
-    error: LinkError | None = None
-    for route in ROUTES:
-        try:
-            if route == "pmu":
-                return _via_pmu(prog_fd, path, offset, retprobe, pid, cpu, ref_ctr_offset,
-                                description)
-            return _via_tracefs(prog_fd, path, offset, retprobe, pid, cpu, ref_ctr_offset,
-                                description)
-        except LinkError as e:
-            if e.errno not in _FALLBACK_ERRNOS:
-                raise
-            error = e
-    assert error is not None
-    raise error
+    target = f"{path}:0x{offset:x}" + (f"(0x{ref_ctr_offset:x})" if ref_ctr_offset else "")
+    return routes.first_that_works(
+        ROUTES, lambda: _via_pmu(prog_fd, path, offset, retprobe, pid, cpu, ref_ctr_offset,
+                                 description),
+        lambda: routes.via_tracefs("uprobe", target, retprobe, prog_fd, pid, cpu, description))
 
 
 def _via_pmu(prog_fd: int, path: str, offset: int, retprobe: bool, pid: int, cpu: int,
@@ -64,18 +44,3 @@ def _via_pmu(prog_fd: int, path: str, offset: int, retprobe: bool, pid: int, cpu
     attr = perf_attr(ptype, config, config1=ctypes.addressof(name), config2=offset)
     return perf_link(prog_fd, attr, pid, cpu, description)
 
-
-def _via_tracefs(prog_fd: int, path: str, offset: int, retprobe: bool, pid: int, cpu: int,
-                 ref_ctr_offset: int, description: str) -> Link:
-    target = f"{path}:0x{offset:x}" + (f"(0x{ref_ctr_offset:x})" if ref_ctr_offset else "")
-    grp, event = probe_events.add("uprobe", target, retprobe=retprobe)
-
-    def undo() -> None:
-        probe_events.remove("uprobe", grp, event, busy_timeout=probe_events.BUSY_TIMEOUT)
-
-    try:
-        attr = perf_attr(PERF_TYPE_TRACEPOINT, tracepoint_id(grp, event))
-        return perf_link(prog_fd, attr, pid, cpu, f"{description} ({grp}/{event})", undo)
-    except BaseException:
-        undo()
-        raise
