@@ -1,8 +1,7 @@
-"""Attach points: bpftrace's probe syntax, and BCC's function-name conventions.
+"""Attach points in bpftrace's probe syntax.
 
 ``Probe.parse("tracepoint:syscalls:sys_enter_write=count")`` gives a probe bound
-to the C function ``count``; :func:`auto_probes` finds the probes implied by
-function names such as ``kprobe__do_sys_open`` or ``TRACEPOINT_PROBE(...)``.
+to the C function ``count``; :func:`bind_explicit` binds specs written without one.
 """
 
 from __future__ import annotations
@@ -139,28 +138,10 @@ class Probe:
         return "^" + re.escape(self.target).replace(r"\*", ".*").replace(r"\?", ".") + "$"
 
 
-_AUTO = [
-    ("kprobe__", "kprobe"), ("kretprobe__", "kretprobe"), ("tracepoint__", "tracepoint"),
-    ("raw_tracepoint__", "rawtracepoint"), ("kfunc__", "kfunc"), ("kretfunc__", "kretfunc"),
-    ("lsm__", "lsm"),
-]
-
-
-def auto_probe(function: str) -> Probe | None:
-    """The probe BCC's naming conventions imply for ``function``, if any."""
-    for prefix, kind in _AUTO:
-        if function.startswith(prefix):
-            target = function[len(prefix):]
-            if kind == "tracepoint":
-                target = target.replace("__", ":", 1)
-            if kind in ("kfunc", "kretfunc") and target.startswith("vmlinux__"):
-                target = target[len("vmlinux__"):]
-            return Probe(kind, target, function)
-    return None
-
-
 def bind_explicit(probes: list[Probe], functions: list[str]) -> list[Probe]:
     """Give each probe without ``=FUNCTION`` the one C function no probe handles.
+
+    Functions with probes of their own (a backend's implied probes) belong in ``probes``.
 
     Raises :class:`ProbeSpecError` naming the candidates when that is ambiguous.
     """
@@ -169,7 +150,7 @@ def bind_explicit(probes: list[Probe], functions: list[str]) -> list[Probe]:
     if unknown:
         raise ProbeSpecError(f"no C function named {', '.join(unknown)} in this cell",
                              f"Functions in the cell: {', '.join(functions) or 'none'}")
-    free = [f for f in functions if f not in taken and auto_probe(f) is None]
+    free = [f for f in functions if f not in taken]
     unbound = [p for p in probes if not p.function]
     if not unbound:
         return probes

@@ -26,7 +26,14 @@ import pandas as pd
 
 from . import source as src
 from . import sysbpf
-from .backend import CompiledProgram, check_globals, choose_backend, compile_program
+from .backend import (
+    CompiledProgram,
+    check_globals,
+    choose_backend,
+    compile_program,
+    compiles_out_of_process,
+    named_probes,
+)
 from .errors import AttachError
 from .globalvars import Globals
 from .maps import Maps
@@ -83,12 +90,15 @@ class Program:
         requested = [Probe.parse(a, pid) if isinstance(a, str) else a for a in attach]
         usdt = [p for p in requested if p.kind == "usdt"]
         if any(not p.function for p in usdt):
-            usdt = bind_explicit(usdt, src.function_names(source))
+            functions = src.function_names(source)
+            named = named_probes(self.backend, functions)
+            usdt = bind_explicit(named + usdt, functions)[len(named):]
         check_options(stream_options or {})
         try:
             # A compiler interrupted half-way in this process could leak what it loaded:
-            # Ctrl-C waits. BCC compiles in a worker process that Ctrl-C stops at once.
-            with contextlib.nullcontext() if self.backend == "bcc" else interrupts_deferred():
+            # Ctrl-C waits, unless the backend compiles in a process Ctrl-C stops at once.
+            with (contextlib.nullcontext() if compiles_out_of_process(self.backend) else
+                  interrupts_deferred()):
                 self._compiled = compile_program(source, cflags=self.cflags, usdt=usdt,
                                                  line_offset=line_offset, backend=self.backend,
                                                  globals=globals)

@@ -2,8 +2,9 @@
 
 import pytest
 
+from ebpf_magic.backend import named_probes
 from ebpf_magic.errors import ProbeSpecError
-from ebpf_magic.probes import Probe, auto_probe, bind_explicit
+from ebpf_magic.probes import Probe, bind_explicit
 
 
 @pytest.mark.parametrize("spec, kind, target, fn", [
@@ -47,6 +48,9 @@ def test_perf_event_rates():
 
 
 def test_auto_probes():
+    def auto_probe(function):
+        return (named_probes("bcc", [function]) or [None])[0]
+
     assert auto_probe("kprobe__do_sys_open") == Probe("kprobe", "do_sys_open",
                                                        "kprobe__do_sys_open")
     assert auto_probe("tracepoint__syscalls__sys_enter_write").target == \
@@ -55,11 +59,14 @@ def test_auto_probes():
     assert auto_probe("kfunc__vfs_read").kind == "kfunc"
     assert auto_probe("lsm__file_open").kind == "lsm"
     assert auto_probe("helper") is None
+    # libbpf programs name their probes in SEC(), never in function names
+    assert named_probes("libbpf", ["kprobe__do_sys_open"]) == []
 
 
 def test_bind_single_free_function():
-    probes = [Probe.parse("tracepoint:a:b")]
-    assert bind_explicit(probes, ["on", "kprobe__x"])[0].function == "on"
+    implied = named_probes("bcc", ["on", "kprobe__x"])
+    probes = implied + [Probe.parse("tracepoint:a:b")]
+    assert bind_explicit(probes, ["on", "kprobe__x"])[1].function == "on"
 
 
 def test_bind_ambiguous_lists_candidates():

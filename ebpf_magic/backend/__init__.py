@@ -20,7 +20,7 @@ import numpy as np
 
 from .. import dtypes
 from ..errors import BPFError
-from ..probes import Probe, auto_probe
+from ..probes import Probe
 from ..suggest import near
 
 
@@ -127,8 +127,8 @@ class CompiledProgram(abc.ABC):
         """
 
     def implied_probes(self) -> list[Probe]:
-        """The probes the program's own text implies (BCC: ``kprobe__FUNC`` and such names)."""
-        return [p for p in (auto_probe(f) for f in self.functions) if p is not None]
+        """The probes the program's own text implies (BCC: ``kprobe__FUNC``; libbpf: SEC())."""
+        return []
 
     def loss_counters(self) -> dict[str, str]:
         """Hidden maps the backend added to count failed submissions, by stream name."""
@@ -226,6 +226,27 @@ def compile_program(source: str, *, cflags: list[str], usdt: list[Probe],
 
     return BccProgram(source, cflags=cflags, usdt=usdt, filename=filename,
                       line_offset=line_offset)
+
+
+def named_probes(backend: str, functions: list[str]) -> list[Probe]:
+    """The probes ``backend``'s naming conventions give ``functions``, known before compiling.
+
+    BCC's ``kprobe__FUNC``-style names; libbpf names none (its probes are in SEC()).
+    """
+    if backend == "libbpf":
+        return []
+    from .bcc import named_probes as named
+
+    return named(functions)
+
+
+def compiles_out_of_process(backend: str) -> bool:
+    """Whether ``backend`` compiles and loads in another process, which Ctrl-C may stop at once.
+
+    A backend that loads in this process must not be interrupted half-way: what it loaded
+    would have no owner.
+    """
+    return backend == "bcc"
 
 
 def check_globals(backend: str, names: Mapping[str, Any] | list[str]) -> None:

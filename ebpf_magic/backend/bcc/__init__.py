@@ -14,10 +14,10 @@ from pathlib import Path
 from .client import prestart
 from .diagnostics import format_diagnostics
 from .locate import import_bcc
-from .program import BccProgram
+from .program import BccProgram, named_probes
 
-__all__ = ["BccProgram", "format_diagnostics", "location", "prestart", "symbolize_user",
-           "version"]
+__all__ = ["BccProgram", "format_diagnostics", "location", "named_probes", "prestart",
+           "symbolize_user", "version"]
 
 
 def version() -> str:

@@ -29,6 +29,31 @@ _PROG_TYPE = {"kprobe": 2, "kretprobe": 2, "uprobe": 2, "uretprobe": 2, "usdt": 
 _TRAMPOLINES = (26, 29)  # BPF_PROG_TYPE_TRACING, BPF_PROG_TYPE_LSM
 RELEASE_WAIT = 1.0  # seconds close() waits for detached links to be released
 _DECLARED = re.compile(r"\bBPF_(HISTOGRAM|STACK_TRACE|STACK_TRACE_BUILDID)\s*\(\s*(\w+)")
+# BCC attaches functions named PREFIX + target by themselves (TRACEPOINT_PROBE and friends
+# expand to such names)
+_NAMED = [
+    ("kprobe__", "kprobe"), ("kretprobe__", "kretprobe"), ("tracepoint__", "tracepoint"),
+    ("raw_tracepoint__", "rawtracepoint"), ("kfunc__", "kfunc"), ("kretfunc__", "kretfunc"),
+    ("lsm__", "lsm"),
+]
+
+
+def named_probe(function: str) -> Probe | None:
+    """The probe BCC's naming conventions imply for ``function``, if any."""
+    for prefix, kind in _NAMED:
+        if function.startswith(prefix):
+            target = function[len(prefix):]
+            if kind == "tracepoint":
+                target = target.replace("__", ":", 1)
+            if kind in ("kfunc", "kretfunc") and target.startswith("vmlinux__"):
+                target = target[len("vmlinux__"):]
+            return Probe(kind, target, function)
+    return None
+
+
+def named_probes(functions: list[str]) -> list[Probe]:
+    """The probes BCC's naming conventions imply for ``functions``, in their order."""
+    return [p for p in map(named_probe, functions) if p is not None]
 
 
 class BccProgram(CompiledProgram):
@@ -124,6 +149,10 @@ class BccProgram(CompiledProgram):
         self._uprobes = reply["uprobes"]
         self._usdt = reply["usdt"]
         self._loaded = True
+
+    def implied_probes(self) -> list[Probe]:
+        """The probes of functions named ``kprobe__FUNC``, ``tracepoint__CAT__NAME`` and such."""
+        return named_probes(self.functions)
 
     # -- maps ---------------------------------------------------------------
 
