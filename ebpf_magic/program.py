@@ -104,6 +104,7 @@ class Program:
                                                  globals=globals)
             self._globals = Globals(self._compiled.globals(), name)
             self.warnings = list(self._compiled.warnings)
+            self.notes = list(self._compiled.notes)
             functions = self._compiled.functions
             auto = self._compiled.implied_probes()
             # functions with implied probes are taken: a spec without =FUNCTION means another

@@ -173,7 +173,8 @@ def test_seed_current_cpu_rows_from_every_cpu(no_leaks):
     # one slot for more CPUs than that: the map grows to one slot per CPU, with a note
     cell = SEED.replace("FLAGS", "BPF_F_CURRENT_CPU").replace("max_entries = 2", "max_entries = 1")
     with Program(cell) as prog:
-        assert "my_map: max_entries 1 raised to" in " ".join(prog.warnings)
+        assert "my_map: max_entries 1 raised to" in " ".join(prog.notes)
+        assert prog.warnings == []
         assert prog.backend == "libbpf"
         assert prog.attached == ["tracepoint:syscalls:sys_enter_write=bpf_prog1"]
         child = _writes_on_cpus(500, cpus)
@@ -194,8 +195,9 @@ def test_seed_flags_zero_only_cpu0_and_warns(no_leaks):
         pytest.skip(f"needs CPU 0 and another CPU; this process may run on {cpus}")
     # the seed's own first line: vmlinux.h has those types, so the include is left out
     with Program("#include <linux/ptrace.h>\n" + SEED.replace("FLAGS", "0")) as prog:
-        assert any("BPF_F_CURRENT_CPU" in w and "my_map" in w for w in prog.warnings)
-        assert any(w.startswith("<linux/ptrace.h> left out") for w in prog.warnings)
+        assert prog.warnings == [libbpf.FLAGS_ZERO_WARNING.format(map="my_map")]
+        assert prog.notes[0].startswith("<linux/ptrace.h> left out")
+        assert len(prog.notes) == 2 and "GPL was assumed" in prog.notes[1]
         child = _writes_on_cpus(300, [0, cpus[1]])
         stream = prog.events["my_map"]
         _wait_rows(stream, 300)
@@ -355,15 +357,22 @@ def test_cell_reports_backend_and_warns(shell, capsys, no_leaks):
     out = capsys.readouterr()
     prog = shell.user_ns["seed"]
     try:
-        assert out.out.strip() == ("seed: attached tracepoint:syscalls:sys_enter_write=bpf_prog1; "
-                                   "maps: my_map; events: my_map; backend: libbpf")
-        assert "BPF_F_CURRENT_CPU" in out.err and "license" in out.err
-        # a SEC() without a target is attached by -a; --backend names the backend
+        # notes and warnings are displayed lines, never stderr (red in a notebook)
+        license_note = f"note: {prog.notes[0]}"
+        assert "GPL was assumed" in license_note
+        assert out.out.splitlines() == [
+            license_note, f"warning: {libbpf.FLAGS_ZERO_WARNING.format(map='my_map')}",
+            "seed: attached tracepoint:syscalls:sys_enter_write=bpf_prog1; "
+            "maps: my_map; events: my_map; backend: libbpf"]
+        assert out.err == ""
+        # a SEC() without a target is attached by -a; --backend names the backend; the
+        # second cell's own note is shown too
         shell.run_cell_magic("bpf", "plain -a tracepoint:syscalls:sys_enter_getppid "
                              "--backend libbpf",
                              'SEC("tracepoint") int on_getppid(void *ctx) { return 0; }')
-        assert capsys.readouterr().out.strip() == (
-            "plain: attached tracepoint:syscalls:sys_enter_getppid=on_getppid; backend: libbpf")
+        assert capsys.readouterr().out.splitlines() == [
+            license_note,
+            "plain: attached tracepoint:syscalls:sys_enter_getppid=on_getppid; backend: libbpf"]
     finally:
         prog.stop()
         if "plain" in shell.user_ns:

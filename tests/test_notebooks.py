@@ -21,6 +21,8 @@ import pytest
 
 from ebpf_magic import kernelspec
 from ebpf_magic.backend.bcc.headers import Headers
+from ebpf_magic.backend.libbpf import FLAGS_ZERO_WARNING
+from ebpf_magic.backend.libbpf._compile import LICENSE_NOTE
 from ebpf_magic.magics import cell as cell_magic
 from ebpf_magic.magics import save
 from ebpf_magic.replay import RECORD_ENV, recording_path
@@ -28,8 +30,6 @@ from ebpf_magic.replay import RECORD_ENV, recording_path
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 BOOKS = sorted(p.name for p in NOTEBOOKS.glob("[0-9]*.ipynb"))
 # notebooks whose text discusses the warnings the backend gives for their cells
-TEACHES_WARNINGS = {"09_bpf_syscall_and_libbpf.ipynb"}
-
 # argv: notebook, working directory, output [, kernel name: else the notebook's own]
 RUNNER = """
 import json, sys
@@ -95,8 +95,8 @@ def execute(notebook: str, home: Path, replay: bool) -> nbformat.NotebookNode:
     return nbformat.read(out, as_version=4)
 
 
-def check(book: nbformat.NotebookNode, replay: bool, warns: bool = False) -> None:
-    """No errors, every figure drawn, nothing on stderr (but warnings when ``warns``)."""
+def check(book: nbformat.NotebookNode, replay: bool) -> None:
+    """No errors, every figure drawn, nothing on stderr."""
     errors, missing = [], []
     for cell in book.cells:
         if cell.cell_type != "code":
@@ -108,9 +108,7 @@ def check(book: nbformat.NotebookNode, replay: bool, warns: bool = False) -> Non
                 "image/png" in o.get("data", {}) for o in outputs):
             missing.append(cell.source[:60])
         errors += [f"{cell.source[:60]!r} wrote to stderr: {o.text[:300]!r}" for o in outputs
-                   if o.output_type == "stream" and o.name == "stderr" and not (
-                       warns and all(line.startswith("warning: ")
-                                     for line in o.text.splitlines()))]
+                   if o.output_type == "stream" and o.name == "stderr"]
     assert not errors, "\n".join(errors)
     assert not missing, f"cells that drew no figure: {missing}"
     text = json.dumps([c.get("outputs", []) for c in book.cells if c.cell_type == "code"])
@@ -149,16 +147,22 @@ def test_every_notebook_has_its_recordings() -> None:
 
 @pytest.mark.parametrize("notebook", BOOKS)
 def test_notebook_replays_without_privileges(notebook: str, home: Path) -> None:
-    check(execute(notebook, home, replay=True), replay=True, warns=notebook in TEACHES_WARNINGS)
+    check(execute(notebook, home, replay=True), replay=True)
 
 
 @pytest.mark.kernel
 @pytest.mark.parametrize("notebook", BOOKS)
 def test_notebook_runs_live(notebook: str, home: Path) -> None:
     before = set(os.listdir(NOTEBOOKS / "recordings"))
-    check(execute(notebook, home, replay=False), replay=False,
-          warns=notebook in TEACHES_WARNINGS)
+    book = execute(notebook, home, replay=False)
+    check(book, replay=False)
     assert set(os.listdir(NOTEBOOKS / "recordings")) == before
+    if notebook.startswith("09"):
+        flags_zero = next(c for c in book.cells if c.source.startswith("%%bpf trace_output0"))
+        displayed = [o.data for o in flags_zero.outputs if o.output_type == "display_data"]
+        assert [d["text/plain"] for d in displayed] == [
+            f"note: {LICENSE_NOTE}", f"warning: {FLAGS_ZERO_WARNING.format(map='my_map')}"]
+        assert ">warning:</b> my_map: bpf_perf_event_output(" in displayed[1]["text/html"]
     if notebook.startswith("06"):
         assert not [n for n in os.listdir("/sys/class/net") if n.startswith("ebpfnb")]
         netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
@@ -172,7 +176,7 @@ def test_notebooks_open_in_the_least_privilege_kernel() -> None:
             kernelspec.KERNEL_NAME, kernelspec.DISPLAY_NAME, "python"), name
 
 
-def test_headers_note_is_one_line_once_per_session(capsys) -> None:
+def test_headers_note_once_per_session_and_each_cell_its_own_lines(capsys) -> None:
     from IPython.core.interactiveshell import InteractiveShell
 
     InteractiveShell.instance()  # display() prints text/plain in a plain shell
@@ -180,16 +184,29 @@ def test_headers_note_is_one_line_once_per_session(capsys) -> None:
         inexact = Headers(Path("/usr/src/linux-headers-6.1.0-41-amd64"),
                           "nearest distro headers", "6.1.0-41-amd64", exact=False)
         warned: set[str] = set()
-        cell_magic.report_warnings(warned, [inexact.warning, "x is const but not volatile"])
-        cell_magic.report_warnings(warned, [inexact.warning])
+        const = "x is const but not volatile"
+        cell_magic.report_warnings(warned, [inexact.warning, const], ["GPL was assumed"])
+        cell_magic.report_warnings(warned, [inexact.warning, const], ["GPL was assumed"])
         out, err = capsys.readouterr()
-        assert out.splitlines() == [
+        cell = ["note: GPL was assumed", f"warning: {const}"]
+        assert out.splitlines() == [cell[0],
             f"note: BCC compiles against 6.1.0-41-amd64 kernel headers, not "
             f"{platform.release()}'s, so its reads of kernel structs may be off "
-            "(README, Kernel headers)"]
-        assert err == "warning: x is const but not volatile\n"
+            "(README, Kernel headers)", cell[1]] + cell
+        assert err == ""
     finally:
         InteractiveShell.clear_instance()
+
+
+def test_warning_is_a_displayed_line_marked_in_html(monkeypatch) -> None:
+    shown_data: list[dict] = []
+    monkeypatch.setattr(cell_magic, "display", lambda data, raw: shown_data.append(data))
+    cell_magic.report_warnings(set(), ["a <b> & c"], ["n"])
+    assert shown_data == [
+        {"text/plain": "note: n", "text/html": '<small><span style="color:#666">note:</span> '
+                                               "n</small>"},
+        {"text/plain": "warning: a <b> & c",
+         "text/html": '<small><b style="color:#b8860b">warning:</b> a &lt;b&gt; &amp; c</small>'}]
 
 
 def test_save_without_recording_reads_as_routine(capsys) -> None:

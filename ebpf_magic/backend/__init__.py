@@ -119,6 +119,7 @@ class CompiledProgram(abc.ABC):
     functions: list[str]
     log: str  # what the compiler printed
     warnings: list[str]  # what the user should know (e.g. inexact kernel headers)
+    notes: list[str] = []  # what the backend assumed or changed (e.g. a license it added)
 
     def load(self, probes: list[Probe]) -> None:  # noqa: B027 - optional, not abstract
         """Load the functions ``probes`` use, once, before maps(), event_dtype() and attach().

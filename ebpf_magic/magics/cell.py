@@ -9,8 +9,7 @@ import math
 import os
 import re
 import shlex
-import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from html import escape
 from pathlib import Path
 
@@ -242,27 +241,29 @@ def run(magics, line: str, cell: str) -> None:
     shell.user_ns[args.name] = prog
     if args.record is not None:
         recording.mark(prog, args.record)
-    report_warnings(magics.warned, prog.warnings)
+    report_warnings(magics.warned, prog.warnings, prog.notes)
     if not args.quiet:
         _report(prog)
 
 
-def report_warnings(warned: set[str], warnings: list[str]) -> None:
-    """Show each warning once per session (``warned`` holds those already shown).
+def report_warnings(warned: set[str], warnings: Sequence[str],
+                    notes: Sequence[str] = ()) -> None:
+    """Show a cell's notes, then its warnings, each as one displayed line (never on stderr).
 
-    The note that BCC compiles against another release's kernel headers is one
-    plain line pointing to the README, since it concerns the machine, not the cell;
-    other warnings go to stderr.
+    The note that BCC compiles against another release's kernel headers concerns the
+    machine, not the cell: it is shown once per session (``warned`` remembers it), as
+    one line pointing to the README. Everything else is shown for every cell that has it.
     """
+    for note in notes:
+        _line("note", note)
     for warning in warnings:
         headers = _HEADERS.match(warning)
-        key = "kernel headers" if headers else warning
-        if key in warned:
-            continue
-        warned.add(key)
         if headers is None:
-            print(f"warning: {warning}", file=sys.stderr)
+            _line("warning", warning)
             continue
+        if "kernel headers" in warned:
+            continue
+        warned.add("kernel headers")
         text = (f"note: BCC compiles against {headers['used']} kernel headers, not "
                 f"{headers['running']}'s, so its reads of kernel structs may be off")
         link = "README, Kernel headers"
@@ -271,6 +272,14 @@ def report_warnings(warned: set[str], warnings: list[str]) -> None:
             html = f'<a href="{escape(os.path.relpath(README))}" target="_blank">{html}</a>'
         display({"text/plain": f"{text} ({link})",
                  "text/html": f"<small>{escape(text)} ({html})</small>"}, raw=True)
+
+
+def _line(kind: str, text: str) -> None:
+    """Display ``kind: text`` as one small line; a warning's label is coloured, not red."""
+    label = (f'<b style="color:#b8860b">{kind}:</b>' if kind == "warning"
+             else f'<span style="color:#666">{kind}:</span>')
+    display({"text/plain": f"{kind}: {text}",
+             "text/html": f"<small>{label} {escape(text)}</small>"}, raw=True)
 
 
 def _report(prog: Program) -> None:

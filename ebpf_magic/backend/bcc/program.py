@@ -82,6 +82,7 @@ class BccProgram(CompiledProgram):
         self._loaded = False
         self.headers = headers.ensure()
         self.warnings = [self.headers.warning] if self.headers.warning else []
+        self.notes: list[str] = []
         if self.headers.path is None:
             raise HeadersMissingError("No kernel headers found to compile BPF C against.",
                                       headers.install_hint())

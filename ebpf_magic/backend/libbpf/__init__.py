@@ -135,8 +135,8 @@ class LibbpfProgram(CompiledProgram):
         self._object = compiled.obj
         self._lost_maps = dict(compiled.lost_maps)
         self._records, flags_zero = _source.submissions(source)
-        self.warnings = list(compiled.warnings) + [FLAGS_ZERO_WARNING.format(map=m)
-                                                   for m in dict.fromkeys(flags_zero)]
+        self.notes = list(compiled.notes)
+        self.warnings = [FLAGS_ZERO_WARNING.format(map=m) for m in dict.fromkeys(flags_zero)]
         lib = _lib.lib()
         opts = _lib.ObjectOpenOpts(sz=ct.sizeof(_lib.ObjectOpenOpts),
                                    object_name=filename.encode()[:15])
@@ -194,8 +194,8 @@ class LibbpfProgram(CompiledProgram):
             if lib.bpf_map__type(m) == _PERF_EVENT_ARRAY and 0 < size < cpus:
                 lib.bpf_map__set_max_entries(m, cpus)
                 name = lib.bpf_map__name(m).decode()
-                self.warnings.append(f"{name}: max_entries {size} raised to {cpus}, one per CPU, "
-                                     "so that events on every CPU reach the buffer")
+                self.notes.append(f"{name}: max_entries {size} raised to {cpus}, one per CPU, "
+                                  "so that events on every CPU reach the buffer")
             m = lib.bpf_object__next_map(self._obj, m)
 
     def _find_variables(self) -> None:

@@ -77,7 +77,7 @@ class Compiled:
     obj: bytes
     source: str  # the text clang compiled
     log: str
-    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what was assumed or left out
     lost_maps: dict[str, str] = field(default_factory=dict)  # output map -> loss counter
 
 
