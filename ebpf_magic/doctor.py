@@ -1,10 +1,10 @@
 """``doctor``: can BPF be used here, and which attach types work on this kernel?
 
-:func:`run` checks privileges, BCC, the kernel, BTF, kernel headers,
-tracefs and the libbpf backend's needs (clang, libbpf, the ``vmlinux.h``
-cache), says which backend serves which kind of cell, then learns which
-attach types really work by loading and attaching a tiny program of each
-kind through :class:`~ebpf_magic.program.Program` and watching each one fire.
+:func:`run` checks privileges, the kernel, BTF and tracefs, asks each backend
+(through :func:`ebpf_magic.backend.diagnostics`) for its needs (BCC and kernel
+headers; clang, libbpf, the ``vmlinux.h`` cache) and which kind of cell it
+serves, then learns which attach types really work by loading and attaching
+a tiny program of each kind through :class:`~ebpf_magic.program.Program` and watching each one fire.
 Every row says what failed, why, and how to fix it. All probes share one
 compilation when they can: when an attach fails, the error names the probe,
 that row is marked unavailable and the rest are compiled again without it.
@@ -32,13 +32,13 @@ import tempfile
 import textwrap
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
 
-from . import cache, kernel, sysbpf
-from .backend.bcc import headers
+from . import backend, kernel, sysbpf
 from .errors import (
     AttachError,
     BCCNotFoundError,
@@ -167,15 +167,6 @@ def check_memlock() -> Row:
                "LimitMEMLOCK=infinity in a systemd unit.")
 
 
-def check_bcc() -> Row:
-    from .backend import bcc
-
-    try:
-        return Row("BCC", OK, f"BCC {bcc.version()} from {bcc.location()}")
-    except BCCNotFoundError as e:
-        return Row("BCC", FAIL, e.message, e.hint)
-
-
 def check_kernel() -> Row:
     return Row("kernel", OK, f"Linux {kernel.release()} ({platform.machine()})")
 
@@ -187,100 +178,6 @@ def check_btf() -> Row:
     return Row("BTF", WARN, "no /sys/kernel/btf/vmlinux: fentry/fexit and LSM programs and the "
                "libbpf backend cannot be used", "Use a kernel built with "
                "CONFIG_DEBUG_INFO_BTF=y (most distribution kernels since 2021).")
-
-
-_LIBBPF_PACKAGES = "Install them: `apt-get install clang libbpf-dev` (scripts/setup.sh does)."
-
-
-def check_clang() -> Row:
-    from .backend import libbpf
-
-    if libbpf.compiler_version() is None:
-        return Row("clang", WARN, "not installed: libbpf-style cells cannot be compiled",
-                   _LIBBPF_PACKAGES)
-    return Row("clang", OK, libbpf.describe()["clang"] + " (compiles libbpf-style cells)")
-
-
-def check_libbpf() -> Row:
-    from . import backend
-    from .backend import libbpf
-
-    if backend.version("libbpf") is None:
-        return Row("libbpf", WARN, "the system's libbpf cannot be loaded: libbpf-style cells "
-                   "cannot be loaded", _LIBBPF_PACKAGES)
-    return Row("libbpf", OK, libbpf.describe()["libbpf"] + " (loads and attaches libbpf-style "
-               "cells)")
-
-
-def check_vmlinux_cache() -> Row:
-    from .backend import libbpf
-
-    if not kernel.btf_available():
-        return Row("vmlinux.h cache", NOT_CHECKED, "needs BTF (see its row above)")
-    return Row("vmlinux.h cache", OK, "the kernel's types for libbpf-style cells, generated "
-               f"from its BTF: {libbpf.describe()['vmlinux.h']}")
-
-
-def check_bcc_dialect() -> Row:
-    from . import backend
-
-    ok, why = backend.available("bcc")
-    if ok:
-        return Row("BCC dialect cells", OK, "served by the BCC backend (BPF_HASH, "
-                   "TRACEPOINT_PROBE, .perf_submit(), BCC's tools)")
-    return Row("BCC dialect cells", FAIL, f"no backend: BCC is missing ({why.splitlines()[0]})",
-               "Install BCC (see the BCC row), or write the cell in libbpf style.")
-
-
-def check_libbpf_style() -> Row:
-    from . import backend
-
-    ok, why = backend.available("libbpf")
-    if ok:
-        return Row("libbpf-style cells", OK, "served by the libbpf backend (SEC() programs, "
-                   "maps in SEC(\".maps\"), libbpf-tools and libbpf-bootstrap style)")
-    return Row("libbpf-style cells", WARN, f"no backend: {why}", _LIBBPF_PACKAGES)
-
-
-def check_kernel_structs() -> Row:
-    """Which backend reads kernel structs right, given the headers BCC compiles against."""
-    from . import backend
-
-    found = headers.ensure()
-    libbpf_ok, why = backend.available("libbpf")
-    core = ("the libbpf backend's CO-RE reads (BPF_CORE_READ) are relocated to this kernel's "
-            "BTF and are right")
-    if found.path is not None and found.exact:
-        detail = (f"both backends: BCC compiles against this kernel's headers ({found.source})"
-                  + (f", and {core}" if libbpf_ok else ""))
-        return Row("kernel struct reads", OK, detail)
-    have = (f"compiles against {found.release} headers" if found.path is not None else
-            "has no headers at all")
-    if libbpf_ok:
-        return Row("kernel struct reads", WARN, f"libbpf backend: BCC {have}, not this "
-                   f"kernel's ({kernel.release()}), so BCC's reads of kernel structs "
-                   f"(task_struct, sock, ...) can be wrong; {core}",
-                   "Read kernel structs in libbpf-style cells (SEC() names and "
-                   "BPF_CORE_READ, or --backend libbpf), or install this kernel's headers.")
-    return Row("kernel struct reads", WARN, f"no backend reads them right: BCC {have}, not "
-               f"this kernel's ({kernel.release()}), so its reads of kernel structs can be "
-               f"wrong, and the libbpf backend cannot run ({why})",
-               _LIBBPF_PACKAGES + " " + headers.install_hint())
-
-
-def check_headers() -> Row:
-    try:
-        found = headers.ensure()
-    except OSError as e:
-        return Row("kernel headers", FAIL, f"could not prepare kernel headers: {e}",
-                   f"Make {cache.cache_dir()} writable, or set EBPF_MAGIC_CACHE to a "
-                   "writable directory.")
-    if found.path is None:
-        return Row("kernel headers", FAIL, f"no kernel headers for {kernel.release()}: BCC "
-                   "cannot compile programs", headers.install_hint())
-    if not found.exact:
-        return Row("kernel headers", WARN, found.warning, headers.install_hint())
-    return Row("kernel headers", OK, f"{found.source}: {found.path}")
 
 
 def _mounted(fstype: str) -> list[str]:
@@ -698,15 +595,17 @@ def check_attach_types(rows: list[Row], prog_ids: list[int] | None = None) -> li
     return [prober.rows.get(c.check, replace(missing, check=c.check)) for c in CHECKS] + [cleanup]
 
 
-ENVIRONMENT = {"privileges": check_privileges, "process": check_process,
-               "memlock": check_memlock, "BCC": check_bcc,
-               "kernel": check_kernel, "BTF": check_btf, "kernel headers": check_headers,
-               "clang": check_clang, "libbpf": check_libbpf,
-               "vmlinux.h cache": check_vmlinux_cache,
-               "tracefs": check_tracefs, "debugfs": check_debugfs,
-               "stale probe events": check_probe_events,
-               "BCC dialect cells": check_bcc_dialect, "libbpf-style cells": check_libbpf_style,
-               "kernel struct reads": check_kernel_structs}
+def _row(check: Callable[[], backend.Diagnostic]) -> Callable[[], Row]:
+    """A backend's check, as a check giving a row of the report."""
+    return lambda: Row(**asdict(check()))
+
+
+# this process and the kernel first, then each backend's prerequisites and the cells it serves
+ENVIRONMENT: dict[str, Callable[[], Row]] = {
+    "privileges": check_privileges, "process": check_process, "memlock": check_memlock,
+    "kernel": check_kernel, "BTF": check_btf, "tracefs": check_tracefs,
+    "debugfs": check_debugfs, "stale probe events": check_probe_events,
+    **{name: _row(check) for name, check in backend.diagnostics().items()}}
 
 
 def _safely(name: str, check) -> Row:

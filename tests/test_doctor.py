@@ -105,21 +105,23 @@ def _headers(exact: bool):
 
 def test_backend_rows_where_headers_match(monkeypatch):
     from ebpf_magic.backend import libbpf
+    from ebpf_magic.backend.bcc import headers
 
-    monkeypatch.setattr(doctor.headers, "ensure", lambda: _headers(True))
+    monkeypatch.setattr(headers, "ensure", lambda: _headers(True))
     monkeypatch.setattr(libbpf, "available", lambda: (True, ""))
-    row = doctor.check_kernel_structs()
+    row = doctor.ENVIRONMENT["kernel struct reads"]()
     assert row.status == "ok" and row.detail.startswith("both backends: BCC compiles against "
                                                         "this kernel's headers (running kernel)")
 
 
 def test_backend_rows_without_clang_and_libbpf(monkeypatch):
     from ebpf_magic.backend import libbpf
+    from ebpf_magic.backend.bcc import headers
 
     def missing():
         raise OSError("libbpf.so.1: cannot open shared object file")
 
-    monkeypatch.setattr(doctor.headers, "ensure", lambda: _headers(False))
+    monkeypatch.setattr(headers, "ensure", lambda: _headers(False))
     monkeypatch.setattr(libbpf, "compiler_version", lambda: None)
     monkeypatch.setattr(libbpf, "version", missing)
     monkeypatch.setattr(libbpf, "available", lambda: (False, "clang is not installed"))
@@ -134,9 +136,15 @@ def test_backend_rows_without_clang_and_libbpf(monkeypatch):
         "no backend reads them right: BCC compiles against 6.1.0-99-amd64 headers")
 
 
-def test_doctor_uses_the_libbpf_backend_through_its_functions():
+def test_doctor_asks_the_backends_only_through_the_registry():
     text = (REPO / "ebpf_magic" / "doctor.py").read_text()
-    assert "libbpf._" not in text and "import _" not in text
+    assert "backend.bcc" not in text and "backend.libbpf" not in text
+    assert "from .backend" not in text
+    assert "import _" not in text
+    rows = {name: check() for name, check in doctor.ENVIRONMENT.items()}
+    assert {"BCC", "kernel headers", "clang", "libbpf", "vmlinux.h cache", "BCC dialect cells",
+            "libbpf-style cells", "kernel struct reads"} <= set(rows)
+    assert all(isinstance(r, Row) and r.check == name for name, r in rows.items())
 
 
 @pytest.mark.kernel

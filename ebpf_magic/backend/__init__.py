@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import abc
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -320,6 +320,31 @@ def symbolize_user(pid: int, addrs: list[int], backend: str = "") -> list[str | 
     from .. import symbols
 
     return symbols.symbolize_user(pid, addrs)
+
+
+# what the libbpf backend needs installed, for the fixes of rows that miss it
+LIBBPF_PACKAGES = "Install them: `apt-get install clang libbpf-dev` (scripts/setup.sh does)."
+
+
+@dataclass
+class Diagnostic:
+    """One finding about what a backend needs here: a row of ``%bpf doctor``.
+
+    ``status`` is ``"ok"``, ``"warn"``, ``"fail"`` or ``"not checked"``; ``fix`` says what to
+    do where it is not ok.
+    """
+
+    check: str
+    status: str
+    detail: str
+    fix: str = ""
+
+
+def diagnostics() -> dict[str, Callable[[], Diagnostic]]:
+    """Every backend's checks of its prerequisites, by the name of the row each returns."""
+    from . import bcc, libbpf
+
+    return {**bcc.diagnostics(), **libbpf.diagnostics()}
 
 
 def prestart() -> None:

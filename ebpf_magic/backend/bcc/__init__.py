@@ -9,15 +9,21 @@ compiles nothing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
+from ... import cache, kernel
+from ...errors import BCCNotFoundError, BPFError
+from .. import LIBBPF_PACKAGES, Diagnostic
+from .. import available as backend_available
+from . import headers
 from .client import prestart
 from .diagnostics import format_diagnostics
 from .locate import import_bcc
 from .program import BccProgram, named_probes
 
-__all__ = ["BccProgram", "format_diagnostics", "location", "named_probes", "prestart",
-           "symbolize_user", "version"]
+__all__ = ["BccProgram", "diagnostics", "format_diagnostics", "location", "named_probes",
+           "prestart", "symbolize_user", "version"]
 
 
 def version() -> str:
@@ -28,6 +34,69 @@ def version() -> str:
 def location() -> str:
     """The directory BCC's Python package was imported from."""
     return str(Path(import_bcc().__file__).parent)
+
+
+def diagnostics() -> dict[str, Callable[[], Diagnostic]]:
+    """This backend's checks: BCC's package, kernel headers, its dialect, kernel struct reads."""
+    return {"BCC": _check_package, "kernel headers": _check_headers,
+            "BCC dialect cells": _check_dialect, "kernel struct reads": _check_kernel_structs}
+
+
+def _check_package() -> Diagnostic:
+    try:
+        return Diagnostic("BCC", "ok", f"BCC {version()} from {location()}")
+    except BCCNotFoundError as e:
+        return Diagnostic("BCC", "fail", e.message, e.hint)
+
+
+def _check_headers() -> Diagnostic:
+    try:
+        found = headers.ensure()
+    except OSError as e:
+        return Diagnostic("kernel headers", "fail", f"could not prepare kernel headers: {e}",
+                          f"Make {cache.cache_dir()} writable, or set EBPF_MAGIC_CACHE to a "
+                          "writable directory.")
+    if found.path is None:
+        return Diagnostic("kernel headers", "fail", f"no kernel headers for {kernel.release()}: "
+                          "BCC cannot compile programs", headers.install_hint())
+    if not found.exact:
+        return Diagnostic("kernel headers", "warn", found.warning, headers.install_hint())
+    return Diagnostic("kernel headers", "ok", f"{found.source}: {found.path}")
+
+
+def _check_dialect() -> Diagnostic:
+    try:
+        version()
+    except BPFError as e:
+        return Diagnostic("BCC dialect cells", "fail",
+                          f"no backend: BCC is missing ({e.message.splitlines()[0]})",
+                          "Install BCC (see the BCC row), or write the cell in libbpf style.")
+    return Diagnostic("BCC dialect cells", "ok", "served by the BCC backend (BPF_HASH, "
+                      "TRACEPOINT_PROBE, .perf_submit(), BCC's tools)")
+
+
+def _check_kernel_structs() -> Diagnostic:
+    """Which backend reads kernel structs right, given the headers BCC compiles against."""
+    found = headers.ensure()
+    libbpf_ok, why = backend_available("libbpf")
+    core = ("the libbpf backend's CO-RE reads (BPF_CORE_READ) are relocated to this kernel's "
+            "BTF and are right")
+    if found.path is not None and found.exact:
+        detail = (f"both backends: BCC compiles against this kernel's headers ({found.source})"
+                  + (f", and {core}" if libbpf_ok else ""))
+        return Diagnostic("kernel struct reads", "ok", detail)
+    have = (f"compiles against {found.release} headers" if found.path is not None else
+            "has no headers at all")
+    if libbpf_ok:
+        return Diagnostic("kernel struct reads", "warn", f"libbpf backend: BCC {have}, not this "
+                          f"kernel's ({kernel.release()}), so BCC's reads of kernel structs "
+                          f"(task_struct, sock, ...) can be wrong; {core}",
+                          "Read kernel structs in libbpf-style cells (SEC() names and "
+                          "BPF_CORE_READ, or --backend libbpf), or install this kernel's headers.")
+    return Diagnostic("kernel struct reads", "warn", f"no backend reads them right: BCC {have}, "
+                      f"not this kernel's ({kernel.release()}), so its reads of kernel structs "
+                      f"can be wrong, and the libbpf backend cannot run ({why})",
+                      LIBBPF_PACKAGES + " " + headers.install_hint())
 
 
 def symbolize_user(pid: int, addrs: list[int]) -> list[str | None]:

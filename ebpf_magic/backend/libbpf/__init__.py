@@ -22,7 +22,7 @@ import ctypes as ct
 import os
 import re
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -33,7 +33,14 @@ from ...btf.dwarf import dwarf_spec
 from ...errors import AttachError, BPFError, NotPrivilegedError, VerifierError
 from ...probes import Probe
 from ...suggest import helpers, near, syscall_tracepoints, unknown_helper, verifier_hint
-from .. import CompiledProgram, GlobalVar, MapHandle, encode_globals
+from .. import (
+    LIBBPF_PACKAGES,
+    CompiledProgram,
+    Diagnostic,
+    GlobalVar,
+    MapHandle,
+    encode_globals,
+)
 from . import _compile, _lib, _source
 
 _EXTERN = re.compile(r"failed to find BTF for extern '(\w+)'")
@@ -59,6 +66,45 @@ def available() -> tuple[bool, str]:
     if not _compile.BTF_PATH.exists():
         return False, "the kernel exposes no BTF (/sys/kernel/btf/vmlinux)"
     return True, ""
+
+
+def diagnostics() -> dict[str, Callable[[], Diagnostic]]:
+    """This backend's checks: clang, libbpf, the ``vmlinux.h`` cache, libbpf-style cells."""
+    return {"clang": _check_clang, "libbpf": _check_libbpf,
+            "vmlinux.h cache": _check_vmlinux_cache, "libbpf-style cells": _check_cells}
+
+
+def _check_clang() -> Diagnostic:
+    if compiler_version() is None:
+        return Diagnostic("clang", "warn", "not installed: libbpf-style cells cannot be compiled",
+                          LIBBPF_PACKAGES)
+    return Diagnostic("clang", "ok", describe()["clang"] + " (compiles libbpf-style cells)")
+
+
+def _check_libbpf() -> Diagnostic:
+    try:
+        version()
+    except Exception:  # noqa: BLE001 - any failure means it cannot be loaded
+        return Diagnostic("libbpf", "warn", "the system's libbpf cannot be loaded: libbpf-style "
+                          "cells cannot be loaded", LIBBPF_PACKAGES)
+    return Diagnostic("libbpf", "ok", describe()["libbpf"] + " (loads and attaches libbpf-style "
+                      "cells)")
+
+
+def _check_vmlinux_cache() -> Diagnostic:
+    if not kernel.btf_available():
+        return Diagnostic("vmlinux.h cache", "not checked", "needs BTF (see its row above)")
+    return Diagnostic("vmlinux.h cache", "ok", "the kernel's types for libbpf-style cells, "
+                      f"generated from its BTF: {describe()['vmlinux.h']}")
+
+
+def _check_cells() -> Diagnostic:
+    ok, why = available()
+    if ok:
+        return Diagnostic("libbpf-style cells", "ok", "served by the libbpf backend (SEC() "
+                          "programs, maps in SEC(\".maps\"), libbpf-tools and libbpf-bootstrap "
+                          "style)")
+    return Diagnostic("libbpf-style cells", "warn", f"no backend: {why}", LIBBPF_PACKAGES)
 
 
 def version() -> str:
