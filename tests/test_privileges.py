@@ -322,6 +322,48 @@ def test_killed_kernel_leaves_no_uprobe_event_behind(spec_dir):
     assert not [e for e in uprobe_events() if f"ebpf_magic_{second}/" in e]
 
 
+CORE_CELL = """%%bpf parents_core -q --backend libbpf
+struct {
+    __uint(type, BPF_MAP_TYPE_PERF_EVENT_ARRAY);
+    __uint(key_size, sizeof(int));
+    __uint(value_size, sizeof(int));
+} events SEC(".maps");
+struct event { u32 tgid; u32 parent; };
+SEC("tracepoint/syscalls/sys_enter_getppid")
+int on_getppid(void *ctx) {
+    struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+    struct event e = {BPF_CORE_READ(task, tgid), BPF_CORE_READ(task, real_parent, tgid)};
+    if (e.tgid != TARGET) return 0;
+    bpf_perf_event_output(ctx, &events, BPF_F_CURRENT_CPU, &e, sizeof(e));
+    return 0;
+}"""
+
+
+@pytest.mark.kernel
+def test_libbpf_cells_read_kernel_structs_in_the_confined_kernel(spec_dir):
+    """clang, vmlinux.h and libbpf work for the kernel's account: CO-RE rows are exact."""
+    _account()
+    with running_kernel(NAME) as (_, client, pid):
+        execute(client, "%load_ext ebpf_magic")
+        execute(client, CORE_CELL.replace("TARGET", str(pid)))
+        rows = execute(client, """
+import time
+for _ in range(41):
+    os.getppid()
+stream = parents_core.events["events"]
+deadline = time.monotonic() + 10
+while stream.stats["received"] < 41 and time.monotonic() < deadline:
+    time.sleep(0.05)
+df = stream.df
+print(len(df), sorted(set(zip(df["tgid"], df["parent"]))), os.getpid(), os.getppid(),
+      stream.stats["lost_kernel"])""").split(maxsplit=1)
+        assert rows[0] == "41"
+        rest = rows[1]
+        assert rest.strip().endswith(f"{pid} {status_of(pid)['PPid']} 0")
+        assert f"[({pid}, {status_of(pid)['PPid']})]" in rest
+        execute(client, "%bpf stop parents_core")
+
+
 def launch(tmp_path: Path, setup: str) -> subprocess.CompletedProcess:
     """Run the launcher as the kernelspec does, after ``setup`` (Python) has run."""
     connection = tmp_path / "connection.json"
