@@ -245,18 +245,27 @@ def attach_to_perf_event(prog_fd: int, perf_fd: int, what: str) -> int | None:
     return link_fd
 
 
-def perf_link(prog_fd: int, attr: sysbpf.PerfEventAttr, pid: int, cpu: int, description: str,
-              undo: Callable[[], None] | None = None) -> Link:
-    """Open one perf event, attach ``prog_fd``, and return the owning link."""
-    fd = open_perf_event(attr, pid, cpu, description)
+def perf_event_with(prog_fd: int, attr: sysbpf.PerfEventAttr, pid: int, cpu: int,
+                    what: str) -> tuple[int, int | None]:
+    """Open one perf event running ``prog_fd``: ``(fd that detaches, inert fd or None)``.
+
+    Under a BPF perf link the link's fd detaches and the event's is inert after
+    it; without one the event's own fd does both.
+    """
+    fd = open_perf_event(attr, pid, cpu, what)
     try:
-        link_fd = attach_to_perf_event(prog_fd, fd, description)
+        link_fd = attach_to_perf_event(prog_fd, fd, what)
     except BaseException:
         os.close(fd)
         raise
-    if link_fd is None:
-        return Link(description, [fd], undo)
-    return Link(description, [link_fd], undo, release_fds=[fd])
+    return (fd, None) if link_fd is None else (link_fd, fd)
+
+
+def perf_link(prog_fd: int, attr: sysbpf.PerfEventAttr, pid: int, cpu: int, description: str,
+              undo: Callable[[], None] | None = None) -> Link:
+    """Open one perf event, attach ``prog_fd``, and return the owning link."""
+    detach, inert = perf_event_with(prog_fd, attr, pid, cpu, description)
+    return Link(description, [detach], undo, release_fds=[] if inert is None else [inert])
 
 
 def pmu_type(pmu: str) -> int | None:

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 from .. import sysbpf
 from . import probe_events
-from .base import Link, attach_to_perf_event, open_perf_event, perf_attr
+from .base import Link, perf_attr, perf_event_with
 
 
 def perf_event(prog_fd: int, ev_type: int, config: int, *, sample_period: int = 0,
@@ -23,18 +23,10 @@ def perf_event(prog_fd: int, ev_type: int, config: int, *, sample_period: int = 
     events: list[int] = []  # events under BPF links
     try:
         for cpu in (sysbpf.online_cpus() if cpus is None else cpus):
-            what = f"{description} on CPU {cpu}"
-            fd = open_perf_event(attr, pid, cpu, what)
-            try:
-                link_fd = attach_to_perf_event(prog_fd, fd, what)
-            except BaseException:
-                os.close(fd)
-                raise
-            if link_fd is None:
-                detach.append(fd)
-            else:
-                detach.append(link_fd)
-                events.append(fd)
+            fd, inert = perf_event_with(prog_fd, attr, pid, cpu, f"{description} on CPU {cpu}")
+            detach.append(fd)
+            if inert is not None:
+                events.append(inert)
     except BaseException:
         for fd in detach + events:
             os.close(fd)
