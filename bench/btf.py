@@ -13,22 +13,13 @@ Needs only read access to the file: ``.venv/bin/python bench/btf.py``.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
+
+from timing import REPEAT, best
 
 from ebpf_magic.btf import Spec, dtype, struct_fields
 
 PATH = Path("/sys/kernel/btf/vmlinux")
-REPEAT = 5
-
-
-def best(fn, repeat: int = REPEAT) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> None:

@@ -18,18 +18,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from timing import best
+
 from ebpf_magic import discover, kernel
-
-REPEAT = 5
-
-
-def best(fn, repeat: int = REPEAT) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> None:
