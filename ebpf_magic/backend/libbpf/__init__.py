@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes as ct
-import os
 import re
 import subprocess
 from collections.abc import Callable, Mapping
@@ -48,7 +47,6 @@ _PROG_FAILED = re.compile(r"prog '(\w+)': (?:BPF program load failed|failed to l
 _KEYLESS = ("queue", "stack", "ringbuf", "user_ringbuf")
 _PERF_EVENT_ARRAY = 4  # enum bpf_map_type
 _LIBBPF_OWN = ("__bpf_usdt_",)  # maps <bpf/usdt.bpf.h> declares for libbpf's bookkeeping
-_PERF_FREQ = 1 << 10
 _DATA_SECTIONS = (".rodata", ".data", ".bss")  # and named ones: .data.NAME, .rodata.NAME
 FLAGS_ZERO_WARNING = ("{map}: bpf_perf_event_output(..., 0, ...) with flags 0 writes to the "
                       "buffer of CPU 0 only, so events on other CPUs are lost; pass "
@@ -354,26 +352,15 @@ class LibbpfProgram(CompiledProgram):
         return [str(probe)]
 
     def _attach_perf_event(self, probe: Probe, prog: int) -> list[str]:
+        """Sampling and counting events: one perf event per CPU, through ebpf_magic.link."""
         ev_type, config, rate = probe.perf_event
-        attr = sysbpf.PerfEventAttr(type=ev_type, size=ct.sizeof(sysbpf.PerfEventAttr),
-                                    config=config)
-        if "sample_freq" in rate:
-            attr.sample_period, attr.flags = rate["sample_freq"], _PERF_FREQ
-        else:
-            attr.sample_period = rate["sample_period"]
-        for cpu in sysbpf.online_cpus():
-            try:
-                pfd = sysbpf.perf_event_open(attr, -1, cpu, -1, sysbpf.PERF_FLAG_FD_CLOEXEC)
-            except OSError as e:
-                raise AttachError(f"cannot attach {probe}: perf_event_open: {e.strerror}",
-                                  probe=str(probe)) from None
-            with _lib.logged() as log:
-                link = _lib.lib().bpf_program__attach_perf_event(prog, pfd)
-                err = _lib.last_errno() if not link else 0
-            if not link:
-                os.close(pfd)
-                raise self._attach_failure(probe, False, err, log)
-            self._links.append(LibbpfLink(link, f"{probe} (cpu {cpu})"))  # the link owns pfd
+        try:
+            attached = links.perf_event(_lib.lib().bpf_program__fd(prog), ev_type, config,
+                                        pid=probe.pid or -1, **rate)
+        except links.LinkError as e:
+            raise AttachError(f"cannot attach {probe}: {e.what} ({e.strerror})", e.hint,
+                              probe=str(probe)) from None
+        self._links.append(attached)
         return [str(probe)]
 
     def _attach_xdp(self, probe: Probe, prog: int) -> list[str]:
