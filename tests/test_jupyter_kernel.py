@@ -11,11 +11,12 @@ from conftest import loaded_prog_ids, uprobe_events
 
 pytestmark = pytest.mark.kernel
 
+# Counted per thread: ipykernel's parent poller calls getppid() in its own thread.
 CELL = """%%bpf counter -a tracepoint:syscalls:sys_enter_getppid
 BPF_HASH(calls, u32, u64);
 int on(void *ctx) {
-    u32 pid = bpf_get_current_pid_tgid() >> 32;
-    calls.increment(pid);
+    u32 tid = bpf_get_current_pid_tgid();
+    calls.increment(tid);
     return 0;
 }"""
 
@@ -61,10 +62,10 @@ def test_counts_in_jupyter_kernel_and_release_on_exit(kernel):
     r = execute(kc, CELL)
     assert r["status"] == "ok", r
     assert "counter: attached tracepoint:syscalls:sys_enter_getppid=on" in r["stdout"]
-    r = execute(kc, "import os\nfor _ in range(77): os.getppid()\n"
-                    "counter.maps['calls'][os.getpid()]")
+    r = execute(kc, "import os, threading\nfor _ in range(77): os.getppid()\n"
+                    "counter.maps['calls'][threading.get_native_id()]")
     assert r["data"][0]["text/plain"] == "77"
-    r = execute(kc, "counter.maps['calls'].df.query('key == @os.getpid()')")
+    r = execute(kc, "counter.maps['calls'].df.query('key == @threading.get_native_id()')")
     assert "text/html" in r["data"][0] and "77" in r["data"][0]["text/plain"]
     ids = set(eval(execute(kc, "counter.prog_ids()")["data"][0]["text/plain"]))
     assert ids and ids <= loaded_prog_ids()
@@ -108,7 +109,8 @@ def test_cells_that_crash_the_compiler_leave_the_kernel_alive(kernel):
         assert said in shown and NOTHING_LOST in shown, case
         assert "File " not in shown, case
         assert km.is_alive() and kernel_pid(km) == pid, case
-        r = execute(kc, "import os\nbefore = counter.maps['calls'].get(os.getpid(), 0)\n"
+        r = execute(kc, "import os, threading\ntid = threading.get_native_id()\n"
+                        "before = counter.maps['calls'].get(tid, 0)\n"
                         "for _ in range(31): os.getppid()\n"
-                        "counter.maps['calls'][os.getpid()] - before")
+                        "counter.maps['calls'][tid] - before")
         assert r["data"][0]["text/plain"] == "31", case

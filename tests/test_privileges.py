@@ -25,7 +25,7 @@ from test_kernelspec import execute, running_kernel
 from ebpf_magic import cache, kernel, kernelspec, launcher
 from ebpf_magic.backend.bcc import headers
 
-from conftest import COUNT_CELL, loaded_prog_ids, uprobe_events
+from conftest import loaded_prog_ids, uprobe_events
 
 NAME = "ebpf-privileges-test"
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
@@ -247,6 +247,16 @@ int count(struct xdp_md *ctx) {{
     return XDP_PASS;
 }}"""
 
+# Counted per thread: ipykernel's parent poller calls getppid() in its own thread.
+PARENTS_CELL = """%%bpf parents -q -a tracepoint:syscalls:sys_enter_getppid -D PID={pid}
+BPF_HASH(calls, u32, u64);
+int on_getppid(void *ctx) {{
+    u64 id = bpf_get_current_pid_tgid();
+    if (id >> 32 != PID) return 0;
+    calls.increment((u32)id);
+    return 0;
+}}"""
+
 UPROBE_CELL = """%%bpf getpids -q -a uprobe:c:getpid=count
 BPF_HASH(calls, u32, u64);
 int count(void *ctx) {
@@ -263,12 +273,12 @@ def test_bpf_still_loads_and_attaches(spec_dir, veth):
     before = loaded_prog_ids()
     with running_kernel(NAME) as (_, client, pid):
         execute(client, "%load_ext ebpf_magic")
-        execute(client, COUNT_CELL.format(name="parents", pid=pid).replace(
-            "%%bpf parents", "%%bpf parents -q"))
+        execute(client, PARENTS_CELL.format(pid=pid))
         count = execute(client, """
+import threading
 for _ in range(123):
     os.getppid()
-print(int(parents.maps["calls"][os.getpid()]))""")
+print(int(parents.maps["calls"][threading.get_native_id()]))""")
         assert int(count) == 123
 
         execute(client, UPROBE_CELL)
@@ -333,7 +343,7 @@ SEC("tracepoint/syscalls/sys_enter_getppid")
 int on_getppid(void *ctx) {
     struct task_struct *task = (struct task_struct *)bpf_get_current_task();
     struct event e = {BPF_CORE_READ(task, tgid), BPF_CORE_READ(task, real_parent, tgid)};
-    if (e.tgid != TARGET) return 0;
+    if ((u32)bpf_get_current_pid_tgid() != THREAD) return 0;
     bpf_perf_event_output(ctx, &events, BPF_F_CURRENT_CPU, &e, sizeof(e));
     return 0;
 }"""
@@ -345,7 +355,9 @@ def test_libbpf_cells_read_kernel_structs_in_the_confined_kernel(spec_dir):
     _account()
     with running_kernel(NAME) as (_, client, pid):
         execute(client, "%load_ext ebpf_magic")
-        execute(client, CORE_CELL.replace("TARGET", str(pid)))
+        # One thread only: ipykernel's parent poller calls getppid() in its own.
+        thread = int(execute(client, "import threading; print(threading.get_native_id())"))
+        execute(client, CORE_CELL.replace("THREAD", str(thread)))
         rows = execute(client, """
 import time
 for _ in range(41):
