@@ -17,7 +17,7 @@ from pathlib import Path
 
 from timing import REPEAT, best
 
-from ebpf_magic.btf import Spec, dtype, struct_fields
+from ebpf_magic.kernel.btf import Spec, dtype, struct_fields
 
 PATH = Path("/sys/kernel/btf/vmlinux")
 

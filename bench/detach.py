@@ -1,9 +1,9 @@
-"""Attach/detach benchmark: many tracepoints through ebpf_magic.link against BCC, in one run.
+"""Attach/detach benchmark: many tracepoints through ebpf_magic.kernel.link against BCC, in one run.
 
 One BCC-compiled tracepoint program counting this process's syscalls is attached
 to N tracepoints (default: every ``syscalls:sys_enter_*``) and detached again:
 
-  (a) ebpf_magic.link: ``tracepoint()`` per event, then ``close_all()``; "detach"
+  (a) ebpf_magic.kernel.link: ``tracepoint()`` per event, then ``close_all()``; "detach"
       is the time until every program has stopped running (checked: the count
       stands still after it), "released" until every fd is closed as well
       (``wait_released()``, done in the background)
@@ -22,9 +22,9 @@ import re
 import sys
 import time
 
-from ebpf_magic import link
 from ebpf_magic.backend.bcc import headers
 from ebpf_magic.backend.bcc.locate import import_bcc
+from ebpf_magic.kernel import link
 
 SOURCE = """
 BPF_ARRAY(calls, u64, 1);
@@ -66,11 +66,11 @@ def run_link(bcc, names: list[tuple[str, str]]) -> dict:
     t0 = time.perf_counter()
     links = [link.tracepoint(fd, cat, name) for cat, name in names]
     attach = time.perf_counter() - t0
-    _check_fires(bpf, "ebpf_magic.link")
+    _check_fires(bpf, "ebpf_magic.kernel.link")
     t0 = time.perf_counter()
     link.close_all(links)
     detach = time.perf_counter() - t0
-    _check_stopped(bpf, "ebpf_magic.link")
+    _check_stopped(bpf, "ebpf_magic.kernel.link")
     link.wait_released()
     released = time.perf_counter() - t0
     bpf.cleanup()
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     theirs = run_bcc(bcc, names)
     print(f"{n} tracepoints (syscalls:sys_enter_*)")
     print(f"{'':28}{'attach s':>10}{'detach s':>10}{'released s':>12}")
-    for label, r in (("(a) ebpf_magic.link", ours), ("(b) BCC", theirs)):
+    for label, r in (("(a) ebpf_magic.kernel.link", ours), ("(b) BCC", theirs)):
         print(f"{label:28}{r['attach_s']:>10.3f}{r['detach_s']:>10.3f}{r['released_s']:>12.3f}")
     per100 = 100 * ours["detach_s"] / n
     print(f"\nattach: BCC / link = {theirs['attach_s'] / ours['attach_s']:.1f}x")

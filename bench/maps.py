@@ -15,11 +15,11 @@ import time
 import numpy as np
 import pandas as pd
 
-from ebpf_magic import sysbpf
 from ebpf_magic.backend.bcc import headers
 from ebpf_magic.backend.bcc.locate import import_bcc
+from ebpf_magic.kernel import sysbpf
+from ebpf_magic.present.widgets import MapBrowser
 from ebpf_magic.program import Program
-from ebpf_magic.widgets import MapBrowser
 
 SIZES = (100_000, 1_000_000)
 SRC = r"""

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from timing import best
 
-from ebpf_magic import discover, kernel
+from ebpf_magic import discover
+from ebpf_magic.kernel import host as kernel
 
 
 def main() -> None:

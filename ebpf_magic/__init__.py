@@ -5,7 +5,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .errors import (
+from ebpf_magic import moved
+from ebpf_magic.errors import (
     AttachError,
     BCCNotFoundError,
     BPFError,
@@ -16,10 +17,12 @@ from .errors import (
     VerifierError,
 )
 
+moved.install()
+
 # Imported on first use, so that light entry points (the kernel launcher, the
 # command line) start without numpy and pandas.
 _LAZY = {"Program": "program", "stop_all": "program", "Probe": "probes",
-         "live": "replay", "load": "replay"}
+         "live": "sessions.replay", "load": "sessions.replay"}
 
 __all__ = [
     "AttachError", "BCCNotFoundError", "BPFError", "CompileError", "HeadersMissingError",
@@ -43,9 +46,9 @@ def __dir__() -> list[str]:
 
 def load_ipython_extension(ipython) -> None:
     """``%load_ext ebpf_magic``: register ``%%bpf`` and ``%bpf``."""
-    from .backend import prestart
-    from .kernel import has_bpf_rights
-    from .magics import register
+    from ebpf_magic.backend import prestart
+    from ebpf_magic.kernel.host import has_bpf_rights
+    from ebpf_magic.magics import register
 
     register(ipython)
     if has_bpf_rights():
@@ -54,6 +57,6 @@ def load_ipython_extension(ipython) -> None:
 
 def unload_ipython_extension(ipython) -> None:
     """``%unload_ext ebpf_magic``: stop every program the magics started."""
-    from .magics import unregister
+    from ebpf_magic.magics import unregister
 
     unregister(ipython)

@@ -7,9 +7,9 @@ import sys
 
 # command -> module whose main(argv) -> int runs it
 COMMANDS = {
-    "install-kernel": "ebpf_magic.kernelspec",
+    "install-kernel": "ebpf_magic.setup.kernelspec",
     "uninstall-kernel": "ebpf_magic.uninstall_kernel",
-    "doctor": "ebpf_magic.doctor",
+    "doctor": "ebpf_magic.setup.doctor",
 }
 
 

@@ -25,9 +25,10 @@ import pandas as pd
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
-from . import btf, kernel, symbols, sysbpf
-from .errors import BPFError, ProbeSpecError
-from .probes import HARDWARE_EVENTS, KINDS, SOFTWARE_EVENTS
+from ebpf_magic.errors import BPFError, ProbeSpecError
+from ebpf_magic.kernel import btf, symbols, sysbpf
+from ebpf_magic.kernel import host as kernel
+from ebpf_magic.probes import HARDWARE_EVENTS, KINDS, SOFTWARE_EVENTS
 
 # the kinds :func:`find` lists, in the order of its summary
 LISTED = ("tracepoint", "rawtracepoint", "kprobe", "kretprobe", "kfunc", "kretfunc", "uprobe",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 
-from .errors import ProbeSpecError
+from ebpf_magic.errors import ProbeSpecError
 
 # bpftrace's long names and their short aliases
 KINDS = {
@@ -167,6 +167,6 @@ def bind_explicit(probes: list[Probe], functions: list[str]) -> list[Probe]:
 
 def find(pattern: str = "", verbose: bool = False):
     """Probes matching ``pattern`` as a DataFrame; see :func:`ebpf_magic.discover.find`."""
-    from .discover import find as listing  # discover builds on this module's tables
+    from ebpf_magic.discover import find as listing  # discover builds on this module's tables
 
     return listing(pattern, verbose)

@@ -24,9 +24,8 @@ from typing import Any
 
 import pandas as pd
 
-from . import source as src
-from . import sysbpf
-from .backend import (
+from ebpf_magic import source as src
+from ebpf_magic.backend import (
     CompiledProgram,
     check_globals,
     choose_backend,
@@ -34,12 +33,13 @@ from .backend import (
     compiles_out_of_process,
     named_probes,
 )
-from .errors import AttachError
-from .globalvars import Globals
-from .maps import Maps
-from .probes import Probe, bind_explicit
-from .streams import Streams, check_options
-from .suggest import attach_hint
+from ebpf_magic.data.globalvars import Globals
+from ebpf_magic.data.maps import Maps
+from ebpf_magic.data.streams import Streams, check_options
+from ebpf_magic.errors import AttachError
+from ebpf_magic.kernel import sysbpf
+from ebpf_magic.probes import Probe, bind_explicit
+from ebpf_magic.suggest import attach_hint
 
 _live: weakref.WeakSet[Program] = weakref.WeakSet()
 _live_lock = threading.Lock()
@@ -172,6 +172,16 @@ class Program:
         return self._compiled is not None
 
     @property
+    def readable(self) -> bool:
+        """True while the maps can be read: until :meth:`stop`."""
+        return self.running
+
+    @property
+    def tables(self) -> Mapping[str, pd.DataFrame]:
+        """Frames saved with the program: none for a live one (see :meth:`save`)."""
+        return {}
+
+    @property
     def uptime(self) -> float:
         if self.started_at is None:
             return 0.0
@@ -198,14 +208,14 @@ class Program:
                 "state": "running" if self.running else "stopped"}
 
     def save(self, path: Any, **options: Any) -> Any:
-        """Write a recording (see :func:`ebpf_magic.recording.save`); returns its path."""
-        from .recording import save
+        """Write a recording (see :func:`ebpf_magic.sessions.recording.save`); returns its path."""
+        from ebpf_magic.sessions.recording import save
 
         return save(self, path, **options)
 
     def browse(self, interval: float = 1.0, top_n: int = 100) -> Any:
-        """A live browser widget of this program's maps (see :mod:`ebpf_magic.widgets`)."""
-        from .widgets import MapBrowser
+        """A live browser widget of this program's maps (see :mod:`ebpf_magic.present.widgets`)."""
+        from ebpf_magic.present.widgets import MapBrowser
 
         return MapBrowser(self, interval=interval, top_n=top_n)
 

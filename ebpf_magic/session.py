@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import pandas as pd
 
-from .program import Program
+from ebpf_magic.program import Program
 
 
 class Session:

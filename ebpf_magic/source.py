@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .errors import OptionError
+from ebpf_magic.errors import OptionError
 
 # what a -D macro name may be, in words for error messages
 MACRO_NAME_RULE = "a letter or underscore, then letters, digits or underscores"

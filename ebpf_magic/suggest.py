@@ -7,8 +7,8 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
-from . import kernel
-from .probes import Probe
+from ebpf_magic.kernel import host as kernel
+from ebpf_magic.probes import Probe
 
 _SYSCALL_PREFIXES = ("__x64_sys_", "__ia32_sys_", "__arm64_sys_", "__se_sys_", "__do_sys_",
                      "do_sys_", "ksys_", "sys_", "do_")

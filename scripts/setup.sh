@@ -16,7 +16,7 @@ if [ -z "${PYTHON:-}" ]; then
     PYTHON=python3
     [ ! -x /usr/bin/python3 ] || PYTHON=/usr/bin/python3
 fi
-ACCOUNT=ebpf-kernel          # ebpf_magic.launcher.ACCOUNT
+ACCOUNT=ebpf-kernel          # ebpf_magic.setup.launcher.ACCOUNT
 ACCOUNT_HOME=/var/lib/$ACCOUNT
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }

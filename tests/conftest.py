@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
-from ebpf_magic import kernel
+from ebpf_magic.kernel import host as kernel
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 

@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ebpf_magic import perfbuf, sysbpf
+from ebpf_magic.data.streams import READ_BYTES, StreamOptionError, StreamWarning, perf_pages
 from ebpf_magic.errors import AttachError
-from ebpf_magic.perfbuf import PAGE_SIZE
+from ebpf_magic.kernel import perfbuf, sysbpf
+from ebpf_magic.kernel.perfbuf import PAGE_SIZE
 from ebpf_magic.program import Program
-from ebpf_magic.streams import READ_BYTES, StreamOptionError, StreamWarning, perf_pages
 
 from conftest import loaded_prog_ids, own_bpf_fds, uprobe_events
 

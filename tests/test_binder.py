@@ -20,7 +20,7 @@ import nbformat
 import pytest
 from test_notebooks import RUNNER, check
 
-from ebpf_magic.kernelspec import DISPLAY_NAME, KERNEL_NAME
+from ebpf_magic.setup.kernelspec import DISPLAY_NAME, KERNEL_NAME
 
 ROOT = Path(__file__).resolve().parent.parent
 BINDER = ROOT / "binder"
@@ -112,4 +112,4 @@ def test_binder_kernel_named_by_the_notebooks_is_a_plain_ipykernel(binder_env) -
                             capture_output=True, text=True, check=True)
     spec = json.loads(listed.stdout)["kernelspecs"][KERNEL_NAME]["spec"]
     assert spec["display_name"] == DISPLAY_NAME
-    assert "ipykernel_launcher" in spec["argv"] and "ebpf_magic.launcher" not in spec["argv"]
+    assert "ipykernel_launcher" in spec["argv"] and "ebpf_magic.setup.launcher" not in spec["argv"]

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from ebpf_magic import kernelspec, launcher
+from ebpf_magic.setup import kernelspec, launcher
 
 from conftest import loaded_prog_ids
 

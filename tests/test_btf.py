@@ -18,10 +18,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ebpf_magic import dtypes
-from ebpf_magic.btf import BTFError, Spec, c_decl, datasec, dtype, struct_fields, vmlinux
-from ebpf_magic.btf.dwarf import dwarf_spec, local_struct_dtypes
-from ebpf_magic.btf.elf import ELF
+from ebpf_magic.internal import dtypes
+from ebpf_magic.kernel.btf import BTFError, Spec, c_decl, datasec, dtype, struct_fields, vmlinux
+from ebpf_magic.kernel.btf.dwarf import dwarf_spec, local_struct_dtypes
+from ebpf_magic.kernel.btf.elf import ELF
 
 from conftest import IN_CI
 

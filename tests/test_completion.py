@@ -7,7 +7,8 @@ import os
 import pytest
 from IPython.core.completer import provisionalcompleter
 
-from ebpf_magic import discover, kernel
+from ebpf_magic import discover
+from ebpf_magic.kernel import host as kernel
 from ebpf_magic.magics import SUBCOMMANDS
 
 RECORDINGS = os.path.join(os.path.dirname(__file__), "..", "notebooks", "recordings")

@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 from IPython.core.error import UsageError
 
-from ebpf_magic import btf, discover, kernel, probes
+from ebpf_magic import discover, probes
 from ebpf_magic.errors import ProbeSpecError
+from ebpf_magic.kernel import btf
+from ebpf_magic.kernel import host as kernel
 
 TRACEFS = kernel.tracefs()
 needs_tracefs = pytest.mark.skipif(

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from IPython.core.error import UsageError
 
-from ebpf_magic import doctor
-from ebpf_magic.doctor import Report, Row
+from ebpf_magic.setup import doctor
+from ebpf_magic.setup.doctor import Report, Row
 
 from conftest import loaded_prog_ids, own_bpf_fds
 
@@ -137,7 +137,7 @@ def test_backend_rows_without_clang_and_libbpf(monkeypatch):
 
 
 def test_doctor_asks_the_backends_only_through_the_registry():
-    text = (REPO / "ebpf_magic" / "doctor.py").read_text()
+    text = (REPO / "ebpf_magic" / "setup" / "doctor.py").read_text()
     assert "backend.bcc" not in text and "backend.libbpf" not in text
     assert "from .backend" not in text
     assert "import _" not in text

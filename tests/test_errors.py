@@ -102,7 +102,7 @@ def test_128_bit_multiply_is_named_in_plain_words():
 @pytest.fixture(scope="module")
 def kprobes() -> bool:
     """Whether kprobes attach here, as the doctor learned by attaching one."""
-    from ebpf_magic import doctor
+    from ebpf_magic.setup import doctor
 
     return doctor.run().status("kprobe") == "ok"
 
@@ -134,7 +134,7 @@ def test_uprobe_missing_symbol():
 
 
 def test_hardware_counters_explained():
-    from ebpf_magic import doctor
+    from ebpf_magic.setup import doctor
 
     src = "int f(void *ctx) { return 0; }"
     if doctor.run().status("hardware counters") == "ok":  # as the doctor learned by trying

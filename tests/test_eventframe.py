@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ebpf_magic import dtypes, eventframe
+from ebpf_magic.data import eventframe
+from ebpf_magic.internal import dtypes
 
 
 def records(comms: list[bytes]) -> np.ndarray:

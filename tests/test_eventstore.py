@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ebpf_magic.eventstore import EventStore
+from ebpf_magic.data.eventstore import EventStore
 
 DT = np.dtype([("seq", "<u8"), ("tag", "<u4")])
 

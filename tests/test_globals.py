@@ -182,7 +182,7 @@ def test_write_without_a_shared_mapping(monkeypatch, no_leaks):
     def unmappable(*args, **kwargs):
         raise OSError(22, "Invalid argument")
 
-    monkeypatch.setattr("ebpf_magic.globalvars.mmap.mmap", unmappable)
+    monkeypatch.setattr("ebpf_magic.data.globalvars.mmap.mmap", unmappable)
     with Program(COUNTER, globals={"target_pid": os.getpid()}) as prog:
         prog.globals["enabled"] = 1
         _getppid(30)

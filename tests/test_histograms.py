@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ebpf_magic import histograms
-from ebpf_magic.histograms import Histogram, from_values, label
+from ebpf_magic.data import histograms
+from ebpf_magic.data.histograms import Histogram, from_values, label
 from ebpf_magic.program import Program
 
 SRC = r"""
@@ -102,7 +102,7 @@ def test_histogram_that_counted_nothing_is_empty(prog):
     import matplotlib
 
     matplotlib.use("Agg")
-    from ebpf_magic import plots
+    from ebpf_magic.present import plots
 
     p, _, _ = prog
     df = p.maps["never"].df

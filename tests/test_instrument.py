@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ebpf_magic.backend.bcc.instrument import histogram_kinds, prepare
-from ebpf_magic.ctext import mask_code, matching_paren
+from ebpf_magic.internal.ctext import mask_code, matching_paren
 
 SRC = """
 struct ev { u64 ts; char comm[16]; };

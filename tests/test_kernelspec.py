@@ -16,8 +16,9 @@ import pytest
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 
-from ebpf_magic import kernel, kernelspec, launcher
 from ebpf_magic.backend.bcc import headers
+from ebpf_magic.kernel import host as kernel
+from ebpf_magic.setup import kernelspec, launcher
 
 from conftest import loaded_prog_ids
 
@@ -86,7 +87,7 @@ def test_cli_installs_and_uninstalls_into_a_prefix(tmp_path):
     assert done.returncode == 0, done.stderr
     spec_dir = tmp_path / "share" / "jupyter" / "kernels" / NAME
     spec = json.loads((spec_dir / "kernel.json").read_text())
-    assert spec["argv"] == [sys.executable, "-I", "-m", "ebpf_magic.launcher", "-f",
+    assert spec["argv"] == [sys.executable, "-I", "-m", "ebpf_magic.setup.launcher", "-f",
                             "{connection_file}"]
     assert spec["display_name"] == "BPF here"
     done = cli("uninstall-kernel", "--prefix", str(tmp_path), "--name", NAME)
@@ -110,7 +111,7 @@ def test_kernel_runs_bpf_with_only_the_chosen_capabilities(tmp_path, monkeypatch
         for field in ("CapEff", "CapPrm", "CapBnd", "CapAmb"):
             assert launcher.names(decode(status, field)) == launcher.names(chosen), field
 
-        rights = execute(client, "from ebpf_magic import kernel; print(kernel.capabilities())")
+        rights = execute(client, "from ebpf_magic.kernel import host; print(host.capabilities())")
         assert "CAP_BPF" in rights and "CAP_SYS_ADMIN" not in rights
         denied = execute(client, f"""
 try:

@@ -284,7 +284,7 @@ int bad(void *ctx)
 @needs_libbpf
 @pytest.mark.kernel
 def test_kprobe_section_names_the_tracepoint(no_leaks):
-    from ebpf_magic import kernel
+    from ebpf_magic.kernel import host as kernel
 
     if kernel.kprobes_supported():
         pytest.skip("this kernel has kprobes: the attach succeeds")
@@ -620,8 +620,8 @@ def test_missing_clang_is_a_short_error(monkeypatch):
 
 @needs_libbpf
 def test_vmlinux_cache_and_stale_precompiled_header(tmp_path, monkeypatch):
-    from ebpf_magic import cache
     from ebpf_magic.backend.libbpf import _compile
+    from ebpf_magic.internal import cache
 
     monkeypatch.setenv("EBPF_MAGIC_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(cache, "SYSTEM_CACHE", tmp_path / "system")
@@ -642,7 +642,7 @@ def test_vmlinux_cache_and_stale_precompiled_header(tmp_path, monkeypatch):
 
 @needs_libbpf
 def test_describe_names_what_the_backend_uses(tmp_path, monkeypatch):
-    from ebpf_magic import cache
+    from ebpf_magic.internal import cache
 
     facts = libbpf.describe()
     assert facts["clang"].split(":")[0].endswith("clang") and "clang version" in facts["clang"]

@@ -24,14 +24,16 @@ from pathlib import Path
 
 import pytest
 
-from ebpf_magic import doctor, kernel, link, sysbpf
-from ebpf_magic.link import probe_events
+from ebpf_magic.kernel import host as kernel
+from ebpf_magic.kernel import link, sysbpf
+from ebpf_magic.kernel.link import probe_events
+from ebpf_magic.setup import doctor
 
 from conftest import bpftool_json, own_bpf_fds, uprobe_events
 
 pytestmark = pytest.mark.kernel
 # the module: the package's name `uprobe` is the function it defines
-uprobe_mod = importlib.import_module("ebpf_magic.link.uprobe")
+uprobe_mod = importlib.import_module("ebpf_magic.kernel.link.uprobe")
 
 PROG_KPROBE, PROG_TRACEPOINT, PROG_XDP, PROG_PERF_EVENT, PROG_RAW_TRACEPOINT = 2, 5, 6, 7, 17
 MAP_ARRAY = 2
@@ -473,7 +475,7 @@ UPROBE_CHILD = textwrap.dedent("""
     import os, sys, time
     from ebpf_magic import link, sysbpf
     import importlib, struct
-    uprobe = importlib.import_module("ebpf_magic.link.uprobe")
+    uprobe = importlib.import_module("ebpf_magic.kernel.link.uprobe")
     exit0 = struct.pack("<BBhi", 0xb7, 0, 0, 0) + struct.pack("<BBhi", 0x95, 0, 0, 0)
     prog = sysbpf.prog_load(2, exit0, "GPL")
     if sys.argv[1] == "tracefs":
@@ -614,7 +616,8 @@ NO_KPROBES = ("this kernel has no kprobes (built without CONFIG_KPROBES: no kpro
 @pytest.mark.skipif(not kernel.kprobes_supported(), reason=NO_KPROBES)
 @pytest.mark.parametrize("route", ["pmu", "tracefs"])
 def test_kprobe_counts_getppid_exactly(clean, counter, prog_fds, route, monkeypatch):
-    monkeypatch.setattr(importlib.import_module("ebpf_magic.link.kprobe"), "ROUTES", (route,))
+    kprobe = importlib.import_module("ebpf_magic.kernel.link.kprobe")
+    monkeypatch.setattr(kprobe, "ROUTES", (route,))
     prog_fds.append(counting_prog(PROG_KPROBE, counter.fd, pid=os.getpid()))
     with link.kprobe(prog_fds[0], "__x64_sys_getppid"):
         _getppid(200)

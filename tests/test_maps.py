@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ebpf_magic import sysbpf
-from ebpf_magic.maps import frame, normalize_dtype
+from ebpf_magic.data.maps import frame, normalize_dtype
+from ebpf_magic.kernel import sysbpf
 from ebpf_magic.program import Program
 
 SRC = r"""

@@ -19,13 +19,13 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from ebpf_magic import kernelspec
 from ebpf_magic.backend.bcc.headers import Headers
 from ebpf_magic.backend.libbpf import FLAGS_ZERO_WARNING
 from ebpf_magic.backend.libbpf._compile import LICENSE_NOTE
 from ebpf_magic.magics import cell as cell_magic
 from ebpf_magic.magics import save
-from ebpf_magic.replay import RECORD_ENV, recording_path
+from ebpf_magic.sessions.replay import RECORD_ENV, recording_path
+from ebpf_magic.setup import kernelspec
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 BOOKS = sorted(p.name for p in NOTEBOOKS.glob("[0-9]*.ipynb"))

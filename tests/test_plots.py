@@ -9,8 +9,8 @@ matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from ebpf_magic import plots  # noqa: E402
-from ebpf_magic.histograms import Histogram, from_values  # noqa: E402
+from ebpf_magic.data.histograms import Histogram, from_values  # noqa: E402
+from ebpf_magic.present import plots
 
 
 def test_log2_hist_bars_and_power_of_two_labels():

@@ -22,8 +22,10 @@ from pathlib import Path
 import pytest
 from test_kernelspec import execute, running_kernel
 
-from ebpf_magic import cache, kernel, kernelspec, launcher
 from ebpf_magic.backend.bcc import headers
+from ebpf_magic.internal import cache
+from ebpf_magic.kernel import host as kernel
+from ebpf_magic.setup import kernelspec, launcher
 
 from conftest import loaded_prog_ids, uprobe_events
 
@@ -77,7 +79,7 @@ def assert_confined(pid: int, entry: pwd.struct_passwd) -> None:
 def test_kernel_runs_as_its_account_with_only_bpf_capabilities(spec_dir):
     entry = _account()
     argv = json.loads((spec_dir / "kernel.json").read_text())["argv"]
-    assert argv[1:4] == ["-I", "-m", "ebpf_magic.launcher"]
+    assert argv[1:4] == ["-I", "-m", "ebpf_magic.setup.launcher"]
     with running_kernel(NAME) as (manager, client, pid):
         assert pid == manager.provisioner.pid  # the launcher replaced itself
         assert_confined(pid, entry)

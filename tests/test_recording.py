@@ -16,9 +16,9 @@ import pandas as pd
 import pytest
 
 import ebpf_magic
-from ebpf_magic import recording, replay
 from ebpf_magic.errors import BPFError, ReplayError
 from ebpf_magic.probes import Probe
+from ebpf_magic.sessions import recording, replay
 
 
 class FakeStream:

@@ -32,9 +32,9 @@ import pyarrow.parquet as pq
 import pytest
 
 import ebpf_magic
-from ebpf_magic import recording, replay
 from ebpf_magic.errors import ReplayError
 from ebpf_magic.probes import Probe
+from ebpf_magic.sessions import recording, replay
 
 MEMORY = 300 << 20  # peak RSS a refusal may add to the interpreter's
 SECONDS = 5.0  # how long a refusal may take

@@ -22,9 +22,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ebpf_magic import recording, replay
 from ebpf_magic.errors import ReplayError
 from ebpf_magic.probes import Probe
+from ebpf_magic.sessions import recording, replay
 
 FUZZ = settings(max_examples=150, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -297,7 +297,7 @@ def test_stream_stats_of_the_wrong_shape_are_rejected(valid: bytes, tmp_path: Pa
 
 def test_map_listing_from_a_recording_is_shown_escaped(valid: bytes, tmp_path: Path) -> None:
     """Strings a recording chooses reach the browser's HTML as text, never as markup."""
-    from ebpf_magic.widgets import MapBrowser
+    from ebpf_magic.present.widgets import MapBrowser
 
     evil = "<img src=x onerror=alert(1)>"
     data = with_manifest(valid, lambda m: m["maps"][0]["info"].update(kind=evil, key=evil))

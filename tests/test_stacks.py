@@ -7,7 +7,8 @@ import os
 import pandas as pd
 import pytest
 
-from ebpf_magic import plots, stacks
+from ebpf_magic.data import stacks
+from ebpf_magic.present import plots
 from ebpf_magic.program import Program
 
 SRC = r"""

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 from elftools.elf.elffile import ELFFile
 
-from ebpf_magic import symbols
+from ebpf_magic.kernel import symbols
 
 # alpha is static (in .symtab only), beta exported (in .dynsym too); the program prints where
 # both were loaded, and the first address past beta's last byte, then waits for stdin to close.

@@ -9,8 +9,8 @@ import time
 import pandas as pd
 import pytest
 
+from ebpf_magic.present.widgets import BrowserModel, MapBrowser
 from ebpf_magic.program import Program
-from ebpf_magic.widgets import BrowserModel, MapBrowser
 
 from conftest import COUNT_CELL
 
@@ -198,7 +198,7 @@ def test_bpf_browse_magic_one_program_and_all_programs(no_leaks):
 
 @pytest.mark.kernel
 def test_browser_over_all_programs_follows_programs_starting_and_stopping(no_leaks):
-    from ebpf_magic.widgets import browse
+    from ebpf_magic.present.widgets import browse
 
     with Program(SRC, name="first", defines={"PID": os.getpid()}):
         browser = browse(interval=0.05)

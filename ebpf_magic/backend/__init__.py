@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from .. import dtypes
-from ..errors import BPFError
-from ..probes import Probe
-from ..suggest import near
+from ebpf_magic.errors import BPFError
+from ebpf_magic.internal import dtypes
+from ebpf_magic.probes import Probe
+from ebpf_magic.suggest import near
 
 
 @dataclass
@@ -219,11 +219,11 @@ def compile_program(source: str, *, cflags: list[str], usdt: list[Probe],
     chosen = choose_backend(source, backend)
     check_globals(chosen, globals or {})
     if chosen == "libbpf":
-        from .libbpf import LibbpfProgram
+        from ebpf_magic.backend.libbpf import LibbpfProgram
 
         return LibbpfProgram(source, cflags=cflags, usdt=usdt, filename=filename,
                              line_offset=line_offset, globals=globals)
-    from .bcc import BccProgram
+    from ebpf_magic.backend.bcc import BccProgram
 
     return BccProgram(source, cflags=cflags, usdt=usdt, filename=filename,
                       line_offset=line_offset)
@@ -236,7 +236,7 @@ def named_probes(backend: str, functions: list[str]) -> list[Probe]:
     """
     if backend == "libbpf":
         return []
-    from .bcc import named_probes as named
+    from ebpf_magic.backend.bcc import named_probes as named
 
     return named(functions)
 
@@ -268,10 +268,10 @@ def check_globals(backend: str, names: Mapping[str, Any] | list[str]) -> None:
 def available(backend: str) -> tuple[bool, str]:
     """Whether ``backend`` can run here, and why not."""
     if backend == "libbpf":
-        from . import libbpf
+        from ebpf_magic.backend import libbpf
 
         return libbpf.available()
-    from . import bcc
+    from ebpf_magic.backend import bcc
 
     try:
         bcc.version()
@@ -284,10 +284,10 @@ def version(backend: str) -> str | None:
     """The version of what ``backend`` runs on (BCC's, libbpf's), or None where it is missing."""
     try:
         if backend == "libbpf":
-            from . import libbpf
+            from ebpf_magic.backend import libbpf
 
             return libbpf.version()
-        from . import bcc
+        from ebpf_magic.backend import bcc
 
         return bcc.version()
     except Exception:  # noqa: BLE001 - any failure means "not here"
@@ -301,7 +301,7 @@ def host_facts(backend: str) -> dict[str, str | None]:
     """
     if backend != "libbpf":
         return {"bcc": version("bcc")}
-    from . import libbpf
+    from ebpf_magic.backend import libbpf
 
     return {"libbpf": version("libbpf"), "clang": libbpf.compiler_version()}
 
@@ -310,14 +310,14 @@ def symbolize_user(pid: int, addrs: list[int], backend: str = "") -> list[str | 
     """Function names of user-space addresses in process ``pid`` (None where unknown).
 
     BCC's symbolizer where BCC is present, unless ``backend`` is ``"libbpf"``
-    (whose programs need no BCC); else :mod:`ebpf_magic.symbols`, from the
+    (whose programs need no BCC); else :mod:`ebpf_magic.kernel.symbols`, from the
     process's mappings and the ELF files they map.
     """
     if backend != "libbpf" and available("bcc")[0]:
-        from . import bcc
+        from ebpf_magic.backend import bcc
 
         return bcc.symbolize_user(pid, addrs)
-    from .. import symbols
+    from ebpf_magic.kernel import symbols
 
     return symbols.symbolize_user(pid, addrs)
 
@@ -342,13 +342,13 @@ class Diagnostic:
 
 def diagnostics() -> dict[str, Callable[[], Diagnostic]]:
     """Every backend's checks of its prerequisites, by the name of the row each returns."""
-    from . import bcc, libbpf
+    from ebpf_magic.backend import bcc, libbpf
 
     return {**bcc.diagnostics(), **libbpf.diagnostics()}
 
 
 def prestart() -> None:
     """Start the default backend's compiler now, so the first program does not wait for it."""
-    from .bcc import prestart as start
+    from ebpf_magic.backend.bcc import prestart as start
 
     start()

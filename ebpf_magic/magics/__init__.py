@@ -13,9 +13,9 @@ import shlex
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
 
-from ..session import Session
-from ..source import interpolate
-from . import cell, complete
+from ebpf_magic.magics import cell, complete
+from ebpf_magic.session import Session
+from ebpf_magic.source import interpolate
 
 # modules of ebpf_magic.magics, one per `%bpf SUBCOMMAND`
 SUBCOMMANDS = ("list", "stop", "browse", "probes", "struct", "doctor", "save", "load", "help")

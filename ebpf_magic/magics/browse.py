@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from IPython.core.error import UsageError
 
-from .args import parser
-from .cell import seconds
+from ebpf_magic.magics.args import parser
+from ebpf_magic.magics.cell import seconds
 
 # the longest refresh interval the browser's own control offers
 MAX_EVERY = 3600.0
@@ -20,7 +20,7 @@ PARSER.add_argument("--every", type=lambda text: seconds(text, hi=MAX_EVERY), de
 
 
 def run(magics, args: str):
-    from ..widgets import MapBrowser
+    from ebpf_magic.present.widgets import MapBrowser
 
     opts = PARSER.parse(args)
     interval = opts.every

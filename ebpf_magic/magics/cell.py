@@ -16,12 +16,12 @@ from pathlib import Path
 from IPython.core.error import UsageError
 from IPython.display import display
 
-from .. import recording, replay
-from ..errors import OptionError
-from ..probes import USAGE as PROBE_USAGE
-from ..probes import Probe
-from ..program import Program, check_settable
-from ..source import MACRO_NAME_RULE, interpolate, parse_define
+from ebpf_magic.errors import OptionError
+from ebpf_magic.probes import USAGE as PROBE_USAGE
+from ebpf_magic.probes import Probe
+from ebpf_magic.program import Program, check_settable
+from ebpf_magic.sessions import recording, replay
+from ebpf_magic.source import MACRO_NAME_RULE, interpolate, parse_define
 
 _HEADERS = re.compile(r"Kernel headers for (?P<running>\S+) are not installed; compiling "
                       r"against (?P<used>\S+) headers")

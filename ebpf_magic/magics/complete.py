@@ -19,9 +19,9 @@ from IPython.core.completer import (
     context_matcher,
 )
 
-from .. import discover
-from ..errors import BPFError
-from ..probes import HARDWARE_EVENTS, SOFTWARE_EVENTS
+from ebpf_magic import discover
+from ebpf_magic.errors import BPFError
+from ebpf_magic.probes import HARDWARE_EVENTS, SOFTWARE_EVENTS
 
 LIMIT = 500  # completions offered at once
 # the -a kinds offered, by bpftrace's long names
@@ -104,7 +104,7 @@ def _programs(ipython) -> list[str]:
 
 
 def _cell_line(word: str, before: list[str], programs: list[str]) -> list[str] | None:
-    from .cell import PARSER
+    from ebpf_magic.magics.cell import PARSER
 
     if before and before[-1] in ("-a", "--attach"):
         return probe_specs(word)
@@ -116,7 +116,7 @@ def _cell_line(word: str, before: list[str], programs: list[str]) -> list[str] |
 
 
 def _subcommand_line(word: str, before: list[str], programs: list[str]) -> list[str] | None:
-    from . import SUBCOMMANDS, _subcommand
+    from ebpf_magic.magics import SUBCOMMANDS, _subcommand
 
     if not before:
         return list(SUBCOMMANDS)
@@ -157,7 +157,7 @@ def struct_names(word: str) -> list[str]:
 
 
 def _btf_fields(path: str) -> list[str]:
-    from .. import btf
+    from ebpf_magic.kernel import btf
 
     return list(btf.struct(path)["field"])
 

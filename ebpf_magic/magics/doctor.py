@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from ..doctor import Report
-from ..doctor import run as run_doctor
-from .args import parser
+from ebpf_magic.magics.args import parser
+from ebpf_magic.setup.doctor import Report
+from ebpf_magic.setup.doctor import run as run_doctor
 
 USAGE = "%bpf doctor [--no-attach]"
 HELP = ("Check privileges, BCC, kernel headers, BTF and tracefs, and which attach types work "

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .args import parser
+from ebpf_magic.magics.args import parser
 
 USAGE = "%bpf help"
 HELP = "Show this help (the same as %bpf?)."

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 from IPython.core.error import UsageError
 
-from .args import parser
+from ebpf_magic.magics.args import parser
 
 USAGE = "%bpf list"
 HELP = "A table of programs: name, probes attached, maps, events so far, uptime."

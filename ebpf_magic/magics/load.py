@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from IPython.core.error import UsageError
 
-from .. import replay
-from .args import parser
+from ebpf_magic.magics.args import parser
+from ebpf_magic.sessions import replay
 
 USAGE = "%bpf load PATH NAME"
 HELP = ("Replay the recording at PATH as program NAME: its events and map snapshots read like "

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .. import discover
-from .args import parser
+from ebpf_magic import discover
+from ebpf_magic.magics.args import parser
 
 USAGE = "%bpf probes [PATTERN] [-v]"
 HELP = ("List attach points in -a syntax: tracepoint:syscalls:*open*, rawtracepoint:*, "

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 from IPython.core.error import UsageError
 
-from .. import recording, replay
-from .args import parser
+from ebpf_magic.magics.args import parser
+from ebpf_magic.sessions import recording, replay
 
 USAGE = "%bpf save NAME [PATH] [--no-hostname] [--table NAME=VARIABLE ...]"
 HELP = ("Write program NAME's source, probes, events and map snapshots to one .bpfrec file. "

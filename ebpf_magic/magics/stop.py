@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from IPython.core.error import UsageError
 
-from .args import parser
+from ebpf_magic.magics.args import parser
 
 USAGE = "%bpf stop NAME [NAME ...] | --all"
 HELP = "Detach and unload the named programs (or all); their maps and streams are released."

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .. import btf
-from .args import parser
+from ebpf_magic.kernel import btf
+from ebpf_magic.magics.args import parser
 
 USAGE = "%bpf struct NAME[.FIELD...] [--c]"
 HELP = ("Fields of kernel struct NAME (offsets, sizes, C types) from the kernel's BTF; "

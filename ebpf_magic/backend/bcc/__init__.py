@@ -12,15 +12,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from ... import cache, kernel
-from ...errors import BCCNotFoundError, BPFError
-from .. import LIBBPF_PACKAGES, Diagnostic
-from .. import available as backend_available
-from . import headers
-from .client import prestart
-from .diagnostics import format_diagnostics
-from .locate import import_bcc
-from .program import BccProgram, named_probes
+from ebpf_magic.backend import LIBBPF_PACKAGES, Diagnostic
+from ebpf_magic.backend import available as backend_available
+from ebpf_magic.backend.bcc import headers
+from ebpf_magic.backend.bcc.client import prestart
+from ebpf_magic.backend.bcc.diagnostics import format_diagnostics
+from ebpf_magic.backend.bcc.locate import import_bcc
+from ebpf_magic.backend.bcc.program import BccProgram, named_probes
+from ebpf_magic.errors import BCCNotFoundError, BPFError
+from ebpf_magic.internal import cache
+from ebpf_magic.kernel import host as kernel
 
 __all__ = ["BccProgram", "diagnostics", "format_diagnostics", "location", "named_probes",
            "prestart", "symbolize_user", "version"]

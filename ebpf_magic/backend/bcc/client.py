@@ -30,9 +30,9 @@ import threading
 import time
 from typing import Any
 
-from ... import suggest
-from ...errors import CompileError
-from . import protocol
+from ebpf_magic import suggest
+from ebpf_magic.backend.bcc import protocol
+from ebpf_magic.errors import CompileError
 
 COMPILE_TIMEOUT = 60.0
 # BCC's peak for tcplife, a large real tool, is 0.36 GB of address space; LLVM reserves

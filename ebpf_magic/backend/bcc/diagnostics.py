@@ -9,9 +9,16 @@ from __future__ import annotations
 import difflib
 import re
 
-from ... import kernel, suggest
-from ...errors import BPFError, CompileError, HeadersMissingError, NotPrivilegedError, VerifierError
-from . import headers
+from ebpf_magic import suggest
+from ebpf_magic.backend.bcc import headers
+from ebpf_magic.errors import (
+    BPFError,
+    CompileError,
+    HeadersMissingError,
+    NotPrivilegedError,
+    VerifierError,
+)
+from ebpf_magic.kernel import host as kernel
 
 _DIAG = re.compile(r"^(?P<file>[^:\s]+):(?P<line>\d+):(?P<col>\d+): (?P<sev>error|warning|fatal "
                    r"error): (?P<msg>.*)$")

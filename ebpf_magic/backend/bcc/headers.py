@@ -6,7 +6,7 @@ which BCC unpacks itself). On a kernel the distribution ships no headers for,
 the nearest installed distribution headers are merged into one directory (a
 symlink tree of the ``-common`` directory overlaid with the arch directory, the
 shape ``/lib/modules/*/build`` has on Debian) and named to BCC through
-``BCC_KERNEL_SOURCE``. Root builds it in :data:`~ebpf_magic.cache.SYSTEM_CACHE`, readable by
+``BCC_KERNEL_SOURCE``. Root builds it in :data:`.cache.SYSTEM_CACHE`, readable by
 every user (the eBPF kernel runs as an unprivileged one); another user uses that tree
 when it is there and otherwise builds one in their own cache. Struct layouts of kernel-internal
 types may then differ from the running kernel: that is reported as a warning.
@@ -21,7 +21,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from ... import cache
+from ebpf_magic.internal import cache
 
 SRC_ROOT = Path("/usr/src")
 STAMP = ".ebpf_magic_complete"
@@ -87,8 +87,8 @@ def nearest(release: str) -> tuple[str, Path, Path | None] | None:
 def merged_tree(arch: Path, common: Path | None) -> Path:
     """A symlink tree of ``common`` overlaid with ``arch``, built once.
 
-    A complete tree in this process's cache or in :data:`~ebpf_magic.cache.SYSTEM_CACHE` is
-    used as it is; otherwise one is built in :func:`~ebpf_magic.cache.cache_dir`, readable by
+    A complete tree in this process's cache or in :data:`.cache.SYSTEM_CACHE` is
+    used as it is; otherwise one is built in :func:`.cache.cache_dir`, readable by
     all users.
     """
     target = cache.cache_dir() / "headers" / arch.name

@@ -27,7 +27,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from ...ctext import mask_code, matching_paren
+from ebpf_magic.internal.ctext import mask_code, matching_paren
 
 LOST_PREFIX = "__ebpf_magic_lost_"
 TYPE_PREFIX = "__ebpf_magic_type_"

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-from ...errors import BCCNotFoundError
+from ebpf_magic.errors import BCCNotFoundError
 
 ENV_VAR = "EBPF_MAGIC_BCC_PATH"
 

@@ -3,7 +3,7 @@
 The worker (:mod:`.worker`) compiles and loads; this process receives the
 program and map descriptors, describes the maps as
 :class:`~ebpf_magic.backend.MapHandle` objects and attaches with
-:mod:`ebpf_magic.link`. A crash of the compiler costs the cell, not the session.
+:mod:`ebpf_magic.kernel.link`. A crash of the compiler costs the cell, not the session.
 """
 
 from __future__ import annotations
@@ -14,13 +14,14 @@ import re
 
 import numpy as np
 
-from ... import kernel, link, perfbuf, sysbpf
-from ...errors import AttachError, BPFError, HeadersMissingError, NotPrivilegedError
-from ...probes import Probe
-from .. import CompiledProgram, MapHandle
-from . import client, headers, instrument, protocol
-from .diagnostics import compile_failure, load_failure
-from .locate import import_bcc
+from ebpf_magic.backend import CompiledProgram, MapHandle
+from ebpf_magic.backend.bcc import client, headers, instrument, protocol
+from ebpf_magic.backend.bcc.diagnostics import compile_failure, load_failure
+from ebpf_magic.backend.bcc.locate import import_bcc
+from ebpf_magic.errors import AttachError, BPFError, HeadersMissingError, NotPrivilegedError
+from ebpf_magic.kernel import host as kernel
+from ebpf_magic.kernel import link, perfbuf, sysbpf
+from ebpf_magic.probes import Probe
 
 # BPF program types (enum bpf_prog_type) by probe kind
 _PROG_TYPE = {"kprobe": 2, "kretprobe": 2, "uprobe": 2, "uretprobe": 2, "usdt": 2,

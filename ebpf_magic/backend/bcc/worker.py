@@ -39,9 +39,9 @@ from typing import Any
 
 import numpy as np
 
-from . import protocol
-from .instrument import TYPE_PREFIX, TYPEDEF_PREFIX
-from .locate import import_bcc
+from ebpf_magic.backend.bcc import protocol
+from ebpf_magic.backend.bcc.instrument import TYPE_PREFIX, TYPEDEF_PREFIX
+from ebpf_magic.backend.bcc.locate import import_bcc
 
 _PR_SET_PDEATHSIG = 1
 

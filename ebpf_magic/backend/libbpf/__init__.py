@@ -26,13 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ... import btf, kernel, sysbpf
-from ... import link as links
-from ...btf.dwarf import dwarf_spec
-from ...errors import AttachError, BPFError, NotPrivilegedError, VerifierError
-from ...probes import Probe
-from ...suggest import helpers, near, syscall_tracepoints, unknown_helper, verifier_hint
-from .. import (
+from ebpf_magic.backend import (
     LIBBPF_PACKAGES,
     CompiledProgram,
     Diagnostic,
@@ -40,7 +34,14 @@ from .. import (
     MapHandle,
     encode_globals,
 )
-from . import _compile, _lib, _source
+from ebpf_magic.backend.libbpf import _compile, _lib, _source
+from ebpf_magic.errors import AttachError, BPFError, NotPrivilegedError, VerifierError
+from ebpf_magic.kernel import btf, sysbpf
+from ebpf_magic.kernel import host as kernel
+from ebpf_magic.kernel import link as links
+from ebpf_magic.kernel.btf.dwarf import dwarf_spec
+from ebpf_magic.probes import Probe
+from ebpf_magic.suggest import helpers, near, syscall_tracepoints, unknown_helper, verifier_hint
 
 _EXTERN = re.compile(r"failed to find BTF for extern '(\w+)'")
 _PROG_FAILED = re.compile(r"prog '(\w+)': (?:BPF program load failed|failed to load)")
@@ -352,7 +353,7 @@ class LibbpfProgram(CompiledProgram):
         return [str(probe)]
 
     def _attach_perf_event(self, probe: Probe, prog: int) -> list[str]:
-        """Sampling and counting events: one perf event per CPU, through ebpf_magic.link."""
+        """Sampling and counting events: one perf event per CPU, through ebpf_magic.kernel.link."""
         ev_type, config, rate = probe.perf_event
         try:
             attached = links.perf_event(_lib.lib().bpf_program__fd(prog), ev_type, config,

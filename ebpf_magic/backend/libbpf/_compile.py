@@ -37,9 +37,10 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ... import cache, suggest
-from ...ctext import mask_code, matching_paren
-from ...errors import BPFError, CompileError
+from ebpf_magic import suggest
+from ebpf_magic.errors import BPFError, CompileError
+from ebpf_magic.internal import cache
+from ebpf_magic.internal.ctext import mask_code, matching_paren
 
 BTF_PATH = Path("/sys/kernel/btf/vmlinux")
 TIMEOUT_S = 60.0

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import re
 
-from ...ctext import mask_code, matching_paren
-from ...probes import Probe
+from ebpf_magic.internal.ctext import mask_code, matching_paren
+from ebpf_magic.probes import Probe
 
 # SEC() prefix -> probe kind; the rest of the section name is the target
 _SECTIONS = {

@@ -1,0 +1,187 @@
+"""Stack traces: symbolized frames and folded stacks with counts.
+
+Kernel addresses resolve through ``/proc/kallsyms`` (read here, once); user
+addresses through :func:`ebpf_magic.backend.symbolize_user` for the process that
+was sampled (BCC's symbolizer for BCC's maps where BCC is present, else
+:mod:`ebpf_magic.kernel.symbols`). A folded stack is frames joined by ``;`` from the
+root to the leaf, the format of flamegraph.pl, and what
+:func:`ebpf_magic.present.plots.flamegraph` draws.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+KERNEL_START = 0xFFFF800000000000  # x86-64 and arm64 kernel half of the address space
+MISSING = "[missing]"  # a stack id the program failed to record (negative id)
+
+
+class Kallsyms:
+    """Resolve kernel addresses to function names from ``/proc/kallsyms``."""
+
+    def __init__(self, path: str = "/proc/kallsyms") -> None:
+        addrs, names = [], []
+        with open(path) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) < 3 or parts[1] not in "tTwW":
+                    continue
+                addr = int(parts[0], 16)
+                if addr:
+                    addrs.append(addr)
+                    names.append(parts[2])
+        order = sorted(range(len(addrs)), key=addrs.__getitem__)
+        self._addrs = [addrs[i] for i in order]
+        self._names = [names[i] for i in order]
+        if not self._addrs:
+            raise PermissionError(f"{path} shows no addresses (needs CAP_SYSLOG or root)")
+
+    def resolve(self, addr: int) -> str:
+        """The function containing ``addr``, or its hex form when none does."""
+        i = bisect.bisect_right(self._addrs, addr) - 1
+        return self._names[i] if i >= 0 else f"0x{addr:x}"
+
+
+_kallsyms: Kallsyms | None = None
+_kallsyms_lock = threading.Lock()
+
+
+def kernel_symbols() -> Kallsyms:
+    """The process-wide kallsyms resolver, loaded on first use."""
+    global _kallsyms
+    with _kallsyms_lock:
+        if _kallsyms is None:
+            _kallsyms = Kallsyms()
+        return _kallsyms
+
+
+def symbolize_user(pid: int, addrs: list[int], backend: str = "") -> list[str]:
+    """Names of user addresses in process ``pid``; unknown ones as hex.
+
+    ``backend`` is the backend whose program recorded the addresses ("" if unknown).
+    """
+    from ebpf_magic.backend import symbolize_user as backend_symbolize
+
+    names = backend_symbolize(pid, list(addrs), backend) if addrs else []
+    return [n or f"0x{a:x}" for n, a in zip(names, addrs, strict=True)]
+
+
+def symbolize(addrs: list[int], pid: int | None = None, backend: str = "") -> list[str]:
+    """Frame names, leaf first as stored: kernel addresses by kallsyms, user ones in ``pid``."""
+    user = [a for a in addrs if a < KERNEL_START]
+    names = {}
+    if user and pid is not None:
+        names = dict(zip(user, symbolize_user(pid, user, backend), strict=True))
+    return [kernel_symbols().resolve(a) if a >= KERNEL_START else names.get(a, f"0x{a:x}")
+            for a in addrs]
+
+
+def addresses(values: np.ndarray) -> list[list[int]]:
+    """Each stack-trace map value (a record of ``ip[]``) as its non-zero addresses."""
+    if not len(values):
+        return []
+    ips = values["ip"] if values.dtype.names else values
+    ips = np.asarray(ips).reshape(len(values), -1).view(np.uint64)
+    return [[int(a) for a in row[row != 0]] for row in ips]
+
+
+def stack_frame(stack_map: Any, pid: int | None = None) -> pd.DataFrame:
+    """``stack_id``, ``depth`` and folded ``stack`` (root first) of every stack in the map.
+
+    Kernel frames are always named; user frames only with the ``pid`` they came from.
+    """
+    keys, values = stack_map.snapshot()
+    stacks = addresses(values)
+    backend = _backend(stack_map)
+    folded = [";".join(reversed(symbolize(s, pid, backend))) for s in stacks]
+    return pd.DataFrame({"stack_id": keys.astype(np.int64),
+                         "depth": np.array([len(s) for s in stacks], dtype=np.int64),
+                         "stack": folded})
+
+
+def _backend(stack_map: Any) -> str:
+    """The backend that made a live stack map ("" where its handle does not say)."""
+    return getattr(getattr(stack_map, "handle", None), "backend", "")
+
+
+_ROLES = {
+    "kernel": ("kernel_stack_id", "kern_stack_id", "kernel_stack", "kstack", "kernel_id",
+               "kstack_id", "kern_stack"),
+    "user": ("user_stack_id", "user_stack", "ustack", "ustack_id", "user_id"),
+    "pid": ("pid", "tgid"),
+    "comm": ("comm", "name", "task"),
+}
+
+
+def _find(columns: list[str], role: str, given: str | None) -> str | None:
+    if given:
+        if given not in columns:
+            raise KeyError(f"no column {given!r}; columns: {', '.join(columns)}")
+        return given
+    return next((c for c in _ROLES[role] if c in columns), None)
+
+
+def folded(counts: Any, stack_map: Any, *, kernel: bool = True, user: bool = True,
+           kernel_field: str | None = None, user_field: str | None = None,
+           pid_field: str | None = None, comm_field: str | None = None,
+           count_field: str | None = None) -> pd.DataFrame:
+    """Folded stacks with counts, joining the stack ids in ``counts`` to ``stack_map``.
+
+    ``counts`` is a map (or its DataFrame) whose key holds stack ids, as BCC's
+    ``profile`` and ``stackcount`` build: fields named like ``kernel_stack_id``,
+    ``user_stack_id``, ``pid`` and ``comm`` are found by name (or name them
+    with the ``*_field`` arguments); an integer key is one stack id. Frames go
+    ``comm;user root..user leaf;kernel root..kernel leaf``. Returns columns
+    ``stack`` and ``count``, largest first. ``stack_map`` may also be a recorded
+    stack map's frame (``stack_id``, ``stack``), whose frames are used as stored.
+    """
+    df = counts if isinstance(counts, pd.DataFrame) else counts.df
+    cols = list(df.columns)
+    kcol = _find(cols, "kernel", kernel_field)
+    ucol = _find(cols, "user", user_field)
+    if kcol is None and ucol is None:
+        if "key" not in cols:
+            raise KeyError("no stack id column found; name it with kernel_field= or user_field=")
+        kcol = "key"  # one stack id per key, kernel or user as its addresses say
+    pcol, ccol = _find(cols, "pid", pid_field), _find(cols, "comm", comm_field)
+    vcol = count_field or ("value" if "value" in cols else next(
+        c for c in reversed(cols) if c not in (kcol, ucol, pcol, ccol)))
+    backend = _backend(stack_map)
+    if hasattr(stack_map, "snapshot"):
+        keys, values = stack_map.snapshot()
+        ips = dict(zip(keys.astype(np.int64).tolist(), addresses(values), strict=True))
+        named: dict[int, list[str]] = {}
+    else:  # a recorded stack map: its frame of already symbolized stacks
+        recorded = stack_map if isinstance(stack_map, pd.DataFrame) else stack_map.df
+        ips = {}
+        named = {int(i): str(s).split(";") if s else []
+                 for i, s in zip(recorded["stack_id"], recorded["stack"], strict=True)}
+    cache: dict[tuple[int, int | None], list[str]] = {}
+
+    def frames(stack_id: Any, pid: int | None) -> list[str]:
+        sid = int(stack_id)
+        if sid < 0:
+            return [MISSING]
+        if sid in named:
+            return named[sid]
+        if (sid, pid) not in cache:
+            cache[(sid, pid)] = list(reversed(symbolize(ips.get(sid, []), pid, backend)))
+        return cache[(sid, pid)]
+
+    rows = []
+    for rec in df.to_dict("records"):
+        pid = int(rec[pcol]) if pcol else None
+        parts = [str(rec[ccol])] if ccol else []
+        if ucol and user:
+            parts += frames(rec[ucol], pid)
+        if kcol and kernel:
+            parts += frames(rec[kcol], pid)
+        rows.append((";".join(p for p in parts if p), int(rec[vcol])))
+    out = pd.DataFrame(rows, columns=["stack", "count"])
+    out = out.groupby("stack", as_index=False, sort=False)["count"].sum()
+    return out.sort_values("count", ascending=False, ignore_index=True)

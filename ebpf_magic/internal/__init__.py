@@ -1,0 +1,1 @@
+"""Plumbing shared by every layer: the cache directory, C text scanning, typed values."""

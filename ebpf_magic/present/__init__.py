@@ -1,0 +1,1 @@
+"""Presentation: widgets, live views and plots built from frames."""

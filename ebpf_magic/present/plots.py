@@ -1,0 +1,348 @@
+"""matplotlib plots of maps and streams; each returns its Axes, like pandas' ``.plot()``.
+
+Every function takes plain DataFrames (bucket frames, stream frames, folded
+stacks), so recordings plot the same as live programs; histogram functions
+also accept a :class:`~ebpf_magic.data.histograms.Histogram` or a histogram map.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Iterable
+from html import escape
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ebpf_magic.data import histograms
+from ebpf_magic.data.histograms import EMPTY, as_histogram
+
+LOG_SPAN = 100  # counts spanning more than this factor get a log colour scale
+
+
+def _axes(ax: Any, figsize: tuple[float, float] = (8, 4)) -> Any:
+    if ax is not None:
+        return ax
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=figsize)[1]
+
+
+def hist(data: Any, ax: Any = None, kind: str | None = None, title: str | None = None,
+         color: str | None = None) -> Any:
+    """A bar per bucket labelled like bpftrace (``[1]``, ``[2, 4)``, ``[1K, 2K)``...).
+
+    ``data``: a Histogram, a bucket frame (``low``, ``high``, ``count``) or a
+    histogram map. A keyed histogram gets one group of bars per section over
+    the union of the buckets, with a legend.
+    """
+    h = as_histogram(data, kind=kind)
+    ax = _axes(ax)
+    buckets = h.df.drop_duplicates(["low", "high"])[["low", "high"]].sort_values("low")
+    labels = h.labels(buckets)
+    x = np.arange(len(buckets))
+    sections = h.sections()
+    width = 0.8 / max(len(sections), 1)
+    for i, (section, part) in enumerate(sections):
+        counts = buckets.merge(part[["low", "high", "count"]], on=["low", "high"], how="left")
+        heights = counts["count"].fillna(0).to_numpy()
+        offset = (i - (len(sections) - 1) / 2) * width
+        name = ", ".join(map(str, section)) if section else None
+        ax.bar(x + offset, heights, width=width, label=name,
+               color=color if len(sections) == 1 else None)
+    ax.set_xticks(x, labels)
+    _fit_xlabels(ax, labels)
+    ax.set_ylabel("count")
+    ax.set_xlabel("log2 buckets" if h.kind == "log2" else "linear buckets")
+    if len(sections) > 1:
+        ax.legend(title=", ".join(h.section_columns))
+    if buckets.empty:
+        ax.text(0.5, 0.5, EMPTY, transform=ax.transAxes, ha="center", va="center")
+    ax.set_title(title if title is not None else (f"@{h.name}" if h.name else ""))
+    return ax
+
+
+def _fit_xlabels(ax: Any, labels: list[str]) -> None:
+    """Categorical x tick labels that never overlap.
+
+    Horizontal when each fits its slot, else vertical; when even vertical ones
+    would touch, every k-th label is shown (the first and then every k-th bucket).
+    """
+    if not labels:
+        return
+    get_renderer = getattr(ax.figure.canvas, "get_renderer", None)
+    if get_renderer is None:  # a canvas that cannot measure text: vertical past a few labels
+        ax.tick_params(axis="x", labelrotation=90 if len(labels) > 6 else 0)
+        return
+    renderer = get_renderer()
+    left, right = ax.get_xlim()
+    slot = ax.get_window_extent(renderer).width / max(right - left, 1e-9)
+    size = ax.xaxis.get_major_ticks()[0].label1.get_fontsize() if ax.xaxis.get_major_ticks() \
+        else 10
+    probe = ax.figure.text(0, 0, "", fontsize=size)
+    widths = []
+    for text in labels:
+        probe.set_text(text)
+        widths.append(probe.get_window_extent(renderer).width)
+    probe.set_text("Ag")
+    height = probe.get_window_extent(renderer).height
+    probe.remove()
+    gap = 1.15  # room between neighbouring labels, and for a tighter layout later
+    if max(widths) * gap <= slot:
+        ax.tick_params(axis="x", labelrotation=0)
+        return
+    every = int(np.ceil(height * gap / slot))
+    shown = [text if i % every == 0 else "" for i, text in enumerate(labels)]
+    ax.set_xticks(ax.get_xticks(), shown, rotation=90, ha="center")
+
+
+def _distinct_times(stamps: list[Any]) -> list[str]:
+    """Labels for clock times or offsets with as many decimals of a second as make them distinct."""
+    def label(stamp: Any, digits: int) -> str:
+        if isinstance(stamp, pd.Timedelta):
+            return f"{stamp.total_seconds():.{digits}f}s"
+        if isinstance(stamp, pd.Timestamp):
+            text = stamp.strftime("%H:%M:%S")
+            return f"{text}.{stamp.microsecond:06d}"[:len(text) + 1 + digits] if digits else text
+        return str(stamp)
+
+    stamps = [pd.Timestamp(s) if isinstance(s, (np.datetime64, datetime.datetime)) else s
+              for s in stamps]
+    for digits in range(7):
+        labels = [label(s, digits) for s in stamps]
+        if len(set(labels)) == len(labels):
+            return labels
+    return [str(s) for s in stamps]
+
+
+def time_axis(ax: Any, axis: str = "x") -> Any:
+    """Give a date axis clock-time tick labels that are never repeated; returns ``ax``.
+
+    Ticks less than a second apart get as many decimals of a second as tell
+    them apart. Works on axes pandas or matplotlib drew with datetimes.
+    """
+    from matplotlib import dates
+    from matplotlib.ticker import Formatter
+
+    class DistinctTimes(Formatter):
+        def __call__(self, x: float, pos: int | None = None) -> str:
+            return self.format_ticks([x])[0]
+
+        def format_ticks(self, values: list[float]) -> list[str]:
+            return _distinct_times([pd.Timestamp(dates.num2date(v)).tz_localize(None)
+                                    for v in values])
+
+    target = ax.xaxis if axis == "x" else ax.yaxis
+    target.set_major_formatter(DistinctTimes())
+    target.set_minor_formatter(lambda x, pos: "")
+    return ax
+
+
+def _times(df: pd.DataFrame, time: str | None) -> pd.Series:
+    """The stream's time column as datetimes (or timedeltas from numeric seconds/ns)."""
+    if time is None:
+        time = next((c for c in ("time", "ts", "timestamp", "t") if c in df.columns), None)
+        if time is None:
+            raise KeyError(f"no time column (time, ts, timestamp); columns: {list(df.columns)}")
+    col = df[time]
+    if pd.api.types.is_datetime64_any_dtype(col) or pd.api.types.is_timedelta64_dtype(col):
+        return col
+    values = col.to_numpy()
+    unit = "ns" if np.issubdtype(values.dtype, np.integer) and len(values) and \
+        np.abs(values).max() > 10**12 else "s"
+    return pd.Series(pd.to_timedelta(values, unit=unit), index=df.index)
+
+
+def rate_frame(df: pd.DataFrame, time: str | None = None, interval: str = "1s",
+               by: str | None = None) -> pd.DataFrame:
+    """Events per second in each ``interval`` (one column per value of ``by``)."""
+    t = _times(df, time)
+    seconds = pd.Timedelta(interval).total_seconds()
+    frame = pd.DataFrame({"t": t.to_numpy(), "n": 1})
+    if by is not None:
+        frame["by"] = df[by].to_numpy()
+    grouper = pd.Grouper(key="t", freq=interval)
+    if by is None:
+        counts = frame.groupby(grouper)["n"].sum().to_frame("events/s")
+    else:
+        counts = frame.groupby([grouper, "by"])["n"].sum().unstack("by", fill_value=0)
+    return counts / seconds
+
+
+def rate(df: pd.DataFrame, time: str | None = None, interval: str = "1s", by: str | None = None,
+         ax: Any = None) -> Any:
+    """Event rate over time from a stream's DataFrame (a ``time`` column, or name it)."""
+    rates = rate_frame(df, time, interval, by)
+    ax = _axes(ax)
+    x = rates.index
+    if isinstance(x, pd.TimedeltaIndex):
+        x = x.total_seconds()
+        ax.set_xlabel("seconds")
+    for name in rates.columns:
+        ax.plot(x, rates[name].to_numpy(), drawstyle="steps-post", label=str(name))
+    if isinstance(x, pd.DatetimeIndex):
+        time_axis(ax)
+    ax.set_ylabel(f"events/s (per {interval})")
+    if by is not None:
+        ax.legend(title=by)
+    return ax
+
+
+def heatmap_frame(data: Any, value: str | None = None, time: str | None = None,
+                  interval: str = "1s", kind: str = "log2",
+                  cumulative: bool = False) -> pd.DataFrame:
+    """Counts with one row per bucket label (low to high) and one column per time bin.
+
+    ``data`` is either a stream DataFrame (bucket the ``value`` column per
+    ``interval``) or periodic histogram snapshots: an iterable of
+    ``(time, Histogram or bucket frame)`` pairs. ``cumulative``: the snapshots
+    are of a map that keeps counting, so each column shows the difference
+    from the previous snapshot.
+    """
+    if isinstance(data, pd.DataFrame):
+        if value is None:
+            raise ValueError("name the stream's value column to bucket: value='...'")
+        t = _times(data, time)
+        v = data[value].to_numpy()
+        slots = histograms.log2_slots(v) if kind == "log2" else v.astype(np.int64)
+        bins = pd.Series(t.to_numpy()).dt.floor(interval)
+        frame = pd.DataFrame({"bin": bins.to_numpy(), "slot": slots})
+        counts = frame.groupby(["slot", "bin"]).size().unstack("bin", fill_value=0)
+        full = np.arange(counts.index.min(), counts.index.max() + 1) if len(counts) else []
+        counts = counts.reindex(full, fill_value=0)
+        low, high = histograms.bounds(counts.index.to_numpy(), kind)
+    else:
+        columns = {}
+        for stamp, snap in data:
+            h = as_histogram(snap, kind=kind)
+            columns[stamp] = h.df.groupby(["low", "high"])["count"].sum()
+        counts = pd.DataFrame(columns).fillna(0).astype(np.int64).sort_index()
+        if cumulative:
+            counts = counts.diff(axis=1).fillna(counts).astype(np.int64)
+        low = counts.index.get_level_values(0).to_numpy()
+        high = counts.index.get_level_values(1).to_numpy()
+    counts.index = [histograms.label(lo, hi, kind) for lo, hi in zip(low, high, strict=True)]
+    return counts
+
+
+def heatmap(data: Any, value: str | None = None, time: str | None = None, interval: str = "1s",
+            kind: str = "log2", cumulative: bool = False, ax: Any = None,
+            cmap: str = "viridis") -> Any:
+    """A latency heatmap: time bins across, log2 buckets up, colour = count.
+
+    Takes what :func:`heatmap_frame` takes. When the non-zero counts span more
+    than two decades the colour scale is logarithmic (empty cells are left
+    blank), so one crowded cell does not hide the rest.
+    """
+    from matplotlib import colormaps
+    from matplotlib.colors import LogNorm
+
+    counts = heatmap_frame(data, value, time, interval, kind, cumulative)
+    ax = _axes(ax)
+    values = counts.to_numpy()
+    positive = values[values > 0]
+    log = len(positive) > 0 and positive.max() > LOG_SPAN * positive.min()
+    norm = LogNorm(vmin=positive.min(), vmax=positive.max()) if log else None
+    mesh = ax.pcolormesh(np.arange(counts.shape[1] + 1), np.arange(counts.shape[0] + 1),
+                         np.ma.masked_less_equal(values, 0) if log else values,
+                         cmap=colormaps[cmap].with_extremes(bad="white"), norm=norm,
+                         shading="flat")
+    ax.set_yticks(np.arange(counts.shape[0]) + 0.5, list(counts.index))
+    step = max(1, counts.shape[1] // 10)
+    cols = list(counts.columns)
+    ax.set_xticks(np.arange(0, len(cols), step) + 0.5, _distinct_times(cols[::step]),
+                  rotation=45, ha="right")
+    ax.set_ylabel(f"{value or 'value'} ({kind} buckets)")
+    ax.set_xlabel("time")
+    ax.figure.colorbar(mesh, ax=ax, label="count (log scale)" if log else "count")
+    return ax
+
+
+def flame_rects(folded: pd.DataFrame) -> pd.DataFrame:
+    """The rectangles of a flame graph: ``frame``, ``depth``, ``start``, ``width`` (in samples).
+
+    Frames with the same name under the same parent merge, as flamegraph.pl does.
+    """
+    tree: dict = {}
+    for stack, count in zip(folded["stack"], folded["count"], strict=True):
+        node = tree
+        for frame in str(stack).split(";"):
+            entry = node.setdefault(frame, [0, {}])
+            entry[0] += int(count)
+            node = entry[1]
+    rows: list[tuple[str, int, int, int]] = []
+
+    def walk(node: dict, depth: int, start: int) -> None:
+        for frame in sorted(node):
+            total, children = node[frame]
+            rows.append((frame, depth, start, total))
+            walk(children, depth + 1, start)
+            start += total
+
+    walk(tree, 0, 0)
+    return pd.DataFrame(rows, columns=["frame", "depth", "start", "width"])
+
+
+def _stacks(data: Any) -> pd.DataFrame:
+    if isinstance(data, pd.DataFrame):
+        return data
+    if isinstance(data, Iterable):
+        return pd.DataFrame(list(data), columns=["stack", "count"])
+    raise TypeError("pass folded stacks: a DataFrame with stack and count columns "
+                    "(ebpf_magic.data.stacks.folded(counts_map, stack_map))")
+
+
+def flamegraph(folded: Any, ax: Any = None, title: str = "", min_width: float = 0.0) -> Any:
+    """A static flame graph (root at the bottom) from folded stacks with counts."""
+    rects = flame_rects(_stacks(folded))
+    total = rects.loc[rects["depth"] == 0, "width"].sum() if len(rects) else 0
+    depth = int(rects["depth"].max()) + 1 if len(rects) else 1
+    ax = _axes(ax, figsize=(12, max(3.0, 0.3 * depth + 1)))
+    rng = np.random.default_rng(0)
+    for r in rects.itertuples(index=False):
+        if total and r.width / total < min_width:
+            continue
+        colour = (0.9 + 0.1 * rng.random(), 0.3 + 0.5 * rng.random(), 0.1 * rng.random())
+        ax.barh(r.depth, r.width, left=r.start, height=1.0, color=colour, edgecolor="white",
+                linewidth=0.5, align="edge")
+        if total and r.width / total > 0.02:
+            chars = int(r.width / total * 150)
+            text = r.frame if len(r.frame) <= chars else r.frame[: max(chars - 2, 1)] + ".."
+            ax.text(r.start + r.width / 2, r.depth + 0.5, text, ha="center", va="center",
+                    fontsize=7, clip_on=True)
+    ax.set_xlim(0, max(total, 1))
+    ax.set_ylim(0, depth)
+    ax.set_yticks([])
+    ax.set_xlabel("samples")
+    ax.set_title(title)
+    return ax
+
+
+def flamegraph_svg(folded: Any, width: int = 1200, row: int = 16) -> str:
+    """An SVG flame graph: hover a frame for its name and sample count."""
+    rects = flame_rects(_stacks(folded))
+    total = max(int(rects.loc[rects["depth"] == 0, "width"].sum()) if len(rects) else 0, 1)
+    depth = int(rects["depth"].max()) + 1 if len(rects) else 1
+    height = depth * row
+    scale = width / total
+    rng = np.random.default_rng(0)
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+             'font-family="monospace" font-size="11">']
+    for r in rects.itertuples(index=False):
+        x, w, y = r.start * scale, r.width * scale, height - (r.depth + 1) * row
+        fill = (f"rgb({int(230 + 25 * rng.random())},{int(80 + 120 * rng.random())},"
+                f"{int(30 * rng.random())})")
+        name = escape(r.frame)
+        pct = 100.0 * r.width / total
+        parts.append(f'<g><title>{name} ({r.width} samples, {pct:.1f}%)</title>'
+                     f'<rect x="{x:.2f}" y="{y}" width="{w:.2f}" height="{row - 1}" '
+                     f'fill="{fill}"/>')
+        if w > 30:
+            chars = int(w / 7)
+            text = name if len(name) <= chars else escape(r.frame[: chars - 2]) + ".."
+            parts.append(f'<text x="{x + 2:.2f}" y="{y + row - 4}">{text}</text>')
+        parts.append("</g>")
+    parts.append("</svg>")
+    return "".join(parts)
+

@@ -1,0 +1,510 @@
+"""A live map browser: a model drivable from Python, and an ipywidgets view of it.
+
+:class:`BrowserModel` lists maps and reads the selected one into a table
+(sorted by its numeric value, largest first, until another column is chosen;
+text filter; top-N), edits and deletes rows, and refreshes on a
+background thread. It works on any object exposing ``.name``, ``.kind``,
+``.info()`` and ``.df`` (live maps or a recording's); editing needs
+``row_key``/``set_cell``/``__delitem__``, which live maps have.
+:class:`MapBrowser` renders the model with core ipywidgets only (an HTML table,
+a PNG bar chart for histograms), so it needs no front-end extension.
+"""
+
+from __future__ import annotations
+
+import io
+import numbers
+import threading
+import time
+from collections.abc import Callable, Mapping
+from html import escape
+from typing import Any
+
+import pandas as pd
+
+from ebpf_magic.data.histograms import Histogram
+
+LISTING_COLUMNS = ["map", "kind", "key", "value", "entries", "max_entries", "full"]
+
+MapSource = Callable[[], Mapping[str, Any]]
+
+TABLE_HEIGHT = "24em"  # the table scrolls inside a box this high
+
+
+def _source(obj: Any) -> tuple[MapSource, Callable[[], bool]]:
+    """How to list maps of ``obj`` and tell whether they are still readable."""
+    if callable(obj) and not hasattr(obj, "maps"):
+        return obj, lambda: True
+    if hasattr(obj, "maps") and hasattr(obj, "running"):
+        # a live program's maps are readable while it runs; a replayed one's always
+        def readable() -> bool:
+            return bool(getattr(obj, "readable", obj.running))
+
+        return (lambda: dict(obj.maps) if readable() else {}), readable
+    if isinstance(obj, Mapping):
+        return (lambda: dict(obj)), lambda: True
+    raise TypeError(f"cannot browse a {type(obj).__name__}: pass a Program, a mapping of "
+                    "maps, or a function returning one")
+
+
+def running_programs() -> dict[str, Any]:
+    """Maps of every program running in this process, named ``program/map``."""
+    from ebpf_magic import program
+
+    with program._live_lock:
+        programs = sorted(program._live, key=lambda p: p.started_at or 0)
+    out = {}
+    for prog in programs:
+        if prog.running:
+            out.update({f"{prog.name}/{name}": m for name, m in prog.maps.items()})
+    return out
+
+
+class BrowserModel:
+    """The state of a map browser; every action is a method tests can call.
+
+    ``source``: a Program, a mapping of name to map, or a function returning
+    one (e.g. :func:`running_programs`). ``on_update`` callbacks run after each
+    refresh (on the refresh thread when it is running).
+    """
+
+    def __init__(self, source: Any, interval: float = 1.0, top_n: int = 100) -> None:
+        self._list, self._alive = _source(source)
+        self.interval = interval
+        self.top_n = top_n
+        self.selected: str | None = None
+        self.sort_by: str | None = None
+        self.ascending = False
+        self.filter_text = ""
+        self.paused = False
+        self.closed = False
+        self.data = pd.DataFrame()  # the selected map's full snapshot
+        self.view = pd.DataFrame()  # after filter, sort and top-N
+        self.histogram: Histogram | None = None
+        self.error = ""
+        self.refreshes = 0
+        self.last_refresh_s = 0.0
+        self.on_update: list[Callable[[BrowserModel], None]] = []
+        self._lock = threading.RLock()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._listing: tuple[pd.DataFrame | None, float] = (None, 0.0)
+        names = list(self.maps())
+        if names:
+            self.selected = names[0]
+
+    # -- maps ------------------------------------------------------------------
+
+    def maps(self) -> dict[str, Any]:
+        return dict(self._list()) if not self.closed else {}
+
+    def listing(self, max_age: float = 0.0) -> pd.DataFrame:
+        """One row per map: kind, types, entries, max_entries, full.
+
+        ``max_age``: reuse a listing up to this many seconds old (counting
+        entries reads every map, so live refreshes of one map reuse it).
+        """
+        cached, at = self._listing
+        if cached is not None and time.monotonic() - at < max_age:
+            return cached
+        rows = []
+        for name, m in self.maps().items():
+            info = dict(m.info())
+            info["map"] = name
+            rows.append(info)
+        listing = pd.DataFrame(rows, columns=LISTING_COLUMNS)
+        self._listing = (listing, time.monotonic())
+        return listing
+
+    @property
+    def current(self) -> Any:
+        return self.maps().get(self.selected) if self.selected else None
+
+    def select(self, name: str) -> pd.DataFrame:
+        maps = self.maps()
+        if name not in maps:
+            raise KeyError(f"no map named {name!r}; maps: {', '.join(maps) or 'none'}")
+        with self._lock:
+            self.selected = name
+            self.sort_by = None
+            self.filter_text = ""
+        return self.refresh()
+
+    # -- reading ---------------------------------------------------------------
+
+    def refresh(self) -> pd.DataFrame:
+        """Read the selected map again and recompute the view."""
+        start = time.perf_counter()
+        with self._lock:
+            m = self.current
+            if m is None:
+                self.data, self.histogram = pd.DataFrame(), None
+            else:
+                self.data = m.df
+                self.histogram = Histogram(self.data, name=m.name) if _is_histogram(m) and \
+                    {"low", "high", "count"} <= set(self.data.columns) else None
+            self.error = ""
+            self._recompute()
+            self.refreshes += 1
+            self.last_refresh_s = time.perf_counter() - start
+        for callback in list(self.on_update):
+            callback(self)
+        return self.view
+
+    def _recompute(self) -> None:
+        df = self.data
+        if self.filter_text and len(df):
+            text = self.filter_text.lower()
+            mask = pd.Series(False, index=df.index)
+            for col in df.columns:
+                mask |= df[col].astype(str).str.lower().str.contains(text, regex=False)
+            df = df[mask]
+        column, ascending = self.sorting
+        if column is not None and column in df.columns:
+            df = df.sort_values(column, ascending=ascending, kind="stable")
+        if self.top_n:
+            df = df.head(self.top_n)
+        self.view = df
+
+    @property
+    def value_columns(self) -> list[str]:
+        """The selected map's value columns (the key's are the others)."""
+        m = self.current
+        if hasattr(m, "value_columns"):
+            return [c for c in self.data.columns if _is_value_column(c, m)]
+        return [c for c in self.data.columns if c in ("value", "count")]
+
+    @property
+    def sorting(self) -> tuple[str | None, bool]:
+        """(column, ascending) the view is sorted by.
+
+        Until a column is chosen: the first numeric value column, descending, so
+        top-N shows the largest entries; histograms keep their bucket order.
+        """
+        if self.sort_by is not None:
+            return self.sort_by, self.ascending
+        if self.histogram is not None:
+            return None, False
+        for column in self.value_columns:
+            if pd.api.types.is_numeric_dtype(self.data[column]) and \
+                    not pd.api.types.is_bool_dtype(self.data[column]):
+                return column, False
+        return None, False
+
+    def sort(self, column: str, ascending: bool = False) -> pd.DataFrame:
+        if len(self.data.columns) and column not in self.data.columns:
+            raise KeyError(f"no column {column!r}; columns: {', '.join(self.data.columns)}")
+        with self._lock:
+            self.sort_by, self.ascending = column, ascending
+            self._recompute()
+        return self.view
+
+    def filter(self, text: str) -> pd.DataFrame:
+        """Keep rows where any cell contains ``text`` (case-insensitive)."""
+        with self._lock:
+            self.filter_text = text
+            self._recompute()
+        return self.view
+
+    def top(self, n: int) -> pd.DataFrame:
+        """Show at most ``n`` rows (0: all)."""
+        with self._lock:
+            self.top_n = n
+            self._recompute()
+        return self.view
+
+    # -- writing ---------------------------------------------------------------
+
+    @property
+    def editable(self) -> bool:
+        m = self.current
+        return m is not None and all(hasattr(m, a) for a in ("row_key", "set_cell",
+                                                             "__delitem__")) \
+            and not _is_histogram(m) and m.kind not in ("stack_trace", "queue", "stack")
+
+    def _key(self, row: Any) -> Any:
+        if not self.editable:
+            raise TypeError(f"map {self.selected!r} cannot be edited here")
+        if row not in self.data.index:
+            raise KeyError(f"no row {row!r} in the last snapshot")
+        return self.current.row_key(self.data.loc[row].to_dict())
+
+    def edit(self, row: Any, column: str, value: Any) -> pd.DataFrame:
+        """Write ``value`` into ``column`` of ``row`` (an index label of the table)."""
+        self.current.set_cell(self._key(row), column, value)
+        return self.refresh()
+
+    def delete(self, row: Any) -> pd.DataFrame:
+        """Delete ``row``'s key from the kernel map (arrays: zero it)."""
+        del self.current[self._key(row)]
+        return self.refresh()
+
+    # -- live refresh ----------------------------------------------------------
+
+    def start(self, interval: float | None = None) -> None:
+        """Refresh every ``interval`` seconds on a background thread until closed."""
+        if interval is not None:
+            self.interval = interval
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._thread = threading.Thread(target=self._run, name="bpf-map-browser", daemon=True)
+        self._thread.start()
+
+    @property
+    def live(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _run(self) -> None:
+        while not self.closed:
+            self._wake.wait(self.interval)
+            self._wake.clear()
+            if self.closed or not self._alive():
+                break
+            if self.paused:
+                continue
+            try:
+                self.refresh()
+            except (OSError, KeyError, ValueError) as e:
+                self.error = str(e)
+                if not self._alive():
+                    break
+
+    def pause(self) -> None:
+        self.paused = True
+
+    def resume(self) -> None:
+        self.paused = False
+        self._wake.set()
+
+    def set_interval(self, seconds: float) -> None:
+        self.interval = max(0.05, float(seconds))
+        self._wake.set()
+
+    def close(self) -> None:
+        """Stop refreshing; the thread ends within one wake-up."""
+        self.closed = True
+        self._wake.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+
+
+def _is_histogram(m: Any) -> bool:
+    declared = getattr(getattr(m, "handle", None), "declared", "") or getattr(m, "declared", "")
+    return declared == "histogram" or m.info().get("kind") == "histogram"
+
+
+def _cell(value: Any, separated: bool) -> str:
+    if value is None or (pd.api.types.is_scalar(value) and pd.isna(value)):
+        return ""
+    if separated and isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return f"{value:,}"
+    return escape(str(value))
+
+
+def table_html(df: pd.DataFrame, max_rows: int = 1000, separated: Any = ()) -> str:
+    """An HTML table of ``df`` in a scroll box of bounded height.
+
+    The index (the row number used by edit and delete) comes first. Numeric
+    columns are right-aligned; those in ``separated`` (counts, not IDs such as a
+    PID key) show thousands separators.
+    """
+    df = df.head(max_rows)
+    right = "text-align:right;font-variant-numeric:tabular-nums"
+    numeric = [pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])
+               for c in df.columns]
+    head = "".join(f'<th style="{right if num else "text-align:left"}">{escape(str(c))}</th>'
+                   for c, num in zip(df.columns, numeric, strict=True))
+    rows = []
+    for index, values in zip(df.index, df.itertuples(index=False, name=None),
+                             strict=True):
+        cells = "".join(
+            f'<td style="{right}">{_cell(v, c in separated)}</td>' if num
+            else f"<td>{_cell(v, False)}</td>"
+            for c, v, num in zip(df.columns, values, numeric, strict=True))
+        rows.append(f'<tr><th style="{right}">{escape(str(index))}</th>{cells}</tr>')
+    return (f'<div class="bpf-scroll" style="max-height:{TABLE_HEIGHT};overflow:auto">'
+            f'<table class="bpf-table"><thead><tr><th></th>{head}</tr></thead>'
+            f"<tbody>{''.join(rows)}</tbody></table></div>")
+
+
+def histogram_png(h: Histogram) -> bytes:
+    """A bar chart of ``h`` as PNG bytes (no pyplot: safe off the main thread)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from ebpf_magic.present import plots
+
+    fig = Figure(figsize=(8, 3.2))
+    FigureCanvasAgg(fig)
+    plots.hist(h, ax=fig.add_subplot())
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    return buf.getvalue()
+
+
+class MapBrowser:
+    """ipywidgets view of a :class:`BrowserModel`; display it, or its ``.widget``."""
+
+    def __init__(self, source: Any, interval: float = 1.0, top_n: int = 100,
+                 start: bool = True) -> None:
+        import ipywidgets as w
+
+        self.model = source if isinstance(source, BrowserModel) else BrowserModel(
+            source, interval=interval, top_n=top_n)
+        m = self.model
+        self.listing = w.HTML()
+        self.chooser = w.Dropdown(description="map", options=list(m.maps()), value=m.selected)
+        self.interval = w.BoundedFloatText(value=m.interval, min=0.05, max=3600, step=0.5,
+                                           description="every (s)")
+        self.pause = w.ToggleButton(value=False, description="Pause", icon="pause")
+        self.sort = w.Dropdown(description="sort", options=[""])
+        self.descending = w.Checkbox(value=True, description="descending")
+        self.filter = w.Text(description="filter", placeholder="text in any column")
+        self.top = w.BoundedIntText(value=m.top_n, min=0, max=10**7, description="top N")
+        self.status = w.HTML()
+        self.table = w.HTML()
+        self.chart = w.Image(format="png", layout=w.Layout(display="none"))
+        self.row = w.Text(description="row", placeholder="index", layout=w.Layout(width="14em"))
+        self.column = w.Dropdown(description="column", options=[])
+        self.value = w.Text(description="value", layout=w.Layout(width="18em"))
+        self.set_button = w.Button(description="Set value", icon="pencil")
+        self.delete_button = w.Button(description="Delete row", icon="trash",
+                                      button_style="danger")
+        self.close_button = w.Button(description="Close", icon="times")
+        self.editor = w.HBox([self.row, self.column, self.value, self.set_button,
+                              self.delete_button])
+        self.widget = w.VBox([
+            self.listing,
+            w.HBox([self.chooser, self.interval, self.pause, self.close_button]),
+            w.HBox([self.sort, self.descending, self.filter, self.top]),
+            self.status, self.chart, self.table, self.editor])
+
+        self._syncing = False
+        self.chooser.observe(self._choose, "value")
+        self.interval.observe(lambda c: m.set_interval(c["new"]), "value")
+        self.pause.observe(self._toggle_pause, "value")
+        self.sort.observe(lambda c: self._resort(), "value")
+        self.descending.observe(lambda c: self._resort(), "value")
+        self.filter.observe(lambda c: self._act(m.filter, c["new"]), "value")
+        self.top.observe(lambda c: self._act(m.top, c["new"]), "value")
+        self.set_button.on_click(lambda b: self._act(m.edit, _row(self.row.value),
+                                                     self.column.value,
+                                                     _number(self.value.value)))
+        self.delete_button.on_click(lambda b: self._act(m.delete, _row(self.row.value)))
+        self.close_button.on_click(lambda b: self.close())
+        m.on_update.append(lambda _: self.render())
+        m.refresh()
+        if start:
+            m.start()
+
+    def _act(self, action: Callable[..., Any], *args: Any) -> None:
+        try:
+            action(*args)
+        except (KeyError, ValueError, TypeError, OSError) as e:
+            self.model.error = str(e)
+        self.render()
+
+    def _choose(self, change: dict) -> None:
+        if not self._syncing and change["new"] is not None:
+            self._act(self.model.select, change["new"])
+
+    def _toggle_pause(self, change: dict) -> None:
+        if change["new"]:
+            self.model.pause()
+        else:
+            self.model.resume()
+        self.pause.description = "Resume" if change["new"] else "Pause"
+
+    def _resort(self) -> None:
+        if self.sort.value:
+            self._act(self.model.sort, self.sort.value, not self.descending.value)
+
+    def render(self) -> None:
+        """Copy the model's state into the widgets (safe from the refresh thread)."""
+        m = self.model
+        with m._lock:
+            listing, view, data, hist = m.listing(max_age=2.0), m.view, m.data, m.histogram
+        self.listing.value = _listing_html(listing, m.selected)
+        names = list(listing["map"])
+        if list(self.chooser.options) != names:  # programs started or stopped
+            self._syncing = True
+            try:
+                self.chooser.options = names
+                self.chooser.value = m.selected if m.selected in names else None
+            finally:
+                self._syncing = False
+        columns = [""] + [str(c) for c in data.columns]
+        if list(self.sort.options) != columns:
+            self.sort.options = columns
+        value_cols = [c for c in data.columns if _is_value_column(c, m.current)]
+        if list(self.column.options) != value_cols:
+            self.column.options = value_cols
+        self.editor.layout.display = None if m.editable else "none"
+        if hist is not None:
+            self.chart.value = histogram_png(hist)
+            self.chart.layout.display = None
+        else:
+            self.chart.layout.display = "none"
+        self.table.value = table_html(view, separated=set(m.value_columns))
+        state = "closed" if m.closed else "paused" if m.paused else (
+            "live" if m.live else "stopped")
+        error = f' <span style="color:#c00">{escape(m.error)}</span>' if m.error else ""
+        column, ascending = m.sorting
+        order = f"sorted by {escape(str(column))} {'ascending' if ascending else 'descending'}; " \
+            if column is not None else ""
+        self.status.value = (f"<small>{len(data)} rows, showing {len(view)}; {order}{state}; "
+                             f"read in {m.last_refresh_s * 1000:.1f} ms</small>{error}")
+
+    def close(self) -> None:
+        self.model.close()
+        self.render()
+        self.widget.close()
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.widget)
+
+
+def _is_value_column(column: str, m: Any) -> bool:
+    names = getattr(m, "value_columns", None)
+    if names is None:
+        return False
+    return column in names or column == "value" or column.split("[cpu")[0] in names
+
+
+def _listing_html(listing: pd.DataFrame, selected: str | None) -> str:
+    """The map listing as HTML; every value is escaped (a replayed recording is untrusted)."""
+    rows = []
+    for rec in listing.to_dict("records"):
+        style = ' style="font-weight:bold"' if rec["map"] == selected else ""
+        full = ' <span style="color:#c00">FULL</span>' if rec["full"] is True else ""
+        cells = "".join(f"<td>{_cell(rec[c], False)}</td>"
+                        for c in ("map", "kind", "key", "value", "entries"))
+        rows.append(f"<tr{style}>{cells}<td>{_cell(rec['max_entries'], False)}{full}</td></tr>")
+    head = "".join(f"<th>{c}</th>" for c in ("map", "kind", "key", "value", "entries",
+                                             "max_entries"))
+    return f"<table class='bpf-maps'><tr>{head}</tr>{''.join(rows)}</table>"
+
+
+def _row(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise KeyError(f"row must be an index number from the table, not {text!r}") from None
+
+
+def _number(text: str) -> Any:
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            pass
+    return text
+
+
+def browse(source: Any = None, interval: float = 1.0, top_n: int = 100) -> MapBrowser:
+    """A live browser over ``source``'s maps, or over every running program's."""
+    return MapBrowser(running_programs if source is None else source, interval=interval,
+                      top_n=top_n)

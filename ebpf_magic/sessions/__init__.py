@@ -1,0 +1,1 @@
+"""Recording programs to files and replaying them without a kernel."""

@@ -1,0 +1,1 @@
+"""Setting up: the doctor's capability checks, the kernelspec and the kernel launcher."""

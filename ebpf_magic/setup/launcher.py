@@ -1,0 +1,345 @@
+"""Start an IPython kernel that holds the capabilities BPF needs and no others.
+
+A Jupyter kernelspec runs ``python -I -m ebpf_magic.setup.launcher -f {connection_file}``.
+
+Started by root (a Jupyter server running as root), the launcher becomes the
+unprivileged account :data:`ACCOUNT` (made by ``scripts/setup.sh``): it keeps
+:func:`wanted` across the change of user and no other capability, so the kernel
+can load BPF but cannot write root's files, read other users' files or become
+root again. Started by anyone else, it keeps :func:`wanted` of what it holds
+(an interpreter granted file capabilities holds what ``setcap`` gave it).
+
+Either way it removes every other capability from the bounding set, raises the
+kept ones as ambient capabilities so that processes the kernel starts (the
+compile worker, ``!bpftool``) keep them, sets ``no_new_privs`` so that no
+set-user-id or file-capability program run from a cell gains more, lifts
+``RLIMIT_MEMLOCK``, and replaces itself with ``python -m ipykernel_launcher``.
+
+Run ``python -m ebpf_magic.setup.launcher --show`` to print the set it would keep.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import pwd
+import resource
+import stat
+import sys
+from pathlib import Path
+
+from ebpf_magic.kernel import host as kernel
+from ebpf_magic.kernel.host import (
+    CAP_BPF,
+    CAP_NET_ADMIN,
+    CAP_PERFMON,
+    CAP_SYS_ADMIN,
+    CAP_SYS_RESOURCE,
+    CAP_SYSLOG,
+)
+
+ACCOUNT = "ebpf-kernel"
+"""The account a root-started kernel runs as."""
+
+CAP_SETPCAP = 8
+CAP_IPC_LOCK = 14
+
+PR_SET_KEEPCAPS = 8
+PR_CAPBSET_DROP = 24
+PR_SET_NO_NEW_PRIVS = 38
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_RAISE = 2
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+_CAP_VERSION_3 = 0x20080522
+
+# Variables naming the starting user's own directories; the account gets its own.
+_PER_USER_ENV = ("XDG_RUNTIME_DIR", "IPYTHONDIR", "MPLCONFIGDIR", "JUPYTER_RUNTIME_DIR",
+                 "JUPYTER_DATA_DIR", "JUPYTER_CONFIG_DIR", "EBPF_MAGIC_CACHE", "MAIL")
+
+
+class _Header(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _Data(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32)]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class LaunchError(Exception):
+    """The kernel cannot be started with the rights it should have."""
+
+
+def memlock_liftable() -> bool:
+    """True when this process's locked-memory limit is, or may be made, unlimited."""
+    _, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    return hard == resource.RLIM_INFINITY or bool(
+        kernel.process_caps("CapEff") >> CAP_SYS_RESOURCE & 1)
+
+
+def wanted(version: tuple[int, int] | None = None,
+           memlock_unlimited: bool | None = None) -> set[int]:
+    """The capabilities the kernel process needs on this host.
+
+    CAP_BPF and CAP_PERFMON load and attach tracing programs (kernel >= 5.8;
+    CAP_SYS_ADMIN before that), CAP_NET_ADMIN attaches XDP and tc programs,
+    CAP_SYSLOG makes /proc/kallsyms show the addresses that kernel stacks are
+    symbolized with, CAP_SYS_RESOURCE lifts the locked-memory limit BPF maps
+    are charged to before 5.11. Perf ring buffers are locked memory at any
+    version: where the limit cannot be lifted (``memlock_unlimited`` false; by
+    default :func:`memlock_liftable`) CAP_IPC_LOCK lets them exceed it.
+    tracefs, where uprobes are defined, is reached through its group
+    (``scripts/setup.sh``), not through a file-access override.
+    """
+    version = kernel.version_tuple() if version is None else version
+    caps = {CAP_BPF, CAP_PERFMON} if version >= (5, 8) else {CAP_SYS_ADMIN}
+    caps |= {CAP_NET_ADMIN, CAP_SYSLOG}
+    if version < (5, 11):
+        caps.add(CAP_SYS_RESOURCE)
+    elif not (memlock_liftable() if memlock_unlimited is None else memlock_unlimited):
+        caps.add(CAP_IPC_LOCK)
+    return caps
+
+
+def last_cap() -> int:
+    try:
+        return int(Path("/proc/sys/kernel/cap_last_cap").read_text())
+    except (OSError, ValueError):
+        return CAP_BPF
+
+
+def mask(caps: set[int]) -> int:
+    return sum(1 << c for c in caps)
+
+
+def names(bits: int) -> list[str]:
+    """``cap_*`` names of the bits set in a capability mask."""
+    return kernel.cap_names(bits)
+
+
+def _capget() -> tuple[int, int, int]:
+    header, data = _Header(_CAP_VERSION_3, 0), (_Data * 2)()
+    if _libc.capget(ctypes.byref(header), data) != 0:
+        raise OSError(ctypes.get_errno(), "capget failed")
+    join = lambda field: getattr(data[0], field) | getattr(data[1], field) << 32  # noqa: E731
+    return join("effective"), join("permitted"), join("inheritable")
+
+
+def _capset(bits: int) -> None:
+    header, data = _Header(_CAP_VERSION_3, 0), (_Data * 2)()
+    for i, part in enumerate((bits & 0xFFFFFFFF, bits >> 32)):
+        data[i].effective = data[i].permitted = data[i].inheritable = part
+    if _libc.capset(ctypes.byref(header), data) != 0:
+        raise OSError(ctypes.get_errno(), "capset failed")
+
+
+def _prctl(*args: int) -> None:
+    if _libc.prctl(*(ctypes.c_ulong(a) for a in args)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"prctl{args} failed: {os.strerror(err)}")
+
+
+def _raise_memlock() -> None:
+    try:
+        resource.setrlimit(resource.RLIMIT_MEMLOCK, (resource.RLIM_INFINITY,) * 2)
+    except (ValueError, OSError):
+        _, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+        resource.setrlimit(resource.RLIMIT_MEMLOCK, (hard, hard))
+
+
+def _shrink_bounding_set(keep: int) -> None:
+    effective, _, _ = _capget()
+    if effective >> CAP_SETPCAP & 1:
+        for cap in range(last_cap() + 1):
+            if not keep >> cap & 1:
+                _prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)
+    elif os.geteuid() == 0:
+        print("ebpf_magic.setup.launcher: no CAP_SETPCAP, so the bounding set stays as it is and "
+              "programs the kernel runs may regain root's capabilities", file=sys.stderr)
+
+
+def _hold(keep: int) -> None:
+    """Make ``keep`` the effective, permitted, inheritable and ambient sets."""
+    _capset(keep)
+    _prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+    for cap in range(last_cap() + 1):
+        if keep >> cap & 1:
+            _prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0)
+
+
+def _keepable(caps: set[int]) -> tuple[int, int]:
+    """(the wanted mask, the part of it this process holds)."""
+    known = mask({c for c in caps if c <= last_cap()})
+    return known, known & _capget()[1]
+
+
+def _warn_missing(known: int, keep: int) -> None:
+    missing = known & ~keep
+    if missing:
+        print(f"ebpf_magic.setup.launcher: this process lacks {', '.join(names(missing))}; "
+              "the kernel runs without them", file=sys.stderr)
+
+
+def restrict(caps: set[int]) -> int:
+    """Keep only ``caps`` (of those held) in every capability set; return the kept mask."""
+    known, keep = _keepable(caps)
+    _raise_memlock()
+    _shrink_bounding_set(keep)
+    _hold(keep)
+    _warn_missing(known, keep)
+    return keep
+
+
+def account(name: str | None = None) -> pwd.struct_passwd:
+    """The password entry of ``name`` (default :data:`ACCOUNT`); LaunchError if missing."""
+    name = name or ACCOUNT
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        raise LaunchError(
+            f"there is no user {name!r} for the eBPF kernel to run as, and it will not run "
+            "as root. Run scripts/setup.sh as root, which creates it (useradd --system "
+            f"--user-group --home-dir /var/lib/{name} --create-home --shell "
+            f"/usr/sbin/nologin {name}).") from None
+
+
+def become(entry: pwd.struct_passwd, caps: set[int]) -> int:
+    """As root, turn into ``entry``'s user holding only ``caps``; return the kept mask.
+
+    The bounding set shrinks first (that needs CAP_SETPCAP, which root has), then
+    ``PR_SET_KEEPCAPS`` carries the permitted set across setresuid, and the kept
+    capabilities are raised again, ambient included, as the new user.
+    """
+    known, keep = _keepable(caps)
+    _raise_memlock()
+    _shrink_bounding_set(keep)
+    _prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0)
+    os.setgroups(os.getgrouplist(entry.pw_name, entry.pw_gid))
+    os.setresgid(entry.pw_gid, entry.pw_gid, entry.pw_gid)
+    os.setresuid(entry.pw_uid, entry.pw_uid, entry.pw_uid)
+    _prctl(PR_SET_KEEPCAPS, 0, 0, 0, 0)
+    _hold(keep)
+    _warn_missing(known, keep)
+    return keep
+
+
+def account_env(entry: pwd.struct_passwd, env: dict[str, str]) -> dict[str, str]:
+    """``env`` with home, user and XDG directories the account's own."""
+    home = entry.pw_dir
+    out = {k: v for k, v in env.items() if k not in _PER_USER_ENV}
+    out.update(HOME=home, USER=entry.pw_name, LOGNAME=entry.pw_name,
+               XDG_CACHE_HOME=os.path.join(home, ".cache"),
+               XDG_CONFIG_HOME=os.path.join(home, ".config"),
+               XDG_DATA_HOME=os.path.join(home, ".local", "share"),
+               XDG_STATE_HOME=os.path.join(home, ".local", "state"))
+    return out
+
+
+def writable_code_paths(paths: list[str] | None = None) -> list[str]:
+    """Directories this process may change that hold code a root-started launcher runs.
+
+    Checked as the kernel's account: a directory on ``sys.path``, holding the interpreter
+    or of this package (or one above them) that it may write to would let a kernel put
+    code there that the next launcher, still root, runs. A sticky directory (``/tmp``)
+    above one only counts when the account owns the entry below it.
+    """
+    package = Path(__file__).resolve().parents[1]  # every directory of the package
+    entries = [str(package), *(str(d) for d in package.rglob("*") if d.is_dir()),
+               os.path.dirname(sys.executable), *(sys.path if paths is None else paths)]
+    # Both the path as named and where its links lead: either chain could be swapped.
+    dirs = {Path(f(e or os.curdir)) for e in entries for f in (os.path.abspath, os.path.realpath)}
+    found = []
+    for path in sorted(d for d in dirs if d.is_dir()):
+        child = None
+        for p in (path, *path.parents):
+            if os.access(p, os.W_OK):
+                sticky = p.stat().st_mode & stat.S_ISVTX
+                if not sticky or child is None or child.stat().st_uid == os.getuid():
+                    found.append(str(p))
+                    break
+            child = p
+    return sorted(set(found))
+
+
+def _connection_file(argv: list[str]) -> tuple[int, str, str] | None:
+    """(index, flag, path) of ``-f PATH`` or ``-f=PATH``: ``argv[index] == flag + path``."""
+    for i, arg in enumerate(argv):
+        if arg in ("-f", "--f") and i + 1 < len(argv):
+            return i + 1, "", argv[i + 1]
+        for flag in ("-f=", "--f="):
+            if arg.startswith(flag):
+                return i, flag, arg[len(flag):]
+    return None
+
+
+def hand_over_connection(argv: list[str], text: bytes) -> list[str]:
+    """``argv`` naming a private copy of the connection file, owned by this process's user.
+
+    The server's file is readable by root only. The copy is an anonymous memory
+    file (mode 0600) inherited across exec as ``/proc/self/fd/N``; it goes away
+    with the kernel, so nothing is left behind.
+    """
+    found = _connection_file(argv)
+    if found is None:
+        return argv
+    index, flag, _ = found
+    fd = os.memfd_create("jupyter-connection.json", 0)
+    os.fchmod(fd, 0o600)
+    os.write(fd, text)
+    os.set_inheritable(fd, True)
+    out = list(argv)
+    out[index] = f"{flag}/proc/self/fd/{fd}"
+    return out
+
+
+def _start_as_account(argv: list[str]) -> tuple[list[str], dict[str, str]]:
+    entry = account()
+    found = _connection_file(argv)
+    text = Path(found[2]).read_bytes() if found else b""
+    become(entry, wanted())
+    unsafe = writable_code_paths()
+    if unsafe:
+        raise LaunchError(
+            f"user {entry.pw_name!r} may write to {', '.join(unsafe)}, which holds code this "
+            "launcher runs as root: a kernel could change what the next one runs. Make "
+            "these directories root's and not writable by that user (scripts/setup.sh "
+            "checks this).")
+    if not os.access(os.curdir, os.X_OK):
+        print(f"ebpf_magic.setup.launcher: user {entry.pw_name!r} may not enter {os.getcwd()}; "
+              "files beside the notebook are out of the kernel's reach", file=sys.stderr)
+    return hand_over_connection(argv, text), account_env(entry, dict(os.environ))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--show"]:
+        print(",".join(names(mask(wanted()))))
+        return 0
+    env = dict(os.environ)
+    if CAP_SYS_ADMIN in wanted():
+        print("ebpf_magic launcher: this kernel (before 5.8) has no CAP_BPF/CAP_PERFMON, so the "
+              "eBPF kernel keeps CAP_SYS_ADMIN, which is nearly all of root: its confinement "
+              "does not hold here (docs/privileges.md)", file=sys.stderr)
+    try:
+        if os.getuid() == 0 or os.geteuid() == 0:
+            argv, env = _start_as_account(argv)
+        else:
+            restrict(wanted())
+    except (LaunchError, OSError) as e:
+        print(f"ebpf_magic.setup.launcher: {e}", file=sys.stderr)
+        return 1
+    _prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+    try:
+        os.execve(sys.executable, [sys.executable, "-m", "ipykernel_launcher", *argv], env)
+    except OSError as e:
+        print(f"ebpf_magic.setup.launcher: uid {os.getuid()} cannot run {sys.executable}: {e}. The "
+              "Python environment must be readable by the kernel's user (scripts/setup.sh "
+              "grants it).", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
