@@ -1,0 +1,197 @@
+"""The read API that live, replayed and cluster programs all implement.
+
+A consumer (the browser, plots, the recorder, the magics) takes a :class:`ProgramView`
+and reads it only through these members: it never asks which kind of program it holds,
+and never probes for attributes. A live :class:`~ebpf_magic.program.Program`, a
+:class:`~ebpf_magic.sessions.replayed.ReplayedProgram` and a cluster program are three
+implementations.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterator, Mapping
+from typing import Any, Protocol, TypeVar, runtime_checkable
+
+import pandas as pd
+
+T = TypeVar("T")
+
+
+class Named(Mapping[str, T]):
+    """Items by name; an unknown name says the nearest names and all that exist.
+
+    ``what`` names an item in messages ("map", "event stream", "program").
+    """
+
+    def __init__(self, items: Mapping[str, T], what: str) -> None:
+        self._items = dict(items)
+        self._what = what
+
+    def __getitem__(self, name: str) -> T:
+        try:
+            return self._items[name]
+        except KeyError:
+            raise KeyError(self.missing(name)) from None
+
+    def missing(self, name: object) -> str:
+        """The message for a name that is not here."""
+        names = list(self._items)
+        close = difflib.get_close_matches(str(name), names, n=3, cutoff=0.6)
+        hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+        return f"no {self._what} named {name!r}{hint}; {self._what}s: {', '.join(names) or 'none'}"
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def _ipython_key_completions_(self) -> list[str]:
+        """The names IPython offers after ``prog.maps["`` or ``prog.events["``."""
+        return list(self._items)
+
+    def __repr__(self) -> str:
+        return f"<{self._what}s {', '.join(self._items) or '(none)'}>"
+
+
+@runtime_checkable
+class MapView(Protocol):
+    """One map: what it is, its entries now as a frame, and its history if recorded."""
+
+    name: str
+    kind: str  # the kernel's map type, e.g. "hash", "percpu_array", "ringbuf"
+
+    @property
+    def declared(self) -> str:
+        """How the program declared it (``BPF_HISTOGRAM``, ``SEC(".maps")`` ...), or ""."""
+
+    @property
+    def key_type(self) -> str: ...
+
+    @property
+    def value_type(self) -> str: ...
+
+    @property
+    def max_entries(self) -> int | None: ...
+
+    @property
+    def percpu(self) -> bool: ...
+
+    @property
+    def key_dtype(self) -> Any:
+        """The numpy dtype of a key (None when the map has no keys)."""
+
+    @property
+    def value_dtype(self) -> Any:
+        """The numpy dtype of one value (one CPU's for per-CPU maps)."""
+
+    @property
+    def writable(self) -> bool:
+        """True while entries can be changed (a running live program's map)."""
+
+    @property
+    def df(self) -> pd.DataFrame:
+        """The entries, key columns then value columns."""
+
+    @property
+    def value_columns(self) -> list[str]:
+        """The columns of :attr:`df` that hold the value (the rest are the key)."""
+
+    def info(self) -> dict[str, Any]:
+        """One row of ``maps.df``: map, kind, key, value, entries, max_entries, full."""
+
+    def hist(self, kind: str | None = None, step: int = 1) -> Any:
+        """The map as a :class:`~ebpf_magic.data.histograms.Histogram`."""
+
+    def __len__(self) -> int: ...
+
+
+@runtime_checkable
+class EditableMap(MapView, Protocol):
+    """A map whose entries a browser may change in place."""
+
+    def row_key(self, row: Mapping[str, Any]) -> Any:
+        """The key of a row of :attr:`df`."""
+
+    def set_cell(self, key: Any, column: str, value: Any) -> None:
+        """Write one value column of the entry at ``key``."""
+
+    def __delitem__(self, key: Any) -> None: ...
+
+
+@runtime_checkable
+class StreamView(Protocol):
+    """One event stream: its rows and what it received and lost."""
+
+    name: str
+    kind: str  # "perf" or "ring"
+
+    @property
+    def df(self) -> pd.DataFrame:
+        """Every event kept, one row each."""
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        """received, kept, lost_kernel, lost_reader ... (see :class:`~.data.streams.Stats`)."""
+
+    def tail(self, n: int | None = 10) -> pd.DataFrame: ...
+
+    def __len__(self) -> int: ...
+
+
+@runtime_checkable
+class ProgramView(Protocol):
+    """A program as its readers see it, wherever it runs or ran."""
+
+    name: str
+    backend: str  # "bcc" or "libbpf"
+    source: str
+
+    @property
+    def maps(self) -> Mapping[str, MapView]: ...
+
+    @property
+    def events(self) -> Mapping[str, StreamView]: ...
+
+    @property
+    def running(self) -> bool:
+        """True while it is attached in a kernel."""
+
+    @property
+    def readable(self) -> bool:
+        """True while its maps can be read (a stopped live program's cannot)."""
+
+    @property
+    def probes(self) -> list[Any]:
+        """What it is attached to (:class:`~ebpf_magic.probes.Probe`)."""
+
+    @property
+    def functions(self) -> list[str]: ...
+
+    @property
+    def unattached(self) -> list[str]:
+        """Functions no probe reaches."""
+
+    @property
+    def uptime(self) -> float: ...
+
+    @property
+    def events_seen(self) -> int: ...
+
+    @property
+    def tables(self) -> Mapping[str, pd.DataFrame]:
+        """Frames saved with it (empty for a live program)."""
+
+    def summary(self) -> dict[str, Any]:
+        """One row of ``%bpf list``: name, probes, maps, events, uptime_s, state."""
+
+    def prog_ids(self) -> list[int]: ...
+
+    def map_ids(self) -> list[int]: ...
+
+    def stop(self) -> None: ...
+
+    def save(self, path: Any, **options: Any) -> Any: ...
+
+    def browse(self, interval: float = 1.0, top_n: int = 100) -> Any: ...
