@@ -259,3 +259,57 @@ def test_nothing_in_the_library_imports_the_magics():
         bad += [f"{_rel(path)}: {m}" for module, names in imports(name, path)
                 for m in _targets(module, names) if _top(m) == "magics"]
     assert not bad, "the library imports the magics:\n" + "\n".join(bad)
+
+
+# The layers, bottom first. A module imports from its own layer and those below it; the
+# one way up is a convenience method of an object users hold (save(), plot(), live(),
+# browse()) importing sessions or presentation inside the method.
+LAYERS = [
+    {"errors", "moved", "internal"},  # the errors users catch, old names, plumbing
+    {"kernel"},  # bpf(2), perf events, readers, links, tracefs, kallsyms, BTF, host facts
+    {"probes", "source", "suggest", "discover"},  # attach points, cell text, hints, listings
+    {"backend"},  # the backend seam and its two backends
+    {"data", "api"},  # maps, streams, frames; the read API
+    {"program", "session"},  # the object model users hold
+    {"sessions", "cluster"},  # recordings, replay, programs on many hosts
+    {"present"},  # widgets, plots, live views
+    {"setup"},  # doctor, kernelspec, launcher
+    {"magics", "__main__", "uninstall_kernel"},  # the adapters
+]
+_LAYER = {top: i for i, tops in enumerate(LAYERS) for top in tops}
+UP_LAZILY = {"sessions", "present"}
+
+
+def _imports_with_scope(name: str, path: Path) -> list[tuple[str, list[str], bool]]:
+    """Like :func:`imports`, with whether each import sits inside a function."""
+    tree = ast.parse(path.read_text(), str(path))
+    lazy = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+            for n in ast.walk(f) if isinstance(n, (ast.Import, ast.ImportFrom))}
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [(a.name, [], id(node) in lazy) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            [(module, names)] = imports_of(name, path, node)
+            out.append((module, names, id(node) in lazy))
+    return out
+
+
+def test_every_module_sits_in_a_layer():
+    unplaced = sorted({_top(n) for n in MODULES if _top(n)} - set(_LAYER))
+    assert not unplaced, f"not in LAYERS: {unplaced}"
+
+
+def test_imports_point_down_the_layers():
+    bad = []
+    for name, path in MODULES.items():
+        src = _top(name)
+        if not src or src not in _LAYER:
+            continue
+        for module, names, lazy in _imports_with_scope(name, path):
+            for target in _targets(module, names):
+                dst = _top(target)
+                if dst in _LAYER and _LAYER[dst] > _LAYER[src] \
+                        and not (lazy and dst in UP_LAZILY):
+                    bad.append(f"{_rel(path)} ({src}) imports {target} ({dst})")
+    assert not bad, "imports up the layers:\n" + "\n".join(bad)
