@@ -17,9 +17,6 @@ PACKAGE = "ebpf_magic"
 
 # Outside backend/bcc, what may name BCC, and why.
 BCC_ALLOWED = {
-    # the registry dispatches to each backend by name and tells their dialects apart
-    "backend/__init__.py": {"import:ebpf_magic.backend.bcc", "name:_BCC_DIALECT",
-                            "name:BccProgram", "name:bcc"},
     # the error for a missing BCC is public API (ebpf_magic.BCCNotFoundError)
     "__init__.py": {"name:BCCNotFoundError"},
     "errors.py": {"name:BCCNotFoundError"},

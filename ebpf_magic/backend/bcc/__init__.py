@@ -9,11 +9,13 @@ compiles nothing.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
-from ebpf_magic.backend import LIBBPF_PACKAGES, Diagnostic
-from ebpf_magic.backend import available as backend_available
+from ebpf_magic import backend as registry
+from ebpf_magic.backend.base import LIBBPF_PACKAGES, Backend, Diagnostic
 from ebpf_magic.backend.bcc import headers
 from ebpf_magic.backend.bcc.client import prestart
 from ebpf_magic.backend.bcc.diagnostics import format_diagnostics
@@ -23,8 +25,16 @@ from ebpf_magic.errors import BCCNotFoundError, BPFError
 from ebpf_magic.internal import cache
 from ebpf_magic.kernel import host as kernel
 
-__all__ = ["BccProgram", "diagnostics", "format_diagnostics", "location", "named_probes",
-           "prestart", "symbolize_user", "version"]
+__all__ = ["BACKEND", "BccProgram", "diagnostics", "format_diagnostics", "location",
+           "named_probes", "prestart", "symbolize_user", "version"]
+
+# BCC's dialect: its table macros, probe macros and method-call helpers
+_DIALECT = re.compile(r"\bBPF_(?:HASH|ARRAY|HISTOGRAM|PERF_OUTPUT|RINGBUF_OUTPUT|STACK_TRACE|"
+                      r"PERCPU_\w+|PROG_ARRAY|QUEUE|STACK|LPM_TRIE|TABLE|DEVMAP|CPUMAP|"
+                      r"XSKMAP|SOCKMAP|SOCKHASH|CGROUP_\w+|SK_STORAGE|TASK_STORAGE)\s*\(|"
+                      r"\b(?:TRACEPOINT_PROBE|RAW_TRACEPOINT_PROBE|KFUNC_PROBE|KRETFUNC_PROBE|"
+                      r"LSM_PROBE)\s*\(|\.\s*(?:perf_submit|ringbuf_output|ringbuf_reserve|"
+                      r"increment|lookup_or_try_init)\s*\(")
 
 
 def version() -> str:
@@ -79,7 +89,7 @@ def _check_dialect() -> Diagnostic:
 def _check_kernel_structs() -> Diagnostic:
     """Which backend reads kernel structs right, given the headers BCC compiles against."""
     found = headers.ensure()
-    libbpf_ok, why = backend_available("libbpf")
+    libbpf_ok, why = registry.available("libbpf")
     core = ("the libbpf backend's CO-RE reads (BPF_CORE_READ) are relocated to this kernel's "
             "BTF and are right")
     if found.path is not None and found.exact:
@@ -108,3 +118,57 @@ def symbolize_user(pid: int, addrs: list[int]) -> list[str | None]:
         name = bcc.BPF.sym(addr, pid).decode("utf-8", "replace")
         names.append(None if name == "[unknown]" else name)
     return names
+
+
+class BccBackend(Backend):
+    """BCC's dialect, compiled and loaded in a worker process."""
+
+    name = "bcc"
+    out_of_process = True
+
+    def claims(self, source: str) -> bool:
+        return bool(_DIALECT.search(source))
+
+    def available(self) -> tuple[bool, str]:
+        try:
+            version()
+        except BPFError as e:
+            return False, e.message
+        return True, ""
+
+    def version(self) -> str:
+        return version()
+
+    def host_facts(self) -> dict[str, str | None]:
+        return {"bcc": registry.version("bcc")}
+
+    def compile(self, source: str, *, cflags: list[str], usdt: list, filename: str,
+                line_offset: int, globals: Mapping[str, Any]) -> BccProgram:
+        return BccProgram(source, cflags=cflags, usdt=usdt, filename=filename,
+                          line_offset=line_offset)
+
+    def check_globals(self, names: list[str]) -> None:
+        """BCC programs have no settable globals: they take ``-D`` macros instead."""
+        if names:
+            first = names[0]
+            raise BPFError(f"cannot set {', '.join(names)}: BCC programs have no settable "
+                           "globals; they take -D instead",
+                           f"Write -D {first}=VALUE (Program(defines={{'{first}': VALUE}})) and "
+                           f"use {first} as a macro in the C source, or write the program in "
+                           "libbpf's style (SEC() names, --backend libbpf) with "
+                           f"const volatile ... {first};")
+
+    def named_probes(self, functions: list[str]) -> list:
+        return named_probes(functions)
+
+    def symbolize_user(self, pid: int, addrs: list[int]) -> list[str | None]:
+        return symbolize_user(pid, addrs)
+
+    def diagnostics(self) -> dict[str, Callable[[], Diagnostic]]:
+        return diagnostics()
+
+    def prestart(self) -> None:
+        prestart()
+
+
+BACKEND = BccBackend()

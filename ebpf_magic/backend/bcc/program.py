@@ -14,7 +14,7 @@ import re
 
 import numpy as np
 
-from ebpf_magic.backend import CompiledProgram, MapHandle
+from ebpf_magic.backend.base import CompiledProgram, MapHandle
 from ebpf_magic.backend.bcc import client, headers, instrument, protocol
 from ebpf_magic.backend.bcc.diagnostics import compile_failure, load_failure
 from ebpf_magic.backend.bcc.locate import import_bcc

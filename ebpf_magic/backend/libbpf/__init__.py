@@ -26,8 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from ebpf_magic.backend import (
+from ebpf_magic import backend as registry
+from ebpf_magic.backend.base import (
     LIBBPF_PACKAGES,
+    Backend,
     CompiledProgram,
     Diagnostic,
     GlobalVar,
@@ -517,3 +519,36 @@ def _load_failure(err: int, log: list[str]) -> BPFError:
             verifier_hint("\n".join(verifier or log)), log=text, function=function)
     detail = "\n".join(ln.strip() for ln in log[-6:])
     return BPFError(f"libbpf could not load the program: {_lib.strerror(err)}", detail)
+
+
+# libbpf's dialect: SEC() names and its headers
+_DIALECT = re.compile(r"\bSEC\s*\(|^\s*#\s*include\s*[<\"](?:bpf/|vmlinux\.h)", re.M)
+
+
+class LibbpfBackend(Backend):
+    """CO-RE C compiled by clang against the kernel's BTF, loaded through libbpf.so.1."""
+
+    name = "libbpf"
+
+    def claims(self, source: str) -> bool:
+        return bool(_DIALECT.search(source))
+
+    def available(self) -> tuple[bool, str]:
+        return available()
+
+    def version(self) -> str:
+        return version()
+
+    def host_facts(self) -> dict[str, str | None]:
+        return {"libbpf": registry.version("libbpf"), "clang": compiler_version()}
+
+    def compile(self, source: str, *, cflags: list[str], usdt: list[Probe], filename: str,
+                line_offset: int, globals: Mapping[str, Any]) -> LibbpfProgram:
+        return LibbpfProgram(source, cflags=cflags, usdt=usdt, filename=filename,
+                             line_offset=line_offset, globals=globals)
+
+    def diagnostics(self) -> dict[str, Callable[[], Diagnostic]]:
+        return diagnostics()
+
+
+BACKEND = LibbpfBackend()

@@ -1,0 +1,247 @@
+"""What every backend gives the rest of the package, and what a backend is.
+
+A :class:`Backend` compiles, loads and attaches; what it hands back is plain data: map
+handles (:class:`MapHandle`: descriptor, kind, numpy dtypes, display hint), global
+variables (:class:`GlobalVar`), and a :class:`CompiledProgram` that reports its implied
+probes, maps, event streams and loss counters and owns every descriptor and link.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ebpf_magic.errors import BPFError
+from ebpf_magic.internal import dtypes
+from ebpf_magic.probes import Probe
+from ebpf_magic.suggest import near
+
+
+@dataclass
+class MapHandle:
+    """A map of a loaded program: its descriptor and the layout of its data.
+
+    ``kind`` is the kernel's map type name (``hash``, ``percpu_array``,
+    ``ringbuf``...); ``declared`` is how the source declared it when that adds
+    meaning the kernel type lacks (``histogram``). ``value_dtype`` describes one
+    value (for per-CPU maps: one CPU's value); ``key_dtype`` is None for maps
+    without keys (queue, stack, ring buffer). ``backend`` names the backend
+    that made the map, where it says.
+    """
+
+    name: str
+    fd: int
+    kind: str
+    key_dtype: np.dtype | None
+    value_dtype: np.dtype | None
+    max_entries: int
+    key_size: int
+    value_size: int
+    declared: str = ""
+    extra: dict = field(default_factory=dict)
+    backend: str = ""
+
+
+@dataclass
+class GlobalVar:
+    """A global variable of a program: where its bytes live and their layout.
+
+    ``section`` is its data section (``.rodata``, ``.data``, ``.bss``, or a named one such
+    as ``.data.stats``); that section's map, descriptor ``fd`` (-1 before load), holds it at
+    ``offset`` in its one value. ``c_type`` is its C declaration (``const volatile int``).
+    """
+
+    name: str
+    section: str
+    offset: int
+    dtype: np.dtype
+    c_type: str
+    fd: int = -1
+
+    @property
+    def writable(self) -> bool:
+        """False for ``.rodata``, which the kernel freezes at load."""
+        return not self.section.startswith(".rodata")
+
+
+def encode_globals(values: Mapping[str, Any],
+                   variables: list[GlobalVar]) -> list[tuple[GlobalVar, bytes]]:
+    """Each of ``values`` as the bytes of its variable, for writing before load.
+
+    Raises :class:`~ebpf_magic.errors.BPFError` for a name the program does not declare
+    (listing those it does, nearest first) or a value that does not fit its type.
+    """
+    by_name = {v.name: v for v in variables}
+    out = []
+    for name, value in values.items():
+        var = by_name.get(name)
+        if var is None:
+            close = near(str(name), list(by_name))
+            listed = close + sorted(set(by_name) - set(close))
+            raise BPFError(f"no global variable {name!r} in the program",
+                           f"Its globals: {', '.join(listed)}." if listed else
+                           "It declares none; e.g. const volatile int target_pid = 0;")
+        out.append((var, encode_value(var, value)))
+    return out
+
+
+def encode_value(var: GlobalVar, value: Any) -> bytes:
+    """``value`` as the bytes of ``var``; BPFError if it does not fit the variable's type.
+
+    A struct's fields that a dict leaves out are zero.
+    """
+    dt = var.dtype
+    plain_int = dt.kind in "iu" and dt.subdtype is None and not dt.names
+    if plain_int and not dtypes.enum_names(dt) and (isinstance(value, bool) or
+                                                     not isinstance(value, (int, np.integer))):
+        raise BPFError(f"cannot set {var.name} ({var.c_type}) to {value!r}: it takes a whole "
+                       "number", f"e.g. {var.name}=123")
+    if dtypes.is_char_array(dt) and isinstance(value, str) and len(value.encode()) > dt.itemsize:
+        raise BPFError(f"cannot set {var.name} ({var.c_type}) to {value!r}: longer than its "
+                       f"{dt.itemsize} bytes", "Give a shorter string, or make the array longer.")
+    try:
+        return dtypes.encode(value, dt).tobytes()
+    except (ValueError, TypeError, OverflowError) as e:
+        raise BPFError(f"cannot set {var.name} ({var.c_type}) to {value!r}: {e}",
+                       f"{var.name} is {dtypes.describe(dt)}.") from None
+
+
+class CompiledProgram(abc.ABC):
+    """A compiled and loaded BPF object. ``close()`` releases everything it holds."""
+
+    functions: list[str]
+    log: str  # what the compiler printed
+    warnings: list[str]  # what the user should know (e.g. inexact kernel headers)
+    notes: list[str] = []  # what the backend assumed or changed (e.g. a license it added)
+
+    def load(self, probes: list[Probe]) -> None:  # noqa: B027 - optional, not abstract
+        """Load the functions ``probes`` use, once, before maps(), event_dtype() and attach().
+
+        A backend that loads while compiling does nothing here.
+        """
+
+    def implied_probes(self) -> list[Probe]:
+        """The probes the program's own text implies (BCC: ``kprobe__FUNC``; libbpf: SEC())."""
+        return []
+
+    def loss_counters(self) -> dict[str, str]:
+        """Hidden maps the backend added to count failed submissions, by stream name."""
+        return {}
+
+    def hidden_maps(self) -> set[str]:
+        """Maps the backend added for its own bookkeeping, which the user never sees."""
+        return set(self.loss_counters().values())
+
+    def histogram_kinds(self) -> dict[str, str]:
+        """``{map: "log2" | "linear"}`` for maps the source declares as histograms."""
+        return {}
+
+    def globals(self) -> list[GlobalVar]:
+        """The program's global variables, with the descriptors of their sections' maps."""
+        return []
+
+    @abc.abstractmethod
+    def maps(self) -> dict[str, MapHandle]:
+        """Every map the program declares, by name."""
+
+    @abc.abstractmethod
+    def event_dtype(self, map_name: str) -> np.dtype | None:
+        """The record layout submitted to a perf or ring buffer, if the backend knows it."""
+
+    @abc.abstractmethod
+    def attach(self, probe: Probe) -> list[str]:
+        """Attach ``probe`` (bound to a function); return what was attached, for display.
+
+        Raises :class:`~ebpf_magic.errors.AttachError` with the kernel's reason.
+        """
+
+    @abc.abstractmethod
+    def program_fds(self) -> dict[str, int]:
+        """Descriptors of the loaded functions, by name."""
+
+    @abc.abstractmethod
+    def detach(self) -> None:
+        """Detach every probe, keeping programs and maps open so buffers can be drained.
+
+        Safe to call twice; after it no probe of this program fires.
+        """
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Detach every probe and close every descriptor. Safe to call twice."""
+
+
+# what the libbpf backend needs installed, for the fixes of rows that miss it
+LIBBPF_PACKAGES = "Install them: `apt-get install clang libbpf-dev` (scripts/setup.sh does)."
+
+
+@dataclass
+class Diagnostic:
+    """One finding about what a backend needs here: a row of ``%bpf doctor``.
+
+    ``status`` is ``"ok"``, ``"warn"``, ``"fail"`` or ``"not checked"``; ``fix`` says what to
+    do where it is not ok.
+    """
+
+    check: str
+    status: str
+    detail: str
+    fix: str = ""
+
+
+class Backend(abc.ABC):
+    """One way of turning a cell's C into loaded programs; the registry holds one of each.
+
+    ``name`` is what ``--backend`` takes; ``out_of_process`` says the backend compiles and
+    loads in another process, which Ctrl-C may stop at once (one that loads in this
+    process must not be interrupted half-way: what it loaded would have no owner).
+    """
+
+    name: str
+    out_of_process: bool = False
+
+    @abc.abstractmethod
+    def claims(self, source: str) -> bool:
+        """Whether ``source`` is written in this backend's dialect."""
+
+    @abc.abstractmethod
+    def available(self) -> tuple[bool, str]:
+        """Whether this backend can run here, and why not."""
+
+    @abc.abstractmethod
+    def version(self) -> str:
+        """The version of what it runs on; raises :class:`~ebpf_magic.errors.BPFError` if
+        that is missing."""
+
+    @abc.abstractmethod
+    def host_facts(self) -> dict[str, str | None]:
+        """The versions a recording of one of its programs names (None where unknown)."""
+
+    @abc.abstractmethod
+    def compile(self, source: str, *, cflags: list[str], usdt: list[Probe], filename: str,
+                line_offset: int, globals: Mapping[str, Any]) -> CompiledProgram:
+        """Compile and load ``source``; errors name lines as ``filename, line N``."""
+
+    @abc.abstractmethod
+    def diagnostics(self) -> dict[str, Callable[[], Diagnostic]]:
+        """Its checks of its prerequisites, by the name of the doctor row each returns."""
+
+    def check_globals(self, names: list[str]) -> None:  # noqa: B027 - optional
+        """Raise :class:`~ebpf_magic.errors.BPFError` if globals ``names`` cannot be set."""
+
+    def named_probes(self, functions: list[str]) -> list[Probe]:
+        """The probes its naming conventions give ``functions``, known before compiling."""
+        return []
+
+    def symbolize_user(self, pid: int, addrs: list[int]) -> list[str | None]:
+        """Function names of user-space addresses in process ``pid`` (None where unknown)."""
+        from ebpf_magic.kernel import symbols
+
+        return symbols.symbolize_user(pid, addrs)
+
+    def prestart(self) -> None:  # noqa: B027 - optional
+        """Start its compiler now, so the first program does not wait for it."""

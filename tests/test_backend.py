@@ -1,0 +1,47 @@
+"""The backend registry: one Backend object per name, found by name and dialect."""
+
+from __future__ import annotations
+
+import pytest
+
+from ebpf_magic import backend
+from ebpf_magic.backend.base import Backend
+from ebpf_magic.errors import BPFError
+
+
+def test_each_registered_name_is_a_backend_of_that_name():
+    for name in backend.BACKENDS:
+        b = backend.get(name)
+        assert isinstance(b, Backend) and b.name == name
+        ok, why = b.available()
+        assert ok or why  # a backend that cannot run says why
+
+
+def test_an_unknown_backend_names_the_known_ones():
+    with pytest.raises(BPFError, match="unknown backend 'bpftrace'") as e:
+        backend.get("bpftrace")
+    assert "bcc, libbpf" in e.value.hint
+    with pytest.raises(BPFError, match="unknown backend"):
+        backend.choose_backend("int x;", "bpftrace")
+
+
+def test_dialects_choose_the_backend_and_plain_c_goes_to_the_first():
+    assert backend.choose_backend('SEC("xdp") int f(void *c) { return 2; }') == "libbpf"
+    assert backend.choose_backend("#include <vmlinux.h>\nint x;") == "libbpf"
+    assert backend.choose_backend("BPF_HASH(c, u32);") == "bcc"
+    # a BCC macro wins over a SEC(): BCC's own headers define SEC too
+    assert backend.choose_backend('BPF_HASH(c, u32);\nSEC("x") int f() { return 0; }') == "bcc"
+    assert backend.choose_backend("int f(void *ctx) { return 0; }") == backend.BACKENDS[0]
+    assert backend.choose_backend("BPF_HASH(c, u32);", "libbpf") == "libbpf"
+
+
+def test_only_libbpf_programs_take_globals():
+    with pytest.raises(BPFError, match="BCC programs have no settable globals") as e:
+        backend.check_globals("bcc", {"target_pid": 1})
+    assert "-D target_pid=VALUE" in e.value.hint
+    backend.check_globals("libbpf", {"target_pid": 1})
+    backend.check_globals("bcc", {})
+
+
+def test_who_compiles_out_of_process():
+    assert backend.compiles_out_of_process("bcc") and not backend.compiles_out_of_process("libbpf")
