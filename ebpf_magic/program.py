@@ -18,13 +18,13 @@ import contextlib
 import signal
 import threading
 import time
-import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import pandas as pd
 
 from ebpf_magic import source as src
+from ebpf_magic.api import ProgramView
 from ebpf_magic.backend import (
     CompiledProgram,
     check_globals,
@@ -41,8 +41,39 @@ from ebpf_magic.kernel import sysbpf
 from ebpf_magic.probes import Probe, bind_explicit
 from ebpf_magic.suggest import attach_hint
 
-_live: weakref.WeakSet[Program] = weakref.WeakSet()
-_live_lock = threading.Lock()
+# every program running in this process, in the order they started (see :func:`running`)
+_running: dict[int, ProgramView] = {}
+_running_lock = threading.Lock()
+
+
+def register(prog: ProgramView) -> None:
+    """Hold ``prog`` as running here until :func:`unregister`.
+
+    A registered program is listed by :func:`running`, stopped by :func:`stop_all` and at
+    interpreter exit. The registry holds it, so a running program whose last other
+    reference is dropped is still listed, and still stopped.
+    """
+    with _running_lock:
+        _running[id(prog)] = prog
+
+
+def unregister(prog: ProgramView) -> None:
+    """Forget ``prog`` once it has released everything (no-op if not registered)."""
+    with _running_lock:
+        if _running.get(id(prog)) is prog:
+            del _running[id(prog)]
+
+
+def running() -> list[ProgramView]:
+    """Every program running in this process, oldest first.
+
+    Live programs are here from a successful start until :meth:`Program.stop` has released
+    everything. Replayed recordings are not: nothing of theirs runs in a kernel, and
+    nothing needs releasing at exit; a notebook lists them by name (``%bpf list``).
+    """
+    with _running_lock:
+        return list(_running.values())
+
 
 
 class Program:
@@ -136,8 +167,7 @@ class Program:
                 self._release()
             raise
         self.started_at = time.time()
-        with _live_lock:
-            _live.add(self)
+        register(self)
 
     # -- reading ---------------------------------------------------------------
 
@@ -239,8 +269,7 @@ class Program:
             if hasattr(self, "maps"):
                 self.maps.release(self.name, self.stopped_at)
             self._globals.release(self.stopped_at)
-            with _live_lock:
-                _live.discard(self)
+            unregister(self)
 
     def _release(self) -> None:
         """Detach, then drain and close the streams, then close the program.
@@ -299,12 +328,18 @@ def interrupts_deferred() -> Iterator[None]:
             previous(signal.SIGINT, pending[0])
 
 
-def stop_all() -> None:
-    """Stop every program still running in this process."""
-    with _live_lock:
-        programs = list(_live)
+def stop_all() -> list[ProgramView]:
+    """Stop every program still running in this process; returns them, oldest first."""
+    programs = running()
+    failed: list[Exception] = []
     for prog in programs:
-        prog.stop()
+        try:
+            prog.stop()
+        except Exception as e:  # the others are still stopped; the first failure is raised
+            failed.append(e)
+    if failed:
+        raise failed[0]
+    return programs
 
 
 atexit.register(stop_all)

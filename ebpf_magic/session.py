@@ -6,28 +6,27 @@ from collections.abc import Callable
 
 import pandas as pd
 
-from ebpf_magic.program import Program
+from ebpf_magic.api import Named, ProgramView
+from ebpf_magic.program import running, stop_all
+
+COLUMNS = ["name", "probes", "maps", "events", "uptime_s", "state"]
 
 
 class Session:
-    """Programs by name. Starting a name that exists stops the old program first."""
+    """Programs by name, live or replayed. Starting a name that exists stops the old one first."""
 
     def __init__(self) -> None:
-        self.programs: dict[str, Program] = {}
+        self.programs: dict[str, ProgramView] = {}
 
-    def start(self, name: str, factory: Callable[[], Program]) -> Program:
+    def start(self, name: str, factory: Callable[[], ProgramView]) -> ProgramView:
         """Stop any program called ``name``, then start and keep ``factory()``'s."""
         self.stop(name)
         prog = factory()
         self.programs[name] = prog
         return prog
 
-    def get(self, name: str) -> Program:
-        try:
-            return self.programs[name]
-        except KeyError:
-            known = ", ".join(self.programs) or "none"
-            raise KeyError(f"no program named {name!r} (programs: {known})") from None
+    def get(self, name: str) -> ProgramView:
+        return Named(self.programs, "program")[name]
 
     def stop(self, name: str) -> bool:
         """Stop and forget ``name``; False when there was none."""
@@ -38,12 +37,27 @@ class Session:
         return True
 
     def stop_all(self) -> list[str]:
+        """Stop and forget the session's programs; returns their names."""
         names = list(self.programs)
         for name in names:
             self.stop(name)
         return names
 
+    def stop_everything(self) -> list[str]:
+        """Stop the session's programs, then every other program running in this process.
+
+        Returns the names of those stopped, the session's first.
+        """
+        return self.stop_all() + [p.name for p in stop_all()]
+
+    def others(self) -> list[ProgramView]:
+        """Programs running in this process that no session name holds (started from Python)."""
+        named = {id(p) for p in self.programs.values()}
+        return [p for p in running() if id(p) not in named]
+
     def table(self) -> pd.DataFrame:
-        """One row per program: name, probes, maps, events so far, uptime, state."""
-        return pd.DataFrame([p.summary() for p in self.programs.values()],
-                            columns=["name", "probes", "maps", "events", "uptime_s", "state"])
+        """One row per program: the session's by name (running, stopped or replayed), then
+        any other running in this process. Columns: name, probes, maps, events so far,
+        uptime, state."""
+        rows = [p.summary() for p in [*self.programs.values(), *self.others()]]
+        return pd.DataFrame(rows, columns=COLUMNS)

@@ -30,13 +30,7 @@ _LIBBPF_API = re.compile(r"\bbpf_object__|\bbpf_program__|\bbpf_map__|\bbpf_link
 # A data object's lazy plot()/live()/browse() reaches up into presentation: the one way up.
 PRESENTATION = {"present"}
 # Today's exceptions to "no private names across modules", each with its reason.
-PRIVATE_ALLOWED = {
-    # the completer and the dispatcher share the magics' subcommand table
-    "magics/complete.py": {"from ebpf_magic.magics import _subcommand"},
-    # the programs browser lists live programs from the registry Program keeps
-    "present/widgets.py": {"program._live_lock (ebpf_magic.program)",
-                           "program._live (ebpf_magic.program)"},
-}
+PRIVATE_ALLOWED: dict[str, set[str]] = {}
 # Today's import cycles, each broken by an import inside a function, with its reason.
 CYCLES_ALLOWED = [
     # saving asks replay whether recording is on (replay owns the live-or-replay settings)

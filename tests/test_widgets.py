@@ -112,9 +112,10 @@ def test_widget_renders_table_and_chart_and_closes(no_leaks):
 
 
 class Recorded:
-    """A recording's map: read-only, just name, kind, info() and df."""
+    """A recording's map: read-only, what the browser reads of a MapView."""
 
-    name, kind = "lat", "hash"
+    name, kind, declared, writable = "lat", "hash", "", False
+    value_columns = ["value"]
 
     def __init__(self, df: pd.DataFrame | None = None) -> None:
         self.frame = pd.DataFrame({"key": [1, 2], "value": [10, 20]}) if df is None else df

@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import shlex
+from types import ModuleType
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
@@ -21,12 +22,13 @@ from ebpf_magic.source import interpolate
 SUBCOMMANDS = ("list", "stop", "browse", "probes", "struct", "doctor", "save", "load", "help")
 
 
-def _subcommand(name: str):
+def subcommand(name: str) -> ModuleType:
+    """The module of ``%bpf NAME`` (one of :data:`SUBCOMMANDS`): its USAGE, HELP, PARSER, run."""
     return importlib.import_module(f"{__name__}.{name}")
 
 
 def _doc() -> str:
-    subs = "\n".join(f"  {_subcommand(n).USAGE}\n      {_subcommand(n).HELP}"
+    subs = "\n".join(f"  {subcommand(n).USAGE}\n      {subcommand(n).HELP}"
                      for n in SUBCOMMANDS)
     return f"{cell.DOC}\nLine mode, %bpf SUBCOMMAND:\n{subs}\n"
 
@@ -38,7 +40,7 @@ class BpfMagics(Magics):
     def __init__(self, shell) -> None:
         super().__init__(shell)
         self.session = Session()
-        self.warned: set[str] = set()  # warnings shown once per session
+        self.warned: set[str] = set()  # notes shown once per session (the kernel headers')
 
     @line_cell_magic
     @no_var_expand
@@ -61,7 +63,7 @@ class BpfMagics(Magics):
             shlex.split(rest)  # subcommands split their arguments the same way
         except ValueError as e:
             raise UsageError(f"%bpf {sub}: {e}") from None
-        return _subcommand(sub).run(self, rest.strip())
+        return subcommand(sub).run(self, rest.strip())
 
 
 def register(ipython) -> None:

@@ -1,4 +1,4 @@
-"""``%bpf browse [NAME]``: a live browser of a program's maps, or of every program's."""
+"""``%bpf browse [NAME]``: a live browser of a program's maps, or of every running program's."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from ebpf_magic.magics.cell import seconds
 MAX_EVERY = 3600.0
 
 USAGE = "%bpf browse [NAME[/MAP]] [--every SECONDS]"
-HELP = ("A live table of the maps of program NAME (all session programs without it): "
+HELP = ("A live table of the maps of program NAME (every running program's without it): "
         "sort, filter, top-N, pause, edit and delete rows; histograms as bar charts.")
 PARSER = parser(USAGE, HELP)
 PARSER.add_argument("target", nargs="?", default="", metavar="NAME[/MAP]")
@@ -20,25 +20,18 @@ PARSER.add_argument("--every", type=lambda text: seconds(text, hi=MAX_EVERY), de
 
 
 def run(magics, args: str):
-    from ebpf_magic.present.widgets import MapBrowser
+    from ebpf_magic.present.widgets import MapBrowser, running_maps
 
     opts = PARSER.parse(args)
-    interval = opts.every
-    session = magics.session
-    target = opts.target
-    name, _, map_name = target.partition("/")
+    name, _, map_name = opts.target.partition("/")
     if name:
         try:
-            prog = session.get(name)
+            prog = magics.session.get(name)
         except KeyError as e:
             raise UsageError(str(e.args[0])) from None
-        browser = MapBrowser(prog, interval=interval)
+        browser = MapBrowser(prog, interval=opts.every)
     else:
-        def every_program():
-            return {f"{p}/{m}": v for p, prog in session.programs.items() if prog.running
-                    for m, v in prog.maps.items()}
-
-        browser = MapBrowser(every_program, interval=interval)
+        browser = MapBrowser(running_maps, interval=opts.every)
     if map_name:
-        browser.chooser.value = map_name if name else target
+        browser.chooser.value = map_name if name else opts.target
     return browser

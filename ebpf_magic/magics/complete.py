@@ -87,7 +87,8 @@ def _key_matches(found: re.Match) -> SimpleMatcherResult:
     prog = magics.session.programs.get(name) if magics is not None else None
     if prog is None:
         return {"completions": [], "suppress": False}
-    names = sorted(n for n in getattr(prog, what) if n.startswith(typed))
+    named = prog.maps if what == "maps" else prog.events
+    names = sorted(n for n in named if n.startswith(typed))
     return {"completions": [SimpleCompletion(n, type="bpf") for n in names],
             "matched_fragment": typed, "suppress": True, "ordered": True}
 
@@ -116,7 +117,7 @@ def _cell_line(word: str, before: list[str], programs: list[str]) -> list[str] |
 
 
 def _subcommand_line(word: str, before: list[str], programs: list[str]) -> list[str] | None:
-    from ebpf_magic.magics import SUBCOMMANDS, _subcommand
+    from ebpf_magic.magics import SUBCOMMANDS, subcommand
 
     if not before:
         return list(SUBCOMMANDS)
@@ -124,7 +125,7 @@ def _subcommand_line(word: str, before: list[str], programs: list[str]) -> list[
     if sub not in SUBCOMMANDS:
         return None
     if word.startswith("-"):
-        return _subcommand(sub).PARSER.options()
+        return subcommand(sub).PARSER.options()
     if sub == "probes":
         return probe_specs(word)
     if sub == "struct":

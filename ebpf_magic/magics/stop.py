@@ -7,7 +7,8 @@ from IPython.core.error import UsageError
 from ebpf_magic.magics.args import parser
 
 USAGE = "%bpf stop NAME [NAME ...] | --all"
-HELP = "Detach and unload the named programs (or all); their maps and streams are released."
+HELP = ("Detach and unload the named programs (with --all: the session's and every other "
+        "program running in this process); their maps and streams are released.")
 PARSER = parser(USAGE, HELP)
 PARSER.add_argument("names", nargs="*", metavar="NAME")
 PARSER.add_argument("--all", action="store_true")
@@ -16,7 +17,7 @@ PARSER.add_argument("--all", action="store_true")
 def run(magics, args: str) -> None:
     opts = PARSER.parse(args)
     if opts.all and not opts.names:
-        stopped = magics.session.stop_all()
+        stopped = magics.session.stop_everything()
     elif opts.names and not opts.all:
         unknown = [n for n in opts.names if n not in magics.session.programs]
         if unknown:

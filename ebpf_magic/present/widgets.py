@@ -3,9 +3,9 @@
 :class:`BrowserModel` lists maps and reads the selected one into a table
 (sorted by its numeric value, largest first, until another column is chosen;
 text filter; top-N), edits and deletes rows, and refreshes on a
-background thread. It works on any object exposing ``.name``, ``.kind``,
-``.info()`` and ``.df`` (live maps or a recording's); editing needs
-``row_key``/``set_cell``/``__delitem__``, which live maps have.
+background thread. It reads a :class:`~ebpf_magic.api.ProgramView`'s maps, or any
+mapping of :class:`~ebpf_magic.api.MapView`; a map edits while it is ``writable``
+(then it is an :class:`~ebpf_magic.api.EditableMap`).
 :class:`MapBrowser` renders the model with core ipywidgets only (an HTML table,
 a PNG bar chart for histograms), so it needs no front-end extension.
 """
@@ -18,57 +18,51 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from html import escape
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 
+from ebpf_magic.api import EditableMap, MapView, ProgramView
 from ebpf_magic.data.histograms import Histogram
+from ebpf_magic.program import running
 
 LISTING_COLUMNS = ["map", "kind", "key", "value", "entries", "max_entries", "full"]
 
-MapSource = Callable[[], Mapping[str, Any]]
+MapSource = Callable[[], Mapping[str, MapView]]
+Source = ProgramView | Mapping[str, MapView] | MapSource
 
 TABLE_HEIGHT = "24em"  # the table scrolls inside a box this high
 
 
-def _source(obj: Any) -> tuple[MapSource, Callable[[], bool]]:
+def _source(obj: Source) -> tuple[MapSource, Callable[[], bool]]:
     """How to list maps of ``obj`` and tell whether they are still readable."""
-    if callable(obj) and not hasattr(obj, "maps"):
-        return obj, lambda: True
-    if hasattr(obj, "maps") and hasattr(obj, "running"):
-        # a live program's maps are readable while it runs; a replayed one's always
-        def readable() -> bool:
-            return bool(getattr(obj, "readable", obj.running))
-
-        return (lambda: dict(obj.maps) if readable() else {}), readable
     if isinstance(obj, Mapping):
         return (lambda: dict(obj)), lambda: True
+    if callable(obj):
+        return obj, lambda: True
+    if isinstance(obj, ProgramView):
+        # a live program's maps are readable while it runs; a replayed one's always
+        prog = obj
+        return (lambda: dict(prog.maps) if prog.readable else {}), lambda: prog.readable
     raise TypeError(f"cannot browse a {type(obj).__name__}: pass a Program, a mapping of "
                     "maps, or a function returning one")
 
 
-def running_programs() -> dict[str, Any]:
-    """Maps of every program running in this process, named ``program/map``."""
-    from ebpf_magic import program
-
-    with program._live_lock:
-        programs = sorted(program._live, key=lambda p: p.started_at or 0)
-    out = {}
-    for prog in programs:
-        if prog.running:
-            out.update({f"{prog.name}/{name}": m for name, m in prog.maps.items()})
-    return out
+def running_maps() -> dict[str, MapView]:
+    """Maps of every program running in this process, named ``program/map``, oldest first."""
+    return {f"{prog.name}/{name}": m for prog in running() if prog.readable
+            for name, m in prog.maps.items()}
 
 
 class BrowserModel:
     """The state of a map browser; every action is a method tests can call.
 
-    ``source``: a Program, a mapping of name to map, or a function returning
-    one (e.g. :func:`running_programs`). ``on_update`` callbacks run after each
+    ``source``: a program, a mapping of name to map, or a function returning
+    one (e.g. :func:`running_maps`). ``on_update`` callbacks run after each
     refresh (on the refresh thread when it is running).
     """
 
-    def __init__(self, source: Any, interval: float = 1.0, top_n: int = 100) -> None:
+    def __init__(self, source: Source, interval: float = 1.0, top_n: int = 100) -> None:
         self._list, self._alive = _source(source)
         self.interval = interval
         self.top_n = top_n
@@ -81,6 +75,7 @@ class BrowserModel:
         self.data = pd.DataFrame()  # the selected map's full snapshot
         self.view = pd.DataFrame()  # after filter, sort and top-N
         self.histogram: Histogram | None = None
+        self._value_columns: list[str] = []  # those of ``data``, from the map it was read from
         self.error = ""
         self.refreshes = 0
         self.last_refresh_s = 0.0
@@ -95,7 +90,7 @@ class BrowserModel:
 
     # -- maps ------------------------------------------------------------------
 
-    def maps(self) -> dict[str, Any]:
+    def maps(self) -> dict[str, MapView]:
         return dict(self._list()) if not self.closed else {}
 
     def listing(self, max_age: float = 0.0) -> pd.DataFrame:
@@ -117,7 +112,7 @@ class BrowserModel:
         return listing
 
     @property
-    def current(self) -> Any:
+    def current(self) -> MapView | None:
         return self.maps().get(self.selected) if self.selected else None
 
     def select(self, name: str) -> pd.DataFrame:
@@ -139,9 +134,12 @@ class BrowserModel:
             m = self.current
             if m is None:
                 self.data, self.histogram = pd.DataFrame(), None
+                self._value_columns = []
             else:
                 self.data = m.df
-                self.histogram = Histogram(self.data, name=m.name) if _is_histogram(m) and \
+                self._value_columns = [c for c in self.data.columns if _is_value_column(c, m)]
+                self.histogram = Histogram(self.data, name=m.name) if \
+                    m.declared == "histogram" and \
                     {"low", "high", "count"} <= set(self.data.columns) else None
             self.error = ""
             self._recompute()
@@ -168,11 +166,8 @@ class BrowserModel:
 
     @property
     def value_columns(self) -> list[str]:
-        """The selected map's value columns (the key's are the others)."""
-        m = self.current
-        if hasattr(m, "value_columns"):
-            return [c for c in self.data.columns if _is_value_column(c, m)]
-        return [c for c in self.data.columns if c in ("value", "count")]
+        """The value columns of the last snapshot (the key's are the others)."""
+        return self._value_columns
 
     @property
     def sorting(self) -> tuple[str | None, bool]:
@@ -218,25 +213,28 @@ class BrowserModel:
     @property
     def editable(self) -> bool:
         m = self.current
-        return m is not None and all(hasattr(m, a) for a in ("row_key", "set_cell",
-                                                             "__delitem__")) \
-            and not _is_histogram(m) and m.kind not in ("stack_trace", "queue", "stack")
+        return m is not None and m.writable and m.declared != "histogram" \
+            and m.kind not in ("stack_trace", "queue", "stack")
 
-    def _key(self, row: Any) -> Any:
+    def _editing(self, row: Any) -> tuple[EditableMap, Any]:
+        """The selected map and the key of ``row``; TypeError if the map cannot be edited."""
         if not self.editable:
             raise TypeError(f"map {self.selected!r} cannot be edited here")
         if row not in self.data.index:
             raise KeyError(f"no row {row!r} in the last snapshot")
-        return self.current.row_key(self.data.loc[row].to_dict())
+        m = cast(EditableMap, self.current)  # a writable map is an editable one
+        return m, m.row_key(self.data.loc[row].to_dict())
 
     def edit(self, row: Any, column: str, value: Any) -> pd.DataFrame:
         """Write ``value`` into ``column`` of ``row`` (an index label of the table)."""
-        self.current.set_cell(self._key(row), column, value)
+        m, key = self._editing(row)
+        m.set_cell(key, column, value)
         return self.refresh()
 
     def delete(self, row: Any) -> pd.DataFrame:
         """Delete ``row``'s key from the kernel map (arrays: zero it)."""
-        del self.current[self._key(row)]
+        m, key = self._editing(row)
+        del m[key]
         return self.refresh()
 
     # -- live refresh ----------------------------------------------------------
@@ -286,11 +284,6 @@ class BrowserModel:
         self._wake.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
-
-
-def _is_histogram(m: Any) -> bool:
-    declared = getattr(getattr(m, "handle", None), "declared", "") or getattr(m, "declared", "")
-    return declared == "histogram" or m.info().get("kind") == "histogram"
 
 
 def _cell(value: Any, separated: bool) -> str:
@@ -346,7 +339,7 @@ def histogram_png(h: Histogram) -> bytes:
 class MapBrowser:
     """ipywidgets view of a :class:`BrowserModel`; display it, or its ``.widget``."""
 
-    def __init__(self, source: Any, interval: float = 1.0, top_n: int = 100,
+    def __init__(self, source: Source | BrowserModel, interval: float = 1.0, top_n: int = 100,
                  start: bool = True) -> None:
         import ipywidgets as w
 
@@ -425,6 +418,7 @@ class MapBrowser:
         m = self.model
         with m._lock:
             listing, view, data, hist = m.listing(max_age=2.0), m.view, m.data, m.histogram
+            value_cols = m.value_columns
         self.listing.value = _listing_html(listing, m.selected)
         names = list(listing["map"])
         if list(self.chooser.options) != names:  # programs started or stopped
@@ -437,7 +431,6 @@ class MapBrowser:
         columns = [""] + [str(c) for c in data.columns]
         if list(self.sort.options) != columns:
             self.sort.options = columns
-        value_cols = [c for c in data.columns if _is_value_column(c, m.current)]
         if list(self.column.options) != value_cols:
             self.column.options = value_cols
         self.editor.layout.display = None if m.editable else "none"
@@ -446,7 +439,7 @@ class MapBrowser:
             self.chart.layout.display = None
         else:
             self.chart.layout.display = "none"
-        self.table.value = table_html(view, separated=set(m.value_columns))
+        self.table.value = table_html(view, separated=set(value_cols))
         state = "closed" if m.closed else "paused" if m.paused else (
             "live" if m.live else "stopped")
         error = f' <span style="color:#c00">{escape(m.error)}</span>' if m.error else ""
@@ -467,10 +460,8 @@ class MapBrowser:
         display(self.widget)
 
 
-def _is_value_column(column: str, m: Any) -> bool:
-    names = getattr(m, "value_columns", None)
-    if names is None:
-        return False
+def _is_value_column(column: str, m: MapView) -> bool:
+    names = m.value_columns
     return column in names or column == "value" or column.split("[cpu")[0] in names
 
 
@@ -504,7 +495,7 @@ def _number(text: str) -> Any:
     return text
 
 
-def browse(source: Any = None, interval: float = 1.0, top_n: int = 100) -> MapBrowser:
+def browse(source: Source | None = None, interval: float = 1.0, top_n: int = 100) -> MapBrowser:
     """A live browser over ``source``'s maps, or over every running program's."""
-    return MapBrowser(running_programs if source is None else source, interval=interval,
+    return MapBrowser(running_maps if source is None else source, interval=interval,
                       top_n=top_n)
