@@ -137,3 +137,44 @@ def test_interrupt_while_compiling_is_one_line(shell, capsys, no_leaks):
     assert not result.success
     assert (out.out + out.err).strip().splitlines() == ["interrupted: nothing was attached"]
     assert "p" not in shell.user_ns
+
+
+PLAIN = """BPF_HASH(calls, u32, u64);
+TRACEPOINT_PROBE(syscalls, sys_enter_getppid) {
+    u32 pid = bpf_get_current_pid_tgid() >> 32;
+    if (pid == PID) calls.increment(pid);
+    return 0;
+}
+"""
+
+
+def test_programs_started_from_python_are_listed_and_stopped_by_stop_all(shell, no_leaks):
+    from ebpf_magic import program
+
+    run(shell, COUNT.format(name="named", pid=os.getpid()))
+    # started from Python, and the only reference dropped: the registry still holds it
+    ids = set(program.Program(PLAIN, name="plain", defines={"PID": os.getpid()}).prog_ids())
+    assert ids <= loaded_prog_ids()
+    for _ in range(3):
+        os.getppid()
+    [plain] = [p for p in program.running() if p.name == "plain"]
+    assert plain.maps["calls"][os.getpid()] == 3
+    table = shell.run_line_magic("bpf", "list")
+    assert list(table["name"]) == ["named", "plain"]
+    assert list(table["state"]) == ["running", "running"]
+    shell.run_line_magic("bpf", "stop --all")
+    assert not plain.running and program.running() == []
+    assert not ids & loaded_prog_ids()
+    assert shell.run_line_magic("bpf", "list").empty
+
+
+def test_stop_all_stops_every_running_program_and_names_them(no_leaks):
+    from ebpf_magic import program
+
+    first = program.Program(PLAIN, name="first", defines={"PID": os.getpid()})
+    second = program.Program(PLAIN, name="second", defines={"PID": os.getpid()})
+    ids = set(first.prog_ids()) | set(second.prog_ids())
+    assert program.running() == [first, second]
+    assert [p.name for p in program.stop_all()] == ["first", "second"]
+    assert not first.running and not second.running and program.running() == []
+    assert not ids & loaded_prog_ids()
