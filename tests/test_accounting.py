@@ -23,7 +23,7 @@ import pytest
 
 from ebpf_magic.data.streams import READ_BYTES, StreamOptionError, StreamWarning, perf_pages
 from ebpf_magic.errors import AttachError
-from ebpf_magic.kernel import perfbuf, sysbpf
+from ebpf_magic.kernel import perfbuf, ringbuf, sysbpf
 from ebpf_magic.kernel.perfbuf import PAGE_SIZE
 from ebpf_magic.program import Program
 
@@ -135,7 +135,7 @@ def test_perf_losses_counted_by_the_program_where_the_kernel_cannot(loop, monkey
     monkeypatch.setattr(perfbuf, "lost_format_supported", lambda: False)
     with Program(source("perf"), stream_options=SMALL) as prog:
         stream = prog.events["events"]
-        assert stream._lost_fd is not None and not stream._buffer.read_lost
+        assert stream._reader.lost_fd is not None and not stream._reader.read_lost
     runs = exact_runs(loop, "perf", runs=5, n=20_000)
     assert sum(lost for _, lost in runs) > 0
 
@@ -304,6 +304,55 @@ def test_a_failing_reader_is_reported_and_counts_what_it_drops(tmp_path, no_leak
         assert "failed" in repr(stream)
         assert "FileExistsError" in stream.live(rows=1, interval=0.05).value
     assert stream.stats["lost_reader"] == 900
+
+
+READER = {"perf": perfbuf.PerfBuffer, "ringbuf": ringbuf.RingBuffer}
+
+
+def unwoken(kind: str) -> str:
+    """The counting program with 1 MiB buffers whose ring buffer never wakes the reader."""
+    return (source(kind).replace("BPF_RINGBUF_OUTPUT(events, 1)", "BPF_RINGBUF_OUTPUT(events, 256)")
+            .replace("ringbuf_output(&e, sizeof(e), 0)", "ringbuf_output(&e, sizeof(e), 1)"))
+
+
+def failing_read(self, max_bytes):
+    raise OSError(5, "injected read failure")
+
+
+@pytest.mark.parametrize("kind", sorted(DECL))
+def test_a_final_drain_that_fails_counts_what_it_leaves(loop, kind, monkeypatch, no_leaks):
+    # the reader sleeps through the burst (no wake-up, a 60 s poll): stop() must drain it all
+    options = {"page_cnt": 256, "wakeup_bytes": 1 << 30, "poll_ms": 60_000, "batch_ms": 0}
+    n = 5_000
+    prog = Program(unwoken(kind), stream_options=options)
+    try:
+        stream = prog.events["events"]
+        assert start_child(loop, prog, n).wait() == 0
+        assert int(prog.maps["seqs"][0]) == n
+        assert stream.received == 0
+        monkeypatch.setattr(READER[kind], "read", failing_read)
+    finally:
+        prog.stop()
+    with pytest.warns(StreamWarning, match="stopped delivering events"):
+        stats = stream.stats
+    assert stats["received"] + stats["lost_kernel"] == n
+    assert (stats["lost_reader"], stats["held"], stats["failed"]) == (n, 0, 1)
+    assert accounted(stats) == stats["received"]
+    assert "injected read failure" in stream.failure
+
+
+@pytest.mark.parametrize("kind", sorted(DECL))
+def test_a_reader_whose_reads_fail_counts_every_event_it_skips(loop, kind, monkeypatch, no_leaks):
+    monkeypatch.setattr(READER[kind], "read", failing_read)
+    n = 20_000
+    with Program(source(kind), stream_options=SMALL) as prog:
+        stream = prog.events["events"]
+        assert start_child(loop, prog, n).wait() == 0
+        assert settles(stream, n)
+        with pytest.warns(StreamWarning, match="injected read failure"):
+            stats = stream.stats
+        assert stats["lost_reader"] == stats["received"] > 0 and stats["held"] == 0
+    assert stream.stats["received"] + stream.stats["lost_kernel"] == n
 
 
 def test_counters_survive_clear(no_leaks):

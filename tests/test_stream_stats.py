@@ -35,7 +35,7 @@ def test_stats_is_a_labelled_table(no_leaks):
         "spilled to disk             0  written to the spill file instead of memory",
         "discarded while paused      0  arrived while the stream was paused",
         "cleared                     0  forgotten by clear()",
-        "lost after a failure        0  read after the stream failed; see .failure",
+        "lost after a failure        0  taken after the stream failed; see .failure",
         "failed                      0  1 if the stream stopped delivering events",
     ]
     assert list(stats.df.index[:4]) == ["received", "in the frame", "lost in kernel",

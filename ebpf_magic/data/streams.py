@@ -2,8 +2,9 @@
 
 Every ``BPF_PERF_OUTPUT`` and ``BPF_RINGBUF_OUTPUT`` table of a program becomes a
 :class:`Stream`. One reader thread per program waits on all of its buffers with
-epoll, reads whole batches straight from the mmap'ed pages, decodes them with
-the record's numpy dtype and keeps the newest ``max_rows`` events::
+epoll, reads whole batches straight from the mmap'ed pages (through the
+:class:`~ebpf_magic.kernel.reader.Reader` both buffer kinds implement), decodes
+them with the record's numpy dtype and keeps the newest ``max_rows`` events::
 
     prog.events["events"].df          # one column per field (+ "cpu" for perf buffers)
     prog.events["events"].stats       # received, lost in the kernel, dropped by the cap
@@ -49,20 +50,20 @@ which may be changed for the whole process):
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import numbers
 import os
 import select
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from ebpf_magic.api import Named
 from ebpf_magic.data import eventframe
 from ebpf_magic.data.eventstore import EventStore
 from ebpf_magic.data.maps import normalize_dtype
@@ -70,6 +71,7 @@ from ebpf_magic.errors import BPFError
 from ebpf_magic.internal import dtypes as dt_util
 from ebpf_magic.kernel import sysbpf, timebase
 from ebpf_magic.kernel.perfbuf import PAGE_SIZE, PerfBuffer, lost_format_supported
+from ebpf_magic.kernel.reader import Reader
 from ebpf_magic.kernel.ringbuf import RingBuffer
 
 DEFAULTS: dict[str, Any] = {"max_rows": 1_000_000, "page_cnt": None, "wakeup_bytes": None,
@@ -160,7 +162,7 @@ class Stats(dict):
         "spilled": ("spilled to disk", "written to the spill file instead of memory"),
         "discarded_paused": ("discarded while paused", "arrived while the stream was paused"),
         "cleared": ("cleared", "forgotten by clear()"),
-        "lost_reader": ("lost after a failure", "read after the stream failed; see .failure"),
+        "lost_reader": ("lost after a failure", "taken after the stream failed; see .failure"),
         "failed": ("failed", "1 if the stream stopped delivering events"),
     }
 
@@ -190,9 +192,13 @@ class Stats(dict):
 
 
 class Stream:
-    """The events of one perf or ring buffer: held, counted, and shown as a DataFrame."""
+    """The events of one perf or ring buffer: held, counted, and shown as a DataFrame.
 
-    def __init__(self, name: str, kind: str, layout: np.dtype | None, max_rows: int) -> None:
+    The stream owns ``reader`` (None: a stream that reads nothing) and closes it.
+    """
+
+    def __init__(self, name: str, kind: str, layout: np.dtype | None, max_rows: int,
+                 reader: Reader | None = None) -> None:
         self.name = name
         self.kind = kind
         self.received = 0
@@ -203,15 +209,14 @@ class Stream:
         self.callback_errors: list[BaseException] = []
         self._time: dict[str, str] = {}
         self._offsets: dict[str, int] = {}
-        self._lost_cpu: dict[int, int] = {}
         self._max_rows = max_rows
         self._raw = layout is None
         self._set_layout(layout)
-        self._buffer: PerfBuffer | RingBuffer | None = None
+        self._reader = reader
         self._closed_lost: dict[int, int] | None = None
-        self._lost_fd: int | None = None  # the program's own loss counter, if it has one
         self.failure: str | None = None
         self._lost_reader = 0
+        self._uncounted = False  # events a failed reader left could not even be counted
         self._failure_shown = False
         self.closed = False
         self._rate = (time.monotonic(), 0, 0.0)
@@ -282,25 +287,33 @@ class Stream:
     # -- consuming (reader thread) -------------------------------------------
 
     def _consume(self) -> int:
-        buf = self._buffer
-        if buf is None:
+        """Take what waits in the buffer; if that fails, count what is left there as lost."""
+        reader = self._reader
+        if reader is None:
             return 0
         n = 0
-        if isinstance(buf, PerfBuffer):
-            counted = buf.read_lost or self._lost_fd is not None
-            for ring in buf.rings:
-                for _ in range(ring.size // READ_BYTES + 1):  # at most a ring's worth
-                    blocks, lost = ring.read(READ_BYTES)
-                    if lost and not counted:  # the kernel's lost records are the only count
-                        self._lost_cpu[ring.cpu] = self._lost_cpu.get(ring.cpu, 0) + lost
-                    n += self._take(blocks, ring.cpu)
-                    if not ring.pending():
-                        break
-        else:
-            for _ in range(buf.size // READ_BYTES + 1):
-                n += self._take(buf.read(READ_BYTES)[0], 0)
-                if not buf.pending():
-                    break
+        try:
+            for cpu, blocks in reader.read(READ_BYTES):
+                n += self._take(blocks, cpu)
+        except Exception as e:
+            self._fail(e)
+            n += self._discard_unread(reader)
+        return n
+
+    def _discard_unread(self, reader: Reader) -> int:
+        """Free the buffer of what a failed read left; count it in ``lost_reader``."""
+        try:
+            n = reader.discard()
+        except Exception as e:  # nothing more can be taken from this buffer: say so, once
+            with self._lock:
+                if not self._uncounted:
+                    self._uncounted = True
+                    self.failure = (f"{self.failure}; events left in the buffer could not be "
+                                    f"counted ({type(e).__name__}: {e})")[:400]
+            return 0
+        with self._lock:
+            self.received += n
+            self._lost_reader += n
         return n
 
     def _take(self, blocks: list[np.ndarray], cpu: int) -> int:
@@ -408,14 +421,7 @@ class Stream:
             return self._read_lost()
 
     def _read_lost(self) -> dict[int, int]:
-        buf = self._buffer
-        if self._lost_fd is not None:
-            values = np.zeros(sysbpf.possible_cpus(), np.uint64)
-            sysbpf.map_lookup(self._lost_fd, ctypes.c_uint32(0), values)
-            return {cpu: int(v) for cpu, v in enumerate(values) if v}
-        if isinstance(buf, PerfBuffer) and buf.read_lost:
-            return {cpu: v for cpu, v in buf.lost_per_cpu().items() if v}
-        return {cpu: v for cpu, v in self._lost_cpu.items() if v}
+        return self._reader.lost() if self._reader is not None else {}
 
     @property
     def stats(self) -> dict[str, Any]:
@@ -424,8 +430,9 @@ class Stream:
         ``received`` counts every event read from the buffer; each of them is
         ``held``, ``dropped_cap`` (the oldest beyond ``max_rows``), ``spilled``
         (written to the spill file), ``discarded_paused`` (arrived while paused),
-        ``cleared`` (forgotten by :meth:`clear`) or ``lost_reader`` (read after
-        the stream failed; ``failed`` is then 1 and :attr:`failure` says why).
+        ``cleared`` (forgotten by :meth:`clear`) or ``lost_reader`` (taken from the
+        buffer after the stream failed, decoded or, when reading failed, skipped
+        unread; ``failed`` is then 1 and :attr:`failure` says why).
         ``lost_kernel`` never reached the buffer (it was full). No counter is
         ever reset.
         """
@@ -448,10 +455,7 @@ class Stream:
     @property
     def buffer_bytes(self) -> int:
         """Bytes of kernel buffer this stream reads from (every CPU's ring for perf)."""
-        buf = self._buffer
-        if isinstance(buf, PerfBuffer):
-            return sum(r.size for r in buf.rings)
-        return buf.size if buf is not None else 0
+        return self._reader.buffer_bytes if self._reader is not None else 0
 
     # -- control -----------------------------------------------------------------
 
@@ -555,14 +559,14 @@ class Stream:
     def _close(self) -> None:
         """Keep the final loss counts, unmap the buffer, close the spill file."""
         with self._lock:
-            if self._buffer is not None:
+            if self._reader is not None:
                 try:
                     self._closed_lost = self._read_lost()
                 except OSError as e:
                     self._closed_lost = {}
                     self._fail(e)
-                self._buffer.close()
-                self._buffer = None
+                self._reader.close()
+                self._reader = None
             if self._store is not None:
                 try:
                     self._store.close()
@@ -571,11 +575,11 @@ class Stream:
             self.closed = True
 
 
-class Streams(Mapping):
+class Streams(Named[Stream]):
     """The event streams of one program, by name, with their reader thread."""
 
-    def __init__(self, streams: dict[str, Stream], poll_s: float, batch_s: float) -> None:
-        self._streams = streams
+    def __init__(self, streams: Mapping[str, Stream], poll_s: float, batch_s: float) -> None:
+        super().__init__(streams, "event stream")
         self._poll_s = poll_s
         self._batch_s = batch_s
         self._stopping = threading.Event()
@@ -599,7 +603,6 @@ class Streams(Mapping):
         hidden = compiled.hidden_maps()
         loss_counters = compiled.loss_counters()
         streams: dict[str, Stream] = {}
-        self = cls(streams, opts["poll_ms"] / 1000, opts["batch_ms"] / 1000)
         try:
             for name, h in handles.items():
                 if h.kind not in STREAM_KINDS or name in hidden:
@@ -607,37 +610,41 @@ class Streams(Mapping):
                 layout = layouts.get(name) or _learned_layout(compiled, name)
                 if layout is not None:
                     _check_memory(name, layout, max_rows)
-                stream = Stream(name, h.kind, layout, max_rows)
+                counter = handles.get(loss_counters.get(name, ""))
+                reader = _reader(name, h, counter.fd if counter is not None else None,
+                                 page_cnt, opts)
+                try:
+                    stream = Stream(name, h.kind, layout, max_rows, reader)
+                except BaseException:
+                    reader.close()
+                    raise
                 streams[name] = stream
-                lost = handles.get(loss_counters.get(name, ""))
-                stream._lost_fd = lost.fd if lost is not None else None
-                if h.kind == "perf_event_array":
-                    read_lost = lost is None and lost_format_supported()
-                    stream._buffer = _perf_buffer(name, h.fd, page_cnt, opts["wakeup_bytes"],
-                                                  read_lost, shrink=opts["page_cnt"] is None)
-                else:
-                    stream._buffer = RingBuffer(h.fd, h.max_entries)
                 for col, clock in (opts.get("time") or {}).items():
                     stream.set_time(col, clock)
                 if opts.get("spill") and stream.dtype is not None:
                     stream.spill(Path(opts["spill"]) / f"{name}.parquet")
-            if streams:
+        except BaseException:
+            for stream in streams.values():
+                stream._close()
+            raise
+        self = cls(streams, opts["poll_ms"] / 1000, opts["batch_ms"] / 1000)
+        if streams:
+            try:
                 self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
                 self._thread = threading.Thread(target=self._run, daemon=True,
                                                 name=f"ebpf_magic-streams-{'-'.join(streams)}")
                 self._thread.start()
-        except BaseException:
-            self.close()
-            raise
+            except BaseException:
+                self.close()
+                raise
         return self
 
     def _run(self) -> None:
         try:
             with select.epoll() as ep:
                 ep.register(self._wake, select.EPOLLIN)
-                for s in self._streams.values():
-                    fds = s._buffer.fds if isinstance(s._buffer, PerfBuffer) else [s._buffer.fd]
-                    for fd in fds:
+                for s in self.values():
+                    for fd in s._reader.fds:
                         ep.register(fd, select.EPOLLIN)
                 while not self._stopping.is_set():
                     ep.poll(self._poll_s)
@@ -646,18 +653,12 @@ class Streams(Mapping):
                     if self._consume() and self._batch_s:
                         self._stopping.wait(self._batch_s)
         except Exception as e:  # the buffers then fill, and the kernel counts the losses
-            for s in self._streams.values():
+            for s in self.values():
                 s._fail(e)
 
     def _consume(self) -> int:
-        """Read every buffer once; a stream whose reading fails is marked failed."""
-        read = 0
-        for s in self._streams.values():
-            try:
-                read += s._consume()
-            except Exception as e:
-                s._fail(e)
-        return read
+        """Read every buffer once (a stream whose reading fails counts what it leaves)."""
+        return sum(s._consume() for s in self.values())
 
     @property
     def reader_cpu_s(self) -> float:
@@ -673,14 +674,14 @@ class Streams(Mapping):
     @property
     def received(self) -> int:
         """Events received by all streams."""
-        return sum(s.received for s in self._streams.values())
+        return sum(s.received for s in self.values())
 
     @property
     def df(self) -> pd.DataFrame:
         """One row per stream: kind and counts."""
         rows = [{"stream": n, "kind": s.kind, **{k: v for k, v in s.stats.items()
                                                  if k != "lost_per_cpu"}}
-                for n, s in self._streams.items()]
+                for n, s in self.items()]
         return pd.DataFrame(rows)
 
     def close(self) -> None:
@@ -698,32 +699,15 @@ class Streams(Mapping):
         if not self._closed:
             self._consume()
             self._closed = True
-        for s in self._streams.values():
+        for s in self.values():
             if not s.closed:
                 s._close()
         if self._wake >= 0:
             os.close(self._wake)
             self._wake = -1
 
-    def __getitem__(self, name: str) -> Stream:
-        try:
-            return self._streams[name]
-        except KeyError:
-            raise KeyError(f"no event stream {name!r}; streams: "
-                           f"{', '.join(self._streams) or 'none'}") from None
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._streams)
-
-    def _ipython_key_completions_(self) -> list[str]:
-        """The stream names IPython offers after ``prog.events["``."""
-        return list(self._streams)
-
-    def __len__(self) -> int:
-        return len(self._streams)
-
     def __repr__(self) -> str:
-        return f"<Streams {', '.join(self._streams) or '(none)'}>"
+        return f"<Streams {', '.join(self) or '(none)'}>"
 
     def _repr_html_(self) -> str:
         return self.df.to_html(index=False)
@@ -735,19 +719,32 @@ def perf_pages(ncpus: int) -> int:
     return 1 << ((per_cpu // PAGE_SIZE).bit_length() - 1)
 
 
-def _perf_buffer(name: str, map_fd: int, page_cnt: int, wakeup: int | None, read_lost: bool,
-                 shrink: bool) -> PerfBuffer:
+def _reader(name: str, handle, lost_fd: int | None, page_cnt: int,
+            opts: Mapping[str, Any]) -> Reader:
+    """The reader of the perf or ring buffer map ``handle``, with its loss counter if any."""
+    if handle.kind == "perf_event_array":
+        return _perf_buffer(name, handle.fd, page_cnt, opts["wakeup_bytes"], lost_fd,
+                            shrink=opts["page_cnt"] is None)
+    return RingBuffer(handle.fd, handle.max_entries, lost_fd)
+
+
+def _perf_buffer(name: str, map_fd: int, page_cnt: int, wakeup: int | None,
+                 lost_fd: int | None, shrink: bool) -> PerfBuffer:
     """A perf buffer of ``page_cnt`` pages per CPU, or, with ``shrink``, as many as allowed.
+
+    Its losses come from the program's counter ``lost_fd``, else from the kernel
+    where it can report them (``PERF_FORMAT_LOST``).
 
     Without CAP_IPC_LOCK the kernel caps the perf ring memory a user may lock
     (``perf_event_mlock_kb`` per CPU, then ``RLIMIT_MEMLOCK``): a default-sized
     buffer then halves until it fits, with a warning.
     """
     wanted = page_cnt
+    read_lost = lost_fd is None and lost_format_supported()
     while True:
         try:
             buf = PerfBuffer(map_fd, page_cnt, page_cnt * PAGE_SIZE // 4 if wakeup is None
-                             else int(wakeup), read_lost)
+                             else int(wakeup), read_lost, lost_fd)
         except PermissionError:
             if not shrink or page_cnt == 1:
                 raise
@@ -758,7 +755,7 @@ def _perf_buffer(name: str, map_fd: int, page_cnt: int, wakeup: int | None, read
                           f"instead of {wanted * PAGE_SIZE >> 10:,} KiB: the locked-memory limit "
                           "(kernel.perf_event_mlock_kb, ulimit -l) allows no more, so fast "
                           "bursts may lose events (counted). Raise the limit, or grant "
-                          "CAP_IPC_LOCK.", StreamWarning, stacklevel=4)
+                          "CAP_IPC_LOCK.", StreamWarning, stacklevel=5)
         return buf
 
 

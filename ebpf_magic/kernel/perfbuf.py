@@ -12,7 +12,9 @@ sample that fits, so losses after a CPU's last successful write are never
 reported that way. Where the kernel has ``PERF_FORMAT_LOST`` (Linux 6.0) each
 ring's event is opened with it and :meth:`CpuRing.lost` reads the exact total
 at any moment; elsewhere the program counts its failed submissions itself
-(:mod:`ebpf_magic.backend.bcc.instrument`).
+(:mod:`ebpf_magic.backend.bcc.instrument`) and the buffer is given that counter.
+
+:class:`PerfBuffer` is a :class:`~ebpf_magic.kernel.reader.Reader`.
 """
 
 from __future__ import annotations
@@ -24,10 +26,12 @@ import functools
 import mmap
 import os
 import struct
+from collections.abc import Iterator
 
 import numpy as np
 
 from ebpf_magic.kernel import sysbpf
+from ebpf_magic.kernel.reader import program_losses
 
 PAGE_SIZE = mmap.PAGESIZE
 _PERF_TYPE_SOFTWARE = 1
@@ -127,6 +131,27 @@ class CpuRing:
         self._pos[1] = tail + used  # the bytes are copied: hand the space back to the kernel
         return blocks, lost
 
+    def skip(self) -> tuple[int, int]:
+        """Hand every complete record back to the kernel unread: (samples, lost) among them.
+
+        Only the headers are read, in place, one record at a time.
+        """
+        head, tail = int(self._pos[0]), int(self._pos[1])
+        samples = lost = 0
+        while head - tail >= 8:
+            at = PAGE_SIZE + tail % self.size  # records are 8-byte aligned: a header never wraps
+            rtype, _misc, size = struct.unpack_from("<IHH", self._mm, at)
+            if size < 8 or size > head - tail:
+                break
+            if rtype == _RECORD_SAMPLE:
+                samples += 1
+            elif rtype == _RECORD_LOST:
+                lost += struct.unpack_from("<Q", self._mm,
+                                           PAGE_SIZE + (tail + 16) % self.size)[0]
+            tail += size
+        self._pos[1] = tail
+        return samples, lost
+
     def close(self) -> None:
         with contextlib.suppress(OSError):
             sysbpf.ioctl(self.fd, _IOC_DISABLE)
@@ -135,19 +160,14 @@ class CpuRing:
         os.close(self.fd)
 
 
-def parse_records(raw: np.ndarray) -> tuple[list[np.ndarray], int]:
-    """Split a byte run of perf records into sample payload blocks and a lost count.
+def _parse(raw: np.ndarray) -> tuple[list[np.ndarray], int, int]:
+    """Split a byte run of perf records: (sample payload blocks, lost count, bytes used).
 
     Each block is a 2-D uint8 array, one row per sample, holding the raw
     payload (as the kernel padded it); consecutive samples of one size form one
-    block without a Python step per record. A record cut off at the end is left out.
+    block without a Python step per record. A record cut off at the end is left
+    out, and not counted in the bytes used.
     """
-    blocks, lost, _used = _parse(raw)
-    return blocks, lost
-
-
-def _parse(raw: np.ndarray) -> tuple[list[np.ndarray], int, int]:
-    """:func:`parse_records`, and the bytes of the complete records parsed."""
     blocks: list[np.ndarray] = []
     lost = 0
     pos, n = 0, len(raw)
@@ -183,16 +203,20 @@ def _parse(raw: np.ndarray) -> tuple[list[np.ndarray], int, int]:
 class PerfBuffer:
     """Every CPU's ring of one ``BPF_PERF_OUTPUT`` map, installed in the map.
 
-    With ``read_lost``, each ring's event reports its losses (``PERF_FORMAT_LOST``).
+    Losses come from ``lost_fd`` (the program's per-CPU counter of failed
+    submissions) when given; else, with ``read_lost``, from each ring's event
+    (``PERF_FORMAT_LOST``); else from the ``PERF_RECORD_LOST`` records read.
     """
 
     def __init__(self, map_fd: int, page_cnt: int, wakeup_bytes: int,
-                 read_lost: bool = False) -> None:
+                 read_lost: bool = False, lost_fd: int | None = None) -> None:
         if page_cnt <= 0 or page_cnt & (page_cnt - 1):
             raise ValueError(f"page_cnt must be a power of two, got {page_cnt}")
         self.rings: list[CpuRing] = []
         self._map_fd = map_fd
         self.read_lost = read_lost
+        self.lost_fd = lost_fd
+        self._lost_records: dict[int, int] = {}
         try:
             for cpu in sysbpf.online_cpus():
                 ring = CpuRing(cpu, page_cnt, min(wakeup_bytes, page_cnt * PAGE_SIZE // 2),
@@ -208,9 +232,39 @@ class PerfBuffer:
     def fds(self) -> list[int]:
         return [r.fd for r in self.rings]
 
-    def lost_per_cpu(self) -> dict[int, int]:
-        """The kernel's count of samples lost, per CPU (needs ``read_lost``)."""
-        return {r.cpu: r.lost() for r in self.rings}
+    @property
+    def buffer_bytes(self) -> int:
+        return sum(r.size for r in self.rings)
+
+    def read(self, max_bytes: int) -> Iterator[tuple[int, list[np.ndarray]]]:
+        """Each CPU's records in turn, in pieces of at most ``max_bytes``, a ring's worth each."""
+        for ring in self.rings:
+            for _ in range(ring.size // max_bytes + 1):
+                blocks, lost = ring.read(max_bytes)
+                if lost:
+                    self._lost_records[ring.cpu] = self._lost_records.get(ring.cpu, 0) + lost
+                if blocks:
+                    yield ring.cpu, blocks
+                if not ring.pending():
+                    break
+
+    def discard(self) -> int:
+        """Skip every CPU's waiting records; return the samples skipped."""
+        skipped = 0
+        for ring in self.rings:
+            samples, lost = ring.skip()
+            skipped += samples
+            if lost:
+                self._lost_records[ring.cpu] = self._lost_records.get(ring.cpu, 0) + lost
+        return skipped
+
+    def lost(self) -> dict[int, int]:
+        """Samples lost so far by CPU, from the most exact count this buffer has."""
+        if self.lost_fd is not None:
+            return program_losses(self.lost_fd)
+        if self.read_lost:
+            return {r.cpu: n for r in self.rings if (n := r.lost())}
+        return {cpu: n for cpu, n in self._lost_records.items() if n}
 
     def close(self) -> None:
         for ring in self.rings:
