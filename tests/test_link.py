@@ -30,6 +30,7 @@ from ebpf_magic.kernel.link import probe_events
 from ebpf_magic.setup import doctor
 
 from conftest import bpftool_json, own_bpf_fds, uprobe_events
+from rawprog import prog_load
 
 pytestmark = pytest.mark.kernel
 # the module: the package's name `uprobe` is the function it defines
@@ -96,7 +97,7 @@ def counting_prog(prog_type: int, map_fd: int, *, pid: int | None = None,
     if pid is not None:
         body += _skip_unless_pid(pid, COUNT_LEN)
     body += _count(map_fd) + _exit(ret)
-    fd = sysbpf.prog_load(prog_type, body, "GPL", name="test_link")
+    fd = prog_load(prog_type, body, "GPL", name="test_link")
     LOADED_IDS.add(sysbpf.prog_info(fd).id)
     return fd
 
@@ -471,13 +472,15 @@ def test_uprobe_semaphore_counts_while_attached(clean, counter, prog_fds, route,
         proc.stdout.close()
 
 
-UPROBE_CHILD = textwrap.dedent("""
+UPROBE_CHILD = textwrap.dedent(f"""
     import os, sys, time
-    from ebpf_magic import link, sysbpf
+    sys.path.insert(0, {str(Path(__file__).parent)!r})
+    from rawprog import prog_load
+    from ebpf_magic import link
     import importlib, struct
     uprobe = importlib.import_module("ebpf_magic.kernel.link.uprobe")
     exit0 = struct.pack("<BBhi", 0xb7, 0, 0, 0) + struct.pack("<BBhi", 0x95, 0, 0, 0)
-    prog = sysbpf.prog_load(2, exit0, "GPL")
+    prog = prog_load(2, exit0, "GPL")
     if sys.argv[1] == "tracefs":
         uprobe.ROUTES = ("tracefs",)
     lk = link.uprobe(prog, sys.argv[2], int(sys.argv[3]))

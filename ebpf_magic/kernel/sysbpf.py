@@ -127,6 +127,17 @@ def perf_event_open(attr: ctypes.Structure, pid: int, cpu: int, group_fd: int = 
                  ctypes.c_int(group_fd), ctypes.c_ulong(flags))
 
 
+def _found(cmd: int, attr: ctypes.Structure) -> bool:
+    """Call bpf(2); False where it fails with ENOENT (no such entry, or no next one)."""
+    try:
+        bpf(cmd, attr)
+    except OSError as e:
+        if e.errno == errno.ENOENT:
+            return False
+        raise
+    return True
+
+
 def _addr(buf) -> int:
     """An address: None is NULL, ints pass through, numpy arrays and ctypes objects resolve."""
     if buf is None:
@@ -140,14 +151,8 @@ def _addr(buf) -> int:
 
 def map_lookup(fd: int, key, value, flags: int = 0) -> bool:
     """Read the value of ``key`` into the ctypes buffer ``value``; False when absent."""
-    attr = _MapElemAttr(map_fd=fd, key=_addr(key), value=_addr(value), flags=flags)
-    try:
-        bpf(MAP_LOOKUP_ELEM, attr)
-    except OSError as e:
-        if e.errno == errno.ENOENT:
-            return False
-        raise
-    return True
+    return _found(MAP_LOOKUP_ELEM,
+                  _MapElemAttr(map_fd=fd, key=_addr(key), value=_addr(value), flags=flags))
 
 
 def map_update(fd: int, key, value, flags: int = BPF_ANY) -> None:
@@ -157,35 +162,19 @@ def map_update(fd: int, key, value, flags: int = BPF_ANY) -> None:
 
 def map_delete(fd: int, key) -> bool:
     """Delete ``key``; False when it was not there."""
-    try:
-        bpf(MAP_DELETE_ELEM, _MapElemAttr(map_fd=fd, key=_addr(key)))
-    except OSError as e:
-        if e.errno == errno.ENOENT:
-            return False
-        raise
-    return True
+    return _found(MAP_DELETE_ELEM, _MapElemAttr(map_fd=fd, key=_addr(key)))
 
 
 def map_lookup_and_delete(fd: int, key, value) -> bool:
     """Pop into ``value`` (queue/stack maps use ``key=None``); False when empty."""
-    try:
-        bpf(MAP_LOOKUP_AND_DELETE_ELEM, _MapElemAttr(map_fd=fd, key=_addr(key), value=_addr(value)))
-    except OSError as e:
-        if e.errno == errno.ENOENT:
-            return False
-        raise
-    return True
+    return _found(MAP_LOOKUP_AND_DELETE_ELEM,
+                  _MapElemAttr(map_fd=fd, key=_addr(key), value=_addr(value)))
 
 
 def map_get_next_key(fd: int, key, next_key) -> bool:
     """Store the key after ``key`` (None: the first) in ``next_key``; False at the end."""
-    try:
-        bpf(MAP_GET_NEXT_KEY, _MapElemAttr(map_fd=fd, key=_addr(key), value=_addr(next_key)))
-    except OSError as e:
-        if e.errno == errno.ENOENT:
-            return False
-        raise
-    return True
+    return _found(MAP_GET_NEXT_KEY,
+                  _MapElemAttr(map_fd=fd, key=_addr(key), value=_addr(next_key)))
 
 
 def map_lookup_batch(fd: int, in_batch, out_batch, keys, values, count: int) -> tuple[int, bool]:
@@ -196,13 +185,8 @@ def map_lookup_batch(fd: int, in_batch, out_batch, keys, values, count: int) -> 
     """
     attr = _BatchAttr(in_batch=_addr(in_batch), out_batch=_addr(out_batch),
                       keys=_addr(keys), values=_addr(values), count=count, map_fd=fd)
-    try:
-        bpf(MAP_LOOKUP_BATCH, attr)
-    except OSError as e:
-        if e.errno == errno.ENOENT:
-            return attr.count, True
-        raise
-    return attr.count, False
+    exhausted = not _found(MAP_LOOKUP_BATCH, attr)
+    return attr.count, exhausted
 
 
 def map_update_batch(fd: int, keys, values, count: int, flags: int = BPF_ANY) -> int:
@@ -232,15 +216,10 @@ def prog_info(fd: int) -> ProgInfo:
 def loaded_prog_ids() -> list[int]:
     """Ids of every BPF program loaded in the kernel (needs CAP_SYS_ADMIN)."""
     ids, attr = [], _IdAttr(id=0)
-    while True:
-        try:
-            bpf(PROG_GET_NEXT_ID, attr)
-        except OSError as e:
-            if e.errno == errno.ENOENT:
-                return ids
-            raise
+    while _found(PROG_GET_NEXT_ID, attr):
         ids.append(attr.next_id)
         attr.id = attr.next_id
+    return ids
 
 
 def possible_cpus() -> int:
@@ -290,7 +269,6 @@ def map_delete_batch(fd: int, keys, count: int) -> int:
 
 
 MAP_CREATE = 0
-PROG_LOAD = 5
 RAW_TRACEPOINT_OPEN = 17
 PERF_FLAG_FD_CLOEXEC = 1 << 3
 
@@ -300,15 +278,6 @@ class _MapCreateAttr(ctypes.Structure):
                 ("value_size", ctypes.c_uint32), ("max_entries", ctypes.c_uint32),
                 ("map_flags", ctypes.c_uint32), ("inner_map_fd", ctypes.c_uint32),
                 ("numa_node", ctypes.c_uint32), ("map_name", ctypes.c_char * 16)]
-
-
-class _ProgLoadAttr(ctypes.Structure):
-    _fields_ = [("prog_type", ctypes.c_uint32), ("insn_cnt", ctypes.c_uint32),
-                ("insns", ctypes.c_uint64), ("license", ctypes.c_uint64),
-                ("log_level", ctypes.c_uint32), ("log_size", ctypes.c_uint32),
-                ("log_buf", ctypes.c_uint64), ("kern_version", ctypes.c_uint32),
-                ("prog_flags", ctypes.c_uint32), ("prog_name", ctypes.c_char * 16),
-                ("prog_ifindex", ctypes.c_uint32), ("expected_attach_type", ctypes.c_uint32)]
 
 
 class _RawTracepointAttr(ctypes.Structure):
@@ -333,27 +302,6 @@ def map_create(map_type: int, key_size: int, value_size: int, max_entries: int,
     return bpf(MAP_CREATE, _MapCreateAttr(map_type=map_type, key_size=key_size,
                                           value_size=value_size, max_entries=max_entries,
                                           map_flags=flags, map_name=name.encode()[:15]))
-
-
-def prog_load(prog_type: int, insns: bytes, license: str = "GPL", *, name: str = "",
-              expected_attach_type: int = 0, log_size: int = 1 << 16) -> int:
-    """Load a program from raw instructions; return its fd.
-
-    On failure the :class:`OSError` message carries the verifier's log.
-    """
-    code = ctypes.create_string_buffer(insns, len(insns))
-    lic = ctypes.create_string_buffer(license.encode())
-    log = ctypes.create_string_buffer(log_size)
-    attr = _ProgLoadAttr(prog_type=prog_type, insn_cnt=len(insns) // 8,
-                         insns=ctypes.addressof(code), license=ctypes.addressof(lic),
-                         log_level=1, log_size=log_size, log_buf=ctypes.addressof(log),
-                         prog_name=name.encode()[:15],
-                         expected_attach_type=expected_attach_type)
-    try:
-        return bpf(PROG_LOAD, attr)
-    except OSError as e:
-        text = log.value.decode(errors="replace").strip()
-        raise OSError(e.errno, f"{e.strerror}: {text}" if text else e.strerror) from None
 
 
 def raw_tracepoint_open(prog_fd: int, name: str | None) -> int:
