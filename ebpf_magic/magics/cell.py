@@ -16,11 +16,11 @@ from pathlib import Path
 from IPython.core.error import UsageError
 from IPython.display import display
 
+from ebpf_magic import sessions
 from ebpf_magic.errors import OptionError
 from ebpf_magic.probes import USAGE as PROBE_USAGE
 from ebpf_magic.probes import Probe
 from ebpf_magic.program import Program, check_settable
-from ebpf_magic.sessions import recording, replay
 from ebpf_magic.source import MACRO_NAME_RULE, interpolate, parse_define
 
 _HEADERS = re.compile(r"Kernel headers for (?P<running>\S+) are not installed; compiling "
@@ -136,6 +136,13 @@ PARSER.add_argument("--backend", choices=("bcc", "libbpf"),
 PARSER.add_argument("--record", nargs="?", const=1.0, type=seconds, metavar="EVERY",
                     help="record this program: snapshot its maps every EVERY seconds "
                          "(default 1) and let `%%bpf save NAME` refresh recordings/NAME.bpfrec")
+PARSER.add_argument("--on", metavar="TARGETS",
+                    help="run the cell on engines of an ipyparallel cluster instead: 'all', "
+                         "engine ids (0,2) or host names; each host compiles and attaches it, "
+                         "NAME's frames join every host's rows (README, Many hosts)")
+PARSER.add_argument("--cluster", metavar="PROFILE",
+                    help="the cluster's ipyparallel profile, with --on (default: the one "
+                         "ebpf_magic.cluster.connect() reached, else 'default')")
 
 DOC = f"""Compile and attach BPF C from a cell, or manage programs.
 
@@ -216,14 +223,17 @@ def run(magics, line: str, cell: str) -> None:
     """Start the cell's program; bind it to NAME in the user namespace."""
     args = parse(line)
     shell = magics.shell
-    live, why = replay.can_run_live(cell, args.backend)
+    if args.on is not None or args.cluster is not None:
+        _run_on_cluster(magics, args, cell)
+        return
+    live, why = sessions.can_run_live(cell, args.backend)
     # Replay recordings/NAME.bpfrec instead, and say so. Without a recording, running
     # live gives the precise error (missing rights or BCC) with its fix, unless replay
     # was asked for.
-    if not live and (replay.find_recording(args.name) or why.startswith("replay was")):
-        prog = magics.session.start(args.name, lambda: replay.replay_cell(args.name, why))
+    if not live and (sessions.find_recording(args.name) or why.startswith("replay was")):
+        prog = magics.session.start(args.name, lambda: sessions.replay_cell(args.name, why))
         shell.user_ns[args.name] = prog
-        print(replay.announce(prog, why))
+        print(sessions.announce(prog, why))
         return
     text = cell if args.raw else interpolate(cell, shell.user_ns)
     check_settable(text, args.backend, [name for name, _ in args.globals])
@@ -240,10 +250,30 @@ def run(magics, line: str, cell: str) -> None:
         raise Interrupted("interrupted: nothing was attached") from None
     shell.user_ns[args.name] = prog
     if args.record is not None:
-        recording.mark(prog, args.record)
+        sessions.mark(prog, args.record)
     report_warnings(magics.warned, prog.warnings, prog.notes)
     if not args.quiet:
         _report(prog)
+
+
+def _run_on_cluster(magics, args: argparse.Namespace, cell: str) -> None:
+    """Start the cell on the cluster's engines (this process needs no BPF rights)."""
+    from ebpf_magic.cluster import run as run_on_cluster
+
+    if args.record is not None:
+        raise UsageError("%%bpf: --record is for programs on this host; save a cluster "
+                         f"program with {args.name}.save(PATH)")
+    text = cell if args.raw else interpolate(cell, magics.shell.user_ns)
+    stream_options = {"max_rows": args.max_rows} if args.max_rows is not None else {}
+    prog = magics.session.start(args.name, lambda: run_on_cluster(
+        text, name=args.name, profile=args.cluster, targets=args.on,
+        attach=args.attach, cflags=args.cflags, defines=args.defines, pid=args.pid,
+        stream_options=stream_options, line_offset=1, backend=args.backend,
+        globals=dict(args.globals)))
+    magics.shell.user_ns[args.name] = prog
+    report_warnings(magics.warned, prog.warnings, prog.notes)
+    if not args.quiet:
+        print(prog.report())
 
 
 def report_warnings(warned: set[str], warnings: Sequence[str],

@@ -1,0 +1,129 @@
+"""What runs on an engine: start, read and stop this host's copy of a cluster program.
+
+The client calls these functions by name (``view.apply_async(engine.table, ...)``): each
+engine imports this module, so only the call's name and plain arguments travel. Frames
+come back as Arrow IPC bytes (numeric columns as raw buffers, strings as Arrow strings),
+never as pickled DataFrames of Python objects. Programs are kept here by name, one per
+name, like a notebook's session; the engine's exit releases them with the process.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import threading
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+
+from ebpf_magic.errors import BPFError
+from ebpf_magic.program import Program
+
+_programs: dict[str, Program] = {}
+_lock = threading.Lock()
+
+
+def facts() -> dict[str, Any]:
+    """This engine's host: name, kernel, machine, CPUs, process id."""
+    return {"host": socket.gethostname(), "kernel": platform.release(),
+            "machine": platform.machine(), "cpus": os.cpu_count() or 0, "pid": os.getpid()}
+
+
+def encode(df: pd.DataFrame) -> bytes:
+    """``df`` as one Arrow IPC stream (columns only; the index is dropped)."""
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def decode(data: bytes) -> pd.DataFrame:
+    """The frame :func:`encode` wrote."""
+    return pa.ipc.open_stream(pa.py_buffer(data)).read_all().to_pandas()
+
+
+def start(name: str, source: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Start ``source`` here as program ``name`` (stopping one of that name first).
+
+    Returns ``{"ok": True, ...}`` with what was attached and what the program holds,
+    or ``{"ok": False, "error": class name, "message": ..., "hint": ...}``: an error on
+    one host is data for the client, not an exception that hides the other hosts.
+    """
+    stop(name)
+    try:
+        prog = Program(source, name=name, **options)
+    except BPFError as e:
+        return {"ok": False, "facts": facts(), "error": type(e).__name__,
+                "message": e.message, "hint": e.hint}
+    except Exception as e:  # noqa: BLE001 - any failure is this host's to report
+        return {"ok": False, "facts": facts(), "error": type(e).__name__,
+                "message": str(e), "hint": ""}
+    with _lock:
+        _programs[name] = prog
+    return {"ok": True, "facts": facts(), "backend": prog.backend,
+            "attached": list(prog.attached), "functions": prog.functions,
+            "unattached": prog.unattached,
+            "probes": [(p.kind, p.target, p.function, p.pid) for p in prog.probes],
+            "warnings": list(prog.warnings), "notes": list(prog.notes),
+            "prog_ids": prog.prog_ids(), "map_ids": prog.map_ids(),
+            "maps": {n: _describe(m) for n, m in prog.maps.items()},
+            "events": {n: s.kind for n, s in prog.events.items()}}
+
+
+def _describe(m: Any) -> dict[str, Any]:
+    return {"kind": m.kind, "declared": m.declared, "key_type": m.key_type,
+            "value_type": m.value_type, "max_entries": m.max_entries, "percpu": m.percpu,
+            "key_dtype": m.key_dtype, "value_dtype": m.value_dtype,
+            "value_columns": m.value_columns}
+
+
+def _program(name: str) -> Program:
+    with _lock:
+        prog = _programs.get(name)
+    if prog is None:
+        raise BPFError(f"no program named {name!r} on {socket.gethostname()}",
+                       "It was stopped, or this engine restarted: run the cell again.")
+    return prog
+
+
+def map_table(name: str, map_name: str) -> bytes:
+    """Map ``map_name`` of program ``name`` as it is now (its ``.df``)."""
+    return encode(_program(name).maps[map_name].df)
+
+
+def map_hist(name: str, map_name: str, kind: str | None, step: int) -> tuple[bytes, str]:
+    """The map's histogram buckets and the kind they were read as."""
+    hist = _program(name).maps[map_name].hist(kind=kind, step=step)
+    return encode(hist.df), hist.kind
+
+
+def stream_table(name: str, stream: str, rows: int | None = None) -> bytes:
+    """The ``rows`` newest events of ``stream`` (all with ``None``)."""
+    return encode(_program(name).events[stream].tail(rows))
+
+
+def status(name: str) -> dict[str, Any]:
+    """Counters of program ``name``: events seen, each stream's stats, each map's info."""
+    prog = _program(name)
+    stats = {}
+    for n, s in prog.events.items():
+        st = dict(s.stats)
+        st.pop("lost_per_cpu", None)
+        stats[n] = st
+    return {"running": prog.running, "events_seen": prog.events_seen, "uptime": prog.uptime,
+            "streams": stats,
+            "maps": {n: m.info() for n, m in prog.maps.items()} if prog.running else {}}
+
+
+def stop(name: str) -> bool:
+    """Stop program ``name`` here; False when there was none."""
+    with _lock:
+        prog = _programs.pop(name, None)
+    if prog is None:
+        return False
+    prog.stop()
+    return True
+

@@ -1,0 +1,423 @@
+"""One program on many hosts, read as one: :class:`ClusterProgram` and its merged maps and streams.
+
+Each engine compiles and attaches the source itself (its own kernel, headers, BTF and
+backend) and keeps its program by name (:mod:`ebpf_magic.cluster.engine`). The client
+keeps, per engine, what it attached or the error it gave. Frames are gathered from every
+running engine at once and joined with ``host`` and ``engine`` columns first. An engine
+that died or stopped answering loses its own rows only: the frame says so in a
+:class:`~ebpf_magic.cluster.connect.ClusterWarning`, and :attr:`ClusterProgram.missing`
+says which hosts and why.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+import pandas as pd
+
+from ebpf_magic.api import Named
+from ebpf_magic.cluster import engine
+from ebpf_magic.cluster.connect import ClusterError, ClusterWarning, Engines, current
+from ebpf_magic.data import histograms
+from ebpf_magic.data.streams import Stats
+from ebpf_magic.errors import BPFError
+from ebpf_magic.probes import Probe
+
+FIRST_COLUMNS = ("host", "engine")
+
+
+class Missing(NamedTuple):
+    """A host whose rows a cluster program lacks, and why.
+
+    ``gone`` when it will not come back: it failed to start, or its engine died or left.
+    Otherwise (no answer in time, an error reading) the next read asks it again.
+    """
+
+    host: str
+    reason: str
+    gone: bool = True
+
+
+class ClusterProgram:
+    """``source`` started on the engines ``targets`` names, each attaching it locally.
+
+    Args:
+        source: the BPF C text (either backend's dialect).
+        name: the program's name on every engine (a second start of it replaces the first).
+        engines: the cluster (default: the last :func:`~ebpf_magic.cluster.connect` or the
+            default profile's).
+        targets: ``"all"``, engine ids, or host names (see :meth:`Engines.select`).
+        timeout: seconds each engine has to answer (default: the engines').
+        options: passed to :class:`~ebpf_magic.program.Program` on each engine
+            (``attach``, ``cflags``, ``defines``, ``pid``, ``stream_options``,
+            ``backend``, ``globals``, ``line_offset``).
+
+    Hosts that fail to start are in :attr:`missing` with their error; the others run.
+    When no host starts, :class:`~ebpf_magic.cluster.connect.ClusterError` lists each one's error.
+    """
+
+    def __init__(self, source: str, *, name: str = "bpf", engines: Engines | None = None,
+                 targets: str | Sequence[int | str] | None = None,
+                 timeout: float | None = None, **options: Any) -> None:
+        self.name = name
+        self.source = source
+        self.engines = engines if engines is not None else current()
+        self.timeout = self.engines.timeout if timeout is None else timeout
+        self.ids = self.engines.select(targets)
+        self.missing: dict[int, Missing] = {}
+        self.started_at = time.time()
+        self.stopped_at: float | None = None
+        answers, failures = self.engines.call(self.ids, engine.start, name, source, options,
+                                              timeout=self.timeout)
+        self.hosts = {i: a["facts"]["host"] for i, a in answers.items()}
+        self.facts = {i: a["facts"] for i, a in answers.items()}
+        self.hosts.update({i: self.engines.host(i) for i in failures})
+        self._started = {i: a for i, a in answers.items() if a["ok"]}
+        for i, a in answers.items():
+            if not a["ok"]:
+                hint = f" ({a['hint']})" if a["hint"] else ""
+                self.missing[i] = Missing(self.hosts[i], f"{a['error']}: {a['message']}{hint}")
+        for i, why in failures.items():
+            self.missing[i] = Missing(self.hosts[i], why.reason)
+        if not self._started:
+            self.stop()
+            raise ClusterError(f"{name} started on no host:\n" + self._missing_lines(),
+                               "Fix the error (the same on every host?) and run the cell again.")
+        first = self._started[min(self._started)]
+        self.backend: str = first["backend"]
+        self._first = first
+        self._maps = Named({n: ClusterMap(self, n, meta) for n, meta in first["maps"].items()},
+                           "map")
+        self._events = Named({n: ClusterStream(self, n, kind)
+                              for n, kind in first["events"].items()}, "event stream")
+
+    # -- what it is --------------------------------------------------------------
+
+    @property
+    def maps(self) -> Named[ClusterMap]:
+        """Each map, read from every running host into one frame."""
+        return self._maps
+
+    @property
+    def events(self) -> Named[ClusterStream]:
+        """Each event stream, gathered from every running host into one frame."""
+        return self._events
+
+    @property
+    def attached(self) -> dict[int, list[str]]:
+        """``{engine id: probes attached there}`` for the engines that started."""
+        return {i: list(a["attached"]) for i, a in self._started.items()}
+
+    @property
+    def warnings(self) -> list[str]:
+        return list(self._first["warnings"])
+
+    @property
+    def notes(self) -> list[str]:
+        return list(self._first["notes"])
+
+    @property
+    def running_on(self) -> list[int]:
+        """Engines where the program runs (as far as the last call to them told)."""
+        if self.stopped_at is not None:
+            return []
+        return [i for i in self._started if i not in self.missing or not self.missing[i].gone]
+
+    @property
+    def running(self) -> bool:
+        return bool(self.running_on)
+
+    @property
+    def readable(self) -> bool:
+        return self.running
+
+    @property
+    def probes(self) -> list[Probe]:
+        return [Probe(*p) for p in self._first["probes"]]
+
+    @property
+    def functions(self) -> list[str]:
+        return list(self._first["functions"])
+
+    @property
+    def unattached(self) -> list[str]:
+        return list(self._first["unattached"])
+
+    @property
+    def uptime(self) -> float:
+        return (self.stopped_at or time.time()) - self.started_at
+
+    @property
+    def events_seen(self) -> int:
+        """Events read on every host that answers."""
+        if not self.running:
+            return 0
+        return sum(s["events_seen"] for s in self._gather(engine.status, self.name).values())
+
+    @property
+    def tables(self) -> Mapping[str, pd.DataFrame]:
+        """Frames saved with the program: none for a running one."""
+        return {}
+
+    def prog_ids(self, engine: int | None = None) -> list[int]:
+        """Ids of the loaded functions, each in its own host's kernel (or ``engine``'s)."""
+        ids = self.running_on if engine is None else [engine]
+        return [p for i in ids if i in self._started for p in self._started[i]["prog_ids"]]
+
+    def map_ids(self) -> list[int]:
+        return [m for i in self.running_on for m in self._started[i]["map_ids"]]
+
+    def host_table(self) -> pd.DataFrame:
+        """One row per targeted engine: host, state, attached probes or why it is missing."""
+        rows = []
+        for i in self.ids:
+            miss = self.missing.get(i)
+            state = ("stopped" if self.stopped_at is not None else
+                     "missing" if miss is not None else "running")
+            attached = ", ".join(self._started[i]["attached"]) if i in self._started else ""
+            rows.append({"host": self.hosts.get(i, f"engine {i}"), "engine": i,
+                         "state": state, "attached": attached,
+                         "reason": miss.reason if miss else ""})
+        return pd.DataFrame(rows, columns=["host", "engine", "state", "attached", "reason"])
+
+    def summary(self) -> dict[str, Any]:
+        """One row of ``%bpf list``: the state names every host, running or missing."""
+        probes = sorted({p for i in self.running_on for p in self._started[i]["attached"]})
+        running = ", ".join(self.hosts[i] for i in self.running_on)
+        state = f"running on {running}" if running else "stopped"
+        if self.missing:
+            state += "; missing " + "; ".join(f"{m.host} (engine {i}): {m.reason}"
+                                             for i, m in self.missing.items())
+        return {"name": self.name, "probes": ", ".join(probes) or "-",
+                "maps": ", ".join(self._maps) if self.running else "",
+                "events": self.events_seen, "uptime_s": round(self.uptime, 1), "state": state}
+
+    def report(self) -> str:
+        """What each host did with the cell: its probes, or its error."""
+        lines = []
+        for i in self.ids:
+            host = f"{self.hosts.get(i, f'engine {i}')} (engine {i})"
+            if i in self._started:
+                lines.append(f"{self.name} on {host}: attached "
+                             f"{', '.join(self._started[i]['attached']) or 'no probes'}")
+            elif i in self.missing:
+                lines.append(f"{self.name} on {host}: FAILED, {self.missing[i].reason}")
+        parts = []
+        if self._maps:
+            parts.append(f"maps: {', '.join(self._maps)}")
+        if self._events:
+            parts.append(f"events: {', '.join(self._events)}")
+        parts.append(f"backend: {self.backend}")
+        return "\n".join([*lines, "; ".join(parts)])
+
+    # -- gathering ---------------------------------------------------------------
+
+    def _missing_lines(self) -> str:
+        return "\n".join(f"  {m.host} (engine {i}): {m.reason}" for i, m in self.missing.items())
+
+    def _gather(self, func: Callable[..., Any], *args: Any) -> dict[int, Any]:
+        """``func(*args)`` from every running engine; the others are warned about."""
+        if self.stopped_at is not None:
+            raise BPFError(f"{self.name} was stopped on every host; its maps and streams "
+                           "are gone", "Run the cell again, or save() before stop().")
+        answers, failures = self.engines.call(self.running_on, func, *args,
+                                              timeout=self.timeout)
+        for i in answers:
+            self.missing.pop(i, None)
+        for i, why in failures.items():
+            self.missing[i] = Missing(self.hosts[i], why.reason, why.gone)
+        if self.missing:
+            warnings.warn(ClusterWarning(
+                f"{self.name}: no rows from {len(self.missing)} host(s):\n"
+                f"{self._missing_lines()}"), stacklevel=3)
+        return answers
+
+    def _frame(self, parts: Mapping[int, pd.DataFrame]) -> pd.DataFrame:
+        """Per-engine frames joined, ``host`` and ``engine`` first, in engine order."""
+        frames = []
+        for i in sorted(parts):
+            df = parts[i]
+            df.insert(0, "engine", np.full(len(df), i, dtype=np.int64))
+            df.insert(0, "host", pd.array([self.hosts[i]] * len(df), dtype="string"))
+            frames.append(df)
+        if not frames:
+            return pd.DataFrame({c: [] for c in FIRST_COLUMNS})
+        return pd.concat(frames, ignore_index=True)
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop the program on every engine that can still answer; idempotent.
+
+        Engines that died already released everything with their process; the others
+        are stopped even when some do not answer (they are then in :attr:`missing`).
+        """
+        if self.stopped_at is not None:
+            return
+        _, failures = self.engines.call(self.ids, engine.stop, self.name, timeout=self.timeout)
+        for i, why in failures.items():
+            self.missing[i] = Missing(self.hosts.get(i, f"engine {i}"), why.reason, why.gone)
+        self.stopped_at = time.time()
+
+    def save(self, path: Any, **options: Any) -> Any:
+        """Write one recording of every host's maps and events (see :mod:`.sessions`)."""
+        from ebpf_magic.sessions import save
+
+        return save(self, path, **options)
+
+    def browse(self, interval: float = 1.0, top_n: int = 100) -> Any:
+        """A browser of the merged maps, with their ``host`` column."""
+        from ebpf_magic.present.widgets import MapBrowser
+
+        return MapBrowser(self, interval=interval, top_n=top_n)
+
+    def __enter__(self) -> ClusterProgram:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        hosts = ", ".join(self.hosts[i] for i in self.running_on) or "-"
+        state = "running" if self.running else "stopped"
+        return f"<ClusterProgram {self.name} ({state}) on {hosts}; missing: {len(self.missing)}>"
+
+    def _repr_html_(self) -> str:
+        return self.host_table().to_html(index=False)
+
+
+class ClusterMap:
+    """One map of a cluster program: every host's entries in one frame."""
+
+    writable = False  # entries are changed on a host's own Program, not through the merge
+
+    def __init__(self, program: ClusterProgram, name: str, meta: dict[str, Any]) -> None:
+        self.program = program
+        self.name = name
+        self.kind: str = meta["kind"]
+        self._meta = meta
+
+    @property
+    def declared(self) -> str:
+        return self._meta["declared"]
+
+    @property
+    def key_type(self) -> str:
+        return self._meta["key_type"]
+
+    @property
+    def value_type(self) -> str:
+        return self._meta["value_type"]
+
+    @property
+    def max_entries(self) -> int | None:
+        return self._meta["max_entries"]
+
+    @property
+    def percpu(self) -> bool:
+        return self._meta["percpu"]
+
+    @property
+    def key_dtype(self) -> np.dtype | None:
+        return self._meta["key_dtype"]
+
+    @property
+    def value_dtype(self) -> np.dtype:
+        return self._meta["value_dtype"]
+
+    @property
+    def value_columns(self) -> list[str]:
+        return list(self._meta["value_columns"])
+
+    @property
+    def df(self) -> pd.DataFrame:
+        """Every running host's entries now, ``host`` and ``engine`` columns first."""
+        parts = self.program._gather(engine.map_table, self.program.name, self.name)
+        return self.program._frame({i: engine.decode(b) for i, b in parts.items()})
+
+    def hist(self, kind: str | None = None, step: int = 1,
+             per_host: bool = False) -> histograms.Histogram:
+        """The hosts' histograms summed bucket by bucket, or one per host (``per_host``)."""
+        parts = self.program._gather(engine.map_hist, self.program.name, self.name, kind, step)
+        if not parts:
+            return histograms.Histogram(histograms.bucket_frame(np.zeros(0), np.zeros(0)),
+                                        kind=kind or "log2", name=self.name)
+        kind = kind or parts[min(parts)][1]
+        df = self.program._frame({i: engine.decode(b) for i, (b, _) in parts.items()})
+        if per_host:
+            return histograms.Histogram(df.drop(columns="engine"), kind=kind, name=self.name)
+        sections = [c for c in df.columns
+                    if c not in (*FIRST_COLUMNS, *histograms.BUCKET_COLUMNS)]
+        merged = histograms.bucket_frame(df["slot"].to_numpy(), df["count"].to_numpy(), kind,
+                                         step, df[sections] if sections else None)
+        return histograms.Histogram(merged, kind=kind, name=self.name)
+
+    def info(self) -> dict[str, Any]:
+        """One row of ``maps.df``: entries summed over hosts; full if full on any host."""
+        infos = self._infos()
+        entries = [r["entries"] for r in infos.values() if r.get("entries") is not None]
+        return {"map": self.name, "kind": self.declared or self.kind, "key": self.key_type,
+                "value": self.value_type, "entries": sum(entries) if entries else None,
+                "max_entries": self.max_entries,
+                "full": any(r.get("full") for r in infos.values())}
+
+    def _infos(self) -> dict[int, dict[str, Any]]:
+        status = self.program._gather(engine.status, self.program.name)
+        return {i: s["maps"].get(self.name, {}) for i, s in status.items()}
+
+    def __len__(self) -> int:
+        return int(self.info()["entries"] or 0)
+
+    def __repr__(self) -> str:
+        return (f"<ClusterMap {self.name}: {self.declared or self.kind} {self.key_type} -> "
+                f"{self.value_type} on {len(self.program.running_on)} host(s)>")
+
+
+class ClusterStream:
+    """One event stream of a cluster program: every host's events in one frame."""
+
+    def __init__(self, program: ClusterProgram, name: str, kind: str) -> None:
+        self.program = program
+        self.name = name
+        self.kind = kind
+
+    @property
+    def df(self) -> pd.DataFrame:
+        """Every event each running host holds, ``host`` and ``engine`` columns first."""
+        return self.tail(None)
+
+    def tail(self, n: int | None = 10) -> pd.DataFrame:
+        """The ``n`` newest events of each host (all with ``None``)."""
+        parts = self.program._gather(engine.stream_table, self.program.name, self.name, n)
+        return self.program._frame({i: engine.decode(b) for i, b in parts.items()})
+
+    @property
+    def stats_by_host(self) -> pd.DataFrame:
+        """Each host's counters (see :attr:`stats`), one row per engine."""
+        status = self.program._gather(engine.status, self.program.name)
+        return self.program._frame({i: pd.DataFrame([s["streams"][self.name]])
+                                    for i, s in status.items()})
+
+    @property
+    def stats(self) -> Stats:
+        """The counters summed over the hosts that answered (see :attr:`stats_by_host`)."""
+        by_host = self.stats_by_host.drop(columns=list(FIRST_COLUMNS))
+        return Stats({c: int(by_host[c].sum()) for c in by_host.columns})
+
+    def __len__(self) -> int:
+        return int(self.stats.get("held", 0))
+
+    def __repr__(self) -> str:
+        hosts = len(self.program.running_on)
+        return f"<ClusterStream {self.name} ({self.kind}) on {hosts} host(s)>"
+
+
+def run(source: str, *, name: str = "bpf", profile: str | None = None,
+        targets: str | Sequence[int | str] | None = None, **options: Any) -> ClusterProgram:
+    """Start ``source`` on the cluster of ``profile`` (default: the connected one)."""
+    return ClusterProgram(source, name=name, engines=current(profile), targets=targets,
+                          **options)

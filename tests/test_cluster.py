@@ -1,0 +1,344 @@
+"""One cell on two engines of a real ipyparallel cluster, one of them behind a veth pair.
+
+The module starts one cluster for all its tests: a controller listening on the host side
+of a veth pair, an engine on the host, and an engine in a network namespace of its own
+(with its own host name) that reaches the controller only over that veth link. Both
+engines share this machine's kernel, so each one's program sees the other's calls too:
+every count is taken per thread id, the thread that engine's workload ran on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+
+from conftest import loaded_prog_ids
+
+ipp = pytest.importorskip("ipyparallel")
+
+from ebpf_magic import cluster  # noqa: E402
+from ebpf_magic.cluster import ClusterWarning, engine  # noqa: E402
+
+pytestmark = pytest.mark.kernel
+
+NS_HOST = "ebpf-ns-engine"  # the namespaced engine's host name (its own UTS namespace)
+COUNTS = """BPF_HASH(calls, u32, u64);
+int on_getppid(void *ctx) {
+    u32 tid = bpf_get_current_pid_tgid();
+    calls.increment(tid);
+    return 0;
+}"""
+EVENTS = """struct call { u32 tid; u32 pid; };
+BPF_PERF_OUTPUT(calls);
+int on_getppid(void *ctx) {
+    struct call c = {};
+    u64 id = bpf_get_current_pid_tgid();
+    c.tid = id;
+    c.pid = id >> 32;
+    calls.perf_submit(ctx, &c, sizeof(c));
+    return 0;
+}"""
+GETPPID = ["tracepoint:syscalls:sys_enter_getppid=on_getppid"]
+
+
+def workload(n: int) -> int:
+    """Call getppid() ``n`` times on the engine; return the calling thread's id."""
+    import os
+    import threading
+
+    for _ in range(n):
+        os.getppid()
+    return threading.get_native_id()
+
+
+def addresses() -> str:
+    """The engine's IPv4 addresses, as ``ip -o -4 addr`` lists them."""
+    import subprocess
+
+    return subprocess.run(["ip", "-o", "-4", "addr"], capture_output=True, text=True).stdout
+
+
+# Functions run on engines carry their code, not a reference to this module, which the
+# engines cannot import: ipyparallel runs a function of a "__main__"-like module there
+# in the engine's own namespace.
+for _f in (workload, addresses):
+    _f.__module__ = "__engine__"
+
+
+def _ip(*args: str, check: bool = True) -> None:
+    subprocess.run(["ip", *args], check=check, capture_output=True)
+
+
+class Net:
+    """A network namespace joined to the host by a veth pair, removed on :meth:`remove`."""
+
+    def __init__(self) -> None:
+        tag = os.getpid() % 10000
+        self.ns, self.host_if, self.ns_if = f"ebpfm{tag}", f"ebpfmh{tag}", f"ebpfmn{tag}"
+        octet = 16 + tag % 200
+        self.host_ip, self.ns_ip = f"10.213.{octet}.1", f"10.213.{octet}.2"
+        _ip("netns", "add", self.ns)
+        _ip("link", "add", self.host_if, "type", "veth", "peer", "name", self.ns_if)
+        _ip("link", "set", self.ns_if, "netns", self.ns)
+        _ip("addr", "add", f"{self.host_ip}/24", "dev", self.host_if)
+        _ip("link", "set", self.host_if, "up")
+        _ip("-n", self.ns, "addr", "add", f"{self.ns_ip}/24", "dev", self.ns_if)
+        _ip("-n", self.ns, "link", "set", self.ns_if, "up")
+        _ip("-n", self.ns, "link", "set", "lo", "up")
+
+    def remove(self) -> None:
+        _ip("netns", "del", self.ns, check=False)
+        _ip("link", "del", self.host_if, check=False)
+
+    def exists(self) -> bool:
+        names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+        return self.ns in names or f" {self.host_if}@" in links
+
+
+class Cluster:
+    """What the tests get: the client, each engine's pid and host, the namespaced engine."""
+
+    def __init__(self, client, pids: dict[int, int], hosts: dict[int, str], ns_engine: int,
+                 ns_process: subprocess.Popen, net: Net) -> None:
+        self.client, self.pids, self.hosts = client, pids, hosts
+        self.ns_engine, self.ns_process, self.net = ns_engine, ns_process, net
+        self.host_engine = next(i for i in pids if i != ns_engine)
+
+    def run(self, counts: dict[int, int]) -> dict[int, int]:
+        """Each engine's workload at once: ``{engine: calls}`` -> ``{engine: thread id}``."""
+        results = {i: self.client[i].apply_async(workload, n) for i, n in counts.items()}
+        return {i: r.get(60) for i, r in results.items()}
+
+
+@pytest.fixture(scope="module")
+def engines(tmp_path_factory):
+    if os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("unshare") is None:
+        pytest.skip("needs root, ip and unshare to make a network namespace and veth pair")
+    net = Net()
+    ns_process = None
+    ipc = None
+    try:
+        ipc = ipp.Cluster(n=1, controller_ip=net.host_ip, log_level=40,
+                          profile_dir=str(tmp_path_factory.mktemp("ipython-profile")))
+        ipc.start_controller_sync()
+        ipc.start_engines_sync(n=1)
+        url = Path(ipc.profile_dir, "security", f"ipcontroller-{ipc.cluster_id}-engine.json")
+        ns_process = subprocess.Popen(
+            ["ip", "netns", "exec", net.ns, "unshare", "--uts", "sh", "-c",
+             f'hostname {NS_HOST} && exec "$0" -m ipyparallel.engine --file="$1" '
+             "--log-level=40", sys.executable, str(url)])
+        client = ipc.connect_client_sync()
+        client.wait_for_engines(2, timeout=120)
+        facts = client[:].apply_sync(engine.facts)
+        pids = {i: f["pid"] for i, f in zip(client.ids, facts, strict=True)}
+        hosts = {i: f["host"] for i, f in zip(client.ids, facts, strict=True)}
+        [ns_engine] = [i for i, h in hosts.items() if h == NS_HOST]
+        yield Cluster(client, pids, hosts, ns_engine, ns_process, net)
+        client.close()
+    finally:
+        if ipc is not None:
+            with contextlib.suppress(Exception):
+                ipc.stop_cluster_sync()
+        if ns_process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                ns_process.kill()
+            ns_process.wait(10)
+        net.remove()
+        assert not net.exists(), "namespace or veth left behind"
+
+
+@pytest.fixture
+def engines_of(engines):
+    """The cluster as ebpf_magic.cluster.connect gives it, with a short deadline."""
+    return cluster.connect(client=engines.client, timeout=20)
+
+
+def gone(ids: set[int], timeout: float = 10.0) -> bool:
+    """True once none of ``ids`` is loaded in the kernel."""
+    deadline = time.monotonic() + timeout
+    while ids & loaded_prog_ids() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not ids & loaded_prog_ids()
+
+
+def test_engines_are_on_two_hosts_one_over_veth(engines):
+    assert set(engines.hosts.values()) == {os.uname().nodename, NS_HOST}
+    ns_addr = engines.client[engines.ns_engine].apply_sync(addresses)
+    assert engines.net.ns_ip in ns_addr and engines.net.host_ip not in ns_addr
+
+
+def test_map_counts_exact_per_host(engines, engines_of):
+    prog = cluster.ClusterProgram(COUNTS, name="counts", engines=engines_of, attach=GETPPID)
+    ids = set(prog.prog_ids())
+    try:
+        assert sorted(prog.attached) == sorted(engines.pids)
+        assert ids and ids <= loaded_prog_ids()
+        want = {engines.host_engine: 1234, engines.ns_engine: 777}
+        tids = engines.run(want)
+        df = prog.maps["calls"].df
+        assert list(df.columns[:2]) == ["host", "engine"]
+        for i, n in want.items():
+            mine = df[(df["engine"] == i) & (df["key"] == tids[i])]
+            assert mine["value"].tolist() == [n]
+            assert set(mine["host"]) == {engines.hosts[i]}
+        assert not prog.missing
+    finally:
+        prog.stop()
+    assert gone(ids)
+    with pytest.raises(Exception, match="stopped"):
+        _ = prog.maps["calls"].df
+
+
+def test_events_exact_per_host(engines, engines_of):
+    prog = cluster.ClusterProgram(EVENTS, name="events", engines=engines_of, attach=GETPPID)
+    try:
+        want = {engines.host_engine: 321, engines.ns_engine: 456}
+        tids = engines.run(want)
+        deadline = time.monotonic() + 10
+        while True:
+            df = prog.events["calls"].df
+            got = {i: int(((df["engine"] == i) & (df["tid"] == tids[i])).sum()) for i in want}
+            if got == want or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert got == want, (df.head(), df.dtypes, tids, prog.events['calls'].stats)
+        assert list(df.columns[:4]) == ["host", "engine", "tid", "pid"]
+        assert prog.events["calls"].stats["lost_kernel"] == 0
+        by_host = prog.events["calls"].stats_by_host
+        assert sorted(by_host["engine"]) == sorted(want)
+    finally:
+        prog.stop()
+
+
+XDP = """BPF_ARRAY(packets, u64, 1);
+int on_packet(struct xdp_md *ctx) {
+    packets.increment(0);
+    return XDP_PASS;
+}"""
+
+
+def test_a_failing_host_does_not_stop_the_others(engines, engines_of):
+    # the namespace's end of the veth pair exists on one host only
+    spec = f"xdp:{engines.net.ns_if}=on_packet"
+    prog = cluster.ClusterProgram(XDP, name="partial", engines=engines_of, attach=[spec])
+    try:
+        assert list(prog.attached) == [engines.ns_engine]
+        assert list(prog.missing) == [engines.host_engine]
+        assert "AttachError" in prog.missing[engines.host_engine].reason
+        assert engines.net.ns_if in prog.missing[engines.host_engine].reason
+        report = prog.report()
+        assert f"{NS_HOST} (engine {engines.ns_engine}): attached xdp:" in report
+        assert f"(engine {engines.host_engine}): FAILED, AttachError" in report
+        with pytest.warns(ClusterWarning, match="no rows from 1 host"):
+            df = prog.maps["packets"].df
+        assert df["engine"].tolist() == [engines.ns_engine]
+    finally:
+        prog.stop()
+
+
+def test_cell_on_all_hosts_reports_each_and_lists_them(engines, engines_of, shell, capsys):
+    shell.run_cell("%%bpf slow --on all -a tracepoint:syscalls:sys_enter_getppid\n" + COUNTS)
+    out = capsys.readouterr().out
+    for i, host in engines.hosts.items():
+        assert f"slow on {host} (engine {i}): attached tracepoint:syscalls:sys_enter_getppid" \
+            in out
+    prog = shell.user_ns["slow"]
+    ids = set(prog.prog_ids())
+    want = {engines.host_engine: 55, engines.ns_engine: 89}
+    tids = engines.run(want)
+    df = prog.maps["calls"].df
+    assert {i: df[(df["engine"] == i) & (df["key"] == tids[i])]["value"].tolist()
+            for i in want} == {i: [n] for i, n in want.items()}
+    [row] = shell.run_line_magic("bpf", "list").to_dict("records")
+    assert row["name"] == "slow"
+    assert row["state"] == "running on " + ", ".join(engines.hosts[i] for i in sorted(want))
+    shell.run_line_magic("bpf", "stop slow")
+    assert gone(ids)
+
+
+def test_targets_choose_engines_by_id_or_host(engines, engines_of, shell, capsys):
+    shell.run_cell(f"%%bpf one --on {NS_HOST} -a tracepoint:syscalls:sys_enter_getppid\n"
+                   + COUNTS)
+    prog = shell.user_ns["one"]
+    assert list(prog.attached) == [engines.ns_engine]
+    shell.run_cell(f"%%bpf one --on {engines.host_engine} "
+                   "-a tracepoint:syscalls:sys_enter_getppid\n" + COUNTS)
+    assert list(shell.user_ns["one"].attached) == [engines.host_engine]
+    assert not prog.running  # the re-run stopped the first everywhere
+    result = shell.run_cell("%%bpf two --on nosuchhost\n" + COUNTS)
+    assert isinstance(result.error_in_exec, cluster.ClusterError)
+    assert "nosuchhost" in str(result.error_in_exec) and NS_HOST in str(result.error_in_exec)
+    shell.run_line_magic("bpf", "stop one")
+
+
+def test_unreachable_engine_times_out_with_a_message(engines):
+    engines_short = cluster.connect(client=engines.client, timeout=2)
+    prog = cluster.ClusterProgram(COUNTS, name="partition", engines=engines_short,
+                                  attach=GETPPID)
+    try:
+        engines.run({i: 10 for i in engines.pids})
+        # the namespace's end of the veth link goes down: the host side stays up (its
+        # address is the controller's), the namespaced engine is cut off
+        _ip("-n", engines.net.ns, "link", "set", engines.net.ns_if, "down")
+        try:
+            began = time.monotonic()
+            with pytest.warns(ClusterWarning, match=f"{NS_HOST} .*: no answer within 2 s"):
+                df = prog.maps["calls"].df
+            assert time.monotonic() - began < 5
+            assert set(df["engine"]) == {engines.host_engine}
+            assert "no answer" in prog.missing[engines.ns_engine].reason
+        finally:
+            _ip("-n", engines.net.ns, "link", "set", engines.net.ns_if, "up")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # the link is back: the host answers again
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ClusterWarning)
+                df = prog.maps["calls"].df
+            if not prog.missing:
+                break
+        assert set(df["engine"]) == set(engines.pids)
+    finally:
+        prog.stop()
+
+
+def test_killed_engine_loses_its_rows_only_and_leaks_nothing(engines, engines_of):
+    prog = cluster.ClusterProgram(EVENTS, name="killed", engines=engines_of, attach=GETPPID)
+    dead, alive = engines.ns_engine, engines.host_engine
+    dead_ids, alive_ids = set(prog.prog_ids(dead)), set(prog.prog_ids(alive))
+    assert dead_ids and alive_ids and (dead_ids | alive_ids) <= loaded_prog_ids()
+    try:
+        tids = engines.run({alive: 100, dead: 100})
+        os.kill(engines.pids[dead], signal.SIGKILL)
+        assert gone(dead_ids), "the killed engine's programs stayed loaded"
+        assert alive_ids <= loaded_prog_ids()
+        tids.update(engines.run({alive: 250}))  # the other host keeps streaming
+        deadline = time.monotonic() + 10
+        while True:
+            with pytest.warns(ClusterWarning, match=f"(?s)no rows from 1 host.*{NS_HOST}"):
+                df = prog.events["calls"].df
+            got = int(((df["engine"] == alive) & (df["tid"] == tids[alive])).sum())
+            if got >= 350 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert got == 350
+        assert set(df["engine"]) == {alive}
+        miss = prog.missing[dead]
+        assert miss.host == NS_HOST and miss.gone
+        assert "died" in miss.reason or "left the cluster" in miss.reason
+        with pytest.warns(ClusterWarning):
+            assert "missing " + NS_HOST in prog.summary()["state"]
+    finally:
+        began = time.monotonic()
+        prog.stop()
+        assert time.monotonic() - began < 10
+    assert gone(alive_ids)
