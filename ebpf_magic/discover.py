@@ -18,7 +18,6 @@ import re
 import struct
 import subprocess
 from collections.abc import Iterable
-from pathlib import Path
 from typing import NamedTuple
 
 import pandas as pd
@@ -26,7 +25,7 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
 from ebpf_magic.errors import BPFError, ProbeSpecError
-from ebpf_magic.kernel import btf, symbols, sysbpf
+from ebpf_magic.kernel import btf, kallsyms, symbols, sysbpf, tracefs
 from ebpf_magic.kernel import host as kernel
 from ebpf_magic.probes import HARDWARE_EVENTS, KINDS, SOFTWARE_EVENTS
 
@@ -114,11 +113,11 @@ def _attachable(kind: str) -> bool:
         return kernel.kprobes_supported()
     if kind in ("kfunc", "kretfunc"):
         # fentry needs BTF and ftrace's function trampolines, which list their functions
-        return kernel.btf_available() and _readable(_tracefs_file("available_filter_functions"))
+        return kernel.btf_available() and tracefs.readable("available_filter_functions")
     if kind == "hardware":
         return _hardware_counters()
     if kind in ("tracepoint", "rawtracepoint"):
-        return _tracefs_file("available_events") is not None
+        return tracefs.root() is not None
     return True
 
 
@@ -132,22 +131,6 @@ def _hardware_counters() -> bool:
     except OSError:
         return False
     os.close(fd)
-    return True
-
-
-def _tracefs_file(name: str) -> Path | None:
-    root = kernel.tracefs()
-    return None if root is None else root / name
-
-
-def _readable(path: Path | None) -> bool:
-    if path is None:
-        return False
-    try:
-        with open(path, "rb") as f:
-            f.read(1)
-    except OSError:
-        return False
     return True
 
 
@@ -174,16 +157,15 @@ def _decls(fields: list[Field]) -> str:
 
 def tracepoints() -> list[str]:
     """Every tracepoint as ``CATEGORY:NAME``, from tracefs."""
-    path = _tracefs_file("available_events")
-    if path is None:
+    try:
+        return tracefs.tracepoints()
+    except tracefs.NotMounted:
         raise SourceUnavailable("tracefs is not mounted or not readable by this user, so "
                                 "tracepoints cannot be listed here",
                                 "Root (or tracefs's group) can list them; BTF-based kinds still "
-                                "list: rawtracepoint:*, kfunc:*.")
-    try:
-        return path.read_text().split()
+                                "list: rawtracepoint:*, kfunc:*.") from None
     except OSError as e:
-        raise SourceUnavailable(f"cannot read {path}: {e.strerror}",
+        raise SourceUnavailable(f"cannot read {e.filename}: {e.strerror}",
                                 "Listing tracepoints needs read access to tracefs (root, or "
                                 "the group that owns it); BTF-based kinds still list: "
                                 "rawtracepoint:*, kfunc:*.") from None
@@ -191,13 +173,11 @@ def tracepoints() -> list[str]:
 
 def tracepoint_fields(category: str, name: str) -> list[Field]:
     """The arguments of tracepoint ``CATEGORY:NAME`` from its format file (common_* left out)."""
-    root = kernel.tracefs()
-    path = Path(root or "/sys/kernel/tracing") / "events" / category / name / "format"
     try:
-        text = path.read_text()
-    except PermissionError as e:
-        raise SourceUnavailable(f"cannot read {path}: {e.strerror}",
-                                "Reading tracepoint formats needs read access to tracefs.") \
+        text = tracefs.tracepoint_format(category, name)
+    except (tracefs.NotMounted, PermissionError) as e:
+        why = e.strerror if e.filename is None else f"cannot read {e.filename}: {e.strerror}"
+        raise SourceUnavailable(why, "Reading tracepoint formats needs read access to tracefs.") \
             from None
     except OSError as e:
         raise BPFError(f"no format for tracepoint {category}:{name} ({e.strerror})",
@@ -279,22 +259,14 @@ def _list_raw(pattern: str, verbose: bool, kind: str) -> list[dict]:
 @functools.cache
 def kernel_functions() -> tuple[str, ...]:
     """Kernel functions a kprobe could name: ftrace's list where readable, else kallsyms'."""
-    path = _tracefs_file("available_filter_functions")
-    text = None
-    if path is not None:
-        try:
-            text = path.read_text()
-            names = {line.split(" ", 1)[0] for line in text.splitlines() if line}
-        except OSError:
-            text = None
-    if text is None:
-        try:
-            text = Path("/proc/kallsyms").read_text()
-        except OSError:
-            return ()
-        names = {m for m in re.findall(r"^\w+ [tT] (\w+)", text, re.M)}
+    try:
+        names = tracefs.filter_functions()
+    except OSError:
+        names = []
+    if not names:
+        return kallsyms.functions()
     # __pfx_ symbols are the padding before functions, not functions
-    return tuple(sorted(n for n in names if n and not n.startswith("__pfx_")))
+    return tuple(sorted({n for n in names if not n.startswith("__pfx_")}))
 
 
 @functools.cache

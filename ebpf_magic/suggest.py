@@ -4,57 +4,35 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 
+from ebpf_magic import discover
 from ebpf_magic.kernel import host as kernel
+from ebpf_magic.kernel import tracefs
 from ebpf_magic.probes import Probe
 
 _SYSCALL_PREFIXES = ("__x64_sys_", "__ia32_sys_", "__arm64_sys_", "__se_sys_", "__do_sys_",
                      "do_sys_", "ksys_", "sys_", "do_")
 
 
-@lru_cache(maxsize=1)
-def tracepoints() -> tuple[str, ...]:
-    """Every tracepoint as ``category:name``."""
-    root = kernel.tracefs()
-    if root is None:
-        return ()
-    events = root / "events"
-    return tuple(sorted(f"{c.name}:{e.name}" for c in events.iterdir() if c.is_dir()
-                        for e in c.iterdir() if (e / "id").exists()))
+def tracepoints() -> list[str]:
+    """Every tracepoint as ``category:name``, sorted; empty where tracefs cannot be read."""
+    try:
+        return sorted(tracefs.tracepoints())
+    except OSError:
+        return []
 
 
-@lru_cache(maxsize=1)
 def raw_tracepoints() -> tuple[str, ...]:
     """Names raw tracepoints attach to: the kernel BTF's ``btf_trace_NAME`` types.
 
     Without BTF, tracefs's event names outside ``syscalls`` (whose events are
     not raw tracepoints: those are ``sys_enter`` and ``sys_exit``).
     """
-    try:
-        strings = Path("/sys/kernel/btf/vmlinux").read_bytes()
-    except OSError:
-        strings = b""
-    names = {n.decode() for n in re.findall(rb"\0btf_trace_(\w+)\0", strings)}
-    if not names:
-        names = {t.split(":")[1] for t in tracepoints() if not t.startswith("syscalls:")}
-    return tuple(sorted(names))
-
-
-@lru_cache(maxsize=1)
-def kernel_symbols() -> tuple[str, ...]:
-    """Function names from /proc/kallsyms."""
-    names = set()
-    try:
-        with open("/proc/kallsyms") as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) >= 3 and parts[1] in "tTwW":
-                    names.add(parts[2])
-    except OSError:
-        pass
-    return tuple(sorted(names))
+    return discover.raw_tracepoints() or tuple(sorted(
+        {t.split(":")[1] for t in tracepoints() if not t.startswith("syscalls:")}))
 
 
 def syscall_tracepoints(function: str, exit: bool) -> list[str]:
@@ -64,17 +42,17 @@ def syscall_tracepoints(function: str, exit: bool) -> list[str]:
         if name.startswith(prefix):
             name = name[len(prefix):]
             break
-    name = re.sub(r"\d+$", "", name) if f"syscalls:sys_enter_{name}" not in tracepoints() \
-        else name
+    events = tracepoints()
+    name = re.sub(r"\d+$", "", name) if f"syscalls:sys_enter_{name}" not in events else name
     side = "exit" if exit else "enter"
-    exact = [t for t in tracepoints() if t == f"syscalls:sys_{side}_{name}"]
+    exact = [t for t in events if t == f"syscalls:sys_{side}_{name}"]
     if exact:
         return exact
-    return [t for t in tracepoints()
+    return [t for t in events
             if t.startswith(f"syscalls:sys_{side}_") and name and name in t][:5]
 
 
-def near(name: str, candidates: tuple[str, ...] | list[str], n: int = 5) -> list[str]:
+def near(name: str, candidates: Sequence[str], n: int = 5) -> list[str]:
     return difflib.get_close_matches(name, candidates, n=n, cutoff=0.6)
 
 
@@ -89,15 +67,16 @@ def attach_hint(probe: Probe, reason: str) -> str:
             alt = (f" Try the tracepoint instead: {', '.join('tracepoint:' + t for t in found)}."
                    if found else " Use a tracepoint (`tracepoint:CATEGORY:NAME`) instead.")
             return "This kernel is built without kprobes (CONFIG_KPROBES is off)." + alt
-        if probe.target not in kernel_symbols():
-            close = near(probe.target, kernel_symbols())
+        functions = discover.kernel_functions()
+        if probe.target not in functions:
+            close = near(probe.target, functions)
             return (f"No kernel function {probe.target!r}." +
                     (f" Did you mean: {', '.join(close)}?" if close else ""))
         return "The function may be inlined or blacklisted for kprobes; try a tracepoint."
-    if kind == "tracepoint" and probe.target not in tracepoints():
-        close = near(probe.target, tracepoints())
+    if kind == "tracepoint" and probe.target not in (events := tracepoints()):
+        close = near(probe.target, events)
         return (f"No tracepoint {probe.target!r} (they are listed under "
-                f"{kernel.tracefs() or '/sys/kernel/tracing'}/events)." +
+                f"{tracefs.root() or '/sys/kernel/tracing'}/events)." +
                 (f" Did you mean: {', '.join(close)}?" if close else ""))
     if kind == "rawtracepoint":
         names = raw_tracepoints()

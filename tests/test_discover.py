@@ -222,3 +222,41 @@ def test_help_unknown_and_unexpected_arguments(shell, capsys):
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__]))
+
+
+def test_every_tracepoint_reader_reads_the_one_tracefs(monkeypatch, tmp_path):
+    from ebpf_magic import suggest
+    from ebpf_magic.kernel import link, tracefs
+    from ebpf_magic.kernel.link.tracepoint import tracepoint_id
+
+    (tmp_path / "available_events").write_text("sched:sched_switch\nsyscalls:sys_enter_zz\n")
+    event = tmp_path / "events" / "syscalls" / "sys_enter_zz"
+    event.mkdir(parents=True)
+    (event / "id").write_text("4242\n")
+    (event / "format").write_text(
+        "\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n"
+        "\tfield:const char * filename;\toffset:16;\tsize:8;\tsigned:0;\n")
+    (tmp_path / "available_filter_functions").write_text("zz_open\nzz_close [zzmod]\n")
+    monkeypatch.setattr(kernel, "tracefs", lambda: tmp_path)
+    discover.kernel_functions.cache_clear()
+    try:
+        assert discover.tracepoints() == ["sched:sched_switch", "syscalls:sys_enter_zz"]
+        assert suggest.tracepoints() == ["sched:sched_switch", "syscalls:sys_enter_zz"]
+        assert link.tracepoints("sys*:*zz") == [("syscalls", "sys_enter_zz")]
+        assert tracepoint_id("syscalls", "sys_enter_zz") == 4242
+        assert discover.tracepoint_fields("syscalls", "sys_enter_zz") == [
+            discover.Field("filename", "const char *")]
+        assert discover.kernel_functions() == ("zz_close", "zz_open")
+        assert suggest.syscall_tracepoints("__x64_sys_zz", exit=False) == \
+            ["syscalls:sys_enter_zz"]
+    finally:
+        discover.kernel_functions.cache_clear()
+    monkeypatch.setattr(kernel, "tracefs", lambda: None)
+    with pytest.raises(tracefs.NotMounted):
+        tracefs.tracepoints()
+    with pytest.raises(discover.SourceUnavailable, match="tracefs is not mounted"):
+        discover.tracepoints()
+    assert suggest.tracepoints() == []
+    with pytest.raises(link.LinkError, match="tracefs is not mounted") as info:
+        link.tracepoints("sched:*")
+    assert "mount -t tracefs" in info.value.hint

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from ebpf_magic.data import stacks
+from ebpf_magic.kernel import kallsyms
 from ebpf_magic.present import plots
 from ebpf_magic.program import Program
 
@@ -76,9 +77,34 @@ def test_kallsyms_resolves_a_known_symbol():
                 addr = int(a, 16)
                 break
     assert addr
-    ks = stacks.kernel_symbols()
-    assert ks.resolve(addr) == "do_syscall_64"
-    assert ks.resolve(addr + 3) == "do_syscall_64"
+    assert kallsyms.resolve(addr) == "do_syscall_64"
+    assert kallsyms.resolve(addr + 3) == "do_syscall_64"
+    assert stacks.symbolize([addr + 3]) == ["do_syscall_64"]
+    assert "do_syscall_64" in kallsyms.functions()
+
+
+def test_kallsyms_reads_text_symbols_in_address_order(tmp_path):
+    path = tmp_path / "kallsyms"
+    path.write_text("ffffffff81000200 T second\n"
+                    "ffffffff81000100 t first\n"
+                    "ffffffff81000180 D data_not_code\n"
+                    "ffffffff81000300 W weak_one\n"
+                    "ffffffff810000f0 t __pfx_first\n"
+                    "ffffffffc0000000 t in_module\t[veth]\n")
+    ks = kallsyms.Kallsyms(str(path))
+    assert ks.functions == ("first", "in_module", "second", "weak_one")
+    assert [ks.resolve(a) for a in (0xFFFFFFFF81000100, 0xFFFFFFFF81000190, 0xFFFFFFFF81000250,
+                                    0xFFFFFFFFC0000010, 0x1000)] == \
+        ["first", "first", "second", "in_module", "0x1000"]
+
+
+def test_kallsyms_without_addresses_lists_names_and_refuses_to_resolve(tmp_path):
+    path = tmp_path / "kallsyms"
+    path.write_text("0000000000000000 T do_syscall_64\n0000000000000000 t vfs_read\n")
+    ks = kallsyms.Kallsyms(str(path))
+    assert ks.functions == ("do_syscall_64", "vfs_read") and not ks.has_addresses
+    with pytest.raises(PermissionError, match="shows no addresses .needs CAP_SYSLOG or root"):
+        ks.resolve(0xFFFFFFFF81000000)
 
 
 def test_folded_from_recorded_frames_needs_no_kernel():

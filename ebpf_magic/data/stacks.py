@@ -1,6 +1,6 @@
 """Stack traces: symbolized frames and folded stacks with counts.
 
-Kernel addresses resolve through ``/proc/kallsyms`` (read here, once); user
+Kernel addresses resolve through :mod:`ebpf_magic.kernel.kallsyms`; user
 addresses through :func:`ebpf_magic.backend.symbolize_user` for the process that
 was sampled (BCC's symbolizer for BCC's maps where BCC is present, else
 :mod:`ebpf_magic.kernel.symbols`). A folded stack is frames joined by ``;`` from the
@@ -10,54 +10,16 @@ root to the leaf, the format of flamegraph.pl, and what
 
 from __future__ import annotations
 
-import bisect
-import threading
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from ebpf_magic.data.maps import Map
+from ebpf_magic.kernel import kallsyms
+
 KERNEL_START = 0xFFFF800000000000  # x86-64 and arm64 kernel half of the address space
 MISSING = "[missing]"  # a stack id the program failed to record (negative id)
-
-
-class Kallsyms:
-    """Resolve kernel addresses to function names from ``/proc/kallsyms``."""
-
-    def __init__(self, path: str = "/proc/kallsyms") -> None:
-        addrs, names = [], []
-        with open(path) as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) < 3 or parts[1] not in "tTwW":
-                    continue
-                addr = int(parts[0], 16)
-                if addr:
-                    addrs.append(addr)
-                    names.append(parts[2])
-        order = sorted(range(len(addrs)), key=addrs.__getitem__)
-        self._addrs = [addrs[i] for i in order]
-        self._names = [names[i] for i in order]
-        if not self._addrs:
-            raise PermissionError(f"{path} shows no addresses (needs CAP_SYSLOG or root)")
-
-    def resolve(self, addr: int) -> str:
-        """The function containing ``addr``, or its hex form when none does."""
-        i = bisect.bisect_right(self._addrs, addr) - 1
-        return self._names[i] if i >= 0 else f"0x{addr:x}"
-
-
-_kallsyms: Kallsyms | None = None
-_kallsyms_lock = threading.Lock()
-
-
-def kernel_symbols() -> Kallsyms:
-    """The process-wide kallsyms resolver, loaded on first use."""
-    global _kallsyms
-    with _kallsyms_lock:
-        if _kallsyms is None:
-            _kallsyms = Kallsyms()
-        return _kallsyms
 
 
 def symbolize_user(pid: int, addrs: list[int], backend: str = "") -> list[str]:
@@ -77,7 +39,7 @@ def symbolize(addrs: list[int], pid: int | None = None, backend: str = "") -> li
     names = {}
     if user and pid is not None:
         names = dict(zip(user, symbolize_user(pid, user, backend), strict=True))
-    return [kernel_symbols().resolve(a) if a >= KERNEL_START else names.get(a, f"0x{a:x}")
+    return [kallsyms.resolve(a) if a >= KERNEL_START else names.get(a, f"0x{a:x}")
             for a in addrs]
 
 
@@ -90,23 +52,17 @@ def addresses(values: np.ndarray) -> list[list[int]]:
     return [[int(a) for a in row[row != 0]] for row in ips]
 
 
-def stack_frame(stack_map: Any, pid: int | None = None) -> pd.DataFrame:
+def stack_frame(stack_map: Map, pid: int | None = None) -> pd.DataFrame:
     """``stack_id``, ``depth`` and folded ``stack`` (root first) of every stack in the map.
 
     Kernel frames are always named; user frames only with the ``pid`` they came from.
     """
     keys, values = stack_map.snapshot()
     stacks = addresses(values)
-    backend = _backend(stack_map)
-    folded = [";".join(reversed(symbolize(s, pid, backend))) for s in stacks]
+    folded = [";".join(reversed(symbolize(s, pid, stack_map.handle.backend))) for s in stacks]
     return pd.DataFrame({"stack_id": keys.astype(np.int64),
                          "depth": np.array([len(s) for s in stacks], dtype=np.int64),
                          "stack": folded})
-
-
-def _backend(stack_map: Any) -> str:
-    """The backend that made a live stack map ("" where its handle does not say)."""
-    return getattr(getattr(stack_map, "handle", None), "backend", "")
 
 
 _ROLES = {
@@ -151,8 +107,9 @@ def folded(counts: Any, stack_map: Any, *, kernel: bool = True, user: bool = Tru
     pcol, ccol = _find(cols, "pid", pid_field), _find(cols, "comm", comm_field)
     vcol = count_field or ("value" if "value" in cols else next(
         c for c in reversed(cols) if c not in (kcol, ucol, pcol, ccol)))
-    backend = _backend(stack_map)
-    if hasattr(stack_map, "snapshot"):
+    backend = ""
+    if isinstance(stack_map, Map):
+        backend = stack_map.handle.backend
         keys, values = stack_map.snapshot()
         ips = dict(zip(keys.astype(np.int64).tolist(), addresses(values), strict=True))
         named: dict[int, list[str]] = {}

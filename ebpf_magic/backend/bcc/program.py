@@ -14,6 +14,7 @@ import re
 
 import numpy as np
 
+from ebpf_magic import discover
 from ebpf_magic.backend.base import CompiledProgram, MapHandle
 from ebpf_magic.backend.bcc import client, headers, instrument, protocol
 from ebpf_magic.backend.bcc.diagnostics import compile_failure, load_failure
@@ -312,18 +313,7 @@ def _handle(desc: dict, fd: int, declared: dict[str, str]) -> MapHandle:
 def _kernel_functions(regex: str) -> list[str]:
     """Kernel functions matching ``regex``: ftrace's attachable list, else kallsyms."""
     pattern = re.compile(regex)
-    root = kernel.tracefs()
-    names: list[str] = []
-    try:
-        text = (root / "available_filter_functions").read_text() if root else ""
-        names = [ln.split()[0] for ln in text.splitlines() if ln.strip()]
-    except OSError:
-        pass
-    if not names:
-        with contextlib.suppress(OSError), open("/proc/kallsyms") as f:
-            names = [parts[2] for parts in map(str.split, f)
-                     if len(parts) >= 3 and parts[1] in "tTwW"]
-    return sorted({n for n in names if pattern.match(n)})
+    return [n for n in discover.kernel_functions() if pattern.match(n)]
 
 
 def _close(fds: list[int]) -> None:

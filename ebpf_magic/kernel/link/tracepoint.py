@@ -4,29 +4,25 @@ from __future__ import annotations
 
 import errno
 import fnmatch
-from pathlib import Path
 
-from ebpf_magic.kernel import host as kernel
+from ebpf_magic.kernel import tracefs
 from ebpf_magic.kernel.link import probe_events
 from ebpf_magic.kernel.link.base import PERF_TYPE_TRACEPOINT, Link, LinkError, perf_attr, perf_link
 
 
-def _tracefs(what: str) -> Path:
-    root = kernel.tracefs()
-    if root is None:
-        raise LinkError(errno.ENOENT, f"{what}: tracefs is not mounted or not readable",
-                        "Mount it: `mount -t tracefs tracefs /sys/kernel/tracing`.")
-    return root
+def _error(e: OSError, what: str) -> LinkError:
+    if isinstance(e, tracefs.NotMounted):
+        return LinkError(errno.ENOENT, f"{what}: tracefs is not mounted or not readable",
+                         tracefs.MOUNT_HINT)
+    return LinkError(e.errno or errno.EIO, f"reading {e.filename} for {what}")
 
 
 def tracepoint_id(category: str, name: str) -> int:
     """The kernel's id of tracepoint ``category:name`` (tracefs events/CAT/NAME/id)."""
-    what = f"tracepoint {category}:{name}"
-    path = _tracefs(what) / "events" / category / name / "id"
     try:
-        return int(path.read_text())
+        return tracefs.tracepoint_id(category, name)
     except OSError as e:
-        raise LinkError(e.errno or errno.ENOENT, f"reading {path} for {what}") from None
+        raise _error(e, f"tracepoint {category}:{name}") from None
 
 
 def tracepoint(prog_fd: int, category: str, name: str) -> Link:
@@ -43,14 +39,13 @@ def tracepoints(pattern: str) -> list[tuple[str, str]]:
     category, sep, name = pattern.partition(":")
     if not sep:
         raise LinkError(errno.EINVAL, f"tracepoint pattern {pattern!r} is not CATEGORY:NAME")
-    root = _tracefs(f"tracepoints matching {pattern}")
     try:
-        lines = (root / "available_events").read_text().split()
+        events = tracefs.tracepoints()
     except OSError as e:
-        raise LinkError(e.errno or errno.EIO, f"reading {root / 'available_events'}") from None
+        raise _error(e, f"tracepoints matching {pattern}") from None
     found = []
-    for line in lines:
-        cat, _, tp = line.partition(":")
+    for event in events:
+        cat, _, tp = event.partition(":")
         if fnmatch.fnmatchcase(cat, category) and fnmatch.fnmatchcase(tp, name):
             found.append((cat, tp))
     return sorted(found)
