@@ -100,6 +100,8 @@ class BccProgram(CompiledProgram):
             raise self._failure(reply, filename, line_offset)
         self._id = key
         self.functions: list[str] = list(reply["functions"])
+        self.warnings += undecoded_warnings(reply.get("undecoded", {}), reply.get("events", {}),
+                                            self._prepared)
 
     def _failure(self, reply: dict, filename: str, line_offset: int) -> BPFError:
         if reply["stage"] == "usdt":
@@ -290,6 +292,27 @@ class BccProgram(CompiledProgram):
         if key is not None:  # compiled, never loaded: the worker still holds it
             with contextlib.suppress(Exception):
                 self._worker.request({"op": "drop", "id": key})
+
+
+def undecoded_warnings(undecoded: dict[str, dict[str, str]], learned: dict[str, object],
+                       prepared: instrument.Prepared) -> list[str]:
+    """What to tell the user of each map or stream read as raw bytes because of its type.
+
+    ``undecoded`` is the worker's ``{"maps": {name: why}, "events": {name: why}}``,
+    ``learned`` the streams whose record type is known.
+    """
+    maps, events = undecoded.get("maps", {}), dict(undecoded.get("events", {}))
+    out = [f"map {name!r} is read as raw bytes: its type could not be decoded ({why}). "
+           f"Read it as bytes (.peek_raw(), .snapshot()) or declare the type without "
+           f"bitfields." for name, why in maps.items() if name not in prepared.hidden]
+    for ring, ctype in prepared.reserved.items():
+        why = maps.get(prepared.type_maps.get(ctype, ""))
+        if why and ring not in learned:
+            events.setdefault(ring, f"{ctype}: {why.removeprefix('value: ')}")
+    out += [f"stream {name!r} is read as raw bytes: its record type could not be decoded "
+            f"({why}). Give its layout with .events[{name!r}].set_dtype(numpy dtype or "
+            f"ctypes type)." for name, why in events.items()]
+    return out
 
 
 def _usdt_spec(probe: Probe) -> dict:

@@ -5,8 +5,9 @@ Run as ``python -m ebpf_magic.backend.bcc.worker --fd N --parent PID``, by
 ``N``, one program at a time:
 
 ``compile``
-    source, cflags, environment and USDT probes -> the C functions and the
-    compiler's log, or the failure (exception text and log).
+    source, cflags, environment and USDT probes -> the C functions, the
+    compiler's log and why any map or event type could not be decoded (those are
+    read as raw bytes), or the failure (exception text and log).
 ``load``
     functions with their BPF program types, uprobe targets to resolve -> program
     and map descriptors (SCM_RIGHTS) with plain metadata: map names and key/value
@@ -143,6 +144,8 @@ class Compiled:
         self.contexts: list = []
         self.usdt: list[dict[str, Any]] = []
         self.log = log
+        self.tables: list[dict[str, Any]] = []
+        self.events: dict[str, Any] = {}
 
     def compile(self, msg: dict[str, Any]) -> dict[str, Any]:
         os.environ.clear()
@@ -177,7 +180,9 @@ class Compiled:
                      for i in range(lib.bpf_num_functions(self.bpf.module))]
         self.usdt = [loc for ctx, spec in zip(self.contexts, msg.get("usdt", []), strict=True)
                      for loc in self._usdt_locations(ctx, spec)]
-        return {"ok": True, "functions": functions, "log": self.log.text()}
+        undecoded = self._describe()
+        return {"ok": True, "functions": functions, "log": self.log.text(),
+                "undecoded": undecoded, "events": self.events}
 
     def _usdt_context(self, spec: dict[str, Any]):
         ctx = self.bcc.USDT(path=spec["path"], pid=spec["pid"]) if spec["pid"] else \
@@ -226,68 +231,105 @@ class Compiled:
                 uprobes[key] = {"path": resolved.decode(), "offset": offset}
             except Exception as e:
                 uprobes[key] = {"error": str(e), "log": self.log.text()}
-        maps, events = self._maps(fds)
+        maps = []
+        for table in self.tables:
+            fd = self.bcc.libbcc.lib.bpf_table_fd(self.bpf.module, table["name"].encode())
+            if fd >= 0:
+                maps.append({**table, "fd": len(fds)})
+                fds.append(fd)
         return {"ok": True, "programs": programs, "failed": failed, "maps": maps,
-                "events": events, "uprobes": uprobes, "usdt": self.usdt}, fds
+                "events": self.events, "uprobes": uprobes, "usdt": self.usdt}, fds
 
-    def _maps(self, fds: list[int]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    def _describe(self) -> dict[str, dict[str, str]]:
+        """Learn each table's key/value dtypes and each stream's record dtype.
+
+        Returns why a type could not be decoded, ``{"maps": {table: why}, "events":
+        {stream: why}}``: those are read as raw bytes.
+        """
         lib = self.bcc.libbcc.lib
         module = self.bpf.module
-        maps, events = [], {}
+        undecoded: dict[str, dict[str, str]] = {"maps": {}, "events": {}}
         for i in range(lib.bpf_num_tables(module)):
             name = lib.bpf_table_name(module, i).decode()
-            fd = lib.bpf_table_fd(module, name.encode())
-            if fd < 0:
-                continue
-            maps.append({"name": name, "fd": len(fds),
-                         "key": protocol.dtype_to_json(
-                             self._desc_dtype(lib.bpf_table_key_desc(module, name.encode()))),
-                         "value": protocol.dtype_to_json(
-                             self._desc_dtype(lib.bpf_table_leaf_desc(module, name.encode())))})
-            fds.append(fd)
-            event = self._event_dtype(name)
+            key, why_key = self._desc_dtype(lib.bpf_table_key_desc(module, name.encode()))
+            value, why_value = self._desc_dtype(lib.bpf_table_leaf_desc(module, name.encode()))
+            if why_key or why_value:
+                undecoded["maps"][name] = "; ".join(
+                    f"{part}: {why}" for part, why in (("key", why_key), ("value", why_value))
+                    if why)
+            self.tables.append({"name": name, "key": protocol.dtype_to_json(key),
+                                "value": protocol.dtype_to_json(value)})
+            event, why = self._event_dtype(name)
             if event is not None:
-                events[name] = protocol.dtype_to_json(event)
-        return maps, events
+                self.events[name] = protocol.dtype_to_json(event)
+            elif why:
+                undecoded["events"][name] = why
+        return undecoded
 
-    def _desc_dtype(self, desc: bytes | None) -> np.dtype | None:
-        ctype = self._decode(desc)
-        try:
-            return None if ctype is None else np.dtype(ctype)
-        except Exception:
-            return None  # bitfields and other layouts numpy cannot express
+    def _desc_dtype(self, desc: bytes | None) -> tuple[np.dtype | None, str]:
+        """The dtype of BCC's type description ``desc``, or None and why not ("" if none)."""
+        ctype, why = self._decode(desc)
+        if ctype is None:
+            return None, why
+        return _as_dtype(ctype)
 
-    def _decode(self, desc: bytes | None):
+    def _decode(self, desc: bytes | None) -> tuple[Any, str]:
         if not desc:
-            return None
+            return None, ""
         try:
-            return self.bcc.BPF._decode_table_type(json.loads(desc.decode()))
-        except Exception:
-            return None
+            return self.bcc.BPF._decode_table_type(json.loads(desc.decode())), ""
+        except Exception as e:
+            return None, f"BCC's description of it could not be read ({e})"
 
-    def _event_dtype(self, map_name: str) -> np.dtype | None:
-        """The record layout BCC learned from ``perf_submit``/``ringbuf_output`` calls."""
+    def _event_dtype(self, map_name: str) -> tuple[np.dtype | None, str]:
+        """The record layout BCC learned from ``perf_submit``/``ringbuf_output`` calls.
+
+        None and why not ("" when BCC learned no fields).
+        """
         lib = self.bcc.libbcc.lib
         module, name = self.bpf.module, map_name.encode()
         fields = []
         for i in range(lib.bpf_perf_event_fields(module, name)):
             text = lib.bpf_perf_event_field(module, name, i).decode()
             fname, _, ftype = text.partition("#")
-            ctype = event_field_ctype(ftype, self._described_ctype)
+            why: list[str] = []
+            ctype = event_field_ctype(ftype, functools.partial(self._described_ctype,
+                                                               why=why))
             if ctype is None:
-                return None
+                return None, (f"field {fname!r} of type {ftype!r}: " + why[0] if why else
+                              f"field {fname!r} has type {ftype!r}, which is not known here")
             fields.append((fname, ctype))
         if not fields:
-            return None
-        try:
-            return np.dtype(type("event", (ct.Structure,), {"_fields_": fields}))
-        except Exception:
-            return None
+            return None, ""
+        # BCC names a bitfield's type without its width: the fields would decode wrongly.
+        names = [f for f, _ in fields]
+        for ctype in self._described_types():
+            if _has_bitfields(ctype) and _field_names(ctype) == names:
+                return None, "its fields include bitfields, which numpy cannot express"
+        return _as_dtype(type("event", (ct.Structure,), {"_fields_": fields}))
 
-    def _described_ctype(self, type_map: str):
-        """The ctypes layout held by a hidden one-entry map describing a type."""
+    def _described_types(self) -> list[Any]:
+        """The ctypes layouts of the program's file-scope structs (see :mod:`.instrument`)."""
         lib = self.bcc.libbcc.lib
-        return self._decode(lib.bpf_table_leaf_desc(self.bpf.module, type_map.encode()))
+        out = []
+        for table in self.tables:
+            if table["name"].startswith((TYPE_PREFIX, TYPEDEF_PREFIX)):
+                ctype, _ = self._decode(lib.bpf_table_leaf_desc(self.bpf.module,
+                                                                table["name"].encode()))
+                if ctype is not None:
+                    out.append(ctype)
+        return out
+
+    def _described_ctype(self, type_map: str, why: list[str]):
+        """The ctypes layout held by a hidden one-entry map describing a type.
+
+        None if there is none; the reason is appended to ``why``.
+        """
+        lib = self.bcc.libbcc.lib
+        ctype, reason = self._decode(lib.bpf_table_leaf_desc(self.bpf.module, type_map.encode()))
+        if reason:
+            why.append(reason)
+        return ctype
 
     def drop(self) -> None:
         """Release the BPF object and USDT contexts: close this process's descriptors."""
@@ -297,6 +339,26 @@ class Compiled:
             self.bpf = None
         self.contexts.clear()
         self.usdt = []
+
+
+def _as_dtype(ctype: Any) -> tuple[np.dtype | None, str]:
+    """The dtype of ctypes type ``ctype``, or None and why numpy cannot express it."""
+    try:
+        return np.dtype(ctype), ""
+    except Exception as e:
+        if _has_bitfields(ctype):
+            return None, "it has bitfields, which numpy cannot express"
+        return None, f"numpy cannot express its layout ({e})"
+
+
+def _field_names(ctype: Any) -> list[str]:
+    return [f[0] for f in getattr(ctype, "_fields_", ()) if not f[0].startswith("__pad")]
+
+
+def _has_bitfields(ctype: Any) -> bool:
+    while hasattr(ctype, "_type_") and hasattr(ctype, "_length_"):  # arrays
+        ctype = ctype._type_
+    return any(len(f) == 3 or _has_bitfields(f[1]) for f in getattr(ctype, "_fields_", ()))
 
 
 _EVENT_CTYPES = {
