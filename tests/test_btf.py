@@ -20,7 +20,7 @@ import pytest
 
 from ebpf_magic.internal import dtypes
 from ebpf_magic.kernel.btf import BTFError, Spec, c_decl, datasec, dtype, struct_fields, vmlinux
-from ebpf_magic.kernel.btf.dwarf import dwarf_spec, local_struct_dtypes
+from ebpf_magic.kernel.btf.dwarf import dwarf_spec
 from ebpf_magic.kernel.btf.elf import ELF
 
 from conftest import IN_CI
@@ -299,10 +299,10 @@ def test_function_local_struct_comes_from_dwarf(clang, tmp_path):
     """
     data = compile_c(clang, tmp_path, source)
     assert Spec.from_elf(data).find("S") == []  # clang's BTF lacks it
-    local = local_struct_dtypes(data)
-    assert sorted(local) == ["S", "pair_t"]
-    assert local["pair_t"] == np.dtype([("a", "<u4"), ("b", "<u4")])
-    dt = local["S"]
+    dwarf = dwarf_spec(data)
+    (pair,) = dwarf.find("pair_t", "typedef")
+    assert dtype(dwarf, pair.id) == np.dtype([("a", "<u4"), ("b", "<u4")])
+    dt = dtype(dwarf, struct_id(dwarf, "S"))
     # the program stores sizeof/offsetof as immediates: find them in its instructions
     insns = ELF(data).section_data("tp/x")
     immediates = {struct.unpack_from("<i", insns, i + 4)[0] for i in range(0, len(insns), 8)}
@@ -313,31 +313,8 @@ def test_function_local_struct_comes_from_dwarf(clang, tmp_path):
     # DWARF and BTF describe the same global struct identically, bitfields included
     spec = Spec.from_elf(data)
     from_btf = dtype(spec, struct_id(spec, "bits"))
-    dwarf = dwarf_spec(data)
     from_dwarf = dtype(dwarf, struct_id(dwarf, "bits"))
     assert from_dwarf == from_btf and dtypes.bitfields(from_dwarf) == dtypes.bitfields(from_btf)
-
-
-def test_local_structs_with_one_tag_and_two_layouts_keep_both(clang, tmp_path):
-    source = r"""
-    struct out { unsigned long long a; };
-    __attribute__((section("tp/a"), used)) int f(void *ctx) {
-        struct S { unsigned int x:4, y:4; } s = {1, 2};
-        return *(volatile unsigned char *)&s;
-    }
-    __attribute__((section("tp/b"), used)) int g(void *ctx) {
-        struct S { unsigned int x:2, y:6; } s = {1, 2};
-        return *(volatile unsigned char *)&s;
-    }
-    __attribute__((section("tp/c"), used)) int h(void *ctx) {
-        struct T { int v; } t = {3};
-        return *(volatile int *)&t;
-    }
-    """
-    local = local_struct_dtypes(compile_c(clang, tmp_path, source))
-    assert sorted(local) == ["T", "f:S", "g:S"]
-    assert dtypes.bitfields(local["f:S"])["y"].bit_offset == 4
-    assert dtypes.bitfields(local["g:S"])["y"].bit_offset == 2
 
 
 def test_split_btf_continues_its_base():

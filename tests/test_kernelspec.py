@@ -109,7 +109,7 @@ def test_kernel_runs_bpf_with_only_the_chosen_capabilities(tmp_path, monkeypatch
         chosen = launcher.mask(launcher.wanted()) & decode(
             Path("/proc/self/status").read_text(), "CapPrm")
         for field in ("CapEff", "CapPrm", "CapBnd", "CapAmb"):
-            assert launcher.names(decode(status, field)) == launcher.names(chosen), field
+            assert kernel.cap_names(decode(status, field)) == kernel.cap_names(chosen), field
 
         rights = execute(client, "from ebpf_magic.kernel import host; print(host.capabilities())")
         assert "CAP_BPF" in rights and "CAP_SYS_ADMIN" not in rights
@@ -147,7 +147,7 @@ print(int(counter.maps["calls"][threading.get_native_id()]))""")
 
 
 NOBODY = 65534
-FILE_CAPS = ",".join(launcher.names(launcher.mask(launcher.wanted()))) + "+ep"
+FILE_CAPS = ",".join(kernel.cap_names(launcher.mask(launcher.wanted()))) + "+ep"
 
 
 @pytest.fixture
@@ -209,7 +209,7 @@ def test_unprivileged_user_gets_bpf_rights_through_a_capable_interpreter(
         status = Path(f"/proc/{pid}/status").read_text()
         uids = next(ln for ln in status.splitlines() if ln.startswith("Uid:")).split()[1:]
         assert set(map(int, uids)) == {NOBODY}
-        assert launcher.names(decode(status, "CapEff")) == launcher.names(
+        assert kernel.cap_names(decode(status, "CapEff")) == kernel.cap_names(
             launcher.mask(launcher.wanted()))
         assert "NoNewPrivs:\t1" in status
         execute(client, "%load_ext ebpf_magic")

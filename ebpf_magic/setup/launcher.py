@@ -115,11 +115,6 @@ def mask(caps: set[int]) -> int:
     return sum(1 << c for c in caps)
 
 
-def names(bits: int) -> list[str]:
-    """``cap_*`` names of the bits set in a capability mask."""
-    return kernel.cap_names(bits)
-
-
 def _capget() -> tuple[int, int, int]:
     header, data = _Header(_CAP_VERSION_3, 0), (_Data * 2)()
     if _libc.capget(ctypes.byref(header), data) != 0:
@@ -179,7 +174,8 @@ def _keepable(caps: set[int]) -> tuple[int, int]:
 def _warn_missing(known: int, keep: int) -> None:
     missing = known & ~keep
     if missing:
-        print(f"ebpf_magic.setup.launcher: this process lacks {', '.join(names(missing))}; "
+        lacking = ", ".join(kernel.cap_names(missing))
+        print(f"ebpf_magic.setup.launcher: this process lacks {lacking}; "
               "the kernel runs without them", file=sys.stderr)
 
 
@@ -316,7 +312,7 @@ def _start_as_account(argv: list[str]) -> tuple[list[str], dict[str, str]]:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--show"]:
-        print(",".join(names(mask(wanted()))))
+        print(",".join(kernel.cap_names(mask(wanted()))))
         return 0
     env = dict(os.environ)
     if CAP_SYS_ADMIN in wanted():

@@ -16,9 +16,6 @@ from __future__ import annotations
 import io
 from typing import Any
 
-import numpy as np
-
-from ebpf_magic.kernel.btf.dtypes import dtype
 from ebpf_magic.kernel.btf.spec import (
     INT_BOOL,
     INT_SIGNED,
@@ -41,38 +38,6 @@ _BOOL, _FLOAT = 0x02, 0x04
 
 def dwarf_spec(elf_bytes: bytes) -> Spec:
     """Every type in the DWARF of an ELF object, as a spec (ids in DWARF order)."""
-    return _read(elf_bytes)[0]
-
-
-def local_struct_dtypes(elf_bytes: bytes) -> dict[str, np.dtype]:
-    """Named structs and unions declared inside functions, by tag, as dtypes.
-
-    A typedef of a struct declared inside a function counts too, by its name. Two local
-    types with the same tag but different layouts are both kept, as ``"function:tag"``.
-    """
-    spec, local = _read(elf_bytes)
-    by_tag: dict[str, list[tuple[str, np.dtype]]] = {}
-    for scope, type_id in local:
-        by_tag.setdefault(spec.type(type_id).name, []).append((scope, dtype(spec, type_id)))
-    out = {}
-    for tag, found in by_tag.items():
-        if all(_same(dt, found[0][1]) for _, dt in found):
-            out[tag] = found[0][1]
-        else:
-            out.update({f"{scope}:{tag}": dt for scope, dt in found})
-    return out
-
-
-def _same(a: np.dtype, b: np.dtype) -> bool:
-    """Equal layouts and equal metadata (bitfields, enum names), all the way down."""
-    if a != b or (a.metadata or {}) != (b.metadata or {}):
-        return False
-    if a.subdtype is not None:
-        return _same(a.subdtype[0], b.subdtype[0])
-    return all(_same(a[n], b[n]) for n in a.names or ())
-
-
-def _read(elf_bytes: bytes) -> tuple[Spec, list[tuple[str, int]]]:
     from elftools.common.exceptions import ELFError, ELFParseError
     from elftools.elf.elffile import ELFFile
 
@@ -100,24 +65,14 @@ class _Converter:
         self.types.append(None)
         return len(self.types)
 
-    def run(self) -> tuple[Spec, list[tuple[str, int]]]:
+    def run(self) -> Spec:
         typed = [d for d in self.dies if _kind_of(d.tag)]
         for die in typed:
             self.ids[die.offset] = self._new_id()
             self.by_id[self.ids[die.offset]] = die
         for die in typed:
             self._convert(die)
-        spec = Spec.from_types(list(self.types))
-        local = []
-        for die in typed:
-            type_id = self.ids[die.offset]
-            t = spec.type(type_id)
-            named = t.kind in ("struct", "union") and t.name
-            typedef = t.kind == "typedef" and spec.resolve(type_id).kind in ("struct", "union")
-            scope = _scope(die) if named or typedef else None
-            if scope is not None:
-                local.append((scope, type_id))
-        return spec, local
+        return Spec.from_types(list(self.types))
 
     def _ref(self, die: Any) -> int:
         attr = die.attributes.get("DW_AT_type")
@@ -250,13 +205,3 @@ def _location(die: Any) -> int:
                 break
         return value
     raise BTFError(f"member {_name(die)!r} has a location expression this reader cannot follow")
-
-
-def _scope(die: Any) -> str | None:
-    """Name of the function a type is declared in, or None for a file-scope type."""
-    parent = die.get_parent()
-    while parent is not None and parent.tag != "DW_TAG_compile_unit":
-        if parent.tag == "DW_TAG_subprogram":
-            return _name(parent)
-        parent = parent.get_parent()
-    return None
