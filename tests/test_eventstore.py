@@ -100,3 +100,17 @@ def test_a_store_filled_exactly_writes_no_empty_spill(tmp_path: Path) -> None:
     store.append(rows(0, 8))
     store.close()
     assert not (tmp_path / "missing").exists() and store.spilled == 0
+
+
+def test_a_resized_store_keeps_spilling_into_the_same_file(tmp_path: Path) -> None:
+    store = EventStore(DT, 8)
+    store.spill_to(tmp_path / "s.parquet", lambda r: pd.DataFrame({"seq": r["seq"]}))
+    store.append(rows(0, 20))
+    smaller = store.resized(4)
+    smaller.append(rows(20, 30))
+    store.close()  # no longer holds the file: completing it is the new store's
+    smaller.close()
+    spilled = pd.read_parquet(tmp_path / "s.parquet")["seq"].tolist()
+    assert spilled + smaller.snapshot()["seq"].tolist() == list(range(30))
+    assert smaller.spilled == len(spilled) == 26 and smaller.dropped == 0
+

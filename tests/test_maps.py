@@ -13,12 +13,15 @@ from ebpf_magic.data.maps import frame, normalize_dtype
 from ebpf_magic.kernel import sysbpf
 from ebpf_magic.program import Program
 
+from conftest import bpftool_json
+
 SRC = r"""
 struct key_t { u32 pid; char comm[16]; };
 struct val_t { u64 calls; u64 bytes; };
 BPF_HASH(calls, struct key_t, struct val_t);
 BPF_ARRAY(arr, u64, 4);
 BPF_PERCPU_ARRAY(pcpu, u64, 2);
+BPF_PERCPU_ARRAY(pcpu32, u32, 2);
 BPF_PERCPU_HASH(pcpu_hash, u32, u64);
 BPF_TABLE("lru_hash", u64, u64, sizes, 8);
 BPF_QUEUE(queue, u64, 16);
@@ -37,6 +40,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_getppid) {
     u64 *two = arr.lookup(&i2);
     if (two) *two = 42;
     pcpu.increment(i0);
+    pcpu32.increment(i0);
     u64 one = 1, *c = pcpu_hash.lookup(&pid);
     if (c) (*c)++; else pcpu_hash.update(&pid, &one);
     return 0;
@@ -90,6 +94,19 @@ def test_percpu_array_has_a_column_per_cpu_and_a_total(prog):
     assert list(df.columns) == ["key"] + [f"value[cpu{i}]" for i in range(ncpu)] + ["total"]
     assert df["total"].tolist() == [7, 0]
     assert df.filter(like="[cpu").sum(axis=1).tolist() == [7, 0]
+
+
+def test_percpu_values_narrower_than_8_bytes_take_8_byte_slots(prog):
+    m = prog.maps["pcpu32"]
+    ncpu = sysbpf.possible_cpus()
+    assert m.df["total"].tolist() == [7, 0]
+    m[1] = [10 + cpu for cpu in range(ncpu)]
+    assert m[1] == [10 + cpu for cpu in range(ncpu)]
+    assert m.df.loc[1, [f"value[cpu{cpu}]" for cpu in range(ncpu)]].tolist() == \
+        [10 + cpu for cpu in range(ncpu)]
+    entry = bpftool_json("map", "lookup", "id", str(sysbpf.map_info(m.handle.fd).id),
+                         "key", "1", "0", "0", "0")  # the kernel's own view of what was written
+    assert [int(v["value"][0], 16) for v in entry["values"]] == [10 + cpu for cpu in range(ncpu)]
 
 
 def test_percpu_hash(prog):
@@ -147,6 +164,10 @@ def test_maps_listing(prog):
     assert df.loc["calls", "key"] == "struct {u32 pid, char[16] comm}"
     assert df.loc["arr", "entries"] == 4
     assert df.loc["sizes", "max_entries"] == 8
+    with pytest.raises(KeyError, match=r"no map named 'size' \(did you mean 'sizes'\?\)"):
+        prog.maps["size"]
+    assert prog.maps._ipython_key_completions_() == list(prog.maps)
+    assert repr(prog.maps) == f"<Maps {', '.join(prog.maps)}>"
 
 
 def test_frame_from_arrays_needs_no_kernel():

@@ -248,6 +248,10 @@ def test_stream_survives_a_program_that_submits_nothing(no_leaks):
             assert s.df.empty and "in.b[2]" in s.df.columns
             assert s.stats["received"] == 0 and s.stats["lost_kernel"] == 0
         assert prog.events.received == 0
+        with pytest.raises(KeyError, match=r"no event stream named 'rings' \(did you mean "
+                                           r"'ring'\?\); event streams: perf, ring"):
+            prog.events["rings"]
+        assert repr(prog.events) == "<Streams perf, ring>"
 
 
 def test_controls_unknown_layouts_time_and_parquet(tmp_path, no_leaks):

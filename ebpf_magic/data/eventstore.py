@@ -12,6 +12,7 @@ rows the writer overwrote meanwhile are recognised by their number and cut.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +20,12 @@ import pandas as pd
 
 
 class EventStore:
-    """The last ``max_rows`` records of one dtype, oldest first."""
+    """The last ``max_rows`` records of one dtype, oldest first.
 
-    def __init__(self, dtype: np.dtype, max_rows: int) -> None:
+    With ``spill``, records beyond ``max_rows`` are written there instead of dropped.
+    """
+
+    def __init__(self, dtype: np.dtype, max_rows: int, spill: ParquetSpill | None = None) -> None:
         if max_rows < 1:
             raise ValueError(f"max_rows must be at least 1, got {max_rows}")
         self.dtype = dtype
@@ -34,14 +38,14 @@ class EventStore:
         self._head = 0  # number of the next row appended
         self._writing = 0  # rows below this number are written or being written
         self._count = 0
-        self._spill: _ParquetSpill | None = None
+        self._spill = spill
 
     def __len__(self) -> int:
         return self._count
 
-    def spill_to(self, path: str | Path, frame) -> None:
+    def spill_to(self, path: str | Path, frame: Callable[[np.ndarray], pd.DataFrame]) -> None:
         """Write records that would be dropped to a Parquet file at ``path``, via ``frame``."""
-        self._spill = _ParquetSpill(Path(path), frame)
+        self._spill = ParquetSpill(Path(path), frame)
 
     def append(self, records: np.ndarray) -> None:
         n = len(records)
@@ -123,23 +127,25 @@ class EventStore:
 
         Rows that no longer fit are dropped (or spilled) and counted.
         """
-        store = EventStore(self.dtype, max_rows)
+        store = EventStore(self.dtype, max_rows, self._spill)
+        self._spill = None
         store.counters_from(self)
-        store._spill, self._spill = self._spill, None
         store.append(self.snapshot())
         return store
 
     def close(self) -> None:
+        """Complete the spill file, if there is one."""
         if self._spill is not None:
             self._spill.close()
 
-    @property
-    def spill_path(self) -> Path | None:
-        return self._spill.path if self._spill is not None else None
 
+class ParquetSpill:
+    """A Parquet file that records are appended to, as rows of ``frame(records)``.
 
-class _ParquetSpill:
-    def __init__(self, path: Path, frame) -> None:
+    The file (and its directory) is created with the first write.
+    """
+
+    def __init__(self, path: Path, frame: Callable[[np.ndarray], pd.DataFrame]) -> None:
         self.path = path
         self._frame = frame
         self._writer = None
@@ -158,8 +164,3 @@ class _ParquetSpill:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
-
-
-def read_spill(path: str | Path) -> pd.DataFrame:
-    """The events a stream spilled, as a DataFrame."""
-    return pd.read_parquet(path)

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ebpf_magic.api import Named
 from ebpf_magic.backend import MapHandle
 from ebpf_magic.data import histograms
 from ebpf_magic.errors import BPFError
@@ -48,6 +49,8 @@ class Map:
         self._ncpus = sysbpf.possible_cpus() if handle.kind in PERCPU_KINDS else 1
         self._key_dt = normalize_dtype(handle.key_dtype or _raw_dtype(handle.key_size))
         self._val_dt = normalize_dtype(handle.value_dtype or _raw_dtype(handle.value_size))
+        # a per-CPU map's value buffer holds one 8-byte aligned slot per possible CPU
+        self._cpu_stride = -(-self._val_dt.itemsize // 8) * 8
         self._batch_ok = handle.kind in _BATCH_KINDS
         #: how :attr:`df` reads a ``BPF_HISTOGRAM``: "log2" or "linear" (a program sets
         #: it from how the histogram is incremented)
@@ -108,7 +111,6 @@ class Map:
 
     def _value_buffer(self, n: int = 1) -> np.ndarray:
         if self.percpu:
-            # per-CPU values are 8-byte aligned, one slot per possible CPU
             return np.zeros(n * self._value_slot(), dtype=np.uint8)
         return np.zeros(n, dtype=self._val_dt)
 
@@ -116,7 +118,7 @@ class Map:
         """Values as an array of ``value_dtype``; per-CPU maps give shape (n, ncpus)."""
         if not self.percpu:
             return buf.view(self._val_dt)[:n] if buf.dtype == np.uint8 else buf[:n]
-        stride = -(-self._val_dt.itemsize // 8) * 8
+        stride = self._cpu_stride
         rows = buf[: n * self._ncpus * stride].reshape(n * self._ncpus, stride)
         vals = np.ascontiguousarray(rows[:, : self._val_dt.itemsize]).view(self._val_dt)
         return vals.reshape(n, self._ncpus)
@@ -137,8 +139,8 @@ class Map:
             return dtypes.encode(value, self._val_dt)
         values = value if isinstance(value, (list, tuple)) and len(value) == self._ncpus \
             and not self._val_dt.names else [value] * self._ncpus
-        stride = -(-self._val_dt.itemsize // 8) * 8
-        buf = np.zeros(self._ncpus * stride, dtype=np.uint8)
+        stride = self._cpu_stride
+        buf = np.zeros(self._value_slot(), dtype=np.uint8)
         for cpu, v in enumerate(values):
             buf[cpu * stride: cpu * stride + self._val_dt.itemsize] = \
                 dtypes.encode(v, self._val_dt).view(np.uint8)
@@ -315,7 +317,7 @@ class Map:
     def _value_slot(self) -> int:
         """Bytes one entry's value takes in a lookup buffer."""
         if self.percpu:
-            return -(-self._val_dt.itemsize // 8) * 8 * self._ncpus
+            return self._cpu_stride * self._ncpus
         return self._val_dt.itemsize
 
     def _snapshot_per_key(self) -> tuple[np.ndarray, np.ndarray]:
@@ -529,44 +531,27 @@ def _raw_dtype(size: int) -> np.dtype:
     return np.dtype({8: np.uint64, 4: np.uint32, 2: np.uint16, 1: np.uint8}.get(size, f"V{size}"))
 
 
-class Maps(Mapping):
+class Maps(Named[Map]):
     """The maps of one program, by name."""
 
-    def __init__(self, handles: dict[str, MapHandle]) -> None:
-        self._maps = {name: Map(h) for name, h in handles.items()}
-
-    def __getitem__(self, name: str) -> Map:
-        try:
-            return self._maps[name]
-        except KeyError:
-            raise KeyError(f"no map named {name!r}; maps: {', '.join(self._maps) or 'none'}") \
-                from None
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._maps)
-
-    def _ipython_key_completions_(self) -> list[str]:
-        """The map names IPython offers after ``prog.maps["``."""
-        return list(self._maps)
-
-    def __len__(self) -> int:
-        return len(self._maps)
+    def __init__(self, handles: Mapping[str, MapHandle]) -> None:
+        super().__init__({name: Map(h) for name, h in handles.items()}, "map")
 
     def release(self, program: str, stopped_at: float | None) -> None:
         """The program closed the maps: reading one now raises :func:`stopped_error`."""
-        for m in self._maps.values():
+        for m in self.values():
             if not isinstance(m.handle, _Released):
                 m.handle = _Released(m.handle, program, stopped_at)
 
     @property
     def df(self) -> pd.DataFrame:
         """One row per map: kind, key and value types, entries, max_entries, full."""
-        return pd.DataFrame([m.info() for m in self._maps.values()],
+        return pd.DataFrame([m.info() for m in self.values()],
                             columns=["map", "kind", "key", "value", "entries", "max_entries",
                                      "full"])
 
     def __repr__(self) -> str:
-        return f"<Maps {', '.join(self._maps) or '(none)'}>"
+        return f"<Maps {', '.join(self) or '(none)'}>"
 
     def _repr_html_(self) -> str:
         return self.df.to_html(index=False)
