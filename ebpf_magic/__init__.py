@@ -22,7 +22,7 @@ moved.install()
 # Imported on first use, so that light entry points (the kernel launcher, the
 # command line) start without numpy and pandas.
 _LAZY = {"Program": "program", "stop_all": "program", "Probe": "probes",
-         "live": "sessions.replay", "load": "sessions.replay"}
+         "live": "sessions", "load": "sessions"}
 
 __all__ = [
     "AttachError", "BCCNotFoundError", "BPFError", "CompileError", "HeadersMissingError",

@@ -23,7 +23,7 @@ MOVED = {
     "eventframe": "data.eventframe", "histograms": "data.histograms", "stacks": "data.stacks",
     "dtypes": "internal.dtypes", "globalvars": "data.globalvars",
     "widgets": "present.widgets", "plots": "present.plots", "streamview": "present.streamview",
-    "recording": "sessions.recording", "replay": "sessions.replay",
+    "recording": "sessions", "replay": "sessions",
     "doctor": "setup.doctor", "kernelspec": "setup.kernelspec", "launcher": "setup.launcher",
 }
 

@@ -238,8 +238,8 @@ class Program:
                 "state": "running" if self.running else "stopped"}
 
     def save(self, path: Any, **options: Any) -> Any:
-        """Write a recording (see :func:`ebpf_magic.sessions.recording.save`); returns its path."""
-        from ebpf_magic.sessions.recording import save
+        """Write a recording (see :func:`ebpf_magic.sessions.save`); returns its path."""
+        from ebpf_magic.sessions import save
 
         return save(self, path, **options)
 

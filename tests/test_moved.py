@@ -23,10 +23,10 @@ def test_notebook_imports_by_old_names_work():
 
     from ebpf_magic import plots, replay
     from ebpf_magic.present import plots as present_plots
-    from ebpf_magic.sessions import recording
+    from ebpf_magic.sessions import recorder
 
     assert plots is present_plots and callable(replay.load)
-    assert record_snapshots is recording.record_snapshots
+    assert record_snapshots is recorder.record_snapshots
 
 
 def test_submodules_of_a_moved_package_resolve():

@@ -24,7 +24,7 @@ from ebpf_magic.backend.libbpf import FLAGS_ZERO_WARNING
 from ebpf_magic.backend.libbpf._compile import LICENSE_NOTE
 from ebpf_magic.magics import cell as cell_magic
 from ebpf_magic.magics import save
-from ebpf_magic.sessions.replay import RECORD_ENV, recording_path
+from ebpf_magic.sessions import RECORD_ENV, recording_path
 from ebpf_magic.setup import kernelspec
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"

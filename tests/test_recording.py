@@ -16,12 +16,14 @@ import pandas as pd
 import pytest
 
 import ebpf_magic
+from ebpf_magic import sessions
 from ebpf_magic.errors import BPFError, ReplayError
 from ebpf_magic.probes import Probe
-from ebpf_magic.sessions import recording, replay
 
 
 class FakeStream:
+    kind = "perf"
+
     def __init__(self, df: pd.DataFrame) -> None:
         self.df = df
         self.stats = {"received": len(df), "lost_kernel": 3, "dropped_cap": 0,
@@ -32,13 +34,20 @@ class FakeMap:
     def __init__(self, name: str, df: pd.DataFrame, kind: str = "hash") -> None:
         self.name, self.kind, self.df = name, kind, df
         self.key_type, self.value_type, self.max_entries = "u32", "u64", 1024
+        self.declared, self.key_dtype, self.value_dtype = "", None, None
+        self.value_columns = ["value"]
 
     def info(self) -> dict:
         return {"map": self.name, "kind": self.kind, "entries": len(self.df)}
 
+    def __len__(self) -> int:
+        return len(self.df)
+
 
 class FakeProgram:
     """Just the attributes a recording reads from a program."""
+
+    backend, readable, tables = "bcc", True, {}
 
     def __init__(self, events: dict, maps: dict) -> None:
         self.name, self.source, self.cflags, self.pid = "fake", "int x;", ["-DN=1"], 42
@@ -47,6 +56,11 @@ class FakeProgram:
         self.started_at, self.stopped_at, self.running = time.time() - 3, None, True
         self.events = {k: FakeStream(v) for k, v in events.items()}
         self.maps = {k: FakeMap(k, v) for k, v in maps.items()}
+
+
+def manifest_of(path: Path) -> dict:
+    with zipfile.ZipFile(path) as zf:
+        return json.loads(zf.read(sessions.MANIFEST))
 
 
 def every_kind_of_column() -> pd.DataFrame:
@@ -76,7 +90,7 @@ def test_round_trip_keeps_every_row_and_dtype(tmp_path: Path) -> None:
     counts = pd.DataFrame({"key": np.array([3, 1, 2], np.uint32),
                            "value": np.array([10, 20, 2**64 - 1], np.uint64)})
     prog = FakeProgram({"events": events, "empty": events.iloc[:0]}, {"counts": counts})
-    path = recording.save(prog, tmp_path / "sub" / "fake.bpfrec")
+    path = sessions.save(prog, tmp_path / "sub" / "fake.bpfrec")
 
     back = ebpf_magic.load(path)
     pd.testing.assert_frame_equal(back.events["events"].df, events, check_exact=True)
@@ -99,7 +113,7 @@ def test_indexed_frames_and_hostname_left_out(tmp_path: Path) -> None:
     hist = pd.DataFrame({"count": np.array([1, 5, 2], np.uint64)},
                         index=pd.Index([1, 2, 4], name="bucket", dtype=np.uint64))
     prog = FakeProgram({}, {"hist": hist})
-    back = ebpf_magic.load(prog_path := recording.save(prog, tmp_path / "h.bpfrec",
+    back = ebpf_magic.load(prog_path := sessions.save(prog, tmp_path / "h.bpfrec",
                                                       hostname=False))
     pd.testing.assert_frame_equal(back.maps["hist"].df, hist, check_exact=True)
     assert back.recording.host["hostname"] is None
@@ -109,9 +123,9 @@ def test_indexed_frames_and_hostname_left_out(tmp_path: Path) -> None:
 
 def test_snapshots_over_time_replay(tmp_path: Path) -> None:
     prog = FakeProgram({}, {"hist": pd.DataFrame({"value": np.array([1], np.uint64)})})
-    snaps = [recording.Snapshot(1000.0 + i, {"hist": pd.DataFrame(
+    snaps = [sessions.Snapshot(1000.0 + i, {"hist": pd.DataFrame(
         {"value": np.array([i, i * 2], np.uint64)})}) for i in range(3)]
-    back = ebpf_magic.load(recording.save(prog, tmp_path / "s.bpfrec", snapshots=snaps))
+    back = ebpf_magic.load(sessions.save(prog, tmp_path / "s.bpfrec", snapshots=snaps))
     stacked = back.maps["hist"].snapshots
     assert len(stacked) == 3 * 2 + 1  # three periodic snapshots, then the final one
     assert list(stacked.columns) == ["time", "value"]
@@ -119,7 +133,7 @@ def test_snapshots_over_time_replay(tmp_path: Path) -> None:
     assert stacked["value"].tolist()[:6] == [0, 0, 1, 2, 2, 4]
     browser = back.browse()
     assert list(browser.model.listing()["map"]) == ["hist"]
-    rec = recording.record_snapshots(back)
+    rec = sessions.record_snapshots(back)
     assert [s.time for s in rec.snapshots][:3] == [1000.0, 1001.0, 1002.0]
     pd.testing.assert_frame_equal(rec.frame("hist"), stacked)
     # a replayed program saves again, identically
@@ -130,24 +144,24 @@ def test_snapshots_over_time_replay(tmp_path: Path) -> None:
 def test_unrecordable_column_is_a_clear_error(tmp_path: Path) -> None:
     prog = FakeProgram({"e": pd.DataFrame({"c": pd.Series([1 + 2j])})}, {})
     with pytest.raises(BPFError, match="cannot hold"):
-        recording.save(prog, tmp_path / "x.bpfrec")
+        sessions.save(prog, tmp_path / "x.bpfrec")
     assert not (tmp_path / "x.bpfrec").exists()
 
 
 def test_recordings_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv(replay.RECORDINGS_ENV, raising=False)
-    assert replay.recording_path("lat") == tmp_path / "recordings" / "lat.bpfrec"
-    assert replay.find_recording("lat") is None
-    recording.save(FakeProgram({}, {}), tmp_path / "recordings" / "lat.bpfrec")
-    assert replay.find_recording("lat") == tmp_path / "recordings" / "lat.bpfrec"
-    monkeypatch.setenv(replay.RECORDINGS_ENV, str(tmp_path / "elsewhere"))
-    assert replay.find_recording("lat") is None
-    assert replay.find_recording("../lat") is None
+    monkeypatch.delenv(sessions.RECORDINGS_ENV, raising=False)
+    assert sessions.recording_path("lat") == tmp_path / "recordings" / "lat.bpfrec"
+    assert sessions.find_recording("lat") is None
+    sessions.save(FakeProgram({}, {}), tmp_path / "recordings" / "lat.bpfrec")
+    assert sessions.find_recording("lat") == tmp_path / "recordings" / "lat.bpfrec"
+    monkeypatch.setenv(sessions.RECORDINGS_ENV, str(tmp_path / "elsewhere"))
+    assert sessions.find_recording("lat") is None
+    assert sessions.find_recording("../lat") is None
     with pytest.raises(ValueError):
-        replay.recording_path("../../etc/passwd")
-    monkeypatch.setenv(replay.REPLAY_ENV, "1")
-    assert replay.can_run_live() == (False, "replay was requested (EBPF_MAGIC_REPLAY=1)")
+        sessions.recording_path("../../etc/passwd")
+    monkeypatch.setenv(sessions.REPLAY_ENV, "1")
+    assert sessions.can_run_live() == (False, "replay was requested (EBPF_MAGIC_REPLAY=1)")
     assert ebpf_magic.live() is False
 
 
@@ -180,7 +194,7 @@ def test_replay_needs_no_privileges_and_no_bcc() -> None:
 def check_unprivileged_replay(tmp_path: Path) -> None:
     counts = pd.DataFrame({"key": np.array([1, 2], np.uint32),
                            "value": np.array([5, 6], np.uint64)})
-    path = recording.save(FakeProgram({}, {"counts": counts}), tmp_path / "c.bpfrec")
+    path = sessions.save(FakeProgram({}, {"counts": counts}), tmp_path / "c.bpfrec")
     tmp_path.chmod(0o755)
     path.chmod(0o644)
     script = tmp_path / "replay_it.py"
@@ -212,7 +226,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_write) {
 def test_live_program_round_trip(tmp_path: Path, no_leaks) -> None:
     fd = os.open(os.devnull, os.O_WRONLY)
     with ebpf_magic.Program(SOURCE, name="writes", defines={"PID": os.getpid()}) as prog:
-        rec = recording.record_snapshots(prog, every=0.05)
+        rec = sessions.record_snapshots(prog, every=0.05)
         for i in range(30):
             os.write(fd, b"x" * (1 + i % 3))
         time.sleep(0.3)
@@ -228,7 +242,7 @@ def test_live_program_round_trip(tmp_path: Path, no_leaks) -> None:
     assert back.maps["counts"].df.to_dict("list") == {"key": [os.getpid()], "value": [30]}
     assert back.maps["sizes"].df["value"].tolist() == [0, 10, 10, 10]
     assert back.maps["sizes"].info()["kind"] == "array"
-    assert back.maps["counts"].handle.key_dtype == np.dtype(np.uint32)
+    assert back.maps["counts"].key_dtype == np.dtype(np.uint32)
     assert back.attached == prog.attached and back.source == SOURCE
     assert back.recording.host["bcc"], "the BCC version is recorded"
     assert back.backend == prog.backend == "bcc"
@@ -237,7 +251,7 @@ def test_live_program_round_trip(tmp_path: Path, no_leaks) -> None:
     assert stacked["value"].iloc[-1] == 30
 
     with pytest.raises(BPFError, match="stopped"):
-        recording.save(prog, tmp_path / "late.bpfrec", snapshots=[])
+        sessions.save(prog, tmp_path / "late.bpfrec", snapshots=[])
     # after the program stopped, its recorder's snapshots still save
     late = ebpf_magic.load(prog.save(tmp_path / "late.bpfrec"))
     assert late.maps["counts"].df["value"].iloc[-1] == 30
@@ -283,7 +297,7 @@ def test_libbpf_program_round_trip_names_its_backend(tmp_path: Path, no_leaks) -
             live = prog.maps["sizes"].df
     finally:
         os.close(fd)
-    manifest = replay.read_manifest(path)
+    manifest = manifest_of(path)
     assert manifest["program"]["backend"] == "libbpf"
     host = manifest["host"]
     assert host["libbpf"] == libbpf.version() and "clang" in host["clang"]
@@ -305,8 +319,8 @@ OLD_RECORDINGS = ["hello", "lat", "prof", "writes", "xdp"]
 @pytest.mark.parametrize("name", OLD_RECORDINGS)
 def test_old_recordings_load_as_bcc(name: str) -> None:
     path = REPO / "notebooks" / "recordings" / f"{name}.bpfrec"
-    assert "backend" not in replay.read_manifest(path)["program"]
-    back = replay.load(path)
+    assert "backend" not in manifest_of(path)["program"]
+    back = sessions.load(path)
     assert back.backend == "bcc"
     assert "BCC " in back.recording.where()
 
@@ -316,7 +330,7 @@ def _with_manifest(path: Path, out: Path, change) -> Path:
     with zipfile.ZipFile(path) as src, zipfile.ZipFile(out, "w") as dst:
         for info in src.infolist():
             data = src.read(info)
-            if info.filename == recording.MANIFEST:
+            if info.filename == sessions.MANIFEST:
                 manifest = json.loads(data)
                 change(manifest)
                 data = json.dumps(manifest).encode()
@@ -327,12 +341,12 @@ def _with_manifest(path: Path, out: Path, change) -> Path:
 @pytest.mark.parametrize("value", ["gcc", 3, ["bcc"], ""])
 def test_unknown_backend_is_a_replay_error(tmp_path: Path, value) -> None:
     counts = pd.DataFrame({"key": np.array([1], np.uint32), "value": np.array([5], np.uint64)})
-    good = recording.save(FakeProgram({}, {"counts": counts}), tmp_path / "good.bpfrec")
-    assert replay.load(good).backend == "bcc"
+    good = sessions.save(FakeProgram({}, {"counts": counts}), tmp_path / "good.bpfrec")
+    assert sessions.load(good).backend == "bcc"
     bad = _with_manifest(good, tmp_path / "bad.bpfrec",
                          lambda m: m["program"].update(backend=value))
     with pytest.raises(ReplayError, match="program.backend"):
-        replay.load(bad)
+        sessions.load(bad)
 
 
 def test_loading_garbage_is_a_replay_error(tmp_path: Path) -> None:
@@ -348,9 +362,9 @@ def test_loading_garbage_is_a_replay_error(tmp_path: Path) -> None:
 def shell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     from IPython.core.interactiveshell import InteractiveShell
 
-    monkeypatch.setenv(replay.RECORDINGS_ENV, str(tmp_path / "recordings"))
-    monkeypatch.delenv(replay.RECORD_ENV, raising=False)
-    monkeypatch.delenv(replay.REPLAY_ENV, raising=False)
+    monkeypatch.setenv(sessions.RECORDINGS_ENV, str(tmp_path / "recordings"))
+    monkeypatch.delenv(sessions.RECORD_ENV, raising=False)
+    monkeypatch.delenv(sessions.REPLAY_ENV, raising=False)
     sh = InteractiveShell.instance()
     sh.run_line_magic("load_ext", "ebpf_magic")
     yield sh
@@ -364,8 +378,8 @@ CELL = SOURCE.replace("PID", str(os.getpid()))
 def test_cell_replays_its_recording_when_it_cannot_run_live(shell, tmp_path, monkeypatch,
                                                             capsys) -> None:
     counts = pd.DataFrame({"key": np.array([7], np.uint32), "value": np.array([3], np.uint64)})
-    recording.save(FakeProgram({}, {"counts": counts}), tmp_path / "recordings" / "w.bpfrec")
-    monkeypatch.setenv(replay.REPLAY_ENV, "1")
+    sessions.save(FakeProgram({}, {"counts": counts}), tmp_path / "recordings" / "w.bpfrec")
+    monkeypatch.setenv(sessions.REPLAY_ENV, "1")
     assert shell.run_cell("%%bpf w\n" + CELL).success
     out = capsys.readouterr().out
     assert "replayed from" in out and "w.bpfrec" in out and "captured on" in out

@@ -32,9 +32,10 @@ import pyarrow.parquet as pq
 import pytest
 
 import ebpf_magic
+from ebpf_magic import sessions
 from ebpf_magic.errors import ReplayError
 from ebpf_magic.probes import Probe
-from ebpf_magic.sessions import recording, replay
+from ebpf_magic.sessions import format as fmt
 
 MEMORY = 300 << 20  # peak RSS a refusal may add to the interpreter's
 SECONDS = 5.0  # how long a refusal may take
@@ -185,6 +186,8 @@ def zeros_parquet(groups: int, rows: int, elements: int = 0, declared_values: in
 
 
 class _Stream:
+    kind = "perf"
+
     def __init__(self, df: pd.DataFrame) -> None:
         self.df, self.stats = df, {"received": len(df)}
 
@@ -193,6 +196,7 @@ class _Prog:
     name, source, cflags, pid = "p", "int x;", [], None
     probes = [Probe("tracepoint", "sched:sched_switch", "f")]
     attached = ["tracepoint:sched:sched_switch"]
+    backend, readable, tables = "bcc", True, {}
     running, stopped_at, maps = True, None, {}
 
     def __init__(self, df: pd.DataFrame) -> None:
@@ -203,14 +207,14 @@ class _Prog:
 def recording_with(path: Path, stream: bytes, rows: int, columns: list[list[str]],
                    change=None) -> Path:
     """A recording of one stream whose Parquet member is ``stream``."""
-    recording.save(_Prog(pd.DataFrame({"x": np.zeros(1, np.int64)})), path)
+    sessions.save(_Prog(pd.DataFrame({"x": np.zeros(1, np.int64)})), path)
     with zipfile.ZipFile(path) as zf:
-        manifest = json.loads(zf.read(recording.MANIFEST))
+        manifest = json.loads(zf.read(sessions.MANIFEST))
     manifest["streams"][0].update(rows=rows, columns=columns)
     if change:
         change(manifest)
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr(recording.MANIFEST, json.dumps(manifest))
+        zf.writestr(sessions.MANIFEST, json.dumps(manifest))
         zf.writestr("streams/0.parquet", stream)
     return path
 
@@ -299,7 +303,7 @@ def test_million_member_zip_is_refused_from_its_end_record(tmp_path: Path,
 
 
 def test_capture_time_out_of_range_is_a_short_error(tmp_path: Path) -> None:
-    path = recording_with(tmp_path / "time.bpfrec", recording.frame_to_parquet(
+    path = recording_with(tmp_path / "time.bpfrec", sessions.frame_to_parquet(
         pd.DataFrame({"x": np.zeros(1, np.int64)}))[0], 1, [["x", "int64"]],
         lambda m: m["capture"].update(start=1e20))
     assert_refused_cheaply(path, r"malformed recording: capture\.start is out of range "
@@ -308,13 +312,13 @@ def test_capture_time_out_of_range_is_a_short_error(tmp_path: Path) -> None:
 
 def plain_recording(tmp_path: Path, change) -> Path:
     df = pd.DataFrame({"x": np.zeros(1, np.int64)})
-    return recording_with(tmp_path / "r.bpfrec", recording.frame_to_parquet(df)[0], 1,
+    return recording_with(tmp_path / "r.bpfrec", sessions.frame_to_parquet(df)[0], 1,
                           [["x", "int64"]], change)
 
 
 @pytest.mark.parametrize("where, value", [
     (("capture", "end"), -1), (("capture", "saved"), 2**70), (("capture", "start"), 1e300),
-    (("capture", "start"), replay.MAX_TIME + 1)])
+    (("capture", "start"), fmt.MAX_TIME + 1)])
 def test_every_capture_time_is_checked(tmp_path: Path, where: tuple[str, str], value) -> None:
     path = plain_recording(tmp_path, lambda m: m[where[0]].update({where[1]: value}))
     with pytest.raises(ReplayError, match=rf"{where[0]}\.{where[1]} is out of range"):
@@ -335,9 +339,9 @@ def test_snapshot_times_are_checked(tmp_path: Path) -> None:
 
 def test_times_in_range_load_and_show(tmp_path: Path) -> None:
     prog = ebpf_magic.load(plain_recording(
-        tmp_path, lambda m: m["capture"].update(start=replay.MAX_TIME, end=None)))
+        tmp_path, lambda m: m["capture"].update(start=fmt.MAX_TIME, end=None)))
     assert "at 2242-03-16" in str(prog.recording)
-    odd = replay.RecordingInfo(Path("x"), 1, {}, 1e20, None, None)
+    odd = sessions.RecordingInfo(Path("x"), 1, {}, 1e20, None, None)
     assert "at unknown time" in str(odd)
 
 
@@ -364,7 +368,7 @@ def test_frames_read_row_group_by_row_group(tmp_path: Path) -> None:
     df = pd.DataFrame({"pid": np.arange(20, dtype=np.uint32),
                        "comm": [f"c{i % 3}" for i in range(20)],
                        "stack": pd.Series([["a", f"b{i}"] for i in range(20)], dtype=object)})
-    member, desc = recording.frame_to_parquet(df)
+    member, desc = sessions.frame_to_parquet(df)
     table = pq.read_table(io.BytesIO(member))
     buf = io.BytesIO()
     pq.write_table(table, buf, row_group_size=6)
@@ -411,7 +415,7 @@ def test_strings_measured_dictionary_encoded_read_back_the_same(tmp_path: Path) 
     words = ["b"] * 999 + ["a" * 100_000]
     df = pd.DataFrame({"comm": pd.Series(words, dtype=object),
                        "stack": pd.Series([[w, "c"] for w in words], dtype=object)})
-    member, desc = recording.frame_to_parquet(df)
+    member, desc = sessions.frame_to_parquet(df)
     path = recording_with(tmp_path / "r.bpfrec", member, 1000, desc["columns"])
     back = ebpf_magic.load(path, max_bytes=10_000_000)
     pd.testing.assert_frame_equal(back.events["ev"].df, df, check_exact=True)

@@ -22,15 +22,18 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ebpf_magic import sessions
 from ebpf_magic.errors import ReplayError
 from ebpf_magic.probes import Probe
-from ebpf_magic.sessions import recording, replay
+from ebpf_magic.sessions import format as fmt
 
 FUZZ = settings(max_examples=150, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 class _Stream:
+    kind = "perf"
+
     def __init__(self, df):
         self.df, self.stats = df, {"received": len(df)}
 
@@ -39,15 +42,21 @@ class _Map:
     def __init__(self, name, df):
         self.name, self.kind, self.df = name, "hash", df
         self.key_type, self.value_type, self.max_entries = "u32", "u64", 64
+        self.declared, self.key_dtype, self.value_dtype = "", None, None
+        self.value_columns = ["value"]
 
     def info(self):
         return {"map": self.name, "entries": len(self.df)}
+
+    def __len__(self):
+        return len(self.df)
 
 
 class _Prog:
     name, source, cflags, pid = "p", "int x;", [], None
     probes = [Probe("tracepoint", "sched:sched_switch", "f")]
     attached = ["tracepoint:sched:sched_switch"]
+    backend, readable, tables = "bcc", True, {}
     running, stopped_at = True, None
 
     def __init__(self):
@@ -62,7 +71,7 @@ class _Prog:
 @pytest.fixture(scope="module")
 def valid(tmp_path_factory) -> bytes:
     path = tmp_path_factory.mktemp("rec") / "valid.bpfrec"
-    return recording.save(_Prog(), path).read_bytes()
+    return sessions.save(_Prog(), path).read_bytes()
 
 
 def members(data: bytes) -> dict[str, bytes]:
@@ -81,7 +90,7 @@ def build(files: dict[str, bytes], compression: int = zipfile.ZIP_STORED) -> byt
 def load_bytes(tmp_path: Path, data: bytes, **kw):
     path = tmp_path / "case.bpfrec"
     path.write_bytes(data)
-    return replay.load(path, **kw)
+    return sessions.load(path, **kw)
 
 
 def with_manifest(valid: bytes, change) -> bytes:
@@ -225,7 +234,7 @@ def test_member_that_unpacks_beyond_its_declared_size(valid: bytes, tmp_path: Pa
 
 
 def test_too_many_members(valid: bytes, tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(replay, "MAX_MEMBERS", 50)
+    monkeypatch.setattr(fmt, "MAX_MEMBERS", 50)
     files = members(valid)
     files.update({f"maps/0/{i}.parquet": b"" for i in range(100, 160)})
     with pytest.raises(ReplayError, match="members"):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from IPython.core.error import UsageError
 
+from ebpf_magic import sessions
 from ebpf_magic.magics.args import parser
-from ebpf_magic.sessions import replay
 
 USAGE = "%bpf load PATH NAME"
 HELP = ("Replay the recording at PATH as program NAME: its events and map snapshots read like "
@@ -19,7 +19,7 @@ def run(magics, args: str):
     opts = PARSER.parse(args)
     if not opts.name.isidentifier():
         raise UsageError(f"usage: {USAGE} (NAME a Python identifier)")
-    prog = magics.session.start(opts.name, lambda: replay.load(opts.path, opts.name))
+    prog = magics.session.start(opts.name, lambda: sessions.load(opts.path, opts.name))
     magics.shell.user_ns[opts.name] = prog
-    print(replay.announce(prog))
+    print(sessions.announce(prog))
     return None

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 from IPython.core.error import UsageError
 
+from ebpf_magic import sessions
 from ebpf_magic.magics.args import parser
-from ebpf_magic.sessions import recording, replay
 
 USAGE = "%bpf save NAME [PATH] [--no-hostname] [--table NAME=VARIABLE ...]"
 HELP = ("Write program NAME's source, probes, events and map snapshots to one .bpfrec file. "
@@ -34,15 +34,15 @@ def run(magics, args: str):
     except KeyError as e:
         raise UsageError(str(e.args[0])) from None
     if opts.path is not None:
-        path = recording.save(prog, opts.path, hostname=hostname, tables=tables)
-    elif getattr(prog, "recording", None) is not None:
+        path = prog.save(opts.path, hostname=hostname, tables=tables)
+    elif isinstance(prog, sessions.ReplayedProgram):
         print(f"{prog.name} is replayed from {prog.recording.path}: nothing new to save")
         return None
     else:
-        path = recording.autosave(prog, hostname=hostname, tables=tables)
+        path = sessions.autosave(prog, hostname=hostname, tables=tables)
         if path is None:
-            print(f"{prog.name}: {replay.recording_path(prog.name)} is kept; to refresh it, "
-                  f"run the cell with --record (or {replay.RECORD_ENV}=1), then save")
+            print(f"{prog.name}: {sessions.recording_path(prog.name)} is kept; to refresh it, "
+                  f"run the cell with --record (or {sessions.RECORD_ENV}=1), then save")
             return None
     print(f"{prog.name}: saved to {path}")
     return None

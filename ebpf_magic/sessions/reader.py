@@ -1,37 +1,22 @@
-"""Replaying recordings without a compiler, privileges, or even Linux.
+"""Reading a recording file, which is untrusted input, into plain frames and facts.
 
-:func:`load` reads a ``.bpfrec`` file (see :mod:`ebpf_magic.sessions.recording`) into a
-:class:`ReplayedProgram` with the read API of a live program: ``.events[NAME].df``,
-``.maps[NAME].df``, ``.maps[NAME].info()``, ``.browse()``, and the plots that
-work from those frames. It loads nothing into the kernel.
-
-A file is untrusted input: the loader checks the zip's member count from its
-end records before parsing its directory, checks sizes before decompressing,
-accepts only the member names the format uses, validates every manifest field's
-type and range, and checks every Parquet file against the manifest. What a
-Parquet member decodes to is bounded from its footer and page headers before
-decoding, then measured row group by row group (``load(max_bytes=)``). Anything
-else is a :class:`~ebpf_magic.errors.ReplayError` saying what is wrong.
-
-Notebooks that run live on a Linux box and replay elsewhere find recordings by
-name: ``recordings/NAME.bpfrec`` under the working directory (the notebook's
-folder), or under the folder named by ``EBPF_MAGIC_RECORDINGS``. Setting
-``EBPF_MAGIC_REPLAY=1`` replays even where live tracing would work, and
-``EBPF_MAGIC_RECORD=1`` makes live runs refresh the recordings.
+The reader checks the zip's member count from its end records before parsing its
+directory, checks sizes before decompressing, accepts only the member names the
+format uses, validates every manifest field's type and range, and checks every
+Parquet file against the manifest. What a Parquet member decodes to is bounded
+from its footer and page headers before decoding, then measured row group by
+row group (``read(max_bytes=)``). Anything else is a
+:class:`~ebpf_magic.errors.ReplayError` saying what is wrong. The limits are in
+:mod:`ebpf_magic.sessions.format`.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
-import io
 import json
 import math
 import os
-import platform
-import re
 import struct
 import zipfile
-from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,449 +24,169 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ebpf_magic.backend import BACKENDS, available, choose_backend
-from ebpf_magic.errors import BPFError, ReplayError
+from ebpf_magic.backend import BACKENDS, choose_backend
+from ebpf_magic.errors import ReplayError
 from ebpf_magic.probes import Probe
-from ebpf_magic.sessions import recording
-
-RECORDINGS_ENV = "EBPF_MAGIC_RECORDINGS"
-REPLAY_ENV = "EBPF_MAGIC_REPLAY"
-RECORD_ENV = "EBPF_MAGIC_RECORD"
-
-# Limits on what one recording may cost to read. ``load(max_bytes=...)`` replaces MAX_BYTES,
-# which bounds both the unpacked members and the decoded frames (each a separate total).
-MAX_BYTES = 1 << 30  # unpacked members in total; decoded frames in total
-MAX_MEMBERS = 10_000
-MAX_DIRECTORY_ENTRY = 128  # central-directory bytes per member (names are under 30 bytes)
-MAX_MANIFEST = 16 << 20
-MAX_FOOTER = 1 << 20  # a Parquet member's metadata footer
-MAX_ROW_GROUP_BYTES = 1 << 30  # one Parquet row group decoded: the unit read at once
-MAX_COLUMN_BYTES = 512 << 20  # one column of one row group, as its metadata declares it
-OBJECT_BYTES = 64  # what a value costs decoded as a Python object (pointer and object)
-# manifest times are seconds since the epoch that pandas and datetime can both show
-MIN_TIME = 0.0
-MAX_TIME = float(2**33)  # year 2242
-_MEMBER = re.compile(r"(streams/\d{1,6}|tables/\d{1,6}|maps/\d{1,6}/\d{1,6})\.parquet")
-_NUMERIC = {"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
-            "float16", "float32", "float64"}
-_TIMES = re.compile(r"[<>|=]?[Mm]8\[(s|ms|us|ns)\]")
-_TZ = re.compile(r"datetime64\[(s|ms|us|ns), UTC\]")
-_SCALAR_DTYPE = re.compile(r"[<>|=]?(b1|[iu][1248]|f[248]|S\d{1,6}|V\d{1,6})")
-
-_settings: dict[str, Any] = {"dir": None, "record": None, "replay": None}
-
-
-# -- where recordings live, and whether to use them ---------------------------------
-
-
-def recordings_dir() -> Path:
-    """The folder recordings are looked up in and saved to by name.
-
-    ``set_recordings_dir()`` wins, then ``$EBPF_MAGIC_RECORDINGS``, then
-    ``recordings/`` in the working directory (a notebook's own folder).
-    """
-    chosen = _settings["dir"] or os.environ.get(RECORDINGS_ENV)
-    return Path(chosen) if chosen else Path.cwd() / "recordings"
-
-
-def set_recordings_dir(path: str | os.PathLike | None) -> None:
-    """Use ``path`` for recordings by name (None: back to the default)."""
-    _settings["dir"] = None if path is None else Path(path)
-
-
-def recording_path(name: str) -> Path:
-    """Where the recording of the program called ``name`` is (or would be)."""
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or name.startswith("."):
-        raise ValueError(f"{name!r} cannot name a recording file (use letters, digits, _ . -)")
-    return recordings_dir() / f"{name}{recording.SUFFIX}"
-
-
-def find_recording(name: str) -> Path | None:
-    """The recording of ``name`` in :func:`recordings_dir`, if there is one."""
-    try:
-        path = recording_path(name)
-    except ValueError:
-        return None
-    return path if path.is_file() else None
-
-
-def _flag(key: str, env: str) -> bool:
-    if _settings[key] is not None:
-        return bool(_settings[key])
-    return os.environ.get(env, "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def set_recording(on: bool | None) -> None:
-    """Make live runs refresh their recordings (None: follow ``$EBPF_MAGIC_RECORD``)."""
-    _settings["record"] = on
-
-
-def recording_enabled() -> bool:
-    """True when live runs should (re)write their recordings."""
-    return _flag("record", RECORD_ENV)
-
-
-def set_replay(on: bool | None) -> None:
-    """Replay recordings even where live tracing works (None: follow ``$EBPF_MAGIC_REPLAY``)."""
-    _settings["replay"] = on
-
-
-def can_run_live(source: str | None = None, backend: str | None = None) -> tuple[bool, str]:
-    """Whether this process can load BPF programs, and if not, why not.
-
-    With ``source``, whether the backend for it (``backend``, else chosen by its dialect) is
-    available here; without, whether any backend is.
-    """
-    if _flag("replay", REPLAY_ENV):
-        how = "set_replay(True)" if _settings["replay"] else f"{REPLAY_ENV}=1"
-        return False, f"replay was requested ({how})"
-    if platform.system() != "Linux":
-        return False, f"eBPF needs Linux; this is {platform.system()}"
-    from ebpf_magic.kernel import host as kernel
-
-    if not kernel.has_bpf_rights():
-        return False, f"no rights to load BPF: {kernel.rights_summary()}"
-    try:
-        wanted = [choose_backend(source, backend)] if source is not None else list(BACKENDS)
-    except BPFError:
-        return True, "live"  # an unknown --backend is the live run's error to report
-    why = []
-    for name in wanted:
-        ok, reason = available(name)
-        if ok:
-            return True, "live"
-        why.append(f"no {name} backend: {reason.splitlines()[0] if reason else 'missing'}")
-    return False, "; ".join(why)
-
-
-def live() -> bool:
-    """True when ``%%bpf`` cells run live here, False when they replay recordings."""
-    return can_run_live()[0]
-
-
-def replay_cell(name: str, why: str = "") -> ReplayedProgram:
-    """The recording of ``name`` for a ``%%bpf NAME`` cell that cannot run live.
-
-    ``why`` (from :func:`can_run_live`) goes into the error when there is no
-    recording.
-    """
-    path = find_recording(name)
-    if path is None:
-        raise ReplayError(f"%%bpf {name} cannot run live here ({why or 'no BPF'}) and there is "
-                          f"no recording of it at {recording_path(name)}",
-                          f"Run the notebook live once with {RECORD_ENV}=1 (or %%bpf {name} "
-                          f"--record) and `%bpf save {name}`, or point {RECORDINGS_ENV} at "
-                          "the folder holding the recordings.")
-    return load(path, name)
-
-
-def announce(prog: ReplayedProgram, why: str = "") -> str:
-    """The line a notebook shows when a cell replays instead of running live."""
-    because = f" ({why})" if why else ""
-    return f"{prog.name}: {prog.recording}{because}"
-
-
-# -- replayed objects --------------------------------------------------------------
-
-
-def _when(t: float | None) -> str:
-    if t is None:
-        return "unknown time"
-    try:
-        stamp = _dt.datetime.fromtimestamp(t, _dt.timezone.utc)
-    except (ValueError, OverflowError, OSError):
-        return "unknown time"
-    return stamp.strftime("%Y-%m-%d %H:%M:%S UTC")
+from ebpf_magic.sessions import format as fmt
 
 
 @dataclass
-class RecordingInfo:
-    """Where and when a recording was captured."""
+class RecordedStream:
+    """One stream as recorded: its events and counters."""
+
+    name: str
+    kind: str  # the live stream's kind, or "" where the recording does not say
+    df: pd.DataFrame
+    stats: dict[str, Any]
+
+
+@dataclass
+class RecordedMap:
+    """One map as recorded: what it is, its listing row, and its snapshots, oldest first."""
+
+    name: str
+    kind: str
+    declared: str
+    key_type: str
+    value_type: str
+    max_entries: int | None
+    key_dtype: np.dtype | None
+    value_dtype: np.dtype | None
+    value_columns: list[str] | None  # None where the recording does not say
+    length: int | None  # ``len()`` of the live map; None where the recording does not say
+    info: dict[str, Any]
+    snapshots: list[tuple[float, pd.DataFrame]]
+
+
+@dataclass
+class Recording:
+    """Everything a recording file holds, checked."""
 
     path: Path
     version: int
+    program: dict[str, Any]  # name, source, cflags, pid, attached, backend, probes
     host: dict[str, Any]
     start: float | None
     end: float | None
     saved: float | None
-
-    @property
-    def duration(self) -> float:
-        return (self.end or 0.0) - (self.start or 0.0) if self.start and self.end else 0.0
-
-    def where(self) -> str:
-        h = self.host
-        facts = [f"{h.get('system') or 'Linux'} {h.get('kernel') or '?'}"]
-        if h.get("bcc"):
-            facts.append(f"BCC {h['bcc']}")
-        if h.get("libbpf"):
-            facts.append(f"libbpf {h['libbpf']}")
-        if h.get("cpus"):
-            facts.append(f"{h['cpus']} CPUs")
-        on = f"on {h['hostname']} " if h.get("hostname") else ""
-        return f"{on}({', '.join(facts)})"
-
-    def __str__(self) -> str:
-        return (f"replayed from {self.path}, captured {self.where()} at {_when(self.start)} "
-                f"for {self.duration:.1f} s")
-
-
-class ReplayedStream:
-    """The recorded events of one stream."""
-
-    running = False
-
-    def __init__(self, name: str, df: pd.DataFrame, stats: dict[str, Any]) -> None:
-        self.name = name
-        self._df = df
-        self.stats = dict(stats)
-
-    @property
-    def df(self) -> pd.DataFrame:
-        return self._df.copy(deep=False)
-
-    @property
-    def received(self) -> int:
-        return len(self._df)
-
-    def __len__(self) -> int:
-        return len(self._df)
-
-    def tail(self, n: int | None = 10) -> pd.DataFrame:
-        """The ``n`` newest events (all with ``None``)."""
-        return self.df if n is None else self._df.iloc[len(self._df) - min(n, len(self._df)):]
-
-    def live(self, *args: Any, **kwargs: Any) -> pd.DataFrame:
-        """A recording does not change: its events, as a table."""
-        return self.df
-
-    def summary(self) -> str:
-        lost = self.stats.get("lost_kernel", 0)
-        return f"{self.name} (replayed): {len(self._df):,} events, {lost:,} lost in the kernel"
-
-    def __repr__(self) -> str:
-        return f"<ReplayedStream {self.name}: {len(self._df)} event(s)>"
-
-    def _repr_html_(self) -> str:
-        return self._df.tail(20).to_html()
-
-
-@dataclass
-class ReplayedHandle:
-    """What a live map's handle says about its layout (no descriptor)."""
-
-    name: str
-    kind: str
-    key_dtype: np.dtype | None
-    value_dtype: np.dtype | None
-    max_entries: int
-    declared: str = ""
-    fd: int = -1
-    extra: dict = field(default_factory=dict)
-
-
-class ReplayedMap:
-    """The recorded snapshots of one map; ``.df`` is the last one. Read-only."""
-
-    writable = False
-
-    def __init__(self, name: str, meta: dict[str, Any],
-                 snapshots: list[tuple[float, pd.DataFrame]]) -> None:
-        self.name = name
-        self.kind = meta["kind"]
-        self.key_type = meta["key_type"]
-        self.value_type = meta["value_type"]
-        self.max_entries = meta["max_entries"]
-        self.handle = ReplayedHandle(name, self.kind, meta["key_dtype"], meta["value_dtype"],
-                                     self.max_entries or 0, meta["declared"])
-        self._info = dict(meta["info"])
-        self._snapshots = snapshots
-
-    @property
-    def percpu(self) -> bool:
-        return self.kind in ("percpu_hash", "percpu_array", "lru_percpu_hash")
-
-    def info(self) -> dict[str, Any]:
-        return dict(self._info)
-
-    @property
-    def df(self) -> pd.DataFrame:
-        """The final snapshot."""
-        if not self._snapshots:
-            return pd.DataFrame()
-        return self._snapshots[-1][1].copy(deep=False)
-
-    @property
-    def snapshots(self) -> pd.DataFrame:
-        """Every recorded snapshot stacked, with a leading ``time`` column."""
-        return recording.stack(self._snapshots)
-
-    def history(self) -> list[tuple[pd.Timestamp, pd.DataFrame]]:
-        """``(time, frame)`` of every snapshot, oldest first (what heatmaps take)."""
-        return [(pd.Timestamp(t, unit="s", tz="UTC"), df) for t, df in self._snapshots]
-
-    def hist(self, kind: str | None = None, step: int = 1) -> Any:
-        """The final snapshot of a histogram map as a :class:`.histograms.Histogram`."""
-        from ebpf_magic.data.histograms import Histogram
-
-        try:
-            return Histogram(self.df, kind=kind, name=self.name)
-        except ValueError:
-            raise TypeError(f"{self.name} was not recorded as a histogram") from None
-
-    def __len__(self) -> int:
-        return len(self._snapshots[-1][1]) if self._snapshots else 0
-
-    def __getitem__(self, key: Any) -> Any:
-        raise TypeError(f"{self.name} is a replayed map: read it as a table with .df")
-
-    def __repr__(self) -> str:
-        return (f"<ReplayedMap {self.name}: {self.handle.declared or self.kind} "
-                f"{self.key_type} -> {self.value_type}, {len(self._snapshots)} snapshot(s)>")
-
-    def _repr_html_(self) -> str:
-        return self.df.to_html(index=False)
-
-
-class _Named(Mapping):
-    def __init__(self, items: dict[str, Any], what: str) -> None:
-        self._items = items
-        self._what = what
-
-    def __getitem__(self, name: str) -> Any:
-        try:
-            return self._items[name]
-        except KeyError:
-            raise KeyError(f"no {self._what} named {name!r}; {self._what}s: "
-                           f"{', '.join(self._items) or 'none'}") from None
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._items)
-
-    def _ipython_key_completions_(self) -> list[str]:
-        """The names IPython offers after ``prog.maps["`` or ``prog.events["``."""
-        return list(self._items)
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __repr__(self) -> str:
-        return f"<{self._what}s {', '.join(self._items) or '(none)'} (replayed)>"
-
-
-class ReplayedMaps(_Named):
-    def __init__(self, maps: dict[str, ReplayedMap]) -> None:
-        super().__init__(maps, "map")
-
-    @property
-    def df(self) -> pd.DataFrame:
-        return pd.DataFrame([m.info() for m in self._items.values()])
-
-    def _repr_html_(self) -> str:
-        return self.df.to_html(index=False)
-
-
-class ReplayedStreams(_Named):
-    def __init__(self, streams: dict[str, ReplayedStream]) -> None:
-        super().__init__(streams, "stream")
-
-    @property
-    def received(self) -> int:
-        return sum(len(s) for s in self._items.values())
-
-    def close(self) -> None:
-        pass
-
-
-class ReplayedProgram:
-    """A recorded program, read back: the read API of a live one, nothing in the kernel."""
-
-    running = False
-    readable = True  # recorded maps stay readable; a stopped live program's do not
-
-    def __init__(self, name: str, program: dict[str, Any], info: RecordingInfo,
-                 streams: dict[str, ReplayedStream], maps: dict[str, ReplayedMap],
-                 snapshots: list[recording.Snapshot],
-                 tables: dict[str, pd.DataFrame] | None = None) -> None:
-        self.name = name
-        self.source: str = program["source"]
-        self.cflags: list[str] = program["cflags"]
-        self.pid: int | None = program["pid"]
-        self.probes: list[Probe] = program["probes"]
-        self.attached: list[str] = program["attached"]
-        self.backend: str = program["backend"]
-        self.recording = info
-        self.started_at = info.start
-        self.stopped_at = info.end
-        self.warnings: list[str] = []
-        self.events = ReplayedStreams(streams)
-        self.maps = ReplayedMaps(maps)
-        self.recorder = recording.Recorder(self)
-        self.recorder.snapshots = snapshots
-        self.tables: dict[str, pd.DataFrame] = dict(tables or {})
-
-    @property
-    def functions(self) -> list[str]:
-        return sorted({p.function for p in self.probes if p.function})
-
-    @property
-    def unattached(self) -> list[str]:
-        return []
-
-    @property
-    def uptime(self) -> float:
-        return self.recording.duration
-
-    @property
-    def events_seen(self) -> int:
-        return self.events.received
-
-    def prog_ids(self) -> list[int]:
-        return []
-
-    def map_ids(self) -> list[int]:
-        return []
-
-    def summary(self) -> dict[str, Any]:
-        return {"name": self.name, "probes": ", ".join(self.attached) or "-",
-                "maps": ", ".join(self.maps), "events": self.events_seen,
-                "uptime_s": round(self.uptime, 1), "state": "replayed"}
-
-    def stop(self) -> None:
-        """Nothing runs: a no-op, for code written for live programs."""
-
-    def save(self, path: str | os.PathLike, **options: Any) -> Path:
-        """Write this recording again (e.g. ``hostname=False`` to share it)."""
-        return recording.save(self, path, **options)
-
-    def browse(self, *args: Any, **kwargs: Any) -> Any:
-        """The map browser, over the recorded snapshots."""
-        from ebpf_magic.present.widgets import MapBrowser
-
-        return MapBrowser(lambda: dict(self.maps), *args, **kwargs)
-
-    def __enter__(self) -> ReplayedProgram:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
-
-    def __repr__(self) -> str:
-        return f"<ReplayedProgram {self.name}: {self.recording}>"
-
-    def _repr_html_(self) -> str:
-        import html
-
-        return (f"<p><b>{html.escape(self.name)}</b> {html.escape(str(self.recording))}</p>"
-                + pd.DataFrame([self.summary()]).to_html(index=False))
-
-
-# -- reading -------------------------------------------------------------------------
-
-
-# A map's listing row (maps.Map.info()): exactly these fields, of these types.
-_MAP_INFO = {"map": str, "kind": str, "key": str, "value": str, "entries": int,
-             "max_entries": int, "full": bool}
+    streams: list[RecordedStream] = field(default_factory=list)
+    maps: list[RecordedMap] = field(default_factory=list)
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+
+
+def read(path: str | os.PathLike, max_bytes: int = fmt.MAX_BYTES) -> Recording:
+    """Read and check the recording at ``path``.
+
+    Raises :class:`~ebpf_magic.errors.ReplayError` for anything that is not a
+    complete, well-formed recording, including files whose members unpack to
+    more than ``max_bytes`` or whose frames decode to more (see
+    :data:`.format.OBJECT_BYTES` for what a Python object counts).
+    """
+    archive = _Archive(Path(path), max_bytes)
+    try:
+        return _read(archive)
+    finally:
+        archive.close()
+
+
+def _read(archive: _Archive) -> Recording:
+    manifest = _manifest(archive)
+    version = _need(manifest, "version", int, "manifest")
+    if version > fmt.VERSION or version < 1:
+        raise ReplayError(f"{archive.path} is a version {version} recording; this ebpf_magic "
+                          f"reads versions up to {fmt.VERSION}",
+                          "Upgrade ebpf_magic to replay it.")
+    program = _program(_need(manifest, "program", dict, "manifest"))
+    host = _host(_need(manifest, "host", dict, "manifest"))
+    capture = _need(manifest, "capture", dict, "manifest")
+    out = Recording(archive.path, version, program, host,
+                    _need_time(capture, "start", "capture"), _need_time(capture, "end", "capture"),
+                    _need_time(capture, "saved", "capture"))
+    for i, s in enumerate(_need(manifest, "streams", list, "manifest")):
+        out.streams.append(_stream(archive, s, f"streams[{i}]"))
+    for i, m in enumerate(_need(manifest, "maps", list, "manifest")):
+        out.maps.append(_map(archive, m, f"maps[{i}]"))
+    for i, t in enumerate(_need(manifest, "tables", list, "manifest") if "tables" in manifest
+                          else []):
+        out.tables[_need(t, "name", str, f"tables[{i}]")] = _frame(archive, t, f"tables[{i}]")
+    return out
+
+
+def _manifest(archive: _Archive) -> dict[str, Any]:
+    raw = archive.read(fmt.MANIFEST, fmt.MAX_MANIFEST)
+    try:
+        manifest = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise ReplayError(f"{archive.path} has a corrupted manifest ({e})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != fmt.FORMAT:
+        raise ReplayError(f"{archive.path} is not an ebpf_magic recording")
+    return manifest
+
+
+def _program(prog: dict[str, Any]) -> dict[str, Any]:
+    program = {
+        "name": _need(prog, "name", str, "program"),
+        "source": _need(prog, "source", str, "program"),
+        "cflags": _str_list(_need(prog, "cflags", list, "program"), "program.cflags"),
+        "pid": _need(prog, "pid", int, "program", optional=True),
+        "attached": _str_list(_need(prog, "attached", list, "program"), "program.attached"),
+        "backend": _backend(prog),
+        "probes": [],
+    }
+    for p in _need(prog, "probes", list, "program"):
+        program["probes"].append(Probe(
+            _need(p, "kind", str, "probe"), _need(p, "target", str, "probe"),
+            _need(p, "function", str, "probe"), _need(p, "pid", int, "probe", optional=True)))
+    return program
+
+
+def _host(host: dict[str, Any]) -> dict[str, Any]:
+    for key in ("system", "kernel", "machine", "hostname"):
+        _need(host, key, str, "host", optional=True)
+    for key in ("bcc", "libbpf", "clang"):  # the versions of the backend that ran it
+        if key in host:
+            _need(host, key, str, "host", optional=True)
+    _need(host, "cpus", int, "host", optional=True)
+    return host
+
+
+def _stream(archive: _Archive, s: Any, where: str) -> RecordedStream:
+    name = _need(s, "name", str, where)
+    kind = _need(s, "kind", str, where) if "kind" in s else ""
+    stats = _stream_stats(_need(s, "stats", dict, where), f"{where}.stats")
+    return RecordedStream(name, kind, _frame(archive, s, where), stats)
+
+
+def _map(archive: _Archive, m: Any, where: str) -> RecordedMap:
+    name = _need(m, "name", str, where)
+    columns = _need(m, "value_columns", list, where) if "value_columns" in m else None
+    out = RecordedMap(
+        name, _need(m, "kind", str, where), _need(m, "declared", str, where),
+        _need(m, "key_type", str, where), _need(m, "value_type", str, where),
+        _need(m, "max_entries", int, where, optional=True),
+        _safe_dtype(m.get("key_dtype"), f"{where}.key_dtype"),
+        _safe_dtype(m.get("value_dtype"), f"{where}.value_dtype"),
+        None if columns is None else _str_list(columns, f"{where}.value_columns"),
+        _length(m, where),
+        _map_info(_need(m, "info", dict, where), f"{where}.info"), [])
+    for j, snap in enumerate(_need(m, "snapshots", list, where)):
+        t = _need_time(snap, "time", f"{where}.snapshots[{j}]")
+        if t is None:
+            raise ReplayError(f"malformed recording: {where}.snapshots[{j}] has no time")
+        out.snapshots.append((t, _frame(archive, snap, f"{where}.snapshots[{j}]")))
+    return out
+
+
+# -- checking the manifest's fields ---------------------------------------------------
+
+
+def _length(m: dict[str, Any], where: str) -> int | None:
+    if "length" not in m:
+        return None
+    length = _need(m, "length", int, where)
+    if length < 0:
+        raise ReplayError(f"malformed recording: {where}.length is negative")
+    return length
 
 
 def _map_info(info: dict[str, Any], where: str) -> dict[str, Any]:
@@ -489,11 +194,11 @@ def _map_info(info: dict[str, Any], where: str) -> dict[str, Any]:
 
     Fields other than these are refused.
     """
-    unknown = sorted(str(k) for k in set(info) - set(_MAP_INFO))
+    unknown = sorted(str(k) for k in set(info) - set(fmt.MAP_INFO))
     if unknown:
         raise ReplayError(f"malformed recording: {where} has unknown fields {unknown[:5]}")
     return {key: _need(info, key, types, where, optional=True)
-            for key, types in _MAP_INFO.items() if key in info}
+            for key, types in fmt.MAP_INFO.items() if key in info}
 
 
 def _need(obj: Any, key: str, types: type | tuple[type, ...], where: str,
@@ -535,10 +240,10 @@ def _need_time(obj: Any, key: str, where: str) -> float | None:
         return None
     if isinstance(value, float) and not math.isfinite(value):
         raise ReplayError(f"malformed recording: {where}.{key} is not a finite time")
-    if not MIN_TIME <= value <= MAX_TIME:
+    if not fmt.MIN_TIME <= value <= fmt.MAX_TIME:
         shown = f"{value:.6g}" if isinstance(value, float) else f"{str(value)[:20]}"
         raise ReplayError(f"malformed recording: {where}.{key} is out of range ({shown} s "
-                          f"since 1970, not between {MIN_TIME:.0f} and {MAX_TIME:.0f})")
+                          f"since 1970, not between {fmt.MIN_TIME:.0f} and {fmt.MAX_TIME:.0f})")
     return float(value)
 
 
@@ -564,7 +269,7 @@ def _dtype_spec(descr: Any, where: str, depth: int) -> Any:
     if depth > 16:
         raise ReplayError(f"malformed recording: {where} nests too deeply")
     if isinstance(descr, str):
-        if not _SCALAR_DTYPE.fullmatch(descr):
+        if not fmt.SCALAR_DTYPE.fullmatch(descr):
             raise ReplayError(f"malformed recording: {where} names an unsupported type {descr!r}")
         return descr
     if not isinstance(descr, list) or not descr or len(descr) > 4096:
@@ -635,10 +340,10 @@ class _Archive:
             raise ReplayError(f"cannot read {path} ({e})") from None
         if extent is not None:
             members, directory = extent
-            if members > MAX_MEMBERS or directory > MAX_MEMBERS * MAX_DIRECTORY_ENTRY:
+            if members > fmt.MAX_MEMBERS or directory > fmt.MAX_MEMBERS * fmt.MAX_DIRECTORY_ENTRY:
                 raise ReplayError(f"{path} lists {members:,} members in {directory:,} bytes, "
-                                  f"more than a recording may hold ({MAX_MEMBERS:,} members in "
-                                  f"{MAX_MEMBERS * MAX_DIRECTORY_ENTRY:,} bytes)")
+                                  f"more than a recording may hold ({fmt.MAX_MEMBERS:,} members in "
+                                  f"{fmt.MAX_MEMBERS * fmt.MAX_DIRECTORY_ENTRY:,} bytes)")
         try:
             self.zf = zipfile.ZipFile(path)
             infos = self.zf.infolist()
@@ -647,14 +352,14 @@ class _Archive:
             raise ReplayError(f"{path} is not a recording (not a readable zip file: {e})",
                               "Recordings are .bpfrec files written by prog.save() or "
                               "%bpf save.") from None
-        if len(infos) > MAX_MEMBERS:
+        if len(infos) > fmt.MAX_MEMBERS:
             raise ReplayError(f"{path} has {len(infos)} members, more than a recording may "
-                              f"hold ({MAX_MEMBERS})")
+                              f"hold ({fmt.MAX_MEMBERS})")
         names = [i.filename for i in infos]
         if len(set(names)) != len(names):
             raise ReplayError(f"{path} is a crafted file: it repeats member names")
         for name in names:
-            if name != recording.MANIFEST and not _MEMBER.fullmatch(name):
+            if name != fmt.MANIFEST and not fmt.MEMBER.fullmatch(name):
                 raise ReplayError(f"{path} is not a recording: unexpected member {name!r}")
         total = sum(i.file_size for i in infos)
         if total > max_bytes:
@@ -694,19 +399,19 @@ def _column(col: Any, kind: str, where: str) -> Any:
 
     t = col.type
     bad = ReplayError(f"{where} does not match the manifest: {t} is not {kind}")
-    if kind in _NUMERIC:
+    if kind in fmt.NUMERIC:
         dt = np.dtype(kind)
         if t != pa.from_numpy_dtype(dt) or col.null_count:
             raise bad
         return col.to_numpy(zero_copy_only=False).astype(dt, copy=False)
-    if _TIMES.fullmatch(kind):
+    if fmt.TIMES.fullmatch(kind):
         dt = np.dtype(kind)
         unit = np.datetime_data(dt)[0]
         want = pa.timestamp(unit) if dt.kind == "M" else pa.duration(unit)
         if t != want:
             raise bad
         return col.to_numpy(zero_copy_only=False).astype(dt, copy=False)
-    m = _TZ.fullmatch(kind)
+    m = fmt.TZ_TIMES.fullmatch(kind)
     if m:
         if t != pa.timestamp(m.group(1), tz="UTC"):
             raise bad
@@ -733,7 +438,7 @@ def _column(col: Any, kind: str, where: str) -> Any:
         if not (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_null(t)):
             raise bad
         return _objects(col.to_pylist())
-    if kind in recording.EXTENSION_DTYPES:
+    if kind in fmt.EXTENSION_DTYPES:
         ok = {"boolean": pa.types.is_boolean, "string": pa.types.is_string}.get(
             kind, pa.types.is_integer if "Int" in kind else pa.types.is_floating)
         if not (ok(t) or pa.types.is_null(t)):
@@ -971,7 +676,7 @@ def _read_parquet(data: bytes, names: list[str], rows: int, objects: list[bool],
     """A Parquet member as an Arrow table, and what it costs decoded, within ``budget`` bytes.
 
     ``objects`` says which columns become Python objects (each value then costs
-    :data:`OBJECT_BYTES` more).
+    :data:`.format.OBJECT_BYTES` more).
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -979,10 +684,10 @@ def _read_parquet(data: bytes, names: list[str], rows: int, objects: list[bool],
     if len(data) < 12 or data[-4:] != b"PAR1":
         raise ReplayError(f"{where} is not a Parquet file")
     footer = int.from_bytes(data[-8:-4], "little")
-    if footer > MAX_FOOTER:
+    if footer > fmt.MAX_FOOTER:
         raise ReplayError(f"{where} has a {footer:,}-byte metadata footer, more than a "
-                          f"recording writes ({MAX_FOOTER:,})")
-    pf = pq.ParquetFile(pa.BufferReader(data), thrift_string_size_limit=MAX_FOOTER,
+                          f"recording writes ({fmt.MAX_FOOTER:,})")
+    pf = pq.ParquetFile(pa.BufferReader(data), thrift_string_size_limit=fmt.MAX_FOOTER,
                         thrift_container_size_limit=1 << 16)
     meta = pf.metadata
     fields = pf.schema_arrow
@@ -997,8 +702,8 @@ def _read_parquet(data: bytes, names: list[str], rows: int, objects: list[bool],
             len(chunks) != len(leaves) or n != meta.row_group(g).num_rows
             for g, (n, chunks) in enumerate(groups)):
         raise ReplayError(f"{where} is inconsistent: its row groups cannot be read")
-    group_limit = min(MAX_ROW_GROUP_BYTES, budget)
-    column_limit = min(MAX_COLUMN_BYTES, budget)
+    group_limit = min(fmt.MAX_ROW_GROUP_BYTES, budget)
+    column_limit = min(fmt.MAX_COLUMN_BYTES, budget)
     total = grown = 0
     expanding: set[int] = set()  # string columns whose dictionaries are indexed
     bounded = True  # whether what those dictionaries expand to is known to fit
@@ -1016,7 +721,7 @@ def _read_parquet(data: bytes, names: list[str], rows: int, objects: list[bool],
                                declared, column_limit)
             width = leaf.length if leaf.physical_type == "FIXED_LEN_BYTE_ARRAY" else \
                 _PHYSICAL_WIDTH.get(leaf.physical_type, 8)
-            per_value = width + (OBJECT_BYTES if objects[owner[j]] else 0)
+            per_value = width + (fmt.OBJECT_BYTES if objects[owner[j]] else 0)
             estimate += max(max(chunk[5], values) * per_value, declared)
             if leaf.physical_type == "BYTE_ARRAY" and pages.looked_up:
                 expanding.add(j)
@@ -1035,7 +740,7 @@ def _read_parquet(data: bytes, names: list[str], rows: int, objects: list[bool],
     # their decoded size is known
     strings = [] if bounded and total + grown <= budget else sorted(expanding)
     pf = pq.ParquetFile(pa.BufferReader(data), read_dictionary=strings,
-                        thrift_string_size_limit=MAX_FOOTER,
+                        thrift_string_size_limit=fmt.MAX_FOOTER,
                         thrift_container_size_limit=1 << 16)
     parts = []
     spent = 0
@@ -1048,7 +753,7 @@ def _read_parquet(data: bytes, names: list[str], rows: int, objects: list[bool],
         for i, column in enumerate(part.columns):
             for chunk in column.chunks:
                 size, count = _decoded_size(chunk)
-                cost += 2 * size + count * OBJECT_BYTES if objects[i] else size
+                cost += 2 * size + count * fmt.OBJECT_BYTES if objects[i] else size
         spent += cost
         if cost > group_limit:
             raise _too_big(where, f"row group {g} decodes to", cost, group_limit)
@@ -1117,7 +822,7 @@ def _frame(archive: _Archive, desc: dict[str, Any], where: str) -> pd.DataFrame:
         raise ReplayError(f"malformed recording: {where} has duplicate or unknown columns")
     data = archive.read(member)
     where = f"{archive.path}:{member}"
-    objects = [kind not in _NUMERIC and not _TIMES.fullmatch(kind) for _, kind in spec]
+    objects = [kind not in fmt.NUMERIC and not fmt.TIMES.fullmatch(kind) for _, kind in spec]
     try:
         table, cost = _read_parquet(data, names, rows, objects, archive.decoded, where)
     except ReplayError:
@@ -1144,102 +849,6 @@ def _frame(archive: _Archive, desc: dict[str, Any], where: str) -> pd.DataFrame:
     return df
 
 
-def load(path: str | os.PathLike, name: str | None = None, *,
-         max_bytes: int = MAX_BYTES) -> ReplayedProgram:
-    """Read the recording at ``path`` into a :class:`ReplayedProgram` (named ``name``).
-
-    Raises :class:`~ebpf_magic.errors.ReplayError` for anything that is not
-    a complete, well-formed recording, including files whose members unpack to
-    more than ``max_bytes`` or whose frames decode to more (see
-    :data:`OBJECT_BYTES` for what a Python object counts).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ReplayError(f"no recording at {path}",
-                          f"Recordings by name live in {recordings_dir()}.")
-    archive = _Archive(path, max_bytes)
-    try:
-        return _load(archive, name)
-    finally:
-        archive.close()
-
-
-def _load(archive: _Archive, name: str | None) -> ReplayedProgram:
-    raw = archive.read(recording.MANIFEST, MAX_MANIFEST)
-    try:
-        manifest = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise ReplayError(f"{archive.path} has a corrupted manifest ({e})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != recording.FORMAT:
-        raise ReplayError(f"{archive.path} is not an ebpf_magic recording")
-    version = _need(manifest, "version", int, "manifest")
-    if version > recording.VERSION or version < 1:
-        raise ReplayError(f"{archive.path} is a version {version} recording; this ebpf_magic "
-                          f"reads versions up to {recording.VERSION}",
-                          "Upgrade ebpf_magic to replay it.")
-    prog = _need(manifest, "program", dict, "manifest")
-    program = {
-        "name": _need(prog, "name", str, "program"),
-        "source": _need(prog, "source", str, "program"),
-        "cflags": _str_list(_need(prog, "cflags", list, "program"), "program.cflags"),
-        "pid": _need(prog, "pid", int, "program", optional=True),
-        "attached": _str_list(_need(prog, "attached", list, "program"), "program.attached"),
-        "backend": _backend(prog),
-        "probes": [],
-    }
-    for p in _need(prog, "probes", list, "program"):
-        program["probes"].append(Probe(
-            _need(p, "kind", str, "probe"), _need(p, "target", str, "probe"),
-            _need(p, "function", str, "probe"), _need(p, "pid", int, "probe", optional=True)))
-    host = _need(manifest, "host", dict, "manifest")
-    for key in ("system", "kernel", "machine", "hostname"):
-        _need(host, key, str, "host", optional=True)
-    for key in ("bcc", "libbpf", "clang"):  # the versions of the backend that ran it
-        if key in host:
-            _need(host, key, str, "host", optional=True)
-    _need(host, "cpus", int, "host", optional=True)
-    capture = _need(manifest, "capture", dict, "manifest")
-    info = RecordingInfo(archive.path, version, host, _need_time(capture, "start", "capture"),
-                         _need_time(capture, "end", "capture"),
-                         _need_time(capture, "saved", "capture"))
-
-    streams: dict[str, ReplayedStream] = {}
-    for i, s in enumerate(_need(manifest, "streams", list, "manifest")):
-        where = f"streams[{i}]"
-        sname = _need(s, "name", str, where)
-        stats = _stream_stats(_need(s, "stats", dict, where), f"{where}.stats")
-        streams[sname] = ReplayedStream(sname, _frame(archive, s, where), stats)
-
-    maps: dict[str, ReplayedMap] = {}
-    by_time: dict[float, dict[str, pd.DataFrame]] = {}
-    for i, m in enumerate(_need(manifest, "maps", list, "manifest")):
-        where = f"maps[{i}]"
-        mname = _need(m, "name", str, where)
-        meta = {"kind": _need(m, "kind", str, where),
-                "declared": _need(m, "declared", str, where),
-                "key_type": _need(m, "key_type", str, where),
-                "value_type": _need(m, "value_type", str, where),
-                "max_entries": _need(m, "max_entries", int, where, optional=True),
-                "key_dtype": _safe_dtype(m.get("key_dtype"), f"{where}.key_dtype"),
-                "value_dtype": _safe_dtype(m.get("value_dtype"), f"{where}.value_dtype"),
-                "info": _map_info(_need(m, "info", dict, where), f"{where}.info")}
-        snaps = []
-        for j, snap in enumerate(_need(m, "snapshots", list, where)):
-            t = _need_time(snap, "time", f"{where}.snapshots[{j}]")
-            if t is None:
-                raise ReplayError(f"malformed recording: {where}.snapshots[{j}] has no time")
-            df = _frame(archive, snap, f"{where}.snapshots[{j}]")
-            snaps.append((t, df))
-            by_time.setdefault(t, {})[mname] = df
-        maps[mname] = ReplayedMap(mname, meta, snaps)
-    snapshots = [recording.Snapshot(t, frames) for t, frames in sorted(by_time.items())]
-    tables = {}
-    for i, t in enumerate(_need(manifest, "tables", list, "manifest") if "tables" in manifest
-                          else []):
-        tables[_need(t, "name", str, f"tables[{i}]")] = _frame(archive, t, f"tables[{i}]")
-    return ReplayedProgram(name or program["name"], program, info, streams, maps, snapshots,
-                           tables)
-
 
 def _backend(prog: dict[str, Any]) -> str:
     """The backend that ran a recorded program; for recordings that do not name it, the one
@@ -1252,13 +861,3 @@ def _backend(prog: dict[str, Any]) -> str:
                           f"{', '.join(BACKENDS)}")
     return name
 
-
-def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
-    """A recording's manifest alone (program, host, capture), without its data."""
-    archive = _Archive(Path(path), MAX_BYTES)
-    try:
-        return json.load(io.BytesIO(archive.read(recording.MANIFEST, MAX_MANIFEST)))
-    except ValueError as e:
-        raise ReplayError(f"{path} has a corrupted manifest ({e})") from None
-    finally:
-        archive.close()

@@ -1,0 +1,79 @@
+"""The recording file format: a tracing session saved as one self-contained, open-format file.
+
+A recording (``.bpfrec``) is a zip archive holding
+
+* ``manifest.json``: the format's name and version, the program (source, compiler
+  flags, attach list, pid, the backend that ran it), the probes that were
+  attached, host facts (kernel release, the backend's versions: BCC's, or
+  libbpf's and clang's; CPU count, hostname unless left out), the capture's
+  start and end, and a description of every member below;
+* ``streams/<i>.parquet``: every event of each stream;
+* ``maps/<i>/<j>.parquet``: snapshots of each map with their timestamps
+  (periodic ones from a recorder, then the final one);
+* ``tables/<i>.parquet``: extra frames saved with the program by name.
+
+Column types are written to the manifest, so a replay gets the same DataFrame
+dtypes back. Nothing in a recording is pickled or executable. The limits below
+bound what reading one may cost; :mod:`ebpf_magic.sessions.reader` enforces them.
+"""
+
+from __future__ import annotations
+
+import re
+
+FORMAT = "ebpf_magic.recording"  # the format's name inside every file: never changes
+VERSION = 1  # the version written; readers accept 1..VERSION
+MANIFEST = "manifest.json"
+SUFFIX = ".bpfrec"
+
+
+def stream_member(i: int) -> str:
+    """The member holding the events of the ``i``-th stream."""
+    return f"streams/{i}.parquet"
+
+
+def map_member(i: int, j: int) -> str:
+    """The member holding the ``j``-th snapshot of the ``i``-th map."""
+    return f"maps/{i}/{j}.parquet"
+
+
+def table_member(i: int) -> str:
+    """The member holding the ``i``-th extra table."""
+    return f"tables/{i}.parquet"
+
+
+# Every member other than the manifest is named like this.
+MEMBER = re.compile(r"(streams/\d{1,6}|tables/\d{1,6}|maps/\d{1,6}/\d{1,6})\.parquet")
+
+# -- the manifest's column types ----------------------------------------------------
+# A column is described as [name, type]; the types are numpy dtype names, times with a
+# unit, "str"/"object:str"/"string", "bytes", "list", "json", "category", or one of
+# pandas' extension dtypes below.
+
+NUMERIC = {"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+           "float16", "float32", "float64"}
+TIMES = re.compile(r"[<>|=]?[Mm]8\[(s|ms|us|ns)\]")
+TZ_TIMES = re.compile(r"datetime64\[(s|ms|us|ns), UTC\]")
+# pandas extension dtypes a recording may name, restored with ``astype``
+EXTENSION_DTYPES = {"Int8", "Int16", "Int32", "Int64", "UInt8", "UInt16", "UInt32", "UInt64",
+                    "Float32", "Float64", "boolean", "string"}
+# the scalar types a map's key or value layout may be built from: plain C data only
+SCALAR_DTYPE = re.compile(r"[<>|=]?(b1|[iu][1248]|f[248]|S\d{1,6}|V\d{1,6})")
+# A map's listing row (``MapView.info()``): at most these fields, of these types.
+MAP_INFO = {"map": str, "kind": str, "key": str, "value": str, "entries": int,
+            "max_entries": int, "full": bool}
+
+# -- limits on what one recording may cost to read ------------------------------------
+# ``load(max_bytes=...)`` replaces MAX_BYTES, which bounds both the unpacked members and the
+# decoded frames (each a separate total).
+MAX_BYTES = 1 << 30  # unpacked members in total; decoded frames in total
+MAX_MEMBERS = 10_000
+MAX_DIRECTORY_ENTRY = 128  # central-directory bytes per member (names are under 30 bytes)
+MAX_MANIFEST = 16 << 20
+MAX_FOOTER = 1 << 20  # a Parquet member's metadata footer
+MAX_ROW_GROUP_BYTES = 1 << 30  # one Parquet row group decoded: the unit read at once
+MAX_COLUMN_BYTES = 512 << 20  # one column of one row group, as its metadata declares it
+OBJECT_BYTES = 64  # what a value costs decoded as a Python object (pointer and object)
+# manifest times are seconds since the epoch that pandas and datetime can both show
+MIN_TIME = 0.0
+MAX_TIME = float(2**33)  # year 2242

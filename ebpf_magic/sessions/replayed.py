@@ -1,0 +1,355 @@
+"""Recorded programs read back, without a compiler, privileges, or even Linux.
+
+:func:`load` reads a ``.bpfrec`` file (checked by :mod:`ebpf_magic.sessions.reader`)
+into a :class:`ReplayedProgram`: a :class:`~ebpf_magic.api.ProgramView` whose
+maps and streams are :class:`~ebpf_magic.api.MapView` and
+:class:`~ebpf_magic.api.StreamView`, so ``.events[NAME].df``, ``.maps[NAME].df``,
+``.maps[NAME].info()``, ``.browse()`` and the plots that work from those frames
+read it as they read a live program. It loads nothing into the kernel.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import html
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ebpf_magic.api import Named
+from ebpf_magic.data.histograms import Histogram
+from ebpf_magic.data.maps import PERCPU_KINDS, normalize_dtype
+from ebpf_magic.errors import ReplayError
+from ebpf_magic.internal import dtypes
+from ebpf_magic.probes import Probe
+from ebpf_magic.sessions import format as fmt
+from ebpf_magic.sessions import policy, reader, writer
+from ebpf_magic.sessions.snapshots import Snapshot, Snapshots, stack
+
+
+def _when(t: float | None) -> str:
+    if t is None:
+        return "unknown time"
+    try:
+        stamp = _dt.datetime.fromtimestamp(t, _dt.timezone.utc)
+    except (ValueError, OverflowError, OSError):
+        return "unknown time"
+    return stamp.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+@dataclass
+class RecordingInfo:
+    """Where and when a recording was captured."""
+
+    path: Path
+    version: int
+    host: dict[str, Any]
+    start: float | None
+    end: float | None
+    saved: float | None
+
+    @property
+    def duration(self) -> float:
+        return (self.end or 0.0) - (self.start or 0.0) if self.start and self.end else 0.0
+
+    def where(self) -> str:
+        h = self.host
+        facts = [f"{h.get('system') or 'Linux'} {h.get('kernel') or '?'}"]
+        if h.get("bcc"):
+            facts.append(f"BCC {h['bcc']}")
+        if h.get("libbpf"):
+            facts.append(f"libbpf {h['libbpf']}")
+        if h.get("cpus"):
+            facts.append(f"{h['cpus']} CPUs")
+        on = f"on {h['hostname']} " if h.get("hostname") else ""
+        return f"{on}({', '.join(facts)})"
+
+    def __str__(self) -> str:
+        return (f"replayed from {self.path}, captured {self.where()} at {_when(self.start)} "
+                f"for {self.duration:.1f} s")
+
+
+class ReplayedStream:
+    """The recorded events of one stream (a :class:`~ebpf_magic.api.StreamView`)."""
+
+    def __init__(self, name: str, kind: str, df: pd.DataFrame, stats: dict[str, Any]) -> None:
+        self.name = name
+        self.kind = kind
+        self._df = df
+        self._stats = dict(stats)
+
+    @property
+    def df(self) -> pd.DataFrame:
+        return self._df.copy(deep=False)
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        """The counters the live stream had when it was saved."""
+        return dict(self._stats)
+
+    @property
+    def received(self) -> int:
+        return len(self._df)
+
+    def __len__(self) -> int:
+        return len(self._df)
+
+    def tail(self, n: int | None = 10) -> pd.DataFrame:
+        """The ``n`` newest events (all with ``None``)."""
+        return self.df if n is None else self._df.iloc[len(self._df) - min(n, len(self._df)):]
+
+    def live(self, *args: Any, **kwargs: Any) -> pd.DataFrame:
+        """A recording does not change: its events, as a table."""
+        return self.df
+
+    def summary(self) -> str:
+        lost = self._stats.get("lost_kernel", 0)
+        return f"{self.name} (replayed): {len(self._df):,} events, {lost:,} lost in the kernel"
+
+    def __repr__(self) -> str:
+        return f"<ReplayedStream {self.name}: {len(self._df)} event(s)>"
+
+    def _repr_html_(self) -> str:
+        return self._df.tail(20).to_html()
+
+
+class ReplayedMap:
+    """The recorded snapshots of one map; ``.df`` is the last one. Read-only.
+
+    A :class:`~ebpf_magic.api.MapView` whose layout and listing row are the live
+    map's, as recorded.
+    """
+
+    writable = False
+
+    def __init__(self, recorded: reader.RecordedMap) -> None:
+        self.name = recorded.name
+        self.kind = recorded.kind
+        self.declared = recorded.declared
+        self.key_type = recorded.key_type
+        self.value_type = recorded.value_type
+        self.max_entries = recorded.max_entries
+        # gaps between fields come back as ``__pad`` fields, which live maps leave out too
+        self.key_dtype = None if recorded.key_dtype is None else \
+            normalize_dtype(recorded.key_dtype)
+        self.value_dtype = None if recorded.value_dtype is None else \
+            normalize_dtype(recorded.value_dtype)
+        self._value_columns = recorded.value_columns
+        self._length = recorded.length
+        self._info = dict(recorded.info)
+        self._snapshots = recorded.snapshots
+
+    @property
+    def percpu(self) -> bool:
+        return self.kind in PERCPU_KINDS
+
+    @property
+    def value_columns(self) -> list[str]:
+        """The columns of :attr:`df` that hold the value; the others are the key."""
+        if self._value_columns is not None:
+            return list(self._value_columns)
+        if self.value_dtype is None:  # a recording that says neither: the usual names
+            return [c for c in self.df.columns if c in ("value", "count")]
+        vdt = self.value_dtype
+        return list(dtypes.columns(np.zeros(0, vdt), "value" if not vdt.names else ""))
+
+    def info(self) -> dict[str, Any]:
+        return dict(self._info)
+
+    @property
+    def df(self) -> pd.DataFrame:
+        """The final snapshot."""
+        if not self._snapshots:
+            return pd.DataFrame()
+        return self._snapshots[-1][1].copy(deep=False)
+
+    @property
+    def snapshots(self) -> pd.DataFrame:
+        """Every recorded snapshot stacked, with a leading ``time`` column."""
+        return stack(self._snapshots)
+
+    def history(self) -> list[tuple[pd.Timestamp, pd.DataFrame]]:
+        """``(time, frame)`` of every snapshot, oldest first (what heatmaps take)."""
+        return [(pd.Timestamp(t, unit="s", tz="UTC"), df) for t, df in self._snapshots]
+
+    def hist(self, kind: str | None = None, step: int = 1) -> Histogram:
+        """The final snapshot of a histogram map as a :class:`.histograms.Histogram`."""
+        try:
+            return Histogram(self.df, kind=kind, name=self.name)
+        except ValueError:
+            raise TypeError(f"{self.name} was not recorded as a histogram") from None
+
+    def __len__(self) -> int:
+        """The live map's ``len()`` when saved (rows of the final snapshot, if not recorded)."""
+        if self._length is not None:
+            return self._length
+        return len(self._snapshots[-1][1]) if self._snapshots else 0
+
+    def __getitem__(self, key: Any) -> Any:
+        raise TypeError(f"{self.name} is a replayed map: read it as a table with .df")
+
+    def __repr__(self) -> str:
+        return (f"<ReplayedMap {self.name}: {self.declared or self.kind} "
+                f"{self.key_type} -> {self.value_type}, {len(self._snapshots)} snapshot(s)>")
+
+    def _repr_html_(self) -> str:
+        return self.df.to_html(index=False)
+
+
+class ReplayedMaps(Named[ReplayedMap]):
+    """A replayed program's maps by name; ``.df`` lists them as the live listing does."""
+
+    def __init__(self, maps: Mapping[str, ReplayedMap]) -> None:
+        super().__init__(maps, "map")
+
+    @property
+    def df(self) -> pd.DataFrame:
+        return pd.DataFrame([m.info() for m in self.values()])
+
+    def _repr_html_(self) -> str:
+        return self.df.to_html(index=False)
+
+
+class ReplayedStreams(Named[ReplayedStream]):
+    """A replayed program's event streams by name."""
+
+    def __init__(self, streams: Mapping[str, ReplayedStream]) -> None:
+        super().__init__(streams, "stream")
+
+    @property
+    def received(self) -> int:
+        return sum(len(s) for s in self.values())
+
+
+class ReplayedProgram:
+    """A recorded program, read back: a :class:`~ebpf_magic.api.ProgramView`, nothing in the
+    kernel."""
+
+    running = False
+    readable = True  # recorded maps stay readable; a stopped live program's do not
+
+    def __init__(self, recorded: reader.Recording, name: str | None = None) -> None:
+        program = recorded.program
+        self.name: str = name or program["name"]
+        self.source: str = program["source"]
+        self.cflags: list[str] = program["cflags"]
+        self.pid: int | None = program["pid"]
+        self.probes: list[Probe] = program["probes"]
+        self.attached: list[str] = program["attached"]
+        self.backend: str = program["backend"]
+        self.recording = RecordingInfo(recorded.path, recorded.version, recorded.host,
+                                       recorded.start, recorded.end, recorded.saved)
+        self.started_at = recorded.start
+        self.stopped_at = recorded.end
+        self.warnings: list[str] = []
+        self.events = ReplayedStreams({s.name: ReplayedStream(s.name, s.kind, s.df, s.stats)
+                                       for s in recorded.streams})
+        self.maps = ReplayedMaps({m.name: ReplayedMap(m) for m in recorded.maps})
+        by_time: dict[float, dict[str, pd.DataFrame]] = {}
+        for m in recorded.maps:
+            for t, df in m.snapshots:
+                by_time.setdefault(t, {})[m.name] = df
+        #: every map's snapshots, as a recorder holds them
+        self.snapshots = Snapshots(Snapshot(t, frames) for t, frames in sorted(by_time.items()))
+        self.tables: dict[str, pd.DataFrame] = dict(recorded.tables)
+
+    @property
+    def functions(self) -> list[str]:
+        return sorted({p.function for p in self.probes if p.function})
+
+    @property
+    def unattached(self) -> list[str]:
+        return []
+
+    @property
+    def uptime(self) -> float:
+        return self.recording.duration
+
+    @property
+    def events_seen(self) -> int:
+        return self.events.received
+
+    def prog_ids(self) -> list[int]:
+        return []
+
+    def map_ids(self) -> list[int]:
+        return []
+
+    def summary(self) -> dict[str, Any]:
+        return {"name": self.name, "probes": ", ".join(self.attached) or "-",
+                "maps": ", ".join(self.maps), "events": self.events_seen,
+                "uptime_s": round(self.uptime, 1), "state": "replayed"}
+
+    def stop(self) -> None:
+        """Nothing runs: a no-op, for code written for live programs."""
+
+    def save(self, path: str | os.PathLike, **options: Any) -> Path:
+        """Write this recording again (e.g. ``hostname=False`` to share it).
+
+        The host stays the one it was captured on; ``snapshots``, ``hostname`` and
+        ``tables`` are as for :func:`ebpf_magic.sessions.save`.
+        """
+        options.setdefault("snapshots", self.snapshots)
+        return writer.write(self, path, host=self.recording.host, **options)
+
+    def browse(self, interval: float = 1.0, top_n: int = 100) -> Any:
+        """The map browser, over the recorded snapshots."""
+        from ebpf_magic.present.widgets import MapBrowser
+
+        return MapBrowser(self, interval=interval, top_n=top_n)
+
+    def __enter__(self) -> ReplayedProgram:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        return f"<ReplayedProgram {self.name}: {self.recording}>"
+
+    def _repr_html_(self) -> str:
+        return (f"<p><b>{html.escape(self.name)}</b> {html.escape(str(self.recording))}</p>"
+                + pd.DataFrame([self.summary()]).to_html(index=False))
+
+
+def load(path: str | os.PathLike, name: str | None = None, *,
+         max_bytes: int = fmt.MAX_BYTES) -> ReplayedProgram:
+    """Read the recording at ``path`` into a :class:`ReplayedProgram` (named ``name``).
+
+    Raises :class:`~ebpf_magic.errors.ReplayError` for anything that is not
+    a complete, well-formed recording, including files whose members unpack to
+    more than ``max_bytes`` or whose frames decode to more (see
+    :data:`.format.OBJECT_BYTES` for what a Python object counts).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ReplayError(f"no recording at {path}",
+                          f"Recordings by name live in {policy.recordings_dir()}.")
+    return ReplayedProgram(reader.read(path, max_bytes), name)
+
+
+def replay_cell(name: str, why: str = "") -> ReplayedProgram:
+    """The recording of ``name`` for a ``%%bpf NAME`` cell that cannot run live.
+
+    ``why`` (from :func:`.policy.can_run_live`) goes into the error when there is no
+    recording.
+    """
+    path = policy.find_recording(name)
+    if path is None:
+        raise ReplayError(f"%%bpf {name} cannot run live here ({why or 'no BPF'}) and there is "
+                          f"no recording of it at {policy.recording_path(name)}",
+                          f"Run the notebook live once with {policy.RECORD_ENV}=1 (or %%bpf "
+                          f"{name} --record) and `%bpf save {name}`, or point "
+                          f"{policy.RECORDINGS_ENV} at the folder holding the recordings.")
+    return load(path, name)
+
+
+def announce(prog: ReplayedProgram, why: str = "") -> str:
+    """The line a notebook shows when a cell replays instead of running live."""
+    because = f" ({why})" if why else ""
+    return f"{prog.name}: {prog.recording}{because}"

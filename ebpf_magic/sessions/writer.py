@@ -1,0 +1,256 @@
+"""Writing a program, live or replayed, to one recording file (see :mod:`.format`).
+
+:func:`write` reads the program only through the read API (:class:`Recordable`):
+the manifest, then each stream's events, each map's snapshots and the extra tables
+as Parquet members, then the zip, written beside the target and moved into place.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import platform
+import socket
+import time
+import zipfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+
+from ebpf_magic import backend as backends
+from ebpf_magic.api import MapView, ProgramView
+from ebpf_magic.errors import BPFError
+from ebpf_magic.sessions import format as fmt
+from ebpf_magic.sessions.snapshots import Snapshot
+
+
+class Recordable(ProgramView, Protocol):
+    """A program as a recording describes it: the read API and how it was started."""
+
+    cflags: list[str]
+    pid: int | None
+    attached: list[str]  # what the kernel reported attaching, one entry per probe
+    started_at: float | None
+    stopped_at: float | None
+
+
+def write(prog: Recordable, path: str | os.PathLike, *, snapshots: Iterable[Snapshot] = (),
+          hostname: bool = True, tables: Mapping[str, pd.DataFrame] | None = None,
+          host: Mapping[str, Any] | None = None) -> Path:
+    """Write ``prog`` and its map ``snapshots`` to one recording file at ``path``.
+
+    A running program's maps are snapshotted once more now, as the final snapshot.
+    ``host`` says where the program ran (a replayed program's recorded host);
+    by default this machine, with its name unless ``hostname`` is False.
+    ``tables`` are extra frames kept by name, after the program's own.
+    Returns the path written; nothing is left at ``path`` if writing fails.
+    """
+    path = Path(path)
+    snaps = _with_final(prog, list(snapshots))
+    manifest = _manifest(prog, host, hostname)
+    members: dict[str, bytes] = {}
+    manifest["streams"] = _streams(prog, members)
+    manifest["maps"] = _maps(prog, snaps, members)
+    manifest["tables"] = _tables({**prog.tables, **dict(tables or {})}, members)
+    _zip(path, manifest, members)
+    return path
+
+
+def _with_final(prog: Recordable, snaps: list[Snapshot]) -> list[Snapshot]:
+    """``snaps`` and, for a running program, a snapshot of its maps now."""
+    if prog.running:
+        return snaps + [Snapshot(time.time(), {name: m.df for name, m in prog.maps.items()})]
+    if not prog.readable and not snaps:
+        raise BPFError(f"{prog.name} is stopped, so its maps can no longer be read",
+                       "Save a program before stopping it, or record map snapshots with "
+                       "ebpf_magic.sessions.record_snapshots(prog) while it runs.")
+    return snaps  # a replayed program's last snapshot is its final one
+
+
+def _manifest(prog: Recordable, host: Mapping[str, Any] | None, hostname: bool
+              ) -> dict[str, Any]:
+    if host is None:
+        host = host_facts(hostname, prog.backend)
+    elif not hostname:
+        host = {**host, "hostname": None}
+    return {
+        "format": fmt.FORMAT, "version": fmt.VERSION,
+        "program": {"name": prog.name, "source": prog.source, "cflags": list(prog.cflags),
+                    "pid": prog.pid, "probes": [_probe_dict(p) for p in prog.probes],
+                    "attached": list(prog.attached), "backend": prog.backend},
+        "host": dict(host),
+        "capture": {"start": prog.started_at, "end": prog.stopped_at or time.time(),
+                    "saved": time.time()},
+    }
+
+
+def _streams(prog: Recordable, members: dict[str, bytes]) -> list[dict[str, Any]]:
+    out = []
+    for i, (name, stream) in enumerate(prog.events.items()):
+        member = fmt.stream_member(i)
+        members[member], desc = frame_to_parquet(stream.df)
+        out.append({"name": name, "kind": stream.kind, "file": member, **desc,
+                    "stats": _json_safe(dict(stream.stats))})
+    return out
+
+
+def _maps(prog: Recordable, snaps: list[Snapshot], members: dict[str, bytes]
+          ) -> list[dict[str, Any]]:
+    out = []
+    for i, (name, m) in enumerate(prog.maps.items()):
+        mine = [s for s in snaps if name in s.maps]
+        entry = {"name": name, **_map_meta(m, prog.readable, mine[-1].maps[name] if mine
+                                           else None), "snapshots": []}
+        for j, snap in enumerate(mine):
+            member = fmt.map_member(i, j)
+            members[member], desc = frame_to_parquet(snap.maps[name])
+            entry["snapshots"].append({"time": snap.time, "file": member, **desc})
+        out.append(entry)
+    return out
+
+
+def _map_meta(m: MapView, readable: bool, last: pd.DataFrame | None) -> dict[str, Any]:
+    """What a map is, and its listing row (from the last snapshot once it cannot be read)."""
+    if readable:
+        info, length = m.info(), len(m)
+    else:
+        info = {"map": m.name, "kind": m.declared or m.kind, "key": m.key_type,
+                "value": m.value_type, "entries": None if last is None else len(last),
+                "max_entries": m.max_entries, "full": None}
+        length = 0 if last is None else len(last)
+    return _json_safe({
+        "kind": m.kind, "declared": m.declared, "key_type": m.key_type,
+        "value_type": m.value_type, "max_entries": m.max_entries,
+        "key_dtype": _dtype_descr(m.key_dtype), "value_dtype": _dtype_descr(m.value_dtype),
+        "value_columns": list(m.value_columns), "length": length, "info": info})
+
+
+def _tables(tables: Mapping[str, pd.DataFrame], members: dict[str, bytes]
+            ) -> list[dict[str, Any]]:
+    out = []
+    for i, (name, df) in enumerate(tables.items()):
+        member = fmt.table_member(i)
+        members[member], desc = frame_to_parquet(df)
+        out.append({"name": str(name), "file": member, **desc})
+    return out
+
+
+def _zip(path: Path, manifest: dict[str, Any], members: Mapping[str, bytes]) -> None:
+    """The archive, written beside ``path`` and moved into place whole."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
+        zf.writestr(fmt.MANIFEST, json.dumps(_json_safe(manifest), indent=1),
+                    compress_type=zipfile.ZIP_DEFLATED)
+        for member, data in members.items():
+            zf.writestr(member, data)  # already zstd-compressed by Parquet
+    os.replace(tmp, path)
+
+
+# -- host facts -------------------------------------------------------------------
+
+
+def host_facts(hostname: bool = True, backend: str = "bcc") -> dict[str, Any]:
+    """Where a capture ran: kernel, backend versions, CPUs, and (unless left out) the hostname.
+
+    The versions are those ``backend`` ran on: BCC's, or libbpf's and clang's.
+    """
+    return {"system": platform.system(), "kernel": platform.release(),
+            "machine": platform.machine(), **backends.host_facts(backend),
+            "cpus": os.cpu_count(), "hostname": socket.gethostname() if hostname else None}
+
+
+# -- columns ----------------------------------------------------------------------
+
+
+def column_kind(series: pd.Series) -> str:
+    """The type a recording gives one column: a numpy dtype, or str/bytes/list/json."""
+    dt = series.dtype
+    if isinstance(dt, np.dtype):
+        if dt.kind in "biufMm":
+            return dt.str if dt.kind in "Mm" else dt.name
+        if dt.kind == "O":
+            values = [v for v in series.tolist() if v is not None]
+            if all(isinstance(v, str) for v in values):
+                return "object:str"
+            if all(isinstance(v, bytes) for v in values):
+                return "bytes"
+            if values and all(isinstance(v, (list, tuple)) for v in values):
+                return "list"
+            return "json"
+        raise BPFError(f"column {series.name!r} has type {dt}, which a recording cannot hold")
+    if str(dt) == "str" or str(dt) in fmt.EXTENSION_DTYPES:
+        return str(dt)
+    if isinstance(dt, pd.DatetimeTZDtype):
+        return f"datetime64[{dt.unit}, UTC]" if str(dt.tz) == "UTC" else "json"
+    if isinstance(dt, pd.CategoricalDtype):
+        return "category"
+    raise BPFError(f"column {series.name!r} has type {dt}, which a recording cannot hold")
+
+
+def _arrow_column(series: pd.Series, kind: str):
+    import pyarrow as pa
+
+    if kind == "json":
+        return pa.array([json.dumps(v, default=str) for v in series.tolist()], pa.string())
+    if kind == "list":
+        return pa.array([list(v) if v is not None else None for v in series.tolist()])
+    if kind == "category":
+        return pa.array(series.astype(str).tolist(), pa.string())
+    if kind in ("str", "object:str", "string", "bytes"):
+        return pa.array(series, pa.binary() if kind == "bytes" else pa.string(), from_pandas=True)
+    if isinstance(series.dtype, np.dtype):
+        return pa.array(series.to_numpy())  # NaN stays NaN, as in the frame
+    return pa.Array.from_pandas(series)
+
+
+def frame_to_parquet(df: pd.DataFrame) -> tuple[bytes, dict[str, Any]]:
+    """A frame as Parquet bytes, and its description for the manifest."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    index: list[str] = []
+    if not isinstance(df.index, pd.RangeIndex) or df.index.start != 0 or df.index.step != 1:
+        index = [str(n) if n is not None else f"level_{i}" for i, n in enumerate(df.index.names)]
+        df = df.reset_index(names=index)
+    names = [str(c) for c in df.columns]
+    if len(set(names)) != len(names):
+        raise BPFError(f"duplicate column names cannot be recorded: {names}")
+    kinds = [column_kind(df.iloc[:, i]) for i in range(df.shape[1])]
+    arrays = [_arrow_column(df.iloc[:, i], k) for i, k in enumerate(kinds)]
+    table = pa.Table.from_arrays(arrays, names=names) if names else pa.table({})
+    table = table.replace_schema_metadata(None)
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    desc = {"rows": len(df), "columns": [list(c) for c in zip(names, kinds, strict=True)],
+            "index": index}
+    return buf.getvalue(), desc
+
+
+# -- JSON -------------------------------------------------------------------------
+
+
+def _json_safe(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=lambda v: v.item() if hasattr(v, "item")
+                                 else str(v)))
+
+
+def _probe_dict(probe: Any) -> dict[str, Any]:
+    return {"kind": probe.kind, "target": probe.target, "function": probe.function,
+            "pid": probe.pid}
+
+
+def _dtype_descr(dt: np.dtype | None) -> Any:
+    """A layout as JSON; gaps between fields are named ``__pad<i>`` so they keep their place."""
+    if dt is None:
+        return None
+    return _json_safe(_named_gaps(dt.descr)) if dt.names else dt.str
+
+
+def _named_gaps(descr: list[tuple]) -> list[tuple]:
+    return [(name or f"__pad{i}", _named_gaps(t) if isinstance(t, list) else t, *shape)
+            for i, (name, t, *shape) in enumerate(descr)]
