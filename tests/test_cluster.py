@@ -246,6 +246,43 @@ def test_a_failing_host_does_not_stop_the_others(engines, engines_of):
         prog.stop()
 
 
+HIST = """BPF_HISTOGRAM(dist);
+int on_getppid(void *ctx) {
+    u32 tid = bpf_get_current_pid_tgid();
+    if (tid == TID_A) dist.increment(1);
+    if (tid == TID_B) dist.increment(3);
+    return 0;
+}"""
+
+
+def test_histograms_merge_across_hosts_or_per_host(engines, engines_of):
+    a, b = engines.host_engine, engines.ns_engine
+    tids = engines.run({a: 0, b: 0})  # the threads the workloads run on
+    prog = cluster.ClusterProgram(HIST, name="hist", engines=engines_of, attach=GETPPID,
+                                  defines={"TID_A": tids[a], "TID_B": tids[b]})
+    try:
+        assert engines.run({a: 30, b: 12}) == tids
+        # both hosts share one kernel, so each host's histogram counts both workloads
+        merged = prog.maps["dist"].hist()  # linear: the program counts constant slots
+        assert merged.kind == "linear"
+        assert merged.df[["slot", "low", "high", "count"]].values.tolist() == [
+            [1, 1, 2, 60], [2, 2, 3, 0], [3, 3, 4, 24]]
+        per_host = prog.maps["dist"].hist(per_host=True)
+        assert per_host.section_columns == ["host"]
+        assert {h: part["count"].tolist() for (h,), part in per_host.sections()} == {
+            engines.hosts[a]: [30, 0, 12], engines.hosts[b]: [30, 0, 12]}
+        assert f"@dist[{NS_HOST}]:" in str(per_host)
+        browser = prog.browse(interval=3600)
+        try:
+            browser.model.select("dist")
+            view = browser.model.filter(NS_HOST)
+            assert set(view["host"]) == {NS_HOST} and view["count"].sum() == 42
+        finally:
+            browser.close()
+    finally:
+        prog.stop()
+
+
 def test_cell_on_all_hosts_reports_each_and_lists_them(engines, engines_of, shell, capsys):
     shell.run_cell("%%bpf slow --on all -a tracepoint:syscalls:sys_enter_getppid\n" + COUNTS)
     out = capsys.readouterr().out

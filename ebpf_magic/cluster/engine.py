@@ -80,7 +80,8 @@ def _describe(m: Any) -> dict[str, Any]:
             "value_columns": m.value_columns}
 
 
-def _program(name: str) -> Program:
+def program(name: str) -> Program:
+    """The program ``name`` running on this engine (for per-host work, e.g. from ``%%px``)."""
     with _lock:
         prog = _programs.get(name)
     if prog is None:
@@ -91,23 +92,23 @@ def _program(name: str) -> Program:
 
 def map_table(name: str, map_name: str) -> bytes:
     """Map ``map_name`` of program ``name`` as it is now (its ``.df``)."""
-    return encode(_program(name).maps[map_name].df)
+    return encode(program(name).maps[map_name].df)
 
 
 def map_hist(name: str, map_name: str, kind: str | None, step: int) -> tuple[bytes, str]:
     """The map's histogram buckets and the kind they were read as."""
-    hist = _program(name).maps[map_name].hist(kind=kind, step=step)
+    hist = program(name).maps[map_name].hist(kind=kind, step=step)
     return encode(hist.df), hist.kind
 
 
 def stream_table(name: str, stream: str, rows: int | None = None) -> bytes:
     """The ``rows`` newest events of ``stream`` (all with ``None``)."""
-    return encode(_program(name).events[stream].tail(rows))
+    return encode(program(name).events[stream].tail(rows))
 
 
 def status(name: str) -> dict[str, Any]:
     """Counters of program ``name``: events seen, each stream's stats, each map's info."""
-    prog = _program(name)
+    prog = program(name)
     stats = {}
     for n, s in prog.events.items():
         st = dict(s.stats)

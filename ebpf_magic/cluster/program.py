@@ -237,16 +237,18 @@ class ClusterProgram:
         return answers
 
     def _frame(self, parts: Mapping[int, pd.DataFrame]) -> pd.DataFrame:
-        """Per-engine frames joined, ``host`` and ``engine`` first, in engine order."""
-        frames = []
-        for i in sorted(parts):
-            df = parts[i]
-            df.insert(0, "engine", np.full(len(df), i, dtype=np.int64))
-            df.insert(0, "host", pd.array([self.hosts[i]] * len(df), dtype="string"))
-            frames.append(df)
-        if not frames:
-            return pd.DataFrame({c: [] for c in FIRST_COLUMNS})
-        return pd.concat(frames, ignore_index=True)
+        """Per-engine frames joined, ``host`` (categorical) and ``engine`` first, by engine."""
+        order = sorted(parts)
+        if not order:
+            return pd.DataFrame({"host": pd.Categorical([]), "engine": np.zeros(0, np.int64)})
+        frames = [parts[i] for i in order]
+        df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+        sizes = [len(f) for f in frames]
+        hosts = list(dict.fromkeys(self.hosts[i] for i in order))
+        codes = np.repeat([hosts.index(self.hosts[i]) for i in order], sizes)
+        df.insert(0, "engine", np.repeat(np.array(order, np.int64), sizes))
+        df.insert(0, "host", pd.Categorical.from_codes(codes, categories=hosts))
+        return df
 
     # -- lifecycle -----------------------------------------------------------------
 
