@@ -315,7 +315,7 @@ def unwoken(kind: str) -> str:
             .replace("ringbuf_output(&e, sizeof(e), 0)", "ringbuf_output(&e, sizeof(e), 1)"))
 
 
-def failing_read(self, max_bytes):
+def failing_read(self, *args):
     raise OSError(5, "injected read failure")
 
 
@@ -339,6 +339,20 @@ def test_a_final_drain_that_fails_counts_what_it_leaves(loop, kind, monkeypatch,
     assert (stats["lost_reader"], stats["held"], stats["failed"]) == (n, 0, 1)
     assert accounted(stats) == stats["received"]
     assert "injected read failure" in stream.failure
+
+
+def test_a_buffer_that_cannot_even_be_skipped_says_so(loop, monkeypatch, no_leaks):
+    options = {"page_cnt": 256, "wakeup_bytes": 1 << 30, "poll_ms": 60_000, "batch_ms": 0}
+    prog = Program(unwoken("perf"), stream_options=options)
+    try:
+        stream = prog.events["events"]
+        assert start_child(loop, prog, 100).wait() == 0
+        monkeypatch.setattr(perfbuf.PerfBuffer, "read", failing_read)
+        monkeypatch.setattr(perfbuf.PerfBuffer, "discard", failing_read)
+    finally:
+        prog.stop()
+    with pytest.warns(StreamWarning, match="could not be counted .OSError: .Errno 5. injected"):
+        assert stream.stats["failed"] == 1
 
 
 @pytest.mark.parametrize("kind", sorted(DECL))

@@ -79,7 +79,6 @@ class CpuRing:
     def __init__(self, cpu: int, page_cnt: int, wakeup_bytes: int,
                  read_lost: bool = False) -> None:
         attr = _output_attr(read_lost)
-        self.read_lost = read_lost
         if wakeup_bytes > 0:
             attr.flags = _FLAG_WATERMARK
             attr.wakeup = wakeup_bytes
