@@ -27,6 +27,7 @@ from ebpf_magic import source as src
 from ebpf_magic.api import ProgramView
 from ebpf_magic.backend import (
     CompiledProgram,
+    MapHandle,
     check_globals,
     choose_backend,
     compile_program,
@@ -119,55 +120,72 @@ class Program:
         self._lock = threading.Lock()
 
         requested = [Probe.parse(a, pid) if isinstance(a, str) else a for a in attach]
-        usdt = [p for p in requested if p.kind == "usdt"]
-        if any(not p.function for p in usdt):
-            functions = src.function_names(source)
-            named = named_probes(self.backend, functions)
-            usdt = bind_explicit(named + usdt, functions)[len(named):]
+        usdt = self._bound_usdt([p for p in requested if p.kind == "usdt"])
         check_options(stream_options or {})
         try:
-            # A compiler interrupted half-way in this process could leak what it loaded:
-            # Ctrl-C waits, unless the backend compiles in a process Ctrl-C stops at once.
-            with (contextlib.nullcontext() if compiles_out_of_process(self.backend) else
-                  interrupts_deferred()):
-                self._compiled = compile_program(source, cflags=self.cflags, usdt=usdt,
-                                                 line_offset=line_offset, backend=self.backend,
-                                                 globals=globals)
-            self._globals = Globals(self._compiled.globals(), name)
-            self.warnings = list(self._compiled.warnings)
-            self.notes = list(self._compiled.notes)
-            functions = self._compiled.functions
-            auto = self._compiled.implied_probes()
-            # functions with implied probes are taken: a spec without =FUNCTION means another
-            others = bind_explicit(auto + [p for p in requested if p.kind != "usdt"],
-                                   functions)[len(auto):]
-            self.probes = auto + usdt + others
-            self._compiled.load(self.probes)
+            compiled = self._compile(line_offset, usdt, globals)
+            handles = self._load(compiled, usdt, [p for p in requested if p.kind != "usdt"])
             # Buffers are read before any probe fires, so no event goes unseen or uncounted.
-            handles = self._compiled.maps()
-            hidden = self._compiled.hidden_maps()
-            self.maps = Maps({n: h for n, h in handles.items() if n not in hidden})
-            for name, kind in self._compiled.histogram_kinds().items():
-                if name in self.maps:
-                    self.maps[name].hist_kind = kind
             # Ctrl-C waits for each step to finish, so what it opened is owned and rolled back
             # (a descriptor between its creation and its owner would be lost)
             with interrupts_deferred():
-                self._streams = Streams.open(self._compiled, handles,
-                                             **dict(stream_options or {}))
-            for probe in self.probes:
-                try:
-                    with interrupts_deferred():
-                        self.attached += self._compiled.attach(probe)
-                except AttachError as e:
-                    e.hint = e.hint or attach_hint(probe, e.message)
-                    raise
+                self._streams = Streams.open(compiled, handles, **dict(stream_options or {}))
+            self._attach(compiled)
         except BaseException:
             with interrupts_deferred():
                 self._release()
             raise
         self.started_at = time.time()
         register(self)
+
+    # -- starting --------------------------------------------------------------
+
+    def _bound_usdt(self, usdt: list[Probe]) -> list[Probe]:
+        """USDT probes with their functions: a spec without =FUNCTION takes the one left."""
+        if all(p.function for p in usdt):
+            return usdt
+        functions = src.function_names(self.source)
+        named = named_probes(self.backend, functions)
+        return bind_explicit(named + usdt, functions)[len(named):]
+
+    def _compile(self, line_offset: int, usdt: list[Probe],
+                 globals: Mapping[str, Any] | None) -> CompiledProgram:
+        # A compiler interrupted half-way in this process could leak what it loaded:
+        # Ctrl-C waits, unless the backend compiles in a process Ctrl-C stops at once.
+        with (contextlib.nullcontext() if compiles_out_of_process(self.backend) else
+              interrupts_deferred()):
+            self._compiled = compiled = compile_program(
+                self.source, cflags=self.cflags, usdt=usdt, line_offset=line_offset,
+                backend=self.backend, globals=globals)
+        self._globals = Globals(compiled.globals(), self.name)
+        self.warnings = list(compiled.warnings)
+        self.notes = list(compiled.notes)
+        return compiled
+
+    def _load(self, compiled: CompiledProgram, usdt: list[Probe],
+              explicit: list[Probe]) -> dict[str, MapHandle]:
+        """Bind the probes to functions, load, and wrap the maps; returns every map handle."""
+        auto = compiled.implied_probes()
+        # functions with implied probes are taken: a spec without =FUNCTION means another
+        others = bind_explicit(auto + explicit, compiled.functions)[len(auto):]
+        self.probes = auto + usdt + others
+        compiled.load(self.probes)
+        handles = compiled.maps()
+        hidden = compiled.hidden_maps()
+        self.maps = Maps({n: h for n, h in handles.items() if n not in hidden})
+        for name, kind in compiled.histogram_kinds().items():
+            if name in self.maps:
+                self.maps[name].hist_kind = kind
+        return handles
+
+    def _attach(self, compiled: CompiledProgram) -> None:
+        for probe in self.probes:
+            try:
+                with interrupts_deferred():
+                    self.attached += compiled.attach(probe)
+            except AttachError as e:
+                e.hint = e.hint or attach_hint(probe, e.message)
+                raise
 
     # -- reading ---------------------------------------------------------------
 

@@ -10,6 +10,7 @@ root to the leaf, the format of flamegraph.pl, and what
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -107,13 +108,34 @@ def folded(counts: Any, stack_map: Any, *, kernel: bool = True, user: bool = Tru
     pcol, ccol = _find(cols, "pid", pid_field), _find(cols, "comm", comm_field)
     vcol = count_field or ("value" if "value" in cols else next(
         c for c in reversed(cols) if c not in (kcol, ucol, pcol, ccol)))
+    frames = _frames_of(stack_map)
+    rows = []
+    for rec in df.to_dict("records"):
+        pid = int(rec[pcol]) if pcol else None
+        parts = [str(rec[ccol])] if ccol else []
+        if ucol and user:
+            parts += frames(rec[ucol], pid)
+        if kcol and kernel:
+            parts += frames(rec[kcol], pid)
+        rows.append((";".join(p for p in parts if p), int(rec[vcol])))
+    out = pd.DataFrame(rows, columns=["stack", "count"])
+    out = out.groupby("stack", as_index=False, sort=False)["count"].sum()
+    return out.sort_values("count", ascending=False, ignore_index=True)
+
+
+def _frames_of(stack_map: Any) -> Callable[[Any, int | None], list[str]]:
+    """``frames(stack_id, pid)``: the frames of one stack of ``stack_map``, root first.
+
+    A live map's stacks are symbolized as asked (user frames need the pid); a recorded
+    one's (its frame, or a replayed map) were symbolized when recorded.
+    """
     backend = ""
     if isinstance(stack_map, Map):
         backend = stack_map.handle.backend
         keys, values = stack_map.snapshot()
         ips = dict(zip(keys.astype(np.int64).tolist(), addresses(values), strict=True))
         named: dict[int, list[str]] = {}
-    else:  # a recorded stack map: its frame of already symbolized stacks
+    else:
         recorded = stack_map if isinstance(stack_map, pd.DataFrame) else stack_map.df
         ips = {}
         named = {int(i): str(s).split(";") if s else []
@@ -130,15 +152,4 @@ def folded(counts: Any, stack_map: Any, *, kernel: bool = True, user: bool = Tru
             cache[(sid, pid)] = list(reversed(symbolize(ips.get(sid, []), pid, backend)))
         return cache[(sid, pid)]
 
-    rows = []
-    for rec in df.to_dict("records"):
-        pid = int(rec[pcol]) if pcol else None
-        parts = [str(rec[ccol])] if ccol else []
-        if ucol and user:
-            parts += frames(rec[ucol], pid)
-        if kcol and kernel:
-            parts += frames(rec[kcol], pid)
-        rows.append((";".join(p for p in parts if p), int(rec[vcol])))
-    out = pd.DataFrame(rows, columns=["stack", "count"])
-    out = out.groupby("stack", as_index=False, sort=False)["count"].sum()
-    return out.sort_values("count", ascending=False, ignore_index=True)
+    return frames
