@@ -213,6 +213,8 @@ def test_events_exact_per_host(engines, engines_of):
             time.sleep(0.2)
         assert got == want, (df.head(), df.dtypes, tids, prog.events['calls'].stats)
         assert list(df.columns[:4]) == ["host", "engine", "tid", "pid"]
+        assert {i: set(df[df["engine"] == i]["host"]) for i in want} == {
+            i: {engines.hosts[i]} for i in want}
         assert prog.events["calls"].stats["lost_kernel"] == 0
         by_host = prog.events["calls"].stats_by_host
         assert sorted(by_host["engine"]) == sorted(want)
@@ -379,3 +381,39 @@ def test_killed_engine_loses_its_rows_only_and_leaks_nothing(engines, engines_of
         prog.stop()
         assert time.monotonic() - began < 10
     assert gone(alive_ids)
+
+
+def identity() -> tuple[int, int]:
+    """The engine's user id and effective capability mask."""
+    import os
+
+    status = open("/proc/self/status").read()
+    return os.getuid(), int(status.split("CapEff:")[1].split()[0], 16)
+
+
+identity.__module__ = "__engine__"
+
+
+def test_engine_through_the_launcher_keeps_only_bpf_rights(tmp_path):
+    from traitlets.config import Config
+
+    from ebpf_magic.cluster import launch
+    from ebpf_magic.setup import launcher
+
+    if os.geteuid() != 0:
+        pytest.skip("only an engine started by root changes user")
+    config = Config()
+    config.EngineLauncher.engine_cmd = launch.engine_cmd()
+    with ipp.Cluster(n=1, config=config, log_level=40, profile_dir=str(tmp_path)) as client:
+        client.wait_for_engines(1, timeout=120)
+        uid, caps = client[0].apply_sync(identity)
+        assert uid == launcher.account().pw_uid
+        assert caps == launcher.mask(launcher.wanted())
+        prog = cluster.ClusterProgram(COUNTS, name="confined", attach=GETPPID,
+                                      engines=cluster.connect(client=client, timeout=60))
+        try:
+            tid = client[0].apply_sync(workload, 42)
+            df = prog.maps["calls"].df
+            assert df[df["key"] == tid]["value"].tolist() == [42]
+        finally:
+            prog.stop()
