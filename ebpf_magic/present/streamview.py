@@ -12,11 +12,13 @@ import threading
 
 import ipywidgets as widgets
 
+from ebpf_magic.data.streams import Stream
+
 
 class LiveView:
     """Refreshes ``widget`` from ``stream`` every ``interval`` seconds until the stream stops."""
 
-    def __init__(self, stream, rows: int = 10, interval: float = 0.5) -> None:
+    def __init__(self, stream: Stream, rows: int = 10, interval: float = 0.5) -> None:
         self.stream = stream
         self.rows = rows
         self.interval = interval
