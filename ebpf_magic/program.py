@@ -52,7 +52,9 @@ def register(prog: ProgramView) -> None:
 
     A registered program is listed by :func:`running`, stopped by :func:`stop_all` and at
     interpreter exit. The registry holds it, so a running program whose last other
-    reference is dropped is still listed, and still stopped.
+    reference is dropped is still listed, and still stopped. :class:`Program` registers
+    itself; so does any other :class:`~ebpf_magic.api.ProgramView` that holds something in
+    a kernel until its ``stop()`` (a program running on many hosts).
     """
     with _running_lock:
         _running[id(prog)] = prog
@@ -74,7 +76,6 @@ def running() -> list[ProgramView]:
     """
     with _running_lock:
         return list(_running.values())
-
 
 
 class Program:
