@@ -10,11 +10,13 @@ every count is taken per thread id, the thread that engine's workload ran on.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -181,7 +183,7 @@ def test_map_counts_exact_per_host(engines, engines_of):
     prog = cluster.ClusterProgram(COUNTS, name="counts", engines=engines_of, attach=GETPPID)
     ids = set(prog.prog_ids())
     try:
-        assert sorted(prog.attached) == sorted(engines.pids)
+        assert sorted(prog.attached_on) == sorted(engines.pids)
         assert ids and ids <= loaded_prog_ids()
         want = {engines.host_engine: 1234, engines.ns_engine: 777}
         tids = engines.run(want)
@@ -234,7 +236,7 @@ def test_a_failing_host_does_not_stop_the_others(engines, engines_of):
     spec = f"xdp:{engines.net.ns_if}=on_packet"
     prog = cluster.ClusterProgram(XDP, name="partial", engines=engines_of, attach=[spec])
     try:
-        assert list(prog.attached) == [engines.ns_engine]
+        assert list(prog.attached_on) == [engines.ns_engine]
         assert list(prog.missing) == [engines.host_engine]
         assert "AttachError" in prog.missing[engines.host_engine].reason
         assert engines.net.ns_if in prog.missing[engines.host_engine].reason
@@ -285,6 +287,72 @@ def test_histograms_merge_across_hosts_or_per_host(engines, engines_of):
         prog.stop()
 
 
+RECORDED = """BPF_HASH(calls, u32, u64);
+struct call { u32 tid; u32 pid; };
+BPF_PERF_OUTPUT(out);
+int on_getppid(void *ctx) {
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tid = id;
+    struct call c = {tid, id >> 32};
+    calls.increment(tid);
+    out.perf_submit(ctx, &c, sizeof(c));
+    return 0;
+}"""
+REPLAY = """
+import json, sys
+sys.modules["bcc"] = None  # no backend: importing BCC fails
+sys.modules["ipyparallel"] = None  # and no cluster
+import ebpf_magic
+prog = ebpf_magic.load(sys.argv[1])
+tids = json.loads(sys.argv[2])
+calls, out = prog.maps["calls"].df, prog.events["out"].df
+print(json.dumps({
+    "calls": calls[calls["key"].isin(tids)].astype({"host": str}).values.tolist(),
+    "out": out[out["tid"].isin(tids)].astype({"host": str}).values.tolist(),
+    "hosts": [(h["engine"], h["host"], h["state"]) for h in prog.recording.host["hosts"]],
+    "live": ebpf_magic.live()}, default=int))
+"""
+
+
+def _rows(df, column: str, tids: list[int]) -> list[list]:
+    mine = df[df[column].isin(tids)].astype({"host": str})
+    return [[v.item() if hasattr(v, "item") else v for v in row] for row in mine.values.tolist()]
+
+
+def test_recording_replays_as_nobody_with_the_same_frames(engines, engines_of):
+    from test_recording import run_unprivileged
+
+    prog = cluster.ClusterProgram(RECORDED, name="recorded", engines=engines_of,
+                                  attach=GETPPID)
+    with tempfile.TemporaryDirectory(prefix="ebpf_cluster_replay_") as tmp:
+        try:
+            want = {engines.host_engine: 70, engines.ns_engine: 30}
+            tids = sorted(engines.run(want).values())
+            deadline = time.monotonic() + 10
+            while len(_rows(prog.events["out"].df, "tid", tids)) < 2 * sum(want.values()) \
+                    and time.monotonic() < deadline:
+                time.sleep(0.1)  # each host's program sees both workloads
+            calls = _rows(prog.maps["calls"].df, "key", tids)
+            out = _rows(prog.events["out"].df, "tid", tids)
+            assert len(calls) == 4 and len(out) == 2 * sum(want.values())
+            path = prog.save(Path(tmp) / "cluster.bpfrec")
+        finally:
+            prog.stop()
+        Path(tmp).chmod(0o755)
+        path.chmod(0o644)
+        script = Path(tmp) / "replay.py"
+        script.write_text(REPLAY)
+        script.chmod(0o644)
+        done = run_unprivileged([sys.executable, str(script), str(path), json.dumps(tids)],
+                                Path(tmp))
+    assert done.returncode == 0, done.stderr
+    replayed = json.loads(done.stdout.splitlines()[-1])
+    assert replayed["calls"] == calls and replayed["out"] == out
+    assert sorted(replayed["hosts"]) == sorted(
+        [i, h, "ran"] for i, h in engines.hosts.items())
+    assert replayed["live"] is False
+
+
 def test_cell_on_all_hosts_reports_each_and_lists_them(engines, engines_of, shell, capsys):
     shell.run_cell("%%bpf slow --on all -a tracepoint:syscalls:sys_enter_getppid\n" + COUNTS)
     out = capsys.readouterr().out
@@ -309,10 +377,10 @@ def test_targets_choose_engines_by_id_or_host(engines, engines_of, shell, capsys
     shell.run_cell(f"%%bpf one --on {NS_HOST} -a tracepoint:syscalls:sys_enter_getppid\n"
                    + COUNTS)
     prog = shell.user_ns["one"]
-    assert list(prog.attached) == [engines.ns_engine]
+    assert list(prog.attached_on) == [engines.ns_engine]
     shell.run_cell(f"%%bpf one --on {engines.host_engine} "
                    "-a tracepoint:syscalls:sys_enter_getppid\n" + COUNTS)
-    assert list(shell.user_ns["one"].attached) == [engines.host_engine]
+    assert list(shell.user_ns["one"].attached_on) == [engines.host_engine]
     assert not prog.running  # the re-run stopped the first everywhere
     result = shell.run_cell("%%bpf two --on nosuchhost\n" + COUNTS)
     assert isinstance(result.error_in_exec, cluster.ClusterError)

@@ -65,6 +65,8 @@ class ClusterProgram:
                  timeout: float | None = None, **options: Any) -> None:
         self.name = name
         self.source = source
+        self.cflags = list(options.get("cflags", ()))
+        self.pid: int | None = options.get("pid")
         self.engines = engines if engines is not None else current()
         self.timeout = self.engines.timeout if timeout is None else timeout
         self.ids = self.engines.select(targets)
@@ -108,9 +110,14 @@ class ClusterProgram:
         return self._events
 
     @property
-    def attached(self) -> dict[int, list[str]]:
+    def attached_on(self) -> dict[int, list[str]]:
         """``{engine id: probes attached there}`` for the engines that started."""
         return {i: list(a["attached"]) for i, a in self._started.items()}
+
+    @property
+    def attached(self) -> list[str]:
+        """Every probe attached on some host, each once."""
+        return list(dict.fromkeys(p for a in self._started.values() for p in a["attached"]))
 
     @property
     def warnings(self) -> list[str]:
@@ -265,11 +272,39 @@ class ClusterProgram:
             self.missing[i] = Missing(self.hosts.get(i, f"engine {i}"), why.reason, why.gone)
         self.stopped_at = time.time()
 
-    def save(self, path: Any, **options: Any) -> Any:
-        """Write one recording of every host's maps and events (see :mod:`.sessions`)."""
-        from ebpf_magic.sessions import save
+    def save(self, path: Any, *, hostname: bool = True,
+             tables: Mapping[str, pd.DataFrame] | None = None) -> Any:
+        """Write one recording of every host's maps and events, and each host's facts.
 
-        return save(self, path, **options)
+        :func:`ebpf_magic.load` replays it with the same merged frames, with no cluster,
+        BPF rights or backend. The recording's ``host`` names every host (``hostname``
+        False leaves the names out) and lists each engine's facts under ``"hosts"``.
+        Returns the path written.
+        """
+        from ebpf_magic.sessions import writer
+
+        return writer.write(self, path, hostname=hostname, tables=tables,
+                            host=self.host_facts(hostname))
+
+    def host_facts(self, hostname: bool = True) -> dict[str, Any]:
+        """Where it ran: each host's kernel, machine and CPUs, and the hosts' names joined."""
+        hosts = []
+        for i in self.ids:
+            facts = dict(self.facts.get(i, {}))
+            facts.pop("pid", None)
+            miss = self.missing.get(i)
+            hosts.append({**facts, "engine": i,
+                          "host": self.hosts.get(i, f"engine {i}") if hostname else None,
+                          "state": "missing" if miss else "ran",
+                          "reason": miss.reason if miss else ""})
+        kernels = dict.fromkeys(h["kernel"] for h in hosts if h.get("kernel"))
+        return {"system": "Linux", "kernel": ", ".join(kernels),
+                "machine": ", ".join(dict.fromkeys(h.get("machine", "") for h in hosts
+                                                   if h.get("machine"))),
+                "cpus": sum(h.get("cpus", 0) for h in hosts if h["state"] == "ran"),
+                "hostname": ", ".join(dict.fromkeys(self.hosts[i] for i in self.running_on))
+                if hostname else None,
+                "hosts": hosts}
 
     def browse(self, interval: float = 1.0, top_n: int = 100) -> Any:
         """A browser of the merged maps, with their ``host`` column."""
