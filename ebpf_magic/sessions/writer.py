@@ -235,8 +235,8 @@ def frame_to_parquet(df: pd.DataFrame) -> tuple[bytes, dict[str, Any]]:
 
 
 def _json_safe(value: Any) -> Any:
-    return json.loads(json.dumps(value, default=lambda v: v.item() if hasattr(v, "item")
-                                 else str(v)))
+    return json.loads(json.dumps(value, default=lambda v: v.tolist() if isinstance(
+        v, (np.generic, np.ndarray)) else str(v)))
 
 
 def _probe_dict(probe: Any) -> dict[str, Any]:
