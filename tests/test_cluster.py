@@ -29,6 +29,7 @@ ipp = pytest.importorskip("ipyparallel")
 
 from ebpf_magic import cluster  # noqa: E402
 from ebpf_magic.cluster import ClusterWarning, engine  # noqa: E402
+from ebpf_magic.program import running  # noqa: E402
 
 pytestmark = pytest.mark.kernel
 
@@ -184,6 +185,7 @@ def test_map_counts_exact_per_host(engines, engines_of):
     ids = set(prog.prog_ids())
     try:
         assert sorted(prog.attached_on) == sorted(engines.pids)
+        assert prog in running()  # stopped at exit like a local program
         assert ids and ids <= loaded_prog_ids()
         want = {engines.host_engine: 1234, engines.ns_engine: 777}
         tids = engines.run(want)
@@ -196,7 +198,7 @@ def test_map_counts_exact_per_host(engines, engines_of):
         assert not prog.missing
     finally:
         prog.stop()
-    assert gone(ids)
+    assert gone(ids) and prog not in running()
     with pytest.raises(Exception, match="stopped"):
         _ = prog.maps["calls"].df
 
@@ -465,7 +467,7 @@ identity.__module__ = "__engine__"
 def test_engine_through_the_launcher_keeps_only_bpf_rights(tmp_path):
     from traitlets.config import Config
 
-    from ebpf_magic.cluster import launch
+    from ebpf_magic.setup import engine_launcher as launch
     from ebpf_magic.setup import launcher
 
     if os.geteuid() != 0:

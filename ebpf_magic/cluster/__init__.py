@@ -3,8 +3,9 @@
 ``connect()`` reaches a running cluster; ``ClusterProgram`` (what ``%%bpf NAME --on
 TARGETS`` makes) starts the source on each chosen engine, where it compiles and attaches
 locally, and reads every host's maps and events into one frame with ``host`` and
-``engine`` columns first. ``engine`` holds what runs on the engines; ``launch`` starts an
-engine with the BPF capabilities only (see docs/privileges.md).
+``engine`` columns first. ``engine`` holds what runs on the engines;
+:mod:`ebpf_magic.setup.engine_launcher` starts an engine with the BPF capabilities only
+(see docs/privileges.md).
 """
 
 from __future__ import annotations

@@ -21,11 +21,18 @@ import pandas as pd
 
 from ebpf_magic.api import Named
 from ebpf_magic.cluster import engine
-from ebpf_magic.cluster.connect import ClusterError, ClusterWarning, Engines, current
+from ebpf_magic.cluster.connect import (
+    ClusterError,
+    ClusterWarning,
+    Engines,
+    Failure,
+    current,
+)
 from ebpf_magic.data import histograms
 from ebpf_magic.data.streams import Stats
 from ebpf_magic.errors import BPFError
 from ebpf_magic.probes import Probe
+from ebpf_magic.program import register, unregister
 
 FIRST_COLUMNS = ("host", "engine")
 
@@ -89,6 +96,7 @@ class ClusterProgram:
             self.stop()
             raise ClusterError(f"{name} started on no host:\n" + self._missing_lines(),
                                "Fix the error (the same on every host?) and run the cell again.")
+        register(self)
         first = self._started[min(self._started)]
         self.backend: str = first["backend"]
         self._first = first
@@ -267,10 +275,15 @@ class ClusterProgram:
         """
         if self.stopped_at is not None:
             return
-        _, failures = self.engines.call(self.ids, engine.stop, self.name, timeout=self.timeout)
+        try:
+            _, failures = self.engines.call(self.ids, engine.stop, self.name,
+                                            timeout=self.timeout)
+        except Exception as e:  # noqa: BLE001 - a closed client: the engines are out of reach
+            failures = {i: Failure(f"cannot reach the cluster to stop it: {e}") for i in self.ids}
         for i, why in failures.items():
             self.missing[i] = Missing(self.hosts.get(i, f"engine {i}"), why.reason, why.gone)
         self.stopped_at = time.time()
+        unregister(self)
 
     def save(self, path: Any, *, hostname: bool = True,
              tables: Mapping[str, pd.DataFrame] | None = None) -> Any:

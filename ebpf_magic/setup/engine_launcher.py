@@ -5,7 +5,7 @@ same rights, the same account. Give :func:`engine_cmd` to the cluster's engine l
 
     c.EngineLauncher.engine_cmd = engine_cmd()   # ipcluster_config.py, local or SSH
 
-and each engine runs ``python -I -m ebpf_magic.cluster.launch ARGS``. Started by root, it
+and each engine runs ``python -I -m ebpf_magic.setup.engine_launcher ARGS``. Started by root, it
 becomes the account :data:`~ebpf_magic.setup.launcher.ACCOUNT` keeping only
 :func:`~ebpf_magic.setup.launcher.wanted`; started by anyone else, it keeps what it holds
 of that set. Either way the bounding set shrinks, ``no_new_privs`` is set, and it
@@ -35,7 +35,7 @@ _FILE_OPTIONS = ("--file", "--IPEngine.url_file")
 
 def engine_cmd(python: str | None = None) -> list[str]:
     """The command an ipyparallel engine launcher runs (``EngineLauncher.engine_cmd``)."""
-    return [python or sys.executable, "-I", "-m", "ebpf_magic.cluster.launch"]
+    return [python or sys.executable, "-I", "-m", "ebpf_magic.setup.engine_launcher"]
 
 
 def _split(arg: str) -> tuple[str, str | None]:
@@ -87,11 +87,11 @@ def main(argv: list[str] | None = None) -> int:
         else:
             launcher.restrict(launcher.wanted())
     except (launcher.LaunchError, OSError) as e:
-        print(f"ebpf_magic.cluster.launch: {e}", file=sys.stderr)
+        print(f"ebpf_magic.setup.engine_launcher: {e}", file=sys.stderr)
         return 1
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
-        print("ebpf_magic.cluster.launch: cannot set no_new_privs: "
+        print("ebpf_magic.setup.engine_launcher: cannot set no_new_privs: "
               f"{os.strerror(ctypes.get_errno())}", file=sys.stderr)
         return 1
     if not os.access(os.curdir, os.X_OK):
@@ -99,8 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         os.execve(sys.executable, [sys.executable, "-m", "ipyparallel.engine", *argv], env)
     except OSError as e:
-        print(f"ebpf_magic.cluster.launch: uid {os.getuid()} cannot run {sys.executable}: {e}",
-              file=sys.stderr)
+        print(f"ebpf_magic.setup.engine_launcher: uid {os.getuid()} cannot run "
+              f"{sys.executable}: {e}", file=sys.stderr)
     return 1
 
 
