@@ -10,7 +10,7 @@ implementations.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import pandas as pd
@@ -125,7 +125,7 @@ class StreamView(Protocol):
     """One event stream: its rows and what it received and lost."""
 
     name: str
-    kind: str  # "perf" or "ring"
+    kind: str  # the buffer's map type: "perf_event_array" or "ringbuf"
 
     @property
     def df(self) -> pd.DataFrame:
@@ -147,6 +147,11 @@ class ProgramView(Protocol):
     name: str
     backend: str  # "bcc" or "libbpf"
     source: str
+    cflags: list[str]  # compiler flags, -D definitions included
+    pid: int | None  # the process its probes were limited to, if any
+    attached: list[str]  # what was attached, one entry per probe, as the kernel said
+    started_at: float | None  # time.time() when it started
+    stopped_at: float | None
 
     @property
     def maps(self) -> Mapping[str, MapView]: ...
@@ -182,6 +187,12 @@ class ProgramView(Protocol):
     @property
     def tables(self) -> Mapping[str, pd.DataFrame]:
         """Frames saved with it (empty for a live program)."""
+
+    def read_maps(self, names: Iterable[str] | None = None) -> dict[str, pd.DataFrame]:
+        """The frames of maps ``names`` (default all) read together, never while it stops.
+
+        Raises :class:`~ebpf_magic.errors.BPFError` once its maps can no longer be read.
+        """
 
     def summary(self) -> dict[str, Any]:
         """One row of ``%bpf list``: name, probes, maps, events, uptime_s, state."""

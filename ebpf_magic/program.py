@@ -35,7 +35,7 @@ from ebpf_magic.backend import (
     named_probes,
 )
 from ebpf_magic.data.globalvars import Globals
-from ebpf_magic.data.maps import Maps
+from ebpf_magic.data.maps import Maps, stopped_error
 from ebpf_magic.data.streams import Streams, check_options
 from ebpf_magic.errors import AttachError
 from ebpf_magic.kernel import sysbpf
@@ -248,6 +248,17 @@ class Program:
 
     def map_ids(self) -> list[int]:
         return [m.handle.extra["id"] for m in self.maps.values()] if self.running else []
+
+    def read_maps(self, names: Iterable[str] | None = None) -> dict[str, pd.DataFrame]:
+        """The frames of maps ``names`` (default all), read while :meth:`stop` waits.
+
+        A map read never meets a descriptor that stop() closed (or that the process
+        reused meanwhile); raises :class:`~ebpf_magic.errors.BPFError` once stopped.
+        """
+        with self._lock:
+            if not self.running:
+                raise stopped_error(self.name, self.stopped_at)
+            return {name: self.maps[name].df for name in (self.maps if names is None else names)}
 
     def summary(self) -> dict[str, Any]:
         """One row of ``%bpf list``."""

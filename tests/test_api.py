@@ -12,6 +12,7 @@ import pytest
 
 import ebpf_magic
 from ebpf_magic.api import EditableMap, MapView, Named, ProgramView, StreamView
+from ebpf_magic.errors import BPFError
 from ebpf_magic.sessions import ReplayedProgram
 
 CALLS = 37
@@ -77,6 +78,10 @@ def test_live_and_replayed_programs_are_one_read_api(tmp_path: Path, no_leaks) -
         assert prog.readable and prog.tables == {}
         back = ebpf_magic.load(prog.save(tmp_path / "api.bpfrec"))
         read_alike(prog, back)
+        frames = prog.read_maps(["m"])
+        assert list(frames) == ["m"] and frames["m"]["count"].tolist() == [CALLS]
+    with pytest.raises(BPFError, match="program 'api' was stopped"):
+        prog.read_maps()  # never a read of descriptors stop() closed
 
     assert isinstance(back, ReplayedProgram) and isinstance(back, ProgramView)
     assert all(isinstance(m, MapView) and not isinstance(m, EditableMap)
@@ -89,6 +94,7 @@ def test_live_and_replayed_programs_are_one_read_api(tmp_path: Path, no_leaks) -
     assert back.events["e"].df["seq"].tolist() == list(range(1, CALLS + 1))
     assert back.events["e"].stats["received"] == CALLS
     assert back.summary()["events"] == CALLS
+    assert back.read_maps()["m"].equals(back.maps["m"].df)
     # saved again from the replay, it reads the same
     read_alike(back, ebpf_magic.load(back.save(tmp_path / "again.bpfrec")))
 

@@ -57,6 +57,9 @@ class FakeProgram:
         self.events = {k: FakeStream(v) for k, v in events.items()}
         self.maps = {k: FakeMap(k, v) for k, v in maps.items()}
 
+    def read_maps(self, names=None) -> dict:
+        return {n: self.maps[n].df for n in (self.maps if names is None else names)}
+
 
 def manifest_of(path: Path) -> dict:
     with zipfile.ZipFile(path) as zf:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ebpf_magic.api import ProgramView
 from ebpf_magic.errors import BPFError
 from ebpf_magic.sessions import policy, writer
 from ebpf_magic.sessions.replayed import ReplayedProgram
@@ -30,13 +31,15 @@ class Recorder(Snapshots):
     :func:`save` includes them.
     """
 
-    def __init__(self, prog: writer.Recordable, every: float = 1.0,
+    def __init__(self, prog: ProgramView, every: float = 1.0,
                  maps: Iterable[str] | None = None, limit: int = 3600) -> None:
         if not every > 0:
             raise ValueError(f"every must be a positive number of seconds, not {every!r}")
         super().__init__()
         self.every = float(every)
         self.names = list(maps) if maps is not None else None
+        for name in self.names or ():
+            prog.maps[name]  # an unknown name fails here, naming the maps there are
         self.limit = limit
         self._prog = weakref.ref(prog)
         self._halt = threading.Event()
@@ -64,10 +67,9 @@ class Recorder(Snapshots):
         if prog is None or not prog.running:
             return None
         try:
-            frames = {name: prog.maps[name].df
-                      for name in (self.names if self.names is not None else prog.maps)}
-        except (OSError, BPFError, KeyError, ValueError):
-            return None  # the program stopped while its maps were read
+            frames = prog.read_maps(self.names)
+        except BPFError:
+            return None  # the program has stopped
         snap = Snapshot(time.time(), frames)
         self.snapshots.append(snap)
         del self.snapshots[:-self.limit]
@@ -83,11 +85,11 @@ class Recorder(Snapshots):
         return f"<Recorder every {self.every:g}s ({state}): {len(self.snapshots)} snapshot(s)>"
 
 
-_recorders: weakref.WeakKeyDictionary[writer.Recordable, Recorder] = \
+_recorders: weakref.WeakKeyDictionary[ProgramView, Recorder] = \
     weakref.WeakKeyDictionary()
 
 
-def record_snapshots(prog: writer.Recordable, every: float = 1.0,
+def record_snapshots(prog: ProgramView, every: float = 1.0,
                      maps: Iterable[str] | None = None) -> Snapshots:
     """Start snapshotting ``prog``'s maps every ``every`` seconds; :func:`save` keeps them.
 
@@ -104,14 +106,14 @@ def record_snapshots(prog: writer.Recordable, every: float = 1.0,
     return rec.start()
 
 
-def recorder_of(prog: writer.Recordable) -> Snapshots | None:
+def recorder_of(prog: ProgramView) -> Snapshots | None:
     """The snapshots :func:`record_snapshots` holds for ``prog``, if any."""
     if isinstance(prog, ReplayedProgram):
         return prog.snapshots
     return _recorders.get(prog)
 
 
-def save(prog: writer.Recordable, path: str | os.PathLike, *,
+def save(prog: ProgramView, path: str | os.PathLike, *,
          snapshots: Snapshots | Iterable[Snapshot] | None = None, hostname: bool = True,
          tables: Mapping[str, pd.DataFrame] | None = None) -> Path:
     """Write ``prog`` (live or replayed) to one recording file at ``path``.
@@ -136,17 +138,17 @@ def save(prog: writer.Recordable, path: str | os.PathLike, *,
                         host=host)
 
 
-_marked: weakref.WeakSet[writer.Recordable] = weakref.WeakSet()
+_marked: weakref.WeakSet[ProgramView] = weakref.WeakSet()
 
 
-def mark(prog: writer.Recordable, every: float | None = 1.0) -> None:
+def mark(prog: ProgramView, every: float | None = 1.0) -> None:
     """Have :func:`autosave` write ``prog``'s recording; snapshot its maps every ``every`` s."""
     _marked.add(prog)
     if every:
         record_snapshots(prog, every)
 
 
-def autosave(prog: writer.Recordable, hostname: bool = True,
+def autosave(prog: ProgramView, hostname: bool = True,
              tables: Mapping[str, pd.DataFrame] | None = None) -> Path | None:
     """Refresh ``recordings/NAME.bpfrec`` for a live program that records, else do nothing.
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as _dt
 import html
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -279,6 +279,10 @@ class ReplayedProgram:
 
     def map_ids(self) -> list[int]:
         return []
+
+    def read_maps(self, names: Iterable[str] | None = None) -> dict[str, pd.DataFrame]:
+        """The maps' final recorded frames."""
+        return {name: self.maps[name].df for name in (self.maps if names is None else names)}
 
     def summary(self) -> dict[str, Any]:
         return {"name": self.name, "probes": ", ".join(self.attached) or "-",

@@ -1,6 +1,6 @@
 """Writing a program, live or replayed, to one recording file (see :mod:`.format`).
 
-:func:`write` reads the program only through the read API (:class:`Recordable`):
+:func:`write` reads the program only through the read API (:class:`~ebpf_magic.api.ProgramView`):
 the manifest, then each stream's events, each map's snapshots and the extra tables
 as Parquet members, then the zip, written beside the target and moved into place.
 """
@@ -16,7 +16,7 @@ import time
 import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -28,17 +28,7 @@ from ebpf_magic.sessions import format as fmt
 from ebpf_magic.sessions.snapshots import Snapshot
 
 
-class Recordable(ProgramView, Protocol):
-    """A program as a recording describes it: the read API and how it was started."""
-
-    cflags: list[str]
-    pid: int | None
-    attached: list[str]  # what the kernel reported attaching, one entry per probe
-    started_at: float | None
-    stopped_at: float | None
-
-
-def write(prog: Recordable, path: str | os.PathLike, *, snapshots: Iterable[Snapshot] = (),
+def write(prog: ProgramView, path: str | os.PathLike, *, snapshots: Iterable[Snapshot] = (),
           hostname: bool = True, tables: Mapping[str, pd.DataFrame] | None = None,
           host: Mapping[str, Any] | None = None) -> Path:
     """Write ``prog`` and its map ``snapshots`` to one recording file at ``path``.
@@ -60,10 +50,10 @@ def write(prog: Recordable, path: str | os.PathLike, *, snapshots: Iterable[Snap
     return path
 
 
-def _with_final(prog: Recordable, snaps: list[Snapshot]) -> list[Snapshot]:
+def _with_final(prog: ProgramView, snaps: list[Snapshot]) -> list[Snapshot]:
     """``snaps`` and, for a running program, a snapshot of its maps now."""
     if prog.running:
-        return snaps + [Snapshot(time.time(), {name: m.df for name, m in prog.maps.items()})]
+        return snaps + [Snapshot(time.time(), prog.read_maps())]
     if not prog.readable and not snaps:
         raise BPFError(f"{prog.name} is stopped, so its maps can no longer be read",
                        "Save a program before stopping it, or record map snapshots with "
@@ -71,7 +61,7 @@ def _with_final(prog: Recordable, snaps: list[Snapshot]) -> list[Snapshot]:
     return snaps  # a replayed program's last snapshot is its final one
 
 
-def _manifest(prog: Recordable, host: Mapping[str, Any] | None, hostname: bool
+def _manifest(prog: ProgramView, host: Mapping[str, Any] | None, hostname: bool
               ) -> dict[str, Any]:
     if host is None:
         host = host_facts(hostname, prog.backend)
@@ -88,7 +78,7 @@ def _manifest(prog: Recordable, host: Mapping[str, Any] | None, hostname: bool
     }
 
 
-def _streams(prog: Recordable, members: dict[str, bytes]) -> list[dict[str, Any]]:
+def _streams(prog: ProgramView, members: dict[str, bytes]) -> list[dict[str, Any]]:
     out = []
     for i, (name, stream) in enumerate(prog.events.items()):
         member = fmt.stream_member(i)
@@ -98,7 +88,7 @@ def _streams(prog: Recordable, members: dict[str, bytes]) -> list[dict[str, Any]
     return out
 
 
-def _maps(prog: Recordable, snaps: list[Snapshot], members: dict[str, bytes]
+def _maps(prog: ProgramView, snaps: list[Snapshot], members: dict[str, bytes]
           ) -> list[dict[str, Any]]:
     out = []
     for i, (name, m) in enumerate(prog.maps.items()):
