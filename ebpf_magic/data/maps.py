@@ -67,6 +67,11 @@ class Map:
         return self.handle.max_entries
 
     @property
+    def backend(self) -> str:
+        """The backend that made the map (its stacks are symbolized by that backend)."""
+        return self.handle.backend
+
+    @property
     def declared(self) -> str:
         """How the program declared the map (``BPF_HISTOGRAM`` ...), or ""."""
         return self.handle.declared or ""

@@ -11,12 +11,11 @@ root to the leaf, the format of flamegraph.pl, and what
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import pandas as pd
 
-from ebpf_magic.data.maps import Map
 from ebpf_magic.kernel import kallsyms
 
 KERNEL_START = 0xFFFF800000000000  # x86-64 and arm64 kernel half of the address space
@@ -53,14 +52,24 @@ def addresses(values: np.ndarray) -> list[list[int]]:
     return [[int(a) for a in row[row != 0]] for row in ips]
 
 
-def stack_frame(stack_map: Map, pid: int | None = None) -> pd.DataFrame:
+@runtime_checkable
+class LiveStacks(Protocol):
+    """A live stack map: raw addresses, symbolized on reading by its backend's symbolizer."""
+
+    @property
+    def backend(self) -> str: ...
+
+    def snapshot(self) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+def stack_frame(stack_map: LiveStacks, pid: int | None = None) -> pd.DataFrame:
     """``stack_id``, ``depth`` and folded ``stack`` (root first) of every stack in the map.
 
     Kernel frames are always named; user frames only with the ``pid`` they came from.
     """
     keys, values = stack_map.snapshot()
     stacks = addresses(values)
-    folded = [";".join(reversed(symbolize(s, pid, stack_map.handle.backend))) for s in stacks]
+    folded = [";".join(reversed(symbolize(s, pid, stack_map.backend))) for s in stacks]
     return pd.DataFrame({"stack_id": keys.astype(np.int64),
                          "depth": np.array([len(s) for s in stacks], dtype=np.int64),
                          "stack": folded})
@@ -130,8 +139,8 @@ def _frames_of(stack_map: Any) -> Callable[[Any, int | None], list[str]]:
     one's (its frame, or a replayed map) were symbolized when recorded.
     """
     backend = ""
-    if isinstance(stack_map, Map):
-        backend = stack_map.handle.backend
+    if isinstance(stack_map, LiveStacks):
+        backend = stack_map.backend
         keys, values = stack_map.snapshot()
         ips = dict(zip(keys.astype(np.int64).tolist(), addresses(values), strict=True))
         named: dict[int, list[str]] = {}

@@ -7,24 +7,15 @@ subcommand, one small module each, listed in :data:`SUBCOMMANDS`.
 from __future__ import annotations
 
 import difflib
-import importlib
 import shlex
-from types import ModuleType
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
 
 from ebpf_magic.magics import cell, complete
+from ebpf_magic.magics.args import SUBCOMMANDS, subcommand
 from ebpf_magic.session import Session
 from ebpf_magic.source import interpolate
-
-# modules of ebpf_magic.magics, one per `%bpf SUBCOMMAND`
-SUBCOMMANDS = ("list", "stop", "browse", "probes", "struct", "doctor", "save", "load", "help")
-
-
-def subcommand(name: str) -> ModuleType:
-    """The module of ``%bpf NAME`` (one of :data:`SUBCOMMANDS`): its USAGE, HELP, PARSER, run."""
-    return importlib.import_module(f"{__name__}.{name}")
 
 
 def _doc() -> str:

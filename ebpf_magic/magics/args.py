@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import re
 import shlex
+from types import ModuleType
 
 from IPython.core.error import UsageError
+
+# modules of ebpf_magic.magics, one per `%bpf SUBCOMMAND`
+SUBCOMMANDS = ("list", "stop", "browse", "probes", "struct", "doctor", "save", "load", "help")
+
+
+def subcommand(name: str) -> ModuleType:
+    """The module of ``%bpf NAME`` (one of :data:`SUBCOMMANDS`): its USAGE, HELP, PARSER, run."""
+    return importlib.import_module(f"{__package__}.{name}")
 
 
 class SubcommandParser(argparse.ArgumentParser):

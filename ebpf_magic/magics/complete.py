@@ -117,7 +117,7 @@ def _cell_line(word: str, before: list[str], programs: list[str]) -> list[str] |
 
 
 def _subcommand_line(word: str, before: list[str], programs: list[str]) -> list[str] | None:
-    from ebpf_magic.magics import SUBCOMMANDS, subcommand
+    from ebpf_magic.magics.args import SUBCOMMANDS, subcommand
 
     if not before:
         return list(SUBCOMMANDS)
