@@ -28,6 +28,7 @@ from conftest import loaded_prog_ids
 ipp = pytest.importorskip("ipyparallel")
 
 from ebpf_magic import cluster  # noqa: E402
+from ebpf_magic.api import MapView, ProgramView, StreamView  # noqa: E402
 from ebpf_magic.cluster import ClusterWarning, engine  # noqa: E402
 from ebpf_magic.program import running  # noqa: E402
 
@@ -186,6 +187,7 @@ def test_map_counts_exact_per_host(engines, engines_of):
     try:
         assert sorted(prog.attached_on) == sorted(engines.pids)
         assert prog in running()  # stopped at exit like a local program
+        assert isinstance(prog, ProgramView) and isinstance(prog.maps["calls"], MapView)
         assert ids and ids <= loaded_prog_ids()
         want = {engines.host_engine: 1234, engines.ns_engine: 777}
         tids = engines.run(want)
@@ -220,6 +222,7 @@ def test_events_exact_per_host(engines, engines_of):
         assert {i: set(df[df["engine"] == i]["host"]) for i in want} == {
             i: {engines.hosts[i]} for i in want}
         assert prog.events["calls"].stats["lost_kernel"] == 0
+        assert isinstance(prog.events["calls"], StreamView)
         by_host = prog.events["calls"].stats_by_host
         assert sorted(by_host["engine"]) == sorted(want)
     finally:

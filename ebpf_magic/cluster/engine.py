@@ -40,9 +40,9 @@ def encode(df: pd.DataFrame) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def decode(data: bytes) -> pd.DataFrame:
-    """The frame :func:`encode` wrote."""
-    return pa.ipc.open_stream(pa.py_buffer(data)).read_all().to_pandas()
+def decode(data: bytes) -> pa.Table:
+    """The columns :func:`encode` wrote, as an Arrow table (no copy of the buffers)."""
+    return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
 
 
 def start(name: str, source: str, options: dict[str, Any]) -> dict[str, Any]:
@@ -93,6 +93,11 @@ def program(name: str) -> Program:
 def map_table(name: str, map_name: str) -> bytes:
     """Map ``map_name`` of program ``name`` as it is now (its ``.df``)."""
     return encode(program(name).maps[map_name].df)
+
+
+def map_tables(name: str, maps: list[str]) -> dict[str, bytes]:
+    """Maps ``maps`` of program ``name`` read together (see ``Program.read_maps``)."""
+    return {n: encode(df) for n, df in program(name).read_maps(maps).items()}
 
 
 def map_hist(name: str, map_name: str, kind: str | None, step: int) -> tuple[bytes, str]:

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from ebpf_magic.api import Named
 from ebpf_magic.cluster import engine
@@ -178,6 +179,15 @@ class ClusterProgram:
         """Frames saved with the program: none for a running one."""
         return {}
 
+    def read_maps(self, names: Iterable[str] | None = None) -> dict[str, pd.DataFrame]:
+        """The merged frames of maps ``names`` (default all), one call to each host."""
+        names = list(self._maps if names is None else names)
+        for name in names:
+            self._maps[name]  # an unknown name is a KeyError naming the nearest
+        parts = self._gather(engine.map_tables, self.name, names)
+        return {n: self._frame({i: engine.decode(p[n]) for i, p in parts.items()})
+                for n in names}
+
     def prog_ids(self, engine: int | None = None) -> list[int]:
         """Ids of the loaded functions, each in its own host's kernel (or ``engine``'s)."""
         ids = self.running_on if engine is None else [engine]
@@ -251,19 +261,23 @@ class ClusterProgram:
                 f"{self._missing_lines()}"), stacklevel=3)
         return answers
 
-    def _frame(self, parts: Mapping[int, pd.DataFrame]) -> pd.DataFrame:
-        """Per-engine frames joined, ``host`` (categorical) and ``engine`` first, by engine."""
+    def _frame(self, parts: Mapping[int, pa.Table]) -> pd.DataFrame:
+        """Per-engine tables joined, ``host`` (categorical) and ``engine`` first, by engine.
+
+        Joined as Arrow tables and converted once, so each value is copied once.
+        """
         order = sorted(parts)
         if not order:
             return pd.DataFrame({"host": pd.Categorical([]), "engine": np.zeros(0, np.int64)})
-        frames = [parts[i] for i in order]
-        df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-        sizes = [len(f) for f in frames]
+        tables = [parts[i] for i in order]
+        sizes = [t.num_rows for t in tables]
+        table = pa.concat_tables(tables, promote_options="permissive").combine_chunks()
         hosts = list(dict.fromkeys(self.hosts[i] for i in order))
-        codes = np.repeat([hosts.index(self.hosts[i]) for i in order], sizes)
-        df.insert(0, "engine", np.repeat(np.array(order, np.int64), sizes))
-        df.insert(0, "host", pd.Categorical.from_codes(codes, categories=hosts))
-        return df
+        codes = np.repeat(np.array([hosts.index(self.hosts[i]) for i in order], np.int32), sizes)
+        table = table.add_column(0, "engine", pa.array(np.repeat(np.array(order, np.int64),
+                                                                 sizes)))
+        table = table.add_column(0, "host", pa.DictionaryArray.from_arrays(codes, hosts))
+        return table.to_pandas(split_blocks=True, self_destruct=True)
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -449,7 +463,7 @@ class ClusterStream:
     def stats_by_host(self) -> pd.DataFrame:
         """Each host's counters (see :attr:`stats`), one row per engine."""
         status = self.program._gather(engine.status, self.program.name)
-        return self.program._frame({i: pd.DataFrame([s["streams"][self.name]])
+        return self.program._frame({i: pa.Table.from_pylist([s["streams"][self.name]])
                                     for i, s in status.items()})
 
     @property
