@@ -118,6 +118,7 @@ class Program:
         self._compiled: CompiledProgram | None = None
         self._streams: Streams | None = None
         self._globals = Globals([], name)
+        self.maps = Maps({})
         self._lock = threading.Lock()
 
         requested = [Probe.parse(a, pid) if isinstance(a, str) else a for a in attach]
@@ -296,8 +297,7 @@ class Program:
             self._release()
             if self.stopped_at is None:
                 self.stopped_at = time.time()
-            if hasattr(self, "maps"):
-                self.maps.release(self.name, self.stopped_at)
+            self.maps.release(self.name, self.stopped_at)
             self._globals.release(self.stopped_at)
             unregister(self)
 

@@ -215,7 +215,7 @@ def as_histogram(obj: Any, kind: str | None = None, step: int = 1) -> Histogram:
         return obj
     if isinstance(obj, pd.DataFrame):
         return Histogram(obj, kind=kind)
-    if hasattr(obj, "hist"):
+    if hasattr(obj, "hist"):  # a map: MapView.hist
         return obj.hist(kind=kind, step=step)
     raise TypeError(f"cannot read a histogram from {type(obj).__name__}; pass a Histogram, a "
                     "bucket DataFrame (low, high, count) or a histogram map")

@@ -211,6 +211,7 @@ class Stream:
         self._offsets: dict[str, int] = {}
         self._max_rows = max_rows
         self._raw = layout is None
+        self._store: EventStore | None = None
         self._set_layout(layout)
         self._reader = reader
         self._closed_lost: dict[int, int] | None = None
@@ -241,7 +242,7 @@ class Stream:
         itemsize = layout.itemsize + (2 if self._cpu_col else 0)
         stored = np.dtype({"names": names, "formats": formats, "offsets": offsets,
                            "itemsize": itemsize})
-        old = getattr(self, "_store", None)
+        old = self._store
         self._store = EventStore(stored, self._max_rows)
         if old is not None:
             self._store.counters_from(old)
@@ -562,8 +563,9 @@ class Stream:
             if self._reader is not None:
                 try:
                     self._closed_lost = self._read_lost()
-                except OSError as e:
+                except OSError as e:  # the kernel's count is gone: say the total is unknown
                     self._closed_lost = {}
+                    self._uncounted = True
                     self._fail(e)
                 self._reader.close()
                 self._reader = None
