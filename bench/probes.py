@@ -21,11 +21,11 @@ from pathlib import Path
 from timing import best
 
 from ebpf_magic import discover
-from ebpf_magic.kernel import host as kernel
+from ebpf_magic.kernel import tracefs
 
 
 def main() -> None:
-    root = kernel.tracefs() or Path("/sys/kernel/tracing")
+    root = tracefs.root() or Path("/sys/kernel/tracing")
     functions = root / "available_filter_functions"
     try:  # root may still be refused it (the file's mode says readable)
         functions.read_bytes()

@@ -21,6 +21,7 @@ import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
 from ebpf_magic.kernel import host as kernel
+from ebpf_magic.kernel import tracefs
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -102,7 +103,7 @@ def own_bpf_fds(pid: int | str = "self") -> list[str]:
 
 def uprobe_events() -> list[str]:
     """Text uprobe entries in tracefs (BCC falls back to them on old kernels)."""
-    root = kernel.tracefs()
+    root = tracefs.root()
     if root is None:
         return []
     return [ln for ln in (root / "uprobe_events").read_text().splitlines() if ln.strip()]

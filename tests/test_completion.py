@@ -8,11 +8,11 @@ import pytest
 from IPython.core.completer import provisionalcompleter
 
 from ebpf_magic import discover
-from ebpf_magic.kernel import host as kernel
+from ebpf_magic.kernel import tracefs
 from ebpf_magic.magics import SUBCOMMANDS
 
 RECORDINGS = os.path.join(os.path.dirname(__file__), "..", "notebooks", "recordings")
-TRACEFS = kernel.tracefs()
+TRACEFS = tracefs.root()
 needs_tracefs = pytest.mark.skipif(
     TRACEFS is None or not os.access(TRACEFS / "available_events", os.R_OK),
     reason="tracefs is not readable here (not mounted, or no rights)")

@@ -14,10 +14,10 @@ from IPython.core.error import UsageError
 
 from ebpf_magic import discover, probes
 from ebpf_magic.errors import ProbeSpecError
-from ebpf_magic.kernel import btf
+from ebpf_magic.kernel import btf, tracefs
 from ebpf_magic.kernel import host as kernel
 
-TRACEFS = kernel.tracefs()
+TRACEFS = tracefs.root()
 needs_tracefs = pytest.mark.skipif(
     TRACEFS is None or not os.access(TRACEFS / "available_events", os.R_OK),
     reason="tracefs is not readable here (not mounted, or no rights)")
@@ -139,7 +139,7 @@ def test_unknown_kind_is_a_clear_error():
 
 
 def test_unreadable_tracefs_says_why(monkeypatch, tmp_path, shell, capsys):
-    monkeypatch.setattr(kernel, "tracefs", lambda: tmp_path)
+    monkeypatch.setattr(tracefs, "root", lambda: tmp_path)
     with pytest.raises(discover.SourceUnavailable, match="cannot read .*available_events"):
         probes.find("tracepoint:*")
     # the magic says so in a line and the notebook goes on; the summary still counts the rest
@@ -237,7 +237,7 @@ def test_every_tracepoint_reader_reads_the_one_tracefs(monkeypatch, tmp_path):
         "\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n"
         "\tfield:const char * filename;\toffset:16;\tsize:8;\tsigned:0;\n")
     (tmp_path / "available_filter_functions").write_text("zz_open\nzz_close [zzmod]\n")
-    monkeypatch.setattr(kernel, "tracefs", lambda: tmp_path)
+    monkeypatch.setattr(tracefs, "root", lambda: tmp_path)
     discover.kernel_functions.cache_clear()
     try:
         assert discover.tracepoints() == ["sched:sched_switch", "syscalls:sys_enter_zz"]
@@ -251,7 +251,7 @@ def test_every_tracepoint_reader_reads_the_one_tracefs(monkeypatch, tmp_path):
             ["syscalls:sys_enter_zz"]
     finally:
         discover.kernel_functions.cache_clear()
-    monkeypatch.setattr(kernel, "tracefs", lambda: None)
+    monkeypatch.setattr(tracefs, "root", lambda: None)
     with pytest.raises(tracefs.NotMounted):
         tracefs.tracepoints()
     with pytest.raises(discover.SourceUnavailable, match="tracefs is not mounted"):

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from ebpf_magic.kernel import host as kernel
-from ebpf_magic.kernel import link, sysbpf
+from ebpf_magic.kernel import link, sysbpf, tracefs
 from ebpf_magic.kernel.link import probe_events
 from ebpf_magic.setup import doctor
 
@@ -540,7 +540,7 @@ def test_first_attach_of_a_process_removes_stale_probe_events(clean):
 def test_stale_entries_named_the_bcc_way_are_found_by_their_pid_suffix(clean):
     dead = _dead_pid()
     live = os.getppid()
-    root = kernel.tracefs()
+    root = tracefs.root()
     names = {pid: f"p_ebm_test_0x{GETPID_OFFSET:x}_bcc_{pid}" for pid in (dead, live)}
     fd = os.open(root / "uprobe_events", os.O_WRONLY | os.O_APPEND)
     try:

@@ -5,10 +5,9 @@ from __future__ import annotations
 import os
 import platform
 import resource
-import subprocess
 from pathlib import Path
 
-TRACEFS_PATHS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
+from ebpf_magic.kernel import tracefs
 
 CAP_DAC_OVERRIDE = 1
 CAP_NET_ADMIN = 12
@@ -72,27 +71,6 @@ def memlock() -> str:
     return "unlimited" if soft == resource.RLIM_INFINITY else f"{soft // 1024} KiB"
 
 
-def tracefs() -> Path | None:
-    """Where tracefs is mounted, or None."""
-    for path in TRACEFS_PATHS:
-        try:
-            if (path / "events").is_dir():
-                return path
-        except PermissionError:  # mounted, but not readable by this user
-            continue
-    return None
-
-
-def ensure_tracefs() -> Path | None:
-    """Mount tracefs at /sys/kernel/tracing when it is not mounted and we may mount it."""
-    found = tracefs()
-    if found is not None or os.geteuid() != 0:
-        return found
-    subprocess.run(["mount", "-t", "tracefs", "tracefs", str(TRACEFS_PATHS[0])],
-                   capture_output=True, check=False)
-    return tracefs()
-
-
 def btf_available() -> bool:
     return Path("/sys/kernel/btf/vmlinux").exists()
 
@@ -119,7 +97,7 @@ def kernel_config(option: str) -> str | None:
 
 def kprobes_supported() -> bool:
     """False when the kernel has no kprobes (no kprobe_events in tracefs)."""
-    path = tracefs()
+    path = tracefs.root()
     if path is not None:
         return (path / "kprobe_events").exists()
     return kernel_config("KPROBES") not in ("n", None)

@@ -8,10 +8,11 @@ Callers turn it into their own error with their own advice.
 from __future__ import annotations
 
 import errno
+import os
+import subprocess
 from pathlib import Path
 
-from ebpf_magic.kernel import host
-
+PATHS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
 MOUNT_HINT = "Mount it: `mount -t tracefs tracefs /sys/kernel/tracing`."
 
 
@@ -21,7 +22,23 @@ class NotMounted(FileNotFoundError):
 
 def root() -> Path | None:
     """Where tracefs is mounted with its events readable, or None."""
-    return host.tracefs()
+    for path in PATHS:
+        try:
+            if (path / "events").is_dir():
+                return path
+        except PermissionError:  # mounted, but not readable by this user
+            continue
+    return None
+
+
+def ensure() -> Path | None:
+    """Mount tracefs at /sys/kernel/tracing when it is not mounted and we may mount it."""
+    found = root()
+    if found is not None or os.geteuid() != 0:
+        return found
+    subprocess.run(["mount", "-t", "tracefs", "tracefs", str(PATHS[0])],
+                   capture_output=True, check=False)
+    return root()
 
 
 def path(*parts: str) -> Path:

@@ -48,7 +48,7 @@ from ebpf_magic.errors import (
     VerifierError,
 )
 from ebpf_magic.kernel import host as kernel
-from ebpf_magic.kernel import sysbpf
+from ebpf_magic.kernel import sysbpf, tracefs
 
 OK, WARN, FAIL, UNAVAILABLE, NOT_CHECKED = "ok", "warn", "fail", "unavailable", "not checked"
 COLUMNS = ["check", "status", "detail", "fix"]
@@ -190,8 +190,8 @@ def _mounted(fstype: str) -> list[str]:
 
 def check_tracefs() -> Row:
     try:
-        before = kernel.tracefs()
-        after = kernel.ensure_tracefs()
+        before = tracefs.root()
+        after = tracefs.ensure()
     except PermissionError:
         where = ", ".join(_mounted("tracefs")) or "tracefs"
         return Row("tracefs", WARN, f"{where}: not readable by uid {os.geteuid()}, so "

@@ -21,7 +21,7 @@ from ebpf_magic.backend.bcc.diagnostics import compile_failure, load_failure
 from ebpf_magic.backend.bcc.locate import import_bcc
 from ebpf_magic.errors import AttachError, BPFError, HeadersMissingError, NotPrivilegedError
 from ebpf_magic.kernel import host as kernel
-from ebpf_magic.kernel import link, perfbuf, sysbpf
+from ebpf_magic.kernel import link, perfbuf, sysbpf, tracefs
 from ebpf_magic.probes import Probe
 
 # BPF program types (enum bpf_prog_type) by probe kind
@@ -88,7 +88,7 @@ class BccProgram(CompiledProgram):
         if self.headers.path is None:
             raise HeadersMissingError("No kernel headers found to compile BPF C against.",
                                       headers.install_hint())
-        kernel.ensure_tracefs()
+        tracefs.ensure()
         key = self._worker.next_id()
         specs = [_usdt_spec(p) for p in usdt]
         reply, fds = self._worker.request({"op": "compile", "id": key, "source": source,

@@ -38,7 +38,7 @@ from ebpf_magic.backend.base import (
 )
 from ebpf_magic.backend.libbpf import _compile, _lib, _source
 from ebpf_magic.errors import AttachError, BPFError, NotPrivilegedError, VerifierError
-from ebpf_magic.kernel import btf, sysbpf
+from ebpf_magic.kernel import btf, sysbpf, tracefs
 from ebpf_magic.kernel import host as kernel
 from ebpf_magic.kernel import link as links
 from ebpf_magic.kernel.btf.dwarf import dwarf_spec
@@ -219,7 +219,7 @@ class LibbpfProgram(CompiledProgram):
             self._one_slot_per_cpu()
             self._find_variables()
             self._set_initial(globals or {})
-            kernel.ensure_tracefs()
+            tracefs.ensure()
             with _lib.logged() as log:
                 rc = lib.bpf_object__load(obj)
             if rc:

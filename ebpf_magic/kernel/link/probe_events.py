@@ -17,7 +17,7 @@ import threading
 import time
 from pathlib import Path
 
-from ebpf_magic.kernel import host as kernel
+from ebpf_magic.kernel import tracefs
 from ebpf_magic.kernel.link.base import LinkError
 
 GROUP_PREFIX = "ebpf_magic_"
@@ -36,7 +36,7 @@ def group() -> str:
 
 
 def _events_file(kind: str, what: str) -> Path:
-    root = kernel.tracefs()
+    root = tracefs.root()
     if root is None:
         raise LinkError(errno.ENOENT, f"{what}: tracefs is not mounted or not readable",
                         "Mount it: `mount -t tracefs tracefs /sys/kernel/tracing`.")
@@ -80,7 +80,7 @@ def remove(kind: str, grp: str, event: str, *, busy_timeout: float = 0.0) -> Non
     for a moment after its last fd is closed: ``busy_timeout`` seconds of EBUSY
     are retried.
     """
-    root = kernel.tracefs()
+    root = tracefs.root()
     if root is None:
         return
     deadline = time.monotonic() + busy_timeout
@@ -100,7 +100,7 @@ def remove(kind: str, grp: str, event: str, *, busy_timeout: float = 0.0) -> Non
 
 def _entries() -> list[tuple[str, str, str]]:
     """``(kind, group, event)`` of every probe event in tracefs."""
-    root = kernel.tracefs()
+    root = tracefs.root()
     found = []
     for kind in KINDS:
         try:
