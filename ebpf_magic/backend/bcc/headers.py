@@ -9,7 +9,10 @@ shape ``/lib/modules/*/build`` has on Debian) and named to BCC through
 ``BCC_KERNEL_SOURCE``. Root builds it in :data:`.cache.SYSTEM_CACHE`, readable by
 every user (the eBPF kernel runs as an unprivileged one); another user uses that tree
 when it is there and otherwise builds one in their own cache. Struct layouts of kernel-internal
-types may then differ from the running kernel: that is reported as a warning.
+types may then differ from the running kernel. Where the kernel has BTF, BCC compiles
+instead against a tree holding the kernel's own types and those headers' macros
+(:mod:`.btftypes`), so its reads of kernel structs are right; the distribution tree
+stays the fallback for a program that does not compile so, with a warning.
 """
 
 from __future__ import annotations
@@ -21,10 +24,15 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from ebpf_magic.backend.bcc import btftypes
 from ebpf_magic.internal import cache
 
 SRC_ROOT = Path("/usr/src")
 STAMP = ".ebpf_magic_complete"
+# Compile against the kernel's BTF types where its headers are missing (see .btftypes);
+# False keeps the nearest distribution headers.
+USE_BTF = True
+BTF_SOURCE = "kernel BTF"
 
 
 @dataclass(frozen=True)
@@ -32,9 +40,16 @@ class Headers:
     """Which headers BCC compiles against."""
 
     path: Path | None
-    source: str  # "running kernel", "kheaders", "nearest distro headers", "BCC_KERNEL_SOURCE"
-    release: str = ""
+    # "running kernel", "kheaders", "kernel BTF", "nearest distro headers", "BCC_KERNEL_SOURCE"
+    source: str
+    release: str = ""  # the headers' release (for "kernel BTF": of the macros' headers)
     exact: bool = True
+    fallback: Path | None = None  # for "kernel BTF": the distribution tree behind it
+    why_not_btf: str = ""  # for "nearest distro headers": why the kernel's BTF is not used
+
+    def distro(self) -> Headers:
+        """The distribution headers a "kernel BTF" tree falls back to."""
+        return Headers(self.fallback, "nearest distro headers", self.release, exact=False)
 
     @property
     def warning(self) -> str:
@@ -139,20 +154,31 @@ def find(release: str | None = None) -> Headers:
     if near is None:
         return Headers(None, "missing", release, exact=False)
     near_release, arch, common = near
-    return Headers(merged_tree(arch, common), "nearest distro headers", near_release,
-                   exact=False)
+    distro = merged_tree(arch, common)
+    why = "turned off (headers.USE_BTF)"
+    if USE_BTF:
+        try:
+            return Headers(btftypes.tree(distro), BTF_SOURCE, near_release, fallback=distro)
+        except (btftypes.Unavailable, OSError) as e:
+            why = str(e)
+    return Headers(distro, "nearest distro headers", near_release, exact=False,
+                   why_not_btf=why)
 
 
 def ensure(release: str | None = None) -> Headers:
     """Find headers and make BCC use them; the result says whether they are exact."""
+    ours = os.environ.get("EBPF_MAGIC_HEADERS")
+    if ours and os.environ.get("BCC_KERNEL_SOURCE") == ours.split("\n")[1]:
+        # the variable is ours: say what it names, a mismatch included
+        source, path, release, fallback, why = ours.split("\n")
+        return Headers(Path(path), source, release, exact=source == BTF_SOURCE,
+                       fallback=Path(fallback) if fallback else None, why_not_btf=why)
     headers = find(release)
-    if headers.source == "nearest distro headers":
+    if headers.source in ("nearest distro headers", BTF_SOURCE):
         os.environ["BCC_KERNEL_SOURCE"] = str(headers.path)
-        # Remember that the variable is ours, so find() still reports a mismatch.
-        os.environ["EBPF_MAGIC_HEADERS_RELEASE"] = headers.release
-    elif headers.source == "BCC_KERNEL_SOURCE" and os.environ.get("EBPF_MAGIC_HEADERS_RELEASE"):
-        return Headers(headers.path, "nearest distro headers",
-                       os.environ["EBPF_MAGIC_HEADERS_RELEASE"], exact=False)
+        os.environ["EBPF_MAGIC_HEADERS"] = "\n".join(
+            [headers.source, str(headers.path), headers.release,
+             str(headers.fallback or ""), headers.why_not_btf])
     return headers
 
 

@@ -91,10 +91,21 @@ class BccProgram(CompiledProgram):
         tracefs.ensure()
         key = self._worker.next_id()
         specs = [_usdt_spec(p) for p in usdt]
-        reply, fds = self._worker.request({"op": "compile", "id": key, "source": source,
-                                           "cflags": list(cflags), "env": dict(os.environ),
-                                           "usdt": specs})
-        _close(fds)
+        request = {"op": "compile", "id": key, "source": source, "cflags": list(cflags),
+                   "env": dict(os.environ), "usdt": specs}
+        reply = self._compile(request)
+        if not reply["ok"] and reply["stage"] == "compile" and \
+                self.headers.source == headers.BTF_SOURCE:
+            # Some programs need what only the headers have (an inline function, a macro
+            # outside the tree's list): the distribution headers, with their warning.
+            first = next((ln for ln in reply["log"].splitlines() if "error:" in ln), "")
+            self.headers = self.headers.distro()
+            reply = self._compile({**request, "env": {**request["env"],
+                                                      "BCC_KERNEL_SOURCE": str(self.headers.path)}})
+            if reply["ok"]:
+                self.warnings.append(
+                    f"{self.headers.warning} The kernel's own types (from BTF) were tried "
+                    f"first and did not compile: {first.split('error:', 1)[-1].strip()}")
         self.log = reply.get("log", "")
         if not reply["ok"]:
             raise self._failure(reply, filename, line_offset)
@@ -102,6 +113,11 @@ class BccProgram(CompiledProgram):
         self.functions: list[str] = list(reply["functions"])
         self.warnings += undecoded_warnings(reply.get("undecoded", {}), reply.get("events", {}),
                                             self._prepared)
+
+    def _compile(self, request: dict) -> dict:
+        reply, fds = self._worker.request(request)
+        _close(fds)
+        return reply
 
     def _failure(self, reply: dict, filename: str, line_offset: int) -> BPFError:
         if reply["stage"] == "usdt":
