@@ -70,8 +70,12 @@ def _check_headers() -> Diagnostic:
     if found.path is None:
         return Diagnostic("kernel headers", "fail", f"no kernel headers for {kernel.release()}: "
                           "BCC cannot compile programs", headers.install_hint())
+    if found.source == headers.BTF_SOURCE:
+        return Diagnostic("kernel headers", "warn", found.btf_note, headers.install_hint())
     if not found.exact:
-        return Diagnostic("kernel headers", "warn", found.warning, headers.install_hint())
+        detail = found.warning + (f" The kernel's own types (BTF) are not used: "
+                                  f"{found.why_not_btf}." if found.why_not_btf else "")
+        return Diagnostic("kernel headers", "warn", detail, headers.install_hint())
     return Diagnostic("kernel headers", "ok", f"{found.source}: {found.path}")
 
 
@@ -93,8 +97,10 @@ def _check_kernel_structs() -> Diagnostic:
     core = ("the libbpf backend's CO-RE reads (BPF_CORE_READ) are relocated to this kernel's "
             "BTF and are right")
     if found.path is not None and found.exact:
-        detail = (f"both backends: BCC compiles against this kernel's headers ({found.source})"
-                  + (f", and {core}" if libbpf_ok else ""))
+        bcc = ("BCC compiles against this kernel's own types, from its BTF" if
+               found.source == headers.BTF_SOURCE else
+               f"BCC compiles against this kernel's headers ({found.source})")
+        detail = f"both backends: {bcc}" + (f", and {core}" if libbpf_ok else "")
         return Diagnostic("kernel struct reads", "ok", detail)
     have = (f"compiles against {found.release} headers" if found.path is not None else
             "has no headers at all")

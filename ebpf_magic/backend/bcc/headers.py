@@ -47,6 +47,15 @@ class Headers:
     fallback: Path | None = None  # for "kernel BTF": the distribution tree behind it
     why_not_btf: str = ""  # for "nearest distro headers": why the kernel's BTF is not used
 
+    @property
+    def btf_note(self) -> str:
+        """What compiling against a "kernel BTF" tree means, in words."""
+        return (f"Kernel headers for {platform.release()} are not installed; BCC compiles "
+                f"against this kernel's own types, from its BTF, with the macros of the "
+                f"{self.release} headers ({self.path}): kernel-internal structs are read "
+                f"right, constants defined as macros are {self.release}'s. A program that "
+                f"does not compile so falls back to those headers, with a warning.")
+
     def distro(self) -> Headers:
         """The distribution headers a "kernel BTF" tree falls back to."""
         return Headers(self.fallback, "nearest distro headers", self.release, exact=False)
@@ -170,9 +179,11 @@ def ensure(release: str | None = None) -> Headers:
     ours = os.environ.get("EBPF_MAGIC_HEADERS")
     if ours and os.environ.get("BCC_KERNEL_SOURCE") == ours.split("\n")[1]:
         # the variable is ours: say what it names, a mismatch included
-        source, path, release, fallback, why = ours.split("\n")
-        return Headers(Path(path), source, release, exact=source == BTF_SOURCE,
-                       fallback=Path(fallback) if fallback else None, why_not_btf=why)
+        source, path, used, fallback, why = ours.split("\n")
+        if USE_BTF == (source == BTF_SOURCE):
+            return Headers(Path(path), source, used, exact=source == BTF_SOURCE,
+                           fallback=Path(fallback) if fallback else None, why_not_btf=why)
+        del os.environ["BCC_KERNEL_SOURCE"]  # USE_BTF changed since: decide again
     headers = find(release)
     if headers.source in ("nearest distro headers", BTF_SOURCE):
         os.environ["BCC_KERNEL_SOURCE"] = str(headers.path)
