@@ -98,14 +98,16 @@ class BccProgram(CompiledProgram):
                 self.headers.source == headers.BTF_SOURCE:
             # Some programs need what only the headers have (an inline function, a macro
             # outside the tree's list): the distribution headers, with their warning.
-            first = next((ln for ln in reply["log"].splitlines() if "error:" in ln), "")
+            first = next((ln for ln in reply["log"].splitlines() if "error:" in ln), "error: ?")
             self.headers = self.headers.distro()
             reply = self._compile({**request, "env": {**request["env"],
                                                       "BCC_KERNEL_SOURCE": str(self.headers.path)}})
             if reply["ok"]:
                 self.warnings.append(
-                    f"{self.headers.warning} The kernel's own types (from BTF) were tried "
-                    f"first and did not compile: {first.split('error:', 1)[-1].strip()}")
+                    f"compiled against the {self.headers.release} kernel headers: with this "
+                    f"kernel's own types (from BTF) it did not compile "
+                    f"({first.split('error:', 1)[-1].strip()}), so its reads of kernel "
+                    "structs (task_struct, sock, ...) can be wrong")
         self.log = reply.get("log", "")
         if not reply["ok"]:
             raise self._failure(reply, filename, line_offset)
