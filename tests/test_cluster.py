@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -391,6 +392,37 @@ def test_targets_choose_engines_by_id_or_host(engines, engines_of, shell, capsys
     assert isinstance(result.error_in_exec, cluster.ClusterError)
     assert "nosuchhost" in str(result.error_in_exec) and NS_HOST in str(result.error_in_exec)
     shell.run_line_magic("bpf", "stop one")
+
+
+def has_program(name: str) -> bool:
+    """Whether the engine runs a program called ``name``."""
+    from ebpf_magic.cluster import engine
+
+    try:
+        engine.program(name)
+    except Exception:  # noqa: BLE001 - any failure means it has none
+        return False
+    return True
+
+
+has_program.__module__ = "__engine__"
+
+
+def test_interrupted_start_leaves_nothing_on_any_engine(engines, engines_of):
+    sent = len(engines.client.history)
+    for i in engines.pids:  # the engines are busy, so the start waits behind this
+        engines.client[i].apply_async(time.sleep, 2.0)
+    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            cluster.ClusterProgram(COUNTS, name="interrupted", engines=engines_of,
+                                   attach=GETPPID)
+    finally:
+        timer.join()
+    assert len(engines.client.history) - sent >= 4, "interrupted before the start was sent"
+    # each engine started it after the sleep, then stopped it
+    assert engines.client[:].apply_sync(has_program, "interrupted") == [False, False]
 
 
 def test_unreachable_engine_times_out_with_a_message(engines):

@@ -142,6 +142,16 @@ class Engines:
                 failures[i] = Failure(f"{e.ename}: {e.evalue}")
         return answers, failures
 
+    def send(self, ids: Sequence[int], func: Callable[..., Any], *args: Any) -> None:
+        """Queue ``func(*args)`` on the registered engines of ``ids`` without waiting.
+
+        An engine runs its calls in order, so this one runs after any still running there.
+        """
+        registered = set(self.client.ids)
+        for i in ids:
+            if i in registered:
+                self.client[i].apply_async(func, *args)
+
     def close(self) -> None:
         """Close the client's connections (engines and controller keep running)."""
         self.client.close()

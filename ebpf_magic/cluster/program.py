@@ -81,8 +81,13 @@ class ClusterProgram:
         self.missing: dict[int, Missing] = {}
         self.started_at = time.time()
         self.stopped_at: float | None = None
-        answers, failures = self.engines.call(self.ids, engine.start, name, source, options,
-                                              timeout=self.timeout)
+        try:
+            answers, failures = self.engines.call(self.ids, engine.start, name, source,
+                                                  options, timeout=self.timeout)
+        except BaseException:
+            # Ctrl-C while engines start: each runs its stop after its start, in order
+            self.engines.send(self.ids, engine.stop, name)
+            raise
         self.hosts = {i: a["facts"]["host"] for i, a in answers.items()}
         self.facts = {i: a["facts"] for i, a in answers.items()}
         self.hosts.update({i: self.engines.host(i) for i in failures})

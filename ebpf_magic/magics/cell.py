@@ -265,11 +265,14 @@ def _run_on_cluster(magics, args: argparse.Namespace, cell: str) -> None:
                          f"program with {args.name}.save(PATH)")
     text = cell if args.raw else interpolate(cell, magics.shell.user_ns)
     stream_options = {"max_rows": args.max_rows} if args.max_rows is not None else {}
-    prog = magics.session.start(args.name, lambda: run_on_cluster(
-        text, name=args.name, profile=args.cluster, targets=args.on,
-        attach=args.attach, cflags=args.cflags, defines=args.defines, pid=args.pid,
-        stream_options=stream_options, line_offset=1, backend=args.backend,
-        globals=dict(args.globals)))
+    try:
+        prog = magics.session.start(args.name, lambda: run_on_cluster(
+            text, name=args.name, profile=args.cluster, targets=args.on,
+            attach=args.attach, cflags=args.cflags, defines=args.defines, pid=args.pid,
+            stream_options=stream_options, line_offset=1, backend=args.backend,
+            globals=dict(args.globals)))
+    except KeyboardInterrupt:
+        raise Interrupted("interrupted: each engine stops what it attached") from None
     magics.shell.user_ns[args.name] = prog
     report_warnings(magics.warned, prog.warnings, prog.notes)
     if not args.quiet:
