@@ -31,6 +31,7 @@ ipp = pytest.importorskip("ipyparallel")
 from ebpf_magic import cluster  # noqa: E402
 from ebpf_magic.api import MapView, ProgramView, StreamView  # noqa: E402
 from ebpf_magic.cluster import ClusterWarning, engine  # noqa: E402
+from ebpf_magic.present import plots  # noqa: E402
 from ebpf_magic.program import running  # noqa: E402
 
 pytestmark = pytest.mark.kernel
@@ -42,13 +43,14 @@ int on_getppid(void *ctx) {
     calls.increment(tid);
     return 0;
 }"""
-EVENTS = """struct call { u32 tid; u32 pid; };
+EVENTS = """struct call { u32 tid; u32 pid; u64 ts; };
 BPF_PERF_OUTPUT(calls);
 int on_getppid(void *ctx) {
     struct call c = {};
     u64 id = bpf_get_current_pid_tgid();
     c.tid = id;
     c.pid = id >> 32;
+    c.ts = bpf_ktime_get_ns();
     calls.perf_submit(ctx, &c, sizeof(c));
     return 0;
 }"""
@@ -226,6 +228,11 @@ def test_events_exact_per_host(engines, engines_of):
         assert isinstance(prog.events["calls"], StreamView)
         by_host = prog.events["calls"].stats_by_host
         assert sorted(by_host["engine"]) == sorted(want)
+        # plots take the merged frame: a rate per host counts each host's events
+        rates = plots.rate_frame(df, time="ts", interval="1s", by="host")
+        assert sorted(rates.columns) == sorted(engines.hosts.values())
+        assert (rates.sum() * 1).astype(int).to_dict() == \
+            df.groupby("host", observed=True).size().to_dict()
     finally:
         prog.stop()
 
@@ -282,6 +289,10 @@ def test_histograms_merge_across_hosts_or_per_host(engines, engines_of):
         assert {h: part["count"].tolist() for (h,), part in per_host.sections()} == {
             engines.hosts[a]: [30, 0, 12], engines.hosts[b]: [30, 0, 12]}
         assert f"@dist[{NS_HOST}]:" in str(per_host)
+        ax = per_host.plot()  # one group of bars per host
+        assert sorted(t.get_text() for t in ax.get_legend().get_texts()) == sorted(
+            engines.hosts.values())
+        assert sorted(p.get_height() for p in ax.patches) == [0, 0, 12, 12, 30, 30]
         browser = prog.browse(interval=3600)
         try:
             browser.model.select("dist")
