@@ -184,6 +184,15 @@ def test_engines_are_on_two_hosts_one_over_veth(engines):
     assert engines.net.ns_ip in ns_addr and engines.net.host_ip not in ns_addr
 
 
+def test_no_controller_is_a_short_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("IPYTHONDIR", str(tmp_path))
+    began = time.monotonic()
+    with pytest.raises(cluster.ClusterError, match="cannot reach the ipyparallel controller") \
+            as e:
+        cluster.connect(profile="nowhere", timeout=2)
+    assert "ipcluster start" in e.value.hint and time.monotonic() - began < 10
+
+
 def test_map_counts_exact_per_host(engines, engines_of):
     prog = cluster.ClusterProgram(COUNTS, name="counts", engines=engines_of, attach=GETPPID)
     ids = set(prog.prog_ids())
