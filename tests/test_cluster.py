@@ -116,8 +116,9 @@ class Cluster:
     """What the tests get: the client, each engine's pid and host, the namespaced engine."""
 
     def __init__(self, client, pids: dict[int, int], hosts: dict[int, str], ns_engine: int,
-                 ns_process: subprocess.Popen, net: Net) -> None:
+                 ns_process: subprocess.Popen, net: Net, client_file: Path) -> None:
         self.client, self.pids, self.hosts = client, pids, hosts
+        self.client_file = client_file
         self.ns_engine, self.ns_process, self.net = ns_engine, ns_process, net
         self.host_engine = next(i for i in pids if i != ns_engine)
 
@@ -150,7 +151,8 @@ def engines(tmp_path_factory):
         pids = {i: f["pid"] for i, f in zip(client.ids, facts, strict=True)}
         hosts = {i: f["host"] for i, f in zip(client.ids, facts, strict=True)}
         [ns_engine] = [i for i, h in hosts.items() if h == NS_HOST]
-        yield Cluster(client, pids, hosts, ns_engine, ns_process, net)
+        yield Cluster(client, pids, hosts, ns_engine, ns_process, net,
+                      url.with_name(url.name.replace("-engine.json", "-client.json")))
         client.close()
     finally:
         if ipc is not None:
@@ -443,6 +445,25 @@ def test_interrupted_start_leaves_nothing_on_any_engine(engines, engines_of):
     assert len(engines.client.history) - sent >= 4, "interrupted before the start was sent"
     # each engine started it after the sleep, then stopped it
     assert engines.client[:].apply_sync(has_program, "interrupted") == [False, False]
+
+
+EXITS = """
+import sys
+import ipyparallel
+from ebpf_magic import cluster
+engines = cluster.connect(client=ipyparallel.Client(sys.argv[1]))
+prog = cluster.ClusterProgram(sys.argv[2], name="left-running",
+                              attach=["tracepoint:syscalls:sys_enter_getppid=on_getppid"])
+print(sorted(prog.attached_on))
+"""
+
+
+def test_exit_of_the_notebook_process_stops_the_program_everywhere(engines):
+    done = subprocess.run([sys.executable, "-c", EXITS, str(engines.client_file), COUNTS],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[-2] == str(sorted(engines.pids))
+    assert engines.client[:].apply_sync(has_program, "left-running") == [False, False]
 
 
 def test_unreachable_engine_times_out_with_a_message(engines):
