@@ -129,6 +129,7 @@ def _getppid_from_threads(n_per_thread: int, threads: int = 2) -> set[int]:
 
 
 @pytest.mark.kernel
+@pytest.mark.kernel_feature  # BTF, and no headers of its own
 def test_bcc_reads_task_struct_right_with_btf_types(no_leaks, monkeypatch):
     found = _btf_headers()
     me, parent = os.getpid(), os.getppid()
@@ -151,6 +152,7 @@ def test_bcc_reads_task_struct_right_with_btf_types(no_leaks, monkeypatch):
 
 
 @pytest.mark.kernel
+@pytest.mark.kernel_feature  # BTF, and no headers of its own
 def test_a_program_needing_the_headers_falls_back_to_them_and_says_so(no_leaks):
     from ebpf_magic.backend.bcc import headers
 
@@ -207,6 +209,7 @@ def _exits(n: int, code: int) -> list[int]:
 
 
 @pytest.mark.kernel
+@pytest.mark.kernel_feature  # BTF, and no headers of its own
 def test_bcc_exitsnoop_reports_right_pids_with_btf_types():
     found = _btf_headers()
     tool = _Tool("exitsnoop", found)
@@ -257,6 +260,7 @@ def _connections() -> tuple[int, set[int]]:
 
 
 @pytest.mark.kernel
+@pytest.mark.kernel_feature  # BTF, and no headers of its own
 def test_bcc_tcplife_reports_right_pids_and_bytes_with_btf_types():
     found = _btf_headers()
     tool = _Tool("tcplife", found)
