@@ -447,6 +447,24 @@ def test_interrupted_start_leaves_nothing_on_any_engine(engines, engines_of):
     assert engines.client[:].apply_sync(has_program, "interrupted") == [False, False]
 
 
+def test_two_notebooks_programs_of_one_name_do_not_replace_each_other(engines, engines_of):
+    other = cluster.connect(client=engines.client, timeout=20)  # as a second notebook would
+    first = cluster.ClusterProgram(COUNTS, name="same", engines=engines_of, attach=GETPPID)
+    try:
+        second = cluster.ClusterProgram(COUNTS, name="same", engines=other, attach=GETPPID)
+        try:
+            tids = engines.run({i: 25 for i in engines.pids})
+            for prog in (first, second):
+                df = prog.maps["calls"].df
+                assert df[df["key"].isin(tids.values())]["value"].tolist() == [25] * 4
+        finally:
+            second.stop()
+        assert first.running and not first.missing
+        assert len(first.maps["calls"].df) > 0
+    finally:
+        first.stop()
+
+
 EXITS = """
 import sys
 import ipyparallel

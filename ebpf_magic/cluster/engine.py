@@ -3,8 +3,8 @@
 The client calls these functions by name (``view.apply_async(engine.table, ...)``): each
 engine imports this module, so only the call's name and plain arguments travel. Frames
 come back as Arrow IPC bytes (numeric columns as raw buffers, strings as Arrow strings),
-never as pickled DataFrames of Python objects. Programs are kept here by name, one per
-name, like a notebook's session; the engine's exit releases them with the process.
+never as pickled DataFrames of Python objects. Programs are kept here by the key their
+client gave (``NAME#TOKEN``), one per key; the engine's exit releases them with the process.
 """
 
 from __future__ import annotations
@@ -45,16 +45,16 @@ def decode(data: bytes) -> pa.Table:
     return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
 
 
-def start(name: str, source: str, options: dict[str, Any]) -> dict[str, Any]:
-    """Start ``source`` here as program ``name`` (stopping one of that name first).
+def start(key: str, source: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Start ``source`` here under ``key`` (``NAME#TOKEN``), stopping one of that key first.
 
     Returns ``{"ok": True, ...}`` with what was attached and what the program holds,
     or ``{"ok": False, "error": class name, "message": ..., "hint": ...}``: an error on
     one host is data for the client, not an exception that hides the other hosts.
     """
-    stop(name)
+    stop(key)
     try:
-        prog = Program(source, name=name, **options)
+        prog = Program(source, name=key.partition("#")[0], **options)
     except BPFError as e:
         return {"ok": False, "facts": facts(), "error": type(e).__name__,
                 "message": e.message, "hint": e.hint}
@@ -62,7 +62,7 @@ def start(name: str, source: str, options: dict[str, Any]) -> dict[str, Any]:
         return {"ok": False, "facts": facts(), "error": type(e).__name__,
                 "message": str(e), "hint": ""}
     with _lock:
-        _programs[name] = prog
+        _programs[key] = prog
     return {"ok": True, "facts": facts(), "backend": prog.backend,
             "attached": list(prog.attached), "functions": prog.functions,
             "unattached": prog.unattached,
@@ -81,9 +81,18 @@ def _describe(m: Any) -> dict[str, Any]:
 
 
 def program(name: str) -> Program:
-    """The program ``name`` running on this engine (for per-host work, e.g. from ``%%px``)."""
+    """The program running here under key ``name``, or the one program called ``name``.
+
+    For per-host work from ``%%px``: ``engine.program("slow").maps["calls"]``.
+    """
     with _lock:
         prog = _programs.get(name)
+        named = {k: p for k, p in _programs.items() if p.name == name}
+    if prog is None and len(named) == 1:
+        [prog] = named.values()
+    if prog is None and named:
+        raise BPFError(f"{len(named)} programs are called {name!r} on {socket.gethostname()}",
+                       f"Name one by its key: {', '.join(named)}.")
     if prog is None:
         raise BPFError(f"no program named {name!r} on {socket.gethostname()}",
                        "It was stopped, or this engine restarted: run the cell again.")
@@ -124,10 +133,10 @@ def status(name: str) -> dict[str, Any]:
             "maps": {n: m.info() for n, m in prog.maps.items()} if prog.running else {}}
 
 
-def stop(name: str) -> bool:
-    """Stop program ``name`` here; False when there was none."""
+def stop(key: str) -> bool:
+    """Stop the program of ``key`` here; False when there was none."""
     with _lock:
-        prog = _programs.pop(name, None)
+        prog = _programs.pop(key, None)
     if prog is None:
         return False
     prog.stop()

@@ -11,6 +11,7 @@ says which hosts and why.
 
 from __future__ import annotations
 
+import secrets
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -72,6 +73,9 @@ class ClusterProgram:
                  targets: str | Sequence[int | str] | None = None,
                  timeout: float | None = None, **options: Any) -> None:
         self.name = name
+        #: the program's name on the engines: ``NAME#TOKEN``, so that programs of one name
+        #: from two notebooks sharing a cluster do not replace each other
+        self.key = f"{name}#{secrets.token_hex(4)}"
         self.source = source
         self.cflags = list(options.get("cflags", ()))
         self.pid: int | None = options.get("pid")
@@ -82,11 +86,11 @@ class ClusterProgram:
         self.started_at = time.time()
         self.stopped_at: float | None = None
         try:
-            answers, failures = self.engines.call(self.ids, engine.start, name, source,
+            answers, failures = self.engines.call(self.ids, engine.start, self.key, source,
                                                   options, timeout=self.timeout)
         except BaseException:
             # Ctrl-C while engines start: each runs its stop after its start, in order
-            self.engines.send(self.ids, engine.stop, name)
+            self.engines.send(self.ids, engine.stop, self.key)
             raise
         self.hosts = {i: a["facts"]["host"] for i, a in answers.items()}
         self.facts = {i: a["facts"] for i, a in answers.items()}
@@ -177,7 +181,7 @@ class ClusterProgram:
         """Events read on every host that answers."""
         if not self.running:
             return 0
-        return sum(s["events_seen"] for s in self._gather(engine.status, self.name).values())
+        return sum(s["events_seen"] for s in self._gather(engine.status, self.key).values())
 
     @property
     def tables(self) -> Mapping[str, pd.DataFrame]:
@@ -189,7 +193,7 @@ class ClusterProgram:
         names = list(self._maps if names is None else names)
         for name in names:
             self._maps[name]  # an unknown name is a KeyError naming the nearest
-        parts = self._gather(engine.map_tables, self.name, names)
+        parts = self._gather(engine.map_tables, self.key, names)
         return {n: self._frame({i: engine.decode(p[n]) for i, p in parts.items()})
                 for n in names}
 
@@ -295,7 +299,7 @@ class ClusterProgram:
         if self.stopped_at is not None:
             return
         try:
-            _, failures = self.engines.call(self.ids, engine.stop, self.name,
+            _, failures = self.engines.call(self.ids, engine.stop, self.key,
                                             timeout=self.timeout)
         except Exception as e:  # noqa: BLE001 - a closed client: the engines are out of reach
             failures = {i: Failure(f"cannot reach the cluster to stop it: {e}") for i in self.ids}
@@ -405,13 +409,13 @@ class ClusterMap:
     @property
     def df(self) -> pd.DataFrame:
         """Every running host's entries now, ``host`` and ``engine`` columns first."""
-        parts = self.program._gather(engine.map_table, self.program.name, self.name)
+        parts = self.program._gather(engine.map_table, self.program.key, self.name)
         return self.program._frame({i: engine.decode(b) for i, b in parts.items()})
 
     def hist(self, kind: str | None = None, step: int = 1,
              per_host: bool = False) -> histograms.Histogram:
         """The hosts' histograms summed bucket by bucket, or one per host (``per_host``)."""
-        parts = self.program._gather(engine.map_hist, self.program.name, self.name, kind, step)
+        parts = self.program._gather(engine.map_hist, self.program.key, self.name, kind, step)
         if not parts:
             return histograms.Histogram(histograms.bucket_frame(np.zeros(0), np.zeros(0)),
                                         kind=kind or "log2", name=self.name)
@@ -435,7 +439,7 @@ class ClusterMap:
                 "full": any(r.get("full") for r in infos.values())}
 
     def _infos(self) -> dict[int, dict[str, Any]]:
-        status = self.program._gather(engine.status, self.program.name)
+        status = self.program._gather(engine.status, self.program.key)
         return {i: s["maps"].get(self.name, {}) for i, s in status.items()}
 
     def __len__(self) -> int:
@@ -461,13 +465,13 @@ class ClusterStream:
 
     def tail(self, n: int | None = 10) -> pd.DataFrame:
         """The ``n`` newest events of each host (all with ``None``)."""
-        parts = self.program._gather(engine.stream_table, self.program.name, self.name, n)
+        parts = self.program._gather(engine.stream_table, self.program.key, self.name, n)
         return self.program._frame({i: engine.decode(b) for i, b in parts.items()})
 
     @property
     def stats_by_host(self) -> pd.DataFrame:
         """Each host's counters (see :attr:`stats`), one row per engine."""
-        status = self.program._gather(engine.status, self.program.name)
+        status = self.program._gather(engine.status, self.program.key)
         return self.program._frame({i: pa.Table.from_pylist([s["streams"][self.name]])
                                     for i, s in status.items()})
 
