@@ -484,6 +484,19 @@ def test_exit_of_the_notebook_process_stops_the_program_everywhere(engines):
     assert engines.client[:].apply_sync(has_program, "left-running") == [False, False]
 
 
+def test_a_killed_notebook_leaves_programs_that_stop_all_releases(engines):
+    script = EXITS.replace("print(sorted(prog.attached_on))",
+                           "print(sorted(prog.attached_on), flush=True)\n"
+                           "import os, signal; os.kill(os.getpid(), signal.SIGKILL)")
+    done = subprocess.run([sys.executable, "-c", script, str(engines.client_file), COUNTS],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == -signal.SIGKILL
+    left = engines.client[:].apply_sync(engine.programs)
+    assert [sorted(p.values()) for p in left] == [["left-running"]] * 2
+    assert engines.client[:].apply_sync(engine.stop_all) == [list(p) for p in left]
+    assert engines.client[:].apply_sync(engine.programs) == [{}, {}]
+
+
 def test_unreachable_engine_times_out_with_a_message(engines):
     engines_short = cluster.connect(client=engines.client, timeout=2)
     prog = cluster.ClusterProgram(COUNTS, name="partition", engines=engines_short,

@@ -142,3 +142,21 @@ def stop(key: str) -> bool:
     prog.stop()
     return True
 
+
+
+def programs() -> dict[str, str]:
+    """``{key: name}`` of the programs kept here."""
+    with _lock:
+        return {k: p.name for k, p in _programs.items()}
+
+
+def stop_all() -> list[str]:
+    """Stop every program kept here; their keys.
+
+    What a notebook process left behind when it was killed before it could stop its
+    programs: ``client[:].apply_sync(engine.stop_all)``.
+    """
+    keys = list(programs())
+    for key in keys:
+        stop(key)
+    return keys
