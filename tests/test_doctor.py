@@ -87,12 +87,25 @@ def test_backend_rows(observed):
     assert rows["BCC dialect cells"].detail.startswith("served by the BCC backend")
     assert rows["libbpf-style cells"].status == "ok"
     assert rows["libbpf-style cells"].detail.startswith("served by the libbpf backend")
-    # this kernel's headers are not installed: BCC reads kernel structs wrong, libbpf right
+    # this kernel's headers are not installed: BCC compiles against its BTF types instead
     structs = rows["kernel struct reads"]
-    assert structs.status == "warn" and structs.detail.startswith("libbpf backend: ")
-    assert "BCC's reads of kernel structs (task_struct, sock, ...) can be wrong" in structs.detail
+    assert structs.status == "ok"
+    assert structs.detail.startswith("both backends: BCC compiles against this kernel's own "
+                                     "types, from its BTF")
     assert "CO-RE reads (BPF_CORE_READ) are relocated to this kernel's BTF and are right" \
         in structs.detail
+
+
+@pytest.mark.kernel
+def test_struct_reads_row_without_btf_types(monkeypatch):
+    """With the distribution's headers alone, BCC's struct reads are called out, libbpf's not."""
+    from ebpf_magic.backend import bcc
+    from ebpf_magic.backend.bcc import headers
+
+    monkeypatch.setattr(headers, "USE_BTF", False)
+    structs = bcc.diagnostics()["kernel struct reads"]()
+    assert structs.status == "warn" and structs.detail.startswith("libbpf backend: ")
+    assert "BCC's reads of kernel structs (task_struct, sock, ...) can be wrong" in structs.detail
     assert "--backend libbpf" in structs.fix
 
 

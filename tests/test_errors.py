@@ -323,7 +323,10 @@ def test_empty_struct_compiles_without_a_hidden_type_map(no_leaks):
         assert p.maps["m"].value_type == "struct {u32 x}"
 
 
-def test_errors_inside_headers_are_shown_at_the_including_cell_line():
+def test_errors_inside_headers_are_shown_at_the_including_cell_line(monkeypatch):
+    from ebpf_magic.backend.bcc import headers
+
+    monkeypatch.setattr(headers, "USE_BTF", False)  # real header files, which the error is in
     src = ("#define hlist_node 1\n#include <net/sock.h>\n"
            "int f(struct pt_regs *ctx, struct sock *sk) { return sk->sk_state; }\n")
     with pytest.raises(CompileError) as info:
