@@ -20,14 +20,12 @@ directory.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import sys
 from pathlib import Path
 
 from ebpf_magic.setup import launcher
 
-PR_SET_NO_NEW_PRIVS = 38
 _PROFILE_OPTIONS = ("--profile-dir", "--profile", "--ipython-dir")
 _PROFILE_ENV = ("IPP_PROFILE_DIR", "IPYTHONDIR")
 _FILE_OPTIONS = ("--file", "--IPEngine.url_file")
@@ -59,11 +57,8 @@ def account_args(argv: list[str]) -> list[str]:
             continue
         if name in _FILE_OPTIONS:
             path = value if value is not None else next(args, "")
-            fd = os.memfd_create("ipcontroller-engine.json", 0)
-            os.fchmod(fd, 0o600)
-            os.write(fd, Path(path).read_bytes())
-            os.set_inheritable(fd, True)
-            out.append(f"--file=/proc/self/fd/{fd}")
+            out.append("--file=" + launcher.memory_file("ipcontroller-engine.json",
+                                                         Path(path).read_bytes()))
             continue
         out.append(arg)
     return out
@@ -77,22 +72,14 @@ def main(argv: list[str] | None = None) -> int:
             entry = launcher.account()
             argv = account_args(argv)
             launcher.become(entry, launcher.wanted())
-            unsafe = launcher.writable_code_paths()
-            if unsafe:
-                raise launcher.LaunchError(
-                    f"user {entry.pw_name!r} may write to {', '.join(unsafe)}, which holds "
-                    "code this launcher runs as root (scripts/setup.sh checks this)")
+            launcher.refuse_writable_code(entry)
             env = launcher.account_env(entry, {k: v for k, v in env.items()
                                                if k not in _PROFILE_ENV})
         else:
             launcher.restrict(launcher.wanted())
+        launcher.no_new_privs()
     except (launcher.LaunchError, OSError) as e:
         print(f"ebpf_magic.setup.engine_launcher: {e}", file=sys.stderr)
-        return 1
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
-        print("ebpf_magic.setup.engine_launcher: cannot set no_new_privs: "
-              f"{os.strerror(ctypes.get_errno())}", file=sys.stderr)
         return 1
     if not os.access(os.curdir, os.X_OK):
         os.chdir(env.get("HOME", "/"))

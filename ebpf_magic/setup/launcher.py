@@ -282,20 +282,25 @@ def hand_over_connection(argv: list[str], text: bytes) -> list[str]:
     if found is None:
         return argv
     index, flag, _ = found
-    fd = os.memfd_create("jupyter-connection.json", 0)
-    os.fchmod(fd, 0o600)
-    os.write(fd, text)
-    os.set_inheritable(fd, True)
     out = list(argv)
-    out[index] = f"{flag}/proc/self/fd/{fd}"
+    out[index] = flag + memory_file("jupyter-connection.json", text)
     return out
 
 
-def _start_as_account(argv: list[str]) -> tuple[list[str], dict[str, str]]:
-    entry = account()
-    found = _connection_file(argv)
-    text = Path(found[2]).read_bytes() if found else b""
-    become(entry, wanted())
+def memory_file(name: str, data: bytes) -> str:
+    """A private in-memory copy of ``data`` that survives exec: its ``/proc/self/fd`` path.
+
+    Read as root before the switch, it hands the new account a file it could not open.
+    """
+    fd = os.memfd_create(name, 0)
+    os.fchmod(fd, 0o600)
+    os.write(fd, data)
+    os.set_inheritable(fd, True)
+    return f"/proc/self/fd/{fd}"
+
+
+def refuse_writable_code(entry: pwd.struct_passwd) -> None:
+    """LaunchError if ``entry``'s account (this process now) may change code root runs."""
     unsafe = writable_code_paths()
     if unsafe:
         raise LaunchError(
@@ -303,6 +308,19 @@ def _start_as_account(argv: list[str]) -> tuple[list[str], dict[str, str]]:
             "launcher runs as root: a kernel could change what the next one runs. Make "
             "these directories root's and not writable by that user (scripts/setup.sh "
             "checks this).")
+
+
+def no_new_privs() -> None:
+    """Nothing this process executes from now on gains privileges (setuid, file caps)."""
+    _prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+
+
+def _start_as_account(argv: list[str]) -> tuple[list[str], dict[str, str]]:
+    entry = account()
+    found = _connection_file(argv)
+    text = Path(found[2]).read_bytes() if found else b""
+    become(entry, wanted())
+    refuse_writable_code(entry)
     if not os.access(os.curdir, os.X_OK):
         print(f"ebpf_magic.setup.launcher: user {entry.pw_name!r} may not enter {os.getcwd()}; "
               "files beside the notebook are out of the kernel's reach", file=sys.stderr)
@@ -327,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     except (LaunchError, OSError) as e:
         print(f"ebpf_magic.setup.launcher: {e}", file=sys.stderr)
         return 1
-    _prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+    no_new_privs()
     try:
         os.execve(sys.executable, [sys.executable, "-m", "ipykernel_launcher", *argv], env)
     except OSError as e:
