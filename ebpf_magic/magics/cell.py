@@ -17,6 +17,7 @@ from IPython.core.error import UsageError
 from IPython.display import display
 
 from ebpf_magic import sessions
+from ebpf_magic.backend import BACKENDS
 from ebpf_magic.errors import OptionError
 from ebpf_magic.probes import USAGE as PROBE_USAGE
 from ebpf_magic.probes import Probe
@@ -107,8 +108,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 PARSER = _Parser(prog="%%bpf", add_help=False,
-                 description="Compile the cell's BPF C with BCC, attach it, and bind the "
-                             "running program to NAME in the notebook.")
+                 description="Compile the cell's BPF C (BCC's dialect, or libbpf's with CO-RE), "
+                             "attach it, and bind the running program to NAME in the notebook.")
 PARSER.add_argument("name", metavar="NAME", help="Python name the program is bound to")
 PARSER.add_argument("-a", "--attach", action="append", default=[], metavar="SPEC[=FUNCTION]",
                     help="attach FUNCTION (or the one unattached C function) to a probe in "
@@ -130,7 +131,7 @@ PARSER.add_argument("--raw", action="store_true",
 PARSER.add_argument("--max-rows", type=whole_number(1, MAX_ROWS), metavar="N",
                     help="events each stream keeps (oldest are dropped and counted)")
 PARSER.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
-PARSER.add_argument("--backend", choices=("bcc", "libbpf"),
+PARSER.add_argument("--backend", choices=BACKENDS,
                     help="compile with BCC or with clang and libbpf (CO-RE); by default chosen "
                          "from the cell: SEC() or libbpf's headers mean libbpf")
 PARSER.add_argument("--record", nargs="?", const=1.0, type=seconds, metavar="EVERY",
