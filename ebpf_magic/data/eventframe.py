@@ -82,6 +82,10 @@ def strings(arr: np.ndarray) -> Any:
 def columns(records: np.ndarray, prefix: str = "") -> dict[str, Any]:
     """Like :func:`.dtypes.columns`, decoding ``char[]`` fields with :func:`strings`."""
     dt = records.dtype
+    if not dt.names:
+        if dtypes.is_char_array(dt):
+            return {prefix: strings(records)}
+        return dtypes.columns(records, prefix)
     if dtypes.bitfields(dt):  # bitfields stand in place of their storage bytes
         return dtypes.columns(records, prefix)
     out: dict[str, Any] = {}

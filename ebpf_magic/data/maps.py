@@ -25,7 +25,7 @@ import pandas as pd
 
 from ebpf_magic.api import Named
 from ebpf_magic.backend import MapHandle
-from ebpf_magic.data import histograms
+from ebpf_magic.data import eventframe, histograms
 from ebpf_magic.errors import BPFError
 from ebpf_magic.internal import dtypes
 from ebpf_magic.kernel import sysbpf
@@ -450,17 +450,17 @@ def frame(keys: np.ndarray, values: np.ndarray) -> pd.DataFrame:
     renamed ``key.NAME``.
     """
     key_dt, val_dt = keys.dtype, values.dtype
-    key_cols = dtypes.columns(keys, "key" if not key_dt.names else "")
+    key_cols = eventframe.columns(keys, "key" if not key_dt.names else "")
     if values.ndim == 2:
         val_cols: dict[str, Any] = {}
         for cpu in range(values.shape[1]):
-            sub = dtypes.columns(np.ascontiguousarray(values[:, cpu]),
+            sub = eventframe.columns(np.ascontiguousarray(values[:, cpu]),
                                  "value" if not val_dt.names else "")
             val_cols.update({f"{name}[cpu{cpu}]": col for name, col in sub.items()})
         if not val_dt.names and val_dt.kind in "iuf":
             val_cols["total"] = values.sum(axis=1)
     else:
-        val_cols = dtypes.columns(values, "value" if not val_dt.names else "")
+        val_cols = eventframe.columns(values, "value" if not val_dt.names else "")
     overlap = set(key_cols) & set(val_cols)
     key_cols = {(f"key.{k}" if k in overlap else k): v for k, v in key_cols.items()}
     return pd.DataFrame({**key_cols, **val_cols}, copy=False)
