@@ -561,6 +561,37 @@ def test_stale_entries_named_the_bcc_way_are_found_by_their_pid_suffix(clean):
     assert not [e for e in uprobe_events() if "_ebm_test_" in e]
 
 
+def test_entries_of_another_pid_namespace_are_never_judged(clean, monkeypatch):
+    """A pid names a process only within its namespace: another's entries are left alone."""
+    dead = _dead_pid()
+    here = probe_events.pid_namespace()
+    other = here + 1
+    groups = {"plain": f"ebpf_magic_{dead}", "other_ns": f"ebpf_magic_{dead}_ns{other}",
+              "bcc": "uprobes"}
+    events = {"plain": "p_ns_test_0", "other_ns": "p_ns_test_1", "bcc": f"p_ns_test_bcc_{dead}"}
+    fd = os.open(tracefs.root() / "uprobe_events", os.O_WRONLY | os.O_APPEND)
+    try:
+        for k in groups:
+            os.write(fd, f"p:{groups[k]}/{events[k]} {LIBC_PATH}:0x{GETPID_OFFSET:x}\n".encode())
+    finally:
+        os.close(fd)
+    names = {k: f"{groups[k]}/{events[k]}" for k in groups}
+    try:
+        stale = link.stale_probe_events()
+        assert names["plain"] in stale and names["bcc"] in stale  # this is the initial ns
+        assert names["other_ns"] not in stale
+        # seen from inside another namespace: only entries naming that namespace count
+        monkeypatch.setattr(probe_events, "pid_namespace", lambda: other)
+        assert probe_events.group() == f"ebpf_magic_{os.getpid()}_ns{other}"
+        stale = link.stale_probe_events()
+        assert names["other_ns"] in stale
+        assert names["plain"] not in stale and names["bcc"] not in stale
+    finally:
+        for k in groups:
+            probe_events.remove("uprobe", groups[k], events[k])
+    assert not [e for e in uprobe_events() if "p_ns_test_" in e]
+
+
 def _dead_pid() -> int:
     proc = subprocess.Popen(["true"])
     proc.wait()

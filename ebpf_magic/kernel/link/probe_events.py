@@ -5,6 +5,12 @@ tracefs and opened as a tracepoint. Such an entry outlives the process that
 wrote it if that process dies without removing it, so ours carry the pid in
 their group name (``ebpf_magic_<pid>``), as BCC's carry it at the end of the
 event name (``..._bcc_<pid>``); entries whose process is gone are stale.
+
+A pid only names a process within its pid namespace, and containers may share
+the host's tracefs. A process outside the initial pid namespace adds the
+namespace to its group (``ebpf_magic_<pid>_ns<inode>``) and judges only its own
+namespace's entries; the initial namespace judges the plain ``ebpf_magic_<pid>``
+and BCC's entries. An entry no one can judge is never removed.
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ from ebpf_magic.kernel.link.base import LinkError
 
 GROUP_PREFIX = "ebpf_magic_"
 KINDS = ("uprobe", "kprobe")
-_OURS = re.compile(rf"^{GROUP_PREFIX}(\d+)$")
+_OURS = re.compile(rf"^{GROUP_PREFIX}(\d+)(?:_ns(\d+))?$")
+INITIAL_PID_NS = 0xEFFFFFFC  # the kernel's PROC_PID_INIT_INO: the initial pid namespace
 _BCC = re.compile(r"_bcc_(\d+)$")
 _seq = itertools.count()
 _swept = False
@@ -30,9 +37,15 @@ _sweep_lock = threading.Lock()
 BUSY_TIMEOUT = 5.0  # seconds a detached probe's entry may stay busy before removal gives up
 
 
+def pid_namespace() -> int:
+    """The inode number of this process's pid namespace."""
+    return os.stat("/proc/self/ns/pid").st_ino
+
+
 def group() -> str:
-    """This process's tracefs group name."""
-    return f"{GROUP_PREFIX}{os.getpid()}"
+    """This process's tracefs group name (its namespace added outside the initial one)."""
+    ns = pid_namespace()
+    return f"{GROUP_PREFIX}{os.getpid()}" + ("" if ns == INITIAL_PID_NS else f"_ns{ns}")
 
 
 def _events_file(kind: str, what: str) -> Path:
@@ -117,8 +130,14 @@ def _entries() -> list[tuple[str, str, str]]:
 
 
 def _owner(grp: str, event: str) -> int | None:
-    match = _OURS.match(grp) or _BCC.search(event)
-    return int(match.group(1)) if match else None
+    """The pid, in this process's pid namespace, that owns an entry; None if not judgeable."""
+    ns = pid_namespace()
+    ours = _OURS.match(grp)
+    if ours:
+        entry_ns = int(ours.group(2)) if ours.group(2) else INITIAL_PID_NS
+        return int(ours.group(1)) if entry_ns == ns else None
+    bcc = _BCC.search(event)
+    return int(bcc.group(1)) if bcc and ns == INITIAL_PID_NS else None
 
 
 def _alive(pid: int) -> bool:
