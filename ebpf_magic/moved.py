@@ -2,7 +2,8 @@
 
 Notebooks, installed kernelspecs (``python -m ebpf_magic.launcher``) and user code name
 ``ebpf_magic.replay``, ``ebpf_magic.plots`` and the like; those names resolve to the very
-same module objects under their new homes, never to second copies.
+same module objects under their new homes, never to second copies. A module inside a
+moved package is imported by its new name only (the error says which).
 """
 
 from __future__ import annotations
@@ -45,6 +46,11 @@ class _OldNames(importlib.abc.MetaPathFinder, importlib.abc.InspectLoader):
     def find_spec(self, fullname: str, path: object, target: object = None
                   ) -> importlib.machinery.ModuleSpec | None:
         new = new_name(fullname)
+        if new is not None and fullname.count(".") > 1:
+            # Importing a submodule by a second name would rebind its package's attribute
+            # of that name (``link.tracepoint``, a function) to the module: name the new
+            # place instead.
+            raise ModuleNotFoundError(f"{fullname} is now {new}", name=fullname)
         real = None if new is None else importlib.util.find_spec(new)
         if real is None:
             return None
