@@ -41,3 +41,44 @@ def test_stats_is_a_labelled_table(no_leaks):
     assert list(stats.df.index[:4]) == ["received", "in the frame", "lost in kernel",
                                         "dropped by the cap"]
     assert "<td>1,050</td>" in stats._repr_html_()
+
+
+class _LossesUnreadableAtClose:
+    """A reader with nothing to read whose loss count fails once the stream closes it."""
+
+    fds: list[int] = []
+    buffer_bytes = 4096
+
+    def __init__(self) -> None:
+        self.closing = False
+
+    def read(self, max_bytes: int):
+        return iter(())
+
+    def discard(self) -> int:
+        return 0
+
+    def lost(self) -> dict[int, int]:
+        if self.closing:
+            raise OSError(9, "Bad file descriptor")
+        return {0: 7, 1: 5}
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # the failure's warning, asserted below
+def test_a_loss_count_unreadable_at_close_keeps_the_last_count_and_says_so():
+    import numpy as np
+
+    from ebpf_magic.data.streams import Stream, Streams
+
+    reader = _LossesUnreadableAtClose()
+    stream = Stream("ev", "ringbuf", np.dtype([("v", "<u8")]), 100, reader=reader)
+    streams = Streams({"ev": stream}, poll_s=0.01, batch_s=0.01)
+    assert stream.stats["lost_kernel"] == 12
+    reader.closing = True
+    streams.close()
+    stats = stream.stats
+    assert stats["lost_kernel"] == 12 and stats["failed"] == 1
+    assert "loss count could not be read at close" in stream.failure

@@ -215,6 +215,7 @@ class Stream:
         self._set_layout(layout)
         self._reader = reader
         self._closed_lost: dict[int, int] | None = None
+        self._last_lost: dict[int, int] = {}  # the kernel's loss count as last read
         self.failure: str | None = None
         self._lost_reader = 0
         self._uncounted = False  # events a failed reader left could not even be counted
@@ -422,7 +423,9 @@ class Stream:
             return self._read_lost()
 
     def _read_lost(self) -> dict[int, int]:
-        return self._reader.lost() if self._reader is not None else {}
+        if self._reader is not None:
+            self._last_lost = self._reader.lost()
+        return dict(self._last_lost)
 
     @property
     def stats(self) -> dict[str, Any]:
@@ -563,10 +566,13 @@ class Stream:
             if self._reader is not None:
                 try:
                     self._closed_lost = self._read_lost()
-                except OSError as e:  # the kernel's count is gone: say the total is unknown
-                    self._closed_lost = {}
+                except OSError as e:  # keep the last count read, and say it may be short
+                    self._closed_lost = dict(self._last_lost)
                     self._uncounted = True
                     self._fail(e)
+                    self.failure = (f"{self.failure}; the kernel's loss count could not be "
+                                    "read at close: lost_kernel is the last count read and may "
+                                    "be short")[:400]
                 self._reader.close()
                 self._reader = None
             if self._store is not None:
