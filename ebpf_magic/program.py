@@ -159,7 +159,7 @@ class Program:
             self._compiled = compiled = compile_program(
                 self.source, cflags=self.cflags, usdt=usdt, line_offset=line_offset,
                 backend=self.backend, globals=globals)
-        self._globals = Globals(compiled.globals(), self.name)
+        self._globals = Globals(compiled.globals(), self.name, self._lock)
         self.warnings = list(compiled.warnings)
         self.notes = list(compiled.notes)
         return compiled
@@ -202,7 +202,9 @@ class Program:
         """The program's global variables, ``{name: value}`` read live; ``.df`` lists them.
 
         ``.data`` and ``.bss`` variables can be assigned; ``.rodata`` is set before load
-        (the ``globals=`` argument).
+        (the ``globals=`` argument). Each read and write holds the lock :meth:`stop` takes,
+        as :meth:`read_maps` does; once stopped they raise
+        :class:`~ebpf_magic.errors.BPFError`. A BCC program has none.
         """
         return self._globals
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import threading
 
 import pytest
 from IPython.core.error import UsageError
 
 from ebpf_magic.backend import libbpf
 from ebpf_magic.errors import BPFError
+from ebpf_magic.kernel import sysbpf
 from ebpf_magic.magics.cell import parse
 from ebpf_magic.program import Program
 
@@ -189,6 +191,31 @@ def test_write_without_a_shared_mapping(monkeypatch, no_leaks):
         prog.globals["counted"] = prog.globals["counted"] + 1000
         assert (prog.globals["enabled"], prog.globals["counted"], prog.globals["seen"]) == \
             (1, 1030, 37)
+
+
+@needs_libbpf
+@pytest.mark.kernel
+def test_stop_waits_for_a_globals_read_in_progress(monkeypatch, no_leaks):
+    # stop() from another thread in the middle of reading .df: the read completes first
+    real_lookup = sysbpf.map_lookup
+    with Program(COUNTER, globals={"target_pid": os.getpid()}) as prog:
+        stopper = threading.Thread(target=prog.stop)
+
+        def lookup(*args):
+            if stopper.ident is None:
+                stopper.start()
+                stopper.join(0.3)  # a stop() that did not wait would close the maps now
+            return real_lookup(*args)
+
+        monkeypatch.setattr(sysbpf, "map_lookup", lookup)
+        _getppid(4)
+        df = prog.globals.df
+        stopper.join(5)
+    assert not stopper.is_alive() and not prog.running
+    assert df.set_index("name")["value"][["target_pid", "seen", "counted"]].tolist() == \
+        [os.getpid(), 11, 0]
+    with pytest.raises(BPFError, match="was stopped"):
+        prog.globals["seen"]
 
 
 @needs_libbpf
