@@ -141,6 +141,21 @@ class StreamView(Protocol):
 
 
 @runtime_checkable
+class GlobalsView(Protocol):
+    """A program's global variables: ``{name: value}``, and :attr:`df` listing them."""
+
+    def __getitem__(self, name: str) -> Any: ...
+
+    def __iter__(self) -> Iterator[str]: ...
+
+    def __len__(self) -> int: ...
+
+    @property
+    def df(self) -> pd.DataFrame:
+        """One row per variable: name, section, c_type, value."""
+
+
+@runtime_checkable
 class ProgramView(Protocol):
     """A program as its readers see it, wherever it runs or ran."""
 
@@ -158,6 +173,11 @@ class ProgramView(Protocol):
 
     @property
     def events(self) -> Mapping[str, StreamView]: ...
+
+    @property
+    def globals(self) -> GlobalsView:
+        """Its global variables (a libbpf program's ``.rodata``, ``.data``, ``.bss``);
+        none for a BCC program. Read like its maps: not once a live program stopped."""
 
     @property
     def running(self) -> bool:

@@ -11,7 +11,14 @@ import pandas as pd
 import pytest
 
 import ebpf_magic
-from ebpf_magic.api import EditableMap, MapView, Named, ProgramView, StreamView
+from ebpf_magic.api import (
+    EditableMap,
+    GlobalsView,
+    MapView,
+    Named,
+    ProgramView,
+    StreamView,
+)
 from ebpf_magic.errors import BPFError
 from ebpf_magic.sessions import ReplayedProgram
 
@@ -58,6 +65,9 @@ def read_alike(live: ProgramView, replayed: ProgramView) -> None:
         a, b = live.events[name], replayed.events[name]
         pd.testing.assert_frame_equal(b.df, a.df, check_exact=True)
         assert b.stats == a.stats and b.kind == a.kind and len(b) == len(a)
+    assert isinstance(live.globals, GlobalsView) and isinstance(replayed.globals, GlobalsView)
+    assert dict(replayed.globals) == dict(live.globals)
+    pd.testing.assert_frame_equal(replayed.globals.df, live.globals.df, check_exact=True)
     assert replayed.summary().keys() == live.summary().keys()
     assert replayed.events_seen == live.events_seen
 
@@ -93,6 +103,7 @@ def test_live_and_replayed_programs_are_one_read_api(tmp_path: Path, no_leaks) -
                                                  "last": [CALLS]}
     assert back.events["e"].df["seq"].tolist() == list(range(1, CALLS + 1))
     assert back.events["e"].stats["received"] == CALLS
+    assert dict(back.globals) == {}, "a BCC program has no globals"
     assert back.summary()["events"] == CALLS
     assert back.read_maps()["m"].equals(back.maps["m"].df)
     # saved again from the replay, it reads the same
@@ -113,7 +124,7 @@ RECORDINGS = sorted((REPO / "notebooks" / "recordings").glob("*.bpfrec"))
 @pytest.mark.parametrize("path", RECORDINGS, ids=[p.stem for p in RECORDINGS])
 def test_recordings_made_before_replay_on_the_read_api(path: Path) -> None:
     back = ebpf_magic.load(path)
-    assert isinstance(back, ProgramView)
+    assert isinstance(back, ProgramView) and dict(back.globals) == {}
     for name, m in back.maps.items():
         assert isinstance(m, MapView), name
         assert isinstance(m.value_columns, list) and m.info()["map"] == name

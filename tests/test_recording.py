@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -17,6 +18,7 @@ import pytest
 
 import ebpf_magic
 from ebpf_magic import sessions
+from ebpf_magic.data.globalvars import SavedGlobals
 from ebpf_magic.errors import BPFError, ReplayError
 from ebpf_magic.probes import Probe
 
@@ -48,6 +50,7 @@ class FakeProgram:
     """Just the attributes a recording reads from a program."""
 
     backend, readable, tables = "bcc", True, {}
+    globals = SavedGlobals()
 
     def __init__(self, events: dict, maps: dict) -> None:
         self.name, self.source, self.cflags, self.pid = "fake", "int x;", ["-DN=1"], 42
@@ -326,6 +329,10 @@ def test_old_recordings_load_as_bcc(name: str) -> None:
     back = sessions.load(path)
     assert back.backend == "bcc"
     assert "BCC " in back.recording.where()
+    # recorded before recordings kept globals: none, listed as a live program lists none
+    assert "globals" not in manifest_of(path) and dict(back.globals) == {}
+    assert list(back.globals.df.columns) == ["name", "section", "c_type", "value"]
+    assert back.globals.df.empty
 
 
 def _with_manifest(path: Path, out: Path, change) -> Path:
@@ -474,3 +481,161 @@ def test_browse_subcommand_shows_a_replayed_programs_maps(tmp_path, shell):
     browser = shell.run_line_magic("bpf", "browse again")
     assert 'tabular-nums">70</td>' in browser.table.value  # a right-aligned number
     browser.close()
+
+
+# -- global variables ------------------------------------------------------------------
+
+GLOBALS_SOURCE = """
+struct span { u32 low; u32 high; };
+
+const volatile int target = 0;
+u64 hits;
+u64 step = 1;
+struct span span = { 1, 2 };
+char label[8] = "idle";
+u16 weights[3] = { 4, 5, 6 };
+
+SEC("tracepoint/syscalls/sys_enter_getppid")
+int on_getppid(void *ctx)
+{
+    if ((bpf_get_current_pid_tgid() >> 32) != target)
+        return 0;
+    __sync_fetch_and_add(&hits, step);
+    return 0;
+}
+
+char LICENSE[] SEC("license") = "GPL";
+"""
+
+GLOBALS_SCRIPT = """
+import json, sys
+sys.modules["bcc"] = None  # importing BCC would fail
+import ebpf_magic
+prog = ebpf_magic.load(sys.argv[1])
+print(json.dumps(dict(prog.globals)))
+print(prog.globals.df.to_json(orient="records"))
+"""
+
+
+@pytest.mark.kernel
+def test_libbpf_globals_are_recorded_as_they_were_at_save(no_leaks) -> None:
+    from ebpf_magic.backend import libbpf
+
+    ok, why = libbpf.available()
+    if not ok:
+        pytest.skip(f"libbpf backend unavailable: {why}")
+    pid = os.getpid()
+    with tempfile.TemporaryDirectory(prefix="ebpf_magic_globals_") as tmp:
+        tmp_path = Path(tmp)
+        with ebpf_magic.Program(GLOBALS_SOURCE, name="g", globals={"target": pid}) as prog:
+            for _ in range(25):
+                os.getppid()
+            prog.globals["step"] = 3  # .data, changed from Python
+            prog.globals["span"] = {"low": 5, "high": 9}
+            prog.globals["label"] = "busy"
+            for _ in range(10):
+                os.getppid()
+            path = prog.save(tmp_path / "g.bpfrec")
+            live, live_df = dict(prog.globals), prog.globals.df
+        assert live == {"target": pid, "hits": 25 + 10 * 3, "step": 3,
+                        "span": {"low": 5, "high": 9}, "label": "busy", "weights": [4, 5, 6]}
+        assert [g["name"] for g in manifest_of(path)["globals"]] == list(live)
+
+        back = sessions.load(path)
+        assert dict(back.globals) == live and list(back.globals) == list(live)
+        pd.testing.assert_frame_equal(back.globals.df, live_df, check_exact=True)
+        assert back.globals.df.set_index("name")["section"].to_dict() == {
+            "target": ".rodata", "hits": ".bss", "step": ".data", "span": ".data",
+            "label": ".data", "weights": ".data"}
+        with pytest.raises(BPFError, match="cannot be set"):
+            back.globals["step"] = 1
+        again = sessions.load(back.save(tmp_path / "again.bpfrec"))
+        pd.testing.assert_frame_equal(again.globals.df, live_df, check_exact=True)
+
+        tmp_path.chmod(0o755)
+        path.chmod(0o644)
+        script = tmp_path / "globals_of.py"
+        script.write_text(GLOBALS_SCRIPT)
+        script.chmod(0o644)
+        done = run_unprivileged([sys.executable, str(script), str(path)], tmp_path)
+        assert done.returncode == 0, done.stderr
+        values, frame = done.stdout.splitlines()[-2:]
+        assert json.loads(values) == live
+        assert frame == live_df.to_json(orient="records")
+
+
+@pytest.mark.kernel
+def test_a_stopped_programs_globals_are_gone_and_not_recorded(tmp_path: Path, no_leaks) -> None:
+    from ebpf_magic.backend import libbpf
+
+    ok, why = libbpf.available()
+    if not ok:
+        pytest.skip(f"libbpf backend unavailable: {why}")
+    with ebpf_magic.Program(GLOBALS_SOURCE, name="g") as prog:
+        rec = sessions.record_snapshots(prog, every=60)
+        assert rec.take() is not None and prog.globals["weights"] == [4, 5, 6]
+    rec.stop()
+    with pytest.raises(BPFError, match="program 'g' was stopped"):
+        dict(prog.globals)
+    back = sessions.load(prog.save(tmp_path / "late.bpfrec"))  # with the recorder's snapshot
+    assert dict(back.globals) == {} and manifest_of(tmp_path / "late.bpfrec")["globals"] == []
+
+
+def fake_with_globals() -> FakeProgram:
+    prog = FakeProgram({}, {})
+    prog.backend = "libbpf"
+    prog.globals = SavedGlobals([
+        {"name": "n", "section": ".rodata", "c_type": "const volatile int", "value": -5},
+        {"name": "ratio", "section": ".data", "c_type": "double", "value": 1.5},
+        {"name": "big", "section": ".bss", "c_type": "u64", "value": 2**64 - 1},
+        {"name": "tag", "section": ".data.names", "c_type": "char[8]", "value": "é"},
+        {"name": "lims", "section": ".data", "c_type": "struct lims",
+         "value": {"low": 1, "pairs": [[1, 2], [3, 4]]}},
+        {"name": "on", "section": ".bss", "c_type": "bool", "value": True}])
+    return prog
+
+
+def test_globals_of_every_kind_round_trip(tmp_path: Path) -> None:
+    prog = fake_with_globals()
+    back = sessions.load(sessions.save(prog, tmp_path / "g.bpfrec"))
+    assert dict(back.globals) == dict(prog.globals)
+    assert [type(v) for v in back.globals.values()] == [int, float, int, str, dict, bool]
+    pd.testing.assert_frame_equal(back.globals.df, prog.globals.df, check_exact=True)
+    # an int beside only floats stays an int, in the live frame and the replayed one
+    prog.globals = SavedGlobals([{"name": "n", "section": ".data", "c_type": "int", "value": 2},
+                                 {"name": "r", "section": ".data", "c_type": "double",
+                                  "value": 0.5}])
+    back = sessions.load(sessions.save(prog, tmp_path / "n.bpfrec"))
+    assert [type(v) for v in back.globals.df["value"]] == [int, float]
+    assert [type(v) for v in back.globals.values()] == [int, float]
+
+
+_GOOD = {"name": "x", "section": ".data", "c_type": "int", "value": 1}
+
+
+@pytest.mark.parametrize("globals_, message", [
+    ({"x": 1}, r"manifest.globals has the wrong type \(dict\)"),
+    (None, r"manifest.globals has the wrong type \(NoneType\)"),
+    ([[1]], r"globals\[0\] is not an object of exactly name, section, c_type and value"),
+    ([{"name": "x", "section": ".data", "value": 1}], r"globals\[0\] is not an object"),
+    ([{**_GOOD, "extra": 1}], r"globals\[0\] is not an object"),
+    ([{**_GOOD, "name": 7}], r"globals\[0\].name has the wrong type \(int\)"),
+    ([{**_GOOD, "name": "a b"}], r"globals\[0\].name 'a b' is not a C name"),
+    ([{**_GOOD, "name": "x" * 300}], r"globals\[0\].name 'x{40}' is not a C name"),
+    ([_GOOD, _GOOD], r"globals\[1\].name 'x' is listed twice"),
+    ([{**_GOOD, "section": ".text"}], r"globals\[0\].section '.text' is not a data section"),
+    ([{**_GOOD, "c_type": True}], r"globals\[0\].c_type has the wrong type \(bool\)"),
+    ([{**_GOOD, "c_type": "int" * 400}], r"globals\[0\].c_type is longer than 1024"),
+    ([{**_GOOD, "value": None}], r"globals\[0\].value has the wrong type \(NoneType\)"),
+    ([{**_GOOD, "value": {"a": [1, None]}}], r"globals\[0\].value.a\[1\] has the wrong type"),
+    ([{**_GOOD, "value": 2**200}], r"globals\[0\].value is an integer wider than 128 bits"),
+    ([{**_GOOD, "value": functools.reduce(lambda v, _: [v], range(40), 0)}],
+     r"globals\[0\].value(\[0\])+ nests more than 32 deep"),
+    ([{**_GOOD, "name": f"v{i}"} for i in range(5000)], r"globals lists 5,000 variables"),
+])
+def test_malformed_globals_are_a_replay_error(tmp_path: Path, globals_, message) -> None:
+    good = sessions.save(fake_with_globals(), tmp_path / "good.bpfrec")
+    assert len(sessions.load(good).globals) == 6
+    bad = _with_manifest(good, tmp_path / "bad.bpfrec", lambda m: m.update(globals=globals_))
+    with pytest.raises(ReplayError, match=f"malformed recording: {message}"):
+        sessions.load(bad)

@@ -33,6 +33,7 @@ import pytest
 
 import ebpf_magic
 from ebpf_magic import sessions
+from ebpf_magic.data.globalvars import SavedGlobals
 from ebpf_magic.errors import ReplayError
 from ebpf_magic.probes import Probe
 from ebpf_magic.sessions import format as fmt
@@ -198,10 +199,14 @@ class _Prog:
     attached = ["tracepoint:sched:sched_switch"]
     backend, readable, tables = "bcc", True, {}
     running, stopped_at, maps = True, None, {}
+    globals = SavedGlobals()
 
     def __init__(self, df: pd.DataFrame) -> None:
         self.started_at = time.time()
         self.events = {"ev": _Stream(df)}
+
+    def read_maps(self, names=None) -> dict:
+        return {}
 
 
 def recording_with(path: Path, stream: bytes, rows: int, columns: list[list[str]],

@@ -31,6 +31,7 @@ from ebpf_magic.cluster.connect import (
     current,
 )
 from ebpf_magic.data import histograms
+from ebpf_magic.data.globalvars import SavedGlobals
 from ebpf_magic.data.streams import Stats
 from ebpf_magic.errors import BPFError
 from ebpf_magic.probes import Probe
@@ -187,6 +188,15 @@ class ClusterProgram:
     def tables(self) -> Mapping[str, pd.DataFrame]:
         """Frames saved with the program: none for a running one."""
         return {}
+
+    @property
+    def globals(self) -> SavedGlobals:
+        """Empty: the engines' global variables are not gathered (nor saved in its recording).
+
+        Each host's copy has its own; read them there, from ``%%px``:
+        ``ebpf_magic.cluster.engine.program(NAME).globals``.
+        """
+        return SavedGlobals((), self.name)
 
     def read_maps(self, names: Iterable[str] | None = None) -> dict[str, pd.DataFrame]:
         """The merged frames of maps ``names`` (default all), one call to each host."""

@@ -6,7 +6,9 @@ A recording (``.bpfrec``) is a zip archive holding
   flags, attach list, pid, the backend that ran it), the probes that were
   attached, host facts (kernel release, the backend's versions: BCC's, or
   libbpf's and clang's; CPU count, hostname unless left out), the capture's
-  start and end, and a description of every member below;
+  start and end, the program's global variables when it was saved (``globals``:
+  rows of ``name``, ``section``, ``c_type`` and a JSON ``value``; recordings
+  written before it have none), and a description of every member below;
 * ``streams/<i>.parquet``: every event of each stream;
 * ``maps/<i>/<j>.parquet``: snapshots of each map with their timestamps
   (periodic ones from a recorder, then the final one);
@@ -62,6 +64,15 @@ SCALAR_DTYPE = re.compile(r"[<>|=]?(b1|[iu][1248]|f[248]|S\d{1,6}|V\d{1,6})")
 # A map's listing row (``MapView.info()``): at most these fields, of these types.
 MAP_INFO = {"map": str, "kind": str, "key": str, "value": str, "entries": int,
             "max_entries": int, "full": bool}
+
+# A recorded global variable: a C name, a data section, its C type, and a JSON value
+# (numbers, strings, lists for arrays, objects for structs); at most MAX_GLOBALS of them.
+GLOBAL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,255}")
+GLOBAL_SECTION = re.compile(r"\.(rodata|data|bss)(\.[A-Za-z0-9_.]{1,64})?")
+MAX_GLOBALS = 4096
+MAX_GLOBAL_TYPE = 1024  # characters of a C type
+MAX_GLOBAL_DEPTH = 32  # arrays and structs nested in a value
+MAX_GLOBAL_INT = 1 << 128  # a value's integers are within +-this (the widest C integer)
 
 # -- limits on what one recording may cost to read ------------------------------------
 # ``load(max_bytes=...)`` replaces MAX_BYTES, which bounds both the unpacked members and the

@@ -72,6 +72,7 @@ class Recording:
     streams: list[RecordedStream] = field(default_factory=list)
     maps: list[RecordedMap] = field(default_factory=list)
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    globals: list[dict[str, Any]] = field(default_factory=list)  # rows of ``globals.df``
 
 
 def read(path: str | os.PathLike, max_bytes: int = fmt.MAX_BYTES) -> Recording:
@@ -109,6 +110,8 @@ def _read(archive: _Archive) -> Recording:
     for i, t in enumerate(_need(manifest, "tables", list, "manifest") if "tables" in manifest
                           else []):
         out.tables[_need(t, "name", str, f"tables[{i}]")] = _frame(archive, t, f"tables[{i}]")
+    if "globals" in manifest:  # recordings written before globals were kept have none
+        out.globals = _globals(_need(manifest, "globals", list, "manifest"))
     return out
 
 
@@ -178,6 +181,58 @@ def _map(archive: _Archive, m: Any, where: str) -> RecordedMap:
 
 
 # -- checking the manifest's fields ---------------------------------------------------
+
+
+def _globals(rows: list[Any]) -> list[dict[str, Any]]:
+    """The recorded global variables, checked: at most :data:`.format.MAX_GLOBALS` rows of
+    exactly name, section, c_type and value, each name once."""
+    if len(rows) > fmt.MAX_GLOBALS:
+        raise ReplayError(f"malformed recording: globals lists {len(rows):,} variables, more "
+                          f"than a recording holds ({fmt.MAX_GLOBALS:,})")
+    out: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for i, row in enumerate(rows):
+        where = f"globals[{i}]"
+        if not isinstance(row, dict) or set(row) != {"name", "section", "c_type", "value"}:
+            raise ReplayError(f"malformed recording: {where} is not an object of exactly "
+                              "name, section, c_type and value")
+        name = _need(row, "name", str, where)
+        if not fmt.GLOBAL_NAME.fullmatch(name):
+            raise ReplayError(f"malformed recording: {where}.name {name[:40]!r} is not a C name")
+        if name in seen:
+            raise ReplayError(f"malformed recording: {where}.name {name!r} is listed twice")
+        seen.add(name)
+        section = _need(row, "section", str, where)
+        if not fmt.GLOBAL_SECTION.fullmatch(section):
+            raise ReplayError(f"malformed recording: {where}.section {section[:40]!r} is not a "
+                              "data section (.rodata, .data, .bss or one named .data.NAME ...)")
+        c_type = _need(row, "c_type", str, where)
+        if len(c_type) > fmt.MAX_GLOBAL_TYPE:
+            raise ReplayError(f"malformed recording: {where}.c_type is longer than "
+                              f"{fmt.MAX_GLOBAL_TYPE} characters")
+        out.append({"name": name, "section": section, "c_type": c_type,
+                    "value": _global_value(row["value"], f"{where}.value", 0)})
+    return out
+
+
+def _global_value(value: Any, where: str, depth: int) -> Any:
+    """A recorded value as the live program gave it: numbers, strings, lists, objects."""
+    if depth > fmt.MAX_GLOBAL_DEPTH:
+        raise ReplayError(f"malformed recording: {where} nests more than "
+                          f"{fmt.MAX_GLOBAL_DEPTH} deep")
+    if isinstance(value, (bool, float, str)):
+        return value
+    if isinstance(value, int):
+        if not -fmt.MAX_GLOBAL_INT <= value < fmt.MAX_GLOBAL_INT:
+            raise ReplayError(f"malformed recording: {where} is an integer wider than 128 bits")
+        return value
+    if isinstance(value, list):
+        return [_global_value(v, f"{where}[{j}]", depth + 1) for j, v in enumerate(value)]
+    if isinstance(value, dict):
+        return {k: _global_value(v, f"{where}.{k[:40]}", depth + 1) for k, v in value.items()}
+    raise ReplayError(f"malformed recording: {where} has the wrong type "
+                      f"({type(value).__name__})")
+
 
 
 def _length(m: dict[str, Any], where: str) -> int | None:

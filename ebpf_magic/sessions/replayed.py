@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from ebpf_magic.api import Named
+from ebpf_magic.data.globalvars import SavedGlobals
 from ebpf_magic.data.histograms import Histogram
 from ebpf_magic.data.maps import PERCPU_KINDS, normalize_dtype
 from ebpf_magic.errors import ReplayError
@@ -257,6 +258,8 @@ class ReplayedProgram:
         #: every map's snapshots, as a recorder holds them
         self.snapshots = Snapshots(Snapshot(t, frames) for t, frames in sorted(by_time.items()))
         self.tables: dict[str, pd.DataFrame] = dict(recorded.tables)
+        #: the global variables' values when it was saved (none in older recordings)
+        self.globals = SavedGlobals(recorded.globals, self.name)
 
     @property
     def functions(self) -> list[str]:

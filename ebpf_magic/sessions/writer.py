@@ -42,6 +42,7 @@ def write(prog: ProgramView, path: str | os.PathLike, *, snapshots: Iterable[Sna
     path = Path(path)
     snaps = _with_final(prog, list(snapshots))
     manifest = _manifest(prog, host, hostname)
+    manifest["globals"] = _globals(prog)
     members: dict[str, bytes] = {}
     manifest["streams"] = _streams(prog, members)
     manifest["maps"] = _maps(prog, snaps, members)
@@ -59,6 +60,14 @@ def _with_final(prog: ProgramView, snaps: list[Snapshot]) -> list[Snapshot]:
                        "Save a program before stopping it, or record map snapshots with "
                        "ebpf_magic.sessions.record_snapshots(prog) while it runs.")
     return snaps  # a replayed program's last snapshot is its final one
+
+
+def _globals(prog: ProgramView) -> list[dict[str, Any]]:
+    """The rows of ``prog.globals.df`` now; none once a live program stopped (they went
+    with it)."""
+    if not prog.readable:
+        return []
+    return _json_safe(prog.globals.df.to_dict("records"))
 
 
 def _manifest(prog: ProgramView, host: Mapping[str, Any] | None, hostname: bool
