@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ebpf_magic import sessions
+from ebpf_magic.data.globalvars import SavedGlobals
 from ebpf_magic.errors import ReplayError
 from ebpf_magic.probes import Probe
 from ebpf_magic.sessions import format as fmt
@@ -58,6 +59,7 @@ class _Prog:
     attached = ["tracepoint:sched:sched_switch"]
     backend, readable, tables = "bcc", True, {}
     running, stopped_at = True, None
+    globals = SavedGlobals()
 
     def __init__(self):
         self.started_at = time.time()
@@ -66,6 +68,9 @@ class _Prog:
             "stack": pd.Series([["a", "b"]] * 20, dtype=object)}))}
         self.maps = {"m": _Map("m", pd.DataFrame({"key": np.arange(5, dtype=np.uint32),
                                                   "value": np.arange(5, dtype=np.uint64)}))}
+
+    def read_maps(self, names=None):
+        return {n: self.maps[n].df for n in (self.maps if names is None else names)}
 
 
 @pytest.fixture(scope="module")
