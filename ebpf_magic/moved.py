@@ -19,6 +19,7 @@ PACKAGE = "ebpf_magic"
 MOVED = {
     "sysbpf": "kernel.sysbpf", "perfbuf": "kernel.perfbuf", "ringbuf": "kernel.ringbuf",
     "timebase": "kernel.timebase", "symbols": "kernel.symbols",
+    "cache": "internal.cache", "ctext": "internal.ctext",
     "link": "kernel.link", "btf": "kernel.btf",
     "maps": "data.maps", "streams": "data.streams", "eventstore": "data.eventstore",
     "eventframe": "data.eventframe", "histograms": "data.histograms", "stacks": "data.stacks",

@@ -10,6 +10,26 @@ import pytest
 
 from ebpf_magic import moved
 
+# Every module and package of ebpf_magic before it was laid out in layers.
+BEFORE = ("backend btf cache ctext discover doctor dtypes errors eventframe eventstore "
+          "globalvars histograms kernel kernelspec launcher link magics maps perfbuf plots "
+          "probes program recording replay ringbuf session source stacks streams streamview "
+          "suggest symbols sysbpf timebase uninstall_kernel widgets").split()
+
+
+@pytest.mark.parametrize("old", BEFORE)
+def test_every_name_from_before_still_imports(old):
+    importlib.import_module(f"ebpf_magic.{old}")
+
+
+def test_the_old_kernel_module_s_names_are_the_kernel_package_s():
+    from ebpf_magic import kernel
+    from ebpf_magic.kernel import host
+
+    assert kernel.has_bpf_rights is host.has_bpf_rights and kernel.CAP_BPF == host.CAP_BPF
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        kernel.nope  # noqa: B018
+
 
 @pytest.mark.parametrize("old", sorted(moved.MOVED))
 def test_an_old_name_is_the_same_module_object(old):

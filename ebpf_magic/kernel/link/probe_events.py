@@ -136,8 +136,8 @@ def _owner(grp: str, event: str) -> int | None:
     if ours:
         entry_ns = int(ours.group(2)) if ours.group(2) else INITIAL_PID_NS
         return int(ours.group(1)) if entry_ns == ns else None
-    bcc = _BCC.search(event)
-    return int(bcc.group(1)) if bcc and ns == INITIAL_PID_NS else None
+    other_tool = _BCC.search(event)
+    return int(other_tool.group(1)) if other_tool and ns == INITIAL_PID_NS else None
 
 
 def _alive(pid: int) -> bool:
