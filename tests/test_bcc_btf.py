@@ -173,6 +173,27 @@ def test_a_program_needing_the_headers_falls_back_to_them_and_says_so(no_leaks):
                         "...) can be wrong"]
 
 
+@pytest.mark.kernel
+@pytest.mark.kernel_feature  # BTF, and no headers of its own
+def test_a_cell_s_own_error_is_compiled_once_and_shown_as_the_btf_types_gave_it(monkeypatch):
+    from ebpf_magic.backend.bcc import program as bcc_program
+    from ebpf_magic.errors import CompileError
+
+    found = _btf_headers()
+    sources = []
+    compile_once = bcc_program.BccProgram._compile
+
+    def counted(self, request):
+        sources.append(request["env"].get("BCC_KERNEL_SOURCE"))
+        return compile_once(self, request)
+
+    monkeypatch.setattr(bcc_program.BccProgram, "_compile", counted)
+    cell = "TRACEPOINT_PROBE(syscalls, sys_enter_getppid) {\n    int x = ;\n    return 0;\n}\n"
+    with pytest.raises(CompileError, match="expected expression"):
+        Program(cell)
+    assert sources == [str(found.path)]  # no second compile against the fallback headers
+
+
 # -- BCC's own tools, compiled by BCC with BCC_KERNEL_SOURCE naming the BTF tree -----------
 
 def _tool(name: str) -> str:

@@ -30,6 +30,9 @@ _PROG_TYPE = {"kprobe": 2, "kretprobe": 2, "uprobe": 2, "uretprobe": 2, "usdt": 
               "rawtracepoint": 17, "kfunc": 26, "kretfunc": 26, "lsm": 29}
 _TRAMPOLINES = (26, 29)  # BPF_PROG_TYPE_TRACING, BPF_PROG_TYPE_LSM
 RELEASE_WAIT = 1.0  # seconds close() waits for detached links to be released
+# compile errors that the distribution's header files may cure where the BTF tree cannot
+_NEEDS_HEADERS = re.compile(r"undeclared identifier|unknown type name|file not found|"
+                            r"implicit declaration|incomplete (?:definition|type)|no member named")
 _DECLARED = re.compile(r"\bBPF_(HISTOGRAM|STACK_TRACE|STACK_TRACE_BUILDID)\s*\(\s*(\w+)")
 # BCC attaches functions named PREFIX + target by themselves (TRACEPOINT_PROBE and friends
 # expand to such names)
@@ -94,15 +97,16 @@ class BccProgram(CompiledProgram):
         request = {"op": "compile", "id": key, "source": source, "cflags": list(cflags),
                    "env": dict(os.environ), "usdt": specs}
         reply = self._compile(request)
+        first = next((ln for ln in reply.get("log", "").splitlines() if "error:" in ln), "")
         if not reply["ok"] and reply["stage"] == "compile" and \
-                self.headers.source == headers.BTF_SOURCE:
+                self.headers.source == headers.BTF_SOURCE and _NEEDS_HEADERS.search(first):
             # Some programs need what only the headers have (an inline function, a macro
-            # outside the tree's list): the distribution headers, with their warning.
-            first = next((ln for ln in reply["log"].splitlines() if "error:" in ln), "error: ?")
-            self.headers = self.headers.distro()
-            reply = self._compile({**request, "env": {**request["env"],
-                                                      "BCC_KERNEL_SOURCE": str(self.headers.path)}})
-            if reply["ok"]:
+            # outside the tree's list): the distribution headers, with their warning. Any
+            # other error is the cell's own, and shown as the kernel's own types gave it.
+            retry = self._compile({**request, "env": {
+                **request["env"], "BCC_KERNEL_SOURCE": str(self.headers.fallback)}})
+            if retry["ok"]:
+                reply, self.headers = retry, self.headers.distro()
                 self.warnings.append(
                     f"compiled against the {self.headers.release} kernel headers: with this "
                     f"kernel's own types (from BTF) it did not compile "
