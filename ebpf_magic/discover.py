@@ -336,18 +336,10 @@ def _file_key(path: str) -> tuple[str, int, int]:
 
 @functools.lru_cache(maxsize=64)
 def _elf_functions(path: str, _ino: int, _mtime: int) -> frozenset[str]:
-    names: set[str] = set()
     try:
         with open(path, "rb") as f:
-            elf = ELFFile(f)
-            for section in (".symtab", ".dynsym"):
-                table = elf.get_section_by_name(section)
-                if table is None or not hasattr(table, "iter_symbols"):
-                    continue
-                for sym in table.iter_symbols():
-                    if (sym["st_info"]["type"] in ("STT_FUNC", "STT_GNU_IFUNC") and sym.name
-                            and sym["st_shndx"] != "SHN_UNDEF"):
-                        names.add(sym.name.split("@", 1)[0])
+            names = {sym.name.split("@", 1)[0]
+                     for sym in symbols.function_symbols(ELFFile(f))}
     except (OSError, ELFError) as e:
         raise ProbeSpecError(f"{path} is not a readable ELF file ({e})") from None
     return frozenset(names)

@@ -17,10 +17,12 @@ from __future__ import annotations
 import bisect
 import os
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
+from elftools.elf.sections import Symbol, SymbolTableSection
 
 _FUNC_TYPES = ("STT_FUNC", "STT_GNU_IFUNC")
 _CACHE_FILES = 256  # ELF files whose symbols stay loaded
@@ -36,6 +38,18 @@ class Mapping:
     path: str
 
 
+def function_symbols(elf: ELFFile) -> Iterator[Symbol]:
+    """The named functions an ELF file defines: ``.symtab``'s (locals too), then ``.dynsym``'s."""
+    for name in (".symtab", ".dynsym"):
+        table = elf.get_section_by_name(name)
+        if not isinstance(table, SymbolTableSection):
+            continue
+        for sym in table.iter_symbols():
+            if (sym["st_info"]["type"] in _FUNC_TYPES and sym.name
+                    and sym["st_shndx"] != "SHN_UNDEF"):
+                yield sym
+
+
 class ElfSymbols:
     """The functions of one ELF file, found by file offset."""
 
@@ -46,18 +60,13 @@ class ElfSymbols:
                                    for s in elf.iter_segments() if s["p_type"] == "PT_LOAD")
             # by address: the largest function there; a plain name before `_`-prefixed aliases
             found: dict[int, tuple[tuple[int, bool], str]] = {}
-            for name in (".symtab", ".dynsym"):  # .symtab first: it has local functions too
-                table = elf.get_section_by_name(name)
-                if table is None or not hasattr(table, "iter_symbols"):
+            for sym in function_symbols(elf):
+                value = sym["st_value"]
+                if not value:
                     continue
-                for sym in table.iter_symbols():
-                    value = sym["st_value"]
-                    if (sym["st_info"]["type"] not in _FUNC_TYPES or not value or not sym.name
-                            or sym["st_shndx"] == "SHN_UNDEF"):
-                        continue
-                    rank = (sym["st_size"], not sym.name.startswith("_"))
-                    if value not in found or rank > found[value][0]:
-                        found[value] = (rank, sym.name)
+                rank = (sym["st_size"], not sym.name.startswith("_"))
+                if value not in found or rank > found[value][0]:
+                    found[value] = (rank, sym.name)
         self._starts = sorted(found)
         self._sizes = [found[a][0][0] for a in self._starts]
         self._names = [found[a][1] for a in self._starts]
