@@ -18,6 +18,8 @@ if [ -z "${PYTHON:-}" ]; then
 fi
 ACCOUNT=ebpf-kernel          # ebpf_magic.setup.launcher.ACCOUNT
 ACCOUNT_HOME=/var/lib/$ACCOUNT
+ENGINE=ebpf-engine           # ebpf_magic.setup.engine_launcher.ACCOUNT
+ENGINE_HOME=/var/lib/$ENGINE
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
@@ -78,8 +80,28 @@ if ! getent passwd "$ACCOUNT" >/dev/null; then
     useradd --system --gid "$ACCOUNT" --home-dir "$ACCOUNT_HOME" --no-create-home \
         --shell /usr/sbin/nologin --comment "ebpf_magic Jupyter kernel" "$ACCOUNT"
 fi
-install -d -o "$ACCOUNT" -g "$ACCOUNT" -m 0750 "$ACCOUNT_HOME"
+install -d -o "$ACCOUNT" -g "$ACCOUNT" -m 0700 "$ACCOUNT_HOME"
 as_kernel() { setpriv --reuid="$ACCOUNT" --regid="$ACCOUNT" --init-groups "$@"; }
+
+# --- the cluster engines' account --------------------------------------------------------
+# A root-started ipyparallel engine holds the cluster's key: it runs as its own user, so
+# that no notebook kernel may read its environment, trace or signal it. It joins group
+# $ACCOUNT for tracefs and the checkout, and keeps its own primary group and home.
+if ! getent group "$ENGINE" >/dev/null; then
+    say "creating group $ENGINE"
+    groupadd --system "$ENGINE"
+fi
+if ! getent passwd "$ENGINE" >/dev/null; then
+    say "creating user $ENGINE (no login shell, home $ENGINE_HOME, also in group $ACCOUNT)"
+    useradd --system --gid "$ENGINE" --groups "$ACCOUNT" --home-dir "$ENGINE_HOME" \
+        --no-create-home --shell /usr/sbin/nologin --comment "ebpf_magic cluster engine" \
+        "$ENGINE"
+fi
+if ! id -nG "$ENGINE" | tr ' ' '\n' | grep -qx "$ACCOUNT"; then
+    say "adding user $ENGINE to group $ACCOUNT"
+    usermod -aG "$ACCOUNT" "$ENGINE"
+fi
+install -d -o "$ENGINE" -g "$ENGINE" -m 0700 "$ENGINE_HOME"
 
 tracing=/sys/kernel/tracing
 [ -d "$tracing/events" ] || tracing=/sys/kernel/debug/tracing
@@ -129,18 +151,21 @@ for path in "$(readlink -f .venv/bin/python)" "$base/lib" "$PWD/ebpf_magic" "$PW
         fi
     done
 done
-if ! as_kernel .venv/bin/python -I -c 'import ebpf_magic, ipykernel' 2>/dev/null; then
-    echo "scripts/setup.sh: user $ACCOUNT cannot run .venv/bin/python with its packages;" \
-         "make the checkout and the Python it uses readable by it" >&2
-    exit 1
-fi
-unsafe=$(as_kernel .venv/bin/python -I -c \
-    'from ebpf_magic import launcher; print(*launcher.writable_code_paths())')
-if [ -n "$unsafe" ]; then
-    echo "scripts/setup.sh: user $ACCOUNT may write to $unsafe, which holds code the" \
-         "kernel launcher runs as root; make it root's and not writable by others" >&2
-    exit 1
-fi
+for who in "$ACCOUNT" "$ENGINE"; do
+    as_who() { setpriv --reuid="$who" --regid="$who" --init-groups "$@"; }
+    if ! as_who .venv/bin/python -I -c 'import ebpf_magic, ipykernel' 2>/dev/null; then
+        echo "scripts/setup.sh: user $who cannot run .venv/bin/python with its packages;" \
+             "make the checkout and the Python it uses readable by it" >&2
+        exit 1
+    fi
+    unsafe=$(as_who .venv/bin/python -I -c \
+        'from ebpf_magic.setup import launcher; print(*launcher.writable_code_paths())')
+    if [ -n "$unsafe" ]; then
+        echo "scripts/setup.sh: user $who may write to $unsafe, which holds code the" \
+             "launchers run as root; make it root's and not writable by others" >&2
+        exit 1
+    fi
+done
 # Notebooks save recordings (%bpf save, EBPF_MAGIC_RECORD=1) into notebooks/recordings.
 chgrp "$ACCOUNT" notebooks/recordings
 chmod g+w notebooks/recordings

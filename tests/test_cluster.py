@@ -571,11 +571,66 @@ def identity() -> tuple[int, int]:
 identity.__module__ = "__engine__"
 
 
+# Run as the notebook kernels' account with their capabilities: what a cell could do to an
+# engine's process, whose environment and descriptors hold the cluster's key.
+KERNEL_REACH = r"""
+import ctypes, json, os, sys
+from ebpf_magic.setup import launcher
+launcher.become(launcher.account(), launcher.wanted())
+pid = int(sys.argv[1])
+def attempt(f):
+    try:
+        f()
+        return "allowed"
+    except OSError as e:
+        return type(e).__name__
+def ptrace():
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.ptrace(16, pid, None, None) != 0:  # PTRACE_ATTACH
+        raise OSError(ctypes.get_errno(), "ptrace")
+    libc.ptrace(17, pid, None, None)  # PTRACE_DETACH
+print(json.dumps({
+    "environ": attempt(lambda: open(f"/proc/{pid}/environ", "rb").read()),
+    "fds": attempt(lambda: os.listdir(f"/proc/{pid}/fd")),
+    "ptrace": attempt(ptrace),
+    "signal": attempt(lambda: os.kill(pid, 0)),
+}))
+"""
+
+
+def assert_out_of_kernels_reach(pid: int, key: bytes) -> None:
+    """The engine holds ``key``, and a notebook kernel's process can neither read nor touch it."""
+    held = Path(f"/proc/{pid}/environ").read_bytes() + b"".join(
+        Path(f"/proc/{pid}/fd", fd).read_bytes() for fd in os.listdir(f"/proc/{pid}/fd")
+        if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("/memfd:"))
+    assert key in held
+    done = subprocess.run([sys.executable, "-I", "-c", KERNEL_REACH, str(pid)],
+                          capture_output=True, text=True, timeout=30, check=True)
+    assert json.loads(done.stdout) == dict.fromkeys(("environ", "fds", "ptrace", "signal"),
+                                                    "PermissionError")
+
+
+def assert_confined_engine_counts(client, name: str) -> None:
+    """Engine 0 runs as the engines' account with only BPF rights and counts exactly."""
+    from ebpf_magic.setup import engine_launcher, launcher
+
+    uid, caps = client[0].apply_sync(identity)
+    assert uid == launcher.account(engine_launcher.ACCOUNT).pw_uid
+    assert caps == launcher.mask(launcher.wanted())
+    prog = cluster.ClusterProgram(COUNTS, name=name, attach=GETPPID,
+                                  engines=cluster.connect(client=client, timeout=60))
+    try:
+        tid = client[0].apply_sync(workload, 42)
+        df = prog.maps["calls"].df
+        assert df[df["key"] == tid]["value"].tolist() == [42]
+    finally:
+        prog.stop()
+
+
 def test_engine_through_the_launcher_keeps_only_bpf_rights(tmp_path):
     from traitlets.config import Config
 
     from ebpf_magic.setup import engine_launcher as launch
-    from ebpf_magic.setup import launcher
 
     if os.geteuid() != 0:
         pytest.skip("only an engine started by root changes user")
@@ -583,14 +638,40 @@ def test_engine_through_the_launcher_keeps_only_bpf_rights(tmp_path):
     config.EngineLauncher.engine_cmd = launch.engine_cmd()
     with ipp.Cluster(n=1, config=config, log_level=40, profile_dir=str(tmp_path)) as client:
         client.wait_for_engines(1, timeout=120)
-        uid, caps = client[0].apply_sync(identity)
-        assert uid == launcher.account().pw_uid
-        assert caps == launcher.mask(launcher.wanted())
-        prog = cluster.ClusterProgram(COUNTS, name="confined", attach=GETPPID,
-                                      engines=cluster.connect(client=client, timeout=60))
-        try:
-            tid = client[0].apply_sync(workload, 42)
-            df = prog.maps["calls"].df
-            assert df[df["key"] == tid]["value"].tolist() == [42]
-        finally:
-            prog.stop()
+        assert_confined_engine_counts(client, "confined")
+        pid = client[0].apply_sync(engine.facts)["pid"]
+        key = json.loads(Path(tmp_path, "security", next(
+            f for f in os.listdir(tmp_path / "security") if f.endswith("-engine.json")))
+            .read_text())["key"].encode()
+        assert_out_of_kernels_reach(pid, key)
+
+
+def test_engine_through_the_launcher_reads_its_connection_file(tmp_path):
+    """``--file=PATH`` names root's file: the engine gets a copy it can open, as its account."""
+    from ebpf_magic.setup import engine_launcher as launch
+
+    if os.geteuid() != 0:
+        pytest.skip("only an engine started by root changes user")
+    ipc = ipp.Cluster(n=0, log_level=40, profile_dir=str(tmp_path))
+    process = None
+    try:
+        ipc.start_controller_sync()
+        url = Path(ipc.profile_dir, "security", f"ipcontroller-{ipc.cluster_id}-engine.json")
+        deadline = time.monotonic() + 30
+        while not url.exists() and time.monotonic() < deadline:  # the controller writes it
+            time.sleep(0.1)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("IPP_")}
+        process = subprocess.Popen([*launch.engine_cmd(), f"--file={url}", "--log-level=40"],
+                                   env=env)
+        client = ipc.connect_client_sync()
+        client.wait_for_engines(1, timeout=60)
+        assert client[0].apply_sync(engine.facts)["pid"] == process.pid
+        assert_confined_engine_counts(client, "confined_file")
+        assert_out_of_kernels_reach(process.pid, json.loads(url.read_text())["key"].encode())
+        client.close()
+    finally:
+        if process is not None:
+            process.kill()
+            process.wait(10)
+        with contextlib.suppress(Exception):
+            ipc.stop_cluster_sync()

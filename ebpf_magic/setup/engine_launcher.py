@@ -1,21 +1,24 @@
 """Start an ipyparallel engine that holds the capabilities BPF needs and no others.
 
 The engine counterpart of :mod:`ebpf_magic.setup.launcher` (the Jupyter kernel's): the
-same rights, the same account. Give :func:`engine_cmd` to the cluster's engine launcher::
+same rights, its own account. Give :func:`engine_cmd` to the cluster's engine launcher::
 
     c.EngineLauncher.engine_cmd = engine_cmd()   # ipcluster_config.py, local or SSH
 
 and each engine runs ``python -I -m ebpf_magic.setup.engine_launcher ARGS``. Started by root, it
-becomes the account :data:`~ebpf_magic.setup.launcher.ACCOUNT` keeping only
-:func:`~ebpf_magic.setup.launcher.wanted`; started by anyone else, it keeps what it holds
-of that set. Either way the bounding set shrinks, ``no_new_privs`` is set, and it
-replaces itself with ``python -m ipyparallel.engine ARGS``.
+becomes the account :data:`ACCOUNT` keeping only :func:`~ebpf_magic.setup.launcher.wanted`;
+started by anyone else, it keeps what it holds of that set. Either way the bounding set
+shrinks, ``no_new_privs`` is set, and it replaces itself with ``python -m ipyparallel.engine
+ARGS``.
 
-Run as the account, the engine cannot read root's IPython profile: the controller's
-connection info reaches it through ``$IPP_CONNECTION_INFO`` (ipyparallel's default) or
-``--file=PATH``, which is handed over as a private in-memory copy, and profile options
-(and ``$IPP_PROFILE_DIR``) are dropped so the engine uses the account's own IPython
-directory.
+The engine holds the cluster's key (``$IPP_CONNECTION_INFO`` or the connection file), which
+lets its holder run code on every engine of the cluster: a process of the notebook
+kernels' account may read, trace and signal only its own user's processes, so engines run
+as another user. Run as the account, the engine cannot read root's IPython profile: the
+controller's connection info reaches it through ``$IPP_CONNECTION_INFO`` (ipyparallel's
+default) or ``--file=PATH``, which root reads and the account receives as a private
+in-memory copy, and profile options (and ``$IPP_PROFILE_DIR``) are dropped so the engine
+uses the account's own IPython directory.
 """
 
 from __future__ import annotations
@@ -30,6 +33,12 @@ _PROFILE_OPTIONS = ("--profile-dir", "--profile", "--ipython-dir")
 _PROFILE_ENV = ("IPP_PROFILE_DIR", "IPYTHONDIR")
 _FILE_OPTIONS = ("--file", "--IPEngine.url_file")
 
+ACCOUNT = "ebpf-engine"
+"""The account a root-started engine runs as (``scripts/setup.sh`` makes it): not the
+kernels' :data:`~ebpf_magic.setup.launcher.ACCOUNT`, whose processes could otherwise read
+the cluster's key from the engine; a member of that account's group, which opens
+tracefs and the checkout to it."""
+
 
 def engine_cmd(python: str | None = None) -> list[str]:
     """The command an ipyparallel engine launcher runs (``EngineLauncher.engine_cmd``)."""
@@ -41,13 +50,13 @@ def _split(arg: str) -> tuple[str, str | None]:
     return name, value if eq else None
 
 
-def account_args(argv: list[str]) -> list[str]:
-    """``argv`` for an engine run as the account: no root profile; ``--file`` read now.
+def account_args(argv: list[str]) -> tuple[list[str], bytes | None]:
+    """``argv`` without root's profile and ``--file`` options, and that file's bytes.
 
-    The connection file is copied into an anonymous memory file inherited across exec
-    (``/proc/self/fd/N``), so the account needs no way into root's directories.
+    Read by root, before the change of user: the account may not open root's profile.
     """
     out: list[str] = []
+    text = None
     args = iter(argv)
     for arg in args:
         name, value = _split(arg)
@@ -56,12 +65,21 @@ def account_args(argv: list[str]) -> list[str]:
                 next(args, None)
             continue
         if name in _FILE_OPTIONS:
-            path = value if value is not None else next(args, "")
-            out.append("--file=" + launcher.memory_file("ipcontroller-engine.json",
-                                                         Path(path).read_bytes()))
+            text = Path(value if value is not None else next(args, "")).read_bytes()
             continue
         out.append(arg)
-    return out
+    return out, text
+
+
+def hand_over(argv: list[str], text: bytes | None) -> list[str]:
+    """``argv`` and ``--file`` naming a private in-memory copy of ``text``, if any.
+
+    Made after the change of user, so the account owns the copy it reopens as
+    ``/proc/self/fd/N``; it is inherited across exec and goes away with the engine.
+    """
+    if text is None:
+        return argv
+    return [*argv, "--file=" + launcher.memory_file("ipcontroller-engine.json", text)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,10 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ)
     try:
         if os.getuid() == 0 or os.geteuid() == 0:
-            entry = launcher.account()
-            argv = account_args(argv)
+            entry = launcher.account(ACCOUNT)
+            argv, connection = account_args(argv)
             launcher.become(entry, launcher.wanted())
             launcher.refuse_writable_code(entry)
+            argv = hand_over(argv, connection)
             env = launcher.account_env(entry, {k: v for k, v in env.items()
                                                if k not in _PROFILE_ENV})
         else:
