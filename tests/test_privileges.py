@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import shutil
 import signal
 import socket
 import subprocess
@@ -137,7 +138,8 @@ print(json.dumps({
     "write package": attempt(lambda: write(os.path.join(os.path.dirname(launcher.__file__),
                                                         "__init__.py"))),
     "write site-packages": attempt(lambda: write(os.path.join(SITE, "escape.pth"))),
-    "writable code": [launcher.writable_code_paths(), launcher.writable_code_paths([OPEN]),
+    "writable code": [launcher.writable_code_paths(LAUNCHER_PATH),
+                      launcher.writable_code_paths([OPEN]),
                       launcher.writable_code_paths(["/var/tmp"]),
                       launcher.writable_code_paths([CLOSED])],
 }))
@@ -153,9 +155,14 @@ def test_kernel_cannot_act_as_root(spec_dir):
     closed = Path(tempfile.mkdtemp(prefix="ebpf-magic-closed-", dir="/var/tmp"))
     closed.chmod(0o755)  # root's, below a sticky directory: safe
     site = next(p for p in sys.path if p.endswith("site-packages"))
+    planted = Path(site, "escape.pth")
+    # What the launcher (python -I) imports from: not the kernel's working directory.
+    launcher_path = subprocess.run([sys.executable, "-I", "-c", "import sys; print(sys.path)"],
+                                   capture_output=True, text=True, check=True).stdout.strip()
     try:
         with running_kernel(NAME) as (_, client, _pid):
             code = (ESCAPES.replace("VICTIM", str(victim.pid))
+                    .replace("LAUNCHER_PATH", launcher_path)
                     .replace("SITE", repr(site)).replace("OPEN", repr(str(opened)))
                     .replace("CLOSED", repr(str(closed))))
             seen = json.loads(execute(client, code))
@@ -165,8 +172,9 @@ def test_kernel_cannot_act_as_root(spec_dir):
         opened.rmdir()
         closed.rmdir()
         escaped = Path("/etc/ebpf-magic-escape")
-        written = escaped.exists()
-        escaped.unlink(missing_ok=True)
+        written = [p for p in (escaped, planted) if p.exists()]
+        for p in written:
+            p.unlink()
     assert not written
     assert seen.pop("writable code") == [[], [str(opened)], ["/var/tmp"], []]
     assert seen == {"write /etc": "PermissionError", "read /etc/shadow": "PermissionError",
@@ -406,6 +414,57 @@ def test_launcher_refuses_when_its_account_could_change_its_code(tmp_path):
         opened.rmdir()
     assert done.returncode == 1
     assert f"may write to {opened}" in done.stderr
+
+
+def test_launcher_refuses_when_its_account_could_change_a_file_it_runs(tmp_path):
+    """Files root's next launcher runs, in directories only root may change, are checked too."""
+    entry = _account()
+    code = Path(tempfile.mkdtemp(prefix="ebpf-magic-code-", dir="/var/tmp"))
+    prefix = Path(tempfile.mkdtemp(prefix="ebpf-magic-prefix-", dir="/var/tmp"))
+    try:
+        for d in (code, prefix):
+            d.chmod(0o755)
+        (code / "pkg" / "__pycache__").mkdir(parents=True)
+        (code / "site-packages").mkdir()
+        (code / "open").mkdir()
+        theirs = ["escape.pth", "fast.so", "pkg/__pycache__/mod.cpython-311.pyc",
+                  "site-packages/other.py", "open/inside.py"]
+        for name in (*theirs, "pkg/__init__.py", "root.py"):
+            (code / name).write_text("")
+        for name in (*theirs, "open"):
+            os.chown(code / name, entry.pw_uid, entry.pw_gid)
+        (prefix / "pyvenv.cfg").write_text("home = /usr/bin\n")
+        os.chown(prefix / "pyvenv.cfg", entry.pw_uid, entry.pw_gid)
+        done = launch(tmp_path, f"sys.path.append({str(code)!r})\nsys.prefix = {str(prefix)!r}")
+    finally:
+        shutil.rmtree(code)
+        shutil.rmtree(prefix)
+    assert done.returncode == 1
+    named = done.stderr.split("may write to ", 1)[1].split(", which holds code")[0]
+    # A writable directory is named, not entered; a site directory below a sys.path entry
+    # is not imported from through it.
+    assert named == (f"{code}/escape.pth, {code}/fast.so, {code}/open, "
+                     f"{code}/pkg/__pycache__/mod.cpython-311.pyc, {prefix}/pyvenv.cfg")
+
+
+def test_writable_code_lists_every_writable_file_below_root_owned_directories(tmp_path):
+    entry = _account()
+    code = Path(tempfile.mkdtemp(prefix="ebpf-magic-code-", dir="/var/tmp"))
+    try:
+        code.chmod(0o755)
+        (code / "pkg" / "__pycache__").mkdir(parents=True)
+        for name in ("pkg/__pycache__/mod.cpython-311.pyc", "pkg/mod.py", "root.py"):
+            (code / name).write_text("")
+        os.chown(code / "pkg/__pycache__/mod.cpython-311.pyc", entry.pw_uid, entry.pw_gid)
+        seen = subprocess.run(
+            [sys.executable, "-I", "-c", "import json, sys\n"
+             "from ebpf_magic.setup import launcher\n"
+             "launcher.become(launcher.account(), launcher.wanted())\n"
+             f"print(json.dumps(launcher.writable_code_paths([{str(code)!r}])))"],
+            capture_output=True, text=True, timeout=30, check=True).stdout
+    finally:
+        shutil.rmtree(code)
+    assert json.loads(seen) == [f"{code}/pkg/__pycache__/mod.cpython-311.pyc"]
 
 
 @pytest.mark.kernel
