@@ -271,19 +271,22 @@ def _writable_inside(top: Path, roots: set[Path]) -> list[str]:
         if here in seen:
             continue
         seen.add(here)
-        with os.scandir(here) as entries:
-            for entry in entries:
-                if not entry.is_dir():
-                    if os.access(entry.path, os.W_OK):
-                        found.append(entry.path)
-                    continue
-                target = os.path.realpath(entry.path) if entry.is_symlink() else entry.path
-                if Path(target) in roots or entry.name in _OTHER_SITES:
-                    continue
-                if os.access(target, os.W_OK):
+        try:
+            entries = list(os.scandir(here))
+        except OSError:  # a directory the account may not list is not walked
+            continue
+        for entry in entries:
+            if not entry.is_dir():
+                if os.access(entry.path, os.W_OK):
                     found.append(entry.path)
-                else:
-                    pending.append(target)
+                continue
+            target = os.path.realpath(entry.path) if entry.is_symlink() else entry.path
+            if Path(target) in roots or entry.name in _OTHER_SITES:
+                continue
+            if os.access(target, os.W_OK):
+                found.append(entry.path)
+            else:
+                pending.append(target)
     return found
 
 
