@@ -135,7 +135,10 @@ class StreamView(Protocol):
     def stats(self) -> dict[str, Any]:
         """received, kept, lost_kernel, lost_reader ... (see :class:`~.data.streams.Stats`)."""
 
-    def tail(self, n: int | None = 10) -> pd.DataFrame: ...
+    def tail(self, n: int | None = 10) -> pd.DataFrame:
+        """The ``n`` newest events (all with ``None``). A cluster program's are ordered by a
+        column its hosts show in wall-clock time (``stream_options={"time": ...}``); without
+        one, hosts' events share no clock: it gives the ``n`` newest of each host."""
 
     def __len__(self) -> int: ...
 
@@ -216,6 +219,11 @@ class ProgramView(Protocol):
 
     def summary(self) -> dict[str, Any]:
         """One row of ``%bpf list``: name, probes, maps, events, uptime_s, state."""
+
+    def host_facts(self, hostname: bool = True) -> dict[str, Any]:
+        """Where it runs or ran, as its recording keeps it: system, kernel, machine, the
+        backend's versions, cpus, hostname (None when ``hostname`` is False), and for a
+        cluster program one row per engine under ``hosts``."""
 
     def prog_ids(self) -> list[int]: ...
 

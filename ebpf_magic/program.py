@@ -270,6 +270,12 @@ class Program:
                 "events": self.events_seen, "uptime_s": round(self.uptime, 1),
                 "state": "running" if self.running else "stopped"}
 
+    def host_facts(self, hostname: bool = True) -> dict[str, Any]:
+        """This machine: kernel, the backend's versions, CPUs, and its name unless left out."""
+        from ebpf_magic.sessions import writer
+
+        return writer.host_facts(hostname, self.backend)
+
     def save(self, path: Any, **options: Any) -> Any:
         """Write a recording (see :func:`ebpf_magic.sessions.save`); returns its path."""
         from ebpf_magic.sessions import save

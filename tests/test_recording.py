@@ -63,6 +63,9 @@ class FakeProgram:
     def read_maps(self, names=None) -> dict:
         return {n: self.maps[n].df for n in (self.maps if names is None else names)}
 
+    def host_facts(self, hostname: bool = True) -> dict:
+        return sessions.writer.host_facts(hostname, self.backend)
+
 
 def manifest_of(path: Path) -> dict:
     with zipfile.ZipFile(path) as zf:
@@ -637,5 +640,60 @@ def test_malformed_globals_are_a_replay_error(tmp_path: Path, globals_, message)
     good = sessions.save(fake_with_globals(), tmp_path / "good.bpfrec")
     assert len(sessions.load(good).globals) == 6
     bad = _with_manifest(good, tmp_path / "bad.bpfrec", lambda m: m.update(globals=globals_))
+    with pytest.raises(ReplayError, match=f"malformed recording: {message}"):
+        sessions.load(bad)
+
+
+def cluster_host(**row) -> dict:
+    """Host facts as a cluster program of two engines gives them, ``row`` changing the first."""
+    hosts = [{"engine": 0, "host": "web1", "kernel": "6.18.0", "machine": "x86_64", "cpus": 2,
+              "state": "ran", "reason": ""},
+             {"engine": 1, "host": "web2", "kernel": None, "machine": None, "cpus": None,
+              "state": "missing", "reason": "no answer within 30 s"}]
+    hosts[0].update(row)
+    return {"system": "Linux", "kernel": "6.18.0", "machine": "x86_64", "cpus": 2,
+            "hostname": "web1", "hosts": hosts}
+
+
+def test_cluster_host_facts_replay_and_resave_without_names(tmp_path: Path) -> None:
+    good = sessions.save(FakeProgram({}, {}), tmp_path / "good.bpfrec")
+    path = _with_manifest(good, tmp_path / "cluster.bpfrec",
+                          lambda m: m.update(host=cluster_host()))
+    back = sessions.load(path)
+    assert back.recording.host == cluster_host()
+    assert back.host_facts() == cluster_host()
+    for again in (back.save(tmp_path / "a.bpfrec", hostname=False),
+                  sessions.save(back, tmp_path / "b.bpfrec", hostname=False)):
+        host = manifest_of(again)["host"]
+        assert host["hostname"] is None
+        assert [h["host"] for h in host["hosts"]] == [None, None]
+        assert "web" not in json.dumps(manifest_of(again))
+        assert sessions.load(again).recording.host["hosts"][1]["reason"] == \
+            "no answer within 30 s"
+
+
+@pytest.mark.parametrize("host, message", [
+    ({**cluster_host(), "note": "x"}, r"host has unknown fields \['note'\]"),
+    ({**cluster_host(), "bcc": {"a": [1]}}, r"host.bcc has the wrong type \(dict\)"),
+    ({**cluster_host(), "hosts": {"0": {}}}, r"host.hosts has the wrong type \(dict\)"),
+    (cluster_host(extra=[[{}]]), r"host.hosts\[0\] is not an object of exactly engine, host, "
+                                 "kernel, machine, cpus, state, reason"),
+    ({**cluster_host(), "hosts": ["web1"]}, r"host.hosts\[0\] is not an object of exactly"),
+    (cluster_host(engine="0"), r"host.hosts\[0\].engine has the wrong type \(str\)"),
+    (cluster_host(engine=None), r"host.hosts\[0\].engine has the wrong type \(NoneType\)"),
+    (cluster_host(cpus=True), r"host.hosts\[0\].cpus has the wrong type \(bool\)"),
+    (cluster_host(cpus=-1), r"host.hosts\[0\].cpus is negative"),
+    (cluster_host(host=["web1"]), r"host.hosts\[0\].host has the wrong type \(list\)"),
+    (cluster_host(kernel="6" * 300), r"host.hosts\[0\].kernel is longer than 256 characters"),
+    (cluster_host(reason="r" * 5000), r"host.hosts\[0\].reason is longer than 4096"),
+    (cluster_host(state="running"), r"host.hosts\[0\].state is 'running', not one of missing, "
+                                    "ran"),
+    (cluster_host(engine=1), r"host.hosts\[1\].engine 1 is listed twice"),
+    ({**cluster_host(), "hosts": cluster_host()["hosts"][:1] * 5000},
+     r"host.hosts lists 5,000 engines, more than a recording holds \(4,096\)"),
+])
+def test_malformed_host_facts_are_a_replay_error(tmp_path: Path, host, message) -> None:
+    good = sessions.save(FakeProgram({}, {}), tmp_path / "good.bpfrec")
+    bad = _with_manifest(good, tmp_path / "bad.bpfrec", lambda m: m.update(host=host))
     with pytest.raises(ReplayError, match=f"malformed recording: {message}"):
         sessions.load(bad)

@@ -208,6 +208,9 @@ class _Prog:
     def read_maps(self, names=None) -> dict:
         return {}
 
+    def host_facts(self, hostname: bool = True) -> dict:
+        return sessions.writer.host_facts(hostname, self.backend)
+
 
 def recording_with(path: Path, stream: bytes, rows: int, columns: list[list[str]],
                    change=None) -> Path:

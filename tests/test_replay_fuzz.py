@@ -72,6 +72,9 @@ class _Prog:
     def read_maps(self, names=None):
         return {n: self.maps[n].df for n in (self.maps if names is None else names)}
 
+    def host_facts(self, hostname=True):
+        return sessions.writer.host_facts(hostname, self.backend)
+
 
 @pytest.fixture(scope="module")
 def valid(tmp_path_factory) -> bytes:

@@ -5,7 +5,8 @@ A recording (``.bpfrec``) is a zip archive holding
 * ``manifest.json``: the format's name and version, the program (source, compiler
   flags, attach list, pid, the backend that ran it), the probes that were
   attached, host facts (kernel release, the backend's versions: BCC's, or
-  libbpf's and clang's; CPU count, hostname unless left out), the capture's
+  libbpf's and clang's; CPU count, hostname unless left out; a cluster
+  program's, one row per engine under ``hosts``), the capture's
   start and end, the program's global variables when it was saved (``globals``:
   rows of ``name``, ``section``, ``c_type`` and a JSON ``value``; recordings
   written before it have none), and a description of every member below;
@@ -64,6 +65,17 @@ SCALAR_DTYPE = re.compile(r"[<>|=]?(b1|[iu][1248]|f[248]|S\d{1,6}|V\d{1,6})")
 # A map's listing row (``MapView.info()``): at most these fields, of these types.
 MAP_INFO = {"map": str, "kind": str, "key": str, "value": str, "entries": int,
             "max_entries": int, "full": bool}
+
+# Host facts (the manifest's ``host``): these fields only. A cluster program's recording adds
+# ``hosts``, at most MAX_HOSTS rows of exactly HOST_ROW's fields, one per engine.
+HOST = {"system": str, "kernel": str, "machine": str, "hostname": str, "cpus": int,
+        "bcc": str, "libbpf": str, "clang": str}
+HOST_ROW = {"engine": int, "host": str, "kernel": str, "machine": str, "cpus": int,
+            "state": str, "reason": str}
+HOST_STATES = {"ran", "missing"}
+MAX_HOSTS = 4096
+MAX_HOST_FACT = 256  # characters of a host's name, kernel release or machine
+MAX_HOST_REASON = 4096  # characters of why a host is missing
 
 # A recorded global variable: a C name, a data section, its C type, and a JSON value
 # (numbers, strings, lists for arrays, objects for structs); at most MAX_GLOBALS of them.

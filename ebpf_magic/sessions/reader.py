@@ -144,13 +144,47 @@ def _program(prog: dict[str, Any]) -> dict[str, Any]:
 
 
 def _host(host: dict[str, Any]) -> dict[str, Any]:
-    for key in ("system", "kernel", "machine", "hostname"):
-        _need(host, key, str, "host", optional=True)
-    for key in ("bcc", "libbpf", "clang"):  # the versions of the backend that ran it
-        if key in host:
-            _need(host, key, str, "host", optional=True)
-    _need(host, "cpus", int, "host", optional=True)
+    """Where it ran: the fields of :data:`.format.HOST` (the backend's versions only where
+    written), and a cluster program's ``hosts``; any other field is refused."""
+    unknown = sorted(str(k)[:40] for k in set(host) - set(fmt.HOST) - {"hosts"})
+    if unknown:
+        raise ReplayError(f"malformed recording: host has unknown fields {unknown[:5]}")
+    for key, types in fmt.HOST.items():
+        if key in host or key not in ("bcc", "libbpf", "clang"):
+            _need(host, key, types, "host", optional=True)
+    if "hosts" in host:
+        _hosts(_need(host, "hosts", list, "host"))
     return host
+
+
+def _hosts(rows: list[Any]) -> None:
+    """A cluster program's engines: at most :data:`.format.MAX_HOSTS` rows of exactly the
+    fields of :data:`.format.HOST_ROW`, each engine once."""
+    if len(rows) > fmt.MAX_HOSTS:
+        raise ReplayError(f"malformed recording: host.hosts lists {len(rows):,} engines, more "
+                          f"than a recording holds ({fmt.MAX_HOSTS:,})")
+    seen: set[int] = set()
+    for i, row in enumerate(rows):
+        where = f"host.hosts[{i}]"
+        if not isinstance(row, dict) or set(row) != set(fmt.HOST_ROW):
+            raise ReplayError(f"malformed recording: {where} is not an object of exactly "
+                              f"{', '.join(fmt.HOST_ROW)}")
+        for key, types in fmt.HOST_ROW.items():
+            value = _need(row, key, types, where, optional=key not in ("engine", "state",
+                                                                        "reason"))
+            limit = fmt.MAX_HOST_REASON if key == "reason" else fmt.MAX_HOST_FACT
+            if isinstance(value, str) and len(value) > limit:
+                raise ReplayError(f"malformed recording: {where}.{key} is longer than "
+                                  f"{limit} characters")
+            if isinstance(value, int) and value < 0:
+                raise ReplayError(f"malformed recording: {where}.{key} is negative")
+        if row["engine"] in seen:
+            raise ReplayError(f"malformed recording: {where}.engine {row['engine']} is listed "
+                              "twice")
+        seen.add(row["engine"])
+        if row["state"] not in fmt.HOST_STATES:
+            raise ReplayError(f"malformed recording: {where}.state is {row['state'][:40]!r}, "
+                              f"not one of {', '.join(sorted(fmt.HOST_STATES))}")
 
 
 def _stream(archive: _Archive, s: Any, where: str) -> RecordedStream:

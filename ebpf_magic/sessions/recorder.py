@@ -116,7 +116,8 @@ def recorder_of(prog: ProgramView) -> Snapshots | None:
 def save(prog: ProgramView, path: str | os.PathLike, *,
          snapshots: Snapshots | Iterable[Snapshot] | None = None, hostname: bool = True,
          tables: Mapping[str, pd.DataFrame] | None = None) -> Path:
-    """Write ``prog`` (live or replayed) to one recording file at ``path``.
+    """Write ``prog`` (live, replayed or cluster) to one recording file at ``path``, with
+    the host facts it gives (:meth:`~ebpf_magic.api.ProgramView.host_facts`).
 
     Args:
         prog: a :class:`~ebpf_magic.program.Program` (save it before stopping
@@ -124,7 +125,7 @@ def save(prog: ProgramView, path: str | os.PathLike, *,
         path: the file to write (``.bpfrec`` by convention); folders are made.
         snapshots: periodic map snapshots to include; by default those
             :func:`record_snapshots` took for ``prog``, if any.
-        hostname: False leaves the machine's name out.
+        hostname: False leaves host names out.
         tables: extra DataFrames to keep, by name (a replay has them as
             ``prog.tables``): results only the live machine can compute, such
             as stacks symbolized against its running processes.
@@ -133,9 +134,8 @@ def save(prog: ProgramView, path: str | os.PathLike, *,
     """
     if snapshots is None:
         snapshots = recorder_of(prog) or []
-    host = prog.recording.host if isinstance(prog, ReplayedProgram) else None
     return writer.write(prog, path, snapshots=snapshots, hostname=hostname, tables=tables,
-                        host=host)
+                        host=prog.host_facts(hostname))
 
 
 _marked: weakref.WeakSet[ProgramView] = weakref.WeakSet()

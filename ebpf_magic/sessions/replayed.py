@@ -292,6 +292,12 @@ class ReplayedProgram:
                 "maps": ", ".join(self.maps), "events": self.events_seen,
                 "uptime_s": round(self.uptime, 1), "state": "replayed"}
 
+    def host_facts(self, hostname: bool = True) -> dict[str, Any]:
+        """The host it was captured on, as recorded (without its names if ``hostname`` is
+        False)."""
+        host = self.recording.host
+        return dict(host) if hostname else writer.without_names(host)
+
     def stop(self) -> None:
         """Nothing runs: a no-op, for code written for live programs."""
 

@@ -75,7 +75,7 @@ def _manifest(prog: ProgramView, host: Mapping[str, Any] | None, hostname: bool
     if host is None:
         host = host_facts(hostname, prog.backend)
     elif not hostname:
-        host = {**host, "hostname": None}
+        host = without_names(host)
     return {
         "format": fmt.FORMAT, "version": fmt.VERSION,
         "program": {"name": prog.name, "source": prog.source, "cflags": list(prog.cflags),
@@ -161,6 +161,14 @@ def host_facts(hostname: bool = True, backend: str = "bcc") -> dict[str, Any]:
     return {"system": platform.system(), "kernel": platform.release(),
             "machine": platform.machine(), **backends.host_facts(backend),
             "cpus": os.cpu_count(), "hostname": socket.gethostname() if hostname else None}
+
+
+def without_names(host: Mapping[str, Any]) -> dict[str, Any]:
+    """``host`` with its hostname left out, and each cluster engine's host name."""
+    out = {**host, "hostname": None}
+    if isinstance(host.get("hosts"), list):
+        out["hosts"] = [{**h, "host": None} for h in host["hosts"]]
+    return out
 
 
 # -- columns ----------------------------------------------------------------------
