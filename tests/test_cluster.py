@@ -22,17 +22,18 @@ import time
 import warnings
 from pathlib import Path
 
+import ipyparallel as ipp
+import pandas as pd
 import pytest
 
+from ebpf_magic import cluster, sessions
+from ebpf_magic.api import MapView, ProgramView, StreamView
+from ebpf_magic.cluster import ClusterWarning, engine
+from ebpf_magic.errors import BPFError
+from ebpf_magic.present import plots
+from ebpf_magic.program import running
+
 from conftest import loaded_prog_ids
-
-ipp = pytest.importorskip("ipyparallel")
-
-from ebpf_magic import cluster  # noqa: E402
-from ebpf_magic.api import MapView, ProgramView, StreamView  # noqa: E402
-from ebpf_magic.cluster import ClusterWarning, engine  # noqa: E402
-from ebpf_magic.present import plots  # noqa: E402
-from ebpf_magic.program import running  # noqa: E402
 
 pytestmark = pytest.mark.kernel
 
@@ -523,6 +524,149 @@ def test_unreachable_engine_times_out_with_a_message(engines):
             if not prog.missing:
                 break
         assert set(df["engine"]) == set(engines.pids)
+    finally:
+        prog.stop()
+
+
+def test_a_start_that_times_out_is_stopped_on_that_engine(engines, engines_of):
+    late, prompt = engines.ns_engine, engines.host_engine
+    engines.client[late].apply_async(time.sleep, 10.0)  # the start waits behind this
+    prog = cluster.ClusterProgram(COUNTS, name="late", engines=engines_of, attach=GETPPID,
+                                  timeout=6)  # long enough to compile on the other
+    try:
+        assert list(prog.attached_on) == [prompt]
+        assert "no answer within 6 s" in prog.missing[late].reason
+        # the engine ran the start once the sleep ended, and then its stop
+        assert engines.client[late].apply_sync(has_program, "late") is False
+        assert engines.client[late].apply_sync(engine.programs) == {}
+    finally:
+        prog.stop()
+
+
+def test_saving_keeps_snapshots_and_every_hosts_facts(engines, engines_of, shell, tmp_path):
+    shell.run_cell("%%bpf saved --on all -a tracepoint:syscalls:sys_enter_getppid\n" + COUNTS)
+    prog = shell.user_ns["saved"]
+    ids = sorted(engines.pids)
+    names = ", ".join(engines.hosts[i] for i in ids)
+    try:
+        taken = sessions.record_snapshots(prog, every=0.2)
+        tids = engines.run({i: 40 for i in ids})
+        deadline = time.monotonic() + 10
+        while len(taken.snapshots) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(taken.snapshots) >= 2
+        kept = len(taken.snapshots)
+        shell.run_line_magic("bpf", f"save saved {tmp_path / 'anon.bpfrec'} --no-hostname")
+        named = sessions.save(prog, tmp_path / "named.bpfrec")
+    finally:
+        shell.run_line_magic("bpf", "stop saved")
+    taken.stop()
+    assert set(taken.snapshots[-1].maps["calls"]["engine"]) == set(ids)
+    assert prog.host_facts()["hostname"] == names  # the hosts it ran on, once stopped too
+    anon = sessions.load(tmp_path / "anon.bpfrec")
+    assert len(anon.snapshots) >= kept + 1  # the recorder's, then the final one
+    final = anon.maps["calls"].df
+    assert sorted(final[final["key"].isin(tids.values())]["value"]) == [40] * 4
+    host = anon.recording.host
+    assert host["hostname"] is None and "hosts" in host
+    assert [(h["engine"], h["host"], h["state"], h["kernel"], h["cpus"]) for h in host["hosts"]
+            ] == [(i, None, "ran", os.uname().release, os.cpu_count()) for i in ids]
+    host = sessions.load(named).recording.host
+    assert host["hostname"] == names and host["cpus"] == len(ids) * os.cpu_count()
+    assert [(h["engine"], h["host"]) for h in host["hosts"]] == [
+        (i, engines.hosts[i]) for i in ids]
+
+
+def test_a_read_while_stopping_is_the_stopped_error(engines, engines_of):
+    prog = cluster.ClusterProgram(COUNTS, name="stopping", engines=engines_of, attach=GETPPID)
+    for i in engines.pids:  # the engines are busy: the stop waits there
+        engines.client[i].apply_async(time.sleep, 1.0)
+    stopping = threading.Thread(target=prog.stop)
+    stopping.start()
+    try:
+        time.sleep(0.3)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", ClusterWarning)  # not "no rows from 2 hosts"
+            with pytest.raises(BPFError, match="stopped on every host"):
+                _ = prog.maps["calls"].df
+    finally:
+        stopping.join()
+    assert not prog.running
+
+
+def open_sockets() -> int:
+    """Sockets this process holds open."""
+    links = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(FileNotFoundError):  # the directory's own, closed by now
+            links.append(os.readlink(f"/proc/self/fd/{fd}"))
+    return sum(link.startswith("socket:") for link in links)
+
+
+def test_alternating_profiles_keep_one_client_each(engines, tmp_path, monkeypatch):
+    monkeypatch.setenv("IPYTHONDIR", str(tmp_path))
+    for name in ("a", "b"):  # two profiles whose controller is the test cluster's
+        security = tmp_path / f"profile_{name}" / "security"
+        security.mkdir(parents=True)
+        (security / "ipcontroller-client.json").symlink_to(engines.client_file)
+    first = {p: cluster.current(p) for p in ("a", "b")}
+    try:
+        assert first["a"].client is not first["b"].client
+        sockets = open_sockets()
+        for _ in range(4):  # as cells with --cluster a, then --cluster b, would
+            for p in ("a", "b"):
+                now = cluster.current(p)
+                assert now.client is first[p].client
+                assert now.select("all") == sorted(engines.pids)
+        assert open_sockets() == sockets
+    finally:
+        for e in first.values():
+            e.close()
+    again = cluster.current("a")  # a closed client is connected to again
+    try:
+        assert again.client is not first["a"].client
+        assert again.select("all") == sorted(engines.pids)
+    finally:
+        again.close()
+
+
+def test_a_stream_failed_on_every_host_counts_once(engines, engines_of, tmp_path):
+    spill = tmp_path / "spill"
+    prog = cluster.ClusterProgram(EVENTS, name="spilling", engines=engines_of, attach=GETPPID,
+                                  stream_options={"max_rows": 10, "spill": str(spill)})
+    try:
+        spill.rmdir()
+        spill.write_text("")  # the spill directory is gone: spilling fails on every host
+        engines.run({i: 50 for i in engines.pids})
+        deadline = time.monotonic() + 10
+        while prog.events["calls"].stats_by_host["failed"].sum() < 2 \
+                and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert prog.events["calls"].stats_by_host["failed"].tolist() == [1, 1]
+        assert prog.events["calls"].stats["failed"] == 1
+    finally:
+        prog.stop()
+
+
+def test_tail_is_the_newest_events_of_all_hosts_by_time(engines, engines_of):
+    prog = cluster.ClusterProgram(EVENTS, name="newest", engines=engines_of, attach=GETPPID,
+                                  stream_options={"time": {"ts": "monotonic"}})
+    try:
+        engines.run({engines.host_engine: 5})
+        engines.run({engines.ns_engine: 5})
+        deadline = time.monotonic() + 10
+        while len(prog.events["calls"].df) < 20 and time.monotonic() < deadline:
+            time.sleep(0.1)  # each host's program sees both workloads
+        for _ in range(50):  # until no event arrives while the tail is read
+            before = prog.events["calls"].df
+            tail = prog.events["calls"].tail(4)
+            after = prog.events["calls"].df
+            if len(before) == len(after):
+                break
+        assert len(after) >= 20 and len(tail) == 4
+        newest = after.sort_values("ts", kind="stable").tail(4).reset_index(drop=True)
+        pd.testing.assert_frame_equal(tail, newest)
+        assert tail["ts"].is_monotonic_increasing
     finally:
         prog.stop()
 

@@ -153,7 +153,13 @@ class Engines:
                 self.client[i].apply_async(func, *args)
 
     def close(self) -> None:
-        """Close the client's connections (engines and controller keep running)."""
+        """Close the client's connections (engines and controller keep running).
+
+        The next :func:`connect` to its profile connects again.
+        """
+        for profile, client in list(_clients.items()):
+            if client is self.client:
+                del _clients[profile]
         self.client.close()
 
     def __repr__(self) -> str:
@@ -161,6 +167,7 @@ class Engines:
 
 
 _current: Engines | None = None
+_clients: dict[str, Any] = {}  # the Client opened for each profile, kept open for the next cell
 
 
 def connect(profile: str | None = None, client: Any = None,
@@ -169,21 +176,31 @@ def connect(profile: str | None = None, client: Any = None,
     """The engines of a running cluster, from ``client`` or else ``profile``'s controller.
 
     The result is also what ``%%bpf NAME --on TARGETS`` uses afterwards. ``timeout``
-    bounds reaching the controller and each later call to the engines.
+    bounds reaching the controller and each later call to the engines. A profile's
+    controller is connected to once: later calls for it share that client until
+    :meth:`Engines.close`.
     """
     global _current
     if client is None:
-        ipp = _ipyparallel()
-        try:
-            client = ipp.Client(profile=profile or "default", timeout=timeout)
-        except (OSError, TimeoutError, ipp.error.TimeoutError) as e:
-            raise ClusterError(
-                f"cannot reach the ipyparallel controller of profile "
-                f"{profile or 'default'!r}: {e}",
-                "Start a cluster (ipcluster start -n 2 --profile=PROFILE, or see the README, "
-                "Many hosts), or pass the Client you made: connect(client=rc).") from None
+        client = _client(profile or "default", timeout)
     _current = Engines(client, targets, timeout, profile)
     return _current
+
+
+def _client(profile: str, timeout: float) -> Any:
+    """The open Client of ``profile``, connecting to its controller if there is none."""
+    ipp = _ipyparallel()
+    if profile in _clients:
+        return _clients[profile]
+    try:
+        client = ipp.Client(profile=profile, timeout=timeout)
+    except (OSError, TimeoutError, ipp.error.TimeoutError) as e:
+        raise ClusterError(
+            f"cannot reach the ipyparallel controller of profile {profile!r}: {e}",
+            "Start a cluster (ipcluster start -n 2 --profile=PROFILE, or see the README, "
+            "Many hosts), or pass the Client you made: connect(client=rc).") from None
+    _clients[profile] = client
+    return client
 
 
 def current(profile: str | None = None) -> Engines:

@@ -115,9 +115,20 @@ def map_hist(name: str, map_name: str, kind: str | None, step: int) -> tuple[byt
     return encode(hist.df), hist.kind
 
 
-def stream_table(name: str, stream: str, rows: int | None = None) -> bytes:
-    """The ``rows`` newest events of ``stream`` (all with ``None``)."""
-    return encode(program(name).events[stream].tail(rows))
+def stream_table(name: str, stream: str, rows: int | None = None,
+                 order: list[str] | None = None) -> bytes:
+    """The ``rows`` newest events of ``stream`` (all with ``None``).
+
+    Newest by the first column of ``order`` the events have, oldest first, else as they
+    arrived (a perf buffer's CPUs deliver out of time order).
+    """
+    events = program(name).events[stream]
+    if rows is not None and order:
+        df = events.df
+        column = next((c for c in order if c in df.columns), None)
+        if column is not None:
+            return encode(df.sort_values(column, kind="stable").tail(rows))
+    return encode(events.tail(rows))
 
 
 def status(name: str) -> dict[str, Any]:

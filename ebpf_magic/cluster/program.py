@@ -36,6 +36,7 @@ from ebpf_magic.data.streams import Stats
 from ebpf_magic.errors import BPFError
 from ebpf_magic.probes import Probe
 from ebpf_magic.program import register, unregister
+from ebpf_magic.sessions import format as fmt
 
 FIRST_COLUMNS = ("host", "engine")
 
@@ -80,12 +81,15 @@ class ClusterProgram:
         self.source = source
         self.cflags = list(options.get("cflags", ()))
         self.pid: int | None = options.get("pid")
+        #: columns every host shows as wall-clock datetimes (``stream_options["time"]``)
+        self.time_columns = list((options.get("stream_options") or {}).get("time") or ())
         self.engines = engines if engines is not None else current()
         self.timeout = self.engines.timeout if timeout is None else timeout
         self.ids = self.engines.select(targets)
         self.missing: dict[int, Missing] = {}
         self.started_at = time.time()
         self.stopped_at: float | None = None
+        self._stopping = False  # set as stop() begins: reads that overlap it end in its error
         try:
             answers, failures = self.engines.call(self.ids, engine.start, self.key, source,
                                                   options, timeout=self.timeout)
@@ -93,6 +97,9 @@ class ClusterProgram:
             # Ctrl-C while engines start: each runs its stop after its start, in order
             self.engines.send(self.ids, engine.stop, self.key)
             raise
+        # an engine that did not answer in time may still start it: its stop runs after
+        self.engines.send([i for i, why in failures.items() if not why.gone], engine.stop,
+                          self.key)
         self.hosts = {i: a["facts"]["host"] for i, a in answers.items()}
         self.facts = {i: a["facts"] for i, a in answers.items()}
         self.hosts.update({i: self.engines.host(i) for i in failures})
@@ -263,13 +270,21 @@ class ClusterProgram:
     def _missing_lines(self) -> str:
         return "\n".join(f"  {m.host} (engine {i}): {m.reason}" for i, m in self.missing.items())
 
+    def _stopped_error(self) -> BPFError:
+        return BPFError(f"{self.name} was stopped on every host; its maps and streams are "
+                        "gone", "Run the cell again, or save() before stop().")
+
     def _gather(self, func: Callable[..., Any], *args: Any) -> dict[int, Any]:
-        """``func(*args)`` from every running engine; the others are warned about."""
-        if self.stopped_at is not None:
-            raise BPFError(f"{self.name} was stopped on every host; its maps and streams "
-                           "are gone", "Run the cell again, or save() before stop().")
+        """``func(*args)`` from every running engine; the others are warned about.
+
+        A read that :meth:`stop` overtook (e.g. a recorder's) is the stopped error.
+        """
+        if self._stopping:
+            raise self._stopped_error()
         answers, failures = self.engines.call(self.running_on, func, *args,
                                               timeout=self.timeout)
+        if self._stopping:  # stop() began meanwhile: the engines may have said "no program"
+            raise self._stopped_error()
         for i in answers:
             self.missing.pop(i, None)
         for i, why in failures.items():
@@ -306,8 +321,9 @@ class ClusterProgram:
         Engines that died already released everything with their process; the others
         are stopped even when some do not answer (they are then in :attr:`missing`).
         """
-        if self.stopped_at is not None:
+        if self._stopping:
             return
+        self._stopping = True
         try:
             _, failures = self.engines.call(self.ids, engine.stop, self.key,
                                             timeout=self.timeout)
@@ -318,37 +334,42 @@ class ClusterProgram:
         self.stopped_at = time.time()
         unregister(self)
 
-    def save(self, path: Any, *, hostname: bool = True,
-             tables: Mapping[str, pd.DataFrame] | None = None) -> Any:
+    def save(self, path: Any, **options: Any) -> Any:
         """Write one recording of every host's maps and events, and each host's facts.
 
+        As :func:`ebpf_magic.sessions.save` (``snapshots``, ``hostname``, ``tables``; the
+        snapshots :func:`~ebpf_magic.sessions.record_snapshots` took by default).
         :func:`ebpf_magic.load` replays it with the same merged frames, with no cluster,
-        BPF rights or backend. The recording's ``host`` names every host (``hostname``
-        False leaves the names out) and lists each engine's facts under ``"hosts"``.
-        Returns the path written.
+        BPF rights or backend. Returns the path written.
         """
-        from ebpf_magic.sessions import writer
+        from ebpf_magic.sessions import save
 
-        return writer.write(self, path, hostname=hostname, tables=tables,
-                            host=self.host_facts(hostname))
+        return save(self, path, **options)
 
     def host_facts(self, hostname: bool = True) -> dict[str, Any]:
-        """Where it ran: each host's kernel, machine and CPUs, and the hosts' names joined."""
+        """Where it ran: the hosts' kernels, machines and names joined, the CPUs of those that
+        ran, and under ``"hosts"`` one row per targeted engine (``hostname`` False leaves
+        every name out).
+
+        A row is ``engine``, ``host``, ``kernel``, ``machine``, ``cpus`` (None for an engine
+        that never answered), ``state`` (``ran`` or ``missing``) and ``reason``.
+        """
         hosts = []
         for i in self.ids:
-            facts = dict(self.facts.get(i, {}))
-            facts.pop("pid", None)
+            facts = self.facts.get(i, {})
             miss = self.missing.get(i)
-            hosts.append({**facts, "engine": i,
-                          "host": self.hosts.get(i, f"engine {i}") if hostname else None,
+            hosts.append({"engine": i, "host": self.hosts.get(i, f"engine {i}") if hostname
+                          else None, "kernel": facts.get("kernel"),
+                          "machine": facts.get("machine"), "cpus": facts.get("cpus"),
                           "state": "missing" if miss else "ran",
-                          "reason": miss.reason if miss else ""})
-        kernels = dict.fromkeys(h["kernel"] for h in hosts if h.get("kernel"))
-        return {"system": "Linux", "kernel": ", ".join(kernels),
-                "machine": ", ".join(dict.fromkeys(h.get("machine", "") for h in hosts
-                                                   if h.get("machine"))),
-                "cpus": sum(h.get("cpus", 0) for h in hosts if h["state"] == "ran"),
-                "hostname": ", ".join(dict.fromkeys(self.hosts[i] for i in self.running_on))
+                          "reason": miss.reason[:fmt.MAX_HOST_REASON] if miss else ""})
+        ran = [h for h in hosts if h["state"] == "ran"]
+        return {"system": "Linux",
+                "kernel": ", ".join(dict.fromkeys(h["kernel"] for h in hosts if h["kernel"])),
+                "machine": ", ".join(dict.fromkeys(h["machine"] for h in hosts
+                                                   if h["machine"])),
+                "cpus": sum(h["cpus"] or 0 for h in ran),
+                "hostname": ", ".join(dict.fromkeys(h["host"] for h in ran))
                 if hostname else None,
                 "hosts": hosts}
 
@@ -474,9 +495,19 @@ class ClusterStream:
         return self.tail(None)
 
     def tail(self, n: int | None = 10) -> pd.DataFrame:
-        """The ``n`` newest events of each host (all with ``None``)."""
-        parts = self.program._gather(engine.stream_table, self.program.key, self.name, n)
-        return self.program._frame({i: engine.decode(b) for i, b in parts.items()})
+        """The ``n`` newest events of the merged frame (all with ``None``, host after host).
+
+        Newest by the first of :attr:`ClusterProgram.time_columns` the events have, which
+        each host shows in wall-clock time: the rows are then in its order. Without one,
+        hosts' events share no clock to order them by: the ``n`` newest of each host.
+        """
+        order = self.program.time_columns
+        parts = self.program._gather(engine.stream_table, self.program.key, self.name, n, order)
+        df = self.program._frame({i: engine.decode(b) for i, b in parts.items()})
+        column = next((c for c in order if c in df.columns), None)
+        if n is None or column is None:
+            return df
+        return df.sort_values(column, kind="stable").tail(n).reset_index(drop=True)
 
     @property
     def stats_by_host(self) -> pd.DataFrame:
@@ -487,9 +518,11 @@ class ClusterStream:
 
     @property
     def stats(self) -> Stats:
-        """The counters summed over the hosts that answered (see :attr:`stats_by_host`)."""
+        """The counters summed over the hosts that answered (see :attr:`stats_by_host`);
+        ``failed`` is 1 if the stream failed on any of them."""
         by_host = self.stats_by_host.drop(columns=list(FIRST_COLUMNS))
-        return Stats({c: int(by_host[c].sum()) for c in by_host.columns})
+        return Stats({c: int(by_host[c].max() if c == "failed" else by_host[c].sum())
+                      for c in by_host.columns})
 
     def __len__(self) -> int:
         return int(self.stats.get("held", 0))
