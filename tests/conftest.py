@@ -37,6 +37,23 @@ int on_getppid(void *ctx) {{
 """
 
 
+# Child-side helpers for tests of what a confined process may not do: attempt(f) gives
+# "allowed" or the class name of the OSError f raised; ptrace(pid) attaches and detaches.
+ATTEMPTS = r"""
+import ctypes, os
+def attempt(f):
+    try:
+        f()
+        return "allowed"
+    except OSError as e:
+        return type(e).__name__
+def ptrace(pid):
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.ptrace(16, pid, None, None) != 0:  # PTRACE_ATTACH
+        raise OSError(ctypes.get_errno(), "ptrace")
+    libc.ptrace(17, pid, None, None)  # PTRACE_DETACH
+"""
+
 def bpf_unavailable_reason() -> str | None:
     if not kernel.has_bpf_rights():
         return "no BPF rights (" + kernel.rights_summary() + ")"

@@ -33,7 +33,7 @@ from ebpf_magic.errors import BPFError
 from ebpf_magic.present import plots
 from ebpf_magic.program import running
 
-from conftest import loaded_prog_ids
+from conftest import ATTEMPTS, loaded_prog_ids
 
 pytestmark = pytest.mark.kernel
 
@@ -717,26 +717,15 @@ identity.__module__ = "__engine__"
 
 # Run as the notebook kernels' account with their capabilities: what a cell could do to an
 # engine's process, whose environment and descriptors hold the cluster's key.
-KERNEL_REACH = r"""
-import ctypes, json, os, sys
+KERNEL_REACH = ATTEMPTS + r"""
+import json, sys
 from ebpf_magic.setup import launcher
 launcher.become(launcher.account(), launcher.wanted())
 pid = int(sys.argv[1])
-def attempt(f):
-    try:
-        f()
-        return "allowed"
-    except OSError as e:
-        return type(e).__name__
-def ptrace():
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.ptrace(16, pid, None, None) != 0:  # PTRACE_ATTACH
-        raise OSError(ctypes.get_errno(), "ptrace")
-    libc.ptrace(17, pid, None, None)  # PTRACE_DETACH
 print(json.dumps({
     "environ": attempt(lambda: open(f"/proc/{pid}/environ", "rb").read()),
     "fds": attempt(lambda: os.listdir(f"/proc/{pid}/fd")),
-    "ptrace": attempt(ptrace),
+    "ptrace": attempt(lambda: ptrace(pid)),
     "signal": attempt(lambda: os.kill(pid, 0)),
 }))
 """

@@ -28,7 +28,7 @@ from ebpf_magic.internal import cache
 from ebpf_magic.kernel import host as kernel
 from ebpf_magic.setup import kernelspec, launcher
 
-from conftest import loaded_prog_ids, uprobe_events
+from conftest import ATTEMPTS, loaded_prog_ids, uprobe_events
 
 NAME = "ebpf-privileges-test"
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
@@ -107,23 +107,12 @@ print(json.dumps([os.access({str(NOTEBOOKS / "recordings")!r}, os.W_OK),
         assert "cap_bpf" in detail and "cap_sys_admin" not in detail
 
 
-ESCAPES = r"""
-import ctypes, json, os
+ESCAPES = ATTEMPTS + r"""
+import json
 from ebpf_magic import launcher
-def attempt(f):
-    try:
-        f()
-        return "allowed"
-    except OSError as e:
-        return type(e).__name__
 def write(path):
     with open(path, "a") as f:
         f.write("")
-def ptrace():
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.ptrace(16, VICTIM, None, None) != 0:  # PTRACE_ATTACH
-        raise OSError(ctypes.get_errno(), "ptrace")
-    libc.ptrace(17, VICTIM, None, None)  # PTRACE_DETACH
 def kill():
     os.kill(VICTIM, 0)
 print(json.dumps({
@@ -131,7 +120,7 @@ print(json.dumps({
     "read /etc/shadow": attempt(lambda: open("/etc/shadow").read()),
     "setuid(0)": attempt(lambda: os.setuid(0)),
     "setgid(0)": attempt(lambda: os.setgid(0)),
-    "ptrace": attempt(ptrace),
+    "ptrace": attempt(lambda: ptrace(VICTIM)),
     "signal": attempt(kill),
     "read /proc/1/mem": attempt(lambda: open("/proc/1/mem", "rb").read(1)),
     "write launcher": attempt(lambda: write(launcher.__file__)),
