@@ -47,6 +47,9 @@ def test_rate_counts_events_per_interval():
     assert list(ax.lines[0].get_ydata()) == [10, 30, 5]
     ns = pd.DataFrame({"ts": (np.arange(4) * 500_000_000 + 10**15).astype(np.int64)})
     assert plots.rate_frame(ns, interval="1s")["events/s"].tolist() == [2, 2]
+    # bpf_ktime_get_ns() minutes after boot: still nanoseconds, not seconds
+    early = pd.DataFrame({"ts": (np.arange(4) * 500_000_000 + 60 * 10**9).astype(np.int64)})
+    assert plots.rate_frame(early, interval="1s")["events/s"].tolist() == [2, 2]
 
 
 def test_heatmap_from_a_stream_and_from_snapshots():

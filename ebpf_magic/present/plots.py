@@ -140,7 +140,8 @@ def time_axis(ax: Any, axis: str = "x") -> Any:
 
 
 def _times(df: pd.DataFrame, time: str | None) -> pd.Series:
-    """The stream's time column as datetimes (or timedeltas from numeric seconds/ns)."""
+    """The stream's time column as datetimes, or as timedeltas from numbers: integers are
+    nanoseconds (``bpf_ktime_get_ns()`` and its kin), other numbers seconds."""
     if time is None:
         time = next((c for c in ("time", "ts", "timestamp", "t") if c in df.columns), None)
         if time is None:
@@ -149,8 +150,7 @@ def _times(df: pd.DataFrame, time: str | None) -> pd.Series:
     if pd.api.types.is_datetime64_any_dtype(col) or pd.api.types.is_timedelta64_dtype(col):
         return col
     values = col.to_numpy()
-    unit = "ns" if np.issubdtype(values.dtype, np.integer) and len(values) and \
-        np.abs(values).max() > 10**12 else "s"
+    unit = "ns" if np.issubdtype(values.dtype, np.integer) else "s"
     return pd.Series(pd.to_timedelta(values, unit=unit), index=df.index)
 
 
