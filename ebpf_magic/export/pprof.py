@@ -119,7 +119,7 @@ def to_pprof(data: Any, path: str | Path, *, value: str = "count",
         profile.period_type.unit = strings("nanoseconds")
         profile.period = int(round(period_ns))
     mappings: dict[str, int] = {}
-    for kind, filename in ((KERNEL, KERNEL_MAPPING), (USER, USER_MAPPING)):
+    for kind, filename in ((USER, USER_MAPPING), (KERNEL, KERNEL_MAPPING)):  # main one first
         if any(kind in ks for ks in counted["kinds"]):
             mappings[kind] = len(mappings) + 1
             profile.mapping.add(id=mappings[kind], filename=strings(filename),

@@ -49,24 +49,27 @@ def time_column(df: pd.DataFrame) -> str | None:
         (c for c in cols if pd.api.types.is_datetime64_any_dtype(df[c])), None)
 
 
-def nanoseconds(col: pd.Series) -> np.ndarray:
-    """A time column as int64 ns (float64 NaN where missing): kernel ns as they are,
-    datetimes since the epoch (UTC), timedeltas as spans, floats as seconds."""
+def nanoseconds(col: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """A time column as int64 ns and where it has a value: kernel ns as they are, datetimes
+    since the epoch (UTC), timedeltas as lengths, floats as seconds."""
     if isinstance(col.dtype, pd.DatetimeTZDtype):
         col = col.dt.tz_convert("UTC").dt.tz_localize(None)
     for is_kind, unit in ((pd.api.types.is_datetime64_any_dtype, "datetime64[ns]"),
                           (pd.api.types.is_timedelta64_dtype, "timedelta64[ns]")):
         if is_kind(col):
             values = col.to_numpy(dtype=unit)
-            out = values.view(np.int64).astype(np.float64)
-            out[np.isnat(values)] = np.nan
-            return out
+            return values.view(np.int64), ~np.isnat(values)
     if pd.api.types.is_bool_dtype(col) or not pd.api.types.is_numeric_dtype(col):
         raise ExportError(f"column {col.name!r} is not a time ({col.dtype})",
                           "Name a column of kernel ns timestamps or datetimes: time='...'.")
+    ok = col.notna().to_numpy(copy=True)
     if pd.api.types.is_integer_dtype(col):
-        return col.to_numpy(dtype=np.float64, na_value=np.nan)
-    return np.round(col.to_numpy(dtype=np.float64, na_value=np.nan) * 1e9)
+        values = col.to_numpy(dtype=np.uint64 if pd.api.types.is_unsigned_integer_dtype(col)
+                              else np.int64, na_value=0)
+        ok &= values <= np.iinfo(np.int64).max
+        return np.where(ok, values, 0).astype(np.int64), ok
+    seconds = col.to_numpy(dtype=np.float64, na_value=np.nan)
+    return np.where(ok, np.round(seconds * 1e9), 0).astype(np.int64), ok
 
 
 @dataclass
@@ -213,11 +216,10 @@ class Timeline:
         if time is None:
             raise ExportError(f"no time column in {label!r}; columns: {', '.join(cols)}",
                               "Name the column of timestamps (bpf_ktime_get_ns()): time='...'.")
-        ts = nanoseconds(df[time])
-        keep = ~np.isnan(ts)
+        ts, keep = nanoseconds(df[time])
         self._count("no time", int((~keep).sum()))
         df = df[keep].reset_index(drop=True)
-        ts = ts[keep].astype(np.int64)
+        ts = ts[keep]
         how = self._how(df, track)
         tracks = self._group_tracks(df, how, label) if len(df) else np.zeros(0, np.int64)
         if name is not None and name in cols:
@@ -231,11 +233,11 @@ class Timeline:
         batch = _Batch(ts=none, kind=none, track=none, row=none, rank=none, tie=none,
                        names=names, category=label, args={c: df[c].to_numpy() for c in arg_cols})
         if duration is not None:
-            spans = nanoseconds(df[duration])
-            ok = ~np.isnan(spans) & (spans >= 0)
+            spans, ok = nanoseconds(df[duration])
+            ok &= spans >= 0
             self._count("no duration", int((~ok).sum()))
             rows = np.flatnonzero(ok)
-            length = spans[ok].astype(np.int64)
+            length = spans[ok]
             start = ts[ok] - length if anchor == "end" else ts[ok]
             self._slices(batch, rows, start, start + length, tracks[ok])
         elif phase is not None:
