@@ -113,20 +113,20 @@ def replay(path: Path) -> dict:
 # -- timelines from frames the test writes ------------------------------------------
 
 def test_instants_land_on_thread_tracks_with_their_times_names_and_fields(tmp_path):
-    df = pd.DataFrame({"ts": [300, 100, 200, 150], "pid": [7, 7, 7, 9], "tid": [7, 8, 8, 9],
+    df = pd.DataFrame({"ts": [300, 100, 200, 150], "pid": [7, 7, 7, 9], "tid": [7, 3, 3, 9],
                        "comm": ["main", "worker", "worker", "other"],
                        "bytes": [1, 2, 3, 4], "path": ["/a", "/b", "/c", "/d"]})
     out = replay(export.to_perfetto(df, tmp_path / "t.pftrace", stream="opens"))
     assert sorted(out["instants"]) == sorted([
         (("thread", 7, 7, "main"), "opens", 300, {"pid": 7, "tid": 7, "comm": "main",
                                                   "bytes": 1, "path": "/a"}, ["opens"]),
-        (("thread", 7, 8, "worker"), "opens", 100, {"pid": 7, "tid": 8, "comm": "worker",
+        (("thread", 7, 3, "worker"), "opens", 100, {"pid": 7, "tid": 3, "comm": "worker",
                                                     "bytes": 2, "path": "/b"}, ["opens"]),
-        (("thread", 7, 8, "worker"), "opens", 200, {"pid": 7, "tid": 8, "comm": "worker",
+        (("thread", 7, 3, "worker"), "opens", 200, {"pid": 7, "tid": 3, "comm": "worker",
                                                     "bytes": 3, "path": "/c"}, ["opens"]),
         (("thread", 9, 9, "other"), "opens", 150, {"pid": 9, "tid": 9, "comm": "other",
                                                    "bytes": 4, "path": "/d"}, ["opens"])])
-    # a process per pid, named after its main thread; no slice, no counter
+    # a process per pid, named after its main thread (tid = pid); no slice, no counter
     assert sorted(t for t in out["tracks"].values() if t[0] == "process") == \
         [("process", 7, "main"), ("process", 9, "other")]
     assert out["slices"] == [] and out["counters"] == []
@@ -179,20 +179,20 @@ def test_entry_and_exit_rows_pair_into_nested_slices_and_strays_are_counted(tmp_
 
 def test_spans_with_durations_overlapping_on_a_cpu_get_lanes_and_keep_their_times(tmp_path):
     # events written at a span's end with its length, as a latency tool emits them
-    df = pd.DataFrame({"ts": [100, 150, 160, 300, 300], "delta": [100, 100, 20, 50, 0],
-                       "cpu": [0, 0, 0, 0, 1], "op": ["a", "b", "c", "d", "e"]})
+    df = pd.DataFrame({"ts": [100, 150, 160, 300, 300, 700], "delta": [100, 100, 20, 50, 0, 400],
+                       "cpu": [0, 0, 0, 0, 1, 0], "op": ["a", "b", "c", "d", "e", "f"]})
     out = replay(export.to_perfetto(df, tmp_path / "d.pftrace", duration="delta",
                                     anchor="end", name="op"))
     got = sorted((where, name, b, e) for where, name, b, e, *_ in out["slices"])
     assert got == [(("track", "CPU 0"), "a", 0, 100), (("track", "CPU 0"), "b", 50, 150),
                    (("track", "CPU 0"), "c", 140, 160), (("track", "CPU 0"), "d", 250, 300),
-                   (("track", "CPU 1"), "e", 300, 300)]
+                   (("track", "CPU 0"), "f", 300, 700), (("track", "CPU 1"), "e", 300, 300)]
     lanes = [t for t in out["tracks"].values() if t == ("track", "CPU 0")]
     assert len(lanes) == 2  # b overlaps a without nesting in it: a second lane
     start = export.to_perfetto(df, tmp_path / "s.pftrace", duration="delta", name="op")
     got = sorted((name, b, e) for _, name, b, e, *_ in replay(start)["slices"])
     assert got == [("a", 100, 200), ("b", 150, 250), ("c", 160, 180), ("d", 300, 350),
-                   ("e", 300, 300)]
+                   ("e", 300, 300), ("f", 700, 1100)]
 
 
 def test_counters_per_track_and_column_keep_int_and_float_values(tmp_path):
@@ -268,11 +268,13 @@ def test_a_stream_that_is_not_a_frame_is_refused_with_a_hint(tmp_path):
 
 SYNTHETIC = pd.DataFrame({
     "frames": [("app", "main", "work", "sys_read", "vfs_read"), ("app", "main", "work"),
-               ("app", "main", "idle"), ("db", "[missing]"), ("app", "main", "gone")],
+               ("app", "main", "idle"), ("db", "[missing]"), ("app", "main", "gone"),
+               ("db", "[missing]", "[missing]")],
     "kinds": [("comm", "user", "user", "kernel", "kernel"), ("comm", "user", "user"),
-              ("comm", "user", "user"), ("comm", "kernel"), ("comm", "user", "user")],
-    "count": [7, 5, 2, 3, 0],
-    "pid": [10, 10, 11, 12, 10],
+              ("comm", "user", "user"), ("comm", "kernel"), ("comm", "user", "user"),
+              ("comm", "user", "kernel")],
+    "count": [7, 5, 2, 3, 0, 1],
+    "pid": [10, 10, 11, 12, 10, 12],
 })
 
 
@@ -324,16 +326,17 @@ def test_pprof_has_each_stacks_exact_count_and_names_kernel_and_user_frames(tmp_
     assert [(strings[t.type], strings[t.unit]) for t in profile.sample_type] == \
         [("samples", "count"), ("cpu", "nanoseconds")]
     assert [list(s.value) for s in profile.sample] == [[7, 70707071], [5, 50505051],
-                                                       [2, 20202020], [3, 30303030]]
+                                                       [2, 20202020], [3, 30303030],
+                                                       [1, 10101010]]
     assert profile.period == 10101010 and strings[profile.period_type.unit] == "nanoseconds"
     assert profile.time_nanos == 1_700_000_000_000_000_000
     assert profile.duration_nanos == 5 * 10**9
     assert [strings[c] for c in profile.comment] == ["from a test"]
     assert [(strings[lb.key], lb.num) for lb in profile.sample[2].label] == [("pid", 11)]
     assert all(m.has_functions for m in profile.mapping)
-    # one function and location per distinct frame sampled: main and app are shared, and
-    # "gone", counted 0 times, is no sample
-    assert len(profile.function) == len(profile.location) == 8
+    # one function and location per distinct frame sampled: main and app are shared,
+    # [missing] is one frame on each side, and "gone", counted 0 times, is no sample
+    assert len(profile.function) == len(profile.location) == 9
 
 
 def test_pprof_of_off_cpu_time_names_its_unit_and_labels_text(tmp_path):
@@ -360,14 +363,15 @@ def test_speedscope_file_validates_against_the_format_schema_with_the_same_total
     frames = doc["shared"]["frames"]
     assert len(prof["samples"]) == len(prof["weights"])  # speedscope refuses otherwise
     assert all(w > 0 for w in prof["weights"])
-    assert sum(prof["weights"]) == prof["endValue"] == SYNTHETIC["count"].sum() == 17
+    assert sum(prof["weights"]) == prof["endValue"] == SYNTHETIC["count"].sum() == 18
     got = Counter()
     for sample, weight in zip(prof["samples"], prof["weights"], strict=True):
         got[tuple(frames[i]["name"] for i in sample)] += weight  # root first
     assert got == Counter({tuple(f): n for f, n in zip(SYNTHETIC["frames"], SYNTHETIC["count"],
                                                        strict=True) if n})
     # a name on both sides stays two frames, each saying its side
-    assert {f["file"] for f in frames if f["name"] == "[missing]"} == {"[kernel]"}
+    assert sorted(f["file"] for f in frames if f["name"] == "[missing]") == \
+        ["[kernel]", "[user]"]
     with pytest.raises(ExportError, match="no unit 'ticks'"):
         export.to_speedscope(SYNTHETIC, tmp_path / "x.json", unit="ticks")
 
@@ -402,6 +406,7 @@ def test_folded_text_is_stacks_folded_line_by_line():
     assert counted["kinds"][0] == ("comm", "user", "kernel", "kernel")
     back = export.read_folded(export.to_folded(counted))
     assert back.equals(folded)
+    assert export.to_folded([("a;b", 1), ("a;c", 5), ("a;b", 2)]) == "a;c 5\na;b 3\n"
 
 
 def test_stack_counts_refuse_what_no_tool_could_read(tmp_path):
@@ -428,7 +433,7 @@ def colours(ax) -> list[tuple]:
 def test_a_profile_against_itself_is_neutral():
     ax = plots.flamegraph(SYNTHETIC, SYNTHETIC)
     rects = plots.flame_rects(SYNTHETIC)
-    assert len(ax.patches) == (rects["width"] > 0).sum() == 8
+    assert len(ax.patches) == (rects["width"] > 0).sum() == 9
     assert set(colours(ax)) == {plots.NEUTRAL}
 
 
@@ -440,6 +445,7 @@ def test_one_stack_doubled_colours_exactly_that_stack():
     assert changed[["frame", "depth", "self_before", "self_after"]].values.tolist() == \
         [["work", 2, 5, 10]]
     assert diff.loc[diff["frame"] == "app", ["before", "after"]].values.tolist() == [[14, 19]]
+    assert diff.loc[diff["frame"] == "db", ["before", "after"]].values.tolist() == [[4, 4]]
     ax = plots.flamegraph(SYNTHETIC, after)
     drawn = dict(zip(((r.frame, r.depth) for r in diff[diff["width"] > 0].itertuples()),
                      colours(ax), strict=True))
@@ -611,7 +617,7 @@ TRACEPOINT_PROBE(syscalls, sys_exit_getppid) { return emit(1); }
 
 
 @pytest.mark.kernel
-def test_a_traced_programs_calls_are_slices_on_their_threads_live_and_replayed(tmp_path,
+def test_a_traced_programs_calls_are_slices_on_their_threads_live_and_replayed(tmp_path, capsys,
                                                                             no_leaks):
     from ebpf_magic.magics import save
 
@@ -668,6 +674,14 @@ def test_a_traced_programs_calls_are_slices_on_their_threads_live_and_replayed(t
         shell = type("Shell", (), {"user_ns": {}})()
 
     save.run(Magics(), f"edges --perfetto {tmp_path / 'magic.pftrace'}")
+    assert capsys.readouterr().out.endswith(
+        f": edges ({len(df)} events) written to {tmp_path / 'magic.pftrace'} "
+        "(open it in ui.perfetto.dev)\n")
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".bpfrec") == \
+        ["edges.bpfrec"]  # the trace only: no recording without a PATH
+    save.run(Magics(), f"edges {tmp_path / 'again.bpfrec'} --perfetto {tmp_path / 'b.pftrace'}")
+    assert len(ebpf_magic.load(tmp_path / "again.bpfrec").events["edges"].df) == len(df)
+    assert replay(tmp_path / "b.pftrace") == replay(tmp_path / "magic.pftrace")
     instants = replay(tmp_path / "magic.pftrace")["instants"]
     assert Counter(w for w, *_ in instants) == Counter(
         {("thread", me, t, name): 2 * calls[name.encode()] for t, name in tids.items()})

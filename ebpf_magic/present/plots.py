@@ -329,7 +329,7 @@ SHRINKAGE = (0.13, 0.33, 0.84)  # the most shrunk frame
 def diff_colour(delta: float, scale: float) -> tuple[float, float, float]:
     """The colour of a frame whose own samples changed by ``delta``, the largest change
     being ``scale``: :data:`NEUTRAL` for none, towards :data:`GROWTH` or :data:`SHRINKAGE`."""
-    if not delta or not scale:
+    if not scale:
         return NEUTRAL
     end = GROWTH if delta > 0 else SHRINKAGE
     f = min(abs(delta) / scale, 1.0)
