@@ -117,19 +117,36 @@ def test_instants_land_on_thread_tracks_with_their_times_names_and_fields(tmp_pa
                        "comm": ["main", "worker", "worker", "other"],
                        "bytes": [1, 2, 3, 4], "path": ["/a", "/b", "/c", "/d"]})
     out = replay(export.to_perfetto(df, tmp_path / "t.pftrace", stream="opens"))
+    # the fields the track shows (pid, tid, comm) are not repeated as arguments
     assert sorted(out["instants"]) == sorted([
-        (("thread", 7, 7, "main"), "opens", 300, {"pid": 7, "tid": 7, "comm": "main",
-                                                  "bytes": 1, "path": "/a"}, ["opens"]),
-        (("thread", 7, 3, "worker"), "opens", 100, {"pid": 7, "tid": 3, "comm": "worker",
-                                                    "bytes": 2, "path": "/b"}, ["opens"]),
-        (("thread", 7, 3, "worker"), "opens", 200, {"pid": 7, "tid": 3, "comm": "worker",
-                                                    "bytes": 3, "path": "/c"}, ["opens"]),
-        (("thread", 9, 9, "other"), "opens", 150, {"pid": 9, "tid": 9, "comm": "other",
-                                                   "bytes": 4, "path": "/d"}, ["opens"])])
+        (("thread", 7, 7, "main"), "opens", 300, {"bytes": 1, "path": "/a"}, ["opens"]),
+        (("thread", 7, 3, "worker"), "opens", 100, {"bytes": 2, "path": "/b"}, ["opens"]),
+        (("thread", 7, 3, "worker"), "opens", 200, {"bytes": 3, "path": "/c"}, ["opens"]),
+        (("thread", 9, 9, "other"), "opens", 150, {"bytes": 4, "path": "/d"}, ["opens"])])
+    out = replay(export.to_perfetto(df, tmp_path / "a.pftrace", args=["comm", "bytes"]))
+    assert sorted(args["comm"] + str(args["bytes"]) for *_, args, _ in out["instants"]) == \
+        ["main1", "other4", "worker2", "worker3"]
     # a process per pid, named after its main thread (tid = pid); no slice, no counter
     assert sorted(t for t in out["tracks"].values() if t[0] == "process") == \
         [("process", 7, "main"), ("process", 9, "other")]
     assert out["slices"] == [] and out["counters"] == []
+
+
+def test_arguments_keep_their_types(tmp_path):
+    df = pd.DataFrame({"ts": [1, 2], "addr": np.array([2**64 - 1, 5], np.uint64),
+                       "ret": [-2, 0], "ok": [True, False], "load": [0.5, float("nan")],
+                       "file": ["/etc/passwd", "x"], "maybe": pd.array([1, None], "Int64")})
+    out = replay(export.to_perfetto(df, tmp_path / "args.pftrace"))
+    first, second = (args for *_, args, _ in out["instants"])
+    assert first == {"addr": 2**64 - 1, "ret": -2, "ok": True, "load": 0.5,
+                     "file": "/etc/passwd", "maybe": "1"}
+    assert second["addr"] == 5 and second["ok"] is False and np.isnan(second["load"])
+    assert second["maybe"] == "<NA>"
+    trace = Trace.FromString((tmp_path / "args.pftrace").read_bytes())
+    kinds = {a.name: a.WhichOneof("value") for p in trace.packet
+             for a in p.track_event.debug_annotations}
+    assert kinds == {"addr": "uint_value", "ret": "int_value", "ok": "bool_value",
+                     "load": "double_value", "file": "string_value", "maybe": "string_value"}
 
 
 def test_tracks_per_process_cpu_column_or_one_and_names_from_a_column(tmp_path):
@@ -659,7 +676,7 @@ def test_a_traced_programs_calls_are_slices_on_their_threads_live_and_replayed(t
     assert [b for _, b, _ in sorted(got, key=lambda s: s[1])] == begins["ts"].tolist()
     assert sorted(e for *_, e in got) == ends["ts"].tolist()
     assert all(0 < e - b < 10**8 for _, b, e in got)
-    assert all(name == where[3] and args["tid"] == where[2] and cats == ["edges"]
+    assert all(name == where[3] and args == {} and cats == ["edges"]
                for where, name, _, _, args, cats in out["slices"])
 
     # replayed without rights: the same slices; %bpf save --perfetto: every event an instant

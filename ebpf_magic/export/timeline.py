@@ -84,7 +84,7 @@ class _Batch:
     tie: np.ndarray  # order among events of one time and rank (see Timeline._slices)
     names: np.ndarray  # per row
     category: str
-    args: dict[str, np.ndarray] = field(default_factory=dict)  # per row
+    args: list[tuple[str, str, list]] = field(default_factory=list)  # (name, field, per row)
     values: np.ndarray | None = None  # counter values, per event
 
 
@@ -123,7 +123,7 @@ class Timeline:
         """The track uuid of every row, its tracks created on the way."""
         cols = list(df.columns)
         comm = _first(cols, NAME_COLUMNS)
-        names = df[comm].astype(str).to_numpy() if comm else np.full(len(df), "")
+        names = _strings(df[comm]) if comm else np.full(len(df), "")
         if how == "thread":
             tid_col = _first(cols, TID_COLUMNS)
             pid_col = _first(cols, PID_COLUMNS) or tid_col
@@ -152,7 +152,7 @@ class Timeline:
                                    lambda c: self._track(("cpu", c), name=f"CPU {c}"))
         if how == "":
             return np.full(len(df), self._track(("track", label), name=label), np.int64)
-        return self._tracks_of(df[how].astype(str).to_numpy(),
+        return self._tracks_of(_strings(df[how]),
                                lambda v: self._track(("column", how, v), name=f"{how} {v}"))
 
     def _lane(self, parent: int, lane: int) -> int:
@@ -189,7 +189,8 @@ class Timeline:
           of its track, and the pair is one slice named after the begin. Ends without a
           begin, begins never ended and rows of other phases are left out and counted.
         - ``counters``: numeric columns drawn as counter tracks, one per track and column.
-        - ``args``: the columns shown as each event's arguments (True: every other one).
+        - ``args``: the columns shown as each event's arguments (True: every column not
+          already its time, name, span, counter or track).
         - ``instants``: with neither ``duration`` nor ``phase``, rows become instant events;
           False leaves only the counters.
         - ``stream``: where the events came from: their category, default name, and the
@@ -223,15 +224,16 @@ class Timeline:
         how = self._how(df, track)
         tracks = self._group_tracks(df, how, label) if len(df) else np.zeros(0, np.int64)
         if name is not None and name in cols:
-            names = df[name].astype(str).to_numpy()
+            names = _strings(df[name])
         else:
             names = np.full(len(df), name or label, dtype=object)
         counter_cols = [counters] if isinstance(counters, str) else list(counters)
-        used = {time, name, duration, phase, *counter_cols}
+        used = {time, name, duration, phase, *counter_cols, *_track_columns(cols, how)}
         arg_cols = [c for c in cols if c not in used] if args is True else list(args or [])
         none = np.zeros(0, np.int64)
         batch = _Batch(ts=none, kind=none, track=none, row=none, rank=none, tie=none,
-                       names=names, category=label, args={c: df[c].to_numpy() for c in arg_cols})
+                       names=names, category=label,
+                       args=[(c, *_argument(df[c])) for c in arg_cols])
         if duration is not None:
             spans, ok = nanoseconds(df[duration])
             ok &= spans >= 0
@@ -372,13 +374,15 @@ class Timeline:
             rank = np.concatenate([b.rank for b in batches])
             tie = np.concatenate([b.tie for b in batches])
             order = np.lexsort((at, which, tie, rank, ts))
+            columns = [_Columns(b) for b in batches]
+            which, at = which[order].tolist(), at[order].tolist()
             for lo in range(0, len(order), CHUNK):
                 trace = Trace()
-                for j in order[lo:lo + CHUNK]:
-                    b, k = batches[which[j]], at[j]
-                    packet = trace.packet.add(timestamp=int(b.ts[k]),
-                                              trusted_packet_sequence_id=SEQUENCE)
-                    _event(packet.track_event, b, int(k))
+                add = trace.packet.add
+                for b, k in zip(which[lo:lo + CHUNK], at[lo:lo + CHUNK], strict=True):
+                    c = columns[b]
+                    c.event(add(timestamp=c.ts[k], trusted_packet_sequence_id=SEQUENCE)
+                            .track_event, k)
                 f.write(trace.SerializeToString())
         return out
 
@@ -400,38 +404,60 @@ def _describe(track: Any, desc: dict[str, Any]) -> None:
         track.counter.SetInParent()
 
 
-def _event(event: Any, b: _Batch, k: int) -> None:
-    kind = int(b.kind[k])
-    event.type = kind
-    event.track_uuid = int(b.track[k])
-    if kind == _COUNTER:
-        value = b.values[k]
-        if isinstance(value, np.integer):
-            event.counter_value = int(value)
-        else:
-            event.double_counter_value = float(value)
-        return
-    row = int(b.row[k])
-    if row < 0:  # a slice's end carries nothing but its time and track
-        return
-    event.name = str(b.names[row])
-    event.categories.append(b.category)
-    for column, values in b.args.items():
-        _annotate(event.debug_annotations.add(name=column), values[row])
+def _strings(col: pd.Series) -> np.ndarray:
+    """A column's values as str, missing ones too (``<NA>``, ``nan``, ``None``)."""
+    return np.array([str(v) for v in col.tolist()], dtype=object)
 
 
-def _annotate(note: Any, value: Any) -> None:
-    if isinstance(value, (bool, np.bool_)):
-        note.bool_value = bool(value)
-    elif isinstance(value, (int, np.integer)):
-        if value > np.iinfo(np.int64).max:
-            note.uint_value = int(value)
-        else:
-            note.int_value = int(value)
-    elif isinstance(value, (float, np.floating)):
-        note.double_value = float(value)
-    else:
-        note.string_value = str(value)
+def _track_columns(cols: Sequence[str], how: str) -> list[str]:
+    """The columns that tracks made with ``how`` show: left out of the arguments."""
+    if how in ("thread", "process", "cpu"):
+        names = {"thread": (TID_COLUMNS, PID_COLUMNS, NAME_COLUMNS),
+                 "process": (PID_COLUMNS, NAME_COLUMNS), "cpu": (CPU_COLUMNS,)}[how]
+        return [c for c in (_first(cols, n) for n in names) if c]
+    return [how] if how else []
+
+
+def _argument(col: pd.Series) -> tuple[str, list]:
+    """The DebugAnnotation field a column's values go in, and the values as Python objects."""
+    if pd.api.types.is_bool_dtype(col) and not col.hasnans:
+        return "bool_value", col.tolist()
+    if pd.api.types.is_integer_dtype(col) and not col.hasnans:
+        big = pd.api.types.is_unsigned_integer_dtype(col) and len(col) and \
+            int(col.max()) > np.iinfo(np.int64).max
+        return ("uint_value" if big else "int_value"), col.tolist()
+    if pd.api.types.is_float_dtype(col):
+        return "double_value", col.astype(np.float64).tolist()
+    return "string_value", _strings(col).tolist()
+
+
+class _Columns:
+    """A batch's arrays as Python lists, to write its events one by one without numpy."""
+
+    def __init__(self, b: _Batch) -> None:
+        self.ts, self.kind = b.ts.tolist(), b.kind.tolist()
+        self.track, self.row = b.track.tolist(), b.row.tolist()
+        self.values = b.values.tolist() if b.values is not None else []
+        self.integral = b.values is not None and b.values.dtype.kind in "iu"
+        self.names = [str(n) for n in b.names]
+        self.category, self.args = b.category, b.args
+
+    def event(self, event: Any, k: int) -> None:
+        kind, event.type, event.track_uuid = self.kind[k], self.kind[k], self.track[k]
+        if kind == _COUNTER:
+            if self.integral:
+                event.counter_value = self.values[k]
+            else:
+                event.double_counter_value = self.values[k]
+            return
+        row = self.row[k]
+        if row < 0:  # a slice's end carries nothing but its time and track
+            return
+        event.name = self.names[row]
+        event.categories.append(self.category)
+        add = event.debug_annotations.add
+        for name, slot, values in self.args:
+            add(name=name, **{slot: values[row]})
 
 
 def _warn_left_out(timeline: Timeline, path: Path) -> None:
