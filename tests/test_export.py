@@ -171,6 +171,31 @@ def test_tracks_per_process_cpu_column_or_one_and_names_from_a_column(tmp_path):
     assert {where for where, *_ in single["instants"]} == {("track", "event")}
 
 
+def test_the_same_pid_on_two_hosts_is_two_tracks(tmp_path):
+    df = pd.DataFrame({"host": ["web1", "web2", "web1"], "engine": [0, 1, 0], "ts": [1, 2, 3],
+                       "pid": [40, 40, 40], "tid": [40, 40, 41], "comm": ["nginx"] * 3})
+    out = replay(export.to_perfetto(df, tmp_path / "hosts.pftrace"))
+    assert sorted((where, ts, args) for where, _, ts, args, _ in out["instants"]) == [
+        (("track", "nginx 40/40"), 1, {"engine": 0}), (("track", "nginx 40/40"), 2, {"engine": 1}),
+        (("track", "nginx 40/41"), 3, {"engine": 0})]
+    tracks = replay_tracks(tmp_path / "hosts.pftrace")
+    assert sorted(tracks) == [("web1", "nginx 40/40"), ("web1", "nginx 40/41"),
+                              ("web2", "nginx 40/40")]
+    cpus = replay_tracks(export.to_perfetto(df.assign(cpu=[1, 1, 0]), tmp_path / "c.pftrace",
+                                            track="cpu"))
+    assert sorted(cpus) == [("web1", "CPU 0"), ("web1", "CPU 1"), ("web2", "CPU 1")]
+
+
+def replay_tracks(path: Path) -> list[tuple[str, str]]:
+    """``(parent's name, name)`` of every track that has a parent."""
+    trace = Trace.FromString(path.read_bytes())
+    names = {p.track_descriptor.uuid: p.track_descriptor.name for p in trace.packet
+             if p.HasField("track_descriptor")}
+    return [(names[p.track_descriptor.parent_uuid], p.track_descriptor.name)
+            for p in trace.packet
+            if p.HasField("track_descriptor") and p.track_descriptor.parent_uuid]
+
+
 def test_entry_and_exit_rows_pair_into_nested_slices_and_strays_are_counted(tmp_path):
     rows = [  # (ts, tid, phase, call)
         (10, 5, "enter", "read"), (20, 5, "enter", "inner"), (30, 5, "exit", "inner"),

@@ -28,6 +28,7 @@ PID_COLUMNS = ("pid", "tgid")
 CPU_COLUMNS = ("cpu", "event_cpu")
 NAME_COLUMNS = ("comm", "task")
 TRACKS = ("thread", "process", "cpu")
+HOST = "host"  # a cluster program's frames say which host each row came from
 CHUNK = 20_000  # packets serialized at a time
 SEQUENCE = 1  # every packet is on one sequence, without interned data
 _BEGIN, _END, _INSTANT, _COUNTER = 1, 2, 3, 4  # TrackEvent.Type
@@ -124,6 +125,8 @@ class Timeline:
         cols = list(df.columns)
         comm = _first(cols, NAME_COLUMNS)
         names = _strings(df[comm]) if comm else np.full(len(df), "")
+        if how in TRACKS and HOST in cols:
+            return self._host_tracks(df, how, names)
         if how == "thread":
             tid_col = _first(cols, TID_COLUMNS)
             pid_col = _first(cols, PID_COLUMNS) or tid_col
@@ -155,6 +158,22 @@ class Timeline:
         return self._tracks_of(_strings(df[how]),
                                lambda v: self._track(("column", how, v), name=f"{how} {v}"))
 
+    def _host_tracks(self, df: pd.DataFrame, how: str, names: np.ndarray) -> np.ndarray:
+        """Tracks of the events of many hosts: under a track per host, a named track per
+        thread (``comm pid/tid``), process (``comm pid``) or CPU, so that one host's pid
+        is never taken for another's process."""
+        ids = [c for c in _track_columns(list(df.columns), how) if c not in (HOST, *NAME_COLUMNS)]
+        keys = pd.DataFrame({HOST: _strings(df[HOST]),
+                             **{c: df[c].to_numpy(dtype=np.int64) for c in ids}})
+        out = np.empty(len(df), np.int64)
+        for key, idx in keys.groupby([HOST, *ids], sort=True).indices.items():
+            host, *numbers = key
+            parent = self._track((HOST, host), name=host)
+            what = "/".join(str(int(n)) for n in numbers)
+            name = f"CPU {what}" if how == "cpu" else f"{names[idx[0]]} {what}".strip()
+            out[idx] = self._track((HOST, host, how, what), parent_uuid=parent, name=name)
+        return out
+
     def _lane(self, parent: int, lane: int) -> int:
         """Lane ``lane`` of a track: slices there may overlap those of the track itself."""
         if lane == 0:
@@ -181,7 +200,8 @@ class Timeline:
         - ``track``: ``"thread"`` (``tid``, under its ``pid``'s process), ``"process"``
           (``pid``), ``"cpu"``, another column (a track per value), or None: thread,
           process, cpu or one track, whichever columns the frame has. ``comm`` names
-          threads and processes.
+          threads and processes. A cluster program's rows (a ``host`` column) go on
+          named tracks under a track per host, since pids of two hosts are not one.
         - ``duration``: a column of span lengths (ns, or timedeltas): each row is a slice
           starting at its time (``anchor="end"``: ending there).
         - ``phase``: a column telling begins (value ``begin``) from ends (value ``end``),
@@ -411,10 +431,11 @@ def _strings(col: pd.Series) -> np.ndarray:
 
 def _track_columns(cols: Sequence[str], how: str) -> list[str]:
     """The columns that tracks made with ``how`` show: left out of the arguments."""
-    if how in ("thread", "process", "cpu"):
-        names = {"thread": (TID_COLUMNS, PID_COLUMNS, NAME_COLUMNS),
+    if how in TRACKS:
+        names = {"thread": (PID_COLUMNS, TID_COLUMNS, NAME_COLUMNS),
                  "process": (PID_COLUMNS, NAME_COLUMNS), "cpu": (CPU_COLUMNS,)}[how]
-        return [c for c in (_first(cols, n) for n in names) if c]
+        return [c for c in (_first(cols, n) for n in names) if c] + \
+            ([HOST] if HOST in cols else [])
     return [how] if how else []
 
 
