@@ -239,13 +239,13 @@ def test_spans_with_durations_overlapping_on_a_cpu_get_lanes_and_keep_their_time
 
 def test_counters_per_track_and_column_keep_int_and_float_values(tmp_path):
     df = pd.DataFrame({"ts": [1, 2, 3], "tid": [4, 4, 5], "pid": [4, 4, 4],
-                       "queued": np.array([3, 9, 1], np.uint32), "load": [0.5, 0.25, 2.0]})
+                       "queued": np.array([3, 9, 2**62 + 1], np.uint64), "load": [0.5, 0.25, 2.0]})
     out = replay(export.to_perfetto(df, tmp_path / "c.pftrace", counters=["queued", "load"],
                                     instants=False))
     assert out["instants"] == [] and out["slices"] == []
     assert sorted((w[1], parent[2], ts, v) for w, parent, ts, v in out["counters"]) == [
         ("load", 4, 1, 0.5), ("load", 4, 2, 0.25), ("load", 5, 3, 2.0),
-        ("queued", 4, 1, 3), ("queued", 4, 2, 9), ("queued", 5, 3, 1)]
+        ("queued", 4, 1, 3), ("queued", 4, 2, 9), ("queued", 5, 3, 2**62 + 1)]
     assert all(isinstance(v, int) for w, _, _, v in out["counters"] if w[1] == "queued")
 
 
@@ -289,6 +289,8 @@ def test_frames_of_two_streams_share_the_threads_tracks(tmp_path):
     ({"track": "host"}, "no column 'host' to make tracks of"),
     ({"duration": "x", "phase": "x"}, "give duration= or phase=, not both"),
     ({"anchor": "middle"}, "anchor must be 'start' or 'end'"),
+    ({"counters": "label"}, "counter column 'label' is not numeric"),
+    ({"args": ["x", "nope"]}, "no column 'nope'"),
 ])
 def test_bad_timeline_requests_say_what_to_do(tmp_path, options, message):
     df = pd.DataFrame({"x": [1], "label": ["a"]})
@@ -296,8 +298,14 @@ def test_bad_timeline_requests_say_what_to_do(tmp_path, options, message):
         df = df.assign(ts=[1])
     with pytest.raises(ExportError, match=message) as e:
         export.to_perfetto(df, tmp_path / "bad.pftrace", **options)
-    assert e.value.hint or "not both" in message or "anchor" in message or "nope" in message
+    assert e.value.hint or not message.startswith(("no time", "track=", "no column 'host'"))
     assert not (tmp_path / "bad.pftrace").exists()  # nothing half-written
+    if options:  # a refused frame changes nothing in the timeline: no count, no track
+        timeline = export.Timeline()
+        with pytest.raises(ExportError):
+            timeline.add(df.assign(ts=[np.nan]), **options)
+        assert timeline.left_out == {}
+        assert replay(timeline.write(tmp_path / "empty.pftrace"))["tracks"] == {}
 
 
 def test_a_stream_that_is_not_a_frame_is_refused_with_a_hint(tmp_path):

@@ -229,27 +229,30 @@ class Timeline:
             raise ExportError("give duration= or phase=, not both",
                               "duration: one row per span; phase: a row at each begin and end.")
         cols = [str(c) for c in df.columns]
-        for given in (time, duration, phase, *([counters] if isinstance(counters, str)
-                                               else counters)):
+        counter_cols = [counters] if isinstance(counters, str) else list(counters)
+        arg_cols = None if args is True else list(args or [])
+        for given in (time, duration, phase, *counter_cols, *(arg_cols or [])):
             if given is not None and given not in cols:
                 raise ExportError(f"no column {given!r}; columns: {', '.join(cols)}")
+        for col in counter_cols:
+            if not pd.api.types.is_numeric_dtype(df[col]) or pd.api.types.is_bool_dtype(df[col]):
+                raise ExportError(f"counter column {col!r} is not numeric ({df[col].dtype})")
         time = time or time_column(df)
         if time is None:
             raise ExportError(f"no time column in {label!r}; columns: {', '.join(cols)}",
                               "Name the column of timestamps (bpf_ktime_get_ns()): time='...'.")
-        ts, keep = nanoseconds(df[time])
+        how = self._how(df, track)
+        ts, keep = nanoseconds(df[time])  # nothing is changed before this passes
         self._count("no time", int((~keep).sum()))
         df = df[keep].reset_index(drop=True)
         ts = ts[keep]
-        how = self._how(df, track)
         tracks = self._group_tracks(df, how, label) if len(df) else np.zeros(0, np.int64)
         if name is not None and name in cols:
             names = _strings(df[name])
         else:
             names = np.full(len(df), name or label, dtype=object)
-        counter_cols = [counters] if isinstance(counters, str) else list(counters)
         used = {time, name, duration, phase, *counter_cols, *_track_columns(cols, how)}
-        arg_cols = [c for c in cols if c not in used] if args is True else list(args or [])
+        arg_cols = [c for c in cols if c not in used] if arg_cols is None else arg_cols
         none = np.zeros(0, np.int64)
         batch = _Batch(ts=none, kind=none, track=none, row=none, rank=none, tie=none,
                        names=names, category=label,
@@ -355,19 +358,20 @@ class Timeline:
 
     def _counter(self, df: pd.DataFrame, col: str, ts: np.ndarray, tracks: np.ndarray,
                  label: str) -> None:
-        values = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=np.float64)
-        if not pd.api.types.is_numeric_dtype(df[col]):
-            raise ExportError(f"counter column {col!r} is not numeric ({df[col].dtype})")
-        ok = ~np.isnan(values)
+        series = df[col]
+        slot, _ = _argument(series)
+        if slot == "int_value":  # whole numbers exact; others (and uint64 past int64) doubles
+            values, ok = series.to_numpy(dtype=np.int64), np.ones(len(series), bool)
+        else:
+            values = pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64)
+            ok = ~np.isnan(values)
         self._count(f"no value of {col}", int((~ok).sum()))
         track = self._tracks_of(tracks[ok], lambda t: self._track(
             ("counter", t, col), parent_uuid=t, name=col, counter={}))
         n = int(ok.sum())
-        integral = pd.api.types.is_integer_dtype(df[col])
         batch = _Batch(ts=ts[ok], kind=np.full(n, _COUNTER), track=track,
                        row=np.full(n, -1), rank=np.ones(n, np.int64), tie=np.zeros(n, np.int64),
-                       names=np.zeros(0, dtype=object), category=label,
-                       values=values[ok].astype(np.int64) if integral else values[ok])
+                       names=np.zeros(0, dtype=object), category=label, values=values[ok])
         self._batches.append(batch)
 
     # -- writing -------------------------------------------------------------------
