@@ -72,5 +72,9 @@ class ReplayError(BPFError):
     """A recording is malformed, truncated or not a recording."""
 
 
+class ExportError(BPFError, ValueError):
+    """Data that cannot be written in the format asked for; the hint says what it needs."""
+
+
 class OptionError(BPFError, ValueError):
     """An option's value is malformed or out of range; the hint says what is allowed."""

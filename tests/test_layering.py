@@ -27,8 +27,9 @@ BCC_ALLOWED = {
 }
 _BCC_TEXT = re.compile(r"libbcc|\bBPF\(|import bcc|BCC_KERNEL_SOURCE|_bcc_")
 _LIBBPF_API = re.compile(r"\bbpf_object__|\bbpf_program__|\bbpf_map__|\bbpf_link__|libbpf\.so")
-# A data object's lazy plot()/live()/browse() reaches up into presentation: the one way up.
-PRESENTATION = {"present"}
+# A data object's lazy plot()/live()/browse() reaches up into presentation, and its
+# to_perfetto() into the exports: the one way up.
+PRESENTATION = {"present", "export"}
 # Today's exceptions to "no private names across modules", each with its reason.
 PRIVATE_ALLOWED: dict[str, set[str]] = {}
 # Today's import cycles, each broken by an import inside a function, with its reason.
@@ -252,7 +253,7 @@ def test_nothing_in_the_library_imports_the_magics():
 
 # The layers, bottom first. A module imports from its own layer and those below it; the
 # one way up is a convenience method of an object users hold (save(), plot(), live(),
-# browse()) importing sessions or presentation inside the method.
+# browse(), to_perfetto()) importing sessions, exports or presentation inside the method.
 LAYERS = [
     {"errors", "moved", "internal"},  # the errors users catch, old names, plumbing
     {"kernel"},  # bpf(2), perf events, readers, links, tracefs, kallsyms, BTF, host facts
@@ -261,12 +262,13 @@ LAYERS = [
     {"data", "api"},  # maps, streams, frames; the read API
     {"program", "session"},  # the object model users hold
     {"sessions", "cluster"},  # recordings, replay, programs on many hosts
+    {"export"},  # frames written for other tools: Perfetto, pprof, speedscope, folded text
     {"present"},  # widgets, plots, live views
     {"setup"},  # doctor, kernelspec, launcher
     {"magics", "__main__", "uninstall_kernel"},  # the adapters
 ]
 _LAYER = {top: i for i, tops in enumerate(LAYERS) for top in tops}
-UP_LAZILY = {"sessions", "present"}
+UP_LAZILY = {"sessions", "export", "present"}
 
 
 def _imports_with_scope(name: str, path: Path) -> list[tuple[str, list[str], bool]]:

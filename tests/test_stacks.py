@@ -152,32 +152,6 @@ int sample(void *ctx)
     return 0;
 }
 """
-# a loop in a function with a frame pointer, called from another: the sampled user stacks
-SPINNER = r"""
-volatile unsigned long em_sink;
-__attribute__((noinline)) void em_spin_leaf(unsigned long n)
-{ for (unsigned long i = 0; i < n; i++) em_sink += i; }
-__attribute__((noinline)) void em_spin_outer(unsigned long n) { em_spin_leaf(n); em_sink++; }
-"""
-
-
-@pytest.fixture
-def spinner(tmp_path):
-    import ctypes
-    import shutil
-    import subprocess
-
-    cc = shutil.which("gcc") or shutil.which("cc")
-    if cc is None:
-        pytest.skip("no C compiler to build the sampled library")
-    lib = tmp_path / "libspin.so"
-    subprocess.run([cc, "-O0", "-fno-omit-frame-pointer", "-shared", "-fPIC", "-x", "c", "-",
-                    "-o", str(lib)], input=SPINNER, text=True, check=True)
-    spin = ctypes.CDLL(str(lib)).em_spin_outer
-    spin.argtypes = [ctypes.c_ulong]
-    return spin
-
-
 def test_libbpf_user_stacks_are_symbolized_without_bcc(spinner, monkeypatch, no_leaks):
     import time
 

@@ -15,6 +15,7 @@ import secrets
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -508,6 +509,13 @@ class ClusterStream:
         if n is None or column is None:
             return df
         return df.sort_values(column, kind="stable").tail(n).reset_index(drop=True)
+
+    def to_perfetto(self, path: str | Path, **options: Any) -> Path:
+        """Write every host's events as a Perfetto trace; ``options`` as
+        :func:`ebpf_magic.export.to_perfetto` takes them (``track="host"``: a track per host)."""
+        from ebpf_magic.export import to_perfetto
+
+        return to_perfetto(self, path, **options)
 
     @property
     def stats_by_host(self) -> pd.DataFrame:

@@ -92,6 +92,49 @@ def _find(columns: list[str], role: str, given: str | None) -> str | None:
     return next((c for c in _ROLES[role] if c in columns), None)
 
 
+def stack_counts(counts: Any, stack_map: Any, *, kernel: bool = True, user: bool = True,
+                 kernel_field: str | None = None, user_field: str | None = None,
+                 pid_field: str | None = None, comm_field: str | None = None,
+                 count_field: str | None = None) -> pd.DataFrame:
+    """Stacks with counts as lists of frames: what :func:`folded` joins into lines.
+
+    Takes what :func:`folded` takes. Returns columns ``frames`` (a tuple of names, root
+    first: ``comm``, user frames root to leaf, kernel frames root to leaf), ``kinds``
+    (a tuple as long: ``"comm"``, ``"user"``, ``"kernel"``, or ``""`` for a stack id
+    whose side the key does not say) and ``count``, largest first; equal stacks summed.
+    This is the stack-count frame :mod:`ebpf_magic.export` writes as pprof, speedscope
+    or folded text.
+    """
+    df = counts if isinstance(counts, pd.DataFrame) else counts.df
+    cols = list(df.columns)
+    kcol = _find(cols, "kernel", kernel_field)
+    ucol = _find(cols, "user", user_field)
+    side = "kernel"
+    if kcol is None and ucol is None:
+        if "key" not in cols:
+            raise KeyError("no stack id column found; name it with kernel_field= or user_field=")
+        kcol, side = "key", ""  # one stack id per key, kernel or user as its addresses say
+    pcol, ccol = _find(cols, "pid", pid_field), _find(cols, "comm", comm_field)
+    vcol = count_field or ("value" if "value" in cols else next(
+        c for c in reversed(cols) if c not in (kcol, ucol, pcol, ccol)))
+    frames = _frames_of(stack_map)
+    totals: dict[tuple[tuple[str, ...], tuple[str, ...]], int] = {}
+    for rec in df.to_dict("records"):
+        pid = int(rec[pcol]) if pcol else None
+        parts = [(str(rec[ccol]), "comm")] if ccol else []
+        if ucol and user:
+            parts += [(f, "user") for f in frames(rec[ucol], pid)]
+        if kcol and kernel:
+            parts += [(f, side) for f in frames(rec[kcol], pid)]
+        parts = [p for p in parts if p[0]]
+        key = (tuple(p[0] for p in parts), tuple(p[1] for p in parts))
+        totals[key] = totals.get(key, 0) + int(rec[vcol])
+    out = pd.DataFrame([(f, k, n) for (f, k), n in totals.items()],
+                       columns=["frames", "kinds", "count"])
+    out["count"] = out["count"].astype(np.int64)
+    return out.sort_values("count", ascending=False, ignore_index=True, kind="stable")
+
+
 def folded(counts: Any, stack_map: Any, *, kernel: bool = True, user: bool = True,
            kernel_field: str | None = None, user_field: str | None = None,
            pid_field: str | None = None, comm_field: str | None = None,
@@ -105,29 +148,22 @@ def folded(counts: Any, stack_map: Any, *, kernel: bool = True, user: bool = Tru
     ``comm;user root..user leaf;kernel root..kernel leaf``. Returns columns
     ``stack`` and ``count``, largest first. ``stack_map`` may also be a recorded
     stack map's frame (``stack_id``, ``stack``), whose frames are used as stored.
+    :func:`stack_counts` gives the same stacks as lists of frames.
     """
-    df = counts if isinstance(counts, pd.DataFrame) else counts.df
-    cols = list(df.columns)
-    kcol = _find(cols, "kernel", kernel_field)
-    ucol = _find(cols, "user", user_field)
-    if kcol is None and ucol is None:
-        if "key" not in cols:
-            raise KeyError("no stack id column found; name it with kernel_field= or user_field=")
-        kcol = "key"  # one stack id per key, kernel or user as its addresses say
-    pcol, ccol = _find(cols, "pid", pid_field), _find(cols, "comm", comm_field)
-    vcol = count_field or ("value" if "value" in cols else next(
-        c for c in reversed(cols) if c not in (kcol, ucol, pcol, ccol)))
-    frames = _frames_of(stack_map)
-    rows = []
-    for rec in df.to_dict("records"):
-        pid = int(rec[pcol]) if pcol else None
-        parts = [str(rec[ccol])] if ccol else []
-        if ucol and user:
-            parts += frames(rec[ucol], pid)
-        if kcol and kernel:
-            parts += frames(rec[kcol], pid)
-        rows.append((";".join(p for p in parts if p), int(rec[vcol])))
-    out = pd.DataFrame(rows, columns=["stack", "count"])
+    return fold(stack_counts(counts, stack_map, kernel=kernel, user=user,
+                             kernel_field=kernel_field, user_field=user_field,
+                             pid_field=pid_field, comm_field=comm_field,
+                             count_field=count_field))
+
+
+def fold(counted: pd.DataFrame, value: str = "count") -> pd.DataFrame:
+    """Folded stacks of a frame with ``frames`` (names, root first) and a ``value`` column.
+
+    Returns ``stack`` (the frames joined by ``;``) and ``count`` (the values of equal
+    stacks summed), largest first.
+    """
+    out = pd.DataFrame({"stack": [";".join(f) for f in counted["frames"]],
+                        "count": counted[value].to_numpy()})
     out = out.groupby("stack", as_index=False, sort=False)["count"].sum()
     return out.sort_values("count", ascending=False, ignore_index=True)
 

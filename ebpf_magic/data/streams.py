@@ -515,6 +515,13 @@ class Stream:
         self.df.to_parquet(path, index=False)
         return Path(path)
 
+    def to_perfetto(self, path: str | Path, **options: Any) -> Path:
+        """Write the events held as a Perfetto trace; ``options`` as
+        :func:`ebpf_magic.export.to_perfetto` takes them (time, track, duration, phase...)."""
+        from ebpf_magic.export import to_perfetto
+
+        return to_perfetto(self, path, **options)
+
     def rate(self) -> float:
         """Events per second received since the previous call (smoothed)."""
         now = time.monotonic()

@@ -1,22 +1,27 @@
-"""``%bpf save NAME [PATH]``: write a program's recording."""
+"""``%bpf save NAME [PATH] [--perfetto TRACE]``: write a program's recording, or its timeline."""
 
 from __future__ import annotations
 
 import pandas as pd
 from IPython.core.error import UsageError
 
-from ebpf_magic import sessions
+from ebpf_magic import export, sessions
 from ebpf_magic.magics.args import parser
 
-USAGE = "%bpf save NAME [PATH] [--no-hostname] [--table NAME=VARIABLE ...]"
+USAGE = ("%bpf save NAME [PATH] [--no-hostname] [--table NAME=VARIABLE ...] "
+         "[--perfetto TRACE]")
 HELP = ("Write program NAME's source, probes, events and map snapshots to one .bpfrec file. "
         "Without PATH, refresh recordings/NAME.bpfrec, only when recording (%%bpf NAME "
-        "--record, or EBPF_MAGIC_RECORD=1); replayed programs are left as they are.")
+        "--record, or EBPF_MAGIC_RECORD=1); replayed programs are left as they are. "
+        "--perfetto TRACE writes the events of its streams that have a time column as a "
+        "Perfetto trace (ui.perfetto.dev), live or replayed; then only with PATH is a "
+        "recording written too.")
 PARSER = parser(USAGE, HELP)
 PARSER.add_argument("name", metavar="NAME")
 PARSER.add_argument("path", nargs="?", metavar="PATH")
 PARSER.add_argument("--no-hostname", action="store_true")
 PARSER.add_argument("--table", action="append", default=[], metavar="NAME=VARIABLE")
+PARSER.add_argument("--perfetto", metavar="TRACE")
 
 
 def run(magics, args: str):
@@ -33,6 +38,12 @@ def run(magics, args: str):
         prog = magics.session.get(opts.name)
     except KeyError as e:
         raise UsageError(str(e.args[0])) from None
+    if opts.perfetto is not None:
+        trace, written = export.program_to_perfetto(prog, opts.perfetto)
+        streams = ", ".join(f"{name} ({n:,} events)" for name, n in written.items())
+        print(f"{prog.name}: {streams} written to {trace} (open it in ui.perfetto.dev)")
+        if opts.path is None:
+            return None
     if opts.path is not None:
         path = prog.save(opts.path, hostname=hostname, tables=tables)
     elif isinstance(prog, sessions.ReplayedProgram):

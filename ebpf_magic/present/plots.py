@@ -8,15 +8,15 @@ also accept a :class:`~ebpf_magic.data.histograms.Histogram` or a histogram map.
 from __future__ import annotations
 
 import datetime
-from collections.abc import Iterable
 from html import escape
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from ebpf_magic.data import histograms
+from ebpf_magic.data import histograms, stacks
 from ebpf_magic.data.histograms import EMPTY, as_histogram
+from ebpf_magic.export.profile import as_stack_counts
 
 LOG_SPAN = 100  # counts spanning more than this factor get a log colour scale
 
@@ -259,51 +259,110 @@ def heatmap(data: Any, value: str | None = None, time: str | None = None, interv
     return ax
 
 
+def _flame_tree(profiles: list[pd.DataFrame]) -> dict:
+    """``{frame: [totals, selfs, children]}``, each count one per profile; same-named
+    frames under one parent merge, as flamegraph.pl does."""
+    tree: dict = {}
+    for slot, folded in enumerate(profiles):
+        for stack, count in zip(folded["stack"], folded["count"], strict=True):
+            node, entry = tree, None
+            for frame in str(stack).split(";"):
+                entry = node.setdefault(frame, [[0] * len(profiles), [0] * len(profiles), {}])
+                entry[0][slot] += int(count)
+                node = entry[2]
+            if entry is not None:
+                entry[1][slot] += int(count)
+    return tree
+
+
+def _flame_walk(tree: dict, width: int) -> list[tuple]:
+    """``(frame, depth, start, totals, selfs)`` of every node, laid out by ``totals[width]``."""
+    rows: list[tuple] = []
+
+    def walk(node: dict, depth: int, start: int) -> None:
+        for frame in sorted(node):
+            totals, selfs, children = node[frame]
+            rows.append((frame, depth, start, totals, selfs))
+            walk(children, depth + 1, start)
+            start += totals[width]
+
+    walk(tree, 0, 0)
+    return rows
+
+
 def flame_rects(folded: pd.DataFrame) -> pd.DataFrame:
     """The rectangles of a flame graph: ``frame``, ``depth``, ``start``, ``width`` (in samples).
 
     Frames with the same name under the same parent merge, as flamegraph.pl does.
     """
-    tree: dict = {}
-    for stack, count in zip(folded["stack"], folded["count"], strict=True):
-        node = tree
-        for frame in str(stack).split(";"):
-            entry = node.setdefault(frame, [0, {}])
-            entry[0] += int(count)
-            node = entry[1]
-    rows: list[tuple[str, int, int, int]] = []
-
-    def walk(node: dict, depth: int, start: int) -> None:
-        for frame in sorted(node):
-            total, children = node[frame]
-            rows.append((frame, depth, start, total))
-            walk(children, depth + 1, start)
-            start += total
-
-    walk(tree, 0, 0)
+    rows = [(f, d, s, t[0]) for f, d, s, t, _ in _flame_walk(_flame_tree([_stacks(folded)]), 0)]
     return pd.DataFrame(rows, columns=["frame", "depth", "start", "width"])
 
 
+def flame_diff(before: Any, after: Any) -> pd.DataFrame:
+    """The rectangles of a differential flame graph of ``after`` against ``before``.
+
+    Laid out as ``after``'s flame graph (``frame``, ``depth``, ``start``, ``width``), with
+    each frame's samples in both (``before``, ``after``: the frame and what it called;
+    ``self_before``, ``self_after``: the frame itself) and ``delta`` = ``self_after -
+    self_before``, the change a differential flame graph colours (flamegraph.pl's
+    convention). Frames only ``before`` has are rows of width 0. Takes any stack counts
+    (folded stacks, a stack-count frame, pairs); counts are compared as they are.
+    """
+    rows = [(f, d, s, t[1], t[0], t[1], m[0], m[1], m[1] - m[0])
+            for f, d, s, t, m in _flame_walk(_flame_tree([_stacks(before), _stacks(after)]), 1)]
+    return pd.DataFrame(rows, columns=["frame", "depth", "start", "width", "before", "after",
+                                       "self_before", "self_after", "delta"])
+
+
 def _stacks(data: Any) -> pd.DataFrame:
-    if isinstance(data, pd.DataFrame):
+    if isinstance(data, pd.DataFrame) and {"stack", "count"} <= set(data.columns):
         return data
-    if isinstance(data, Iterable):
-        return pd.DataFrame(list(data), columns=["stack", "count"])
-    raise TypeError("pass folded stacks: a DataFrame with stack and count columns "
-                    "(ebpf_magic.data.stacks.folded(counts_map, stack_map))")
+    return stacks.fold(as_stack_counts(data))
 
 
-def flamegraph(folded: Any, ax: Any = None, title: str = "", min_width: float = 0.0) -> Any:
-    """A static flame graph (root at the bottom) from folded stacks with counts."""
-    rects = flame_rects(_stacks(folded))
+NEUTRAL = (0.86, 0.86, 0.86)  # a frame whose own samples did not change
+GROWTH = (0.84, 0.12, 0.12)  # the most grown frame; less growth is paler
+SHRINKAGE = (0.13, 0.33, 0.84)  # the most shrunk frame
+
+
+def diff_colour(delta: float, scale: float) -> tuple[float, float, float]:
+    """The colour of a frame whose own samples changed by ``delta``, the largest change
+    being ``scale``: :data:`NEUTRAL` for none, towards :data:`GROWTH` or :data:`SHRINKAGE`."""
+    if not scale:
+        return NEUTRAL
+    end = GROWTH if delta > 0 else SHRINKAGE
+    f = min(abs(delta) / scale, 1.0)
+    r, g, b = (n + (e - n) * f for n, e in zip(NEUTRAL, end, strict=True))
+    return r, g, b
+
+
+def flamegraph(folded: Any, after: Any = None, ax: Any = None, title: str = "",
+               min_width: float = 0.0) -> Any:
+    """A static flame graph (root at the bottom) from folded stacks with counts.
+
+    With ``after``, a differential flame graph of ``after`` against ``folded`` (before):
+    drawn as ``after``'s, each frame coloured by how its own samples changed
+    (:func:`flame_diff`): red where they grew, blue where they shrank, grey where equal,
+    paler the smaller the change. Both take any stack counts (folded stacks, a
+    stack-count frame such as :func:`ebpf_magic.data.stacks.stack_counts` returns, pairs).
+    """
+    if after is None:
+        rects = flame_rects(folded)
+        rng = np.random.default_rng(0)
+        colours = [(0.9 + 0.1 * rng.random(), 0.3 + 0.5 * rng.random(), 0.1 * rng.random())
+                   for _ in range(len(rects))]
+    else:
+        rects = flame_diff(folded, after)
+        rects = rects[rects["width"] > 0]
+        scale = float(rects["delta"].abs().max()) if len(rects) else 0.0
+        colours = [diff_colour(d, scale) for d in rects["delta"]]
     total = rects.loc[rects["depth"] == 0, "width"].sum() if len(rects) else 0
     depth = int(rects["depth"].max()) + 1 if len(rects) else 1
     ax = _axes(ax, figsize=(12, max(3.0, 0.3 * depth + 1)))
-    rng = np.random.default_rng(0)
-    for r in rects.itertuples(index=False):
+    for r, colour in zip(rects.itertuples(index=False), colours, strict=True):
         if total and r.width / total < min_width:
             continue
-        colour = (0.9 + 0.1 * rng.random(), 0.3 + 0.5 * rng.random(), 0.1 * rng.random())
         ax.barh(r.depth, r.width, left=r.start, height=1.0, color=colour, edgecolor="white",
                 linewidth=0.5, align="edge")
         if total and r.width / total > 0.02:
@@ -314,7 +373,8 @@ def flamegraph(folded: Any, ax: Any = None, title: str = "", min_width: float = 
     ax.set_xlim(0, max(total, 1))
     ax.set_ylim(0, depth)
     ax.set_yticks([])
-    ax.set_xlabel("samples")
+    ax.set_xlabel("samples" if after is None else
+                  "samples after (red: own samples grew, blue: shrank)")
     ax.set_title(title)
     return ax
 

@@ -104,6 +104,13 @@ class ReplayedStream:
         """The ``n`` newest events (all with ``None``)."""
         return self.df if n is None else self._df.iloc[len(self._df) - min(n, len(self._df)):]
 
+    def to_perfetto(self, path: str | Path, **options: Any) -> Path:
+        """Write the recorded events as a Perfetto trace; ``options`` as
+        :func:`ebpf_magic.export.to_perfetto` takes them (time, track, duration, phase...)."""
+        from ebpf_magic.export import to_perfetto
+
+        return to_perfetto(self, path, **options)
+
     def live(self, *args: Any, **kwargs: Any) -> pd.DataFrame:
         """A recording does not change: its events, as a table."""
         return self.df
