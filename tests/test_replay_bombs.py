@@ -16,20 +16,17 @@ import functools
 import io
 import json
 import re
-import resource
 import struct
-import subprocess
-import sys
 import time
 import zipfile
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hostile import load_in_child, zeros_parquet
 
 import ebpf_magic
 from ebpf_magic import sessions
@@ -40,40 +37,7 @@ from ebpf_magic.sessions import format as fmt
 
 MEMORY = 300 << 20  # peak RSS a refusal may add to the interpreter's
 SECONDS = 5.0  # how long a refusal may take
-ADDRESS_SPACE = 6 << 30  # the child's cap: far above a refusal, far below a decoded bomb
 REPO = Path(__file__).resolve().parent.parent
-
-CHILD = r"""
-import json, resource, sys, time
-import numpy, pandas, pyarrow, pyarrow.parquet
-import ebpf_magic
-from ebpf_magic import replay
-from ebpf_magic.errors import ReplayError
-
-def peak():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-base = peak()
-start = time.perf_counter()
-try:
-    print(replay.announce(ebpf_magic.load(sys.argv[1])), file=sys.stderr)
-    error = None
-except ReplayError as e:
-    error = str(e)
-print(json.dumps({"error": error, "seconds": time.perf_counter() - start,
-                  "memory": peak() - base}))
-"""
-
-
-def load_in_child(path: Path) -> dict[str, Any]:
-    """What loading ``path`` in a fresh interpreter raised, cost in memory, and took."""
-    def cap() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE, ADDRESS_SPACE))
-
-    done = subprocess.run([sys.executable, "-c", CHILD, str(path)], capture_output=True,
-                          text=True, timeout=120, preexec_fn=cap)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return json.loads(done.stdout)
 
 
 def assert_refused_cheaply(path: Path, message: str) -> str:
@@ -84,103 +48,6 @@ def assert_refused_cheaply(path: Path, message: str) -> str:
     assert result["seconds"] < SECONDS, f"{result['seconds']:.1f} s to refuse it"
     assert "Traceback" not in result["error"] and len(result["error"]) < 400
     return result["error"]
-
-
-# -- Parquet written by hand: Thrift compact protocol, uncompressed pages ---------------
-
-_CODES = {"i32": 5, "i64": 6, "bin": 8, "list": 9, "struct": 12}
-
-
-def varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        out.append(n & 0x7F | (0x80 if n > 0x7F else 0))
-        n >>= 7
-        if not n:
-            return bytes(out)
-
-
-def thrift(kind: str, v: Any) -> bytes:
-    if kind in ("i32", "i64"):
-        return varint((v << 1) ^ (v >> 63))
-    if kind == "bin":
-        return varint(len(v)) + v.encode()
-    if kind == "struct":
-        return v
-    item, items = v
-    n = len(items)
-    head = bytes([n << 4 | _CODES[item]]) if n < 15 else bytes([0xF0 | _CODES[item]]) + varint(n)
-    return head + b"".join(thrift(item, x) for x in items)
-
-
-def struct_(*fields: tuple[int, str, Any]) -> bytes:
-    out, last = bytearray(), 0
-    for fid, kind, v in fields:
-        out.append((fid - last) << 4 | _CODES[kind])
-        out += thrift(kind, v)
-        last = fid
-    return bytes(out + b"\0")
-
-
-def run(count: int, value: int) -> bytes:
-    """One run of the RLE/bit-packed hybrid encoding: ``count`` times ``value``."""
-    return varint(count << 1) + bytes([value])
-
-
-def page(kind: int, payload: bytes, values: int) -> bytes:
-    if kind == 2:  # dictionary page, PLAIN
-        described = (7, "struct", struct_((1, "i32", values), (2, "i32", 0)))
-    else:  # data page v1: RLE_DICTIONARY values, RLE levels
-        described = (5, "struct", struct_((1, "i32", values), (2, "i32", 8), (3, "i32", 3),
-                                          (4, "i32", 3)))
-    return struct_((1, "i32", kind), (2, "i32", len(payload)), (3, "i32", len(payload)),
-                   described) + payload
-
-
-def zeros_parquet(groups: int, rows: int, elements: int = 0, declared_values: int | None = None,
-                  declared_size: int | None = None, histogram: list[int] | None = None) -> bytes:
-    """Column ``x``: int64 zeros in ``groups`` row groups of ``rows`` rows.
-
-    ``elements`` makes ``x`` a list<int64> whose rows each hold that many
-    zeros; ``declared_values`` and ``declared_size`` replace what each column's
-    metadata says it holds; ``histogram`` adds size statistics with that
-    definition-level histogram.
-    """
-    values = rows * elements if elements else rows
-    dictionary = page(2, b"\0" * 8, 1)
-    payload = bytes([1]) + run(values, 0)
-    if elements:
-        reps = b"".join(run(1, 0) + run(elements - 1, 1) for _ in range(rows))
-        defs = run(values, 2)
-        payload = (len(reps).to_bytes(4, "little") + reps + len(defs).to_bytes(4, "little")
-                   + defs + payload)
-    chunk = dictionary + page(0, payload, values)
-    size = len(chunk) if declared_size is None else declared_size
-    path = ["x", "list", "element"] if elements else ["x"]
-    out = bytearray(b"PAR1")
-    row_groups = []
-    for _ in range(groups):
-        start = len(out)
-        out += chunk
-        fields = [(1, "i32", 2), (2, "list", ("i32", [0, 3, 8])), (3, "list", ("bin", path)),
-                  (4, "i32", 0),
-                  (5, "i64", values if declared_values is None else declared_values),
-                  (6, "i64", size), (7, "i64", len(chunk)),
-                  (9, "i64", start + len(dictionary)), (11, "i64", start)]
-        if histogram is not None:
-            fields.append((16, "struct", struct_((3, "list", ("i64", histogram)))))
-        meta = struct_(*fields)
-        column = struct_((2, "i64", start), (3, "struct", meta))
-        row_groups.append(struct_((1, "list", ("struct", [column])), (2, "i64", size),
-                                  (3, "i64", rows)))
-    schema = [struct_((4, "bin", "schema"), (5, "i32", 1))]
-    if elements:
-        schema += [struct_((3, "i32", 1), (4, "bin", "x"), (5, "i32", 1), (6, "i32", 3)),
-                   struct_((3, "i32", 2), (4, "bin", "list"), (5, "i32", 1))]
-    schema.append(struct_((1, "i32", 2), (3, "i32", 0), (4, "bin", path[-1])))
-    footer = struct_((1, "i32", 1), (2, "list", ("struct", schema)),
-                     (3, "i64", groups * rows), (4, "list", ("struct", row_groups)))
-    return bytes(out + footer + len(footer).to_bytes(4, "little") + b"PAR1")
 
 
 # -- recordings around a crafted stream -------------------------------------------------
