@@ -225,6 +225,7 @@ def cpu():
     return r.ru_utime + r.ru_stime
 
 max_bytes = json.loads(sys.argv[2])
+exec(sys.argv[3])
 base, start, wall = peak(), cpu(), time.perf_counter()
 try:
     prog = sessions.load(sys.argv[1], **({} if max_bytes is None else {"max_bytes": max_bytes}))
@@ -241,14 +242,17 @@ print(json.dumps({"error": error, "cpu": cpu() - start, "seconds": time.perf_cou
 """
 
 
-def load_in_child(path: Path, max_bytes: int | None = None, timeout: float = 300
-                  ) -> dict[str, Any]:
+def load_in_child(path: Path, max_bytes: int | None = None, timeout: float = 300,
+                  prelude: str = "") -> dict[str, Any]:
     """What loading ``path`` in a fresh interpreter raised (``error``, None if it loaded),
-    and cost: ``cpu`` and wall ``seconds``, peak ``memory`` over the child's baseline."""
+    and cost: ``cpu`` and wall ``seconds``, peak ``memory`` over the child's baseline.
+
+    ``prelude`` is Python the child runs first (to change a limit, say)."""
     def cap() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE, ADDRESS_SPACE))
 
-    done = subprocess.run([sys.executable, "-c", CHILD, str(path), json.dumps(max_bytes)],
+    done = subprocess.run([sys.executable, "-c", CHILD, str(path), json.dumps(max_bytes),
+                           prelude],
                           capture_output=True, text=True, timeout=timeout, preexec_fn=cap)
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(done.stdout)

@@ -26,7 +26,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hostile import load_in_child, zeros_parquet
 
 import ebpf_magic
 from ebpf_magic import sessions
@@ -35,9 +34,12 @@ from ebpf_magic.errors import ReplayError
 from ebpf_magic.probes import Probe
 from ebpf_magic.sessions import format as fmt
 
+from hostile import load_in_child, page, parquet, run, zeros_parquet
+
 MEMORY = 300 << 20  # peak RSS a refusal may add to the interpreter's
 SECONDS = 5.0  # how long a refusal may take
 REPO = Path(__file__).resolve().parent.parent
+CORPUS = REPO / "tests" / "recordings_corpus"
 
 
 def assert_refused_cheaply(path: Path, message: str) -> str:
@@ -88,8 +90,8 @@ def recording_with(path: Path, stream: bytes, rows: int, columns: list[list[str]
     manifest["streams"][0].update(rows=rows, columns=columns)
     if change:
         change(manifest)
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr(sessions.MANIFEST, json.dumps(manifest))
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr(sessions.MANIFEST, json.dumps(manifest), zipfile.ZIP_DEFLATED)
         zf.writestr("streams/0.parquet", stream)
     return path
 
@@ -120,8 +122,9 @@ def test_metadata_that_lies_is_refused_from_the_page_headers(tmp_path: Path) -> 
     assert (meta.num_values, meta.total_uncompressed_size) == (1, 16)
     path = recording_with(tmp_path / "liar.bpfrec", bomb, 1, [["x", "list"]])
     assert path.stat().st_size < 10_000
-    assert_refused_cheaply(path, r"liar\.bpfrec:streams/0\.parquet: row group 0 would decode "
-                                 r"to [\d,]+ bytes, over the limit of [\d,]+ bytes")
+    assert_refused_cheaply(path, r"liar\.bpfrec:streams/0\.parquet is not a readable Parquet "
+                                 r"file \(a column chunk's pages hold more than the 1 values it "
+                                 r"declares\)")
 
 
 def test_strings_are_measured_before_they_expand(tmp_path: Path) -> None:
@@ -205,7 +208,7 @@ def test_snapshot_times_are_checked(tmp_path: Path) -> None:
         m["maps"] = [{"name": "m", "kind": "hash", "declared": "", "key_type": "u32",
                       "value_type": "u64", "max_entries": 1, "key_dtype": None,
                       "value_dtype": None, "info": {}, "snapshots": [
-                          {"time": 1e13, "file": "streams/0.parquet", "rows": 1,
+                          {"time": 1e13, "file": "maps/0/0.parquet", "rows": 1,
                            "columns": [["x", "int64"]], "index": []}]}]
 
     with pytest.raises(ReplayError, match=r"maps\[0\]\.snapshots\[0\]\.time is out of range"):
@@ -285,8 +288,8 @@ def test_prefix_sharing_strings_are_refused(tmp_path: Path) -> None:
 
 
 def test_strings_measured_dictionary_encoded_read_back_the_same(tmp_path: Path) -> None:
-    # one long string among short ones: the bound (longest x count) is over max_bytes,
-    # the real size is not, so the columns are read dictionary-encoded, measured, and kept
+    # one long string among short ones: the bound (longest x count) is over max_bytes, the real
+    # size is not; read dictionary-encoded and measured, the columns come back as written
     words = ["b"] * 999 + ["a" * 100_000]
     df = pd.DataFrame({"comm": pd.Series(words, dtype=object),
                        "stack": pd.Series([[w, "c"] for w in words], dtype=object)})
@@ -294,3 +297,72 @@ def test_strings_measured_dictionary_encoded_read_back_the_same(tmp_path: Path) 
     path = recording_with(tmp_path / "r.bpfrec", member, 1000, desc["columns"])
     back = ebpf_magic.load(path, max_bytes=10_000_000)
     pd.testing.assert_frame_equal(back.events["ev"].df, df, check_exact=True)
+
+
+def test_pages_must_hold_every_value_of_their_chunk() -> None:
+    """The parquet-mr file of the corpus, with the writer check off: the pages within its
+    column chunk hold none of the 20,000 values it declares, so pyarrow would read on past
+    the chunk (where a dictionary of 128 KiB strings waits); it is refused for that."""
+    result = load_in_child(CORPUS / "parquet_mr_816.bpfrec", 10_000_000, prelude=(
+        "from ebpf_magic.sessions.reader import parquet\nparquet.READS_PAST_CHUNKS = ()"))
+    assert result["error"] is not None and result["error"].endswith(
+        "is not a readable Parquet file (a column chunk's pages hold 0 values, not the 20,000 "
+        "it declares)"), result["error"]
+    assert result["memory"] < 100 << 20
+
+
+def int64_chunk(pages: list[bytes], values: int) -> bytes:
+    """Column ``x`` (int64, ``values`` rows) whose one column chunk is ``pages``."""
+    body = b"".join(pages)
+    return parquet(body, [{"name": "x", "type": 2, "chunks": [
+        {"start": 4, "size": len(body), "values": values}]}], values, [[0]])
+
+
+DICTIONARY = page(2, b"\0" * 8, 1)  # one int64 zero
+DATA = page(0, bytes([1]) + run(5, 0), 5)  # five indexes of entry 0, one bit each
+
+
+@pytest.mark.parametrize("pages, message", [
+    ([DICTIONARY, page(0, b"\1", 0), DATA], "a data page holds no values"),
+    ([DICTIONARY, page(1, b"", 0), DATA], "a column chunk holds a page of type 1"),
+    ([DICTIONARY, DATA, DICTIONARY], "a column chunk holds a page of type 2"),
+], ids=["empty data page", "index page", "second dictionary"])
+def test_pages_are_only_what_recordings_write(tmp_path: Path, pages: list[bytes],
+                                              message: str) -> None:
+    """Data pages of at least one value after at most one dictionary page: the page walk costs
+    at most a page header per value."""
+    good = recording_with(tmp_path / "good.bpfrec", int64_chunk([DICTIONARY, DATA], 5), 5,
+                          [["x", "int64"]])
+    assert ebpf_magic.load(good).events["ev"].df["x"].tolist() == [0] * 5
+    path = recording_with(tmp_path / "r.bpfrec", int64_chunk(pages, 5), 5, [["x", "int64"]])
+    with pytest.raises(ReplayError, match=rf"not a readable Parquet file \({message}"):
+        ebpf_magic.load(path)
+
+
+def test_pages_of_a_chunk_are_capped(tmp_path: Path, monkeypatch) -> None:
+    buf = io.BytesIO()
+    pq.write_table(pa.table({"x": np.arange(5000, dtype=np.int64)}), buf, data_page_size=4096,
+                   use_dictionary=False)
+    pages = pq.ParquetFile(io.BytesIO(buf.getvalue())).metadata.row_group(0).column(0)
+    path = recording_with(tmp_path / "r.bpfrec", buf.getvalue(), 5000, [["x", "int64"]])
+    assert ebpf_magic.load(path).events["ev"].df["x"].sum() == sum(range(5000))
+    monkeypatch.setattr(fmt, "MAX_PAGES_PER_CHUNK", 4)
+    with pytest.raises(ReplayError, match=r"not a readable Parquet file \(a column chunk has "
+                                          r"more than 4 pages\)"):
+        ebpf_magic.load(path)
+    assert pages.total_compressed_size > 4 * 4096  # more than four pages of it
+
+
+@pytest.mark.parametrize("dictionary", [True, False], ids=["dictionary", "plain"])
+def test_json_columns_are_charged_by_what_they_decode_to(tmp_path: Path,
+                                                         dictionary: bool) -> None:
+    # 20 rows of 10 KB of empty lists: 400 KB as strings, about 5 MB as Python lists
+    text = "[" + "[]," * 3333 + "[]]"
+    buf = io.BytesIO()
+    pq.write_table(pa.table({"x": [text] * 20}), buf, use_dictionary=dictionary)
+    path = recording_with(tmp_path / "r.bpfrec", buf.getvalue(), 20, [["x", "json"]])
+    assert ebpf_magic.load(path).events["ev"].df["x"][19] == [[]] * 3334
+    with pytest.raises(ReplayError, match=r"r\.bpfrec:streams/0\.parquet: its json columns "
+                                          r"would decode to at least [\d,]+ bytes, over the "
+                                          r"limit of 2,000,000 bytes"):
+        ebpf_magic.load(path, max_bytes=2_000_000)

@@ -13,10 +13,8 @@ and seeds); bzip2 of 1 GiB takes about ten seconds.
 
 from __future__ import annotations
 
-import bz2
 import io
 import json
-import lzma
 import sys
 import zipfile
 from collections.abc import Callable
