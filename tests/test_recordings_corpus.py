@@ -33,9 +33,9 @@ EXPECTED = {
                                      r"inconsistent: column chunks of row groups 0 and 1 "
                                      r"overlap"),
     "include_regex": (None, None),
-    "json_column": (200_000_000, r"json_column\.bpfrec:streams/0\.parquet: its json columns "
-                                 r"would decode to at least [\d,]+ bytes, over the limit of "
-                                 r"200,000,000 bytes"),
+    "json_column": (200_000_000, r"json_column\.bpfrec:streams/0\.parquet: row group 0 would "
+                                 r"decode, its json parsed, to [\d,]+ bytes, over the limit "
+                                 r"of 200,000,000 bytes"),
     "layout_2gib": (None, r"malformed recording: maps\[0\]\.value_dtype has 8,388,608 "
                           r"elements, more than a map's key or value holds \(4,194,304\)"),
     "many_frames": (None, r"malformed recording: maps\[0\]\.snapshots\[1\] names "

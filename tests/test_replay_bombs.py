@@ -362,7 +362,7 @@ def test_json_columns_are_charged_by_what_they_decode_to(tmp_path: Path,
     pq.write_table(pa.table({"x": [text] * 20}), buf, use_dictionary=dictionary)
     path = recording_with(tmp_path / "r.bpfrec", buf.getvalue(), 20, [["x", "json"]])
     assert ebpf_magic.load(path).events["ev"].df["x"][19] == [[]] * 3334
-    with pytest.raises(ReplayError, match=r"r\.bpfrec:streams/0\.parquet: its json columns "
-                                          r"would decode to at least [\d,]+ bytes, over the "
-                                          r"limit of 2,000,000 bytes"):
+    with pytest.raises(ReplayError, match=r"r\.bpfrec:streams/0\.parquet: row group 0 would "
+                                          r"decode, its json parsed, to [\d,]+ bytes, over "
+                                          r"the limit of 2,000,000 bytes"):
         ebpf_magic.load(path, max_bytes=2_000_000)

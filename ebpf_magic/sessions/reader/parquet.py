@@ -309,15 +309,13 @@ def read(data: bytes, columns: list[tuple[str, str]], rows: int, budget: Budget,
                 size, count = _decoded_size(chunk)
                 cost += 2 * size + count * fmt.OBJECT_BYTES if objects[i] else size
                 json += json_cost(chunk) if columns[i][1] == "json" else 0
+        cost += json
         spent += cost
+        decodes = "would decode, its json parsed, to" if json else "decodes to"
         if cost > group_limit:
-            raise too_big(where, f"row group {g} decodes to", cost, group_limit)
+            raise too_big(where, f"row group {g} {decodes}", cost, group_limit)
         if spent > budget.decoded:
-            raise too_big(where, "it decodes to at least", spent, budget.decoded)
-        spent += json
-        if cost + json > group_limit or spent > budget.decoded:
-            raise too_big(where, "its json columns would decode to at least", spent,
-                          min(budget.decoded, group_limit))
+            raise too_big(where, f"it {decodes} at least", spent, budget.decoded)
         parts.append(pa.Table.from_arrays([_plain(c) for c in part.columns],
                                           names=part.column_names))
     budget.decoded -= spent
