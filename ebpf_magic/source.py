@@ -96,7 +96,8 @@ def define_flags(defines: Mapping[str, Any] | Iterable[str]) -> list[str]:
             for name, value in items]
 
 
-_FUNC_DEF = re.compile(r"^\s*(?:static\s+)?(?:inline\s+)?(?:int|void|u32|u64|long|unsigned "
+# blanks, not \s, at the start: \s would match newlines and make a scan quadratic in blank lines
+_FUNC_DEF = re.compile(r"^[ \t]*(?:static\s+)?(?:inline\s+)?(?:int|void|u32|u64|long|unsigned "
                        r"int)\s+(\w+)\s*\(\s*(?:struct\s+pt_regs|void|struct\s+\w+)\s*\*",
                        re.MULTILINE)
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import resource
+import subprocess
+import sys
+
 import pytest
 
 from ebpf_magic import backend
@@ -33,6 +37,23 @@ def test_dialects_choose_the_backend_and_plain_c_goes_to_the_first():
     assert backend.choose_backend('BPF_HASH(c, u32);\nSEC("x") int f() { return 0; }') == "bcc"
     assert backend.choose_backend("int f(void *ctx) { return 0; }") == backend.BACKENDS[0]
     assert backend.choose_backend("BPF_HASH(c, u32);", "libbpf") == "libbpf"
+
+
+def test_dialect_and_function_scans_are_linear_in_blank_lines():
+    """A cell of 200,000 blank lines: a scan that let ``^\\s*`` match newlines would take
+    hours (quadratic); the child is stopped after 10 CPU seconds."""
+    script = (
+        "from ebpf_magic import backend, source\n"
+        "text = '\\n' * 200_000 + '#include <vmlinux.h>\\nint f(void *ctx) { return 0; }\\n'\n"
+        "assert backend.choose_backend(text) == 'libbpf'\n"
+        "assert source.function_names(text) == ['f']\n")
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_CPU, (10, 10))
+
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          preexec_fn=cap, timeout=120)
+    assert done.returncode == 0, f"status {done.returncode}: {done.stderr[-500:]}"
 
 
 def test_only_libbpf_programs_take_globals():

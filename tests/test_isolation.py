@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -189,6 +190,21 @@ def test_worker_keeps_nothing_it_handed_over(no_leaks):
 
 
 @pytest.mark.kernel
+def test_a_programs_descriptors_are_not_inherited_by_commands(no_leaks):
+    """The maps and programs the worker handed over are close-on-exec: a command a cell runs
+    (``!ls``, os.system, which pass on every inheritable fd) holds none of them."""
+    child = ("import os\nprint([os.readlink(f'/proc/self/fd/{fd}') for fd in "
+             "os.listdir('/proc/self/fd') if os.path.exists(f'/proc/self/fd/{fd}')])")
+    with Program(COUNTER, attach=[GETPPID], defines={"PID": os.getpid()}) as prog:
+        assert_still_counting(prog)
+        assert any("bpf-map" in t for t in own_bpf_fds()) and \
+            any("bpf-prog" in t for t in own_bpf_fds())
+        listing = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True,
+                                 close_fds=False, check=True).stdout
+        assert "pipe:" in listing and "bpf" not in listing  # its stdout, and no BPF object
+
+
+@pytest.mark.kernel
 @pytest.mark.parametrize("case", list(CRASHERS))
 def test_crash_through_the_magic_keeps_the_session(case, shell, capsys, no_leaks):
     source, said = CRASHERS[case]
@@ -293,5 +309,73 @@ def test_a_reply_carries_more_descriptors_than_one_ancillary_message_can():
     finally:
         for fd in sent:
             os.close(fd)
+        a.close()
+        b.close()
+
+
+# A stand-in worker speaking the protocol by hand: it says it is ready, takes one request,
+# then sends a reply's header and the first bytes of its body, and stalls.
+STALLING_WORKER = r"""
+import json, os, socket, struct, sys, time
+sock = socket.socket(fileno=int(sys.argv[sys.argv.index("--fd") + 1]))
+def send(message, cut=None):
+    body = json.dumps(message).encode()
+    sock.sendall(struct.pack("<QI", len(body), 0) + body[:cut])
+send({"ok": True, "pid": os.getpid()})
+size, _ = struct.unpack("<QI", sock.recv(12, socket.MSG_WAITALL))
+sock.recv(size, socket.MSG_WAITALL)
+send({"ok": True, "functions": []}, cut=5)
+time.sleep(120)
+"""
+
+
+def test_a_worker_stalling_mid_reply_is_stopped_within_the_bound(monkeypatch):
+    """Once a reply's header arrives, the rest is waited for only until the request's
+    deadline: the cell gets its CompileError on time and the worker is killed."""
+    real_popen = subprocess.Popen
+
+    def stalling(argv, **kwargs):
+        assert argv[1:3] == ["-m", "ebpf_magic.backend.bcc.worker"]
+        return real_popen([argv[0], "-c", STALLING_WORKER, *argv[3:]], **kwargs)
+
+    monkeypatch.setattr(client.subprocess, "Popen", stalling)
+    worker = client.Worker()
+    try:
+        worker.start()
+        pid = worker.pid
+        start = time.monotonic()
+        with pytest.raises(CompileError, match="the compiler took longer than 3 s on this "
+                                               "cell and was stopped"):
+            worker.request({"op": "compile", "source": "int x;"}, timeout=3)
+        assert time.monotonic() - start < 3.5
+        assert worker.pid is None
+        assert not Path(f"/proc/{pid}").exists() or \
+            Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+    finally:
+        worker.close()
+
+
+def test_received_descriptors_are_not_inherited_by_commands(tmp_path):
+    """A descriptor that came over the socket is close-on-exec: a command a cell runs
+    (``!ls``, os.system) does not get it, even when it inherits every inheritable fd."""
+    import socket
+
+    marker = tmp_path / "received-descriptor"
+    marker.write_text("x")
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    sent = os.open(marker, os.O_RDONLY)
+    try:
+        protocol.send(a, {"n": 1}, [sent])
+        _message, [got] = protocol.receive(b)
+        try:
+            assert os.readlink(f"/proc/self/fd/{got}") == str(marker)
+            assert not os.get_inheritable(got)
+            listing = subprocess.run(["ls", "-l", "/proc/self/fd/"], capture_output=True,
+                                     text=True, close_fds=False, check=True).stdout
+            assert str(marker) not in listing
+        finally:
+            os.close(got)
+    finally:
+        os.close(sent)
         a.close()
         b.close()

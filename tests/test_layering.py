@@ -306,6 +306,34 @@ def test_imports_point_down_the_layers():
     assert not bad, "imports up the layers:\n" + "\n".join(bad)
 
 
+# The recording reader's modules, bottom first: each imports only from the layers below it.
+READER = "ebpf_magic.sessions.reader"
+READER_LAYERS = [
+    {"budget", "thrift"},  # what a recording may still cost; Thrift's compact protocol
+    {"archive", "manifest", "columns"},  # the zip; the manifest's fields; Arrow to pandas
+    {"parquet"},  # Parquet members bounded from their footers and page headers
+    {""},  # the package: a recording read, frame by frame
+]
+
+
+def test_every_reader_module_sits_in_a_reader_layer():
+    placed = {f"{READER}.{name}".rstrip(".") for layer in READER_LAYERS for name in layer}
+    found = {name for name in MODULES if name == READER or name.startswith(f"{READER}.")}
+    assert found == placed, f"not in READER_LAYERS: {sorted(found - placed)}"
+
+
+def test_reader_modules_import_down_their_layers():
+    layer = {f"{READER}.{name}".rstrip("."): i for i, names in enumerate(READER_LAYERS)
+             for name in names}
+    bad = []
+    for name, i in layer.items():
+        for module, names in imports(name, MODULES[name]):
+            for target in _targets(module, names):
+                if target in layer and target != name and layer[target] >= i:
+                    bad.append(f"{name} imports {target}")
+    assert not bad, "reader imports not pointing down:\n" + "\n".join(bad)
+
+
 def module_graph() -> dict[str, set[str]]:
     """``{module: package modules it imports}``, the lazy conveniences up the layers aside."""
     graph: dict[str, set[str]] = {}

@@ -394,6 +394,30 @@ def test_uprobe_errors(clean, counter, prog_fds, route):
     assert str(info.value).startswith(tried) and "/no/such/binary" in str(info.value)
 
 
+def test_a_path_cannot_inject_lines_into_uprobe_events(clean, counter, prog_fds,
+                                                      monkeypatch):
+    """A binary's path comes from a traced process's maps, where a file may have any name:
+    one with a newline would, written to uprobe_events, define a probe of its choosing."""
+    monkeypatch.setattr(uprobe_mod, "ROUTES", ("tracefs",))
+    prog_fds.append(counting_prog(PROG_KPROBE, counter.fd))
+    injected = f"{LIBC_PATH}:0x{GETPID_OFFSET:x}\np:ebpf_magic_injected/e {LIBC_PATH}"
+    before = uprobe_events()
+    try:
+        with pytest.raises(link.LinkError) as info:
+            link.uprobe(prog_fds[0], injected, GETPID_OFFSET)
+        assert info.value.errno == errno.EINVAL
+        assert "holds whitespace or a control character, which uprobe_events cannot take" in \
+            str(info.value)
+        assert uprobe_events() == before
+    finally:
+        if any("ebpf_magic_injected" in e for e in uprobe_events()):
+            probe_events.remove("uprobe", "ebpf_magic_injected", "e")
+            for e in uprobe_events():
+                if e.startswith(f"p:{probe_events.group()}/"):
+                    grp, event = e.split()[0][2:].split("/")
+                    probe_events.remove("uprobe", grp, event)
+
+
 def test_uprobe_on_a_missing_file_does_not_fall_back_to_tracefs(clean, counter, prog_fds):
     prog_fds.append(counting_prog(PROG_KPROBE, counter.fd))
     with pytest.raises(link.LinkError) as info:

@@ -16,14 +16,10 @@ import functools
 import io
 import json
 import re
-import resource
 import struct
-import subprocess
-import sys
 import time
 import zipfile
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -38,42 +34,12 @@ from ebpf_magic.errors import ReplayError
 from ebpf_magic.probes import Probe
 from ebpf_magic.sessions import format as fmt
 
+from hostile import load_in_child, page, parquet, run, zeros_parquet
+
 MEMORY = 300 << 20  # peak RSS a refusal may add to the interpreter's
 SECONDS = 5.0  # how long a refusal may take
-ADDRESS_SPACE = 6 << 30  # the child's cap: far above a refusal, far below a decoded bomb
 REPO = Path(__file__).resolve().parent.parent
-
-CHILD = r"""
-import json, resource, sys, time
-import numpy, pandas, pyarrow, pyarrow.parquet
-import ebpf_magic
-from ebpf_magic import replay
-from ebpf_magic.errors import ReplayError
-
-def peak():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-base = peak()
-start = time.perf_counter()
-try:
-    print(replay.announce(ebpf_magic.load(sys.argv[1])), file=sys.stderr)
-    error = None
-except ReplayError as e:
-    error = str(e)
-print(json.dumps({"error": error, "seconds": time.perf_counter() - start,
-                  "memory": peak() - base}))
-"""
-
-
-def load_in_child(path: Path) -> dict[str, Any]:
-    """What loading ``path`` in a fresh interpreter raised, cost in memory, and took."""
-    def cap() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE, ADDRESS_SPACE))
-
-    done = subprocess.run([sys.executable, "-c", CHILD, str(path)], capture_output=True,
-                          text=True, timeout=120, preexec_fn=cap)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return json.loads(done.stdout)
+CORPUS = REPO / "tests" / "recordings_corpus"
 
 
 def assert_refused_cheaply(path: Path, message: str) -> str:
@@ -84,103 +50,6 @@ def assert_refused_cheaply(path: Path, message: str) -> str:
     assert result["seconds"] < SECONDS, f"{result['seconds']:.1f} s to refuse it"
     assert "Traceback" not in result["error"] and len(result["error"]) < 400
     return result["error"]
-
-
-# -- Parquet written by hand: Thrift compact protocol, uncompressed pages ---------------
-
-_CODES = {"i32": 5, "i64": 6, "bin": 8, "list": 9, "struct": 12}
-
-
-def varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        out.append(n & 0x7F | (0x80 if n > 0x7F else 0))
-        n >>= 7
-        if not n:
-            return bytes(out)
-
-
-def thrift(kind: str, v: Any) -> bytes:
-    if kind in ("i32", "i64"):
-        return varint((v << 1) ^ (v >> 63))
-    if kind == "bin":
-        return varint(len(v)) + v.encode()
-    if kind == "struct":
-        return v
-    item, items = v
-    n = len(items)
-    head = bytes([n << 4 | _CODES[item]]) if n < 15 else bytes([0xF0 | _CODES[item]]) + varint(n)
-    return head + b"".join(thrift(item, x) for x in items)
-
-
-def struct_(*fields: tuple[int, str, Any]) -> bytes:
-    out, last = bytearray(), 0
-    for fid, kind, v in fields:
-        out.append((fid - last) << 4 | _CODES[kind])
-        out += thrift(kind, v)
-        last = fid
-    return bytes(out + b"\0")
-
-
-def run(count: int, value: int) -> bytes:
-    """One run of the RLE/bit-packed hybrid encoding: ``count`` times ``value``."""
-    return varint(count << 1) + bytes([value])
-
-
-def page(kind: int, payload: bytes, values: int) -> bytes:
-    if kind == 2:  # dictionary page, PLAIN
-        described = (7, "struct", struct_((1, "i32", values), (2, "i32", 0)))
-    else:  # data page v1: RLE_DICTIONARY values, RLE levels
-        described = (5, "struct", struct_((1, "i32", values), (2, "i32", 8), (3, "i32", 3),
-                                          (4, "i32", 3)))
-    return struct_((1, "i32", kind), (2, "i32", len(payload)), (3, "i32", len(payload)),
-                   described) + payload
-
-
-def zeros_parquet(groups: int, rows: int, elements: int = 0, declared_values: int | None = None,
-                  declared_size: int | None = None, histogram: list[int] | None = None) -> bytes:
-    """Column ``x``: int64 zeros in ``groups`` row groups of ``rows`` rows.
-
-    ``elements`` makes ``x`` a list<int64> whose rows each hold that many
-    zeros; ``declared_values`` and ``declared_size`` replace what each column's
-    metadata says it holds; ``histogram`` adds size statistics with that
-    definition-level histogram.
-    """
-    values = rows * elements if elements else rows
-    dictionary = page(2, b"\0" * 8, 1)
-    payload = bytes([1]) + run(values, 0)
-    if elements:
-        reps = b"".join(run(1, 0) + run(elements - 1, 1) for _ in range(rows))
-        defs = run(values, 2)
-        payload = (len(reps).to_bytes(4, "little") + reps + len(defs).to_bytes(4, "little")
-                   + defs + payload)
-    chunk = dictionary + page(0, payload, values)
-    size = len(chunk) if declared_size is None else declared_size
-    path = ["x", "list", "element"] if elements else ["x"]
-    out = bytearray(b"PAR1")
-    row_groups = []
-    for _ in range(groups):
-        start = len(out)
-        out += chunk
-        fields = [(1, "i32", 2), (2, "list", ("i32", [0, 3, 8])), (3, "list", ("bin", path)),
-                  (4, "i32", 0),
-                  (5, "i64", values if declared_values is None else declared_values),
-                  (6, "i64", size), (7, "i64", len(chunk)),
-                  (9, "i64", start + len(dictionary)), (11, "i64", start)]
-        if histogram is not None:
-            fields.append((16, "struct", struct_((3, "list", ("i64", histogram)))))
-        meta = struct_(*fields)
-        column = struct_((2, "i64", start), (3, "struct", meta))
-        row_groups.append(struct_((1, "list", ("struct", [column])), (2, "i64", size),
-                                  (3, "i64", rows)))
-    schema = [struct_((4, "bin", "schema"), (5, "i32", 1))]
-    if elements:
-        schema += [struct_((3, "i32", 1), (4, "bin", "x"), (5, "i32", 1), (6, "i32", 3)),
-                   struct_((3, "i32", 2), (4, "bin", "list"), (5, "i32", 1))]
-    schema.append(struct_((1, "i32", 2), (3, "i32", 0), (4, "bin", path[-1])))
-    footer = struct_((1, "i32", 1), (2, "list", ("struct", schema)),
-                     (3, "i64", groups * rows), (4, "list", ("struct", row_groups)))
-    return bytes(out + footer + len(footer).to_bytes(4, "little") + b"PAR1")
 
 
 # -- recordings around a crafted stream -------------------------------------------------
@@ -221,8 +90,8 @@ def recording_with(path: Path, stream: bytes, rows: int, columns: list[list[str]
     manifest["streams"][0].update(rows=rows, columns=columns)
     if change:
         change(manifest)
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr(sessions.MANIFEST, json.dumps(manifest))
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr(sessions.MANIFEST, json.dumps(manifest), zipfile.ZIP_DEFLATED)
         zf.writestr("streams/0.parquet", stream)
     return path
 
@@ -253,8 +122,9 @@ def test_metadata_that_lies_is_refused_from_the_page_headers(tmp_path: Path) -> 
     assert (meta.num_values, meta.total_uncompressed_size) == (1, 16)
     path = recording_with(tmp_path / "liar.bpfrec", bomb, 1, [["x", "list"]])
     assert path.stat().st_size < 10_000
-    assert_refused_cheaply(path, r"liar\.bpfrec:streams/0\.parquet: row group 0 would decode "
-                                 r"to [\d,]+ bytes, over the limit of [\d,]+ bytes")
+    assert_refused_cheaply(path, r"liar\.bpfrec:streams/0\.parquet is not a readable Parquet "
+                                 r"file \(a column chunk's pages hold more than the 1 values it "
+                                 r"declares\)")
 
 
 def test_strings_are_measured_before_they_expand(tmp_path: Path) -> None:
@@ -338,7 +208,7 @@ def test_snapshot_times_are_checked(tmp_path: Path) -> None:
         m["maps"] = [{"name": "m", "kind": "hash", "declared": "", "key_type": "u32",
                       "value_type": "u64", "max_entries": 1, "key_dtype": None,
                       "value_dtype": None, "info": {}, "snapshots": [
-                          {"time": 1e13, "file": "streams/0.parquet", "rows": 1,
+                          {"time": 1e13, "file": "maps/0/0.parquet", "rows": 1,
                            "columns": [["x", "int64"]], "index": []}]}]
 
     with pytest.raises(ReplayError, match=r"maps\[0\]\.snapshots\[0\]\.time is out of range"):
@@ -418,8 +288,8 @@ def test_prefix_sharing_strings_are_refused(tmp_path: Path) -> None:
 
 
 def test_strings_measured_dictionary_encoded_read_back_the_same(tmp_path: Path) -> None:
-    # one long string among short ones: the bound (longest x count) is over max_bytes,
-    # the real size is not, so the columns are read dictionary-encoded, measured, and kept
+    # one long string among short ones: the bound (longest x count) is over max_bytes, the real
+    # size is not; read dictionary-encoded and measured, the columns come back as written
     words = ["b"] * 999 + ["a" * 100_000]
     df = pd.DataFrame({"comm": pd.Series(words, dtype=object),
                        "stack": pd.Series([[w, "c"] for w in words], dtype=object)})
@@ -427,3 +297,72 @@ def test_strings_measured_dictionary_encoded_read_back_the_same(tmp_path: Path) 
     path = recording_with(tmp_path / "r.bpfrec", member, 1000, desc["columns"])
     back = ebpf_magic.load(path, max_bytes=10_000_000)
     pd.testing.assert_frame_equal(back.events["ev"].df, df, check_exact=True)
+
+
+def test_pages_must_hold_every_value_of_their_chunk() -> None:
+    """The parquet-mr file of the corpus, with the writer check off: the pages within its
+    column chunk hold none of the 20,000 values it declares, so pyarrow would read on past
+    the chunk (where a dictionary of 128 KiB strings waits); it is refused for that."""
+    result = load_in_child(CORPUS / "parquet_mr_816.bpfrec", 10_000_000, prelude=(
+        "from ebpf_magic.sessions.reader import parquet\nparquet.READS_PAST_CHUNKS = ()"))
+    assert result["error"] is not None and result["error"].endswith(
+        "is not a readable Parquet file (a column chunk's pages hold 0 values, not the 20,000 "
+        "it declares)"), result["error"]
+    assert result["memory"] < 100 << 20
+
+
+def int64_chunk(pages: list[bytes], values: int) -> bytes:
+    """Column ``x`` (int64, ``values`` rows) whose one column chunk is ``pages``."""
+    body = b"".join(pages)
+    return parquet(body, [{"name": "x", "type": 2, "chunks": [
+        {"start": 4, "size": len(body), "values": values}]}], values, [[0]])
+
+
+DICTIONARY = page(2, b"\0" * 8, 1)  # one int64 zero
+DATA = page(0, bytes([1]) + run(5, 0), 5)  # five indexes of entry 0, one bit each
+
+
+@pytest.mark.parametrize("pages, message", [
+    ([DICTIONARY, page(0, b"\1", 0), DATA], "a data page holds no values"),
+    ([DICTIONARY, page(1, b"", 0), DATA], "a column chunk holds a page of type 1"),
+    ([DICTIONARY, DATA, DICTIONARY], "a column chunk holds a page of type 2"),
+], ids=["empty data page", "index page", "second dictionary"])
+def test_pages_are_only_what_recordings_write(tmp_path: Path, pages: list[bytes],
+                                              message: str) -> None:
+    """Data pages of at least one value after at most one dictionary page: the page walk costs
+    at most a page header per value."""
+    good = recording_with(tmp_path / "good.bpfrec", int64_chunk([DICTIONARY, DATA], 5), 5,
+                          [["x", "int64"]])
+    assert ebpf_magic.load(good).events["ev"].df["x"].tolist() == [0] * 5
+    path = recording_with(tmp_path / "r.bpfrec", int64_chunk(pages, 5), 5, [["x", "int64"]])
+    with pytest.raises(ReplayError, match=rf"not a readable Parquet file \({message}"):
+        ebpf_magic.load(path)
+
+
+def test_pages_of_a_chunk_are_capped(tmp_path: Path, monkeypatch) -> None:
+    buf = io.BytesIO()
+    pq.write_table(pa.table({"x": np.arange(5000, dtype=np.int64)}), buf, data_page_size=4096,
+                   use_dictionary=False)
+    pages = pq.ParquetFile(io.BytesIO(buf.getvalue())).metadata.row_group(0).column(0)
+    path = recording_with(tmp_path / "r.bpfrec", buf.getvalue(), 5000, [["x", "int64"]])
+    assert ebpf_magic.load(path).events["ev"].df["x"].sum() == sum(range(5000))
+    monkeypatch.setattr(fmt, "MAX_PAGES_PER_CHUNK", 4)
+    with pytest.raises(ReplayError, match=r"not a readable Parquet file \(a column chunk has "
+                                          r"more than 4 pages\)"):
+        ebpf_magic.load(path)
+    assert pages.total_compressed_size > 4 * 4096  # more than four pages of it
+
+
+@pytest.mark.parametrize("dictionary", [True, False], ids=["dictionary", "plain"])
+def test_json_columns_are_charged_by_what_they_decode_to(tmp_path: Path,
+                                                         dictionary: bool) -> None:
+    # 20 rows of 10 KB of empty lists: 400 KB as strings, about 5 MB as Python lists
+    text = "[" + "[]," * 3333 + "[]]"
+    buf = io.BytesIO()
+    pq.write_table(pa.table({"x": [text] * 20}), buf, use_dictionary=dictionary)
+    path = recording_with(tmp_path / "r.bpfrec", buf.getvalue(), 20, [["x", "json"]])
+    assert ebpf_magic.load(path).events["ev"].df["x"][19] == [[]] * 3334
+    with pytest.raises(ReplayError, match=r"r\.bpfrec:streams/0\.parquet: row group 0 would "
+                                          r"decode, its json parsed, to [\d,]+ bytes, over "
+                                          r"the limit of 2,000,000 bytes"):
+        ebpf_magic.load(path, max_bytes=2_000_000)

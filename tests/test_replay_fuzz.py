@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import io
 import json
+import os
 import time
 import zipfile
 from pathlib import Path
@@ -87,11 +88,13 @@ def members(data: bytes) -> dict[str, bytes]:
         return {n: zf.read(n) for n in zf.namelist()}
 
 
-def build(files: dict[str, bytes], compression: int = zipfile.ZIP_STORED) -> bytes:
+def build(files: dict[str, bytes], deflate: tuple[str, ...] = ()) -> bytes:
+    """A zip of ``files``, those named in ``deflate`` deflated, the others stored."""
     buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=compression) as zf:
+    with zipfile.ZipFile(buf, "w") as zf:
         for name, data in files.items():
-            zf.writestr(name, data)
+            zf.writestr(name, data, zipfile.ZIP_DEFLATED if name in deflate
+                        else zipfile.ZIP_STORED)
     return buf.getvalue()
 
 
@@ -221,17 +224,56 @@ def test_path_traversal_and_foreign_members(valid: bytes, tmp_path: Path, name: 
 
 def test_zip_bomb_is_refused_before_unpacking(valid: bytes, tmp_path: Path) -> None:
     files = members(valid)
-    files["maps/0/9.parquet"] = b"\0" * (64 << 20)
-    bomb = build(files, zipfile.ZIP_DEFLATED)
+    files["manifest.json"] += b" " * (64 << 20)
+    bomb = build(files, deflate=("manifest.json",))
     assert len(bomb) < 1 << 20
-    with pytest.raises(ReplayError, match="limit"):
-        load_bytes(tmp_path, bomb, max_bytes=32 << 20)
+    with pytest.raises(ReplayError, match=r"manifest\.json unpacks to 67,110,\d{3} bytes, more "
+                                          r"than a manifest may \(4,194,304\)"):
+        load_bytes(tmp_path, bomb)
+    files = members(valid)
+    files["maps/0/9.parquet"] = b"\0" * (64 << 20)
+    with pytest.raises(ReplayError, match=r"case\.bpfrec would unpack to 67,\d{3},\d{3} bytes, "
+                                          r"more than the limit \(33,554,432\)"):
+        load_bytes(tmp_path, build(files), max_bytes=32 << 20)
+
+
+@pytest.mark.parametrize("method, name", [(zipfile.ZIP_DEFLATED, "deflate"),
+                                          (zipfile.ZIP_BZIP2, "bzip2"),
+                                          (zipfile.ZIP_LZMA, "lzma")])
+def test_parquet_members_are_stored(valid: bytes, tmp_path: Path, method: int,
+                                    name: str) -> None:
+    """A stored member's bytes are the file's own, so what reading it costs is bounded by the
+    file's size; Parquet compresses its own pages."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for member, data in members(valid).items():
+            zf.writestr(member, data, method if member == "maps/0/0.parquet"
+                        else zipfile.ZIP_STORED)
+    with pytest.raises(ReplayError, match=rf"maps/0/0\.parquet is compressed with {name}; a "
+                                          r"recording's Parquet members are stored"):
+        load_bytes(tmp_path, buf.getvalue())
+
+
+@pytest.mark.parametrize("method", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED])
+def test_the_manifest_may_be_stored_or_deflated(valid: bytes, tmp_path: Path,
+                                                method: int) -> None:
+    files = members(valid)
+    prog = load_bytes(tmp_path, build(files, deflate=("manifest.json",)
+                                      if method == zipfile.ZIP_DEFLATED else ()))
+    assert len(prog.events["ev"].df) == 20
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for member, data in files.items():
+            zf.writestr(member, data, zipfile.ZIP_BZIP2 if member == "manifest.json"
+                        else zipfile.ZIP_STORED)
+    with pytest.raises(ReplayError, match=r"manifest\.json is compressed with bzip2"):
+        load_bytes(tmp_path, buf.getvalue())
 
 
 def test_member_that_unpacks_beyond_its_declared_size(valid: bytes, tmp_path: Path) -> None:
     files = members(valid)
     files["manifest.json"] += b" " * 4096
-    data = bytearray(build(files, zipfile.ZIP_DEFLATED))
+    data = bytearray(build(files, deflate=("manifest.json",)))
     # lower the declared size in the central directory so the member lies about it
     cd = data.rfind(b"PK\x01\x02", 0, data.rfind(b"PK\x05\x06"))
     while data[cd + 46: cd + 46 + 13] != b"manifest.json":
@@ -296,6 +338,15 @@ def test_parquet_that_does_not_match_the_manifest(valid: bytes, tmp_path: Path, 
     (lambda m: m["maps"][0]["info"].update(script="x"), r"maps\[0\]\.info has unknown fields"),
     (lambda m: m["maps"][0]["info"].update(entries="<b>3</b>"), "wrong type"),
     (lambda m: m["maps"][0]["info"].update(max_entries=[1]), "wrong type"),
+    (lambda m: m["maps"][0]["snapshots"][0].update(file="streams/0.parquet"),
+     r"maps\[0\]\.snapshots\[0\] names streams/0\.parquet, which another frame names too"),
+    (lambda m: m["maps"][0].update(value_dtype=[[f"f{i}", "<u4"] for i in range(4097)]),
+     r"maps\[0\]\.value_dtype has more than 4,096 fields"),
+    (lambda m: m["maps"][0].update(value_dtype=[["a", [[f"f{i}", "<u4"] for i in range(3000)]],
+                                                ["b", [[f"f{i}", "<u4"] for i in range(2000)]]]),
+     r"maps\[0\]\.value_dtype has more than 4,096 fields"),
+    (lambda m: m["maps"][0].update(key_dtype=[["a", "<u8", [1 << 20, 5]]]),
+     r"maps\[0\]\.key_dtype has 5,242,880 elements, more than a map's key or value holds"),
 ])
 def test_crafted_manifests(valid: bytes, tmp_path: Path, change, message: str) -> None:
     with pytest.raises(ReplayError, match=message):
@@ -323,3 +374,84 @@ def test_map_listing_from_a_recording_is_shown_escaped(valid: bytes, tmp_path: P
     html = browser.listing.value + browser.table.value
     browser.close()
     assert "<img" not in html and "&lt;img src=x onerror=alert(1)&gt;" in html
+
+
+def test_frames_are_counted_before_any_is_read(valid: bytes, tmp_path: Path) -> None:
+    def many(m: dict) -> None:
+        m["maps"][0]["snapshots"] = [{"time": 1.0, "file": f"maps/0/{i}.parquet", "rows": 1,
+                                      "columns": [["x", "int64"]]} for i in range(10_000)]
+
+    with pytest.raises(ReplayError, match=r"it describes 10,001 frames, more than a recording "
+                                          r"holds \(10,000\)"):
+        load_bytes(tmp_path, with_manifest(valid, many))
+
+
+@pytest.mark.parametrize("elements, columns", [(16, [f"slots[{i}]" for i in range(16)]),
+                                               (5000, ["value"])])
+def test_value_columns_are_derived_from_small_layouts_only(valid: bytes, tmp_path: Path,
+                                                           elements: int,
+                                                           columns: list[str]) -> None:
+    """A recording that does not list its maps' value columns gets them from the value's
+    layout, one a scalar: for a layout of thousands, the usual names instead."""
+    def change(m: dict) -> None:
+        del m["maps"][0]["value_columns"]
+        m["maps"][0]["value_dtype"] = [["slots", "<u8", [elements]]]
+
+    prog = load_bytes(tmp_path, with_manifest(valid, change))
+    assert prog.maps["m"].value_columns == columns
+
+
+def test_a_recording_without_a_backend_replays_as_bcc(valid: bytes, tmp_path: Path) -> None:
+    """Recordings were written without their backend only while BCC was the only one: replay
+    names it without sniffing the source (libbpf's dialect here)."""
+    def change(m: dict) -> None:
+        del m["program"]["backend"]
+        m["program"]["source"] = '#include <vmlinux.h>\nSEC("tp/x") int f(void *c) { return 0; }'
+
+    assert load_bytes(tmp_path, with_manifest(valid, change)).backend == "bcc"
+
+
+def test_the_file_is_opened_once(valid: bytes, tmp_path: Path, monkeypatch) -> None:
+    """A file swapped in at the path after the zip's end records were checked is never read:
+    every check and the zip reader read the one file opened."""
+    from ebpf_magic.sessions.reader import archive
+
+    path = tmp_path / "case.bpfrec"
+    path.write_bytes(valid)
+    swapped = tmp_path / "swapped"
+    swapped.write_bytes(b"not a zip" * 100)
+    checked = archive.directory_extent
+
+    def then_swap(f):
+        extent = checked(f)
+        swapped.replace(path)
+        return extent
+
+    monkeypatch.setattr(archive, "directory_extent", then_swap)
+    prog = sessions.load(path)
+    assert path.read_bytes() == b"not a zip" * 100
+    assert len(prog.events["ev"].df) == 20 and prog.maps["m"].df["value"].sum() == 10
+
+
+def test_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    from ebpf_magic.sessions import reader
+
+    fifo = tmp_path / "pipe.bpfrec"
+    os.mkfifo(fifo)
+    with pytest.raises(ReplayError, match=r"pipe\.bpfrec is not a regular file"):
+        reader.read(fifo)
+
+
+def test_a_member_is_read_once(valid: bytes, tmp_path: Path) -> None:
+    from ebpf_magic.sessions.reader.archive import Archive
+    from ebpf_magic.sessions.reader.budget import Budget
+
+    path = tmp_path / "case.bpfrec"
+    path.write_bytes(valid)
+    archive = Archive(path, Budget(unpacked=1 << 20, decoded=1 << 20))
+    try:
+        archive.read("maps/0/0.parquet")
+        with pytest.raises(ReplayError, match=r"maps/0/0\.parquet is read twice"):
+            archive.read("maps/0/0.parquet")
+    finally:
+        archive.close()

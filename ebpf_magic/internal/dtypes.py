@@ -73,6 +73,17 @@ def is_char_array(dt: np.dtype) -> bool:
     return dt.kind == "S"
 
 
+def scalars(dt: np.dtype) -> int:
+    """How many scalars ``dt`` holds, each array element counted: at most the columns that
+    :func:`columns` makes of it."""
+    if dt.names:
+        return sum(scalars(dt.fields[name][0]) for name in dt.names)
+    if dt.subdtype is not None:
+        base, shape = dt.subdtype
+        return int(np.prod(shape, dtype=object)) * scalars(base)
+    return 1
+
+
 def columns(records: np.ndarray, prefix: str = "") -> dict[str, Any]:
     """Flatten structured ``records`` into ``{column name: 1-D array}``."""
     dt = records.dtype

@@ -15,9 +15,11 @@ A recording (``.bpfrec``) is a zip archive holding
   (periodic ones from a recorder, then the final one);
 * ``tables/<i>.parquet``: extra frames saved with the program by name.
 
-Column types are written to the manifest, so a replay gets the same DataFrame
-dtypes back. Nothing in a recording is pickled or executable. The limits below
-bound what reading one may cost; :mod:`ebpf_magic.sessions.reader` enforces them.
+The manifest is deflated; the Parquet members are stored, since Parquet
+compresses its own pages (a reader refuses compressed ones). Column types are
+written to the manifest, so a replay gets the same DataFrame dtypes back.
+Nothing in a recording is pickled or executable. The limits below bound what
+reading one may cost; :mod:`ebpf_magic.sessions.reader` enforces them.
 """
 
 from __future__ import annotations
@@ -57,9 +59,17 @@ NUMERIC = {"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32
            "float16", "float32", "float64"}
 TIMES = re.compile(r"[<>|=]?[Mm]8\[(s|ms|us|ns)\]")
 TZ_TIMES = re.compile(r"datetime64\[(s|ms|us|ns), UTC\]")
+
 # pandas extension dtypes a recording may name, restored with ``astype``
 EXTENSION_DTYPES = {"Int8", "Int16", "Int32", "Int64", "UInt8", "UInt16", "UInt32", "UInt64",
                     "Float32", "Float64", "boolean", "string"}
+
+
+def objects(kind: str) -> bool:
+    """Whether a column of type ``kind`` holds Python objects once read (not numbers or times)."""
+    return kind not in NUMERIC and not TIMES.fullmatch(kind)
+
+
 # the scalar types a map's key or value layout may be built from: plain C data only
 SCALAR_DTYPE = re.compile(r"[<>|=]?(b1|[iu][1248]|f[248]|S\d{1,6}|V\d{1,6})")
 # A map's listing row (``MapView.info()``): at most these fields, of these types.
@@ -88,15 +98,24 @@ MAX_GLOBAL_INT = 1 << 128  # a value's integers are within +-this (the widest C 
 
 # -- limits on what one recording may cost to read ------------------------------------
 # ``load(max_bytes=...)`` replaces MAX_BYTES, which bounds both the unpacked members and the
-# decoded frames (each a separate total).
+# decoded frames (each a separate total). Everything else a file may make the reader do is
+# bounded by its own size (see docs/recordings.md).
 MAX_BYTES = 1 << 30  # unpacked members in total; decoded frames in total
-MAX_MEMBERS = 10_000
+MAX_MEMBERS = 10_000  # members, and so frames: each member holds one frame, read once
 MAX_DIRECTORY_ENTRY = 128  # central-directory bytes per member (names are under 30 bytes)
-MAX_MANIFEST = 16 << 20
+MAX_MANIFEST = 4 << 20  # the manifest, unpacked
+MAX_MANIFEST_MEMORY = 64 << 20  # what the manifest may decode to, estimated before decoding
+JSON_VALUE_BYTES = 72  # what one JSON value may cost decoded (an object, its slot, its key)
+JSON_CHAR_BYTES = 4  # what one character of JSON text may cost decoded (a UCS-4 string)
 MAX_FOOTER = 1 << 20  # a Parquet member's metadata footer
+MAX_PAGES_PER_CHUNK = 1 << 14  # pages of one column chunk (pyarrow writes at most 20,000 rows
+# a page, so a legitimate chunk of MAX_COLUMN_BYTES holds a few thousand)
 MAX_ROW_GROUP_BYTES = 1 << 30  # one Parquet row group decoded: the unit read at once
 MAX_COLUMN_BYTES = 512 << 20  # one column of one row group, as its metadata declares it
 OBJECT_BYTES = 64  # what a value costs decoded as a Python object (pointer and object)
+MAX_LAYOUT_FIELDS = 4096  # fields of a map's key or value layout, nested ones included
+MAX_LAYOUT_ELEMENTS = 1 << 22  # scalars of a layout, array elements counted
+MAX_LAYOUT_COLUMNS = 4096  # a layout with more scalars has no value columns derived from it
 # manifest times are seconds since the epoch that pandas and datetime can both show
 MIN_TIME = 0.0
 MAX_TIME = float(2**33)  # year 2242

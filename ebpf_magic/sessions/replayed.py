@@ -161,9 +161,10 @@ class ReplayedMap:
         """The columns of :attr:`df` that hold the value; the others are the key."""
         if self._value_columns is not None:
             return list(self._value_columns)
-        if self.value_dtype is None:  # a recording that says neither: the usual names
-            return [c for c in self.df.columns if c in ("value", "count")]
         vdt = self.value_dtype
+        # a recording that says neither (or whose layout would make too many): the usual names
+        if vdt is None or dtypes.scalars(vdt) > fmt.MAX_LAYOUT_COLUMNS:
+            return [c for c in self.df.columns if c in ("value", "count")]
         return list(dtypes.columns(np.zeros(0, vdt), "value" if not vdt.names else ""))
 
     def info(self) -> dict[str, Any]:

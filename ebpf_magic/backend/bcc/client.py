@@ -73,7 +73,8 @@ class Worker:
         """Send ``message``; return the reply and the descriptors it carried.
 
         Raises :class:`~ebpf_magic.errors.CompileError` when the worker crashes or
-        exceeds ``timeout`` (default :data:`COMPILE_TIMEOUT`); the worker is then
+        has not answered in full within ``timeout`` (default :data:`COMPILE_TIMEOUT`)
+        seconds of the call, its reply's last byte included; the worker is then
         gone and the next request starts a new one. An interrupt stops the worker
         too, and propagates.
         """
@@ -86,30 +87,23 @@ class Worker:
             deadline = time.monotonic() + timeout
             try:
                 if not self._ready:
-                    self._wait(deadline, timeout)
+                    protocol.receive(self._sock, deadline)
                     self._ready = True
                 os.ftruncate(self._stderr, 0)
-                protocol.send(self._sock, message)
-                return self._wait(deadline, timeout)
-            except (OSError, protocol.Closed):
-                raise self._crashed() from None
-            except BaseException:
-                self._stop()
-                raise
-
-    def _wait(self, deadline: float, timeout: float) -> tuple[dict[str, Any], list[int]]:
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
+                protocol.send(self._sock, message, deadline=deadline)
+                return protocol.receive(self._sock, deadline)
+            except protocol.Timeout:
                 self._stop()
                 raise CompileError(
                     f"the compiler took longer than {timeout:g} s on this cell and was "
                     f"stopped; {_NOTHING_LOST}",
                     "If the program is just large, raise the bound: "
-                    "`ebpf_magic.backend.bcc.client.COMPILE_TIMEOUT = 300`.")
-            readable, _, _ = select.select([self._sock], [], [], min(left, 0.5))
-            if readable:
-                return protocol.receive(self._sock)
+                    "`ebpf_magic.backend.bcc.client.COMPILE_TIMEOUT = 300`.") from None
+            except (OSError, protocol.Closed):
+                raise self._crashed() from None
+            except BaseException:
+                self._stop()
+                raise
 
     def _crashed(self) -> CompileError:
         proc = self._proc

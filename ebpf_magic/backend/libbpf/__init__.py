@@ -521,8 +521,9 @@ def _load_failure(err: int, log: list[str]) -> BPFError:
     return BPFError(f"libbpf could not load the program: {_lib.strerror(err)}", detail)
 
 
-# libbpf's dialect: SEC() names and its headers
-_DIALECT = re.compile(r"\bSEC\s*\(|^\s*#\s*include\s*[<\"](?:bpf/|vmlinux\.h)", re.M)
+# libbpf's dialect: SEC() names and its headers (blanks, not \s, before the #: \s would match
+# newlines and make a search quadratic in blank lines)
+_DIALECT = re.compile(r"\bSEC\s*\(|^[ \t]*#[ \t]*include[ \t]*[<\"](?:bpf/|vmlinux\.h)", re.M)
 
 
 class LibbpfBackend(Backend):

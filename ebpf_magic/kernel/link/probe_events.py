@@ -21,6 +21,7 @@ import os
 import re
 import threading
 import time
+import unicodedata
 from pathlib import Path
 
 from ebpf_magic.kernel import tracefs
@@ -60,27 +61,52 @@ def _events_file(kind: str, what: str) -> Path:
     return path
 
 
-def _write(path: Path, line: str) -> None:
+def _write(path: Path, line: bytes) -> None:
     # O_APPEND: opening these files for plain writing would delete every entry.
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
     try:
-        os.write(fd, line.encode())
+        os.write(fd, line)
     finally:
         os.close(fd)
+
+
+# bytes the kernel's isspace() takes for a separator when it splits a probe definition (its
+# ctype table counts 0xA0 as a space: a byte of UTF-8 text, as in "à")
+_KERNEL_SPACES = frozenset(b"\t\n\v\f\r \xa0")
+
+
+def checked_target(kind: str, target: str) -> bytes:
+    """``target`` as the bytes a definition line may carry, or a :class:`LinkError`.
+
+    The kernel splits a line of ``uprobe_events``/``kprobe_events`` at whitespace
+    and takes each line for a command: a path with a newline (a traced process
+    can map a file of any name) would define or delete other probes.
+    """
+    raw = os.fsencode(target)
+    if any(c.isspace() or unicodedata.category(c) == "Cc" for c in target) \
+            or not _KERNEL_SPACES.isdisjoint(raw):
+        raise LinkError(errno.EINVAL, f"{kind} target {target!r} holds whitespace or a control "
+                        f"character, which {kind}_events cannot take (the kernel would split "
+                        "the definition there)",
+                        "Attach through a name without them, e.g. a symlink to the binary: "
+                        "`ln -s 'odd name' /tmp/plain` and probe /tmp/plain.")
+    return raw
 
 
 def add(kind: str, target: str, *, retprobe: bool = False) -> tuple[str, str]:
     """Define a ``kind`` probe on ``target`` (``PATH:0xOFF`` or ``FUNC+OFF``).
 
     Returns ``(group, event)``; the event appears under tracefs events/GROUP/EVENT.
+    A target with whitespace or control characters is refused (:func:`checked_target`).
     """
+    raw = checked_target(kind, target)
     tag = re.sub(r"[^A-Za-z0-9_]", "_", os.path.basename(target))[:40]
     event = f"{'r' if retprobe else 'p'}_{tag}_{next(_seq)}"
     grp = group()
     what = f"adding {kind} event {grp}/{event} for {target}"
     path = _events_file(kind, what)
     try:
-        _write(path, f"{'r' if retprobe else 'p'}:{grp}/{event} {target}\n")
+        _write(path, f"{'r' if retprobe else 'p'}:{grp}/{event} ".encode() + raw + b"\n")
     except OSError as e:
         raise LinkError(e.errno, f"{what} in {path}") from None
     return grp, event
@@ -100,7 +126,7 @@ def remove(kind: str, grp: str, event: str, *, busy_timeout: float = 0.0) -> Non
     delay = 0.001
     while True:
         try:
-            _write(root / f"{kind}_events", f"-:{grp}/{event}\n")
+            _write(root / f"{kind}_events", f"-:{grp}/{event}\n".encode())
             return
         except OSError as e:
             if e.errno in (errno.ENOENT, errno.EINVAL):
