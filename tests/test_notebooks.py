@@ -1,12 +1,16 @@
-"""Every teaching notebook runs headless: live as root, and replayed by a user without rights.
+"""Every teaching notebook runs headless: live in the least-privilege "Python 3 (eBPF)"
+kernel, live as root, and replayed by a user without rights.
 
-Both runs must finish without an error and draw every figure (cells tagged
-``figure`` must output an image). The replay runs as ``nobody`` with no
-capabilities (when the tests run as root), the way Binder runs them.
+Every run must finish without an error and draw every figure (cells tagged
+``figure`` must output an image). The eBPF kernel is the one ``./run lab`` gives:
+its installed kernelspec started by root through jupyter_client, so that it runs
+as the account ``ebpf-kernel`` with only the BPF capabilities. The replay runs as
+``nobody`` with no capabilities (when the tests run as root), the way Binder runs them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -25,7 +29,9 @@ from ebpf_magic.backend.libbpf._compile import LICENSE_NOTE
 from ebpf_magic.magics import cell as cell_magic
 from ebpf_magic.magics import save
 from ebpf_magic.sessions import RECORD_ENV, recording_path
-from ebpf_magic.setup import kernelspec
+from ebpf_magic.setup import kernelspec, launcher
+
+from conftest import leaked_programs, loaded_prog_ids, own_bpf_fds, uprobe_events
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 BOOKS = sorted(p.name for p in NOTEBOOKS.glob("[0-9]*.ipynb"))
@@ -167,6 +173,88 @@ def test_notebook_runs_live(notebook: str, home: Path) -> None:
         assert not [n for n in os.listdir("/sys/class/net") if n.startswith("ebpfnb")]
         netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
         assert "ebpf_nb06" not in netns
+
+
+@pytest.fixture(scope="module")
+def ebpf_kernel():
+    """The "Python 3 (eBPF)" kernelspec installed in this virtualenv, as ``./run lab`` does."""
+    if os.geteuid() != 0:
+        pytest.skip("only a kernel started by root runs as the eBPF kernel's account; these "
+                    f"tests run as uid {os.geteuid()}")
+    try:
+        launcher.account()
+    except launcher.LaunchError as e:
+        pytest.fail(str(e))
+    name = "ebpf-notebooks-test"
+    kernelspec.install(name, prefix=sys.prefix)
+    yield name
+    kernelspec.uninstall(name, prefix=sys.prefix)
+
+
+def processes_of(pid: int) -> set[int]:
+    """``pid`` and its descendants (the compile worker, commands run from cells)."""
+    found, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        found.add(p)
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            try:
+                todo += [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+    return found
+
+
+def run_in_ebpf_kernel(notebook: str, kernel_name: str) -> tuple[nbformat.NotebookNode, dict]:
+    """Run ``notebook`` in the installed eBPF kernel, started by root in the notebooks' folder.
+
+    Returns the executed notebook and what the kernel held after its last cell, read
+    from outside while it still ran: ``{"pids", "bpf_fds", "programs", "uprobes"}``.
+    """
+    from jupyter_client.manager import KernelManager
+    from nbclient import NotebookClient
+
+    book = nbformat.read(NOTEBOOKS / notebook, as_version=4)
+    before = loaded_prog_ids()
+    client = NotebookClient(book, timeout=300, allow_errors=True, kernel_name=kernel_name,
+                            kernel_manager_class=KernelManager,
+                            resources={"metadata": {"path": str(NOTEBOOKS)}})
+    # the environment a root JupyterLab server started from a login shell passes on
+    env = {"PATH": os.environ["PATH"], "LANG": "C.UTF-8", "HOME": "/root"}
+    try:
+        client.execute(cleanup_kc=False, env=env)
+        pid = client.km.provisioner.pid
+        pids = processes_of(pid)
+        fds = {}
+        for p in pids:
+            with contextlib.suppress(OSError):  # a process that ended meanwhile holds nothing
+                fds[p] = own_bpf_fds(p)
+        held = {
+            "pids": pids,
+            "bpf_fds": {p: found for p, found in fds.items() if found},
+            "programs": leaked_programs(before, pids),
+            "uprobes": [e for e in uprobe_events() if f"ebpf_magic_{pid}/" in e],
+        }
+    finally:
+        if client.kc is not None:
+            client.kc.stop_channels()
+        if client.km is not None and client.km.has_kernel:
+            client.km.shutdown_kernel(now=True)
+    return book, held
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("notebook", BOOKS)
+def test_notebook_runs_live_in_the_least_privilege_kernel(notebook: str, ebpf_kernel) -> None:
+    """Run All in the kernel a newcomer gets: no error, and nothing left in the kernel."""
+    listing = sorted(os.listdir(NOTEBOOKS)), sorted(os.listdir(NOTEBOOKS / "recordings"))
+    book, held = run_in_ebpf_kernel(notebook, ebpf_kernel)
+    check(book, replay=False)
+    assert held["programs"] == set(), "programs left loaded after the last cell"
+    assert held["bpf_fds"] == {}, "BPF or perf descriptors left open after the last cell"
+    assert held["uprobes"] == []
+    assert (sorted(os.listdir(NOTEBOOKS)), sorted(os.listdir(NOTEBOOKS / "recordings"))) == \
+        listing, "the eBPF kernel wrote into the notebooks' folder"
 
 
 def test_notebooks_open_in_the_least_privilege_kernel() -> None:
