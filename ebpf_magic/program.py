@@ -330,9 +330,12 @@ class Program:
         self.stop()
 
     def __repr__(self) -> str:
-        state = "running" if self.running else "stopped"
-        return (f"<Program {self.name} ({state}): {len(self.attached)} probe(s), "
-                f"maps: {', '.join(self.maps) if self.running else '-'}>")
+        probes = f"{len(self.attached)} probe{'' if len(self.attached) == 1 else 's'}"
+        if self.running:
+            maps = ", ".join(self.maps) or "none"
+            return f"<Program {self.name} (running): {probes}, maps: {maps}>"
+        kept = ", its events kept" if self._streams else ""
+        return f"<Program {self.name} (stopped): {probes} detached, maps released{kept}>"
 
     def _repr_html_(self) -> str:
         return pd.DataFrame([self.summary()]).to_html(index=False)

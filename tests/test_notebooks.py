@@ -28,7 +28,7 @@ from ebpf_magic.backend.libbpf import FLAGS_ZERO_WARNING
 from ebpf_magic.backend.libbpf._compile import LICENSE_NOTE
 from ebpf_magic.magics import cell as cell_magic
 from ebpf_magic.magics import save
-from ebpf_magic.sessions import RECORD_ENV, recording_path
+from ebpf_magic.sessions import RECORD_ENV, RECORDINGS_ENV, recording_path
 from ebpf_magic.setup import kernelspec, launcher
 
 from conftest import leaked_programs, loaded_prog_ids, own_bpf_fds, uprobe_events
@@ -122,6 +122,8 @@ def check(book: nbformat.NotebookNode, replay: bool) -> None:
                 if c.cell_type == "code")
     assert notes <= 1, "the headers note is shown once per session"
     assert "not recording" not in text
+    assert f"{RECORD_ENV}=1" not in text, "a notebook whose recordings exist names them, " \
+        "without telling how to record"
     if replay:
         assert "replayed from" in text and ".bpfrec" in text, "a replay must say so"
         assert "no rights to load BPF" in text or "replay was requested" in text
@@ -297,18 +299,35 @@ def test_warning_is_a_displayed_line_marked_in_html(monkeypatch) -> None:
          "text/html": '<small><b style="color:#b8860b">warning:</b> a &lt;b&gt; &amp; c</small>'}]
 
 
-def test_save_without_recording_reads_as_routine(capsys) -> None:
+def test_save_without_recording_reads_as_routine(capsys, tmp_path, monkeypatch) -> None:
+    """A notebook's closing save names the recording it keeps; how to record is said once,
+    and only where there is no recording."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(RECORD_ENV, raising=False)
+    monkeypatch.delenv(RECORDINGS_ENV, raising=False)
+    (tmp_path / "recordings").mkdir()
+    (tmp_path / "recordings" / "lat.bpfrec").write_bytes(b"")
+
     class Live:
-        name, recording = "lat", None
+        running, recording = True, None
+
+        def __init__(self, name: str) -> None:
+            self.name = name
 
     class Magics:
-        session = type("Session", (), {"get": staticmethod(lambda name: Live())})()
+        warned: set[str] = set()
+        session = type("Session", (), {"get": staticmethod(Live)})()
         shell = type("Shell", (), {"user_ns": {}})()
 
-    save.run(Magics(), "lat")
-    assert capsys.readouterr().out == (
-        f"lat: {recording_path('lat')} is kept; to refresh it, run the cell with "
-        f"--record (or {RECORD_ENV}=1), then save\n")
+    for name in ("lat", "x", "y", "lat"):
+        save.run(Magics(), name)
+    assert capsys.readouterr().out.splitlines() == [
+        "lat: recordings/lat.bpfrec is unchanged",
+        "x: nothing saved: %bpf save x PATH writes a file, and recordings/x.bpfrec is written "
+        f"when recording (%%bpf x --record, or {RECORD_ENV}=1)",
+        "y: nothing saved",
+        "lat: recordings/lat.bpfrec is unchanged"]
+    assert recording_path("lat").resolve() == (tmp_path / "recordings" / "lat.bpfrec").resolve()
 
 
 def shown(cell: nbformat.NotebookNode) -> str:
