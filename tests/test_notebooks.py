@@ -18,6 +18,7 @@ import re
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import nbformat
@@ -70,14 +71,22 @@ def unprivileged_python() -> tuple[str, str]:
     return python, os.pathsep.join([str(NOTEBOOKS.parent), *packages])
 
 
-def execute(notebook: str, home: Path, replay: bool) -> nbformat.NotebookNode:
+def execute(notebook: str, home: Path, replay: bool,
+            extra: Sequence[str] = ()) -> nbformat.NotebookNode:
     """Run ``notebook`` in a fresh kernel; as nobody without capabilities when ``replay``.
 
-    The kernel is this interpreter's plain ipykernel ("python3"), not the
+    ``extra``: code cells run after the notebook's own, in its namespace (checks of what
+    its cells drew). The kernel is this interpreter's plain ipykernel ("python3"), not the
     python3-ebpf kernel the notebooks name: that one's launcher chooses its own
     user and rights, and these runs choose them (root live, nobody replaying).
     """
     out = home / "executed.ipynb"
+    source = NOTEBOOKS / notebook
+    if extra:
+        book = nbformat.read(source, as_version=4)
+        book.cells += [nbformat.v4.new_code_cell(code) for code in extra]
+        source = home / notebook
+        nbformat.write(book, source)
     runner = home / "runner.py"
     runner.write_text(RUNNER)
     env = {"PATH": os.environ["PATH"], "HOME": str(home), "MPLCONFIGDIR": str(home / "mpl"),
@@ -94,7 +103,7 @@ def execute(notebook: str, home: Path, replay: bool) -> nbformat.NotebookNode:
         python, env["PYTHONPATH"] = unprivileged_python()
     elif replay:
         env["EBPF_MAGIC_REPLAY"] = "1"  # replays even where this user could trace
-    done = subprocess.run(prefix + [python, str(runner), str(NOTEBOOKS / notebook),
+    done = subprocess.run(prefix + [python, str(runner), str(source),
                                     str(NOTEBOOKS), str(out), "python3"],
                           env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -259,6 +268,9 @@ def test_notebook_runs_live_in_the_least_privilege_kernel(notebook: str, ebpf_ke
     assert held["uprobes"] == []
     assert (sorted(os.listdir(NOTEBOOKS)), sorted(os.listdir(NOTEBOOKS / "recordings"))) == \
         listing, "the eBPF kernel wrote into the notebooks' folder"
+    if notebook.startswith("04"):  # the text says "about three seconds"
+        took = shown(cell_with(book, "the workload took"))
+        assert 2.5 <= float(re.search(r"took ([\d.]+) s", took).group(1)) <= 4.5, took
 
 
 def test_notebooks_open_in_the_least_privilege_kernel() -> None:
@@ -340,6 +352,37 @@ def shown(cell: nbformat.NotebookNode) -> str:
 
 def cell_with(book: nbformat.NotebookNode, text: str) -> nbformat.NotebookNode:
     return next(c for c in book.cells if c.cell_type == "code" and text in c.source)
+
+
+# The flags-0 chart of notebook 09: how many drawn bars its legend covers, on the figure as
+# it was saved (the inline backend draws it whole, legend included).
+LEGEND_COVERS = """
+import json
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+canvas = FigureCanvasAgg(ax.figure)  # the inline backend closed the figure it showed
+canvas.draw()
+renderer = canvas.get_renderer()
+legend = ax.get_legend().get_window_extent(renderer)
+bars = [p.get_window_extent(renderer) for p in ax.patches if p.get_height() > 0]
+drawn = ax.figure.get_tightbbox(renderer).transformed(ax.figure.dpi_scale_trans)
+print(json.dumps({"bars": len(bars), "covered": sum(bool(legend.overlaps(b)) for b in bars),
+                  "legend inside": bool(drawn.contains(legend.x0, legend.y0)
+                                        and drawn.contains(legend.x1, legend.y1))}))
+"""
+
+
+def test_charts_and_their_text_show_what_they_are_for(home: Path) -> None:
+    book = execute("09_bpf_syscall_and_libbpf.ipynb", home, replay=True, extra=[LEGEND_COVERS])
+    seen = json.loads(shown(book.cells[-1]))
+    assert seen["bars"] >= 2 and seen["covered"] == 0 and seen["legend inside"], seen
+
+    # notebook 04: "about three seconds" of workload, snapshotted every half second
+    book = execute("04_latency_histograms.ipynb", home, replay=True)
+    prose = " ".join(c.source for c in book.cells if c.cell_type == "markdown")
+    assert "about three seconds" in prose and "every half second" in prose
+    snapshots = int(shown(cell_with(book, 'snaps.history("usecs")')).split()[0])
+    assert snapshots >= 6, f"{snapshots} heatmap columns for about three seconds of workload"
+    assert 'per_interval=True' in cell_with(book, "plots.heatmap(").source
 
 
 def test_notebook_statements_are_computed_from_the_data(home: Path) -> None:
