@@ -9,7 +9,7 @@ library's listings return; :func:`html_table` renders any frame that way.
 from __future__ import annotations
 
 import numbers
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from html import escape
 from typing import Any
 
@@ -36,23 +36,30 @@ def cell_text(value: Any, separated: bool = False) -> str:
 
 def html_table(df: pd.DataFrame, *, css_class: str = "", separated: Collection[str] = (),
                header_attrs: Callable[[str], str] | None = None,
-               row_attrs: Callable[[Any], str] | None = None) -> str:
+               row_attrs: Callable[[Any], str] | None = None,
+               marks: Mapping[str, str] | None = None) -> str:
     """An HTML table of ``df`` without its index: every cell whole and escaped, numeric
     columns right-aligned (those in ``separated`` with thousands separators), text left.
 
     ``header_attrs(column)`` and ``row_attrs(index label)`` give extra attributes for a
-    header cell and a row; they must return escaped HTML.
+    header cell and a row (which then show a pointer: they are for clicking),
+    ``marks[column]`` HTML after a column's name; all of them must be escaped HTML.
     """
     numeric = [is_numeric(df[c]) for c in df.columns]
+    marks = marks or {}
+    pointer = ";cursor:pointer" if header_attrs else ""
     head = "".join(
-        f'<th style="{RIGHT if num else LEFT}"{header_attrs(str(c)) if header_attrs else ""}>'
-        f"{escape(str(c))}</th>" for c, num in zip(df.columns, numeric, strict=True))
+        f'<th style="{RIGHT if num else LEFT}{pointer}"'
+        f'{header_attrs(str(c)) if header_attrs else ""}>'
+        f"{escape(str(c))}{marks.get(str(c), '')}</th>"
+        for c, num in zip(df.columns, numeric, strict=True))
     rows = []
     for index, values in zip(df.index, df.itertuples(index=False, name=None), strict=True):
         cells = "".join(
             f'<td style="{RIGHT if num else LEFT}">{cell_text(v, num and c in separated)}</td>'
             for c, v, num in zip(df.columns, values, numeric, strict=True))
-        rows.append(f"<tr{row_attrs(index) if row_attrs else ''}>{cells}</tr>")
+        attrs = f' style="cursor:pointer"{row_attrs(index)}' if row_attrs else ""
+        rows.append(f"<tr{attrs}>{cells}</tr>")
     cls = f' class="{escape(css_class)}"' if css_class else ""
     return f"<table{cls}><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
