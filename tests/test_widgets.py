@@ -9,6 +9,7 @@ import time
 import pandas as pd
 import pytest
 
+from ebpf_magic.present import widgets
 from ebpf_magic.present.widgets import BrowserModel, MapBrowser
 from ebpf_magic.program import Program
 
@@ -248,6 +249,37 @@ def test_editor_takes_the_key_a_row_click_gives():
         assert "no row with key &#x27;pid=1, comm=nobody&#x27;" in browser.status.value
     finally:
         browser.close()
+
+
+def test_names_and_keys_a_recording_chooses_stay_text_in_the_clickable_table():
+    """A column name or key from a replayed recording cannot add markup or script: the
+    only handlers are the browser's own, and they read the escaped data- attributes."""
+    from html.parser import HTMLParser
+
+    evil = '"><img src=x onerror=alert(1)>'
+    m = Editable()
+    m.frame = pd.DataFrame({"pid": [1], evil: [evil], "value": [2]})
+    m.row_key = lambda row: row["pid"]
+    browser = MapBrowser({"lat": m}, start=False)
+    html = browser.table.value
+    browser.close()
+
+    class Tags(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.tags: list[tuple[str, dict]] = []
+
+        def handle_starttag(self, tag, attrs):
+            self.tags.append((tag, dict(attrs)))
+
+    parsed = Tags()
+    parsed.feed(html)
+    assert "img" not in [t for t, _ in parsed.tags]
+    handlers = {v for _, attrs in parsed.tags for k, v in attrs.items() if k.startswith("on")}
+    assert handlers == {widgets.SORT_ON_CLICK, widgets.CHOOSE_ON_CLICK}
+    assert [a["data-column"] for t, a in parsed.tags if t == "th"] == ["pid", evil, "value"]
+    assert [a["data-key"] for t, a in parsed.tags if t == "tr" and "data-key" in a] == \
+        [f"pid=1, {evil}={evil}"]
 
 
 @pytest.mark.kernel

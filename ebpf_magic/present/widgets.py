@@ -319,12 +319,12 @@ class BrowserModel:
 # A header cell's click: choose its column in the browser's sort list, or, when it is
 # already the one, flip the order; the widgets then tell the model. A row's click puts
 # its key in the editor. Both read only their own data- attributes.
-_SORT_ON_CLICK = (
+SORT_ON_CLICK = (
     "const b=this.closest('.bpf-browser'),s=b&&b.querySelector('.bpf-sort select');"
     "if(!s)return;if(s.value===this.dataset.column){b.querySelector('.bpf-descending input')"
     ".click()}else{s.value=this.dataset.column;"
     "s.dispatchEvent(new Event('change',{bubbles:true}))}")
-_CHOOSE_ON_CLICK = (
+CHOOSE_ON_CLICK = (
     "const b=this.closest('.bpf-browser'),i=b&&b.querySelector('.bpf-row input');"
     "if(!i)return;i.value=this.dataset.key;"
     "i.dispatchEvent(new Event('input',{bubbles:true}));"
@@ -348,10 +348,10 @@ def table_html(df: pd.DataFrame, max_rows: int = 1000, separated: Any = (),
         mark = f' aria-sort="{"ascending" if ascending else "descending"}"' \
             if name == column else ""
         return (f' data-column="{escape(name)}"{mark} title="sort by {escape(name)}" '
-                f'onclick="{escape(_SORT_ON_CLICK)}"')
+                f'onclick="{escape(SORT_ON_CLICK)}"')
 
     def row(index: Any) -> str:
-        return f' data-key="{escape(keys[index])}" onclick="{escape(_CHOOSE_ON_CLICK)}"'
+        return f' data-key="{escape(keys[index])}" onclick="{escape(CHOOSE_ON_CLICK)}"'
 
     table = html_table(df.head(max_rows), css_class="bpf-table", separated=separated,
                        header_attrs=header, row_attrs=row if keys is not None else None,
