@@ -38,6 +38,7 @@ from ebpf_magic.data.globalvars import Globals
 from ebpf_magic.data.maps import Maps, stopped_error
 from ebpf_magic.data.streams import Streams, check_options
 from ebpf_magic.errors import AttachError
+from ebpf_magic.internal.tables import Listing
 from ebpf_magic.kernel import sysbpf
 from ebpf_magic.probes import Probe, bind_explicit
 from ebpf_magic.suggest import attach_hint
@@ -338,7 +339,7 @@ class Program:
         return f"<Program {self.name} (stopped): {probes} detached, maps released{kept}>"
 
     def _repr_html_(self) -> str:
-        return pd.DataFrame([self.summary()]).to_html(index=False)
+        return Listing([self.summary()])._repr_html_()
 
 
 def check_settable(source: str, backend: str | None, names: Iterable[str]) -> None:

@@ -61,6 +61,10 @@ def test_list_and_stop(shell, no_leaks):
     assert table._repr_html_().count(
         '<td style="text-align:left">tracepoint:syscalls:sys_enter_getppid=on_getppid</td>') == 2
     assert "tracepoint:syscalls:sys_enter_getppid=on_getppid" in repr(table)
+    a = shell.user_ns["a"]  # the program and its maps listing show the same way
+    assert '<td style="text-align:left">tracepoint:syscalls:sys_enter_getppid=on_getppid</td>' \
+        in a._repr_html_()
+    assert '<td style="text-align:left">calls</td>' in a.maps._repr_html_()
     assert list(table["maps"]) == ["calls", "calls"]
     assert set(table["state"]) == {"running"}
     ids = set(shell.user_ns["a"].prog_ids()) | set(shell.user_ns["b"].prog_ids())
