@@ -25,6 +25,7 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
 from ebpf_magic.errors import BPFError, ProbeSpecError
+from ebpf_magic.internal.tables import Listing
 from ebpf_magic.kernel import btf, kallsyms, symbols, sysbpf, tracefs
 from ebpf_magic.kernel import host as kernel
 from ebpf_magic.probes import HARDWARE_EVENTS, KINDS, SOFTWARE_EVENTS
@@ -56,16 +57,18 @@ class Field(NamedTuple):
         return f"{self.c_type} {self.name}".replace("* ", "*")
 
 
-def find(pattern: str = "", verbose: bool = False) -> pd.DataFrame:
+def find(pattern: str = "", verbose: bool = False,
+         attachable_only: bool = False) -> pd.DataFrame:
     """Probes matching ``pattern`` (bpftrace's syntax, ``*`` wildcards) as a DataFrame.
 
     Columns: ``probe`` (the ``-a`` spelling), ``kind``, ``attachable`` (whether this kernel
-    can attach that kind here) and, with ``verbose``, ``args`` (C declarations, ``; ``
-    separated). Without a pattern: one row per kind with its count.
+    can attach that kind here: :func:`unattachable` says why not) and, with ``verbose``,
+    ``args`` (C declarations, ``; `` separated). Without a pattern: one row per kind with
+    its count. ``attachable_only`` leaves out the rows that cannot attach here.
     """
     pattern = pattern.strip()
     if not pattern:
-        return summary()
+        return summary(attachable_only)
     kind_text, sep, rest = pattern.partition(":")
     kind = "rawtracepoint" if kind_text == "tp_btf" else KINDS.get(kind_text)
     if not sep or kind is None:
@@ -79,15 +82,20 @@ def find(pattern: str = "", verbose: bool = False) -> pd.DataFrame:
         raise ProbeSpecError("lsm hooks are not listed", "Use kfunc:bpf_lsm_* to see them.")
     rows: list[dict] = []
     for k in kinds:
-        rows.extend(_LISTERS[k](rest or "*", verbose, k))
+        if not (attachable_only and unattachable(k)):
+            rows.extend(_LISTERS[k](rest or "*", verbose, k))
     columns = ["probe", "kind", "attachable"] + (["args"] if verbose else [])
-    return pd.DataFrame(rows, columns=columns)
+    which = "attachable probe" if attachable_only else "probe"
+    return Listing(rows, columns=columns, empty_text=f"no {which} matches {pattern!r}")
 
 
-def summary() -> pd.DataFrame:
-    """Kinds of probe, how many of each this machine offers, and whether they attach here."""
+def summary(attachable_only: bool = False) -> pd.DataFrame:
+    """Kinds of probe, how many of each this machine offers, and whether they attach here
+    (``attachable_only``: only the kinds that do)."""
     rows = []
     for kind in _GLOBAL:
+        if attachable_only and unattachable(kind):
+            continue
         try:
             found = _LISTERS[kind]("*", False, kind)
         except SourceUnavailable as e:
@@ -100,25 +108,35 @@ def summary() -> pd.DataFrame:
                  "example": "uprobe:c:malloc  (list: uprobe:BINARY_OR_LIB:*)"})
     rows.append({"kind": "usdt", "count": None, "attachable": True,
                  "example": "usdt:PATH_OR_PID:*"})
-    frame = pd.DataFrame(rows, columns=["kind", "count", "attachable", "example"])
-    return frame.astype({"count": "Int64"})  # no count for kinds that need a target
+    frame = Listing(rows, columns=["kind", "count", "attachable", "example"])
+    frame["count"] = frame["count"].astype("Int64")  # no count for kinds that need a target
+    return frame
 
 
 # -- which kinds attach here --------------------------------------------------------------
 
 
 @functools.cache
-def _attachable(kind: str) -> bool:
-    if kind in ("kprobe", "kretprobe"):
-        return kernel.kprobes_supported()
+def unattachable(kind: str) -> str:
+    """Why probes of ``kind`` cannot attach on this machine, in a few words; '' if they can."""
+    if kind in ("kprobe", "kretprobe") and not kernel.kprobes_supported():
+        return "this kernel is built without kprobes (CONFIG_KPROBES is off)"
     if kind in ("kfunc", "kretfunc"):
         # fentry needs BTF and ftrace's function trampolines, which list their functions
-        return kernel.btf_available() and tracefs.readable("available_filter_functions")
-    if kind == "hardware":
-        return _hardware_counters()
-    if kind in ("tracepoint", "rawtracepoint"):
-        return tracefs.root() is not None
-    return True
+        if not kernel.btf_available():
+            return "fentry/fexit need the kernel's BTF, and this kernel has none"
+        if not tracefs.readable("available_filter_functions"):
+            return ("fentry/fexit need ftrace's function trampolines, and this kernel offers "
+                    "no ftrace function list (available_filter_functions)")
+    if kind == "hardware" and not _hardware_counters():
+        return "this machine gives no hardware performance counters (VMs often hide them)"
+    if kind in ("tracepoint", "rawtracepoint") and tracefs.root() is None:
+        return "tracefs is not mounted, or not readable by this process"
+    return ""
+
+
+def _attachable(kind: str) -> bool:
+    return not unattachable(kind)
 
 
 def _hardware_counters() -> bool:

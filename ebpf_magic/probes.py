@@ -165,8 +165,8 @@ def bind_explicit(probes: list[Probe], functions: list[str]) -> list[Probe]:
     return [p if p.function else p.bind(free[0]) for p in probes]
 
 
-def find(pattern: str = "", verbose: bool = False):
+def find(pattern: str = "", verbose: bool = False, attachable_only: bool = False):
     """Probes matching ``pattern`` as a DataFrame; see :func:`ebpf_magic.discover.find`."""
     from ebpf_magic.discover import find as listing  # discover builds on this module's tables
 
-    return listing(pattern, verbose)
+    return listing(pattern, verbose, attachable_only)

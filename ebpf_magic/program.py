@@ -38,6 +38,7 @@ from ebpf_magic.data.globalvars import Globals
 from ebpf_magic.data.maps import Maps, stopped_error
 from ebpf_magic.data.streams import Streams, check_options
 from ebpf_magic.errors import AttachError
+from ebpf_magic.internal.tables import Listing
 from ebpf_magic.kernel import sysbpf
 from ebpf_magic.probes import Probe, bind_explicit
 from ebpf_magic.suggest import attach_hint
@@ -330,12 +331,15 @@ class Program:
         self.stop()
 
     def __repr__(self) -> str:
-        state = "running" if self.running else "stopped"
-        return (f"<Program {self.name} ({state}): {len(self.attached)} probe(s), "
-                f"maps: {', '.join(self.maps) if self.running else '-'}>")
+        probes = f"{len(self.attached)} probe{'' if len(self.attached) == 1 else 's'}"
+        if self.running:
+            maps = ", ".join(self.maps) or "none"
+            return f"<Program {self.name} (running): {probes}, maps: {maps}>"
+        kept = ", its events kept" if self._streams else ""
+        return f"<Program {self.name} (stopped): {probes} detached, maps released{kept}>"
 
     def _repr_html_(self) -> str:
-        return pd.DataFrame([self.summary()]).to_html(index=False)
+        return Listing([self.summary()])._repr_html_()
 
 
 def check_settable(source: str, backend: str | None, names: Iterable[str]) -> None:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 import pandas as pd
 
 from ebpf_magic.api import Named, ProgramView
+from ebpf_magic.internal.tables import Listing
 from ebpf_magic.program import running, stop_all
 
 COLUMNS = ["name", "probes", "maps", "events", "uptime_s", "state"]
@@ -60,4 +61,5 @@ class Session:
         any other running in this process. Columns: name, probes, maps, events so far,
         uptime, state."""
         rows = [p.summary() for p in [*self.programs.values(), *self.others()]]
-        return pd.DataFrame(rows, columns=COLUMNS)
+        return Listing(rows, columns=COLUMNS,
+                       empty_text="no programs: a %%bpf NAME cell starts one (see %bpf help)")

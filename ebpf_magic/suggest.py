@@ -183,6 +183,18 @@ _VERIFIER_HINTS = (
 )
 
 
+# a kernel virtual address as the verifier prints one (a map's, under CAP_SYSLOG or root):
+# where the kernel is laid out, which a saved notebook should not carry
+_KERNEL_ADDRESS = re.compile(r"\b0x[fF]{4}[0-9a-fA-F]{12}\b")
+
+
+def verifier_excerpt(lines: Sequence[str]) -> str:
+    """The last lines of a verifier log as an error shows them: indented, with kernel
+    addresses replaced by ``<kernel address>`` (the comment beside one names its map)."""
+    return "\n".join("    " + _KERNEL_ADDRESS.sub("<kernel address>", ln.strip())
+                     for ln in lines)
+
+
 def verifier_hint(log: str) -> str:
     """What to do about a verifier rejection, from the class of its last error in ``log``."""
     lines = [ln for ln in log.strip().splitlines() if not ln.startswith("processed ")]

@@ -129,9 +129,11 @@ def write_settings(path: Path) -> None:
 
 
 def table(page, selector: str) -> list[dict[str, str]]:
-    """The rows of the first HTML table matching ``selector``, as header -> text."""
+    """The rows of the first HTML table matching ``selector``, as header -> text (a header
+    names its column in data-column when it shows more, such as the sort arrow)."""
     return page.eval_on_selector(selector, """t => {
-        const head = [...t.querySelectorAll('thead th')].map(th => th.textContent.trim());
+        const head = [...t.querySelectorAll('thead th')].map(
+            th => th.dataset.column ?? th.textContent.trim());
         return [...t.querySelectorAll('tbody tr')].map(tr => {
             const cells = [...tr.children].map(c => c.textContent.trim());
             return Object.fromEntries(head.map((h, i) => [h || '#', cells[i]]));
@@ -151,6 +153,53 @@ def cap_eff(pid: int | str) -> int:
 def shoot(page, name: str) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"browser-{name}.png"), full_page=True)
+
+
+SORT_SELECT = ".bpf-browser .bpf-sort select"
+DESCENDING = ".bpf-browser .bpf-descending input"
+
+
+def column(page, sel: str, name: str) -> list[int]:
+    """The numbers in column ``name`` of the table, top to bottom."""
+    return [int(r[name].replace(",", "")) for r in table(page, sel)]
+
+
+def check_sorting_and_choosing(page, counts: str, ui: str) -> None:
+    """The map browser as a newcomer meets it: its columns are the map's (no index), the
+    sort list shows the order the status states, a header click sorts (a second click
+    the other way), and a row click chooses that row's key for the editor."""
+    headers = page.eval_on_selector_all(f"{counts} thead th", "ths => ths.map(th => "
+                                        "[th.dataset.column, th.textContent.trim()])")
+    assert headers == [["key", "key"], ["value", "value \u25bc"]]
+    assert page.eval_on_selector(SORT_SELECT, "s => s.value") == "value"
+    assert page.eval_on_selector(DESCENDING, "c => c.checked")
+    status = page.locator(".bpf-browser", has_text="sorted by").first
+    assert "sorted by value descending" in status.inner_text()
+    values = column(page, counts, "value")
+    assert values == sorted(values, reverse=True)
+
+    page.click(f"{counts} thead th[data-column='key']")
+    page.wait_for_function("s => document.querySelector(s).value === 'key'", arg=SORT_SELECT)
+    page.wait_for_function(
+        """sel => { const k = [...document.querySelectorAll(sel + ' tbody tr')]
+                        .map(tr => Number(tr.children[0].textContent));
+                    return k.length > 1 && k.every((x, i) => i === 0 || k[i - 1] > x); }""",
+        arg=counts, timeout=15_000)
+    assert page.eval_on_selector(DESCENDING, "c => c.checked")  # numbers: largest first
+    page.click(f"{counts} thead th[data-column='key']")
+    page.wait_for_function(
+        """sel => { const k = [...document.querySelectorAll(sel + ' tbody tr')]
+                        .map(tr => Number(tr.children[0].textContent));
+                    return k.length > 1 && k.every((x, i) => i === 0 || k[i - 1] < x); }""",
+        arg=counts, timeout=15_000)
+    assert not page.eval_on_selector(DESCENDING, "c => c.checked")
+    assert "sorted by key ascending" in status.inner_text()
+    shoot(page, f"{ui}-3b-sorted-by-key")
+
+    page.click(f"{counts} tbody tr:nth-child(2)")
+    chosen = page.eval_on_selector(f"{counts} tbody tr:nth-child(2)", "tr => tr.dataset.key")
+    page.wait_for_function("k => document.querySelector('.bpf-browser .bpf-row input').value "
+                           "=== k", arg=chosen)
 
 
 @pytest.mark.skipif(GETPPID is None, reason="getppid's syscall number is known here "
@@ -197,13 +246,14 @@ def test_notebook_runs_bpf_and_widgets_update_live_in_chromium(lab, ui):
                 os.getppid()
             page.wait_for_function(
                 """([sel, key, n]) => [...document.querySelectorAll(sel + ' tbody tr')]
-                    .some(tr => tr.children[1].textContent.trim() === String(key)
-                          && Number(tr.children[2].textContent.replace(/,/g, '')) >= n)""",
+                    .some(tr => tr.children[0].textContent.trim() === String(key)
+                          && Number(tr.children[1].textContent.replace(/,/g, '')) >= n)""",
                 arg=[counts, GETPPID, count(first, GETPPID) + CALLS], timeout=15_000)
             second = table(page, counts)
             shoot(page, f"{ui}-3-second-look")
             assert len(second) > 1
             assert count(second, GETPPID) >= count(first, GETPPID) + CALLS
+            check_sorting_and_choosing(page, counts, ui)
 
             # The event stream's live view: this process's getppid calls.
             live = page.locator(".jp-OutputArea-output", has_text="calls (live)")

@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import time
+from html import escape
 from pathlib import Path
 
 import pytest
@@ -197,6 +198,57 @@ def test_probes_subcommand(shell):
     assert list(table["probe"]) == ["tracepoint:syscalls:sys_enter_openat"]
     with pytest.raises(UsageError, match="unrecognized arguments: extra"):
         shell.run_line_magic("bpf", "probes tracepoint:* extra")
+
+
+@needs_tracefs
+def test_probe_listing_shows_arguments_whole_and_text_left_aligned(shell):
+    table = shell.run_line_magic("bpf", "probes 'tracepoint:sched:sched_switch' -v")
+    args = "; ".join(f.decl for f in discover.tracepoint_fields("sched", "sched_switch"))
+    assert len(args) > 60 and table["args"].tolist() == [args]
+    html = table._repr_html_()
+    assert f'<td style="text-align:left">{escape(args)}</td>' in html
+    assert '<td style="text-align:left">tracepoint:sched:sched_switch</td>' in html
+    assert args in repr(table)
+    assert "tracepoint:alarmtimer" in repr(shell.run_line_magic("bpf", "probes"))  # no "..."
+    none = shell.run_line_magic("bpf", "probes 'tracepoint:no_such_category:*'")
+    assert none.empty and repr(none) == "no probe matches 'tracepoint:no_such_category:*'"
+    assert none._repr_html_() == "<p>no probe matches &#x27;tracepoint:no_such_category:*&#x27;</p>"
+
+
+@needs_tracefs
+def test_probes_say_once_per_kind_why_rows_cannot_attach_and_can_leave_them_out(shell, capsys):
+    capsys.readouterr()
+    table = shell.run_line_magic("bpf", "probes '*openat*'")
+    notes = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("note:")]
+    cannot = list(dict.fromkeys(table.loc[~table["attachable"], "kind"]))
+    assert notes == [f"note: {kind} rows cannot attach here: {discover.unattachable(kind)}; "
+                     "--attachable leaves them out" for kind in cannot]
+    if not kernel.kprobes_supported():
+        assert "kprobe" in cannot
+        assert "this kernel is built without kprobes (CONFIG_KPROBES is off)" in notes[0]
+    shown = shell.run_line_magic("bpf", "probes '*openat*' --attachable")
+    assert shown["probe"].tolist() == table.loc[table["attachable"], "probe"].tolist()
+    assert shown["probe"].tolist() and shown["attachable"].all()
+    assert not [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("note:")]
+    kinds = shell.run_line_magic("bpf", "probes --attachable")
+    assert kinds["attachable"].all() and "tracepoint" in kinds["kind"].tolist()
+
+
+@needs_btf
+def test_struct_of_a_field_that_is_no_struct_shows_that_fields_row(shell):
+    whole = btf.struct("task_struct").set_index("field")
+    tgid = btf.struct("task_struct.tgid")
+    assert tgid.to_dict("records") == [{"field": "tgid", **whole.loc["tgid"].to_dict()}]
+    shown = shell.run_line_magic("bpf", "struct task_struct.tgid")
+    html = shown._repr_html_()
+    assert html.count("<tr>") == 2 and '<td style="text-align:left">tgid</td>' in html
+    assert btf.definition("task_struct.tgid") == \
+        "\tpid_t tgid;".ljust(48) + f"/* {whole.loc['tgid', 'offset']} */"
+    inner = btf.struct("sched_entity").set_index("field")
+    vruntime = btf.struct("task_struct.se.vruntime")
+    assert vruntime["offset"].tolist() == [whole.loc["se", "offset"] +
+                                           inner.loc["vruntime", "offset"]]
+    assert btf.struct("task_struct.comm")["c_type"].tolist() == ["char[16]"]
 
 
 @needs_btf

@@ -57,6 +57,14 @@ def test_list_and_stop(shell, no_leaks):
     table = shell.run_line_magic("bpf", "list")
     assert list(table["name"]) == ["a", "b"]
     assert list(table["probes"]) == ["tracepoint:syscalls:sys_enter_getppid=on_getppid"] * 2
+    # shown whole and left-aligned, not cut at pandas' 50 characters
+    assert table._repr_html_().count(
+        '<td style="text-align:left">tracepoint:syscalls:sys_enter_getppid=on_getppid</td>') == 2
+    assert "tracepoint:syscalls:sys_enter_getppid=on_getppid" in repr(table)
+    a = shell.user_ns["a"]  # the program and its maps listing show the same way
+    assert '<td style="text-align:left">tracepoint:syscalls:sys_enter_getppid=on_getppid</td>' \
+        in a._repr_html_()
+    assert '<td style="text-align:left">calls</td>' in a.maps._repr_html_()
     assert list(table["maps"]) == ["calls", "calls"]
     assert set(table["state"]) == {"running"}
     ids = set(shell.user_ns["a"].prog_ids()) | set(shell.user_ns["b"].prog_ids())
@@ -64,7 +72,10 @@ def test_list_and_stop(shell, no_leaks):
     assert not shell.user_ns["a"].running and shell.user_ns["b"].running
     shell.run_line_magic("bpf", "stop --all")
     assert not ids & loaded_prog_ids()
-    assert shell.run_line_magic("bpf", "list").empty
+    empty = shell.run_line_magic("bpf", "list")
+    assert empty.empty and list(empty.columns) == list(table.columns)
+    assert repr(empty) == "no programs: a %%bpf NAME cell starts one (see %bpf help)"
+    assert empty._repr_html_() == f"<p>{repr(empty)}</p>"
 
 
 def test_unload_extension_releases_everything(no_leaks):

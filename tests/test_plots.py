@@ -63,8 +63,10 @@ def test_heatmap_from_a_stream_and_from_snapshots():
     grid2 = plots.heatmap_frame(snaps)
     assert grid2.loc["[1]"].tolist() == [2, 1] and grid2.loc["[4, 8)"].tolist() == [0, 1]
     running = [(0, from_values([1, 1]).df), (1, from_values([1, 1, 1, 5]).df)]
-    grid3 = plots.heatmap_frame(running, cumulative=True)
+    grid3 = plots.heatmap_frame(running, per_interval=True)
     assert grid3.loc["[1]"].tolist() == [2, 1] and grid3.loc["[4, 8)"].tolist() == [0, 1]
+    totals = plots.heatmap_frame(running)  # running totals shown as they are
+    assert totals.loc["[1]"].tolist() == [2, 3] and totals.loc["[4, 8)"].tolist() == [0, 1]
     ax = plots.heatmap(df, value="lat")
     assert ax.collections[0].get_array().reshape(grid.shape).tolist() == grid.values.tolist()
 

@@ -9,6 +9,7 @@ import time
 import pandas as pd
 import pytest
 
+from ebpf_magic.present import widgets
 from ebpf_magic.present.widgets import BrowserModel, MapBrowser
 from ebpf_magic.program import Program
 
@@ -169,6 +170,116 @@ def test_table_scrolls_in_a_bounded_box_with_numbers_right_aligned_and_separated
                                            "7", "&lt;x&gt;", "89"]
     assert [RIGHT in style for style, _ in cells] == [True, False, True] * 2
     assert "sorted by value descending" in browser.status.value
+
+
+class Editable(Recorded):
+    """A writable map keyed by (pid, comm): what the browser's editor changes."""
+
+    writable = True
+
+    def __init__(self) -> None:
+        super().__init__(pd.DataFrame({"pid": [7, 8, 9], "comm": ["bash", "zsh", "awk"],
+                                       "value": [10, 30, 20]}))
+
+    def row_key(self, row):
+        return row["pid"], row["comm"]
+
+    def set_cell(self, key, column, value):
+        hit = (self.frame["pid"] == key[0]) & (self.frame["comm"] == key[1])
+        self.frame.loc[hit, column] = value
+
+    def __delitem__(self, key):
+        self.frame = self.frame[(self.frame["pid"] != key[0]) |
+                                (self.frame["comm"] != key[1])].reset_index(drop=True)
+
+
+def test_text_sorts_a_to_z_and_numbers_largest_first_by_default():
+    model = BrowserModel({"lat": Editable()})
+    assert model.refresh()["value"].tolist() == [30, 20, 10] and model.sorting == ("value", False)
+    assert model.sort("comm")["comm"].tolist() == ["awk", "bash", "zsh"]
+    assert model.sorting == ("comm", True)
+    assert model.sort("pid")["pid"].tolist() == [9, 8, 7]
+    assert model.sort("comm", ascending=False)["comm"].tolist() == ["zsh", "bash", "awk"]
+    assert model.sort(None)["value"].tolist() == [30, 20, 10]
+
+
+def header_cells(html: str) -> list[tuple[str, str]]:
+    """(data-column, text) of each header cell of a rendered table."""
+    return [(column, re.sub("<[^>]+>", "", text)) for column, text in
+            re.findall(r'<th [^>]*data-column="([^"]*)"[^>]*>(.*?)</th>', html)]
+
+
+def test_table_has_no_index_column_and_its_headers_and_lists_show_the_sort():
+    browser = MapBrowser({"lat": Editable()}, start=False)
+    try:
+        html = browser.table.value
+        assert header_cells(html) == [("pid", "pid"), ("comm", "comm"), ("value", "value \u25bc")]
+        assert html.count("<th ") == 3 and "<th" not in html.split("<tbody>")[1]  # no index
+        assert 'aria-sort="descending"' in html and html.count("aria-sort") == 1
+        assert 'data-key="pid=8, comm=zsh"' in html
+        assert (browser.sort.value, browser.descending.value) == ("value", True)
+        assert "sorted by value descending" in browser.status.value
+
+        browser.sort.value = "comm"  # as a click on the comm header does
+        assert browser.model.view["comm"].tolist() == ["awk", "bash", "zsh"]
+        assert (browser.sort.value, browser.descending.value) == ("comm", False)
+        assert header_cells(browser.table.value)[1] == ("comm", "comm \u25b2")
+        assert "sorted by comm ascending" in browser.status.value
+        browser.descending.value = True  # a second click on the same header
+        assert browser.model.view["comm"].tolist() == ["zsh", "bash", "awk"]
+        assert header_cells(browser.table.value)[1] == ("comm", "comm \u25bc")
+        browser.sort.value = "(as read)"
+        assert browser.model.sorting == ("value", False) and browser.sort.value == "value"
+    finally:
+        browser.close()
+
+
+def test_editor_takes_the_key_a_row_click_gives():
+    m = Editable()
+    browser = MapBrowser({"lat": m}, start=False)
+    try:
+        browser.row.value = "pid=8, comm=zsh"  # what clicking that row writes there
+        browser.column.value, browser.value.value = "value", "31"
+        browser.set_button.click()
+        assert m.frame.loc[m.frame["comm"] == "zsh", "value"].tolist() == [31]
+        browser.delete_button.click()
+        assert m.frame["comm"].tolist() == ["bash", "awk"]
+        browser.row.value = "pid=1, comm=nobody"
+        browser.delete_button.click()
+        assert "no row with key &#x27;pid=1, comm=nobody&#x27;" in browser.status.value
+    finally:
+        browser.close()
+
+
+def test_names_and_keys_a_recording_chooses_stay_text_in_the_clickable_table():
+    """A column name or key from a replayed recording cannot add markup or script: the
+    only handlers are the browser's own, and they read the escaped data- attributes."""
+    from html.parser import HTMLParser
+
+    evil = '"><img src=x onerror=alert(1)>'
+    m = Editable()
+    m.frame = pd.DataFrame({"pid": [1], evil: [evil], "value": [2]})
+    m.row_key = lambda row: row["pid"]
+    browser = MapBrowser({"lat": m}, start=False)
+    html = browser.table.value
+    browser.close()
+
+    class Tags(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.tags: list[tuple[str, dict]] = []
+
+        def handle_starttag(self, tag, attrs):
+            self.tags.append((tag, dict(attrs)))
+
+    parsed = Tags()
+    parsed.feed(html)
+    assert "img" not in [t for t, _ in parsed.tags]
+    handlers = {v for _, attrs in parsed.tags for k, v in attrs.items() if k.startswith("on")}
+    assert handlers == {widgets.SORT_ON_CLICK, widgets.CHOOSE_ON_CLICK}
+    assert [a["data-column"] for t, a in parsed.tags if t == "th"] == ["pid", evil, "value"]
+    assert [a["data-key"] for t, a in parsed.tags if t == "tr" and "data-key" in a] == \
+        [f"pid=1, {evil}={evil}"]
 
 
 @pytest.mark.kernel

@@ -28,6 +28,7 @@ from ebpf_magic.backend import MapHandle
 from ebpf_magic.data import eventframe, histograms
 from ebpf_magic.errors import BPFError
 from ebpf_magic.internal import dtypes
+from ebpf_magic.internal.tables import Listing
 from ebpf_magic.kernel import sysbpf
 
 PERCPU_KINDS = {"percpu_hash", "percpu_array", "lru_percpu_hash"}
@@ -551,12 +552,11 @@ class Maps(Named[Map]):
     @property
     def df(self) -> pd.DataFrame:
         """One row per map: kind, key and value types, entries, max_entries, full."""
-        return pd.DataFrame([m.info() for m in self.values()],
-                            columns=["map", "kind", "key", "value", "entries", "max_entries",
-                                     "full"])
+        return Listing([m.info() for m in self.values()],
+                       columns=["map", "kind", "key", "value", "entries", "max_entries", "full"])
 
     def __repr__(self) -> str:
         return f"<Maps {', '.join(self) or '(none)'}>"
 
     def _repr_html_(self) -> str:
-        return self.df.to_html(index=False)
+        return self.df._repr_html_()

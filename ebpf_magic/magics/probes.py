@@ -1,4 +1,4 @@
-"""``%bpf probes [PATTERN] [-v]``: attach points matching a pattern, as a DataFrame."""
+"""``%bpf probes [PATTERN] [-v] [--attachable]``: attach points matching a pattern."""
 
 from __future__ import annotations
 
@@ -6,20 +6,29 @@ import pandas as pd
 
 from ebpf_magic import discover
 from ebpf_magic.magics.args import parser
+from ebpf_magic.magics.cell import report_warnings
 
-USAGE = "%bpf probes [PATTERN] [-v]"
+USAGE = "%bpf probes [PATTERN] [-v] [--attachable]"
 HELP = ("List attach points in -a syntax: tracepoint:syscalls:*open*, rawtracepoint:*, "
         "kprobe:vfs_*, uprobe:c:mall*, usdt:PATH_OR_PID:*, software:*, profile:*, xdp:*; "
-        "-v adds their arguments with C types. Without PATTERN, a count of each kind.")
+        "-v adds their arguments with C types; --attachable leaves out kinds this machine "
+        "cannot attach (a note says why they cannot). Without PATTERN, a count of each kind.")
 PARSER = parser(USAGE, HELP)
 PARSER.add_argument("pattern", nargs="?", default="", metavar="PATTERN")
 PARSER.add_argument("-v", "--verbose", action="store_true")
+PARSER.add_argument("--attachable", action="store_true")
 
 
 def run(magics, args: str) -> pd.DataFrame | None:
     opts = PARSER.parse(args)
     try:
-        return discover.find(opts.pattern, opts.verbose)
+        found = discover.find(opts.pattern, opts.verbose, attachable_only=opts.attachable)
     except discover.SourceUnavailable as e:  # no rights to tracefs: say so, not a traceback
         print(e)
         return None
+    # why rows cannot attach, once per kind rather than once per row
+    kinds = dict.fromkeys(found.loc[~found["attachable"].astype(bool), "kind"])
+    notes = [f"{kind} rows cannot attach here: {discover.unattachable(kind)}; "
+             "--attachable leaves them out" for kind in kinds if discover.unattachable(kind)]
+    report_warnings(magics.warned, [], notes)
+    return found

@@ -191,14 +191,15 @@ def rate(df: pd.DataFrame, time: str | None = None, interval: str = "1s", by: st
 
 def heatmap_frame(data: Any, value: str | None = None, time: str | None = None,
                   interval: str = "1s", kind: str = "log2",
-                  cumulative: bool = False) -> pd.DataFrame:
+                  per_interval: bool = False) -> pd.DataFrame:
     """Counts with one row per bucket label (low to high) and one column per time bin.
 
     ``data`` is either a stream DataFrame (bucket the ``value`` column per
     ``interval``) or periodic histogram snapshots: an iterable of
-    ``(time, Histogram or bucket frame)`` pairs. ``cumulative``: the snapshots
-    are of a map that keeps counting, so each column shows the difference
-    from the previous snapshot.
+    ``(time, Histogram or bucket frame)`` pairs. Snapshots of a map that keeps
+    counting hold running totals: each column shows its snapshot as it is, or
+    with ``per_interval`` what was counted since the previous snapshot (the
+    first column: since the start).
     """
     if isinstance(data, pd.DataFrame):
         if value is None:
@@ -218,7 +219,7 @@ def heatmap_frame(data: Any, value: str | None = None, time: str | None = None,
             h = as_histogram(snap, kind=kind)
             columns[stamp] = h.df.groupby(["low", "high"])["count"].sum()
         counts = pd.DataFrame(columns).fillna(0).astype(np.int64).sort_index()
-        if cumulative:
+        if per_interval:
             counts = counts.diff(axis=1).fillna(counts).astype(np.int64)
         low = counts.index.get_level_values(0).to_numpy()
         high = counts.index.get_level_values(1).to_numpy()
@@ -227,7 +228,7 @@ def heatmap_frame(data: Any, value: str | None = None, time: str | None = None,
 
 
 def heatmap(data: Any, value: str | None = None, time: str | None = None, interval: str = "1s",
-            kind: str = "log2", cumulative: bool = False, ax: Any = None,
+            kind: str = "log2", per_interval: bool = False, ax: Any = None,
             cmap: str = "viridis") -> Any:
     """A latency heatmap: time bins across, log2 buckets up, colour = count.
 
@@ -238,7 +239,7 @@ def heatmap(data: Any, value: str | None = None, time: str | None = None, interv
     from matplotlib import colormaps
     from matplotlib.colors import LogNorm
 
-    counts = heatmap_frame(data, value, time, interval, kind, cumulative)
+    counts = heatmap_frame(data, value, time, interval, kind, per_interval)
     ax = _axes(ax)
     values = counts.to_numpy()
     positive = values[values > 0]

@@ -1,9 +1,9 @@
 """A live map browser: a model drivable from Python, and an ipywidgets view of it.
 
 :class:`BrowserModel` lists maps and reads the selected one into a table
-(sorted by its numeric value, largest first, until another column is chosen;
-text filter; top-N), edits and deletes rows, and refreshes on a
-background thread. It reads a :class:`~ebpf_magic.api.ProgramView`'s maps, or any
+(sorted by its numeric value, largest first, until another column is chosen:
+numbers largest first, text A to Z; text filter; top-N), edits and deletes rows,
+and refreshes on a background thread. It reads a :class:`~ebpf_magic.api.ProgramView`'s maps, or any
 mapping of :class:`~ebpf_magic.api.MapView`; a map edits while it is ``writable``
 (then it is an :class:`~ebpf_magic.api.EditableMap`).
 :class:`MapBrowser` renders the model with core ipywidgets only (an HTML table,
@@ -13,7 +13,6 @@ a PNG bar chart for histograms), so it needs no front-end extension.
 from __future__ import annotations
 
 import io
-import numbers
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -24,6 +23,7 @@ import pandas as pd
 
 from ebpf_magic.api import EditableMap, MapView, ProgramView
 from ebpf_magic.data.histograms import Histogram
+from ebpf_magic.internal.tables import cell_text, html_table, is_numeric
 from ebpf_magic.program import running
 
 LISTING_COLUMNS = ["map", "kind", "key", "value", "entries", "max_entries", "full"]
@@ -32,6 +32,7 @@ MapSource = Callable[[], Mapping[str, MapView]]
 Source = ProgramView | Mapping[str, MapView] | MapSource
 
 TABLE_HEIGHT = "24em"  # the table scrolls inside a box this high
+AS_READ = "(as read)"  # the sort list's entry for the map's own order (a histogram's buckets)
 
 
 def _source(obj: Source) -> tuple[MapSource, Callable[[], bool]]:
@@ -181,14 +182,19 @@ class BrowserModel:
         if self.histogram is not None:
             return None, False
         for column in self.value_columns:
-            if pd.api.types.is_numeric_dtype(self.data[column]) and \
-                    not pd.api.types.is_bool_dtype(self.data[column]):
+            if is_numeric(self.data[column]):
                 return column, False
         return None, False
 
-    def sort(self, column: str, ascending: bool = False) -> pd.DataFrame:
-        if len(self.data.columns) and column not in self.data.columns:
+    def sort(self, column: str | None, ascending: bool | None = None) -> pd.DataFrame:
+        """Sort by ``column``; by default numbers largest first and text A to Z.
+
+        ``None`` goes back to the map's default order (see :attr:`sorting`).
+        """
+        if column is not None and len(self.data.columns) and column not in self.data.columns:
             raise KeyError(f"no column {column!r}; columns: {', '.join(self.data.columns)}")
+        if ascending is None:
+            ascending = column not in self.data.columns or not is_numeric(self.data[column])
         with self._lock:
             self.sort_by, self.ascending = column, ascending
             self._recompute()
@@ -215,6 +221,30 @@ class BrowserModel:
         m = self.current
         return m is not None and m.writable and m.declared != "histogram" \
             and m.kind not in ("stack_trace", "queue", "stack")
+
+    def keys(self, frame: pd.DataFrame | None = None) -> pd.Series:
+        """Each row's key as the table names it, by index label: its key column's value, or
+        ``col=value, ...`` when the key has several columns (of ``frame``, default the data)."""
+        df = self.data if frame is None else frame
+        columns = [c for c in df.columns if c not in self.value_columns]
+        if not columns:
+            return pd.Series(df.index.astype(str), index=df.index)
+        if len(columns) == 1:
+            return df[columns[0]].astype(str)
+        parts = [f"{c}=" + df[c].astype(str) for c in columns]
+        joined = parts[0]
+        for part in parts[1:]:
+            joined = joined + ", " + part
+        return joined
+
+    def row_of(self, key: str) -> Any:
+        """The index label of the row whose key reads ``key`` (as :meth:`keys` names it)."""
+        with self._lock:
+            keys = self.keys()
+        found = keys.index[keys == key.strip()]
+        if not len(found):
+            raise KeyError(f"no row with key {key!r} in the table: click a row to choose it")
+        return found[0]
 
     def _editing(self, row: Any) -> tuple[EditableMap, Any]:
         """The selected map and the key of ``row``; TypeError if the map cannot be edited."""
@@ -286,38 +316,48 @@ class BrowserModel:
             self._thread.join(timeout=5)
 
 
-def _cell(value: Any, separated: bool) -> str:
-    if value is None or (pd.api.types.is_scalar(value) and pd.isna(value)):
-        return ""
-    if separated and isinstance(value, numbers.Real) and not isinstance(value, bool):
-        return f"{value:,}"
-    return escape(str(value))
+# A header cell's click: choose its column in the browser's sort list, or, when it is
+# already the one, flip the order; the widgets then tell the model. A row's click puts
+# its key in the editor. Both read only their own data- attributes.
+SORT_ON_CLICK = (
+    "const b=this.closest('.bpf-browser'),s=b&&b.querySelector('.bpf-sort select');"
+    "if(!s)return;if(s.value===this.dataset.column){b.querySelector('.bpf-descending input')"
+    ".click()}else{s.value=this.dataset.column;"
+    "s.dispatchEvent(new Event('change',{bubbles:true}))}")
+CHOOSE_ON_CLICK = (
+    "const b=this.closest('.bpf-browser'),i=b&&b.querySelector('.bpf-row input');"
+    "if(!i)return;i.value=this.dataset.key;"
+    "i.dispatchEvent(new Event('input',{bubbles:true}));"
+    "i.dispatchEvent(new Event('change',{bubbles:true}))")
 
 
-def table_html(df: pd.DataFrame, max_rows: int = 1000, separated: Any = ()) -> str:
-    """An HTML table of ``df`` in a scroll box of bounded height.
+def table_html(df: pd.DataFrame, max_rows: int = 1000, separated: Any = (),
+               sorting: tuple[str | None, bool] = (None, False),
+               keys: Mapping[Any, str] | None = None) -> str:
+    """An HTML table of ``df`` (no index column) in a scroll box of bounded height.
 
-    The index (the row number used by edit and delete) comes first. Numeric
-    columns are right-aligned; those in ``separated`` (counts, not IDs such as a
-    PID key) show thousands separators.
+    Numeric columns are right-aligned; those in ``separated`` (counts, not IDs
+    such as a PID key) show thousands separators. Clicking a header sorts by its
+    column (again: the other way), ``sorting`` (column, ascending) marks the current
+    one; with ``keys`` (index label -> key text), clicking a row chooses it for editing.
     """
-    df = df.head(max_rows)
-    right = "text-align:right;font-variant-numeric:tabular-nums"
-    numeric = [pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])
-               for c in df.columns]
-    head = "".join(f'<th style="{right if num else "text-align:left"}">{escape(str(c))}</th>'
-                   for c, num in zip(df.columns, numeric, strict=True))
-    rows = []
-    for index, values in zip(df.index, df.itertuples(index=False, name=None),
-                             strict=True):
-        cells = "".join(
-            f'<td style="{right}">{_cell(v, c in separated)}</td>' if num
-            else f"<td>{_cell(v, False)}</td>"
-            for c, v, num in zip(df.columns, values, numeric, strict=True))
-        rows.append(f'<tr><th style="{right}">{escape(str(index))}</th>{cells}</tr>')
+    column, ascending = sorting
+    arrow = " \u25b2" if ascending else " \u25bc"
+
+    def header(name: str) -> str:
+        mark = f' aria-sort="{"ascending" if ascending else "descending"}"' \
+            if name == column else ""
+        return (f' data-column="{escape(name)}"{mark} title="sort by {escape(name)}" '
+                f'onclick="{escape(SORT_ON_CLICK)}"')
+
+    def row(index: Any) -> str:
+        return f' data-key="{escape(keys[index])}" onclick="{escape(CHOOSE_ON_CLICK)}"'
+
+    table = html_table(df.head(max_rows), css_class="bpf-table", separated=separated,
+                       header_attrs=header, row_attrs=row if keys is not None else None,
+                       marks={str(column): f"<span>{arrow}</span>"} if column else None)
     return (f'<div class="bpf-scroll" style="max-height:{TABLE_HEIGHT};overflow:auto">'
-            f'<table class="bpf-table"><thead><tr><th></th>{head}</tr></thead>'
-            f"<tbody>{''.join(rows)}</tbody></table></div>")
+            f"{table}</div>")
 
 
 def histogram_png(h: Histogram) -> bytes:
@@ -351,14 +391,15 @@ class MapBrowser:
         self.interval = w.BoundedFloatText(value=m.interval, min=0.05, max=3600, step=0.5,
                                            description="every (s)")
         self.pause = w.ToggleButton(value=False, description="Pause", icon="pause")
-        self.sort = w.Dropdown(description="sort", options=[""])
+        self.sort = w.Dropdown(description="sort", options=[AS_READ])
         self.descending = w.Checkbox(value=True, description="descending")
         self.filter = w.Text(description="filter", placeholder="text in any column")
         self.top = w.BoundedIntText(value=m.top_n, min=0, max=10**7, description="top N")
         self.status = w.HTML()
         self.table = w.HTML()
         self.chart = w.Image(format="png", layout=w.Layout(display="none"))
-        self.row = w.Text(description="row", placeholder="index", layout=w.Layout(width="14em"))
+        self.row = w.Text(description="key", placeholder="click a row",
+                          layout=w.Layout(width="18em"))
         self.column = w.Dropdown(description="column", options=[])
         self.value = w.Text(description="value", layout=w.Layout(width="18em"))
         self.set_button = w.Button(description="Set value", icon="pencil")
@@ -372,19 +413,25 @@ class MapBrowser:
             w.HBox([self.chooser, self.interval, self.pause, self.close_button]),
             w.HBox([self.sort, self.descending, self.filter, self.top]),
             self.status, self.chart, self.table, self.editor])
+        # what the table's clicks look for (see table_html)
+        self.widget.add_class("bpf-browser")
+        self.sort.add_class("bpf-sort")
+        self.descending.add_class("bpf-descending")
+        self.row.add_class("bpf-row")
 
-        self._syncing = False
+        self._syncing = threading.local()  # set while render() copies the model's state
         self.chooser.observe(self._choose, "value")
         self.interval.observe(lambda c: m.set_interval(c["new"]), "value")
         self.pause.observe(self._toggle_pause, "value")
-        self.sort.observe(lambda c: self._resort(), "value")
-        self.descending.observe(lambda c: self._resort(), "value")
+        self.sort.observe(self._sort_chosen, "value")
+        self.descending.observe(self._direction_chosen, "value")
         self.filter.observe(lambda c: self._act(m.filter, c["new"]), "value")
         self.top.observe(lambda c: self._act(m.top, c["new"]), "value")
-        self.set_button.on_click(lambda b: self._act(m.edit, _row(self.row.value),
-                                                     self.column.value,
-                                                     _number(self.value.value)))
-        self.delete_button.on_click(lambda b: self._act(m.delete, _row(self.row.value)))
+        self.set_button.on_click(lambda b: self._act(
+            lambda: m.edit(m.row_of(self.row.value), self.column.value,
+                           _number(self.value.value))))
+        self.delete_button.on_click(lambda b: self._act(lambda: m.delete(m.row_of(
+            self.row.value))))
         self.close_button.on_click(lambda b: self.close())
         m.on_update.append(lambda _: self.render())
         m.refresh()
@@ -395,11 +442,14 @@ class MapBrowser:
         try:
             action(*args)
         except (KeyError, ValueError, TypeError, OSError) as e:
-            self.model.error = str(e)
+            self.model.error = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
         self.render()
 
+    def _rendering(self) -> bool:
+        return getattr(self._syncing, "on", False)
+
     def _choose(self, change: dict) -> None:
-        if not self._syncing and change["new"] is not None:
+        if not self._rendering() and change["new"] is not None:
             self._act(self.model.select, change["new"])
 
     def _toggle_pause(self, change: dict) -> None:
@@ -409,41 +459,52 @@ class MapBrowser:
             self.model.resume()
         self.pause.description = "Resume" if change["new"] else "Pause"
 
-    def _resort(self) -> None:
-        if self.sort.value:
-            self._act(self.model.sort, self.sort.value, not self.descending.value)
+    def _sort_chosen(self, change: dict) -> None:
+        """A column chosen in the list (or by clicking its header): its default order."""
+        if not self._rendering():
+            self._act(self.model.sort, None if change["new"] == AS_READ else change["new"])
+
+    def _direction_chosen(self, change: dict) -> None:
+        column = self.model.sorting[0]
+        if not self._rendering() and column is not None:
+            self._act(self.model.sort, column, not change["new"])
 
     def render(self) -> None:
         """Copy the model's state into the widgets (safe from the refresh thread)."""
         m = self.model
         with m._lock:
             listing, view, data, hist = m.listing(max_age=2.0), m.view, m.data, m.histogram
-            value_cols = m.value_columns
+            value_cols, (column, ascending) = m.value_columns, m.sorting
+            keys = m.keys(view) if m.editable else None
         self.listing.value = _listing_html(listing, m.selected)
         names = list(listing["map"])
-        if list(self.chooser.options) != names:  # programs started or stopped
-            self._syncing = True
-            try:
+        self._syncing.on = True
+        try:
+            if list(self.chooser.options) != names:  # programs started or stopped
                 self.chooser.options = names
                 self.chooser.value = m.selected if m.selected in names else None
-            finally:
-                self._syncing = False
-        columns = [""] + [str(c) for c in data.columns]
-        if list(self.sort.options) != columns:
-            self.sort.options = columns
+            columns = [AS_READ] + [str(c) for c in data.columns]
+            if list(self.sort.options) != columns:
+                self.sort.options = columns
+            self.sort.value = str(column) if str(column) in columns else AS_READ
+            self.descending.value = not ascending
+            self.descending.disabled = column is None
+        finally:
+            self._syncing.on = False
         if list(self.column.options) != value_cols:
             self.column.options = value_cols
+            self.column.value = value_cols[0] if value_cols else None
         self.editor.layout.display = None if m.editable else "none"
         if hist is not None:
             self.chart.value = histogram_png(hist)
             self.chart.layout.display = None
         else:
             self.chart.layout.display = "none"
-        self.table.value = table_html(view, separated=set(value_cols))
+        self.table.value = table_html(view, separated=set(value_cols), sorting=(column, ascending),
+                                      keys=keys)
         state = "closed" if m.closed else "paused" if m.paused else (
             "live" if m.live else "stopped")
         error = f' <span style="color:#c00">{escape(m.error)}</span>' if m.error else ""
-        column, ascending = m.sorting
         order = f"sorted by {escape(str(column))} {'ascending' if ascending else 'descending'}; " \
             if column is not None else ""
         self.status.value = (f"<small>{len(data)} rows, showing {len(view)}; {order}{state}; "
@@ -471,19 +532,12 @@ def _listing_html(listing: pd.DataFrame, selected: str | None) -> str:
     for rec in listing.to_dict("records"):
         style = ' style="font-weight:bold"' if rec["map"] == selected else ""
         full = ' <span style="color:#c00">FULL</span>' if rec["full"] is True else ""
-        cells = "".join(f"<td>{_cell(rec[c], False)}</td>"
+        cells = "".join(f"<td>{cell_text(rec[c])}</td>"
                         for c in ("map", "kind", "key", "value", "entries"))
-        rows.append(f"<tr{style}>{cells}<td>{_cell(rec['max_entries'], False)}{full}</td></tr>")
+        rows.append(f"<tr{style}>{cells}<td>{cell_text(rec['max_entries'])}{full}</td></tr>")
     head = "".join(f"<th>{c}</th>" for c in ("map", "kind", "key", "value", "entries",
                                              "max_entries"))
     return f"<table class='bpf-maps'><tr>{head}</tr>{''.join(rows)}</table>"
-
-
-def _row(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise KeyError(f"row must be an index number from the table, not {text!r}") from None
 
 
 def _number(text: str) -> Any:

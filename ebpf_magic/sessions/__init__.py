@@ -34,6 +34,7 @@ from ebpf_magic.sessions.recorder import (
     mark,
     record_snapshots,
     recorder_of,
+    records,
     save,
 )
 from ebpf_magic.sessions.replayed import (
@@ -53,6 +54,6 @@ __all__ = [
     "RecordingInfo", "ReplayedMap", "ReplayedProgram", "ReplayedStream", "Snapshot",
     "Snapshots", "announce", "autosave", "can_run_live", "find_recording", "frame_to_parquet",
     "host_facts", "live", "load", "mark", "record_snapshots", "recorder_of", "recording_enabled",
-    "recording_path", "recordings_dir", "replay_cell", "save", "set_recordings_dir",
+    "recording_path", "records", "recordings_dir", "replay_cell", "save", "set_recordings_dir",
     "set_replay", "stack",
 ]

@@ -148,6 +148,12 @@ def mark(prog: ProgramView, every: float | None = 1.0) -> None:
         record_snapshots(prog, every)
 
 
+def records(prog: ProgramView) -> bool:
+    """Whether :func:`autosave` writes ``prog``'s recording: a live program that records."""
+    return not isinstance(prog, ReplayedProgram) and (
+        prog in _marked or policy.recording_enabled())
+
+
 def autosave(prog: ProgramView, hostname: bool = True,
              tables: Mapping[str, pd.DataFrame] | None = None) -> Path | None:
     """Refresh ``recordings/NAME.bpfrec`` for a live program that records, else do nothing.
@@ -158,8 +164,6 @@ def autosave(prog: ProgramView, hostname: bool = True,
     the hostname out, as ``hostname=False`` does.
     """
     hostname = hostname and os.environ.get("EBPF_MAGIC_HOSTNAME", "1").strip() != "0"
-    if isinstance(prog, ReplayedProgram):
-        return None
-    if prog not in _marked and not policy.recording_enabled():
+    if not records(prog):
         return None
     return save(prog, policy.recording_path(prog.name), hostname=hostname, tables=tables)

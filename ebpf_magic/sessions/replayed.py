@@ -27,6 +27,7 @@ from ebpf_magic.data.histograms import Histogram
 from ebpf_magic.data.maps import PERCPU_KINDS, normalize_dtype
 from ebpf_magic.errors import ReplayError
 from ebpf_magic.internal import dtypes
+from ebpf_magic.internal.tables import Listing
 from ebpf_magic.probes import Probe
 from ebpf_magic.sessions import format as fmt
 from ebpf_magic.sessions import policy, reader, writer
@@ -218,10 +219,10 @@ class ReplayedMaps(Named[ReplayedMap]):
 
     @property
     def df(self) -> pd.DataFrame:
-        return pd.DataFrame([m.info() for m in self.values()])
+        return Listing([m.info() for m in self.values()])
 
     def _repr_html_(self) -> str:
-        return self.df.to_html(index=False)
+        return self.df._repr_html_()
 
 
 class ReplayedStreams(Named[ReplayedStream]):
@@ -335,7 +336,7 @@ class ReplayedProgram:
 
     def _repr_html_(self) -> str:
         return (f"<p><b>{html.escape(self.name)}</b> {html.escape(str(self.recording))}</p>"
-                + pd.DataFrame([self.summary()]).to_html(index=False))
+                + Listing([self.summary()])._repr_html_())
 
 
 def load(path: str | os.PathLike, name: str | None = None, *,

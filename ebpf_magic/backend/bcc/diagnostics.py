@@ -159,8 +159,7 @@ def load_failure(function: str, error: str, log: str, source: str = "", compile_
     vlog = log.split("bpf: Failed to load program:", 1)[-1].strip()
     reason = error.split(":")[-1].strip()
     tail = [ln for ln in vlog.splitlines() if ln.strip() and not ln.startswith("processed ")]
-    tail = _cell_lines_in(tail[-12:], source, line_offset)
-    decisive = "\n".join("    " + ln for ln in tail)
+    decisive = suggest.verifier_excerpt(_cell_lines_in(tail[-12:], source, line_offset))
     return VerifierError(
         f"The kernel's verifier rejected {function}() ({reason}). The end of its log:\n"
         f"{decisive}",

@@ -43,7 +43,14 @@ from ebpf_magic.kernel import host as kernel
 from ebpf_magic.kernel import link as links
 from ebpf_magic.kernel.btf.dwarf import dwarf_spec
 from ebpf_magic.probes import Probe
-from ebpf_magic.suggest import helpers, near, syscall_tracepoints, unknown_helper, verifier_hint
+from ebpf_magic.suggest import (
+    helpers,
+    near,
+    syscall_tracepoints,
+    unknown_helper,
+    verifier_excerpt,
+    verifier_hint,
+)
 
 _EXTERN = re.compile(r"failed to find BTF for extern '(\w+)'")
 _PROG_FAILED = re.compile(r"prog '(\w+)': (?:BPF program load failed|failed to load)")
@@ -512,7 +519,7 @@ def _load_failure(err: int, log: list[str]) -> BPFError:
     verifier = [ln for ln in log if ln.strip() and not ln.startswith("libbpf:")
                 and not ln.startswith(("processed ", "-- BEGIN", "-- END"))]
     if function or "-- BEGIN PROG LOAD LOG --" in text:
-        tail = "\n".join("    " + ln.strip() for ln in (verifier or log)[-12:])
+        tail = verifier_excerpt((verifier or log)[-12:])
         return VerifierError(
             f"The kernel's verifier rejected {function or 'a program'}() "
             f"({_lib.strerror(err)}). The end of its log:\n{tail}",
