@@ -39,7 +39,11 @@ def execute(client, code: str, timeout: float = 60) -> dict:
             out["error"] = content
         elif kind == "status" and content["execution_state"] == "idle":
             break
-    out["status"] = client.get_shell_msg(timeout=timeout)["content"]["status"]
+    while True:  # start-up may leave more than one kernel_info reply queued
+        reply = client.get_shell_msg(timeout=timeout)
+        if reply["parent_header"].get("msg_id") == msg_id:
+            break
+    out["status"] = reply["content"]["status"]
     return out
 
 

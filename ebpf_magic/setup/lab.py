@@ -35,10 +35,13 @@ from ebpf_magic.internal import files
 from ebpf_magic.setup import kernelspec
 
 CONFIG_FILE = Path("etc", "jupyter", "jupyter_server_config.json")
+PAGE_CONFIG_FILE = Path("etc", "jupyter", "labconfig", "page_config.json")
 SERVER_EXTENSIONS_OFF = ("ipyparallel", "jupyter_lsp")
 """Server extensions that start processes as the server's user on request: ipyparallel's
 starts clusters (engines as root, unless their profile runs them through
 :mod:`ebpf_magic.setup.engine_launcher`), jupyter-lsp language servers."""
+LAB_EXTENSIONS_OFF = ("ipyparallel-labextension",)
+"""JupyterLab's side of those (without its server side it stops the page loading)."""
 
 
 class KernelSpecs(KernelSpecManager):
@@ -66,18 +69,25 @@ def install(prefix: str, kernel: str = kernelspec.KERNEL_NAME) -> Path:
     """Set up the Jupyter server of the environment at ``prefix`` (see the module's
     docstring); return the configuration file written.
 
-    Installs the eBPF kernelspec and the isolated plain one; settings of :func:`config`
-    replace those of the same names in an existing configuration file, others stay.
+    Installs the eBPF kernelspec and the isolated plain one, and writes :func:`config`
+    and JupyterLab's :data:`LAB_EXTENSIONS_OFF`: settings of the same names in existing
+    files are replaced, others stay.
     """
     kernelspec.install(kernel, prefix=prefix)
     kernelspec.install(kernelspec.PLAIN_NAME, prefix=prefix, contents=kernelspec.plain_spec())
-    path = Path(prefix) / CONFIG_FILE
+    _merge(Path(prefix) / PAGE_CONFIG_FILE,
+           {"disabledExtensions": dict.fromkeys(LAB_EXTENSIONS_OFF, True)})
+    return _merge(Path(prefix) / CONFIG_FILE, config(kernel))
+
+
+def _merge(path: Path, settings: dict) -> Path:
+    """Update the sections of the JSON file ``path`` with ``settings``; return ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         merged = json.loads(path.read_text())
     except FileNotFoundError:
         merged = {}
-    for section, values in config(kernel).items():
+    for section, values in settings.items():
         merged.setdefault(section, {}).update(values)
     return files.write(path, json.dumps(merged, indent=1) + "\n")
 
