@@ -32,6 +32,8 @@ import ebpf_magic
 from ebpf_magic.kernel import tracefs
 from ebpf_magic.setup import kernelspec, launcher
 
+from conftest import ATTEMPTS
+
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 RECORDINGS = NOTEBOOKS / "recordings"
 
@@ -269,9 +271,13 @@ def test_kernel_output_stays_out_of_roots_terminal(server):
         server.end(model, client)
     server.log.flush()
     assert marker not in Path(server.log.name).read_text(errors="replace")
-    log = Path(entry.pw_dir, ".local", "state", "ebpf_magic", "kernel.log")
-    assert log.stat().st_uid == entry.pw_uid
-    assert f"{marker}-1" in log.read_text(errors="replace")
+    # The account's own file: read without following a link it may have put there.
+    fd = os.open(Path(entry.pw_dir, ".local", "state", "ebpf_magic", "kernel.log"),
+                 os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb") as log:
+        assert os.fstat(log.fileno()).st_uid == entry.pw_uid
+        logged = f"{marker}-1".encode() in log.read()
+    assert logged, "the kernel's output is not in its log"
 
 
 PLANTED = """import os, runpy, sys
@@ -282,14 +288,8 @@ sys.path[:] = [p for p in sys.path if p not in ("", os.getcwd(), os.path.dirname
 runpy.run_module("ipykernel_launcher", run_name="__main__", alter_sys=True)
 """
 
-PLANT = r"""
-import json, os
-def attempt(f):
-    try:
-        f()
-        return "allowed"
-    except OSError as e:
-        return type(e).__name__
+PLANT = ATTEMPTS + r"""
+import json
 def plant(path):
     with open(path, "w") as f:
         f.write(PLANTED)
@@ -354,7 +354,9 @@ def test_nothing_the_account_plants_is_run_or_written_through_by_root(server):
         finally:
             plain.shutdown_kernel(now=True)
         assert victim.read_text() == "root's own\n"
-        assert not (shared / "ran").exists(), (shared / "ran").read_text()
+        ran = shared / "ran"
+        assert not (ran.exists() or ran.is_symlink()), \
+            f"planted code ran as uid {_read_nofollow(ran).split()}"
     finally:
         for model, client in consoles:
             server.end(model, client)
@@ -363,6 +365,15 @@ def test_nothing_the_account_plants_is_run_or_written_through_by_root(server):
                 p.unlink()
         shutil.rmtree(shared)
         victim.unlink()
+
+
+def _read_nofollow(path: Path) -> str:
+    """A file the account may have replaced by a link, read without following it."""
+    try:
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb") as f:
+            return f.read(4096).decode(errors="replace")
+    except OSError as e:
+        return f"({e.strerror})"
 
 
 @pytest.mark.kernel
