@@ -367,6 +367,52 @@ def test_nothing_the_account_plants_is_run_or_written_through_by_root(server):
         victim.unlink()
 
 
+SAVES = """
+import os
+%load_ext ebpf_magic
+%bpf load RECORDING hello
+try:
+    %bpf save hello recordings/hello.bpfrec
+except Exception as e:
+    print(type(e).__name__, e.message, "|", e.hint)
+%bpf save hello ~/hello-copy.bpfrec
+print(os.path.getsize(os.path.expanduser("~/hello-copy.bpfrec")) > 0)
+os.unlink(os.path.expanduser("~/hello-copy.bpfrec"))
+"""
+
+
+def test_the_kernel_saves_in_its_home_and_is_told_so_elsewhere(server):
+    entry = _account()
+    before = (RECORDINGS / "hello.bpfrec").read_bytes()
+    model, client = server.session("saves.ipynb")
+    try:
+        shown = execute(client, SAVES.replace("RECORDING", str(RECORDINGS / "hello.bpfrec")))
+    finally:
+        server.end(model, client)
+    assert shown.splitlines()[1:] == [
+        f"BPFError cannot save hello to recordings/hello.bpfrec: Permission denied (this "
+        f"process runs as user {entry.pw_name}) | Save where this user may write, e.g. "
+        "%bpf save hello ~/hello.bpfrec. The eBPF kernel of ./run lab may write only its "
+        "home: the notebooks' folders are root's, and their recordings are refreshed by "
+        "notebooks/refresh_recordings.py run as root.",
+        f"hello: saved to {entry.pw_dir}/hello-copy.bpfrec", "True"]
+    assert (RECORDINGS / "hello.bpfrec").read_bytes() == before
+
+
+def test_refresh_recordings_refuses_a_kernel_that_imports_from_where_it_starts(monkeypatch):
+    sys.path.insert(0, str(NOTEBOOKS))
+    try:
+        import refresh_recordings
+    finally:
+        sys.path.remove(str(NOTEBOOKS))
+    refresh_recordings.check()  # as scripts/setup.sh leaves things
+    stock = KernelSpecManager().get_kernel_spec("python3")
+    stock.argv = ["python", "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    monkeypatch.setattr(KernelSpecManager, "get_kernel_spec", lambda self, name: stock)
+    with pytest.raises(SystemExit, match="imports from the working directory"):
+        refresh_recordings.check()
+
+
 def _read_nofollow(path: Path) -> str:
     """A file the account may have replaced by a link, read without following it."""
     try:

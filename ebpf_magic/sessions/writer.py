@@ -56,11 +56,10 @@ def write(prog: ProgramView, path: str | os.PathLike, *, snapshots: Iterable[Sna
         raise BPFError(
             f"cannot save {prog.name} to {path}: {e.strerror} (this process runs as "
             f"{_user()})",
-            f"Give a path this user may write, e.g. %bpf save {prog.name} "
-            f"~/{prog.name}{fmt.SUFFIX}. The eBPF kernel may not write the notebooks' "
-            "folders (they are root's, and root never writes where it could plant a link): "
-            "their recordings are refreshed by running notebooks/refresh_recordings.py as "
-            "root.") from None
+            f"Save where this user may write, e.g. %bpf save {prog.name} "
+            f"~/{prog.name}{fmt.SUFFIX}. The eBPF kernel of ./run lab may write only its "
+            "home: the notebooks' folders are root's, and their recordings are refreshed by "
+            "notebooks/refresh_recordings.py run as root.") from None
     return path
 
 
