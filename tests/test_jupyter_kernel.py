@@ -39,12 +39,18 @@ def execute(client, code: str, timeout: float = 60) -> dict:
             out["error"] = content
         elif kind == "status" and content["execution_state"] == "idle":
             break
-    while True:  # start-up may leave more than one kernel_info reply queued
-        reply = client.get_shell_msg(timeout=timeout)
-        if reply["parent_header"].get("msg_id") == msg_id:
-            break
-    out["status"] = reply["content"]["status"]
+    out["status"] = shell_reply(client, msg_id, timeout)["content"]["status"]
     return out
+
+
+def shell_reply(client, msg_id: str, timeout: float = 60) -> dict:
+    """The shell channel's reply to ``msg_id``, past any earlier reply still queued there
+    (``start_new_kernel`` leaves its kernel_info reply behind)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        reply = client.get_shell_msg(timeout=max(0.0, deadline - time.monotonic()))
+        if reply["parent_header"].get("msg_id") == msg_id:
+            return reply
 
 
 @pytest.fixture

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import pandas as pd
 from IPython.core.error import UsageError
 
@@ -36,7 +34,7 @@ def run(magics, args: str):
     except KeyError as e:
         raise UsageError(str(e.args[0])) from None
     if opts.path is not None:
-        path = prog.save(os.path.expanduser(opts.path), hostname=hostname, tables=tables)
+        path = prog.save(opts.path, hostname=hostname, tables=tables)
     elif isinstance(prog, sessions.ReplayedProgram):
         print(f"{prog.name} is replayed from {prog.recording.path}: nothing new to save")
         return None

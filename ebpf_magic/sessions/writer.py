@@ -33,7 +33,8 @@ from ebpf_magic.sessions.snapshots import Snapshot
 def write(prog: ProgramView, path: str | os.PathLike, *, snapshots: Iterable[Snapshot] = (),
           hostname: bool = True, tables: Mapping[str, pd.DataFrame] | None = None,
           host: Mapping[str, Any] | None = None) -> Path:
-    """Write ``prog`` and its map ``snapshots`` to one recording file at ``path``.
+    """Write ``prog`` and its map ``snapshots`` to one recording file at ``path`` (``~``
+    is this user's home).
 
     A running program's maps are snapshotted once more now, as the final snapshot.
     ``host`` says where the program ran (a replayed program's recorded host);
@@ -42,7 +43,7 @@ def write(prog: ProgramView, path: str | os.PathLike, *, snapshots: Iterable[Sna
     Returns the path written; nothing is left at ``path`` if writing fails (a
     :class:`~ebpf_magic.errors.BPFError` where this process may not write there).
     """
-    path = Path(path)
+    path = Path(path).expanduser()
     snaps = _with_final(prog, list(snapshots))
     manifest = _manifest(prog, host, hostname)
     manifest["globals"] = _globals(prog)
