@@ -8,6 +8,7 @@ import sys
 # command -> module whose main(argv) -> int runs it
 COMMANDS = {
     "install-kernel": "ebpf_magic.setup.kernelspec",
+    "install-lab": "ebpf_magic.setup.lab",
     "uninstall-kernel": "ebpf_magic.uninstall_kernel",
     "doctor": "ebpf_magic.setup.doctor",
 }

@@ -3,11 +3,14 @@
 # Assumes .venv exists with ebpf_magic[lab] installed (scripts/setup.sh lab does that).
 # Extra arguments go to `jupyter lab` (e.g. --port=8899).
 #
-# The kernelspec goes into the virtualenv (--sys-prefix), so it is visible to this
-# JupyterLab only, and is root's when this runs as root. Started by a root server, its
-# launcher runs the kernel as the user ebpf-kernel (scripts/setup.sh creates it) with
-# only CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN, CAP_SYSLOG (and CAP_IPC_LOCK where locked
-# memory stays limited); see docs/privileges.md.
+# `install-lab` puts the kernelspec in the virtualenv, so it is visible to this JupyterLab
+# only, and root's when this runs as root; started by a root server, its launcher runs the
+# kernel as the user ebpf-kernel (scripts/setup.sh creates it) with only CAP_BPF,
+# CAP_PERFMON, CAP_NET_ADMIN, CAP_SYSLOG (and CAP_IPC_LOCK where locked memory stays
+# limited). It also makes that the only kernel the server lists or starts, with no
+# terminals: nothing the lab starts runs as root (ebpf_magic.setup.lab,
+# docs/privileges.md). The token is generated and printed, never put on a command line
+# (/proc/PID/cmdline is readable by every user).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,10 +18,9 @@ if [ ! -x .venv/bin/jupyter ]; then
     echo "scripts/lab.sh: .venv has no JupyterLab; run scripts/setup.sh lab first" >&2
     exit 1
 fi
-.venv/bin/python -m ebpf_magic install-kernel --sys-prefix
+.venv/bin/python -I -m ebpf_magic install-lab
 
-args=(--ip=127.0.0.1 --no-browser
-      --MappingKernelManager.default_kernel_name=python3-ebpf)
+args=(--ip=127.0.0.1 --no-browser)
 # Jupyter refuses to start as root unless told; the kernel still runs as ebpf-kernel.
 if [ "$(id -u)" -eq 0 ]; then
     args+=(--allow-root)

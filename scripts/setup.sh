@@ -70,7 +70,7 @@ fi
 # --- the eBPF kernel's account ---------------------------------------------------------
 # A kernel started by a root Jupyter server runs as this user with only the BPF
 # capabilities. Its group may read tracefs and define uprobes (and kprobes) there:
-# nothing else that tracefs offers is writable by it.
+# nothing else that tracefs offers is writable by it (docs/privileges.md).
 if ! getent group "$ACCOUNT" >/dev/null; then
     say "creating group $ACCOUNT"
     groupadd --system "$ACCOUNT"
@@ -112,6 +112,10 @@ fi
 for f in uprobe_events kprobe_events; do
     [ ! -e "$tracing/$f" ] || chmod g+w "$tracing/$f"
 done
+# Files tracefs makes group-writable itself (trace_marker, trace_marker_raw: 0220, also in
+# instances) would let the group write into the trace buffers root reads: not those.
+find "$tracing" -xdev -perm -g+w ! -name uprobe_events ! -name kprobe_events \
+    -exec chmod g-w {} + 2>/dev/null || true
 
 # --- virtualenv ----------------------------------------------------------------------
 if [ ! -x .venv/bin/python ]; then
@@ -125,6 +129,12 @@ if [ ! -e "$stamp" ]; then
     .venv/bin/python -m pip install -q -e ".[$EXTRAS]"
     touch "$stamp"
 fi
+
+# --- Jupyter: only the eBPF kernel, and no kernel that imports from where it starts -------
+# Replaces the stock "python3" kernelspec with an isolated one and has this environment's
+# Jupyter server offer python3-ebpf alone and no terminals (ebpf_magic.setup.lab). Every
+# run: reinstalling ipykernel puts its stock kernelspec back.
+.venv/bin/python -I -m ebpf_magic install-lab >/dev/null
 
 # --- what the kernel's user must read, and may not write -------------------------------
 # It runs this checkout's interpreter and package: directories it cannot pass through
@@ -166,13 +176,28 @@ for who in "$ACCOUNT" "$ENGINE"; do
         exit 1
     fi
 done
-# Notebooks save recordings (%bpf save, EBPF_MAGIC_RECORD=1) into notebooks/recordings.
-chgrp "$ACCOUNT" notebooks/recordings
-chmod g+w notebooks/recordings
+# Root works in the checkout (git, the tests, notebooks/refresh_recordings.py writing
+# notebooks/recordings): nothing in it may be the accounts' to change, or a link planted
+# there could make root write elsewhere. The eBPF kernel saves recordings where it may
+# write, its home (README, Notebooks).
+if [ "$(stat -c %G notebooks/recordings)" = "$ACCOUNT" ]; then
+    say "notebooks/recordings is root's again (the eBPF kernel saves under $ACCOUNT_HOME)"
+    chgrp "$(id -gn)" notebooks/recordings
+    chmod g-w notebooks/recordings
+fi
+for who in "$ACCOUNT" "$ENGINE"; do
+    theirs=$(setpriv --reuid="$who" --regid="$who" --init-groups \
+        find "$PWD" -xdev \( -writable -o -user "$who" \) -print -quit 2>/dev/null || true)
+    if [ -n "$theirs" ]; then
+        echo "scripts/setup.sh: user $who may change $theirs, in the checkout root works in;" \
+             "make the checkout root's and not writable by others" >&2
+        exit 1
+    fi
+done
 
 # --- kernel headers as BCC will see them -------------------------------------------------
 # Root builds them under /var/cache/ebpf_magic, where the kernel's user reads them too.
-.venv/bin/python - <<'PY'
+.venv/bin/python -I - <<'PY'
 from ebpf_magic.backend.bcc import headers
 h = headers.ensure()
 if h.path is None:

@@ -16,7 +16,6 @@ import os
 import platform
 import re
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
@@ -70,15 +69,17 @@ def lab(tmp_path):
     pytest.importorskip("playwright", reason="pip install playwright")
     root, prefix = tmp_path / "root", tmp_path / "prefix"
     root.mkdir()
-    shutil.copy(NOTEBOOK, root)
+    # The stream follows this process only (the kernel gets none of the server's
+    # environment to learn it from).
+    (root / NOTEBOOK.name).write_text(NOTEBOOK.read_text().replace(
+        '"workload = 0"', f'"workload = {os.getpid()}"'))
     write_settings(tmp_path / "settings")
     kernelspec.install(prefix=str(prefix))
     port, token = free_port(), secrets.token_hex(16)
     env = {**os.environ, "JUPYTER_PATH": str(prefix / "share" / "jupyter"),
            "JUPYTER_CONFIG_DIR": str(tmp_path / "config"),
            "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
-           "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "settings"),
-           "WORKLOAD_PID": str(os.getpid())}
+           "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "settings")}
     log = (tmp_path / "server.log").open("w")
     server = subprocess.Popen(
         [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root",

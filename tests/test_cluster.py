@@ -715,6 +715,14 @@ def identity() -> tuple[int, int]:
 identity.__module__ = "__engine__"
 
 
+def environment() -> dict[str, str]:
+    """The environment the engine's process was started with."""
+    return dict(v.split("=", 1) for v in open("/proc/self/environ").read().split("\0") if v)
+
+
+environment.__module__ = "__engine__"
+
+
 # Run as the notebook kernels' account with their capabilities: what a cell could do to an
 # engine's process, whose environment and descriptors hold the cluster's key.
 KERNEL_REACH = ATTEMPTS + r"""
@@ -748,8 +756,14 @@ def assert_confined_engine_counts(client, name: str) -> None:
     from ebpf_magic.setup import engine_launcher, launcher
 
     uid, caps = client[0].apply_sync(identity)
-    assert uid == launcher.account(engine_launcher.ACCOUNT).pw_uid
+    entry = launcher.account(engine_launcher.ACCOUNT)
+    assert uid == entry.pw_uid
     assert caps == launcher.mask(launcher.wanted())
+    # nothing of root's environment but the allowlist: filtering it again changes nothing
+    env = client[0].apply_sync(environment)
+    assert env == launcher.account_env(entry, env, keep=engine_launcher.ENV_KEPT)
+    assert env["HOME"] == entry.pw_dir and not any(k.startswith(("PYTHON", "LD_"))
+                                                   for k in env)
     prog = cluster.ClusterProgram(COUNTS, name=name, attach=GETPPID,
                                   engines=cluster.connect(client=client, timeout=60))
     try:

@@ -96,11 +96,11 @@ print(json.dumps({"home": os.environ["HOME"], "child": child,
         assert child["Uid"] == str(entry.pw_uid)
         assert seen["home"] == entry.pw_dir
         assert seen["ipython"].startswith(entry.pw_dir)
-        # Recordings may be saved next to the notebooks; the notebooks stay root's.
+        # The notebooks and their recordings stay root's; the kernel saves in its home.
         where = json.loads(execute(client, f"""
-print(json.dumps([os.access({str(NOTEBOOKS / "recordings")!r}, os.W_OK),
-                  os.access({str(NOTEBOOKS)!r}, os.W_OK)]))"""))
-        assert where == [True, False]
+paths = [{str(NOTEBOOKS / "recordings")!r}, {str(NOTEBOOKS)!r}, os.path.expanduser("~")]
+print(json.dumps([os.access(p, os.W_OK) for p in paths]))"""))
+        assert where == [False, False, True]
         detail = execute(client, "from ebpf_magic import doctor\n"
                                  "print(doctor.check_process().detail)")
         assert f"uid {entry.pw_uid} ({entry.pw_name})" in detail
@@ -436,6 +436,27 @@ def test_launcher_refuses_when_its_account_could_change_a_file_it_runs(tmp_path)
                      f"{code}/pkg/__pycache__/mod.cpython-311.pyc, {prefix}/pyvenv.cfg")
 
 
+def test_launcher_refuses_when_its_account_owns_read_only_code(tmp_path):
+    """A file (0444) or directory (0555) the account owns is its to make writable again."""
+    entry = _account()
+    code = Path(tempfile.mkdtemp(prefix="ebpf-magic-code-", dir="/var/tmp"))
+    try:
+        code.chmod(0o755)
+        (code / "sealed").mkdir()
+        for name in ("readonly.py", "sealed/mod.py", "root.py"):
+            (code / name).write_text("")
+        for name in ("readonly.py", "sealed"):
+            os.chown(code / name, entry.pw_uid, entry.pw_gid)
+        (code / "readonly.py").chmod(0o444)
+        (code / "sealed").chmod(0o555)
+        done = launch(tmp_path, f"sys.path.append({str(code)!r})")
+    finally:
+        shutil.rmtree(code)
+    assert done.returncode == 1
+    named = done.stderr.split("may write to ", 1)[1].split(", which holds code")[0]
+    assert named == f"{code}/readonly.py, {code}/sealed"
+
+
 def test_writable_code_lists_every_writable_file_below_root_owned_directories(tmp_path):
     entry = _account()
     code = Path(tempfile.mkdtemp(prefix="ebpf-magic-code-", dir="/var/tmp"))
@@ -490,14 +511,29 @@ def test_missing_account_is_a_clear_error():
         launcher.account("ebpf-magic-no-such-user")
 
 
-def test_account_env_points_home_and_caches_at_the_account():
+def test_account_env_keeps_only_the_allowlist_and_points_home_at_the_account():
     entry = pwd.struct_passwd(("ebpf-kernel", "x", 999, 999, "", "/var/lib/ebpf-kernel",
                                "/usr/sbin/nologin"))
-    env = launcher.account_env(entry, {"HOME": "/root", "MPLCONFIGDIR": "/root/.mpl",
-                                       "XDG_CACHE_HOME": "/root/.cache", "PATH": "/bin"})
-    assert env["HOME"] == "/var/lib/ebpf-kernel" and env["USER"] == "ebpf-kernel"
-    assert env["XDG_CACHE_HOME"] == "/var/lib/ebpf-kernel/.cache"
-    assert "MPLCONFIGDIR" not in env and env["PATH"] == "/bin"
+    root = {"HOME": "/root", "MPLCONFIGDIR": "/root/.mpl", "XDG_CACHE_HOME": "/root/.cache",
+            "PATH": "/bin:.:sbin:/usr/bin:", "LANG": "C.UTF-8", "LC_ALL": "C", "TERM": "xterm",
+            "JUPYTER_TOKEN": "t", "JPY_API_TOKEN": "t", "JUPYTERHUB_API_TOKEN": "t",
+            "PYTHONPATH": "/root/lib", "PYTHONSTARTUP": "/root/x.py",
+            "LD_PRELOAD": "/root/x.so", "LD_LIBRARY_PATH": "/root/lib",
+            "AWS_SECRET_ACCESS_KEY": "s", "https_proxy": "http://u:p@proxy", "TMPDIR": "/root/t",
+            "EBPF_MAGIC_REPLAY": "1", "EBPF_MAGIC_CACHE": "/root/.cache/e",
+            "JPY_PARENT_PID": "12", "IPP_CONNECTION_INFO": "{}"}
+    home = "/var/lib/ebpf-kernel"
+    kept = {"PATH": "/bin:/usr/bin", "LANG": "C.UTF-8", "LC_ALL": "C", "TERM": "xterm",
+            "EBPF_MAGIC_REPLAY": "1", "JPY_PARENT_PID": "12",
+            "HOME": home, "USER": "ebpf-kernel", "LOGNAME": "ebpf-kernel",
+            "XDG_CACHE_HOME": f"{home}/.cache", "XDG_CONFIG_HOME": f"{home}/.config",
+            "XDG_DATA_HOME": f"{home}/.local/share", "XDG_STATE_HOME": f"{home}/.local/state"}
+    assert launcher.account_env(entry, root) == kept
+    from ebpf_magic.setup import engine_launcher
+
+    assert launcher.account_env(entry, root, keep=engine_launcher.ENV_KEPT) == {
+        **kept, "IPP_CONNECTION_INFO": "{}"}
+    assert launcher.account_env(entry, {})["PATH"] == "/usr/local/bin:/usr/bin:/bin"
 
 
 def test_ipc_lock_only_where_locked_memory_stays_limited():

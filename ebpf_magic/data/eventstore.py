@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ebpf_magic.internal import files
+
 
 class EventStore:
     """The last ``max_rows`` records of one dtype, oldest first.
@@ -149,6 +151,7 @@ class ParquetSpill:
         self.path = path
         self._frame = frame
         self._writer = None
+        self._file: files.AtomicFile | None = None
 
     def write(self, records: np.ndarray) -> None:
         import pyarrow as pa
@@ -157,10 +160,17 @@ class ParquetSpill:
         table = pa.Table.from_pandas(self._frame(records), preserve_index=False)
         if self._writer is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._writer = pq.ParquetWriter(str(self.path), table.schema)
+            self._file = files.AtomicFile(self.path)
+            self._writer = pq.ParquetWriter(self._file.file, table.schema)
         self._writer.write_table(table)
 
     def close(self) -> None:
+        """Complete the file and move it into place at ``path``."""
         if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+            writer, out, self._writer, self._file = self._writer, self._file, None, None
+            try:
+                writer.close()
+            except BaseException:
+                out.discard()
+                raise
+            out.commit()

@@ -69,6 +69,7 @@ from ebpf_magic.data.eventstore import EventStore
 from ebpf_magic.data.maps import normalize_dtype
 from ebpf_magic.errors import BPFError
 from ebpf_magic.internal import dtypes as dt_util
+from ebpf_magic.internal import files
 from ebpf_magic.kernel import sysbpf, timebase
 from ebpf_magic.kernel.perfbuf import PAGE_SIZE, PerfBuffer, lost_format_supported
 from ebpf_magic.kernel.reader import Reader
@@ -512,8 +513,8 @@ class Stream:
 
     def to_parquet(self, path: str | Path) -> Path:
         """Write the events held to a Parquet file (needs pyarrow)."""
-        self.df.to_parquet(path, index=False)
-        return Path(path)
+        df = self.df
+        return files.write(path, lambda out: df.to_parquet(out, index=False))
 
     def to_perfetto(self, path: str | Path, **options: Any) -> Path:
         """Write the events held as a Perfetto trace; ``options`` as

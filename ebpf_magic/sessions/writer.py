@@ -2,7 +2,8 @@
 
 :func:`write` reads the program only through the read API (:class:`~ebpf_magic.api.ProgramView`):
 the manifest, then each stream's events, each map's snapshots and the extra tables
-as Parquet members, then the zip, written beside the target and moved into place.
+as Parquet members, then the zip, written beside the target and moved into place
+(:mod:`ebpf_magic.internal.files`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import pandas as pd
 from ebpf_magic import backend as backends
 from ebpf_magic.api import MapView, ProgramView
 from ebpf_magic.errors import BPFError
+from ebpf_magic.internal import files
 from ebpf_magic.sessions import format as fmt
 from ebpf_magic.sessions.snapshots import Snapshot
 
@@ -31,15 +33,17 @@ from ebpf_magic.sessions.snapshots import Snapshot
 def write(prog: ProgramView, path: str | os.PathLike, *, snapshots: Iterable[Snapshot] = (),
           hostname: bool = True, tables: Mapping[str, pd.DataFrame] | None = None,
           host: Mapping[str, Any] | None = None) -> Path:
-    """Write ``prog`` and its map ``snapshots`` to one recording file at ``path``.
+    """Write ``prog`` and its map ``snapshots`` to one recording file at ``path`` (``~``
+    is this user's home).
 
     A running program's maps are snapshotted once more now, as the final snapshot.
     ``host`` says where the program ran (a replayed program's recorded host);
     by default this machine, with its name unless ``hostname`` is False.
     ``tables`` are extra frames kept by name, after the program's own.
-    Returns the path written; nothing is left at ``path`` if writing fails.
+    Returns the path written; nothing is left at ``path`` if writing fails (a
+    :class:`~ebpf_magic.errors.BPFError` where this process may not write there).
     """
-    path = Path(path)
+    path = Path(path).expanduser()
     snaps = _with_final(prog, list(snapshots))
     manifest = _manifest(prog, host, hostname)
     manifest["globals"] = _globals(prog)
@@ -47,8 +51,26 @@ def write(prog: ProgramView, path: str | os.PathLike, *, snapshots: Iterable[Sna
     manifest["streams"] = _streams(prog, members)
     manifest["maps"] = _maps(prog, snaps, members)
     manifest["tables"] = _tables({**prog.tables, **dict(tables or {})}, members)
-    _zip(path, manifest, members)
+    try:
+        _zip(path, manifest, members)
+    except PermissionError as e:
+        raise BPFError(
+            f"cannot save {prog.name} to {path}: {e.strerror} (this process runs as "
+            f"{_user()})",
+            f"Save where this user may write, e.g. %bpf save {prog.name} "
+            f"~/{prog.name}{fmt.SUFFIX}. The eBPF kernel of ./run lab may write only its "
+            "home: the notebooks' folders are root's, and their recordings are refreshed by "
+            "notebooks/refresh_recordings.py run as root.") from None
     return path
+
+
+def _user() -> str:
+    import pwd
+
+    try:
+        return f"user {pwd.getpwuid(os.geteuid()).pw_name}"
+    except KeyError:
+        return f"uid {os.geteuid()}"
 
 
 def _with_final(prog: ProgramView, snaps: list[Snapshot]) -> list[Snapshot]:
@@ -139,15 +161,18 @@ def _tables(tables: Mapping[str, pd.DataFrame], members: dict[str, bytes]
 
 
 def _zip(path: Path, manifest: dict[str, Any], members: Mapping[str, bytes]) -> None:
-    """The archive, written beside ``path`` and moved into place whole."""
+    """The archive, written beside ``path`` and moved into place whole (never through a
+    link planted at either name)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
-        zf.writestr(fmt.MANIFEST, json.dumps(_json_safe(manifest), indent=1),
-                    compress_type=zipfile.ZIP_DEFLATED)
-        for member, data in members.items():
-            zf.writestr(member, data)  # already zstd-compressed by Parquet
-    os.replace(tmp, path)
+
+    def archive(out) -> None:
+        with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED) as zf:
+            zf.writestr(fmt.MANIFEST, json.dumps(_json_safe(manifest), indent=1),
+                        compress_type=zipfile.ZIP_DEFLATED)
+            for member, data in members.items():
+                zf.writestr(member, data)  # already zstd-compressed by Parquet
+
+    files.write(path, archive)
 
 
 # -- host facts -------------------------------------------------------------------

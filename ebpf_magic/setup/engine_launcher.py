@@ -8,8 +8,8 @@ same rights, its own account. Give :func:`engine_cmd` to the cluster's engine la
 and each engine runs ``python -I -m ebpf_magic.setup.engine_launcher ARGS``. Started by root, it
 becomes the account :data:`ACCOUNT` keeping only :func:`~ebpf_magic.setup.launcher.wanted`;
 started by anyone else, it keeps what it holds of that set. Either way the bounding set
-shrinks, ``no_new_privs`` is set, and it replaces itself with ``python -m ipyparallel.engine
-ARGS``.
+shrinks, ``no_new_privs`` is set, and it replaces itself with ``python -I -m
+ipyparallel.engine ARGS`` (isolated: nothing is imported from the working directory).
 
 The engine holds the cluster's key (``$IPP_CONNECTION_INFO`` or the connection file), which
 lets its holder run code on every engine of the cluster: a process of the notebook
@@ -17,8 +17,9 @@ kernels' account may read, trace and signal only its own user's processes, so en
 as another user. Run as the account, the engine cannot read root's IPython profile: the
 controller's connection info reaches it through ``$IPP_CONNECTION_INFO`` (ipyparallel's
 default) or ``--file=PATH``, which root reads and the account receives as a private
-in-memory copy, and profile options (and ``$IPP_PROFILE_DIR``) are dropped so the engine
-uses the account's own IPython directory.
+in-memory copy, and profile options are dropped so the engine uses the account's own
+IPython directory. Its environment is the kernel's allowlist
+(:func:`~ebpf_magic.setup.launcher.account_env`) and :data:`ENV_KEPT`.
 """
 
 from __future__ import annotations
@@ -30,8 +31,13 @@ from pathlib import Path
 from ebpf_magic.setup import launcher
 
 _PROFILE_OPTIONS = ("--profile-dir", "--profile", "--ipython-dir")
-_PROFILE_ENV = ("IPP_PROFILE_DIR", "IPYTHONDIR")
 _FILE_OPTIONS = ("--file", "--IPEngine.url_file")
+
+ENV_KEPT = ("IPP_CONNECTION_INFO", "IPP_CURVE_SERVERKEY", "IPP_CURVE_SECRETKEY",
+            "IPP_CURVE_PUBLICKEY")
+"""What a root-started engine keeps of its environment besides the kernel's
+:data:`~ebpf_magic.setup.launcher.ENV_KEPT`: the controller's connection info and CurveZMQ
+keys, which ipyparallel's engine reads from there."""
 
 ACCOUNT = "ebpf-engine"
 """The account a root-started engine runs as (``scripts/setup.sh`` makes it): not the
@@ -92,8 +98,8 @@ def main(argv: list[str] | None = None) -> int:
             launcher.become(entry, launcher.wanted())
             launcher.refuse_writable_code(entry)
             argv = hand_over(argv, connection)
-            env = launcher.account_env(entry, {k: v for k, v in env.items()
-                                               if k not in _PROFILE_ENV})
+            env = launcher.account_env(entry, env, keep=ENV_KEPT)
+            launcher.output_to_log(env, "engine.log")
         else:
             launcher.restrict(launcher.wanted())
         launcher.no_new_privs()
@@ -103,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     if not os.access(os.curdir, os.X_OK):
         os.chdir(env.get("HOME", "/"))
     try:
-        os.execve(sys.executable, [sys.executable, "-m", "ipyparallel.engine", *argv], env)
+        os.execve(sys.executable, [sys.executable, "-I", "-m", "ipyparallel.engine", *argv], env)
     except OSError as e:
         print(f"ebpf_magic.setup.engine_launcher: uid {os.getuid()} cannot run "
               f"{sys.executable}: {e}", file=sys.stderr)

@@ -12,11 +12,14 @@ import argparse
 import json
 import shutil
 import sys
-import tempfile
 from pathlib import Path
+
+from ebpf_magic.internal import files
 
 KERNEL_NAME = "python3-ebpf"
 DISPLAY_NAME = "Python 3 (eBPF)"
+PLAIN_NAME = "python3"
+PLAIN_DISPLAY_NAME = "Python 3 (isolated)"
 
 
 def spec(python: str | None = None, display_name: str = DISPLAY_NAME) -> dict:
@@ -33,6 +36,25 @@ def spec(python: str | None = None, display_name: str = DISPLAY_NAME) -> dict:
         "interrupt_mode": "signal",
         "metadata": {"debugger": True},
     }
+
+
+def plain_spec(python: str | None = None) -> dict:
+    """ipykernel's own kernel, isolated: ``python -I -m ipykernel_launcher``, as
+    :data:`PLAIN_NAME`, in place of the stock one (which imports from the working
+    directory: a kernel started there by root would run what others planted in it)."""
+    return {
+        "argv": [python or sys.executable, "-I", "-m", "ipykernel_launcher",
+                 "-f", "{connection_file}"],
+        "display_name": PLAIN_DISPLAY_NAME,
+        "language": "python",
+        "metadata": {"debugger": True},
+    }
+
+
+def is_isolated(argv: list[str]) -> bool:
+    """True when a kernelspec's ``argv`` starts Python in isolated mode (``-I``)."""
+    options = argv[1:argv.index("-m")] if "-m" in argv else []
+    return any(a.startswith("-") and not a.startswith("--") and "I" in a[1:] for a in options)
 
 
 def _manager():
@@ -52,40 +74,52 @@ def _logos() -> list[Path]:
     return sorted(Path(RESOURCES).glob("logo-*"))
 
 
+def kernels_dir(user: bool = False, prefix: str | None = None) -> Path:
+    """Where kernelspecs go: this user's Jupyter data directory, ``PREFIX/share/jupyter``,
+    or else the system-wide Jupyter path."""
+    from jupyter_core.paths import SYSTEM_JUPYTER_PATH, jupyter_data_dir
+
+    if user:
+        return Path(jupyter_data_dir(), "kernels")
+    if prefix:
+        return Path(prefix, "share", "jupyter", "kernels")
+    return Path(SYSTEM_JUPYTER_PATH[0], "kernels")
+
+
 def install(name: str = KERNEL_NAME, *, user: bool = False, prefix: str | None = None,
-            display_name: str = DISPLAY_NAME, python: str | None = None) -> str:
+            display_name: str = DISPLAY_NAME, python: str | None = None,
+            contents: dict | None = None) -> str:
     """Install the kernelspec; return the directory it was written to.
 
     Without ``user`` or ``prefix`` it goes to the system-wide Jupyter path.
     ``python`` is the interpreter that runs the launcher (by default this one);
     point it at a copy granted file capabilities to give an ordinary user BPF rights.
+    ``contents`` replaces the kernel.json of :func:`spec` (as :func:`plain_spec` does).
+    A kernelspec of the same name there is replaced whole.
     """
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "kernel.json").write_text(
-            json.dumps(spec(python, display_name), indent=1) + "\n")
+    target = kernels_dir(user, prefix) / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(contents or spec(python, display_name), indent=1) + "\n"
+
+    def build(tmp: Path) -> None:
+        (tmp / "kernel.json").write_text(text)
         for logo in _logos():
-            shutil.copy(logo, tmp)
-        # Readable by everyone (the kernel's own user included), writable by the installer.
-        for path in Path(tmp).iterdir():
-            path.chmod(0o644)
-        Path(tmp).chmod(0o755)
-        return _manager().install_kernel_spec(tmp, kernel_name=name, user=user,
-                                              prefix=prefix)
+            shutil.copyfile(logo, tmp / logo.name)
+
+    # Readable by everyone (the kernel's own user included), writable by the installer.
+    return str(files.replace_dir(target, build))
 
 
 def uninstall(name: str = KERNEL_NAME, *, user: bool = False,
               prefix: str | None = None) -> str:
     """Remove the kernelspec (from the given location, or wherever Jupyter finds it)."""
-    manager = _manager()
     if user or prefix:
-        from jupyter_core.paths import jupyter_data_dir
-
-        root = Path(prefix) / "share" / "jupyter" if prefix else Path(jupyter_data_dir())
-        path = root / "kernels" / name
+        path = kernels_dir(user, prefix) / name
         if not (path / "kernel.json").is_file():
             raise SystemExit(f"no kernel {name!r} at {path}")
         shutil.rmtree(path)
         return str(path)
+    manager = _manager()
     if name not in manager.find_kernel_specs():
         raise SystemExit(f"no kernel named {name!r} is installed")
     return manager.remove_kernel_spec(name)

@@ -13,7 +13,8 @@ Either way it removes every other capability from the bounding set, raises the
 kept ones as ambient capabilities so that processes the kernel starts (the
 compile worker, ``!bpftool``) keep them, sets ``no_new_privs`` so that no
 set-user-id or file-capability program run from a cell gains more, lifts
-``RLIMIT_MEMLOCK``, and replaces itself with ``python -m ipykernel_launcher``.
+``RLIMIT_MEMLOCK``, and replaces itself with ``python -I -m ipykernel_launcher`` in
+the environment :func:`account_env` gives (started by root) or its own (otherwise).
 
 Run ``python -m ebpf_magic.setup.launcher --show`` to print the set it would keep.
 """
@@ -26,8 +27,10 @@ import pwd
 import resource
 import stat
 import sys
+import time
 from pathlib import Path
 
+from ebpf_magic.internal import files
 from ebpf_magic.kernel import host as kernel
 from ebpf_magic.kernel.host import (
     CAP_BPF,
@@ -52,9 +55,17 @@ PR_CAP_AMBIENT_RAISE = 2
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 _CAP_VERSION_3 = 0x20080522
 
-# Variables naming the starting user's own directories; the account gets its own.
-_PER_USER_ENV = ("XDG_RUNTIME_DIR", "IPYTHONDIR", "MPLCONFIGDIR", "JUPYTER_RUNTIME_DIR",
-                 "JUPYTER_DATA_DIR", "JUPYTER_CONFIG_DIR", "EBPF_MAGIC_CACHE", "MAIL")
+ENV_KEPT = ("PATH", "TERM", "COLORTERM", "NO_COLOR", "COLUMNS", "LINES", "LANG", "LANGUAGE",
+            "TZ", "MPLBACKEND", "JPY_PARENT_PID", "JPY_SESSION_NAME")
+"""What a root-started kernel keeps of the server's environment, with every variable whose
+name starts with one of :data:`ENV_KEPT_PREFIXES` except :data:`ENV_DROPPED`: the locale,
+the terminal, ``PATH`` (absolute entries only), matplotlib's backend, what ipykernel reads
+(``JPY_PARENT_PID`` to exit with the server, ``JPY_SESSION_NAME``) and ebpf_magic's
+own settings. Nothing else: no tokens (``JUPYTER_*``, ``JPY_API_TOKEN``),
+no ``PYTHON*`` or ``LD_*``, no credentials, no proxies, no root's directories."""
+ENV_KEPT_PREFIXES = ("LC_", "EBPF_MAGIC_")
+ENV_DROPPED = ("EBPF_MAGIC_CACHE",)  # a directory of root's
+_DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
 class _Header(ctypes.Structure):
@@ -220,10 +231,19 @@ def become(entry: pwd.struct_passwd, caps: set[int]) -> int:
     return keep
 
 
-def account_env(entry: pwd.struct_passwd, env: dict[str, str]) -> dict[str, str]:
-    """``env`` with home, user and XDG directories the account's own."""
+def account_env(entry: pwd.struct_passwd, env: dict[str, str],
+                keep: tuple[str, ...] = ()) -> dict[str, str]:
+    """The environment of a process started by root as ``entry``'s account.
+
+    Only :data:`ENV_KEPT` (and ``keep``) of ``env``, with home, user and XDG
+    directories the account's own.
+    """
+    out = {k: v for k, v in env.items()
+           if (k in ENV_KEPT or k in keep or k.startswith(ENV_KEPT_PREFIXES))
+           and k not in ENV_DROPPED}
+    out["PATH"] = ":".join(p for p in out.get("PATH", _DEFAULT_PATH).split(":")
+                           if os.path.isabs(p)) or _DEFAULT_PATH
     home = entry.pw_dir
-    out = {k: v for k, v in env.items() if k not in _PER_USER_ENV}
     out.update(HOME=home, USER=entry.pw_name, LOGNAME=entry.pw_name,
                XDG_CACHE_HOME=os.path.join(home, ".cache"),
                XDG_CONFIG_HOME=os.path.join(home, ".config"),
@@ -242,24 +262,33 @@ def _named_and_real(entry: str) -> set[Path]:
     return {Path(os.path.abspath(entry or os.curdir)), Path(os.path.realpath(entry or os.curdir))}
 
 
+def _may_change(path: str | os.PathLike, st: os.stat_result | None = None) -> bool:
+    """This process may write ``path``, or owns it (and so may make it writable again:
+    a file of its own at mode 0444 is as good as writable)."""
+    try:
+        return os.access(path, os.W_OK) or (st or os.stat(path)).st_uid == os.geteuid()
+    except OSError:
+        return False
+
+
 def _writable_above(path: Path) -> str | None:
-    """``path`` or the nearest directory above it this process may write, sticky ones aside.
+    """``path`` or the nearest directory above it this process may change, sticky ones aside.
 
     A sticky directory (``/tmp``) above ``path`` only counts when the account owns the
     entry below it: it may create names there but not replace others' entries.
     """
     child = None
     for p in (path, *path.parents):
-        if os.access(p, os.W_OK):
+        if _may_change(p):
             sticky = p.stat().st_mode & stat.S_ISVTX
-            if not sticky or child is None or child.stat().st_uid == os.getuid():
+            if not sticky or child is None or child.stat().st_uid == os.geteuid():
                 return str(p)
         child = p
     return None
 
 
 def _writable_inside(top: Path, roots: set[Path]) -> list[str]:
-    """Directories and files under ``top`` (itself not writable) this process may write.
+    """Directories and files under ``top`` (itself not writable) this process may change.
 
     A writable directory is named, not entered. Other roots and directories named like
     a site directory are left to their own walk, or not imported from here at all;
@@ -276,14 +305,18 @@ def _writable_inside(top: Path, roots: set[Path]) -> list[str]:
         except OSError:  # a directory the account may not list is not walked
             continue
         for entry in entries:
+            try:
+                st = entry.stat()
+            except OSError:  # a dangling link: nothing to run
+                continue
             if not entry.is_dir():
-                if os.access(entry.path, os.W_OK):
+                if _may_change(entry.path, st):
                     found.append(entry.path)
                 continue
             target = os.path.realpath(entry.path) if entry.is_symlink() else entry.path
             if Path(target) in roots or entry.name in _OTHER_SITES:
                 continue
-            if os.access(target, os.W_OK):
+            if _may_change(target, st):
                 found.append(entry.path)
             else:
                 pending.append(target)
@@ -296,17 +329,22 @@ def writable_code_paths(paths: list[str] | None = None) -> list[str]:
     Checked as the kernel's or engine's account. Root runs, at its next start, the
     interpreter (and ``pyvenv.cfg``, which chooses its paths), the ``.pth`` files of
     site directories and the modules it imports from this package and from ``sys.path``
-    (``paths`` in its place): a file the account may write there, or a directory there
-    or above it the account may write to, would let it choose what root runs. Every
-    file and directory below those is checked (about 30,000 in this project's
-    virtualenv, 0.1 s).
+    (``paths`` in its place); root's Jupyter server reads the environment's
+    ``etc/jupyter`` and runs its kernelspecs. A file the account may change there (it
+    may write it, or owns it and so may make it writable), or a directory there or above
+    it the account may change, would let it choose what root runs. Every file and
+    directory below those is checked (about 30,000 in this project's virtualenv, 0.1 s).
     """
     package = Path(__file__).resolve().parents[1]
-    named = [str(package), os.path.dirname(sys.executable), *(sys.path if paths is None
-                                                               else paths)]
+    # the Jupyter server's configuration and kernelspecs in this environment, which root's
+    # server reads and runs (ebpf_magic.setup.lab)
+    jupyter = [os.path.join(sys.prefix, *d) for d in (("etc", "jupyter"),
+                                                      ("share", "jupyter", "kernels"))]
+    named = [str(package), os.path.dirname(sys.executable), *jupyter,
+             *(sys.path if paths is None else paths)]
     singles = {p for e in named + [sys.executable, os.path.join(sys.prefix, "pyvenv.cfg")]
                for p in _named_and_real(e) if p.is_file()}
-    found = {str(p) for p in singles if os.access(p, os.W_OK)}
+    found = {str(p) for p in singles if _may_change(p)}
     found |= {w for p in singles if (w := _writable_above(p.parent))}
     trees = {p for e in named for p in _named_and_real(e) if p.is_dir()}
     roots = {p.resolve() for p in trees}
@@ -387,7 +425,40 @@ def _start_as_account(argv: list[str]) -> tuple[list[str], dict[str, str]]:
     if not os.access(os.curdir, os.X_OK):
         print(f"ebpf_magic.setup.launcher: user {entry.pw_name!r} may not enter {os.getcwd()}; "
               "files beside the notebook are out of the kernel's reach", file=sys.stderr)
-    return hand_over_connection(argv, text), account_env(entry, dict(os.environ))
+    env = account_env(entry, dict(os.environ))
+    output_to_log(env, "kernel.log")
+    return hand_over_connection(argv, text), env
+
+
+LOG_LIMIT = 16 << 20
+"""A log of :func:`output_to_log` longer than this (bytes) starts again empty."""
+
+
+def output_to_log(env: dict[str, str], name: str) -> str:
+    """Send this process's stdout and stderr to ``$XDG_STATE_HOME/ebpf_magic/NAME`` of the
+    account it now runs as (in ``env``); return that path.
+
+    Root's server or cluster passes its own terminal or log on: whatever the account
+    wrote there (terminal escapes that set root's clipboard or title, say) would reach
+    root's terminal. The launcher says where the output went, on the old stderr, first.
+    """
+    state = files.make_dirs(Path(env["XDG_STATE_HOME"], "ebpf_magic"), 0o700)
+    path = str(state / name)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o600)
+    try:
+        if os.fstat(fd).st_size > LOG_LIMIT:
+            os.ftruncate(fd, 0)
+        print(f"ebpf_magic.setup.launcher: process {os.getpid()} ({env['USER']}) writes its "
+              f"output to {path}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os.write(fd, f"--- process {os.getpid()}, {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
+                 .encode())
+        for target in (1, 2):
+            os.dup2(fd, target)
+    finally:
+        os.close(fd)
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -410,7 +481,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     no_new_privs()
     try:
-        os.execve(sys.executable, [sys.executable, "-m", "ipykernel_launcher", *argv], env)
+        os.execve(sys.executable, [sys.executable, "-I", "-m", "ipykernel_launcher", *argv], env)
     except OSError as e:
         print(f"ebpf_magic.setup.launcher: uid {os.getuid()} cannot run {sys.executable}: {e}. The "
               "Python environment must be readable by the kernel's user (scripts/setup.sh "

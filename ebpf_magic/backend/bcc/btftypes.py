@@ -26,7 +26,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from ebpf_magic.internal import cache
+from ebpf_magic.internal import cache, files
 
 BTF = Path("/sys/kernel/btf/vmlinux")
 STAMP = ".ebpf_magic_complete"
@@ -96,10 +96,10 @@ def tree(distro: Path) -> Path:
         if (built / STAMP).exists():
             return built
     bpftool, clang = _tool("bpftool"), _tool("clang")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    # the eBPF kernel's user must reach root's tree
+    files.make_dirs(target.parent, 0o755, levels=2 if os.geteuid() == 0 else 0)
+
+    def build(tmp: Path) -> None:  # a private new directory: plain writes are safe in it
         _mirror_empty(distro, tmp)
         (tmp / "vmlinux.h").write_bytes(_run([bpftool, "btf", "dump", "file", str(BTF),
                                               "format", "c"]))
@@ -108,24 +108,14 @@ def tree(distro: Path) -> Path:
         kconfig.parent.mkdir(parents=True, exist_ok=True)
         kconfig.write_text(_KCONFIG.format(tree=target))
         (tmp / STAMP).write_text(f"{BTF} {btf_key()}\n{distro}\n")
-        for root, _dirs, files in os.walk(tmp):
-            os.chmod(root, 0o755)
-            for f in files:
-                os.chmod(os.path.join(root, f), 0o644)
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    if os.geteuid() == 0:  # the eBPF kernel's user must reach root's tree
-        for p in (target.parent, target.parent.parent):
-            p.chmod(0o755)
-    return target
+
+    return files.replace_dir(target, build)
 
 
 def _mirror_empty(src: Path, dst: Path) -> None:
     """An empty file in ``dst`` for each header in ``src`` (symlinks followed)."""
-    for root, _dirs, files in os.walk(src, followlinks=True):
-        headers = [f for f in files if f.endswith(".h")]
+    for root, _dirs, names in os.walk(src, followlinks=True):
+        headers = [f for f in names if f.endswith(".h")]
         if not headers:
             continue
         out = dst / os.path.relpath(root, src)

@@ -20,12 +20,11 @@ from __future__ import annotations
 import os
 import platform
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from ebpf_magic.backend.bcc import btftypes
-from ebpf_magic.internal import cache
+from ebpf_magic.internal import cache, files
 
 SRC_ROOT = Path("/usr/src")
 STAMP = ".ebpf_magic_complete"
@@ -119,28 +118,22 @@ def merged_tree(arch: Path, common: Path | None) -> Path:
     for built in (target, cache.SYSTEM_CACHE / "headers" / arch.name):
         if (built / STAMP).exists():
             return built
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() == 0:  # the eBPF kernel's user must reach root's tree
-        for p in (target.parent, target.parent.parent):
-            p.chmod(0o755)
-    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    for layer in [d for d in (common, arch) if d is not None]:
-        _link_tree(layer, tmp)
-    (tmp / STAMP).write_text(f"{common}\n{arch}\n")
-    (tmp / STAMP).chmod(0o644)
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
-    return target
+    # the eBPF kernel's user must reach root's tree
+    files.make_dirs(target.parent, 0o755, levels=2 if os.geteuid() == 0 else 0)
+
+    def build(tmp: Path) -> None:
+        for layer in [d for d in (common, arch) if d is not None]:
+            _link_tree(layer, tmp)
+        (tmp / STAMP).write_text(f"{common}\n{arch}\n")  # inside a private new directory
+
+    return files.replace_dir(target, build)
 
 
 def _link_tree(src: Path, dst: Path) -> None:
-    for root, dirs, files in os.walk(src, followlinks=False):
-        rel = os.path.relpath(root, src)
-        out = dst / rel
+    for root, dirs, names in os.walk(src, followlinks=False):
+        out = dst / os.path.relpath(root, src)
         out.mkdir(parents=True, exist_ok=True)
-        out.chmod(0o755)
-        for name in files + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
+        for name in names + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
             link = out / name
             if link.is_symlink() or link.exists():
                 link.unlink()

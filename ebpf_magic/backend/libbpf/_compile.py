@@ -39,7 +39,7 @@ from pathlib import Path
 
 from ebpf_magic import suggest
 from ebpf_magic.errors import BPFError, CompileError
-from ebpf_magic.internal import cache
+from ebpf_magic.internal import cache, files
 from ebpf_magic.internal.ctext import mask_code, matching_paren
 
 BTF_PATH = Path("/sys/kernel/btf/vmlinux")
@@ -202,20 +202,6 @@ def _btf_hash() -> str:
     return hashlib.sha256(BTF_PATH.read_bytes()).hexdigest()[:16]
 
 
-def _write_shared(path: Path, data: bytes) -> None:
-    """Write ``path`` atomically, readable by every user (the kernel may run as another)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def cached_vmlinux() -> Path | None:
     """The cached vmlinux.h for the running kernel's BTF, if one was generated already."""
     if not BTF_PATH.exists():
@@ -251,18 +237,14 @@ def vmlinux_dir() -> Path:
     if tool is None:
         raise BPFError("bpftool is needed to generate vmlinux.h and was not found.",
                        "Install it: apt-get install bpftool")
-    d.mkdir(parents=True, exist_ok=True)
-    for p in (d, *d.parents):
-        if p == cache.cache_dir().parent:
-            break
-        with contextlib.suppress(OSError):
-            os.chmod(p, 0o755)
+    # readable by every user: the kernel may run as another
+    files.make_dirs(d, 0o755, levels=3)  # d, vmlinux/ and the cache
     out = subprocess.run([tool, "btf", "dump", "file", str(BTF_PATH), "format", "c"],
                          capture_output=True, timeout=TIMEOUT_S)
     if out.returncode != 0:
         raise BPFError("bpftool could not turn the kernel's BTF into vmlinux.h: "
                        + out.stderr.decode(errors="replace").strip()[-500:])
-    _write_shared(header, out.stdout)
+    files.write(header, out.stdout)
     return d
 
 
@@ -292,14 +274,14 @@ def _precompiled(vmlinux: Path, cc: str) -> Path | None:
         return pch
     h = vmlinux / f"defaults-{key}.h"  # the precompiled header names it: it stays beside it
     if not h.exists():
-        _write_shared(h, text.encode())
+        files.write(h, text)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "defaults.pch"
         done = subprocess.run([cc, *_base_flags(vmlinux), "-x", "c-header", str(h), "-o",
                                str(out)], capture_output=True, timeout=TIMEOUT_S)
         if done.returncode != 0:
             return None
-        _write_shared(pch, out.read_bytes())
+        files.write(pch, out.read_bytes())
     return pch
 
 
