@@ -134,3 +134,64 @@ def test_spill_file_is_written_beside_a_planted_link(tmp_path, victim):
     spill.close()
     assert victim.read_text() == "untouched\n"
     assert pd.read_parquet(path)["x"].tolist() == [0, 1, 2, 3, 4]
+
+
+# Functions that write with plain calls, each into a private directory it (or the
+# replace_dir() building it) has just made, which no one else can have planted a link in.
+PRIVATE_WRITERS = {
+    ("ebpf_magic/backend/bcc/headers.py", "build"),
+    ("ebpf_magic/backend/bcc/btftypes.py", "build"),
+    ("ebpf_magic/backend/libbpf/_compile.py", "compile_cell"),
+    ("ebpf_magic/setup/kernelspec.py", "build"),
+}
+PATH_WRITERS = {"write_text", "write_bytes"}  # Path methods: always by name
+SHUTIL_WRITERS = {"copy", "copy2", "copyfile", "copytree", "move"}
+# these take a file object or a name: a name when it is a literal or a variable of paths
+FRAME_WRITERS = {"to_parquet", "to_csv", "to_json", "to_feather", "savefig"}
+
+
+def _plain_writes(path: Path) -> list[tuple[str, int]]:
+    """(enclosing function, line) of each call in ``path`` that writes a file by name."""
+    import ast
+
+    found = []
+
+    def visit(node: ast.AST, function: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            name = child.name if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)) \
+                else function
+            if isinstance(child, ast.Call):
+                f = child.func
+                called = f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", "")
+                mode = next((a.value for a in child.args[1:2] if isinstance(a, ast.Constant)),
+                            next((k.value.value for k in child.keywords if k.arg == "mode"
+                                  and isinstance(k.value, ast.Constant)), "r"))
+                receiver = f.value if isinstance(f, ast.Attribute) else None
+                target = ast.unparse(child.args[0]) if child.args else ""
+                if (called in PATH_WRITERS
+                        or (called in SHUTIL_WRITERS and isinstance(receiver, ast.Name)
+                            and receiver.id == "shutil")
+                        or (called in FRAME_WRITERS and child.args and (
+                            isinstance(child.args[0], ast.Constant) or "path" in target))
+                        or (called == "open" and isinstance(mode, str)
+                            and set(mode) & set("wax+"))):
+                    found.append((function, child.lineno))
+            visit(child, name)
+
+    visit(ast.parse(path.read_text()), "")
+    return found
+
+
+def test_every_file_the_package_writes_goes_through_the_helper():
+    """A plain open(..., "w"), write_text() or to_parquet(path) follows a link planted at
+    its target: only internal/files.py and writers into private directories may call them."""
+    root = Path(files.__file__).resolve().parents[2]
+    offenders = []
+    for path in sorted((root / "ebpf_magic").rglob("*.py")):
+        rel = str(path.relative_to(root))
+        if rel == "ebpf_magic/internal/files.py":
+            continue
+        offenders += [f"{rel}:{line} in {fn or 'module'}()" for fn, line in _plain_writes(path)
+                      if (rel, fn) not in PRIVATE_WRITERS]
+    assert not offenders, "write through ebpf_magic.internal.files instead: " + ", ".join(
+        offenders)

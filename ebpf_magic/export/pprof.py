@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ebpf_magic.export.profile import KERNEL, USER, as_stack_counts
+from ebpf_magic.internal import files
 
 PACKAGE = "perftools.profiles"
 KERNEL_MAPPING = "[kernel.kallsyms]"  # the name perf and Parca give kernel text
@@ -150,7 +151,7 @@ def to_pprof(data: Any, path: str | Path, *, value: str = "count",
     profile.comment.extend(strings(c) for c in comments)
     profile.string_table.extend(strings.table)  # last: every string is interned by now
     out = Path(path)
-    out.write_bytes(gzip.compress(profile.SerializeToString(), mtime=0))
+    files.write(out, gzip.compress(profile.SerializeToString(), mtime=0))
     return out
 
 

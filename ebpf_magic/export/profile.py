@@ -28,6 +28,7 @@ import pandas as pd
 
 from ebpf_magic.data import stacks
 from ebpf_magic.errors import ExportError
+from ebpf_magic.internal import files
 
 KERNEL, USER = "kernel", "user"
 SHAPE_HINT = ("Pass a stack-count frame (frames: names root first, count), folded stacks "
@@ -101,7 +102,7 @@ def to_folded(data: Any, path: str | Path | None = None, value: str = "count") -
     text = "".join(f"{s} {int(n)}\n"
                    for s, n in zip(folded["stack"], folded["count"], strict=True))
     if path is not None:
-        Path(path).write_text(text)
+        files.write(path, text)
     return text
 
 

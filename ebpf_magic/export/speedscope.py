@@ -13,6 +13,7 @@ from typing import Any
 
 from ebpf_magic.errors import ExportError
 from ebpf_magic.export.profile import as_stack_counts
+from ebpf_magic.internal import files
 
 SCHEMA_URL = "https://www.speedscope.app/file-format-schema.json"
 UNITS = ("none", "nanoseconds", "microseconds", "milliseconds", "seconds", "bytes")
@@ -61,5 +62,5 @@ def to_speedscope(data: Any, path: str | Path, *, value: str = "count", unit: st
     so equal names on both sides stay apart. Stacks of value 0 are left out.
     """
     out = Path(path)
-    out.write_text(json.dumps(speedscope_document(data, value=value, unit=unit, name=name)))
+    files.write(out, json.dumps(speedscope_document(data, value=value, unit=unit, name=name)))
     return out

@@ -21,6 +21,7 @@ import pandas as pd
 
 from ebpf_magic.api import ProgramView, StreamView
 from ebpf_magic.errors import ExportError
+from ebpf_magic.internal import files
 
 TIME_COLUMNS = ("ts", "time", "timestamp", "t", "ts_ns", "time_ns", "timestamp_ns", "ktime_ns")
 TID_COLUMNS = ("tid",)
@@ -382,7 +383,8 @@ class Timeline:
 
         out = Path(path)
         batches = [b for b in self._batches if b.ts.size]
-        with open(out, "wb") as f:
+        with files.AtomicFile(out) as atomic:
+            f = atomic.file
             trace = Trace()
             for i, desc in enumerate(self._tracks.values()):
                 packet = trace.packet.add(trusted_packet_sequence_id=SEQUENCE)
