@@ -9,6 +9,7 @@ import sys
 COMMANDS = {
     "install-kernel": "ebpf_magic.setup.kernelspec",
     "install-lab": "ebpf_magic.setup.lab",
+    "lab-workspace": "ebpf_magic.setup.workspace",
     "uninstall-kernel": "ebpf_magic.uninstall_kernel",
     "doctor": "ebpf_magic.setup.doctor",
 }

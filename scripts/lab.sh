@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Start JupyterLab on 127.0.0.1 with notebooks/ and the "Python 3 (eBPF)" kernel.
+# Start JupyterLab on 127.0.0.1 with a working copy of notebooks/ and the "Python 3 (eBPF)" kernel.
 # Assumes .venv exists with ebpf_magic[lab] installed (scripts/setup.sh lab does that).
 # Extra arguments go to `jupyter lab` (e.g. --port=8899).
 #
@@ -29,4 +29,9 @@ if [ "$(id -u)" -eq 0 ]; then
         exit 1
     fi
 fi
-exec .venv/bin/jupyter lab "${args[@]}" "$@" notebooks/
+# The lab serves a working copy of the notebooks, never the checkout: root runs the
+# checkout's notebooks (./run test, refresh_recordings.py), and whoever uses the lab
+# writes where it serves (ebpf_magic.setup.workspace).
+workspace=$(.venv/bin/python -I -m ebpf_magic lab-workspace notebooks)
+echo "scripts/lab.sh: serving $workspace (a working copy of notebooks/)"
+exec .venv/bin/jupyter lab "${args[@]}" "$@" "$workspace"

@@ -30,7 +30,7 @@ from test_kernelspec import execute
 
 import ebpf_magic
 from ebpf_magic.kernel import tracefs
-from ebpf_magic.setup import kernelspec, launcher
+from ebpf_magic.setup import kernelspec, launcher, workspace
 
 from conftest import ATTEMPTS
 
@@ -72,12 +72,17 @@ class Server:
             "LC_TIME": "C.UTF-8",
         }
         self.log = (tmp / "server.log").open("w")
-        # scripts/lab.sh: jupyter lab --ip=127.0.0.1 --no-browser --allow-root notebooks/
+        # scripts/lab.sh serves a working copy of the notebooks, in a folder of root's
+        holder = Path(tempfile.mkdtemp(prefix="ebpf-magic-lab-", dir="/var/tmp"))
+        holder.chmod(0o755)
+        self.workspace = workspace.prepare(NOTEBOOKS, holder / "lab")
+        # scripts/lab.sh: jupyter lab --ip=127.0.0.1 --no-browser --allow-root WORKSPACE
         self.process = subprocess.Popen(
             [sys.executable, "-m", "jupyterlab", "--ip=127.0.0.1", "--no-browser",
              "--allow-root", f"--port={self.port}", "--ServerApp.port_retries=0",
              "--LabApp.news_url=",
-             "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate", str(NOTEBOOKS)],
+             "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+             str(self.workspace)],
             env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
             cwd=NOTEBOOKS.parent)
         deadline = time.monotonic() + 90
@@ -134,6 +139,7 @@ class Server:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
         self.log.close()
+        shutil.rmtree(self.workspace.parent)
 
 
 @pytest.fixture(scope="module")
@@ -162,6 +168,33 @@ def test_lab_offers_only_the_ebpf_kernel_and_no_terminals(server):
     # Root's own tools (nbclient, jupyter console) get an isolated plain kernel.
     argv = KernelSpecManager().get_kernel_spec("python3").argv
     assert kernelspec.is_isolated(argv) and argv[argv.index("-m") + 1] == "ipykernel_launcher"
+
+
+def test_lab_serves_a_copy_of_the_notebooks_and_installs_nothing(server):
+    """What the lab's user (or a cell that became them) writes lands in the lab's copy,
+    never in the checkout, whose notebooks root runs; no package is installed on request."""
+    checkout = {p.name: p.read_bytes() for p in NOTEBOOKS.glob("*.ipynb")}
+    name = sorted(checkout)[0]
+    status, model = server.api("GET", f"/api/contents/{name}")
+    assert status == 200 and model["type"] == "notebook"
+    model["content"]["cells"].insert(0, {"cell_type": "code", "source": "import os",
+                                         "metadata": {}, "outputs": [],
+                                         "execution_count": None})
+    assert server.api("PUT", f"/api/contents/{name}", {
+        "type": "notebook", "format": "json", "content": model["content"]})[0] == 200
+    assert server.api("PUT", "/api/contents/refresh_recordings.py", {
+        "type": "file", "format": "text", "content": "print('planted by the lab')\n"})[0] == 201
+    assert "import os" in (server.workspace / name).read_text()
+    assert {p.name: p.read_bytes() for p in NOTEBOOKS.glob("*.ipynb")} == checkout
+    assert "planted by the lab" not in (NOTEBOOKS / "refresh_recordings.py").read_text()
+    # JupyterLab's extension manager is read-only: it would pip-install as root
+    status, page = server.api("GET", "/lab")
+    assert status == 200
+    config = json.loads(page.decode().split('id="jupyter-config-data" type="application/json">'
+                                            )[1].split("</script>")[0])
+    assert config["extensionManager"]["name"] == "read-only"
+    assert config["extensionManager"]["can_install"] is False
+    (server.workspace / "refresh_recordings.py").unlink()
 
 
 ENVIRON = """import json
@@ -297,6 +330,8 @@ print(json.dumps({
     "link in recordings": attempt(lambda: os.symlink(VICTIM, RECORDINGS + "/hello.bpfrec.tmp")),
     "code in recordings": attempt(lambda: plant(RECORDINGS + "/ipykernel_launcher.py")),
     "code in notebooks": attempt(lambda: plant(NOTEBOOKS + "/ipykernel_launcher.py")),
+    "code in the lab": attempt(lambda: plant(LAB + "/ipykernel_launcher.py")),
+    "link in the lab's recordings": attempt(lambda: os.symlink(VICTIM, LAB + "/recordings/x")),
     "link in shared": attempt(lambda: os.symlink(VICTIM, SHARED + "/hello.bpfrec.tmp")),
     "link at name in shared": attempt(lambda: os.symlink(VICTIM, SHARED + "/hello.bpfrec")),
     "code in shared": attempt(lambda: plant(SHARED + "/ipykernel_launcher.py")),
@@ -312,7 +347,7 @@ def test_nothing_the_account_plants_is_run_or_written_through_by_root(server):
     victim = Path(tempfile.mkstemp(prefix="ebpf-magic-victim-", dir="/root")[1])
     victim.write_text("root's own\n")
     # A folder the account may write, inside the server's tree (as a user might make one).
-    shared = NOTEBOOKS / f"shared-{secrets.token_hex(4)}"
+    shared = server.workspace / f"shared-{secrets.token_hex(4)}"
     shared.mkdir(mode=0o755)
     os.chown(shared, entry.pw_uid, entry.pw_gid)
     planted_here = [RECORDINGS / "hello.bpfrec.tmp", RECORDINGS / "ipykernel_launcher.py",
@@ -324,13 +359,17 @@ def test_nothing_the_account_plants_is_run_or_written_through_by_root(server):
             code = (PLANT.replace("PLANTED", repr(PLANTED)).replace("VICTIM", repr(str(victim)))
                     .replace("RECORDINGS", repr(str(RECORDINGS)))
                     .replace("NOTEBOOKS", repr(str(NOTEBOOKS)))
+                    .replace("LAB", repr(str(server.workspace)))
                     .replace("SHARED", repr(str(shared))))
             seen = json.loads(execute(client, code))
         finally:
             server.end(model, client)
         assert seen == {"link in recordings": "PermissionError",
                         "code in recordings": "PermissionError",
-                        "code in notebooks": "PermissionError", "link in shared": "allowed",
+                        "code in notebooks": "PermissionError",
+                        "code in the lab": "PermissionError",
+                        "link in the lab's recordings": "PermissionError",
+                        "link in shared": "allowed",
                         "link at name in shared": "allowed", "code in shared": "allowed"}
 
         # Root saves a recording where the account planted links.

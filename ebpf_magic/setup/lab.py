@@ -10,8 +10,11 @@ nothing a token turns into root:
 * only the kernelspec :data:`~ebpf_magic.setup.kernelspec.KERNEL_NAME` is listed **or
   started** (:class:`KernelSpecs`: jupyter_client's ``allowed_kernelspecs`` only filters
   the list, and it starts ipykernel's stock "python3" even where none is installed);
-* no terminals (each would be a root shell), and no server extension that starts
-  processes on request (:data:`SERVER_EXTENSIONS_OFF`);
+* no terminals (each would be a root shell), no server extension that starts
+  processes on request (:data:`SERVER_EXTENSIONS_OFF`), and no extension manager that
+  installs packages;
+* it serves a working copy of the notebooks (:mod:`.workspace`), never the checkout,
+  whose notebooks root runs;
 * the environment's stock "python3" kernelspec is replaced by an isolated one
   (:func:`~ebpf_magic.setup.kernelspec.plain_spec`), for root's own tools that start
   kernels outside the server (nbclient, ``jupyter console``).
@@ -62,6 +65,8 @@ def config(kernel: str = kernelspec.KERNEL_NAME) -> dict:
                       "jpserver_extensions": dict.fromkeys(SERVER_EXTENSIONS_OFF, False)},
         "KernelSpecManager": {"allowed_kernelspecs": [kernel], "ensure_native_kernel": False},
         "MappingKernelManager": {"default_kernel_name": kernel},
+        # JupyterLab's extension manager would pip-install packages as the server's user
+        "LabApp": {"extension_manager": "readonly"},
     }
 
 
