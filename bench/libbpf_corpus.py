@@ -56,7 +56,13 @@ ATTACH = {
     "sockfilter": ["socket:{socket}=socket_handler"],
     "uprobe": ["uprobe:{uprobed}:uprobed_add=uprobe_add",
                "uretprobe:{uprobed}:uprobed_add=uretprobe_add"],
-    "usdt": [],
+    "bashreadline": ["uretprobe:/bin/bash:readline=printret"],
+}
+# Programs a tool attaches only when asked (memleak's uprobes with -p PID), or whose target
+# is absent here (javagc's USDT probes are in a JVM's libjvm.so): left unattached, as named.
+UNATTACHED = {
+    "memleak": "its uprobes are for -p PID (user-space allocations); kernel mode by default",
+    "javagc": "target: USDT probes of a JVM (libjvm.so), none here",
 }
 # SEC() prefixes of hooks this kernel lacks (see /work/shared/kernel-notes.md)
 LACKING = {"kprobe": "kprobes", "kretprobe": "kprobes", "ksyscall": "kprobes",
@@ -98,6 +104,17 @@ def classify(error: BaseException, source: str) -> tuple[str, str]:
     return "ours", f"{type(error).__name__}: {first}"
 
 
+def doubled(attached: list[str]) -> list[str]:
+    """Events more than one attached program hooks (variants of one probe, all attached)."""
+    seen: dict[str, set[str]] = {}
+    for a in attached:
+        spec, _, function = a.partition("=")
+        kind, _, target = spec.split(" ")[0].partition(":")
+        event = target.split(":")[-1] if kind in ("tracepoint", "rawtracepoint") else spec
+        seen.setdefault(event, set()).add(function)
+    return sorted(e for e, fns in seen.items() if len(fns) > 1)
+
+
 def run_one(path: Path, extra: dict[str, str]) -> dict:
     source = path.read_text()
     name = path.name.removesuffix(".bpf.c")
@@ -109,6 +126,16 @@ def run_one(path: Path, extra: dict[str, str]) -> dict:
                      cflags=["-I", str(path.parent)], backend="libbpf") as prog:
             row.update(kind="runs", reason="", attached=list(prog.attached),
                        not_attached=prog.unattached, notes=list(prog.notes))
+            twice = doubled(prog.attached)
+            if twice:
+                row.update(kind="ours", reason=f"events attached twice: {', '.join(twice)}")
+            elif prog.unattached:
+                why = UNATTACHED.get(name, "")
+                row.update(kind="target" if why.startswith("target:") else
+                           "runs" if why else "ours",
+                           reason=why or f"not attached: {', '.join(prog.unattached)}")
+            for it in getattr(prog, "iter", {}).values():
+                row["reason"] += f"{it.name}: {len(it.df)} rows; "
     except (BPFError, OSError) as e:
         kind, reason = classify(e, source)
         row.update(kind=kind, reason=reason, attached=[])
@@ -143,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
                 row = run_one(path, extra)
                 rows.append(row)
                 shown = row["reason"] or ", ".join(row["attached"])
+                if row["kind"] == "runs" and row["reason"]:
+                    shown = f"{', '.join(row['attached'])}; {row['reason']}"
                 print(f"{row['kind']:7} {d.name}/{path.name:26} {shown}"[:220], flush=True)
                 if row.get("not_attached"):
                     print(f"{'':8}not attached: {', '.join(row['not_attached'])}")

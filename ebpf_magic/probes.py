@@ -27,6 +27,7 @@ KINDS = {
     "kfunc": "kfunc", "fentry": "kfunc", "f": "kfunc",
     "kretfunc": "kretfunc", "fexit": "kretfunc", "fr": "kretfunc",
     "lsm": "lsm",
+    "tc": "tc", "socket": "socket", "iter": "iter",
 }
 
 SOFTWARE_EVENTS = {
@@ -47,7 +48,8 @@ USAGE = """\
 kprobe:FUNC  kretprobe:FUNC  tracepoint:CATEGORY:NAME  rawtracepoint:NAME
 uprobe:BINARY_OR_LIB:SYMBOL  uretprobe:BINARY_OR_LIB:SYMBOL  usdt:BINARY:[PROVIDER:]PROBE
 profile:hz:N  software:EVENT[:PERIOD]  hardware:EVENT[:PERIOD]  xdp:DEVICE
-kfunc:FUNC  kretfunc:FUNC  lsm:HOOK"""
+kfunc:FUNC  kretfunc:FUNC  lsm:HOOK
+libbpf programs also: tc:DEVICE:ingress|egress  socket:FD  iter:TARGET[:MAP]"""
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,8 @@ class Probe:
     def _validate(self, spec: str) -> None:
         parts = self.target.split(":")
         want = {"tracepoint": (2, 2), "uprobe": (2, 2), "uretprobe": (2, 2), "usdt": (2, 3),
-                "profile": (2, 2), "software": (1, 2), "hardware": (1, 2)}
+                "profile": (2, 2), "software": (1, 2), "hardware": (1, 2), "tc": (1, 2),
+                "iter": (1, 2)}
         lo, hi = want.get(self.kind, (1, 1))
         if self.kind in ("uprobe", "uretprobe", "usdt") and parts[0] == "" :
             raise ProbeSpecError(f"{spec!r}: the binary or library is missing",
@@ -94,6 +97,12 @@ class Probe:
                 raise ProbeSpecError(f"{spec!r}: profile wants hz:N (samples per second "
                                      "per CPU), or s/ms/us:N for a period",
                                      "Example: profile:hz:99")
+        if self.kind == "tc" and len(parts) == 2 and parts[1] not in ("ingress", "egress"):
+            raise ProbeSpecError(f"{spec!r}: a tc probe is tc:DEVICE:ingress or "
+                                 "tc:DEVICE:egress", "Example: tc:eth0:ingress")
+        if self.kind == "socket" and not self.target.isdigit():
+            raise ProbeSpecError(f"{spec!r}: a socket probe names a socket's file descriptor",
+                                 "Example: -a socket:$fd with fd = sock.fileno()")
         if self.kind in ("software", "hardware"):
             table = SOFTWARE_EVENTS if self.kind == "software" else HARDWARE_EVENTS
             if parts[0] not in table:
