@@ -189,3 +189,20 @@ def shell():
     yield sh
     sh.run_line_magic("unload_ext", "ebpf_magic")
     InteractiveShell.clear_instance()
+
+
+@pytest.fixture
+def veth():
+    """A veth pair made for the test; yields (sending end, receiving end), then removes it."""
+    tag = os.getpid() % 100000
+    a, b = f"elk{tag}a", f"elk{tag}b"
+    made = subprocess.run(["ip", "link", "add", a, "type", "veth", "peer", "name", b],
+                          capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.fail(f"cannot make a veth pair: {made.stderr.strip()}")
+    try:
+        for dev in (a, b):
+            subprocess.run(["ip", "link", "set", dev, "up"], check=True)
+        yield a, b
+    finally:
+        subprocess.run(["ip", "link", "del", a], check=False)

@@ -42,18 +42,19 @@ _TCMSG = struct.Struct("=BxxxiIII")  # family, ifindex, handle, parent, info
 
 
 def tc(prog_fd: int, ifindex: int, direction: str, *, name: str = "",
-       routes: tuple[str, ...] = ROUTES) -> Link:
+       routes: tuple[str, ...] | None = None) -> Link:
     """Attach classifier ``prog_fd`` to device ``ifindex`` on ``direction`` (ingress, egress).
 
     The program's return value is its verdict (``TC_ACT_OK`` passes the packet).
-    ``name`` labels a clsact filter (as ``tc filter show`` lists it).
+    ``name`` labels a clsact filter (as ``tc filter show`` lists it); ``routes`` are
+    tried in order (default :data:`ROUTES`).
     """
     if direction not in DIRECTIONS:
         raise LinkError(errno.EINVAL, f"tc direction {direction!r}",
                         "Say ingress or egress: -a tc:DEV:ingress")
     probe_events.sweep_once()
     error: LinkError | None = None
-    for route in routes:
+    for route in routes or ROUTES:
         try:
             if route == "tcx":
                 return _tcx(prog_fd, ifindex, direction)
