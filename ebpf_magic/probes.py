@@ -44,6 +44,42 @@ HARDWARE_EVENTS = {
 }
 DEFAULT_PERIOD = {"software": 1_000_000, "hardware": 1_000_000}
 
+# The SEC() names of BPF C in libbpf's convention: prefix -> probe kind; the rest of the
+# name is the target (tracepoint/CATEGORY/NAME, kprobe/FUNCTION, uprobe/PATH:FUNCTION...)
+SECTIONS = {
+    "tracepoint": "tracepoint", "tp": "tracepoint",
+    "raw_tracepoint": "rawtracepoint", "raw_tp": "rawtracepoint", "tp_btf": "rawtracepoint",
+    "raw_tracepoint.w": "rawtracepoint", "raw_tp.w": "rawtracepoint",
+    "kprobe": "kprobe", "kretprobe": "kretprobe", "uprobe": "uprobe", "uretprobe": "uretprobe",
+    "uprobe.s": "uprobe", "uretprobe.s": "uretprobe", "usdt": "usdt",
+    "fentry": "kfunc", "fexit": "kretfunc", "fentry.s": "kfunc", "fexit.s": "kretfunc",
+    "lsm": "lsm", "lsm.s": "lsm", "ksyscall": "kprobe", "kretsyscall": "kretprobe",
+    "iter": "iter", "iter.s": "iter",
+}
+# iterators over one map's elements: which map is a choice of the attach spec, not the SEC()
+MAP_ITERATORS = ("bpf_map_elem", "bpf_sk_storage_map", "sockmap")
+# Every SEC() form the libbpf backend loads and attaches, and how (for completion, help)
+SECTION_FORMS = {
+    "tracepoint/CATEGORY/NAME": "tracepoint (its tracefs format as context); also tp/",
+    "raw_tp/NAME": "raw tracepoint (arguments as a u64 array); also raw_tracepoint/",
+    "tp_btf/NAME": "raw tracepoint with typed arguments from BTF (BPF_PROG)",
+    "uprobe/PATH:FUNCTION": "user function entry; SEC(\"uprobe\") with -a uprobe:LIB:FUNCTION",
+    "uretprobe/PATH:FUNCTION": "user function return; SEC(\"uretprobe\") with -a",
+    "usdt/PATH:PROVIDER:NAME": "USDT probe; SEC(\"usdt\") with -a usdt:PATH:PROVIDER:NAME",
+    "kprobe/FUNCTION": "kernel function entry (needs CONFIG_KPROBES); kretprobe/ on return",
+    "ksyscall/NAME": "system call entry through kprobes; kretsyscall/ on return",
+    "fentry/FUNCTION": "kernel function entry through a BPF trampoline; fexit/ on return",
+    "lsm/HOOK": "LSM hook (needs the bpf LSM)",
+    "perf_event": "perf event sampling, with -a profile:hz:N or software:EVENT",
+    "xdp": "XDP on a device, with -a xdp:DEVICE",
+    "tc": "traffic control classifier, with -a tc:DEVICE:ingress or egress",
+    "tcx/ingress": "traffic control on ingress, with -a tc:DEVICE; tcx/egress on egress",
+    "socket": "socket filter, with -a socket:FD (a socket's fileno())",
+    "iter/TARGET": "BPF iterator (task, task_file, tcp, udp, bpf_map...), read as "
+                   "NAME.iter[FUNCTION].df",
+}
+
+
 USAGE = """\
 kprobe:FUNC  kretprobe:FUNC  tracepoint:CATEGORY:NAME  rawtracepoint:NAME
 uprobe:BINARY_OR_LIB:SYMBOL  uretprobe:BINARY_OR_LIB:SYMBOL  usdt:BINARY:[PROVIDER:]PROBE
@@ -173,6 +209,25 @@ def bind_explicit(probes: list[Probe], functions: list[str]) -> list[Probe]:
                              f"Write it as {unbound[0].spec}=FUNCTION.")
     return [p if p.function else p.bind(free[0]) for p in probes]
 
+
+def section(probe: Probe) -> str:
+    """The SEC() name of a libbpf-style program for ``probe``'s kind and target.
+
+    Kinds whose target a SEC() name cannot carry (sampling, devices, sockets) give the
+    bare name, attached with ``-a``.
+    """
+    kind, target = probe.kind, probe.target
+    if kind == "tracepoint":
+        return "tracepoint/" + target.replace(":", "/", 1)
+    simple = {"rawtracepoint": "tp_btf", "kprobe": "kprobe", "kretprobe": "kretprobe",
+              "kfunc": "fentry", "kretfunc": "fexit", "uprobe": "uprobe",
+              "uretprobe": "uretprobe", "usdt": "usdt", "lsm": "lsm", "iter": "iter"}
+    if kind in simple:
+        if kind == "iter":
+            target = target.split(":")[0]
+        return f"{simple[kind]}/{target}"
+    return {"profile": "perf_event", "software": "perf_event", "hardware": "perf_event",
+            "xdp": "xdp", "tc": "tc", "socket": "socket"}.get(kind, "")
 
 def find(pattern: str = "", verbose: bool = False):
     """Probes matching ``pattern`` as a DataFrame; see :func:`ebpf_magic.discover.find`."""

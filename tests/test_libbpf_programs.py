@@ -690,6 +690,11 @@ def test_a_task_iterator_lists_the_processes_the_test_starts(no_leaks, shell, ca
         out = capsys.readouterr().out
         assert "iterators: tasks, task_lines" in out
         assert it.attached == ["iter:task=tasks", "iter:task=task_lines"]
+        from IPython.core.completer import provisionalcompleter
+
+        with provisionalcompleter():
+            offered = shell.Completer.completions('it.iter["task_', len('it.iter["task_'))
+            assert [c.text for c in offered] == ["task_lines"]
         df = it.iter["tasks"].df
         assert list(df.columns) == ["pid", "tid", "ppid", "comm"]
         rows = df[df.pid.isin([c.pid for c in children])]

@@ -9,7 +9,8 @@ from ebpf_magic.magics.args import parser
 
 USAGE = "%bpf probes [PATTERN] [-v]"
 HELP = ("List attach points in -a syntax: tracepoint:syscalls:*open*, rawtracepoint:*, "
-        "kprobe:vfs_*, uprobe:c:mall*, usdt:PATH_OR_PID:*, software:*, profile:*, xdp:*; "
+        "kprobe:vfs_*, uprobe:c:mall*, usdt:PATH_OR_PID:*, software:*, profile:*, xdp:*, tc:*, "
+        "iter:*; each with the SEC() name a libbpf-style program gives it (column section). "
         "-v adds their arguments with C types. Without PATTERN, a count of each kind.")
 PARSER = parser(USAGE, HELP)
 PARSER.add_argument("pattern", nargs="?", default="", metavar="PATTERN")

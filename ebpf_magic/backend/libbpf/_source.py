@@ -11,48 +11,13 @@ from __future__ import annotations
 import re
 
 from ebpf_magic.internal.ctext import mask_code, matching_paren
-from ebpf_magic.probes import Probe
+from ebpf_magic.probes import MAP_ITERATORS, SECTIONS, Probe
 
-# SEC() prefix -> probe kind; the rest of the section name is the target
-_SECTIONS = {
-    "tracepoint": "tracepoint", "tp": "tracepoint",
-    "raw_tracepoint": "rawtracepoint", "raw_tp": "rawtracepoint", "tp_btf": "rawtracepoint",
-    "raw_tracepoint.w": "rawtracepoint", "raw_tp.w": "rawtracepoint",
-    "kprobe": "kprobe", "kretprobe": "kretprobe", "uprobe": "uprobe", "uretprobe": "uretprobe",
-    "uprobe.s": "uprobe", "uretprobe.s": "uretprobe", "usdt": "usdt",
-    "fentry": "kfunc", "fexit": "kretfunc", "fentry.s": "kfunc", "fexit.s": "kretfunc",
-    "lsm": "lsm", "lsm.s": "lsm", "ksyscall": "kprobe", "kretsyscall": "kretprobe",
-    "iter": "iter", "iter.s": "iter",
-}
-# iterators over one map's elements: which map is a choice of the attach spec, not the SEC()
-MAP_ITERATORS = ("bpf_map_elem", "bpf_sk_storage_map", "sockmap")
 # SEC() names newer libbpf releases know and the installed 1.1 does not: (program type,
 # expected attach type) set before load. 3 is BPF_PROG_TYPE_SCHED_CLS; 46 and 47 are
 # BPF_TCX_INGRESS and BPF_TCX_EGRESS.
 NEWER_SECTIONS = {"tcx/ingress": (3, 46), "tcx/egress": (3, 47), "tc/ingress": (3, 46),
                   "tc/egress": (3, 47)}
-# Every SEC() form this backend loads and attaches, with what its target is and how it
-# attaches; for completion and `%bpf probes`.
-SECTION_FORMS = {
-    "tracepoint/CATEGORY/NAME": "tracepoint (tracefs format as context); also tp/",
-    "raw_tp/NAME": "raw tracepoint (arguments as u64 array); also raw_tracepoint/",
-    "tp_btf/NAME": "raw tracepoint with typed arguments from BTF (BPF_PROG)",
-    "uprobe/PATH:FUNCTION": "user function entry; SEC(\"uprobe\") with -a uprobe:LIB:FUNC",
-    "uretprobe/PATH:FUNCTION": "user function return; SEC(\"uretprobe\") with -a",
-    "usdt/PATH:PROVIDER:NAME": "USDT probe; SEC(\"usdt\") with -a usdt:PATH:PROVIDER:NAME",
-    "kprobe/FUNCTION": "kernel function entry (needs CONFIG_KPROBES)",
-    "kretprobe/FUNCTION": "kernel function return (needs CONFIG_KPROBES)",
-    "ksyscall/NAME": "system call entry through kprobes; kretsyscall/ on return",
-    "fentry/FUNCTION": "kernel function entry by BPF trampoline; fexit/ on return",
-    "lsm/HOOK": "LSM hook (needs the bpf LSM enabled)",
-    "perf_event": "perf event sampling, with -a profile:hz:N or software:EVENT",
-    "xdp": "XDP on a device, with -a xdp:DEV",
-    "tc": "traffic control classifier, with -a tc:DEV:ingress|egress",
-    "tcx/ingress": "traffic control on ingress, with -a tc:DEV; tcx/egress on egress",
-    "socket": "socket filter, with -a socket:FD (a socket's fileno())",
-    "iter/TARGET": "BPF iterator (task, task_file, tcp, udp, bpf_map...), read as "
-                   "NAME.iter[FUNCTION].df",
-}
 _OUTPUT = re.compile(r"\b(bpf_perf_event_output|bpf_ringbuf_output|bpf_ringbuf_reserve)\s*\(")
 _SIZEOF_TYPE = re.compile(r"^\s*sizeof\s*\(\s*((?:struct|union)\s+\w+|\w+)\s*\)\s*$")
 _SIZEOF_DEREF = re.compile(r"^\s*sizeof\s*\(\s*\*\s*(\w+)\s*\)\s*$")
@@ -61,7 +26,7 @@ _SIZEOF_DEREF = re.compile(r"^\s*sizeof\s*\(\s*\*\s*(\w+)\s*\)\s*$")
 def section_probe(section: str, function: str) -> Probe | None:
     """The probe a SEC() name implies, bound to ``function``; None if it names no target."""
     prefix, sep, target = section.partition("/")
-    kind = _SECTIONS.get(prefix)
+    kind = SECTIONS.get(prefix)
     if kind is None or not sep or not target:
         return None
     if kind == "iter" and target in MAP_ITERATORS:
