@@ -639,40 +639,42 @@ class LibbpfProgram(CompiledProgram):
 
 
 def _kernel_facts() -> _select.Kernel:
-    """What this kernel offers the hooks of SEC() names, asked once per question."""
-    spec = btf.vmlinux()
-    tracepoints: list[frozenset[str]] = []
+    """What this kernel offers the hooks of SEC() names, asked once per question.
 
-    def existing() -> frozenset[str]:  # every CATEGORY:NAME, read on first need
-        if not tracepoints:
+    Tracepoints (also raw and BTF-typed ones: every tracepoint is one) are looked up in
+    tracefs's list, kernel functions in kallsyms (kprobes) or BTF (fentry), each read on
+    the first question that needs it. Where tracefs cannot be read, tracepoints are
+    taken to exist: attaching says whether they do.
+    """
+    listing: list[frozenset[str] | None] = []
+
+    def tracepoints() -> frozenset[str] | None:
+        if not listing:
             try:
-                tracepoints.append(frozenset(tracefs.tracepoints()))
+                listing.append(frozenset(tracefs.tracepoints()))
             except OSError:
-                tracepoints.append(frozenset())
-        return tracepoints[0]
+                listing.append(None)
+        return listing[0]
 
     def check(hook: str, section: str, event: str) -> _select.Availability:
-        if hook in ("tp", "tracepoint"):
-            category, _, name = section.partition("/")[2].partition("/")
-            ok = f"{category}:{name}" in existing()
-            return _select.Availability(ok, "" if ok else f"no tracepoint {category}:{name}",
+        if hook in ("tp", "tracepoint", "tp_btf", "raw_tp", "raw_tracepoint"):
+            known = tracepoints()
+            if hook in ("tp", "tracepoint"):
+                category, _, name = section.partition("/")[2].partition("/")
+                event = f"{category}:{name}"
+                ok = known is None or event in known
+            else:
+                ok = known is None or any(t.endswith(f":{event}") for t in known)
+            return _select.Availability(ok, "" if ok else f"no tracepoint {event}",
                                         absent=not ok)
-        if hook in ("tp_btf", "raw_tp", "raw_tracepoint"):
-            typed = bool(spec.find(f"btf_trace_{event}", "typedef"))
-            traced = typed or any(t.endswith(f":{event}") for t in existing())
-            if hook == "tp_btf" and not typed:
-                return _select.Availability(False, f"no BTF type btf_trace_{event}",
-                                            absent=not traced)
-            return _select.Availability(traced, "" if traced else f"no tracepoint {event}",
-                                        absent=not traced)
-        in_btf = bool(spec.find(event, "func"))
-        if not in_btf and event not in kallsyms.functions():
-            return _select.Availability(False, f"no kernel function {event}", absent=True)
-        if hook in ("kprobe", "kretprobe") and not kernel.kprobes_supported():
-            return _select.Availability(False, "this kernel has no kprobes (CONFIG_KPROBES)")
-        if hook in ("fentry", "fexit") and not in_btf:
-            return _select.Availability(False, f"{event} is not in the kernel's BTF")
-        return _select.Availability(True)
+        if hook in ("kprobe", "kretprobe"):
+            if not kernel.kprobes_supported():
+                return _select.Availability(False, "this kernel has no kprobes (CONFIG_KPROBES)")
+            ok = event in kallsyms.functions()
+        else:  # fentry, fexit: the function's BTF is what they attach by
+            ok = bool(btf.vmlinux().find(event, "func"))
+        return _select.Availability(ok, "" if ok else f"no kernel function {event}",
+                                    absent=not ok)
 
     return _select.Kernel(check)
 
