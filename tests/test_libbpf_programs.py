@@ -581,6 +581,45 @@ def test_a_missing_macro_is_named_not_called_a_vmlinux_clash(no_leaks, tmp_path,
     assert err.value.hint == "'f' is defined twice in the cell; remove or rename one."
 
 
+OPEN_CODED = """\
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+
+__u64 sum = 0, reps = 0, vals = 0;
+int tgid = 0;
+
+SEC("tp_btf/sys_enter")
+int BPF_PROG(on_enter, struct pt_regs *regs, long id)
+{
+    int i, *v;
+    if ((bpf_get_current_pid_tgid() >> 32) != TARGET || id != NR_GETPPID)
+        return 0;
+    bpf_for(i, 0, 10)
+        sum += i;
+    bpf_repeat(3)
+        reps++;
+    bpf_for_each(num, v, 5, 8)
+        vals += *v;
+    tgid = bpf_core_cast(bpf_get_current_task_btf(), struct task_struct)->tgid;
+    return 0;
+}
+
+char LICENSE[] SEC("license") = "GPL";
+"""
+
+
+@needs_libbpf
+@pytest.mark.kernel
+def test_open_coded_iterators_and_core_cast_of_current_libbpf(no_leaks):
+    cell = OPEN_CODED.replace("TARGET", str(os.getpid())).replace("NR_GETPPID", str(NR_GETPPID))
+    with Program(cell) as prog:
+        os.getppid()
+        got = {k: prog.globals[k] for k in ("sum", "reps", "vals", "tgid")}
+    assert got == {"sum": sum(range(10)), "reps": 3, "vals": 5 + 6 + 7, "tgid": os.getpid()}
+
+
 KSYM_CELL = """\
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
