@@ -13,6 +13,8 @@ import contextlib
 import json
 import os
 import shutil
+import socket
+import struct
 import subprocess
 import time
 from pathlib import Path
@@ -24,6 +26,7 @@ from ebpf_magic.kernel import host as kernel
 from ebpf_magic.kernel import tracefs
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
+ETH_P_TEST = 0x88B5  # IEEE local experimental ethertype
 
 # A %%bpf cell counting getppid() calls of one process, per pid; format name= and pid=.
 COUNT_CELL = """%%bpf {name} -a tracepoint:syscalls:sys_enter_getppid -D PID={pid}
@@ -206,3 +209,22 @@ def veth():
         yield a, b
     finally:
         subprocess.run(["ip", "link", "del", a], check=False)
+
+
+def send_test_frames(dev: str, n: int) -> None:
+    """Send ``n`` broadcast Ethernet frames of type :data:`ETH_P_TEST` out of ``dev``."""
+    frame = b"\xff" * 6 + b"\x02\x00\x00\x00\x00\x01" + struct.pack("!H", ETH_P_TEST) + bytes(46)
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as s:
+        s.bind((dev, 0))
+        for _ in range(n):
+            s.send(frame)
+
+
+def settle(read, want: int, timeout: float = 2.0) -> int:
+    """``read()`` once it reaches ``want`` (or ``timeout`` passed), and a moment later: any
+    count beyond ``want`` shows up too."""
+    deadline = time.monotonic() + timeout
+    while read() < want and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.05)
+    return read()

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
-import struct
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -23,12 +21,11 @@ from ebpf_magic.kernel import sysbpf
 from ebpf_magic.probes import Probe
 from ebpf_magic.program import Program
 
-from conftest import bpftool_json
+from conftest import bpftool_json, send_test_frames, settle
 
 _OK, _WHY = libbpf.available()
 needs_libbpf = pytest.mark.skipif(not _OK, reason=f"libbpf backend unavailable: {_WHY}")
 NR_GETPPID = {"x86_64": 110, "aarch64": 173}.get(os.uname().machine, -1)
-ETH_P_TEST = 0x88B5  # IEEE local experimental ethertype
 
 
 def _loaded_names(prog: Program) -> list[str]:
@@ -787,22 +784,6 @@ char LICENSE[] SEC("license") = "GPL";
 """
 
 
-def _send_frames(dev: str, n: int) -> None:
-    frame = b"\xff" * 6 + b"\x02\x00\x00\x00\x00\x01" + struct.pack("!H", ETH_P_TEST) + bytes(46)
-    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as s:
-        s.bind((dev, 0))
-        for _ in range(n):
-            s.send(frame)
-
-
-def _settle(read, want: int) -> int:
-    deadline = time.monotonic() + 2
-    while read() < want and time.monotonic() < deadline:
-        time.sleep(0.01)
-    time.sleep(0.05)
-    return read()
-
-
 @needs_libbpf
 @pytest.mark.kernel
 @pytest.mark.parametrize("section, spec", [("tc", "tc:{dev}:ingress"),
@@ -812,8 +793,8 @@ def test_tc_counts_frames_sent_over_a_veth(no_leaks, veth, section, spec):
     cell = TC_CELL.replace("SECTION", section)
     with Program(cell, attach=[spec.format(dev=receiver)]) as prog:
         assert prog.attached == [f"{spec.format(dev=receiver)}=count_frames"]
-        _send_frames(sender, 30)
-        assert _settle(lambda: prog.globals["frames"], 30) == 30
+        send_test_frames(sender, 30)
+        assert settle(lambda: prog.globals["frames"], 30) == 30
         ids = set(prog.prog_ids())
         assert [ln for ln in bpftool_json("link", "show") if ln.get("prog_id") in ids]
     assert not [ln for ln in bpftool_json("link", "show") if ln.get("prog_id") in ids]

@@ -29,7 +29,7 @@ from ebpf_magic.kernel import link, sysbpf, tracefs
 from ebpf_magic.kernel.link import probe_events
 from ebpf_magic.setup import doctor
 
-from conftest import bpftool_json, own_bpf_fds, uprobe_events
+from conftest import ETH_P_TEST, bpftool_json, own_bpf_fds, send_test_frames, settle, uprobe_events
 from rawprog import prog_load
 
 pytestmark = pytest.mark.kernel
@@ -41,7 +41,6 @@ PROG_SOCKET_FILTER, PROG_SCHED_CLS = 1, 3
 MAP_ARRAY = 2
 PERF_TYPE_SOFTWARE = 1  # config 0: cpu-clock, 1: task-clock
 NR_GETPPID = 110  # x86_64
-ETH_P_TEST = 0x88B5  # IEEE local experimental ethertype
 XDP_PASS = 2
 
 
@@ -734,22 +733,6 @@ def _tc(dev: str, what: str, *rest: str) -> str:
                           text=True, check=True).stdout
 
 
-def _send_frames(dev: str, n: int) -> None:
-    frame = b"\xff" * 6 + b"\x02\x00\x00\x00\x00\x01" + struct.pack("!H", ETH_P_TEST) + bytes(46)
-    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as s:
-        s.bind((dev, 0))
-        for _ in range(n):
-            s.send(frame)
-
-
-def _wait_count(counter, want: int) -> int:
-    deadline = time.monotonic() + 2
-    while counter() < want and time.monotonic() < deadline:
-        time.sleep(0.01)
-    time.sleep(0.05)  # anything beyond ``want`` would show up too
-    return counter()
-
-
 @pytest.mark.parametrize("route", ["tcx", "clsact"])
 @pytest.mark.parametrize("direction", ["ingress", "egress"])
 def test_tc_counts_frames_on_a_veth_and_leaves_nothing(clean, counter, prog_fds, veth, route,
@@ -766,14 +749,14 @@ def test_tc_counts_frames_on_a_veth_and_leaves_nothing(clean, counter, prog_fds,
         else:
             assert "clsact" in _tc(dev, "qdisc")
             assert "count_frames" in _tc(dev, "filter", direction)
-        _send_frames(sender, 20)
-        assert _wait_count(counter, 20) == 20
+        send_test_frames(sender, 20)
+        assert settle(counter, 20) == 20
         assert lk.description.endswith(f":{direction}" + (" (clsact)" if route == "clsact"
                                                            else ""))
     assert "clsact" not in _tc(dev, "qdisc")  # the qdisc the link made is gone
     assert not [x for x in bpf_links() if x.get("prog_id") == prog_id]
-    _send_frames(sender, 5)
-    assert _wait_count(counter, 25) == 20
+    send_test_frames(sender, 5)
+    assert settle(counter, 25) == 20
 
 
 def test_tc_keeps_a_clsact_qdisc_it_did_not_make(clean, counter, prog_fds, veth):
@@ -782,8 +765,8 @@ def test_tc_keeps_a_clsact_qdisc_it_did_not_make(clean, counter, prog_fds, veth)
     prog_fds.append(counting_prog(PROG_SCHED_CLS, counter.fd, skb_protocol=ETH_P_TEST, ret=0))
     with link.tc(prog_fds[0], socket.if_nametoindex(receiver), "ingress", name="mine",
                  routes=("clsact",)):
-        _send_frames(sender, 7)
-        assert _wait_count(counter, 7) == 7
+        send_test_frames(sender, 7)
+        assert settle(counter, 7) == 7
     assert "clsact" in _tc(receiver, "qdisc")  # someone else's: kept
     assert "mine" not in _tc(receiver, "filter", "ingress")  # our filter: removed
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from ebpf_magic.internal.ctext import mask_code, matching_paren
+from ebpf_magic.internal.ctext import mask_code, matching_brace, matching_paren
 from ebpf_magic.probes import MAP_ITERATORS, SECTIONS, Probe
 
 # SEC() names newer libbpf releases know and the installed 1.1 does not: (program type,
@@ -136,17 +136,10 @@ def function_body(code: str, name: str) -> tuple[int, int] | None:
         if close < 0:
             continue
         rest = code[close + 1:]
-        brace = len(rest) - len(rest.lstrip())
-        if rest[brace:brace + 1] != "{":
-            continue
-        depth, start = 0, close + 1 + brace
-        for i in range(start, len(code)):
-            if code[i] == "{":
-                depth += 1
-            elif code[i] == "}":
-                depth -= 1
-                if depth == 0:
-                    return start, i + 1
+        start = close + 1 + len(rest) - len(rest.lstrip())
+        end = matching_brace(code, start) if code[start:start + 1] == "{" else -1
+        if end >= 0:
+            return start, end + 1
     return None
 
 
