@@ -136,14 +136,21 @@ def bpf_holders() -> dict[int, set[int]]:
     pid iterator that would list them.
     """
     held: dict[int, set[int]] = {}
-    for fdinfo in Path("/proc").glob("[0-9]*/fdinfo/*"):
-        try:
-            text = fdinfo.read_text()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:  # a process may exit, and a descriptor close, while they are read
+            fdinfos = list((proc / "fdinfo").iterdir())
         except OSError:
             continue
-        for line in text.splitlines():
-            if line.startswith("prog_id:"):
-                held.setdefault(int(line.split()[1]), set()).add(int(fdinfo.parts[2]))
+        for fdinfo in fdinfos:
+            try:
+                text = fdinfo.read_text()
+            except OSError:
+                continue
+            for line in text.splitlines():
+                if line.startswith("prog_id:"):
+                    held.setdefault(int(line.split()[1]), set()).add(int(proc.name))
     return held
 
 

@@ -25,6 +25,7 @@ from ebpf_magic.kernel import btf
 INCLUDE_DIR = Path(__file__).resolve().parent / "include"
 HELPER_DEFS = Path("/usr/include/bpf/bpf_helper_defs.h")
 NO_KFUNCS = "BPF_NO_KFUNC_PROTOTYPES"
+NO_KFUNC_GUARD = "__EBPF_MAGIC_KFUNCS__"
 # names current libbpf's headers define as macros; a cell that uses one on a libbpf whose
 # headers lack it (and that our include/bpf does not supply) gets a hint naming it
 NEWER_LIBBPF_MACROS = frozenset({
@@ -76,8 +77,6 @@ def kfunc_prototypes(spec: btf.Spec) -> str:
     lines += [f"#endif /* {NO_KFUNCS} */", f"#endif /* {NO_KFUNC_GUARD} */", ""]
     return "\n".join(lines)
 
-
-NO_KFUNC_GUARD = "__EBPF_MAGIC_KFUNCS__"
 
 
 def with_kfuncs(vmlinux_h: bytes, spec: btf.Spec) -> bytes:
