@@ -870,3 +870,55 @@ def test_kfunc_prototypes_in_vmlinux_h(no_leaks):
     assert text.rstrip().endswith("#endif /* __VMLINUX_H__ */")  # inside its include guard
     assert text.index("bpf_task_from_pid(s32 pid) __attribute__((weak))") > text.index(
         "struct task_struct {")
+
+
+CONFINED = r"""
+import json, os, socket, sys
+from ebpf_magic.setup import launcher
+launcher.become(launcher.account(), launcher.wanted())
+from ebpf_magic.program import Program
+iter_cell, socket_cell, children = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+with Program(iter_cell) as it:
+    df = it.iter["tasks"].df
+    found = sorted(int(p) for p in df.pid if int(p) in children)
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+with Program(socket_cell, attach=[f"socket:{b.fileno()}"]) as sf:
+    a.send(b"x-drop")
+    a.send(b"keep")
+    kept = b.recv(64).decode()
+    counts = [sf.globals["seen"], sf.globals["dropped"]]
+print(json.dumps({"uid": os.getuid(), "found": found, "kept": kept, "counts": counts}))
+"""
+
+
+@needs_libbpf
+@pytest.mark.kernel
+def test_iterators_and_socket_filters_in_the_confined_kernel(no_leaks):
+    """The kernel's account (CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN...) runs them too."""
+    import json
+    import sys
+
+    from ebpf_magic.setup import launcher
+
+    if os.geteuid() != 0:
+        pytest.skip(f"only root changes to the kernel's account; this is uid {os.geteuid()}")
+    try:
+        account = launcher.account()
+    except launcher.LaunchError as e:
+        pytest.fail(str(e))
+    children = [subprocess.Popen(["sleep", "60"]) for _ in range(2)]
+    try:
+        env = {"PATH": os.environ["PATH"], "HOME": account.pw_dir,
+               "XDG_CACHE_HOME": f"{account.pw_dir}/.cache"}
+        done = subprocess.run(
+            [sys.executable, "-I", "-c", CONFINED, TASK_ITER, SOCKET_CELL,
+             json.dumps([c.pid for c in children])],
+            capture_output=True, text=True, timeout=120, env=env, cwd="/")
+    finally:
+        for c in children:
+            c.kill()
+            c.wait()
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = json.loads(done.stdout.splitlines()[-1])
+    assert got == {"uid": account.pw_uid, "found": sorted(c.pid for c in children),
+                   "kept": "keep", "counts": [2, 1]}
