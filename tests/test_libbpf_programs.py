@@ -16,7 +16,7 @@ import pytest
 
 from ebpf_magic.backend import libbpf
 from ebpf_magic.backend.libbpf import _headers, _mapsizes, _select, _source
-from ebpf_magic.errors import AttachError, BPFError, CompileError, ProbeSpecError
+from ebpf_magic.errors import AttachError, BPFError, CompileError, ProbeSpecError, VerifierError
 from ebpf_magic.kernel import sysbpf
 from ebpf_magic.probes import Probe
 from ebpf_magic.program import Program
@@ -421,6 +421,77 @@ def test_fentry_refused_and_no_kprobes_names_both_and_the_rest(no_leaks):
     assert err.value.message.startswith('This kernel refuses SEC("fentry/__x64_sys_getppid") '
                                         "enter_fentry(): it loads no fentry programs")
     assert err.value.hint.endswith("--programs on_exit.")
+
+
+# The shape of libbpf-tools' softirqs: clang 14's default (v1) code checks the slot in one
+# register and indexes with another, which the verifier refuses; v3 code keeps them one.
+CODEGEN = """\
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+
+const volatile bool targ_ns = false;
+const volatile int targ_cpu = -1;
+
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, u32);
+    __type(value, u64);
+} start SEC(".maps");
+
+__u64 counts[10] = {};
+__u64 total[10] = {};
+
+static bool is_target_cpu() {
+    return targ_cpu < 0 || bpf_get_smp_processor_id() == targ_cpu;
+}
+
+static int handle(unsigned int slot)
+{
+    u64 delta, *tsp;
+    u32 key = 0;
+    if (!is_target_cpu() || slot >= 10)
+        return 0;
+    tsp = bpf_map_lookup_elem(&start, &key);
+    if (!tsp)
+        return 0;
+    delta = bpf_ktime_get_ns() - *tsp;
+    if (!targ_ns)
+        delta /= 1000U;
+    __sync_fetch_and_add(&counts[slot], 1);
+    __sync_fetch_and_add(&total[slot], delta);
+    return 0;
+}
+
+SEC("tp_btf/sys_enter")
+int BPF_PROG(on_enter, struct pt_regs *regs, long id)
+{
+    if ((bpf_get_current_pid_tgid() >> 32) != TARGET || id != NR_GETPPID)
+        return 0;
+    return handle(5);
+}
+
+char LICENSE[] SEC("license") = "GPL";
+"""
+
+
+@needs_libbpf
+@pytest.mark.kernel
+def test_code_the_verifier_refuses_is_compiled_again_as_v3(no_leaks):
+    cell = CODEGEN.replace("TARGET", str(os.getpid())).replace("NR_GETPPID", str(NR_GETPPID))
+    with Program(cell) as prog:
+        for _ in range(40):
+            os.getppid()
+        assert prog.globals["counts"][5] == 40
+        retried = [n for n in prog.notes if "-mcpu=v3" in n]
+    if retried:  # this clang's default code was refused: the cell's own choice is kept
+        assert retried == ["compiled with -mcpu=v3: the verifier refused on_enter() as "
+                           "clang's default code generation wrote it"]
+        with pytest.raises(VerifierError, match="rejected on_enter"):
+            Program(cell, cflags=["-mcpu=v1"])
+    else:
+        Program(cell, cflags=["-mcpu=v1"]).stop()
 
 
 # -- maps sized before load ------------------------------------------------------------------

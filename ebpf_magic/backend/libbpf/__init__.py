@@ -51,8 +51,9 @@ _PROG_FAILED = re.compile(r"prog '(\w+)': (?:BPF program load failed|failed to l
 _KEYLESS = ("queue", "stack", "ringbuf", "user_ringbuf")
 _PERF_EVENT_ARRAY = 4  # enum bpf_map_type
 _LIBBPF_OWN = ("__bpf_usdt_",)  # maps <bpf/usdt.bpf.h> declares for libbpf's bookkeeping
-_DATA_SECTIONS = (".rodata", ".data", ".bss")
+_DATA_SECTIONS = (".rodata", ".data", ".bss")  # and named ones: .data.NAME, .rodata.NAME
 V3 = "-mcpu=v3"
+_VERIFIER_LOG = "-- BEGIN PROG LOAD LOG --"  # libbpf's log has it where the verifier ran
 # SEC() hooks attached through BPF trampolines (BTF-typed, refused where trampolines are)
 _TRAMPOLINE_HOOKS = {"fentry", "fexit", "fmod_ret", "fentry.s", "fexit.s", "fmod_ret.s", "lsm",
                      "lsm.s", "lsm_cgroup", "freplace"}
@@ -63,7 +64,7 @@ _FD_HOOK_HINTS = {"tc": "tc programs need CAP_NET_ADMIN and SEC(\"tc\") (or tcx/
                   "socket": "A socket filter is a SEC(\"socket\") program; give the socket's "
                             "fileno().",
                   "iter": "An iterator is a SEC(\"iter/TARGET\") program (task, task_file, tcp, "
-                          "udp, bpf_map...)."}  # and named ones: .data.NAME, .rodata.NAME
+                          "udp, bpf_map...)."}
 FLAGS_ZERO_WARNING = ("{map}: bpf_perf_event_output(..., 0, ...) with flags 0 writes to the "
                       "buffer of CPU 0 only, so events on other CPUs are lost; pass "
                       "BPF_F_CURRENT_CPU as the flags")
@@ -205,9 +206,10 @@ class LibbpfProgram(CompiledProgram):
             self._build(*build)
         except VerifierError as refused:
             # clang 14's default (v1) code can lose a bounds check the verifier needs; its
-            # v3 code (32-bit subregisters, clang >= 18's default) keeps it, and the reverse
-            # happens too. The second try is made only where the cell chose no -mcpu.
-            if any(f.startswith("-mcpu") for f in cflags):
+            # v3 code (32-bit subregisters, newer clang's default) keeps it, and the reverse
+            # happens too. The second try is made only where the verifier read the code (a
+            # hook the kernel refuses outright is not about code) and the cell chose no -mcpu.
+            if _VERIFIER_LOG not in refused.log or any(f.startswith("-mcpu") for f in cflags):
                 raise
             try:
                 self._build([*cflags, V3], *build[1:])
@@ -716,7 +718,7 @@ def _load_failure(err: int, log: list[str], sections: Mapping[str, str] | None =
     function = next((m.group(1) for m in map(_PROG_FAILED.search, log) if m), "")
     section = (sections or {}).get(function, "")
     hook = section.partition("/")[0]
-    if hook in _TRAMPOLINE_HOOKS and "-- BEGIN PROG LOAD LOG --" not in text:
+    if hook in _TRAMPOLINE_HOOKS and _VERIFIER_LOG not in text:
         kprobes = kernel.kprobes_supported()
         others = [p for p in loaded if p != function and
                   (sections or {}).get(p, "").partition("/")[0] not in _TRAMPOLINE_HOOKS and
@@ -737,7 +739,7 @@ def _load_failure(err: int, log: list[str], sections: Mapping[str, str] | None =
                         "is attached with -a SPEC=FUNCTION.")
     verifier = [ln for ln in log if ln.strip() and not ln.startswith("libbpf:")
                 and not ln.startswith(("processed ", "-- BEGIN", "-- END"))]
-    if function or "-- BEGIN PROG LOAD LOG --" in text:
+    if function or _VERIFIER_LOG in text:
         tail = "\n".join("    " + ln.strip() for ln in (verifier or log)[-12:])
         return VerifierError(
             f"The kernel's verifier rejected {function or 'a program'}() "
