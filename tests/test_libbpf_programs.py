@@ -430,6 +430,7 @@ CODEGEN = """\
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
 
+const volatile bool targ_dist = false;
 const volatile bool targ_ns = false;
 const volatile int targ_cpu = -1;
 
@@ -444,14 +445,18 @@ __u64 counts[10] = {};
 __u64 total[10] = {};
 
 static bool is_target_cpu() {
-    return targ_cpu < 0 || bpf_get_smp_processor_id() == targ_cpu;
+    if (targ_cpu < 0)
+        return true;
+    return bpf_get_smp_processor_id() == targ_cpu;
 }
 
 static int handle(unsigned int slot)
 {
+    if (!is_target_cpu())
+        return 0;
     u64 delta, *tsp;
     u32 key = 0;
-    if (!is_target_cpu() || slot >= 10)
+    if (slot >= 10)
         return 0;
     tsp = bpf_map_lookup_elem(&start, &key);
     if (!tsp)
@@ -459,17 +464,19 @@ static int handle(unsigned int slot)
     delta = bpf_ktime_get_ns() - *tsp;
     if (!targ_ns)
         delta /= 1000U;
-    __sync_fetch_and_add(&counts[slot], 1);
-    __sync_fetch_and_add(&total[slot], delta);
+    if (!targ_dist) {
+        __sync_fetch_and_add(&counts[slot], 1);
+        __sync_fetch_and_add(&total[slot], delta);
+    }
     return 0;
 }
 
 SEC("tp_btf/sys_enter")
 int BPF_PROG(on_enter, struct pt_regs *regs, long id)
 {
-    if ((bpf_get_current_pid_tgid() >> 32) != TARGET || id != NR_GETPPID)
+    if ((bpf_get_current_pid_tgid() >> 32) != TARGET)
         return 0;
-    return handle(5);
+    return handle(id - (NR_GETPPID - 5));  /* getppid counts in slot 5 */
 }
 
 char LICENSE[] SEC("license") = "GPL";
