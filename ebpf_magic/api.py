@@ -183,6 +183,11 @@ class ProgramView(Protocol):
         none for a BCC program. Read like its maps: not once a live program stopped."""
 
     @property
+    def iter(self) -> Mapping[str, Any]:
+        """Its BPF iterators by function name; reading one's ``df`` runs it. Only a live
+        libbpf program has any (a recording holds no kernel to walk)."""
+
+    @property
     def running(self) -> bool:
         """True while it is attached in a kernel."""
 

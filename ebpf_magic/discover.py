@@ -5,11 +5,13 @@
 is. Sources: tracefs's ``available_events`` and format files for tracepoints, BTF's
 ``btf_trace_*`` prototypes for raw tracepoints and kernel functions' arguments, ftrace's
 ``available_filter_functions`` (else ``/proc/kallsyms``) for kprobes, ELF symbol tables and
-``.note.stapsdt`` notes for uprobes and USDT, ``/sys/class/net`` for XDP devices.
+``.note.stapsdt`` notes for uprobes and USDT, ``/sys/class/net`` for XDP and tc devices,
+BTF's ``bpf_iter__*`` context structs for iterator targets.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import fnmatch
 import functools
@@ -28,16 +30,17 @@ from ebpf_magic.errors import BPFError, ProbeSpecError
 from ebpf_magic.internal.tables import Listing
 from ebpf_magic.kernel import btf, kallsyms, symbols, sysbpf, tracefs
 from ebpf_magic.kernel import host as kernel
-from ebpf_magic.probes import HARDWARE_EVENTS, KINDS, SOFTWARE_EVENTS
+from ebpf_magic.probes import HARDWARE_EVENTS, KINDS, SOFTWARE_EVENTS, Probe, section
 
 # the kinds :func:`find` lists, in the order of its summary
 LISTED = ("tracepoint", "rawtracepoint", "kprobe", "kretprobe", "kfunc", "kretfunc", "uprobe",
-          "usdt", "software", "hardware", "profile", "xdp")
+          "usdt", "software", "hardware", "profile", "xdp", "tc", "iter")
 # kinds listed without a pattern naming them, and for a pattern without a kind
 _GLOBAL = ("tracepoint", "rawtracepoint", "kprobe", "kfunc", "software", "hardware", "profile",
-           "xdp")
+           "xdp", "tc", "iter")
 PROFILE_FORMS = ("profile:hz:99", "profile:s:1", "profile:ms:10", "profile:us:100")
 _TRACE_PREFIX = "btf_trace_"
+_ITER_PREFIX = "bpf_iter__"  # the context struct of each BPF iterator target
 _FIELD = re.compile(r"\s*field:(?P<decl>[^;]*);\s*offset:(\d+);\s*size:(\d+);")
 
 
@@ -62,9 +65,10 @@ def find(pattern: str = "", verbose: bool = False,
     """Probes matching ``pattern`` (bpftrace's syntax, ``*`` wildcards) as a DataFrame.
 
     Columns: ``probe`` (the ``-a`` spelling), ``kind``, ``attachable`` (whether this kernel
-    can attach that kind here: :func:`unattachable` says why not) and, with ``verbose``,
-    ``args`` (C declarations, ``; `` separated). Without a pattern: one row per kind with
-    its count. ``attachable_only`` leaves out the rows that cannot attach here.
+    can attach that kind here: :func:`unattachable` says why not), ``section`` (the
+    ``SEC()`` name of a libbpf-style program for it) and, with ``verbose``, ``args`` (C
+    declarations, ``; `` separated). Without a pattern: one row per kind with its count.
+    ``attachable_only`` leaves out the rows that cannot attach here.
     """
     pattern = pattern.strip()
     if not pattern:
@@ -84,9 +88,21 @@ def find(pattern: str = "", verbose: bool = False,
     for k in kinds:
         if not (attachable_only and unattachable(k)):
             rows.extend(_LISTERS[k](rest or "*", verbose, k))
-    columns = ["probe", "kind", "attachable"] + (["args"] if verbose else [])
+    for row in rows:
+        row["section"] = _section(row["kind"], row["probe"])
+    columns = ["probe", "kind", "attachable", "section"] + (["args"] if verbose else [])
     which = "attachable probe" if attachable_only else "probe"
     return Listing(rows, columns=columns, empty_text=f"no {which} matches {pattern!r}")
+
+
+def _section(kind: str, spec: str) -> str:
+    """The SEC() name for probe ``spec``; a uprobe's library as the file libbpf opens."""
+    target = spec.split(":", 1)[1]
+    if kind in ("uprobe", "uretprobe"):
+        lib, _, symbol = target.rpartition(":")
+        with contextlib.suppress(ProbeSpecError):
+            target = f"{library_path(lib)}:{symbol}"
+    return section(Probe(kind, target))
 
 
 def summary(attachable_only: bool = False) -> pd.DataFrame:
@@ -488,10 +504,38 @@ def _list_xdp(pattern: str, verbose: bool, kind: str) -> list[dict]:
     return _rows(kind, (f"xdp:{n}" for n in _match(network_devices(), pattern)), args)
 
 
+def _list_tc(pattern: str, verbose: bool, kind: str) -> list[dict]:
+    args = (lambda s: "") if verbose else None
+    specs = [f"{d}:{way}" for d in network_devices() for way in ("ingress", "egress")]
+    return _rows(kind, (f"tc:{s}" for s in _match(specs, pattern)), args)
+
+
+@functools.cache
+def iterator_targets() -> tuple[str, ...]:
+    """What BPF iterators can walk here (``task``, ``tcp``...), from BTF's ``bpf_iter__*``."""
+    spec = kernel_btf()
+    if spec is None:
+        return ()
+    n = len(_ITER_PREFIX)
+    # bpf_iter__task__safe_trusted and the like are the verifier's variants, not targets
+    return tuple(sorted({name[n:] for name in spec.names("struct")
+                         if name.startswith(_ITER_PREFIX) and "__" not in name[n:]}))
+
+
+def _list_iter(pattern: str, verbose: bool, kind: str) -> list[dict]:
+    args = None
+    if verbose:
+        def args(spec: str) -> str:
+            found = kernel_btf().find(_ITER_PREFIX + spec.split(":")[1], "struct")
+            return "; ".join(f.c_type + " " + f.field for f in
+                             btf.type_fields(kernel_btf(), found[0])) if found else ""
+    return _rows(kind, (f"iter:{n}" for n in _match(iterator_targets(), pattern)), args)
+
+
 _LISTERS = {
     "tracepoint": _list_tracepoints, "rawtracepoint": _list_raw,
     "kprobe": _list_kfuncs, "kretprobe": _list_kfuncs, "kfunc": _list_kfuncs,
     "kretfunc": _list_kfuncs, "uprobe": _list_uprobes, "uretprobe": _list_uprobes,
     "usdt": _list_usdt, "software": _list_events, "hardware": _list_events,
-    "profile": _list_profile, "xdp": _list_xdp,
+    "profile": _list_profile, "xdp": _list_xdp, "tc": _list_tc, "iter": _list_iter,
 }

@@ -27,6 +27,7 @@ KINDS = {
     "kfunc": "kfunc", "fentry": "kfunc", "f": "kfunc",
     "kretfunc": "kretfunc", "fexit": "kretfunc", "fr": "kretfunc",
     "lsm": "lsm",
+    "tc": "tc", "socket": "socket", "iter": "iter",
 }
 
 SOFTWARE_EVENTS = {
@@ -43,11 +44,48 @@ HARDWARE_EVENTS = {
 }
 DEFAULT_PERIOD = {"software": 1_000_000, "hardware": 1_000_000}
 
+# The SEC() names of BPF C in libbpf's convention: prefix -> probe kind; the rest of the
+# name is the target (tracepoint/CATEGORY/NAME, kprobe/FUNCTION, uprobe/PATH:FUNCTION...)
+SECTIONS = {
+    "tracepoint": "tracepoint", "tp": "tracepoint",
+    "raw_tracepoint": "rawtracepoint", "raw_tp": "rawtracepoint", "tp_btf": "rawtracepoint",
+    "raw_tracepoint.w": "rawtracepoint", "raw_tp.w": "rawtracepoint",
+    "kprobe": "kprobe", "kretprobe": "kretprobe", "uprobe": "uprobe", "uretprobe": "uretprobe",
+    "uprobe.s": "uprobe", "uretprobe.s": "uretprobe", "usdt": "usdt",
+    "fentry": "kfunc", "fexit": "kretfunc", "fentry.s": "kfunc", "fexit.s": "kretfunc",
+    "lsm": "lsm", "lsm.s": "lsm", "ksyscall": "kprobe", "kretsyscall": "kretprobe",
+    "iter": "iter", "iter.s": "iter",
+}
+# iterators over one map's elements: which map is a choice of the attach spec, not the SEC()
+MAP_ITERATORS = ("bpf_map_elem", "bpf_sk_storage_map", "sockmap")
+# Every SEC() form the libbpf backend loads and attaches, and how (for completion, help)
+SECTION_FORMS = {
+    "tracepoint/CATEGORY/NAME": "tracepoint (its tracefs format as context); also tp/",
+    "raw_tp/NAME": "raw tracepoint (arguments as a u64 array); also raw_tracepoint/",
+    "tp_btf/NAME": "raw tracepoint with typed arguments from BTF (BPF_PROG)",
+    "uprobe/PATH:FUNCTION": "user function entry; SEC(\"uprobe\") with -a uprobe:LIB:FUNCTION",
+    "uretprobe/PATH:FUNCTION": "user function return; SEC(\"uretprobe\") with -a",
+    "usdt/PATH:PROVIDER:NAME": "USDT probe; SEC(\"usdt\") with -a usdt:PATH:PROVIDER:NAME",
+    "kprobe/FUNCTION": "kernel function entry (needs CONFIG_KPROBES); kretprobe/ on return",
+    "ksyscall/NAME": "system call entry through kprobes; kretsyscall/ on return",
+    "fentry/FUNCTION": "kernel function entry through a BPF trampoline; fexit/ on return",
+    "lsm/HOOK": "LSM hook (needs the bpf LSM)",
+    "perf_event": "perf event sampling, with -a profile:hz:N or software:EVENT",
+    "xdp": "XDP on a device, with -a xdp:DEVICE",
+    "tc": "traffic control classifier, with -a tc:DEVICE:ingress or egress",
+    "tcx/ingress": "traffic control on ingress, with -a tc:DEVICE; tcx/egress on egress",
+    "socket": "socket filter, with -a socket:FD (a socket's fileno())",
+    "iter/TARGET": "BPF iterator (task, task_file, tcp, udp, bpf_map...), read as "
+                   "NAME.iter[FUNCTION].df",
+}
+
+
 USAGE = """\
 kprobe:FUNC  kretprobe:FUNC  tracepoint:CATEGORY:NAME  rawtracepoint:NAME
 uprobe:BINARY_OR_LIB:SYMBOL  uretprobe:BINARY_OR_LIB:SYMBOL  usdt:BINARY:[PROVIDER:]PROBE
 profile:hz:N  software:EVENT[:PERIOD]  hardware:EVENT[:PERIOD]  xdp:DEVICE
-kfunc:FUNC  kretfunc:FUNC  lsm:HOOK"""
+kfunc:FUNC  kretfunc:FUNC  lsm:HOOK
+libbpf programs also: tc:DEVICE:ingress|egress  socket:FD  iter:TARGET[:MAP]"""
 
 
 @dataclass(frozen=True)
@@ -79,7 +117,8 @@ class Probe:
     def _validate(self, spec: str) -> None:
         parts = self.target.split(":")
         want = {"tracepoint": (2, 2), "uprobe": (2, 2), "uretprobe": (2, 2), "usdt": (2, 3),
-                "profile": (2, 2), "software": (1, 2), "hardware": (1, 2)}
+                "profile": (2, 2), "software": (1, 2), "hardware": (1, 2), "tc": (1, 2),
+                "iter": (1, 2)}
         lo, hi = want.get(self.kind, (1, 1))
         if self.kind in ("uprobe", "uretprobe", "usdt") and parts[0] == "" :
             raise ProbeSpecError(f"{spec!r}: the binary or library is missing",
@@ -94,6 +133,12 @@ class Probe:
                 raise ProbeSpecError(f"{spec!r}: profile wants hz:N (samples per second "
                                      "per CPU), or s/ms/us:N for a period",
                                      "Example: profile:hz:99")
+        if self.kind == "tc" and len(parts) == 2 and parts[1] not in ("ingress", "egress"):
+            raise ProbeSpecError(f"{spec!r}: a tc probe is tc:DEVICE:ingress or "
+                                 "tc:DEVICE:egress", "Example: tc:eth0:ingress")
+        if self.kind == "socket" and not self.target.isdigit():
+            raise ProbeSpecError(f"{spec!r}: a socket probe names a socket's file descriptor",
+                                 "Example: -a socket:$fd with fd = sock.fileno()")
         if self.kind in ("software", "hardware"):
             table = SOFTWARE_EVENTS if self.kind == "software" else HARDWARE_EVENTS
             if parts[0] not in table:
@@ -163,6 +208,26 @@ def bind_explicit(probes: list[Probe], functions: list[str]) -> list[Probe]:
                              f"Candidates: {', '.join(free)}",
                              f"Write it as {unbound[0].spec}=FUNCTION.")
     return [p if p.function else p.bind(free[0]) for p in probes]
+
+
+def section(probe: Probe) -> str:
+    """The SEC() name of a libbpf-style program for ``probe``'s kind and target.
+
+    Kinds whose target a SEC() name cannot carry (sampling, devices, sockets) give the
+    bare name, attached with ``-a``.
+    """
+    kind, target = probe.kind, probe.target
+    if kind == "tracepoint":
+        return "tracepoint/" + target.replace(":", "/", 1)
+    simple = {"rawtracepoint": "tp_btf", "kprobe": "kprobe", "kretprobe": "kretprobe",
+              "kfunc": "fentry", "kretfunc": "fexit", "uprobe": "uprobe",
+              "uretprobe": "uretprobe", "usdt": "usdt", "lsm": "lsm", "iter": "iter"}
+    if kind in simple:
+        if kind == "iter":
+            target = target.split(":")[0]
+        return f"{simple[kind]}/{target}"
+    return {"profile": "perf_event", "software": "perf_event", "hardware": "perf_event",
+            "xdp": "xdp", "tc": "tc", "socket": "socket"}.get(kind, "")
 
 
 def find(pattern: str = "", verbose: bool = False, attachable_only: bool = False):

@@ -29,12 +29,14 @@ from ebpf_magic.backend import (
     CompiledProgram,
     MapHandle,
     check_globals,
+    check_load_options,
     choose_backend,
     compile_program,
     compiles_out_of_process,
     named_probes,
 )
 from ebpf_magic.data.globalvars import Globals
+from ebpf_magic.data.iterators import Iterators
 from ebpf_magic.data.maps import Maps, stopped_error
 from ebpf_magic.data.streams import Streams, check_options
 from ebpf_magic.errors import AttachError
@@ -99,6 +101,13 @@ class Program:
         globals: initial values of global variables, ``{"target_pid": 123}``, written
             before load (so ``const volatile`` ones reach the verifier as constants);
             libbpf programs only. Read and write them later through :attr:`globals`.
+        programs: the functions to load (libbpf programs only; libbpf's autoload). By
+            default, where the source holds variants of one probe (``tp_btf``/``raw_tp``/
+            ``tracepoint``, ``fentry``/``kprobe``), the best this kernel offers is loaded
+            and the notes say which.
+        maps: map attributes set before load (libbpf programs only),
+            ``{"stacks": {"max_entries": 4096, "value_size": 1016}}``; also
+            ``key_size`` and ``map_flags``.
     """
 
     def __init__(self, source: str, *, name: str = "bpf",
@@ -106,7 +115,9 @@ class Program:
                  defines: Mapping[str, Any] | Iterable[str] = (), pid: int | None = None,
                  stream_options: Mapping[str, Any] | None = None,
                  line_offset: int = 0, backend: str | None = None,
-                 globals: Mapping[str, Any] | None = None) -> None:
+                 globals: Mapping[str, Any] | None = None,
+                 programs: Sequence[str] | None = None,
+                 maps: Mapping[str, Mapping[str, int]] | None = None) -> None:
         self.name = name
         self.backend = choose_backend(source, backend)
         self.source = source
@@ -119,6 +130,7 @@ class Program:
         self._compiled: CompiledProgram | None = None
         self._streams: Streams | None = None
         self._globals = Globals([], name)
+        self._iters = Iterators({}, name)
         self.maps = Maps({})
         self._lock = threading.Lock()
 
@@ -126,7 +138,7 @@ class Program:
         usdt = self._bound_usdt([p for p in requested if p.kind == "usdt"])
         check_options(stream_options or {})
         try:
-            compiled = self._compile(line_offset, usdt, globals)
+            compiled = self._compile(line_offset, usdt, globals, programs, maps)
             handles = self._load(compiled, usdt, [p for p in requested if p.kind != "usdt"])
             # Buffers are read before any probe fires, so no event goes unseen or uncounted.
             # Ctrl-C waits for each step to finish, so what it opened is owned and rolled back
@@ -134,6 +146,7 @@ class Program:
             with interrupts_deferred():
                 self._streams = Streams.open(compiled, handles, **dict(stream_options or {}))
             self._attach(compiled)
+            self._iters = Iterators(compiled.iterators(), name, self._lock)
         except BaseException:
             with interrupts_deferred():
                 self._release()
@@ -151,15 +164,16 @@ class Program:
         named = named_probes(self.backend, functions)
         return bind_explicit(named + usdt, functions)[len(named):]
 
-    def _compile(self, line_offset: int, usdt: list[Probe],
-                 globals: Mapping[str, Any] | None) -> CompiledProgram:
+    def _compile(self, line_offset: int, usdt: list[Probe], globals: Mapping[str, Any] | None,
+                 programs: Sequence[str] | None,
+                 maps: Mapping[str, Mapping[str, int]] | None) -> CompiledProgram:
         # A compiler interrupted half-way in this process could leak what it loaded:
         # Ctrl-C waits, unless the backend compiles in a process Ctrl-C stops at once.
         with (contextlib.nullcontext() if compiles_out_of_process(self.backend) else
               interrupts_deferred()):
             self._compiled = compiled = compile_program(
                 self.source, cflags=self.cflags, usdt=usdt, line_offset=line_offset,
-                backend=self.backend, globals=globals)
+                backend=self.backend, globals=globals, programs=programs, maps=maps)
         self._globals = Globals(compiled.globals(), self.name, self._lock)
         self.warnings = list(compiled.warnings)
         self.notes = list(compiled.notes)
@@ -208,6 +222,15 @@ class Program:
         :class:`~ebpf_magic.errors.BPFError`. A BCC program has none.
         """
         return self._globals
+
+    @property
+    def iter(self) -> Iterators:
+        """The program's BPF iterators (``SEC("iter/...")``), by function name.
+
+        ``prog.iter["dump"].df`` runs one and returns what it wrote: its records, or its
+        lines of text. Each read walks the kernel's objects afresh.
+        """
+        return self._iters
 
     @property
     def functions(self) -> list[str]:
@@ -308,6 +331,7 @@ class Program:
                 self.stopped_at = time.time()
             self.maps.release(self.name, self.stopped_at)
             self._globals.release(self.stopped_at)
+            self._iters.release(self.stopped_at)
             unregister(self)
 
     def _release(self) -> None:
@@ -342,12 +366,17 @@ class Program:
         return Listing([self.summary()])._repr_html_()
 
 
-def check_settable(source: str, backend: str | None, names: Iterable[str]) -> None:
-    """Raise :class:`~ebpf_magic.errors.BPFError` if ``source``'s backend cannot set ``names``.
+def check_settable(source: str, backend: str | None, names: Iterable[str],
+                   programs: Sequence[str] | None = None,
+                   maps: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+    """Raise :class:`~ebpf_magic.errors.BPFError` if ``source``'s backend cannot set ``names``,
+    choose ``programs`` or set ``maps``' attributes.
 
     Lets a caller refuse ``globals=`` for a BCC program before anything is stopped or started.
     """
-    check_globals(choose_backend(source, backend), list(names))
+    chosen = choose_backend(source, backend)
+    check_globals(chosen, list(names))
+    check_load_options(chosen, programs, maps)
 
 
 @contextlib.contextmanager

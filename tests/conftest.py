@@ -13,6 +13,8 @@ import contextlib
 import json
 import os
 import shutil
+import socket
+import struct
 import subprocess
 import time
 from pathlib import Path
@@ -24,6 +26,7 @@ from ebpf_magic.kernel import host as kernel
 from ebpf_magic.kernel import tracefs
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
+ETH_P_TEST = 0x88B5  # IEEE local experimental ethertype
 
 # A %%bpf cell counting getppid() calls of one process, per pid; format name= and pid=.
 COUNT_CELL = """%%bpf {name} -a tracepoint:syscalls:sys_enter_getppid -D PID={pid}
@@ -133,14 +136,21 @@ def bpf_holders() -> dict[int, set[int]]:
     pid iterator that would list them.
     """
     held: dict[int, set[int]] = {}
-    for fdinfo in Path("/proc").glob("[0-9]*/fdinfo/*"):
-        try:
-            text = fdinfo.read_text()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:  # a process may exit, and a descriptor close, while they are read
+            fdinfos = list((proc / "fdinfo").iterdir())
         except OSError:
             continue
-        for line in text.splitlines():
-            if line.startswith("prog_id:"):
-                held.setdefault(int(line.split()[1]), set()).add(int(fdinfo.parts[2]))
+        for fdinfo in fdinfos:
+            try:
+                text = fdinfo.read_text()
+            except OSError:
+                continue
+            for line in text.splitlines():
+                if line.startswith("prog_id:"):
+                    held.setdefault(int(line.split()[1]), set()).add(int(proc.name))
     return held
 
 
@@ -213,3 +223,39 @@ def spinner(tmp_path):
     spin = ctypes.CDLL(str(lib)).em_spin_outer
     spin.argtypes = [ctypes.c_ulong]
     return spin
+
+
+@pytest.fixture
+def veth():
+    """A veth pair made for the test; yields (sending end, receiving end), then removes it."""
+    tag = os.getpid() % 100000
+    a, b = f"elk{tag}a", f"elk{tag}b"
+    made = subprocess.run(["ip", "link", "add", a, "type", "veth", "peer", "name", b],
+                          capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.fail(f"cannot make a veth pair: {made.stderr.strip()}")
+    try:
+        for dev in (a, b):
+            subprocess.run(["ip", "link", "set", dev, "up"], check=True)
+        yield a, b
+    finally:
+        subprocess.run(["ip", "link", "del", a], check=False)
+
+
+def send_test_frames(dev: str, n: int) -> None:
+    """Send ``n`` broadcast Ethernet frames of type :data:`ETH_P_TEST` out of ``dev``."""
+    frame = b"\xff" * 6 + b"\x02\x00\x00\x00\x00\x01" + struct.pack("!H", ETH_P_TEST) + bytes(46)
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as s:
+        s.bind((dev, 0))
+        for _ in range(n):
+            s.send(frame)
+
+
+def settle(read, want: int, timeout: float = 2.0) -> int:
+    """``read()`` once it reaches ``want`` (or ``timeout`` passed), and a moment later: any
+    count beyond ``want`` shows up too."""
+    deadline = time.monotonic() + timeout
+    while read() < want and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.05)
+    return read()

@@ -126,3 +126,38 @@ def test_live_map_and_stream_keys(no_leaks, shell):
     assert complete(shell, 'live_keys.events["w') == ['live_keys.events["writes']
     assert complete(shell, "%bpf stop l") == ["%bpf stop live_keys"]
     shell.run_line_magic("bpf", "stop live_keys")
+
+
+def test_sections_in_a_cell_body(shell):
+    body = '%%bpf prog\nSEC("tp_b'
+    assert complete(shell, body) == ['%%bpf prog\nSEC("tp_btf/']
+    kinds = {c.split('SEC("', 1)[1] for c in complete(shell, '%%bpf prog\nSEC("')}
+    assert {"tracepoint/", "tp_btf/", "raw_tp/", "kprobe/", "fentry/", "uprobe/", "usdt/",
+            "iter/", "perf_event", "xdp", "tc", "tcx/", "socket"} <= kinds
+    assert complete(shell, '%%bpf prog\nSEC("tcx/') == ['%%bpf prog\nSEC("tcx/egress',
+                                                        '%%bpf prog\nSEC("tcx/ingress']
+    if discover.kernel_btf() is None:
+        pytest.skip("the kernel has no BTF")
+    assert complete(shell, '%%bpf prog\nSEC("tp_btf/sched_swi') == [
+        '%%bpf prog\nSEC("tp_btf/sched_switch']
+    assert complete(shell, '%%bpf prog\nSEC("iter/task_f') == ['%%bpf prog\nSEC("iter/task_file']
+    # not in a %%bpf cell, and not on its first line: Python's completion, not ours
+    assert complete(shell, 'x = \'SEC("tp_b') != ['x = \'SEC("tp_btf/']
+
+
+@needs_tracefs
+def test_tracepoint_sections_by_category(shell):
+    events = (TRACEFS / "available_events").read_text().split()
+    done = complete(shell, '%%bpf prog\nSEC("tracepoint/sched/sched_sw')
+    assert done == sorted(f'%%bpf prog\nSEC("tracepoint/{e.replace(":", "/")}'
+                          for e in events if e.startswith("sched:sched_sw"))
+
+
+def test_tc_and_iter_attach_specs(shell):
+    devices = sorted(os.listdir("/sys/class/net"))
+    assert complete(shell, "%%bpf prog -a tc:") == [f"%%bpf prog -a tc:{d}:" for d in devices]
+    assert complete(shell, "%%bpf prog -a tc:lo:") == ["%%bpf prog -a tc:lo:egress",
+                                                       "%%bpf prog -a tc:lo:ingress"]
+    if discover.kernel_btf() is None:
+        pytest.skip("the kernel has no BTF")
+    assert "%%bpf prog -a iter:task" in complete(shell, "%%bpf prog -a iter:")

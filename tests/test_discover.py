@@ -312,3 +312,23 @@ def test_every_tracepoint_reader_reads_the_one_tracefs(monkeypatch, tmp_path):
     with pytest.raises(link.LinkError, match="tracefs is not mounted") as info:
         link.tracepoints("sched:*")
     assert "mount -t tracefs" in info.value.hint
+
+
+def test_each_probe_says_its_sec_name():
+    found = probes.find("tracepoint:syscalls:sys_enter_openat")
+    assert list(found.columns) == ["probe", "kind", "attachable", "section"]
+    assert found["section"][0] == "tracepoint/syscalls/sys_enter_openat"
+    assert probes.find("xdp:lo")["section"][0] == "xdp"
+    assert list(probes.find("tc:lo:*")["probe"]) == ["tc:lo:egress", "tc:lo:ingress"]
+    libc = probes.find("uprobe:c:getpid")["section"][0]
+    assert libc.startswith("uprobe//") and libc.endswith("libc.so.6:getpid")
+
+
+def test_iterator_targets_from_btf():
+    if discover.kernel_btf() is None:
+        pytest.skip("the kernel has no BTF")
+    found = probes.find("iter:task*", verbose=True).set_index("probe")
+    assert {"iter:task", "iter:task_file", "iter:task_vma"} <= set(found.index)
+    assert not [p for p in found.index if "__" in p]  # the verifier's variants are not targets
+    assert found.loc["iter:task", "section"] == "iter/task"
+    assert "struct task_struct * task" in found.loc["iter:task", "args"]

@@ -563,9 +563,10 @@ def test_probe_kinds_from_sections_and_specs(no_leaks):
     if nr_getppid is None:
         pytest.skip(f"getppid's syscall number on {os.uname().machine} is not in this test")
     n, me = 300, os.getpid()
+    # raw_tp/sys_enter and tp_btf/sys_enter are variants of one probe: both are chosen here
     with Program(PROBE_KINDS, defines={"PID": me, "NR_GETPPID": nr_getppid}, pid=me,
-                 attach=["uprobe:c:getpid=on_getpid", "software:cpu-clock:100000=sample"]
-                 ) as prog:
+                 attach=["uprobe:c:getpid=on_getpid", "software:cpu-clock:100000=sample"],
+                 programs=["raw", "typed", "on_getpid", "on_getpid_sec", "sample"]) as prog:
         assert prog.attached == [
             "rawtracepoint:sys_enter=raw", "rawtracepoint:sys_enter=typed",
             "uprobe:libc.so.6:getpid=on_getpid_sec", f"uprobe:c:getpid (pid {me})=on_getpid",

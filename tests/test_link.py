@@ -29,7 +29,7 @@ from ebpf_magic.kernel import link, sysbpf, tracefs
 from ebpf_magic.kernel.link import probe_events
 from ebpf_magic.setup import doctor
 
-from conftest import bpftool_json, own_bpf_fds, uprobe_events
+from conftest import ETH_P_TEST, bpftool_json, own_bpf_fds, send_test_frames, settle, uprobe_events
 from rawprog import prog_load
 
 pytestmark = pytest.mark.kernel
@@ -37,10 +37,10 @@ pytestmark = pytest.mark.kernel
 uprobe_mod = importlib.import_module("ebpf_magic.kernel.link.uprobe")
 
 PROG_KPROBE, PROG_TRACEPOINT, PROG_XDP, PROG_PERF_EVENT, PROG_RAW_TRACEPOINT = 2, 5, 6, 7, 17
+PROG_SOCKET_FILTER, PROG_SCHED_CLS = 1, 3
 MAP_ARRAY = 2
 PERF_TYPE_SOFTWARE = 1  # config 0: cpu-clock, 1: task-clock
 NR_GETPPID = 110  # x86_64
-ETH_P_TEST = 0x88B5  # IEEE local experimental ethertype
 XDP_PASS = 2
 
 
@@ -80,9 +80,13 @@ COUNT_LEN = 9  # instructions in _count()
 
 def counting_prog(prog_type: int, map_fd: int, *, pid: int | None = None,
                   raw_syscall: int | None = None, ethertype: int | None = None,
-                  retval: int | None = None, ret: int = 0) -> int:
+                  skb_protocol: int | None = None, retval: int | None = None,
+                  ret: int = 0) -> int:
     """Load a program counting its runs in ``map_fd`` slot 0, under the given filters."""
     body = b""
+    if skb_protocol is not None:  # __sk_buff: protocol (network order) at +16
+        body += (_insn(0x61, 6, 1, 16)  # r6 = *(u32 *)(r1 + 16)
+                 + _insn(0x55, 6, off=COUNT_LEN, imm=socket.htons(skb_protocol)))
     if raw_syscall is not None:  # raw sys_enter: ctx->args[1] is the syscall number
         body += _insn(0x79, 6, 1, 8)  # r6 = *(u64 *)(r1 + 8)
         body += _insn(0x55, 6, off=COUNT_LEN + (3 if pid is not None else 0), imm=raw_syscall)
@@ -698,23 +702,6 @@ def test_kprobe_without_kprobes_says_so(clean, counter, prog_fds):
 
 # -- XDP -------------------------------------------------------------------------------------
 
-@pytest.fixture
-def veth():
-    """A veth pair made for the test; yields (sending end, receiving end), then removes it."""
-    tag = os.getpid() % 100000
-    a, b = f"elk{tag}a", f"elk{tag}b"
-    made = subprocess.run(["ip", "link", "add", a, "type", "veth", "peer", "name", b],
-                          capture_output=True, text=True)
-    if made.returncode != 0:
-        pytest.fail(f"cannot make a veth pair: {made.stderr.strip()}")
-    try:
-        for dev in (a, b):
-            subprocess.run(["ip", "link", "set", dev, "up"], check=True)
-        yield a, b
-    finally:
-        subprocess.run(["ip", "link", "del", a], check=False)
-
-
 def _xdp_attached(dev: str) -> bool:
     out = subprocess.run(["ip", "-j", "-d", "link", "show", dev], capture_output=True,
                          text=True, check=True).stdout
@@ -760,3 +747,91 @@ def test_xdp_device_names_the_devices_and_modes_there_are():
     with pytest.raises(link.LinkError, match="unknown XDP mode 'fast'") as info:
         link.xdp_device("lo@fast")
     assert info.value.hint == "Modes: @skb, @drv, @hw"
+
+
+# -- traffic control and socket filters ------------------------------------------------------
+
+def _tc(dev: str, what: str, *rest: str) -> str:
+    """``tc WHAT show dev DEV [REST]`` (what: qdisc or filter)."""
+    return subprocess.run(["tc", what, "show", "dev", dev, *rest], capture_output=True,
+                          text=True, check=True).stdout
+
+
+@pytest.mark.parametrize("route", ["tcx", "clsact"])
+@pytest.mark.parametrize("direction", ["ingress", "egress"])
+def test_tc_counts_frames_on_a_veth_and_leaves_nothing(clean, counter, prog_fds, veth, route,
+                                                       direction):
+    sender, receiver = veth
+    dev = receiver if direction == "ingress" else sender
+    prog_fds.append(counting_prog(PROG_SCHED_CLS, counter.fd, skb_protocol=ETH_P_TEST, ret=0))
+    prog_id = sysbpf.prog_info(prog_fds[0]).id
+    with link.tc(prog_fds[0], socket.if_nametoindex(dev), direction, name="count_frames",
+                 routes=(route,)) as lk:
+        if route == "tcx":
+            assert [x for x in bpf_links() if x.get("prog_id") == prog_id]
+            assert "clsact" not in _tc(dev, "qdisc")
+        else:
+            assert "clsact" in _tc(dev, "qdisc")
+            assert "count_frames" in _tc(dev, "filter", direction)
+        send_test_frames(sender, 20)
+        assert settle(counter, 20) == 20
+        assert lk.description.endswith(f":{direction}" + (" (clsact)" if route == "clsact"
+                                                           else ""))
+    assert "clsact" not in _tc(dev, "qdisc")  # the qdisc the link made is gone
+    assert not [x for x in bpf_links() if x.get("prog_id") == prog_id]
+    send_test_frames(sender, 5)
+    assert settle(counter, 25) == 20
+
+
+def test_tc_keeps_a_clsact_qdisc_it_did_not_make(clean, counter, prog_fds, veth):
+    sender, receiver = veth
+    subprocess.run(["tc", "qdisc", "add", "dev", receiver, "clsact"], check=True)
+    prog_fds.append(counting_prog(PROG_SCHED_CLS, counter.fd, skb_protocol=ETH_P_TEST, ret=0))
+    with link.tc(prog_fds[0], socket.if_nametoindex(receiver), "ingress", name="mine",
+                 routes=("clsact",)):
+        send_test_frames(sender, 7)
+        assert settle(counter, 7) == 7
+    assert "clsact" in _tc(receiver, "qdisc")  # someone else's: kept
+    assert "mine" not in _tc(receiver, "filter", "ingress")  # our filter: removed
+
+
+def test_tc_names_a_bad_direction_and_device():
+    with pytest.raises(link.LinkError, match="tc direction 'sideways'") as info:
+        link.tc(-1, 1, "sideways")
+    assert "ingress or egress" in info.value.hint
+    with pytest.raises(link.LinkError, match="no network device 'nosuchdev0'"):
+        link.device_index("nosuchdev0")
+
+
+def test_socket_filter_on_a_socket_pair_counts_and_drops(clean, counter, prog_fds):
+    prog_fds.append(counting_prog(PROG_SOCKET_FILTER, counter.fd, ret=0))  # keeps 0 bytes
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with a, b:
+        b.setblocking(False)
+        with link.socket_filter(prog_fds[0], b.fileno()) as lk:
+            assert lk.description == f"socket:fd {b.fileno()}"
+            for i in range(10):
+                a.send(b"m%d" % i)
+            assert counter() == 10
+            with pytest.raises(BlockingIOError):  # every message dropped by the filter
+                b.recv(64)
+        a.send(b"after")  # detached: delivered, not counted
+        assert b.recv(64) == b"after"
+        assert counter() == 10
+
+
+def test_socket_filter_holds_its_own_descriptor(clean, counter, prog_fds):
+    prog_fds.append(counting_prog(PROG_SOCKET_FILTER, counter.fd, ret=0xFFFF))
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    lk = link.socket_filter(prog_fds[0], b.fileno())
+    b.close()  # the caller's descriptor goes; the link's duplicate keeps the socket
+    lk.close()  # detaches without error
+    a.close()
+    with pytest.raises(link.LinkError, match="is not a socket"):
+        r, w = os.pipe()
+        try:
+            link.socket_filter(prog_fds[0], r)
+        finally:
+            os.close(r)
+            os.close(w)
+    assert counter() == 0

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import importlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ebpf_magic.backend.base import (
@@ -22,6 +22,7 @@ from ebpf_magic.backend.base import (
     CompiledProgram,
     Diagnostic,
     GlobalVar,
+    IterHandle,
     MapHandle,
     encode_globals,
     encode_value,
@@ -31,9 +32,10 @@ from ebpf_magic.probes import Probe
 
 __all__ = [
     "BACKENDS", "LIBBPF_PACKAGES", "Backend", "CompiledProgram", "Diagnostic", "GlobalVar",
-    "MapHandle", "available", "check_globals", "choose_backend", "compile_program",
-    "compiles_out_of_process", "diagnostics", "encode_globals", "encode_value", "get",
-    "host_facts", "named_probes", "prestart", "symbolize_user", "version",
+    "IterHandle", "MapHandle", "available", "check_globals", "check_load_options",
+    "choose_backend", "compile_program", "compiles_out_of_process", "diagnostics",
+    "encode_globals", "encode_value", "get", "host_facts", "named_probes", "prestart",
+    "symbolize_user", "version",
 ]
 
 # Each backend's module, which holds its one instance as ``BACKEND``. A cell in neither
@@ -61,16 +63,26 @@ def choose_backend(source: str, backend: str | None = None) -> str:
 def compile_program(source: str, *, cflags: list[str], usdt: list[Probe],
                     filename: str = "cell", line_offset: int = 0,
                     backend: str | None = None,
-                    globals: Mapping[str, Any] | None = None) -> CompiledProgram:
+                    globals: Mapping[str, Any] | None = None,
+                    programs: Sequence[str] | None = None,
+                    maps: Mapping[str, Mapping[str, int]] | None = None) -> CompiledProgram:
     """Compile and load ``source`` with ``backend`` (default: :func:`choose_backend`).
 
     Compile errors name lines as ``filename, line N`` with ``line_offset`` added.
-    ``globals`` are initial values of global variables (see :func:`check_globals`).
+    ``globals`` are initial values of global variables (see :func:`check_globals`);
+    ``programs`` and ``maps`` choose the functions loaded and set map attributes
+    before load (see :func:`check_load_options`).
     """
     chosen = get(choose_backend(source, backend))
     chosen.check_globals(list(globals or {}))
+    chosen.check_load_options(programs, maps)
+    options: dict[str, Any] = {}
+    if programs is not None:
+        options["programs"] = list(programs)
+    if maps:
+        options["maps"] = maps
     return chosen.compile(source, cflags=cflags, usdt=usdt, filename=filename,
-                          line_offset=line_offset, globals=globals or {})
+                          line_offset=line_offset, globals=globals or {}, **options)
 
 
 def named_probes(backend: str, functions: list[str]) -> list[Probe]:
@@ -86,6 +98,13 @@ def compiles_out_of_process(backend: str) -> bool:
 def check_globals(backend: str, names: Mapping[str, Any] | list[str]) -> None:
     """Raise :class:`~ebpf_magic.errors.BPFError` if ``backend`` cannot set globals ``names``."""
     get(backend).check_globals(list(names))
+
+
+def check_load_options(backend: str, programs: Sequence[str] | None,
+                       maps: Mapping[str, Mapping[str, Any]] | None) -> None:
+    """Raise :class:`~ebpf_magic.errors.BPFError` if ``backend`` cannot choose ``programs``
+    or set ``maps``' attributes before load."""
+    get(backend).check_load_options(programs, maps)
 
 
 def available(backend: str) -> tuple[bool, str]:

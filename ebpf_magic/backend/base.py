@@ -9,7 +9,7 @@ probes, maps, event streams and loss counters and owns every descriptor and link
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,6 +66,21 @@ class GlobalVar:
     def writable(self) -> bool:
         """False for ``.rodata``, which the kernel freezes at load."""
         return not self.section.startswith(".rodata")
+
+
+@dataclass
+class IterHandle:
+    """An attached BPF iterator program: reading ``link`` runs it once.
+
+    ``target`` is what it iterates (``task``, ``tcp``, ``bpf_map_elem``...);
+    ``record_dtype`` is the fixed-size record its ``bpf_seq_write`` calls write, or
+    None where it writes text (``BPF_SEQ_PRINTF``).
+    """
+
+    name: str
+    target: str
+    link: Any  # an ebpf_magic.kernel.link.IterLink
+    record_dtype: np.dtype | None
 
 
 def encode_globals(values: Mapping[str, Any],
@@ -143,6 +158,10 @@ class CompiledProgram(abc.ABC):
     def globals(self) -> list[GlobalVar]:
         """The program's global variables, with the descriptors of their sections' maps."""
         return []
+
+    def iterators(self) -> dict[str, IterHandle]:
+        """The program's attached BPF iterators, by function name."""
+        return {}
 
     @abc.abstractmethod
     def maps(self) -> dict[str, MapHandle]:
@@ -223,8 +242,14 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def compile(self, source: str, *, cflags: list[str], usdt: list[Probe], filename: str,
-                line_offset: int, globals: Mapping[str, Any]) -> CompiledProgram:
-        """Compile and load ``source``; errors name lines as ``filename, line N``."""
+                line_offset: int, globals: Mapping[str, Any],
+                programs: Sequence[str] | None = None,
+                maps: Mapping[str, Mapping[str, int]] | None = None) -> CompiledProgram:
+        """Compile and load ``source``; errors name lines as ``filename, line N``.
+
+        ``programs`` names the functions to load (default: the backend chooses);
+        ``maps`` sets map attributes before load (see :meth:`check_load_options`).
+        """
 
     @abc.abstractmethod
     def diagnostics(self) -> dict[str, Callable[[], Diagnostic]]:
@@ -232,6 +257,17 @@ class Backend(abc.ABC):
 
     def check_globals(self, names: list[str]) -> None:  # noqa: B027 - optional
         """Raise :class:`~ebpf_magic.errors.BPFError` if globals ``names`` cannot be set."""
+
+    def check_load_options(self, programs: Sequence[str] | None,
+                           maps: Mapping[str, Mapping[str, Any]] | None) -> None:
+        """Raise :class:`~ebpf_magic.errors.BPFError` if this backend cannot choose the
+        programs it loads (``programs``) or set map attributes before load (``maps``)."""
+        if programs is not None or maps:
+            what = "choose which programs to load" if programs is not None else \
+                "set map sizes before load"
+            raise BPFError(f"the {self.name} backend cannot {what}",
+                           "Only libbpf-style programs (SEC() names, --backend libbpf) take "
+                           "--programs and --map.")
 
     def named_probes(self, functions: list[str]) -> list[Probe]:
         """The probes its naming conventions give ``functions``, known before compiling."""

@@ -206,6 +206,12 @@ class ClusterProgram:
         """
         return SavedGlobals((), self.name)
 
+    @property
+    def iter(self) -> Named[Any]:
+        """Empty: iterators are run on each host, from ``%%px``:
+        ``ebpf_magic.cluster.engine.program(NAME).iter[FUNCTION].df``."""
+        return Named({}, "iterator")
+
     def read_maps(self, names: Iterable[str] | None = None) -> dict[str, pd.DataFrame]:
         """The merged frames of maps ``names`` (default all), one call to each host."""
         names = list(self._maps if names is None else names)

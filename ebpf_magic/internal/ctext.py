@@ -39,11 +39,20 @@ def mask_code(source: str) -> str:
 
 def matching_paren(code: str, open_at: int) -> int:
     """Index of the ``)`` closing the ``(`` at ``open_at`` in masked ``code``; -1 if none."""
+    return _matching(code, open_at, "(", ")")
+
+
+def matching_brace(code: str, open_at: int) -> int:
+    """Index of the ``}`` closing the ``{`` at ``open_at`` in masked ``code``; -1 if none."""
+    return _matching(code, open_at, "{", "}")
+
+
+def _matching(code: str, open_at: int, opener: str, closer: str) -> int:
     depth = 0
     for i in range(open_at, len(code)):
-        if code[i] == "(":
+        if code[i] == opener:
             depth += 1
-        elif code[i] == ")":
+        elif code[i] == closer:
             depth -= 1
             if depth == 0:
                 return i

@@ -261,6 +261,35 @@ def link_create(prog_fd: int, target: int, attach_type: int, flags: int = 0) -> 
                                             attach_type=attach_type, flags=flags))
 
 
+ITER_CREATE = 33
+BPF_TRACE_ITER = 28  # enum bpf_attach_type
+
+
+class _IterLinkCreateAttr(ctypes.Structure):
+    _fields_ = [("prog_fd", ctypes.c_uint32), ("target_fd", ctypes.c_uint32),
+                ("attach_type", ctypes.c_uint32), ("flags", ctypes.c_uint32),
+                ("iter_info", ctypes.c_uint64), ("iter_info_len", ctypes.c_uint32),
+                ("_pad", ctypes.c_uint32), ("_rest", ctypes.c_uint64 * 2)]
+
+
+class _IterCreateAttr(ctypes.Structure):
+    _fields_ = [("link_fd", ctypes.c_uint32), ("flags", ctypes.c_uint32)]
+
+
+def iter_link_create(prog_fd: int, info: bytes = b"") -> int:
+    """A BPF link for iterator program ``prog_fd``; ``info`` is its ``bpf_iter_link_info``
+    (a map's fd, a task's tid/pid) or empty. Reading its iterators runs the program."""
+    buf = ctypes.create_string_buffer(info, len(info)) if info else None
+    return bpf(LINK_CREATE, _IterLinkCreateAttr(
+        prog_fd=prog_fd, attach_type=BPF_TRACE_ITER,
+        iter_info=ctypes.addressof(buf) if buf is not None else 0, iter_info_len=len(info)))
+
+
+def iter_create(link_fd: int) -> int:
+    """BPF_ITER_CREATE: a new readable fd whose reads run the iterator behind ``link_fd``."""
+    return bpf(ITER_CREATE, _IterCreateAttr(link_fd=link_fd))
+
+
 def map_delete_batch(fd: int, keys, count: int) -> int:
     """Delete ``count`` keys in one call; return how many were deleted."""
     attr = _BatchAttr(keys=_addr(keys), count=count, map_fd=fd)

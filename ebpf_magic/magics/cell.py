@@ -88,6 +88,38 @@ def _assignment(text: str) -> tuple[str, object]:
         return name, value
 
 
+def _names(text: str) -> list[str]:
+    """``NAME,NAME...``: C function names."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    bad = [n for n in names if not n.isidentifier() or not n.isascii()]
+    if not names or bad:
+        raise argparse.ArgumentTypeError(
+            f"wants C function names separated by commas, got {clip(text)!r}")
+    return names
+
+
+def _map_setting(text: str) -> tuple[str, str, int]:
+    """``MAP.ATTRIBUTE=N``: a map attribute set before load."""
+    target, eq, value = text.partition("=")
+    name, dot, attr = target.partition(".")
+    try:
+        number = int(value, 0)
+    except ValueError:
+        number = -1
+    if not eq or not dot or not name.isidentifier() or not attr.isidentifier() or number < 0:
+        raise argparse.ArgumentTypeError(
+            f"wants MAP.ATTRIBUTE=N (e.g. stacks.max_entries=4096), got {clip(text)!r}")
+    return name, attr, number
+
+
+def map_settings(settings: Sequence[tuple[str, str, int]]) -> dict[str, dict[str, int]]:
+    """``--map`` values as ``{map: {attribute: value}}`` (a later value wins)."""
+    out: dict[str, dict[str, int]] = {}
+    for name, attr, value in settings:
+        out.setdefault(name, {})[attr] = value
+    return out
+
+
 def _flags(text: str) -> list[str]:
     try:
         return shlex.split(text)
@@ -124,6 +156,14 @@ PARSER.add_argument("--set", dest="globals", action="append", default=[], type=_
                          "ones become constants for the verifier); VALUE is a Python literal "
                          "(123, 0x10, 'text', [1, 2], {'low': 1}) or else a word taken as a "
                          "string (an enum name, a char[] value); repeatable")
+PARSER.add_argument("--programs", type=_names, metavar="NAME,...",
+                    help="load only these C functions (libbpf programs); by default, of "
+                         "variants of one probe (tp_btf/raw_tp/tracepoint, fentry/kprobe) the "
+                         "best this kernel offers is loaded")
+PARSER.add_argument("--map", dest="maps", action="append", default=[], type=_map_setting,
+                    metavar="MAP.ATTR=N",
+                    help="set a map's max_entries, value_size, key_size or map_flags before "
+                         "load (libbpf programs); repeatable")
 PARSER.add_argument("--cflags", default=[], type=_flags, metavar="FLAGS",
                     help="extra compiler flags, quoted: --cflags '-Wno-unused -DX=1'")
 PARSER.add_argument("--raw", action="store_true",
@@ -166,6 +206,10 @@ Wildcards (*) work for tracepoints and kprobes. Examples:
 
 A cell with SEC("...") names (libbpf's style) compiles with clang against the running
 kernel's BTF and attaches from those names: SEC("tracepoint/syscalls/sys_enter_write").
+Of programs that hook one event several ways (tp_btf/raw_tp/tracepoint, fentry/kprobe)
+the best this kernel offers is loaded, and a note says which; --programs chooses.
+SEC("tc") attaches with -a tc:DEV:ingress, SEC("socket") with -a socket:FD,
+SEC("perf_event") with -a profile:hz:N; SEC("iter/task") is read as NAME.iter[...].df.
 
 Python variables: {{var}} and $var in the cell are replaced by the value of the
 notebook variable var (also {{obj.attr}}), only when that variable exists, so
@@ -184,6 +228,7 @@ that fails leaves nothing attached. The program object gives:
     NAME.maps["m"].df        a map as a DataFrame (also NAME.maps["m"][key])
     NAME.events["e"].df      events submitted to a perf or ring buffer
     NAME.globals["v"]        a global variable (libbpf programs), live; NAME.globals.df
+    NAME.iter["f"].df        run BPF iterator f (SEC("iter/task")...) and read its records
     NAME.stop()              detach and unload
 """
 
@@ -237,13 +282,15 @@ def run(magics, line: str, cell: str) -> None:
         print(sessions.announce(prog, why))
         return
     text = cell if args.raw else interpolate(cell, shell.user_ns)
-    check_settable(text, args.backend, [name for name, _ in args.globals])
+    maps = map_settings(args.maps)
+    check_settable(text, args.backend, [name for name, _ in args.globals], args.programs, maps)
     stream_options = {"max_rows": args.max_rows} if args.max_rows is not None else {}
 
     def factory() -> Program:
         return Program(text, name=args.name, attach=args.attach, cflags=args.cflags,
                        defines=args.defines, pid=args.pid, stream_options=stream_options,
-                       line_offset=1, backend=args.backend, globals=dict(args.globals))
+                       line_offset=1, backend=args.backend, globals=dict(args.globals),
+                       programs=args.programs, maps=maps)
 
     try:
         prog = magics.session.start(args.name, factory)
@@ -271,7 +318,7 @@ def _run_on_cluster(magics, args: argparse.Namespace, cell: str) -> None:
             text, name=args.name, profile=args.cluster, targets=args.on,
             attach=args.attach, cflags=args.cflags, defines=args.defines, pid=args.pid,
             stream_options=stream_options, line_offset=1, backend=args.backend,
-            globals=dict(args.globals)))
+            globals=dict(args.globals), programs=args.programs, maps=map_settings(args.maps)))
     except KeyboardInterrupt:
         raise Interrupted("interrupted: each engine stops what it attached") from None
     magics.shell.user_ns[args.name] = prog
@@ -323,6 +370,8 @@ def _report(prog: Program) -> None:
         parts.append(f"maps: {', '.join(prog.maps)}")
     if len(prog.events):
         parts.append(f"events: {', '.join(prog.events)}")
+    if len(prog.iter):
+        parts.append(f"iterators: {', '.join(prog.iter)}")
     if prog.unattached:
         parts.append(f"not attached: {', '.join(prog.unattached)}")
     parts.append(f"backend: {prog.backend}")

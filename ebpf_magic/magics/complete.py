@@ -3,8 +3,10 @@
 One matcher joins IPython's completer (``Completer.custom_matchers``), so the terminal and
 every Jupyter front end get the same completions: option names, ``-a`` probe specs kind by
 kind (``tracepoint:sch`` -> categories, then events; ``uprobe:c:`` -> libc's functions;
-``xdp:`` -> network devices), running programs' names, subcommands and their arguments,
-and ``prog.maps["`` / ``prog.events["`` of the session's programs.
+``xdp:`` and ``tc:`` -> network devices; ``iter:`` -> iterator targets), running programs'
+names, subcommands and their arguments, ``prog.maps["`` / ``prog.events["`` /
+``prog.iter["`` of the session's programs, and in a ``%%bpf`` cell's body the SEC() names
+the libbpf backend accepts (``SEC("tp_btf/sch`` -> raw tracepoints).
 """
 
 from __future__ import annotations
@@ -21,16 +23,20 @@ from IPython.core.completer import (
 
 from ebpf_magic import discover
 from ebpf_magic.errors import BPFError
-from ebpf_magic.probes import HARDWARE_EVENTS, SOFTWARE_EVENTS
+from ebpf_magic.probes import HARDWARE_EVENTS, SECTION_FORMS, SOFTWARE_EVENTS
 
 LIMIT = 500  # completions offered at once
 # the -a kinds offered, by bpftrace's long names
 KINDS = ("tracepoint", "rawtracepoint", "kprobe", "kretprobe", "kfunc", "kretfunc", "uprobe",
-         "uretprobe", "usdt", "profile", "software", "hardware", "xdp", "lsm")
+         "uretprobe", "usdt", "profile", "software", "hardware", "xdp", "lsm", "tc", "socket",
+         "iter")
+# SEC("... at the end of a line of a %%bpf cell's body
+_SECTION = re.compile(r"\bSEC\s*\(\s*\"(?P<name>[^\"]*)$")
 # subcommands whose positional arguments are program names
 _PROGRAM_ARGS = ("stop", "save", "browse")
-# PROG.maps["KEY or PROG.events['KEY at the end of the line
-_KEY = re.compile(r"(?<![\w.])(?P<prog>[A-Za-z_]\w*)\.(?P<what>maps|events)\[[\"'](?P<key>\w*)$")
+# PROG.maps["KEY, PROG.events['KEY or PROG.iter["KEY at the end of the line
+_KEY = re.compile(r"(?<![\w.])(?P<prog>[A-Za-z_]\w*)\.(?P<what>maps|events|iter)"
+                  r"\[[\"'](?P<key>\w*)$")
 
 
 def register(ipython) -> None:
@@ -52,6 +58,10 @@ def bpf_matcher(context: CompletionContext) -> SimpleMatcherResult:
     keys = _KEY.search(line)
     if keys is not None:
         return _key_matches(keys)
+    in_section = _SECTION.search(line)
+    if in_section is not None and context.cursor_line > 0 and \
+            context.full_text.lstrip().startswith("%%bpf"):
+        return _section_matches(in_section.group("name"))
     words = line.split(" ")
     head = words[0].lstrip()
     in_cell = head == "%%bpf" and context.cursor_line == 0
@@ -77,7 +87,7 @@ def bpf_matcher(context: CompletionContext) -> SimpleMatcherResult:
 
 
 def _key_matches(found: re.Match) -> SimpleMatcherResult:
-    """``PROG.maps["`` / ``PROG.events["`` of a session program, live or replayed.
+    """``PROG.maps["`` / ``PROG.events["`` / ``PROG.iter["`` of a session program.
 
     IPython's own key completion does not evaluate properties (``Program.events`` is one),
     so the session's programs are asked directly.
@@ -87,10 +97,45 @@ def _key_matches(found: re.Match) -> SimpleMatcherResult:
     prog = magics.session.programs.get(name) if magics is not None else None
     if prog is None:
         return {"completions": [], "suppress": False}
-    named = prog.maps if what == "maps" else prog.events
+    named = {"maps": prog.maps, "events": prog.events, "iter": prog.iter}[what]
     names = sorted(n for n in named if n.startswith(typed))
     return {"completions": [SimpleCompletion(n, type="bpf") for n in names],
             "matched_fragment": typed, "suppress": True, "ordered": True}
+
+
+def _section_matches(typed: str) -> SimpleMatcherResult:
+    """SEC() names the libbpf backend accepts that continue ``typed`` (inside the quotes)."""
+    names = [n for n in section_names(typed) if n.startswith(typed)][:LIMIT]
+    return {"completions": [SimpleCompletion(n, type="bpf") for n in sorted(names)],
+            "matched_fragment": typed, "suppress": True, "ordered": True}
+
+
+def section_names(typed: str) -> list[str]:
+    """SEC() names continuing ``typed``: the forms first, then each form's targets."""
+    prefix, sep, rest = typed.partition("/")
+    if not sep:
+        return sorted({form.split("/")[0] + ("/" if "/" in form else "")
+                       for form in SECTION_FORMS} | {"tp/", "raw_tracepoint/", "kretprobe/",
+                                                     "fexit/", "uretprobe/", "kretsyscall/"})
+    try:
+        if prefix in ("tracepoint", "tp"):
+            events = discover.tracepoints()
+            if "/" not in rest:
+                return sorted({f"{prefix}/{e.split(':')[0]}/" for e in events})
+            return [f"{prefix}/{e.replace(':', '/', 1)}" for e in events]
+        if prefix in ("tp_btf", "raw_tp", "raw_tracepoint"):
+            return [f"{prefix}/{n}" for n in discover.raw_tracepoints()]
+        if prefix in ("kprobe", "kretprobe"):
+            return [f"{prefix}/{n}" for n in _prefixed(discover.kernel_functions(), rest)]
+        if prefix in ("fentry", "fexit", "fentry.s", "fexit.s"):
+            return [f"{prefix}/{n}" for n in _prefixed(discover.btf_functions(), rest)]
+        if prefix in ("iter", "iter.s"):
+            return [f"{prefix}/{n}" for n in discover.iterator_targets()]
+        if prefix == "tcx":
+            return ["tcx/ingress", "tcx/egress"]
+    except BPFError:
+        return []
+    return []
 
 
 def _shell():
@@ -205,6 +250,13 @@ def _targets(kind: str, rest: str) -> list[str]:
         return ["hz:", "s:", "ms:", "us:"] if ":" not in rest else [rest]
     if kind == "xdp":
         return discover.network_devices()
+    if kind == "tc":
+        if ":" not in rest:
+            return [f"{d}:" for d in discover.network_devices()]
+        device = rest.split(":")[0]
+        return [f"{device}:ingress", f"{device}:egress"]
+    if kind == "iter":
+        return list(discover.iterator_targets())
     return []
 
 

@@ -10,7 +10,8 @@ from ebpf_magic.magics.cell import report_warnings
 
 USAGE = "%bpf probes [PATTERN] [-v] [--attachable]"
 HELP = ("List attach points in -a syntax: tracepoint:syscalls:*open*, rawtracepoint:*, "
-        "kprobe:vfs_*, uprobe:c:mall*, usdt:PATH_OR_PID:*, software:*, profile:*, xdp:*; "
+        "kprobe:vfs_*, uprobe:c:mall*, usdt:PATH_OR_PID:*, software:*, profile:*, xdp:*, tc:*, "
+        "iter:*; each with the SEC() name a libbpf-style program gives it (column section). "
         "-v adds their arguments with C types; --attachable leaves out kinds this machine "
         "cannot attach (a note says why they cannot). Without PATTERN, a count of each kind.")
 PARSER = parser(USAGE, HELP)

@@ -269,6 +269,7 @@ class ReplayedProgram:
         self.tables: dict[str, pd.DataFrame] = dict(recorded.tables)
         #: the global variables' values when it was saved (none in older recordings)
         self.globals = SavedGlobals(recorded.globals, self.name)
+        self.iter: Named[Any] = Named({}, "iterator")  # nothing to walk in a recording
 
     @property
     def functions(self) -> list[str]:

@@ -149,7 +149,8 @@ class BccBackend(Backend):
         return {"bcc": registry.version("bcc")}
 
     def compile(self, source: str, *, cflags: list[str], usdt: list, filename: str,
-                line_offset: int, globals: Mapping[str, Any]) -> BccProgram:
+                line_offset: int, globals: Mapping[str, Any], programs: Any = None,
+                maps: Any = None) -> BccProgram:
         return BccProgram(source, cflags=cflags, usdt=usdt, filename=filename,
                           line_offset=line_offset)
 

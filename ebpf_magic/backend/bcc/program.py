@@ -27,7 +27,8 @@ from ebpf_magic.probes import Probe
 # BPF program types (enum bpf_prog_type) by probe kind
 _PROG_TYPE = {"kprobe": 2, "kretprobe": 2, "uprobe": 2, "uretprobe": 2, "usdt": 2,
               "tracepoint": 5, "xdp": 6, "profile": 7, "software": 7, "hardware": 7,
-              "rawtracepoint": 17, "kfunc": 26, "kretfunc": 26, "lsm": 29}
+              "rawtracepoint": 17, "kfunc": 26, "kretfunc": 26, "lsm": 29, "tc": 3,
+              "socket": 1}
 _TRAMPOLINES = (26, 29)  # BPF_PROG_TYPE_TRACING, BPF_PROG_TYPE_LSM
 RELEASE_WAIT = 1.0  # seconds close() waits for detached links to be released
 # compile errors that the distribution's header files may cure where the BTF tree cannot
@@ -213,6 +214,10 @@ class BccProgram(CompiledProgram):
 
     def attach(self, probe: Probe) -> list[str]:
         self._require_loaded()
+        if probe.kind == "iter":
+            raise AttachError(f"cannot attach {probe}: BPF iterators are libbpf programs",
+                              'Write the iterator as SEC("iter/TARGET") in libbpf\'s style '
+                              "(--backend libbpf).", probe=str(probe))
         fd = self._prog_fds.get(probe.function)
         refused = self._refused.get(probe.function)
         if fd is None and refused is not None:
@@ -274,6 +279,15 @@ class BccProgram(CompiledProgram):
             return [link.perf_event(fd, ev_type, config, pid=probe.pid or -1, **rate)]
         if kind == "xdp":
             return [self._xdp(probe, fd)]
+        if kind == "tc":
+            device, _, direction = probe.target.partition(":")
+            if not direction:
+                raise AttachError(f"cannot attach {probe}: say which direction",
+                                  f"-a tc:{device}:ingress or -a tc:{device}:egress",
+                                  probe=str(probe))
+            return [link.tc(fd, link.device_index(device), direction, name=probe.function)]
+        if kind == "socket":
+            return [link.socket_filter(fd, int(probe.target))]
         raise AttachError(f"unknown probe kind {kind!r}", probe=str(probe))
 
     def _each(self, links) -> list[link.Link]:

@@ -21,7 +21,7 @@ import contextlib
 import ctypes as ct
 import re
 import subprocess
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -33,12 +33,13 @@ from ebpf_magic.backend.base import (
     CompiledProgram,
     Diagnostic,
     GlobalVar,
+    IterHandle,
     MapHandle,
     encode_globals,
 )
-from ebpf_magic.backend.libbpf import _compile, _lib, _source
+from ebpf_magic.backend.libbpf import _compile, _lib, _mapsizes, _select, _source
 from ebpf_magic.errors import AttachError, BPFError, NotPrivilegedError, VerifierError
-from ebpf_magic.kernel import btf, sysbpf, tracefs
+from ebpf_magic.kernel import btf, kallsyms, sysbpf, tracefs
 from ebpf_magic.kernel import host as kernel
 from ebpf_magic.kernel import link as links
 from ebpf_magic.kernel.btf.dwarf import dwarf_spec
@@ -58,6 +59,19 @@ _KEYLESS = ("queue", "stack", "ringbuf", "user_ringbuf")
 _PERF_EVENT_ARRAY = 4  # enum bpf_map_type
 _LIBBPF_OWN = ("__bpf_usdt_",)  # maps <bpf/usdt.bpf.h> declares for libbpf's bookkeeping
 _DATA_SECTIONS = (".rodata", ".data", ".bss")  # and named ones: .data.NAME, .rodata.NAME
+V3 = "-mcpu=v3"
+_VERIFIER_LOG = "-- BEGIN PROG LOAD LOG --"  # libbpf's log has it where the verifier ran
+# SEC() hooks attached through BPF trampolines (BTF-typed, refused where trampolines are)
+_TRAMPOLINE_HOOKS = {"fentry", "fexit", "fmod_ret", "fentry.s", "fexit.s", "fmod_ret.s", "lsm",
+                     "lsm.s", "lsm_cgroup", "freplace"}
+_KPROBE_HOOKS = {"kprobe", "kretprobe", "ksyscall", "kretsyscall", "kprobe.multi",
+                 "kretprobe.multi"}
+_FD_HOOK_HINTS = {"tc": "tc programs need CAP_NET_ADMIN and SEC(\"tc\") (or tcx/ingress, "
+                        "tcx/egress).",
+                  "socket": "A socket filter is a SEC(\"socket\") program; give the socket's "
+                            "fileno().",
+                  "iter": "An iterator is a SEC(\"iter/TARGET\") program (task, task_file, tcp, "
+                          "udp, bpf_map...)."}
 FLAGS_ZERO_WARNING = ("{map}: bpf_perf_event_output(..., 0, ...) with flags 0 writes to the "
                       "buffer of CPU 0 only, so events on other CPUs are lost; pass "
                       "BPF_F_CURRENT_CPU as the flags")
@@ -170,7 +184,9 @@ class LibbpfProgram(CompiledProgram):
 
     def __init__(self, source: str, *, cflags: list[str], usdt: list[Probe],
                  filename: str = "cell", line_offset: int = 0,
-                 globals: Mapping[str, Any] | None = None) -> None:
+                 globals: Mapping[str, Any] | None = None,
+                 programs: Sequence[str] | None = None,
+                 maps: Mapping[str, Mapping[str, int]] | None = None) -> None:
         ok, why = available()
         if not ok:
             raise BPFError(f"The libbpf backend cannot run here: {why}.",
@@ -180,23 +196,79 @@ class LibbpfProgram(CompiledProgram):
             raise NotPrivilegedError("Not allowed to load BPF programs: " +
                                      kernel.rights_summary(), kernel.rights_hint())
         self._obj: int | None = None
+        self._programs: dict[str, int] = {}
         self._sections: dict[str, int] = {}
         self._variables: list[GlobalVar] = []
         self._links: list[LibbpfLink | links.Link] = []
+        self._iters: dict[str, tuple[links.Link, str]] = {}
         self._dwarf: btf.Spec | None = None
-        compiled = _compile.compile_cell(source, list(cflags), filename, line_offset)
+        self._plan: _select.Plan | None = None
+        map_sizes = _mapsizes.check(maps or {})
+        self._source = source
+        self._records, flags_zero = _source.submissions(source)
+        self.warnings = [FLAGS_ZERO_WARNING.format(map=m) for m in dict.fromkeys(flags_zero)]
+        tracefs.ensure()
+        build = (list(cflags), filename, line_offset, globals or {}, programs, map_sizes)
+        try:
+            self._build(*build)
+        except VerifierError as refused:
+            # clang 14's default (v1) code can lose a bounds check the verifier needs; its
+            # v3 code (32-bit subregisters, newer clang's default) keeps it, and the reverse
+            # happens too. The second try is made only where the verifier read the code (a
+            # hook the kernel refuses outright is not about code) and the cell chose no -mcpu.
+            if _VERIFIER_LOG not in refused.log or any(f.startswith("-mcpu") for f in cflags):
+                raise
+            try:
+                self._build([*cflags, V3], *build[1:])
+            except BPFError:
+                raise refused from None
+            self.notes.append(f"compiled with {V3}: the verifier refused {refused.function}() "
+                              "as clang's default code generation wrote it")
+
+    def _build(self, cflags: list[str], filename: str, line_offset: int,
+               globals: Mapping[str, Any], programs: Sequence[str] | None,
+               map_sizes: Mapping[str, Mapping[str, int]]) -> None:
+        """Compile, then open, choose, size and load until the kernel takes the object.
+
+        A program the kernel refuses is replaced by the next variant of its event, if any
+        (see :mod:`._select`); on failure nothing stays open.
+        """
+        compiled = _compile.compile_cell(self._source, cflags, filename, line_offset)
         self.log = compiled.log
         self._object = compiled.obj
         self._lost_maps = dict(compiled.lost_maps)
-        self._records, flags_zero = _source.submissions(source)
-        self.notes = list(compiled.notes)
-        self.warnings = [FLAGS_ZERO_WARNING.format(map=m) for m in dict.fromkeys(flags_zero)]
+        self._buf = ct.create_string_buffer(compiled.obj, len(compiled.obj))
+        kernel_facts = _kernel_facts()
+        excluded: dict | None = None
+        while True:  # each pass opens the object afresh: libbpf loads an object only once
+            self.notes = list(compiled.notes)
+            self._open(filename)
+            try:
+                self._choose(kernel_facts, programs, excluded)
+                self._size_maps(map_sizes)
+                self._one_slot_per_cpu()
+                self._find_variables()
+                self._set_initial(globals)
+                with _lib.logged() as log:
+                    rc = _lib.lib().bpf_object__load(self._obj)
+                if not rc:
+                    return
+                error = _load_failure(-rc, log, self.all_sections, self.functions)
+                excluded = self._refused(error)
+                if excluded is None:
+                    raise error
+            except BaseException:
+                self.close()
+                raise
+            self.close()
+
+    def _open(self, filename: str) -> None:
+        """Open the compiled object (nothing loaded yet) and list its programs' SEC() names."""
         lib = _lib.lib()
         opts = _lib.ObjectOpenOpts(sz=ct.sizeof(_lib.ObjectOpenOpts),
                                    object_name=filename.encode()[:15])
-        self._buf = ct.create_string_buffer(compiled.obj, len(compiled.obj))
         with _lib.logged() as log:
-            obj = lib.bpf_object__open_mem(self._buf, len(compiled.obj), ct.byref(opts))
+            obj = lib.bpf_object__open_mem(self._buf, len(self._object), ct.byref(opts))
             err = _lib.last_errno() if not obj else 0
         if not obj:
             extern = next((m.group(1) for m in map(_EXTERN.search, log) if m), None)
@@ -213,27 +285,65 @@ class LibbpfProgram(CompiledProgram):
             raise BPFError(f"libbpf could not open the compiled object: {_lib.strerror(err)}",
                            "\n".join(log[-8:]))
         self._obj = obj
-        try:
-            self._programs: dict[str, int] = {}
-            self.sections: dict[str, str] = {}
-            prog = lib.bpf_object__next_program(obj, None)
-            while prog:
-                name = lib.bpf_program__name(prog).decode()
-                self._programs[name] = prog
-                self.sections[name] = lib.bpf_program__section_name(prog).decode()
-                prog = lib.bpf_object__next_program(obj, prog)
-            self.functions = list(self._programs)
-            self._one_slot_per_cpu()
-            self._find_variables()
-            self._set_initial(globals or {})
-            tracefs.ensure()
-            with _lib.logged() as log:
-                rc = lib.bpf_object__load(obj)
-            if rc:
-                raise _load_failure(-rc, log)
-        except BaseException:
-            self.close()
-            raise
+        self._all: dict[str, int] = {}
+        self.all_sections: dict[str, str] = {}
+        prog = lib.bpf_object__next_program(obj, None)
+        while prog:
+            name = lib.bpf_program__name(prog).decode()
+            self._all[name] = prog
+            self.all_sections[name] = lib.bpf_program__section_name(prog).decode()
+            prog = lib.bpf_object__next_program(obj, prog)
+
+    def _choose(self, facts: _select.Kernel, explicit: Sequence[str] | None,
+                excluded: dict | None) -> None:
+        """Load only the planned programs (see :mod:`._select`); say what was chosen."""
+        lib = _lib.lib()
+        self._plan = plan = _select.plan(self.all_sections, facts, explicit=explicit,
+                                         excluded=excluded)
+        for name, prog in self._all.items():
+            if name not in plan.load:
+                lib.bpf_program__set_autoload(prog, False)
+            elif self.all_sections[name] in _source.NEWER_SECTIONS:  # unknown to libbpf 1.1
+                prog_type, attach_type = _source.NEWER_SECTIONS[self.all_sections[name]]
+                lib.bpf_program__set_type(prog, prog_type)
+                lib.bpf_program__set_expected_attach_type(prog, attach_type)
+        self._programs = {n: self._all[n] for n in plan.load}
+        self.sections = {n: self.all_sections[n] for n in plan.load}
+        self.functions = list(plan.load)
+        self.notes += plan.notes
+
+    def _refused(self, error: BPFError) -> dict | None:
+        """The variants to exclude next time, if a refused program has another variant."""
+        function = getattr(error, "function", "")
+        if not function or self._plan is None:
+            return None
+        return self._plan.refusing(function, self.all_sections, error.message.split(".")[0])
+
+    def _size_maps(self, requested: Mapping[str, Mapping[str, int]]) -> None:
+        """Set map attributes before load: those asked, then defaults (see :mod:`._mapsizes`)."""
+        lib = _lib.lib()
+        found, decls = {}, []
+        m = lib.bpf_object__next_map(self._obj, None)
+        while m:
+            name = lib.bpf_map__name(m).decode()
+            if not lib.bpf_map__is_internal(m):
+                found[name] = m
+                decls.append(_mapsizes.MapDecl(name, lib.bpf_map__type(m), lib.bpf_map__key_size(m),
+                                               lib.bpf_map__value_size(m),
+                                               lib.bpf_map__max_entries(m)))
+            m = lib.bpf_object__next_map(self._obj, m)
+        changes, notes = _mapsizes.sizes(decls, requested)
+        setters = {"max_entries": lib.bpf_map__set_max_entries,
+                   "value_size": lib.bpf_map__set_value_size,
+                   "key_size": lib.bpf_map__set_key_size, "map_flags": lib.bpf_map__set_map_flags}
+        for name, attrs in changes.items():
+            for attr, value in attrs.items():
+                with _lib.logged() as log:
+                    rc = setters[attr](found[name], value)
+                if rc:
+                    raise BPFError(f"libbpf could not set {name}.{attr} to {value}: "
+                                   f"{_lib.strerror(-rc)}", "\n".join(log[-4:]))
+        self.notes += notes
 
     def _one_slot_per_cpu(self) -> None:
         """Give every perf event array a slot per possible CPU, before loading.
@@ -329,6 +439,8 @@ class LibbpfProgram(CompiledProgram):
             return self._attach_perf_event(probe, prog)
         if probe.kind == "xdp":
             return self._attach_xdp(probe, prog)
+        if probe.kind in ("tc", "socket", "iter"):
+            return self._attach_by_fd(probe, prog)
         with _lib.logged() as log:
             if probe == implied:
                 link = lib.bpf_program__attach(prog)
@@ -383,6 +495,59 @@ class LibbpfProgram(CompiledProgram):
                               e.hint or "XDP needs CAP_NET_ADMIN.", probe=str(probe)) from None
         self._links.append(attached)
         return [str(probe)]
+
+    def _attach_by_fd(self, probe: Probe, prog: int) -> list[str]:
+        """tc, socket filters and iterators, through ebpf_magic.kernel.link (libbpf 1.1 has no
+        tcx links, and iterators are read by descriptor)."""
+        fd = _lib.lib().bpf_program__fd(prog)
+        section = self.sections[probe.function]
+        try:
+            if probe.kind == "tc":
+                device, _, direction = probe.target.partition(":")
+                direction = direction or _source.tc_direction(section)
+                if not direction:
+                    raise AttachError(f"cannot attach {probe}: say which direction",
+                                      f"-a tc:{device}:ingress or -a tc:{device}:egress",
+                                      probe=str(probe))
+                attached = links.tc(fd, links.device_index(device), direction,
+                                    name=probe.function)
+            elif probe.kind == "socket":
+                attached = links.socket_filter(fd, int(probe.target))
+            else:
+                target, _, map_name = probe.target.partition(":")
+                map_fd = self._map_fd(map_name, probe) if map_name else None
+                attached = links.iterator(fd, target, map_fd=map_fd, pid=probe.pid or 0)
+                self._iters[probe.function] = (attached, target)
+        except links.LinkError as e:
+            raise AttachError(f"cannot attach {probe}: {e.what} ({e.strerror})",
+                              e.hint or _FD_HOOK_HINTS.get(probe.kind, ""),
+                              probe=str(probe)) from None
+        self._links.append(attached)
+        return [str(probe)]
+
+    def _map_fd(self, name: str, probe: Probe) -> int:
+        lib = _lib.lib()
+        m = lib.bpf_object__next_map(self._obj, None)
+        names = []
+        while m:
+            found = lib.bpf_map__name(m).decode()
+            if found == name:
+                return lib.bpf_map__fd(m)
+            if not lib.bpf_map__is_internal(m):
+                names.append(found)
+            m = lib.bpf_object__next_map(self._obj, m)
+        raise AttachError(f"cannot attach {probe}: no map {name!r} in the program",
+                          f"Its maps: {', '.join(near(name, names) or names) or 'none'}.",
+                          probe=str(probe))
+
+    def iterators(self) -> dict[str, IterHandle]:
+        """The attached iterator programs, with the record type each writes (None: text)."""
+        out = {}
+        for function, (link, target) in self._iters.items():
+            ctype = _source.iterator_record(self._source, function)
+            out[function] = IterHandle(function, target, link,
+                                       self._c_dtype(ctype) if ctype else None)
+        return out
 
     def _attach_failure(self, probe: Probe, from_section: bool, err: int,
                         log: list[str]) -> AttachError:
@@ -449,8 +614,10 @@ class LibbpfProgram(CompiledProgram):
         the DWARF from ``-g`` describes.
         """
         ctype = self._records.get(map_name)
-        if ctype is None:
-            return None
+        return self._c_dtype(ctype) if ctype is not None else None
+
+    def _c_dtype(self, ctype: str) -> np.dtype | None:
+        """The struct dtype of C type ``ctype`` (``struct X`` or a typedef name), from DWARF."""
         if self._dwarf is None:
             try:
                 self._dwarf = dwarf_spec(self._object)
@@ -464,6 +631,7 @@ class LibbpfProgram(CompiledProgram):
     # -- lifecycle ------------------------------------------------------------
 
     def detach(self) -> None:
+        self._iters = {}
         links, self._links = self._links, []
         for link in links:
             link.close()
@@ -476,6 +644,48 @@ class LibbpfProgram(CompiledProgram):
                 _lib.lib().bpf_object__close(obj)
         self._programs = {}
         self._sections = {}
+        self._variables = []
+
+
+def _kernel_facts() -> _select.Kernel:
+    """What this kernel offers the hooks of SEC() names, asked once per question.
+
+    Tracepoints (also raw and BTF-typed ones: every tracepoint is one) are looked up in
+    tracefs's list, kernel functions in kallsyms (kprobes) or BTF (fentry), each read on
+    the first question that needs it. Where tracefs cannot be read, tracepoints are
+    taken to exist: attaching says whether they do.
+    """
+    listing: list[frozenset[str] | None] = []
+
+    def tracepoints() -> frozenset[str] | None:
+        if not listing:
+            try:
+                listing.append(frozenset(tracefs.tracepoints()))
+            except OSError:
+                listing.append(None)
+        return listing[0]
+
+    def check(hook: str, section: str, event: str) -> _select.Availability:
+        if hook in ("tp", "tracepoint", "tp_btf", "raw_tp", "raw_tracepoint"):
+            known = tracepoints()
+            if hook in ("tp", "tracepoint"):
+                category, _, name = section.partition("/")[2].partition("/")
+                event = f"{category}:{name}"
+                ok = known is None or event in known
+            else:
+                ok = known is None or any(t.endswith(f":{event}") for t in known)
+            return _select.Availability(ok, "" if ok else f"no tracepoint {event}",
+                                        absent=not ok)
+        if hook in ("kprobe", "kretprobe"):
+            if not kernel.kprobes_supported():
+                return _select.Availability(False, "this kernel has no kprobes (CONFIG_KPROBES)")
+            ok = event in kallsyms.functions()
+        else:  # fentry, fexit: the function's BTF is what they attach by
+            ok = bool(btf.vmlinux().find(event, "func"))
+        return _select.Availability(ok, "" if ok else f"no kernel function {event}",
+                                    absent=not ok)
+
+    return _select.Kernel(check)
 
 
 def _dtype(spec: btf.Spec | None, type_id: int, size: int | None) -> np.dtype | None:
@@ -504,12 +714,30 @@ def _library(path: str) -> str:
     return path
 
 
-def _load_failure(err: int, log: list[str]) -> BPFError:
+def _load_failure(err: int, log: list[str], sections: Mapping[str, str] | None = None,
+                  loaded: Sequence[str] = ()) -> BPFError:
+    """The error for a failed ``bpf_object__load``: ``sections`` are every program's SEC()
+    names, ``loaded`` the programs that were to load."""
     if err in (1, 13) and not kernel.has_bpf_rights():
         return NotPrivilegedError("Not allowed to load BPF programs: " +
                                   kernel.rights_summary(), kernel.rights_hint())
     text = "\n".join(log)
     function = next((m.group(1) for m in map(_PROG_FAILED.search, log) if m), "")
+    section = (sections or {}).get(function, "")
+    hook = section.partition("/")[0]
+    if hook in _TRAMPOLINE_HOOKS and _VERIFIER_LOG not in text:
+        kprobes = kernel.kprobes_supported()
+        others = [p for p in loaded if p != function and
+                  (sections or {}).get(p, "").partition("/")[0] not in _TRAMPOLINE_HOOKS and
+                  (kprobes or (sections or {}).get(p, "").partition("/")[0] not in _KPROBE_HOOKS)]
+        return VerifierError(
+            f'This kernel refuses SEC("{section}") {function}(): it loads no {hook} programs '
+            f"({_lib.strerror(err)}, with the rights to load BPF).",
+            "fentry, fexit and LSM programs need BPF trampolines this kernel does not offer "
+            "them. Hook the same event with a tracepoint or raw tracepoint (%bpf probes "
+            "'tracepoint:*NAME*')" + (f"; or run the cell's other programs without it: "
+                                      f"--programs {','.join(others)}" if others else "") + ".",
+            log=text, function=function)
     if "missing BPF prog type" in text:
         return BPFError(f"{function or 'A function'}() has no SEC() name, so libbpf cannot tell "
                         "what kind of program it is.",
@@ -518,7 +746,7 @@ def _load_failure(err: int, log: list[str]) -> BPFError:
                         "is attached with -a SPEC=FUNCTION.")
     verifier = [ln for ln in log if ln.strip() and not ln.startswith("libbpf:")
                 and not ln.startswith(("processed ", "-- BEGIN", "-- END"))]
-    if function or "-- BEGIN PROG LOAD LOG --" in text:
+    if function or _VERIFIER_LOG in text:
         tail = verifier_excerpt((verifier or log)[-12:])
         return VerifierError(
             f"The kernel's verifier rejected {function or 'a program'}() "
@@ -551,9 +779,19 @@ class LibbpfBackend(Backend):
         return {"libbpf": registry.version("libbpf"), "clang": compiler_version()}
 
     def compile(self, source: str, *, cflags: list[str], usdt: list[Probe], filename: str,
-                line_offset: int, globals: Mapping[str, Any]) -> LibbpfProgram:
+                line_offset: int, globals: Mapping[str, Any],
+                programs: Sequence[str] | None = None,
+                maps: Mapping[str, Mapping[str, int]] | None = None) -> LibbpfProgram:
         return LibbpfProgram(source, cflags=cflags, usdt=usdt, filename=filename,
-                             line_offset=line_offset, globals=globals)
+                             line_offset=line_offset, globals=globals, programs=programs,
+                             maps=maps)
+
+    def check_load_options(self, programs: Sequence[str] | None,
+                           maps: Mapping[str, Mapping[str, Any]] | None) -> None:
+        """Programs are named after compiling; map attributes are checked here."""
+        _mapsizes.check(maps or {})
+        if programs is not None and not programs:
+            raise BPFError("--programs names no program", "Name at least one: --programs f,g")
 
     def diagnostics(self) -> dict[str, Callable[[], Diagnostic]]:
         return diagnostics()

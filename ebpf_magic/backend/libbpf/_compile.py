@@ -34,16 +34,20 @@ import shutil
 import signal
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ebpf_magic import suggest
+from ebpf_magic.backend.libbpf import _headers, _lib
 from ebpf_magic.errors import BPFError, CompileError
 from ebpf_magic.internal import cache, files
 from ebpf_magic.internal.ctext import mask_code, matching_paren
+from ebpf_magic.kernel import btf
 
 BTF_PATH = Path("/sys/kernel/btf/vmlinux")
 TIMEOUT_S = 60.0
+VMLINUX_FORMAT = "-k1"  # vmlinux.h = bpftool's output + kfunc prototypes (see _headers)
 LOST_PREFIX = "__ebpf_magic_lost_"  # a ring buffer's hidden loss counter: this + its name
 HELPER_HEADERS = ("bpf/bpf_helpers.h", "bpf/bpf_tracing.h", "bpf/bpf_core_read.h",
                   "bpf/bpf_endian.h")
@@ -199,7 +203,8 @@ def _count_losses(text: str) -> tuple[str, dict[str, str]]:
 
 
 def _btf_hash() -> str:
-    return hashlib.sha256(BTF_PATH.read_bytes()).hexdigest()[:16]
+    """The cache key of the kernel's types: its BTF's hash and how vmlinux.h is made from it."""
+    return hashlib.sha256(BTF_PATH.read_bytes()).hexdigest()[:16] + VMLINUX_FORMAT
 
 
 def cached_vmlinux() -> Path | None:
@@ -244,13 +249,15 @@ def vmlinux_dir() -> Path:
     if out.returncode != 0:
         raise BPFError("bpftool could not turn the kernel's BTF into vmlinux.h: "
                        + out.stderr.decode(errors="replace").strip()[-500:])
-    files.write(header, out.stdout)
+    files.write(header, _headers.with_kfuncs(out.stdout, btf.vmlinux(str(BTF_PATH))))
     return d
 
 
 def _base_flags(vmlinux: Path) -> list[str]:
+    # include/ first: its bpf/*.h add to libbpf's installed headers what newer releases have
     flags = ["-g", "-O2", "-target", "bpf", f"-D__TARGET_ARCH_{target_arch()}",
-             "-I", str(vmlinux), "-fno-color-diagnostics", "-ferror-limit=20"]
+             "-I", str(_headers.INCLUDE_DIR), "-I", str(vmlinux), "-fno-color-diagnostics",
+             "-ferror-limit=20"]
     # the BPF target has no system include directory of its own: <linux/bpf.h> needs the
     # host's <asm/...> (Debian keeps them in /usr/include/<multiarch>)
     multiarch = Path(f"/usr/include/{platform.machine()}-linux-gnu")
@@ -307,30 +314,58 @@ def compile_cell(source: str, cflags: list[str], filename: str = "cell",
         attempts = []
         if pch is not None:
             attempts.append(["-include-pch", str(pch)])
-        if defaults:
-            attempts.append([a for x in ("vmlinux.h", *HELPER_HEADERS) for a in ("-include", x)])
-        else:
-            attempts.append([])
+        as_text = ([a for x in ("vmlinux.h", *HELPER_HEADERS) for a in ("-include", x)]
+                   if defaults else [])
+        attempts.append(as_text)
         for extra in attempts:
-            cmd = [cc, *_base_flags(vmlinux), *extra, *cflags, "-c", str(c_file), "-o", str(o_file)]
-            try:
-                done = subprocess.run(cmd, capture_output=True, timeout=TIMEOUT_S, cwd=tmp)
-            except subprocess.TimeoutExpired:
-                raise CompileError(f"clang did not finish within {TIMEOUT_S:.0f} s.",
-                                   "Simplify the program (large unrolled loops?).") from None
-            log = done.stderr.decode("utf-8", "replace")
+            done, log = _clang([cc, *_base_flags(vmlinux), *extra, *cflags, "-c", str(c_file),
+                                "-o", str(o_file)], tmp)
             if done.returncode == 0 or not ("precompiled header" in log or "AST file" in log):
                 break
             if pch is not None and "modified since the precompiled header" in log:
                 with contextlib.suppress(OSError):  # headers were updated: build it again next time
                     pch.unlink()
+        clash = _kfunc_clash(log, vmlinux) if done.returncode != 0 else None
+        if clash:  # the cell declares a kfunc its own way: compile without vmlinux.h's prototypes
+            done, log = _clang([cc, *_base_flags(vmlinux), f"-D{_headers.NO_KFUNCS}", *as_text,
+                                *cflags, "-c", str(c_file), "-o", str(o_file)], tmp)
+            if done.returncode == 0:
+                adjusted.notes.append(
+                    f"the cell declares kfunc {clash}() unlike this kernel's BTF does, so "
+                    f"vmlinux.h's kfunc prototypes were left out ({_headers.NO_KFUNCS})")
         if done.returncode != 0:
-            raise _failure(done.returncode, log, text, c_file.name, filename, line_offset)
+            undefined = _undefined(macro_like_names(text),
+                                   [cc, *_base_flags(vmlinux), *as_text, *cflags, "-c",
+                                    str(c_file)], tmp)
+            raise _failure(done.returncode, log, text, c_file.name, filename, line_offset,
+                           undefined)
         return Compiled(o_file.read_bytes(), text, log, adjusted.notes, adjusted.lost_maps)
 
 
+def _clang(cmd: list[str], cwd: str) -> tuple[subprocess.CompletedProcess, str]:
+    """Run clang; its result and its diagnostics as text. CompileError if it takes too long."""
+    try:
+        done = subprocess.run(cmd, capture_output=True, timeout=TIMEOUT_S, cwd=cwd)
+    except subprocess.TimeoutExpired:
+        raise CompileError(f"clang did not finish within {TIMEOUT_S:.0f} s.",
+                           "Simplify the program (large unrolled loops?).") from None
+    return done, done.stderr.decode("utf-8", "replace")
+
+
+_CONFLICT = re.compile(r"error: conflicting types for '(\w+)'")
+
+
+def _kfunc_clash(log: str, vmlinux: Path) -> str | None:
+    """The kfunc the cell declares with other types than vmlinux.h's prototype, if any."""
+    names = [m.group(1) for m in _CONFLICT.finditer(log)]
+    if not names:
+        return None
+    declared = _headers.declared_kfuncs(vmlinux / "vmlinux.h")
+    return next((n for n in names if n in declared), None)
+
+
 def _failure(rc: int, log: str, text: str, c_name: str, filename: str,
-             line_offset: int) -> CompileError:
+             line_offset: int, undefined: Sequence[str] = ()) -> CompileError:
     diags = format_diagnostics(log, text, c_name, filename, line_offset)
     if rc < 0 or "PLEASE submit a bug report" in log or "Stack dump" in log:
         how = f" ({signal.Signals(-rc).name})" if -rc in set(signal.Signals) else ""
@@ -343,7 +378,7 @@ def _failure(rc: int, log: str, text: str, c_name: str, filename: str,
                             "Simplify that code.", diagnostics=diags)
     if not diags:
         diags = [ln for ln in log.splitlines() if "error" in ln][:10]
-    hint = _hint(diags, filename)
+    hint = _hint(diags, filename, log, undefined)
     errors = [d for d in diags if not d.startswith("    ")]
     shown = diags
     if len(errors) > MAX_ERRORS:  # the first errors are the ones to fix; the rest often follow
@@ -354,23 +389,87 @@ def _failure(rc: int, log: str, text: str, c_name: str, filename: str,
     return CompileError(message, hint, diagnostics=diags)
 
 
-def _hint(diags: list[str], filename: str) -> str:
+def _hint(diags: list[str], filename: str, log: str = "",
+          undefined: Sequence[str] = ()) -> str:
     """What to do about the errors clang reported, where a common cause is recognisable."""
     construct = suggest.unsupported_construct("\n".join(diags))
     if construct:
         return construct[0].upper() + construct[1:]
+    macro = _undefined_macro(list(undefined))
+    if macro:
+        return macro
     redefined = [(d, m.group(1)) for d in diags if (m := _REDEFINED.search(d))]
     if any(not d.startswith(f"{filename}, ") for d, _ in redefined):
         return ('vmlinux.h and the kernel\'s <linux/...> headers define the same types: '
                 'include "vmlinux.h" (this kernel\'s types) and not the others.')
-    if redefined:
+    earlier = {Path(m.group(1)).name for m in _PREVIOUS.finditer(log)}
+    if redefined and "vmlinux.h" in earlier:
         return (f"The kernel's own types (vmlinux.h) already define {redefined[0][1]!r}; "
                 "rename yours.")
+    if redefined:
+        return f"{redefined[0][1]!r} is defined twice in the cell; remove or rename one."
     if any("file not found" in d for d in diags):
         return ('Kernel types come from "vmlinux.h" (generated from this kernel) and libbpf\'s '
                 "helpers from <bpf/bpf_helpers.h>, <bpf/bpf_tracing.h>, <bpf/bpf_core_read.h>; "
                 "a cell without any #include gets all of these.")
     return ""
+
+
+_PREVIOUS = re.compile(r"^([^:\n]+):\d+:\d+: note: previous (?:definition|declaration) is here",
+                       re.M)
+# a function defined through a macro, as libbpf's BPF_KPROBE(name, args...) defines one
+_MACRO_DEFINITION = re.compile(r"^[ \t]*(?:SEC\s*\(\s*\"[^\"]*\"\s*\)\s*)?(?:static\s+)?"
+                               r"(?:__always_inline\s+)?(?:int|long|void|__u32|u32|__u64|u64|bool|"
+                               r"__s32|s32)\s+([A-Za-z_]\w*)\s*\(", re.M)
+_DEFINE = re.compile(r"^#define (\w+)", re.M)
+
+
+def macro_like_names(text: str) -> list[str]:
+    """Names that ``text`` uses as function-defining macros (``int BPF_UPROBE(name, ...)``)."""
+    code = mask_code(text)
+    names = [m.group(1) for m in _MACRO_DEFINITION.finditer(code)]
+    return list(dict.fromkeys(n for n in names if n in _headers.NEWER_LIBBPF_MACROS
+                              or re.fullmatch(r"[A-Z][A-Z0-9]*_[A-Z0-9_]+", n)))
+
+
+def _undefined(names: list[str], cmd: list[str], cwd: str) -> list[str]:
+    """Those of ``names`` that no header or line of the cell defines, by clang's preprocessor.
+
+    ``cmd`` is the compile command; its output options are replaced by ``-E -dM``.
+    """
+    if not names:
+        return []
+    cut = cmd.index("-c")
+    done, _ = _clang([*cmd[:cut], "-E", "-dM", cmd[cut + 1]], cwd)
+    if done.returncode != 0:
+        return []
+    defined = set(_DEFINE.findall(done.stdout.decode("utf-8", "replace")))
+    return [n for n in names if n not in defined]
+
+
+def _undefined_macro(undefined: list[str]) -> str:
+    """A hint for a cell that defines functions through macros nothing defines.
+
+    Without its definition ``int BPF_UPROBE(name)`` declares a function called
+    BPF_UPROBE, so clang reports redefinitions and odd parameter lists instead.
+    """
+    known = [n for n in undefined if n in _headers.NEWER_LIBBPF_MACROS]
+    if known:
+        return (f"{known[0]} is a macro of newer libbpf releases; the installed libbpf's headers "
+                f"({_installed_libbpf()}) do not define it and ebpf_magic does not supply it. "
+                "Define it in the cell, or install a newer libbpf-dev.")
+    if undefined:
+        return (f"Nothing defines {undefined[0]}, which the cell uses like a macro that defines a "
+                "function (as libbpf's BPF_KPROBE or BPF_PROG do): check its spelling, or "
+                "include the header that defines it.")
+    return ""
+
+
+def _installed_libbpf() -> str:
+    try:
+        return "libbpf " + _lib.version()
+    except _lib.LibbpfMissing:
+        return "libbpf"
 
 
 def format_diagnostics(log: str, text: str, c_name: str, filename: str,

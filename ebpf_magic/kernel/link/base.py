@@ -18,6 +18,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from ebpf_magic.kernel import sysbpf
 
@@ -266,6 +267,17 @@ def perf_link(prog_fd: int, attr: sysbpf.PerfEventAttr, pid: int, cpu: int, desc
     """Open one perf event, attach ``prog_fd``, and return the owning link."""
     detach, inert = perf_event_with(prog_fd, attr, pid, cpu, description)
     return Link(description, [detach], undo, release_fds=[] if inert is None else [inert])
+
+
+def device_index(device: str) -> int:
+    """The index of network device ``device``; :class:`LinkError` naming the devices there are."""
+    try:
+        return int(Path(f"/sys/class/net/{device}/ifindex").read_text())
+    except (OSError, ValueError):
+        net = Path("/sys/class/net")
+        devices = sorted(p.name for p in net.iterdir()) if net.is_dir() else []
+        raise LinkError(errno.ENODEV, f"no network device {device!r}",
+                        f"Devices here: {', '.join(devices)}") from None
 
 
 def pmu_type(pmu: str) -> int | None:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import errno
-from pathlib import Path
 
 from ebpf_magic.kernel import sysbpf
 from ebpf_magic.kernel.link import probe_events
-from ebpf_magic.kernel.link.base import Link, LinkError
+from ebpf_magic.kernel.link.base import Link, LinkError, device_index
 
 BPF_XDP = 37  # enum bpf_attach_type
 XDP_FLAGS_SKB_MODE = 1 << 1
@@ -25,14 +24,7 @@ def device(target: str) -> tuple[int, int]:
     if (mode or "skb") not in MODES:
         raise LinkError(errno.EINVAL, f"unknown XDP mode {mode!r}",
                         f"Modes: {', '.join('@' + m for m in MODES)}")
-    try:
-        ifindex = int(Path(f"/sys/class/net/{dev}/ifindex").read_text())
-    except (OSError, ValueError):
-        net = Path("/sys/class/net")
-        devices = sorted(p.name for p in net.iterdir()) if net.is_dir() else []
-        raise LinkError(errno.ENODEV, f"no network device {dev!r}",
-                        f"Devices here: {', '.join(devices)}") from None
-    return ifindex, MODES[mode or "skb"]
+    return device_index(dev), MODES[mode or "skb"]
 
 
 def xdp(prog_fd: int, ifindex: int, flags: int) -> Link:
