@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 
 from ebpf_magic import discover
+from ebpf_magic.errors import ProbeSpecError
 from ebpf_magic.kernel import host as kernel
-from ebpf_magic.kernel import tracefs
+from ebpf_magic.kernel import kmsg, tracefs
 from ebpf_magic.probes import Probe
 
 _SYSCALL_PREFIXES = ("__x64_sys_", "__ia32_sys_", "__arm64_sys_", "__se_sys_", "__do_sys_",
@@ -92,6 +94,9 @@ def attach_hint(probe: Probe, reason: str) -> str:
         path, _, sym = probe.target.partition(":")
         if path.startswith("/") and not Path(path).exists():
             return f"No file {path}. Give a path to a binary or library, or a library name like c."
+        held = _uprobe_held_elsewhere(path)
+        if held:
+            return held
         return (f"Check that {sym!r} is a function symbol of {path} (`nm -D {path}`); "
                 "stripped binaries have no symbols to attach to.")
     if kind in ("kfunc", "kretfunc", "lsm"):
@@ -204,3 +209,26 @@ def verifier_hint(log: str) -> str:
             return hint
     return ("The last lines name the instruction it refused and why; the line after '@' is "
             "the C source line of that instruction.")
+
+
+_REF_CTR_MISMATCH = re.compile(r"ref_ctr_offset mismatch\. inode: 0x([0-9a-f]+) offset: "
+                               r"0x([0-9a-f]+) ref_ctr_offset\(old\): 0x([0-9a-f]+)")
+
+
+def _uprobe_held_elsewhere(target: str) -> str:
+    """Why the kernel refused a uprobe on ``target`` if its log says another uprobe at that
+    address asks for a different USDT reference counter ("" if it does not say so)."""
+    try:
+        inode = os.stat(discover.library_path(target)).st_ino
+    except (OSError, ProbeSpecError):
+        return ""
+    for line in reversed(kmsg.recent()):
+        m = _REF_CTR_MISMATCH.search(line)
+        if m and int(m.group(1), 16) == inode:
+            return (f"Another tracer holds a uprobe at this address (file offset "
+                    f"0x{m.group(2)}) registered with a USDT reference counter at "
+                    f"0x{m.group(3)}; the kernel refuses a second uprobe at one address unless "
+                    f"both name the same counter (its log: 'ref_ctr_offset mismatch'). BCC's "
+                    f"tools register such uprobes (funclatency, trace, argdist on the same "
+                    f"function): stop that tracer, then attach again.")
+    return ""

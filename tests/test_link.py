@@ -500,6 +500,29 @@ def test_uprobe_semaphore_counts_while_attached(clean, counter, prog_fds, route,
         proc.stdout.close()
 
 
+@pytest.mark.parametrize("backend", ["bcc", "libbpf"])
+def test_uprobe_refused_for_another_tracers_semaphore_says_so(clean, counter, prog_fds, target,
+                                                              backend):
+    """A uprobe held with a USDT reference counter (as BCC's tools register theirs) makes the
+    kernel refuse a plain one at the same address with EINVAL; the error names that cause,
+    not a missing symbol."""
+    from ebpf_magic import Program
+    from ebpf_magic.errors import AttachError
+
+    prog_fds.append(counting_prog(PROG_KPROBE, counter.fd))
+    source = {"bcc": "int f(void *ctx) { return 0; }",
+              "libbpf": '#include "vmlinux.h"\n#include <bpf/bpf_helpers.h>\n'
+                        'SEC("uprobe") int f(void *ctx) { return 0; }\n'
+                        'char LICENSE[] SEC("license") = "GPL";'}[backend]
+    with link.uprobe(prog_fds[0], str(target), _elf_file_offset(target, "ebm_probe"),
+                     ref_ctr_offset=_elf_file_offset(target, "ebm_semaphore")):
+        with pytest.raises(AttachError) as info:
+            Program(source, attach=[f"uprobe:{target}:ebm_probe=f"], backend=backend)
+    assert "ref_ctr_offset mismatch" in info.value.hint
+    assert "Another tracer holds a uprobe at this address" in info.value.hint
+    assert "function symbol" not in info.value.hint
+
+
 UPROBE_CHILD = textwrap.dedent(f"""
     import os, sys, time
     sys.path.insert(0, {str(Path(__file__).parent)!r})
