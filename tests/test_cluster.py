@@ -196,6 +196,19 @@ def test_no_controller_is_a_short_clear_error(tmp_path, monkeypatch):
     assert "ipcluster start" in e.value.hint and time.monotonic() - began < 10
 
 
+def test_connect_takes_the_users_client_first_or_says_what_it_wants(engines):
+    got = cluster.connect(engines.client, timeout=20)  # connect(rc), as a user writes it
+    assert got.client is engines.client
+    assert sorted(got.ids) == sorted(engines.hosts)
+    for wrong in (object(), 42):
+        with pytest.raises(cluster.ClusterError, match="takes an ipyparallel.Client or a "
+                           "profile's name") as e:
+            cluster.connect(wrong)
+        assert "connect(rc)" in e.value.hint
+    with pytest.raises(cluster.ClusterError, match="two profiles named"):
+        cluster.connect("a", profile="b")
+
+
 def test_map_counts_exact_per_host(engines, engines_of):
     prog = cluster.ClusterProgram(COUNTS, name="counts", engines=engines_of, attach=GETPPID)
     ids = set(prog.prog_ids())

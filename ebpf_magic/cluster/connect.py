@@ -170,10 +170,13 @@ _current: Engines | None = None
 _clients: dict[str, Any] = {}  # the Client opened for each profile, kept open for the next cell
 
 
-def connect(profile: str | None = None, client: Any = None,
+def connect(cluster: Any = None, client: Any = None,
             targets: str | Sequence[int | str] = "all",
-            timeout: float = DEFAULT_TIMEOUT) -> Engines:
-    """The engines of a running cluster, from ``client`` or else ``profile``'s controller.
+            timeout: float = DEFAULT_TIMEOUT, *, profile: str | None = None) -> Engines:
+    """The engines of a running cluster: ``cluster`` is an ``ipyparallel.Client`` you made
+    (``connect(rc)``) or the name of an ipyparallel profile whose controller to reach
+    (``connect("fleet")``; None: the default profile). ``client=`` and ``profile=`` name
+    them by keyword.
 
     The result is also what ``%%bpf NAME --on TARGETS`` uses afterwards. ``timeout``
     bounds reaching the controller and each later call to the engines. A profile's
@@ -181,6 +184,18 @@ def connect(profile: str | None = None, client: Any = None,
     :meth:`Engines.close`.
     """
     global _current
+    if cluster is not None and not isinstance(cluster, str):
+        if client is not None or not isinstance(cluster, _ipyparallel().Client):
+            raise ClusterError(
+                f"connect() takes an ipyparallel.Client or a profile's name, not "
+                f"{type(cluster).__name__}",
+                "connect(rc) with rc = ipyparallel.Client(...), or connect('PROFILE').")
+        client = cluster
+    elif cluster is not None:
+        if profile is not None and profile != cluster:
+            raise ClusterError(f"two profiles named: {cluster!r} and profile={profile!r}",
+                               "Name the profile once.")
+        profile = cluster
     if client is None:
         client = _client(profile or "default", timeout)
     _current = Engines(client, targets, timeout, profile)
@@ -198,7 +213,7 @@ def _client(profile: str, timeout: float) -> Any:
         raise ClusterError(
             f"cannot reach the ipyparallel controller of profile {profile!r}: {e}",
             "Start a cluster (ipcluster start -n 2 --profile=PROFILE, or see the README, "
-            "Many hosts), or pass the Client you made: connect(client=rc).") from None
+            "Many hosts), or pass the Client you made: connect(rc).") from None
     _clients[profile] = client
     return client
 
