@@ -260,7 +260,7 @@ LAYERS = [
     {"backend"},  # the backend seam and its two backends
     {"data", "api"},  # maps, streams, frames; the read API
     {"program", "session"},  # the object model users hold
-    {"sessions", "cluster"},  # recordings, replay, programs on many hosts
+    {"sessions", "cluster", "bpftrace"},  # recordings, replay, many hosts, bpftrace programs
     {"present"},  # widgets, plots, live views
     {"setup"},  # doctor, kernelspec, launcher
     {"magics", "__main__", "uninstall_kernel"},  # the adapters
