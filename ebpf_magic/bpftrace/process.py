@@ -30,6 +30,7 @@ from ebpf_magic.errors import BPFError, OptionError
 ATTACHED = "__BPFTRACE_NOTIFY_PROBES_ATTACHED"
 PLACES = ("/usr/bin/bpftrace", "/usr/sbin/bpftrace", "/usr/local/bin/bpftrace")
 INSTALL_HINT = "Install it: `apt-get install bpftrace` (scripts/setup.sh does)."
+MISSING = "bpftrace is not installed"
 STOP_TIMEOUT = 30.0  # seconds bpftrace gets to detach (closing each probe takes a while)
 ENV_NAME = re.compile(r"BPFTRACE_[A-Z0-9_]+")
 # bpftrace's own knobs a caller may set (``bpftrace --help`` lists them)
@@ -42,7 +43,7 @@ def binary() -> str:
     found = shutil.which("bpftrace") or next((p for p in PLACES if os.access(p, os.X_OK)),
                                              None)
     if found is None:
-        raise BPFError("bpftrace is not installed", INSTALL_HINT)
+        raise BPFError(MISSING, INSTALL_HINT)
     return found
 
 
