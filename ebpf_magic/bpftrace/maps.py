@@ -300,8 +300,9 @@ def _buckets(info: MapInfo, key_cols: dict[str, Any], names: list[str], index: n
     frame = histograms.bucket_frame(index, counts, "linear", step, sections)
     i = frame["slot"].to_numpy(np.int64)
     low = lo + (i - 1) * step
-    frame["low"] = np.where(i == 0, histograms.OPEN_LOW, low)
-    frame["high"] = np.where(i > buckets, histograms.OPEN_HIGH, low + step)
+    top = i > buckets  # what bpftrace labels [max, ...) (values from the last step on)
+    frame["low"] = np.where(i == 0, histograms.OPEN_LOW, np.where(top, hi, low))
+    frame["high"] = np.where(top, histograms.OPEN_HIGH, low + step)
     frame["slot"] = i - 1 + (lo // step if lo % step == 0 else 0)
     return frame
 

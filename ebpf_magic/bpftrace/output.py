@@ -12,7 +12,7 @@ line the program prints becomes a stream of typed records (:class:`Schema`):
 * ``@map`` for each map the program ``print()``s: ``time``, one column per key part, then
   the value columns as :attr:`NAME.maps[...].df <.maps.BpftraceMap.df>` has them (a
   histogram: one row per bucket), one row per key per print.
-* ``print`` (``print()`` of a value, its JSON in ``value``), ``time``, ``cat``, ``system``
+* ``print`` (``print()`` of a value: ``value``, its JSON text), ``time``, ``cat``, ``system``
   and ``join``: ``time`` and ``text``; ``command``: the lines a command run with the
   program (``command=``) printed.
 
@@ -423,8 +423,9 @@ class MapSeries:
             start = 0 if "min" not in first else (int(first["min"]) - lo) // step + 1
             index = np.arange(start, start + len(rows))
             low = np.where(index == 0, histograms.OPEN_LOW, lo + (index - 1) * step)
-            high = np.where(index > (hi - lo) // step, histograms.OPEN_HIGH,
-                            lo + index * step)
+            top = index > (hi - lo) // step  # bpftrace labels it [max, ...)
+            low = np.where(top, hi, low)
+            high = np.where(top, histograms.OPEN_HIGH, lo + index * step)
             slots = index - 1 + (lo // step if lo % step == 0 else 0)
         return [{"slot": int(s), "low": int(a), "high": int(b), "count": int(r.get("count", 0))}
                 for s, a, b, r in zip(slots, low, high, rows, strict=True)]
@@ -459,12 +460,7 @@ def _other_schema(kind: str) -> Schema:
         return _records(dtype, [{"time": now, "text": _bytes(text[:-1] if text.endswith("\n")
                                                               else text)}])
 
-    def finish(df: pd.DataFrame) -> pd.DataFrame:
-        if kind == "value":
-            df["value"] = [json.loads(v) if v else None for v in df["value"]]
-        return df
-
-    return Schema(name, dtype, encode, finish)
+    return Schema(name, dtype, encode)
 
 
 # -- the output of one process ---------------------------------------------------------

@@ -4,7 +4,8 @@ One matcher joins IPython's completer (``Completer.custom_matchers``), so the te
 every Jupyter front end get the same completions: option names, ``-a`` probe specs kind by
 kind (``tracepoint:sch`` -> categories, then events; ``uprobe:c:`` -> libc's functions;
 ``xdp:`` -> network devices), running programs' names, subcommands and their arguments,
-and ``prog.maps["`` / ``prog.events["`` of the session's programs.
+``prog.maps["`` / ``prog.events["`` of the session's programs, and in a ``%%bpftrace``
+cell its options and, in its program, the same probe specs.
 """
 
 from __future__ import annotations
@@ -54,17 +55,19 @@ def bpf_matcher(context: CompletionContext) -> SimpleMatcherResult:
         return _key_matches(keys)
     words = line.split(" ")
     head = words[0].lstrip()
-    in_cell = head == "%%bpf" and context.cursor_line == 0
-    if not (in_cell or head == "%bpf") or len(words) < 2:
-        return {"completions": [], "suppress": False}
-    word = words[-1]
-    before = [w for w in words[1:-1] if w]
-    ipython = _shell()
-    programs = _programs(ipython)
-    if in_cell:
-        found = _cell_line(word, before, programs)
+    if context.full_text.lstrip().startswith("%%bpftrace") and context.cursor_line > 0:
+        word = re.split(r"[\s,{}/]", line.rsplit("\n", 1)[-1])[-1]
+        found = probe_specs(word) if word and (":" in word or any(
+            k.startswith(word) for k in KINDS)) else None
+    elif head in ("%%bpf", "%%bpftrace") and context.cursor_line == 0 and len(words) > 1:
+        word = words[-1]
+        found = _cell_line(word, [w for w in words[1:-1] if w], _programs(_shell()),
+                           head[2:])
+    elif head == "%bpf" and len(words) > 1:
+        word = words[-1]
+        found = _subcommand_line(word, [w for w in words[1:-1] if w], _programs(_shell()))
     else:
-        found = _subcommand_line(word, before, programs)
+        found = None
     if found is None:  # not ours to complete (a file name, a value)
         return {"completions": [], "suppress": False}
     token = context.token
@@ -104,13 +107,15 @@ def _programs(ipython) -> list[str]:
     return list(magics.session.programs) if magics is not None else []
 
 
-def _cell_line(word: str, before: list[str], programs: list[str]) -> list[str] | None:
-    from ebpf_magic.magics.cell import PARSER
+def _cell_line(word: str, before: list[str], programs: list[str], magic: str = "bpf"
+               ) -> list[str] | None:
+    from ebpf_magic.magics import bpftrace, cell
 
-    if before and before[-1] in ("-a", "--attach"):
+    if before and before[-1] in ("-a", "--attach") and magic == "bpf":
         return probe_specs(word)
     if word.startswith("-"):
-        return re.findall(r"(?<![\w-])--?[A-Za-z][\w-]*", PARSER.format_help())
+        parser = cell.PARSER if magic == "bpf" else bpftrace.PARSER
+        return re.findall(r"(?<![\w-])--?[A-Za-z][\w-]*", parser.format_help())
     if not before:
         return programs
     return None

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ebpf_magic.backend import BACKENDS, choose_backend
+from ebpf_magic.backend import choose_backend
 from ebpf_magic.errors import ReplayError
 from ebpf_magic.probes import Probe
 from ebpf_magic.sessions import format as fmt
@@ -150,7 +150,7 @@ def _host(host: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise ReplayError(f"malformed recording: host has unknown fields {unknown[:5]}")
     for key, types in fmt.HOST.items():
-        if key in host or key not in ("bcc", "libbpf", "clang"):
+        if key in host or key not in fmt.VERSIONS:
             _need(host, key, types, "host", optional=True)
     if "hosts" in host:
         _hosts(_need(host, "hosts", list, "host"))
@@ -945,8 +945,8 @@ def _backend(prog: dict[str, Any]) -> str:
     if prog.get("backend") is None:
         return choose_backend(prog["source"])
     name = _need(prog, "backend", str, "program")
-    if name not in BACKENDS:
+    if name not in fmt.RUNNERS:
         raise ReplayError(f"malformed recording: program.backend is {name[:40]!r}, not one of "
-                          f"{', '.join(BACKENDS)}")
+                          f"{', '.join(fmt.RUNNERS)}")
     return name
 
