@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -108,13 +109,22 @@ def key_dtype(info: MapInfo, key_size: int) -> np.dtype | str:
                      "itemsize": int(sum(f.itemsize for f in formats))})
 
 
+def log2_top(version: str | None) -> int | None:
+    """The highest ``hist()`` bucket index this bpftrace release gives, where it has one:
+    before 0.20 its log2 stops at 2**31, so that bucket holds every value from 2**31 on."""
+    m = re.match(r"(\d+)\.(\d+)", version or "")
+    return 33 if m and (int(m.group(1)), int(m.group(2))) < (0, 20) else None
+
+
 @dataclass
 class Context:
     """What decoding keys needs beyond the map: bpftrace's stack maps (descriptor by
-    frames kept, ``value_size // 8``) and the names of its ``probe`` ids."""
+    frames kept, ``value_size // 8``), the names of its ``probe`` ids, and the last
+    ``hist()`` bucket of its release (:func:`log2_top`)."""
 
     stack_maps: dict[int, int]
     probe_ids: list[str]
+    hist_top: int | None = None
 
 
 class BpftraceMap:
@@ -239,7 +249,7 @@ def decode(info: MapInfo, keys: np.ndarray, values: np.ndarray, context: Context
     if kind in ("avg", "stats"):
         return _stats(kind, key_cols, names, keys["__index"], values)
     if kind in ("hist", "lhist"):
-        return _buckets(info, key_cols, names, keys["__index"], values)
+        return _buckets(info, key_cols, names, keys["__index"], values, context.hist_top)
     column = value_columns(info)[0]
     if values.dtype.kind == "S":
         vals: Any = eventframe.strings(values)
@@ -287,13 +297,21 @@ def _stats(kind: str, key_cols: dict[str, Any], names: list[str], index: np.ndar
     return out
 
 
+def open_top(frame: pd.DataFrame, hist_top: int | None) -> pd.DataFrame:
+    """A log2 bucket frame whose last bucket (bpftrace's index ``hist_top``) is open above."""
+    if hist_top is not None:
+        frame.loc[frame["slot"] == hist_top - 1, "high"] = histograms.OPEN_HIGH
+    return frame
+
+
 def _buckets(info: MapInfo, key_cols: dict[str, Any], names: list[str], index: np.ndarray,
-             counts: np.ndarray) -> pd.DataFrame:
+             counts: np.ndarray, hist_top: int | None) -> pd.DataFrame:
     """A histogram map's buckets, per key: bpftrace's bucket index to bounds."""
     index = index.astype(np.int64)
     sections = pd.DataFrame({n: _hashable(key_cols[n]) for n in names}) if names else None
     if info.value == "hist":  # 0: negative, 1: zero, i >= 2: [2**(i-2), 2**(i-1))
-        return histograms.bucket_frame(index - 1, counts, "log2", 1, sections)
+        frame = histograms.bucket_frame(index - 1, counts, "log2", 1, sections)
+        return open_top(frame, hist_top)
     lo, hi, step = info.lhist or (0, 0, 1)
     buckets = (hi - lo) // step
     # bpftrace's index 0 holds values below lo, 1..buckets the steps, buckets+1 the rest

@@ -330,8 +330,9 @@ def _part_field(name: str, type_: str | None, limit: int) -> tuple[str, str]:
 class MapSeries:
     """How the lines printing one map become rows (see the module docstring)."""
 
-    def __init__(self, info: MapInfo) -> None:
+    def __init__(self, info: MapInfo, hist_top: int | None = None) -> None:
         self.info = info
+        self.hist_top = hist_top  # the last hist() bucket of this release, open above
         self.ambiguous = 0  # keys that could have split more than one way
         self.unsplit = 0  # keys that did not split as their types say (kept whole)
         kinds = [_part_kind(p.type) for p in info.keys]
@@ -416,6 +417,8 @@ class MapSeries:
                                                    int(first["min"]).bit_length() + 1)
             index = np.arange(start, start + len(rows))
             low, high = histograms.bounds(index - 1, "log2")
+            if self.hist_top is not None:
+                high = np.where(index == self.hist_top, histograms.OPEN_HIGH, high)
             slots = index - 1
         else:
             lo, hi, step = self.info.lhist or (0, 0, 1)
@@ -470,8 +473,8 @@ class Output:
     """What one bpftrace process prints: lines routed to their streams' channels, and the
     counts the program reports (probes attached, events lost, lines not understood)."""
 
-    def __init__(self, semantics: Semantics, formats: list[str], command: bool = False
-                 ) -> None:
+    def __init__(self, semantics: Semantics, formats: list[str], command: bool = False,
+                 hist_top: int | None = None) -> None:
         self.attached_probes: int | None = None
         self.lost = 0
         self.helper_errors: collections.Counter[tuple[str, int, int, int]] = \
@@ -486,7 +489,7 @@ class Output:
             self.schemas[schema.name] = schema
         for name, info in semantics.maps.items():
             if info.printed:
-                self.series[name] = MapSeries(info)
+                self.series[name] = MapSeries(info, hist_top)
                 self.schemas[name] = self.series[name].schema()
         self.channels = {name: Channel(s.dtype, lambda: self.lost)
                          for name, s in self.schemas.items()}

@@ -267,7 +267,8 @@ class BpftraceProgram:
                 stacks[info.value_size // 8] = fd
             elif name.startswith("AT_"):
                 kernel[name] = (fd, info) if name not in kernel else (-1, info)
-        context = bt_maps.Context(stacks, self.semantics.probe_ids)
+        context = bt_maps.Context(stacks, self.semantics.probe_ids,
+                                  bt_maps.log2_top(process.version()))
         found = {}
         for map_name, info in self.semantics.maps.items():
             fd, kinfo = kernel.get(bt_maps.kernel_name(map_name), (-1, None))
@@ -282,7 +283,8 @@ class BpftraceProgram:
         self._maps = Named(found, "map")
 
     def _open_streams(self, options: dict[str, Any]) -> None:
-        out = output.Output(self.semantics, self._formats, command=self._held is not None)
+        out = output.Output(self.semantics, self._formats, command=self._held is not None,
+                            hist_top=bt_maps.log2_top(process.version()))
         max_rows = int(options.get("max_rows", 1_000_000))
         streams = {}
         try:
@@ -357,6 +359,16 @@ class BpftraceProgram:
         """True until :meth:`stop`: bpftrace runs, or ended by itself (``exit()``, the end
         of ``-c``'s command or ``-p``'s process) and its maps are still held here."""
         return not self._released
+
+    @property
+    def process_id(self) -> int | None:
+        """The bpftrace process's id (while it runs, or None)."""
+        return self._proc.pid if self._proc is not None and not self.exited else None
+
+    @property
+    def command_id(self) -> int | None:
+        """The id of the command run with the program (``command=``), or None."""
+        return self._held.pid if self._held is not None else None
 
     @property
     def exited(self) -> bool:
