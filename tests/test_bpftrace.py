@@ -16,13 +16,21 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from test_kernelspec import execute
+from test_privileges import (  # spec_dir: the fixture installing the test kernel
+    NAME,
+    _account,
+    bpf_mask,
+    running_kernel,
+    spec_dir,  # noqa: F401
+    status_of,
+)
 
 import ebpf_magic
 from ebpf_magic.api import MapView, ProgramView, StreamView
@@ -39,6 +47,7 @@ from ebpf_magic.bpftrace import (
 from ebpf_magic.bpftrace.maps import Context, decode
 from ebpf_magic.data import histograms
 from ebpf_magic.errors import BPFError, CompileError
+from ebpf_magic.kernel import host as kernel
 from ebpf_magic.program import running
 
 from conftest import loaded_prog_ids, own_processes, uprobe_events
@@ -537,21 +546,23 @@ def test_stop_and_rerun_leave_one_program_then_none(shell):
 
 @pytest.mark.kernel
 @needs_bpftrace
-@pytest.mark.parametrize("delay", [0.0, 0.05, 0.2, 0.4])
+@pytest.mark.parametrize("delay", [0.001, 0.05, 0.2, 0.4, 0.7])
 def test_ctrl_c_while_starting_leaves_nothing(delay):
     before = loaded_prog_ids()
-    timer = threading.Timer(delay, lambda: os.kill(os.getpid(), signal.SIGINT))
-    timer.start()
-    prog = None
+    prog, interrupted = None, False
+    alarm = signal.signal(signal.SIGALRM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
     try:
+        signal.setitimer(signal.ITIMER_REAL, delay)
         prog = BpftraceProgram(f"{LSEEK} {{ @[pid] = count(); }}", name="interrupted")
-        time.sleep(1.0)  # the interrupt came after it started
+        time.sleep(2.0)  # the interrupt comes after it started
     except KeyboardInterrupt:
-        pass
+        interrupted = True
     finally:
-        timer.join()
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, alarm)
         if prog is not None:
             prog.stop()
+    assert interrupted
     assert left_behind(before) == CLEAN
     assert not [p for p in running() if p.name == "interrupted"]
 
@@ -646,3 +657,56 @@ def test_the_doctor_reports_bpftrace():
 def test_the_doctor_runs_a_counting_program():
     row = diagnose.check_cells()
     assert row.status == "ok", row
+
+
+# -- in the least-privilege kernel ------------------------------------------------------
+
+LIBC = "/lib/x86_64-linux-gnu/libc.so.6"
+
+
+@pytest.mark.kernel
+@needs_bpftrace
+@pytest.mark.usefixtures("spec_dir")
+def test_in_the_least_privilege_kernel_bpftrace_has_its_rights_and_no_more():
+    entry = _account()
+    before = loaded_prog_ids()
+    with running_kernel(NAME) as (manager, client, kernel_pid):
+        execute(client, "%load_ext ebpf_magic")
+        execute(client, f"%%bpftrace lp -q\n{LSEEK} {{ @[comm, pid] = count(); }}\n"
+                        f"uprobe:{LIBC}:getpgrp {{ @g = count(); }}")
+        pid = int(execute(client, "print(lp.process_id)"))
+        status = status_of(pid)
+        assert set(status["Uid"].split()) == {str(entry.pw_uid)}, status["Uid"]
+        assert set(status["Gid"].split()) == {str(entry.pw_gid)}
+        for field in ("CapEff", "CapPrm", "CapInh", "CapAmb"):
+            assert kernel.cap_names(int(status[field], 16)) == kernel.cap_names(bpf_mask()), \
+                field
+        assert status["NoNewPrivs"] == "1"
+        environ = dict(v.split("=", 1) for v in
+                       Path(f"/proc/{pid}/environ").read_bytes().decode().split("\0") if "=" in v)
+        preload = Path(environ["LD_PRELOAD"])
+        assert preload == shim.system_path()  # root's copy, which the account cannot write
+        assert preload.stat().st_uid == 0 and preload.stat().st_mode & 0o022 == 0
+        assert ours(), "bpftrace should be running"
+        assert [e for e in uprobe_events() if f"_bcc_{pid}" in e], \
+            "as the account, bpftrace defines its uprobe in tracefs"
+        pids = {name: run_work(name, calls) for name, calls in CALLS.items()}
+        got = json.loads(execute(client, "print(lp.maps['@'].df.to_json(orient='values'))"))
+        assert sorted(map(tuple, got)) == sorted((n, pids[n], len(c)) for n, c in CALLS.items())
+        execute(client, "%bpf stop lp")
+        assert settle(lambda: not os.path.exists(f"/proc/{pid}"))
+        assert not [e for e in uprobe_events() if f"_bcc_{pid}" in e]
+        # unsafe builtins run as the account, without the shim
+        execute(client, '%%bpftrace unsafe -q --unsafe\n'
+                        'BEGIN { system("id -u; echo preload=$LD_PRELOAD"); exit(); }')
+        lines = json.loads(execute(client, "import time; time.sleep(1)\n"
+                                           "print(unsafe.events['system'].df['text'].to_json("
+                                           "orient='values'))"))
+        assert lines == [f"{entry.pw_uid}\npreload="]
+        # a kernel that dies takes its bpftrace programs with it, leaving nothing defined
+        execute(client, f"%%bpftrace orphan -q\nuprobe:{LIBC}:getpgrp {{ @g = count(); }}")
+        orphan = int(execute(client, "print(orphan.process_id)"))
+        manager.shutdown_kernel(now=True)
+        assert settle(lambda: not os.path.exists(f"/proc/{orphan}"), 40)
+        assert not [e for e in uprobe_events() if f"_bcc_{orphan}" in e]
+    assert settle(lambda: not loaded_prog_ids() - before)

@@ -33,6 +33,7 @@ INSTALL_HINT = "Install it: `apt-get install bpftrace` (scripts/setup.sh does)."
 MISSING = "bpftrace is not installed"
 STOP_TIMEOUT = 30.0  # seconds bpftrace gets to detach (closing each probe takes a while)
 ENV_NAME = re.compile(r"BPFTRACE_[A-Z0-9_]+")
+VMLINUX_BTF = "/sys/kernel/btf/vmlinux"
 # bpftrace's own knobs a caller may set (``bpftrace --help`` lists them)
 _PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -85,13 +86,20 @@ def argv(program: str, *, dry_run: bool = False, pid: int | None = None,
 
 def environment(settings: Mapping[str, str] = ()) -> dict[str, str]:
     """bpftrace's environment: this process's, ``settings`` (``BPFTRACE_*``), the attach
-    notice, and the uid shim where this process is not root."""
+    notice, and where this process is not root the uid shim, and the kernel's BTF by path.
+
+    bpftrace finds the kernel's BTF by walking the kernel's BTF objects by id, which needs
+    CAP_SYS_ADMIN; without it, ``BPFTRACE_BTF`` names the file the kernel publishes
+    (module types are then not known to it).
+    """
     env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
     env.update(check_env(dict(settings)))
     env[ATTACHED] = "1"
     preload = shim.preload()
     if preload is not None:
         env["LD_PRELOAD"] = str(preload)
+        if "BPFTRACE_BTF" not in env and os.access(VMLINUX_BTF, os.R_OK):
+            env["BPFTRACE_BTF"] = VMLINUX_BTF
     return env
 
 

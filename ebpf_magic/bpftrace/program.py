@@ -127,7 +127,7 @@ class BpftraceProgram:
                                                        params=self.params, unsafe=unsafe), env_)
                 self._proc = process.spawn(process.argv(marked, pid=target, params=self.params,
                                                         unsafe=unsafe), env_)
-            self._follow()
+                self._follow()
             self.semantics = self._dry_run()
             self._wait_attached()
             with interrupts_deferred():
