@@ -50,7 +50,7 @@ from ebpf_magic.errors import BPFError, CompileError
 from ebpf_magic.kernel import host as kernel
 from ebpf_magic.program import running
 
-from conftest import loaded_prog_ids, own_processes, uprobe_events
+from conftest import leaked_programs, loaded_prog_ids, own_processes, uprobe_events
 
 MAGIC_FD = 987_654  # no process has it open: lseek() on it fails, after its tracepoint fired
 ODD = "a,b c"  # a comm holding bpftrace's key separator and a space
@@ -125,10 +125,12 @@ def rows(stream, n: int, timeout: float = 10.0) -> pd.DataFrame:
 
 
 def left_behind(before: set[int]) -> dict[str, object]:
-    """What a stopped program could have left: processes, programs, tracefs entries."""
+    """What a stopped program could have left: processes, programs (loaded since ``before``
+    and held by this process, its children or nobody: other processes' are theirs),
+    tracefs entries."""
     return {"processes": settle(lambda: not ours()) or ours(),
-            "programs": settle(lambda: not loaded_prog_ids() - before)
-            or loaded_prog_ids() - before,
+            "programs": settle(lambda: not leaked_programs(before, own_processes() | ours()))
+            or leaked_programs(before, own_processes() | ours()),
             "uprobes": [e for e in uprobe_events() if "_bcc_" in e]}
 
 
@@ -709,4 +711,4 @@ def test_in_the_least_privilege_kernel_bpftrace_has_its_rights_and_no_more():
         manager.shutdown_kernel(now=True)
         assert settle(lambda: not os.path.exists(f"/proc/{orphan}"), 40)
         assert not [e for e in uprobe_events() if f"_bcc_{orphan}" in e]
-    assert settle(lambda: not loaded_prog_ids() - before)
+    assert settle(lambda: not leaked_programs(before, own_processes()))
