@@ -12,10 +12,12 @@ make one. The modules, each one concern:
 * :mod:`.source`: program text: its printf formats marked so their output splits exactly;
 * :mod:`.maps`: maps read from the kernel while bpftrace runs;
 * :mod:`.output`: bpftrace's JSON output lines as rows of event streams;
-* :mod:`.program`: the program object (:class:`BpftraceProgram`).
+* :mod:`.program`: the program object (:class:`BpftraceProgram`);
+* :mod:`.diagnose`: whether bpftrace cells run here, and the doctor's rows.
 """
 
+from ebpf_magic.bpftrace.diagnose import can_run
 from ebpf_magic.bpftrace.process import binary, version
 from ebpf_magic.bpftrace.program import BpftraceProgram, BpftraceWarning, run
 
-__all__ = ["BpftraceProgram", "BpftraceWarning", "binary", "run", "version"]
+__all__ = ["BpftraceProgram", "BpftraceWarning", "binary", "can_run", "run", "version"]

@@ -56,8 +56,8 @@ def kernel_name(name: str) -> str:
 def part_dtype(part: Part) -> np.dtype | None:
     """How one key part is laid out in a key; None where the type does not tell."""
     t = part.type or ""
-    if INT_TYPE.fullmatch(t) or t in _WORDS:
-        return np.dtype("<u8") if t.startswith("unsigned") or t in _WORDS else np.dtype("<i8")
+    if INT_TYPE.fullmatch(t) or t in _WORDS or t.endswith("*"):  # a pointer: its address
+        return np.dtype("<i8") if t.startswith("int") else np.dtype("<u8")
     if t == "usym":
         return np.dtype([("addr", "<u8"), ("pid", "<u8")])
     m = STRING_TYPE.fullmatch(t)
@@ -74,7 +74,7 @@ def value_dtype(info: MapInfo) -> np.dtype | None:
     m = STRING_TYPE.fullmatch(info.value)
     if m:
         return np.dtype(f"S{m.group(1)}")
-    if info.value in _WORDS:
+    if info.value in _WORDS or info.value.endswith("*"):  # a pointer: its address
         return np.dtype("<u8")
     return None
 

@@ -6,7 +6,8 @@ line the program prints becomes a stream of typed records (:class:`Schema`):
 * ``printf``: ``time`` (when the line was read), ``text`` (the line as bpftrace would
   print it, without its final newline), and one column per conversion named after its
   argument (``printf("%s %d", comm, pid)`` gives ``comm`` and ``pid``), typed by the
-  conversion: ``%d %i`` int64, ``%u %x %X %o %p`` uint64, ``%s %c %r`` str. With several
+  conversion: ``%d %i`` int64, ``%u %x %X %o %p`` uint64, ``%s %c %r`` str (a constant
+  argument, such as a header's ``"PID"``, gets none). With several
   ``printf`` calls a ``printf`` column says which one (0, 1...), and a column a call does
   not have is missing (NA) in its rows.
 * ``@map`` for each map the program ``print()``s: ``time``, one column per key part, then
@@ -172,8 +173,8 @@ def printf_schema(formats: list[str], printfs: list[Printf]) -> Schema:
             size = _value_bytes(conv, arg.type if arg else None)
             width += max(conv.width, size)
             dtype = _conversion_dtype(conv, size)
-            if dtype is None:
-                names.append(None)
+            if dtype is None or (arg is not None and arg.literal):
+                names.append(None)  # no column: a constant, or a conversion not typed
                 continue
             name = _unique((arg.name if arg and arg.name else None) or f"arg{j}", names)
             if name in ("time", "text", "printf") or \

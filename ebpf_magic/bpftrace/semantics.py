@@ -58,13 +58,15 @@ class Part:
     """One key part of a map, or one argument of a ``printf``: name and bpftrace type.
 
     ``type`` is None where bpftrace's printer shows none (a struct field); ``limit`` is a
-    stack's frame count and ``mode`` its format (``bpftrace`` or ``perf``).
+    stack's frame count and ``mode`` its format (``bpftrace`` or ``perf``); ``literal`` is
+    True for a constant written in the program (``printf("%s", "PID")``).
     """
 
     name: str | None
     type: str | None
     limit: int = DEFAULT_STACK_LIMIT
     mode: str = "bpftrace"
+    literal: bool = False
 
 
 @dataclass
@@ -202,7 +204,7 @@ def type_of(node: Node) -> str | None:
 
 def part(node: Node) -> Part:
     """A key part or argument: its name, type, and a stack's frame count and format."""
-    p = Part(name_of(node), type_of(node))
+    p = Part(name_of(node), type_of(node), literal=node.kind in ("int", "string"))
     if p.type in STACKS:
         for child in node.children:
             if child.kind == "int":

@@ -11,7 +11,7 @@ import difflib
 import shlex
 
 from IPython.core.error import UsageError
-from IPython.core.magic import Magics, cell_magic, line_cell_magic, magics_class, no_var_expand
+from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
 
 from ebpf_magic.magics import bpftrace, cell, complete
 from ebpf_magic.magics.args import SUBCOMMANDS, subcommand
@@ -57,9 +57,9 @@ class BpfMagics(Magics):
             raise UsageError(f"%bpf {sub}: {e}") from None
         return subcommand(sub).run(self, rest.strip())
 
-    @cell_magic("bpftrace")
+    @line_cell_magic("bpftrace")
     @no_var_expand
-    def bpftrace_cell(self, line: str, cell_text: str):
+    def bpftrace_cell(self, line: str, cell_text: str | None = None):
         return bpftrace.run(self, interpolate(line, self.shell.user_ns), cell_text)
 
 

@@ -1,4 +1,7 @@
-"""``%%bpftrace NAME [options] [PARAM ...]``: run the cell with bpftrace, bind it to NAME."""
+"""``%%bpftrace NAME [options] [PARAM ...]``: run the cell with bpftrace, bind it to NAME.
+
+``%bpftrace NAME --file PATH`` (line mode) runs a program file, such as a shipped ``.bt`` tool.
+"""
 
 from __future__ import annotations
 
@@ -82,6 +85,8 @@ DOC = f"""Run a bpftrace program in the background from a cell.
     %%bpftrace NAME [options] [PARAM ...]
     <bpftrace program>
 
+    %bpftrace NAME --file PATH [options] [PARAM ...]      (a program file: a .bt tool)
+
 {PARSER.format_help()}
 Examples:
 
@@ -139,19 +144,24 @@ def parse(line: str) -> argparse.Namespace:
     return args
 
 
-def _program_text(args: argparse.Namespace, cell: str) -> tuple[str, int]:
+def _program_text(args: argparse.Namespace, cell: str | None) -> tuple[str, int]:
     """The program and the line offset of its errors: the file's, or the cell's."""
     if args.file is None:
+        if cell is None:
+            raise UsageError("%bpftrace runs a program file: %bpftrace NAME --file PATH; "
+                             "for a program in the cell, use %%bpftrace NAME")
         return cell, 1
-    if cell.strip():
-        raise UsageError("%%bpftrace: --file runs the file's program; leave the cell empty")
+    if cell is not None and any(ln.strip() and not ln.strip().startswith("//")
+                                for ln in cell.splitlines()):
+        raise UsageError("%%bpftrace: --file runs the file's program; the cell may hold "
+                         "// comments only")
     try:
         return Path(args.file).read_text(), 0
     except (OSError, UnicodeDecodeError) as e:
         raise UsageError(f"%%bpftrace: cannot read {clip(args.file)}: {e}") from None
 
 
-def run(magics, line: str, cell: str) -> None:
+def run(magics, line: str, cell: str | None) -> None:
     """Start the cell's program; bind it to NAME in the user namespace."""
     args = parse(line)
     shell = magics.shell
