@@ -22,6 +22,7 @@ import shutil
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Mapping, Sequence
 
 from ebpf_magic.bpftrace import shim
@@ -86,7 +87,8 @@ def argv(program: str, *, dry_run: bool = False, pid: int | None = None,
 
 def environment(settings: Mapping[str, str] = ()) -> dict[str, str]:
     """bpftrace's environment: this process's, ``settings`` (``BPFTRACE_*``), the attach
-    notice, and where this process is not root the uid shim, and the kernel's BTF by path.
+    notice, the shim (:mod:`.shim`: the uid check, a watch on this process), and where this
+    process is not root the kernel's BTF by path.
 
     bpftrace finds the kernel's BTF by walking the kernel's BTF objects by id, which needs
     CAP_SYS_ADMIN; without it, ``BPFTRACE_BTF`` names the file the kernel publishes
@@ -95,11 +97,10 @@ def environment(settings: Mapping[str, str] = ()) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
     env.update(check_env(dict(settings)))
     env[ATTACHED] = "1"
-    preload = shim.preload()
-    if preload is not None:
-        env["LD_PRELOAD"] = str(preload)
-        if "BPFTRACE_BTF" not in env and os.access(VMLINUX_BTF, os.R_OK):
-            env["BPFTRACE_BTF"] = VMLINUX_BTF
+    env["LD_PRELOAD"] = str(shim.preload())
+    env[shim.WATCH] = "1"
+    if shim.needed() and "BPFTRACE_BTF" not in env and os.access(VMLINUX_BTF, os.R_OK):
+        env["BPFTRACE_BTF"] = VMLINUX_BTF
     return env
 
 
@@ -224,17 +225,21 @@ def end(proc: subprocess.Popen, timeout: float = 5.0) -> int:
     return proc.wait()
 
 
-def stop(proc: subprocess.Popen, timeout: float = STOP_TIMEOUT) -> int:
+def stop(proc: subprocess.Popen, timeout: float = STOP_TIMEOUT, every: float = 0.5) -> int:
     """Stop ``proc`` as Ctrl-C stops bpftrace (it detaches, prints, exits); if it has not
     exited after ``timeout`` seconds, kill it. Returns its exit status.
 
-    SIGINT is sent once: bpftrace restores its default action while exiting, and a second
-    one would kill it before it removed what it defined in tracefs.
+    SIGTERM, which bpftrace handles as SIGINT, is sent again every ``every`` seconds:
+    bpftrace 0.17 loses one that arrives while it is not waiting for events (see
+    :mod:`.shim`), and unlike SIGINT, whose default action it restores while exiting, a
+    repeated SIGTERM cannot kill it half-way.
     """
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(every)
     if proc.poll() is None:
-        try:
-            proc.send_signal(signal.SIGINT)
-            return proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        proc.kill()
     return proc.wait()

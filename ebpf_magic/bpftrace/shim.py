@@ -11,8 +11,16 @@ CAP_DAC_* overrides.
 So bpftrace is started as the kernel's own account, with its own capabilities, with this
 small library preloaded (``LD_PRELOAD``): its ``geteuid()`` returns 0, which answers the
 check of every release, and nothing else changes. The library removes ``LD_PRELOAD``
-from the environment as it loads, so processes bpftrace starts (``-c CMD``, ``system()``
-with ``--unsafe``) run without it. Root needs no such library and never loads one.
+from the environment as it loads, so processes bpftrace starts (``system()`` with
+``--unsafe``) run without it.
+
+It also makes bpftrace stop when the process that started it is gone. bpftrace 0.17 sets a
+flag on SIGINT or SIGTERM and looks at it only when its wait for events is interrupted: a
+signal that arrives while it is doing anything else (handling events, or just before its
+first wait) is noted and never acted on, so the parent-death signal alone can be lost. With
+``EBPF_MAGIC_WATCH_PARENT`` set, a thread of the library (taking no signals itself) sends
+bpftrace's main thread SIGTERM every second once its parent has changed. Root's bpftrace
+loads root's own copy for this; the uid check it answers is then moot.
 
 Where it is kept: root builds it once (``scripts/setup.sh``: :func:`install`)
 into ``/var/cache/ebpf_magic/bpftrace/``, root's and not writable by anyone else, and the
@@ -36,19 +44,51 @@ from ebpf_magic.errors import BPFError
 from ebpf_magic.internal import cache
 
 SOURCE = r"""/* ebpf_magic: bpftrace's uid check answered; the kernel still checks capabilities. */
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <signal.h>
 #include <stdlib.h>
+#include <sys/syscall.h>
 #include <sys/types.h>
 #include <unistd.h>
 
 uid_t geteuid(void) { return 0; }
 
-__attribute__((constructor)) static void ebpf_magic_forget(void)
+static pid_t parent;
+
+/* bpftrace 0.17 loses a stop signal that arrives while it is not waiting for events: once
+   the process that started it is gone, ask it again every second until it stops. */
+static void *watch(void *unused)
 {
+    (void)unused;
+    for (;;) {
+        sleep(1);
+        if (getppid() != parent)
+            syscall(SYS_tgkill, getpid(), getpid(), SIGTERM);
+    }
+    return NULL;
+}
+
+__attribute__((constructor)) static void ebpf_magic_start(void)
+{
+    pthread_t thread;
+    sigset_t all, old;
+
     unsetenv("LD_PRELOAD"); /* children of bpftrace run without this library */
+    if (!getenv("EBPF_MAGIC_WATCH_PARENT"))
+        return;
+    unsetenv("EBPF_MAGIC_WATCH_PARENT");
+    parent = getppid();
+    sigfillset(&all); /* the watcher takes no signal: they stay bpftrace's own thread's */
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    if (pthread_create(&thread, NULL, watch, NULL) == 0)
+        pthread_detach(thread);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
 }
 """
 NAME = f"euid0-{hashlib.sha256(SOURCE.encode()).hexdigest()[:12]}.so"
 SUBDIR = "bpftrace"
+WATCH = "EBPF_MAGIC_WATCH_PARENT"  # set: the library stops bpftrace once its parent is gone
 
 
 def needed() -> bool:
@@ -81,8 +121,8 @@ def user_path() -> Path:
 
 
 def find() -> Path | None:
-    """The library this process preloads into bpftrace: root's copy if trusted, else this
-    user's own copy if built; None if there is none yet."""
+    """The library a non-root process preloads into bpftrace: root's copy if trusted, else
+    this user's own copy if built; None if there is none yet."""
     system = system_path()
     if _trusted(system):
         return system
@@ -112,11 +152,11 @@ def build(target: Path) -> Path:
     return target
 
 
-def preload() -> Path | None:
-    """The library to preload into bpftrace from this process, built if missing; None for
-    root, which needs none."""
+def preload() -> Path:
+    """The library to preload into bpftrace from this process, built if missing: root's
+    copy (for root, only that one), else this user's own."""
     if not needed():
-        return None
+        return install()
     found = find()
     return found if found is not None else build(user_path())
 
