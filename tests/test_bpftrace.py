@@ -569,16 +569,54 @@ def test_ctrl_c_while_starting_leaves_nothing(delay):
     assert not [p for p in running() if p.name == "interrupted"]
 
 
+def attached_bpftrace(program: str = f"{LSEEK} {{ @[pid] = count(); }}") -> subprocess.Popen:
+    """bpftrace started as a program is, returned the moment it says it attached: just
+    before its first wait for events, where bpftrace 0.17 loses a stop signal."""
+    proc = process.spawn(process.argv(program), process.environment())
+    while process.ATTACHED.encode() not in proc.stderr.readline():
+        pass
+    return proc
+
+
 @pytest.mark.kernel
 @needs_bpftrace
 def test_a_stop_right_after_attaching_is_not_lost():
-    """bpftrace 0.17 ignores a stop signal that comes before its first wait for events."""
     before = loaded_prog_ids()
-    for _ in range(8):
+    for _ in range(6):
+        proc = attached_bpftrace()
         began = time.monotonic()
-        BpftraceProgram(f"{LSEEK} {{ @[pid] = count(); }}", name="quick").stop()
-        assert time.monotonic() - began < 15
+        process.stop(proc, timeout=20)
+        assert time.monotonic() - began < 5 and proc.returncode == 0
+        proc.stdout.close()
+        proc.stderr.close()
     assert left_behind(before) == CLEAN
+
+
+ORPHAN = """
+import os, sys, time
+sys.path.insert(0, sys.argv[1])
+from test_bpftrace import attached_bpftrace
+proc = attached_bpftrace(sys.argv[2])
+print(proc.pid, flush=True)
+time.sleep(float(sys.argv[3]))
+os._exit(0)  # gone without stopping it: bpftrace has to notice
+"""
+# busy: a line for every system call, so bpftrace is mostly not waiting for events
+BUSY = 'tracepoint:raw_syscalls:sys_enter { printf("%d %s\\n", pid, comm); }'
+
+
+@pytest.mark.kernel
+@needs_bpftrace
+@pytest.mark.parametrize("program,after", [(f"{LSEEK} {{ @[pid] = count(); }}", 0.0),
+                                           (BUSY, 0.5)])
+def test_a_parent_gone_stops_bpftrace_busy_or_not(program, after):
+    for _ in range(4):
+        done = subprocess.run([sys.executable, "-c", ORPHAN, str(Path(__file__).parent),
+                               program, str(after)], capture_output=True, text=True,
+                              timeout=120)
+        pid = int(done.stdout)
+        assert settle(lambda p=pid: not os.path.exists(f"/proc/{p}"), 10), \
+            "bpftrace outlived its parent"
 
 
 KILLED = """
@@ -718,7 +756,8 @@ def test_in_the_least_privilege_kernel_bpftrace_has_its_rights_and_no_more():
                                            "orient='values'))"))
         assert lines == [f"{entry.pw_uid}\npreload="]
         # a kernel that dies takes its bpftrace programs with it, leaving nothing defined
-        execute(client, f"%%bpftrace orphan -q\nuprobe:{LIBC}:getpgrp {{ @g = count(); }}")
+        execute(client, f"%%bpftrace orphan -q\nuprobe:{LIBC}:getpgrp {{ @g = count(); }}\n"
+                        f"{BUSY}")
         orphan = int(execute(client, "print(orphan.process_id)"))
         manager.shutdown_kernel(now=True)
         assert settle(lambda: not os.path.exists(f"/proc/{orphan}"), 40)

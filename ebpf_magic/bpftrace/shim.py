@@ -17,9 +17,14 @@ from the environment as it loads, so processes bpftrace starts (``system()`` wit
 It also makes bpftrace stop when the process that started it is gone. bpftrace 0.17 sets a
 flag on SIGINT or SIGTERM and looks at it only when its wait for events is interrupted: a
 signal that arrives while it is doing anything else (handling events, or just before its
-first wait) is noted and never acted on, so the parent-death signal alone can be lost. With
-``EBPF_MAGIC_WATCH_PARENT`` set, a thread of the library (taking no signals itself) sends
-bpftrace's main thread SIGTERM every second once its parent has changed. Root's bpftrace
+first wait) is noted and never acted on, so the parent-death signal alone can be lost; and
+once its parent is gone, its next line of output would raise SIGPIPE and kill it before it
+removed its uprobes. With ``EBPF_MAGIC_WATCH_PARENT`` set, the library catches SIGPIPE
+(the write fails instead; its children still get the default action) and a thread of the
+library (taking no signals itself) sends bpftrace's main thread SIGTERM every second once
+its parent has changed. Both close narrow races (a signal between two waits, a write
+between the parent's exit and its death signal): rare, but each would leave a bpftrace
+running, or its uprobes defined, for good. Root's bpftrace
 loads root's own copy for this; the uid check it answers is then moot.
 
 Where it is kept: root builds it once (``scripts/setup.sh``: :func:`install`)
@@ -56,6 +61,8 @@ uid_t geteuid(void) { return 0; }
 
 static pid_t parent;
 
+static void ignore(int sig) { (void)sig; }
+
 /* bpftrace 0.17 loses a stop signal that arrives while it is not waiting for events: once
    the process that started it is gone, ask it again every second until it stops. */
 static void *watch(void *unused)
@@ -78,6 +85,9 @@ __attribute__((constructor)) static void ebpf_magic_start(void)
     if (!getenv("EBPF_MAGIC_WATCH_PARENT"))
         return;
     unsetenv("EBPF_MAGIC_WATCH_PARENT");
+    /* With its reader gone, a write to bpftrace's output must fail, not kill it before it
+       removes what it defined: a handler, not SIG_IGN, so that its children get the default. */
+    signal(SIGPIPE, ignore);
     parent = getppid();
     sigfillset(&all); /* the watcher takes no signal: they stay bpftrace's own thread's */
     pthread_sigmask(SIG_BLOCK, &all, &old);
