@@ -172,8 +172,13 @@ def preload() -> Path:
 
 
 def install() -> Path:
-    """Build root's copy, which every user may preload (run as root, by scripts/setup.sh)."""
+    """Build root's copy, which every user may preload (run as root, by scripts/setup.sh),
+    and remove copies of earlier versions of the library there."""
     if os.geteuid() != 0:
         raise BPFError("only root builds the shared copy of bpftrace's uid shim",
                        "Run scripts/setup.sh as root.")
-    return system_path() if _trusted(system_path()) else build(system_path())
+    path = system_path() if _trusted(system_path()) else build(system_path())
+    for old in path.parent.glob("euid0-*.so"):
+        if old != path:
+            old.unlink()
+    return path
