@@ -113,16 +113,22 @@ def _child_setup(parent: int) -> None:
 
 
 def spawn(args: list[str], env: Mapping[str, str]) -> subprocess.Popen:
-    """Start ``args`` with pipes for its output, in its own session.
+    """Start ``args`` with ``env`` and pipes for its output, in its own session."""
+    return _start(args, dict(env), stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
-    The parent-death signal is tied to the thread that forks: bpftrace is started from a
+
+def _start(args: list[str], env: dict[str, str] | None, stdin: int, stderr: int
+           ) -> subprocess.Popen:
+    """A child in a session of its own, output on a pipe, stopped when this process dies.
+
+    The parent-death signal is tied to the thread that forks: the child is started from a
     thread that lives as long as this process (the main thread, else a thread kept for it).
     """
+    parent = os.getpid()
+
     def start() -> subprocess.Popen:
-        parent = os.getpid()
-        return subprocess.Popen(args, env=dict(env), stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                start_new_session=True, close_fds=True,
+        return subprocess.Popen(args, env=env, stdin=stdin, stdout=subprocess.PIPE,
+                                stderr=stderr, start_new_session=True, close_fds=True,
                                 preexec_fn=lambda: _child_setup(parent))
 
     if threading.current_thread() is threading.main_thread():
@@ -189,17 +195,8 @@ def spawn_held(command: str) -> subprocess.Popen:
         raise OptionError(f"cannot split the command {command!r}: {e}") from None
     if not words:
         raise OptionError("the command to run is empty")
-    parent = os.getpid()
-
-    def start() -> subprocess.Popen:
-        return subprocess.Popen(["/bin/sh", "-c", _HOLD, "sh", *words], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                start_new_session=True, close_fds=True,
-                                preexec_fn=lambda: _child_setup(parent))
-
-    if threading.current_thread() is threading.main_thread():
-        return start()
-    return _spawner().call(start)
+    return _start(["/bin/sh", "-c", _HOLD, "sh", *words], None, stdin=subprocess.PIPE,
+                  stderr=subprocess.STDOUT)
 
 
 def release(held: subprocess.Popen, go: bool = True) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import keyword
-import shlex
 from pathlib import Path
 
 from IPython.core.error import UsageError
@@ -19,12 +18,12 @@ from ebpf_magic.bpftrace.process import check_env
 from ebpf_magic.errors import OptionError
 from ebpf_magic.magics.cell import (
     MAX_ROWS,
-    MAX_WORDS,
     PID_MAX,
     Interrupted,
     clip,
     report_warnings,
     seconds,
+    split_line,
     whole_number,
 )
 
@@ -128,13 +127,7 @@ recordings/NAME.bpfrec.
 
 def parse(line: str) -> argparse.Namespace:
     """The options of a ``%%bpftrace`` line, every value checked; UsageError for a bad one."""
-    try:
-        words = shlex.split(line)
-    except ValueError as e:
-        raise UsageError(f"%%bpftrace: {e}") from None
-    if len(words) > MAX_WORDS:
-        raise UsageError(f"%%bpftrace: the line has {len(words):,} words, more than "
-                         f"{MAX_WORDS:,}")
+    words = split_line(line, "%%bpftrace", "pass long lists in a program file (--file)")
     args = PARSER.parse_intermixed_args(words)
     if not args.name.isidentifier() or keyword.iskeyword(args.name):
         raise UsageError(f"%%bpftrace: NAME must be a Python identifier and not a keyword, "
