@@ -330,6 +330,19 @@ def _series_frame(series: output.MapSeries, line: str) -> pd.DataFrame:
     return series.finish(eventframe.frame(records))
 
 
+def test_a_map_not_read_live_reads_as_its_last_print():
+    """A map whose kernel map could not be taken (bpftrace ended first) is what it printed."""
+    info = semantics.MapInfo("@", "count", [semantics.Part("comm", "string[16]"),
+                                            semantics.Part("pid", "unsigned int64")])
+    out = output.Output(semantics.Semantics([], {"@": info}, [], set(), []), [])
+    m = maps.BpftraceMap(info, None, "bpftrace ended before its maps could be read",
+                         Context({}, []), lambda: None, lambda: out.printed("@"))
+    with pytest.raises(BPFError, match="ended before"):
+        _ = m.df
+    out.take(json.dumps({"type": "map", "data": {"@": {f"{ODD},7": 3}}}).encode())
+    assert m.df.values.tolist() == [[ODD, 7, 3]] and len(m) == 0
+
+
 def test_map_bytes_decode_as_bpftrace_totals_them():
     """Per-CPU values summed (count), inverted (min), paired (stats), bucketed (hist)."""
     ctx = Context({}, [])

@@ -131,13 +131,15 @@ class BpftraceMap:
     """One ``@map`` of a running bpftrace program (a :class:`~ebpf_magic.api.MapView`).
 
     ``handle`` is None when the map has no kernel map this process could read (``why``
-    says why; reading it then raises :class:`~ebpf_magic.errors.BPFError`).
+    says why): it then reads as what bpftrace last printed of it (``printed()``: by a
+    ``print()``, or at its exit), and without that raises :class:`~ebpf_magic.errors.BPFError`.
     """
 
     writable = False
 
     def __init__(self, info: MapInfo, handle: MapHandle | None, why: str, context: Context,
-                 guard: Callable[[], Any]) -> None:
+                 guard: Callable[[], Any],
+                 printed: Callable[[], pd.DataFrame | None] = lambda: None) -> None:
         self.info_ = info
         self.name = info.name
         self._handle = handle
@@ -145,6 +147,7 @@ class BpftraceMap:
         self.why = why
         self._context = context
         self._guard = guard  # raises once the program's maps are released
+        self._printed = printed
         self.kind: str = handle.kind if handle is not None else "hash"
 
     # -- what it is ---------------------------------------------------------------
@@ -198,7 +201,7 @@ class BpftraceMap:
 
     def __len__(self) -> int:
         self._guard()
-        return len(self._readable())
+        return len(self._map) if self._map is not None else 0
 
     def __repr__(self) -> str:
         return f"<bpftrace map {self.name}: [{self.key_type}] -> {self.declared}>"
@@ -221,8 +224,13 @@ class BpftraceMap:
         ``count``/``sum``/``min``/``max``/``avg`` give one column of that name,
         ``stats()`` gives ``count``, ``average`` and ``total``, a histogram its buckets
         (see :meth:`hist`), and a plain assignment ``value``. Stacks are lists of frames.
+        A map not readable live (see the class) is what bpftrace last printed of it.
         """
         self._guard()
+        if self._map is None:
+            printed = self._printed()
+            if printed is not None:
+                return printed
         keys, values = self._readable().snapshot()
         return decode(self.info_, keys, values, self._context)
 

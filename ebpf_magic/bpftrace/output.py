@@ -50,7 +50,7 @@ from ebpf_magic.bpftrace.semantics import (
     Semantics,
     value_columns,
 )
-from ebpf_magic.data import histograms
+from ebpf_magic.data import eventframe, histograms
 
 KIND = "bpftrace"  # the streams' kind: a bpftrace process's output
 TEXT_BYTES = 4096  # the longest text a ``cat``/``system``/``join``/``print`` row keeps
@@ -481,6 +481,9 @@ class Output:
         self.helper_errors: collections.Counter[tuple[str, int, int, int]] = \
             collections.Counter()
         self.unknown = 0  # lines of a kind no stream takes
+        self._maps = semantics.maps
+        self._hist_top = hist_top
+        self._last: dict[str, Any] = {}  # what bpftrace last printed of each map
         self.schemas: dict[str, Schema] = {}
         self.series: dict[str, MapSeries] = {}
         if formats:
@@ -502,6 +505,16 @@ class Output:
     def ambiguous(self) -> int:
         """Map keys of printed maps that could have split more than one way."""
         return sum(s.ambiguous for s in self.series.values())
+
+    def printed(self, name: str) -> pd.DataFrame | None:
+        """What bpftrace last printed of map ``name`` (by ``print()`` or at its exit), as
+        the map's frame; None if it printed nothing of it."""
+        info = self._maps.get(name)
+        if name not in self._last or info is None:
+            return None
+        series = MapSeries(info, self._hist_top)
+        records = series.encode(self._last[name], 0)
+        return series.finish(eventframe.frame(records)).drop(columns="time")
 
     def take_command(self, line: bytes) -> None:
         """Route one line the command run with the program printed."""
@@ -530,6 +543,7 @@ class Output:
                                 int(message.get("line", 0)), int(message.get("col", 0)))] += 1
         elif kind in ("map", "hist", "stats"):
             for name, payload in data if isinstance(data, list) else []:
+                self._last[name] = payload
                 series = self.series.get(name)
                 if series is not None:
                     self.channels[name].put(series.encode(payload, now))

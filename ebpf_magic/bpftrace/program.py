@@ -279,7 +279,8 @@ class BpftraceProgram:
             else:
                 handle, why = bt_maps.ready_handle(info, fd, kinfo)
             found[map_name] = bt_maps.BpftraceMap(info, handle, why, context,
-                                                  self._check_readable)
+                                                  self._check_readable,
+                                                  lambda n=map_name: self._last_printed(n))
         self._maps = Named(found, "map")
 
     def _open_streams(self, options: dict[str, Any]) -> None:
@@ -306,6 +307,9 @@ class BpftraceProgram:
             (out.take_command if from_command else out.take)(line)
 
     # -- reading -----------------------------------------------------------------
+
+    def _last_printed(self, name: str) -> pd.DataFrame | None:
+        return self._output.printed(name) if self._output is not None else None
 
     def _check_readable(self) -> None:
         if self._released:
