@@ -8,6 +8,7 @@ and no others. bpftrace itself is checked against its own command line on the sa
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -336,7 +337,7 @@ def test_a_map_not_read_live_reads_as_its_last_print():
                                             semantics.Part("pid", "unsigned int64")])
     out = output.Output(semantics.Semantics([], {"@": info}, [], set(), []), [])
     m = maps.BpftraceMap(info, None, "bpftrace ended before its maps could be read",
-                         Context({}, []), lambda: None, lambda: out.printed("@"))
+                         Context({}, []), contextlib.nullcontext, lambda: out.printed("@"))
     with pytest.raises(BPFError, match="ended before"):
         _ = m.df
     out.take(json.dumps({"type": "map", "data": {"@": {f"{ODD},7": 3}}}).encode())

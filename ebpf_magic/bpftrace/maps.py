@@ -16,6 +16,7 @@ system call per chunk of entries, taken at any moment, without asking bpftrace t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import re
@@ -138,7 +139,7 @@ class BpftraceMap:
     writable = False
 
     def __init__(self, info: MapInfo, handle: MapHandle | None, why: str, context: Context,
-                 guard: Callable[[], Any],
+                 guard: Callable[[], contextlib.AbstractContextManager],
                  printed: Callable[[], pd.DataFrame | None] = lambda: None) -> None:
         self.info_ = info
         self.name = info.name
@@ -146,7 +147,7 @@ class BpftraceMap:
         self._map = Map(handle) if handle is not None else None
         self.why = why
         self._context = context
-        self._guard = guard  # raises once the program's maps are released
+        self._guard = guard  # held while reading: stop() waits; raises once released
         self._printed = printed
         self.kind: str = handle.kind if handle is not None else "hash"
 
@@ -200,8 +201,8 @@ class BpftraceMap:
                 and self.max_entries is not None and entries >= self.max_entries}
 
     def __len__(self) -> int:
-        self._guard()
-        return len(self._map) if self._map is not None else 0
+        with self._guard():
+            return len(self._map) if self._map is not None else 0
 
     def __repr__(self) -> str:
         return f"<bpftrace map {self.name}: [{self.key_type}] -> {self.declared}>"
@@ -226,13 +227,13 @@ class BpftraceMap:
         (see :meth:`hist`), and a plain assignment ``value``. Stacks are lists of frames.
         A map not readable live (see the class) is what bpftrace last printed of it.
         """
-        self._guard()
-        if self._map is None:
-            printed = self._printed()
-            if printed is not None:
-                return printed
-        keys, values = self._readable().snapshot()
-        return decode(self.info_, keys, values, self._context)
+        with self._guard():
+            if self._map is None:
+                printed = self._printed()
+                if printed is not None:
+                    return printed
+            keys, values = self._readable().snapshot()
+            return decode(self.info_, keys, values, self._context)
 
     def hist(self, kind: str | None = None, step: int = 1) -> histograms.Histogram:
         """A ``hist()`` or ``lhist()`` map as a :class:`~ebpf_magic.data.histograms.Histogram`

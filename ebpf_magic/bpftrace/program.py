@@ -26,6 +26,7 @@ import threading
 import time
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -60,13 +61,17 @@ class BpftraceProgram:
         source: the bpftrace program (what ``bpftrace -e`` takes, or a ``.bt`` file's text).
         name: a label for listings and recordings.
         pid: ``-p PID``: probes limited to that process, and the program ends with it.
-        command: ``-c CMD``: bpftrace runs CMD (as this process's user) and ends with it.
+        command: a command (``-c CMD``) run with the program: started as this process's
+            user, held until every probe is attached, probes limited to it as with ``pid``
+            (``cpid`` in the program is its pid), and the program ends with it; its output
+            is ``events["command"]``.
         params: positional parameters, ``$1``, ``$2``... in the program.
         unsafe: allow bpftrace's unsafe builtins (``system()``...), run with this
             process's rights.
         env: bpftrace's own settings, ``{"BPFTRACE_MAP_KEYS_MAX": 100000}``.
-        stream_options: ``max_rows`` (and the other options of
-            :mod:`ebpf_magic.data.streams` that apply) for every output stream.
+        stream_options: ``max_rows``, ``poll_ms``, ``batch_ms`` and ``spill`` (a directory:
+            ``<dir>/<stream>.parquet``) as :mod:`ebpf_magic.data.streams` takes them, for
+            every output stream.
         line_offset: added to line numbers in errors (1 for a notebook cell, whose first
             line is ``%%bpftrace``).
     """
@@ -92,6 +97,7 @@ class BpftraceProgram:
         self.exited_at: float | None = None
         self.warnings: list[str] = []
         self.notes: list[str] = []
+        self._warned: set[str] = set()
         self._lock = threading.RLock()  # held by stop() and by reads of the maps
         self._handoff = threading.Lock()  # the output's lines, before and after streams exist
         self._line_offset = line_offset
@@ -278,8 +284,7 @@ class BpftraceProgram:
                                                   "12 characters")
             else:
                 handle, why = bt_maps.ready_handle(info, fd, kinfo)
-            found[map_name] = bt_maps.BpftraceMap(info, handle, why, context,
-                                                  self._check_readable,
+            found[map_name] = bt_maps.BpftraceMap(info, handle, why, context, self._reading,
                                                   lambda n=map_name: self._last_printed(n))
         self._maps = Named(found, "map")
 
@@ -294,6 +299,8 @@ class BpftraceProgram:
                                 out.channels[name], finish=schema.finish)
                 stream.set_time("time", "realtime")
                 streams[name] = stream
+                if options.get("spill"):
+                    stream.spill(Path(options["spill"]) / f"{name}.parquet")
         except BaseException:
             for channel in out.channels.values():
                 channel.close()
@@ -311,9 +318,13 @@ class BpftraceProgram:
     def _last_printed(self, name: str) -> pd.DataFrame | None:
         return self._output.printed(name) if self._output is not None else None
 
-    def _check_readable(self) -> None:
-        if self._released:
-            raise stopped_error(self.name, self.stopped_at)
+    @contextlib.contextmanager
+    def _reading(self):
+        """Hold the maps while they are read (stop() waits); the stopped error once released."""
+        with self._lock:
+            if self._released:
+                raise stopped_error(self.name, self.stopped_at)
+            yield
 
     @property
     def maps(self) -> Named[bt_maps.BpftraceMap]:
@@ -420,8 +431,8 @@ class BpftraceProgram:
                  "could split more than one way (split with the first parts longest)"),
                 ("helper", sum(out.helper_errors.values()),
                  "BPF helper calls failed (see .helper_errors)")):
-            if count and key not in self.notes:
-                self.notes.append(key)
+            if count and key not in self._warned:
+                self._warned.add(key)
                 warnings.warn(f"{self.name}: {count} {text}", BpftraceWarning, stacklevel=3)
 
     def prog_ids(self) -> list[int]:
@@ -433,8 +444,7 @@ class BpftraceProgram:
 
     def read_maps(self, names: Iterable[str] | None = None) -> dict[str, pd.DataFrame]:
         """The frames of maps ``names`` (default every one readable live), while stop() waits."""
-        with self._lock:
-            self._check_readable()
+        with self._reading():
             chosen = list(self._maps if names is None else names)
             return {n: self._maps[n].df for n in chosen
                     if names is not None or self._maps[n].why == ""}
