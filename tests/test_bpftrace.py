@@ -57,16 +57,22 @@ MAGIC_FD = 987_654  # no process has it open: lseek() on it fails, after its tra
 ODD = "a,b c"  # a comm holding bpftrace's key separator and a space
 LSEEK = f"tracepoint:syscalls:sys_enter_lseek /args->fd == {MAGIC_FD}/"
 WORKER = textwrap.dedent("""
-    import ctypes, json, sys
+    import ctypes, json, os, sys
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(15, ctypes.c_char_p(sys.argv[1].encode()), 0, 0, 0)
     calls = json.loads(sys.argv[2])
+    if isinstance(calls, dict):  # {"n": N, "whence": W}: offsets 0..N-1
+        calls = [(i, calls["whence"]) for i in range(calls["n"])]
     pause = float(sys.argv[3]) if len(sys.argv) > 3 else 0.0
+    cpus = sorted(os.sched_getaffinity(0)) if len(sys.argv) > 4 else [None]
     import time
-    for offset, whence in calls:
-        libc.lseek(ctypes.c_int(MAGIC_FD), ctypes.c_long(offset), ctypes.c_int(whence))
-        if pause:
-            time.sleep(pause)
+    for cpu in cpus:  # with a fourth argument, the calls again on each CPU in turn
+        if cpu is not None:
+            os.sched_setaffinity(0, {cpu})
+        for offset, whence in calls:
+            libc.lseek(ctypes.c_int(MAGIC_FD), ctypes.c_long(offset), ctypes.c_int(whence))
+            if pause:
+                time.sleep(pause)
 """).replace("MAGIC_FD", str(MAGIC_FD))
 
 needs_bpftrace = pytest.mark.skipif(process.version() is None,
@@ -74,14 +80,17 @@ needs_bpftrace = pytest.mark.skipif(process.version() is None,
                                            "installs it)")
 
 
-def start_work(name: str, calls: list[tuple[int, int]], pause: float = 0.0
-               ) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", WORKER, name, json.dumps(calls), str(pause)])
+def start_work(name: str, calls: list[tuple[int, int]] | dict[str, int], pause: float = 0.0,
+               every_cpu: bool = False) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", WORKER, name, json.dumps(calls), str(pause),
+                             *(["every-cpu"] if every_cpu else [])])
 
 
-def run_work(name: str, calls: list[tuple[int, int]], pause: float = 0.0) -> int:
-    """Run a process named ``name`` making ``calls`` to its end; return its pid."""
-    proc = start_work(name, calls, pause)
+def run_work(name: str, calls: list[tuple[int, int]] | dict[str, int], pause: float = 0.0,
+             every_cpu: bool = False) -> int:
+    """Run a process named ``name`` making ``calls`` to its end (on each CPU in turn with
+    ``every_cpu``); return its pid."""
+    proc = start_work(name, calls, pause, every_cpu)
     assert proc.wait(60) == 0
     return proc.pid
 
@@ -484,6 +493,29 @@ def test_printf_columns_are_the_values_submitted(no_leaks):
     assert abs(df["time"].iloc[0] - pd.Timestamp.now()) < pd.Timedelta("5min")
     assert stream.stats["received"] == len(calls) and stream.stats["lost_kernel"] == 0
     assert pid
+
+
+@pytest.mark.kernel
+@needs_bpftrace
+def test_every_printf_line_is_in_the_frame_or_counted_lost(no_leaks):
+    """A one-page output buffer overflows; the lines lost are in stats["lost_kernel"]."""
+    flood = {"n": 100_000, "whence": 0}
+    # spaced, on every CPU: a CPU's losses are reported at its next line written
+    tail = [(i, 1) for i in range(5)]
+    cpus = len(os.sched_getaffinity(0))
+    with BpftraceProgram(f'{LSEEK} {{ printf("%ld %d\\n", args->offset, args->whence); }}',
+                         name="flood", env={"BPFTRACE_PERF_RB_PAGES": 1}) as prog:
+        run_work(ODD, flood)
+        run_work(ODD, tail, pause=0.05, every_cpu=True)
+        stream = prog.events["printf"]
+        settle(lambda: stream.stats["received"] + stream.stats["lost_kernel"]
+               >= flood["n"] + cpus * len(tail), 20)
+        stats = stream.stats
+        df = stream.df
+    assert stats["lost_kernel"] > 0  # the buffer did overflow
+    assert stats["received"] + stats["lost_kernel"] == flood["n"] + cpus * len(tail)
+    assert stats["received"] == len(df) == stats["held"]
+    assert df["whence"].tolist()[-cpus * len(tail):] == [1] * cpus * len(tail)
 
 
 @pytest.mark.kernel

@@ -506,6 +506,11 @@ class Output:
         """Map keys of printed maps that could have split more than one way."""
         return sum(s.ambiguous for s in self.series.values())
 
+    @property
+    def unsplit(self) -> int:
+        """Map keys of printed maps that did not split as their types say."""
+        return sum(s.unsplit for s in self.series.values())
+
     def printed(self, name: str) -> pd.DataFrame | None:
         """What bpftrace last printed of map ``name`` (by ``print()`` or at its exit), as
         the map's frame; None if it printed nothing of it."""

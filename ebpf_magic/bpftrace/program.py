@@ -429,6 +429,9 @@ class BpftraceProgram:
         for key, count, text in (
                 ("ambiguous", out.ambiguous, "printed map keys whose text parts hold commas "
                  "could split more than one way (split with the first parts longest)"),
+                ("unsplit", out.unsplit, "printed map keys did not split as their types "
+                 "say (kept whole in the first key column)"),
+                ("unknown", out.unknown, "lines of bpftrace's output were not understood"),
                 ("helper", sum(out.helper_errors.values()),
                  "BPF helper calls failed (see .helper_errors)")):
             if count and key not in self._warned:
