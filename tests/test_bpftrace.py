@@ -711,6 +711,39 @@ def test_a_command_runs_held_until_attached_and_ends_the_program(no_leaks):
 
 @pytest.mark.kernel
 @needs_bpftrace
+def test_a_process_and_positional_parameters(no_leaks):
+    worker = start_work(ODD, [(i, 0) for i in range(40)], pause=0.05)
+    program = ("tracepoint:syscalls:sys_enter_lseek /args->fd == $1 && pid == $2/ "
+               "{ @[comm] = count(); }")
+    try:
+        with BpftraceProgram(program, name="follow", pid=worker.pid,
+                             params=[MAGIC_FD, worker.pid]) as prog:
+            assert worker.wait(60) == 0
+            assert settle(lambda: prog.exited, 10)  # -p: the program ends with its process
+            [[comm, seen]] = prog.maps["@"].df.values.tolist()
+            assert comm == ODD and 0 < seen <= 40  # the calls made once it was attached
+    finally:
+        worker.kill()
+        worker.wait()
+
+
+@pytest.mark.kernel
+@needs_bpftrace
+def test_tab_completes_probes_in_a_bpftrace_cell(shell):
+    from IPython.core.completer import provisionalcompleter
+
+    def complete(text: str) -> list[str]:
+        with provisionalcompleter():
+            return [c.text for c in shell.Completer.completions(text, len(text))]
+
+    assert "sys_enter_lseek" in complete("%%bpftrace x\ntracepoint:syscalls:sys_enter_lse")
+    assert "syscalls:" in complete("%%bpftrace x\nBEGIN {}\ntracepoint:sysc")
+    assert "--unsafe" in complete("%%bpftrace x --uns")
+    assert complete("%%bpftrace x\n@cou") == []  # not a probe: nothing of ours
+
+
+@pytest.mark.kernel
+@needs_bpftrace
 def test_a_recording_replays_without_bpftrace(tmp_path, no_leaks):
     program = (f"{LSEEK} {{ @[comm, pid] = count(); @h = hist(args->offset); "
                'printf("%s %d\\n", comm, args->offset); }\ninterval:ms:300 { print(@h); }')
