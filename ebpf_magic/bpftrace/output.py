@@ -529,7 +529,10 @@ class Output:
             channel.put(self.schemas["command"].encode(text, time.time_ns()))
 
     def take(self, line: bytes) -> None:
-        """Route one line of bpftrace's standard output."""
+        """Route one line of bpftrace's standard output (blank ones, which it prints before
+        its exit report, are skipped)."""
+        if not line.strip():
+            return
         now = time.time_ns()
         try:
             message = json.loads(line.decode("utf-8", "surrogateescape"),
