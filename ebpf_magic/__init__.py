@@ -23,6 +23,7 @@ moved.install()
 # command line) start without numpy and pandas.
 _LAZY = {"Program": "program", "stop_all": "program", "Probe": "probes",
          "live": "sessions", "load": "sessions"}
+_SUBPACKAGES = {"bpftrace"}  # ebpf_magic.bpftrace.run(...) without importing it first
 
 __all__ = [
     "AttachError", "BCCNotFoundError", "BPFError", "CompileError", "HeadersMissingError",
@@ -32,6 +33,8 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f".{name}", __name__)
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -41,7 +44,7 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | _SUBPACKAGES)
 
 
 def load_ipython_extension(ipython) -> None:

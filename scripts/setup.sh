@@ -32,7 +32,7 @@ fi
 arch=$(dpkg --print-architecture)
 packages=(python3-bpfcc bpfcc-tools bpftool python3-venv python3-dev gcc make
           systemtap-sdt-dev iproute2 iputils-ping util-linux libcap2-bin binutils acl
-          clang libbpf-dev)
+          clang libbpf-dev bpftrace)
 case " $EXTRAS " in *test*|*browser*) packages+=(chromium) ;; esac
 missing=()
 for p in "${packages[@]}"; do
@@ -205,4 +205,6 @@ if h.path is None:
 print(f"kernel headers: {h.path} ({h.source})")
 if h.warning:
     print("warning: " + h.warning)
+from ebpf_magic.bpftrace import shim  # bpftrace's uid check, answered for the kernel's user
+print(f"bpftrace uid shim: {shim.install()}")
 PY

@@ -89,7 +89,9 @@ def test_binder_environment_imports_the_package(binder_env, tmp_path: Path) -> N
     assert probe.returncode != 0, "the Binder environment must not depend on BCC"
 
 
-def test_binder_environment_replays_a_notebook(binder_env, tmp_path: Path) -> None:
+@pytest.mark.parametrize("notebook", ["04_latency_histograms.ipynb", "10_bpftrace.ipynb"])
+def test_binder_environment_replays_a_notebook(binder_env, tmp_path: Path, notebook: str
+                                                ) -> None:
     python, repo = binder_env
     runner = tmp_path / "runner.py"
     runner.write_text(RUNNER)
@@ -98,7 +100,7 @@ def test_binder_environment_replays_a_notebook(binder_env, tmp_path: Path) -> No
            "MPLCONFIGDIR": str(tmp_path / "mpl"), "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt"),
            "EBPF_MAGIC_REPLAY": "1", "LANG": "C.UTF-8"}
     notebooks = repo / "notebooks"
-    book = notebooks / "04_latency_histograms.ipynb"
+    book = notebooks / notebook
     assert nbformat.read(book, as_version=4).metadata.kernelspec.name == KERNEL_NAME
     done = subprocess.run([str(python), str(runner), str(book), str(notebooks), str(out)],
                           env=env, capture_output=True, text=True, timeout=600)

@@ -329,6 +329,41 @@ def test_histograms_merge_across_hosts_or_per_host(engines, engines_of):
         prog.stop()
 
 
+BPFTRACE = """tracepoint:syscalls:sys_enter_getppid { @[tid] = count(); @h[tid] = hist(tid % 7);
+    printf("%d\\n", tid); }"""
+
+
+@pytest.mark.skipif(shutil.which("bpftrace") is None, reason="bpftrace is not installed "
+                    "(scripts/setup.sh installs it)")
+def test_bpftrace_counts_exact_per_host(engines, engines_of):
+    prog = cluster.ClusterProgram(BPFTRACE, name="bt", engines=engines_of, frontend="bpftrace")
+    ids = set(prog.prog_ids())
+    try:
+        assert prog.backend == "bpftrace" and sorted(prog.attached_on) == sorted(engines.pids)
+        assert ids and ids <= loaded_prog_ids()
+        want = {engines.host_engine: 321, engines.ns_engine: 123}
+        tids = engines.run(want)
+        df = prog.maps["@"].df
+        assert list(df.columns) == ["host", "engine", "tid", "count"]
+        for i, n in want.items():
+            mine = df[(df["engine"] == i) & (df["tid"] == tids[i])]
+            assert mine["count"].tolist() == [n] and set(mine["host"]) == {engines.hosts[i]}
+        hist = prog.maps["@h"].hist(per_host=True)
+        mine = hist.df[hist.df["tid"].isin(list(tids.values()))]
+        assert mine["count"].sum() == 2 * sum(want.values())  # each host sees both workloads
+        deadline = time.monotonic() + 10
+        while True:
+            lines = prog.events["printf"].df
+            seen = {i: int((lines["tid"] == t).sum()) for i, t in tids.items()}
+            if seen == {i: 2 * n for i, n in want.items()} or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert seen == {i: 2 * n for i, n in want.items()}  # both hosts print both workloads
+    finally:
+        prog.stop()
+    assert gone(ids)
+
+
 RECORDED = """BPF_HASH(calls, u32, u64);
 struct call { u32 tid; u32 pid; };
 BPF_PERF_OUTPUT(out);

@@ -261,7 +261,7 @@ LAYERS = [
     {"backend"},  # the backend seam and its two backends
     {"data", "api"},  # maps, streams, frames; the read API
     {"program", "session"},  # the object model users hold
-    {"sessions", "cluster"},  # recordings, replay, programs on many hosts
+    {"sessions", "cluster", "bpftrace"},  # recordings, replay, many hosts, bpftrace programs
     {"export"},  # frames written for other tools: Perfetto, pprof, speedscope, folded text
     {"present"},  # widgets, plots, live views
     {"setup"},  # doctor, kernelspec, launcher

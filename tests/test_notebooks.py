@@ -151,12 +151,12 @@ def home():
 
 
 def test_every_notebook_has_its_recordings() -> None:
-    assert len(BOOKS) == 9
+    assert len(BOOKS) == 10
     recordings = list((NOTEBOOKS / "recordings").glob("*.bpfrec"))
     for name in BOOKS:
         book = nbformat.read(NOTEBOOKS / name, as_version=4)
-        cells = [c.source.split()[1] for c in book.cells
-                 if c.cell_type == "code" and c.source.startswith("%%bpf ")]
+        cells = [c.source.split()[1] for c in book.cells if c.cell_type == "code"
+                 and re.match(r"%%bpf |%%?bpftrace ", c.source)]
         assert cells, f"{name} has no %%bpf cell"
         for prog in cells:
             assert (NOTEBOOKS / "recordings" / f"{prog}.bpfrec").is_file(), (name, prog)

@@ -18,10 +18,11 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
+from ebpf_magic.api import ProgramView
 from ebpf_magic.errors import BPFError
 from ebpf_magic.program import Program
 
-_programs: dict[str, Program] = {}
+_programs: dict[str, ProgramView] = {}
 _lock = threading.Lock()
 
 
@@ -48,13 +49,21 @@ def decode(data: bytes) -> pa.Table:
 def start(key: str, source: str, options: dict[str, Any]) -> dict[str, Any]:
     """Start ``source`` here under ``key`` (``NAME#TOKEN``), stopping one of that key first.
 
+    ``options["frontend"]`` is ``"bpftrace"`` for a bpftrace program, else it is BPF C.
     Returns ``{"ok": True, ...}`` with what was attached and what the program holds,
     or ``{"ok": False, "error": class name, "message": ..., "hint": ...}``: an error on
     one host is data for the client, not an exception that hides the other hosts.
     """
     stop(key)
+    options = dict(options)
+    frontend = options.pop("frontend", "bpf")
     try:
-        prog = Program(source, name=key.partition("#")[0], **options)
+        if frontend == "bpftrace":
+            from ebpf_magic.bpftrace import BpftraceProgram
+
+            prog = BpftraceProgram(source, name=key.partition("#")[0], **options)
+        else:
+            prog = Program(source, name=key.partition("#")[0], **options)
     except BPFError as e:
         return {"ok": False, "facts": facts(), "error": type(e).__name__,
                 "message": e.message, "hint": e.hint}
@@ -80,7 +89,7 @@ def _describe(m: Any) -> dict[str, Any]:
             "value_columns": m.value_columns}
 
 
-def program(name: str) -> Program:
+def program(name: str) -> ProgramView:
     """The program running here under key ``name``, or the one program called ``name``.
 
     For per-host work from ``%%px``: ``engine.program("slow").maps["calls"]``.

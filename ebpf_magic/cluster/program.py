@@ -66,7 +66,9 @@ class ClusterProgram:
         timeout: seconds each engine has to answer (default: the engines').
         options: passed to :class:`~ebpf_magic.program.Program` on each engine
             (``attach``, ``cflags``, ``defines``, ``pid``, ``stream_options``,
-            ``backend``, ``globals``, ``line_offset``).
+            ``backend``, ``globals``, ``line_offset``); with ``frontend="bpftrace"``,
+            ``source`` is a bpftrace program and they go to
+            :class:`~ebpf_magic.bpftrace.BpftraceProgram` (``pid``, ``command``, ``params``...).
 
     Hosts that fail to start are in :attr:`missing` with their error; the others run.
     When no host starts, :class:`~ebpf_magic.cluster.connect.ClusterError` lists each one's error.

@@ -7,8 +7,10 @@ values all become the same :class:`Histogram`, so text, plots and widgets work
 with or without a kernel.
 
 Log2 buckets follow ``bpf_log2l()``: slot 0 holds 0, slot ``i >= 1`` holds
-``[2**(i-1), 2**i)``. Linear buckets of width ``step``: slot ``i`` holds
-``[i*step, (i+1)*step)``.
+``[2**(i-1), 2**i)``, and slot -1 every negative value (bpftrace's ``hist()`` counts
+them). Linear buckets of width ``step``: slot ``i`` holds ``[i*step, (i+1)*step)``.
+A bucket open below has ``low`` :data:`OPEN_LOW`; one open above has ``high``
+:data:`OPEN_HIGH` (bpftrace's ``lhist()`` counts values outside its range so).
 """
 
 from __future__ import annotations
@@ -23,15 +25,18 @@ from ebpf_magic.internal import dtypes
 KINDS = ("log2", "linear")
 BAR_WIDTH = 52
 BUCKET_COLUMNS = ("slot", "low", "high", "count")
+OPEN_LOW = int(np.iinfo(np.int64).min)  # the ``low`` of a bucket with no lower bound
+OPEN_HIGH = int(np.iinfo(np.int64).max)  # the ``high`` of a bucket with no upper bound
 
 
 def bounds(slots: np.ndarray, kind: str = "log2", step: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Inclusive low and exclusive high bound of each bucket index in ``slots``."""
     slots = np.asarray(slots, dtype=np.int64)
     if kind == "log2":
-        high = np.left_shift(np.int64(1), slots)
+        high = np.left_shift(np.int64(1), np.maximum(slots, 0))
         low = np.where(slots == 0, 0, high >> 1)
-        return low, high
+        negative = slots < 0
+        return np.where(negative, OPEN_LOW, low), np.where(negative, 0, high)
     if kind == "linear":
         return slots * step, (slots + 1) * step
     raise ValueError(f"unknown histogram kind {kind!r}; use one of {KINDS}")
@@ -60,7 +65,13 @@ def _size(n: int) -> str:
 
 
 def label(low: int, high: int, kind: str = "log2") -> str:
-    """A bucket's label in bpftrace's style: ``[0]``, ``[1]``, ``[2, 4)``, ``[1K, 2K)``."""
+    """A bucket's label in bpftrace's style: ``[0]``, ``[1]``, ``[2, 4)``, ``[1K, 2K)``,
+    and for open buckets ``(..., 0)``, ``[100, ...)``."""
+    size = _size if kind == "log2" else str
+    if low == OPEN_LOW:
+        return f"(..., {size(int(high))})"
+    if high == OPEN_HIGH:
+        return f"[{size(int(low))}, ...)"
     if kind == "log2":
         if high - low == 1:
             return f"[{_size(int(low))}]"
@@ -199,9 +210,10 @@ class Histogram:
 
 def _guess_kind(df: pd.DataFrame) -> str:
     """log2 when every bucket is a power-of-two range (or [0]), else linear."""
-    if not len(df):
+    closed = df[(df["low"] != OPEN_LOW) & (df["high"] != OPEN_HIGH)]
+    if not len(closed):
         return "log2"
-    low, high = df["low"].to_numpy(np.int64), df["high"].to_numpy(np.int64)
+    low, high = closed["low"].to_numpy(np.int64), closed["high"].to_numpy(np.int64)
     width = high - low
     pow2 = ((high & (high - 1)) == 0) & ((low == 0) & (high == 1) | (low * 2 == high))
     if pow2.all() and not (len(np.unique(width)) == 1 and width[0] > 1):

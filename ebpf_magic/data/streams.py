@@ -196,12 +196,16 @@ class Stream:
     """The events of one perf or ring buffer: held, counted, and shown as a DataFrame.
 
     The stream owns ``reader`` (None: a stream that reads nothing) and closes it.
+    ``finish``, if given, turns each decoded frame into the one :attr:`df` shows (a
+    reader whose records encode values numpy cannot hold, such as lists, decodes them there).
     """
 
     def __init__(self, name: str, kind: str, layout: np.dtype | None, max_rows: int,
-                 reader: Reader | None = None) -> None:
+                 reader: Reader | None = None,
+                 finish: Callable[[pd.DataFrame], pd.DataFrame] | None = None) -> None:
         self.name = name
         self.kind = kind
+        self._finish = finish
         self.received = 0
         self._paused = False
         self._discarded = 0
@@ -380,7 +384,7 @@ class Stream:
         for col, offset in self._offsets.items():
             if col in df:
                 df[col] = pd.to_datetime(df[col].to_numpy().astype(np.int64) + offset, unit="ns")
-        return df
+        return self._finish(df) if self._finish is not None else df
 
     @property
     def df(self) -> pd.DataFrame:
@@ -544,7 +548,8 @@ class Stream:
     def summary(self) -> str:
         s = self.stats
         state = "stopped" if self.closed else ("paused" if self._paused else "running")
-        kind = "perf buffer" if self.kind == "perf_event_array" else "ring buffer"
+        kind = {"perf_event_array": "perf buffer", "ringbuf": "ring buffer"}.get(self.kind,
+                                                                                 self.kind)
         failed = f"; failed: {self.failure}" if self.failure else ""
         return (f"{self.name} ({kind}, {state}): {s['received']:,} received, "
                 f"{s['lost_kernel']:,} lost in the kernel, {s['dropped_cap']:,} dropped by "
@@ -643,7 +648,16 @@ class Streams(Named[Stream]):
             for stream in streams.values():
                 stream._close()
             raise
-        self = cls(streams, opts["poll_ms"] / 1000, opts["batch_ms"] / 1000)
+        return cls.start(streams, poll_ms=opts["poll_ms"], batch_ms=opts["batch_ms"])
+
+    @classmethod
+    def start(cls, streams: Mapping[str, Stream], poll_ms: float = DEFAULTS["poll_ms"],
+              batch_ms: float = DEFAULTS["batch_ms"]) -> Streams:
+        """Start one reader thread consuming ``streams`` (each with its reader), now theirs.
+
+        On failure every stream is closed.
+        """
+        self = cls(streams, poll_ms / 1000, batch_ms / 1000)
         if streams:
             try:
                 self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)

@@ -2,7 +2,8 @@
 
 ``bpf_ktime_get_ns()`` reads CLOCK_MONOTONIC and ``bpf_ktime_get_boot_ns()``
 CLOCK_BOOTTIME; both count nanoseconds since an arbitrary point. Adding the
-current offset to CLOCK_REALTIME turns them into wall-clock datetimes.
+current offset to CLOCK_REALTIME turns them into wall-clock datetimes. Times taken
+from CLOCK_REALTIME itself (``"realtime"``) need no offset.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import numpy as np
 import pandas as pd
 
 CLOCKS = {"monotonic": time.CLOCK_MONOTONIC, "ktime": time.CLOCK_MONOTONIC,
-          "boottime": time.CLOCK_BOOTTIME, "boot": time.CLOCK_BOOTTIME}
+          "boottime": time.CLOCK_BOOTTIME, "boot": time.CLOCK_BOOTTIME,
+          "realtime": time.CLOCK_REALTIME}
 
 
 def offset_ns(clock: str = "monotonic") -> int:
@@ -22,6 +24,8 @@ def offset_ns(clock: str = "monotonic") -> int:
         clk = CLOCKS[clock]
     except KeyError:
         raise ValueError(f"unknown clock {clock!r}; use one of {sorted(CLOCKS)}") from None
+    if clk == time.CLOCK_REALTIME:
+        return 0
     best = None
     for _ in range(5):
         a = time.clock_gettime_ns(clk)

@@ -1,7 +1,8 @@
 """The ``%%bpf`` cell magic and ``%bpf`` line magic: a thin adapter over the library.
 
 Cell mode compiles and attaches a program (:mod:`.cell`). Line mode runs a
-subcommand, one small module each, listed in :data:`SUBCOMMANDS`.
+subcommand, one small module each, listed in :data:`SUBCOMMANDS`. ``%%bpftrace`` runs a
+cell with bpftrace (:mod:`.bpftrace`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import shlex
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
 
-from ebpf_magic.magics import cell, complete
+from ebpf_magic.magics import bpftrace, cell, complete
 from ebpf_magic.magics.args import SUBCOMMANDS, subcommand
 from ebpf_magic.session import Session
 from ebpf_magic.source import interpolate
@@ -56,10 +57,16 @@ class BpfMagics(Magics):
             raise UsageError(f"%bpf {sub}: {e}") from None
         return subcommand(sub).run(self, rest.strip())
 
+    @line_cell_magic("bpftrace")
+    @no_var_expand
+    def bpftrace_cell(self, line: str, cell_text: str | None = None):
+        return bpftrace.run(self, interpolate(line, self.shell.user_ns), cell_text)
+
 
 def register(ipython) -> None:
     magics = BpfMagics(ipython)
     magics.bpf.__func__.__doc__ = _doc()
+    magics.bpftrace_cell.__func__.__doc__ = bpftrace.DOC
     ipython.register_magics(magics)
     ipython._ebpf_magics = magics
     complete.register(ipython)

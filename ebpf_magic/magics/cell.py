@@ -239,13 +239,7 @@ def parse(line: str) -> argparse.Namespace:
     Attach specs are parsed too (:class:`~ebpf_magic.errors.ProbeSpecError`),
     so nothing starts, and no running program is stopped, for a line with a mistake.
     """
-    try:
-        words = shlex.split(line)
-    except ValueError as e:
-        raise UsageError(f"%%bpf: {e}") from None
-    if len(words) > MAX_WORDS:
-        raise UsageError(f"%%bpf: the line has {len(words):,} words, more than {MAX_WORDS:,}; "
-                         "put long lists of macros in the cell as #define lines")
+    words = split_line(line, "%%bpf", "put long lists of macros in the cell as #define lines")
     args = PARSER.parse_args(_joined_values(words))
     if not args.name.isidentifier() or keyword.iskeyword(args.name):
         raise UsageError(f"%%bpf: NAME must be a Python identifier and not a keyword, "
@@ -253,6 +247,19 @@ def parse(line: str) -> argparse.Namespace:
     for spec in args.attach:
         Probe.parse(spec, args.pid)
     return args
+
+
+def split_line(line: str, magic: str, hint: str) -> list[str]:
+    """A magic's line split as a shell splits it; UsageError if it does not split or holds
+    more than :data:`MAX_WORDS` words (``hint`` says what to do instead)."""
+    try:
+        words = shlex.split(line)
+    except ValueError as e:
+        raise UsageError(f"{magic}: {e}") from None
+    if len(words) > MAX_WORDS:
+        raise UsageError(f"{magic}: the line has {len(words):,} words, more than "
+                         f"{MAX_WORDS:,}; {hint}")
+    return words
 
 
 def _joined_values(words: list[str]) -> list[str]:

@@ -5,8 +5,9 @@ every Jupyter front end get the same completions: option names, ``-a`` probe spe
 kind (``tracepoint:sch`` -> categories, then events; ``uprobe:c:`` -> libc's functions;
 ``xdp:`` and ``tc:`` -> network devices; ``iter:`` -> iterator targets), running programs'
 names, subcommands and their arguments, ``prog.maps["`` / ``prog.events["`` /
-``prog.iter["`` of the session's programs, and in a ``%%bpf`` cell's body the SEC() names
-the libbpf backend accepts (``SEC("tp_btf/sch`` -> raw tracepoints).
+``prog.iter["`` of the session's programs, in a ``%%bpf`` cell's body the SEC() names
+the libbpf backend accepts (``SEC("tp_btf/sch`` -> raw tracepoints), and in a
+``%%bpftrace`` cell its options and, in its program, the same probe specs.
 """
 
 from __future__ import annotations
@@ -58,23 +59,25 @@ def bpf_matcher(context: CompletionContext) -> SimpleMatcherResult:
     keys = _KEY.search(line)
     if keys is not None:
         return _key_matches(keys)
+    magic = context.full_text.lstrip().split(maxsplit=1)[0] if context.full_text.strip() else ""
     in_section = _SECTION.search(line)
-    if in_section is not None and context.cursor_line > 0 and \
-            context.full_text.lstrip().startswith("%%bpf"):
+    if in_section is not None and context.cursor_line > 0 and magic == "%%bpf":
         return _section_matches(in_section.group("name"))
     words = line.split(" ")
     head = words[0].lstrip()
-    in_cell = head == "%%bpf" and context.cursor_line == 0
-    if not (in_cell or head == "%bpf") or len(words) < 2:
-        return {"completions": [], "suppress": False}
-    word = words[-1]
-    before = [w for w in words[1:-1] if w]
-    ipython = _shell()
-    programs = _programs(ipython)
-    if in_cell:
-        found = _cell_line(word, before, programs)
+    if magic == "%%bpftrace" and context.cursor_line > 0:
+        word = re.split(r"[\s,{}/]", line.rsplit("\n", 1)[-1])[-1]
+        found = probe_specs(word) if word and (":" in word or any(
+            k.startswith(word) for k in KINDS)) else None
+    elif head in ("%%bpf", "%%bpftrace") and context.cursor_line == 0 and len(words) > 1:
+        word = words[-1]
+        found = _cell_line(word, [w for w in words[1:-1] if w], _programs(_shell()),
+                           head[2:])
+    elif head == "%bpf" and len(words) > 1:
+        word = words[-1]
+        found = _subcommand_line(word, [w for w in words[1:-1] if w], _programs(_shell()))
     else:
-        found = _subcommand_line(word, before, programs)
+        found = None
     if found is None:  # not ours to complete (a file name, a value)
         return {"completions": [], "suppress": False}
     token = context.token
@@ -149,13 +152,15 @@ def _programs(ipython) -> list[str]:
     return list(magics.session.programs) if magics is not None else []
 
 
-def _cell_line(word: str, before: list[str], programs: list[str]) -> list[str] | None:
-    from ebpf_magic.magics.cell import PARSER
+def _cell_line(word: str, before: list[str], programs: list[str], magic: str = "bpf"
+               ) -> list[str] | None:
+    from ebpf_magic.magics import bpftrace, cell
 
-    if before and before[-1] in ("-a", "--attach"):
+    if before and before[-1] in ("-a", "--attach") and magic == "bpf":
         return probe_specs(word)
     if word.startswith("-"):
-        return re.findall(r"(?<![\w-])--?[A-Za-z][\w-]*", PARSER.format_help())
+        parser = cell.PARSER if magic == "bpf" else bpftrace.PARSER
+        return re.findall(r"(?<![\w-])--?[A-Za-z][\w-]*", parser.format_help())
     if not before:
         return programs
     return None

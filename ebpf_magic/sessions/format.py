@@ -79,7 +79,10 @@ MAP_INFO = {"map": str, "kind": str, "key": str, "value": str, "entries": int,
 # Host facts (the manifest's ``host``): these fields only. A cluster program's recording adds
 # ``hosts``, at most MAX_HOSTS rows of exactly HOST_ROW's fields, one per engine.
 HOST = {"system": str, "kernel": str, "machine": str, "hostname": str, "cpus": int,
-        "bcc": str, "libbpf": str, "clang": str}
+        "bcc": str, "libbpf": str, "clang": str, "bpftrace": str}
+VERSIONS = ("bcc", "libbpf", "clang", "bpftrace")  # host fields written only where they apply
+# what ran a program: a backend's name, or "bpftrace" for a bpftrace program
+RUNNERS = ("bcc", "libbpf", "bpftrace")
 HOST_ROW = {"engine": int, "host": str, "kernel": str, "machine": str, "cpus": int,
             "state": str, "reason": str}
 HOST_STATES = {"ran", "missing"}

@@ -71,12 +71,9 @@ def set_replay(on: bool | None) -> None:
     _settings["replay"] = on
 
 
-def can_run_live(source: str | None = None, backend: str | None = None) -> tuple[bool, str]:
-    """Whether a backend can load BPF programs here, and if not, why not.
-
-    With ``source``, whether the backend for it (``backend``, else chosen by its dialect) is
-    available here; without, whether any backend is.
-    """
+def kernel_ready() -> tuple[bool, str]:
+    """Whether programs may run live here at all, whatever runs them, and if not, why not:
+    replay was not requested, this is Linux, and this process may load BPF programs."""
     replay = _settings["replay"]
     if replay if replay is not None else _env_flag(REPLAY_ENV):
         how = "set_replay(True)" if replay else f"{REPLAY_ENV}=1"
@@ -87,6 +84,18 @@ def can_run_live(source: str | None = None, backend: str | None = None) -> tuple
 
     if not kernel.has_bpf_rights():
         return False, f"no rights to load BPF: {kernel.rights_summary()}"
+    return True, "live"
+
+
+def can_run_live(source: str | None = None, backend: str | None = None) -> tuple[bool, str]:
+    """Whether a backend can load BPF programs here, and if not, why not.
+
+    With ``source``, whether the backend for it (``backend``, else chosen by its dialect) is
+    available here; without, whether any backend is.
+    """
+    ready, why = kernel_ready()
+    if not ready:
+        return False, why
     try:
         wanted = [choose_backend(source, backend)] if source is not None else list(BACKENDS)
     except BPFError:

@@ -66,6 +66,8 @@ class RecordingInfo:
             facts.append(f"BCC {h['bcc']}")
         if h.get("libbpf"):
             facts.append(f"libbpf {h['libbpf']}")
+        if h.get("bpftrace"):
+            facts.append(f"bpftrace {h['bpftrace']}")
         if h.get("cpus"):
             facts.append(f"{h['cpus']} CPUs")
         on = f"on {h['hostname']} " if h.get("hostname") else ""
@@ -188,9 +190,12 @@ class ReplayedMap:
         return [(pd.Timestamp(t, unit="s", tz="UTC"), df) for t, df in self._snapshots]
 
     def hist(self, kind: str | None = None, step: int = 1) -> Histogram:
-        """The final snapshot of a histogram map as a :class:`.histograms.Histogram`."""
+        """The final snapshot of a histogram map as a :class:`.histograms.Histogram`
+        (a bpftrace ``lhist()`` map's buckets read as linear ones)."""
+        if kind is None and self.declared.startswith("lhist("):
+            kind = "linear"
         try:
-            return Histogram(self.df, kind=kind, name=self.name)
+            return Histogram(self.df, kind=kind, name=self.name.lstrip("@"))
         except ValueError:
             raise TypeError(f"{self.name} was not recorded as a histogram") from None
 

@@ -39,6 +39,7 @@ from pathlib import Path
 import pandas as pd
 
 from ebpf_magic import backend
+from ebpf_magic.bpftrace import diagnose as bpftrace_checks
 from ebpf_magic.errors import (
     AttachError,
     BCCNotFoundError,
@@ -607,7 +608,8 @@ ENVIRONMENT: dict[str, Callable[[], Row]] = {
     "privileges": check_privileges, "process": check_process, "memlock": check_memlock,
     "kernel": check_kernel, "BTF": check_btf, "tracefs": check_tracefs,
     "debugfs": check_debugfs, "stale probe events": check_probe_events,
-    **{name: _row(check) for name, check in backend.diagnostics().items()}}
+    **{name: _row(check) for name, check in backend.diagnostics().items()},
+    "bpftrace": _row(bpftrace_checks.check_installed)}
 
 
 def _safely(name: str, check) -> Row:
@@ -627,6 +629,7 @@ def run(attach: bool = True) -> Report:
             rows += check_attach_types(rows, prog_ids)
         except Exception as e:  # report, never crash
             rows.append(Row("attach types", FAIL, f"{type(e).__name__}: {e}"))
+        rows.append(_safely("bpftrace cells", _row(bpftrace_checks.check_cells)))
     return Report(rows, time.monotonic() - start, prog_ids)
 
 

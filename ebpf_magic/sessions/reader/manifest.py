@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 
-from ebpf_magic.backend import BACKENDS
 from ebpf_magic.errors import ReplayError
 from ebpf_magic.internal import dtypes
 from ebpf_magic.probes import Probe
@@ -108,9 +107,9 @@ def _backend(prog: dict[str, Any]) -> str:
     if prog.get("backend") is None:
         return UNNAMED_BACKEND
     name = need(prog, "backend", str, "program")
-    if name not in BACKENDS:
+    if name not in fmt.RUNNERS:
         raise ReplayError(f"malformed recording: program.backend is {name[:40]!r}, not one of "
-                          f"{', '.join(BACKENDS)}")
+                          f"{', '.join(fmt.RUNNERS)}")
     return name
 
 
@@ -121,7 +120,7 @@ def host(facts: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise ReplayError(f"malformed recording: host has unknown fields {unknown[:5]}")
     for key, types in fmt.HOST.items():
-        if key in facts or key not in ("bcc", "libbpf", "clang"):
+        if key in facts or key not in fmt.VERSIONS:
             need(facts, key, types, "host", optional=True)
     if "hosts" in facts:
         _hosts(need(facts, "hosts", list, "host"))
