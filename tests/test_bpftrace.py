@@ -405,20 +405,24 @@ def test_counts_per_comm_and_pid_are_exact_and_match_bpftraces_own(no_leaks):
     cli = subprocess.Popen([process.binary(), "-e", f"{LSEEK} {{ @n = count(); }}"],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                            env={**os.environ, process.ATTACHED: "1"})
-    with BpftraceProgram(program, name="counts") as prog:
-        assert isinstance(prog, ProgramView) and prog in running()
-        assert isinstance(prog.maps["@"], MapView)
-        while process.ATTACHED not in cli.stderr.readline():
-            pass
-        pids = {name: run_work(name, calls) for name, calls in CALLS.items()}
-        df = prog.maps["@"].df
-        assert df["comm"].dtype.kind in "OU" or str(df["comm"].dtype) in ("str", "string")
-        assert df["pid"].dtype == np.uint64 and df["count"].dtype == np.uint64
-        got = {(r.comm, r.pid): r.count for r in df.itertuples()}
-        assert got == {(name, pids[name]): len(calls) for name, calls in CALLS.items()}
-        ours = int(prog.maps["@n"].df["count"].sum())
-        cli.send_signal(signal.SIGINT)
-        text = cli.communicate(timeout=60)[0]
+    try:
+        with BpftraceProgram(program, name="counts") as prog:
+            assert isinstance(prog, ProgramView) and prog in running()
+            assert isinstance(prog.maps["@"], MapView)
+            while process.ATTACHED not in cli.stderr.readline():
+                pass
+            pids = {name: run_work(name, calls) for name, calls in CALLS.items()}
+            df = prog.maps["@"].df
+            assert df["comm"].dtype.kind in "OU" or str(df["comm"].dtype) in ("str", "string")
+            assert df["pid"].dtype == np.uint64 and df["count"].dtype == np.uint64
+            got = {(r.comm, r.pid): r.count for r in df.itertuples()}
+            assert got == {(name, pids[name]): len(calls) for name, calls in CALLS.items()}
+            ours = int(prog.maps["@n"].df["count"].sum())
+            cli.send_signal(signal.SIGINT)
+            text = cli.communicate(timeout=60)[0]
+    finally:
+        if cli.poll() is None:  # a failed assertion above: the command's bpftrace goes too
+            process.stop(cli, timeout=20)
     assert ours == sum(map(len, CALLS.values()))
     assert re.search(r"^@n: (\d+)$", text, re.M).group(1) == str(ours)  # bpftrace's own print
     assert prog not in running()

@@ -343,6 +343,11 @@ class BpftraceProgram:
         return SavedGlobals((), self.name)
 
     @property
+    def iter(self) -> Named[Any]:
+        """None: bpftrace programs have no BPF iterators to run."""
+        return Named({}, "iterator")
+
+    @property
     def attached(self) -> list[str]:
         """The probes as the program names them (wildcards as written)."""
         sem = getattr(self, "semantics", None)
