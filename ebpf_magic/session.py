@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from typing import Any
 
 import pandas as pd
 
 from ebpf_magic.api import Named, ProgramView
+from ebpf_magic.data import overhead
+from ebpf_magic.errors import StatsUnavailableError
 from ebpf_magic.program import running, stop_all
 
-COLUMNS = ["name", "probes", "maps", "events", "uptime_s", "state"]
+COLUMNS = ["name", "probes", "maps", "events", "uptime_s", "state", *overhead.TOTALS]
 
 
 class Session:
@@ -58,6 +62,18 @@ class Session:
     def table(self) -> pd.DataFrame:
         """One row per program: the session's by name (running, stopped or replayed), then
         any other running in this process. Columns: name, probes, maps, events so far,
-        uptime, state."""
-        rows = [p.summary() for p in [*self.programs.values(), *self.others()]]
-        return pd.DataFrame(rows, columns=COLUMNS)
+        uptime, state, and what it costs (runs per second, ns per run, percent of a CPU:
+        NaN where not measured, and then ``attrs["overhead"]`` says why and how to measure)."""
+        rows, why = [], []
+        for prog in [*self.programs.values(), *self.others()]:
+            row: dict[str, Any] = prog.summary()
+            try:
+                row.update(overhead.totals(prog.overhead))
+            except StatsUnavailableError as e:
+                row.update(dict.fromkeys(overhead.TOTALS, math.nan))
+                why.append(f"{e.message}. {e.hint}" if e.hint else e.message)
+            rows.append(row)
+        df = pd.DataFrame(rows, columns=COLUMNS)
+        if why:
+            df.attrs["overhead"] = why[0]
+        return df

@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
-from ebpf_magic.errors import BPFError
+from ebpf_magic.errors import BPFError, StatsUnavailableError
 from ebpf_magic.program import Program
 
 _programs: dict[str, Program] = {}
@@ -142,6 +142,16 @@ def status(name: str) -> dict[str, Any]:
     return {"running": prog.running, "events_seen": prog.events_seen, "uptime": prog.uptime,
             "streams": stats,
             "maps": {n: m.info() for n, m in prog.maps.items()} if prog.running else {}}
+
+
+def overhead(name: str) -> dict[str, Any]:
+    """What program ``name`` costs here: ``{"ok": True, "table": Arrow bytes}`` of its
+    ``overhead``, or ``{"ok": False, "message": ..., "hint": ...}`` where this host's kernel
+    does not count it."""
+    try:
+        return {"ok": True, "table": encode(program(name).overhead)}
+    except StatsUnavailableError as e:
+        return {"ok": False, "message": e.message, "hint": e.hint}
 
 
 def stop(key: str) -> bool:

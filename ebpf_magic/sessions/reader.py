@@ -73,6 +73,8 @@ class Recording:
     maps: list[RecordedMap] = field(default_factory=list)
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
     globals: list[dict[str, Any]] = field(default_factory=list)  # rows of ``globals.df``
+    # ``{"rows": [...]}`` of ``overhead``, ``{"unavailable": why}``, or None (not recorded)
+    overhead: dict[str, Any] | None = None
 
 
 def read(path: str | os.PathLike, max_bytes: int = fmt.MAX_BYTES) -> Recording:
@@ -112,6 +114,8 @@ def _read(archive: _Archive) -> Recording:
         out.tables[_need(t, "name", str, f"tables[{i}]")] = _frame(archive, t, f"tables[{i}]")
     if "globals" in manifest:  # recordings written before globals were kept have none
         out.globals = _globals(_need(manifest, "globals", list, "manifest"))
+    if "overhead" in manifest:  # recordings written before overhead was kept have none
+        out.overhead = _overhead(_need(manifest, "overhead", dict, "manifest"))
     return out
 
 
@@ -267,6 +271,54 @@ def _global_value(value: Any, where: str, depth: int) -> Any:
     raise ReplayError(f"malformed recording: {where} has the wrong type "
                       f"({type(value).__name__})")
 
+
+
+def _overhead(recorded: dict[str, Any]) -> dict[str, Any]:
+    """The recorded overhead: ``{"unavailable": why}``, or at most
+    :data:`.format.MAX_OVERHEAD_ROWS` rows of exactly :data:`.format.OVERHEAD_ROW`'s fields
+    and one of :data:`.format.OVERHEAD_IDS`, all of one kind; numbers not negative."""
+    if set(recorded) == {"unavailable"}:
+        why = _need(recorded, "unavailable", str, "overhead")
+        if len(why) > fmt.MAX_OVERHEAD_TEXT:
+            raise ReplayError("malformed recording: overhead.unavailable is longer than "
+                              f"{fmt.MAX_OVERHEAD_TEXT} characters")
+        return {"unavailable": why}
+    if set(recorded) != {"rows"}:
+        raise ReplayError("malformed recording: overhead is not an object of rows, or of why "
+                          "it is unavailable")
+    rows = _need(recorded, "rows", list, "overhead")
+    if len(rows) > fmt.MAX_OVERHEAD_ROWS:
+        raise ReplayError(f"malformed recording: overhead lists {len(rows):,} functions, more "
+                          f"than a recording holds ({fmt.MAX_OVERHEAD_ROWS:,})")
+    shapes = [{*fmt.OVERHEAD_ROW, key} for key in fmt.OVERHEAD_IDS]
+    out = []
+    for i, row in enumerate(rows):
+        where = f"overhead.rows[{i}]"
+        if not isinstance(row, dict) or set(row) not in shapes or (
+                out and set(row) != set(out[0])):
+            raise ReplayError(f"malformed recording: {where} is not an object of exactly "
+                              f"{', '.join(fmt.OVERHEAD_ROW)} and one of "
+                              f"{' or '.join(fmt.OVERHEAD_IDS)}, as the rows before it")
+        checked: dict[str, Any] = {}
+        for key in row:
+            kind = fmt.OVERHEAD_ROW.get(key, int)
+            if kind is float:
+                value = _need(row, key, (int, float), where, optional=True)
+                value = math.nan if value is None else float(value)
+                if math.isinf(value):
+                    raise ReplayError(f"malformed recording: {where}.{key} is infinite")
+            else:
+                value = _need(row, key, kind, where)
+            if kind is str and len(value) > fmt.MAX_OVERHEAD_TEXT:
+                raise ReplayError(f"malformed recording: {where}.{key} is longer than "
+                                  f"{fmt.MAX_OVERHEAD_TEXT} characters")
+            if kind is not str and value < 0:
+                raise ReplayError(f"malformed recording: {where}.{key} is negative")
+            if kind is int and value >= 1 << 63:
+                raise ReplayError(f"malformed recording: {where}.{key} is wider than 63 bits")
+            checked[key] = value
+        out.append(checked)
+    return {"rows": out}
 
 
 def _length(m: dict[str, Any], where: str) -> int | None:

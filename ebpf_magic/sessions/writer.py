@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import platform
 import socket
@@ -23,7 +24,7 @@ import pandas as pd
 
 from ebpf_magic import backend as backends
 from ebpf_magic.api import MapView, ProgramView
-from ebpf_magic.errors import BPFError
+from ebpf_magic.errors import BPFError, StatsUnavailableError
 from ebpf_magic.sessions import format as fmt
 from ebpf_magic.sessions.snapshots import Snapshot
 
@@ -43,6 +44,7 @@ def write(prog: ProgramView, path: str | os.PathLike, *, snapshots: Iterable[Sna
     snaps = _with_final(prog, list(snapshots))
     manifest = _manifest(prog, host, hostname)
     manifest["globals"] = _globals(prog)
+    manifest["overhead"] = _overhead(prog)
     members: dict[str, bytes] = {}
     manifest["streams"] = _streams(prog, members)
     manifest["maps"] = _maps(prog, snaps, members)
@@ -68,6 +70,19 @@ def _globals(prog: ProgramView) -> list[dict[str, Any]]:
     if not prog.readable:
         return []
     return _json_safe(prog.globals.df.to_dict("records"))
+
+
+def _overhead(prog: ProgramView) -> dict[str, Any]:
+    """``prog.overhead``'s rows (NaN as None), or why it has none."""
+    try:
+        df = prog.overhead
+    except StatsUnavailableError as e:
+        return {"unavailable": e.message[:fmt.MAX_OVERHEAD_TEXT]}
+    rows = []
+    for rec in df.to_dict("records"):
+        rows.append({k: None if isinstance(v, float) and math.isnan(v) else v
+                     for k, v in rec.items()})
+    return {"rows": _json_safe(rows)}
 
 
 def _manifest(prog: ProgramView, host: Mapping[str, Any] | None, hostname: bool
