@@ -78,8 +78,3 @@ class ExportError(BPFError, ValueError):
 
 class OptionError(BPFError, ValueError):
     """An option's value is malformed or out of range; the hint says what is allowed."""
-
-
-class StatsUnavailableError(BPFError):
-    """A program's overhead cannot be shown: the kernel did not count its runs (BPF run
-    statistics were off), or a recording holds none; the hint says how to enable them."""

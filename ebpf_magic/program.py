@@ -38,7 +38,7 @@ from ebpf_magic.data import overhead
 from ebpf_magic.data.globalvars import Globals
 from ebpf_magic.data.maps import Maps, stopped_error
 from ebpf_magic.data.streams import Streams, check_options
-from ebpf_magic.errors import AttachError, StatsUnavailableError
+from ebpf_magic.errors import AttachError
 from ebpf_magic.kernel import runstats, sysbpf
 from ebpf_magic.probes import Probe, bind_explicit
 from ebpf_magic.suggest import attach_hint
@@ -274,8 +274,8 @@ class Program:
         ``seconds`` (the window: since the probes were attached, or since run statistics
         were enabled if later), ``runs_per_s``, ``ns_per_run`` (NaN for a function that
         never ran) and ``cpu_pct`` (percent of one CPU). A stopped program's are those it
-        had when it stopped. Raises :class:`~ebpf_magic.errors.StatsUnavailableError`,
-        saying how to enable them, where the kernel was not counting (never zeros).
+        had when it stopped. Where the kernel was not counting, the numbers are missing
+        (never zeros) and ``.unmeasured`` says how to enable them.
         """
         with self._lock:
             if self._compiled is not None:
@@ -284,10 +284,10 @@ class Program:
             elif self._final is not None:
                 rows, status = self._final
             else:
-                raise StatsUnavailableError(f"{self.name}: its run counts could not be read "
-                                            "as it stopped")
+                return overhead.unmeasured([], f"{self.name}: its run counts could not be "
+                                               "read as it stopped")
         if not status.counting:
-            raise overhead.unavailable(self.name, status)
+            return overhead.unmeasured(rows, overhead.not_counted(self.name, status))
         return overhead.frame(rows)
 
     def _counters(self, status: runstats.Status) -> list[dict[str, Any]]:

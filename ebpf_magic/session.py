@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -10,7 +9,6 @@ import pandas as pd
 
 from ebpf_magic.api import Named, ProgramView
 from ebpf_magic.data import overhead
-from ebpf_magic.errors import StatsUnavailableError
 from ebpf_magic.program import running, stop_all
 
 COLUMNS = ["name", "probes", "maps", "events", "uptime_s", "state", *overhead.TOTALS]
@@ -67,11 +65,10 @@ class Session:
         rows, why = [], []
         for prog in [*self.programs.values(), *self.others()]:
             row: dict[str, Any] = prog.summary()
-            try:
-                row.update(overhead.totals(prog.overhead))
-            except StatsUnavailableError as e:
-                row.update(dict.fromkeys(overhead.TOTALS, math.nan))
-                why.append(f"{e.message}. {e.hint}" if e.hint else e.message)
+            cost = prog.overhead
+            row.update(overhead.totals(cost))
+            if overhead.why(cost):
+                why.append(overhead.why(cost))
             rows.append(row)
         df = pd.DataFrame(rows, columns=COLUMNS)
         if why:

@@ -21,8 +21,7 @@ import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
 from ebpf_magic.kernel import host as kernel
-from ebpf_magic.kernel import runstats
-from ebpf_magic.kernel import tracefs
+from ebpf_magic.kernel import runstats, tracefs
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 

@@ -25,7 +25,7 @@ from test_recording import FakeProgram, _with_manifest, manifest_of
 import ebpf_magic
 from ebpf_magic import backend, sessions
 from ebpf_magic.data import overhead
-from ebpf_magic.errors import ReplayError, StatsUnavailableError
+from ebpf_magic.errors import ReplayError
 from ebpf_magic.kernel import runstats, sysbpf
 from ebpf_magic.present.top import Top, TopModel, header_html, sparkline
 from ebpf_magic.program import Program
@@ -193,10 +193,13 @@ def test_without_statistics_every_view_says_how_to_enable_them(shell, monkeypatc
     shell.run_cell_magic("bpf", f"quiet -q -p {os.getpid()} -a {getsid_probe()}", COUNT_BCC)
     for _ in range(10):
         os.getsid(0)
-    with pytest.raises(StatsUnavailableError) as info:
-        _ = shell.user_ns["quiet"].overhead
-    assert "not measured" in info.value.message
-    assert "sysctl kernel.bpf_stats_enabled=1" in info.value.hint
+    df = shell.user_ns["quiet"].overhead
+    assert df[["function", "probes"]].values.tolist() == [["count", "uprobe:c:getsid"]]
+    assert df[overhead.COLUMNS[3:]].isna().all(axis=None)  # missing, never zeros
+    assert "quiet: BPF run statistics are off" in df.unmeasured
+    assert "sysctl kernel.bpf_stats_enabled=1" in df.unmeasured
+    assert repr(df).startswith("not measured: quiet: BPF run statistics are off")
+    assert "not measured:" in df._repr_html_() and "bpf_stats_enabled=1" in df._repr_html_()
     table = shell.run_line_magic("bpf", "list")
     assert table[list(overhead.TOTALS)].isna().all(axis=None)  # no zeros that look measured
     assert "sysctl kernel.bpf_stats_enabled=1" in table.attrs["overhead"]
@@ -352,13 +355,18 @@ def test_recordings_keep_the_overhead_and_older_ones_have_none(tmp_path: Path) -
     pd.testing.assert_frame_equal(again.overhead, prog.overhead, check_exact=True)
 
     old = _with_manifest(path, tmp_path / "old.bpfrec", lambda m: m.pop("overhead"))
-    with pytest.raises(StatsUnavailableError, match="written before recordings kept it"):
-        _ = ebpf_magic.load(old).overhead
+    none = ebpf_magic.load(old).overhead
+    assert none.empty and list(none.columns) == overhead.COLUMNS
+    assert "written before recordings kept what programs cost" in none.unmeasured
     off = _with_manifest(path, tmp_path / "off.bpfrec", lambda m: m.update(
-        overhead={"unavailable": "fake: the overhead is not measured, because..."}))
-    with pytest.raises(StatsUnavailableError, match="not measured") as info:
-        _ = ebpf_magic.load(off).overhead
-    assert "bpf_stats_enabled" in info.value.hint
+        overhead={"unavailable": "fake: BPF run statistics are off"}))
+    replayed = ebpf_magic.load(off)
+    assert replayed.overhead.empty
+    assert replayed.overhead.unmeasured == ("not measured where it was recorded: fake: BPF "
+                                            "run statistics are off")
+    # saved again, it still says why it has none
+    again_off = ebpf_magic.load(replayed.save(tmp_path / "off2.bpfrec"))
+    assert again_off.overhead.unmeasured.endswith("fake: BPF run statistics are off")
 
     summed = overhead.sum_hosts({0: prog.overhead, 1: prog.overhead})
     cluster = _with_manifest(path, tmp_path / "cluster.bpfrec", lambda m: m.update(

@@ -18,7 +18,8 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
-from ebpf_magic.errors import BPFError, StatsUnavailableError
+from ebpf_magic.data import overhead as costs
+from ebpf_magic.errors import BPFError
 from ebpf_magic.program import Program
 
 _programs: dict[str, Program] = {}
@@ -145,13 +146,12 @@ def status(name: str) -> dict[str, Any]:
 
 
 def overhead(name: str) -> dict[str, Any]:
-    """What program ``name`` costs here: ``{"ok": True, "table": Arrow bytes}`` of its
-    ``overhead``, or ``{"ok": False, "message": ..., "hint": ...}`` where this host's kernel
-    does not count it."""
-    try:
-        return {"ok": True, "table": encode(program(name).overhead)}
-    except StatsUnavailableError as e:
-        return {"ok": False, "message": e.message, "hint": e.hint}
+    """What program ``name`` costs here: ``{"table": Arrow bytes}`` of its ``overhead``, or
+    ``{"unmeasured": why}`` where this host's kernel does not count it."""
+    df = program(name).overhead
+    if costs.why(df):
+        return {"unmeasured": costs.why(df)}
+    return {"table": encode(df)}
 
 
 def stop(key: str) -> bool:

@@ -34,7 +34,7 @@ from ebpf_magic.cluster.connect import (
 from ebpf_magic.data import histograms, overhead
 from ebpf_magic.data.globalvars import SavedGlobals
 from ebpf_magic.data.streams import Stats
-from ebpf_magic.errors import BPFError, StatsUnavailableError
+from ebpf_magic.errors import BPFError
 from ebpf_magic.probes import Probe
 from ebpf_magic.program import register, unregister
 from ebpf_magic.sessions import format as fmt
@@ -198,28 +198,26 @@ class ClusterProgram:
         return {}
 
     @property
-    def overhead(self) -> pd.DataFrame:
+    def overhead(self) -> overhead.Overhead:
         """What each function costs, summed over the hosts that measure it (``hosts`` says
         how many; see :func:`ebpf_magic.data.overhead.sum_hosts`). Hosts whose kernel does
-        not count are left out with a :class:`ClusterWarning`; where none does, raises
-        :class:`~ebpf_magic.errors.StatsUnavailableError` with the first host's reason."""
+        not count are left out with a :class:`ClusterWarning`; where none does, the frame
+        has no rows and ``.unmeasured`` gives the first host's reason."""
         if not self.running:
-            raise self._stopped_error()
+            return overhead.unmeasured([], f"{self.name} was stopped on every host")
         answers = self._gather(engine.overhead, self.key)
         measured = {i: engine.decode(a["table"]).to_pandas() for i, a in answers.items()
-                    if a["ok"]}
-        unmeasured = {i: a for i, a in answers.items() if not a["ok"]}
+                    if "table" in a}
+        unmeasured = {i: a["unmeasured"] for i, a in answers.items() if "table" not in a}
         if not measured:
-            first = unmeasured[min(unmeasured)] if unmeasured else None
-            raise StatsUnavailableError(
-                f"{self.name}: no host measures its overhead" +
-                (f" ({self.hosts[min(unmeasured)]}: {first['message']})" if first else ""),
-                first["hint"] if first else "")
+            first = min(unmeasured, default=None)
+            return overhead.unmeasured([], f"{self.name}: no host measures its overhead" + (
+                f"; {self.hosts[first]}: {unmeasured[first]}" if first is not None else ""))
         if unmeasured:
             warnings.warn(ClusterWarning(
                 f"{self.name}: overhead summed without {len(unmeasured)} host(s) that do not "
-                "measure it: " + "; ".join(f"{self.hosts[i]}: {a['message']}"
-                                           for i, a in unmeasured.items())), stacklevel=2)
+                "measure it: " + "; ".join(f"{self.hosts[i]}: {why}"
+                                           for i, why in unmeasured.items())), stacklevel=2)
         return overhead.sum_hosts(measured)
 
     @property

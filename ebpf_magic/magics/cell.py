@@ -359,7 +359,7 @@ class CostNote:
             return ""
         try:
             df = self.prog.overhead
-        except BPFError:  # not measured, or stopped meanwhile
+        except (BPFError, OSError):  # stopped meanwhile
             return ""
         if not overhead.costly(df, self.cpu_pct):
             return ""

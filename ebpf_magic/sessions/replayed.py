@@ -26,9 +26,8 @@ from ebpf_magic.data import overhead
 from ebpf_magic.data.globalvars import SavedGlobals
 from ebpf_magic.data.histograms import Histogram
 from ebpf_magic.data.maps import PERCPU_KINDS, normalize_dtype
-from ebpf_magic.errors import ReplayError, StatsUnavailableError
+from ebpf_magic.errors import ReplayError
 from ebpf_magic.internal import dtypes
-from ebpf_magic.kernel import runstats
 from ebpf_magic.probes import Probe
 from ebpf_magic.sessions import format as fmt
 from ebpf_magic.sessions import policy, reader, writer
@@ -272,21 +271,17 @@ class ReplayedProgram:
         self._overhead = recorded.overhead
 
     @property
-    def overhead(self) -> pd.DataFrame:
+    def overhead(self) -> overhead.Overhead:
         """What each function had cost when it was saved (see
-        :attr:`~ebpf_magic.api.ProgramView.overhead`). Raises
-        :class:`~ebpf_magic.errors.StatsUnavailableError` where it was not measured, or the
-        recording is older than overhead in recordings."""
+        :attr:`~ebpf_magic.api.ProgramView.overhead`); none, with ``.unmeasured`` saying
+        why, where it was not measured or the recording is older than overhead in them."""
         if self._overhead is None:
-            raise StatsUnavailableError(
-                f"{self.name}: the recording {self.recording.path} holds no overhead: it was "
-                "written before recordings kept it",
-                "Save the program again from a live run to record what it costs.")
+            return overhead.unmeasured([], f"{self.name}: the recording {self.recording.path} "
+                                           "was written before recordings kept what programs "
+                                           "cost; save it again from a live run to keep it")
         if "unavailable" in self._overhead:
-            raise StatsUnavailableError(
-                f"{self.name}: the recording holds no overhead: "
-                f"{self._overhead['unavailable']}", "It was not measured where it was "
-                "recorded: " + runstats.HOW_TO_ENABLE)
+            return overhead.unmeasured([], "not measured where it was recorded: "
+                                           f"{self._overhead['unavailable']}")
         return overhead.restore(self._overhead["rows"])
 
     @property

@@ -24,7 +24,8 @@ import pandas as pd
 
 from ebpf_magic import backend as backends
 from ebpf_magic.api import MapView, ProgramView
-from ebpf_magic.errors import BPFError, StatsUnavailableError
+from ebpf_magic.data import overhead
+from ebpf_magic.errors import BPFError
 from ebpf_magic.sessions import format as fmt
 from ebpf_magic.sessions.snapshots import Snapshot
 
@@ -74,10 +75,9 @@ def _globals(prog: ProgramView) -> list[dict[str, Any]]:
 
 def _overhead(prog: ProgramView) -> dict[str, Any]:
     """``prog.overhead``'s rows (NaN as None), or why it has none."""
-    try:
-        df = prog.overhead
-    except StatsUnavailableError as e:
-        return {"unavailable": e.message[:fmt.MAX_OVERHEAD_TEXT]}
+    df = prog.overhead
+    if overhead.why(df):
+        return {"unavailable": overhead.why(df)[:fmt.MAX_OVERHEAD_TEXT]}
     rows = []
     for rec in df.to_dict("records"):
         rows.append({k: None if isinstance(v, float) and math.isnan(v) else v
