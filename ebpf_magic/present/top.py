@@ -23,6 +23,7 @@ import pandas as pd
 
 from ebpf_magic.data.overhead import Rates
 from ebpf_magic.kernel import runstats
+from ebpf_magic.present.refresh import Refreshed, Refresher
 from ebpf_magic.program import labels
 
 COLUMNS = ["program", "function", "prog_id", "type", "owner", "runs_per_s", "ns_per_run",
@@ -33,7 +34,7 @@ SPARK_WIDTH, SPARK_HEIGHT = 120, 18
 MIN_INTERVAL = 0.05  # seconds between refreshes, at least
 
 
-class TopModel:
+class TopModel(Refreshed):
     """The programs in view, their rates and recent CPU shares; every action a method.
 
     ``scope``: ``"machine"`` (every program; needs CAP_SYS_ADMIN, else it shows this
@@ -45,20 +46,18 @@ class TopModel:
         if scope not in SCOPES:
             raise ValueError(f"scope must be one of {', '.join(SCOPES)}, not {scope!r}")
         self.scope = scope
-        self.interval = max(MIN_INTERVAL, float(interval))
+        self.refresher = Refresher(self.refresh, interval, "ebpf_magic-top",
+                                   on_error=self._failed, minimum=MIN_INTERVAL)
         self.rates = Rates(keep)
         self.view = pd.DataFrame(columns=COLUMNS)
         self.status = runstats.status()
         self.note = ""
         self.error = ""
         self.refreshes = 0
-        self.paused = False
-        self.closed = False
         self.on_update: list[Callable[[TopModel], None]] = []
         self._lock = threading.RLock()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._owners: tuple[dict[int, list[int]], float] = ({}, -math.inf)
+        # who held which program, when that was listed, and the programs there were then
+        self._owners: tuple[dict[int, list[int]], float, set[int]] = ({}, -math.inf, set())
 
     # -- reading ---------------------------------------------------------------
 
@@ -88,10 +87,13 @@ class TopModel:
         return found, owner
 
     def _owner_names(self, found: dict[int, runstats.RunStats]) -> dict[int, str]:
-        held, at = self._owners
-        if time.monotonic() - at > OWNERS_MAX_AGE or set(found) - set(held):
+        """``comm[pid]`` of up to three processes holding each program (none for a program
+        only a link or a pin keeps), from a listing at most :data:`OWNERS_MAX_AGE` old or
+        made since the last new program appeared."""
+        held, at, known = self._owners
+        if time.monotonic() - at > OWNERS_MAX_AGE or set(found) - known:
             held = runstats.owners()
-            self._owners = (held, time.monotonic())
+            self._owners = (held, time.monotonic(), set(found))
         return {i: ", ".join(f"{runstats.comm(p)}[{p}]" for p in held.get(i, [])[:3])
                 for i in found}
 
@@ -128,45 +130,14 @@ class TopModel:
 
     def start(self) -> None:
         """Refresh every :attr:`interval` seconds on a background thread until :meth:`stop`."""
-        if self._thread is not None and self._thread.is_alive():
-            return
-        self._thread = threading.Thread(target=self._run, name="ebpf_magic-top", daemon=True)
-        self._thread.start()
+        self.refresher.start()
 
-    @property
-    def live(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def _run(self) -> None:
-        while not self.closed:
-            self._wake.wait(self.interval)
-            self._wake.clear()
-            if self.closed:
-                break
-            if self.paused:
-                continue
-            try:
-                self.refresh()
-            except OSError as e:
-                self.error = str(e)
-
-    def set_interval(self, seconds: float) -> None:
-        self.interval = max(MIN_INTERVAL, float(seconds))
-        self._wake.set()
-
-    def pause(self) -> None:
-        self.paused = True
-
-    def resume(self) -> None:
-        self.paused = False
-        self._wake.set()
+    def _failed(self, error: Exception) -> None:
+        self.error = str(error)
 
     def stop(self) -> None:
         """Stop refreshing; returns once the thread has ended."""
-        self.closed = True
-        self._wake.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=5)
+        self.refresher.stop()
 
 
 def sparkline(values: Sequence[float], width: int = SPARK_WIDTH,
@@ -255,11 +226,7 @@ class Top:
             m.start()
 
     def _toggle_pause(self, change: dict) -> None:
-        if change["new"]:
-            self.model.pause()
-        else:
-            self.model.resume()
-        self.pause.description = "Resume" if change["new"] else "Pause"
+        self.pause.description = self.model.set_paused(change["new"])
         self.render()
 
     def render(self) -> None:

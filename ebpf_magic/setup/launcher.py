@@ -13,7 +13,9 @@ Either way it removes every other capability from the bounding set, raises the
 kept ones as ambient capabilities so that processes the kernel starts (the
 compile worker, ``!bpftool``) keep them, sets ``no_new_privs`` so that no
 set-user-id or file-capability program run from a cell gains more, lifts
-``RLIMIT_MEMLOCK``, and replaces itself with ``python -m ipykernel_launcher``.
+``RLIMIT_MEMLOCK``, and replaces itself with ``python -m ipykernel_launcher``. Where it
+holds CAP_SYS_ADMIN (as root) it first enables BPF run statistics and passes the kernel
+the descriptor that keeps them on (:func:`pass_stats`), unless ``EBPF_MAGIC_BPF_STATS=off``.
 
 Run ``python -m ebpf_magic.setup.launcher --show`` to print the set it would keep.
 """
