@@ -343,6 +343,10 @@ def test_a_costly_cell_says_so_in_its_report_after_a_delay(shell, no_leaks) -> N
         assert not waiting._timer.is_alive() and "costly" not in magics.cost_notes
     finally:
         shell.display_pub = original
+    # a terminal cannot update a line in place: it gets no note (nothing printed later)
+    shell.run_cell_magic("bpf", f"costly -q -p {os.getpid()} -a {getsid_probe()}", COUNT_BCC)
+    assert "costly" not in shell._ebpf_magics.cost_notes
+    shell.run_line_magic("bpf", "stop costly")
 
 
 def test_recordings_keep_the_overhead_and_older_ones_have_none(tmp_path: Path) -> None:

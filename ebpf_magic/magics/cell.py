@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from html import escape
 from pathlib import Path
 
+from IPython.core.displaypub import DisplayPublisher
 from IPython.core.error import UsageError
 from IPython.display import display
 
@@ -187,6 +188,7 @@ that fails leaves nothing attached. The program object gives:
     NAME.maps["m"].df        a map as a DataFrame (also NAME.maps["m"][key])
     NAME.events["e"].df      events submitted to a perf or ring buffer
     NAME.globals["v"]        a global variable (libbpf programs), live; NAME.globals.df
+    NAME.overhead            what each function costs: runs/s, ns per run, % of a CPU
     NAME.stop()              detach and unload
 """
 
@@ -380,10 +382,12 @@ class CostNote:
 
 def watch_cost(magics, prog: Program) -> CostNote | None:
     """Start ``prog``'s :class:`CostNote` (after ``magics.cost_after`` seconds; none when
-    that is 0), replacing any earlier one of that name; where the kernel does not count
-    runs, say once per session how to make it."""
+    that is 0, or in a terminal), replacing any earlier one of that name; where the kernel
+    does not count runs, say once per session how to make it."""
     cancel_cost(magics, prog.name)
-    if magics.cost_after <= 0:
+    # a terminal prints an update where the cursor is: only front ends that update a
+    # display in place (notebooks) get the note
+    if magics.cost_after <= 0 or type(magics.shell.display_pub) is DisplayPublisher:
         return None
     status = runstats.status()
     if not status.counting:
