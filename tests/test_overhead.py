@@ -434,3 +434,37 @@ def test_the_launcher_passes_a_statistics_descriptor_and_nothing_else() -> None:
     finally:
         os.close(fd)
 
+
+
+@pytest.mark.kernel
+def test_the_cost_note_updates_its_own_cell_in_a_notebook_kernel() -> None:
+    """Through a real kernel: the note is an update of the display the %%bpf cell made
+    (front ends route it there by its id), never text printed into the cell running then."""
+    from jupyter_client.manager import start_new_kernel
+
+    manager, client = start_new_kernel(kernel_name="python3")
+    seen: list[tuple[str, str, dict]] = []
+
+    def run(label: str, code: str) -> None:
+        reply = client.execute_interactive(
+            code, timeout=120,
+            output_hook=lambda m: seen.append((label, m["header"]["msg_type"], m["content"])))
+        assert reply["content"]["status"] == "ok", reply
+
+    try:
+        run("setup", "%load_ext ebpf_magic\n%config BpfMagics.cost_after = 0.5\n"
+                     "%config BpfMagics.costly_cpu_pct = 0.0")
+        run("pid", "import os\npid = os.getpid()")
+        run("cell", f"%%bpf sids -q -p $pid -a {getsid_probe()}\n{COUNT_BCC}")
+        run("later", "import time\nfor _ in range(20000):\n    os.getsid(0)\ntime.sleep(1.5)\n"
+                     "print('later')")
+        run("stop", "%bpf stop sids")
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=True)
+    [(_, _, placeholder)] = [s for s in seen if s[1] == "display_data" and s[0] == "cell"]
+    updates = [s for s in seen if s[1] == "update_display_data"]
+    assert [u[2]["transient"] for u in updates] == [placeholder["transient"]]
+    assert updates[0][2]["data"]["text/plain"].startswith("cost: sids costs ")
+    later = "".join(s[2].get("text", "") for s in seen if s[0] == "later" and s[1] == "stream")
+    assert later == "later\n"
