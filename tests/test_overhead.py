@@ -468,3 +468,17 @@ def test_the_cost_note_updates_its_own_cell_in_a_notebook_kernel() -> None:
     assert updates[0][2]["data"]["text/plain"].startswith("cost: sids costs ")
     later = "".join(s[2].get("text", "") for s in seen if s[0] == "later" and s[1] == "stream")
     assert later == "later\n"
+
+
+def test_the_doctor_says_whether_runs_are_counted_and_how_to_count_them(monkeypatch) -> None:
+    from ebpf_magic.setup import doctor
+
+    monkeypatch.setattr(runstats, "acquire", lambda take=True: None)
+    monkeypatch.setattr(runstats, "status", lambda: OFF)
+    row = doctor.check_run_stats()
+    assert (row.check, row.status) == ("run statistics", doctor.WARN)
+    assert "cannot be shown" in row.detail and "sysctl kernel.bpf_stats_enabled=1" in row.fix
+    monkeypatch.setattr(runstats, "status", lambda: runstats.Status(
+        True, "descriptor", "enabled while this process runs: it holds ..."))
+    row = doctor.check_run_stats()
+    assert row.status == doctor.OK and "20 ns a run" in row.detail and row.fix == ""
