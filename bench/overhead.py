@@ -11,8 +11,10 @@ The same loop runs alone, then with one program at a time attached to
   perf    a 32-byte record per call to a perf buffer, read by an ebpf_magic stream
   ring    the same to a ring buffer (4 MiB)
 
-and ``count`` once more with the kernel's run statistics off, which is what statistics
-themselves cost (every BPF program on the machine pays that while they are on).
+and ``count`` once more with the kernel's run statistics off. What statistics themselves
+cost every BPF program on the machine while they are on is also measured directly: the
+kernel's own timing (``BPF_PROG_TEST_RUN``, a million runs) of a ``return 0`` program,
+with statistics on and off, alternately.
 
 For each it prints the workload's calls per CPU-second, that as a ratio of the workload
 alone measured just before it, the nanoseconds each traced call took longer
@@ -35,7 +37,7 @@ import tempfile
 from pathlib import Path
 
 from ebpf_magic import backend
-from ebpf_magic.kernel import runstats
+from ebpf_magic.kernel import runstats, sysbpf
 from ebpf_magic.program import Program
 
 TRACEPOINT = "tracepoint:syscalls:sys_enter_getppid"
@@ -189,6 +191,25 @@ SOURCES = {"bcc": BCC, "libbpf": LIBBPF}
 KINDS = ["count", "hist", "perf", "ring"]
 
 
+def stats_cost(rounds: int, repeat: int = 1_000_000) -> tuple[list[float], list[float]]:
+    """ns per run of a ``return 0`` program as the kernel times ``repeat`` test runs, with
+    statistics on and off, ``rounds`` times each, alternately."""
+    fd = sysbpf.load_return_zero("bench_stats")
+    on, off = [], []
+    try:
+        for _ in range(rounds):
+            for enabled, out in ((True, on), (False, off)):
+                if enabled:
+                    runstats.enable()
+                else:
+                    runstats.disable()
+                out.append(sysbpf.test_run_duration(fd, repeat=repeat))
+    finally:
+        os.close(fd)
+        runstats.enable()
+    return on, off
+
+
 def build_generator(tmp: Path) -> Path:
     c, exe = tmp / "getppid_loop.c", tmp / "getppid_loop"
     c.write_text(GENERATOR)
@@ -300,6 +321,11 @@ def main() -> None:
     if others or runstats.sysctl_enabled():
         print(f"note: statistics are also enabled elsewhere ({others or 'sysctl'}), so 'stats "
               "off' is not off")
+    on, off = stats_cost(args.rounds)
+    print(f"run statistics: a return-0 program takes {statistics.median(on):.1f} ns a run with "
+          f"them on ({min(on):.1f}-{max(on):.1f}), {statistics.median(off):.1f} ns off "
+          f"({min(off):.1f}-{max(off):.1f}): {statistics.median(on) - statistics.median(off):.1f}"
+          " ns a run (the kernel's own timing of a million test runs, medians)")
     with tempfile.TemporaryDirectory() as tmp:
         exe = build_generator(Path(tmp))
         report(measure(exe, args.seconds, args.rounds))

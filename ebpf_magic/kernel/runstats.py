@@ -7,7 +7,7 @@ The kernel counts, per program, its runs (``run_cnt``) and the time spent in the
 does not keep: its launcher takes one as root before it drops privileges and passes it
 on, inherited, its number named in :data:`FD_ENV`. A process that holds CAP_SYS_ADMIN
 itself takes one at :func:`acquire`. While statistics are enabled every BPF program on the
-machine pays for two clock reads per run (about 20 ns); ``EBPF_MAGIC_BPF_STATS=off``
+machine pays for two clock reads per run (:data:`PRICE`); ``EBPF_MAGIC_BPF_STATS=off``
 (:data:`SETTING_ENV`) in the launcher's or this process's environment, or :func:`disable`,
 turns that off.
 
@@ -37,13 +37,16 @@ SYSCTL = Path("/proc/sys/kernel/bpf_stats_enabled")
 STATS_LINK = "anon_inode:bpf-stats"  # what /proc/PID/fd/N names a statistics descriptor as
 PROG_LINK = "anon_inode:bpf-prog"
 PROBE_MAX_AGE = 1.0  # seconds a test of whether the kernel counts is trusted
+PRICE = ("two clock reads a run: about 20 ns on bare metal, about 95 ns measured in a VM "
+         "(bench/overhead.py)")
+"""What run statistics cost every BPF program on the machine while they are enabled."""
 
 HOW_TO_ENABLE = (
     "The kernel counts BPF programs' runs and run time only while statistics are enabled. "
     "Start the notebook kernel from a root Jupyter server through the eBPF kernelspec "
     "(`sudo ./run lab`, or `python -m ebpf_magic install-kernel`): its launcher enables them "
     "for the kernel's lifetime. Or, as root, `sysctl kernel.bpf_stats_enabled=1` (until set "
-    "back to 0). Either way every BPF program on the machine then pays about 20 ns a run.")
+    "back to 0). Either way every BPF program on the machine then pays " + PRICE + ".")
 
 
 def setting_off(env: Mapping[str, str] | None = None) -> bool:

@@ -404,8 +404,17 @@ def load_return_zero(name: str = "") -> int:
 
 def test_run(prog_fd: int, data: bytes = bytes(64), repeat: int = 1) -> int:
     """BPF_PROG_TEST_RUN: run ``prog_fd`` on ``data`` ``repeat`` times; its return value."""
+    return _test_run(prog_fd, data, repeat).retval
+
+
+def test_run_duration(prog_fd: int, data: bytes = bytes(64), repeat: int = 1) -> int:
+    """The kernel's average nanoseconds per run over ``repeat`` test runs of ``prog_fd``."""
+    return _test_run(prog_fd, data, repeat).duration
+
+
+def _test_run(prog_fd: int, data: bytes, repeat: int) -> _TestRunAttr:
     buf = ctypes.create_string_buffer(data, len(data))
     attr = _TestRunAttr(prog_fd=prog_fd, data_size_in=len(data), data_in=ctypes.addressof(buf),
                         repeat=repeat)
     bpf(PROG_TEST_RUN, attr)
-    return attr.retval
+    return attr

@@ -8,8 +8,9 @@ from ebpf_magic.magics.args import parser
 USAGE = "%bpf stats [on|off]"
 HELP = ("Whether the kernel counts programs' runs and run time (what NAME.overhead, %bpf list "
         "and %bpf top show), and how to enable it. While counted, every BPF program on the "
-        "machine pays about 20 ns a run: `off` lets go of this process's BPF_ENABLE_STATS "
-        "descriptor and takes none again; `on` takes one where this process may.")
+        "machine pays two clock reads a run (20-100 ns): `off` lets go of this process's "
+        "BPF_ENABLE_STATS descriptor and takes none again; `on` takes one where this process "
+        "may.")
 PARSER = parser(USAGE, HELP)
 PARSER.add_argument("setting", nargs="?", choices=("on", "off"))
 

@@ -176,7 +176,7 @@ def check_run_stats() -> Row:
     status = runstats.status()
     if status.counting:
         return Row("run statistics", OK, f"{status.detail}; programs' costs are shown (every "
-                   "BPF program on the machine pays about 20 ns a run meanwhile: "
+                   f"BPF program on the machine pays {runstats.PRICE} meanwhile: "
                    "`%bpf stats off` or EBPF_MAGIC_BPF_STATS=off turns that off)")
     return Row("run statistics", WARN, f"{status.detail}: what programs cost cannot be shown "
                "(NAME.overhead, %bpf list, %bpf top)", status.hint)

@@ -389,7 +389,8 @@ def pass_stats(env: dict[str, str], who: str = "ebpf_magic.setup.launcher") -> d
     The kernel then sees each program's run count and run time for its lifetime without
     that capability. The descriptor is the one thing of root's it receives, and it does
     nothing but keep statistics enabled; the kernel drops it when it exits. While it is
-    held every BPF program on the machine pays about 20 ns a run, so none is taken where
+    held every BPF program on the machine pays two clock reads a run
+    (:data:`~ebpf_magic.kernel.runstats.PRICE`), so none is taken where
     ``EBPF_MAGIC_BPF_STATS=off`` (:data:`~ebpf_magic.kernel.runstats.SETTING_ENV`). A
     number already in ``env`` is never passed on: only the descriptor taken here.
     """
