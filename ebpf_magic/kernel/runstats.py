@@ -37,7 +37,7 @@ SYSCTL = Path("/proc/sys/kernel/bpf_stats_enabled")
 STATS_LINK = "anon_inode:bpf-stats"  # what /proc/PID/fd/N names a statistics descriptor as
 PROG_LINK = "anon_inode:bpf-prog"
 PROBE_MAX_AGE = 1.0  # seconds a test of whether the kernel counts is trusted
-PRICE = ("two clock reads a run: about 20 ns on bare metal, about 95 ns measured in a VM "
+PRICE = ("two clock reads a run: about 20 ns on bare metal, about 90 ns measured in a VM "
          "(bench/overhead.py)")
 """What run statistics cost every BPF program on the machine while they are enabled."""
 
