@@ -50,9 +50,11 @@ def __dir__() -> list[str]:
 def load_ipython_extension(ipython) -> None:
     """``%load_ext ebpf_magic``: register ``%%bpf`` and ``%bpf``."""
     from ebpf_magic.backend import prestart
+    from ebpf_magic.kernel import runstats
     from ebpf_magic.kernel.host import has_bpf_rights
     from ebpf_magic.magics import register
 
+    runstats.acquire(take=False)  # hold the descriptor a launcher passed on, not inherited on
     register(ipython)
     if has_bpf_rights():
         prestart()  # the compiler imports while the user types the first cell

@@ -216,6 +216,15 @@ class ProgramView(Protocol):
     def tables(self) -> Mapping[str, pd.DataFrame]:
         """Frames saved with it (empty for a live program)."""
 
+    @property
+    def overhead(self) -> pd.DataFrame:
+        """What each of its functions costs, as the kernel's run statistics counted it: one
+        row per function (``function``, ``probes``, ``runs``, ``run_time_ns``, ``seconds``,
+        ``runs_per_s``, ``ns_per_run``, ``cpu_pct``, see :mod:`ebpf_magic.data.overhead`);
+        a cluster program's summed over its hosts. Where they were not counted (or a
+        recording holds none) the numbers are missing, never zeros, and
+        ``attrs["unmeasured"]`` says why and how to enable them."""
+
     def read_maps(self, names: Iterable[str] | None = None) -> dict[str, pd.DataFrame]:
         """The frames of maps ``names`` (default all) read together, never while it stops.
 

@@ -35,13 +35,14 @@ from ebpf_magic.backend import (
     compiles_out_of_process,
     named_probes,
 )
+from ebpf_magic.data import overhead
 from ebpf_magic.data.globalvars import Globals
 from ebpf_magic.data.iterators import Iterators
 from ebpf_magic.data.maps import Maps, stopped_error
 from ebpf_magic.data.streams import Streams, check_options
 from ebpf_magic.errors import AttachError
 from ebpf_magic.internal.tables import Listing
-from ebpf_magic.kernel import sysbpf
+from ebpf_magic.kernel import runstats, sysbpf
 from ebpf_magic.probes import Probe, bind_explicit
 from ebpf_magic.suggest import attach_hint
 
@@ -133,10 +134,13 @@ class Program:
         self._iters = Iterators({}, name)
         self.maps = Maps({})
         self._lock = threading.Lock()
+        self._attached_at: float | None = None  # time.monotonic() as the first probe attaches
+        self._final: tuple[list[dict[str, Any]], runstats.Status] | None = None  # at stop()
 
         requested = [Probe.parse(a, pid) if isinstance(a, str) else a for a in attach]
         usdt = self._bound_usdt([p for p in requested if p.kind == "usdt"])
         check_options(stream_options or {})
+        runstats.acquire()  # the kernel counts its runs from the start, where it may
         try:
             compiled = self._compile(line_offset, usdt, globals, programs, maps)
             handles = self._load(compiled, usdt, [p for p in requested if p.kind != "usdt"])
@@ -145,6 +149,7 @@ class Program:
             # (a descriptor between its creation and its owner would be lost)
             with interrupts_deferred():
                 self._streams = Streams.open(compiled, handles, **dict(stream_options or {}))
+            self._attached_at = time.monotonic()
             self._attach(compiled)
             self._iters = Iterators(compiled.iterators(), name, self._lock)
         except BaseException:
@@ -273,8 +278,50 @@ class Program:
             return []
         return [sysbpf.prog_info(fd).id for fd in self._compiled.program_fds().values()]
 
+    def function_ids(self) -> dict[str, int]:
+        """``{function: kernel id}`` of the loaded functions (none once stopped)."""
+        with self._lock:
+            if self._compiled is None:
+                return {}
+            return {fn: sysbpf.prog_info(fd).id
+                    for fn, fd in self._compiled.program_fds().items()}
+
     def map_ids(self) -> list[int]:
         return [m.handle.extra["id"] for m in self.maps.values()] if self.running else []
+
+    @property
+    def overhead(self) -> pd.DataFrame:
+        """What each loaded function has cost since it was attached, as the kernel counted it.
+
+        One row per function: ``function``, ``probes`` (the attach specs that run it: the
+        kernel counts per function, not per probe), ``prog_id``, ``runs``, ``run_time_ns``,
+        ``seconds`` (the window: since the probes were attached, or since run statistics
+        were enabled if later), ``runs_per_s``, ``ns_per_run`` (NaN for a function that
+        never ran) and ``cpu_pct`` (percent of one CPU). A stopped program's are those it
+        had when it stopped. Where the kernel was not counting, the numbers are missing
+        (never zeros) and ``.unmeasured`` says how to enable them.
+        """
+        with self._lock:
+            if self._compiled is not None:
+                status = runstats.status()
+                rows = self._counters(status)
+            elif self._final is not None:
+                rows, status = self._final
+            else:
+                return overhead.unmeasured([], f"{self.name}: its run counts could not be "
+                                               "read as it stopped")
+        if not status.counting:
+            return overhead.unmeasured(rows, overhead.not_counted(self.name, status))
+        return overhead.frame(rows)
+
+    def _counters(self, status: runstats.Status) -> list[dict[str, Any]]:
+        """Each loaded function's counters now (the caller holds the lock, while running)."""
+        assert self._compiled is not None and self._attached_at is not None
+        fds = self._compiled.program_fds()
+        stats = {fn: runstats.of_fd(fd) for fn, fd in fds.items()}
+        probes = {fn: ", ".join(p.spec for p in self.probes if p.function == fn) for fn in fds}
+        since = max(self._attached_at, status.since or 0.0)
+        return overhead.counters(stats, probes, time.monotonic() - since)
 
     def read_maps(self, names: Iterable[str] | None = None) -> dict[str, pd.DataFrame]:
         """The frames of maps ``names`` (default all), read while :meth:`stop` waits.
@@ -326,6 +373,7 @@ class Program:
         with interrupts_deferred(), self._lock:
             if self._compiled is None and self.stopped_at is not None:
                 return
+            self._keep_final_counters()
             self._release()
             if self.stopped_at is None:
                 self.stopped_at = time.time()
@@ -333,6 +381,15 @@ class Program:
             self._globals.release(self.stopped_at)
             self._iters.release(self.stopped_at)
             unregister(self)
+
+    def _keep_final_counters(self) -> None:
+        """Read the functions' counters once more before their descriptors close, so
+        :attr:`overhead` still answers once stopped."""
+        if self._compiled is None or self._final is not None or self._attached_at is None:
+            return
+        status = runstats.status()
+        with contextlib.suppress(OSError):
+            self._final = (self._counters(status), status)
 
     def _release(self) -> None:
         """Detach, then drain and close the streams, then close the program.
@@ -364,6 +421,17 @@ class Program:
 
     def _repr_html_(self) -> str:
         return Listing([self.summary()])._repr_html_()
+
+
+def labels() -> dict[int, tuple[str, str]]:
+    """``{kernel id: (program, function)}`` of every function the programs running in this
+    process loaded."""
+    out = {}
+    for prog in running():
+        if isinstance(prog, Program):
+            with contextlib.suppress(OSError):
+                out.update({i: (prog.name, fn) for fn, i in prog.function_ids().items()})
+    return out
 
 
 def check_settable(source: str, backend: str | None, names: Iterable[str],

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import pandas as pd
 
 from ebpf_magic.api import Named, ProgramView
+from ebpf_magic.data import overhead
 from ebpf_magic.internal.tables import Listing
 from ebpf_magic.program import running, stop_all
 
-COLUMNS = ["name", "probes", "maps", "events", "uptime_s", "state"]
+COLUMNS = ["name", "probes", "maps", "events", "uptime_s", "state", *overhead.TOTALS]
 
 
 class Session:
@@ -59,7 +61,18 @@ class Session:
     def table(self) -> pd.DataFrame:
         """One row per program: the session's by name (running, stopped or replayed), then
         any other running in this process. Columns: name, probes, maps, events so far,
-        uptime, state."""
-        rows = [p.summary() for p in [*self.programs.values(), *self.others()]]
-        return Listing(rows, columns=COLUMNS,
-                       empty_text="no programs: a %%bpf NAME cell starts one (see %bpf help)")
+        uptime, state, and what it costs (runs per second, ns per run, percent of a CPU:
+        NaN where not measured, and then ``attrs["overhead"]`` says why and how to measure)."""
+        rows, why = [], []
+        for prog in [*self.programs.values(), *self.others()]:
+            row: dict[str, Any] = prog.summary()
+            cost = prog.overhead
+            row.update(overhead.totals(cost))
+            if overhead.why(cost):
+                why.append(overhead.why(cost))
+            rows.append(row)
+        df = Listing(rows, columns=COLUMNS,
+                     empty_text="no programs: a %%bpf NAME cell starts one (see %bpf help)")
+        if why:
+            df.attrs["overhead"] = why[0]
+        return df

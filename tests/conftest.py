@@ -23,7 +23,7 @@ import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
 from ebpf_magic.kernel import host as kernel
-from ebpf_magic.kernel import tracefs
+from ebpf_magic.kernel import runstats, tracefs
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 ETH_P_TEST = 0x88B5  # IEEE local experimental ethertype
@@ -108,9 +108,15 @@ def loaded_map_ids() -> set[int]:
 
 
 def own_bpf_fds(pid: int | str = "self") -> list[str]:
-    """Link targets of this process's fds that are BPF objects or perf events."""
+    """Link targets of this process's fds that are BPF objects or perf events.
+
+    The run-statistics descriptor this process holds for its lifetime is not one of them.
+    """
+    held = runstats.held() if pid == "self" else None
     fds = []
     for fd in Path(f"/proc/{pid}/fd").iterdir():
+        if held is not None and fd.name == str(held):
+            continue
         try:
             target = os.readlink(fd)
         except OSError:

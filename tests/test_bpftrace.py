@@ -846,3 +846,25 @@ def test_in_the_least_privilege_kernel_bpftrace_has_its_rights_and_no_more():
         assert settle(lambda: not os.path.exists(f"/proc/{orphan}"), 40)
         assert not [e for e in uprobe_events() if f"_bcc_{orphan}" in e]
     assert settle(lambda: not leaked_programs(before, own_processes()))
+
+
+@pytest.mark.kernel
+@needs_bpftrace
+def test_overhead_counts_bpftraces_programs_and_keeps_them_at_stop(no_leaks):
+    from ebpf_magic.kernel import runstats
+
+    runstats.acquire()
+    if not runstats.status().counting:
+        pytest.fail("run statistics could not be enabled here: " + runstats.status().detail)
+    calls = 500
+    with BpftraceProgram(f"{LSEEK} {{ @ = count(); }}", name="costs") as prog:
+        run_work("costs", [(i, 0) for i in range(calls)])
+        live = prog.overhead
+        assert list(live["function"]) == [f"prog {i}" for i in prog.prog_ids()]
+        # every lseek() on the machine runs it; the workload's are counted in @
+        assert int(live["runs"].sum()) >= int(prog.maps["@"].df["count"].sum()) == calls
+        assert (live["ns_per_run"] > 0).all()
+        assert live["probes"].tolist() == ["tracepoint:syscalls:sys_enter_lseek"]
+    kept = prog.overhead
+    assert kept["runs"].tolist() >= live["runs"].tolist()
+    assert not kept.unmeasured and kept["function"].tolist() == live["function"].tolist()

@@ -30,6 +30,7 @@ from ebpf_magic import cluster, sessions
 from ebpf_magic.api import MapView, ProgramView, StreamView
 from ebpf_magic.cluster import ClusterWarning, engine
 from ebpf_magic.errors import BPFError
+from ebpf_magic.kernel import runstats
 from ebpf_magic.present import plots
 from ebpf_magic.program import running
 
@@ -68,6 +69,16 @@ def workload(n: int) -> int:
     return threading.get_native_id()
 
 
+def getsids(n: int) -> int:
+    """Call getsid() ``n`` times on the engine; return the calling thread's id."""
+    import os
+    import threading
+
+    for _ in range(n):
+        os.getsid(0)
+    return threading.get_native_id()
+
+
 def addresses() -> str:
     """The engine's IPv4 addresses, as ``ip -o -4 addr`` lists them."""
     import subprocess
@@ -78,7 +89,7 @@ def addresses() -> str:
 # Functions run on engines carry their code, not a reference to this module, which the
 # engines cannot import: ipyparallel runs a function of a "__main__"-like module there
 # in the engine's own namespace.
-for _f in (workload, addresses):
+for _f in (workload, getsids, addresses):
     _f.__module__ = "__engine__"
 
 
@@ -231,6 +242,35 @@ def test_map_counts_exact_per_host(engines, engines_of):
     assert gone(ids) and prog not in running()
     with pytest.raises(Exception, match="stopped"):
         _ = prog.maps["calls"].df
+
+
+def test_overhead_sums_each_function_over_the_hosts(engines, engines_of, tmp_path):
+    """Both engines share this kernel, so each one's uprobe runs for both workloads: each
+    host's run count is every getsid() call, and the sum is twice that."""
+    prog = cluster.ClusterProgram(COUNTS.replace("on_getppid", "count"), name="cost",
+                                  engines=engines_of, attach=["uprobe:c:getsid=count"])
+    try:
+        want = {engines.host_engine: 1500, engines.ns_engine: 700}
+        tids = {i: engines.client[i].apply_sync(getsids, n) for i, n in want.items()}
+        calls = prog.maps["calls"].df
+        df = prog.overhead
+        saved = prog.save(tmp_path / "cost.bpfrec")
+    finally:
+        prog.stop()
+    for i, n in want.items():  # each host saw each workload's calls, on that thread
+        assert calls[calls["key"] == tids[i]].groupby("engine")["value"].sum().to_dict() == \
+            {i: n for i in want}
+    assert list(df.columns) == ["function", "probes", "hosts", "runs", "run_time_ns",
+                                "seconds", "runs_per_s", "ns_per_run", "cpu_pct"]
+    [row] = df.to_dict("records")
+    assert (row["function"], row["probes"], row["hosts"]) == ("count", "uprobe:c:getsid", 2)
+    assert row["runs"] == int(calls["value"].sum()) >= 2 * sum(want.values())
+    assert row["ns_per_run"] == pytest.approx(row["run_time_ns"] / row["runs"])
+    # the recording keeps the sum (as it was when saved: the same runs, a longer window)
+    same = ["function", "probes", "hosts", "runs", "run_time_ns"]
+    back = sessions.load(saved).overhead
+    pd.testing.assert_frame_equal(back[same], df[same], check_exact=True)
+    assert back["seconds"].iloc[0] >= row["seconds"]
 
 
 def test_events_exact_per_host(engines, engines_of):
@@ -818,6 +858,9 @@ def assert_confined_engine_counts(client, name: str) -> None:
         tid = client[0].apply_sync(workload, 42)
         df = prog.maps["calls"].df
         assert df[df["key"] == tid]["value"].tolist() == [42]
+        # its launcher passed it a statistics descriptor: what the program costs is measured
+        cost = prog.overhead
+        assert cost.unmeasured == "" and int(cost["runs"].sum()) >= 42
     finally:
         prog.stop()
 
@@ -835,6 +878,7 @@ def test_engine_through_the_launcher_keeps_only_bpf_rights(tmp_path):
         client.wait_for_engines(1, timeout=120)
         assert_confined_engine_counts(client, "confined")
         pid = client[0].apply_sync(engine.facts)["pid"]
+        assert pid in runstats.holders()
         key = json.loads(Path(tmp_path, "security", next(
             f for f in os.listdir(tmp_path / "security") if f.endswith("-engine.json")))
             .read_text())["key"].encode()

@@ -70,7 +70,8 @@ def test_xdp_devices(shell):
 
 def test_subcommands_and_program_names(shell):
     assert complete(shell, "%bpf ") == sorted(f"%bpf {s}" for s in SUBCOMMANDS)
-    assert complete(shell, "%bpf st") == ["%bpf stop", "%bpf struct"]
+    assert complete(shell, "%bpf st") == ["%bpf stats", "%bpf stop", "%bpf struct"]
+    assert complete(shell, "%bpf stats ") == ["%bpf stats off", "%bpf stats on"]
     shell.run_line_magic("bpf", f"load {RECORDINGS}/kinds.bpfrec kinds")
     shell.run_line_magic("bpf", f"load {RECORDINGS}/opens.bpfrec opens")
     assert complete(shell, "%bpf stop ") == ["%bpf stop kinds", "%bpf stop opens"]

@@ -26,6 +26,7 @@ from test_kernelspec import execute, running_kernel
 from ebpf_magic.backend.bcc import headers
 from ebpf_magic.internal import cache
 from ebpf_magic.kernel import host as kernel
+from ebpf_magic.kernel import runstats, sysbpf
 from ebpf_magic.setup import kernelspec, launcher
 
 from conftest import ATTEMPTS, loaded_prog_ids, uprobe_events
@@ -373,6 +374,104 @@ print(len(df), sorted(set(zip(df["tgid"], df["parent"]))), os.getpid(), os.getpp
         assert rest.strip().endswith(f"{pid} {status_of(pid)['PPid']} 0")
         assert f"[({pid}, {status_of(pid)['PPid']})]" in rest
         execute(client, "%bpf stop parents_core")
+
+
+SIDS_CELL = """%%bpf sids -q -p {pid} -a uprobe:c:getsid=count
+BPF_HASH(calls, u32, u64);
+int count(void *ctx) {{
+    u32 tid = bpf_get_current_pid_tgid();
+    calls.increment(tid);
+    return 0;
+}}"""
+
+STATS_SEEN = """
+import json, subprocess
+from ebpf_magic.kernel import runstats, sysbpf
+status, fd = runstats.status(), runstats.held()
+child = subprocess.run(["ls", "-l", "/proc/self/fd"], close_fds=False, capture_output=True,
+                       text=True).stdout
+print(json.dumps({"source": status.source, "detail": status.detail, "fd": fd,
+                  "inheritable": fd is not None and os.get_inheritable(fd),
+                  "env": os.environ.get(runstats.FD_ENV), "child": child}))"""
+
+
+def bpf_links(pid: int) -> dict[str, str]:
+    """``{fd: target}`` of process ``pid``'s BPF descriptors."""
+    out = {}
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("anon_inode:bpf"):
+            out[fd] = target
+    return out
+
+
+def environ_keys(pid: int) -> set[str]:
+    """The names of the variables process ``pid`` was started with."""
+    return {e.split(b"=", 1)[0].decode() for e in
+            Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if e}
+
+
+@pytest.mark.kernel
+def test_confined_kernel_counts_run_statistics_with_the_launchers_descriptor(spec_dir,
+                                                                            monkeypatch):
+    """The launcher enables statistics as root and passes the descriptor, the one thing of
+    root's the kernel gets: it counts runs exactly without CAP_SYS_ADMIN, keeps the
+    descriptor from its children, and drops it when it exits."""
+    entry = _account()
+    n = 2345
+    with running_kernel(NAME) as (_, client, pid):
+        assert_confined(pid, entry)
+        # before ebpf_magic is imported: exactly one BPF descriptor, statistics, inherited
+        [(fd, target)] = bpf_links(pid).items()
+        assert target == runstats.STATS_LINK
+        with_stats = environ_keys(pid)
+        execute(client, "%load_ext ebpf_magic")
+        seen = json.loads(execute(client, STATS_SEEN))
+        assert (seen["source"], seen["fd"]) == ("descriptor", int(fd))
+        assert "passed on by the launcher" in seen["detail"]
+        assert not seen["inheritable"] and seen["env"] is None
+        assert "bpf-stats" not in seen["child"]  # not even with close_fds=False
+        execute(client, SIDS_CELL.format(pid=pid))
+        counts = json.loads(execute(client, f"""
+import json, threading
+for _ in range({n}):
+    os.getsid(0)
+df = sids.overhead
+print(json.dumps([{{int(k): int(v) for k, v in sids.maps["calls"].items()}},
+                  threading.get_native_id(), df["runs"].tolist(), df.unmeasured]))"""))
+        per_thread, tid, runs, unmeasured = counts
+        assert per_thread == {str(tid): n} and runs == [n] and unmeasured == ""
+        tree = {pid, *runstats.descendants(pid)}
+        assert [p for p in runstats.holders() if p in tree] == [pid]
+        execute(client, "%bpf stop sids")
+    assert not set(runstats.holders()) & tree, "the kernel's descriptor outlived it"
+    assert not os.path.exists(f"/proc/{pid}")
+    # where nothing else enables them (this process lets go of its own), the kernel is back
+    # to not counting: a program run once shows no run
+    had = runstats.release()
+    try:
+        if not runstats.holders() and not runstats.sysctl_enabled():
+            probe = sysbpf.load_return_zero()
+            try:
+                sysbpf.test_run(probe)
+                assert runstats.of_fd(probe).run_cnt == 0
+            finally:
+                os.close(probe)
+    finally:
+        if had:
+            runstats.acquire()
+
+    # turned off: the launcher takes none, and nothing else of root's differs
+    monkeypatch.setenv(runstats.SETTING_ENV, "off")
+    with running_kernel(NAME) as (_, client, pid):
+        assert bpf_links(pid) == {}
+        assert with_stats ^ environ_keys(pid) == {runstats.FD_ENV, runstats.SETTING_ENV}
+        execute(client, "%load_ext ebpf_magic")
+        seen = json.loads(execute(client, STATS_SEEN))
+        assert seen["fd"] is None and seen["source"] != "descriptor"
 
 
 def launch(tmp_path: Path, setup: str) -> subprocess.CompletedProcess:

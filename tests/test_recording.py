@@ -19,6 +19,7 @@ from IPython.core.error import UsageError
 
 import ebpf_magic
 from ebpf_magic import sessions
+from ebpf_magic.data import overhead
 from ebpf_magic.data.globalvars import SavedGlobals
 from ebpf_magic.errors import BPFError, ReplayError
 from ebpf_magic.probes import Probe
@@ -66,6 +67,15 @@ class FakeProgram:
 
     def host_facts(self, hostname: bool = True) -> dict:
         return sessions.writer.host_facts(hostname, self.backend)
+
+    @property
+    def overhead(self) -> pd.DataFrame:
+        """Two functions, one of which never ran (no time per run: NaN)."""
+        return overhead.frame([
+            {"function": "on_write", "probes": "tracepoint:syscalls:sys_enter_write",
+             "prog_id": 12, "runs": 300, "run_time_ns": 45_000, "seconds": 3.0},
+            {"function": "unused", "probes": "", "prog_id": 13, "runs": 0, "run_time_ns": 0,
+             "seconds": 3.0}])
 
 
 def manifest_of(path: Path) -> dict:

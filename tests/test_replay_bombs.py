@@ -29,6 +29,7 @@ import pytest
 
 import ebpf_magic
 from ebpf_magic import sessions
+from ebpf_magic.data import overhead
 from ebpf_magic.data.globalvars import SavedGlobals
 from ebpf_magic.errors import ReplayError
 from ebpf_magic.probes import Probe
@@ -79,6 +80,12 @@ class _Prog:
 
     def host_facts(self, hostname: bool = True) -> dict:
         return sessions.writer.host_facts(hostname, self.backend)
+
+    @property
+    def overhead(self) -> pd.DataFrame:
+        return overhead.frame([{"function": "f", "probes": "tracepoint:sched:sched_switch",
+                                "prog_id": 5, "runs": 40, "run_time_ns": 2_000,
+                                "seconds": 1.5}])
 
 
 def recording_with(path: Path, stream: bytes, rows: int, columns: list[list[str]],

@@ -24,6 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ebpf_magic import sessions
+from ebpf_magic.data import overhead
 from ebpf_magic.data.globalvars import SavedGlobals
 from ebpf_magic.errors import ReplayError
 from ebpf_magic.probes import Probe
@@ -75,6 +76,12 @@ class _Prog:
 
     def host_facts(self, hostname=True):
         return sessions.writer.host_facts(hostname, self.backend)
+
+    @property
+    def overhead(self) -> pd.DataFrame:
+        return overhead.frame([{"function": "f", "probes": "tracepoint:sched:sched_switch",
+                                "prog_id": 5, "runs": 40, "run_time_ns": 2_000,
+                                "seconds": 1.5}])
 
 
 @pytest.fixture(scope="module")

@@ -34,11 +34,12 @@ import pandas as pd
 from ebpf_magic.api import Named
 from ebpf_magic.bpftrace import maps as bt_maps
 from ebpf_magic.bpftrace import output, process, semantics, source
+from ebpf_magic.data import overhead
 from ebpf_magic.data.globalvars import SavedGlobals
 from ebpf_magic.data.maps import stopped_error
 from ebpf_magic.data.streams import Stream, Streams, check_options
 from ebpf_magic.errors import AttachError, BPFError, CompileError, OptionError
-from ebpf_magic.kernel import procfd, sysbpf
+from ebpf_magic.kernel import procfd, runstats, sysbpf
 from ebpf_magic.kernel.link import probe_events
 from ebpf_magic.probes import KINDS, Probe
 from ebpf_magic.program import interrupts_deferred, register, unregister
@@ -107,6 +108,8 @@ class BpftraceProgram:
         self._pidfd = -1
         self._fds: list[int] = []
         self._prog_ids: list[int] = []
+        self._attached_at: float | None = None  # time.monotonic() once attached
+        self._final: tuple[list[dict[str, Any]], runstats.Status] | None = None  # at stop
         self._map_ids: list[int] = []
         self._stderr: list[str] = []
         self._attached = threading.Event()
@@ -146,6 +149,7 @@ class BpftraceProgram:
                 self._release()
             raise
         self.started_at = time.time()
+        self._attached_at = time.monotonic()
         register(self)
 
     # -- starting ----------------------------------------------------------------
@@ -343,6 +347,33 @@ class BpftraceProgram:
         return SavedGlobals((), self.name)
 
     @property
+    def overhead(self) -> overhead.Overhead:
+        """What bpftrace's programs have cost since they attached, as the kernel counted them:
+        one row per program (``function`` is ``prog ID``: bpftrace names none), with the
+        columns of :attr:`~ebpf_magic.api.ProgramView.overhead`. Once bpftrace stopped,
+        what they had cost then; where the kernel did not count, ``.unmeasured`` says why."""
+        with self._lock:
+            if self._attached_at is not None and not self.exited:
+                status = runstats.status()
+                rows = self._counters(status)
+            elif self._final is not None:
+                rows, status = self._final
+            else:
+                return overhead.unmeasured([], f"{self.name}: bpftrace had ended before its "
+                                               "programs' run counts were read")
+        if not status.counting:
+            return overhead.unmeasured(rows, overhead.not_counted(self.name, status))
+        return overhead.frame(rows)
+
+    def _counters(self, status: runstats.Status) -> list[dict[str, Any]]:
+        """Each of bpftrace's programs' counters now, read from its descriptors' fdinfo."""
+        assert self._proc is not None and self._attached_at is not None
+        stats = {f"prog {s.prog_id}": s for s in runstats.of_process(self._proc.pid)}
+        probes = dict.fromkeys(stats, ", ".join(self.attached) if len(stats) == 1 else "")
+        since = max(self._attached_at, status.since or 0.0)
+        return overhead.counters(stats, probes, time.monotonic() - since)
+
+    @property
     def iter(self) -> Named[Any]:
         """None: bpftrace programs have no BPF iterators to run."""
         return Named({}, "iterator")
@@ -512,6 +543,10 @@ class BpftraceProgram:
 
     def _release(self) -> None:
         """Stop the processes, drain the output, close streams and descriptors."""
+        if self._final is None and self._attached_at is not None and not self.exited:
+            status = runstats.status()
+            with contextlib.suppress(OSError):
+                self._final = (self._counters(status), status)
         killed = False
         for proc in (self._dry, self._proc):
             if proc is not None and proc.poll() is None:

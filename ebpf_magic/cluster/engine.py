@@ -19,6 +19,7 @@ import pandas as pd
 import pyarrow as pa
 
 from ebpf_magic.api import ProgramView
+from ebpf_magic.data import overhead as costs
 from ebpf_magic.errors import BPFError
 from ebpf_magic.program import Program
 
@@ -151,6 +152,15 @@ def status(name: str) -> dict[str, Any]:
     return {"running": prog.running, "events_seen": prog.events_seen, "uptime": prog.uptime,
             "streams": stats,
             "maps": {n: m.info() for n, m in prog.maps.items()} if prog.running else {}}
+
+
+def overhead(name: str) -> dict[str, Any]:
+    """What program ``name`` costs here: ``{"table": Arrow bytes}`` of its ``overhead``, or
+    ``{"unmeasured": why}`` where this host's kernel does not count it."""
+    df = program(name).overhead
+    if costs.why(df):
+        return {"unmeasured": costs.why(df)}
+    return {"table": encode(df)}
 
 
 def stop(key: str) -> bool:

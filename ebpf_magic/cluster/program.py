@@ -31,7 +31,7 @@ from ebpf_magic.cluster.connect import (
     Failure,
     current,
 )
-from ebpf_magic.data import histograms
+from ebpf_magic.data import histograms, overhead
 from ebpf_magic.data.globalvars import SavedGlobals
 from ebpf_magic.data.streams import Stats
 from ebpf_magic.errors import BPFError
@@ -198,6 +198,29 @@ class ClusterProgram:
     def tables(self) -> Mapping[str, pd.DataFrame]:
         """Frames saved with the program: none for a running one."""
         return {}
+
+    @property
+    def overhead(self) -> overhead.Overhead:
+        """What each function costs, summed over the hosts that measure it (``hosts`` says
+        how many; see :func:`ebpf_magic.data.overhead.sum_hosts`). Hosts whose kernel does
+        not count are left out with a :class:`ClusterWarning`; where none does, the frame
+        has no rows and ``.unmeasured`` gives the first host's reason."""
+        if not self.running:
+            return overhead.unmeasured([], f"{self.name} was stopped on every host")
+        answers = self._gather(engine.overhead, self.key)
+        measured = {i: engine.decode(a["table"]).to_pandas() for i, a in answers.items()
+                    if "table" in a}
+        unmeasured = {i: a["unmeasured"] for i, a in answers.items() if "table" not in a}
+        if not measured:
+            first = min(unmeasured, default=None)
+            return overhead.unmeasured([], f"{self.name}: no host measures its overhead" + (
+                f"; {self.hosts[first]}: {unmeasured[first]}" if first is not None else ""))
+        if unmeasured:
+            warnings.warn(ClusterWarning(
+                f"{self.name}: overhead summed without {len(unmeasured)} host(s) that do not "
+                "measure it: " + "; ".join(f"{self.hosts[i]}: {why}"
+                                           for i, why in unmeasured.items())), stacklevel=2)
+        return overhead.sum_hosts(measured)
 
     @property
     def globals(self) -> SavedGlobals:

@@ -10,6 +10,7 @@ import ctypes
 import errno
 import os
 import platform
+import struct
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
@@ -33,6 +34,22 @@ MAP_LOOKUP_AND_DELETE_ELEM = 21
 MAP_LOOKUP_BATCH = 24
 MAP_UPDATE_BATCH = 26
 MAP_DELETE_BATCH = 27
+
+BPF_PROG_LOAD = 5
+PROG_TEST_RUN = 10
+ENABLE_STATS = 32
+STATS_RUN_TIME = 0  # enum bpf_stats_type
+
+# enum bpf_prog_type, by the names bpftool uses
+PROG_TYPES = {
+    1: "socket_filter", 2: "kprobe", 3: "sched_cls", 4: "sched_act", 5: "tracepoint",
+    6: "xdp", 7: "perf_event", 8: "cgroup_skb", 9: "cgroup_sock", 10: "lwt_in",
+    11: "lwt_out", 12: "lwt_xmit", 13: "sock_ops", 14: "sk_skb", 15: "cgroup_device",
+    16: "sk_msg", 17: "raw_tracepoint", 18: "cgroup_sock_addr", 19: "lwt_seg6local",
+    20: "lirc_mode2", 21: "sk_reuseport", 22: "flow_dissector", 23: "cgroup_sysctl",
+    24: "raw_tracepoint_writable", 25: "cgroup_sockopt", 26: "tracing", 27: "struct_ops",
+    28: "ext", 29: "lsm", 30: "sk_lookup", 31: "syscall", 32: "netfilter",
+}
 
 # update flags
 BPF_ANY = 0
@@ -94,14 +111,33 @@ class MapInfo(ctypes.Structure):
 
 
 class ProgInfo(ctypes.Structure):
-    """The leading fields of ``struct bpf_prog_info``."""
+    """The leading fields of ``struct bpf_prog_info``, up to the run statistics (kernel 5.1;
+    ``recursion_misses`` 5.12: older kernels leave the fields they lack zero)."""
 
     _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32),
                 ("tag", ctypes.c_uint8 * 8), ("jited_prog_len", ctypes.c_uint32),
                 ("xlated_prog_len", ctypes.c_uint32), ("jited_prog_insns", ctypes.c_uint64),
                 ("xlated_prog_insns", ctypes.c_uint64), ("load_time", ctypes.c_uint64),
                 ("created_by_uid", ctypes.c_uint32), ("nr_map_ids", ctypes.c_uint32),
-                ("map_ids", ctypes.c_uint64), ("name", ctypes.c_char * 16)]
+                ("map_ids", ctypes.c_uint64), ("name", ctypes.c_char * 16),
+                ("ifindex", ctypes.c_uint32), ("gpl_compatible", ctypes.c_uint32),
+                ("netns_dev", ctypes.c_uint64), ("netns_ino", ctypes.c_uint64),
+                ("nr_jited_ksyms", ctypes.c_uint32), ("nr_jited_func_lens", ctypes.c_uint32),
+                ("jited_ksyms", ctypes.c_uint64), ("jited_func_lens", ctypes.c_uint64),
+                ("btf_id", ctypes.c_uint32), ("func_info_rec_size", ctypes.c_uint32),
+                ("func_info", ctypes.c_uint64), ("nr_func_info", ctypes.c_uint32),
+                ("nr_line_info", ctypes.c_uint32), ("line_info", ctypes.c_uint64),
+                ("jited_line_info", ctypes.c_uint64), ("nr_jited_line_info", ctypes.c_uint32),
+                ("line_info_rec_size", ctypes.c_uint32),
+                ("jited_line_info_rec_size", ctypes.c_uint32), ("nr_prog_tags", ctypes.c_uint32),
+                ("prog_tags", ctypes.c_uint64),
+                # counted only while run statistics are enabled (see enable_stats)
+                ("run_time_ns", ctypes.c_uint64), ("run_cnt", ctypes.c_uint64),
+                ("recursion_misses", ctypes.c_uint64)]
+
+    @property
+    def kind(self) -> str:
+        return PROG_TYPES.get(self.type, f"type{self.type}")
 
 
 def _call(nr_table: dict[str, int], *args) -> int:
@@ -352,3 +388,62 @@ def ioctl(fd: int, request: int, arg: int = 0) -> int:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
     return ret
+
+
+class _EnableStatsAttr(ctypes.Structure):
+    _fields_ = [("type", ctypes.c_uint32)]
+
+
+class _ProgLoadAttr(ctypes.Structure):
+    _fields_ = [("prog_type", ctypes.c_uint32), ("insn_cnt", ctypes.c_uint32),
+                ("insns", ctypes.c_uint64), ("license", ctypes.c_uint64),
+                ("log_level", ctypes.c_uint32), ("log_size", ctypes.c_uint32),
+                ("log_buf", ctypes.c_uint64), ("kern_version", ctypes.c_uint32),
+                ("prog_flags", ctypes.c_uint32), ("prog_name", ctypes.c_char * 16)]
+
+
+class _TestRunAttr(ctypes.Structure):
+    _fields_ = [("prog_fd", ctypes.c_uint32), ("retval", ctypes.c_uint32),
+                ("data_size_in", ctypes.c_uint32), ("data_size_out", ctypes.c_uint32),
+                ("data_in", ctypes.c_uint64), ("data_out", ctypes.c_uint64),
+                ("repeat", ctypes.c_uint32), ("duration", ctypes.c_uint32)]
+
+
+def enable_stats() -> int:
+    """BPF_ENABLE_STATS: run statistics are counted machine-wide while the returned
+    descriptor (or any other such) is open. Needs CAP_SYS_ADMIN; kernel >= 5.8."""
+    return bpf(ENABLE_STATS, _EnableStatsAttr(type=STATS_RUN_TIME))
+
+
+def prog_fd_by_id(prog_id: int) -> int:
+    """A descriptor of the loaded program ``prog_id`` (needs CAP_SYS_ADMIN)."""
+    return bpf(PROG_GET_FD_BY_ID, _IdAttr(id=prog_id))
+
+
+def load_return_zero(name: str = "") -> int:
+    """Load the smallest socket filter, ``return 0``: a program to run with :func:`test_run`."""
+    # BPF_MOV64_IMM(BPF_REG_0, 0); BPF_EXIT_INSN(), in this machine's byte order
+    code = struct.pack("=BBhi", 0xB7, 0, 0, 0) + struct.pack("=BBhi", 0x95, 0, 0, 0)
+    insns = ctypes.create_string_buffer(code, len(code))
+    license_ = ctypes.create_string_buffer(b"GPL")
+    return bpf(BPF_PROG_LOAD, _ProgLoadAttr(
+        prog_type=1, insn_cnt=2, insns=ctypes.addressof(insns),
+        license=ctypes.addressof(license_), prog_name=name.encode()[:15]))
+
+
+def test_run(prog_fd: int, data: bytes = bytes(64), repeat: int = 1) -> int:
+    """BPF_PROG_TEST_RUN: run ``prog_fd`` on ``data`` ``repeat`` times; its return value."""
+    return _test_run(prog_fd, data, repeat).retval
+
+
+def test_run_duration(prog_fd: int, data: bytes = bytes(64), repeat: int = 1) -> int:
+    """The kernel's average nanoseconds per run over ``repeat`` test runs of ``prog_fd``."""
+    return _test_run(prog_fd, data, repeat).duration
+
+
+def _test_run(prog_fd: int, data: bytes, repeat: int) -> _TestRunAttr:
+    buf = ctypes.create_string_buffer(data, len(data))
+    attr = _TestRunAttr(prog_fd=prog_fd, data_size_in=len(data), data_in=ctypes.addressof(buf),
+                        repeat=repeat)
+    bpf(PROG_TEST_RUN, attr)
+    return attr

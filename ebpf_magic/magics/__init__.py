@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import difflib
 import shlex
+from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
+from traitlets import Float
 
 from ebpf_magic.magics import bpftrace, cell, complete
 from ebpf_magic.magics.args import SUBCOMMANDS, subcommand
@@ -27,12 +29,22 @@ def _doc() -> str:
 
 @magics_class
 class BpfMagics(Magics):
-    """Holds the session's named programs."""
+    """Holds the session's named programs; its settings are ``%config BpfMagics.NAME``."""
+
+    cost_after = Float(3.0, min=0.0,
+                       help="Seconds after a cell starts its program that the cell shows what "
+                            "the program costs, if it is costly (0: never)").tag(config=True)
+    costly_cpu_pct = Float(1.0, min=0.0,
+                           help="What a cell's program must cost, in percent of one CPU, for "
+                                "the cell to show it").tag(config=True)
 
     def __init__(self, shell) -> None:
         super().__init__(shell)
         self.session = Session()
         self.warned: set[str] = set()  # notes shown once per session (the kernel headers')
+        self.cost_notes: dict[str, cell.CostNote] = {}  # by program name
+        # the %bpf top widgets shown, by the cell that shows each; stopped with the extension
+        self.tops: list[tuple[str | None, Any]] = []
 
     @line_cell_magic
     @no_var_expand
@@ -75,6 +87,10 @@ def register(ipython) -> None:
 def unregister(ipython) -> None:
     magics = getattr(ipython, "_ebpf_magics", None)
     if magics is not None:
+        cell.cancel_cost(magics)
+        for _cell, top in magics.tops:
+            top.stop()
+        magics.tops.clear()
         magics.session.stop_all()
         del ipython._ebpf_magics
     complete.unregister(ipython)

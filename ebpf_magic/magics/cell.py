@@ -9,16 +9,20 @@ import math
 import os
 import re
 import shlex
+import threading
 from collections.abc import Callable, Sequence
 from html import escape
 from pathlib import Path
 
+from IPython.core.displaypub import DisplayPublisher
 from IPython.core.error import UsageError
 from IPython.display import display
 
 from ebpf_magic import sessions
 from ebpf_magic.backend import BACKENDS
-from ebpf_magic.errors import OptionError
+from ebpf_magic.data import overhead
+from ebpf_magic.errors import BPFError, OptionError
+from ebpf_magic.kernel import runstats
 from ebpf_magic.probes import USAGE as PROBE_USAGE
 from ebpf_magic.probes import Probe
 from ebpf_magic.program import Program, check_settable
@@ -229,6 +233,7 @@ that fails leaves nothing attached. The program object gives:
     NAME.events["e"].df      events submitted to a perf or ring buffer
     NAME.globals["v"]        a global variable (libbpf programs), live; NAME.globals.df
     NAME.iter["f"].df        run BPF iterator f (SEC("iter/task")...) and read its records
+    NAME.overhead            what each function costs: runs/s, ns per run, % of a CPU
     NAME.stop()              detach and unload
 """
 
@@ -309,6 +314,7 @@ def run(magics, line: str, cell: str) -> None:
     report_warnings(magics.warned, prog.warnings, prog.notes)
     if not args.quiet:
         _report(prog)
+    watch_cost(magics, prog)
 
 
 def _run_on_cluster(magics, args: argparse.Namespace, cell: str) -> None:
@@ -343,11 +349,11 @@ def report_warnings(warned: set[str], warnings: Sequence[str],
     one line pointing to the README. Everything else is shown for every cell that has it.
     """
     for note in notes:
-        _line("note", note)
+        line("note", note)
     for warning in warnings:
         headers = _HEADERS.match(warning)
         if headers is None:
-            _line("warning", warning)
+            line("warning", warning)
             continue
         if "kernel headers" in warned:
             continue
@@ -362,7 +368,7 @@ def report_warnings(warned: set[str], warnings: Sequence[str],
                  "text/html": f"<small>{escape(text)} ({html})</small>"}, raw=True)
 
 
-def _line(kind: str, text: str) -> None:
+def line(kind: str, text: str) -> None:
     """Display ``kind: text`` as one small line; a warning's label is coloured, not red."""
     label = (f'<b style="color:#b8860b">{kind}:</b>' if kind == "warning"
              else f'<span style="color:#666">{kind}:</span>')
@@ -383,3 +389,77 @@ def _report(prog: Program) -> None:
         parts.append(f"not attached: {', '.join(prog.unattached)}")
     parts.append(f"backend: {prog.backend}")
     print("; ".join(parts))
+
+
+class CostNote:
+    """A line under a cell's report that shows, ``delay`` seconds after the program started,
+    what it costs if that is at least ``cpu_pct`` percent of a CPU.
+
+    The line is a display updated in place (by its display id), so it appears in the cell
+    that started the program whichever cell runs by then; nothing is printed into other
+    cells. Its timer thread ends after that one check, or at :meth:`cancel` (the cell run
+    again, the program stopped, the extension unloaded).
+    """
+
+    def __init__(self, prog: Program, delay: float, cpu_pct: float) -> None:
+        self.prog = prog
+        self.cpu_pct = cpu_pct
+        self.shown = ""
+        self.handle = display({"text/plain": ""}, raw=True, display_id=True)
+        self._timer = threading.Timer(delay, self.check)
+        self._timer.daemon = True
+        self._timer.name = f"ebpf_magic-cost-{prog.name}"
+        self._timer.start()
+
+    def check(self) -> str:
+        """Show the program's cost now if it is costly; returns the line shown ("" if none)."""
+        if not self.prog.running:
+            return ""
+        try:
+            df = self.prog.overhead
+        except (BPFError, OSError):  # stopped meanwhile
+            return ""
+        if not overhead.costly(df, self.cpu_pct):
+            return ""
+        text = f"{overhead.describe(self.prog.name, df)} (see {self.prog.name}.overhead)"
+        self.shown = text
+        if self.handle is not None:
+            self.handle.update({"text/plain": f"cost: {text}",
+                                "text/html": f'<small><b style="color:#b8860b">cost:</b> '
+                                             f"{escape(text)}</small>"}, raw=True)
+        return text
+
+    def cancel(self) -> None:
+        """Stop the timer (the check, if running, finishes first)."""
+        self._timer.cancel()
+        if self._timer is not threading.current_thread():
+            self._timer.join(timeout=5)
+
+
+def watch_cost(magics, prog: Program) -> CostNote | None:
+    """Start ``prog``'s :class:`CostNote` (after ``magics.cost_after`` seconds; none when
+    that is 0, or in a terminal), replacing any earlier one of that name; where the kernel
+    does not count runs, say once per session how to make it."""
+    cancel_cost(magics, prog.name)
+    # a terminal prints an update where the cursor is: only front ends that update a
+    # display in place (notebooks) get the note
+    if magics.cost_after <= 0 or type(magics.shell.display_pub) is DisplayPublisher:
+        return None
+    status = runstats.status()
+    if not status.counting:
+        if "run statistics" not in magics.warned:
+            magics.warned.add("run statistics")
+            line("note", "what cells cost is not shown: BPF run statistics are "
+                 f"{status.detail}. {status.hint}")
+        return None
+    note = CostNote(prog, magics.cost_after, magics.costly_cpu_pct)
+    magics.cost_notes[prog.name] = note
+    return note
+
+
+def cancel_cost(magics, name: str | None = None) -> None:
+    """Cancel the cost note of program ``name`` (every one without a name)."""
+    for key in [name] if name is not None else list(magics.cost_notes):
+        note = magics.cost_notes.pop(key, None)
+        if note is not None:
+            note.cancel()

@@ -180,6 +180,8 @@ def _subcommand_line(word: str, before: list[str], programs: list[str]) -> list[
         return probe_specs(word)
     if sub == "struct":
         return struct_names(word)
+    if sub == "stats" and len(before) == 1:
+        return ["off", "on"]
     if sub in _PROGRAM_ARGS and (sub == "stop" or len(before) == 1):
         if sub == "browse" and "/" in word:
             return _map_targets(word.split("/", 1)[0])

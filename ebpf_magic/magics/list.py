@@ -6,9 +6,11 @@ import pandas as pd
 from IPython.core.error import UsageError
 
 from ebpf_magic.magics.args import parser
+from ebpf_magic.magics.cell import line
 
 USAGE = "%bpf list"
-HELP = "A table of programs: name, probes attached, maps, events so far, uptime."
+HELP = ("A table of programs: name, probes attached, maps, events so far, uptime, and what "
+        "each costs (runs/s, ns per run, percent of a CPU, from the kernel's run statistics).")
 PARSER = parser(USAGE, HELP)
 
 
@@ -18,4 +20,7 @@ def run(magics, args: str) -> pd.DataFrame:
                          "To find probes to attach: %bpf probes PATTERN "
                          "(e.g. %bpf probes 'tracepoint:syscalls:*open*')")
     PARSER.parse(args)
-    return magics.session.table()
+    table = magics.session.table()
+    if "overhead" in table.attrs:
+        line("note", table.attrs["overhead"])
+    return table

@@ -24,6 +24,7 @@ import pandas as pd
 from ebpf_magic.api import EditableMap, MapView, ProgramView
 from ebpf_magic.data.histograms import Histogram
 from ebpf_magic.internal.tables import cell_text, html_table, is_numeric
+from ebpf_magic.present.refresh import Refreshed, Refresher
 from ebpf_magic.program import running
 
 LISTING_COLUMNS = ["map", "kind", "key", "value", "entries", "max_entries", "full"]
@@ -55,7 +56,7 @@ def running_maps() -> dict[str, MapView]:
             for name, m in prog.maps.items()}
 
 
-class BrowserModel:
+class BrowserModel(Refreshed):
     """The state of a map browser; every action is a method tests can call.
 
     ``source``: a program, a mapping of name to map, or a function returning
@@ -65,14 +66,13 @@ class BrowserModel:
 
     def __init__(self, source: Source, interval: float = 1.0, top_n: int = 100) -> None:
         self._list, self._alive = _source(source)
-        self.interval = interval
+        self.refresher = Refresher(self.refresh, interval, "bpf-map-browser", alive=self._alive,
+                                   on_error=self._failed, errors=(OSError, KeyError, ValueError))
         self.top_n = top_n
         self.selected: str | None = None
         self.sort_by: str | None = None
         self.ascending = False
         self.filter_text = ""
-        self.paused = False
-        self.closed = False
         self.data = pd.DataFrame()  # the selected map's full snapshot
         self.view = pd.DataFrame()  # after filter, sort and top-N
         self.histogram: Histogram | None = None
@@ -82,8 +82,6 @@ class BrowserModel:
         self.last_refresh_s = 0.0
         self.on_update: list[Callable[[BrowserModel], None]] = []
         self._lock = threading.RLock()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
         self._listing: tuple[pd.DataFrame | None, float] = (None, 0.0)
         names = list(self.maps())
         if names:
@@ -272,48 +270,18 @@ class BrowserModel:
     def start(self, interval: float | None = None) -> None:
         """Refresh every ``interval`` seconds on a background thread until closed."""
         if interval is not None:
-            self.interval = interval
-        if self._thread is not None and self._thread.is_alive():
-            return
-        self._thread = threading.Thread(target=self._run, name="bpf-map-browser", daemon=True)
-        self._thread.start()
+            self.refresher.set_interval(interval)
+        self.refresher.start()
 
-    @property
-    def live(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def _run(self) -> None:
-        while not self.closed:
-            self._wake.wait(self.interval)
-            self._wake.clear()
-            if self.closed or not self._alive():
-                break
-            if self.paused:
-                continue
-            try:
-                self.refresh()
-            except (OSError, KeyError, ValueError) as e:
-                self.error = str(e)
-                if not self._alive():
-                    break
-
-    def pause(self) -> None:
-        self.paused = True
-
-    def resume(self) -> None:
-        self.paused = False
-        self._wake.set()
+    def _failed(self, error: Exception) -> None:
+        self.error = str(error)
 
     def set_interval(self, seconds: float) -> None:
-        self.interval = max(0.05, float(seconds))
-        self._wake.set()
+        self.refresher.set_interval(seconds)
 
     def close(self) -> None:
         """Stop refreshing; the thread ends within one wake-up."""
-        self.closed = True
-        self._wake.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=5)
+        self.refresher.stop()
 
 
 # A header cell's click: choose its column in the browser's sort list, or, when it is
@@ -453,11 +421,7 @@ class MapBrowser:
             self._act(self.model.select, change["new"])
 
     def _toggle_pause(self, change: dict) -> None:
-        if change["new"]:
-            self.model.pause()
-        else:
-            self.model.resume()
-        self.pause.description = "Resume" if change["new"] else "Pause"
+        self.pause.description = self.model.set_paused(change["new"])
 
     def _sort_chosen(self, change: dict) -> None:
         """A column chosen in the list (or by clicking its header): its default order."""

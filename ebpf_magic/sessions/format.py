@@ -9,7 +9,9 @@ A recording (``.bpfrec``) is a zip archive holding
   program's, one row per engine under ``hosts``), the capture's
   start and end, the program's global variables when it was saved (``globals``:
   rows of ``name``, ``section``, ``c_type`` and a JSON ``value``; recordings
-  written before it have none), and a description of every member below;
+  written before it have none), and what each of its functions cost (``overhead``: the
+  rows of ``NAME.overhead``, or why none was measured; older recordings have none),
+  and a description of every member below;
 * ``streams/<i>.parquet``: every event of each stream;
 * ``maps/<i>/<j>.parquet``: snapshots of each map with their timestamps
   (periodic ones from a recorder, then the final one);
@@ -98,6 +100,16 @@ MAX_GLOBALS = 4096
 MAX_GLOBAL_TYPE = 1024  # characters of a C type
 MAX_GLOBAL_DEPTH = 32  # arrays and structs nested in a value
 MAX_GLOBAL_INT = 1 << 128  # a value's integers are within +-this (the widest C integer)
+
+# A program's overhead when it was saved (``overhead``): ``{"rows": [...]}``, each row exactly
+# OVERHEAD_ROW's fields and one of OVERHEAD_IDS (``prog_id`` on one host, ``hosts`` summed
+# over a cluster's), floats None where not a number; or ``{"unavailable": why}`` where the
+# kernel was not counting. Recordings written before it have none.
+OVERHEAD_ROW = {"function": str, "probes": str, "runs": int, "run_time_ns": int,
+                "seconds": float, "runs_per_s": float, "ns_per_run": float, "cpu_pct": float}
+OVERHEAD_IDS = ("prog_id", "hosts")
+MAX_OVERHEAD_ROWS = 4096
+MAX_OVERHEAD_TEXT = 4096  # characters of a function's name, its probes, or why none
 
 # -- limits on what one recording may cost to read ------------------------------------
 # ``load(max_bytes=...)`` replaces MAX_BYTES, which bounds both the unpacked members and the

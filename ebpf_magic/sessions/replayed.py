@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from ebpf_magic.api import Named
+from ebpf_magic.data import overhead
 from ebpf_magic.data.globalvars import SavedGlobals
 from ebpf_magic.data.histograms import Histogram
 from ebpf_magic.data.maps import PERCPU_KINDS, normalize_dtype
@@ -275,6 +276,21 @@ class ReplayedProgram:
         #: the global variables' values when it was saved (none in older recordings)
         self.globals = SavedGlobals(recorded.globals, self.name)
         self.iter: Named[Any] = Named({}, "iterator")  # nothing to walk in a recording
+        self._overhead = recorded.overhead
+
+    @property
+    def overhead(self) -> overhead.Overhead:
+        """What each function had cost when it was saved (see
+        :attr:`~ebpf_magic.api.ProgramView.overhead`); none, with ``.unmeasured`` saying
+        why, where it was not measured or the recording is older than overhead in them."""
+        if self._overhead is None:
+            return overhead.unmeasured([], f"{self.name}: the recording {self.recording.path} "
+                                           "was written before recordings kept what programs "
+                                           "cost; save it again from a live run to keep it")
+        if "unavailable" in self._overhead:
+            return overhead.unmeasured([], "not measured where it was recorded: "
+                                           f"{self._overhead['unavailable']}")
+        return overhead.restore(self._overhead["rows"])
 
     @property
     def functions(self) -> list[str]:

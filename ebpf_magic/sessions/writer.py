@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import platform
 import socket
@@ -24,6 +25,7 @@ import pandas as pd
 
 from ebpf_magic import backend as backends
 from ebpf_magic.api import MapView, ProgramView
+from ebpf_magic.data import overhead
 from ebpf_magic.errors import BPFError
 from ebpf_magic.internal import files
 from ebpf_magic.sessions import format as fmt
@@ -47,6 +49,7 @@ def write(prog: ProgramView, path: str | os.PathLike, *, snapshots: Iterable[Sna
     snaps = _with_final(prog, list(snapshots))
     manifest = _manifest(prog, host, hostname)
     manifest["globals"] = _globals(prog)
+    manifest["overhead"] = _overhead(prog)
     members: dict[str, bytes] = {}
     manifest["streams"] = _streams(prog, members)
     manifest["maps"] = _maps(prog, snaps, members)
@@ -90,6 +93,18 @@ def _globals(prog: ProgramView) -> list[dict[str, Any]]:
     if not prog.readable:
         return []
     return _json_safe(prog.globals.df.to_dict("records"))
+
+
+def _overhead(prog: ProgramView) -> dict[str, Any]:
+    """``prog.overhead``'s rows (NaN as None), or why it has none."""
+    df = prog.overhead
+    if overhead.why(df):
+        return {"unavailable": overhead.why(df)[:fmt.MAX_OVERHEAD_TEXT]}
+    rows = []
+    for rec in df.to_dict("records"):
+        rows.append({k: None if isinstance(v, float) and math.isnan(v) else v
+                     for k, v in rec.items()})
+    return {"rows": _json_safe(rows)}
 
 
 def _manifest(prog: ProgramView, host: Mapping[str, Any] | None, hostname: bool

@@ -49,7 +49,7 @@ from ebpf_magic.errors import (
     VerifierError,
 )
 from ebpf_magic.kernel import host as kernel
-from ebpf_magic.kernel import sysbpf, tracefs
+from ebpf_magic.kernel import runstats, sysbpf, tracefs
 
 OK, WARN, FAIL, UNAVAILABLE, NOT_CHECKED = "ok", "warn", "fail", "unavailable", "not checked"
 COLUMNS = ["check", "status", "detail", "fix"]
@@ -168,6 +168,19 @@ def check_memlock() -> Row:
                "limit, so larger maps fail to load with EPERM",
                "Raise it: `ulimit -l unlimited` in the shell that starts Python, or "
                "LimitMEMLOCK=infinity in a systemd unit.")
+
+
+def check_run_stats() -> Row:
+    """Whether the kernel counts programs' runs (what ``NAME.overhead`` and ``%bpf top``
+    show), taking this process's descriptor first as its programs would."""
+    runstats.acquire()
+    status = runstats.status()
+    if status.counting:
+        return Row("run statistics", OK, f"{status.detail}; programs' costs are shown (every "
+                   f"BPF program on the machine pays {runstats.PRICE} meanwhile: "
+                   "`%bpf stats off` or EBPF_MAGIC_BPF_STATS=off turns that off)")
+    return Row("run statistics", WARN, f"{status.detail}: what programs cost cannot be shown "
+               "(NAME.overhead, %bpf list, %bpf top)", status.hint)
 
 
 def check_kernel() -> Row:
@@ -608,6 +621,7 @@ ENVIRONMENT: dict[str, Callable[[], Row]] = {
     "privileges": check_privileges, "process": check_process, "memlock": check_memlock,
     "kernel": check_kernel, "BTF": check_btf, "tracefs": check_tracefs,
     "debugfs": check_debugfs, "stale probe events": check_probe_events,
+    "run statistics": check_run_stats,
     **{name: _row(check) for name, check in backend.diagnostics().items()},
     "bpftrace": _row(bpftrace_checks.check_installed)}
 

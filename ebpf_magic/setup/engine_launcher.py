@@ -95,12 +95,14 @@ def main(argv: list[str] | None = None) -> int:
         if os.getuid() == 0 or os.geteuid() == 0:
             entry = launcher.account(ACCOUNT)
             argv, connection = account_args(argv)
+            env = launcher.pass_stats(env, "ebpf_magic.setup.engine_launcher")
             launcher.become(entry, launcher.wanted())
             launcher.refuse_writable_code(entry)
             argv = hand_over(argv, connection)
             env = launcher.account_env(entry, env, keep=ENV_KEPT)
             launcher.output_to_log(env, "engine.log")
         else:
+            env = launcher.pass_stats(env, "ebpf_magic.setup.engine_launcher")
             launcher.restrict(launcher.wanted())
         launcher.no_new_privs()
     except (launcher.LaunchError, OSError) as e:

@@ -15,6 +15,9 @@ compile worker, ``!bpftool``) keep them, sets ``no_new_privs`` so that no
 set-user-id or file-capability program run from a cell gains more, lifts
 ``RLIMIT_MEMLOCK``, and replaces itself with ``python -I -m ipykernel_launcher`` in
 the environment :func:`account_env` gives (started by root) or its own (otherwise).
+Where it holds CAP_SYS_ADMIN (as root) it first enables BPF run statistics and passes
+the kernel the descriptor that keeps them on (:func:`pass_stats`), unless
+``EBPF_MAGIC_BPF_STATS=off``.
 
 Run ``python -m ebpf_magic.setup.launcher --show`` to print the set it would keep.
 """
@@ -32,6 +35,7 @@ from pathlib import Path
 
 from ebpf_magic.internal import files
 from ebpf_magic.kernel import host as kernel
+from ebpf_magic.kernel import runstats, sysbpf
 from ebpf_magic.kernel.host import (
     CAP_BPF,
     CAP_NET_ADMIN,
@@ -416,16 +420,44 @@ def no_new_privs() -> None:
     _prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
 
 
+def pass_stats(env: dict[str, str], who: str = "ebpf_magic.setup.launcher") -> dict[str, str]:
+    """``env`` naming a ``BPF_ENABLE_STATS`` descriptor the kernel will inherit
+    (:data:`~ebpf_magic.kernel.runstats.FD_ENV`), taken now, while this process holds
+    CAP_SYS_ADMIN.
+
+    The kernel then sees each program's run count and run time for its lifetime without
+    that capability. The descriptor is the one thing of root's it receives, and it does
+    nothing but keep statistics enabled; the kernel drops it when it exits. While it is
+    held every BPF program on the machine pays two clock reads a run
+    (:data:`~ebpf_magic.kernel.runstats.PRICE`), so none is taken where
+    ``EBPF_MAGIC_BPF_STATS=off`` (:data:`~ebpf_magic.kernel.runstats.SETTING_ENV`). A
+    number already in ``env`` is never passed on: only the descriptor taken here.
+    """
+    out = {k: v for k, v in env.items() if k != runstats.FD_ENV}
+    if runstats.setting_off(env) or not runstats.may_enable():
+        return out
+    try:
+        fd = sysbpf.enable_stats()
+    except OSError as e:
+        print(f"{who}: cannot enable BPF run statistics ({e}); the kernel runs without them",
+              file=sys.stderr)
+        return out
+    os.set_inheritable(fd, True)
+    out[runstats.FD_ENV] = str(fd)
+    return out
+
+
 def _start_as_account(argv: list[str]) -> tuple[list[str], dict[str, str]]:
     entry = account()
     found = _connection_file(argv)
     text = Path(found[2]).read_bytes() if found else b""
+    env = pass_stats(dict(os.environ))
     become(entry, wanted())
     refuse_writable_code(entry)
     if not os.access(os.curdir, os.X_OK):
         print(f"ebpf_magic.setup.launcher: user {entry.pw_name!r} may not enter {os.getcwd()}; "
               "files beside the notebook are out of the kernel's reach", file=sys.stderr)
-    env = account_env(entry, dict(os.environ))
+    env = account_env(entry, env)
     output_to_log(env, "kernel.log")
     return hand_over_connection(argv, text), env
 
@@ -475,6 +507,7 @@ def main(argv: list[str] | None = None) -> int:
         if os.getuid() == 0 or os.geteuid() == 0:
             argv, env = _start_as_account(argv)
         else:
+            env = pass_stats(env)
             restrict(wanted())
     except (LaunchError, OSError) as e:
         print(f"ebpf_magic.setup.launcher: {e}", file=sys.stderr)

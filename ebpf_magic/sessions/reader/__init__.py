@@ -79,6 +79,8 @@ class Recording:
     maps: list[RecordedMap] = field(default_factory=list)
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
     globals: list[dict[str, Any]] = field(default_factory=list)  # rows of ``globals.df``
+    # ``{"rows": [...]}`` of ``overhead``, ``{"unavailable": why}``, or None (not recorded)
+    overhead: dict[str, Any] | None = None
 
 
 def read(path: str | os.PathLike, max_bytes: int = fmt.MAX_BYTES) -> Recording:
@@ -121,6 +123,8 @@ def _read(archive: Archive) -> Recording:
         out.tables[need(t, "name", str, f"tables[{i}]")] = _frame(archive, t, f"tables[{i}]")
     if "globals" in m:  # recordings written before globals were kept have none
         out.globals = manifest.global_rows(need(m, "globals", list, "manifest"))
+    if "overhead" in m:  # recordings written before overhead was kept have none
+        out.overhead = manifest.overhead(need(m, "overhead", dict, "manifest"))
     return out
 
 

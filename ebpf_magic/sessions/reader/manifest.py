@@ -157,6 +157,54 @@ def _hosts(rows: list[Any]) -> None:
                               f"not one of {', '.join(sorted(fmt.HOST_STATES))}")
 
 
+def overhead(recorded: dict[str, Any]) -> dict[str, Any]:
+    """The recorded overhead: ``{"unavailable": why}``, or at most
+    :data:`.format.MAX_OVERHEAD_ROWS` rows of exactly :data:`.format.OVERHEAD_ROW`'s fields
+    and one of :data:`.format.OVERHEAD_IDS`, all of one kind; numbers not negative."""
+    if set(recorded) == {"unavailable"}:
+        why = need(recorded, "unavailable", str, "overhead")
+        if len(why) > fmt.MAX_OVERHEAD_TEXT:
+            raise ReplayError("malformed recording: overhead.unavailable is longer than "
+                              f"{fmt.MAX_OVERHEAD_TEXT} characters")
+        return {"unavailable": why}
+    if set(recorded) != {"rows"}:
+        raise ReplayError("malformed recording: overhead is not an object of rows, or of why "
+                          "it is unavailable")
+    rows = need(recorded, "rows", list, "overhead")
+    if len(rows) > fmt.MAX_OVERHEAD_ROWS:
+        raise ReplayError(f"malformed recording: overhead lists {len(rows):,} functions, more "
+                          f"than a recording holds ({fmt.MAX_OVERHEAD_ROWS:,})")
+    shapes = [{*fmt.OVERHEAD_ROW, key} for key in fmt.OVERHEAD_IDS]
+    out = []
+    for i, row in enumerate(rows):
+        where = f"overhead.rows[{i}]"
+        if not isinstance(row, dict) or set(row) not in shapes or (
+                out and set(row) != set(out[0])):
+            raise ReplayError(f"malformed recording: {where} is not an object of exactly "
+                              f"{', '.join(fmt.OVERHEAD_ROW)} and one of "
+                              f"{' or '.join(fmt.OVERHEAD_IDS)}, as the rows before it")
+        checked: dict[str, Any] = {}
+        for key in row:
+            kind = fmt.OVERHEAD_ROW.get(key, int)
+            if kind is float:
+                value = need(row, key, (int, float), where, optional=True)
+                value = math.nan if value is None else float(value)
+                if math.isinf(value):
+                    raise ReplayError(f"malformed recording: {where}.{key} is infinite")
+            else:
+                value = need(row, key, kind, where)
+            if kind is str and len(value) > fmt.MAX_OVERHEAD_TEXT:
+                raise ReplayError(f"malformed recording: {where}.{key} is longer than "
+                                  f"{fmt.MAX_OVERHEAD_TEXT} characters")
+            if kind is not str and value < 0:
+                raise ReplayError(f"malformed recording: {where}.{key} is negative")
+            if kind is int and value >= 1 << 63:
+                raise ReplayError(f"malformed recording: {where}.{key} is wider than 63 bits")
+            checked[key] = value
+        out.append(checked)
+    return {"rows": out}
+
+
 def global_rows(rows: list[Any]) -> list[dict[str, Any]]:
     """The recorded global variables, checked: at most :data:`.format.MAX_GLOBALS` rows of
     exactly name, section, c_type and value, each name once."""
