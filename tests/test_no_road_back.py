@@ -218,8 +218,11 @@ def test_kernel_environment_is_the_allowlist(server):
         "XDG_CACHE_HOME": f"{home}/.cache", "XDG_CONFIG_HOME": f"{home}/.config",
         "XDG_DATA_HOME": f"{home}/.local/share", "XDG_STATE_HOME": f"{home}/.local/state",
         "JPY_PARENT_PID": str(server.process.pid), "JPY_SESSION_NAME": env["JPY_SESSION_NAME"],
+        # the run statistics descriptor the launcher took as root (the one thing of root's)
+        "EBPF_MAGIC_STATS_FD": env["EBPF_MAGIC_STATS_FD"],
     }
     assert env["JPY_SESSION_NAME"].endswith("environment.ipynb")
+    assert env["EBPF_MAGIC_STATS_FD"].isdigit()
 
 
 # Looks for the token (given reversed, so that the cell's own text, kept in IPython's
