@@ -323,3 +323,28 @@ def ioctl(fd: int, request: int, arg: int = 0) -> int:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
     return ret
+
+
+BPF_PROG_LOAD = 5
+
+
+class _ProgLoadAttr(ctypes.Structure):
+    _fields_ = [("prog_type", ctypes.c_uint32), ("insn_cnt", ctypes.c_uint32),
+                ("insns", ctypes.c_uint64), ("license", ctypes.c_uint64),
+                ("log_level", ctypes.c_uint32), ("log_size", ctypes.c_uint32),
+                ("log_buf", ctypes.c_uint64), ("kern_version", ctypes.c_uint32),
+                ("prog_flags", ctypes.c_uint32), ("prog_name", ctypes.c_char * 16)]
+
+
+def prog_load(prog_type: int, insns: bytes, license: str, kern_version: int = 0,
+              name: str = "") -> int:
+    """BPF_PROG_LOAD of raw instructions; return the program's descriptor.
+
+    :class:`OSError` when the kernel refuses it (without the verifier's log).
+    """
+    code = ctypes.create_string_buffer(insns, len(insns))
+    text = ctypes.create_string_buffer(license.encode())
+    return bpf(BPF_PROG_LOAD, _ProgLoadAttr(
+        prog_type=prog_type, insn_cnt=len(insns) // 8, insns=ctypes.addressof(code),
+        license=ctypes.addressof(text), kern_version=kern_version,
+        prog_name=name.encode()[:15]))

@@ -112,12 +112,12 @@ def merged_tree(arch: Path, common: Path | None) -> Path:
     """A symlink tree of ``common`` overlaid with ``arch``, built once.
 
     A complete tree in this process's cache or in :data:`.cache.SYSTEM_CACHE` is
-    used as it is; otherwise one is built in :func:`.cache.cache_dir`, readable by
-    all users.
+    used as it is (where nobody else could have written it, :func:`.cache.trusted`);
+    otherwise one is built in :func:`.cache.cache_dir`, readable by all users.
     """
     target = cache.cache_dir() / "headers" / arch.name
     for built in (target, cache.SYSTEM_CACHE / "headers" / arch.name):
-        if (built / STAMP).exists():
+        if (built / STAMP).exists() and cache.trusted(built):
             return built
     target.parent.mkdir(parents=True, exist_ok=True)
     if os.geteuid() == 0:  # the eBPF kernel's user must reach root's tree
