@@ -3,6 +3,7 @@ and programs compiled against it doing exactly what they do against the whole he
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -183,3 +184,84 @@ def test_every_struct_alone(tmp_path):
         cell = f"{t} v;\n"
         done = _syntax(tmp_path, index.header({t}), cell, *typesubset.STRICT)
         assert done.returncode == 0, (t, done.stderr[-1000:])
+
+
+# -- the same program either way: the kernel's view of the loaded instructions ---------------
+
+BCC_TASK = """\
+#include <linux/sched.h>
+struct reading { u32 tgid; u32 parent; u64 start; char comm[TASK_COMM_LEN]; };
+BPF_PERF_OUTPUT(readings);
+BPF_HASH(counts, u32, u64);
+TRACEPOINT_PROBE(sched, sched_process_exec) {
+    struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+    struct reading r = {};
+    r.tgid = task->tgid;
+    r.parent = task->real_parent->tgid;
+    r.start = task->mm->arg_start;
+    bpf_get_current_comm(&r.comm, sizeof(r.comm));
+    readings.perf_submit(args, &r, sizeof(r));
+    counts.increment(r.tgid);
+    return 0;
+}
+"""
+
+LIBBPF_TASK = """\
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+struct { __uint(type, BPF_MAP_TYPE_RINGBUF); __uint(max_entries, 4096); } out SEC(".maps");
+SEC("tp_btf/sched_process_exec")
+int on_exec(u64 *ctx)
+{
+    struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+    struct { u32 tgid; u32 parent; u64 start; } *r = bpf_ringbuf_reserve(&out, sizeof(*r), 0);
+    if (!r)
+        return 0;
+    r->tgid = BPF_CORE_READ(task, tgid);
+    r->parent = BPF_CORE_READ(task, real_parent, tgid);
+    r->start = BPF_CORE_READ(task, mm, arg_start);
+    bpf_ringbuf_submit(r, 0);
+    return 0;
+}
+"""
+
+
+def _xlated(prog) -> dict[str, str]:
+    """The kernel's translation of each loaded program, map ids left out."""
+    from ebpf_magic.kernel import sysbpf
+
+    from conftest import bpftool_json
+
+    out = {}
+    for name, fd in prog._compiled.program_fds().items():
+        [dump] = [bpftool_json("prog", "dump", "xlated", "id", str(sysbpf.prog_info(fd).id))]
+        out[name] = re.sub(r"map\[id:\d+\]", "map", json.dumps(dump))
+    return out
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("backend", ["bcc", "libbpf"])
+def test_a_cell_compiled_against_the_cut_is_the_cell_compiled_against_all(backend, monkeypatch,
+                                                                          tmp_path, no_leaks):
+    from ebpf_magic.backend import libbpf
+    from ebpf_magic.backend.bcc import headers
+    from ebpf_magic.backend.bcc import program as bcc_program
+    from ebpf_magic.backend.libbpf import _compile
+    from ebpf_magic.internal import cache
+    from ebpf_magic.program import Program
+
+    if backend == "libbpf" and not libbpf.available()[0]:
+        pytest.skip(libbpf.available()[1])
+    if backend == "bcc" and headers.ensure().source != headers.BTF_SOURCE:
+        pytest.skip("BCC compiles against the kernel's own headers here, not BTF types")
+    monkeypatch.setattr(cache, "ENABLED", False)
+    cell = BCC_TASK if backend == "bcc" else LIBBPF_TASK
+    kept = []
+    for cut in (True, False):
+        monkeypatch.setattr(bcc_program, "CUT_TYPES", cut)
+        monkeypatch.setattr(_compile, "SUBSET_TRIES", 4 if cut else 0)
+        with Program(cell) as prog:
+            assert prog._compiled.cut == cut
+            kept.append(_xlated(prog))
+    assert kept[0] == kept[1] and kept[0]

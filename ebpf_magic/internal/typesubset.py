@@ -173,6 +173,17 @@ class Index:
         """Those of ``names`` some declaration here defines."""
         return {n for n in names if self._id.get(n) in self._defines}
 
+    def links(self, names: Iterable[str]) -> bool:
+        """Whether a struct or union among ``names`` points to other structs or unions: a
+        compiler describing it in debug information describes those too, and theirs."""
+        for name in names:
+            i = self._id.get(name)
+            if i is not None and i in self._defines and name.startswith(("struct ", "union ")):
+                c = self._defines[i]
+                if set(self._tags[c]) - set(self._needs[c]) - {i}:
+                    return True
+        return False
+
     def seeds(self, text: str) -> set[str]:
         """The names ``text`` uses, with those the bodies of the indexed macros it uses
         name (transitively)."""

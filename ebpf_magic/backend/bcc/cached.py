@@ -55,10 +55,16 @@ def _code() -> str:
     return digest.hexdigest()
 
 
+@functools.cache
+def _libbcc() -> str:
+    """The file libbcc was loaded from in this process."""
+    return next((line.split()[-1] for line in Path("/proc/self/maps").read_text().splitlines()
+                 if "/libbcc.so" in line), "")
+
+
 def _library(bcc: Any) -> str:
     """libbcc as loaded here: its file, size and modification time, and BCC's version."""
-    lib = next((line.split()[-1] for line in Path("/proc/self/maps").read_text().splitlines()
-                if "/libbcc.so" in line), "")
+    lib = _libbcc()
     try:
         info = os.stat(lib)
         return f"{getattr(bcc, '__version__', '')} {lib} {info.st_size} {info.st_mtime_ns}"

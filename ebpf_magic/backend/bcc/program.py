@@ -31,6 +31,9 @@ _PROG_TYPE = {"kprobe": 2, "kretprobe": 2, "uprobe": 2, "uretprobe": 2, "usdt": 
               "rawtracepoint": 17, "kfunc": 26, "kretfunc": 26, "lsm": 29}
 _TRAMPOLINES = (26, 29)  # BPF_PROG_TYPE_TRACING, BPF_PROG_TYPE_LSM
 RELEASE_WAIT = 1.0  # seconds close() waits for detached links to be released
+# Compile against the part of the kernel's types (from BTF) a program needs, as the worker
+# finds it; False: against the whole vmlinux.h (for comparison).
+CUT_TYPES = True
 # compile errors that the distribution's header files may cure where the BTF tree cannot
 _NEEDS_HEADERS = re.compile(r"undeclared identifier|unknown type name|file not found|"
                             r"implicit declaration|incomplete (?:definition|type)|no member named")
@@ -97,7 +100,7 @@ class BccProgram(CompiledProgram):
         specs = [_usdt_spec(p) for p in usdt]
         request = {"op": "compile", "id": key, "source": source, "cflags": list(cflags),
                    "env": dict(os.environ), "usdt": specs}
-        if self.headers.source == headers.BTF_SOURCE:  # compile against the types it needs
+        if CUT_TYPES and self.headers.source == headers.BTF_SOURCE:
             request["types"] = str(self.headers.path)
         if cache.ENABLED and not specs:  # USDT arguments depend on the binaries
             request["cache"] = cached.key(bcc, source, cflags, request["env"])
@@ -124,6 +127,7 @@ class BccProgram(CompiledProgram):
             raise self._failure(reply, filename, line_offset)
         self._id = key
         self.cached = bool(reply.get("cached"))  # from the cache, not compiled now
+        self.cut = bool(reply.get("cut"))  # against the part of vmlinux.h it needs
         self.functions: list[str] = list(reply["functions"])
         self.warnings += undecoded_warnings(reply.get("undecoded", {}), reply.get("events", {}),
                                             self._prepared)

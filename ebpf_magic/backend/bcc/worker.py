@@ -168,6 +168,7 @@ class Compiled:
         self.reply: dict[str, Any] = {}  # its compile's reply
         self.stored: dict[str, Any] | None = None  # the cache entry standing for a compile
         self.held: list[int] = []  # descriptors made from a cache entry
+        self.cut = False  # compiled against a part of vmlinux.h
 
     def compile(self, msg: dict[str, Any]) -> dict[str, Any]:
         os.environ.clear()
@@ -219,15 +220,17 @@ class Compiled:
                      for loc in self._usdt_locations(ctx, spec)]
         undecoded = self._describe()
         return {"ok": True, "functions": functions, "log": before + self.log.text(),
-                "undecoded": undecoded, "events": self.events}
+                "undecoded": undecoded, "events": self.events, "cut": self.cut}
 
     def _build(self, text: bytes, cflags: list[str], tree: str | None):
         """BCC's BPF object: against the part of ``tree``'s vmlinux.h the program needs
         where that compiles, else as the environment says."""
         index = _index(tree) if tree else None
+        self.cut = False
         if index is not None and SUBSET_TRIES:
             bpf = self._build_subset(text, cflags, index, tree)
             if bpf is not None:
+                self.cut = True
                 return bpf
         self.log.mark()
         return self.cls(text=text, cflags=cflags)

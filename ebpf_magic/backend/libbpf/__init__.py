@@ -180,6 +180,7 @@ class LibbpfProgram(CompiledProgram):
         compiled = _compile.compile_cell(source, list(cflags), filename, line_offset)
         self.log = compiled.log
         self.cached = compiled.cached  # from the cache, not compiled now
+        self.cut = compiled.cut  # against the part of vmlinux.h it needs
         self._object = compiled.obj
         self._lost_maps = dict(compiled.lost_maps)
         self._markers = dict(compiled.records)

@@ -101,6 +101,7 @@ class Compiled:
     lost_maps: dict[str, str] = field(default_factory=dict)  # output map -> loss counter
     records: dict[str, str] = field(default_factory=dict)  # record marker -> its map
     cached: bool = False  # taken from the cache, not compiled now
+    cut: bool = False  # compiled against the part of vmlinux.h the cell needs
 
 
 def target_arch() -> str:
@@ -413,19 +414,21 @@ def compile_cell(source: str, cflags: list[str], filename: str = "cell",
             return Compiled(obj, adjusted.text, log, adjusted.notes, adjusted.lost_maps,
                             records, cached=True)
     try:
-        obj, log = _compile_text(adjusted, cflags, cc, vmlinux, filename, line_offset, use_pch)
+        obj, log, cut = _compile_text(adjusted, cflags, cc, vmlinux, filename, line_offset,
+                                      use_pch)
     except CompileError:
         if not adjusted.records:
             raise
         # A record marker clang refused (an unusual size argument): the cell without them.
         # Should that fail too, its errors are the cell's own.
         adjusted = prepare(source, records=False)
-        obj, log = _compile_text(adjusted, cflags, cc, vmlinux, filename, line_offset, use_pch)
+        obj, log, cut = _compile_text(adjusted, cflags, cc, vmlinux, filename, line_offset,
+                                      use_pch)
     if entry is not None:
         cache.store(OBJECTS, entry, cache.pack(
             {"format": OBJECT_FORMAT, "log": log, "records": adjusted.records}, obj))
     return Compiled(obj, adjusted.text, log, adjusted.notes, adjusted.lost_maps,
-                    adjusted.records)
+                    adjusted.records, cut=cut)
 
 
 def _unpack(data: bytes | None) -> tuple[bytes, str, dict[str, str]] | None:
@@ -482,15 +485,20 @@ def _header_files(flags: list[str], vmlinux: Path) -> list[tuple[str, int, int]]
 
 
 def _compile_subset(adjusted: Adjusted, cflags: list[str], cc: str, vmlinux: Path,
-                    filename: str) -> tuple[bytes, str] | None:
+                    filename: str, use_pch: bool) -> tuple[bytes, str] | None:
     """clang's object for ``adjusted`` compiled against the declarations of vmlinux.h the
     cell and libbpf's headers name, and those clang's errors ask for; None where that
-    does not compile (the caller compiles against the whole header)."""
+    does not compile (the caller compiles against the whole header), and for a cell the
+    precompiled header serves as fast: one naming no kernel struct that leads to others
+    (through such a struct clang's debug information describes much of the kernel)."""
     index = types_index(vmlinux)
     if index is None:
         return None
     flags = _base_flags(vmlinux)
-    names = index.seeds(adjusted.text) | _helper_names(tuple(_header_files(flags, vmlinux)))
+    own = index.seeds(adjusted.text)
+    if adjusted.precompiled and use_pch and not index.links(own):
+        return None
+    names = own | _helper_names(tuple(_header_files(flags, vmlinux)))
     includes = ([a for x in ("vmlinux.h", *HELPER_HEADERS) for a in ("-include", x)]
                 if adjusted.include_defaults else [])
     with tempfile.TemporaryDirectory(prefix="ebpf_magic-") as tmp:
@@ -528,17 +536,18 @@ def _helper_names(files: tuple[tuple[str, int, int], ...]) -> frozenset[str]:
 
 
 def _compile_text(adjusted: Adjusted, cflags: list[str], cc: str, vmlinux: Path,
-                  filename: str, line_offset: int, use_pch: bool) -> tuple[bytes, str]:
-    """clang's object for ``adjusted`` and its diagnostics; CompileError if it fails.
+                  filename: str, line_offset: int, use_pch: bool) -> tuple[bytes, str, bool]:
+    """clang's object for ``adjusted``, its diagnostics and whether it was compiled against
+    a part of vmlinux.h; CompileError if it fails.
 
     First against the part of vmlinux.h the cell needs (:func:`_compile_subset`), then,
     where that does not compile, against the whole header, precompiled where it can be.
     """
     text, defaults = adjusted.text, adjusted.include_defaults
     if SUBSET_TRIES and (adjusted.precompiled or defaults):
-        done = _compile_subset(adjusted, cflags, cc, vmlinux, filename)
+        done = _compile_subset(adjusted, cflags, cc, vmlinux, filename, use_pch)
         if done is not None:
-            return done
+            return *done, True
     pch = precompiled(vmlinux, cc) if adjusted.precompiled and use_pch else None
     with tempfile.TemporaryDirectory(prefix="ebpf_magic-") as tmp:
         c_file = Path(tmp) / f"{filename}.c"
@@ -568,7 +577,7 @@ def _compile_text(adjusted: Adjusted, cflags: list[str], cc: str, vmlinux: Path,
                     pch.unlink()
         if done.returncode != 0:
             raise _failure(done.returncode, log, text, c_file.name, filename, line_offset)
-        return o_file.read_bytes(), log
+        return o_file.read_bytes(), log, False
 
 
 def _failure(rc: int, log: str, text: str, c_name: str, filename: str,
