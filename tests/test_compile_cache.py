@@ -333,3 +333,33 @@ def test_a_header_tree_the_account_could_have_written_is_not_used(tmp_path, monk
     assert built == planted and (built / "include" / "linux" / "sched.h").read_text() == \
         "/* real */\n"
     assert os.stat(built).st_uid == 0
+
+
+# -- the precompiled header for a cell that includes vmlinux.h itself ------------------------
+
+INCLUDES = '#include "vmlinux.h"\n#include <bpf/bpf_helpers.h>\n'
+BODY = ('SEC("tracepoint/syscalls/sys_enter_getppid")\n'
+        "int f(void *ctx) { return 0; }\n")
+
+
+def test_the_precompiled_header_stands_for_vmlinux_h_and_libbpf_s_headers_first():
+    def precompiled(cell: str) -> bool:
+        return _compile.prepare(cell).precompiled
+
+    assert precompiled(BODY)  # no includes: the header is included for it
+    assert precompiled("// a comment\n" + INCLUDES + "#include <bpf/usdt.bpf.h>\n" + BODY)
+    assert precompiled('#include <vmlinux.h>\n#include "bpf/bpf_tracing.h"\n' + BODY)
+    # something the headers could depend on comes first, or vmlinux.h is not first
+    assert not precompiled("#define BPF_NO_GLOBAL_DATA\n" + INCLUDES + BODY)
+    assert not precompiled("#include <bpf/bpf_helpers.h>\n#include \"vmlinux.h\"\n" + BODY)
+    assert not precompiled(INCLUDES + "int x;\n#include <bpf/bpf_tracing.h>\n" + BODY)
+    assert not precompiled("#include <linux/bpf.h>\n" + INCLUDES + BODY)
+
+
+@needs_libbpf
+def test_a_cell_clashing_with_a_header_it_did_not_include_still_compiles(objects, monkeypatch):
+    monkeypatch.setattr(_compile, "SUBSET_TRIES", 0)  # the precompiled header, or none
+    # bpf_core_read.h, in the precompiled header, declares this enum too
+    cell = INCLUDES + "enum bpf_field_info_kind { MINE = 1 };\n" + BODY
+    assert _compile.prepare(cell).precompiled
+    assert _compile.compile_cell(cell, []).obj.startswith(b"\x7fELF")
