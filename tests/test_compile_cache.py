@@ -127,30 +127,20 @@ def _expected(rows_of_parent: bool) -> list[tuple]:
 
 
 @pytest.mark.kernel
-def test_bcc_cell_from_the_cache_counts_and_streams_as_compiled(objects, no_leaks, monkeypatch):
-    first = _run(BCC_CELL)
-    second = _run(BCC_CELL)
+@pytest.mark.parametrize("backend", ["bcc", pytest.param("libbpf", marks=needs_libbpf)])
+def test_a_cell_from_the_cache_counts_and_streams_as_compiled(objects, no_leaks, monkeypatch,
+                                                             backend):
+    cell = BCC_CELL if backend == "bcc" else LIBBPF_CELL
+    first = _run(cell)
+    second = _run(cell)
     monkeypatch.setattr(cache, "ENABLED", False)
-    fresh = _run(BCC_CELL)
+    fresh = _run(cell)
     assert (first[0], second[0], fresh[0]) == (False, True, False)
     for _cached, counts, rows in (first, second, fresh):
         assert counts == {os.getpid(): N}
-        assert rows == _expected(False)
-    assert [p.name for p in (objects / cached.KIND).iterdir()] != []
-
-
-@needs_libbpf
-@pytest.mark.kernel
-def test_libbpf_cell_from_the_cache_counts_and_streams_as_compiled(objects, no_leaks,
-                                                                   monkeypatch):
-    first = _run(LIBBPF_CELL)
-    second = _run(LIBBPF_CELL)
-    monkeypatch.setattr(cache, "ENABLED", False)
-    fresh = _run(LIBBPF_CELL)
-    assert (first[0], second[0], fresh[0]) == (False, True, False)
-    for _cached, counts, rows in (first, second, fresh):
-        assert counts == {os.getpid(): N}
-        assert rows == _expected(True)
+        assert rows == _expected(backend == "libbpf")
+    kind = cached.KIND if backend == "bcc" else _compile.OBJECTS
+    assert len(list((objects / kind).iterdir())) == 1
 
 
 # -- what the key is made of -----------------------------------------------------------------
