@@ -353,3 +353,43 @@ def test_a_cell_clashing_with_a_header_it_did_not_include_still_compiles(objects
     cell = INCLUDES + "enum bpf_field_info_kind { MINE = 1 };\n" + BODY
     assert _compile.prepare(cell).precompiled
     assert _compile.compile_cell(cell, []).obj.startswith(b"\x7fELF")
+
+
+# -- the confined kernel's cache is its own ------------------------------------------------
+
+ACCOUNT_SPEC = "ebpf-cache-test"
+
+
+@pytest.mark.kernel
+def test_the_confined_kernel_keeps_its_programs_in_its_own_private_cache():
+    import pwd
+    import sys
+
+    from test_kernelspec import execute, running_kernel
+
+    from ebpf_magic.setup import kernelspec
+
+    if os.geteuid() != 0:
+        pytest.skip("only a kernel started by root changes user")
+    uid, _gid = _account()
+    home = Path(pwd.getpwuid(uid).pw_dir)
+    objects = home / ".cache" / "ebpf_magic" / cache.OBJECTS / cached.KIND
+    before = set(objects.iterdir()) if objects.exists() else set()
+    roots = cache.SYSTEM_CACHE / cache.OBJECTS / cached.KIND
+    roots_before = set(roots.iterdir()) if roots.exists() else set()
+    kernelspec.install(ACCOUNT_SPEC, prefix=sys.prefix)
+    cell = BCC_CELL.replace("PID", "1") + f"// {time.time_ns()}: a cell of its own\n"
+    try:
+        with running_kernel(ACCOUNT_SPEC) as (_, client, _pid):
+            execute(client, "from ebpf_magic.program import Program")
+            run = f"with Program({cell!r}) as p: print(p._compiled.cached)"
+            runs = [execute(client, run).strip() for _ in range(2)]
+    finally:
+        kernelspec.uninstall(ACCOUNT_SPEC, prefix=sys.prefix)
+    assert runs == ["False", "True"]
+    [entry] = set(objects.iterdir()) - before
+    info = entry.stat()
+    assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (uid, 0o600)
+    assert stat.S_IMODE(objects.stat().st_mode) == 0o700
+    assert (set(roots.iterdir()) if roots.exists() else set()) == roots_before
+    entry.unlink()
