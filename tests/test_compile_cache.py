@@ -393,3 +393,19 @@ def test_the_confined_kernel_keeps_its_programs_in_its_own_private_cache():
     assert stat.S_IMODE(objects.stat().st_mode) == 0o700
     assert (set(roots.iterdir()) if roots.exists() else set()) == roots_before
     entry.unlink()
+
+
+@pytest.mark.kernel
+def test_a_kept_bcc_program_the_kernel_refuses_is_compiled_and_kept_anew(objects, no_leaks):
+    assert _run(BCC_CELL)[0] is False
+    [entry] = (objects / cached.KIND).iterdir()
+    meta, _ = cache.unpack(entry.read_bytes())
+    for function in meta["code"]["functions"].values():  # "exit" with r0 never set
+        function["code"] = "95" + "00" * 7
+    entry.write_bytes(cache.pack(meta))
+    entry.chmod(0o600)
+    from_cache, counts, rows = _run(BCC_CELL)
+    assert not from_cache  # refused by the verifier: compiled instead
+    assert counts == {os.getpid(): N} and rows == _expected(False)
+    again = _run(BCC_CELL)  # and kept again, whole
+    assert again == (True, {os.getpid(): N}, _expected(False))

@@ -150,9 +150,14 @@ def entry(code: dict[str, Any], compiled: dict[str, Any], tables: list[dict[str,
 def lookup(key: str) -> dict[str, Any] | None:
     """The entry stored under ``key``, if there, trusted and of this format."""
     found = cache.unpack(cache.lookup(KIND, key))
-    if found is None or found[0].get("format") != FORMAT:
+    if found is None:
         return None
-    return found[0]
+    meta = found[0]
+    shape = {"compiled": dict, "code": dict, "maps": list, "programs": dict}
+    if meta.get("format") != FORMAT or not all(isinstance(meta.get(k), t)
+                                               for k, t in shape.items()):
+        return None
+    return meta
 
 
 def store(key: str, data: bytes) -> None:
@@ -182,7 +187,8 @@ def load(stored: dict[str, Any],
                 struct.pack_into("=i", insns, slot * 8 + 4, maps[table])
             progs[name] = sysbpf.prog_load(kind, bytes(insns), code["license"],
                                            code["kern_version"], programs[name]["name"])
-    except (OSError, KeyError, TypeError, ValueError):
+    except (OSError, KeyError, TypeError, ValueError, IndexError, struct.error):
+        # refused by the kernel, or an entry not as this module writes them
         release(list(progs.values()) + list(maps.values()))
         return None
     return progs, maps

@@ -201,9 +201,14 @@ class Compiled:
             return {**self.stored["compiled"], "ok": True, "cached": True}
         reply = self._compile(text, msg)
         if reply["ok"] and key:
-            self.key, self.reply = key, {k: v for k, v in reply.items() if k != "ok"}
-            self.code = cached.capture(lib, self.bpf.module, [t["name"] for t in self.tables])
+            self._keep(key, reply)
         return reply
+
+    def _keep(self, key: str, reply: dict[str, Any]) -> None:
+        """Have the program stored under ``key`` once it is loaded (see :meth:`load`)."""
+        self.key, self.reply = key, {k: v for k, v in reply.items() if k != "ok"}
+        self.code = cached.capture(self.bcc.libbcc.lib, self.bpf.module,
+                                   [t["name"] for t in self.tables])
 
     def _compile(self, text: bytes, msg: dict[str, Any]) -> dict[str, Any]:
         lib = self.bcc.libbcc.lib
@@ -297,13 +302,15 @@ class Compiled:
             done = self._load_stored(msg)
             if done is not None:
                 return done
-            # the kernel refused what was kept, or other functions are asked for: compile
+            # the kernel refused what was kept, or other functions are asked for: compile,
+            # and keep what this load makes in the entry's place
             self.stored = None
             os.environ.clear()
             os.environ.update(self.request.get("env", {}))
             reply = self._compile(self.text, self.request)
             if not reply["ok"]:
                 return reply, []
+            self._keep(self.request["cache"], reply)
         if self.bpf is None:
             return {"ok": False, "stage": "protocol", "error": "nothing compiled"}, []
         fds: list[int] = []

@@ -53,6 +53,7 @@ from ebpf_magic.internal import cache, typesubset
 from ebpf_magic.internal.ctext import mask_code, matching_paren
 from ebpf_magic.kernel import btf
 from ebpf_magic.kernel import host as kernel
+from ebpf_magic.kernel.btf import elf
 
 BTF_PATH = Path("/sys/kernel/btf/vmlinux")
 TIMEOUT_S = 60.0
@@ -437,7 +438,11 @@ def _unpack(data: bytes | None) -> tuple[bytes, str, dict[str, str]] | None:
     if found is None:
         return None
     meta, obj = found
-    if meta.get("format") != OBJECT_FORMAT or not obj.startswith(b"\x7fELF"):
+    if meta.get("format") != OBJECT_FORMAT:
+        return None
+    try:
+        elf.ELF(obj)  # a whole object (a damaged file is compiled anew)
+    except elf.ELFError:
         return None
     records = meta.get("records")
     if not isinstance(records, dict):
