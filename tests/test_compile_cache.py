@@ -409,3 +409,22 @@ def test_a_kept_bcc_program_the_kernel_refuses_is_compiled_and_kept_anew(objects
     assert counts == {os.getpid(): N} and rows == _expected(False)
     again = _run(BCC_CELL)  # and kept again, whole
     assert again == (True, {os.getpid(): N}, _expected(False))
+
+
+def test_root_makes_no_cache_where_the_account_could_redirect_it(tmp_path, monkeypatch):
+    from ebpf_magic.backend.bcc import headers
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give files away")
+    uid, gid = _account()
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    os.chown(theirs, uid, gid)
+    monkeypatch.setenv("EBPF_MAGIC_CACHE", str(theirs / "cache"))
+    assert not cache.store("kind", "entry", b"x")
+    arch = tmp_path / "src" / "linux-headers-6.1.0-9-amd64"
+    (arch / "include").mkdir(parents=True)
+    monkeypatch.setattr(cache, "SYSTEM_CACHE", tmp_path / "system")
+    with pytest.raises(PermissionError):
+        headers.merged_tree(arch, None)
+    assert list(theirs.iterdir()) == []  # nothing made in it

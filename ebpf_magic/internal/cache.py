@@ -14,6 +14,7 @@ cache is its own.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -74,6 +75,23 @@ def trusted(path: Path | str) -> bool:
         if info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX:
             return False
     return True
+
+
+def make_dirs(path: Path | str, mode: int = 0o755) -> None:
+    """Make directory ``path`` and those missing above it, below an existing directory that
+    is :func:`trusted`: nothing is made (nor written later) where another user could
+    redirect it. :class:`PermissionError` naming the directory otherwise."""
+    path = Path(path)
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    if not trusted(path):
+        raise PermissionError(errno.EACCES, "another user could write there (or above it); "
+                              "a cache must be this user's own", str(path))
+    for d in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(d, mode)
 
 
 def key(*parts: object) -> str:
@@ -167,9 +185,8 @@ def store(kind: str, entry: str, data: bytes) -> bool:
 
 def _private_dirs(folder: Path) -> None:
     """``folder`` and the objects directory above it, made and kept mode 0700."""
-    top = folder.parent
-    for d in (top, folder):
-        d.mkdir(mode=0o700, parents=True, exist_ok=True)
+    make_dirs(folder, 0o700)
+    for d in (folder.parent, folder):
         if os.lstat(d).st_uid == os.geteuid():
             os.chmod(d, 0o700)
 

@@ -107,7 +107,7 @@ def tree(distro: Path) -> Path:
         if (built / STAMP).exists() and cache.trusted(built):
             return built
     bpftool, clang = _tool("bpftool"), _tool("clang")
-    target.parent.mkdir(parents=True, exist_ok=True)
+    cache.make_dirs(target.parent)
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:

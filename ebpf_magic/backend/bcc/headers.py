@@ -119,7 +119,7 @@ def merged_tree(arch: Path, common: Path | None) -> Path:
     for built in (target, cache.SYSTEM_CACHE / "headers" / arch.name):
         if (built / STAMP).exists() and cache.trusted(built):
             return built
-    target.parent.mkdir(parents=True, exist_ok=True)
+    cache.make_dirs(target.parent)
     if os.geteuid() == 0:  # the eBPF kernel's user must reach root's tree
         for p in (target.parent, target.parent.parent):
             p.chmod(0o755)

@@ -298,7 +298,7 @@ def vmlinux_dir() -> Path:
     if tool is None:
         raise BPFError("bpftool is needed to generate vmlinux.h and was not found.",
                        "Install it: apt-get install bpftool")
-    d.mkdir(parents=True, exist_ok=True)
+    cache.make_dirs(d)
     for p in (d, *d.parents):
         if p == cache.cache_dir().parent:
             break
