@@ -131,7 +131,7 @@ def lookup(kind: str, entry: str) -> bytes | None:
     (and while :data:`ENABLED` is False)."""
     if not ENABLED:
         return None
-    folder = objects_dir(kind)
+    folder = Path(os.path.realpath(objects_dir(kind)))  # checked and used as resolved
     path = folder / entry
     if not trusted(folder):
         return None
@@ -163,9 +163,9 @@ def store(kind: str, entry: str, data: bytes) -> bool:
     """
     if not ENABLED:
         return False
-    folder = objects_dir(kind)
     try:
-        _private_dirs(folder)
+        _private_dirs(objects_dir(kind))
+        folder = Path(os.path.realpath(objects_dir(kind)))  # checked and used as resolved
         if not trusted(folder):
             return False
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
