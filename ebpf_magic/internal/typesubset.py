@@ -5,7 +5,8 @@
 a few dozen of those types, so :class:`Index` cuts the header down to them:
 
 * the declarations are bpftool's own text, in bpftool's order (each type before the
-  types that hold it by value); preprocessor lines are all kept;
+  types that hold it by value); preprocessor lines are all kept, with what the
+  declarations among them need (a block of kfunc prototypes, say);
 * a declaration is kept when a kept one holds its type by value, names it as a typedef
   or enum, or when the program's text names it (a tag, a typedef, an enumerator);
 * a struct or union reached only through pointers is declared, not defined, so a program
@@ -113,9 +114,7 @@ class Index:
             spans.append((start, end))
             need: set[int] = set()
             mentioned: set[int] = set()
-            if body.startswith("#") or _FWD.match(body):
-                if body.startswith("#"):
-                    always.append(index)
+            if _FWD.match(body):
                 needs.append([])
                 tags.append([])
                 continue
@@ -133,7 +132,7 @@ class Index:
                         need.add(nid(tag))
                 elif m.group(4) not in _KEYWORDS and m.group(4) not in own:
                     need.add(nid(m.group(4)))
-            if not own:
+            if not own or body.startswith("#"):  # preprocessor lines, and the unknown
                 always.append(index)
             needs.append(sorted(need))
             tags.append(sorted(mentioned))
@@ -199,9 +198,9 @@ class Index:
 
     def header(self, names: Iterable[str]) -> str:
         """vmlinux.h with what ``names`` need, and declarations of the tags it mentions."""
-        keep: set[int] = set(self._always)
-        todo = [self._defines[i] for i in (self._id.get(n) for n in names)
-                if i is not None and i in self._defines]
+        keep: set[int] = set()
+        todo = list(self._always) + [self._defines[i] for i in (self._id.get(n) for n in names)
+                                     if i is not None and i in self._defines]
         while todo:
             c = todo.pop()
             if c in keep:
