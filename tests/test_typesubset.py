@@ -96,6 +96,18 @@ def test_the_cut_keeps_what_is_held_by_value_in_the_header_s_order():
     assert Index.from_json(index.to_json(), HEADER + " ") is None  # another header
 
 
+def test_a_preprocessor_block_is_kept_with_what_it_needs():
+    # as kfunc prototypes are appended to vmlinux.h: one block, inside the include guard
+    block = ("#ifndef KFUNCS\n"
+             "extern int walk(struct task *t, visit_fn fn, enum state s) __attribute__((weak));\n"
+             "#endif")
+    text = HEADER.replace("#endif /* __VMLINUX_H__ */", block + "\n\n#endif /* __VMLINUX_H__ */")
+    cut = Index.build(text).header(set())
+    assert block in cut
+    assert _declared(cut) == ["__u32", "u32", "enum state", "visit_fn"]
+    assert "struct task;\n" in cut and "struct mm;\n" in cut
+
+
 def test_macros_name_what_their_bodies_use():
     macros = "#define TASK_OF(p) ((struct task *)(p))\n#define ME TASK_OF(0)\n#define N 3\n"
     index = Index.build(HEADER, macros)
