@@ -29,7 +29,7 @@ from pathlib import Path
 
 from ebpf_magic.internal.ctext import mask_code
 
-FORMAT = 1
+FORMAT = 2  # of the index: another is built anew
 # Made errors while compiling against a cut header: a missing typedef could otherwise
 # be read as an implicit int or an implicitly declared function.
 STRICT = ("-Werror=implicit-int", "-Werror=implicit-function-declaration")

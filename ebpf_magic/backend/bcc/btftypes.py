@@ -101,7 +101,7 @@ def tree(distro: Path) -> Path:
 
     Raises :class:`Unavailable` without kernel BTF, bpftool or clang.
     """
-    name = f"{FORMAT}-{btf_key()}-{distro.name}"
+    name = f"{FORMAT}.{typesubset.FORMAT}-{btf_key()}-{distro.name}"
     target = cache.cache_dir() / "headers" / name
     for built in (target, cache.SYSTEM_CACHE / "headers" / name):
         if (built / STAMP).exists() and cache.trusted(built):
