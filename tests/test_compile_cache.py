@@ -428,3 +428,31 @@ def test_root_makes_no_cache_where_the_account_could_redirect_it(tmp_path, monke
     with pytest.raises(PermissionError):
         headers.merged_tree(arch, None)
     assert list(theirs.iterdir()) == []  # nothing made in it
+
+
+def test_a_new_worker_removes_what_killed_workers_left_behind():
+    import subprocess
+    import tempfile
+
+    from ebpf_magic.backend.bcc import client, worker
+    from ebpf_magic.backend.bcc.locate import import_bcc
+    from ebpf_magic.errors import BCCNotFoundError
+
+    try:
+        import_bcc()
+    except BCCNotFoundError:
+        pytest.skip("BCC is not installed")
+    gone = subprocess.run(["sh", "-c", "echo $$"], capture_output=True, text=True).stdout.strip()
+    folder = Path(tempfile.gettempdir())
+    dead = folder / f"{worker._TYPES_FILE}{gone}-left.h"
+    alive = folder / f"{worker._TYPES_FILE}{os.getpid()}-in-use.h"
+    for path in (dead, alive):
+        path.write_text("/* a part of vmlinux.h */\n")
+    try:
+        client.worker().close()  # the next request starts a new worker
+        reply, _ = client.worker().request({"op": "ping"})
+        assert reply["ok"]
+        assert not dead.exists() and alive.exists()
+    finally:
+        for path in (dead, alive):
+            path.unlink(missing_ok=True)

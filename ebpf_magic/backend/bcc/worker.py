@@ -36,7 +36,6 @@ import json
 import os
 import re
 import resource
-import shutil
 import signal
 import socket
 import struct
@@ -58,6 +57,7 @@ _PR_SET_PDEATHSIG = 1
 SUBSET_TRIES = 4  # compiles against a part of vmlinux.h before the whole is taken
 LEARNED = "bcc-types"  # cache entries: names BCC's own headers and rewriter need
 MAX_LEARNED = 512
+_TYPES_FILE = "ebpf_magic-vmlinux-"  # + worker pid + "-": the part of vmlinux.h compiled with
 _TRACEPOINT = re.compile(r"\bTRACEPOINT_PROBE\s*\(\s*(\w+)\s*,\s*(\w+)\s*\)|"
                          r"\btracepoint__(\w+?)__(\w+)\s*\(")
 
@@ -249,7 +249,8 @@ class Compiled:
         names = index.seeds(text.decode("utf-8", "replace")) | learned | _tracepoint_names(text)
         found: set[str] = set()
         for _ in range(SUBSET_TRIES):
-            fd, header = tempfile.mkstemp(suffix=".h", prefix="vmlinux-", dir=_types_dir())
+            # this process's own file (0600, sticky /tmp): nobody else can change it
+            fd, header = tempfile.mkstemp(suffix=".h", prefix=f"{_TYPES_FILE}{os.getpid()}-")
             with os.fdopen(fd, "w") as f:
                 f.write(index.header(names))
             self.log.mark()
@@ -501,12 +502,13 @@ def _learn(tree: str, names: set[str]) -> None:
         cache.store(LEARNED, cache.key(LEARNED, tree), cache.pack({"names": sorted(names)}))
 
 
-@functools.cache
-def _types_dir() -> str:
-    """A directory only this process writes, for the parts of vmlinux.h it compiles with."""
-    path = tempfile.mkdtemp(prefix="ebpf_magic-types-")
-    atexit.register(shutil.rmtree, path, ignore_errors=True)
-    return path
+def _sweep() -> None:
+    """Remove the parts of vmlinux.h that workers killed while compiling left behind."""
+    for path in Path(tempfile.gettempdir()).glob(f"{_TYPES_FILE}*.h"):
+        pid = path.name[len(_TYPES_FILE):].split("-", 1)[0]
+        with contextlib.suppress(OSError, ValueError):
+            if path.lstat().st_uid == os.geteuid() and not Path(f"/proc/{int(pid)}").exists():
+                path.unlink()
 
 
 def _tracepoint_names(text: bytes) -> set[str]:
@@ -626,6 +628,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.memory:
         resource.setrlimit(resource.RLIMIT_AS, (args.memory, args.memory))
     sock = socket.socket(fileno=args.fd)
+    _sweep()
     _bcc_class()
     server = Server()
     protocol.send(sock, {"ok": True, "pid": os.getpid()})
