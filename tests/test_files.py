@@ -141,7 +141,8 @@ def test_spill_file_is_written_beside_a_planted_link(tmp_path, victim):
 PRIVATE_WRITERS = {
     ("ebpf_magic/backend/bcc/headers.py", "build"),
     ("ebpf_magic/backend/bcc/btftypes.py", "build"),
-    ("ebpf_magic/backend/libbpf/_compile.py", "compile_cell"),
+    ("ebpf_magic/backend/libbpf/_compile.py", "_compile_text"),
+    ("ebpf_magic/backend/libbpf/_compile.py", "_compile_subset"),
     ("ebpf_magic/setup/kernelspec.py", "build"),
 }
 PATH_WRITERS = {"write_text", "write_bytes"}  # Path methods: always by name

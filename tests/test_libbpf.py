@@ -148,15 +148,19 @@ def test_legacy_map_rewritten_in_place():
     assert ("struct { __uint(type, BPF_MAP_TYPE_PERF_EVENT_ARRAY); __uint(key_size, sizeof(int)); "
             "__uint(value_size, sizeof(u32)); __uint(max_entries, 2); } my_map SEC(\".maps\");"
             in text)
-    # every line of the cell keeps its number; the output call counts its failures
+    # every line of the cell keeps its number; the output call counts its failures, and a
+    # static of the record's type names that type in the object's BTF
     call = "bpf_perf_event_output(ctx, &my_map, FLAGS, &data, sizeof(data))"
     out, seed = text.splitlines()[7:len(SEED.splitlines())], SEED.splitlines()[7:]
     at = next(i for i, line in enumerate(seed) if call in line)
     assert out[:at] + out[at + 1:] == seed[:at] + seed[at + 1:]
-    assert out[at] == (f"\t({{ long __em_r = {call}; if (__em_r) {{ __u32 __em_k = 0; "
+    assert out[at] == ("\t({ static __typeof__(data) __ebpf_magic_rec_0 __attribute__((used, "
+                       f"section(\".ebpf_magic.records\"))); ({{ long __em_r = {call}; "
+                       "if (__em_r) { __u32 __em_k = 0; "
                        "__u64 *__em_v = bpf_map_lookup_elem(&__ebpf_magic_lost_my_map, "
-                       "&__em_k); if (__em_v) (*__em_v)++; } __em_r; });")
+                       "&__em_k); if (__em_v) (*__em_v)++; } __em_r; }); });")
     assert adjusted.lost_maps == {"my_map": "__ebpf_magic_lost_my_map"}
+    assert adjusted.records == {"__ebpf_magic_rec_0": "my_map"}
     assert text.rstrip().endswith('char LICENSE[] SEC("license") = "GPL";')
     other_order = SEED.replace('struct bpf_map_def SEC("maps") my_map',
                                'struct bpf_map_def my_map SEC("maps")')
@@ -626,6 +630,8 @@ def test_vmlinux_cache_and_stale_precompiled_header(tmp_path, monkeypatch):
 
     monkeypatch.setenv("EBPF_MAGIC_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(cache, "SYSTEM_CACHE", tmp_path / "system")
+    monkeypatch.setattr(cache, "ENABLED", False)  # compiled each time
+    monkeypatch.setattr(_compile, "SUBSET_TRIES", 0)  # against the whole vmlinux.h
     cell = SEED.replace("FLAGS", "0")
     first = _compile.compile_cell(cell, [])
     d = _compile.vmlinux_dir()

@@ -6,35 +6,26 @@ comment or a string never matches, and edits the original text at the same offse
 
 from __future__ import annotations
 
+import re
+
+# a comment, or a string or character literal up to its closing quote or the line's end
+_MASKED = re.compile(r"//[^\n]*|/\*[\s\S]*?(?:\*/|\Z)|"
+                     r"(\"|')((?:\\[\s\S]|\\\Z|(?!\1)[^\\\n])*)(\1?)")
+
+
+def _spaces(text: str) -> str:
+    return "\n".join(" " * len(line) for line in text.split("\n"))
+
+
+def _blank(m: re.Match) -> str:
+    if m.group(1) is None:  # a comment: spaces, its new lines kept
+        return _spaces(m.group(0))
+    return m.group(1) + _spaces(m.group(2)) + m.group(3)
+
 
 def mask_code(source: str) -> str:
     """``source`` with comments and string/char literal contents blanked (same length)."""
-    out = list(source)
-    i, n = 0, len(source)
-    while i < n:
-        c = source[i]
-        if source.startswith("//", i):
-            j = source.find("\n", i)
-            j = n if j < 0 else j
-        elif source.startswith("/*", i):
-            j = source.find("*/", i + 2)
-            j = n if j < 0 else j + 2
-        elif c in "\"'":
-            j = i + 1
-            while j < n and source[j] != c and source[j] != "\n":
-                j += 2 if source[j] == "\\" else 1
-            for k in range(i + 1, min(j, n)):
-                out[k] = " "
-            i = j + 1
-            continue
-        else:
-            i += 1
-            continue
-        for k in range(i, j):
-            if out[k] != "\n":
-                out[k] = " "
-        i = j
-    return "".join(out)
+    return _MASKED.sub(_blank, source)
 
 
 def matching_paren(code: str, open_at: int) -> int:

@@ -146,3 +146,16 @@ def identity() -> str:
             text = "all but " + ", ".join(lacking) if lacking else "all"
         parts.append(f"{label}: {text}")
     return "; ".join(parts)
+
+
+def build() -> str:
+    """The running kernel's build, for keys of caches of compiled programs: its release,
+    version string and the hash of its BTF (where it has one)."""
+    from ebpf_magic.kernel import btf
+
+    uname = os.uname()
+    try:
+        types = btf.digest()
+    except OSError:
+        types = "no BTF"
+    return f"{uname.release} {uname.version} {uname.machine} btf:{types}"

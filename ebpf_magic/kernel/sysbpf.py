@@ -399,7 +399,31 @@ class _ProgLoadAttr(ctypes.Structure):
                 ("insns", ctypes.c_uint64), ("license", ctypes.c_uint64),
                 ("log_level", ctypes.c_uint32), ("log_size", ctypes.c_uint32),
                 ("log_buf", ctypes.c_uint64), ("kern_version", ctypes.c_uint32),
-                ("prog_flags", ctypes.c_uint32), ("prog_name", ctypes.c_char * 16)]
+                ("prog_flags", ctypes.c_uint32), ("prog_name", ctypes.c_char * 16),
+                ("prog_ifindex", ctypes.c_uint32), ("expected_attach_type", ctypes.c_uint32)]
+
+
+def prog_load(prog_type: int, insns: bytes, license: str, kern_version: int = 0,
+              name: str = "", expected_attach_type: int = 0, log_size: int = 0) -> int:
+    """BPF_PROG_LOAD of raw instructions; return the program's descriptor.
+
+    :class:`OSError` when the kernel refuses it; with ``log_size`` its message carries
+    the verifier's log (up to that many bytes).
+    """
+    code = ctypes.create_string_buffer(insns, len(insns))
+    text = ctypes.create_string_buffer(license.encode())
+    log = ctypes.create_string_buffer(log_size) if log_size else None
+    attr = _ProgLoadAttr(prog_type=prog_type, insn_cnt=len(insns) // 8,
+                         insns=ctypes.addressof(code), license=ctypes.addressof(text),
+                         kern_version=kern_version, prog_name=name.encode()[:15],
+                         expected_attach_type=expected_attach_type)
+    if log is not None:
+        attr.log_level, attr.log_size, attr.log_buf = 1, log_size, ctypes.addressof(log)
+    try:
+        return bpf(BPF_PROG_LOAD, attr)
+    except OSError as e:
+        said = log.value.decode(errors="replace").strip() if log is not None else ""
+        raise OSError(e.errno, f"{e.strerror}: {said}" if said else e.strerror) from None
 
 
 class _TestRunAttr(ctypes.Structure):
@@ -424,11 +448,7 @@ def load_return_zero(name: str = "") -> int:
     """Load the smallest socket filter, ``return 0``: a program to run with :func:`test_run`."""
     # BPF_MOV64_IMM(BPF_REG_0, 0); BPF_EXIT_INSN(), in this machine's byte order
     code = struct.pack("=BBhi", 0xB7, 0, 0, 0) + struct.pack("=BBhi", 0x95, 0, 0, 0)
-    insns = ctypes.create_string_buffer(code, len(code))
-    license_ = ctypes.create_string_buffer(b"GPL")
-    return bpf(BPF_PROG_LOAD, _ProgLoadAttr(
-        prog_type=1, insn_cnt=2, insns=ctypes.addressof(insns),
-        license=ctypes.addressof(license_), prog_name=name.encode()[:15]))
+    return prog_load(1, code, "GPL", name=name)
 
 
 def test_run(prog_fd: int, data: bytes = bytes(64), repeat: int = 1) -> int:

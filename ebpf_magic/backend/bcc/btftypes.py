@@ -12,24 +12,31 @@ the nearest distribution headers' names and macros but takes every type from the
 * every other header of the distribution tree is there and empty, so each ``#include``
   resolves, and ``include/linux/kconfig.h``, which BCC includes before anything else,
   includes the two files above. Their include guards keep BCC's own copy of
-  ``linux/bpf.h`` from defining its types a second time.
+  ``linux/bpf.h`` from defining its types a second time;
+* ``types.json`` indexes ``vmlinux.h`` and the macros (:class:`~ebpf_magic.internal.
+  typesubset.Index`), so that a program can be compiled against the part of
+  ``vmlinux.h`` it needs: ``kconfig.h`` includes the file the macro :data:`TYPES_MACRO`
+  names in its place.
 
 The tree is built once per kernel BTF and distribution tree, in the cache.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import platform
 import shutil
 import subprocess
 from pathlib import Path
 
-from ebpf_magic.internal import cache, files
+from ebpf_magic.internal import cache, files, typesubset
+from ebpf_magic.kernel import btf
 
 BTF = Path("/sys/kernel/btf/vmlinux")
 STAMP = ".ebpf_magic_complete"
+FORMAT = "btf2"  # how the tree is laid out: a change builds trees anew
+INDEX = "types.json"
+TYPES_MACRO = "__EBPF_MAGIC_TYPES_H"  # a file standing for vmlinux.h (a part of it)
 TIMEOUT = 120.0  # seconds for bpftool or clang
 # What BCC's helpers.h and the tools BCC ships include: their macros are kept.
 INCLUDES = (
@@ -51,7 +58,11 @@ _KCONFIG = """\
 #ifndef __EBPF_MAGIC_BTF_TYPES
 #define __EBPF_MAGIC_BTF_TYPES
 #define BPF_NO_PRESERVE_ACCESS_INDEX
+#ifdef {macro}
+#include {macro}
+#else
 #include "{tree}/vmlinux.h"
+#endif
 #undef BPF_NO_PRESERVE_ACCESS_INDEX
 #include "{tree}/macros.h"
 #endif
@@ -80,7 +91,7 @@ def _tool(name: str) -> str:
 def btf_key() -> str:
     """A short hash of the running kernel's BTF: the tree is rebuilt when it changes."""
     try:
-        return hashlib.sha256(BTF.read_bytes()).hexdigest()[:16]
+        return btf.digest(str(BTF))[:16]
     except OSError as e:
         raise Unavailable(f"the kernel exposes no BTF ({BTF}: {e.strerror})") from None
 
@@ -90,23 +101,27 @@ def tree(distro: Path) -> Path:
 
     Raises :class:`Unavailable` without kernel BTF, bpftool or clang.
     """
-    name = f"btf-{btf_key()}-{distro.name}"
+    name = f"{FORMAT}.{typesubset.FORMAT}-{btf_key()}-{distro.name}"
     target = cache.cache_dir() / "headers" / name
     for built in (target, cache.SYSTEM_CACHE / "headers" / name):
-        if (built / STAMP).exists():
+        if (built / STAMP).exists() and cache.trusted(built):
             return built
     bpftool, clang = _tool("bpftool"), _tool("clang")
-    # the eBPF kernel's user must reach root's tree
+    # made only below a directory no one else may write; the eBPF kernel's user must reach
+    # root's tree
+    cache.make_dirs(target.parent)
     files.make_dirs(target.parent, 0o755, levels=2 if os.geteuid() == 0 else 0)
 
     def build(tmp: Path) -> None:  # a private new directory: plain writes are safe in it
         _mirror_empty(distro, tmp)
-        (tmp / "vmlinux.h").write_bytes(_run([bpftool, "btf", "dump", "file", str(BTF),
-                                              "format", "c"]))
-        (tmp / "macros.h").write_text(macros(clang, distro))
+        types = _run([bpftool, "btf", "dump", "file", str(BTF), "format", "c"])
+        (tmp / "vmlinux.h").write_bytes(types)
+        defines = macros(clang, distro)
+        (tmp / "macros.h").write_text(defines)
+        (tmp / INDEX).write_text(typesubset.Index.build(types.decode(), defines).to_json())
         kconfig = tmp / "include" / "linux" / "kconfig.h"
         kconfig.parent.mkdir(parents=True, exist_ok=True)
-        kconfig.write_text(_KCONFIG.format(tree=target))
+        kconfig.write_text(_KCONFIG.format(tree=target, macro=TYPES_MACRO))
         (tmp / STAMP).write_text(f"{BTF} {btf_key()}\n{distro}\n")
 
     return files.replace_dir(target, build)

@@ -111,14 +111,16 @@ def merged_tree(arch: Path, common: Path | None) -> Path:
     """A symlink tree of ``common`` overlaid with ``arch``, built once.
 
     A complete tree in this process's cache or in :data:`.cache.SYSTEM_CACHE` is
-    used as it is; otherwise one is built in :func:`.cache.cache_dir`, readable by
-    all users.
+    used as it is (where nobody else could have written it, :func:`.cache.trusted`);
+    otherwise one is built in :func:`.cache.cache_dir`, readable by all users.
     """
     target = cache.cache_dir() / "headers" / arch.name
     for built in (target, cache.SYSTEM_CACHE / "headers" / arch.name):
-        if (built / STAMP).exists():
+        if (built / STAMP).exists() and cache.trusted(built):
             return built
-    # the eBPF kernel's user must reach root's tree
+    # made only below a directory no one else may write; the eBPF kernel's user must reach
+    # root's tree
+    cache.make_dirs(target.parent)
     files.make_dirs(target.parent, 0o755, levels=2 if os.geteuid() == 0 else 0)
 
     def build(tmp: Path) -> None:

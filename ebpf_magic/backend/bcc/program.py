@@ -16,10 +16,11 @@ import numpy as np
 
 from ebpf_magic import discover
 from ebpf_magic.backend.base import CompiledProgram, MapHandle
-from ebpf_magic.backend.bcc import client, headers, instrument, protocol
+from ebpf_magic.backend.bcc import cached, client, headers, instrument, protocol
 from ebpf_magic.backend.bcc.diagnostics import compile_failure, load_failure
 from ebpf_magic.backend.bcc.locate import import_bcc
 from ebpf_magic.errors import AttachError, BPFError, HeadersMissingError, NotPrivilegedError
+from ebpf_magic.internal import cache
 from ebpf_magic.kernel import host as kernel
 from ebpf_magic.kernel import link, perfbuf, sysbpf, tracefs
 from ebpf_magic.probes import Probe
@@ -31,6 +32,9 @@ _PROG_TYPE = {"kprobe": 2, "kretprobe": 2, "uprobe": 2, "uretprobe": 2, "usdt": 
               "socket": 1}
 _TRAMPOLINES = (26, 29)  # BPF_PROG_TYPE_TRACING, BPF_PROG_TYPE_LSM
 RELEASE_WAIT = 1.0  # seconds close() waits for detached links to be released
+# Compile against the part of the kernel's types (from BTF) a program needs, as the worker
+# finds it; False: against the whole vmlinux.h (for comparison).
+CUT_TYPES = True
 # compile errors that the distribution's header files may cure where the BTF tree cannot
 _NEEDS_HEADERS = re.compile(r"undeclared identifier|unknown type name|file not found|"
                             r"implicit declaration|incomplete (?:definition|type)|no member named")
@@ -70,7 +74,7 @@ class BccProgram(CompiledProgram):
         if not kernel.has_bpf_rights():
             raise NotPrivilegedError("Not allowed to load BPF programs: " +
                                      kernel.rights_summary(), kernel.rights_hint())
-        import_bcc()  # BCCNotFoundError here names the package to install
+        bcc = import_bcc()  # BCCNotFoundError here names the package to install
         # loss counters, type-describing maps, histogram kinds (see .instrument)
         self._prepared = instrument.prepare(source,
                                             count_perf=not perfbuf.lost_format_supported())
@@ -97,6 +101,10 @@ class BccProgram(CompiledProgram):
         specs = [_usdt_spec(p) for p in usdt]
         request = {"op": "compile", "id": key, "source": source, "cflags": list(cflags),
                    "env": dict(os.environ), "usdt": specs}
+        if CUT_TYPES and self.headers.source == headers.BTF_SOURCE:
+            request["types"] = str(self.headers.path)
+        if cache.ENABLED and not specs:  # USDT arguments depend on the binaries
+            request["cache"] = cached.key(bcc, source, cflags, request["env"])
         reply = self._compile(request)
         first = next((ln for ln in reply.get("log", "").splitlines() if "error:" in ln), "")
         if not reply["ok"] and reply["stage"] == "compile" and \
@@ -104,8 +112,10 @@ class BccProgram(CompiledProgram):
             # Some programs need what only the headers have (an inline function, a macro
             # outside the tree's list): the distribution headers, with their warning. Any
             # other error is the cell's own, and shown as the kernel's own types gave it.
-            retry = self._compile({**request, "env": {
-                **request["env"], "BCC_KERNEL_SOURCE": str(self.headers.fallback)}})
+            env = {**request["env"], "BCC_KERNEL_SOURCE": str(self.headers.fallback)}
+            retry = self._compile({**request, "env": env, "types": None,
+                                   "cache": cached.key(bcc, source, cflags, env)
+                                   if "cache" in request else None})
             if retry["ok"]:
                 reply, self.headers = retry, self.headers.distro()
                 self.warnings.append(
@@ -117,6 +127,8 @@ class BccProgram(CompiledProgram):
         if not reply["ok"]:
             raise self._failure(reply, filename, line_offset)
         self._id = key
+        self.cached = bool(reply.get("cached"))  # from the cache, not compiled now
+        self.cut = bool(reply.get("cut"))  # against the part of vmlinux.h it needs
         self.functions: list[str] = list(reply["functions"])
         self.warnings += undecoded_warnings(reply.get("undecoded", {}), reply.get("events", {}),
                                             self._prepared)
@@ -176,6 +188,7 @@ class BccProgram(CompiledProgram):
         self._events = {n: protocol.dtype_from_json(d) for n, d in reply["events"].items()}
         self._uprobes = reply["uprobes"]
         self._usdt = reply["usdt"]
+        self.cached = bool(reply.get("cached"))
         self._loaded = True
 
     def implied_probes(self) -> list[Probe]:

@@ -7,7 +7,11 @@ Run as ``python -m ebpf_magic.backend.bcc.worker --fd N --parent PID``, by
 ``compile``
     source, cflags, environment and USDT probes -> the C functions, the
     compiler's log and why any map or event type could not be decoded (those are
-    read as raw bytes), or the failure (exception text and log).
+    read as raw bytes), or the failure (exception text and log). With ``types``, the
+    header tree of the kernel's BTF types (:mod:`.btftypes`), the program is compiled
+    first against the part of its ``vmlinux.h`` it needs (:mod:`ebpf_magic.internal.
+    typesubset`). With ``cache``, a key naming everything that makes the program, a
+    program loaded before under that key is not compiled again (:mod:`.cached`).
 ``load``
     functions with their BPF program types, uprobe targets to resolve -> program
     and map descriptors (SCM_RIGHTS) with plain metadata: map names and key/value
@@ -36,15 +40,26 @@ import signal
 import socket
 import struct
 import sys
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ebpf_magic.backend.bcc import protocol
+from ebpf_magic.backend.bcc import cached, protocol
+from ebpf_magic.backend.bcc.btftypes import INDEX, TYPES_MACRO
 from ebpf_magic.backend.bcc.instrument import TYPE_PREFIX, TYPEDEF_PREFIX
 from ebpf_magic.backend.bcc.locate import import_bcc
+from ebpf_magic.internal import cache, typesubset
+from ebpf_magic.kernel import tracefs
 
 _PR_SET_PDEATHSIG = 1
+SUBSET_TRIES = 4  # compiles against a part of vmlinux.h before the whole is taken
+LEARNED = "bcc-types"  # cache entries: names BCC's own headers and rewriter need
+MAX_LEARNED = 512
+_TYPES_FILE = "ebpf_magic-vmlinux-"  # + worker pid + "-": the part of vmlinux.h compiled with
+_TRACEPOINT = re.compile(r"\bTRACEPOINT_PROBE\s*\(\s*(\w+)\s*,\s*(\w+)\s*\)|"
+                         r"\btracepoint__(\w+?)__(\w+)\s*\(")
 
 
 @functools.cache
@@ -146,6 +161,14 @@ class Compiled:
         self.log = log
         self.tables: list[dict[str, Any]] = []
         self.events: dict[str, Any] = {}
+        self.request: dict[str, Any] = {}
+        self.text = b""
+        self.key = ""  # the cache key of a program to keep after its load
+        self.code: dict[str, Any] | None = None  # its instructions (see cached.capture)
+        self.reply: dict[str, Any] = {}  # its compile's reply
+        self.stored: dict[str, Any] | None = None  # the cache entry standing for a compile
+        self.held: list[int] = []  # descriptors made from a cache entry
+        self.cut = False  # compiled against a part of vmlinux.h
 
     def compile(self, msg: dict[str, Any]) -> dict[str, Any]:
         os.environ.clear()
@@ -171,18 +194,84 @@ class Compiled:
                         "shared library with several locations needs a pid)",
                         "log": self.log.text()}
             text = generated + text
+        self.request, self.text = msg, text
+        key = "" if self.contexts else msg.get("cache") or ""
+        self.stored = cached.lookup(key) if key else None
+        if self.stored is not None:  # loaded before: load() makes it from the entry
+            return {**self.stored["compiled"], "ok": True, "cached": True}
+        reply = self._compile(text, msg)
+        if reply["ok"] and key:
+            self._keep(key, reply)
+        return reply
+
+    def _keep(self, key: str, reply: dict[str, Any]) -> None:
+        """Have the program stored under ``key`` once it is loaded (see :meth:`load`)."""
+        self.key, self.reply = key, {k: v for k, v in reply.items() if k != "ok"}
+        self.code = cached.capture(self.bcc.libbcc.lib, self.bpf.module,
+                                   [t["name"] for t in self.tables])
+
+    def _compile(self, text: bytes, msg: dict[str, Any]) -> dict[str, Any]:
+        lib = self.bcc.libbcc.lib
+        before = self.log.text()
         try:
-            self.bpf = self.cls(text=text, cflags=list(msg["cflags"]))
+            self.bpf = self._build(text, list(msg["cflags"]), msg.get("types"))
         except Exception as e:
             self.drop()
-            return {"ok": False, "stage": "compile", "error": str(e), "log": self.log.text()}
+            return {"ok": False, "stage": "compile", "error": str(e),
+                    "log": before + self.log.text()}
         functions = [lib.bpf_function_name(self.bpf.module, i).decode()
                      for i in range(lib.bpf_num_functions(self.bpf.module))]
         self.usdt = [loc for ctx, spec in zip(self.contexts, msg.get("usdt", []), strict=True)
                      for loc in self._usdt_locations(ctx, spec)]
         undecoded = self._describe()
-        return {"ok": True, "functions": functions, "log": self.log.text(),
-                "undecoded": undecoded, "events": self.events}
+        return {"ok": True, "functions": functions, "log": before + self.log.text(),
+                "undecoded": undecoded, "events": self.events, "cut": self.cut}
+
+    def _build(self, text: bytes, cflags: list[str], tree: str | None):
+        """BCC's BPF object: against the part of ``tree``'s vmlinux.h the program needs
+        where that compiles, else as the environment says."""
+        index = _index(tree) if tree else None
+        self.cut = False
+        if index is not None and SUBSET_TRIES:
+            bpf = self._build_subset(text, cflags, index, tree)
+            if bpf is not None:
+                self.cut = True
+                return bpf
+        self.log.mark()
+        return self.cls(text=text, cflags=cflags)
+
+    def _build_subset(self, text: bytes, cflags: list[str], index: typesubset.Index,
+                      tree: str):
+        """BCC's BPF object compiled against the declarations of vmlinux.h the program,
+        BCC's headers (as learned before) and the compiler's errors name; None where it
+        does not compile so."""
+        learned = _learned(tree)
+        names = index.seeds(text.decode("utf-8", "replace")) | learned | _tracepoint_names(text)
+        found: set[str] = set()
+        for _ in range(SUBSET_TRIES):
+            # this process's own file (0600, sticky /tmp): nobody else can change it
+            fd, header = tempfile.mkstemp(suffix=".h", prefix=f"{_TYPES_FILE}{os.getpid()}-")
+            with os.fdopen(fd, "w") as f:
+                f.write(index.header(names))
+            self.log.mark()
+            try:
+                bpf = self.cls(text=text, cflags=[*cflags, *typesubset.STRICT,
+                                                  f'-D{TYPES_MACRO}="{header}"'])
+            except Exception:
+                wanted = index.known(typesubset.missing(self.log.text())) - names
+                if not wanted:
+                    return None
+                names |= wanted
+                found |= wanted
+                continue
+            finally:
+                os.unlink(header)
+            # declarations BCC's headers would have warned about: there the next time
+            found |= index.known(typesubset.missing(self.log.text())) - names
+            if found - learned:
+                _learn(tree, learned | found)
+            return bpf
+        return None
 
     def _usdt_context(self, spec: dict[str, Any]):
         ctx = self.bcc.USDT(path=spec["path"], pid=spec["pid"]) if spec["pid"] else \
@@ -210,6 +299,19 @@ class Compiled:
         return out
 
     def load(self, msg: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
+        if self.stored is not None:
+            done = self._load_stored(msg)
+            if done is not None:
+                return done
+            # the kernel refused what was kept, or other functions are asked for: compile,
+            # and keep what this load makes in the entry's place
+            self.stored = None
+            os.environ.clear()
+            os.environ.update(self.request.get("env", {}))
+            reply = self._compile(self.text, self.request)
+            if not reply["ok"]:
+                return reply, []
+            self._keep(self.request["cache"], reply)
         if self.bpf is None:
             return {"ok": False, "stage": "protocol", "error": "nothing compiled"}, []
         fds: list[int] = []
@@ -223,6 +325,27 @@ class Compiled:
                 continue
             programs[name] = len(fds)
             fds.append(fn.fd)
+        uprobes = self._uprobes(msg)
+        maps = []
+        table_fds = {}
+        for table in self.tables:
+            fd = self.bcc.libbcc.lib.bpf_table_fd(self.bpf.module, table["name"].encode())
+            if fd >= 0:
+                maps.append({**table, "fd": len(fds)})
+                fds.append(fd)
+                table_fds[table["name"]] = fd
+        if self.code is not None and not failed and len(table_fds) == len(self.tables):
+            kept = cached.entry(self.code, self.reply, self.tables, table_fds,
+                                {name: (kind, fds[programs[name]])
+                                 for name, kind in msg["functions"]})
+            if kept is not None:
+                cached.store(self.key, kept)
+        return {"ok": True, "programs": programs, "failed": failed, "maps": maps,
+                "events": self.events, "uprobes": uprobes, "usdt": self.usdt,
+                "cached": False}, fds
+
+    def _uprobes(self, msg: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        """Where each uprobe of the load request goes: path and offset, or why not."""
         uprobes = {}
         for key, (path, symbol, pid) in msg.get("uprobes", {}).items():
             self.log.mark()
@@ -231,14 +354,29 @@ class Compiled:
                 uprobes[key] = {"path": resolved.decode(), "offset": offset}
             except Exception as e:
                 uprobes[key] = {"error": str(e), "log": self.log.text()}
-        maps = []
-        for table in self.tables:
-            fd = self.bcc.libbcc.lib.bpf_table_fd(self.bpf.module, table["name"].encode())
-            if fd >= 0:
-                maps.append({**table, "fd": len(fds)})
-                fds.append(fd)
-        return {"ok": True, "programs": programs, "failed": failed, "maps": maps,
-                "events": self.events, "uprobes": uprobes, "usdt": self.usdt}, fds
+        return uprobes
+
+    def _load_stored(self, msg: dict[str, Any]) -> tuple[dict[str, Any], list[int]] | None:
+        """The load reply made from the cache entry, or None where it cannot serve."""
+        assert self.stored is not None
+        made = cached.load(self.stored, [(name, kind) for name, kind in msg["functions"]])
+        if made is None:
+            return None
+        progs, maps = made
+        self.held = list(progs.values()) + list(maps.values())
+        fds: list[int] = []
+        programs = {}
+        for name, fd in progs.items():
+            programs[name] = len(fds)
+            fds.append(fd)
+        described = []
+        for m in self.stored["maps"]:
+            described.append({"name": m["name"], "key": m["key"], "value": m["value"],
+                              "fd": len(fds)})
+            fds.append(maps[m["name"]])
+        return {"ok": True, "programs": programs, "failed": {}, "maps": described,
+                "events": self.stored["compiled"]["events"], "uprobes": self._uprobes(msg),
+                "usdt": [], "cached": True}, fds
 
     def _describe(self) -> dict[str, dict[str, str]]:
         """Learn each table's key/value dtypes and each stream's record dtype.
@@ -333,12 +471,55 @@ class Compiled:
 
     def drop(self) -> None:
         """Release the BPF object and USDT contexts: close this process's descriptors."""
+        held, self.held = self.held, []
+        cached.release(held)
         if self.bpf is not None:
             self.bpf.cleanup()
             atexit.unregister(self.bpf.cleanup)
             self.bpf = None
         self.contexts.clear()
         self.usdt = []
+
+
+@functools.cache
+def _index(tree: str) -> typesubset.Index | None:
+    """The index of the header tree ``tree`` (see :mod:`.btftypes`), if it has a usable one."""
+    path = Path(tree)
+    if not cache.trusted(path / INDEX) or not cache.trusted(path / "vmlinux.h"):
+        return None
+    return typesubset.Index.load(path / INDEX, path / "vmlinux.h")
+
+
+def _learned(tree: str) -> set[str]:
+    """The names compiles against ``tree`` needed before beyond their own text."""
+    found = cache.unpack(cache.lookup(LEARNED, cache.key(LEARNED, tree)))
+    names = found[0].get("names") if found is not None else None
+    return {str(n) for n in names} if isinstance(names, list) else set()
+
+
+def _learn(tree: str, names: set[str]) -> None:
+    if len(names) <= MAX_LEARNED:
+        cache.store(LEARNED, cache.key(LEARNED, tree), cache.pack({"names": sorted(names)}))
+
+
+def _sweep() -> None:
+    """Remove the parts of vmlinux.h that workers killed while compiling left behind."""
+    for path in Path(tempfile.gettempdir()).glob(f"{_TYPES_FILE}*.h"):
+        pid = path.name[len(_TYPES_FILE):].split("-", 1)[0]
+        with contextlib.suppress(OSError, ValueError):
+            if path.lstat().st_uid == os.geteuid() and not Path(f"/proc/{int(pid)}").exists():
+                path.unlink()
+
+
+def _tracepoint_names(text: bytes) -> set[str]:
+    """The names the fields of the tracepoints ``TRACEPOINT_PROBE`` reads use: BCC declares
+    their argument struct from the tracepoint's format."""
+    out: set[str] = set()
+    for m in _TRACEPOINT.finditer(text.decode("utf-8", "replace")):
+        category, name = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))
+        with contextlib.suppress(OSError):
+            out |= typesubset.names_in(tracefs.tracepoint_format(category, name))
+    return out
 
 
 def _as_dtype(ctype: Any) -> tuple[np.dtype | None, str]:
@@ -447,6 +628,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.memory:
         resource.setrlimit(resource.RLIMIT_AS, (args.memory, args.memory))
     sock = socket.socket(fileno=args.fd)
+    _sweep()
     _bcc_class()
     server = Server()
     protocol.send(sock, {"ok": True, "pid": os.getpid()})

@@ -37,7 +37,7 @@ from ebpf_magic.backend.base import (
     MapHandle,
     encode_globals,
 )
-from ebpf_magic.backend.libbpf import _compile, _lib, _mapsizes, _select, _source
+from ebpf_magic.backend.libbpf import _compile, _lib, _mapsizes, _records, _select, _source
 from ebpf_magic.errors import AttachError, BPFError, NotPrivilegedError, VerifierError
 from ebpf_magic.kernel import btf, kallsyms, sysbpf, tracefs
 from ebpf_magic.kernel import host as kernel
@@ -235,8 +235,12 @@ class LibbpfProgram(CompiledProgram):
         """
         compiled = _compile.compile_cell(self._source, cflags, filename, line_offset)
         self.log = compiled.log
+        self.cached = compiled.cached  # from the cache, not compiled now
+        self.cut = compiled.cut  # against the part of vmlinux.h it needs
         self._object = compiled.obj
         self._lost_maps = dict(compiled.lost_maps)
+        self._markers = dict(compiled.records)
+        self._marked: dict[str, list] | None = None
         self._buf = ct.create_string_buffer(compiled.obj, len(compiled.obj))
         kernel_facts = _kernel_facts()
         excluded: dict | None = None
@@ -608,11 +612,21 @@ class LibbpfProgram(CompiledProgram):
         return btf.Spec.parse(ct.string_at(raw, size.value)) if raw else None
 
     def event_dtype(self, map_name: str) -> np.dtype | None:
-        """The type the source submits to ``map_name``, from the object's DWARF.
+        """The type the source submits to ``map_name``, from the object's own BTF.
 
-        Records are often structs declared inside the function, which only
-        the DWARF from ``-g`` describes.
+        Records are often structs declared inside the function, which clang's
+        BTF leaves out: each submission's marker (see :mod:`._records`) names its
+        record's type there. None where the submissions disagree or the type is not a
+        struct. Submissions without a marker (a call inside a macro) are looked up by
+        name in the object's DWARF.
         """
+        if self._marked is None:
+            self._marked = _records.record_types(self._btf(), self._markers)
+        marked = self._marked.get(map_name)
+        if marked:
+            first = marked[0]
+            same = all(d is not None and d == first for d in marked)
+            return first if same and first.names else None
         ctype = self._records.get(map_name)
         return self._c_dtype(ctype) if ctype is not None else None
 

@@ -20,12 +20,21 @@ Before compiling, the source is adjusted without moving any line:
   ``bpf_perf_event_output(ctx, &NAME, ...)`` call counts its failures there
   (a full buffer; another CPU's perf slot), so every event is received or
   counted as lost;
-* no license section: ``char LICENSE[] SEC("license") = "GPL";`` is appended.
+* no license section: ``char LICENSE[] SEC("license") = "GPL";`` is appended;
+* each submission to a perf or ring buffer gets a marker naming the record's type in
+  the object's BTF (see :mod:`._records`).
+
+A cell whose includes are vmlinux.h followed by libbpf's headers, before anything else,
+is compiled with the precompiled header too: it already holds them all. Compiled objects
+are kept in this user's cache (:func:`ebpf_magic.internal.cache.lookup`), keyed by the
+text clang compiles, its flags, clang, the headers and the kernel, so an unchanged cell
+is not compiled again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import platform
@@ -39,11 +48,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ebpf_magic import suggest
-from ebpf_magic.backend.libbpf import _headers, _lib
+from ebpf_magic.backend.libbpf import _headers, _lib, _records
 from ebpf_magic.errors import BPFError, CompileError
-from ebpf_magic.internal import cache, files
+from ebpf_magic.internal import cache, files, typesubset
 from ebpf_magic.internal.ctext import mask_code, matching_paren
 from ebpf_magic.kernel import btf
+from ebpf_magic.kernel import host as kernel
+from ebpf_magic.kernel.btf import elf
 
 BTF_PATH = Path("/sys/kernel/btf/vmlinux")
 TIMEOUT_S = 60.0
@@ -51,6 +62,10 @@ VMLINUX_FORMAT = "-k1"  # vmlinux.h = bpftool's output + kfunc prototypes (see _
 LOST_PREFIX = "__ebpf_magic_lost_"  # a ring buffer's hidden loss counter: this + its name
 HELPER_HEADERS = ("bpf/bpf_helpers.h", "bpf/bpf_tracing.h", "bpf/bpf_core_read.h",
                   "bpf/bpf_endian.h")
+OBJECTS = "libbpf"  # the kind of cache entry a compiled cell is
+TYPES_INDEX = "types.json"  # beside vmlinux.h: what its declarations define and need
+SUBSET_TRIES = 4  # compiles against a part of vmlinux.h before the whole is taken
+OBJECT_FORMAT = 1  # of a cache entry; a change makes every earlier entry a miss
 _ARCH = {"x86_64": "x86", "aarch64": "arm64", "arm64": "arm64", "s390x": "s390",
          "ppc64le": "powerpc", "riscv64": "riscv", "loongarch64": "loongarch"}
 _LEGACY_MAP = re.compile(r"\bstruct\s+bpf_map_def\s+(?:SEC\s*\(\s*\"maps\"\s*\)\s*(\w+)|"
@@ -68,6 +83,9 @@ _INCLUDE = re.compile(r"^[ \t]*#[ \t]*include[ \t]*[<\"]([^>\"]+)[>\"].*$", re.M
 _KERNEL_HEADER = re.compile(r"^(?:uapi/)?(?:linux|asm|asm-generic)/[\w/.-]+\.h$")
 _DIAG = re.compile(r"^(?P<file>[^:\n]+):(?P<line>\d+):(?P<col>\d+): (?P<sev>error|warning|fatal "
                    r"error): (?P<msg>.*)$")
+# a diagnostic located in one of the precompiled headers
+_HEADER_AT = re.compile(r"(?:^|/)(?:vmlinux|bpf_helpers|bpf_tracing|bpf_core_read|bpf_endian)"
+                        r"\.h:\d+:", re.M)
 _REDEFINED = re.compile(r"error: (?:redefinition of|typedef redefinition with different types) "
                         r"'(\w+)")
 MAX_ERRORS = 6
@@ -84,6 +102,9 @@ class Compiled:
     log: str
     notes: list[str] = field(default_factory=list)  # what was assumed or left out
     lost_maps: dict[str, str] = field(default_factory=dict)  # output map -> loss counter
+    records: dict[str, str] = field(default_factory=dict)  # record marker -> its map
+    cached: bool = False  # taken from the cache, not compiled now
+    cut: bool = False  # compiled against the part of vmlinux.h the cell needs
 
 
 def target_arch() -> str:
@@ -109,10 +130,16 @@ class Adjusted:
     notes: list[str]  # what the user should know about the changes
     include_defaults: bool  # the cell has no #include: add vmlinux.h and libbpf's headers
     lost_maps: dict[str, str]  # output map -> its hidden loss counter
+    records: dict[str, str] = field(default_factory=dict)  # record marker -> its map
+    # the precompiled header (vmlinux.h and libbpf's headers) can stand for the includes
+    precompiled: bool = False
 
 
-def prepare(source: str) -> Adjusted:
-    """Adjust ``source`` as the module doc says, keeping every line where it was."""
+def prepare(source: str, records: bool = True) -> Adjusted:
+    """Adjust ``source`` as the module doc says, keeping every line where it was.
+
+    ``records=False`` leaves the record markers out.
+    """
     code = mask_code(source)
     edits = []
     for m in _LEGACY_MAP.finditer(source):
@@ -139,11 +166,28 @@ def prepare(source: str) -> Adjusted:
             notes.append(f"{', '.join(f'<{m.group(1)}>' for m in dropped)} left out: vmlinux.h, "
                          "generated from the running kernel, has those types")
     text = _apply(source, edits)
+    markers: dict[str, str] = {}
+    if records:
+        text, markers = _records.mark(text)
     text, lost_maps = _count_losses(text)
     if not any(code[m.start()] == "S" for m in _LICENSE.finditer(source)):
         text += "\nchar LICENSE[] SEC(\"license\") = \"GPL\";\n"
         notes.append(LICENSE_NOTE)
-    return Adjusted(text, notes, defaults, lost_maps)
+    return Adjusted(text, notes, defaults, lost_maps, markers,
+                    defaults or _precompiled_includes(code, includes))
+
+
+def _precompiled_includes(code: str, includes: list[re.Match]) -> bool:
+    """Whether the cell begins with ``#include "vmlinux.h"`` and then libbpf's headers
+    (any of :data:`HELPER_HEADERS`), with nothing else before the last of them: the
+    precompiled header, which includes them all first, then means the same."""
+    ours = [m for m in includes if m.group(1) in ("vmlinux.h", *HELPER_HEADERS)]
+    if not ours or ours[0].group(1) != "vmlinux.h":
+        return False
+    before = list(code[:ours[-1].end()])
+    for m in ours:
+        before[m.start():m.end()] = " " * (m.end() - m.start())
+    return not "".join(before).strip()
 
 
 def _apply(text: str, edits: list[tuple[int, int, str]]) -> str:
@@ -204,7 +248,7 @@ def _count_losses(text: str) -> tuple[str, dict[str, str]]:
 
 def _btf_hash() -> str:
     """The cache key of the kernel's types: its BTF's hash and how vmlinux.h is made from it."""
-    return hashlib.sha256(BTF_PATH.read_bytes()).hexdigest()[:16] + VMLINUX_FORMAT
+    return btf.digest(str(BTF_PATH))[:16] + VMLINUX_FORMAT
 
 
 def cached_vmlinux() -> Path | None:
@@ -213,8 +257,9 @@ def cached_vmlinux() -> Path | None:
         return None
     key = _btf_hash()
     for base in dict.fromkeys((cache.cache_dir(), cache.SYSTEM_CACHE)):
-        if (base / "vmlinux" / key / "vmlinux.h").exists():  # root's cache serves all users
-            return base / "vmlinux" / key / "vmlinux.h"
+        header = base / "vmlinux" / key / "vmlinux.h"
+        if header.exists() and cache.trusted(header):  # root's cache serves all users
+            return header
     return None
 
 
@@ -242,15 +287,59 @@ def vmlinux_dir() -> Path:
     if tool is None:
         raise BPFError("bpftool is needed to generate vmlinux.h and was not found.",
                        "Install it: apt-get install bpftool")
-    # readable by every user: the kernel may run as another
+    # made only below a directory no one else may write, readable by every user: the
+    # kernel may run as another
+    cache.make_dirs(d)
     files.make_dirs(d, 0o755, levels=3)  # d, vmlinux/ and the cache
     out = subprocess.run([tool, "btf", "dump", "file", str(BTF_PATH), "format", "c"],
                          capture_output=True, timeout=TIMEOUT_S)
     if out.returncode != 0:
         raise BPFError("bpftool could not turn the kernel's BTF into vmlinux.h: "
                        + out.stderr.decode(errors="replace").strip()[-500:])
-    files.write(header, _headers.with_kfuncs(out.stdout, btf.vmlinux(str(BTF_PATH))))
+    text = _headers.with_kfuncs(out.stdout, btf.vmlinux(str(BTF_PATH)))
+    files.write(header, text)
+    with contextlib.suppress(OSError):
+        files.write(d / TYPES_INDEX, typesubset.Index.build(text.decode()).to_json())
     return d
+
+
+def types_index(vmlinux: Path) -> typesubset.Index | None:
+    """The index of ``vmlinux``'s vmlinux.h (see :mod:`ebpf_magic.internal.typesubset`):
+    the one beside it, else this user's own; built once (0.5 s) where neither is there.
+    None if the header cannot be read."""
+    header = vmlinux / "vmlinux.h"
+    try:
+        info = header.stat()
+    except OSError:
+        return None
+    return _types_index(header, info.st_size, info.st_mtime_ns)
+
+
+@functools.cache
+def _types_index(header: Path, size: int, mtime: int) -> typesubset.Index | None:
+    beside = header.parent / TYPES_INDEX
+    if cache.trusted(beside):
+        found = typesubset.Index.load(beside, header)
+        if found is not None:
+            return found
+    entry = cache.key(TYPES_INDEX, str(header), size, mtime, typesubset.FORMAT)
+    try:
+        text = header.read_text()
+    except OSError:
+        return None
+    stored = cache.lookup(TYPES_INDEX, entry)
+    if stored is not None:
+        found = typesubset.Index.from_json(stored.decode(), text)
+        if found is not None:
+            return found
+    index = typesubset.Index.build(text)
+    try:  # beside vmlinux.h for every user where this user made that directory
+        if os.stat(beside.parent).st_uid != os.geteuid():
+            raise PermissionError
+        files.write(beside, index.to_json())
+    except OSError:
+        cache.store(TYPES_INDEX, entry, index.to_json().encode())
+    return index
 
 
 def _base_flags(vmlinux: Path) -> list[str]:
@@ -277,7 +366,7 @@ def _precompiled(vmlinux: Path, cc: str) -> Path | None:
                    for x in ("vmlinux.h", *HELPER_HEADERS))
     key = hashlib.sha256("\0".join([cc, *_base_flags(vmlinux), text]).encode()).hexdigest()[:8]
     pch = vmlinux / f"defaults-{key}.pch"
-    if pch.exists():
+    if pch.exists() and cache.trusted(pch):
         return pch
     h = vmlinux / f"defaults-{key}.h"  # the precompiled header names it: it stays beside it
     if not h.exists():
@@ -293,20 +382,167 @@ def _precompiled(vmlinux: Path, cc: str) -> Path | None:
 
 
 def compile_cell(source: str, cflags: list[str], filename: str = "cell",
-                 line_offset: int = 0, use_pch: bool = True) -> Compiled:
+                 line_offset: int = 0, use_pch: bool = True, use_cache: bool = True) -> Compiled:
     """Compile ``source`` to a BPF object; raise CompileError naming the cell's lines.
 
     ``use_pch=False`` parses the default headers as text instead of using the
     precompiled header (for comparison; both give the same object).
+    ``use_cache=False`` compiles even where this user's cache holds the object, and
+    leaves the cache as it was.
     """
     cc = clang()
     if cc is None:
         raise CompileError("clang is needed to compile libbpf programs and was not found.",
                            "Install it: apt-get install clang libbpf-dev")
     adjusted = prepare(source)
-    text, defaults = adjusted.text, adjusted.include_defaults
     vmlinux = vmlinux_dir()
-    pch = precompiled(vmlinux, cc) if defaults and use_pch else None
+    entry = object_key(adjusted.text, cflags, cc, vmlinux) if use_cache else None
+    if entry is not None:
+        found = _unpack(cache.lookup(OBJECTS, entry))
+        if found is not None:
+            obj, log, records = found
+            return Compiled(obj, adjusted.text, log, adjusted.notes, adjusted.lost_maps,
+                            records, cached=True)
+    try:
+        obj, log, cut = _compile_text(adjusted, cflags, cc, vmlinux, filename, line_offset,
+                                      use_pch)
+    except CompileError:
+        if not adjusted.records:
+            raise
+        # A record marker clang refused (an unusual size argument): the cell without them.
+        # Should that fail too, its errors are the cell's own.
+        adjusted = prepare(source, records=False)
+        obj, log, cut = _compile_text(adjusted, cflags, cc, vmlinux, filename, line_offset,
+                                      use_pch)
+    if entry is not None:
+        cache.store(OBJECTS, entry, cache.pack(
+            {"format": OBJECT_FORMAT, "log": log, "records": adjusted.records}, obj))
+    return Compiled(obj, adjusted.text, log, adjusted.notes, adjusted.lost_maps,
+                    adjusted.records, cut=cut)
+
+
+def _unpack(data: bytes | None) -> tuple[bytes, str, dict[str, str]] | None:
+    """(object, log, record markers) of a cache entry; None if it is not one."""
+    found = cache.unpack(data)
+    if found is None:
+        return None
+    meta, obj = found
+    if meta.get("format") != OBJECT_FORMAT:
+        return None
+    try:
+        elf.ELF(obj)  # a whole object (a damaged file is compiled anew)
+    except elf.ELFError:
+        return None
+    records = meta.get("records")
+    if not isinstance(records, dict):
+        return None
+    return obj, str(meta.get("log", "")), {str(k): str(v) for k, v in records.items()}
+
+
+def object_key(text: str, cflags: list[str], cc: str, vmlinux: Path) -> str:
+    """The cache key of the object clang makes of ``text``: the text, the flags, clang,
+    vmlinux.h and libbpf's headers, and the kernel."""
+    flags = _base_flags(vmlinux)
+    return cache.key(OBJECTS, OBJECT_FORMAT, text, list(cflags), flags,
+                     compiler_identity(cc), _header_files(flags, vmlinux), kernel.build())
+
+
+@functools.cache
+def _compiler_identity(path: str, size: int, mtime: int) -> str:
+    return f"{path} {size} {mtime} {clang_version(path)}"
+
+
+def compiler_identity(cc: str) -> str:
+    """clang as a cache key: its file (resolved) and version, asked once per binary."""
+    path = os.path.realpath(shutil.which(cc) or cc)
+    try:
+        info = os.stat(path)
+    except OSError:
+        return f"{cc} missing"
+    return _compiler_identity(path, info.st_size, info.st_mtime_ns)
+
+
+def _header_files(flags: list[str], vmlinux: Path) -> list[tuple[str, int, int]]:
+    """vmlinux.h and each ``bpf/*.h`` where the compile may find it: file, size, mtime."""
+    dirs = [flags[i + 1] for i, f in enumerate(flags) if f == "-I"]
+    dirs += ["/usr/local/include", "/usr/include"]
+    files = [vmlinux / "vmlinux.h"]
+    for d in dirs:
+        with contextlib.suppress(OSError):
+            files += sorted(Path(d, "bpf").glob("*.h"))
+    out = []
+    for f in files:
+        with contextlib.suppress(OSError):
+            info = f.stat()
+            out.append((str(f), info.st_size, info.st_mtime_ns))
+    return out
+
+
+def _compile_subset(adjusted: Adjusted, cflags: list[str], cc: str, vmlinux: Path,
+                    filename: str, use_pch: bool) -> tuple[bytes, str] | None:
+    """clang's object for ``adjusted`` compiled against the declarations of vmlinux.h the
+    cell and libbpf's headers name, and those clang's errors ask for; None where that
+    does not compile (the caller compiles against the whole header), and for a cell the
+    precompiled header serves as fast: one naming no kernel struct that leads to others
+    (through such a struct clang's debug information describes much of the kernel)."""
+    index = types_index(vmlinux)
+    if index is None:
+        return None
+    flags = _base_flags(vmlinux)
+    own = index.seeds(adjusted.text)
+    if adjusted.precompiled and use_pch and not index.links(own):
+        return None
+    names = own | _helper_names(tuple(_header_files(flags, vmlinux)))
+    includes = ([a for x in ("vmlinux.h", *HELPER_HEADERS) for a in ("-include", x)]
+                if adjusted.include_defaults else [])
+    with tempfile.TemporaryDirectory(prefix="ebpf_magic-") as tmp:
+        types, c_file, o_file = Path(tmp, "types"), Path(tmp, f"{filename}.c"), \
+            Path(tmp, f"{filename}.o")
+        types.mkdir()
+        c_file.write_text(adjusted.text)
+        for _ in range(SUBSET_TRIES):
+            (types / "vmlinux.h").write_text(index.header(names))
+            cmd = [cc, *flags[:flags.index("-I")], "-I", str(types), *flags[flags.index("-I"):],
+                   *includes, *cflags, *typesubset.STRICT, "-c", str(c_file), "-o", str(o_file)]
+            try:
+                done = subprocess.run(cmd, capture_output=True, timeout=TIMEOUT_S, cwd=tmp)
+            except subprocess.TimeoutExpired:
+                return None
+            log = done.stderr.decode("utf-8", "replace")
+            if done.returncode == 0:
+                return o_file.read_bytes(), log
+            wanted = index.known(typesubset.missing(log)) - names
+            if not wanted:
+                return None
+            names |= wanted
+    return None
+
+
+@functools.cache
+def _helper_names(files: tuple[tuple[str, int, int], ...]) -> frozenset[str]:
+    """The names libbpf's headers (``files``, from :func:`_header_files`) use."""
+    text = []
+    for path, _size, _mtime in files:
+        if path.endswith(".h") and not path.endswith("/vmlinux.h"):
+            with contextlib.suppress(OSError):
+                text.append(Path(path).read_text())
+    return frozenset(typesubset.names_in("\n".join(text)))
+
+
+def _compile_text(adjusted: Adjusted, cflags: list[str], cc: str, vmlinux: Path,
+                  filename: str, line_offset: int, use_pch: bool) -> tuple[bytes, str, bool]:
+    """clang's object for ``adjusted``, its diagnostics and whether it was compiled against
+    a part of vmlinux.h; CompileError if it fails.
+
+    First against the part of vmlinux.h the cell needs (:func:`_compile_subset`), then,
+    where that does not compile, against the whole header, precompiled where it can be.
+    """
+    text, defaults = adjusted.text, adjusted.include_defaults
+    if SUBSET_TRIES and (adjusted.precompiled or defaults):
+        done = _compile_subset(adjusted, cflags, cc, vmlinux, filename, use_pch)
+        if done is not None:
+            return *done, True
+    pch = precompiled(vmlinux, cc) if adjusted.precompiled and use_pch else None
     with tempfile.TemporaryDirectory(prefix="ebpf_magic-") as tmp:
         c_file = Path(tmp) / f"{filename}.c"
         o_file = Path(tmp) / f"{filename}.o"
@@ -320,7 +556,9 @@ def compile_cell(source: str, cflags: list[str], filename: str = "cell",
         for extra in attempts:
             done, log = _clang([cc, *_base_flags(vmlinux), *extra, *cflags, "-c", str(c_file),
                                 "-o", str(o_file)], tmp)
-            if done.returncode == 0 or not ("precompiled header" in log or "AST file" in log):
+            refused = "precompiled header" in log or "AST file" in log
+            # a cell including only some of libbpf's headers may clash with the others
+            if done.returncode == 0 or not (refused or (not defaults and _HEADER_AT.search(log))):
                 break
             if pch is not None and "modified since the precompiled header" in log:
                 with contextlib.suppress(OSError):  # headers were updated: build it again next time
@@ -339,7 +577,7 @@ def compile_cell(source: str, cflags: list[str], filename: str = "cell",
                                     str(c_file)], tmp)
             raise _failure(done.returncode, log, text, c_file.name, filename, line_offset,
                            undefined)
-        return Compiled(o_file.read_bytes(), text, log, adjusted.notes, adjusted.lost_maps)
+        return o_file.read_bytes(), log, False
 
 
 def _clang(cmd: list[str], cwd: str) -> tuple[subprocess.CompletedProcess, str]:

@@ -9,6 +9,7 @@ passed to ``bpf_perf_event_output``/``bpf_ringbuf_output`` (or reserved with
 from __future__ import annotations
 
 import re
+from typing import NamedTuple
 
 from ebpf_magic.internal.ctext import mask_code, matching_brace, matching_paren
 from ebpf_magic.probes import MAP_ITERATORS, SECTIONS, Probe
@@ -176,3 +177,63 @@ def iterator_record(source: str, function: str) -> str | None:
         if types:
             return types.pop()
     return None
+
+
+class Submission(NamedTuple):
+    """An output call in the text: its span, the map it writes, what its record is."""
+
+    start: int  # the call, from its name to its closing parenthesis (exclusive end)
+    end: int
+    map: str
+    record: str  # what ``__typeof__()`` takes to name the record's type: a type or expression
+
+
+_SIZEOF = re.compile(r"\s*sizeof\s*\(")
+_DIRECTIVE = re.compile(r"^[ \t]*#(?:[^\n]*\\\n)*[^\n]*", re.M)
+
+
+def submission_sites(source: str) -> list[Submission]:
+    """Each ``bpf_perf_event_output``/``bpf_ringbuf_output``/``bpf_ringbuf_reserve`` call
+    whose record can be named, in order; calls in preprocessor directives are left out.
+
+    The record is what the size argument measures (``sizeof(*e)`` -> ``*e``,
+    ``sizeof(struct event)`` -> ``struct event``), else the data argument's target
+    (``&data`` -> ``data``).
+    """
+    code = mask_code(source)
+    directives = [(m.start(), m.end()) for m in _DIRECTIVE.finditer(code)]
+    out = []
+    for m in _OUTPUT.finditer(code):
+        if any(a <= m.start() < b for a, b in directives):
+            continue
+        close = matching_paren(code, m.end() - 1)
+        spans = _args(code, m.end() - 1)
+        map_at, data_at, size_at = {"bpf_perf_event_output": (1, 3, 4),
+                                    "bpf_ringbuf_output": (0, 1, 2),
+                                    "bpf_ringbuf_reserve": (0, None, 1)}[m.group(1)]
+        if close < 0 or len(spans) <= max(map_at, size_at):
+            continue
+        target = source[slice(*spans[map_at])].strip().lstrip("&").strip()
+        if not target.isidentifier():
+            continue
+        record = _measured(code, source, spans[size_at])
+        if record is None and data_at is not None:
+            data = source[slice(*spans[data_at])].strip()
+            if data.startswith("&") and data[1:].strip().isidentifier():
+                record = data[1:].strip()
+        if record is not None:
+            out.append(Submission(m.start(), close + 1, target, record))
+    return out
+
+
+def _measured(code: str, source: str, span: tuple[int, int]) -> str | None:
+    """What ``sizeof(...)`` measures when the argument at ``span`` is exactly one."""
+    start, end = span
+    m = _SIZEOF.match(code, start)
+    if not m:
+        return None
+    close = matching_paren(code, m.end() - 1)
+    if close < 0 or code[close + 1:end].strip():
+        return None
+    inner = source[m.end():close].strip()
+    return inner or None

@@ -9,7 +9,7 @@ from ebpf_magic.kernel.btf.dtypes import (
            type_fields,
 )
 from ebpf_magic.kernel.btf.layout import definition, struct
-from ebpf_magic.kernel.btf.spec import BTFError, Member, Spec, Type, vmlinux
+from ebpf_magic.kernel.btf.spec import BTFError, Member, Spec, Type, digest, vmlinux
 
 __all__ = ["BTFError", "Member", "Spec", "StructField", "Type", "c_decl", "datasec",
-           "definition", "dtype", "struct", "struct_fields", "type_fields", "vmlinux"]
+           "definition", "digest", "dtype", "struct", "struct_fields", "type_fields", "vmlinux"]

@@ -9,6 +9,7 @@ kernel's own BTF (about 130,000 types) parses in about 0.1 s (``bench/btf.py``).
 from __future__ import annotations
 
 import functools
+import hashlib
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -405,3 +406,14 @@ def vmlinux(path: str = VMLINUX) -> Spec:
     """The running kernel's BTF, parsed once per process."""
     return _vmlinux(path)
 
+
+
+@functools.cache
+def _digest(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def digest(path: str = VMLINUX) -> str:
+    """The SHA-256 (hex) of the running kernel's BTF, read once per process: it changes only
+    with the kernel. OSError where it cannot be read."""
+    return _digest(path)
