@@ -144,6 +144,7 @@ PRIVATE_WRITERS = {
     ("ebpf_magic/backend/libbpf/_compile.py", "_compile_text"),
     ("ebpf_magic/backend/libbpf/_compile.py", "_compile_subset"),
     ("ebpf_magic/setup/kernelspec.py", "build"),
+    ("ebpf_magic/bpftrace/shim.py", "build"),
 }
 PATH_WRITERS = {"write_text", "write_bytes"}  # Path methods: always by name
 SHUTIL_WRITERS = {"copy", "copy2", "copyfile", "copytree", "move"}

@@ -22,6 +22,7 @@ import pytest
 from ebpf_magic import Program
 from ebpf_magic.backend.bcc import client, protocol
 from ebpf_magic.errors import AttachError, CompileError
+from ebpf_magic.internal import cache
 
 from conftest import COUNT_CELL, bpftool_json, own_bpf_fds
 
@@ -73,6 +74,13 @@ def programs_of(pid: int | None) -> set[int]:
             continue
         ids.update(int(ln.split()[1]) for ln in text.splitlines() if ln.startswith("prog_id:"))
     return ids
+
+
+@pytest.fixture(autouse=True)
+def compiled_afresh(monkeypatch):
+    """Every cell here is compiled (a kept program would skip the compile these tests bound,
+    crash and interrupt)."""
+    monkeypatch.setattr(cache, "ENABLED", False)
 
 
 @pytest.fixture

@@ -215,6 +215,8 @@ class Compiled:
         before = self.log.text()
         try:
             self.bpf = self._build(text, list(msg["cflags"]), msg.get("types"))
+        except MemoryError:
+            raise  # over the worker's bound: it dies, and the notebook says which bound
         except Exception as e:
             self.drop()
             return {"ok": False, "stage": "compile", "error": str(e),
@@ -257,6 +259,8 @@ class Compiled:
             try:
                 bpf = self.cls(text=text, cflags=[*cflags, *typesubset.STRICT,
                                                   f'-D{TYPES_MACRO}="{header}"'])
+            except MemoryError:
+                raise
             except Exception:
                 wanted = index.known(typesubset.missing(self.log.text())) - names
                 if not wanted:

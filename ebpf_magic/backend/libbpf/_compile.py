@@ -542,7 +542,11 @@ def _compile_text(adjusted: Adjusted, cflags: list[str], cc: str, vmlinux: Path,
         done = _compile_subset(adjusted, cflags, cc, vmlinux, filename, use_pch)
         if done is not None:
             return *done, True
-    pch = precompiled(vmlinux, cc) if adjusted.precompiled and use_pch else None
+    # the precompiled header was made for clang's default CPU: a cell naming its own is
+    # compiled from the text
+    own_cpu = any(f.startswith(("-mcpu", "-march")) for f in cflags)
+    pch = precompiled(vmlinux, cc) if adjusted.precompiled and use_pch and not own_cpu \
+        else None
     with tempfile.TemporaryDirectory(prefix="ebpf_magic-") as tmp:
         c_file = Path(tmp) / f"{filename}.c"
         o_file = Path(tmp) / f"{filename}.o"
@@ -556,7 +560,7 @@ def _compile_text(adjusted: Adjusted, cflags: list[str], cc: str, vmlinux: Path,
         for extra in attempts:
             done, log = _clang([cc, *_base_flags(vmlinux), *extra, *cflags, "-c", str(c_file),
                                 "-o", str(o_file)], tmp)
-            refused = "precompiled header" in log or "AST file" in log
+            refused = any(w in log for w in ("precompiled header", "AST file", "PCH file"))
             # a cell including only some of libbpf's headers may clash with the others
             if done.returncode == 0 or not (refused or (not defaults and _HEADER_AT.search(log))):
                 break
