@@ -91,10 +91,10 @@ def summary() -> pd.DataFrame:
         try:
             found = _LISTERS[kind]("*", False, kind)
         except SourceUnavailable as e:
-            rows.append({"kind": kind, "count": None, "attachable": _attachable(kind),
+            rows.append({"kind": kind, "count": None, "attachable": attachable(kind),
                          "example": e.message})
             continue
-        rows.append({"kind": kind, "count": len(found), "attachable": _attachable(kind),
+        rows.append({"kind": kind, "count": len(found), "attachable": attachable(kind),
                      "example": found[0]["probe"] if found else ""})
     rows.append({"kind": "uprobe", "count": None, "attachable": True,
                  "example": "uprobe:c:malloc  (list: uprobe:BINARY_OR_LIB:*)"})
@@ -108,7 +108,8 @@ def summary() -> pd.DataFrame:
 
 
 @functools.cache
-def _attachable(kind: str) -> bool:
+def attachable(kind: str) -> bool:
+    """Whether this kernel can attach probes of ``kind`` (``kprobe``, ``kfunc``, ``hardware``...)."""
     if kind in ("kprobe", "kretprobe"):
         return kernel.kprobes_supported()
     if kind in ("kfunc", "kretfunc"):
@@ -135,7 +136,7 @@ def _hardware_counters() -> bool:
 
 
 def _rows(kind: str, specs: Iterable[str], args=None) -> list[dict]:
-    ok = _attachable(kind)
+    ok = attachable(kind)
     if args is None:
         return [{"probe": s, "kind": kind, "attachable": ok} for s in specs]
     return [{"probe": s, "kind": kind, "attachable": ok, "args": args(s)} for s in specs]
