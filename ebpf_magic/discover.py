@@ -109,7 +109,7 @@ def summary() -> pd.DataFrame:
 
 @functools.cache
 def attachable(kind: str) -> bool:
-    """Whether this kernel can attach probes of ``kind`` (``kprobe``, ``kfunc``, ``hardware``...)."""
+    """Whether this kernel can attach probes of ``kind`` (``kprobe``, ``kfunc``...)."""
     if kind in ("kprobe", "kretprobe"):
         return kernel.kprobes_supported()
     if kind in ("kfunc", "kretfunc"):

@@ -262,6 +262,7 @@ LAYERS = [
     {"program", "session"},  # the object model users hold
     {"sessions", "cluster"},  # recordings, replay, programs on many hosts
     {"present"},  # widgets, plots, live views
+    {"tools"},  # ready-made investigations, declared on the public API
     {"setup"},  # doctor, kernelspec, launcher
     {"magics", "__main__", "uninstall_kernel"},  # the adapters
 ]

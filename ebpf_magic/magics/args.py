@@ -11,7 +11,8 @@ from types import ModuleType
 from IPython.core.error import UsageError
 
 # modules of ebpf_magic.magics, one per `%bpf SUBCOMMAND`
-SUBCOMMANDS = ("list", "stop", "browse", "probes", "struct", "doctor", "save", "load", "help")
+SUBCOMMANDS = ("list", "stop", "browse", "probes", "struct", "doctor", "save", "load", "tool",
+               "help")
 
 
 def subcommand(name: str) -> ModuleType:

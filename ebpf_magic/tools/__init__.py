@@ -21,8 +21,10 @@ from typing import Any
 
 import pandas as pd
 
+from ebpf_magic.api import ProgramView
 from ebpf_magic.errors import BPFError
 from ebpf_magic.tools.tool import (
+    META_TABLE,
     Option,
     Reading,
     Tool,
@@ -41,7 +43,7 @@ BUILTIN = (
 )
 
 __all__ = ["BUILTIN", "Option", "Reading", "Tool", "ToolRun", "Variant", "get", "listing",
-           "load", "names", "probe_available", "register", *BUILTIN]
+           "load", "names", "probe_available", "register", "replayed", *BUILTIN]
 
 _registered: dict[str, Tool] = {}
 _lock = threading.Lock()
@@ -91,19 +93,20 @@ def load(path: str | os.PathLike, name: str | None = None) -> ToolRun:
     """
     from ebpf_magic import sessions
 
-    program = sessions.load(path, name)
-    run = from_recording(program, {n: get(n) for n in _known_in(program)})
-    if run is None:
+    run = replayed(sessions.load(path, name))
+    if not isinstance(run, ToolRun):
         raise BPFError(f"{path} is the recording of a program, not of a tool",
                        "Load it with ebpf_magic.load(PATH).")
     return run
 
 
-def _known_in(program: Any) -> list[str]:
-    """The tool names a recording may name that are known here."""
-    meta = program.tables.get("tool")
+def replayed(program: ProgramView) -> ProgramView:
+    """A replayed program as the :class:`ToolRun` it was recorded from, if a tool's; else
+    the program itself."""
+    meta = program.tables.get(META_TABLE)
     wanted = [str(t) for t in meta["tool"]] if meta is not None and "tool" in meta else []
-    return [n for n in wanted if n in names()]
+    run = from_recording(program, {n: get(n) for n in wanted if n in names()})
+    return program if run is None else run
 
 
 def __getattr__(name: str) -> Any:

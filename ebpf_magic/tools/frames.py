@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ebpf_magic.data import histograms, stacks
+from ebpf_magic.data import histograms
 
 _PER_CPU = re.compile(r"^(?P<name>.*)\[cpu\d+\]$")
 TOP = 8  # groups a picture shows by name; the rest are summed as "other"
@@ -158,20 +158,6 @@ def named_times(df: pd.DataFrame, column: str = "time") -> pd.DataFrame:
 
 
 # -- stacks -------------------------------------------------------------------------------
-
-
-def folded_stacks(counts: pd.DataFrame, stack_map: Any, *, user: bool = True,
-                  kernel: bool = True, pid_field: str = "pid") -> list[str]:
-    """Each row's stack, folded root first (``user root;...;kernel leaf``), symbolized.
-
-    ``counts`` has ``user_stack_id`` and ``kernel_stack_id`` columns; ``stack_map`` is the
-    program's stack map (live: symbolized now, user frames in each row's process;
-    recorded: as it was symbolized when saved).
-    """
-    frames = stacks.frame_lists(counts, stack_map, user=user, kernel=kernel,
-                                kernel_field="kernel_stack_id", user_field="user_stack_id",
-                                pid_field=pid_field, no_user_stack=None)
-    return [";".join(f) for f in frames]
 
 
 def flame_input(table: pd.DataFrame, value: str, root: str = "comm") -> pd.DataFrame:

@@ -173,13 +173,18 @@ class Variant:
     """
 
     name: str
-    source: str
+    source: str | Callable[[Mapping[str, Any]], str]
     needs: tuple[str, ...] = ()
     about: str = ""
 
-    def probes(self) -> list[str]:
-        """The probe specs this variant needs."""
-        return list(self.needs) or section_probes(self.source)
+    def text(self, options: Mapping[str, Any]) -> str:
+        """The C source for ``options`` (a source may depend on them: a map's size)."""
+        return self.source if isinstance(self.source, str) else self.source(options)
+
+    def probes(self, options: Mapping[str, Any] | None = None) -> list[str]:
+        """The probe specs this variant needs (its SEC() names with ``options``, or the
+        defaults')."""
+        return list(self.needs) or section_probes(self.text(options or {}))
 
 
 Table = Callable[["Reading"], pd.DataFrame]
@@ -193,7 +198,8 @@ class Tool:
     Args:
         name: the tool's name (``runqlat``), also the default name of its runs.
         answers: the question it answers, one line (``%bpf tool list`` shows it).
-        source: its C (libbpf style, CO-RE), or variants tried in order.
+        source: its C (libbpf style, CO-RE), a function of the options giving it, or
+            :class:`Variant` s tried in order.
         options: its :class:`Option` list.
         table: the main table, from a :class:`Reading` (``.df``); units in column names.
         plot: the default picture, ``plot(run, ax)``; returns the matplotlib Axes.
@@ -211,7 +217,7 @@ class Tool:
 
     name: str
     answers: str
-    source: str | Sequence[Variant]
+    source: str | Callable[[Mapping[str, Any]], str] | Sequence[Variant]
     table: Table
     plot: Plot
     options: Sequence[Option] = ()
@@ -236,9 +242,14 @@ class Tool:
 
     @property
     def variants(self) -> list[Variant]:
-        if isinstance(self.source, str):
+        if isinstance(self.source, str) or callable(self.source):
             return [Variant("default", self.source)]
         return list(self.source)
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """Every option's default value."""
+        return self.check_options({})
 
     @property
     def all_options(self) -> list[Option]:
@@ -254,14 +265,16 @@ class Tool:
 
     def probes(self) -> list[str]:
         """Every probe spec any variant needs, and the tool's own extra ones."""
-        return list(dict.fromkeys([p for v in self.variants for p in v.probes()]
+        defaults = self.defaults
+        return list(dict.fromkeys([p for v in self.variants for p in v.probes(defaults)]
                                   + list(self.needs)))
 
     def variant(self) -> Variant:
         """The first variant this kernel can run; BPFError naming what is missing if none."""
         missing: list[str] = []
+        defaults = self.defaults
         for v in self.variants:
-            lacking = [p for p in v.probes() if not probe_available(p)]
+            lacking = [p for p in v.probes(defaults) if not probe_available(p)]
             if not lacking:
                 return v
             missing.append(f"{v.name}: {', '.join(lacking)}")
@@ -343,7 +356,7 @@ class Tool:
         values = self.check_options(options)
         variant = self.variant()
         attach = self.attach(values) if self.attach is not None else []
-        prog = Program(variant.source, name=name or self.name, attach=attach,
+        prog = Program(variant.text(values), name=name or self.name, attach=attach,
                        backend="libbpf", globals=self.c_globals(values),
                        stream_options={"time": dict(self.time), **dict(stream_options or {})})
         run = ToolRun(self, prog, values, variant.name)

@@ -1,0 +1,102 @@
+"""C and tables for the tools that count stacks (offcputime, profile, wakeuptime).
+
+Stack traces go to a ``BPF_MAP_TYPE_STACK_TRACE`` map whose value size is given
+explicitly (``MAX_DEPTH`` addresses), so no sizing is needed before load; a task's
+kernel and user stack ids are kept with what is counted for them. Tables fold each
+stack, symbolized (root first), next to its process, thread and command.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+
+from ebpf_magic.data import stacks as data_stacks
+from ebpf_magic.tools import frames
+from ebpf_magic.tools.tool import Option, Reading, count, flag
+
+MAX_DEPTH = 127
+
+STACK_MAP = f"#define MAX_DEPTH {MAX_DEPTH}\n" + r"""
+const volatile bool targ_user_only = false;
+const volatile bool targ_kernel_only = false;
+
+struct {
+    __uint(type, BPF_MAP_TYPE_STACK_TRACE);
+    __uint(key_size, sizeof(u32));
+    __uint(value_size, MAX_DEPTH * sizeof(u64));
+    __uint(max_entries, STACK_ENTRIES);
+} stacks SEC(".maps");
+
+#define NO_STACK -1
+#define KERNEL_STACK(ctx) (targ_user_only ? NO_STACK : bpf_get_stackid(ctx, &stacks, 0))
+#define USER_STACK(ctx) (targ_kernel_only ? NO_STACK : \
+                         bpf_get_stackid(ctx, &stacks, BPF_F_USER_STACK))
+"""
+
+EFAULT = 14  # bpf_get_stackid's error where there is no such stack (a kernel thread's user one)
+NO_STACK = -1
+
+USER_ONLY = Option("user_only", ("-U", "--user-stacks-only"), "user stacks only",
+                   type=flag, sets="targ_user_only")
+KERNEL_ONLY = Option("kernel_only", ("-K", "--kernel-stacks-only"), "kernel stacks only",
+                     type=flag, sets="targ_kernel_only")
+
+
+def stack_entries(entries: int) -> str:
+    """The ``#define`` sizing the stack map (before the C that declares it)."""
+    return f"#define STACK_ENTRIES {entries}\n"
+
+
+STACK_STORAGE = Option("stack_storage_size", ("--stack-storage-size",),
+                       "stack traces kept (distinct stacks beyond it are counted as "
+                       "[missing])", type=count, default=16384, metavar="N")
+
+
+def stack_table(r: Reading, counts: str, value: str, scale: float = 1.0,
+                pid: str = "pid") -> pd.DataFrame:
+    """The counts map ``counts`` (keyed by ``user_stack_id``, ``kernel_stack_id`` and
+    the rest) as rows of its other key columns, ``stack`` (folded, root first) and
+    ``value`` (its value divided by ``scale``), largest first.
+
+    User stacks are symbolized in the process of each row's ``pid`` column.
+    """
+    df = frames.summed(r.maps(counts)).rename(columns={"value": "_value"})
+    keys = [c for c in df.columns if c not in ("_value", "user_stack_id", "kernel_stack_id")]
+    if not len(df):
+        return pd.DataFrame({c: [] for c in [*keys, "stack", value]})
+    ids = df.copy()
+    for col in ("user_stack_id", "kernel_stack_id"):
+        # no stack there (a kernel thread's user stack, a user-mode sample's kernel one)
+        absent = (ids[col] == -EFAULT) | (ids[col] == NO_STACK)
+        ids[col] = ids[col].astype(object).where(~absent, None)
+    stack = _folded(ids, r, pid)
+    out = df[keys].assign(stack=stack, **{value: df["_value"].to_numpy() / scale})
+    if scale == 1.0:
+        out[value] = out[value].astype(np.int64)
+    out = out.groupby(keys + ["stack"], as_index=False, sort=False)[value].sum()
+    return out.sort_values(value, ascending=False, ignore_index=True)
+
+
+def _folded(ids: pd.DataFrame, r: Reading, pid: str) -> list[str]:
+    """Each row's folded stack: a live map symbolizes now, a recorded one as it was."""
+    stack_map = r.map_view("stacks") if r.program.running else r.maps("stacks")
+    lists = data_stacks.frame_lists(ids, stack_map, kernel_field="kernel_stack_id",
+                                    user_field="user_stack_id",
+                                    pid_field=pid if pid in ids.columns else None)
+    return [";".join(_without_tracing(f)) for f in lists]
+
+
+# frames of the tracing machinery itself, at the leaf of a stack taken in a BPF program
+_TRACING = re.compile(r"^(bpf_prog_\w+|bpf_trace_run\d+|__traceiter_\w+|__bpf_trace_\w+|"
+                      r"perf_trace_\w+|trace_call_bpf|bpf_get_stackid\w*)$")
+
+
+def _without_tracing(frames: list[str]) -> list[str]:
+    """``frames`` (root first) without the tracing machinery's frames at the leaf."""
+    end = len(frames)
+    while end and _TRACING.match(frames[end - 1]):
+        end -= 1
+    return frames[:end]
