@@ -32,7 +32,13 @@ import pandas as pd
 
 from ebpf_magic import discover
 from ebpf_magic.api import ProgramView
-from ebpf_magic.errors import BPFError, OptionError
+from ebpf_magic.errors import (
+    AttachError,
+    BPFError,
+    NotPrivilegedError,
+    OptionError,
+    VerifierError,
+)
 from ebpf_magic.kernel import host as kernel
 from ebpf_magic.program import Program
 
@@ -270,18 +276,27 @@ class Tool:
                                   + list(self.needs)))
 
     def variant(self) -> Variant:
-        """The first variant this kernel can run; BPFError naming what is missing if none."""
+        """The first variant this kernel has the probes for; BPFError naming what is
+        missing if none."""
+        return self.candidates()[0]
+
+    def candidates(self) -> list[Variant]:
+        """The variants this kernel has the probes for, in order; BPFError if none."""
         missing: list[str] = []
+        found = []
         defaults = self.defaults
         for v in self.variants:
             lacking = [p for p in v.probes(defaults) if not probe_available(p)]
             if not lacking:
-                return v
-            missing.append(f"{v.name}: {', '.join(lacking)}")
-        raise BPFError(f"tool {self.name} cannot run on this kernel: it lacks "
-                       + "; ".join(missing),
-                       "`%bpf tool list` (or ebpf_magic.tools.listing()) shows which tools run "
-                       "here.")
+                found.append(v)
+            else:
+                missing.append(f"{v.name}: {', '.join(lacking)}")
+        if not found:
+            raise BPFError(f"tool {self.name} cannot run on this kernel: it lacks "
+                           + "; ".join(missing),
+                           "`%bpf tool list` (or ebpf_magic.tools.listing()) shows which tools "
+                           "run here.")
+        return found
 
     def summary(self) -> dict[str, Any]:
         """One row of ``%bpf tool list``: tool, answers, probes, available here."""
@@ -354,11 +369,22 @@ class Tool:
         streams (``max_rows`` ...).
         """
         values = self.check_options(options)
-        variant = self.variant()
         attach = self.attach(values) if self.attach is not None else []
-        prog = Program(variant.text(values), name=name or self.name, attach=attach,
-                       backend="libbpf", globals=self.c_globals(values),
-                       stream_options={"time": dict(self.time), **dict(stream_options or {})})
+        c_globals = self.c_globals(values)
+        streams = {"time": dict(self.time), **dict(stream_options or {})}
+        candidates = self.candidates()
+        for i, variant in enumerate(candidates):
+            try:
+                prog = Program(variant.text(values), name=name or self.name, attach=attach,
+                               backend="libbpf", globals=c_globals, stream_options=streams)
+                break
+            except NotPrivilegedError:
+                raise
+            except (VerifierError, AttachError):
+                # the kernel has the probes but refuses this way of using them (fexit
+                # without trampolines): the next variant may do
+                if i == len(candidates) - 1:
+                    raise
         run = ToolRun(self, prog, values, variant.name)
         if values.get("interval"):
             from ebpf_magic.sessions import record_snapshots
