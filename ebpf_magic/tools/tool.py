@@ -415,7 +415,7 @@ INTERVAL = Option("interval", ("-i", "--interval"), "read the maps every SECONDS
 
 class _ToolParser(argparse.ArgumentParser):
     def error(self, message: str):
-        raise OptionError(f"{self.prog}: {message}", f"usage: {self.format_usage().strip()}")
+        raise OptionError(f"{self.prog}: {message}", self.format_usage().strip())
 
 
 def _argtype(option: Option) -> Callable[[str], Any]:
