@@ -148,8 +148,8 @@ class Option:
 
     def check(self, value: Any) -> Any:
         """``value`` converted by :attr:`type`; OptionError naming the option if it is bad."""
-        if value is None or (self.is_flag and value is False):
-            return self.default if value is None else False
+        if value is None:
+            return bool(self.default) if self.is_flag else self.default
         try:
             out = self.type(value)
         except (TypeError, ValueError) as e:
