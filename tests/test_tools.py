@@ -23,7 +23,18 @@ import pytest
 from ebpf_magic import tools
 from ebpf_magic.tools import syscalls
 
-from workload import CLIENT, SERVER, Gated, NetLab, compile_c, dd, loop_device, schedstat
+from workload import (
+    CLIENT,
+    SERVER,
+    SPIN,
+    SPINNER,
+    Gated,
+    NetLab,
+    compile_c,
+    dd,
+    loop_device,
+    schedstat,
+)
 
 pytestmark = pytest.mark.kernel
 
@@ -317,14 +328,6 @@ def test_syscount_per_interval_adds_up_to_the_whole(no_leaks):
 
 # -- scheduler ----------------------------------------------------------------------------
 
-SPIN = """
-import time
-t = time.monotonic()
-while time.monotonic() - t < {seconds}:
-    pass
-"""
-
-
 def test_runqlat_agrees_with_the_schedulers_own_accounting(no_leaks):
     # two CPU-bound processes on one CPU wait for each other; /proc/PID/schedstat counts
     # the same waits (run_delay) and turns on the CPU as runqlat measures
@@ -432,29 +435,13 @@ def test_wakeuptime_names_the_waker_and_the_time_asleep(no_leaks):
     assert 8 * 25_000 <= woken["blocked_us"].sum() <= 8 * 45_000
 
 
-SPINNER = r"""
-#include <stdio.h>
-#include <time.h>
-static volatile unsigned long sink;
-__attribute__((noinline)) void spin_here(double seconds) {
-    struct timespec a, b;
-    clock_gettime(CLOCK_MONOTONIC, &a);
-    do {
-        for (int i = 0; i < 100000; i++) sink += i;
-        clock_gettime(CLOCK_MONOTONIC, &b);
-    } while ((b.tv_sec - a.tv_sec) + (b.tv_nsec - a.tv_nsec) / 1e9 < seconds);
-}
-int main(void) { getchar(); spin_here(1.5); getchar(); return 0; }
-"""
-
-
 def cpu_seconds(pid: int) -> float:
     fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def test_profile_samples_match_the_cpu_time_and_name_the_function(no_leaks):
-    spinner = compile_c(SPINNER, "spinner")
+    spinner = compile_c(SPINNER.format(seconds=1.5), "spinner")
     proc = subprocess.Popen([spinner], stdin=subprocess.PIPE)
     try:
         run = tools.profile(pid=proc.pid, frequency=99)

@@ -20,7 +20,7 @@ import pytest
 
 from ebpf_magic import tools
 
-from workload import CLIENT, SERVER, Gated, NetLab, compile_c, dd, loop_device
+from workload import CLIENT, SERVER, SPIN, SPINNER, Gated, NetLab, compile_c, dd, loop_device
 
 pytestmark = pytest.mark.kernel
 
@@ -240,16 +240,8 @@ def test_bitesize_counts_what_bccs_counts(no_leaks, bcc):
     assert dict(zip(mine["low_kib"], mine["count"], strict=True)) == bcc_buckets
 
 
-SPIN = """
-import time
-t = time.monotonic()
-while time.monotonic() - t < 1.2:
-    pass
-"""
-
-
 def test_runqlat_counts_the_waits_bccs_counts(no_leaks, bcc):
-    kids = [Gated(SPIN, hold=True, cpu=1) for _ in range(2)]
+    kids = [Gated(SPIN.format(seconds=1.2), hold=True, cpu=1) for _ in range(2)]
     try:
         theirs = bcc("runqlat", "-p", str(kids[0].pid), ready="Tracing")
         ours = tools.runqlat(pid=kids[0].pid)
@@ -269,26 +261,10 @@ def test_runqlat_counts_the_waits_bccs_counts(no_leaks, bcc):
     assert abs(mine - bcc_count) <= 0.05 * bcc_count + 3
 
 
-SPINNER = r"""
-#include <stdio.h>
-#include <time.h>
-static volatile unsigned long sink;
-__attribute__((noinline)) void spin_here(double seconds) {
-    struct timespec a, b;
-    clock_gettime(CLOCK_MONOTONIC, &a);
-    do {
-        for (int i = 0; i < 100000; i++) sink += i;
-        clock_gettime(CLOCK_MONOTONIC, &b);
-    } while ((b.tv_sec - a.tv_sec) + (b.tv_nsec - a.tv_nsec) / 1e9 < seconds);
-}
-int main(void) { getchar(); spin_here(2.0); getchar(); return 0; }
-"""
-
-
 def test_profile_samples_as_many_as_bccs(no_leaks, bcc):
     if shutil.which("gcc") is None:
         pytest.skip("needs gcc to build the workload")
-    spinner = compile_c(SPINNER, "spinner")
+    spinner = compile_c(SPINNER.format(seconds=2.0), "spinner")
     proc = subprocess.Popen([spinner], stdin=subprocess.PIPE)
     try:
         theirs = bcc("profile", "-p", str(proc.pid), "-F", "99", "-f", ready=None)

@@ -198,6 +198,32 @@ print(total, flush=True)
 """
 
 
+# A process busy on the CPU for {seconds} (format it in)
+SPIN = """
+import time
+t = time.monotonic()
+while time.monotonic() - t < {seconds}:
+    pass
+"""
+
+# A C program that waits for a line on stdin, spins in spin_here() for {seconds}, waits for
+# another line, and exits (format it in; built by compile_c)
+SPINNER = r"""
+#include <stdio.h>
+#include <time.h>
+static volatile unsigned long sink;
+__attribute__((noinline)) void spin_here(double seconds) {{
+    struct timespec a, b;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    do {{
+        for (int i = 0; i < 100000; i++) sink += i;
+        clock_gettime(CLOCK_MONOTONIC, &b);
+    }} while ((b.tv_sec - a.tv_sec) + (b.tv_nsec - a.tv_nsec) / 1e9 < seconds);
+}}
+int main(void) {{ getchar(); spin_here({seconds}); getchar(); return 0; }}
+"""
+
+
 def compile_c(source: str, name: str) -> str:
     """``source`` built with gcc (frame pointers kept, so its stacks unwind); the path."""
     tmp = tempfile.mkdtemp(prefix="ebpf_magic_bin")

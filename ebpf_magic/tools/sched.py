@@ -14,10 +14,10 @@ import numpy as np
 import pandas as pd
 
 from ebpf_magic.tools import frames
-from ebpf_magic.tools.snippets import FILTER, LOG2, unit
+from ebpf_magic.tools.snippets import ADD, FILTER, LOG2, unit
 from ebpf_magic.tools.tool import Reading, ToolRun
 
-TASK = FILTER + LOG2 + r"""
+TASK = FILTER + LOG2 + ADD + r"""
 struct task_struct___before_5_14 {
     volatile long state;
 } __attribute__((preserve_access_index));
@@ -80,18 +80,6 @@ struct {
     __type(value, char[16]);
 } names SEC(".maps");
 
-static __always_inline void count_slot(struct hist_key *key)
-{
-    u64 zero = 0, *n = bpf_map_lookup_elem(&hist, key);
-    if (!n) {
-        bpf_map_update_elem(&hist, key, &zero, BPF_NOEXIST);
-        n = bpf_map_lookup_elem(&hist, key);
-        if (!n)
-            return;
-    }
-    __sync_fetch_and_add(n, 1);
-}
-
 /* one value of task t (ns) into its histogram and its sums */
 static __always_inline void account(struct task_struct *t, u64 delta_ns)
 {
@@ -99,7 +87,7 @@ static __always_inline void account(struct task_struct *t, u64 delta_ns)
              targ_per_thread ? BPF_CORE_READ(t, pid) : 0;
     u64 value = delta_ns / (targ_ms ? 1000000 : 1000);
     struct hist_key key = {.id = id, .slot = log2_slot(value)};
-    count_slot(&key);
+    MAP_ADD(&hist, &key, 1);
     struct totals *s = bpf_map_lookup_elem(&sums, &id);
     if (!s) {
         struct totals zero = {};

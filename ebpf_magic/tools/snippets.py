@@ -1,5 +1,6 @@
 """C and options tools share: task filters and log2 buckets, for users' tools too.
 
+``ADD`` gives ``MAP_ADD(&map, &key, n)``: add to a hash map's u64 counter, creating it.
 ``FILTER`` declares the globals ``targ_pid`` (a process, its tgid), ``targ_tid`` (a
 thread) and ``targ_comm`` (a command name) and a ``wanted(pid, tid, comm)`` test; the
 options :data:`PID`, :data:`TID` and :data:`COMM` set them. ``LOG2`` gives ``log2_slot(v)``,
@@ -65,6 +66,19 @@ static __always_inline u32 log2_slot(u64 v)
     if (v >> 1) { v >>= 1; n += 1; }
     return n + (u32)v;
 }
+"""
+
+ADD = r"""
+/* add delta to the u64 kept at *key in hash map m, creating it first */
+#define MAP_ADD(m, key, delta) ({                                   \
+    u64 __zero = 0, *__n = bpf_map_lookup_elem(m, key);            \
+    if (!__n) {                                                    \
+        bpf_map_update_elem(m, key, &__zero, BPF_NOEXIST);         \
+        __n = bpf_map_lookup_elem(m, key);                         \
+    }                                                              \
+    if (__n)                                                       \
+        __sync_fetch_and_add(__n, delta);                          \
+})
 """
 
 PID = Option("pid", ("-p", "--pid"), "only this process (its threads too)", type=pid,

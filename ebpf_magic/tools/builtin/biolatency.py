@@ -13,10 +13,10 @@ from typing import Any
 import pandas as pd
 
 from ebpf_magic.tools import block, frames
-from ebpf_magic.tools.snippets import LOG2, MILLISECONDS, unit
+from ebpf_magic.tools.snippets import ADD, LOG2, MILLISECONDS, unit
 from ebpf_magic.tools.tool import Option, Reading, Tool, ToolRun, flag
 
-SOURCE = LOG2 + block.REQUEST + r"""
+SOURCE = LOG2 + ADD + block.REQUEST + r"""
 const volatile bool targ_queued = false;
 const volatile bool targ_per_disk = false;
 const volatile bool targ_per_op = false;
@@ -100,14 +100,7 @@ int BPF_PROG(on_complete, struct request *rq, int error, unsigned int nr_bytes)
         __sync_fetch_and_add(&s->total_ns, delta);
     }
     key.slot = log2_slot(delta / (targ_ms ? 1000000 : 1000));
-    u64 zero = 0, *n = bpf_map_lookup_elem(&hist, &key);
-    if (!n) {
-        bpf_map_update_elem(&hist, &key, &zero, BPF_NOEXIST);
-        n = bpf_map_lookup_elem(&hist, &key);
-        if (!n)
-            return 0;
-    }
-    __sync_fetch_and_add(n, 1);
+    MAP_ADD(&hist, &key, 1);
     return 0;
 }
 """

@@ -11,10 +11,10 @@ from typing import Any
 import pandas as pd
 
 from ebpf_magic.tools import block, frames
-from ebpf_magic.tools.snippets import COMM, FILTER, LOG2, PID
+from ebpf_magic.tools.snippets import ADD, COMM, FILTER, LOG2, PID
 from ebpf_magic.tools.tool import Reading, Tool, ToolRun, Variant
 
-COMMON = FILTER + LOG2 + block.REQUEST + r"""
+COMMON = FILTER + LOG2 + ADD + block.REQUEST + r"""
 struct size_key {
     u32 slot;
     char comm[16];
@@ -33,14 +33,7 @@ static __always_inline void count(struct request *rq)
         return;
     struct size_key key = {.slot = log2_slot(BPF_CORE_READ(rq, __data_len) / 1024)};
     bpf_get_current_comm(key.comm, sizeof(key.comm));
-    u64 zero = 0, *n = bpf_map_lookup_elem(&hist, &key);
-    if (!n) {
-        bpf_map_update_elem(&hist, &key, &zero, BPF_NOEXIST);
-        n = bpf_map_lookup_elem(&hist, &key);
-        if (!n)
-            return;
-    }
-    __sync_fetch_and_add(n, 1);
+    MAP_ADD(&hist, &key, 1);
 }
 """
 

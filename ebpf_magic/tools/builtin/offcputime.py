@@ -68,14 +68,7 @@ int BPF_PROG(on_switch, bool preempt, struct task_struct *prev, struct task_stru
     if (delta < min_block_ns || delta > max_block_ns)
         return 0;
     BPF_CORE_READ_STR_INTO(&key.comm, next, comm);
-    u64 zero = 0, *total = bpf_map_lookup_elem(&counts, &key);
-    if (!total) {
-        bpf_map_update_elem(&counts, &key, &zero, BPF_NOEXIST);
-        total = bpf_map_lookup_elem(&counts, &key);
-        if (!total)
-            return 0;
-    }
-    __sync_fetch_and_add(total, delta);
+    MAP_ADD(&counts, &key, delta);
     return 0;
 }
 """

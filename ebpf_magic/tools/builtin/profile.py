@@ -9,10 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 from ebpf_magic.tools import frames, stacks
-from ebpf_magic.tools.snippets import COMM, FILTER, PER_THREAD, PID, TID
+from ebpf_magic.tools.snippets import ADD, COMM, FILTER, PER_THREAD, PID, TID
 from ebpf_magic.tools.tool import Option, Reading, Tool, ToolRun, count, flag
 
-SOURCE = FILTER + r"""
+SOURCE = FILTER + ADD + r"""
 const volatile bool targ_idle = false;
 const volatile bool targ_per_thread = false;
 
@@ -45,14 +45,7 @@ int on_sample(struct bpf_perf_event_data *ctx)
                            .user_stack_id = USER_STACK(ctx),
                            .kernel_stack_id = KERNEL_STACK(ctx)};
     bpf_get_current_comm(key.comm, sizeof(key.comm));
-    u64 zero = 0, *n = bpf_map_lookup_elem(&counts, &key);
-    if (!n) {
-        bpf_map_update_elem(&counts, &key, &zero, BPF_NOEXIST);
-        n = bpf_map_lookup_elem(&counts, &key);
-        if (!n)
-            return 0;
-    }
-    __sync_fetch_and_add(n, 1);
+    MAP_ADD(&counts, &key, 1);
     return 0;
 }
 """

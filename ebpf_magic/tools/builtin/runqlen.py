@@ -15,9 +15,10 @@ import numpy as np
 import pandas as pd
 
 from ebpf_magic.tools import frames
+from ebpf_magic.tools.snippets import ADD
 from ebpf_magic.tools.tool import Option, Reading, Tool, ToolRun, count, flag
 
-SOURCE = r"""
+SOURCE = ADD + r"""
 const volatile bool targ_per_cpu = false;
 
 /* the run queue of the CPU a task runs on */
@@ -48,14 +49,7 @@ int on_sample(struct bpf_perf_event_data *ctx)
     u32 running = BPF_CORE_READ(rq_of(task), nr_running);
     u32 len = running > 0 && BPF_CORE_READ(task, pid) ? running - 1 : running;
     struct len_key key = {.cpu = targ_per_cpu ? bpf_get_smp_processor_id() : 0, .len = len};
-    u64 zero = 0, *n = bpf_map_lookup_elem(&samples, &key);
-    if (!n) {
-        bpf_map_update_elem(&samples, &key, &zero, BPF_NOEXIST);
-        n = bpf_map_lookup_elem(&samples, &key);
-        if (!n)
-            return 0;
-    }
-    __sync_fetch_and_add(n, 1);
+    MAP_ADD(&samples, &key, 1);
     return 0;
 }
 """

@@ -71,14 +71,7 @@ int BPF_PROG(on_waking, struct task_struct *p)
                            .kernel_stack_id = KERNEL_STACK(ctx)};
     bpf_get_current_comm(key.waker_comm, sizeof(key.waker_comm));
     BPF_CORE_READ_STR_INTO(&key.target_comm, p, comm);
-    u64 zero = 0, *total = bpf_map_lookup_elem(&counts, &key);
-    if (!total) {
-        bpf_map_update_elem(&counts, &key, &zero, BPF_NOEXIST);
-        total = bpf_map_lookup_elem(&counts, &key);
-        if (!total)
-            return 0;
-    }
-    __sync_fetch_and_add(total, delta);
+    MAP_ADD(&counts, &key, delta);
     return 0;
 }
 """
