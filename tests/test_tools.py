@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import signal
 import socket
 import subprocess
@@ -865,6 +866,33 @@ def test_log2_buckets_in_c_match_the_histograms_python():
             os.getppid()
         got = prog.maps["slots"].df["value"].tolist()
     assert got == histograms.log2_slots(np.array(values, dtype=np.uint64)).tolist()
+
+
+def test_the_documented_tool_of_ones_own_runs(no_leaks, shell):
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "tools.md").read_text()
+    code = re.search(r"```python\n(.*?)```", doc, re.S).group(1)
+    namespace: dict = {}
+    exec(compile(code, "docs/tools.md", "exec"), namespace)  # noqa: S102 - the docs' example
+    try:
+        workload = """
+        import os
+        for _ in range(10):
+            os.write(1, b"x" * 100)
+        for _ in range(3):
+            os.write(1, b"y" * 5000)
+        """
+        with Gated(workload) as child:
+            run = namespace["writesize"].start(pid=child.pid)
+            shell.run_line_magic("bpf", f"tool writesize -p {child.pid} --name ws -q")
+            child.release()
+            child.proc.communicate(timeout=30)
+            run.stop()
+            shell.run_line_magic("bpf", "stop ws")
+        for df in (run.df, shell.user_ns["ws"].df):
+            counts = df[df["count"] > 0].set_index("low_bytes")["count"].to_dict()
+            assert counts == {64: 10, 4096: 3} and set(df["pid"]) == {child.pid}
+    finally:
+        tools.unregister("writesize")
 
 
 def test_tool_function_signature_and_help():

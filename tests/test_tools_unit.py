@@ -150,8 +150,10 @@ def test_the_registry_knows_builtin_and_registered_tools():
             tools.register(make(name="runqlat"))
         assert "mytool_for_test" in tools.names()
     finally:
-        tools.register(mine, replace=True)
-        tools._registered.pop("mytool_for_test")  # noqa: SLF001 - the test's own entry
+        tools.unregister("mytool_for_test")
+    assert "mytool_for_test" not in tools.names()
+    with pytest.raises(KeyError):
+        tools.unregister("runqlat")
 
 
 # -- readings and tables ------------------------------------------------------------------

@@ -43,7 +43,8 @@ BUILTIN = (
 )
 
 __all__ = ["BUILTIN", "Option", "Reading", "Tool", "ToolRun", "Variant", "get", "listing",
-           "load", "names", "probe_available", "register", "replayed", *BUILTIN]
+           "load", "names", "probe_available", "register", "replayed", "unregister",
+           *BUILTIN]
 
 _registered: dict[str, Tool] = {}
 _lock = threading.Lock()
@@ -60,6 +61,14 @@ def register(tool: Tool, replace: bool = False) -> Tool:
                            "Give yours another name, or register(tool, replace=True).")
         _registered[tool.name] = tool
     return tool
+
+
+def unregister(name: str) -> None:
+    """Forget a registered tool (built-in ones stay); KeyError if none has that name."""
+    with _lock:
+        if name not in _registered:
+            raise KeyError(f"no registered tool named {name!r}")
+        del _registered[name]
 
 
 def get(name: str) -> Tool:
