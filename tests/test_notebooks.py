@@ -132,13 +132,16 @@ def home():
 
 
 def test_every_notebook_has_its_recordings() -> None:
-    assert len(BOOKS) == 9
+    assert len(BOOKS) >= 10
     recordings = list((NOTEBOOKS / "recordings").glob("*.bpfrec"))
     for name in BOOKS:
         book = nbformat.read(NOTEBOOKS / name, as_version=4)
         cells = [c.source.split()[1] for c in book.cells
                  if c.cell_type == "code" and c.source.startswith("%%bpf ")]
-        assert cells, f"{name} has no %%bpf cell"
+        # `%bpf tool TOOL ... --name VAR` lines replay recordings/VAR.bpfrec too
+        cells += re.findall(r"^%bpf tool \w+ .*--name (\w+)", "\n".join(
+            c.source for c in book.cells if c.cell_type == "code"), re.M)
+        assert cells, f"{name} has no %%bpf cell and no %bpf tool line"
         for prog in cells:
             assert (NOTEBOOKS / "recordings" / f"{prog}.bpfrec").is_file(), (name, prog)
     total = sum(p.stat().st_size for p in recordings)
