@@ -371,12 +371,17 @@ class Tool:
         values = self.check_options(options)
         attach = self.attach(values) if self.attach is not None else []
         c_globals = self.c_globals(values)
-        streams = {"time": dict(self.time), **dict(stream_options or {})}
         candidates = self.candidates()
         for i, variant in enumerate(candidates):
+            text = variant.text(values)
+            streams = {"time": dict(self.time), **dict(stream_options or {})}
+            if text in _LAYOUTS:
+                streams["dtypes"] = {**_LAYOUTS[text], **streams.get("dtypes", {})}
             try:
-                prog = Program(variant.text(values), name=name or self.name, attach=attach,
+                prog = Program(text, name=name or self.name, attach=attach,
                                backend="libbpf", globals=c_globals, stream_options=streams)
+                _LAYOUTS[text] = {n: s.dtype for n, s in prog.events.items()
+                                  if s.dtype is not None}
                 break
             except NotPrivilegedError:
                 raise
@@ -407,6 +412,10 @@ class Tool:
                          f".stop()).\n\n{self.help()}")
         return start
 
+
+# the event records' layouts of each source started in this process: learning one from the
+# compiled object's DWARF takes seconds for a program that reads big kernel structs
+_LAYOUTS: dict[str, dict[str, Any]] = {}
 
 INTERVAL = Option("interval", ("-i", "--interval"), "read the maps every SECONDS and give a "
                   "table per interval (what each interval added)", type=seconds,
