@@ -288,3 +288,32 @@ def test_intervals_split_a_reading_by_time():
     r = Reading(WithEvents({}), {}, maps={}, start=100.5, end=101.0)
     assert r.events("e")["x"].tolist() == [2] and r.seconds == 0.5
     assert np.isclose(Reading(WithEvents({}), {}).seconds, 1.0)
+
+
+def test_the_magic_completes_tool_names_and_their_options():
+    from ebpf_magic.magics import tool as tool_magic
+
+    assert tool_magic.completions("run", ["tool"])[:2] == ["list", "execsnoop"]
+    assert "runqlat" in tool_magic.completions("run", ["tool"])
+    flags = tool_magic.completions("-", ["tool", "runqlat"])
+    assert {"-p", "--per-process", "-m", "--interval", "--record", "--help"} <= set(flags)
+    assert tool_magic.completions("-", ["tool", "nope"]) == []
+
+
+def test_a_tool_recording_replays_as_the_tool_and_saves_nothing_new(capsys):
+    from pathlib import Path
+
+    from ebpf_magic.magics import save
+
+    path = Path(__file__).resolve().parents[1] / "notebooks" / "recordings" / "box_rq.bpfrec"
+    run = tools.load(path, "rq")
+    assert run.tool.name == "runqlat" and run.options["per_process"]
+    assert list(run.df.columns) == ["pid", "comm", "low_us", "high_us", "count"]
+    assert run.table("totals")["count"].sum() == run.df["count"].sum()
+
+    class Magics:
+        session = type("S", (), {"get": staticmethod(lambda name: run)})()
+        shell = type("Shell", (), {"user_ns": {}})()
+
+    save.run(Magics(), "rq")
+    assert capsys.readouterr().out == f"rq is replayed from {path}: nothing new to save\n"

@@ -484,25 +484,28 @@ def probe_available(spec: str) -> bool:
 class Reading:
     """What a tool's table is computed from: map frames, event frames, options, program.
 
-    ``maps(NAME)`` and ``events(NAME)`` give frames (read from the program on first use,
-    or given: an interval's map differences); ``program`` is the program itself, for
-    what frames do not carry (a live stack map's symbolizer).
+    ``maps(NAME)`` and ``events(NAME)`` give frames: ``maps`` given (all the program's,
+    read at one moment, so that tables computed together agree), else read from the
+    program on first use. For one interval (``interval``) the maps are what each gained
+    in it and the events those of its time; ``program`` is the program itself, for what
+    frames do not carry (a live stack map's symbolizer).
     """
 
     def __init__(self, program: ProgramView, options: Mapping[str, Any],
                  maps: Mapping[str, pd.DataFrame] | None = None,
-                 start: float | None = None, end: float | None = None) -> None:
+                 start: float | None = None, end: float | None = None,
+                 interval: bool = False) -> None:
         self.program = program
         self.options = dict(options)
         self._maps: dict[str, pd.DataFrame] = dict(maps or {})
-        self._given = maps is not None
+        self._interval = interval
         self.start = start if start is not None else program.started_at
         self.end = end if end is not None else (program.stopped_at or time.time())
 
     def maps(self, name: str) -> pd.DataFrame:
         """The frame of map ``name``."""
         if name not in self._maps:
-            if self._given:
+            if self._interval:
                 raise KeyError(f"map {name!r} is not in this reading")
             self._maps[name] = self.program.read_maps([name])[name]
         return self._maps[name]
@@ -514,7 +517,7 @@ class Reading:
     def events(self, name: str) -> pd.DataFrame:
         """The events of stream ``name`` so far (only those of this interval, for one)."""
         df = self.program.events[name].df
-        if self._given and "time" in df.columns and len(df):
+        if self._interval and "time" in df.columns and len(df):
             times = df["time"]
             lo = pd.Timestamp(self.start, unit="s")
             hi = pd.Timestamp(self.end, unit="s")
@@ -583,19 +586,9 @@ class ToolRun:
         return self.table()
 
     def table(self, name: str = "main") -> pd.DataFrame:
-        """The tool's table ``name`` (``"main"``: :attr:`df`); :meth:`tables` lists them."""
-        fn = self._table_function(name)
-        if name in self._saved:
-            return self._saved[name].copy()
-        if name in self._failed:
-            raise self._failed[name]
-        if not self.program.readable:
-            raise BPFError(f"{self.name} was stopped before its {name} table was read",
-                           "A run keeps its tables from the moment it stops; this one's maps "
-                           "were released without that (stop the ToolRun, not its program).")
-        if self.interval:
-            return self._per_interval(fn)
-        return fn(Reading(self.program, self.options))
+        """The tool's table ``name`` (``"main"``: :attr:`df`); :attr:`table_names` lists
+        them."""
+        return self._compute([name])[name]
 
     @property
     def table_names(self) -> list[str]:
@@ -610,27 +603,51 @@ class ToolRun:
             raise KeyError(f"tool {self.tool.name} has no table {name!r}; tables: "
                            f"{', '.join(self.table_names)}") from None
 
+    def _compute(self, names: list[str]) -> dict[str, pd.DataFrame]:
+        """Tables ``names``: kept ones as kept, the others from one reading of the maps."""
+        functions = {name: self._table_function(name) for name in names}
+        out = {n: self._saved[n].copy() for n in names if n in self._saved}
+        for name in names:
+            if name in self._failed:
+                raise self._failed[name]
+        todo = [n for n in names if n not in out]
+        if not todo:
+            return out
+        if not self.program.readable:
+            raise BPFError(f"{self.name} was stopped before its {todo[0]} table was read",
+                           "A run keeps its tables from the moment it stops; this one's maps "
+                           "were released without that (stop the ToolRun, not its program).")
+        if self.interval:
+            snaps = self._snapshots()
+            return {**out, **{n: self._per_interval(functions[n], snaps) for n in todo}}
+        maps = self.program.read_maps() if len(todo) > 1 else None
+        reading = Reading(self.program, self.options, maps)
+        return {**out, **{n: functions[n](reading) for n in todo}}
+
     @property
     def interval(self) -> float | None:
         """Seconds per table row group, when the run was started with ``interval``."""
         return self.options.get("interval")
 
-    def _per_interval(self, fn: Table) -> pd.DataFrame:
-        """One table per snapshot interval, each from what the maps gained in it."""
-        from ebpf_magic.sessions import recorder_of
+    def _snapshots(self) -> list[Any]:
+        """The maps as recorded every interval, and as they are now while running."""
+        from ebpf_magic.sessions import Snapshot, recorder_of
 
         snaps = list(recorder_of(self.program) or [])
         if self.program.running:
-            from ebpf_magic.sessions import Snapshot
-
             snaps.append(Snapshot(time.time(), self.program.read_maps()))
+        return snaps
+
+    def _per_interval(self, fn: Table, snaps: list[Any]) -> pd.DataFrame:
+        """One table per snapshot interval, each from what the maps gained in it."""
         columns = {n: list(m.value_columns) for n, m in self.program.maps.items()}
         parts = []
         before: dict[str, pd.DataFrame] = {}
         start = self.program.started_at
         for snap in snaps:
             gained = differences(before, snap.maps, columns)
-            df = fn(Reading(self.program, self.options, gained, start, snap.time))
+            df = fn(Reading(self.program, self.options, gained, start, snap.time,
+                            interval=True))
             parts.append(df.assign(time=pd.Timestamp(snap.time, unit="s")))
             before, start = snap.maps, snap.time
         if not parts:
@@ -736,8 +753,7 @@ class ToolRun:
         out = dict(self.program.tables)
         out[META_TABLE] = pd.DataFrame([{"tool": self.tool.name, "variant": self.variant,
                                          "options": json.dumps(self.options, default=str)}])
-        for name in self.table_names:
-            out[TABLE_PREFIX + name] = self.table(name)
+        out.update({TABLE_PREFIX + n: df for n, df in self._compute(self.table_names).items()})
         return out
 
     def read_maps(self, names: Iterable[str] | None = None) -> dict[str, pd.DataFrame]:
@@ -763,11 +779,14 @@ class ToolRun:
         """
         try:
             if self.program.running:
-                for name in self.table_names:
-                    if name not in self._saved and name not in self._failed:
+                names = [n for n in self.table_names if n not in self._failed]
+                try:
+                    self._saved.update(self._compute(names))
+                except Exception:  # noqa: BLE001 - each kept, raised when read
+                    for name in names:
                         try:
                             self._saved[name] = self.table(name)
-                        except Exception as e:  # noqa: BLE001 - kept, raised when read
+                        except Exception as e:  # noqa: BLE001
                             self._failed[name] = e
         finally:
             self.program.stop()
