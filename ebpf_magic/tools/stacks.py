@@ -9,6 +9,7 @@ stack, symbolized (root first), next to its process, thread and command.
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -43,6 +44,13 @@ USER_ONLY = Option("user_only", ("-U", "--user-stacks-only"), "user stacks only"
                    type=flag, sets="targ_user_only")
 KERNEL_ONLY = Option("kernel_only", ("-K", "--kernel-stacks-only"), "kernel stacks only",
                      type=flag, sets="targ_kernel_only")
+
+
+def stack_options_lowercase() -> tuple[Option, Option]:
+    """-u and -k for user-only and kernel-only stacks, as offcputime and wakeuptime name them
+    (profile's are -U and -K)."""
+    return (replace(USER_ONLY, flags=("-u", "--user-stacks-only")),
+            replace(KERNEL_ONLY, flags=("-k", "--kernel-stacks-only")))
 
 
 def stack_entries(entries: int) -> str:

@@ -232,7 +232,7 @@ TOOL = Tool(
             "it work?",
     source=SOURCE, table=table, plot=plot,
     options=[
-        Option("ppid", ("--ppid",), "only execs by children of this process", type=pid,
+        Option("ppid", ("-P", "--ppid"), "only execs by children of this process", type=pid,
                sets="targ_ppid", metavar="PID"),
         Option("uid", ("-u", "--uid"), "only execs by this user id", type=natural,
                sets="targ_uid", metavar="UID"),

@@ -99,7 +99,7 @@ TOOL = Tool(
     name="offcputime",
     answers="Where (in which stacks) do threads wait off the CPU, and for how long?",
     source=source, table=table, plot=plot,
-    options=[PID, TID, COMM, stacks.USER_ONLY, stacks.KERNEL_ONLY,
+    options=[PID, TID, COMM, *stacks.stack_options_lowercase(),
              _block("min_block_us", ("-m", "--min-block-time"), "the least", "min_block_ns"),
              _block("max_block_us", ("-M", "--max-block-time"), "the most", "max_block_ns"),
              Option("state", ("--state",), "only threads that left the CPU in this state "

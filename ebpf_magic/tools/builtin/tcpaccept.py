@@ -7,6 +7,7 @@ new descriptor, whose socket is found through the task's file table with CO-RE.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pandas as pd
@@ -110,6 +111,7 @@ TOOL = Tool(
                     "later, where fexit programs load)"),
             Variant("syscalls", SYSCALLS, about="accept(2) and accept4(2)")],
     table=table, plot=plot,
-    options=[PID, TID, COMM, net.LPORT, net.RPORT, net.IPV4, net.IPV6],
+    options=[PID, TID, COMM, replace(net.LPORT, flags=("-P", "--port")), net.RPORT,
+             net.IPV4, net.IPV6],
     prepare=net.family, time={"time": "monotonic"},
 )

@@ -8,6 +8,7 @@ local port assigned by then.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pandas as pd
@@ -133,7 +134,8 @@ TOOL = Tool(
     answers="Which processes open TCP connections to where, do they succeed, and how long "
             "does the handshake take?",
     source=SOURCE, table=table, plot=plot, tables={"counts": counts},
-    options=[PID, TID, COMM, net.LPORT, net.RPORT, net.IPV4, net.IPV6,
+    options=[PID, TID, COMM, net.LPORT, replace(net.RPORT, flags=("-P", "--port")),
+             net.IPV4, net.IPV6,
              Option("uid", ("-u", "--uid"), "only this user id", type=natural,
                     sets="targ_uid", metavar="UID")],
     prepare=lambda o: {**net.family(o), "targ_uid_set": o["uid"] is not None},

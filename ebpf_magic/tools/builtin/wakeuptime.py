@@ -106,7 +106,7 @@ TOOL = Tool(
     answers="Who wakes up blocked threads (by the waker's stack), and how long did they "
             "sleep?",
     source=source, table=table, plot=plot,
-    options=[PID, TID, COMM, stacks.USER_ONLY, stacks.KERNEL_ONLY,
+    options=[PID, TID, COMM, *stacks.stack_options_lowercase(),
              _block("min_block_us", ("-m", "--min-block-time"), "the least", "min_block_ns"),
              _block("max_block_us", ("-M", "--max-block-time"), "the most", "max_block_ns"),
              stacks.STACK_STORAGE],
