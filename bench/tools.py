@@ -125,7 +125,7 @@ int main(int argc, char **argv) {
 PLAN = {
     "execsnoop": ("exec", None), "exitsnoop": ("exec", ["exitsnoop"]),
     "opensnoop": ("open", None), "statsnoop": ("stat", None),
-    "syscount": ("getppid", ["syscount"]), "killsnoop": ("kill", None),
+    "syscount": ("getppid", ["syscount", "-L"]), "killsnoop": ("kill", None),
     "runqlat": ("pingpong", ["runqlat"]), "runqlen": ("pingpong", ["runqlen"]),
     "cpudist": ("pingpong", None), "offcputime": ("pingpong", None),
     "profile": ("getppid", ["profile", "-F", "49"]),

@@ -285,9 +285,13 @@ def test_intervals_split_a_reading_by_time():
 
     WithEvents.events = {"e": type("S", (), {"df": events})()}
 
-    r = Reading(WithEvents({}), {}, maps={}, start=100.5, end=101.0)
+    r = Reading(WithEvents({}), {}, maps={}, start=100.5, end=101.0, interval=True)
     assert r.events("e")["x"].tolist() == [2] and r.seconds == 0.5
-    assert np.isclose(Reading(WithEvents({}), {}).seconds, 1.0)
+    with pytest.raises(KeyError, match="not in this reading"):
+        r.maps("m")
+    whole = Reading(WithEvents({"m": pd.DataFrame({"v": [1]})}), {})
+    assert whole.events("e")["x"].tolist() == [1, 2, 3] and np.isclose(whole.seconds, 1.0)
+    assert whole.maps("m")["v"].tolist() == [1]
 
 
 def test_the_magic_completes_tool_names_and_their_options():

@@ -539,9 +539,10 @@ def differences(before: Mapping[str, pd.DataFrame], after: Mapping[str, pd.DataF
     out = {}
     for name, now in after.items():
         declared = set(value_columns.get(name, []))
-        values = [c for c in now.columns if c in declared or (
+        values = [c for c in now.columns if (c in declared or (
             _PER_CPU.match(str(c)) and _PER_CPU.match(str(c)).group(1) in declared)
-            or (c == "total" and any(_PER_CPU.match(str(x)) for x in now.columns))]
+            or (c == "total" and any(_PER_CPU.match(str(x)) for x in now.columns)))
+            and pd.api.types.is_numeric_dtype(now[c])]  # not a listing row's text
         old = before.get(name)
         if old is None or not values or not len(old):
             out[name] = now

@@ -1,8 +1,9 @@
 """syscount: system calls counted by call (or by process and call), with their time.
 
-``raw_syscalls:sys_enter`` counts a call and notes when the thread entered;
-``raw_syscalls:sys_exit`` adds the time to its return. Counts are kept per CPU and
-summed when read. Names are this kernel's (:mod:`ebpf_magic.tools.syscalls`).
+The raw ``sys_enter`` tracepoint (BTF-typed) counts a call and notes when the thread
+entered, in the task's own storage; ``sys_exit`` adds the time to its return. Counts are
+kept per CPU and summed when read. Names are this kernel's
+(:mod:`ebpf_magic.tools.syscalls`).
 """
 
 from __future__ import annotations
@@ -49,12 +50,25 @@ struct {
     __type(value, struct sc_stats);
 } counts SEC(".maps");
 
+/* when each thread entered its system call: kept with the task itself */
 struct {
-    __uint(type, BPF_MAP_TYPE_HASH);
-    __uint(max_entries, 65536);
-    __type(key, u32);
+    __uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+    __uint(map_flags, BPF_F_NO_PREALLOC);
+    __type(key, int);
     __type(value, u64);
 } start SEC(".maps");
+
+/* the number of the system call a thread returns from, on x86 and on arm64 */
+struct pt_regs___arm64 {
+    u64 syscallno;
+} __attribute__((preserve_access_index));
+
+static __always_inline long syscall_nr(struct pt_regs *regs)
+{
+    if (bpf_core_field_exists(regs->orig_ax))
+        return BPF_CORE_READ(regs, orig_ax);
+    return BPF_CORE_READ((struct pt_regs___arm64 *)regs, syscallno);
+}
 
 static __always_inline struct sc_stats *stats_of(u32 pid, u32 nr)
 {
@@ -67,39 +81,37 @@ static __always_inline struct sc_stats *stats_of(u32 pid, u32 nr)
     return bpf_map_lookup_elem(&counts, &key);
 }
 
-SEC("tracepoint/raw_syscalls/sys_enter")
-int on_enter(struct trace_event_raw_sys_enter *ctx)
+SEC("tp_btf/sys_enter")
+int BPF_PROG(on_enter, struct pt_regs *regs, long id)
 {
-    if (ctx->id < 0 || !current_wanted())
+    if (id < 0 || !current_wanted())
         return 0;
-    u64 id = bpf_get_current_pid_tgid();
-    u32 tid = (u32)id;
-    u64 now = bpf_ktime_get_ns();
-    bpf_map_update_elem(&start, &tid, &now, BPF_ANY);
+    u64 *t0 = bpf_task_storage_get(&start, bpf_get_current_task_btf(), 0,
+                                   BPF_LOCAL_STORAGE_GET_F_CREATE);
+    if (t0)
+        *t0 = bpf_ktime_get_ns();
     if (targ_failed || targ_errno)
         return 0;   /* counted at the return, once it failed */
-    struct sc_stats *s = stats_of(id >> 32, ctx->id);
+    struct sc_stats *s = stats_of(bpf_get_current_pid_tgid() >> 32, id);
     if (s)
         s->calls++;
     return 0;
 }
 
-SEC("tracepoint/raw_syscalls/sys_exit")
-int on_exit(struct trace_event_raw_sys_exit *ctx)
+SEC("tp_btf/sys_exit")
+int BPF_PROG(on_exit, struct pt_regs *regs, long ret)
 {
-    u64 id = bpf_get_current_pid_tgid();
-    u32 tid = (u32)id;
-    u64 *t0 = bpf_map_lookup_elem(&start, &tid);
-    if (!t0)
+    u64 *t0 = bpf_task_storage_get(&start, bpf_get_current_task_btf(), 0, 0);
+    if (!t0 || !*t0)
         return 0;   /* entered before tracing began, or filtered out */
     u64 delta = bpf_ktime_get_ns() - *t0;
-    bpf_map_delete_elem(&start, &tid);
-    if (ctx->id < 0)
+    *t0 = 0;
+    long id = syscall_nr(regs);
+    if (id < 0)
         return 0;
-    bool failed = ctx->ret < 0;
-    if ((targ_failed && !failed) || (targ_errno && ctx->ret != -targ_errno))
+    if ((targ_failed && ret >= 0) || (targ_errno && ret != -targ_errno))
         return 0;
-    struct sc_stats *s = stats_of(id >> 32, ctx->id);
+    struct sc_stats *s = stats_of(bpf_get_current_pid_tgid() >> 32, id);
     if (!s)
         return 0;
     if (targ_failed || targ_errno)
