@@ -37,74 +37,55 @@ static __always_inline bool task_wanted(struct task_struct *t)
     return wanted(BPF_CORE_READ(t, tgid), BPF_CORE_READ(t, pid), comm);
 }
 
-/* the histogram key of a task: its process, its thread, or one histogram for all */
-struct hist_key {
-    u32 id;
-    u32 slot;
-};
-
-struct totals {
-    u64 count;
-    u64 total_ns;
-};
 """
 
 HIST_MAPS = r"""
+#define SLOTS 40   /* log2 buckets: up to 2^39 us (6 days) */
+
 const volatile bool targ_per_process = false;
 const volatile bool targ_per_thread = false;
 const volatile bool targ_ms = false;
 
-struct {
-    __uint(type, BPF_MAP_TYPE_HASH);
-    __uint(max_entries, 1 << 18);
-    __uint(map_flags, BPF_F_NO_PREALLOC);
-    __type(key, struct hist_key);
-    __type(value, u64);
-} hist SEC(".maps");
+/* one histogram per process, thread, or for all (id 0): its buckets, count and sum */
+struct hist {
+    u64 slots[SLOTS];
+    u64 count;
+    u64 total_ns;
+    char comm[16];
+};
 
-/* count and sum of the values of each histogram */
-struct {
-    __uint(type, BPF_MAP_TYPE_HASH);
-    __uint(max_entries, 1 << 16);
-    __uint(map_flags, BPF_F_NO_PREALLOC);
-    __type(key, u32);
-    __type(value, struct totals);
-} sums SEC(".maps");
-
-/* the command name of each process or thread with a histogram */
 struct {
     __uint(type, BPF_MAP_TYPE_HASH);
     __uint(max_entries, 1 << 16);
     __uint(map_flags, BPF_F_NO_PREALLOC);
     __type(key, u32);
-    __type(value, char[16]);
-} names SEC(".maps");
+    __type(value, struct hist);
+} hists SEC(".maps");
 
-/* one value of task t (ns) into its histogram and its sums */
+/* one value of task t (ns) into its histogram */
 static __always_inline void account(struct task_struct *t, u64 delta_ns)
 {
     u32 id = targ_per_process ? BPF_CORE_READ(t, tgid) :
              targ_per_thread ? BPF_CORE_READ(t, pid) : 0;
-    u64 value = delta_ns / (targ_ms ? 1000000 : 1000);
-    struct hist_key key = {.id = id, .slot = log2_slot(value)};
-    MAP_ADD(&hist, &key, 1);
-    struct totals *s = bpf_map_lookup_elem(&sums, &id);
-    if (!s) {
-        struct totals zero = {};
-        bpf_map_update_elem(&sums, &id, &zero, BPF_NOEXIST);
-        s = bpf_map_lookup_elem(&sums, &id);
-        if (!s)
+    struct hist *h = bpf_map_lookup_elem(&hists, &id);
+    if (!h) {
+        struct hist zero = {};
+        bpf_map_update_elem(&hists, &id, &zero, BPF_NOEXIST);
+        h = bpf_map_lookup_elem(&hists, &id);
+        if (!h)
             return;
     }
-    __sync_fetch_and_add(&s->count, 1);
-    __sync_fetch_and_add(&s->total_ns, delta_ns);
-    if (id) {
-        char comm[16];
-        BPF_CORE_READ_STR_INTO(&comm, t, comm);
-        bpf_map_update_elem(&names, &id, &comm, BPF_ANY);
-    }
+    u32 slot = log2_slot(delta_ns / (targ_ms ? 1000000 : 1000));
+    if (slot >= SLOTS)
+        slot = SLOTS - 1;
+    __sync_fetch_and_add(&h->slots[slot], 1);
+    __sync_fetch_and_add(&h->count, 1);
+    __sync_fetch_and_add(&h->total_ns, delta_ns);
+    if (id)
+        BPF_CORE_READ_STR_INTO(&h->comm, t, comm);
 }
 """
+
 
 # -- tables ------------------------------------------------------------------------------
 
@@ -118,22 +99,21 @@ def labels(options: Mapping[str, Any]) -> list[str]:
     return []
 
 
-def _named(df: pd.DataFrame, r: Reading, key: str) -> pd.DataFrame:
-    """``df`` with its ``key`` id column labelled by :func:`labels` and the names map."""
+def _labelled(df: pd.DataFrame, r: Reading, columns: dict[str, Any]) -> pd.DataFrame:
+    """``columns`` with the histograms' labels (pid or tid, and comm) first."""
     by = labels(r.options)
-    if not by:
-        return df.drop(columns=[key])
-    names = r.maps("names")
-    comm = dict(zip(names["key"], names["value"], strict=True)) if len(names) else {}
-    ids = df[key].to_numpy()
-    return df.drop(columns=[key]).assign(**{by[0]: ids, "comm": [comm.get(i, "") for i in ids]})
+    named = {by[0]: df["key"].to_numpy(), "comm": df["comm"].to_numpy()} if by else {}
+    return pd.DataFrame({**named, **columns})
 
 
 def hist_table(r: Reading) -> pd.DataFrame:
     """Log2 buckets: [pid or tid, comm,] low_us, high_us, count (_ms with milliseconds)."""
-    u = unit(r.options)
-    df = _named(r.maps("hist").rename(columns={"value": "count"}), r, "id")
-    return frames.log2_table(df, u, by=labels(r.options))
+    df = r.maps("hists")
+    slots = frames.array(df, "slots")
+    rows, cols = np.nonzero(slots)
+    long = _labelled(df.iloc[rows].reset_index(drop=True), r,
+                     {"slot": cols, "count": slots[rows, cols]})
+    return frames.log2_table(long, unit(r.options), by=labels(r.options))
 
 
 def totals_table(r: Reading) -> pd.DataFrame:
@@ -141,17 +121,13 @@ def totals_table(r: Reading) -> pd.DataFrame:
     buckets; _ms with milliseconds)."""
     u = unit(r.options)
     scale = 1e6 if u == "ms" else 1e3
-    df = r.maps("sums").rename(columns={"key": "id"})
-    by = labels(r.options)
-    if not len(df):
-        return pd.DataFrame({c: [] for c in [*by, "count", f"total_{u}", f"mean_{u}"]})
+    df = r.maps("hists")
+    counts = df["count"].to_numpy().astype(np.int64)
     total = df["total_ns"].to_numpy() / scale
-    counts = df["count"].to_numpy()
-    out = _named(pd.DataFrame({"id": df["id"].to_numpy(), "count": counts.astype(np.int64),
-                               f"total_{u}": total, f"mean_{u}": total / np.maximum(counts, 1)}),
-                 r, "id")
-    return out[[*by, "count", f"total_{u}", f"mean_{u}"]].sort_values(
-        f"total_{u}", ascending=False, ignore_index=True)
+    out = _labelled(df, r, {"count": counts, f"total_{u}": total,
+                            f"mean_{u}": total / np.maximum(counts, 1)})
+    return out[out["count"] > 0].sort_values(f"total_{u}", ascending=False,
+                                             ignore_index=True)
 
 
 def hist_plot(what: str) -> Any:

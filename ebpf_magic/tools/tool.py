@@ -534,30 +534,32 @@ def differences(before: Mapping[str, pd.DataFrame], after: Mapping[str, pd.DataF
                 value_columns: Mapping[str, list[str]]) -> dict[str, pd.DataFrame]:
     """What each map gained from ``before`` to ``after``: value columns subtracted by key.
 
-    Keys only in ``after`` keep their values; rows that gained nothing are left out.
+    The key is every column that is not a value; numeric values are subtracted, others (a
+    name kept in the value) are as they are now. Keys only in ``after`` keep their values;
+    rows that gained nothing are left out.
     """
     out = {}
     for name, now in after.items():
         declared = set(value_columns.get(name, []))
-        values = [c for c in now.columns if (c in declared or (
-            _PER_CPU.match(str(c)) and _PER_CPU.match(str(c)).group(1) in declared)
-            or (c == "total" and any(_PER_CPU.match(str(x)) for x in now.columns)))
-            and pd.api.types.is_numeric_dtype(now[c])]  # not a listing row's text
+        per_cpu = any(_PER_CPU.match(str(c)) for c in now.columns)
+        value = [c for c in now.columns if c in declared or (c == "total" and per_cpu) or (
+            _PER_CPU.match(str(c)) and _PER_CPU.match(str(c)).group(1) in declared)]
+        numbers = [c for c in value if pd.api.types.is_numeric_dtype(now[c])]
+        keys = [c for c in now.columns if c not in value]
         old = before.get(name)
-        if old is None or not values or not len(old):
+        if old is None or not numbers or not len(old):
             out[name] = now
             continue
-        keys = [c for c in now.columns if c not in values]
         if not keys:
-            diff = now[values].to_numpy() - old[values].to_numpy()
-            out[name] = pd.DataFrame(diff, columns=values)
+            diff = now[numbers].to_numpy() - old[numbers].to_numpy()
+            out[name] = now.assign(**dict(zip(numbers, diff.T, strict=True)))
             continue
-        merged = now.merge(old[keys + values], on=keys, how="left", suffixes=("", "__old"))
-        for col in values:
+        merged = now.merge(old[keys + numbers], on=keys, how="left", suffixes=("", "__old"))
+        for col in numbers:
             merged[col] = merged[col] - merged[f"{col}__old"].fillna(0).astype(
                 merged[col].dtype)
-        merged = merged[keys + values]
-        out[name] = merged[(merged[values] != 0).any(axis=1)].reset_index(drop=True)
+        merged = merged[list(now.columns)]
+        out[name] = merged[(merged[numbers] != 0).any(axis=1)].reset_index(drop=True)
     return out
 
 
