@@ -91,10 +91,10 @@ def summary() -> pd.DataFrame:
         try:
             found = _LISTERS[kind]("*", False, kind)
         except SourceUnavailable as e:
-            rows.append({"kind": kind, "count": None, "attachable": attachable(kind),
+            rows.append({"kind": kind, "count": None, "attachable": _attachable(kind),
                          "example": e.message})
             continue
-        rows.append({"kind": kind, "count": len(found), "attachable": attachable(kind),
+        rows.append({"kind": kind, "count": len(found), "attachable": _attachable(kind),
                      "example": found[0]["probe"] if found else ""})
     rows.append({"kind": "uprobe", "count": None, "attachable": True,
                  "example": "uprobe:c:malloc  (list: uprobe:BINARY_OR_LIB:*)"})
@@ -108,8 +108,7 @@ def summary() -> pd.DataFrame:
 
 
 @functools.cache
-def attachable(kind: str) -> bool:
-    """Whether this kernel can attach probes of ``kind`` (``kprobe``, ``kfunc``...)."""
+def _attachable(kind: str) -> bool:
     if kind in ("kprobe", "kretprobe"):
         return kernel.kprobes_supported()
     if kind in ("kfunc", "kretfunc"):
@@ -136,7 +135,7 @@ def _hardware_counters() -> bool:
 
 
 def _rows(kind: str, specs: Iterable[str], args=None) -> list[dict]:
-    ok = attachable(kind)
+    ok = _attachable(kind)
     if args is None:
         return [{"probe": s, "kind": kind, "attachable": ok} for s in specs]
     return [{"probe": s, "kind": kind, "attachable": ok, "args": args(s)} for s in specs]

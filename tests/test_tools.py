@@ -387,7 +387,7 @@ def test_cpudist_on_cpu_time_adds_up_to_the_cpu_time(no_leaks):
         run = tools.cpudist(pid=child.pid, per_process=True)
         before = schedstat(child.pid)[0]
         child.release()
-        time.sleep(0.9)
+        time.sleep(1.5)  # its spin is over, and it sleeps again: its last turn has ended
         after = schedstat(child.pid)[0]
         totals = run.table("totals")
         run.stop()

@@ -304,20 +304,13 @@ def test_the_magic_completes_tool_names_and_their_options():
     assert tool_magic.completions("-", ["tool", "nope"]) == []
 
 
-def test_a_tool_recording_replays_as_the_tool_and_saves_nothing_new(capsys):
+def test_a_tool_recording_replays_as_the_tool():
     from pathlib import Path
-
-    from ebpf_magic.magics import save
 
     path = Path(__file__).resolve().parents[1] / "notebooks" / "recordings" / "box_rq.bpfrec"
     run = tools.load(path, "rq")
-    assert run.tool.name == "runqlat" and run.options["per_process"]
+    assert run.tool.name == "runqlat" and run.options["per_process"] and run.name == "rq"
     assert list(run.df.columns) == ["pid", "comm", "low_us", "high_us", "count"]
-    assert run.table("totals")["count"].sum() == run.df["count"].sum()
-
-    class Magics:
-        session = type("S", (), {"get": staticmethod(lambda name: run)})()
-        shell = type("Shell", (), {"user_ns": {}})()
-
-    save.run(Magics(), "rq")
-    assert capsys.readouterr().out == f"rq is replayed from {path}: nothing new to save\n"
+    # the histogram and the totals were read together
+    assert run.table("totals")["count"].sum() == run.df["count"].sum() > 0
+    assert not run.running and run.prog_ids() == []

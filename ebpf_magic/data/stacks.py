@@ -108,60 +108,28 @@ def folded(counts: Any, stack_map: Any, *, kernel: bool = True, user: bool = Tru
     """
     df = counts if isinstance(counts, pd.DataFrame) else counts.df
     cols = list(df.columns)
-    pcol, ccol = _find(cols, "pid", pid_field), _find(cols, "comm", comm_field)
-    kcol, ucol = _stack_columns(cols, kernel_field, user_field)
-    vcol = count_field or ("value" if "value" in cols else next(
-        c for c in reversed(cols) if c not in (kcol, ucol, pcol, ccol)))
-    stacks = frame_lists(df, stack_map, kernel=kernel, user=user, kernel_field=kernel_field,
-                         user_field=user_field, pid_field=pid_field)
-    comms = [str(c) for c in df[ccol]] if ccol else [""] * len(df)
-    rows = [(";".join(p for p in [comm, *frames] if p), int(n))
-            for comm, frames, n in zip(comms, stacks, df[vcol], strict=True)]
-    out = pd.DataFrame(rows, columns=["stack", "count"])
-    out = out.groupby("stack", as_index=False, sort=False)["count"].sum()
-    return out.sort_values("count", ascending=False, ignore_index=True)
-
-
-def _stack_columns(cols: list[str], kernel_field: str | None,
-                   user_field: str | None) -> tuple[str | None, str | None]:
     kcol = _find(cols, "kernel", kernel_field)
     ucol = _find(cols, "user", user_field)
     if kcol is None and ucol is None:
         if "key" not in cols:
             raise KeyError("no stack id column found; name it with kernel_field= or user_field=")
         kcol = "key"  # one stack id per key, kernel or user as its addresses say
-    return kcol, ucol
-
-
-def frame_lists(counts: pd.DataFrame, stack_map: Any, *, kernel: bool = True,
-                user: bool = True, kernel_field: str | None = None,
-                user_field: str | None = None, pid_field: str | None = None,
-                no_user_stack: str | None = MISSING) -> list[list[str]]:
-    """The frames of each row of ``counts``, root first: user root..leaf, kernel root..leaf.
-
-    Columns are found as :func:`folded` finds them. A negative stack id (one the program
-    failed to record) gives :data:`MISSING`; for a user stack id, ``no_user_stack`` instead
-    (None: no frame, as for a kernel thread, which has no user stack).
-    """
-    cols = list(counts.columns)
-    kcol, ucol = _stack_columns(cols, kernel_field, user_field)
-    pcol = _find(cols, "pid", pid_field)
+    pcol, ccol = _find(cols, "pid", pid_field), _find(cols, "comm", comm_field)
+    vcol = count_field or ("value" if "value" in cols else next(
+        c for c in reversed(cols) if c not in (kcol, ucol, pcol, ccol)))
     frames = _frames_of(stack_map)
-    pids = counts[pcol].tolist() if pcol else [None] * len(counts)
-    users = counts[ucol].tolist() if ucol and user else [None] * len(counts)
-    kernels = counts[kcol].tolist() if kcol and kernel else [None] * len(counts)
-    out = []
-    for pid, uid, kid in zip(pids, users, kernels, strict=True):
-        pid = None if pid is None else int(pid)
-        parts: list[str] = []
-        if uid is not None and int(uid) >= 0:
-            parts = frames(uid, pid)
-        elif uid is not None and no_user_stack:
-            parts = [no_user_stack]
-        if kid is not None:
-            parts = parts + frames(kid, pid)
-        out.append(parts)
-    return out
+    rows = []
+    for rec in df.to_dict("records"):
+        pid = int(rec[pcol]) if pcol else None
+        parts = [str(rec[ccol])] if ccol else []
+        if ucol and user:
+            parts += frames(rec[ucol], pid)
+        if kcol and kernel:
+            parts += frames(rec[kcol], pid)
+        rows.append((";".join(p for p in parts if p), int(rec[vcol])))
+    out = pd.DataFrame(rows, columns=["stack", "count"])
+    out = out.groupby("stack", as_index=False, sort=False)["count"].sum()
+    return out.sort_values("count", ascending=False, ignore_index=True)
 
 
 def _frames_of(stack_map: Any) -> Callable[[Any, int | None], list[str]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 from IPython.core.error import UsageError
 
-from ebpf_magic import sessions, tools
+from ebpf_magic import sessions
 from ebpf_magic.magics.args import parser
 
 USAGE = "%bpf save NAME [PATH] [--no-hostname] [--table NAME=VARIABLE ...]"
@@ -35,9 +35,8 @@ def run(magics, args: str):
         raise UsageError(str(e.args[0])) from None
     if opts.path is not None:
         path = prog.save(opts.path, hostname=hostname, tables=tables)
-    elif isinstance(recorded := prog.program if isinstance(prog, tools.ToolRun) else prog,
-                    sessions.ReplayedProgram):
-        print(f"{prog.name} is replayed from {recorded.recording.path}: nothing new to save")
+    elif isinstance(prog, sessions.ReplayedProgram):
+        print(f"{prog.name} is replayed from {prog.recording.path}: nothing new to save")
         return None
     else:
         path = sessions.autosave(prog, hostname=hostname, tables=tables)

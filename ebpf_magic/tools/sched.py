@@ -22,22 +22,25 @@ struct task_struct___before_5_14 {
     volatile long state;
 } __attribute__((preserve_access_index));
 
+/* the tasks of BTF tracepoints are read directly (CO-RE relocated loads, no helper call) */
 static __always_inline long task_state(struct task_struct *t)
 {
     if (bpf_core_field_exists(t->__state))
-        return BPF_CORE_READ(t, __state);
-    return BPF_CORE_READ((struct task_struct___before_5_14 *)t, state);
+        return t->__state;
+    return ((struct task_struct___before_5_14 *)t)->state;
 }
 
 static __always_inline bool task_wanted(struct task_struct *t)
 {
-    char comm[16] = {};
-    if (targ_comm[0])
-        BPF_CORE_READ_STR_INTO(&comm, t, comm);
-    return wanted(BPF_CORE_READ(t, tgid), BPF_CORE_READ(t, pid), comm);
+    if (!targ_pid && !targ_tid && !targ_comm[0])
+        return true;   /* no filter: the verifier drops the rest */
+    char comm[16];
+    __builtin_memcpy(comm, t->comm, sizeof(comm));
+    return wanted(t->tgid, t->pid, comm);
 }
 
 """
+
 
 HIST_MAPS = r"""
 #define SLOTS 40   /* log2 buckets: up to 2^39 us (6 days) */
@@ -62,15 +65,27 @@ struct {
     __type(value, struct hist);
 } hists SEC(".maps");
 
+/* a zeroed histogram to start from (too big for the stack) */
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, u32);
+    __type(value, struct hist);
+} blank SEC(".maps");
+
 /* one value of task t (ns) into its histogram */
+/* one value of task t (ns) into its histogram, made with the task's name when first seen */
 static __always_inline void account(struct task_struct *t, u64 delta_ns)
 {
-    u32 id = targ_per_process ? BPF_CORE_READ(t, tgid) :
-             targ_per_thread ? BPF_CORE_READ(t, pid) : 0;
+    u32 id = targ_per_process ? t->tgid : targ_per_thread ? t->pid : 0;
     struct hist *h = bpf_map_lookup_elem(&hists, &id);
     if (!h) {
-        struct hist zero = {};
-        bpf_map_update_elem(&hists, &id, &zero, BPF_NOEXIST);
+        struct hist *zero = bpf_map_lookup_elem(&blank, &(u32){0});
+        if (!zero)
+            return;
+        if (id)
+            __builtin_memcpy(zero->comm, t->comm, sizeof(zero->comm));
+        bpf_map_update_elem(&hists, &id, zero, BPF_NOEXIST);
         h = bpf_map_lookup_elem(&hists, &id);
         if (!h)
             return;
@@ -81,8 +96,6 @@ static __always_inline void account(struct task_struct *t, u64 delta_ns)
     __sync_fetch_and_add(&h->slots[slot], 1);
     __sync_fetch_and_add(&h->count, 1);
     __sync_fetch_and_add(&h->total_ns, delta_ns);
-    if (id)
-        BPF_CORE_READ_STR_INTO(&h->comm, t, comm);
 }
 """
 

@@ -9,6 +9,7 @@ stack, symbolized (root first), next to its process, thread and command.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
@@ -89,12 +90,51 @@ def stack_table(r: Reading, counts: str, value: str, scale: float = 1.0,
 
 
 def _folded(ids: pd.DataFrame, r: Reading, pid: str) -> list[str]:
-    """Each row's folded stack: a live map symbolizes now, a recorded one as it was."""
-    stack_map = r.map_view("stacks") if r.program.running else r.maps("stacks")
-    lists = data_stacks.frame_lists(ids, stack_map, kernel_field="kernel_stack_id",
-                                    user_field="user_stack_id",
-                                    pid_field=pid if pid in ids.columns else None)
-    return [";".join(_without_tracing(f)) for f in lists]
+    """Each row's folded stack: a live map symbolizes now (user frames in the row's
+    process), a recorded one's frames are as they were symbolized when recorded."""
+    frames = _frames_of(r)
+    pids = ids[pid].tolist() if pid in ids.columns else [None] * len(ids)
+    out = []
+    for row_pid, uid, kid in zip(pids, ids["user_stack_id"], ids["kernel_stack_id"],
+                                 strict=True):
+        parts: list[str] = []
+        if uid is not None:
+            parts += frames(int(uid), None if row_pid is None else int(row_pid))
+        if kid is not None:
+            parts += frames(int(kid), None)
+        out.append(";".join(_without_tracing(parts)))
+    return out
+
+
+def _frames_of(r: Reading) -> Callable[[int, int | None], list[str]]:
+    """``frames(stack_id, pid)``: one stack's frames, root first ([missing] for an id the
+    program failed to record)."""
+    cache: dict[tuple[int, int | None], list[str]] = {}
+    if r.program.running:
+        live = r.map_view("stacks")
+        keys, values = live.snapshot()
+        addresses = dict(zip(keys.astype(np.int64).tolist(),
+                             data_stacks.addresses(values), strict=True))
+
+        def name(stack_id: int, pid: int | None) -> list[str]:
+            found = data_stacks.symbolize(addresses.get(stack_id, []), pid, live.backend)
+            return list(reversed(found))
+    else:
+        recorded = r.maps("stacks")
+        named = {int(i): str(s).split(";") if s else [] for i, s in
+                 zip(recorded["stack_id"], recorded["stack"], strict=True)}
+
+        def name(stack_id: int, pid: int | None) -> list[str]:
+            return named.get(stack_id, [])
+
+    def frames(stack_id: int, pid: int | None) -> list[str]:
+        if stack_id < 0:
+            return [data_stacks.MISSING]
+        if (stack_id, pid) not in cache:
+            cache[(stack_id, pid)] = name(stack_id, pid)
+        return cache[(stack_id, pid)]
+
+    return frames
 
 
 # frames of the tracing machinery itself, at the leaf of a stack taken in a BPF program

@@ -39,7 +39,6 @@ from ebpf_magic.errors import (
     OptionError,
     VerifierError,
 )
-from ebpf_magic.kernel import host as kernel
 from ebpf_magic.program import Program
 
 _PER_CPU = re.compile(r"^(.*)\[cpu\d+\]$")  # a per-CPU map's column of one CPU's values
@@ -458,24 +457,17 @@ def section_probes(source: str) -> list[str]:
 
 
 def probe_available(spec: str) -> bool:
-    """Whether this kernel offers the probe ``spec`` (``-a`` syntax) and can attach its kind."""
-    kind, _, target = spec.partition(":")
-    if kind == "tracepoint":
-        try:
-            return target in set(discover.tracepoints())
-        except BPFError:
-            return False
-    if kind == "rawtracepoint":
-        return target in discover.raw_tracepoints()
-    if kind == "kprobe":
-        return kernel.kprobes_supported() and target in discover.kernel_functions()
-    if kind == "kfunc":
-        return discover.attachable("kfunc") and target in discover.btf_functions()
-    if kind in ("profile", "software"):
-        return True
-    if kind == "hardware":
-        return discover.attachable("hardware")
-    return False
+    """Whether this kernel offers the probe ``spec`` (``-a`` syntax) and can attach its kind,
+    as :func:`ebpf_magic.discover.find` lists it."""
+    kind = spec.partition(":")[0]
+    if kind == "software":
+        return True  # the kernel's own clocks and counters, always there
+    try:
+        found = discover.find(spec)
+    except BPFError:  # the listing's source cannot be read here (tracefs, for one)
+        return False
+    rows = found[found["probe"] == spec]
+    return bool(len(rows)) and bool(rows["attachable"].iloc[0])
 
 
 # -- reading ------------------------------------------------------------------------------

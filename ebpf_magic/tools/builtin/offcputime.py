@@ -67,7 +67,7 @@ int BPF_PROG(on_switch, bool preempt, struct task_struct *prev, struct task_stru
     bpf_map_delete_elem(&start, &tid);
     if (delta < min_block_ns || delta > max_block_ns)
         return 0;
-    BPF_CORE_READ_STR_INTO(&key.comm, next, comm);
+    __builtin_memcpy(key.comm, next->comm, sizeof(key.comm));
     MAP_ADD(&counts, &key, delta);
     return 0;
 }

@@ -70,7 +70,7 @@ int BPF_PROG(on_waking, struct task_struct *p)
                            .user_stack_id = USER_STACK(ctx),
                            .kernel_stack_id = KERNEL_STACK(ctx)};
     bpf_get_current_comm(key.waker_comm, sizeof(key.waker_comm));
-    BPF_CORE_READ_STR_INTO(&key.target_comm, p, comm);
+    __builtin_memcpy(key.target_comm, p->comm, sizeof(key.target_comm));
     MAP_ADD(&counts, &key, delta);
     return 0;
 }
