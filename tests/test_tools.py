@@ -448,8 +448,8 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def test_profile_samples_match_the_cpu_time_and_name_the_function(no_leaks):
-    spinner = compile_c(SPINNER.format(seconds=1.5), "spinner")
+def test_profile_samples_match_the_cpu_time_and_name_the_function(no_leaks, tmp_path):
+    spinner = compile_c(SPINNER.format(seconds=1.5), "spinner", tmp_path)
     proc = subprocess.Popen([spinner], stdin=subprocess.PIPE)
     try:
         run = tools.profile(pid=proc.pid, frequency=99)

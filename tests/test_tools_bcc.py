@@ -261,10 +261,10 @@ def test_runqlat_counts_the_waits_bccs_counts(no_leaks, bcc):
     assert abs(mine - bcc_count) <= 0.05 * bcc_count + 3
 
 
-def test_profile_samples_as_many_as_bccs(no_leaks, bcc):
+def test_profile_samples_as_many_as_bccs(no_leaks, bcc, tmp_path):
     if shutil.which("gcc") is None:
         pytest.skip("needs gcc to build the workload")
-    spinner = compile_c(SPINNER.format(seconds=2.0), "spinner")
+    spinner = compile_c(SPINNER.format(seconds=2.0), "spinner", tmp_path)
     proc = subprocess.Popen([spinner], stdin=subprocess.PIPE)
     try:
         theirs = bcc("profile", "-p", str(proc.pid), "-F", "99", "-f", ready=None)

@@ -224,11 +224,11 @@ int main(void) {{ getchar(); spin_here({seconds}); getchar(); return 0; }}
 """
 
 
-def compile_c(source: str, name: str) -> str:
-    """``source`` built with gcc (frame pointers kept, so its stacks unwind); the path."""
-    tmp = tempfile.mkdtemp(prefix="ebpf_magic_bin")
-    src = os.path.join(tmp, f"{name}.c")
+def compile_c(source: str, name: str, where: Path) -> str:
+    """``source`` built with gcc in ``where`` (frame pointers kept, so its stacks unwind);
+    the program's path."""
+    src = os.path.join(where, f"{name}.c")
     Path(src).write_text(source)
-    out = os.path.join(tmp, name)
+    out = os.path.join(where, name)
     subprocess.run(["gcc", "-O0", "-g", "-fno-omit-frame-pointer", "-o", out, src], check=True)
     return out
