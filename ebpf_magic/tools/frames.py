@@ -96,12 +96,6 @@ def top_sections(table: pd.DataFrame, by: Sequence[str], n: int = TOP) -> pd.Dat
 # -- event frames -------------------------------------------------------------------------
 
 
-def text(values: Any) -> pd.Series:
-    """A column of ``str`` (C strings decoded by the streams; bytes decoded here)."""
-    return pd.Series([v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
-                      for v in values], dtype=object)
-
-
 def errno_name(codes: Any) -> list[str]:
     """``ENOENT`` for 2 ...; "" for 0."""
     return ["" if not c else errno.errorcode.get(int(c), str(int(c))) for c in codes]
@@ -148,13 +142,6 @@ def array(df: pd.DataFrame, name: str) -> np.ndarray:
     if not cols:
         return np.zeros((len(df), 0))
     return df[cols].to_numpy()
-
-
-def named_times(df: pd.DataFrame, column: str = "time") -> pd.DataFrame:
-    """``df`` with its time column first."""
-    if column not in df.columns:
-        return df
-    return df[[column] + [c for c in df.columns if c != column]]
 
 
 # -- stacks -------------------------------------------------------------------------------
