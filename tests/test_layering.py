@@ -264,6 +264,7 @@ LAYERS = [
     {"sessions", "cluster", "bpftrace"},  # recordings, replay, many hosts, bpftrace programs
     {"export"},  # frames written for other tools: Perfetto, pprof, speedscope, folded text
     {"present"},  # widgets, plots, live views
+    {"tools"},  # ready-made investigations, declared on the public API
     {"setup"},  # doctor, kernelspec, launcher
     {"magics", "__main__", "uninstall_kernel"},  # the adapters
 ]

@@ -35,9 +35,12 @@ PERCPU_KINDS = {"percpu_hash", "percpu_array", "lru_percpu_hash"}
 ARRAY_KINDS = {"array", "percpu_array", "prog_array", "perf_event_array", "cgroup_array",
                "devmap", "cpumap", "xskmap", "array_of_maps"}
 QUEUE_KINDS = {"queue", "stack"}
+# local storage of sockets, inodes, tasks, cgroups: looked up by the object's descriptor,
+# never walked (the kernel has no next key for them)
+OBJECT_STORAGE = {"sk_storage", "inode_storage", "task_storage", "cgrp_storage"}
 METADATA_ONLY = {"prog_array", "perf_event_array", "ringbuf", "cgroup_array", "array_of_maps",
                  "hash_of_maps", "devmap", "devmap_hash", "cpumap", "xskmap", "sockmap",
-                 "sockhash", "user_ringbuf"}
+                 "sockhash", "user_ringbuf"} | OBJECT_STORAGE
 
 
 class Map:
@@ -239,7 +242,8 @@ class Map:
     def __len__(self) -> int:
         if self.kind in ARRAY_KINDS:
             return self.max_entries
-        if self.kind in QUEUE_KINDS or self.kind in ("ringbuf", "user_ringbuf"):
+        if self.kind in QUEUE_KINDS or self.kind in ("ringbuf", "user_ringbuf") or \
+                self.kind in OBJECT_STORAGE:
             return 0
         if self._batch_ok:
             return len(self.snapshot()[0])

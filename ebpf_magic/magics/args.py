@@ -12,7 +12,7 @@ from IPython.core.error import UsageError
 
 # modules of ebpf_magic.magics, one per `%bpf SUBCOMMAND`
 SUBCOMMANDS = ("list", "stop", "browse", "top", "stats", "probes", "struct", "doctor", "save",
-               "load", "help")
+               "load", "tool", "help")
 
 
 def subcommand(name: str) -> ModuleType:

@@ -174,6 +174,8 @@ def _subcommand_line(word: str, before: list[str], programs: list[str]) -> list[
     sub = before[0]
     if sub not in SUBCOMMANDS:
         return None
+    if sub == "tool":
+        return subcommand(sub).completions(word, before)
     if word.startswith("-"):
         return subcommand(sub).PARSER.options()
     if sub == "probes":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from IPython.core.error import UsageError
 
-from ebpf_magic import sessions
+from ebpf_magic import sessions, tools
 from ebpf_magic.magics.args import parser
 
 USAGE = "%bpf load PATH NAME"
@@ -19,7 +19,8 @@ def run(magics, args: str):
     opts = PARSER.parse(args)
     if not opts.name.isidentifier():
         raise UsageError(f"usage: {USAGE} (NAME a Python identifier)")
-    prog = magics.session.start(opts.name, lambda: sessions.load(opts.path, opts.name))
+    prog = magics.session.start(opts.name, lambda: tools.replayed(
+        sessions.load(opts.path, opts.name)))
     magics.shell.user_ns[opts.name] = prog
-    print(sessions.announce(prog))
+    print(sessions.announce(prog.program if isinstance(prog, tools.ToolRun) else prog))
     return None

@@ -1,0 +1,1 @@
+"""The tools that come with ebpf_magic, one module each, each declaring ``TOOL``."""
