@@ -164,7 +164,7 @@ def test_every_notebook_has_its_recordings() -> None:
         for prog in cells:
             assert (NOTEBOOKS / "recordings" / f"{prog}.bpfrec").is_file(), (name, prog)
     total = sum(p.stat().st_size for p in recordings)
-    assert total < 400_000, f"recordings take {total} bytes; keep them small"
+    assert total < 500_000, f"recordings take {total} bytes; keep them small"
 
 
 @pytest.mark.parametrize("notebook", BOOKS)
