@@ -263,6 +263,7 @@ LAYERS = [
     {"program", "session"},  # the object model users hold
     {"sessions", "cluster"},  # recordings, replay, programs on many hosts
     {"export"},  # frames written for other tools: Perfetto, pprof, speedscope, folded text
+    {"exercises"},  # a learner's answer checked against ground truth, through the read API
     {"present"},  # widgets, plots, live views
     {"setup"},  # doctor, kernelspec, launcher
     {"magics", "__main__", "uninstall_kernel"},  # the adapters
