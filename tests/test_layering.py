@@ -263,6 +263,7 @@ LAYERS = [
     {"program", "session"},  # the object model users hold
     {"sessions", "cluster", "bpftrace"},  # recordings, replay, many hosts, bpftrace programs
     {"export"},  # frames written for other tools: Perfetto, pprof, speedscope, folded text
+    {"exercises"},  # a learner's answer checked against ground truth, through the read API
     {"present"},  # widgets, plots, live views
     {"tools"},  # ready-made investigations, declared on the public API
     {"setup"},  # doctor, kernelspec, launcher
