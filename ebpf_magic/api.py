@@ -135,6 +135,10 @@ class StreamView(Protocol):
     def stats(self) -> dict[str, Any]:
         """received, kept, lost_kernel, lost_reader ... (see :class:`~.data.streams.Stats`)."""
 
+    def capture(self) -> tuple[pd.DataFrame, dict[str, Any]]:
+        """:attr:`df` and :attr:`stats` taken together, so that every event received is in
+        the frame or counted as not held (what a recording keeps)."""
+
     def tail(self, n: int | None = 10) -> pd.DataFrame:
         """The ``n`` newest events (all with ``None``). A cluster program's are ordered by a
         column its hosts show in wall-clock time (``stream_options={"time": ...}``); without

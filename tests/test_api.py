@@ -124,7 +124,12 @@ RECORDINGS = sorted((REPO / "notebooks" / "recordings").glob("*.bpfrec"))
 @pytest.mark.parametrize("path", RECORDINGS, ids=[p.stem for p in RECORDINGS])
 def test_recordings_made_before_replay_on_the_read_api(path: Path) -> None:
     back = ebpf_magic.load(path)
-    assert isinstance(back, ProgramView) and dict(back.globals) == {}
+    assert isinstance(back, ProgramView)
+    if path.stem.startswith("box_"):  # a tool's run keeps the settings its options made
+        assert dict(back.globals) and all(
+            k.startswith("targ_") or k == "max_args" for k in back.globals), dict(back.globals)
+    else:
+        assert dict(back.globals) == {}
     for name, m in back.maps.items():
         assert isinstance(m, MapView), name
         assert isinstance(m.value_columns, list) and m.info()["map"] == name

@@ -702,3 +702,18 @@ def test_headers_root_builds_for_everyone_and_users_reuse_it(tmp_path, monkeypat
     assert cache.cache_dir() == tmp_path / "user" / "ebpf_magic"
     assert headers.merged_tree(arch, common) == built  # reused, not rebuilt
     assert not (tmp_path / "user").exists()
+
+
+def test_a_kernel_started_in_a_folder_its_account_may_not_enter_still_starts(tmp_path):
+    """``sys.path`` may hold names that are no paths (an editable install's hook): from a
+    root-only working directory the account cannot even look them up, nor plant them."""
+    _account()
+    closed = tmp_path / "closed"
+    closed.mkdir(mode=0o700)
+    seen = subprocess.run(
+        [sys.executable, "-I", "-c", "import json, sys\n"
+         "from ebpf_magic.setup import launcher\n"
+         "launcher.become(launcher.account(), launcher.wanted())\n"
+         "print(json.dumps(launcher.writable_code_paths(['__editable__.x.__path_hook__'])))"],
+        cwd=closed, capture_output=True, text=True, timeout=30)
+    assert (seen.returncode, seen.stderr, json.loads(seen.stdout or "null")) == (0, "", [])

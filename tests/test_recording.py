@@ -33,6 +33,9 @@ class FakeStream:
         self.stats = {"received": len(df), "lost_kernel": 3, "dropped_cap": 0,
                       "lost_per_cpu": {1: 3}}
 
+    def capture(self):
+        return self.df, self.stats
+
 
 class FakeMap:
     def __init__(self, name: str, df: pd.DataFrame, kind: str = "hash") -> None:

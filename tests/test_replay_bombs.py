@@ -62,6 +62,9 @@ class _Stream:
     def __init__(self, df: pd.DataFrame) -> None:
         self.df, self.stats = df, {"received": len(df)}
 
+    def capture(self):
+        return self.df, self.stats
+
 
 class _Prog:
     name, source, cflags, pid = "p", "int x;", [], None

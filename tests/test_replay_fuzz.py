@@ -40,6 +40,9 @@ class _Stream:
     def __init__(self, df):
         self.df, self.stats = df, {"received": len(df)}
 
+    def capture(self):
+        return self.df, self.stats
+
 
 class _Map:
     def __init__(self, name, df):

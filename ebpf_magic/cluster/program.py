@@ -563,6 +563,14 @@ class ClusterStream:
         return Stats({c: int(by_host[c].max() if c == "failed" else by_host[c].sum())
                       for c in by_host.columns})
 
+    def capture(self) -> tuple[pd.DataFrame, Stats]:
+        """Every host's events, then the counters summed; ``held`` is the rows gathered
+        (events that reached a host between the two asks are in ``received`` only)."""
+        df = self.df
+        stats = self.stats
+        stats["held"] = len(df)
+        return df, stats
+
     def __len__(self) -> int:
         return int(self.stats.get("held", 0))
 

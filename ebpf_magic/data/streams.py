@@ -446,6 +446,9 @@ class Stream:
         ever reset.
         """
         self._show_failure()
+        return self._stats()
+
+    def _stats(self) -> Stats:
         with self._lock:
             store = self._store
             has = store is not None
@@ -457,6 +460,22 @@ class Stream:
                           "lost_reader": self._lost_reader,
                           "failed": int(self.failure is not None),
                           "held": len(store) if has else 0, "lost_per_cpu": self.lost_per_cpu})
+
+    def capture(self) -> tuple[pd.DataFrame, Stats]:
+        """Every event held and the counters, at one moment: ``stats["held"] == len(df)``."""
+        self._show_failure()
+        with self._lock:
+            stats, store = self._stats(), self._store
+            if store is None:
+                return pd.DataFrame(), stats
+            lo, hi = store.held(None)
+        records = store.copy(lo, hi)
+        with self._lock:
+            cut = max(store.intact_from() - lo, 0)
+        if cut:  # overwritten meanwhile (the oldest, beyond max_rows): dropped by the cap
+            stats["held"] -= cut
+            stats["dropped_cap"] += cut
+        return self._frame(records[cut:]), stats
 
     def __len__(self) -> int:
         return len(self._store) if self._store is not None else 0

@@ -97,6 +97,10 @@ class ReplayedStream:
         """The counters the live stream had when it was saved."""
         return dict(self._stats)
 
+    def capture(self) -> tuple[pd.DataFrame, dict[str, Any]]:
+        """The recorded events and counters."""
+        return self.df, self.stats
+
     @property
     def received(self) -> int:
         return len(self._df)

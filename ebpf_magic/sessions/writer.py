@@ -128,9 +128,10 @@ def _streams(prog: ProgramView, members: dict[str, bytes]) -> list[dict[str, Any
     out = []
     for i, (name, stream) in enumerate(prog.events.items()):
         member = fmt.stream_member(i)
-        members[member], desc = frame_to_parquet(stream.df)
+        df, stats = stream.capture()
+        members[member], desc = frame_to_parquet(df)
         out.append({"name": name, "kind": stream.kind, "file": member, **desc,
-                    "stats": _json_safe(dict(stream.stats))})
+                    "stats": _json_safe(dict(stats))})
     return out
 
 

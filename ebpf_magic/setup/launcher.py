@@ -31,6 +31,7 @@ import resource
 import stat
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from ebpf_magic.internal import files
@@ -266,6 +267,16 @@ def _named_and_real(entry: str) -> set[Path]:
     return {Path(os.path.abspath(entry or os.curdir)), Path(os.path.realpath(entry or os.curdir))}
 
 
+def _is(path: Path, kind: Callable[[int], bool]) -> bool:
+    """Whether ``path`` exists and is of ``kind``. A path this process may not even look up
+    (a ``sys.path`` entry that is no path, such as an editable install's hook name, read
+    from a folder the account may not enter) is nothing it could change either."""
+    try:
+        return kind(path.stat().st_mode)
+    except OSError:
+        return False
+
+
 def _may_change(path: str | os.PathLike, st: os.stat_result | None = None) -> bool:
     """This process may write ``path``, or owns it (and so may make it writable again:
     a file of its own at mode 0444 is as good as writable)."""
@@ -347,10 +358,10 @@ def writable_code_paths(paths: list[str] | None = None) -> list[str]:
     named = [str(package), os.path.dirname(sys.executable), *jupyter,
              *(sys.path if paths is None else paths)]
     singles = {p for e in named + [sys.executable, os.path.join(sys.prefix, "pyvenv.cfg")]
-               for p in _named_and_real(e) if p.is_file()}
+               for p in _named_and_real(e) if _is(p, stat.S_ISREG)}
     found = {str(p) for p in singles if _may_change(p)}
     found |= {w for p in singles if (w := _writable_above(p.parent))}
-    trees = {p for e in named for p in _named_and_real(e) if p.is_dir()}
+    trees = {p for e in named for p in _named_and_real(e) if _is(p, stat.S_ISDIR)}
     roots = {p.resolve() for p in trees}
     walked = set()
     for tree in sorted(trees):
