@@ -40,13 +40,26 @@ def test_dialects_choose_the_backend_and_plain_c_goes_to_the_first():
 
 
 def test_dialect_and_function_scans_are_linear_in_blank_lines():
-    """A cell of 200,000 blank lines: a scan that let ``^\\s*`` match newlines would take
-    hours (quadratic); the child is stopped after 10 CPU seconds."""
+    """Cells of 200,000 blank lines: a scan that let ``^\\s*`` match newlines would take
+    hours (quadratic); the child is stopped after 10 CPU seconds.
+
+    Each scan must fail at every line start to be slow, so the lines after the blanks are
+    ones it does not claim: plain C for the dialect scans (neither backend claims it), a
+    preprocessor line for the function scan; the claimed cases follow their blanks.
+    """
     script = (
         "from ebpf_magic import backend, source\n"
-        "text = '\\n' * 200_000 + '#include <vmlinux.h>\\nint f(void *ctx) { return 0; }\\n'\n"
-        "assert backend.choose_backend(text) == 'libbpf'\n"
-        "assert source.function_names(text) == ['f']\n")
+        "blank = '\\n' * 200_000\n"
+        "plain = blank + 'int f(void *ctx) { return 0; }\\n'\n"
+        "claims = [backend.get(name).claims(plain) for name in backend.BACKENDS]\n"
+        "assert claims == [False] * len(backend.BACKENDS), claims\n"
+        "assert backend.choose_backend(plain) == backend.BACKENDS[0]\n"
+        "core = blank + '#include <vmlinux.h>\\n' + blank + 'SEC (\"tp/x\") int f(void *c)'\n"
+        "assert backend.choose_backend(core) == 'libbpf'\n"
+        "assert backend.choose_backend(blank + 'BPF_HASH(c, u32);' + blank) == 'bcc'\n"
+        "assert source.function_names(blank + '#define X 1\\n' + blank) == []\n"
+        "assert source.function_names(blank + '#include <vmlinux.h>\\n' + blank\n"
+        "                             + 'int f(void *ctx) { return 0; }\\n') == ['f']\n")
 
     def cap() -> None:
         resource.setrlimit(resource.RLIMIT_CPU, (10, 10))

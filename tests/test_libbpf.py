@@ -350,8 +350,13 @@ def test_clang_stack_overflow_is_a_compile_error(no_leaks):
     with pytest.raises(CompileError, match="clang crashed") as err:
         Program(huge)
     assert "compiler limit" in err.value.hint
-    with Program(CORE) as prog:  # and the next cell compiles as usual
-        assert prog.attached
+    with Program(CORE) as prog:  # and the next cell compiles, attaches and counts as usual
+        assert prog.attached == ["tracepoint:syscalls:sys_enter_getppid=on_getppid"]
+        child = _getppid_in_threads(25, 1)
+        stream = prog.events["events"]
+        _wait_rows(stream, 25)
+        df = stream.df
+    assert len(df[df["helper_tgid"] == child]) == 25
 
 
 @needs_libbpf
