@@ -31,8 +31,6 @@ TRACEPOINT_PROBE(syscalls, sys_enter_getppid) { return record(args); }
 int on_getppid(struct pt_regs *ctx) { return record(ctx); }
 """
 
-pytestmark = pytest.mark.kernel
-
 
 @pytest.fixture(scope="module")
 def prog():
@@ -43,6 +41,7 @@ def prog():
         yield p
 
 
+@pytest.mark.kernel
 def test_kernel_stack_of_the_syscall_is_symbolized(prog):
     df = prog.maps["traces"].df
     kernel = [s for s in df["stack"] if "do_syscall_64" in s]
@@ -50,6 +49,7 @@ def test_kernel_stack_of_the_syscall_is_symbolized(prog):
     assert all(";" in s for s in kernel)
 
 
+@pytest.mark.kernel
 def test_folded_stacks_join_user_and_kernel_frames_with_counts(prog):
     df = stacks.folded(prog.maps["counts"], prog.maps["traces"])
     # the uprobe hit: user leaf is libc's getppid, no kernel stack (stack id < 0)
@@ -68,6 +68,7 @@ def test_folded_stacks_join_user_and_kernel_frames_with_counts(prog):
     assert root["width"].sum() == df["count"].sum() == 10
 
 
+@pytest.mark.kernel
 def test_kallsyms_resolves_a_known_symbol():
     addr = None
     with open("/proc/kallsyms") as f:
@@ -116,6 +117,18 @@ def test_folded_from_recorded_frames_needs_no_kernel():
                                      {"stack": "app;[missing]", "count": 2}]
 
 
+def test_folded_of_empty_recorded_frames_is_an_empty_frame():
+    empty = {"u4": pd.Series([], dtype="u4"), "i4": pd.Series([], dtype="i4"),
+             "u8": pd.Series([], dtype="u8"), "str": pd.Series([], dtype=object)}
+    counts = pd.DataFrame({"pid": empty["u4"], "kernel_stack_id": empty["i4"],
+                           "comm": empty["str"], "value": empty["u8"]})
+    recorded = pd.DataFrame({"stack_id": empty["i4"], "depth": empty["u4"],
+                             "stack": empty["str"]})
+    df = stacks.folded(counts, recorded)
+    assert df.to_dict("records") == [] and list(df.columns) == ["stack", "count"]
+
+
+@pytest.mark.kernel
 def test_folded_of_empty_maps_is_an_empty_frame():
     src = "BPF_STACK_TRACE(traces, 16);\nBPF_HASH(counts, int, u64);\n"
     with Program(src) as p:
@@ -152,6 +165,9 @@ int sample(void *ctx)
     return 0;
 }
 """
+
+
+@pytest.mark.kernel
 def test_libbpf_user_stacks_are_symbolized_without_bcc(spinner, monkeypatch, no_leaks):
     import time
 

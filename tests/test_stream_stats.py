@@ -7,8 +7,6 @@ import pytest
 
 from ebpf_magic import Program
 
-pytestmark = pytest.mark.kernel
-
 SRC = """BPF_PERF_OUTPUT(ev);
 TRACEPOINT_PROBE(syscalls, sys_enter_getppid) {
     if ((bpf_get_current_pid_tgid() >> 32) != PID) return 0;
@@ -17,6 +15,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_getppid) {
 """
 
 
+@pytest.mark.kernel
 def test_stats_is_a_labelled_table(no_leaks):
     with Program(SRC, defines={"PID": os.getpid()}, stream_options={"max_rows": 20}) as p:
         for _ in range(1050):
