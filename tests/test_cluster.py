@@ -548,8 +548,15 @@ def test_two_notebooks_programs_of_one_name_do_not_replace_each_other(engines, e
                 assert df[df["key"].isin(tids.values())]["value"].tolist() == [25] * 4
         finally:
             second.stop()
-        assert first.running and not first.missing
-        assert len(first.maps["calls"].df) > 0
+        assert first.running and first.missing == {}
+        # the second's stop took nothing of the first's: its counts stand, and it still counts
+        df = first.maps["calls"].df
+        assert df[df["key"].isin(tids.values())]["value"].tolist() == [25] * 4
+        more = engines.run({i: 10 for i in engines.pids})
+        df = first.maps["calls"].df
+        # each host's program counts both workloads; a thread may be the first round's again
+        assert sorted(df[df["key"].isin(more.values())]["value"].tolist()) == sorted(
+            10 + 25 * (tid in tids.values()) for tid in more.values() for _ in range(2))
     finally:
         first.stop()
 
