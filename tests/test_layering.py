@@ -2,11 +2,13 @@
 
 Each check reads every module's syntax tree (imports inside functions count too) and
 lists what breaks the rule; a rule's exceptions are named here, each with its reason.
+The layers are those of ``architecture.md``'s picture, bottom first.
 """
 
 from __future__ import annotations
 
 import ast
+import functools
 import re
 from pathlib import Path
 
@@ -15,7 +17,33 @@ import ebpf_magic
 ROOT = Path(ebpf_magic.__file__).parent
 PACKAGE = "ebpf_magic"
 
-# Outside backend/bcc, what may name BCC, and why.
+# The layers, bottom first; "" is the package itself (``import ebpf_magic``). A module
+# imports from its own layer and those below it; the one way up is a convenience method of
+# an object users hold (save(), plot(), live(), browse(), to_perfetto()) importing
+# recordings, exports or presentation inside the method (UP_LAZILY).
+LAYERS: list[tuple[str, set[str]]] = [
+    ("plumbing and the errors users catch", {"internal", "errors"}),
+    ("kernel I/O: bpf(2), perf events, readers, links, tracefs, kallsyms, BTF, host facts",
+     {"kernel"}),
+    ("attach points, cell text, hints, listings", {"probes", "source", "suggest", "discover"}),
+    ("the backend seam and its two backends", {"backend"}),
+    ("what this host can do, asked of the kernel and of each backend", {"features"}),
+    ("the read API: Protocols every program implements", {"api"}),
+    ("maps, streams, frames, histograms, stacks", {"data"}),
+    ("the object model users hold", {"program", "session"}),
+    ("frames written for other tools: Perfetto, pprof, speedscope, folded text", {"export"}),
+    ("recordings, replay, the recorder", {"sessions"}),
+    ("widgets, plots, live views", {"present"}),
+    ("other programs behind the read API: bpftrace, many hosts", {"bpftrace", "cluster"}),
+    ("ready-made investigations and exercises on the public API", {"tools", "exercises"}),
+    ("doctor, kernelspec, launchers", {"setup"}),
+    ("the adapters: magics, command line, the package's face, an old kernelspec's entry",
+     {"magics", "__main__", "uninstall_kernel", "launcher", ""}),
+]
+_LAYER = {top: i for i, (_, tops) in enumerate(LAYERS) for top in tops}
+UP_LAZILY = {"sessions", "export", "present"}
+
+# Outside backend/bcc, the names that may mention BCC, and why.
 BCC_ALLOWED = {
     # the error for a missing BCC is public API (ebpf_magic.BCCNotFoundError)
     "__init__.py": {"name:BCCNotFoundError"},
@@ -23,13 +51,22 @@ BCC_ALLOWED = {
     # the doctor's attach checks compile BCC-dialect programs: a missing BCC stops them all
     "setup/doctor.py": {"name:BCCNotFoundError"},
     # tracefs entries BCC's own tools leave behind (``..._bcc_<pid>``) are recognised as stale
-    "kernel/link/probe_events.py": {"name:_BCC", "text:_bcc_"},
+    "kernel/link/probe_events.py": {"name:_BCC"},
+    # the registry knows each backend by its module's name, and nothing else of it
+    "backend/__init__.py": {"module:ebpf_magic.backend.bcc"},
 }
-_BCC_TEXT = re.compile(r"libbcc|\bBPF\(|import bcc|BCC_KERNEL_SOURCE|_bcc_")
-_LIBBPF_API = re.compile(r"\bbpf_object__|\bbpf_program__|\bbpf_map__|\bbpf_link__|libbpf\.so")
-# A data object's lazy plot()/live()/browse() reaches up into presentation, and its
-# to_perfetto() into the exports: the one way up.
-PRESENTATION = {"present", "export"}
+# Outside backend/libbpf, the names that may mention libbpf, and why.
+LIBBPF_ALLOWED = {
+    # the registry knows each backend by its module's name, and nothing else of it
+    "backend/__init__.py": {"module:ebpf_magic.backend.libbpf"},
+}
+# libbpf's C API: the prefixes of its functions (bpf_object__open, btf__load_vmlinux_btf, ...)
+_LIBBPF_API = re.compile(r"^(?:bpf_object|bpf_program|bpf_map|bpf_link|bpf_prog_linfo|btf|"
+                         r"btf_dump|ring_buffer|user_ring_buffer|perf_buffer|bpf_tc|bpf_xdp|"
+                         r"bpf_linker)__\w+$|^libbpf_\w+$")
+# Calls that import a module named by a string, and calls that load a C library by name.
+_IMPORT_CALLS = {"import_module", "__import__", "find_spec", "reload"}
+_LIBRARY_CALLS = {"CDLL", "PyDLL", "LoadLibrary", "find_library", "dlopen"}
 # Today's exceptions to "no private names across modules", each with its reason.
 PRIVATE_ALLOWED: dict[str, set[str]] = {}
 # Today's import cycles, each broken by an import inside a function, with its reason.
@@ -61,26 +98,53 @@ def _package_of(name: str, path: Path) -> str:
     return name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
 
 
+@functools.cache
+def _tree(path: Path) -> ast.Module:
+    return ast.parse(path.read_text(), str(path))
+
+
+def _resolve(name: str, path: Path, node: ast.ImportFrom) -> str:
+    """The absolute module an ``ImportFrom`` names, relative imports resolved."""
+    base = node.module or ""
+    if node.level:
+        pkg = _package_of(name, path).split(".")
+        pkg = pkg[:len(pkg) - node.level + 1]
+        base = ".".join(pkg + ([base] if base else []))
+    return base
+
+
+def _imports_with_scope(name: str, path: Path) -> list[tuple[str, list[str], bool]]:
+    """``(module, [imported names], inside a function)`` for every import in ``path``."""
+    tree = _tree(path)
+    lazy = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+            for n in ast.walk(f) if isinstance(n, (ast.Import, ast.ImportFrom))}
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [(a.name, [], id(node) in lazy) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            out.append((_resolve(name, path, node), [a.name for a in node.names],
+                        id(node) in lazy))
+    return out
+
+
 def imports(name: str, path: Path) -> list[tuple[str, list[str]]]:
     """``(module, [imported names])`` for every import in ``path``, relative ones resolved."""
-    out = []
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            out += [(a.name, []) for a in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                pkg = _package_of(name, path).split(".")
-                pkg = pkg[:len(pkg) - node.level + 1]
-                base = ".".join(pkg + ([base] if base else []))
-            out.append((base, [a.name for a in node.names]))
-    return out
+    return [(module, names) for module, names, _ in _imports_with_scope(name, path)]
 
 
 def _targets(module: str, names: list[str]) -> list[str]:
     """The package modules an import reaches: ``from pkg import mod`` reaches ``pkg.mod``."""
     found = [f"{module}.{n}" for n in names if f"{module}.{n}" in MODULES]
     return found or ([module] if module.split(".")[0] == PACKAGE else [])
+
+
+def _top(module: str) -> str | None:
+    """The top-level module or package of ``module`` ("" for the package itself)."""
+    parts = module.split(".")
+    if parts[0] != PACKAGE:
+        return None
+    return parts[1] if len(parts) > 1 else ""
 
 
 def _docstrings(tree: ast.AST) -> set[int]:
@@ -93,86 +157,233 @@ def _docstrings(tree: ast.AST) -> set[int]:
     return ids
 
 
-def bcc_mentions(name: str, path: Path) -> set[str]:
-    """How ``path`` names BCC in code: imports, identifiers, BCC's API in strings."""
+def _call_name(node: ast.Call) -> str:
+    func = node.func
+    return func.id if isinstance(func, ast.Name) else func.attr \
+        if isinstance(func, ast.Attribute) else ""
+
+
+def _identifier(node: ast.AST) -> str | None:
+    return (node.id if isinstance(node, ast.Name) else
+            node.attr if isinstance(node, ast.Attribute) else
+            node.name if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef,
+                                           ast.ClassDef)) else
+            node.arg if isinstance(node, ast.arg) else
+            node.asname or node.name if isinstance(node, ast.alias) else None)
+
+
+def references(name: str, path: Path) -> set[str]:
+    """What ``path`` names, read from its syntax tree.
+
+    ``module:M`` for each module it imports (``from pkg import mod`` gives ``pkg.mod``) or
+    names in a string that looks like a dotted module name or is given to an import call
+    (``importlib.import_module("bcc")``); ``library:L`` for each C library it loads by
+    name (``ctypes.CDLL("libbpf.so.1")``, ``find_library("bpf")``); ``name:N`` for each
+    identifier it binds, reads or imports, and each string given to ``getattr``/``hasattr``.
+    """
     found = set()
     for module, names in imports(name, path):
-        for target in [module, *_targets(module, names)]:
-            if target.split(".")[0] == "bcc" or ".backend.bcc" in target:
-                found.add(f"import:{target}")
-    tree = ast.parse(path.read_text())
+        found |= {f"module:{m}" for m in [module, *_targets(module, names)]}
+    tree = _tree(path)
     docs = _docstrings(tree)
     for node in ast.walk(tree):
-        ident = (node.id if isinstance(node, ast.Name) else
-                 node.attr if isinstance(node, ast.Attribute) else
-                 node.name if isinstance(node, (ast.FunctionDef, ast.ClassDef)) else
-                 node.asname or node.name if isinstance(node, ast.alias) else None)
-        if ident and "bcc" in ident.lower():
+        ident = _identifier(node)
+        if ident:
             found.add(f"name:{ident}")
         if isinstance(node, ast.Constant) and isinstance(node.value, str) \
-                and id(node) not in docs:
-            found |= {f"text:{m}" for m in _BCC_TEXT.findall(node.value)}
+                and id(node) not in docs and re.fullmatch(r"\w+(\.\w+)+", node.value) \
+                and node.value.split(".")[0] in ("bcc", PACKAGE):
+            found.add(f"module:{node.value}")
+        if isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant) \
+                and isinstance(node.args[0].value, str):
+            call, arg = _call_name(node), node.args[0].value
+            if call in _IMPORT_CALLS:
+                found.add(f"module:{arg}")
+            elif call in _LIBRARY_CALLS:
+                found.add(f"library:{arg}")
+            elif call in ("getattr", "hasattr", "setattr", "delattr") and len(node.args) > 1 \
+                    and isinstance(node.args[1], ast.Constant):
+                found.add(f"name:{node.args[1].value}")
     return found
 
 
-def test_only_the_bcc_backend_names_bcc():
+def _is_module(ref: str, module: str) -> bool:
+    kind, _, value = ref.partition(":")
+    return kind == "module" and (value == module or value.startswith(module + "."))
+
+
+def bcc_mentions(name: str, path: Path) -> set[str]:
+    """How ``path`` names BCC: its Python module, our BCC backend, libbcc, or an identifier."""
+    return {r for r in references(name, path)
+            if _is_module(r, "bcc") or _is_module(r, f"{PACKAGE}.backend.bcc")
+            or (r.startswith("library:") and "bcc" in r)
+            or (r.startswith("name:") and "bcc" in r.lower())}
+
+
+def libbpf_mentions(name: str, path: Path) -> set[str]:
+    """How ``path`` names libbpf: its C library, its C API, our libbpf backend, an identifier."""
+    return {r for r in references(name, path)
+            if _is_module(r, f"{PACKAGE}.backend.libbpf")
+            or (r.startswith("library:") and re.search(r"(?:^|lib)bpf(?:\.so|$)", r[8:]))
+            or (r.startswith("name:") and ("libbpf" in r.lower() or _LIBBPF_API.match(r[5:])))}
+
+
+def _outside(prefix: str, allowed: dict[str, set[str]], mentions) -> list[str]:
     bad = []
     for name, path in MODULES.items():
         rel = _rel(path)
-        if rel.startswith("backend/bcc/"):
+        if rel.startswith(prefix):
             continue
-        extra = bcc_mentions(name, path) - BCC_ALLOWED.get(rel, set())
+        extra = mentions(name, path) - allowed.get(rel, set())
         bad += [f"{rel}: {m}" for m in sorted(extra)]
+    return bad
+
+
+def test_only_the_bcc_backend_names_bcc():
+    bad = _outside("backend/bcc/", BCC_ALLOWED, bcc_mentions)
     assert not bad, "BCC named outside backend/bcc:\n" + "\n".join(bad)
 
 
-def test_only_the_libbpf_backend_names_libbpf_api():
+def test_only_the_libbpf_backend_names_libbpf():
+    bad = _outside("backend/libbpf/", LIBBPF_ALLOWED, libbpf_mentions)
+    assert not bad, "libbpf named outside backend/libbpf:\n" + "\n".join(bad)
+
+
+def _backend_names_other(name: str, path: Path, other: str) -> set[str]:
+    """What of backend ``other`` a module names: its module, its name, its library."""
+    mentions = bcc_mentions if other == "bcc" else libbpf_mentions
+    found = set(mentions(name, path))
+    tree = _tree(path)
+    docs = _docstrings(tree)
+    # the other backend's registry name as a value: registry.get("libbpf"), == "bcc"
+    found |= {f"text:{n.value}" for n in ast.walk(tree) if isinstance(n, ast.Constant)
+              and n.value == other and id(n) not in docs}
+    return found
+
+
+def test_the_two_backends_do_not_know_each_other():
     bad = []
-    for path in MODULES.values():
-        rel = _rel(path)
-        if not rel.startswith("backend/libbpf/"):
-            bad += [f"{rel}: {m}" for m in sorted(set(_LIBBPF_API.findall(path.read_text())))]
-    assert not bad, "libbpf's C API named outside backend/libbpf:\n" + "\n".join(bad)
+    for own, other in (("bcc", "libbpf"), ("libbpf", "bcc")):
+        for name, path in MODULES.items():
+            if name.startswith(f"{PACKAGE}.backend.{own}"):
+                bad += [f"{_rel(path)}: {m}" for m in sorted(_backend_names_other(name, path,
+                                                                                  other))]
+    assert not bad, "one backend names the other:\n" + "\n".join(bad)
+
+
+_REGEX_CALLS = {"compile", "match", "search", "fullmatch", "findall", "finditer", "sub",
+                "subn", "split"}
+
+
+def _regexes(path: Path) -> list[ast.Constant]:
+    """The regular expressions ``path`` gives to ``re`` as constants."""
+    return [node.args[0] for node in ast.walk(_tree(path))
+            if isinstance(node, ast.Call) and _call_name(node) in _REGEX_CALLS and node.args
+            and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)]
+
+
+def _messages(path: Path) -> list[str]:
+    """The text ``path`` writes: its string constants (f-strings' literal parts among
+    them) but its docstrings and regular expressions."""
+    skip = _docstrings(_tree(path)) | {id(n) for n in _regexes(path)}
+    return [n.value for n in ast.walk(_tree(path))
+            if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in skip]
+
+
+def _literal_runs(pattern: str) -> list[str]:
+    """The phrases of plain text in a regular expression, escapes of plain characters undone."""
+    plain = re.sub(r"\\([^\w\s])", r"\1", pattern)
+    plain = re.sub(r"\(\?P<\w+>|\(\?[:!=<]+|\\[a-zA-Z]|\[[^\]]*\][*+?]?|[.^$|()*+?{}]", "\0",
+                   plain)
+    return [run for run in plain.split("\0") if len(run.split()) >= 4]  # a phrase, not a term
+
+
+def parsed_backend_texts(name: str, path: Path, backend_texts: list[str]) -> list[str]:
+    """The regular expressions of ``path`` that match a backend's own message text."""
+    return [f"regex over {run!r}" for regex in _regexes(path)
+            for run in _literal_runs(regex.value) if any(run in text for text in backend_texts)]
+
+
+def test_no_module_parses_a_backends_messages():
+    """What a backend tells the rest of the house is data (a kind, a key, text to show),
+    never text another layer takes apart with a regular expression."""
+    bad = []
+    for own in ("bcc", "libbpf"):
+        prefix = f"{PACKAGE}.backend.{own}"
+        texts = [t for name, path in MODULES.items() if name.startswith(prefix)
+                 for t in _messages(path)]
+        bad += [f"{_rel(path)}: {use} (text of backend/{own})"
+                for name, path in MODULES.items() if not name.startswith(prefix)
+                for use in parsed_backend_texts(name, path, texts)]
+    assert not bad, "backends' messages parsed as text:\n" + "\n".join(bad)
+
+
+def _private(part: str) -> bool:
+    return part.startswith("_") and not part.startswith("__")
 
 
 def private_uses(name: str, path: Path) -> list[str]:
-    """Another module's private names that ``path`` imports or reads as attributes."""
+    """Another module's private names that ``path`` imports, reads as attributes of a
+    module it imported, or asks ``getattr`` for. A package's private submodules are its
+    own business: its modules may import them."""
     own = _package_of(name, path)
+
+    def foreign(module: str, attr: str) -> bool:
+        """Whether ``module.attr`` is private to a module other than ``path``'s."""
+        full = f"{module}.{attr}"
+        return _private(attr) and not (full in MODULES and module == own) and full != name
+
     bad = []
     bound: dict[str, str] = {}  # local name -> package module it refers to
-    for node in ast.walk(ast.parse(path.read_text())):
+    tree = _tree(path)
+    for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
-            [(module, names)] = imports_of(name, path, node)
+            module = _resolve(name, path, node)
+            if _top(module) is None:
+                continue
             for alias in node.names:
                 full = f"{module}.{alias.name}"
                 if full in MODULES:
                     bound[alias.asname or alias.name] = full
-                private = alias.name.startswith("_") and not alias.name.startswith("__")
-                # a package's own private submodules are its own business
-                if private and module.startswith(PACKAGE) and not (
-                        full in MODULES and module == own):
+                if foreign(module, alias.name):
                     bad.append(f"from {module} import {alias.name}")
         elif isinstance(node, ast.Import):
             for alias in node.names:
-                if alias.name in MODULES:
-                    bound[alias.asname or alias.name.split(".")[0]] = alias.name
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) \
-                and node.value.id in bound and node.attr.startswith("_") \
-                and not node.attr.startswith("__"):
-            target = bound[node.value.id]
-            if not (f"{target}.{node.attr}" in MODULES and target == own):
-                bad.append(f"{node.value.id}.{node.attr} ({target})")
-    return bad
-
-
-def imports_of(name: str, path: Path, node: ast.ImportFrom) -> list[tuple[str, list[str]]]:
-    base = node.module or ""
-    if node.level:
-        pkg = _package_of(name, path).split(".")
-        pkg = pkg[:len(pkg) - node.level + 1]
-        base = ".".join(pkg + ([base] if base else []))
-    return [(base, [a.name for a in node.names])]
+                if _top(alias.name) is None:
+                    continue
+                parts = alias.name.split(".")
+                bad += [f"import {alias.name}" for i in range(1, len(parts))
+                        if foreign(".".join(parts[:i]), parts[i])]
+                if alias.asname:
+                    bound[alias.asname] = alias.name
+                else:
+                    bound[parts[0]] = parts[0]
+    for node in ast.walk(tree):
+        chain: list[str] = []
+        if isinstance(node, ast.Attribute):
+            inner: ast.AST = node
+            while isinstance(inner, ast.Attribute):
+                chain.insert(0, inner.attr)
+                inner = inner.value
+            if not (isinstance(inner, ast.Name) and inner.id in bound):
+                continue
+            root, label = bound[inner.id], inner.id
+        elif isinstance(node, ast.Call) and _call_name(node) in ("getattr", "hasattr") \
+                and len(node.args) > 1 and isinstance(node.args[0], ast.Name) \
+                and node.args[0].id in bound and isinstance(node.args[1], ast.Constant) \
+                and isinstance(node.args[1].value, str):
+            root, label, chain = bound[node.args[0].id], node.args[0].id, [node.args[1].value]
+        else:
+            continue
+        module = root
+        for attr in chain:  # follow submodules; the first name that is not one is checked
+            if f"{module}.{attr}" in MODULES and not foreign(module, attr):
+                module = f"{module}.{attr}"
+                continue
+            if foreign(module, attr):
+                bad.append(f"{label}.{'.'.join(chain[:chain.index(attr) + 1])} ({module})")
+            break
+    return sorted(set(bad))
 
 
 def test_no_module_uses_another_modules_private_names():
@@ -180,11 +391,6 @@ def test_no_module_uses_another_modules_private_names():
            for use in private_uses(name, path)
            if use not in PRIVATE_ALLOWED.get(_rel(path), set())]
     assert not bad, "private names used from outside their module:\n" + "\n".join(bad)
-
-
-def _top(module: str) -> str:
-    parts = module.split(".")
-    return parts[1] if len(parts) > 1 and parts[0] == PACKAGE else ""
 
 
 def top_level_graph() -> dict[str, set[str]]:
@@ -195,11 +401,10 @@ def top_level_graph() -> dict[str, set[str]]:
         if not src:
             continue
         edges = graph.setdefault(src, set())
-        for module, names in imports(name, path):
+        for module, names, lazy in _imports_with_scope(name, path):
             for target in _targets(module, names):
                 dst = _top(target)
-                if dst and dst != src and not (dst in PRESENTATION and src not in PRESENTATION
-                                               and src != "magics"):
+                if dst and dst != src and not (lazy and dst in UP_LAZILY):
                     edges.add(dst)
     return graph
 
@@ -244,67 +449,34 @@ def test_no_import_cycles_among_top_level_modules():
 def test_nothing_in_the_library_imports_the_magics():
     bad = []
     for name, path in MODULES.items():
-        if _top(name) == "magics" or name == PACKAGE:
+        if _LAYER.get(_top(name)) == len(LAYERS) - 1:
             continue
         bad += [f"{_rel(path)}: {m}" for module, names in imports(name, path)
                 for m in _targets(module, names) if _top(m) == "magics"]
     assert not bad, "the library imports the magics:\n" + "\n".join(bad)
 
 
-# The layers, bottom first. A module imports from its own layer and those below it; the
-# one way up is a convenience method of an object users hold (save(), plot(), live(),
-# browse(), to_perfetto()) importing sessions, exports or presentation inside the method.
-LAYERS = [
-    {"errors", "moved", "internal"},  # the errors users catch, old names, plumbing
-    {"kernel"},  # bpf(2), perf events, readers, links, tracefs, kallsyms, BTF, host facts
-    {"probes", "source", "suggest", "discover"},  # attach points, cell text, hints, listings
-    {"backend"},  # the backend seam and its two backends
-    {"data", "api"},  # maps, streams, frames; the read API
-    {"program", "session"},  # the object model users hold
-    {"sessions", "cluster", "bpftrace"},  # recordings, replay, many hosts, bpftrace programs
-    {"export"},  # frames written for other tools: Perfetto, pprof, speedscope, folded text
-    {"exercises"},  # a learner's answer checked against ground truth, through the read API
-    {"present"},  # widgets, plots, live views
-    {"tools"},  # ready-made investigations, declared on the public API
-    {"setup"},  # doctor, kernelspec, launcher
-    {"magics", "__main__", "uninstall_kernel"},  # the adapters
-]
-_LAYER = {top: i for i, tops in enumerate(LAYERS) for top in tops}
-UP_LAZILY = {"sessions", "export", "present"}
-
-
-def _imports_with_scope(name: str, path: Path) -> list[tuple[str, list[str], bool]]:
-    """Like :func:`imports`, with whether each import sits inside a function."""
-    tree = ast.parse(path.read_text(), str(path))
-    lazy = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
-            for n in ast.walk(f) if isinstance(n, (ast.Import, ast.ImportFrom))}
-    out = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            out += [(a.name, [], id(node) in lazy) for a in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            [(module, names)] = imports_of(name, path, node)
-            out.append((module, names, id(node) in lazy))
-    return out
-
-
 def test_every_module_sits_in_a_layer():
-    unplaced = sorted({_top(n) for n in MODULES if _top(n)} - set(_LAYER))
-    assert not unplaced, f"not in LAYERS: {unplaced}"
+    unplaced = sorted(name for name in MODULES if _top(name) not in _LAYER)
+    assert not unplaced, f"modules of no layer (add their package to LAYERS): {unplaced}"
 
 
 def test_imports_point_down_the_layers():
     bad = []
     for name, path in MODULES.items():
         src = _top(name)
-        if not src or src not in _LAYER:
-            continue
+        if src not in _LAYER:
+            continue  # test_every_module_sits_in_a_layer names it
         for module, names, lazy in _imports_with_scope(name, path):
             for target in _targets(module, names):
                 dst = _top(target)
-                if dst in _LAYER and _LAYER[dst] > _LAYER[src] \
-                        and not (lazy and dst in UP_LAZILY):
-                    bad.append(f"{_rel(path)} ({src}) imports {target} ({dst})")
+                if dst is None or dst == src:
+                    continue
+                if dst not in _LAYER:
+                    bad.append(f"{_rel(path)} imports {target}, of no layer")
+                elif _LAYER[dst] > _LAYER[src] and not (lazy and dst in UP_LAZILY):
+                    bad.append(f"{_rel(path)} ({LAYERS[_LAYER[src]][0]}) imports {target} "
+                               f"({LAYERS[_LAYER[dst]][0]})")
     assert not bad, "imports up the layers:\n" + "\n".join(bad)
 
 
