@@ -36,11 +36,11 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from ebpf_magic import sessions  # noqa: E402
-from ebpf_magic.data.globalvars import SavedGlobals  # noqa: E402
-from ebpf_magic.sessions.snapshots import Snapshot  # noqa: E402
+from ebpf_magic import sessions
+from ebpf_magic.data.globalvars import SavedGlobals
+from ebpf_magic.sessions.snapshots import Snapshot
 
-from hostile import (  # noqa: E402 - the crafting helpers live beside the tests
+from hostile import (
     CAPTURED,
     load_in_child,
     manifest,

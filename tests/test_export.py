@@ -25,17 +25,17 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import pytest  # noqa: E402
-from perfetto.protos.perfetto.trace.perfetto_trace_pb2 import Trace, TrackEvent  # noqa: E402
+import numpy as np
+import pandas as pd
+import pytest
+from perfetto.protos.perfetto.trace.perfetto_trace_pb2 import Trace, TrackEvent
 
-import ebpf_magic  # noqa: E402
-from ebpf_magic import export  # noqa: E402
-from ebpf_magic.data import stacks  # noqa: E402
-from ebpf_magic.errors import ExportError  # noqa: E402
-from ebpf_magic.export import pprof, speedscope  # noqa: E402
-from ebpf_magic.present import plots  # noqa: E402
+import ebpf_magic
+from ebpf_magic import export
+from ebpf_magic.data import stacks
+from ebpf_magic.errors import ExportError
+from ebpf_magic.export import pprof, speedscope
+from ebpf_magic.present import plots
 
 SCHEMA = json.loads((Path(__file__).parent / "speedscope_schema.json").read_text())
 

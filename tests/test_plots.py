@@ -6,10 +6,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import numpy as np
+import pandas as pd
 
-from ebpf_magic.data.histograms import Histogram, from_values  # noqa: E402
+from ebpf_magic.data.histograms import Histogram, from_values
 from ebpf_magic.present import plots
 
 
