@@ -20,8 +20,6 @@ BCC_ALLOWED = {
     # the error for a missing BCC is public API (ebpf_magic.BCCNotFoundError)
     "__init__.py": {"name:BCCNotFoundError"},
     "errors.py": {"name:BCCNotFoundError"},
-    # the doctor's attach checks compile BCC-dialect programs: a missing BCC stops them all
-    "setup/doctor.py": {"name:BCCNotFoundError"},
     # tracefs entries BCC's own tools leave behind (``..._bcc_<pid>``) are recognised as stale
     "kernel/link/probe_events.py": {"name:_BCC", "text:_bcc_"},
 }
@@ -257,6 +255,7 @@ def test_nothing_in_the_library_imports_the_magics():
 LAYERS = [
     {"errors", "moved", "internal"},  # the errors users catch, old names, plumbing
     {"kernel"},  # bpf(2), perf events, readers, links, tracefs, kallsyms, BTF, host facts
+    {"features"},  # what this kernel and process can do: checks returning findings
     {"probes", "source", "suggest", "discover"},  # attach points, cell text, hints, listings
     {"backend"},  # the backend seam and its two backends
     {"data", "api"},  # maps, streams, frames; the read API
@@ -266,7 +265,7 @@ LAYERS = [
     {"exercises"},  # a learner's answer checked against ground truth, through the read API
     {"present"},  # widgets, plots, live views
     {"tools"},  # ready-made investigations, declared on the public API
-    {"setup"},  # doctor, kernelspec, launcher
+    {"setup"},  # doctor (with its attach prober and scratch devices), kernelspec, launcher
     {"magics", "__main__", "uninstall_kernel"},  # the adapters
 ]
 _LAYER = {top: i for i, tops in enumerate(LAYERS) for top in tops}
