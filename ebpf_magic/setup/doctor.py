@@ -34,19 +34,13 @@ from ebpf_magic.features import (
     UNAVAILABLE,
     WARN,
     Finding,
-    check_privileges,
-    check_probe_events,
-    check_process,
-    check_run_stats,
     safely,
 )
 from ebpf_magic.features import host as host_checks
 from ebpf_magic.kernel import host
 from ebpf_magic.setup import probing
 
-__all__ = ["COLUMNS", "ENVIRONMENT", "FAIL", "NOT_CHECKED", "OK", "UNAVAILABLE", "WARN",
-           "Report", "Row", "check_privileges", "check_probe_events", "check_process",
-           "check_run_stats", "main", "run"]
+__all__ = ["COLUMNS", "ENVIRONMENT", "Report", "Row", "main", "run"]
 
 COLUMNS = ["check", "status", "detail", "fix"]
 _COLORS = {OK: "#1a7f37", WARN: "#9a6700", FAIL: "#cf222e", UNAVAILABLE: "#cf222e",
