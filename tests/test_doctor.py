@@ -171,6 +171,9 @@ def test_attach_checks_need_privileges_and_an_available_backend():
     assert [(f.check, f.status, f.detail, f.fix) for f in none.findings] == [
         ("tracepoint", "not checked", "no backend can load programs here (a: gone)", "Get it.")]
     assert none.backend == "" and none.prog_ids == []
+    chosen = probing.check_attach_types(Finding("privileges", OK, "root"), {"a": missing},
+                                        suites, backend="a")
+    assert chosen.findings[0].detail == "the a backend cannot load programs here (a: gone)"
 
 
 def test_usable_needs_rights_a_backend_and_one_attach_type_that_works():

@@ -82,8 +82,8 @@ class Report:
         by = {r.check: r.status for r in self.rows}
         if by.get("privileges") != OK or not any(b.status == OK for b in self.backends.values()):
             return False
-        probed = [by[k] for k in self.attach_kinds if k in by]
-        return not probed or any(s in (OK, WARN) for s in probed)
+        probed = [r for r in self.rows if r.check in self.attach_kinds]
+        return not probed or any(r.ok for r in probed)
 
     @property
     def verdict(self) -> str:

@@ -237,8 +237,9 @@ def check_attach_types(privileges: Finding, available: dict[str, Finding],
         why = "; ".join(f"{n}: {available[n].detail}" for n in names if n in available)
         fixes = " ".join(dict.fromkeys(available[n].fix for n in names
                                        if n in available and available[n].fix))
-        return _not_checked(kinds, "no backend can load programs here" +
-                            (f" ({why})" if why else ""), fixes)
+        what = f"the {backend} backend cannot" if backend is not None else "no backend can"
+        return _not_checked(kinds, f"{what} load programs here" + (f" ({why})" if why else ""),
+                            fixes)
     scratch = Scratch()
     tried: list[Prober] = []
     try:
@@ -252,12 +253,11 @@ def check_attach_types(privileges: Finding, available: dict[str, Finding],
             todo = [p for p in suites[name].probes if p.kind not in scratch.skipped]
             for group in ([p for p in todo if p.risky], [p for p in todo if not p.risky]):
                 prober.run(group)
-            if any(f.status in (OK, WARN) for f in prober.findings.values()):
+            if any(f.ok for f in prober.findings.values()):
                 break
     finally:
         left = scratch.close()
-    shown = next((p for p in tried if any(f.status in (OK, WARN)
-                                          for f in p.findings.values())), tried[0])
+    shown = next((p for p in tried if any(f.ok for f in p.findings.values())), tried[0])
     prog_ids = [i for p in tried for i in p.prog_ids]
     left_progs = still_loaded(prog_ids)
     if left_progs or left:
