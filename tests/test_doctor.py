@@ -1,4 +1,5 @@
-"""doctor: what it reports on this kernel, that it cleans up, and that it never crashes."""
+"""doctor: what it reports, that it serves whichever backends exist, that it cleans up, and
+that it never crashes."""
 
 from __future__ import annotations
 
@@ -13,16 +14,28 @@ from pathlib import Path
 import pytest
 from IPython.core.error import UsageError
 
-from ebpf_magic.setup import doctor
+from ebpf_magic.backend import Diagnostic
+from ebpf_magic.backend.bcc import checks as bcc_checks
+from ebpf_magic.backend.libbpf import checks as libbpf_checks
+from ebpf_magic.bpftrace import diagnose
+from ebpf_magic.features import FAIL, OK, AttachProbe, Finding, ProbeSuite
+from ebpf_magic.kernel import host
+from ebpf_magic.setup import doctor, probing
 from ebpf_magic.setup.doctor import Report, Row
 
 from conftest import loaded_prog_ids, own_bpf_fds
 
 REPO = Path(__file__).resolve().parent.parent
-UNAVAILABLE_HERE = {"kprobe", "fentry", "hardware counters"}
-AVAILABLE_HERE = {"tracepoint", "raw tracepoint", "uprobe", "USDT", "perf sampling",
-                  "perf buffer", "ring buffer", "XDP"}
-SANITY_SECONDS = 30  # a generous bound: doctor takes about 2 s here
+# what every kernel with BPF tracing offers, fired by the doctor's own workload
+COMMON_KINDS = {"tracepoint", "raw tracepoint", "uprobe", "USDT", "perf sampling",
+                "perf buffer", "ring buffer", "XDP"}
+SANITY_SECONDS = 30  # a generous bound: doctor takes a few seconds here
+# the rows of `%bpf doctor --no-attach`, in order: this process and kernel, then each
+# backend's prerequisites, then bpftrace
+ENVIRONMENT_ROWS = ["privileges", "process", "memlock", "kernel", "BTF", "tracefs", "debugfs",
+                    "stale probe events", "run statistics", "BCC", "kernel headers",
+                    "BCC dialect cells", "kernel struct reads", "clang", "libbpf",
+                    "vmlinux.h cache", "libbpf-style cells", "bpftrace"]
 
 
 def _run_cli(*args: str, prefix: tuple[str, ...] = (), code: str | None = None):
@@ -40,21 +53,157 @@ def observed():
     return report, fds_before, ids_before
 
 
+def _statuses(report: Report) -> dict[str, str]:
+    return {k: report.status(k) for k in report.attach_kinds}
+
+
+def _missing(name: str) -> Finding:
+    return Finding(name, FAIL, f"{name} is not installed here", f"Install {name}.")
+
+
 @pytest.mark.kernel
-def test_reports_exactly_what_works_on_this_kernel(observed):
+def test_common_attach_kinds_attach_and_fire(observed):
     report = observed[0]
-    statuses = {c.check: report.status(c.check) for c in doctor.CHECKS}
-    assert {c for c, s in statuses.items() if s == "unavailable"} == UNAVAILABLE_HERE
-    assert {c for c, s in statuses.items() if s == "ok"} == AVAILABLE_HERE
-    assert report.usable
+    first = next(name for name, b in report.backends.items() if b.status == OK)
+    assert report.attach_backend == first
+    statuses = _statuses(report)
+    assert {k for k in COMMON_KINDS if statuses[k] != "ok"} == set()
     rows = {r.check: r for r in report.rows}
-    assert "CONFIG_KPROBES" in rows["kprobe"].fix and "tracepoint" in rows["kprobe"].fix
-    assert "fentry" in rows["fentry"].fix
-    assert "Hardware counters" in rows["hardware counters"].fix
-    for name in UNAVAILABLE_HERE:
-        assert rows[name].detail.startswith("cannot attach"), rows[name]
+    for kind in COMMON_KINDS:
+        assert "attached and fired" in rows[kind].detail, rows[kind]
     assert "read back" in rows["perf buffer"].detail
     assert "read back" in rows["ring buffer"].detail
+    assert report.usable and report.verdict == "BPF can be used here."
+
+
+NO_KPROBES = "this kernel is built without kprobes (no kprobe_events in tracefs)"
+
+
+@pytest.mark.kernel
+@pytest.mark.kernel_feature
+@pytest.mark.skipif(not host.kprobes_supported(), reason=NO_KPROBES)
+def test_the_kprobe_row_attaches_where_the_kernel_has_kprobes(observed):
+    row = next(r for r in observed[0].rows if r.check == "kprobe")
+    assert row.status == "ok" and "attached and fired" in row.detail, row
+
+
+@pytest.mark.kernel
+@pytest.mark.kernel_feature
+@pytest.mark.skipif(host.kprobes_supported(), reason="this kernel has kprobes")
+def test_the_kprobe_row_says_why_not_and_what_instead_where_the_kernel_lacks_them(observed):
+    row = next(r for r in observed[0].rows if r.check == "kprobe")
+    assert row.status == "unavailable" and row.detail.startswith("cannot attach"), row
+    assert "CONFIG_KPROBES" in row.fix and "tracepoint" in row.fix
+
+
+@pytest.mark.kernel
+def test_rows_that_do_not_attach_say_why_and_what_instead(observed):
+    rows = {r.check: r for r in observed[0].rows}
+    fixes = {"fentry": "fentry", "hardware counters": "Hardware counters", "kprobe": "kprobes"}
+    for kind, named in fixes.items():
+        if rows[kind].status == "ok":
+            assert "attached and fired" in rows[kind].detail, rows[kind]
+        else:
+            assert rows[kind].status == "unavailable", rows[kind]
+            assert named in rows[kind].fix, rows[kind]
+
+
+@pytest.mark.kernel
+def test_each_backend_probes_in_its_own_dialect_and_sees_the_same_kernel(observed):
+    """The libbpf backend's probes (SEC() names) find what the default backend's found."""
+    report = doctor.run(backend="libbpf")
+    assert report.attach_backend == "libbpf"
+    assert _statuses(report) == _statuses(observed[0])
+    assert report.status("cleanup") == "ok" and "for the libbpf backend" in \
+        next(r.detail for r in report.rows if r.check == "cleanup")
+    assert report.prog_ids and not set(report.prog_ids) & loaded_prog_ids()
+
+
+@pytest.mark.kernel
+def test_a_host_with_only_the_libbpf_backend_is_usable(monkeypatch):
+    monkeypatch.setattr(bcc_checks, "available", lambda: _missing("bcc"))
+    report = doctor.run()
+    assert report.backends["bcc"].status == "fail" and report.backends["libbpf"].status == "ok"
+    assert report.attach_backend == "libbpf"
+    assert {k for k, s in _statuses(report).items() if s == "ok"} >= COMMON_KINDS
+    assert report.usable and report.verdict == "BPF can be used here."
+    assert not set(report.prog_ids) & loaded_prog_ids()
+
+
+@pytest.mark.kernel
+def test_the_next_backend_is_tried_when_none_of_the_first_ones_probes_attach(monkeypatch):
+    nothing = AttachProbe("tracepoint", "tracepoint:ebpf_magic_none:nothing", "doctor_none",
+                          "int doctor_none(void *ctx) {{ {hit}; return 0; }}")
+    suite = ProbeSuite("bcc", (nothing,), counter="doctor_hits",
+                       header="BPF_ARRAY(doctor_hits, u64, {slots});",
+                       hit="doctor_hits.increment({slot})")
+    monkeypatch.setattr(bcc_checks, "probes", lambda: suite)
+    report = doctor.run()
+    assert report.attach_backend == "libbpf"
+    assert report.attach_kinds == [p.kind for p in libbpf_checks.PROBES]
+    assert report.status("tracepoint") == "ok" and report.usable
+    cleanup = next(r for r in report.rows if r.check == "cleanup")
+    assert cleanup.status == "ok" and "for the bcc and libbpf backend" in cleanup.detail
+    assert not set(report.prog_ids) & loaded_prog_ids()
+
+
+def test_no_backend_means_unusable_and_nothing_is_loaded(monkeypatch):
+    monkeypatch.setattr(bcc_checks, "available", lambda: _missing("bcc"))
+    monkeypatch.setattr(libbpf_checks, "available", lambda: _missing("clang"))
+    monkeypatch.setattr(diagnose, "check_cells", lambda: Diagnostic(
+        "bpftrace cells", "not checked", "left out of this test"))
+    monkeypatch.setattr(probing, "Scratch", None)  # nothing may be set up to fire on
+    report = doctor.run()
+    assert not report.usable and report.prog_ids == []
+    assert report.verdict == ("BPF cannot be used here yet: no backend can load programs "
+                              "(bcc: bcc is not installed here; libbpf: clang is not installed "
+                              "here).")
+    rows = {r.check: r for r in report.rows}
+    for kind in report.attach_kinds:
+        assert rows[kind].status == "not checked"
+        if rows["privileges"].status == "ok":
+            assert rows[kind].detail == ("no backend can load programs here (bcc: bcc is not "
+                                         "installed here; libbpf: clang is not installed here)")
+            assert rows[kind].fix == "Install bcc. Install clang."
+    assert report.attach_kinds == [p.kind for p in bcc_checks.PROBES]
+
+
+def test_attach_checks_need_privileges_and_an_available_backend():
+    suites = {"a": ProbeSuite("a", (AttachProbe("tracepoint", "", "f", ""),), "c", "", "")}
+    ok, missing = Finding("a", OK, "here"), Finding("a", FAIL, "gone", "Get it.")
+    denied = probing.check_attach_types(Finding("privileges", FAIL, "uid 1000"), {"a": ok},
+                                        suites)
+    assert [(f.check, f.status, f.detail) for f in denied.findings] == [
+        ("tracepoint", "not checked", "needs privileges (see its fix above)")]
+    none = probing.check_attach_types(Finding("privileges", OK, "root"), {"a": missing}, suites)
+    assert [(f.check, f.status, f.detail, f.fix) for f in none.findings] == [
+        ("tracepoint", "not checked", "no backend can load programs here (a: gone)", "Get it.")]
+    assert none.backend == "" and none.prog_ids == []
+    chosen = probing.check_attach_types(Finding("privileges", OK, "root"), {"a": missing},
+                                        suites, backend="a")
+    assert chosen.findings[0].detail == "the a backend cannot load programs here (a: gone)"
+
+
+def test_usable_needs_rights_a_backend_and_one_attach_type_that_works():
+    rights, bad_rights = Row("privileges", "ok", "root"), Row("privileges", "fail", "uid 1")
+    here, gone = {"a": Finding("a", OK, "")}, {"a": Finding("a", FAIL, "missing")}
+    attach = [Row("kprobe", "unavailable", "no"), Row("tracepoint", "ok", "fired")]
+    kinds = ["kprobe", "tracepoint"]
+    assert Report([rights, *attach], backends=here, attach_kinds=kinds).usable
+    assert not Report([bad_rights, *attach], backends=here, attach_kinds=kinds).usable
+    assert not Report([rights, *attach], backends=gone, attach_kinds=kinds).usable
+    assert not Report([rights, *attach], backends={}, attach_kinds=kinds).usable
+    none_fire = Report([rights, attach[0]], backends=here, attach_kinds=kinds)
+    assert not none_fire.usable
+    assert none_fire.verdict == "BPF cannot be used here yet: see the fixes above."
+    warned = Report([rights, Row("tracepoint", "warn", "did not fire")], backends=here,
+                    attach_kinds=["tracepoint"])
+    assert warned.usable
+    unprobed = Report([rights], backends=here)
+    assert unprobed.usable and "attach types were not checked" in unprobed.verdict
+    # any backend's name will do: the verdict does not look for one
+    assert Report([rights, *attach], backends={"zz": Finding("zz", OK, "")},
+                  attach_kinds=kinds).usable
 
 
 @pytest.mark.kernel
@@ -150,10 +299,12 @@ def test_backend_rows_without_clang_and_libbpf(monkeypatch):
 
 
 def test_doctor_asks_the_backends_only_through_the_registry():
-    text = (REPO / "ebpf_magic" / "setup" / "doctor.py").read_text()
-    assert "backend.bcc" not in text and "backend.libbpf" not in text
-    assert "from .backend" not in text
-    assert "import _" not in text
+    package = REPO / "ebpf_magic"
+    for path in [package / "setup" / "doctor.py", package / "setup" / "probing.py",
+                 package / "setup" / "scratch.py", *(package / "features").glob("*.py")]:
+        text = path.read_text()
+        assert "bcc" not in text.lower() and "libbpf" not in text.lower(), path
+        assert "from .backend" not in text and "import _" not in text, path
     rows = {name: check() for name, check in doctor.ENVIRONMENT.items()}
     assert {"BCC", "kernel headers", "clang", "libbpf", "vmlinux.h cache", "BCC dialect cells",
             "libbpf-style cells", "kernel struct reads"} <= set(rows)
@@ -168,7 +319,7 @@ def test_finishes_in_bounded_time(observed):
 @pytest.mark.kernel
 def test_leaves_nothing_loaded(observed):
     report, fds_before, _ = observed
-    assert len(report.prog_ids) >= len(doctor.CHECKS) - len(UNAVAILABLE_HERE)
+    assert len(report.prog_ids) >= sum(report.status(k) == "ok" for k in report.attach_kinds)
     assert not set(report.prog_ids) & loaded_prog_ids(), "doctor's programs still loaded"
     assert sorted(own_bpf_fds()) == fds_before, "BPF/perf descriptors left open"
     assert report.status("cleanup") == "ok"
@@ -185,10 +336,13 @@ def test_command_line_prints_the_table():
     lines = done.stdout.splitlines()
     assert lines[1].split() == ["check", "status", "detail"]
     table = {ln.split("  ")[0]: ln.split()[1:] for ln in lines if ln and not ln[0].isspace()}
-    assert table["kprobe"][0] == "unavailable"
     assert table["tracepoint"][0] == "ok"
     assert table["cleanup"][0] == "ok"
-    assert "fix: This kernel is built without kprobes" in " ".join(done.stdout.split())
+    if host.kprobes_supported():
+        assert table["kprobe"][0] == "ok"
+    else:
+        assert table["kprobe"][0] == "unavailable"
+        assert "fix: This kernel is built without kprobes" in " ".join(done.stdout.split())
     assert lines[-1] == "BPF can be used here."
     assert "Traceback" not in done.stderr
 
@@ -207,10 +361,10 @@ def test_unprivileged_run_reports_privileges_with_a_fix():
     assert done.stdout.splitlines()[-1].startswith("BPF cannot be used here yet")
 
 
-def test_without_bcc_reports_how_to_install_it():
+def test_without_bcc_reports_how_to_install_it_and_uses_libbpf():
     code = ("import json, sys; import ebpf_magic.backend.bcc.locate as locate; "
-            "locate.candidates = lambda: []; from ebpf_magic import doctor; "
-            "r = doctor.run(); print(json.dumps({'usable': r.usable, "
+            "locate.candidates = lambda: []; from ebpf_magic.setup import doctor; "
+            "r = doctor.run(); print(json.dumps({'usable': r.usable, 'by': r.attach_backend, "
             "'rows': r.df.to_dict('records')}))")
     done = _run_cli(code=code)
     assert done.returncode == 0, done.stderr
@@ -218,17 +372,21 @@ def test_without_bcc_reports_how_to_install_it():
     rows = {r["check"]: r for r in result["rows"]}
     assert rows["BCC"]["status"] == "fail"
     assert "python3-bpfcc" in rows["BCC"]["fix"] and "Not `pip install bcc`" in rows["BCC"]["fix"]
-    assert not result["usable"]
     if rows["privileges"]["status"] == "ok":
+        assert result["by"] == "libbpf" and result["usable"]
+        assert rows["tracepoint"]["status"] == "ok"
+    else:
+        assert not result["usable"]
         assert rows["tracepoint"] == {"check": "tracepoint", "status": "not checked",
-                                      "detail": "needs BCC (see its fix above)", "fix": ""}
+                                      "detail": "needs privileges (see its fix above)",
+                                      "fix": ""}
 
 
 def test_report_renders_for_terminals_and_notebooks():
-    report = Report([Row("privileges", "ok", "root"), Row("BCC", "ok", "BCC 0.26.0"),
+    report = Report([Row("privileges", "ok", "root"),
                      Row("kprobe", "unavailable", "cannot attach <kprobe>", "Use a tracepoint."),
-                     Row("tracepoint", "ok", "attached")], elapsed=1.25)
-    assert report.usable
+                     Row("tracepoint", "ok", "attached")], elapsed=1.25,
+                    backends={"a": Finding("a", OK, "")}, attach_kinds=["kprobe", "tracepoint"])
     text = str(report)
     assert "kprobe      unavailable  cannot attach <kprobe>" in text.splitlines()
     assert "fix: Use a tracepoint." in text
@@ -236,19 +394,22 @@ def test_report_renders_for_terminals_and_notebooks():
     html = report._repr_html_()
     assert html.count("<tr>") == 1 + len(report.rows)
     assert "cannot attach &lt;kprobe&gt;" in html and "fix:</i> Use a tracepoint." in html
-    failing = Report([Row("privileges", "fail", "uid 1000", "Run as root.")])
-    assert not failing.usable
-    # without attach checks, usability rests on rights and BCC
-    assert not Report([Row("privileges", "ok", ""), Row("BCC", "fail", "")]).usable
-    unprobed = Report([Row("privileges", "ok", ""), Row("BCC", "ok", "")])
-    assert unprobed.usable and "attach types were not checked" in unprobed.verdict
-    assert not Report(report.rows[:3]).usable  # the only attach type tried is unavailable
+    assert list(report.df.columns) == ["check", "status", "detail", "fix"]
+    assert report.df.values.tolist() == [
+        ["privileges", "ok", "root", ""],
+        ["kprobe", "unavailable", "cannot attach <kprobe>", "Use a tracepoint."],
+        ["tracepoint", "ok", "attached", ""]]
 
 
 def test_magic_subcommand(shell):
     report = shell.run_line_magic("bpf", "doctor --no-attach")
     assert isinstance(report, Report)
-    assert [r.check for r in report.rows] == list(doctor.ENVIRONMENT)
+    assert [r.check for r in report.rows] == ENVIRONMENT_ROWS
+    assert report.attach_kinds == [] and report.prog_ids == []
+    assert set(report.backends) == {"bcc", "libbpf"}
     assert "%bpf doctor" in shell.find_line_magic("bpf").__doc__
+    assert "--backend NAME" in shell.find_line_magic("bpf").__doc__
     with pytest.raises(UsageError, match="usage: %bpf doctor"):
         shell.run_line_magic("bpf", "doctor --bogus")
+    with pytest.raises(UsageError, match="invalid choice: 'nope'"):
+        shell.run_line_magic("bpf", "doctor --backend nope")

@@ -352,8 +352,8 @@ def test_errors_inside_headers_are_shown_at_the_including_cell_line(monkeypatch)
 
 def test_doctor_names_what_xdp_check_lacks_in_least_privilege():
     code = """
-        from ebpf_magic import doctor
-        scratch = doctor.Scratch()
+        from ebpf_magic.setup.scratch import Scratch
+        scratch = Scratch()
         try:
             scratch.make_veth()
             print(scratch.skipped["XDP"].fix)

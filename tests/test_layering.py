@@ -25,9 +25,10 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("plumbing and the errors users catch", {"internal", "errors"}),
     ("kernel I/O: bpf(2), perf events, readers, links, tracefs, kallsyms, BTF, host facts",
      {"kernel"}),
+    ("what this host can do: checks returning findings; backends hand over their probes",
+     {"features"}),
     ("attach points, cell text, hints, listings", {"probes", "source", "suggest", "discover"}),
     ("the backend seam and its two backends", {"backend"}),
-    ("what this host can do, asked of the kernel and of each backend", {"features"}),
     ("the read API: Protocols every program implements", {"api"}),
     ("maps, streams, frames, histograms, stacks", {"data"}),
     ("the object model users hold", {"program", "session"}),
@@ -48,8 +49,6 @@ BCC_ALLOWED = {
     # the error for a missing BCC is public API (ebpf_magic.BCCNotFoundError)
     "__init__.py": {"name:BCCNotFoundError"},
     "errors.py": {"name:BCCNotFoundError"},
-    # the doctor's attach checks compile BCC-dialect programs: a missing BCC stops them all
-    "setup/doctor.py": {"name:BCCNotFoundError"},
     # tracefs entries BCC's own tools leave behind (``..._bcc_<pid>``) are recognised as stale
     "kernel/link/probe_events.py": {"name:_BCC"},
     # the registry knows each backend by its module's name, and nothing else of it

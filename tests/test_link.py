@@ -24,10 +24,10 @@ from pathlib import Path
 
 import pytest
 
+from ebpf_magic import features
 from ebpf_magic.kernel import host as kernel
 from ebpf_magic.kernel import link, sysbpf, tracefs
 from ebpf_magic.kernel.link import probe_events
-from ebpf_magic.setup import doctor
 
 from conftest import ETH_P_TEST, bpftool_json, own_bpf_fds, send_test_frames, settle, uprobe_events
 from rawprog import prog_load
@@ -667,13 +667,13 @@ def test_stale_probe_events_of_killed_process_are_removed(clean, counter, prog_f
         assert not [s for s in stale if s.startswith((f"ebpf_magic_{alive.pid}/",
                                                       probe_events.group() + "/"))]
         assert [e for e in uprobe_events() if killed_group in e]
-        row = doctor.check_probe_events()
-        assert row.status == doctor.WARN and killed_group in row.detail
+        row = features.check_probe_events()
+        assert row.status == features.WARN and killed_group in row.detail
         removed = link.remove_stale_probe_events()
         assert [s for s in removed if s.startswith(killed_group + "/")]
         assert not [e for e in uprobe_events() if killed_group in e]
         assert link.stale_probe_events() == []
-        assert doctor.check_probe_events().status == doctor.OK
+        assert features.check_probe_events().status == features.OK
         # live entries, the other process's and ours, are untouched and still work
         assert [e for e in uprobe_events() if f"ebpf_magic_{alive.pid}/" in e]
         before = counter()

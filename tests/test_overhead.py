@@ -23,7 +23,7 @@ from IPython.core.displaypub import CapturingDisplayPublisher
 from test_recording import FakeProgram, _with_manifest, manifest_of
 
 import ebpf_magic
-from ebpf_magic import backend, sessions
+from ebpf_magic import backend, features, sessions
 from ebpf_magic.data import overhead
 from ebpf_magic.errors import ReplayError
 from ebpf_magic.kernel import runstats, sysbpf
@@ -471,14 +471,12 @@ def test_the_cost_note_updates_its_own_cell_in_a_notebook_kernel() -> None:
 
 
 def test_the_doctor_says_whether_runs_are_counted_and_how_to_count_them(monkeypatch) -> None:
-    from ebpf_magic.setup import doctor
-
     monkeypatch.setattr(runstats, "acquire", lambda take=True: None)
     monkeypatch.setattr(runstats, "status", lambda: OFF)
-    row = doctor.check_run_stats()
-    assert (row.check, row.status) == ("run statistics", doctor.WARN)
+    row = features.check_run_stats()
+    assert (row.check, row.status) == ("run statistics", features.WARN)
     assert "cannot be shown" in row.detail and "sysctl kernel.bpf_stats_enabled=1" in row.fix
     monkeypatch.setattr(runstats, "status", lambda: runstats.Status(
         True, "descriptor", "enabled while this process runs: it holds ..."))
-    row = doctor.check_run_stats()
-    assert row.status == doctor.OK and runstats.PRICE in row.detail and row.fix == ""
+    row = features.check_run_stats()
+    assert row.status == features.OK and runstats.PRICE in row.detail and row.fix == ""

@@ -102,8 +102,8 @@ print(json.dumps({"home": os.environ["HOME"], "child": child,
 paths = [{str(NOTEBOOKS / "recordings")!r}, {str(NOTEBOOKS)!r}, os.path.expanduser("~")]
 print(json.dumps([os.access(p, os.W_OK) for p in paths]))"""))
         assert where == [False, False, True]
-        detail = execute(client, "from ebpf_magic import doctor\n"
-                                 "print(doctor.check_process().detail)")
+        detail = execute(client, "from ebpf_magic import features\n"
+                                 "print(features.check_process().detail)")
         assert f"uid {entry.pw_uid} ({entry.pw_name})" in detail
         assert "cap_bpf" in detail and "cap_sys_admin" not in detail
 

@@ -28,11 +28,12 @@ from ebpf_magic.backend.base import (
     encode_value,
 )
 from ebpf_magic.errors import BPFError
+from ebpf_magic.features import BackendChecks
 from ebpf_magic.probes import Probe
 
 __all__ = [
     "BACKENDS", "LIBBPF_PACKAGES", "Backend", "CompiledProgram", "Diagnostic", "GlobalVar",
-    "IterHandle", "MapHandle", "available", "check_globals", "check_load_options",
+    "IterHandle", "MapHandle", "available", "check_globals", "check_load_options", "checks",
     "choose_backend", "compile_program", "compiles_out_of_process", "diagnostics",
     "encode_globals", "encode_value", "get", "host_facts", "named_probes", "prestart",
     "symbolize_user", "version",
@@ -140,6 +141,12 @@ def symbolize_user(pid: int, addrs: list[int], backend: str = "") -> list[str | 
 def diagnostics() -> dict[str, Callable[[], Diagnostic]]:
     """Every backend's checks of its prerequisites, by the name of the row each returns."""
     return {name: check for b in BACKENDS for name, check in get(b).diagnostics().items()}
+
+
+def checks() -> dict[str, BackendChecks]:
+    """Every backend's own doctor checks, by backend name: whether it can load programs
+    here and its attach probes in its dialect (each backend's ``checks`` module)."""
+    return {name: importlib.import_module(f"{_MODULES[name]}.checks") for name in BACKENDS}
 
 
 def prestart() -> None:

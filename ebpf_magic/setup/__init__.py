@@ -1,1 +1,2 @@
-"""Setting up: the doctor's capability checks, the kernelspec and the kernel launcher."""
+"""Setting up: the doctor (its report, attach prober and scratch devices), the kernelspec and
+the kernel launcher."""
