@@ -427,7 +427,7 @@ print(json.dumps({
     "calls": calls[calls["key"].isin(tids)].astype({"host": str}).values.tolist(),
     "out": out[out["tid"].isin(tids)].astype({"host": str}).values.tolist(),
     "hosts": [(h["engine"], h["host"], h["state"]) for h in prog.recording.host["hosts"]],
-    "live": ebpf_magic.live()}, default=int))
+    "live": ebpf_magic.is_live()}, default=int))
 """
 
 

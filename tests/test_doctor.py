@@ -209,7 +209,7 @@ def test_unprivileged_run_reports_privileges_with_a_fix():
 
 def test_without_bcc_reports_how_to_install_it():
     code = ("import json, sys; import ebpf_magic.backend.bcc.locate as locate; "
-            "locate.candidates = lambda: []; from ebpf_magic import doctor; "
+            "locate.candidates = lambda: []; from ebpf_magic.setup import doctor; "
             "r = doctor.run(); print(json.dumps({'usable': r.usable, "
             "'rows': r.df.to_dict('records')}))")
     done = _run_cli(code=code)

@@ -365,7 +365,7 @@ def test_errors_on_lines_bcc_rewrote_map_to_the_nearest_cell_line():
 
 def test_doctor_names_what_xdp_check_lacks_in_least_privilege():
     code = """
-        from ebpf_magic import doctor
+        from ebpf_magic.setup import doctor
         scratch = doctor.Scratch()
         try:
             scratch.make_veth()

@@ -255,7 +255,7 @@ def test_nothing_in_the_library_imports_the_magics():
 # one way up is a convenience method of an object users hold (save(), plot(), live(),
 # browse(), to_perfetto()) importing sessions, exports or presentation inside the method.
 LAYERS = [
-    {"errors", "moved", "internal"},  # the errors users catch, old names, plumbing
+    {"errors", "internal"},  # the errors users catch, plumbing
     {"kernel"},  # bpf(2), perf events, readers, links, tracefs, kallsyms, BTF, host facts
     {"probes", "source", "suggest", "discover"},  # attach points, cell text, hints, listings
     {"backend"},  # the backend seam and its two backends
@@ -267,7 +267,8 @@ LAYERS = [
     {"present"},  # widgets, plots, live views
     {"tools"},  # ready-made investigations, declared on the public API
     {"setup"},  # doctor, kernelspec, launcher
-    {"magics", "__main__", "uninstall_kernel"},  # the adapters
+    {"magics", "__main__", "uninstall_kernel", "launcher"},  # the adapters (launcher: the
+    # path kernelspecs installed before setup/ existed run)
 ]
 _LAYER = {top: i for i, tops in enumerate(LAYERS) for top in tops}
 UP_LAZILY = {"sessions", "export", "present"}
