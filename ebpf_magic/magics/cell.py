@@ -215,7 +215,7 @@ DOC = f"""Compile and attach BPF C from a cell, or manage programs.
 Cell mode::
 
     %%bpf NAME [options]
-    <BPF C in BCC's dialect>
+    <BPF C, in BCC's dialect or libbpf's CO-RE C>
 
 {PARSER.format_help()}
 Probes attach automatically by BCC's naming conventions: kprobe__FUNC,
@@ -247,6 +247,12 @@ Where BPF cannot be loaded (no rights, no BCC, not Linux, or EBPF_MAGIC_REPLAY=1
 the cell replays recordings/NAME.bpfrec (folder: $EBPF_MAGIC_RECORDINGS) and
 says which recording it replays; `%bpf save NAME` refreshes that file after a
 live run with --record (or EBPF_MAGIC_RECORD=1).
+
+The options are named as Program's arguments (--global VAR=VALUE is
+Program(..., globals={...}), --targets/--profile are ebpf_magic.cluster.run's);
+--set, --on and --cluster, their names before, work with a warning for one release.
+Settings (compile timeout, default --max-rows, compile cache, cost notes):
+%config BPFMagics lists them, %config BPFMagics.compile_timeout = 120 sets one.
 
 Re-running a cell with the same NAME stops the old program first. A cell
 that fails leaves nothing attached. The program object gives:
