@@ -204,7 +204,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_getppid) {{
 
 
 @pytest.mark.kernel
-def test_max_rows_setting_caps_a_cell_s_streams_unless_the_line_says(shell, no_leaks):
+def test_max_rows_setting_caps_a_cell_s_streams_unless_the_line_says(no_leaks, shell):
     shell.run_line_magic("config", "BPFMagics.max_rows = 5")
     for name, options, kept in (("capped", "", 5), ("seven", "--max-rows 7 ", 7)):
         assert shell.run_cell(RING.format(name=name, options=options, pid=os.getpid())).success
