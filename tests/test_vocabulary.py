@@ -124,6 +124,24 @@ def test_config_by_the_old_class_name_warns_and_still_sets(ipshell):
     assert ipshell._ebpf_magics.compile_timeout == 90.0
 
 
+def test_ipython_config_by_the_old_class_name_warns_and_still_sets(monkeypatch):
+    """``c.BpfMagics.NAME`` in ipython_config.py, read as the extension loads."""
+    from IPython.core.interactiveshell import InteractiveShell
+    from traitlets.config import Config
+
+    monkeypatch.setattr(settings, "compile_timeout", settings.compile_timeout)
+    config = Config()
+    config.BpfMagics.compile_timeout = 77
+    sh = InteractiveShell.instance(config=config)
+    try:
+        with pytest.warns(FutureWarning, match="write %config BPFMagics.NAME"):
+            sh.run_line_magic("load_ext", "ebpf_magic")
+        assert sh._ebpf_magics.compile_timeout == settings.compile_timeout == 77.0
+    finally:
+        sh.run_line_magic("unload_ext", "ebpf_magic")
+        InteractiveShell.clear_instance()
+
+
 def test_a_bad_setting_is_refused_and_changes_nothing(ipshell, caplog):
     ipshell.run_line_magic("config", "BPFMagics.compile_timeout = -1")
     assert settings.compile_timeout == 60.0

@@ -28,6 +28,11 @@ DEFAULT_MAX_ROWS = STREAM_DEFAULTS["max_rows"]
 OLD_NAME = "BpfMagics"  # the class's name in earlier releases, still read from %config
 
 
+def _warn_old_name(config: Config) -> None:
+    if OLD_NAME in config and config[OLD_NAME]:
+        deprecation.renamed(f"%config {OLD_NAME}.NAME", "%config BPFMagics.NAME", stacklevel=5)
+
+
 def _doc() -> str:
     subs = "\n".join(f"  {subcommand(n).USAGE}\n      {subcommand(n).HELP}"
                      for n in SUBCOMMANDS)
@@ -71,13 +76,12 @@ class BPFMagics(Magics):
         return [OLD_NAME, *super().section_names()]
 
     def update_config(self, config: Config) -> None:
-        if OLD_NAME in config and config[OLD_NAME]:
-            deprecation.renamed(f"%config {OLD_NAME}.NAME", "%config BPFMagics.NAME",
-                                stacklevel=4)
+        _warn_old_name(config)
         super().update_config(config)
 
     def __init__(self, shell) -> None:
         super().__init__(shell)
+        _warn_old_name(self.config)  # ipython_config.py's c.BpfMagics.NAME
         self.session = Session()
         self.warned: set[str] = set()  # notes shown once per session (the kernel headers')
         self.cost_notes: dict[str, cell.CostNote] = {}  # by program name
