@@ -33,7 +33,7 @@ from ebpf_magic.backend.bcc import headers
 from ebpf_magic.backend.bcc import program as bcc_program
 from ebpf_magic.backend.bcc.locate import import_bcc
 from ebpf_magic.backend.libbpf import _compile
-from ebpf_magic.internal import cache
+from ebpf_magic.internal import settings
 from ebpf_magic.program import Program
 
 TP = ("syscalls", "sys_enter_getppid")
@@ -143,7 +143,7 @@ def _as_it_was(source: str, records: bool = True) -> _compile.Adjusted:
 def ours(source: str, how: str) -> float:
     """``Program()`` until attached: ``how`` is "was", "fresh" or "re-run"."""
     was = how == "was"
-    cache.ENABLED = how == "re-run"
+    settings.cache = how == "re-run"
     bcc_program.CUT_TYPES = not was
     _compile.SUBSET_TRIES = 0 if was else 4
     _compile.prepare = _as_it_was if was else _PREPARE
@@ -154,7 +154,7 @@ def ours(source: str, how: str) -> float:
         took = time.perf_counter() - start
         prog.stop()
     finally:
-        cache.ENABLED, bcc_program.CUT_TYPES, _compile.SUBSET_TRIES = True, True, 4
+        settings.cache, bcc_program.CUT_TYPES, _compile.SUBSET_TRIES = True, True, 4
         _compile.prepare = _PREPARE
     return took
 

@@ -25,7 +25,7 @@ import time
 
 from ebpf_magic.backend import compile_program
 from ebpf_magic.backend.libbpf import _compile
-from ebpf_magic.internal import cache
+from ebpf_magic.internal import settings
 
 BCC_SRC = r"""
 struct data_t { u64 pid; u64 cookie; };
@@ -73,7 +73,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=7)
     args = parser.parse_args()
-    cache.ENABLED = False
+    settings.cache = False
     cold = timed_clang(True)
     timed_load(BCC_SRC, "bcc")  # starts BCC's worker
     rows = {

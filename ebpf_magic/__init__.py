@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from ebpf_magic import moved
 from ebpf_magic.errors import (
     AttachError,
     BCCNotFoundError,
@@ -16,23 +15,26 @@ from ebpf_magic.errors import (
     ProbeSpecError,
     VerifierError,
 )
-
-moved.install()
+from ebpf_magic.internal import deprecation
 
 # Imported on first use, so that light entry points (the kernel launcher, the
 # command line) start without numpy and pandas.
 _LAZY = {"Program": "program", "stop_all": "program", "Probe": "probes",
-         "live": "sessions", "load": "sessions"}
+         "is_live": "sessions", "load": "sessions", "save": "sessions"}
 _SUBPACKAGES = {"bpftrace"}  # ebpf_magic.bpftrace.run(...) without importing it first
 
 __all__ = [
     "AttachError", "BCCNotFoundError", "BPFError", "CompileError", "HeadersMissingError",
     "NotPrivilegedError", "Probe", "ProbeSpecError", "Program", "VerifierError",
-    "live", "load", "load_ipython_extension", "stop_all", "unload_ipython_extension",
+    "is_live", "load", "load_ipython_extension", "save", "stop_all",
+    "unload_ipython_extension",
 ]
 
 
 def __getattr__(name: str) -> Any:
+    if name == "live":  # the name is_live had before, kept for one release
+        deprecation.renamed("ebpf_magic.live()", "ebpf_magic.is_live()")
+        return __getattr__("is_live")
     if name in _SUBPACKAGES:
         return importlib.import_module(f".{name}", __name__)
     module = _LAZY.get(name)

@@ -85,14 +85,20 @@ def running() -> list[ProgramView]:
 class Program:
     """Compile ``source``, attach it, and start reading its event buffers.
 
+    Each argument is also a ``%%bpf`` option of the same name (``attach`` is
+    ``--attach``/``-a``, ``defines`` ``--define``/``-D``, ``globals`` ``--global``,
+    ``maps`` ``--map``, ``stream_options["max_rows"]`` ``--max-rows``).
+
     Args:
-        source: the BPF C text (BCC dialect).
+        source: the BPF C text, in either dialect: BCC's (its macros, ``kprobe__*``
+            names) or libbpf's CO-RE C (``SEC("...")``, ``vmlinux.h``).
         name: a label for listings and recordings.
         attach: probes in bpftrace's syntax, ``KIND:TARGET[=FUNCTION]``, or
-            :class:`~ebpf_magic.probes.Probe` objects; added to the probes
-            implied by BCC's function names (``kprobe__*``, ``TRACEPOINT_PROBE``...).
+            :class:`~ebpf_magic.probes.Probe` objects; added to the probes the source
+            implies (BCC's function names such as ``kprobe__*`` and
+            ``TRACEPOINT_PROBE``, libbpf's ``SEC()`` names).
         cflags: extra compiler flags.
-        defines: ``-D`` macros, ``{"NAME": value}`` or ``["NAME=VALUE"]``.
+        defines: C macros, ``{"NAME": value}`` or ``["NAME=VALUE"]``.
         pid: process to restrict uprobes and USDT probes to.
         stream_options: passed to each event stream (``max_rows``, ``page_cnt``...).
         backend: ``"bcc"`` or ``"libbpf"``; by default chosen from the source's dialect

@@ -427,7 +427,7 @@ print(json.dumps({
     "calls": calls[calls["key"].isin(tids)].astype({"host": str}).values.tolist(),
     "out": out[out["tid"].isin(tids)].astype({"host": str}).values.tolist(),
     "hosts": [(h["engine"], h["host"], h["state"]) for h in prog.recording.host["hosts"]],
-    "live": ebpf_magic.live()}, default=int))
+    "live": ebpf_magic.is_live()}, default=int))
 """
 
 
@@ -471,7 +471,7 @@ def test_recording_replays_as_nobody_with_the_same_frames(engines, engines_of):
 
 
 def test_cell_on_all_hosts_reports_each_and_lists_them(engines, engines_of, shell, capsys):
-    shell.run_cell("%%bpf slow --on all -a tracepoint:syscalls:sys_enter_getppid\n" + COUNTS)
+    shell.run_cell("%%bpf slow --targets all -a tracepoint:syscalls:sys_enter_getppid\n" + COUNTS)
     out = capsys.readouterr().out
     for i, host in engines.hosts.items():
         assert f"slow on {host} (engine {i}): attached tracepoint:syscalls:sys_enter_getppid" \
@@ -491,15 +491,15 @@ def test_cell_on_all_hosts_reports_each_and_lists_them(engines, engines_of, shel
 
 
 def test_targets_choose_engines_by_id_or_host(engines, engines_of, shell, capsys):
-    shell.run_cell(f"%%bpf one --on {NS_HOST} -a tracepoint:syscalls:sys_enter_getppid\n"
+    shell.run_cell(f"%%bpf one --targets {NS_HOST} -a tracepoint:syscalls:sys_enter_getppid\n"
                    + COUNTS)
     prog = shell.user_ns["one"]
     assert list(prog.attached_on) == [engines.ns_engine]
-    shell.run_cell(f"%%bpf one --on {engines.host_engine} "
+    shell.run_cell(f"%%bpf one --targets {engines.host_engine} "
                    "-a tracepoint:syscalls:sys_enter_getppid\n" + COUNTS)
     assert list(shell.user_ns["one"].attached_on) == [engines.host_engine]
     assert not prog.running  # the re-run stopped the first everywhere
-    result = shell.run_cell("%%bpf two --on nosuchhost\n" + COUNTS)
+    result = shell.run_cell("%%bpf two --targets nosuchhost\n" + COUNTS)
     assert isinstance(result.error_in_exec, cluster.ClusterError)
     assert "nosuchhost" in str(result.error_in_exec) and NS_HOST in str(result.error_in_exec)
     shell.run_line_magic("bpf", "stop one")
@@ -639,7 +639,7 @@ def test_a_start_that_times_out_is_stopped_on_that_engine(engines, engines_of):
 
 
 def test_saving_keeps_snapshots_and_every_hosts_facts(engines, engines_of, shell, tmp_path):
-    shell.run_cell("%%bpf saved --on all -a tracepoint:syscalls:sys_enter_getppid\n" + COUNTS)
+    shell.run_cell("%%bpf saved --targets all -a tracepoint:syscalls:sys_enter_getppid\n" + COUNTS)
     prog = shell.user_ns["saved"]
     ids = sorted(engines.pids)
     names = ", ".join(engines.hosts[i] for i in ids)
@@ -708,7 +708,7 @@ def test_alternating_profiles_keep_one_client_each(engines, tmp_path, monkeypatc
     try:
         assert first["a"].client is not first["b"].client
         sockets = open_sockets()
-        for _ in range(4):  # as cells with --cluster a, then --cluster b, would
+        for _ in range(4):  # as cells with --profile a, then --profile b, would
             for p in ("a", "b"):
                 now = cluster.current(p)
                 assert now.client is first[p].client

@@ -18,7 +18,7 @@ import pytest
 from ebpf_magic.backend import libbpf
 from ebpf_magic.backend.bcc import cached
 from ebpf_magic.backend.libbpf import _compile
-from ebpf_magic.internal import cache
+from ebpf_magic.internal import cache, settings
 from ebpf_magic.kernel import host
 from ebpf_magic.program import Program
 
@@ -90,7 +90,7 @@ needs_libbpf = pytest.mark.skipif(not libbpf.available()[0],
 def objects(tmp_path, monkeypatch) -> Path:
     """A cache of this test's own; the directory compiled programs are kept in."""
     monkeypatch.setenv("EBPF_MAGIC_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(cache, "ENABLED", True)
+    monkeypatch.setattr(settings, "cache", True)
     return tmp_path / "cache" / cache.OBJECTS
 
 
@@ -133,7 +133,7 @@ def test_a_cell_from_the_cache_counts_and_streams_as_compiled(objects, no_leaks,
     cell = BCC_CELL if backend == "bcc" else LIBBPF_CELL
     first = _run(cell)
     second = _run(cell)
-    monkeypatch.setattr(cache, "ENABLED", False)
+    monkeypatch.setattr(settings, "cache", False)
     fresh = _run(cell)
     assert (first[0], second[0], fresh[0]) == (False, True, False)
     for _cached, counts, rows in (first, second, fresh):
@@ -299,7 +299,7 @@ def test_entries_are_private_and_the_oldest_go(objects, monkeypatch):
         assert stat.S_IMODE(p.stat().st_mode) == 0o700
     assert stat.S_IMODE((objects / "kind" / "e3").stat().st_mode) == 0o600
     assert cache.unpack(b"not an entry") is None
-    monkeypatch.setattr(cache, "ENABLED", False)
+    monkeypatch.setattr(settings, "cache", False)
     assert cache.lookup("kind", "e3") is None and not cache.store("kind", "e5", b"")
 
 

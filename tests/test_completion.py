@@ -81,8 +81,8 @@ def test_subcommands_and_program_names(shell):
     assert complete(shell, "%bpf ") == sorted(f"%bpf {s}" for s in SUBCOMMANDS)
     assert complete(shell, "%bpf st") == ["%bpf stats", "%bpf stop", "%bpf struct"]
     assert complete(shell, "%bpf stats ") == ["%bpf stats off", "%bpf stats on"]
-    shell.run_line_magic("bpf", f"load {RECORDINGS}/kinds.bpfrec kinds")
-    shell.run_line_magic("bpf", f"load {RECORDINGS}/opens.bpfrec opens")
+    shell.run_line_magic("bpf", f"load kinds {RECORDINGS}/kinds.bpfrec")
+    shell.run_line_magic("bpf", f"load opens {RECORDINGS}/opens.bpfrec")
     assert complete(shell, "%bpf stop ") == ["%bpf stop kinds", "%bpf stop opens"]
     assert complete(shell, "%bpf stop kinds o") == ["%bpf stop kinds opens"]
     assert complete(shell, "%bpf save k") == ["%bpf save kinds"]
@@ -104,7 +104,7 @@ def test_probes_and_struct_arguments(shell):
 
 
 def test_replayed_map_and_stream_keys(shell):
-    shell.run_line_magic("bpf", f"load {RECORDINGS}/opens.bpfrec opens")
+    shell.run_line_magic("bpf", f"load opens {RECORDINGS}/opens.bpfrec")
     assert complete(shell, 'opens.maps["by') == ['opens.maps["by_comm']
     assert complete(shell, 'opens.events["f') == ['opens.events["files']
 

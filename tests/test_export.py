@@ -541,7 +541,8 @@ int on_sample(struct bpf_perf_event_data *ctx) {
 PROFILE_AS_NOBODY = """
 import sys
 import ebpf_magic
-from ebpf_magic import export, stacks
+from ebpf_magic import export
+from ebpf_magic.data import stacks
 prog = ebpf_magic.load(sys.argv[1])
 export.to_pprof(stacks.stack_counts(prog.maps["counts"], prog.maps["traces"]), sys.argv[2])
 print("exported")

@@ -277,7 +277,7 @@ def test_rodata_is_read_only_after_load(no_leaks):
         with pytest.raises(KeyError, match="no global variable 'enabld'"):
             prog.globals["enabld"]
     assert e.value.message == "target_pid is in .rodata, which is read-only after load"
-    assert e.value.hint == ("Set it before load: %%bpf NAME --set target_pid=VALUE, or "
+    assert e.value.hint == ("Set it before load: %%bpf NAME --global target_pid=VALUE, or "
                             "Program(..., globals={'target_pid': VALUE}).")
     assert bad.value.message.startswith("cannot set enabled (volatile u32) to -1: ")
     with pytest.raises(BPFError,
@@ -298,13 +298,13 @@ def test_bcc_program_takes_defines_instead():
 # -- the magic ----------------------------------------------------------------------------
 
 
-def test_set_option_values():
-    args = parse("p --set a=123 --set b=0x10 --set c=hello --set 'd=\"two words\"' "
-                 "--set 'e=[1, 2]' --set \"f={'low': 1}\" --set g=-3 --set h=")
+def test_global_option_values():
+    args = parse("p --global a=123 --global b=0x10 --global c=hello --global 'd=\"two words\"' "
+                 "--global 'e=[1, 2]' --global \"f={'low': 1}\" --global g=-3 --global h=")
     assert args.globals == [("a", 123), ("b", 16), ("c", "hello"), ("d", "two words"),
                             ("e", [1, 2]), ("f", {"low": 1}), ("g", -3), ("h", "")]
-    for bad in ("--set x", "--set =3", "--set 1x=3", "--set a-b=1"):
-        with pytest.raises(UsageError, match="--set: wants VAR=VALUE with VAR a C variable name"):
+    for bad in ("--global x", "--global =3", "--global 1x=3", "--global a-b=1"):
+        with pytest.raises(UsageError, match="--global: wants VAR=VALUE with VAR a C variable"):
             parse(f"p {bad}")
 
 
@@ -314,8 +314,8 @@ def test_magic_sets_globals(shell, capsys, no_leaks):
     shell.user_ns["me"] = os.getpid()
     cell = COUNTER
     try:
-        shell.run_cell_magic("bpf", "g --set target_pid=$me --set mode=GMODE_DOUBLE "
-                             "--set tag=cell --set enabled=1", cell)
+        shell.run_cell_magic("bpf", "g --global target_pid=$me --global mode=GMODE_DOUBLE "
+                             "--global tag=cell --global enabled=1", cell)
         prog = shell.user_ns["g"]
         _getppid(25)
         assert (prog.globals["counted"], prog.globals["tag"], prog.globals["mode"]) == \
@@ -323,11 +323,11 @@ def test_magic_sets_globals(shell, capsys, no_leaks):
         capsys.readouterr()
         # a name the program lacks: a short error naming the globals it has
         with pytest.raises(BPFError, match="no global variable 'target' in the program") as e:
-            shell.run_cell_magic("bpf", "g2 --set target=1", cell)
+            shell.run_cell_magic("bpf", "g2 --global target=1", cell)
         assert e.value.hint.startswith("Its globals: target_pid, ")
-        # a BCC cell refuses --set before stopping the program it would replace
+        # a BCC cell refuses --global before stopping the program it would replace
         with pytest.raises(BPFError, match="BCC programs have no settable globals"):
-            shell.run_cell_magic("bpf", "g --set target_pid=1",
+            shell.run_cell_magic("bpf", "g --global target_pid=1",
                                  COUNT_CELL.split("\n", 1)[1].format(pid=1))
         assert prog.running and shell.user_ns["g"] is prog
     finally:

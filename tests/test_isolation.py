@@ -22,7 +22,7 @@ import pytest
 from ebpf_magic import Program
 from ebpf_magic.backend.bcc import client, protocol
 from ebpf_magic.errors import AttachError, CompileError
-from ebpf_magic.internal import cache
+from ebpf_magic.internal import settings
 
 from conftest import COUNT_CELL, bpftool_json, own_bpf_fds
 
@@ -80,7 +80,7 @@ def programs_of(pid: int | None) -> set[int]:
 def compiled_afresh(monkeypatch):
     """Every cell here is compiled (a kept program would skip the compile these tests bound,
     crash and interrupt)."""
-    monkeypatch.setattr(cache, "ENABLED", False)
+    monkeypatch.setattr(settings, "cache", False)
 
 
 @pytest.fixture
@@ -124,7 +124,7 @@ def test_crashing_compile_costs_only_the_cell(case, earlier, no_leaks):
 
 @pytest.mark.kernel
 def test_compile_over_the_time_bound_is_stopped(earlier, monkeypatch, no_leaks):
-    monkeypatch.setattr(client, "COMPILE_TIMEOUT", 1.0)
+    monkeypatch.setattr(settings, "compile_timeout", 1.0)
     mine = programs_of(os.getpid())
     start = time.monotonic()
     with pytest.raises(CompileError) as info:
@@ -132,7 +132,7 @@ def test_compile_over_the_time_bound_is_stopped(earlier, monkeypatch, no_leaks):
     assert time.monotonic() - start < 5
     assert "the compiler took longer than 1 s on this cell and was stopped" in str(info.value)
     assert NOTHING_LOST in str(info.value)
-    assert "COMPILE_TIMEOUT" in info.value.hint
+    assert "BPFMagics.compile_timeout" in info.value.hint
     assert client.worker().pid is None
     assert programs_of(os.getpid()) == mine
     assert_still_counting(earlier)
@@ -141,17 +141,17 @@ def test_compile_over_the_time_bound_is_stopped(earlier, monkeypatch, no_leaks):
 @pytest.mark.kernel
 def test_compile_over_the_memory_bound_is_stopped(earlier, monkeypatch, no_leaks):
     # the bound is set just above what an idle worker maps, so any real compile exceeds it
-    monkeypatch.setattr(client, "MEMORY_LIMIT", 0)
+    monkeypatch.setattr(settings, "compile_memory", 0)
     client.worker().close()
     client.worker().request({"op": "ping"})
     status = Path(f"/proc/{client.worker().pid}/status").read_text()
     idle = int(next(ln for ln in status.splitlines() if ln.startswith("VmSize:")).split()[1])
-    monkeypatch.setattr(client, "MEMORY_LIMIT", (idle << 10) + (32 << 20))
+    monkeypatch.setattr(settings, "compile_memory", (idle << 10) + (32 << 20))
     client.worker().close()
     with pytest.raises(CompileError) as info:
         Program(SLOW)
     assert "nothing was attached, other programs are unaffected" in str(info.value)
-    assert "MEMORY_LIMIT" in info.value.hint
+    assert "BPFMagics.compile_memory" in info.value.hint
     assert_still_counting(earlier)
 
 

@@ -631,11 +631,11 @@ def test_missing_clang_is_a_short_error(monkeypatch):
 @needs_libbpf
 def test_vmlinux_cache_and_stale_precompiled_header(tmp_path, monkeypatch):
     from ebpf_magic.backend.libbpf import _compile
-    from ebpf_magic.internal import cache
+    from ebpf_magic.internal import cache, settings
 
     monkeypatch.setenv("EBPF_MAGIC_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(cache, "SYSTEM_CACHE", tmp_path / "system")
-    monkeypatch.setattr(cache, "ENABLED", False)  # compiled each time
+    monkeypatch.setattr(settings, "cache", False)  # compiled each time
     monkeypatch.setattr(_compile, "SUBSET_TRIES", 0)  # against the whole vmlinux.h
     cell = SEED.replace("FLAGS", "0")
     first = _compile.compile_cell(cell, [])

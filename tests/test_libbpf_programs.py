@@ -293,7 +293,7 @@ def test_programs_chosen_explicitly_load_alone(no_leaks, shell, capsys):
         Program(_variant_cell(), programs=["enter_tpp"])
     assert "enter_tp" in err.value.hint
     # the same from a cell, whose report says what was loaded
-    shell.run_cell_magic("bpf", f"both --programs enter_raw,enter_tp --set target={me}",
+    shell.run_cell_magic("bpf", f"both --programs enter_raw,enter_tp --global target={me}",
                          _variant_cell())
     both = shell.user_ns["both"]
     assert _loaded_names(both) == ["enter_raw", "enter_tp"]
@@ -309,7 +309,7 @@ def test_programs_chosen_explicitly_load_alone(no_leaks, shell, capsys):
 @needs_libbpf
 @pytest.mark.kernel
 def test_cell_reports_the_variant_chosen(no_leaks, shell, capsys):
-    shell.run_cell_magic("bpf", f"one --set target={os.getpid()}", _variant_cell())
+    shell.run_cell_magic("bpf", f"one --global target={os.getpid()}", _variant_cell())
     out = capsys.readouterr().out
     assert "note: sys_enter: the tp_btf variant loaded (enter_btf), not enter_raw (raw_tp), " \
            "enter_tp (tracepoint)" in out

@@ -527,7 +527,7 @@ UPROBE_CHILD = textwrap.dedent(f"""
     import os, sys, time
     sys.path.insert(0, {str(Path(__file__).parent)!r})
     from rawprog import prog_load
-    from ebpf_magic import link
+    from ebpf_magic.kernel import link
     import importlib, struct
     uprobe = importlib.import_module("ebpf_magic.kernel.link.uprobe")
     exit0 = struct.pack("<BBhi", 0xb7, 0, 0, 0) + struct.pack("<BBhi", 0x95, 0, 0, 0)

@@ -412,7 +412,7 @@ def test_nothing_the_account_plants_is_run_or_written_through_by_root(server):
 SAVES = """
 import os
 %load_ext ebpf_magic
-%bpf load RECORDING hello
+%bpf load hello RECORDING
 try:
     %bpf save hello recordings/hello.bpfrec
 except Exception as e:

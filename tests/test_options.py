@@ -24,9 +24,9 @@ EVERY = "argument --record: wants a number of seconds above 0 and at most 86400,
 
 # (options after NAME, the first line of the error)
 BAD = [
-    ("-D 1X=3", f"%%bpf: argument -D: '1X' {MACRO}"),
-    ('-D "A B"', f"%%bpf: argument -D: 'A B' {MACRO}"),
-    ("-D =3", f"%%bpf: argument -D: '' {MACRO}"),
+    ("-D 1X=3", f"%%bpf: argument -D/--define: '1X' {MACRO}"),
+    ('-D "A B"', f"%%bpf: argument -D/--define: 'A B' {MACRO}"),
+    ("-D =3", f"%%bpf: argument -D/--define: '' {MACRO}"),
     ("--max-rows -5", f"%%bpf: {ROWS} '-5'"),
     ("--max-rows 0", f"%%bpf: {ROWS} '0'"),
     ("--max-rows 10000000000000", f"%%bpf: {ROWS} '10000000000000'"),
@@ -95,13 +95,13 @@ def test_long_line_parsed_without_ipython_expansion(no_ipython_expansion, capsys
     assert len(line) > 100_000
     # $x and {x} expand by the package's rules: only names that exist
     error, shown = failure(shell, line, capsys)
-    assert_short(error, shown, f"%%bpf: argument -D: '{{x}}' {MACRO}")
+    assert_short(error, shown, f"%%bpf: argument -D/--define: '{{x}}' {MACRO}")
     shell.user_ns["x"] = "B"
     error, shown = failure(shell, line, capsys)
     assert_short(error, shown, f"%%bpf: {ROWS} '0'")
     shell.user_ns["x"] = "9Z"
     error, shown = failure(shell, line, capsys)
-    assert_short(error, shown, f"%%bpf: argument -D: '9Z' {MACRO}")
+    assert_short(error, shown, f"%%bpf: argument -D/--define: '9Z' {MACRO}")
 
 
 def test_many_options_refused_at_once(no_ipython_expansion, capsys):

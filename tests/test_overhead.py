@@ -311,8 +311,8 @@ def test_a_costly_cell_says_so_in_its_report_after_a_delay(shell, no_leaks) -> N
     captured = CapturingDisplayPublisher()
     shell.display_pub, original = captured, shell.display_pub
     try:
-        shell.run_line_magic("config", "BpfMagics.cost_after = 0.5")
-        shell.run_line_magic("config", "BpfMagics.costly_cpu_pct = 0.0")
+        shell.run_line_magic("config", "BPFMagics.cost_after = 0.5")
+        shell.run_line_magic("config", "BPFMagics.costly_cpu_pct = 0.0")
         shell.run_cell_magic("bpf", f"costly -q -p {os.getpid()} -a {getsid_probe()}",
                              COUNT_BCC)
         magics = shell._ebpf_magics
@@ -329,13 +329,13 @@ def test_a_costly_cell_says_so_in_its_report_after_a_delay(shell, no_leaks) -> N
         assert text.startswith("cost: costly costs ") and "% of a CPU" in text
         assert "runs/s" in text and "costly.overhead" in text
         # a cheap program (below the threshold) shows nothing; re-running cancels the old note
-        shell.run_line_magic("config", "BpfMagics.costly_cpu_pct = 100.0")
+        shell.run_line_magic("config", "BPFMagics.costly_cpu_pct = 100.0")
         shell.run_cell_magic("bpf", f"costly -q -p {os.getpid()} -a {getsid_probe()}",
                              COUNT_BCC)
         second = magics.cost_notes["costly"]
         second._timer.join(timeout=10)
         assert second.shown == "" and len([o for o in captured.outputs if o["update"]]) == 1
-        shell.run_line_magic("config", "BpfMagics.cost_after = 30")
+        shell.run_line_magic("config", "BPFMagics.cost_after = 30")
         shell.run_cell_magic("bpf", f"costly -q -p {os.getpid()} -a {getsid_probe()}",
                              COUNT_BCC)
         waiting = magics.cost_notes["costly"]
@@ -452,8 +452,8 @@ def test_the_cost_note_updates_its_own_cell_in_a_notebook_kernel() -> None:
         assert reply["content"]["status"] == "ok", reply
 
     try:
-        run("setup", "%load_ext ebpf_magic\n%config BpfMagics.cost_after = 0.5\n"
-                     "%config BpfMagics.costly_cpu_pct = 0.0")
+        run("setup", "%load_ext ebpf_magic\n%config BPFMagics.cost_after = 0.5\n"
+                     "%config BPFMagics.costly_cpu_pct = 0.0")
         run("pid", "import os\npid = os.getpid()")
         run("cell", f"%%bpf sids -q -p $pid -a {getsid_probe()}\n{COUNT_BCC}")
         run("later", "import time\nfor _ in range(20000):\n    os.getsid(0)\ntime.sleep(1.5)\n"

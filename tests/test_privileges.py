@@ -110,7 +110,7 @@ print(json.dumps([os.access(p, os.W_OK) for p in paths]))"""))
 
 ESCAPES = ATTEMPTS + r"""
 import json
-from ebpf_magic import launcher
+from ebpf_magic.setup import launcher
 def write(path):
     with open(path, "a") as f:
         f.write("")
@@ -478,7 +478,7 @@ def launch(tmp_path: Path, setup: str) -> subprocess.CompletedProcess:
     """Run the launcher as the kernelspec does, after ``setup`` (Python) has run."""
     connection = tmp_path / "connection.json"
     connection.write_text("{}")
-    code = (f"import sys\nfrom ebpf_magic import launcher\n{setup}\n"
+    code = (f"import sys\nfrom ebpf_magic.setup import launcher\n{setup}\n"
             f"sys.exit(launcher.main(['-f', {str(connection)!r}]))")
     return subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True,
                           timeout=20)

@@ -185,7 +185,7 @@ def test_recordings_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
         sessions.recording_path("../../etc/passwd")
     monkeypatch.setenv(sessions.REPLAY_ENV, "1")
     assert sessions.can_run_live() == (False, "replay was requested (EBPF_MAGIC_REPLAY=1)")
-    assert ebpf_magic.live() is False
+    assert ebpf_magic.is_live() is False
 
 
 REPLAY_SCRIPT = """
@@ -194,7 +194,7 @@ sys.modules["bcc"] = None  # importing BCC would fail
 import ebpf_magic
 prog = ebpf_magic.load(sys.argv[1])
 print(prog.maps["counts"].df.to_json())
-print(ebpf_magic.live())
+print(ebpf_magic.is_live())
 assert not any(m == "bcc" or m.startswith("bcc.") for m in sys.modules if sys.modules[m])
 """
 
@@ -414,7 +414,7 @@ def test_cell_replays_its_recording_when_it_cannot_run_live(shell, tmp_path, mon
     assert w.running is False and w.maps["counts"].df.equals(counts)
     shell.run_line_magic("bpf", "save w")
     assert "nothing new to save" in capsys.readouterr().out
-    shell.run_line_magic("bpf", f"load {tmp_path / 'recordings' / 'w.bpfrec'} again")
+    shell.run_line_magic("bpf", f"load again {tmp_path / 'recordings' / 'w.bpfrec'}")
     assert shell.user_ns["again"].maps["counts"].df.equals(counts)
     table = shell.run_line_magic("bpf", "list")
     assert table is None or "again" in str(table)
@@ -571,7 +571,7 @@ def test_browse_subcommand_shows_a_replayed_programs_maps(tmp_path, shell):
     with Program(src, name="rec") as prog:
         prog.maps["m"][7] = 70
         prog.save(tmp_path / "rec.bpfrec")
-    shell.run_line_magic("bpf", f"load {tmp_path / 'rec.bpfrec'} again")
+    shell.run_line_magic("bpf", f"load again {tmp_path / 'rec.bpfrec'}")
     browser = shell.run_line_magic("bpf", "browse again")
     assert 'tabular-nums">70</td>' in browser.table.value  # a right-aligned number
     browser.close()

@@ -769,7 +769,7 @@ def test_magic_binds_a_tool_lists_tools_and_replays(shell, tmp_path, no_leaks):
         shell.run_line_magic("bpf", f"save calls {tmp_path / 'calls.bpfrec'}")
         shell.run_line_magic("bpf", "stop calls")
     assert not run.running and run.df.set_index("syscall").loc["getppid", "calls"] == 12
-    shell.run_line_magic("bpf", f"load {tmp_path / 'calls.bpfrec'} again")
+    shell.run_line_magic("bpf", f"load again {tmp_path / 'calls.bpfrec'}")
     again = shell.user_ns["again"]
     assert isinstance(again, tools.ToolRun)
     assert again.df.set_index("syscall").loc["getppid", "calls"] == 12

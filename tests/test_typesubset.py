@@ -263,14 +263,14 @@ def test_a_cell_compiled_against_the_cut_is_the_cell_compiled_against_all(backen
     from ebpf_magic.backend.bcc import headers
     from ebpf_magic.backend.bcc import program as bcc_program
     from ebpf_magic.backend.libbpf import _compile
-    from ebpf_magic.internal import cache
+    from ebpf_magic.internal import settings
     from ebpf_magic.program import Program
 
     if backend == "libbpf" and not libbpf.available()[0]:
         pytest.skip(libbpf.available()[1])
     if backend == "bcc" and headers.ensure().source != headers.BTF_SOURCE:
         pytest.skip("BCC compiles against the kernel's own headers here, not BTF types")
-    monkeypatch.setattr(cache, "ENABLED", False)
+    monkeypatch.setattr(settings, "cache", False)
     cell = BCC_TASK if backend == "bcc" else LIBBPF_TASK
     kept = []
     for cut in (True, False):

@@ -1,6 +1,6 @@
 """One cell on many hosts: a program started on every engine of an ipyparallel cluster.
 
-``connect()`` reaches a running cluster; ``ClusterProgram`` (what ``%%bpf NAME --on
+``connect()`` reaches a running cluster; ``ClusterProgram`` (what ``%%bpf NAME --targets
 TARGETS`` makes) starts the source on each chosen engine, where it compiles and attaches
 locally, and reads every host's maps and events into one frame with ``host`` and
 ``engine`` columns first. ``engine`` holds what runs on the engines;

@@ -107,7 +107,7 @@ class Engines:
         if unknown:
             known = ", ".join(f"{i} ({hosts[i]})" for i in ids)
             raise ClusterError(f"no engine or host named {', '.join(map(repr, unknown))}",
-                               f"Engines: {known}; or use --on all.")
+                               f"Engines: {known}; or use --targets all.")
         return chosen
 
     def call(self, ids: Sequence[int], func: Callable[..., Any], *args: Any,
@@ -178,7 +178,7 @@ def connect(cluster: Any = None, client: Any = None,
     (``connect("fleet")``; None: the default profile). ``client=`` and ``profile=`` name
     them by keyword.
 
-    The result is also what ``%%bpf NAME --on TARGETS`` uses afterwards. ``timeout``
+    The result is also what ``%%bpf NAME --targets TARGETS`` uses afterwards. ``timeout``
     bounds reaching the controller and each later call to the engines. A profile's
     controller is connected to once: later calls for it share that client until
     :meth:`Engines.close`.

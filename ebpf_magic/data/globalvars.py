@@ -3,7 +3,7 @@
 Each read looks up the variable's data section in the kernel (a one-value array
 map), so it shows what the program sees now. ``.data`` and ``.bss`` variables
 can be written; ``.rodata`` is frozen at load, so it is set before load instead
-(``%%bpf NAME --set VAR=VALUE``, ``Program(..., globals={...})``).
+(``%%bpf NAME --global VAR=VALUE``, ``Program(..., globals={...})``).
 
 A write changes only the variable's own bytes, through a shared mapping of the
 section's map (libbpf creates data sections mappable), so the program's updates
@@ -86,7 +86,7 @@ class Globals(Mapping[str, Any]):
     def _write(self, var: GlobalVar, name: str, value: Any) -> None:
         if not var.writable:
             raise BPFError(f"{name} is in {var.section}, which is read-only after load",
-                           f"Set it before load: %%bpf NAME --set {name}=VALUE, or "
+                           f"Set it before load: %%bpf NAME --global {name}=VALUE, or "
                            f"Program(..., globals={{'{name}': VALUE}}).")
         raw = encode_value(var, value)
         size = sysbpf.map_info(var.fd).value_size

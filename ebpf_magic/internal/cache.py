@@ -22,11 +22,11 @@ import stat
 import tempfile
 from pathlib import Path
 
+from ebpf_magic.internal import settings
+
 SYSTEM_CACHE = Path("/var/cache/ebpf_magic")
 OBJECTS = "objects"  # compiled programs, below the cache directory, private to their user
 MAX_OBJECTS = 256  # entries kept per kind; the least recently used go first
-# False: every program is compiled afresh and nothing is kept (for benchmarks)
-ENABLED = True
 
 
 def cache_dir() -> Path:
@@ -128,8 +128,8 @@ def objects_dir(kind: str) -> Path:
 
 def lookup(kind: str, entry: str) -> bytes | None:
     """The bytes stored as ``entry`` of ``kind``, if there and :func:`trusted`; else None
-    (and while :data:`ENABLED` is False)."""
-    if not ENABLED:
+    (and while :data:`.settings.cache` is False)."""
+    if not settings.cache:
         return None
     folder = Path(os.path.realpath(objects_dir(kind)))  # checked and used as resolved
     path = folder / entry
@@ -159,9 +159,9 @@ def store(kind: str, entry: str, data: bytes) -> bool:
     """Keep ``data`` as ``entry`` of ``kind``, readable by this user only.
 
     Best effort: False where the cache cannot be written or is not :func:`trusted`, and
-    while :data:`ENABLED` is False.
+    while :data:`.settings.cache` is False.
     """
-    if not ENABLED:
+    if not settings.cache:
         return False
     try:
         _private_dirs(objects_dir(kind))

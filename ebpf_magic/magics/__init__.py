@@ -13,12 +13,24 @@ from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
-from traitlets import Float
+from traitlets import Bool, Float, Int, observe
+from traitlets.config import Config
 
+from ebpf_magic.data.streams import DEFAULTS as STREAM_DEFAULTS
+from ebpf_magic.internal import deprecation, settings
 from ebpf_magic.magics import bpftrace, cell, complete
 from ebpf_magic.magics.args import SUBCOMMANDS, subcommand
+from ebpf_magic.magics.cell import MAX_SECONDS
 from ebpf_magic.session import Session
 from ebpf_magic.source import interpolate
+
+DEFAULT_MAX_ROWS = STREAM_DEFAULTS["max_rows"]
+OLD_NAME = "BpfMagics"  # the class's name in earlier releases, still read from %config
+
+
+def _warn_old_name(config: Config) -> None:
+    if OLD_NAME in config and config[OLD_NAME]:
+        deprecation.renamed(f"%config {OLD_NAME}.NAME", "%config BPFMagics.NAME", stacklevel=5)
 
 
 def _doc() -> str:
@@ -28,9 +40,25 @@ def _doc() -> str:
 
 
 @magics_class
-class BpfMagics(Magics):
-    """Holds the session's named programs; its settings are ``%config BpfMagics.NAME``."""
+class BPFMagics(Magics):
+    """Holds the session's named programs; its settings are ``%config BPFMagics.NAME = VALUE``
+    (``%config BPFMagics`` lists them with their help; ``BpfMagics.NAME``, the name of earlier
+    releases, still sets them for one release)."""
 
+    compile_timeout = Float(settings.compile_timeout, min=0.1, max=MAX_SECONDS,
+                            help="Seconds one compile (and, for BCC, its load) may take before "
+                                 "the compiler is stopped and the cell fails").tag(config=True)
+    compile_memory = Int(settings.compile_memory, min=256 << 20,
+                         help="Bytes of address space a compile worker may use; applies from "
+                              "the next worker on (a worker starts again after one that "
+                              "crashed or was stopped)").tag(config=True)
+    cache = Bool(settings.cache,
+                 help="Keep compiled programs (per user, private) and load an unchanged cell "
+                      "without compiling it again; False compiles every cell anew"
+                 ).tag(config=True)
+    max_rows = Int(DEFAULT_MAX_ROWS, min=1, max=cell.MAX_ROWS,
+                   help="Events each stream of a cell's program keeps (the oldest are dropped "
+                        "and counted), where the cell's line has no --max-rows").tag(config=True)
     cost_after = Float(3.0, min=0.0,
                        help="Seconds after a cell starts its program that the cell shows what "
                             "the program costs, if it is costly (0: never)").tag(config=True)
@@ -38,8 +66,22 @@ class BpfMagics(Magics):
                            help="What a cell's program must cost, in percent of one CPU, for "
                                 "the cell to show it").tag(config=True)
 
+    @observe("compile_timeout", "compile_memory", "cache")
+    def _library_setting(self, change: dict) -> None:
+        setattr(settings, change["name"], change["new"])
+
+    @classmethod
+    def section_names(cls) -> list[str]:
+        """Configuration sections read, the old class name's first (so the new one wins)."""
+        return [OLD_NAME, *super().section_names()]
+
+    def update_config(self, config: Config) -> None:
+        _warn_old_name(config)
+        super().update_config(config)
+
     def __init__(self, shell) -> None:
         super().__init__(shell)
+        _warn_old_name(self.config)  # ipython_config.py's c.BpfMagics.NAME
         self.session = Session()
         self.warned: set[str] = set()  # notes shown once per session (the kernel headers')
         self.cost_notes: dict[str, cell.CostNote] = {}  # by program name
@@ -76,7 +118,7 @@ class BpfMagics(Magics):
 
 
 def register(ipython) -> None:
-    magics = BpfMagics(ipython)
+    magics = BPFMagics(ipython)
     magics.bpf.__func__.__doc__ = _doc()
     magics.bpftrace_cell.__func__.__doc__ = bpftrace.DOC
     ipython.register_magics(magics)

@@ -21,6 +21,7 @@ from ebpf_magic.magics.cell import (
     PID_MAX,
     Interrupted,
     clip,
+    renamed_options,
     report_warnings,
     seconds,
     split_line,
@@ -68,16 +69,20 @@ PARSER.add_argument("--env", dest="settings", action="append", default=[], type=
                     help="one of bpftrace's settings, e.g. --env BPFTRACE_MAP_KEYS_MAX=100000; "
                          "repeatable")
 PARSER.add_argument("--max-rows", type=whole_number(1, MAX_ROWS), metavar="N",
-                    help="rows each output stream keeps (oldest are dropped and counted)")
+                    help="rows each output stream keeps (oldest are dropped and counted); by "
+                         "default %%config BPFMagics.max_rows")
 PARSER.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
 PARSER.add_argument("--record", nargs="?", const=1.0, type=seconds, metavar="EVERY",
                     help="record this program: snapshot its maps every EVERY seconds "
                          "(default 1) and let `%%bpf save NAME` refresh recordings/NAME.bpfrec")
-PARSER.add_argument("--on", metavar="TARGETS",
+PARSER.add_argument("--targets", metavar="TARGETS",
                     help="run the program on engines of an ipyparallel cluster instead: 'all', "
                          "engine ids (0,2) or host names; NAME's frames join every host's rows")
-PARSER.add_argument("--cluster", metavar="PROFILE",
-                    help="the cluster's ipyparallel profile, with --on")
+PARSER.add_argument("--profile", metavar="PROFILE",
+                    help="the cluster's ipyparallel profile, with --targets")
+
+# options' names before they were named as the Python functions' arguments (one release)
+RENAMED = {"--on": "--targets", "--cluster": "--profile"}
 
 DOC = f"""Run a bpftrace program in the background from a cell.
 
@@ -128,7 +133,7 @@ recordings/NAME.bpfrec.
 def parse(line: str) -> argparse.Namespace:
     """The options of a ``%%bpftrace`` line, every value checked; UsageError for a bad one."""
     words = split_line(line, "%%bpftrace", "pass long lists in a program file (--file)")
-    args = PARSER.parse_intermixed_args(words)
+    args = PARSER.parse_intermixed_args(renamed_options(words, "%%bpftrace", RENAMED))
     if not args.name.isidentifier() or keyword.iskeyword(args.name):
         raise UsageError(f"%%bpftrace: NAME must be a Python identifier and not a keyword, "
                          f"got {clip(args.name)!r}")
@@ -161,9 +166,9 @@ def run(magics, line: str, cell: str | None) -> None:
     text, offset = _program_text(args, cell)
     options = {"pid": args.pid, "command": args.command, "params": args.params,
                "unsafe": args.unsafe, "env": dict(args.settings),
-               "stream_options": {"max_rows": args.max_rows} if args.max_rows else {},
+               "stream_options": {"max_rows": args.max_rows or magics.max_rows},
                "line_offset": offset}
-    if args.on is not None or args.cluster is not None:
+    if args.targets is not None or args.profile is not None:
         _run_on_cluster(magics, args, text, options)
         return
     live, why = can_run()
@@ -194,7 +199,7 @@ def _run_on_cluster(magics, args: argparse.Namespace, text: str, options: dict) 
                          f"program with {args.name}.save(PATH)")
     try:
         prog = magics.session.start(args.name, lambda: run_on_cluster(
-            text, name=args.name, profile=args.cluster, targets=args.on, frontend="bpftrace",
+            text, name=args.name, profile=args.profile, targets=args.targets, frontend="bpftrace",
             **options))
     except KeyboardInterrupt:
         raise Interrupted("interrupted: each engine stops what it started") from None

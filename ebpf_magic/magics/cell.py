@@ -22,6 +22,7 @@ from ebpf_magic import sessions
 from ebpf_magic.backend import BACKENDS
 from ebpf_magic.data import overhead
 from ebpf_magic.errors import BPFError, OptionError
+from ebpf_magic.internal import deprecation
 from ebpf_magic.kernel import runstats
 from ebpf_magic.probes import USAGE as PROBE_USAGE
 from ebpf_magic.probes import Probe
@@ -152,9 +153,9 @@ PARSER.add_argument("-a", "--attach", action="append", default=[], metavar="SPEC
                          "bpftrace syntax; repeatable")
 PARSER.add_argument("-p", "--pid", type=whole_number(1, PID_MAX),
                     help="restrict uprobes and USDT probes to PID")
-PARSER.add_argument("-D", dest="defines", action="append", default=[], type=_define,
-                    metavar="NAME[=VALUE]", help="define a C macro; repeatable")
-PARSER.add_argument("--set", dest="globals", action="append", default=[], type=_assignment,
+PARSER.add_argument("-D", "--define", dest="defines", action="append", default=[],
+                    type=_define, metavar="NAME[=VALUE]", help="define a C macro; repeatable")
+PARSER.add_argument("--global", dest="globals", action="append", default=[], type=_assignment,
                     metavar="VAR=VALUE",
                     help="set a global variable before load (libbpf programs: const volatile "
                          "ones become constants for the verifier); VALUE is a Python literal "
@@ -173,7 +174,8 @@ PARSER.add_argument("--cflags", default=[], type=_flags, metavar="FLAGS",
 PARSER.add_argument("--raw", action="store_true",
                     help="no {var}/$var interpolation of Python variables in the cell")
 PARSER.add_argument("--max-rows", type=whole_number(1, MAX_ROWS), metavar="N",
-                    help="events each stream keeps (oldest are dropped and counted)")
+                    help="events each stream keeps (oldest are dropped and counted); by "
+                         "default %%config BPFMagics.max_rows")
 PARSER.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
 PARSER.add_argument("--backend", choices=BACKENDS,
                     help="compile with BCC or with clang and libbpf (CO-RE); by default chosen "
@@ -181,20 +183,39 @@ PARSER.add_argument("--backend", choices=BACKENDS,
 PARSER.add_argument("--record", nargs="?", const=1.0, type=seconds, metavar="EVERY",
                     help="record this program: snapshot its maps every EVERY seconds "
                          "(default 1) and let `%%bpf save NAME` refresh recordings/NAME.bpfrec")
-PARSER.add_argument("--on", metavar="TARGETS",
+PARSER.add_argument("--targets", metavar="TARGETS",
                     help="run the cell on engines of an ipyparallel cluster instead: 'all', "
                          "engine ids (0,2) or host names; each host compiles and attaches it, "
                          "NAME's frames join every host's rows (README, Many hosts)")
-PARSER.add_argument("--cluster", metavar="PROFILE",
-                    help="the cluster's ipyparallel profile, with --on (default: the one "
+PARSER.add_argument("--profile", metavar="PROFILE",
+                    help="the cluster's ipyparallel profile, with --targets (default: the one "
                          "ebpf_magic.cluster.connect() reached, else 'default')")
+
+# Options' names before they were named as Program's arguments: they work, with a warning,
+# until deprecation.REMOVED_IN.
+RENAMED = {"--set": "--global", "--on": "--targets", "--cluster": "--profile"}
+
+
+def renamed_options(words: list[str], magic: str,
+                    renamed: dict[str, str] = RENAMED) -> list[str]:
+    """``words`` with each option's old spelling (``--set X``, ``--set=X``) replaced by its
+    new one, warning (a FutureWarning, shown in the notebook) once for each."""
+    out = []
+    for word in words:
+        option, eq, value = word.partition("=")
+        if option in renamed:
+            deprecation.renamed(f"{magic} {option}", f"{magic} {renamed[option]}",
+                                stacklevel=4)
+            word = renamed[option] + eq + value
+        out.append(word)
+    return out
 
 DOC = f"""Compile and attach BPF C from a cell, or manage programs.
 
 Cell mode::
 
     %%bpf NAME [options]
-    <BPF C in BCC's dialect>
+    <BPF C, in BCC's dialect or libbpf's CO-RE C>
 
 {PARSER.format_help()}
 Probes attach automatically by BCC's naming conventions: kprobe__FUNC,
@@ -227,6 +248,12 @@ the cell replays recordings/NAME.bpfrec (folder: $EBPF_MAGIC_RECORDINGS) and
 says which recording it replays; `%bpf save NAME` refreshes that file after a
 live run with --record (or EBPF_MAGIC_RECORD=1).
 
+The options are named as Program's arguments (--global VAR=VALUE is
+Program(..., globals={...}), --targets/--profile are ebpf_magic.cluster.run's);
+--set, --on and --cluster, their names before, work with a warning for one release.
+Settings (compile timeout, default --max-rows, compile cache, cost notes):
+%config BPFMagics lists them, %config BPFMagics.compile_timeout = 120 sets one.
+
 Re-running a cell with the same NAME stops the old program first. A cell
 that fails leaves nothing attached. The program object gives:
     NAME.maps["m"].df        a map as a DataFrame (also NAME.maps["m"][key])
@@ -245,7 +272,7 @@ def parse(line: str) -> argparse.Namespace:
     so nothing starts, and no running program is stopped, for a line with a mistake.
     """
     words = split_line(line, "%%bpf", "put long lists of macros in the cell as #define lines")
-    args = PARSER.parse_args(_joined_values(words))
+    args = PARSER.parse_args(renamed_options(_joined_values(words), "%%bpf"))
     if not args.name.isidentifier() or keyword.iskeyword(args.name):
         raise UsageError(f"%%bpf: NAME must be a Python identifier and not a keyword, "
                          f"got {clip(args.name)!r}")
@@ -281,7 +308,7 @@ def run(magics, line: str, cell: str) -> None:
     """Start the cell's program; bind it to NAME in the user namespace."""
     args = parse(line)
     shell = magics.shell
-    if args.on is not None or args.cluster is not None:
+    if args.targets is not None or args.profile is not None:
         _run_on_cluster(magics, args, cell)
         return
     live, why = sessions.can_run_live(cell, args.backend)
@@ -296,7 +323,7 @@ def run(magics, line: str, cell: str) -> None:
     text = cell if args.raw else interpolate(cell, shell.user_ns)
     maps = map_settings(args.maps)
     check_settable(text, args.backend, [name for name, _ in args.globals], args.programs, maps)
-    stream_options = {"max_rows": args.max_rows} if args.max_rows is not None else {}
+    stream_options = {"max_rows": args.max_rows or magics.max_rows}
 
     def factory() -> Program:
         return Program(text, name=args.name, attach=args.attach, cflags=args.cflags,
@@ -325,10 +352,10 @@ def _run_on_cluster(magics, args: argparse.Namespace, cell: str) -> None:
         raise UsageError("%%bpf: --record is for programs on this host; save a cluster "
                          f"program with {args.name}.save(PATH)")
     text = cell if args.raw else interpolate(cell, magics.shell.user_ns)
-    stream_options = {"max_rows": args.max_rows} if args.max_rows is not None else {}
+    stream_options = {"max_rows": args.max_rows or magics.max_rows}
     try:
         prog = magics.session.start(args.name, lambda: run_on_cluster(
-            text, name=args.name, profile=args.cluster, targets=args.on,
+            text, name=args.name, profile=args.profile, targets=args.targets,
             attach=args.attach, cflags=args.cflags, defines=args.defines, pid=args.pid,
             stream_options=stream_options, line_offset=1, backend=args.backend,
             globals=dict(args.globals), programs=args.programs, maps=map_settings(args.maps)))

@@ -10,8 +10,7 @@ The modules, each one concern:
   program runs, and saving programs with them;
 * :mod:`.policy`: where recordings live, and whether a cell runs live or replays.
 
-This package offers their public functions under one name (also importable as
-``ebpf_magic.recording`` and ``ebpf_magic.replay``, the names they had before).
+This package offers their public functions under one name.
 """
 
 from ebpf_magic.sessions.format import MANIFEST, SUFFIX, VERSION
@@ -21,7 +20,7 @@ from ebpf_magic.sessions.policy import (
     REPLAY_ENV,
     can_run_live,
     find_recording,
-    live,
+    is_live,
     recording_enabled,
     recording_path,
     recordings_dir,
@@ -53,7 +52,7 @@ __all__ = [
     "MANIFEST", "RECORDINGS_ENV", "RECORD_ENV", "REPLAY_ENV", "SUFFIX", "VERSION", "Recorder",
     "RecordingInfo", "ReplayedMap", "ReplayedProgram", "ReplayedStream", "Snapshot",
     "Snapshots", "announce", "autosave", "can_run_live", "find_recording", "frame_to_parquet",
-    "host_facts", "live", "load", "mark", "record_snapshots", "recorder_of", "recording_enabled",
+    "host_facts", "is_live", "load", "mark", "record_snapshots", "recorder_of", "recording_enabled",
     "recording_path", "records", "recordings_dir", "replay_cell", "save", "set_recordings_dir",
     "set_replay", "stack",
 ]

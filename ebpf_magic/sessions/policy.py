@@ -109,6 +109,6 @@ def can_run_live(source: str | None = None, backend: str | None = None) -> tuple
     return False, "; ".join(why)
 
 
-def live() -> bool:
+def is_live() -> bool:
     """True when ``%%bpf`` cells run live here, False when they replay recordings."""
     return can_run_live()[0]

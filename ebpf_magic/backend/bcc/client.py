@@ -5,12 +5,9 @@ crash, an LLVM fatal error, a hang or a runaway allocation ends that process,
 not the user's. Programs already running hold their own descriptors and are
 unaffected. A dead worker is started again on the next request.
 
-Bounds, module-level so they can be changed at run time::
-
-    from ebpf_magic.backend.bcc import client
-    client.COMPILE_TIMEOUT = 180   # seconds one compile (or load) may take
-    client.MEMORY_LIMIT = 8 << 30  # the worker's address-space limit, bytes,
-    client.worker().close()        # ... from the next worker on
+Its bounds are :data:`ebpf_magic.internal.settings.compile_timeout` (each request) and
+:data:`~ebpf_magic.internal.settings.compile_memory` (each worker, from its start):
+``%config BPFMagics.compile_timeout = 180`` in a notebook.
 """
 
 from __future__ import annotations
@@ -33,11 +30,8 @@ from typing import Any
 from ebpf_magic import suggest
 from ebpf_magic.backend.bcc import protocol
 from ebpf_magic.errors import CompileError
+from ebpf_magic.internal import settings
 
-COMPILE_TIMEOUT = 60.0
-# BCC's peak for tcplife, a large real tool, is 0.36 GB of address space; LLVM reserves
-# more on bigger programs, so the bound only stops runaways.
-MEMORY_LIMIT = 4 << 30
 _TAIL_LINES = 8
 _NOTHING_LOST = "nothing was attached, other programs are unaffected"
 
@@ -73,12 +67,13 @@ class Worker:
         """Send ``message``; return the reply and the descriptors it carried.
 
         Raises :class:`~ebpf_magic.errors.CompileError` when the worker crashes or
-        has not answered in full within ``timeout`` (default :data:`COMPILE_TIMEOUT`)
-        seconds of the call, its reply's last byte included; the worker is then
-        gone and the next request starts a new one. An interrupt stops the worker
+        has not answered in full within ``timeout`` (default
+        :data:`~ebpf_magic.internal.settings.compile_timeout`) seconds of the call, its
+        reply's last byte included; the worker is then gone and the next request starts a
+        new one. An interrupt stops the worker
         too, and propagates.
         """
-        timeout = COMPILE_TIMEOUT if timeout is None else timeout
+        timeout = settings.compile_timeout if timeout is None else timeout
         with self._lock:
             self._ensure()
             if self._ready and select.select([self._sock], [], [], 0)[0]:
@@ -98,7 +93,7 @@ class Worker:
                     f"the compiler took longer than {timeout:g} s on this cell and was "
                     f"stopped; {_NOTHING_LOST}",
                     "If the program is just large, raise the bound: "
-                    "`ebpf_magic.backend.bcc.client.COMPILE_TIMEOUT = 300`.") from None
+                    "`%config BPFMagics.compile_timeout = 300`.") from None
             except (OSError, protocol.Closed):
                 raise self._crashed() from None
             except BaseException:
@@ -130,8 +125,9 @@ class Worker:
             hint = construct[0].upper() + construct[1:] + " The compiler restarts on the next cell."
         if any(w in "\n".join(tail) for w in ("bad_alloc", "MemoryError")) \
                 or status == -signal.SIGKILL:
-            hint += (f" If it ran out of memory, the worker's bound is {MEMORY_LIMIT >> 20} MiB "
-                     "(`ebpf_magic.backend.bcc.client.MEMORY_LIMIT`).")
+            hint += (f" If it ran out of memory, the worker's bound is "
+                     f"{settings.compile_memory >> 20} MiB "
+                     "(`%config BPFMagics.compile_memory`).")
         return CompileError(message, hint)
 
     def _stderr_tail(self) -> list[str]:
@@ -165,7 +161,7 @@ class Worker:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "ebpf_magic.backend.bcc.worker", "--fd",
                  str(child.fileno()), "--parent", str(os.getpid()), "--memory",
-                 str(MEMORY_LIMIT)],
+                 str(settings.compile_memory)],
                 stdin=subprocess.DEVNULL, stdout=fd, stderr=fd, pass_fds=[child.fileno()],
                 env=env, start_new_session=True)
         except BaseException:

@@ -20,7 +20,7 @@ from ebpf_magic.backend.bcc import cached, client, headers, instrument, protocol
 from ebpf_magic.backend.bcc.diagnostics import compile_failure, load_failure
 from ebpf_magic.backend.bcc.locate import import_bcc
 from ebpf_magic.errors import AttachError, BPFError, HeadersMissingError, NotPrivilegedError
-from ebpf_magic.internal import cache
+from ebpf_magic.internal import settings
 from ebpf_magic.kernel import host as kernel
 from ebpf_magic.kernel import link, perfbuf, sysbpf, tracefs
 from ebpf_magic.probes import Probe
@@ -103,7 +103,7 @@ class BccProgram(CompiledProgram):
                    "env": dict(os.environ), "usdt": specs}
         if CUT_TYPES and self.headers.source == headers.BTF_SOURCE:
             request["types"] = str(self.headers.path)
-        if cache.ENABLED and not specs:  # USDT arguments depend on the binaries
+        if settings.cache and not specs:  # USDT arguments depend on the binaries
             request["cache"] = cached.key(bcc, source, cflags, request["env"])
         reply = self._compile(request)
         first = next((ln for ln in reply.get("log", "").splitlines() if "error:" in ln), "")

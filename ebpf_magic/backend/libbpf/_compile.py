@@ -50,14 +50,13 @@ from pathlib import Path
 from ebpf_magic import suggest
 from ebpf_magic.backend.libbpf import _headers, _lib, _records
 from ebpf_magic.errors import BPFError, CompileError
-from ebpf_magic.internal import cache, files, typesubset
+from ebpf_magic.internal import cache, files, settings, typesubset
 from ebpf_magic.internal.ctext import mask_code, matching_paren
 from ebpf_magic.kernel import btf
 from ebpf_magic.kernel import host as kernel
 from ebpf_magic.kernel.btf import elf
 
 BTF_PATH = Path("/sys/kernel/btf/vmlinux")
-TIMEOUT_S = 60.0
 VMLINUX_FORMAT = "-k1"  # vmlinux.h = bpftool's output + kfunc prototypes (see _headers)
 LOST_PREFIX = "__ebpf_magic_lost_"  # a ring buffer's hidden loss counter: this + its name
 HELPER_HEADERS = ("bpf/bpf_helpers.h", "bpf/bpf_tracing.h", "bpf/bpf_core_read.h",
@@ -292,7 +291,7 @@ def vmlinux_dir() -> Path:
     cache.make_dirs(d)
     files.make_dirs(d, 0o755, levels=3)  # d, vmlinux/ and the cache
     out = subprocess.run([tool, "btf", "dump", "file", str(BTF_PATH), "format", "c"],
-                         capture_output=True, timeout=TIMEOUT_S)
+                         capture_output=True, timeout=settings.compile_timeout)
     if out.returncode != 0:
         raise BPFError("bpftool could not turn the kernel's BTF into vmlinux.h: "
                        + out.stderr.decode(errors="replace").strip()[-500:])
@@ -374,7 +373,7 @@ def _precompiled(vmlinux: Path, cc: str) -> Path | None:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "defaults.pch"
         done = subprocess.run([cc, *_base_flags(vmlinux), "-x", "c-header", str(h), "-o",
-                               str(out)], capture_output=True, timeout=TIMEOUT_S)
+                               str(out)], capture_output=True, timeout=settings.compile_timeout)
         if done.returncode != 0:
             return None
         files.write(pch, out.read_bytes())
@@ -505,7 +504,8 @@ def _compile_subset(adjusted: Adjusted, cflags: list[str], cc: str, vmlinux: Pat
             cmd = [cc, *flags[:flags.index("-I")], "-I", str(types), *flags[flags.index("-I"):],
                    *includes, *cflags, *typesubset.STRICT, "-c", str(c_file), "-o", str(o_file)]
             try:
-                done = subprocess.run(cmd, capture_output=True, timeout=TIMEOUT_S, cwd=tmp)
+                done = subprocess.run(cmd, capture_output=True,
+                                      timeout=settings.compile_timeout, cwd=tmp)
             except subprocess.TimeoutExpired:
                 return None
             log = done.stderr.decode("utf-8", "replace")
@@ -587,10 +587,11 @@ def _compile_text(adjusted: Adjusted, cflags: list[str], cc: str, vmlinux: Path,
 def _clang(cmd: list[str], cwd: str) -> tuple[subprocess.CompletedProcess, str]:
     """Run clang; its result and its diagnostics as text. CompileError if it takes too long."""
     try:
-        done = subprocess.run(cmd, capture_output=True, timeout=TIMEOUT_S, cwd=cwd)
+        done = subprocess.run(cmd, capture_output=True, timeout=settings.compile_timeout, cwd=cwd)
     except subprocess.TimeoutExpired:
-        raise CompileError(f"clang did not finish within {TIMEOUT_S:.0f} s.",
-                           "Simplify the program (large unrolled loops?).") from None
+        raise CompileError(f"clang did not finish within {settings.compile_timeout:g} s.",
+                           "Simplify the program (large unrolled loops?), or raise the "
+                           "bound: `%config BPFMagics.compile_timeout = 300`.") from None
     return done, done.stderr.decode("utf-8", "replace")
 
 
