@@ -14,16 +14,24 @@ from __future__ import annotations
 import functools
 import importlib
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from ebpf_magic.backend.base import (
-    LIBBPF_PACKAGES,
+    CORE_READS,
+    GLOBALS,
+    ITERATORS,
+    KERNEL_HEADERS,
+    PLAIN,
     Backend,
     CompiledProgram,
     Diagnostic,
     GlobalVar,
     IterHandle,
     MapHandle,
+    Note,
+    Offer,
+    as_note,
     encode_globals,
     encode_value,
 )
@@ -31,8 +39,9 @@ from ebpf_magic.errors import BPFError
 from ebpf_magic.probes import Probe
 
 __all__ = [
-    "BACKENDS", "LIBBPF_PACKAGES", "Backend", "CompiledProgram", "Diagnostic", "GlobalVar",
-    "IterHandle", "MapHandle", "available", "check_globals", "check_load_options",
+    "BACKENDS", "CORE_READS", "GLOBALS", "ITERATORS", "KERNEL_HEADERS", "PLAIN", "Alternative",
+    "Backend", "CompiledProgram", "Diagnostic", "GlobalVar", "IterHandle", "MapHandle", "Note",
+    "Offer", "alternative", "as_note", "available", "check_globals", "check_load_options",
     "choose_backend", "compile_program", "compiles_out_of_process", "diagnostics",
     "encode_globals", "encode_value", "get", "host_facts", "named_probes", "prestart",
     "symbolize_user", "version",
@@ -83,6 +92,30 @@ def compile_program(source: str, *, cflags: list[str], usdt: list[Probe],
         options["maps"] = maps
     return chosen.compile(source, cflags=cflags, usdt=usdt, filename=filename,
                           line_offset=line_offset, globals=globals or {}, **options)
+
+
+@dataclass(frozen=True)
+class Alternative:
+    """Another backend that gives what a cell needs: its ``name``, its :class:`Offer`, whether
+    it can run here (``available``, else ``why_not``) and what to install for it."""
+
+    name: str
+    offer: Offer
+    available: bool
+    why_not: str
+    install: str
+
+
+def alternative(need: str, instead_of: str) -> Alternative | None:
+    """The first backend other than ``instead_of`` that gives ``need`` (:data:`CORE_READS`,
+    :data:`GLOBALS`, :data:`ITERATORS`), or None; a backend asks this rather than naming
+    another."""
+    for name in BACKENDS:
+        offer = get(name).offer(need) if name != instead_of else None
+        if offer is not None:
+            ok, why = available(name)
+            return Alternative(name, offer, ok, why, get(name).install_hint())
+    return None
 
 
 def named_probes(backend: str, functions: list[str]) -> list[Probe]:

@@ -28,13 +28,16 @@ import numpy as np
 
 from ebpf_magic import backend as registry
 from ebpf_magic.backend.base import (
-    LIBBPF_PACKAGES,
+    CORE_READS,
+    GLOBALS,
+    ITERATORS,
     Backend,
     CompiledProgram,
     Diagnostic,
     GlobalVar,
     IterHandle,
     MapHandle,
+    Offer,
     encode_globals,
 )
 from ebpf_magic.backend.libbpf import _compile, _lib, _mapsizes, _records, _select, _source
@@ -55,7 +58,6 @@ from ebpf_magic.suggest import (
 
 _EXTERN = re.compile(r"failed to find BTF for extern '(\w+)'")
 _PROG_FAILED = re.compile(r"prog '(\w+)': (?:BPF program load failed|failed to load)")
-_KEYLESS = ("queue", "stack", "ringbuf", "user_ringbuf")
 _PERF_EVENT_ARRAY = 4  # enum bpf_map_type
 _LIBBPF_OWN = ("__bpf_usdt_",)  # maps <bpf/usdt.bpf.h> declares for libbpf's bookkeeping
 _DATA_SECTIONS = (".rodata", ".data", ".bss")  # and named ones: .data.NAME, .rodata.NAME
@@ -75,6 +77,21 @@ _FD_HOOK_HINTS = {"tc": "tc programs need CAP_NET_ADMIN and SEC(\"tc\") (or tcx/
 FLAGS_ZERO_WARNING = ("{map}: bpf_perf_event_output(..., 0, ...) with flags 0 writes to the "
                       "buffer of CPU 0 only, so events on other CPUs are lost; pass "
                       "BPF_F_CURRENT_CPU as the flags")
+# what this backend needs installed, for the fixes of rows that miss it
+PACKAGES = "Install them: `apt-get install clang libbpf-dev` (scripts/setup.sh does)."
+# what it gives that a cell may need (see Backend.offer)
+OFFERS = {
+    CORE_READS: Offer("the libbpf backend's CO-RE reads (BPF_CORE_READ) are relocated to this "
+                      "kernel's BTF and are right",
+                      "read kernel structs in libbpf-style cells (SEC() names and "
+                      "BPF_CORE_READ, or --backend libbpf)"),
+    GLOBALS: Offer("libbpf-style programs set const volatile globals before load",
+                   "write the program in libbpf's style (SEC() names, --backend libbpf) with "
+                   "const volatile ... {name};"),
+    ITERATORS: Offer("libbpf-style programs attach BPF iterators (SEC(\"iter/TARGET\"))",
+                     'write the iterator as SEC("iter/TARGET") in libbpf\'s style '
+                     "(--backend libbpf)"),
+}
 
 
 def available() -> tuple[bool, str]:
@@ -99,7 +116,7 @@ def diagnostics() -> dict[str, Callable[[], Diagnostic]]:
 def _check_clang() -> Diagnostic:
     if compiler_version() is None:
         return Diagnostic("clang", "warn", "not installed: libbpf-style cells cannot be compiled",
-                          LIBBPF_PACKAGES)
+                          PACKAGES)
     return Diagnostic("clang", "ok", describe()["clang"] + " (compiles libbpf-style cells)")
 
 
@@ -108,7 +125,7 @@ def _check_libbpf() -> Diagnostic:
         version()
     except Exception:  # noqa: BLE001 - any failure means it cannot be loaded
         return Diagnostic("libbpf", "warn", "the system's libbpf cannot be loaded: libbpf-style "
-                          "cells cannot be loaded", LIBBPF_PACKAGES)
+                          "cells cannot be loaded", PACKAGES)
     return Diagnostic("libbpf", "ok", describe()["libbpf"] + " (loads and attaches libbpf-style "
                       "cells)")
 
@@ -126,7 +143,7 @@ def _check_cells() -> Diagnostic:
         return Diagnostic("libbpf-style cells", "ok", "served by the libbpf backend (SEC() "
                           "programs, maps in SEC(\".maps\"), libbpf-tools and libbpf-bootstrap "
                           "style)")
-    return Diagnostic("libbpf-style cells", "warn", f"no backend: {why}", LIBBPF_PACKAGES)
+    return Diagnostic("libbpf-style cells", "warn", f"no backend: {why}", PACKAGES)
 
 
 def version() -> str:
@@ -590,14 +607,10 @@ class LibbpfProgram(CompiledProgram):
             name = lib.bpf_map__name(m).decode()
             fd = lib.bpf_map__fd(m)
             if fd >= 0 and not lib.bpf_map__is_internal(m) and not name.startswith(_LIBBPF_OWN):
-                info = sysbpf.map_info(fd)
-                key_dt = _dtype(spec, lib.bpf_map__btf_key_type_id(m), info.key_size)
-                val_dt = _dtype(spec, lib.bpf_map__btf_value_type_id(m), info.value_size)
-                out[name] = MapHandle(name=name, fd=fd, kind=info.kind,
-                                      key_dtype=None if info.kind in _KEYLESS else key_dt,
-                                      value_dtype=val_dt, max_entries=info.max_entries,
-                                      key_size=info.key_size, value_size=info.value_size,
-                                      extra={"id": info.id}, backend="libbpf")
+                key_dt = _dtype(spec, lib.bpf_map__btf_key_type_id(m), lib.bpf_map__key_size(m))
+                val_dt = _dtype(spec, lib.bpf_map__btf_value_type_id(m),
+                                lib.bpf_map__value_size(m))
+                out[name] = MapHandle.of_kernel_map(name, fd, key_dt, val_dt, backend="libbpf")
             m = lib.bpf_object__next_map(self._obj, m)
         return out
 
@@ -809,6 +822,12 @@ class LibbpfBackend(Backend):
 
     def diagnostics(self) -> dict[str, Callable[[], Diagnostic]]:
         return diagnostics()
+
+    def offer(self, need: str) -> Offer | None:
+        return OFFERS.get(need)
+
+    def install_hint(self) -> str:
+        return PACKAGES
 
 
 BACKEND = LibbpfBackend()
