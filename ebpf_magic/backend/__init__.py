@@ -18,11 +18,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from ebpf_magic.backend.base import (
-    CORE_READS,
     GLOBALS,
     ITERATORS,
     KERNEL_HEADERS,
+    LOAD_OPTIONS,
     PLAIN,
+    STRUCT_READS,
     Backend,
     CompiledProgram,
     Diagnostic,
@@ -39,7 +40,8 @@ from ebpf_magic.errors import BPFError
 from ebpf_magic.probes import Probe
 
 __all__ = [
-    "BACKENDS", "CORE_READS", "GLOBALS", "ITERATORS", "KERNEL_HEADERS", "PLAIN", "Alternative",
+    "BACKENDS", "STRUCT_READS", "GLOBALS", "ITERATORS", "KERNEL_HEADERS", "LOAD_OPTIONS",
+    "PLAIN", "Alternative",
     "Backend", "CompiledProgram", "Diagnostic", "GlobalVar", "IterHandle", "MapHandle", "Note",
     "Offer", "alternative", "as_note", "available", "check_globals", "check_load_options",
     "choose_backend", "compile_program", "compiles_out_of_process", "diagnostics",
@@ -84,7 +86,7 @@ def compile_program(source: str, *, cflags: list[str], usdt: list[Probe],
     """
     chosen = get(choose_backend(source, backend))
     chosen.check_globals(list(globals or {}))
-    chosen.check_load_options(programs, maps)
+    check_load_options(chosen.name, programs, maps)
     options: dict[str, Any] = {}
     if programs is not None:
         options["programs"] = list(programs)
@@ -107,7 +109,7 @@ class Alternative:
 
 
 def alternative(need: str, instead_of: str) -> Alternative | None:
-    """The first backend other than ``instead_of`` that gives ``need`` (:data:`CORE_READS`,
+    """The first backend other than ``instead_of`` that gives ``need`` (:data:`STRUCT_READS`,
     :data:`GLOBALS`, :data:`ITERATORS`), or None; a backend asks this rather than naming
     another."""
     for name in BACKENDS:
@@ -137,7 +139,16 @@ def check_load_options(backend: str, programs: Sequence[str] | None,
                        maps: Mapping[str, Mapping[str, Any]] | None) -> None:
     """Raise :class:`~ebpf_magic.errors.BPFError` if ``backend`` cannot choose ``programs``
     or set ``maps``' attributes before load."""
-    get(backend).check_load_options(programs, maps)
+    chosen = get(backend)
+    if chosen.offer(LOAD_OPTIONS) is None:
+        if programs is None and not maps:
+            return
+        what = "choose which programs to load" if programs is not None else \
+            "set map sizes before load"
+        other = alternative(LOAD_OPTIONS, chosen.name)
+        raise BPFError(f"the {chosen.name} backend cannot {what}",
+                       f"{other.offer.how[0].upper()}{other.offer.how[1:]}." if other else "")
+    chosen.check_load_options(programs, maps)
 
 
 def available(backend: str) -> tuple[bool, str]:

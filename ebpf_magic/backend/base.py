@@ -197,7 +197,7 @@ class CompiledProgram(abc.ABC):
         """
 
     def implied_probes(self) -> list[Probe]:
-        """The probes the program's own text implies (BCC: ``kprobe__FUNC``; libbpf: SEC())."""
+        """The probes the program's own text implies (e.g. functions named after them)."""
         return []
 
     def loss_counters(self) -> dict[str, str]:
@@ -262,9 +262,10 @@ class Diagnostic:
 
 
 # what a cell may need that one backend gives and another may lack (see Backend.offer)
-CORE_READS = "kernel struct reads"  # reads of kernel structs relocated to this kernel's layout
+STRUCT_READS = "kernel struct reads"  # reads of kernel structs relocated to this kernel's layout
 GLOBALS = "settable globals"  # global variables set before load
 ITERATORS = "BPF iterators"
+LOAD_OPTIONS = "load options"  # choosing the programs to load, setting map sizes before load
 
 
 @dataclass(frozen=True)
@@ -322,16 +323,11 @@ class Backend(abc.ABC):
     def check_globals(self, names: list[str]) -> None:  # noqa: B027 - optional
         """Raise :class:`~ebpf_magic.errors.BPFError` if globals ``names`` cannot be set."""
 
-    def check_load_options(self, programs: Sequence[str] | None,
+    def check_load_options(self, programs: Sequence[str] | None,  # noqa: B027 - optional
                            maps: Mapping[str, Mapping[str, Any]] | None) -> None:
-        """Raise :class:`~ebpf_magic.errors.BPFError` if this backend cannot choose the
-        programs it loads (``programs``) or set map attributes before load (``maps``)."""
-        if programs is not None or maps:
-            what = "choose which programs to load" if programs is not None else \
-                "set map sizes before load"
-            raise BPFError(f"the {self.name} backend cannot {what}",
-                           "Only libbpf-style programs (SEC() names, --backend libbpf) take "
-                           "--programs and --map.")
+        """Raise :class:`~ebpf_magic.errors.BPFError` if the programs it loads (``programs``)
+        or the map attributes set before load (``maps``) are wrong; only a backend that
+        offers :data:`LOAD_OPTIONS` is asked."""
 
     def named_probes(self, functions: list[str]) -> list[Probe]:
         """The probes its naming conventions give ``functions``, known before compiling."""
@@ -347,7 +343,7 @@ class Backend(abc.ABC):
         """Start its compiler now, so the first program does not wait for it."""
 
     def offer(self, need: str) -> Offer | None:
-        """How this backend gives ``need`` (:data:`CORE_READS`...), or None if it cannot."""
+        """How this backend gives ``need`` (:data:`STRUCT_READS`...), or None if it cannot."""
         return None
 
     def install_hint(self) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ebpf_magic import backend as registry
-from ebpf_magic.backend.base import CORE_READS, GLOBALS, Backend, Diagnostic
+from ebpf_magic.backend.base import GLOBALS, STRUCT_READS, Backend, Diagnostic
 from ebpf_magic.backend.bcc import headers
 from ebpf_magic.backend.bcc.client import prestart
 from ebpf_magic.backend.bcc.diagnostics import format_diagnostics
@@ -98,7 +98,7 @@ def _or_other_dialect() -> str:
 def _check_kernel_structs() -> Diagnostic:
     """Which backend reads kernel structs right, given the headers BCC compiles against."""
     found = headers.ensure()
-    other = registry.alternative(CORE_READS, BACKEND.name)
+    other = registry.alternative(STRUCT_READS, BACKEND.name)
     right = other is not None and other.available
     if found.path is not None and found.exact:
         bcc = ("BCC compiles against this kernel's own types, from its BTF" if

@@ -28,9 +28,10 @@ import numpy as np
 
 from ebpf_magic import backend as registry
 from ebpf_magic.backend.base import (
-    CORE_READS,
     GLOBALS,
     ITERATORS,
+    LOAD_OPTIONS,
+    STRUCT_READS,
     Backend,
     CompiledProgram,
     Diagnostic,
@@ -81,7 +82,7 @@ FLAGS_ZERO_WARNING = ("{map}: bpf_perf_event_output(..., 0, ...) with flags 0 wr
 PACKAGES = "Install them: `apt-get install clang libbpf-dev` (scripts/setup.sh does)."
 # what it gives that a cell may need (see Backend.offer)
 OFFERS = {
-    CORE_READS: Offer("the libbpf backend's CO-RE reads (BPF_CORE_READ) are relocated to this "
+    STRUCT_READS: Offer("the libbpf backend's CO-RE reads (BPF_CORE_READ) are relocated to this "
                       "kernel's BTF and are right",
                       "read kernel structs in libbpf-style cells (SEC() names and "
                       "BPF_CORE_READ, or --backend libbpf)"),
@@ -91,6 +92,10 @@ OFFERS = {
     ITERATORS: Offer("libbpf-style programs attach BPF iterators (SEC(\"iter/TARGET\"))",
                      'write the iterator as SEC("iter/TARGET") in libbpf\'s style '
                      "(--backend libbpf)"),
+    LOAD_OPTIONS: Offer("libbpf-style programs choose the programs they load and set map "
+                        "attributes before load",
+                        "only libbpf-style programs (SEC() names, --backend libbpf) take "
+                        "--programs and --map"),
 }
 
 
