@@ -201,9 +201,6 @@ class Program:
         handles = compiled.maps()
         hidden = compiled.hidden_maps()
         self.maps = Maps({n: h for n, h in handles.items() if n not in hidden})
-        for name, kind in compiled.histogram_kinds().items():
-            if name in self.maps:
-                self.maps[name].hist_kind = kind
         return handles
 
     def _attach(self, compiled: CompiledProgram) -> None:
@@ -293,7 +290,7 @@ class Program:
                     for fn, fd in self._compiled.program_fds().items()}
 
     def map_ids(self) -> list[int]:
-        return [m.handle.extra["id"] for m in self.maps.values()] if self.running else []
+        return [m.handle.id for m in self.maps.values()] if self.running else []
 
     @property
     def overhead(self) -> pd.DataFrame:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from ebpf_magic.backend import libbpf
-from ebpf_magic.backend.libbpf import _compile, _records
+from ebpf_magic.backend.libbpf import _compile, _program, _records
 from ebpf_magic.errors import BPFError
 from ebpf_magic.internal import dtypes as dtypes_
 from ebpf_magic.program import Program
@@ -92,7 +92,7 @@ def test_records_decode_from_the_program_s_own_btf(no_leaks, monkeypatch, tmp_pa
     def no_dwarf(_obj):
         raise AssertionError("the DWARF was read")
 
-    monkeypatch.setattr(libbpf, "dwarf_spec", no_dwarf)
+    monkeypatch.setattr(_program, "dwarf_spec", no_dwarf)
     me = os.getpid()
     with Program(RECORDS, defines={"PID": me}) as prog:
         for _ in range(N):

@@ -14,16 +14,25 @@ from __future__ import annotations
 import functools
 import importlib
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from ebpf_magic.backend.base import (
-    LIBBPF_PACKAGES,
+    GLOBALS,
+    ITERATORS,
+    KERNEL_HEADERS,
+    LOAD_OPTIONS,
+    PLAIN,
+    STRUCT_READS,
     Backend,
     CompiledProgram,
     Diagnostic,
     GlobalVar,
     IterHandle,
     MapHandle,
+    Note,
+    Offer,
+    as_note,
     encode_globals,
     encode_value,
 )
@@ -32,8 +41,11 @@ from ebpf_magic.features import BackendChecks
 from ebpf_magic.probes import Probe
 
 __all__ = [
-    "BACKENDS", "LIBBPF_PACKAGES", "Backend", "CompiledProgram", "Diagnostic", "GlobalVar",
-    "IterHandle", "MapHandle", "available", "check_globals", "check_load_options", "checks",
+    "BACKENDS", "STRUCT_READS", "GLOBALS", "ITERATORS", "KERNEL_HEADERS", "LOAD_OPTIONS",
+    "PLAIN", "Alternative",
+    "Backend", "CompiledProgram", "Diagnostic", "GlobalVar", "IterHandle", "MapHandle", "Note",
+    "Offer", "alternative", "as_note", "available", "check_globals", "check_load_options",
+    "checks",
     "choose_backend", "compile_program", "compiles_out_of_process", "diagnostics",
     "encode_globals", "encode_value", "get", "host_facts", "named_probes", "prestart",
     "symbolize_user", "version",
@@ -76,7 +88,7 @@ def compile_program(source: str, *, cflags: list[str], usdt: list[Probe],
     """
     chosen = get(choose_backend(source, backend))
     chosen.check_globals(list(globals or {}))
-    chosen.check_load_options(programs, maps)
+    check_load_options(chosen.name, programs, maps)
     options: dict[str, Any] = {}
     if programs is not None:
         options["programs"] = list(programs)
@@ -84,6 +96,30 @@ def compile_program(source: str, *, cflags: list[str], usdt: list[Probe],
         options["maps"] = maps
     return chosen.compile(source, cflags=cflags, usdt=usdt, filename=filename,
                           line_offset=line_offset, globals=globals or {}, **options)
+
+
+@dataclass(frozen=True)
+class Alternative:
+    """Another backend that gives what a cell needs: its ``name``, its :class:`Offer`, whether
+    it can run here (``available``, else ``why_not``) and what to install for it."""
+
+    name: str
+    offer: Offer
+    available: bool
+    why_not: str
+    install: str
+
+
+def alternative(need: str, instead_of: str) -> Alternative | None:
+    """The first backend other than ``instead_of`` that gives ``need`` (:data:`STRUCT_READS`,
+    :data:`GLOBALS`, :data:`ITERATORS`), or None; a backend asks this rather than naming
+    another."""
+    for name in BACKENDS:
+        offer = get(name).offer(need) if name != instead_of else None
+        if offer is not None:
+            ok, why = available(name)
+            return Alternative(name, offer, ok, why, get(name).install_hint())
+    return None
 
 
 def named_probes(backend: str, functions: list[str]) -> list[Probe]:
@@ -105,7 +141,16 @@ def check_load_options(backend: str, programs: Sequence[str] | None,
                        maps: Mapping[str, Mapping[str, Any]] | None) -> None:
     """Raise :class:`~ebpf_magic.errors.BPFError` if ``backend`` cannot choose ``programs``
     or set ``maps``' attributes before load."""
-    get(backend).check_load_options(programs, maps)
+    chosen = get(backend)
+    if chosen.offer(LOAD_OPTIONS) is None:
+        if programs is None and not maps:
+            return
+        what = "choose which programs to load" if programs is not None else \
+            "set map sizes before load"
+        other = alternative(LOAD_OPTIONS, chosen.name)
+        raise BPFError(f"the {chosen.name} backend cannot {what}",
+                       f"{other.offer.how[0].upper()}{other.offer.how[1:]}." if other else "")
+    chosen.check_load_options(programs, maps)
 
 
 def available(backend: str) -> tuple[bool, str]:

@@ -10,15 +10,49 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ebpf_magic.errors import BPFError
 from ebpf_magic.internal import dtypes
+from ebpf_magic.kernel import mapkinds, sysbpf
 from ebpf_magic.probes import Probe
 from ebpf_magic.suggest import near
+
+
+class Note(str):
+    """A backend's note or warning: its text (``str(note)``), with a ``kind`` and a ``key``.
+
+    ``kind`` says what it is about (:data:`PLAIN`, :data:`KERNEL_HEADERS`...). A note with a
+    ``key`` concerns the machine, not the cell: a session shows it once per key, as its
+    one-line ``brief`` (default: the text) pointing to the README section ``see``.
+    """
+
+    kind: str
+    key: str
+    brief: str
+    see: str
+
+    def __new__(cls, text: str, kind: str = "", key: str = "", brief: str = "",
+                see: str = "") -> Note:
+        note = super().__new__(cls, text)
+        note.kind, note.key, note.brief, note.see = kind or PLAIN, key, brief or text, see
+        return note
+
+    def __reduce__(self) -> tuple:
+        return (Note, (str(self), self.kind, self.key, self.brief, self.see))
+
+
+# kinds of notes
+PLAIN = "plain"  # about the cell, shown with every cell that has it
+KERNEL_HEADERS = "kernel headers"  # the compiler reads another release's kernel headers
+
+
+def as_note(text: str) -> Note:
+    """``text`` as a :class:`Note`: itself if it is one, else a plain note."""
+    return text if isinstance(text, Note) else Note(text)
 
 
 @dataclass
@@ -26,11 +60,15 @@ class MapHandle:
     """A map of a loaded program: its descriptor and the layout of its data.
 
     ``kind`` is the kernel's map type name (``hash``, ``percpu_array``,
-    ``ringbuf``...); ``declared`` is how the source declared it when that adds
-    meaning the kernel type lacks (``histogram``). ``value_dtype`` describes one
-    value (for per-CPU maps: one CPU's value); ``key_dtype`` is None for maps
-    without keys (queue, stack, ring buffer). ``backend`` names the backend
-    that made the map, where it says.
+    ``ringbuf``...; its traits are :func:`ebpf_magic.kernel.mapkinds.kind`);
+    ``declared`` is how the source declared it when that adds meaning the kernel
+    type lacks (``histogram``). ``value_dtype`` describes one value (for per-CPU
+    maps: one CPU's value); ``key_dtype`` is None for keyless maps (``keyless``:
+    queue, stack, ring buffer...) and where the layout is unknown. ``id`` is the
+    kernel's id of the map (0 where none); ``hist_kind`` is how a histogram the
+    source declares is bucketed (``log2`` or ``linear``; "" for other maps).
+    ``backend`` names the backend that made the map. A backend sets every field
+    when it makes the handle.
     """
 
     name: str
@@ -42,8 +80,25 @@ class MapHandle:
     key_size: int
     value_size: int
     declared: str = ""
-    extra: dict = field(default_factory=dict)
     backend: str = ""
+    id: int = 0
+    hist_kind: str = ""
+    keyless: bool = False
+
+    @classmethod
+    def of_kernel_map(cls, name: str, fd: int, key_dtype: np.dtype | None,
+                      value_dtype: np.dtype | None, *, backend: str, declared: str = "",
+                      hist_kind: str = "") -> MapHandle:
+        """The handle of map ``fd`` as the kernel describes it (kind, sizes, id, keyless).
+
+        ``key_dtype`` is dropped for keyless kinds, whatever the backend found.
+        """
+        info = sysbpf.map_info(fd)
+        keyless = mapkinds.kind(info.kind).keyless
+        return cls(name=name, fd=fd, kind=info.kind, key_dtype=None if keyless else key_dtype,
+                   value_dtype=value_dtype, max_entries=info.max_entries,
+                   key_size=info.key_size, value_size=info.value_size, declared=declared,
+                   backend=backend, id=info.id, hist_kind=hist_kind, keyless=keyless)
 
 
 @dataclass
@@ -130,8 +185,10 @@ class CompiledProgram(abc.ABC):
 
     functions: list[str]
     log: str  # what the compiler printed
-    warnings: list[str]  # what the user should know (e.g. inexact kernel headers)
-    notes: list[str] = []  # what the backend assumed or changed (e.g. a license it added)
+    # what the user should know (e.g. inexact kernel headers), as text or :class:`Note`
+    warnings: list[str]
+    # what the backend assumed or changed (e.g. a license it added), as text or :class:`Note`
+    notes: list[str] = []
 
     def load(self, probes: list[Probe]) -> None:  # noqa: B027 - optional, not abstract
         """Load the functions ``probes`` use, once, before maps(), event_dtype() and attach().
@@ -140,7 +197,7 @@ class CompiledProgram(abc.ABC):
         """
 
     def implied_probes(self) -> list[Probe]:
-        """The probes the program's own text implies (BCC: ``kprobe__FUNC``; libbpf: SEC())."""
+        """The probes the program's own text implies (e.g. functions named after them)."""
         return []
 
     def loss_counters(self) -> dict[str, str]:
@@ -150,10 +207,6 @@ class CompiledProgram(abc.ABC):
     def hidden_maps(self) -> set[str]:
         """Maps the backend added for its own bookkeeping, which the user never sees."""
         return set(self.loss_counters().values())
-
-    def histogram_kinds(self) -> dict[str, str]:
-        """``{map: "log2" | "linear"}`` for maps the source declares as histograms."""
-        return {}
 
     def globals(self) -> list[GlobalVar]:
         """The program's global variables, with the descriptors of their sections' maps."""
@@ -194,10 +247,6 @@ class CompiledProgram(abc.ABC):
         """Detach every probe and close every descriptor. Safe to call twice."""
 
 
-# what the libbpf backend needs installed, for the fixes of rows that miss it
-LIBBPF_PACKAGES = "Install them: `apt-get install clang libbpf-dev` (scripts/setup.sh does)."
-
-
 @dataclass
 class Diagnostic:
     """One finding about what a backend needs here: a row of ``%bpf doctor``.
@@ -210,6 +259,22 @@ class Diagnostic:
     status: str
     detail: str
     fix: str = ""
+
+
+# what a cell may need that one backend gives and another may lack (see Backend.offer)
+STRUCT_READS = "kernel struct reads"  # reads of kernel structs relocated to this kernel's layout
+GLOBALS = "settable globals"  # global variables set before load
+ITERATORS = "BPF iterators"
+LOAD_OPTIONS = "load options"  # choosing the programs to load, setting map sizes before load
+
+
+@dataclass(frozen=True)
+class Offer:
+    """How a backend gives what a cell needs: ``does`` says what it does, in words (for a
+    doctor row); ``how`` says what to write to get it (for a hint)."""
+
+    does: str
+    how: str
 
 
 class Backend(abc.ABC):
@@ -258,16 +323,11 @@ class Backend(abc.ABC):
     def check_globals(self, names: list[str]) -> None:  # noqa: B027 - optional
         """Raise :class:`~ebpf_magic.errors.BPFError` if globals ``names`` cannot be set."""
 
-    def check_load_options(self, programs: Sequence[str] | None,
+    def check_load_options(self, programs: Sequence[str] | None,  # noqa: B027 - optional
                            maps: Mapping[str, Mapping[str, Any]] | None) -> None:
-        """Raise :class:`~ebpf_magic.errors.BPFError` if this backend cannot choose the
-        programs it loads (``programs``) or set map attributes before load (``maps``)."""
-        if programs is not None or maps:
-            what = "choose which programs to load" if programs is not None else \
-                "set map sizes before load"
-            raise BPFError(f"the {self.name} backend cannot {what}",
-                           "Only libbpf-style programs (SEC() names, --backend libbpf) take "
-                           "--programs and --map.")
+        """Raise :class:`~ebpf_magic.errors.BPFError` if the programs it loads (``programs``)
+        or the map attributes set before load (``maps``) are wrong; only a backend that
+        offers :data:`LOAD_OPTIONS` is asked."""
 
     def named_probes(self, functions: list[str]) -> list[Probe]:
         """The probes its naming conventions give ``functions``, known before compiling."""
@@ -281,3 +341,11 @@ class Backend(abc.ABC):
 
     def prestart(self) -> None:  # noqa: B027 - optional
         """Start its compiler now, so the first program does not wait for it."""
+
+    def offer(self, need: str) -> Offer | None:
+        """How this backend gives ``need`` (:data:`STRUCT_READS`...), or None if it cannot."""
+        return None
+
+    def install_hint(self) -> str:
+        """What to install for this backend to run here, in words ("" if nothing)."""
+        return ""

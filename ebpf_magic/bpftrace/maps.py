@@ -39,7 +39,7 @@ from ebpf_magic.bpftrace.semantics import (
 from ebpf_magic.data import eventframe, histograms, stacks
 from ebpf_magic.data.maps import Map
 from ebpf_magic.errors import BPFError
-from ebpf_magic.kernel import kallsyms, sysbpf
+from ebpf_magic.kernel import kallsyms, mapkinds, sysbpf
 
 AGGREGATES = ("count", "sum", "min", "max", "avg", "stats", "hist", "lhist")
 _INDEXED = ("hist", "lhist", "avg", "stats")  # an 8-byte bucket or count/total index
@@ -432,7 +432,8 @@ def ready_handle(info: MapInfo, fd: int, kernel: sysbpf.MapInfo) -> tuple[MapHan
         return None, f"its key part {unsupported[0].name} has type {unsupported[0].type}"
     return MapHandle(info.name, fd, kernel.kind, kdt, vdt, kernel.max_entries,
                      kernel.key_size, kernel.value_size, declared="bpftrace",
-                     extra={"id": kernel.id}, backend="bpftrace"), ""
+                     backend="bpftrace", id=kernel.id,
+                     keyless=mapkinds.kind(kernel.kind).keyless), ""
 
 
 def stack_limits(maps: Iterable[MapInfo]) -> set[int]:

@@ -29,18 +29,7 @@ from ebpf_magic.data import eventframe, histograms
 from ebpf_magic.errors import BPFError
 from ebpf_magic.internal import dtypes
 from ebpf_magic.internal.tables import Listing
-from ebpf_magic.kernel import sysbpf
-
-PERCPU_KINDS = {"percpu_hash", "percpu_array", "lru_percpu_hash"}
-ARRAY_KINDS = {"array", "percpu_array", "prog_array", "perf_event_array", "cgroup_array",
-               "devmap", "cpumap", "xskmap", "array_of_maps"}
-QUEUE_KINDS = {"queue", "stack"}
-# local storage of sockets, inodes, tasks, cgroups: looked up by the object's descriptor,
-# never walked (the kernel has no next key for them)
-OBJECT_STORAGE = {"sk_storage", "inode_storage", "task_storage", "cgrp_storage"}
-METADATA_ONLY = {"prog_array", "perf_event_array", "ringbuf", "cgroup_array", "array_of_maps",
-                 "hash_of_maps", "devmap", "devmap_hash", "cpumap", "xskmap", "sockmap",
-                 "sockhash", "user_ringbuf"} | OBJECT_STORAGE
+from ebpf_magic.kernel import mapkinds, sysbpf
 
 
 class Map:
@@ -50,21 +39,25 @@ class Map:
         self.handle = handle
         self.name = handle.name
         self.kind = handle.kind
-        self._ncpus = sysbpf.possible_cpus() if handle.kind in PERCPU_KINDS else 1
+        self.traits = mapkinds.kind(handle.kind)
+        self._ncpus = sysbpf.possible_cpus() if self.traits.percpu else 1
         self._key_dt = normalize_dtype(handle.key_dtype or _raw_dtype(handle.key_size))
         self._val_dt = normalize_dtype(handle.value_dtype or _raw_dtype(handle.value_size))
         # a per-CPU map's value buffer holds one 8-byte aligned slot per possible CPU
         self._cpu_stride = -(-self._val_dt.itemsize // 8) * 8
-        self._batch_ok = handle.kind in _BATCH_KINDS
-        #: how :attr:`df` reads a ``BPF_HISTOGRAM``: "log2" or "linear" (a program sets
-        #: it from how the histogram is incremented)
-        self.hist_kind = "log2"
+        self._batch_ok = self.traits.batch
 
     # -- description -----------------------------------------------------------
 
     @property
     def percpu(self) -> bool:
-        return self.kind in PERCPU_KINDS
+        return self.traits.percpu
+
+    @property
+    def hist_kind(self) -> str:
+        """How :attr:`df` reads a histogram: "log2" or "linear", as the backend found it
+        (from how the source increments it), else "log2"."""
+        return self.handle.hist_kind or "log2"
 
     @property
     def max_entries(self) -> int:
@@ -105,11 +98,11 @@ class Map:
 
     def info(self) -> dict[str, Any]:
         """Kind, types and sizes, for listings."""
-        entries = None if self.kind in METADATA_ONLY | QUEUE_KINDS else len(self)
+        entries = None if self.traits.metadata_only or self.traits.keyless else len(self)
         return {"map": self.name, "kind": self.handle.declared or self.kind,
                 "key": self.key_type, "value": self.value_type, "entries": entries,
                 "max_entries": self.max_entries,
-                "full": entries is not None and self.kind not in ARRAY_KINDS
+                "full": entries is not None and not self.traits.array
                 and entries >= self.max_entries}
 
     def __repr__(self) -> str:
@@ -133,7 +126,7 @@ class Map:
         return vals.reshape(n, self._ncpus)
 
     def _encode_key(self, key: Any) -> np.ndarray:
-        if self.kind in ARRAY_KINDS and isinstance(key, (int, np.integer)) and not (
+        if self.traits.array and isinstance(key, (int, np.integer)) and not (
                 0 <= key < self.max_entries):
             raise KeyError(f"index {key} out of range for {self.name} "
                            f"(max_entries {self.max_entries})")
@@ -163,8 +156,7 @@ class Map:
     # -- mapping protocol ------------------------------------------------------
 
     def _require_keys(self) -> None:
-        if self.kind in QUEUE_KINDS or self.handle.key_dtype is None and self.kind in (
-                "ringbuf", "user_ringbuf"):
+        if self.handle.keyless:
             raise TypeError(f"{self.name} is a {self.kind} map: it has no keys "
                             "(use .pop() / .push(), or .df)")
 
@@ -193,7 +185,7 @@ class Map:
 
     def __delitem__(self, key: Any) -> None:
         self._require_keys()
-        if self.kind in ARRAY_KINDS:
+        if self.traits.array:
             # array elements cannot be deleted: zero them, as BCC does
             self[key] = self._zero_value()
             return
@@ -240,10 +232,9 @@ class Map:
             yield value
 
     def __len__(self) -> int:
-        if self.kind in ARRAY_KINDS:
+        if self.traits.array:
             return self.max_entries
-        if self.kind in QUEUE_KINDS or self.kind in ("ringbuf", "user_ringbuf") or \
-                self.kind in OBJECT_STORAGE:
+        if self.handle.keyless or self.traits.storage:
             return 0
         if self._batch_ok:
             return len(self.snapshot()[0])
@@ -251,7 +242,7 @@ class Map:
 
     def clear(self) -> None:
         """Delete every entry (zero every element of an array)."""
-        if self.kind in ARRAY_KINDS:
+        if self.traits.array:
             for key in range(self.max_entries):
                 del self[key]
             return
@@ -358,9 +349,9 @@ class Map:
         * queue/stack maps: the head only (reading more would consume them).
         * program, perf-event and other fd arrays: one row of metadata.
         """
-        if self.kind in METADATA_ONLY:
+        if self.traits.metadata_only:
             return pd.DataFrame([self.info()])
-        if self.kind in QUEUE_KINDS:
+        if self.handle.keyless:
             return self._queue_frame()
         if self.kind == "stack_trace":
             from ebpf_magic.data import stacks
@@ -444,7 +435,6 @@ class Map:
 
 _NO_BATCH = {errno.EINVAL, errno.EOPNOTSUPP, 524}  # 524: the kernel's ENOTSUPP
 _BATCH_CHUNK = 1 << 20
-_BATCH_KINDS = {"hash", "lru_hash", "percpu_hash", "lru_percpu_hash", "array", "percpu_array"}
 
 
 def frame(keys: np.ndarray, values: np.ndarray) -> pd.DataFrame:

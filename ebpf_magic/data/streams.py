@@ -70,7 +70,7 @@ from ebpf_magic.data.maps import normalize_dtype
 from ebpf_magic.errors import BPFError
 from ebpf_magic.internal import dtypes as dt_util
 from ebpf_magic.internal import files
-from ebpf_magic.kernel import sysbpf, timebase
+from ebpf_magic.kernel import mapkinds, sysbpf, timebase
 from ebpf_magic.kernel.perfbuf import PAGE_SIZE, PerfBuffer, lost_format_supported
 from ebpf_magic.kernel.reader import Reader
 from ebpf_magic.kernel.ringbuf import RingBuffer
@@ -81,7 +81,7 @@ PERF_BUDGET = 64 << 20  # bytes of perf rings per stream, split across the CPUs
 PERF_FLOOR = 256 << 10  # the least and the most one CPU's ring gets
 PERF_CEILING = 16 << 20
 READ_BYTES = 512 << 10  # a buffer is read in pieces of this size, which stay in the CPU's cache
-STREAM_KINDS = ("perf_event_array", "ringbuf")
+STREAM_KINDS = tuple(name for name, kind in mapkinds.KINDS.items() if kind.stream)
 _OPTIONS = set(DEFAULTS) | {"dtypes", "time", "spill"}
 
 

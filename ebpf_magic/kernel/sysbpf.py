@@ -12,6 +12,8 @@ import os
 import platform
 import struct
 
+from ebpf_magic.kernel import mapkinds
+
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 
@@ -56,18 +58,6 @@ BPF_ANY = 0
 BPF_NOEXIST = 1
 BPF_EXIST = 2
 
-# enum bpf_map_type, by the names the rest of the package uses
-MAP_TYPES = {
-    1: "hash", 2: "array", 3: "prog_array", 4: "perf_event_array", 5: "percpu_hash",
-    6: "percpu_array", 7: "stack_trace", 8: "cgroup_array", 9: "lru_hash",
-    10: "lru_percpu_hash", 11: "lpm_trie", 12: "array_of_maps", 13: "hash_of_maps",
-    14: "devmap", 15: "sockmap", 16: "cpumap", 17: "xskmap", 18: "sockhash",
-    19: "cgroup_storage", 20: "reuseport_sockarray", 21: "percpu_cgroup_storage",
-    22: "queue", 23: "stack", 24: "sk_storage", 25: "devmap_hash", 26: "struct_ops",
-    27: "ringbuf", 28: "inode_storage", 29: "task_storage", 30: "bloom_filter",
-    31: "user_ringbuf", 32: "cgrp_storage", 33: "arena",
-}
-
 
 class _MapElemAttr(ctypes.Structure):
     _fields_ = [("map_fd", ctypes.c_uint32), ("_pad", ctypes.c_uint32),
@@ -107,7 +97,8 @@ class MapInfo(ctypes.Structure):
 
     @property
     def kind(self) -> str:
-        return MAP_TYPES.get(self.type, f"type{self.type}")
+        """The map kind's name (see :mod:`.mapkinds`)."""
+        return mapkinds.type_name(self.type)
 
 
 class ProgInfo(ctypes.Structure):

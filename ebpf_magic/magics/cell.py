@@ -7,7 +7,6 @@ import ast
 import keyword
 import math
 import os
-import re
 import shlex
 import threading
 from collections.abc import Callable, Sequence
@@ -19,7 +18,7 @@ from IPython.core.error import UsageError
 from IPython.display import display
 
 from ebpf_magic import sessions
-from ebpf_magic.backend import BACKENDS
+from ebpf_magic.backend import BACKENDS, as_note
 from ebpf_magic.data import overhead
 from ebpf_magic.errors import BPFError, OptionError
 from ebpf_magic.internal import deprecation
@@ -29,8 +28,6 @@ from ebpf_magic.probes import Probe
 from ebpf_magic.program import Program, check_settable
 from ebpf_magic.source import MACRO_NAME_RULE, interpolate, parse_define
 
-_HEADERS = re.compile(r"Kernel headers for (?P<running>\S+) are not installed; compiling "
-                      r"against (?P<used>\S+) headers")
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 # argparse's time grows with the square of the number of options; no real line comes near
@@ -371,28 +368,28 @@ def report_warnings(warned: set[str], warnings: Sequence[str],
                     notes: Sequence[str] = ()) -> None:
     """Show a cell's notes, then its warnings, each as one displayed line (never on stderr).
 
-    The note that BCC compiles against another release's kernel headers concerns the
-    machine, not the cell: it is shown once per session (``warned`` remembers it), as
-    one line pointing to the README. Everything else is shown for every cell that has it.
+    A warning with a key (a :class:`~ebpf_magic.backend.Note` about the machine, not the
+    cell, such as a compiler's inexact kernel headers) is shown once per session (``warned``
+    remembers its key), as its one-line brief pointing to its README section. Everything
+    else is shown for every cell that has it.
     """
     for note in notes:
         line("note", note)
-    for warning in warnings:
-        headers = _HEADERS.match(warning)
-        if headers is None:
+    for warning in map(as_note, warnings):
+        if not warning.key:
             line("warning", warning)
             continue
-        if "kernel headers" in warned:
+        if warning.key in warned:
             continue
-        warned.add("kernel headers")
-        text = (f"note: BCC compiles against {headers['used']} kernel headers, not "
-                f"{headers['running']}'s, so its reads of kernel structs may be off")
-        link = "README, Kernel headers"
-        html = escape(link)
-        if README.is_file():
-            html = f'<a href="{escape(os.path.relpath(README))}" target="_blank">{html}</a>'
-        display({"text/plain": f"{text} ({link})",
-                 "text/html": f"<small>{escape(text)} ({html})</small>"}, raw=True)
+        warned.add(warning.key)
+        text, html = f"note: {warning.brief}", f"<small>{escape(f'note: {warning.brief}')}"
+        if warning.see:
+            link = f"README, {warning.see}"
+            ref = escape(link)
+            if README.is_file():
+                ref = f'<a href="{escape(os.path.relpath(README))}" target="_blank">{ref}</a>'
+            text, html = f"{text} ({link})", f"{html} ({ref})"
+        display({"text/plain": text, "text/html": f"{html}</small>"}, raw=True)
 
 
 def line(kind: str, text: str) -> None:

@@ -24,6 +24,7 @@ import pandas as pd
 from ebpf_magic.api import EditableMap, MapView, ProgramView
 from ebpf_magic.data.histograms import Histogram
 from ebpf_magic.internal.tables import cell_text, html_table, is_numeric
+from ebpf_magic.kernel import mapkinds
 from ebpf_magic.present.refresh import Refreshed, Refresher
 from ebpf_magic.program import running
 
@@ -218,7 +219,7 @@ class BrowserModel(Refreshed):
     def editable(self) -> bool:
         m = self.current
         return m is not None and m.writable and m.declared != "histogram" \
-            and m.kind not in ("stack_trace", "queue", "stack")
+            and mapkinds.kind(m.kind).updatable
 
     def keys(self, frame: pd.DataFrame | None = None) -> pd.Series:
         """Each row's key as the table names it, by index label: its key column's value, or

@@ -25,10 +25,11 @@ from ebpf_magic.api import Named
 from ebpf_magic.data import overhead
 from ebpf_magic.data.globalvars import SavedGlobals
 from ebpf_magic.data.histograms import Histogram
-from ebpf_magic.data.maps import PERCPU_KINDS, normalize_dtype
+from ebpf_magic.data.maps import normalize_dtype
 from ebpf_magic.errors import ReplayError
 from ebpf_magic.internal import dtypes
 from ebpf_magic.internal.tables import Listing
+from ebpf_magic.kernel import mapkinds
 from ebpf_magic.probes import Probe
 from ebpf_magic.sessions import format as fmt
 from ebpf_magic.sessions import policy, reader, writer
@@ -162,7 +163,7 @@ class ReplayedMap:
 
     @property
     def percpu(self) -> bool:
-        return self.kind in PERCPU_KINDS
+        return mapkinds.kind(self.kind).percpu
 
     @property
     def value_columns(self) -> list[str]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ebpf_magic import backend as registry
-from ebpf_magic.backend.base import LIBBPF_PACKAGES, Backend, Diagnostic
+from ebpf_magic.backend.base import GLOBALS, STRUCT_READS, Backend, Diagnostic
 from ebpf_magic.backend.bcc import headers
 from ebpf_magic.backend.bcc.client import prestart
 from ebpf_magic.backend.bcc.diagnostics import format_diagnostics
@@ -85,35 +85,40 @@ def _check_dialect() -> Diagnostic:
     except BPFError as e:
         return Diagnostic("BCC dialect cells", "fail",
                           f"no backend: BCC is missing ({e.message.splitlines()[0]})",
-                          "Install BCC (see the BCC row), or write the cell in libbpf style.")
+                          "Install BCC (see the BCC row)" + _or_other_dialect() + ".")
     return Diagnostic("BCC dialect cells", "ok", "served by the BCC backend (BPF_HASH, "
                       "TRACEPOINT_PROBE, .perf_submit(), BCC's tools)")
+
+
+def _or_other_dialect() -> str:
+    others = [name for name in registry.BACKENDS if name != BACKEND.name]
+    return f", or write the cell for the {' or '.join(others)} backend" if others else ""
 
 
 def _check_kernel_structs() -> Diagnostic:
     """Which backend reads kernel structs right, given the headers BCC compiles against."""
     found = headers.ensure()
-    libbpf_ok, why = registry.available("libbpf")
-    core = ("the libbpf backend's CO-RE reads (BPF_CORE_READ) are relocated to this kernel's "
-            "BTF and are right")
+    other = registry.alternative(STRUCT_READS, BACKEND.name)
+    right = other is not None and other.available
     if found.path is not None and found.exact:
         bcc = ("BCC compiles against this kernel's own types, from its BTF" if
                found.source == headers.BTF_SOURCE else
                f"BCC compiles against this kernel's headers ({found.source})")
-        detail = f"both backends: {bcc}" + (f", and {core}" if libbpf_ok else "")
+        detail = f"both backends: {bcc}" + (f", and {other.offer.does}" if right else "")
         return Diagnostic("kernel struct reads", "ok", detail)
     have = (f"compiles against {found.release} headers" if found.path is not None else
             "has no headers at all")
-    if libbpf_ok:
-        return Diagnostic("kernel struct reads", "warn", f"libbpf backend: BCC {have}, not this "
-                          f"kernel's ({kernel.release()}), so BCC's reads of kernel structs "
-                          f"(task_struct, sock, ...) can be wrong; {core}",
-                          "Read kernel structs in libbpf-style cells (SEC() names and "
-                          "BPF_CORE_READ, or --backend libbpf), or install this kernel's headers.")
+    if right:
+        return Diagnostic("kernel struct reads", "warn", f"{other.name} backend: BCC {have}, not "
+                          f"this kernel's ({kernel.release()}), so BCC's reads of kernel structs "
+                          f"(task_struct, sock, ...) can be wrong; {other.offer.does}",
+                          f"{other.offer.how[0].upper()}{other.offer.how[1:]}, or install this "
+                          "kernel's headers.")
+    cannot = f", and the {other.name} backend cannot run ({other.why_not})" if other else ""
     return Diagnostic("kernel struct reads", "warn", f"no backend reads them right: BCC {have}, "
                       f"not this kernel's ({kernel.release()}), so its reads of kernel structs "
-                      f"can be wrong, and the libbpf backend cannot run ({why})",
-                      LIBBPF_PACKAGES + " " + headers.install_hint())
+                      f"can be wrong{cannot}",
+                      (f"{other.install} " if other else "") + headers.install_hint())
 
 
 def symbolize_user(pid: int, addrs: list[int]) -> list[str | None]:
@@ -158,12 +163,12 @@ class BccBackend(Backend):
         """BCC programs have no settable globals: they take ``-D`` macros instead."""
         if names:
             first = names[0]
+            other = registry.alternative(GLOBALS, self.name)
             raise BPFError(f"cannot set {', '.join(names)}: BCC programs have no settable "
                            "globals; they take -D instead",
                            f"Write -D {first}=VALUE (Program(defines={{'{first}': VALUE}})) and "
-                           f"use {first} as a macro in the C source, or write the program in "
-                           "libbpf's style (SEC() names, --backend libbpf) with "
-                           f"const volatile ... {first};")
+                           f"use {first} as a macro in the C source" +
+                           (f", or {other.offer.how.format(name=first)}" if other else "."))
 
     def named_probes(self, functions: list[str]) -> list:
         return named_probes(functions)

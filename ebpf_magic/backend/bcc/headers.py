@@ -23,6 +23,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ebpf_magic.backend.base import KERNEL_HEADERS, Note
 from ebpf_magic.backend.bcc import btftypes
 from ebpf_magic.internal import cache, files
 
@@ -60,13 +61,19 @@ class Headers:
         return Headers(self.fallback, "nearest distro headers", self.release, exact=False)
 
     @property
-    def warning(self) -> str:
+    def warning(self) -> Note:
+        """What compiling against another release's headers means, as a note a session shows
+        once (empty where the headers are this kernel's)."""
         if self.exact or self.path is None:
-            return ""
-        return (f"Kernel headers for {platform.release()} are not installed; compiling against "
-                f"{self.release} headers ({self.path}). Tracepoint arguments, helpers, maps and "
-                "events are unaffected, but layouts of kernel-internal structs may differ: "
-                "reads of kernel structs (task_struct, sock, ...) can be wrong.")
+            return Note("")
+        return Note(f"Kernel headers for {platform.release()} are not installed; compiling "
+                    f"against {self.release} headers ({self.path}). Tracepoint arguments, "
+                    "helpers, maps and events are unaffected, but layouts of kernel-internal "
+                    "structs may differ: reads of kernel structs (task_struct, sock, ...) can be "
+                    "wrong.", kind=KERNEL_HEADERS, key="kernel headers",
+                    brief=f"BCC compiles against {self.release} kernel headers, not "
+                          f"{platform.release()}'s, so its reads of kernel structs may be off",
+                    see="Kernel headers")
 
 
 def _version_key(release: str) -> tuple[int, ...]:

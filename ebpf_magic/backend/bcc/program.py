@@ -14,15 +14,16 @@ import re
 
 import numpy as np
 
+from ebpf_magic import backend as registry
 from ebpf_magic import discover
-from ebpf_magic.backend.base import CompiledProgram, MapHandle
+from ebpf_magic.backend.base import ITERATORS, CompiledProgram, MapHandle
 from ebpf_magic.backend.bcc import cached, client, headers, instrument, protocol
 from ebpf_magic.backend.bcc.diagnostics import compile_failure, load_failure
 from ebpf_magic.backend.bcc.locate import import_bcc
 from ebpf_magic.errors import AttachError, BPFError, HeadersMissingError, NotPrivilegedError
 from ebpf_magic.internal import settings
 from ebpf_magic.kernel import host as kernel
-from ebpf_magic.kernel import link, perfbuf, sysbpf, tracefs
+from ebpf_magic.kernel import link, perfbuf, tracefs
 from ebpf_magic.probes import Probe
 
 # BPF program types (enum bpf_prog_type) by probe kind
@@ -179,7 +180,8 @@ class BccProgram(CompiledProgram):
                                        self._line_offset)
             declared = {m.group(2): m.group(1).lower() for m in _DECLARED.finditer(self._source)}
             for m in reply["maps"]:
-                self._maps[m["name"]] = _handle(m, fds[m["fd"]], declared)
+                self._maps[m["name"]] = _handle(m, fds[m["fd"]], declared,
+                                                self._prepared.hist_kinds)
         except BaseException:
             _close(fds)
             self._prog_fds.clear()
@@ -216,9 +218,6 @@ class BccProgram(CompiledProgram):
     def hidden_maps(self) -> set[str]:
         return set(self._prepared.hidden)
 
-    def histogram_kinds(self) -> dict[str, str]:
-        return dict(self._prepared.hist_kinds)
-
     def _require_loaded(self) -> None:
         if not self._loaded:
             raise RuntimeError("load() the program's probes first")
@@ -228,9 +227,10 @@ class BccProgram(CompiledProgram):
     def attach(self, probe: Probe) -> list[str]:
         self._require_loaded()
         if probe.kind == "iter":
-            raise AttachError(f"cannot attach {probe}: BPF iterators are libbpf programs",
-                              'Write the iterator as SEC("iter/TARGET") in libbpf\'s style '
-                              "(--backend libbpf).", probe=str(probe))
+            other = registry.alternative(ITERATORS, "bcc")
+            raise AttachError(f"cannot attach {probe}: BCC has no BPF iterators",
+                              f"{other.offer.how[0].upper()}{other.offer.how[1:]}." if other
+                              else "", probe=str(probe))
         fd = self._prog_fds.get(probe.function)
         refused = self._refused.get(probe.function)
         if fd is None and refused is not None:
@@ -370,16 +370,13 @@ def _usdt_spec(probe: Probe) -> dict:
             "function": probe.function, "probe_text": str(probe)}
 
 
-def _handle(desc: dict, fd: int, declared: dict[str, str]) -> MapHandle:
-    info = sysbpf.map_info(fd)
-    key_dt = protocol.dtype_from_json(desc["key"])
-    if info.kind in ("queue", "stack", "ringbuf"):
-        key_dt = None
-    return MapHandle(name=desc["name"], fd=fd, kind=info.kind, key_dtype=key_dt,
-                     value_dtype=protocol.dtype_from_json(desc["value"]),
-                     max_entries=info.max_entries, key_size=info.key_size,
-                     value_size=info.value_size, declared=declared.get(desc["name"], ""),
-                     extra={"id": info.id})
+def _handle(desc: dict, fd: int, declared: dict[str, str],
+            hist_kinds: dict[str, str]) -> MapHandle:
+    name = desc["name"]
+    return MapHandle.of_kernel_map(name, fd, protocol.dtype_from_json(desc["key"]),
+                                   protocol.dtype_from_json(desc["value"]), backend="bcc",
+                                   declared=declared.get(name, ""),
+                                   hist_kind=hist_kinds.get(name, ""))
 
 
 def _kernel_functions(regex: str) -> list[str]:
