@@ -62,6 +62,8 @@ class FakeProgram:
         self.probes = [Probe("tracepoint", "syscalls:sys_enter_write", "on_write", 42)]
         self.attached = ["tracepoint:syscalls:sys_enter_write"]
         self.started_at, self.stopped_at, self.running = time.time() - 3, None, True
+        self.warnings: list = []
+        self.notes: list = []
         self.events = {k: FakeStream(v) for k, v in events.items()}
         self.maps = {k: FakeMap(k, v) for k, v in maps.items()}
 

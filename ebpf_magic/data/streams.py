@@ -63,7 +63,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ebpf_magic.api import Named
+from ebpf_magic.api import EVENT_STREAM, Named, StreamBase
 from ebpf_magic.data import eventframe
 from ebpf_magic.data.eventstore import EventStore
 from ebpf_magic.data.maps import normalize_dtype
@@ -192,7 +192,7 @@ class Stats(dict):
         return self.df.to_html(formatters={"count": _count})
 
 
-class Stream:
+class Stream(StreamBase):
     """The events of one perf or ring buffer: held, counted, and shown as a DataFrame.
 
     The stream owns ``reader`` (None: a stream that reads nothing) and closes it.
@@ -539,13 +539,6 @@ class Stream:
         df = self.df
         return files.write(path, lambda out: df.to_parquet(out, index=False))
 
-    def to_perfetto(self, path: str | Path, **options: Any) -> Path:
-        """Write the events held as a Perfetto trace; ``options`` as
-        :func:`ebpf_magic.export.to_perfetto` takes them (time, track, duration, phase...)."""
-        from ebpf_magic.export import to_perfetto
-
-        return to_perfetto(self, path, **options)
-
     def rate(self) -> float:
         """Events per second received since the previous call (smoothed)."""
         now = time.monotonic()
@@ -619,7 +612,7 @@ class Streams(Named[Stream]):
     """The event streams of one program, by name, with their reader thread."""
 
     def __init__(self, streams: Mapping[str, Stream], poll_s: float, batch_s: float) -> None:
-        super().__init__(streams, "event stream")
+        super().__init__(streams, EVENT_STREAM)
         self._poll_s = poll_s
         self._batch_s = batch_s
         self._stopping = threading.Event()
