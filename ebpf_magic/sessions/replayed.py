@@ -252,7 +252,7 @@ class ReplayedMap:
             raise TypeError(f"{self.name} was recorded without its value's layout: read it as "
                             "a table with .df")
         columns = set(self.value_columns)
-        cpus = sorted({int(m.group(1)) for c in row for m in [_PER_CPU.fullmatch(c)] if m})
+        cpus = sorted({int(m.group(1)) for c in row for m in [_PER_CPU.search(c)] if m})
         if not self.percpu or not cpus:
             return _value(row, vdt, columns)
         return [_value({_PER_CPU.sub("", c): v for c, v in row.items()
@@ -277,17 +277,21 @@ class ReplayedMap:
         kdt = self.key_dtype
         if kdt is None:
             raise TypeError(f"{self.name} is a {self.kind} map: it has no keys (read .df)")
+        df = self.df
+        prefix = "" if kdt.names else "key"
+        columns = [f"key.{c}" if f"key.{c}" in df.columns else c
+                   for c in eventframe.columns(np.zeros(0, kdt), prefix)]
+        if not set(columns) <= set(df.columns):  # buckets, stacks, a bpftrace map's table
+            raise TypeError(f"{self.name} was recorded as a table of "
+                            f"{', '.join(map(str, df.columns))}, not by its keys: read it "
+                            "with .df")
         try:
             encoded = dtypes.encode(key, kdt)
         except (TypeError, ValueError) as e:
             raise KeyError(f"{key!r} is not a valid key of {self.name} ({self.key_type}): "
                            f"{e}") from None
-        df = self.df
-        wanted = {(f"key.{c}" if f"key.{c}" in df.columns else c): v[0] for c, v in
-                  eventframe.columns(encoded, "" if kdt.names else "key").items()}
-        if not set(wanted) <= set(df.columns):
-            raise KeyError(f"{self.name} was recorded as {', '.join(map(str, df.columns))}, "
-                           f"not by key: read it as a table with .df (no {key!r} there)")
+        wanted = dict(zip(columns, (v[0] for v in eventframe.columns(encoded, prefix).values()),
+                          strict=True))
         found = np.ones(len(df), bool)
         for column, value in wanted.items():
             found &= (df[column] == value).to_numpy(bool)
