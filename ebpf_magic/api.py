@@ -10,12 +10,14 @@ What every program or stream gives the same way is written once here: :class:`Pr
 (``summary()``, ``save()``, ``browse()``) and :class:`StreamBase` (``to_perfetto()``).
 ``save()`` and ``to_perfetto()`` reach up the layers only inside the method, as the layering
 test allows (to :mod:`ebpf_magic.sessions` and :mod:`ebpf_magic.export`); ``browse()``
-returns the browser presentation registered (:func:`present_maps_with`).
+returns the browser presentation registered (:func:`map_browser`), as pandas' ``plot()``
+finds its plotting backend.
 """
 
 from __future__ import annotations
 
 import difflib
+import importlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
@@ -309,19 +311,26 @@ class ProgramBase:
     def browse(self: ProgramView, interval: float = 1.0, top_n: int = 100) -> Any:
         """A browser widget of its maps, refreshed every ``interval`` seconds while it runs,
         showing the ``top_n`` largest rows: the browser the presentation layer registered
-        with :func:`present_maps_with` (:class:`ebpf_magic.present.widgets.MapBrowser`)."""
-        if _map_browser is None:
-            from ebpf_magic.errors import BPFError
-
-            raise BPFError(f"{self.name}.browse(): no map browser is loaded in this process",
-                           "Load the notebook extension (%load_ext ebpf_magic), or import "
-                           "ebpf_magic.present.widgets, which registers its browser.")
-        return _map_browser(self, interval=interval, top_n=top_n)
+        (:func:`map_browser`: :class:`ebpf_magic.present.widgets.MapBrowser`)."""
+        return map_browser()(self, interval=interval, top_n=top_n)
 
 
-# What ProgramBase.browse() returns, as the presentation layer registered it: the objects
-# never import presentation, which sits above them and imports them.
+# What ProgramBase.browse() returns, found as pandas finds its plotting backend: the browser
+# the presentation layer registered, or the module named here imported on first use (it
+# registers itself). The objects never import presentation, which sits above them.
+MAP_BROWSER_MODULE = "ebpf_magic.present.widgets"
 _map_browser: Callable[..., Any] | None = None
+
+
+def map_browser() -> Callable[..., Any]:
+    """The registered map browser (:func:`present_maps_with`), importing
+    :data:`MAP_BROWSER_MODULE` for it the first time."""
+    if _map_browser is None:
+        importlib.import_module(MAP_BROWSER_MODULE)
+    if _map_browser is None:
+        raise TypeError(f"{MAP_BROWSER_MODULE} registered no map browser "
+                        "(ebpf_magic.api.present_maps_with)")
+    return _map_browser
 
 
 def present_maps_with(browser: Callable[..., Any]) -> None:

@@ -328,3 +328,20 @@ def test_replayed_hist_honours_kind_and_step() -> None:
     assert h[["slot", "low", "high", "count"]].values.tolist() == \
         [[1, 10, 20, 50], [2, 20, 30, 50], [3, 30, 40, 50]]
     assert np.array_equal(by_size.hist().df["low"], [1, 2, 4])  # log2: slot s is [2**(s-1), 2**s)
+
+
+def test_browse_finds_the_browser_presentation_registers() -> None:
+    """In a fresh interpreter no program module imports the widgets, yet ``browse()`` gives
+    the map browser, over the program's maps."""
+    import subprocess
+    import sys
+
+    code = ("import sys, ebpf_magic\n"
+            f"p = ebpf_magic.load({str(KINDS)!r})\n"
+            "assert 'ebpf_magic.present.widgets' not in sys.modules\n"
+            "b = p.browse(interval=3600)\n"
+            "print(type(b).__name__, sorted(b.model.maps()))\n"
+            "b.close()\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, check=True).stdout
+    assert out.split() == ["MapBrowser", "['by_fd',", "'by_size',", "'per_cpu',", "'sizes']"]

@@ -17,7 +17,6 @@ from traitlets import Float
 
 from ebpf_magic.magics import bpftrace, cell, complete
 from ebpf_magic.magics.args import SUBCOMMANDS, subcommand
-from ebpf_magic.present import widgets  # noqa: F401 - every program's browse() is its MapBrowser
 from ebpf_magic.session import Session
 from ebpf_magic.source import interpolate
 
