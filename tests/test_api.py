@@ -178,6 +178,10 @@ def test_live_and_replayed_programs_are_one_read_api(tmp_path: Path, no_leaks) -
         linear = back.maps["seqs"].hist("linear", 4).df
         assert (linear["low"] == linear["slot"] * 4).all() and (linear["high"] - linear["low"]
                                                                  == 4).all()
+        for reader in (prog, back):  # one word for a stream in every message
+            with pytest.raises(KeyError, match=r"no event stream named 'ee' \(did you mean "
+                                               r"'e'\?\); event streams: e"):
+                reader.events["ee"]
         frames = prog.read_maps(["m"])
         assert list(frames) == ["m"] and frames["m"]["count"].tolist() == [CALLS]
     with pytest.raises(BPFError, match="program 'api' was stopped"):

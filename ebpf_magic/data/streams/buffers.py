@@ -74,7 +74,7 @@ def check_memory(name: str, layout: np.dtype, max_rows: int) -> None:
     ram = os.sysconf("SC_PHYS_PAGES") * PAGE_SIZE
     if need > ram:
         raise StreamOptionError(
-            f"stream {name!r}: max_rows={max_rows:,} needs {need / 2**30:,.1f} GiB "
+            f"event stream {name!r}: max_rows={max_rows:,} needs {need / 2**30:,.1f} GiB "
             f"({layout.itemsize} bytes per event); this machine has {ram / 2**30:,.1f} GiB",
             "Lower max_rows, or keep more events on disk with spill.")
 

@@ -192,7 +192,7 @@ class Stream(StreamBase):
             return
         if self.failure is not None and not self._failure_shown:
             self._failure_shown = True
-            warnings.warn(f"stream {self.name!r} stopped delivering events ({self.failure}); "
+            warnings.warn(f"event stream {self.name!r} stopped delivering events ({self.failure}); "
                           f"events since are counted in stats['lost_reader']. Fix the cause "
                           f"and run the program again.", StreamWarning, stacklevel=3)
 
@@ -365,7 +365,7 @@ class Stream(StreamBase):
         """Write events beyond ``max_rows`` to the Parquet file ``path`` instead of dropping."""
         with self._lock:
             if self._store is None:
-                raise ValueError(f"stream {self.name!r} has no record layout yet")
+                raise ValueError(f"event stream {self.name!r} has no record layout yet")
             self._store.spill_to(path, self._frame)
 
     def to_parquet(self, path: str | Path) -> Path:
