@@ -3,8 +3,8 @@
 A consumer (the browser, plots, the recorder, the magics) takes a :class:`ProgramView`
 and reads it only through these members: it never asks which kind of program it holds,
 and never probes for attributes. A live :class:`~ebpf_magic.program.Program`, a
-:class:`~ebpf_magic.sessions.replayed.ReplayedProgram` and a cluster program are three
-implementations.
+:class:`~ebpf_magic.sessions.replayed.ReplayedProgram`, a cluster program, a bpftrace
+program and a tool's run are its implementations.
 
 What every program or stream gives the same way is written once here: :class:`ProgramBase`
 (``summary()``, ``save()``, ``browse()``) and :class:`StreamBase` (``to_perfetto()``).

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ebpf_magic.api import Named
+from ebpf_magic.api import MAP, Named
 from ebpf_magic.backend import MapHandle
 from ebpf_magic.data import eventframe, histograms
 from ebpf_magic.errors import BPFError
@@ -548,7 +548,7 @@ class Maps(Named[Map]):
     """The maps of one program, by name."""
 
     def __init__(self, handles: Mapping[str, MapHandle]) -> None:
-        super().__init__({name: Map(h) for name, h in handles.items()}, "map")
+        super().__init__({name: Map(h) for name, h in handles.items()}, MAP)
 
     def release(self, program: str, stopped_at: float | None) -> None:
         """The program closed the maps: reading one now raises :func:`stopped_error`."""
