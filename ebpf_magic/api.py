@@ -3,25 +3,40 @@
 A consumer (the browser, plots, the recorder, the magics) takes a :class:`ProgramView`
 and reads it only through these members: it never asks which kind of program it holds,
 and never probes for attributes. A live :class:`~ebpf_magic.program.Program`, a
-:class:`~ebpf_magic.sessions.replayed.ReplayedProgram` and a cluster program are three
-implementations.
+:class:`~ebpf_magic.sessions.replayed.ReplayedProgram`, a cluster program, a bpftrace
+program and a tool's run are its implementations.
+
+What every program or stream gives the same way is written once here: :class:`ProgramBase`
+(``summary()``, ``save()``, ``browse()``) and :class:`StreamBase` (``to_perfetto()``).
+``save()`` and ``to_perfetto()`` reach up the layers only inside the method, as the layering
+test allows (to :mod:`ebpf_magic.sessions` and :mod:`ebpf_magic.export`); ``browse()``
+returns the browser presentation registered (:func:`map_browser`), as pandas' ``plot()``
+finds its plotting backend.
 """
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable, Iterator, Mapping
+import importlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import pandas as pd
 
 T = TypeVar("T")
 
+# What messages call each kind of item: one word for one thing, everywhere.
+MAP = "map"
+EVENT_STREAM = "event stream"
+ITERATOR = "iterator"
+PROGRAM = "program"
+
 
 class Named(Mapping[str, T]):
     """Items by name; an unknown name says the nearest names and all that exist.
 
-    ``what`` names an item in messages ("map", "event stream", "program").
+    ``what`` names an item in messages: :data:`MAP`, :data:`EVENT_STREAM`, :data:`ITERATOR`
+    or :data:`PROGRAM`.
     """
 
     def __init__(self, items: Mapping[str, T], what: str) -> None:
@@ -176,6 +191,20 @@ class ProgramView(Protocol):
     stopped_at: float | None
 
     @property
+    def warnings(self) -> list[Any]:
+        """What the compiler or loader warned about, in order; ``str()`` of each is its text
+        (a recording keeps them; one written before it kept them has none)."""
+
+    @property
+    def notes(self) -> list[Any]:
+        """What the backend chose or noticed (a variant loaded, a layout learned), as
+        :attr:`warnings`."""
+
+    @property
+    def state(self) -> str:
+        """One word or phrase for ``%bpf list``: "running", "stopped", "replayed" ..."""
+
+    @property
     def maps(self) -> Mapping[str, MapView]: ...
 
     @property
@@ -236,7 +265,8 @@ class ProgramView(Protocol):
         """
 
     def summary(self) -> dict[str, Any]:
-        """One row of ``%bpf list``: name, probes, maps, events, uptime_s, state."""
+        """One row of ``%bpf list``: name, probes, maps, events, uptime_s, state
+        (:meth:`ProgramBase.summary`)."""
 
     def host_facts(self, hostname: bool = True) -> dict[str, Any]:
         """Where it runs or ran, as its recording keeps it: system, kernel, machine, the
@@ -249,6 +279,74 @@ class ProgramView(Protocol):
 
     def stop(self) -> None: ...
 
-    def save(self, path: Any, **options: Any) -> Any: ...
+    def save(self, path: Any, **options: Any) -> Any:
+        """Write a recording; returns its path (:meth:`ProgramBase.save`)."""
 
-    def browse(self, interval: float = 1.0, top_n: int = 100) -> Any: ...
+    def browse(self, interval: float = 1.0, top_n: int = 100) -> Any:
+        """A browser widget of its maps (:meth:`ProgramBase.browse`)."""
+
+
+class ProgramBase:
+    """``summary()``, ``save()`` and ``browse()`` written once for every
+    :class:`ProgramView`: a program class inherits them and gives the members they read."""
+
+    name: str
+    attached: list[str]
+
+    def summary(self: ProgramView) -> dict[str, Any]:
+        """One row of ``%bpf list``: its probes, its maps while they can be read, the events
+        it received, how long it ran, and its :attr:`~ProgramView.state`."""
+        return {"name": self.name, "probes": ", ".join(self.attached) or "-",
+                "maps": ", ".join(self.maps) if self.readable else "",
+                "events": self.events_seen, "uptime_s": round(self.uptime, 1),
+                "state": self.state}
+
+    def save(self: ProgramView, path: Any, **options: Any) -> Any:
+        """Write a recording of it (see :func:`ebpf_magic.sessions.save`, which takes the
+        ``options``: ``snapshots``, ``hostname``, ``tables``); returns the path written."""
+        from ebpf_magic.sessions import save
+
+        return save(self, path, **options)
+
+    def browse(self: ProgramView, interval: float = 1.0, top_n: int = 100) -> Any:
+        """A browser widget of its maps, refreshed every ``interval`` seconds while it runs,
+        showing the ``top_n`` largest rows: the browser the presentation layer registered
+        (:func:`map_browser`: :class:`ebpf_magic.present.widgets.MapBrowser`)."""
+        return map_browser()(self, interval=interval, top_n=top_n)
+
+
+# What ProgramBase.browse() returns, found as pandas finds its plotting backend: the browser
+# the presentation layer registered, or the module named here imported on first use (it
+# registers itself). The objects never import presentation, which sits above them.
+MAP_BROWSER_MODULE = "ebpf_magic.present.widgets"
+_map_browser: Callable[..., Any] | None = None
+
+
+def map_browser() -> Callable[..., Any]:
+    """The registered map browser (:func:`present_maps_with`), importing
+    :data:`MAP_BROWSER_MODULE` for it the first time."""
+    if _map_browser is None:
+        importlib.import_module(MAP_BROWSER_MODULE)
+    if _map_browser is None:
+        raise TypeError(f"{MAP_BROWSER_MODULE} registered no map browser "
+                        "(ebpf_magic.api.present_maps_with)")
+    return _map_browser
+
+
+def present_maps_with(browser: Callable[..., Any]) -> None:
+    """Make ``browser(program, interval=..., top_n=...)`` what every program's ``browse()``
+    returns (:mod:`ebpf_magic.present.widgets` registers its map browser on import)."""
+    global _map_browser
+    _map_browser = browser
+
+
+class StreamBase:
+    """What every :class:`StreamView` exports the same way: :meth:`to_perfetto`."""
+
+    def to_perfetto(self: StreamView, path: Any, **options: Any) -> Any:
+        """Write its events as a Perfetto trace at ``path``; ``options`` as
+        :func:`ebpf_magic.export.to_perfetto` takes them (time, track, duration, phase...).
+        Returns the path written."""
+        from ebpf_magic.export import to_perfetto
+
+        return to_perfetto(self, path, **options)

@@ -24,7 +24,7 @@ from typing import Any
 import pandas as pd
 
 from ebpf_magic import source as src
-from ebpf_magic.api import ProgramView
+from ebpf_magic.api import ProgramBase, ProgramView
 from ebpf_magic.backend import (
     CompiledProgram,
     MapHandle,
@@ -82,7 +82,7 @@ def running() -> list[ProgramView]:
         return list(_running.values())
 
 
-class Program:
+class Program(ProgramBase):
     """Compile ``source``, attach it, and start reading its event buffers.
 
     Each argument is also a ``%%bpf`` option of the same name (``attach`` is
@@ -134,6 +134,8 @@ class Program:
         self.stopped_at: float | None = None
         self.probes: list[Probe] = []
         self.attached: list[str] = []
+        self.warnings: list[str] = []
+        self.notes: list[str] = []
         self._compiled: CompiledProgram | None = None
         self._streams: Streams | None = None
         self._globals = Globals([], name)
@@ -337,30 +339,16 @@ class Program:
                 raise stopped_error(self.name, self.stopped_at)
             return {name: self.maps[name].df for name in (self.maps if names is None else names)}
 
-    def summary(self) -> dict[str, Any]:
-        """One row of ``%bpf list``."""
-        return {"name": self.name, "probes": ", ".join(self.attached) or "-",
-                "maps": ", ".join(self.maps) if self.running else "",
-                "events": self.events_seen, "uptime_s": round(self.uptime, 1),
-                "state": "running" if self.running else "stopped"}
+    @property
+    def state(self) -> str:
+        """"running" until :meth:`stop`, then "stopped"."""
+        return "running" if self.running else "stopped"
 
     def host_facts(self, hostname: bool = True) -> dict[str, Any]:
         """This machine: kernel, the backend's versions, CPUs, and its name unless left out."""
         from ebpf_magic.sessions import writer
 
         return writer.host_facts(hostname, self.backend)
-
-    def save(self, path: Any, **options: Any) -> Any:
-        """Write a recording (see :func:`ebpf_magic.sessions.save`); returns its path."""
-        from ebpf_magic.sessions import save
-
-        return save(self, path, **options)
-
-    def browse(self, interval: float = 1.0, top_n: int = 100) -> Any:
-        """A live browser widget of this program's maps (see :mod:`ebpf_magic.present.widgets`)."""
-        from ebpf_magic.present.widgets import MapBrowser
-
-        return MapBrowser(self, interval=interval, top_n=top_n)
 
     # -- lifecycle -------------------------------------------------------------
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pandas as pd
 
-from ebpf_magic.api import Named, ProgramView
+from ebpf_magic.api import PROGRAM, Named, ProgramView
 from ebpf_magic.data import overhead
 from ebpf_magic.internal.tables import Listing
 from ebpf_magic.program import running, stop_all
@@ -29,7 +29,7 @@ class Session:
         return prog
 
     def get(self, name: str) -> ProgramView:
-        return Named(self.programs, "program")[name]
+        return Named(self.programs, PROGRAM)[name]
 
     def stop(self, name: str) -> bool:
         """Stop and forget ``name``; False when there was none."""

@@ -750,7 +750,7 @@ def test_save_perfetto_of_a_program_without_times_says_what_to_add(tmp_path):
         session = type("Session", (), {"get": staticmethod(lambda name: replayed)})()
         shell = type("Shell", (), {"user_ns": {}})()
 
-    with pytest.raises(ExportError, match="no stream of writes has a time column") as e:
+    with pytest.raises(ExportError, match="no event stream of writes has a time column") as e:
         save.run(Magics(), f"writes --perfetto {tmp_path / 'x.pftrace'}")
     assert "bpf_ktime_get_ns()" in e.value.hint
     assert not (tmp_path / "x.pftrace").exists()

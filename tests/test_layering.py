@@ -393,7 +393,8 @@ def test_no_module_uses_another_modules_private_names():
 
 
 def top_level_graph() -> dict[str, set[str]]:
-    """``{top-level module: top-level modules it imports}``, presentation reached lazily aside."""
+    """``{top-level module: top-level modules it imports}``, presentation reached lazily aside,
+    and the recordings reached lazily by a convenience (``save()``) of a layer below them."""
     graph: dict[str, set[str]] = {}
     for name, path in MODULES.items():
         src = _top(name)
@@ -524,3 +525,25 @@ def test_no_import_cycles_among_modules():
     found = [c for c in cycles(module_graph())
              if [_top(m) for m in c] not in CYCLES_ALLOWED and c != [PACKAGE]]
     assert not found, "import cycles: " + "; ".join(" <-> ".join(c) for c in found)
+
+
+# The objects users hold: what presentation shows, never what it is imported by.
+OBJECTS = {"program", "session", "sessions", "cluster", "bpftrace"}
+
+
+def full_graph() -> dict[str, set[str]]:
+    """``{module: package modules it imports}``, imports inside functions included."""
+    return {name: {t for module, names, _ in _imports_with_scope(name, path)
+                   for t in _targets(module, names) if t in MODULES and t != name}
+            for name, path in MODULES.items()}
+
+
+def test_the_objects_never_import_presentation():
+    """browse() is written once, in api's ProgramBase, and returns the browser presentation
+    registered: no program class, nor the read API, imports presentation, so no loop of
+    imports runs through both (``present.widgets -> program -> sessions -> ... ->
+    present.widgets`` was one)."""
+    bad = [f"{name} imports {t}" for name, targets in full_graph().items()
+           if _top(name) in OBJECTS | {"api"} for t in targets if _top(t) == "present"]
+    assert not bad, "objects importing presentation:\n" + "\n".join(bad)
+

@@ -62,6 +62,8 @@ class FakeProgram:
         self.probes = [Probe("tracepoint", "syscalls:sys_enter_write", "on_write", 42)]
         self.attached = ["tracepoint:syscalls:sys_enter_write"]
         self.started_at, self.stopped_at, self.running = time.time() - 3, None, True
+        self.warnings: list = []
+        self.notes: list = []
         self.events = {k: FakeStream(v) for k, v in events.items()}
         self.maps = {k: FakeMap(k, v) for k, v in maps.items()}
 
@@ -405,11 +407,17 @@ CELL = SOURCE.replace("PID", str(os.getpid()))
 def test_cell_replays_its_recording_when_it_cannot_run_live(shell, tmp_path, monkeypatch,
                                                             capsys) -> None:
     counts = pd.DataFrame({"key": np.array([7], np.uint32), "value": np.array([3], np.uint64)})
-    sessions.save(FakeProgram({}, {"counts": counts}), tmp_path / "recordings" / "w.bpfrec")
+    prog = FakeProgram({}, {"counts": counts})
+    prog.notes = [Note("loaded on_write as tp_btf", "variant")]
+    prog.warnings = ["warning: unused variable 'x'"]
+    sessions.save(prog, tmp_path / "recordings" / "w.bpfrec")
     monkeypatch.setenv(sessions.REPLAY_ENV, "1")
     assert shell.run_cell("%%bpf w\n" + CELL).success
     out = capsys.readouterr().out
     assert "replayed from" in out and "w.bpfrec" in out and "captured on" in out
+    # the notebook shows what the live run showed
+    assert "note: loaded on_write as tp_btf" in out
+    assert "warning: warning: unused variable 'x'" in out
     w = shell.user_ns["w"]
     assert w.running is False and w.maps["counts"].df.equals(counts)
     shell.run_line_magic("bpf", "save w")
@@ -731,6 +739,68 @@ def test_malformed_globals_are_a_replay_error(tmp_path: Path, globals_, message)
     good = sessions.save(fake_with_globals(), tmp_path / "good.bpfrec")
     assert len(sessions.load(good).globals) == 6
     bad = _with_manifest(good, tmp_path / "bad.bpfrec", lambda m: m.update(globals=globals_))
+    with pytest.raises(ReplayError, match=f"malformed recording: {message}"):
+        sessions.load(bad)
+
+
+class Note:
+    """A structured note as a backend gives it: a kind, a key, and its text as ``str()``."""
+
+    def __init__(self, text: str, kind: str, key: str = "") -> None:
+        self.text, self.kind, self.key = text, kind, key
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def test_warnings_and_notes_are_kept_with_their_kinds(tmp_path: Path) -> None:
+    prog = FakeProgram({}, {})
+    prog.warnings = ["warning: comparison of distinct pointer types", "é" * 20_000]
+    prog.notes = [Note("headers of 6.1, not 6.18", "headers", "6.1"), "a plain note",
+                  Note("odd", "Not A Kind")]
+    back = sessions.load(sessions.save(prog, tmp_path / "n.bpfrec"))
+    assert back.warnings == ["warning: comparison of distinct pointer types", "é" * 16384]
+    assert back.notes == ["headers of 6.1, not 6.18", "a plain note", "odd"]
+    assert [n.kind for n in back.notes] == ["headers", None, None]
+    assert [w.kind for w in back.warnings] == [None, None]
+    again = sessions.load(back.save(tmp_path / "again.bpfrec"))
+    assert again.notes == back.notes and [n.kind for n in again.notes] == ["headers", None, None]
+    assert manifest_of(tmp_path / "again.bpfrec")["notes"][0] == {
+        "text": "headers of 6.1, not 6.18", "kind": "headers"}
+    many = FakeProgram({}, {})
+    many.warnings, many.notes = [f"w{i}" for i in range(3000)], []
+    assert len(sessions.load(sessions.save(many, tmp_path / "m.bpfrec")).warnings) == 1024
+
+
+def test_recordings_without_warnings_and_notes_replay_with_none(tmp_path: Path) -> None:
+    prog = FakeProgram({}, {})
+    prog.warnings, prog.notes = ["w"], ["n"]
+    good = sessions.save(prog, tmp_path / "good.bpfrec")
+    old = _with_manifest(good, tmp_path / "old.bpfrec",
+                         lambda m: [m.pop("warnings"), m.pop("notes")])
+    back = sessions.load(old)
+    assert back.warnings == [] and back.notes == []
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("warnings", {"text": "w"}, r"manifest.warnings has the wrong type \(dict\)"),
+    ("notes", None, r"manifest.notes has the wrong type \(NoneType\)"),
+    ("notes", ["text"], r"notes\[0\] is not an object of text and, optionally, kind"),
+    ("notes", [{"kind": "x"}], r"notes\[0\] is not an object of text"),
+    ("notes", [{"text": "t", "key": "k"}], r"notes\[0\] is not an object of text"),
+    ("warnings", [{"text": 7}], r"warnings\[0\].text has the wrong type \(int\)"),
+    ("warnings", [{"text": "t" * 16385}], r"warnings\[0\].text is longer than 16,384"),
+    ("notes", [{"text": "t", "kind": ["x"]}], r"notes\[0\].kind has the wrong type \(list\)"),
+    ("notes", [{"text": "t", "kind": "Not A Kind"}],
+     r"notes\[0\].kind 'Not A Kind' is not a kind's name"),
+    ("notes", [{"text": "t"}] * 5000, r"notes lists 5,000 messages, more than a recording "
+                                      r"holds \(1,024\)"),
+])
+def test_malformed_warnings_and_notes_are_a_replay_error(tmp_path: Path, field, value,
+                                                         message) -> None:
+    good = sessions.save(FakeProgram({}, {}), tmp_path / "good.bpfrec")
+    assert sessions.load(good).notes == []
+    bad = _with_manifest(good, tmp_path / "bad.bpfrec", lambda m: m.update({field: value}))
     with pytest.raises(ReplayError, match=f"malformed recording: {message}"):
         sessions.load(bad)
 

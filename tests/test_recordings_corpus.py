@@ -44,6 +44,8 @@ EXPECTED = {
                             r"more than a manifest may \(4,194,304\)"),
     "manifest_values": (None, r"manifest_values\.bpfrec: manifest\.json would decode to at "
                               r"least [\d,]+ bytes, more than a manifest may"),
+    "many_notes": (None, r"malformed recording: notes lists 150,000 messages, more than a "
+                         r"recording holds \(1,024\)"),
 }
 
 

@@ -73,6 +73,8 @@ class _Prog:
     backend, readable, tables = "bcc", True, {}
     running, stopped_at, maps = True, None, {}
     globals = SavedGlobals()
+    warnings: list[str] = []
+    notes: list[str] = []
 
     def __init__(self, df: pd.DataFrame) -> None:
         self.started_at = time.time()

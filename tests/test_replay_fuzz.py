@@ -65,6 +65,8 @@ class _Prog:
     backend, readable, tables = "bcc", True, {}
     running, stopped_at = True, None
     globals = SavedGlobals()
+    warnings: list[str] = []
+    notes: list[str] = []
 
     def __init__(self):
         self.started_at = time.time()

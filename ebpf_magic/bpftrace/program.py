@@ -31,7 +31,7 @@ from typing import Any
 
 import pandas as pd
 
-from ebpf_magic.api import Named
+from ebpf_magic.api import ITERATOR, MAP, Named, ProgramBase
 from ebpf_magic.bpftrace import maps as bt_maps
 from ebpf_magic.bpftrace import output, process, semantics, source
 from ebpf_magic.data import overhead
@@ -55,7 +55,7 @@ class BpftraceWarning(UserWarning):
     """bpftrace reported something about a running program (lost events, helper errors)."""
 
 
-class BpftraceProgram:
+class BpftraceProgram(ProgramBase):
     """``source`` run by bpftrace in the background, its maps and output read from here.
 
     Args:
@@ -118,7 +118,7 @@ class BpftraceProgram:
         self._pending: list[tuple[bool, bytes]] | None = []  # lines before the streams exist
         self._output: output.Output | None = None
         self._streams = Streams({}, 1.0, 0.0)
-        self._maps: Named[bt_maps.BpftraceMap] = Named({}, "map")
+        self._maps: Named[bt_maps.BpftraceMap] = Named({}, MAP)
         self._released = False
         options = dict(stream_options or {})
         check_options(options)
@@ -290,7 +290,7 @@ class BpftraceProgram:
                 handle, why = bt_maps.ready_handle(info, fd, kinfo)
             found[map_name] = bt_maps.BpftraceMap(info, handle, why, context, self._reading,
                                                   lambda n=map_name: self._last_printed(n))
-        self._maps = Named(found, "map")
+        self._maps = Named(found, MAP)
 
     def _open_streams(self, options: dict[str, Any]) -> None:
         out = output.Output(self.semantics, self._formats, command=self._held is not None,
@@ -376,7 +376,7 @@ class BpftraceProgram:
     @property
     def iter(self) -> Named[Any]:
         """None: bpftrace programs have no BPF iterators to run."""
-        return Named({}, "iterator")
+        return Named({}, ITERATOR)
 
     @property
     def attached(self) -> list[str]:
@@ -488,14 +488,14 @@ class BpftraceProgram:
             return {n: self._maps[n].df for n in chosen
                     if names is not None or self._maps[n].why == ""}
 
-    def summary(self) -> dict[str, Any]:
-        """One row of ``%bpf list``."""
-        state = ("stopped" if self._released else
-                 f"exited ({self._proc.returncode})" if self.exited and self._proc else
-                 "running")
-        return {"name": self.name, "probes": ", ".join(self.attached) or "-",
-                "maps": ", ".join(self._maps) if self.readable else "",
-                "events": self.events_seen, "uptime_s": round(self.uptime, 1), "state": state}
+    @property
+    def state(self) -> str:
+        """"running", "exited (CODE)" once bpftrace ended by itself, "stopped" after stop()."""
+        if self._released:
+            return "stopped"
+        if self.exited and self._proc:
+            return f"exited ({self._proc.returncode})"
+        return "running"
 
     def report(self) -> str:
         """What a cell shows when the program starts."""
@@ -514,18 +514,6 @@ class BpftraceProgram:
         return {"system": platform.system(), "kernel": platform.release(),
                 "machine": platform.machine(), "bpftrace": process.version(),
                 "cpus": os.cpu_count(), "hostname": socket.gethostname() if hostname else None}
-
-    def save(self, path: Any, **options: Any) -> Any:
-        """Write a recording (see :func:`ebpf_magic.sessions.save`); returns its path."""
-        from ebpf_magic.sessions import save
-
-        return save(self, path, **options)
-
-    def browse(self, interval: float = 1.0, top_n: int = 100) -> Any:
-        """A live browser widget of this program's maps."""
-        from ebpf_magic.present.widgets import MapBrowser
-
-        return MapBrowser(self, interval=interval, top_n=top_n)
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -582,7 +570,7 @@ class BpftraceProgram:
         self.stop()
 
     def __repr__(self) -> str:
-        return f"<BpftraceProgram {self.name} ({self.summary()['state']})>"
+        return f"<BpftraceProgram {self.name} ({self.state})>"
 
     def _repr_html_(self) -> str:
         return pd.DataFrame([self.summary()]).to_html(index=False)

@@ -15,14 +15,13 @@ import secrets
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from ebpf_magic.api import Named
+from ebpf_magic.api import EVENT_STREAM, ITERATOR, MAP, Named, ProgramBase, StreamBase
 from ebpf_magic.cluster import engine
 from ebpf_magic.cluster.connect import (
     ClusterError,
@@ -54,7 +53,7 @@ class Missing(NamedTuple):
     gone: bool = True
 
 
-class ClusterProgram:
+class ClusterProgram(ProgramBase):
     """``source`` started on the engines ``targets`` names, each attaching it locally.
 
     Args:
@@ -72,6 +71,9 @@ class ClusterProgram:
 
     Hosts that fail to start are in :attr:`missing` with their error; the others run.
     When no host starts, :class:`~ebpf_magic.cluster.connect.ClusterError` lists each one's error.
+    ``save()`` writes one recording of every host's maps and events and each host's facts
+    (:meth:`host_facts`); :func:`ebpf_magic.load` replays it with the same merged frames,
+    with no cluster, BPF rights or backend.
     """
 
     def __init__(self, source: str, *, name: str = "bpf", engines: Engines | None = None,
@@ -122,9 +124,9 @@ class ClusterProgram:
         self.backend: str = first["backend"]
         self._first = first
         self._maps = Named({n: ClusterMap(self, n, meta) for n, meta in first["maps"].items()},
-                           "map")
+                           MAP)
         self._events = Named({n: ClusterStream(self, n, kind)
-                              for n, kind in first["events"].items()}, "event stream")
+                              for n, kind in first["events"].items()}, EVENT_STREAM)
 
     # -- what it is --------------------------------------------------------------
 
@@ -235,7 +237,7 @@ class ClusterProgram:
     def iter(self) -> Named[Any]:
         """Empty: iterators are run on each host, from ``%%px``:
         ``ebpf_magic.cluster.engine.program(NAME).iter[FUNCTION].df``."""
-        return Named({}, "iterator")
+        return Named({}, ITERATOR)
 
     def read_maps(self, names: Iterable[str] | None = None) -> dict[str, pd.DataFrame]:
         """The merged frames of maps ``names`` (default all), one call to each host."""
@@ -267,17 +269,16 @@ class ClusterProgram:
                          "reason": miss.reason if miss else ""})
         return pd.DataFrame(rows, columns=["host", "engine", "state", "attached", "reason"])
 
-    def summary(self) -> dict[str, Any]:
-        """One row of ``%bpf list``: the state names every host, running or missing."""
-        probes = sorted({p for i in self.running_on for p in self._started[i]["attached"]})
+    @property
+    def state(self) -> str:
+        """``running on HOST, ...`` (or ``stopped``), then ``; missing HOST (engine N):
+        REASON`` for each host that is not running it."""
         running = ", ".join(self.hosts[i] for i in self.running_on)
         state = f"running on {running}" if running else "stopped"
         if self.missing:
             state += "; missing " + "; ".join(f"{m.host} (engine {i}): {m.reason}"
                                              for i, m in self.missing.items())
-        return {"name": self.name, "probes": ", ".join(probes) or "-",
-                "maps": ", ".join(self._maps) if self.running else "",
-                "events": self.events_seen, "uptime_s": round(self.uptime, 1), "state": state}
+        return state
 
     def report(self) -> str:
         """What each host did with the cell: its probes, or its error."""
@@ -366,18 +367,6 @@ class ClusterProgram:
         self.stopped_at = time.time()
         unregister(self)
 
-    def save(self, path: Any, **options: Any) -> Any:
-        """Write one recording of every host's maps and events, and each host's facts.
-
-        As :func:`ebpf_magic.sessions.save` (``snapshots``, ``hostname``, ``tables``; the
-        snapshots :func:`~ebpf_magic.sessions.record_snapshots` took by default).
-        :func:`ebpf_magic.load` replays it with the same merged frames, with no cluster,
-        BPF rights or backend. Returns the path written.
-        """
-        from ebpf_magic.sessions import save
-
-        return save(self, path, **options)
-
     def host_facts(self, hostname: bool = True) -> dict[str, Any]:
         """Where it ran: the hosts' kernels, machines and names joined, the CPUs of those that
         ran, and under ``"hosts"`` one row per targeted engine (``hostname`` False leaves
@@ -404,12 +393,6 @@ class ClusterProgram:
                 "hostname": ", ".join(dict.fromkeys(h["host"] for h in ran))
                 if hostname else None,
                 "hosts": hosts}
-
-    def browse(self, interval: float = 1.0, top_n: int = 100) -> Any:
-        """A browser of the merged maps, with their ``host`` column."""
-        from ebpf_magic.present.widgets import MapBrowser
-
-        return MapBrowser(self, interval=interval, top_n=top_n)
 
     def __enter__(self) -> ClusterProgram:
         return self
@@ -513,7 +496,7 @@ class ClusterMap:
                 f"{self.value_type} on {len(self.program.running_on)} host(s)>")
 
 
-class ClusterStream:
+class ClusterStream(StreamBase):
     """One event stream of a cluster program: every host's events in one frame."""
 
     def __init__(self, program: ClusterProgram, name: str, kind: str) -> None:
@@ -540,13 +523,6 @@ class ClusterStream:
         if n is None or column is None:
             return df
         return df.sort_values(column, kind="stable").tail(n).reset_index(drop=True)
-
-    def to_perfetto(self, path: str | Path, **options: Any) -> Path:
-        """Write every host's events as a Perfetto trace; ``options`` as
-        :func:`ebpf_magic.export.to_perfetto` takes them (``track="host"``: a track per host)."""
-        from ebpf_magic.export import to_perfetto
-
-        return to_perfetto(self, path, **options)
 
     @property
     def stats_by_host(self) -> pd.DataFrame:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ebpf_magic.api import Named
+from ebpf_magic.api import MAP, Named
 from ebpf_magic.backend import MapHandle
 from ebpf_magic.data import eventframe, histograms
 from ebpf_magic.errors import BPFError
@@ -395,7 +395,7 @@ class Map:
         """The key of a row of :attr:`df` (a mapping of column to value)."""
         if not self._key_dt.names:
             return row["key"]
-        return _record_from_row(row, self._key_dt, "", set(self.value_columns))
+        return record_from_row(row, self._key_dt, "", set(self.value_columns))
 
     def set_cell(self, key: Any, column: str, value: Any) -> None:
         """Write one value column of the entry at ``key`` (as shown in :attr:`df`)."""
@@ -461,14 +461,17 @@ def frame(keys: np.ndarray, values: np.ndarray) -> pd.DataFrame:
     return pd.DataFrame({**key_cols, **val_cols}, copy=False)
 
 
-def _record_from_row(row: Mapping[str, Any], dt: np.dtype, prefix: str,
-                     value_cols: set[str]) -> dict[str, Any]:
+def record_from_row(row: Mapping[str, Any], dt: np.dtype, prefix: str,
+                    value_cols: set[str]) -> dict[str, Any]:
+    """The struct ``dt`` as a dict, from the columns of a row of :func:`frame` that
+    :func:`~.eventframe.columns` made of it (fields under ``prefix``; a field that is also
+    one of ``value_cols`` is read from its ``key.`` column)."""
     out: dict[str, Any] = {}
     for name in dt.names:
         sub = dt[name]
         col = f"{prefix}{name}"
         if sub.names:
-            out[name] = _record_from_row(row, sub, f"{col}.", value_cols)
+            out[name] = record_from_row(row, sub, f"{col}.", value_cols)
             continue
         if col in value_cols and f"key.{col}" in row:
             col = f"key.{col}"
@@ -535,7 +538,7 @@ class Maps(Named[Map]):
     """The maps of one program, by name."""
 
     def __init__(self, handles: Mapping[str, MapHandle]) -> None:
-        super().__init__({name: Map(h) for name, h in handles.items()}, "map")
+        super().__init__({name: Map(h) for name, h in handles.items()}, MAP)
 
     def release(self, program: str, stopped_at: float | None) -> None:
         """The program closed the maps: reading one now raises :func:`stopped_error`."""

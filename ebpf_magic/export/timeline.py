@@ -510,14 +510,14 @@ def program_to_perfetto(program: ProgramView, path: str | Path) -> tuple[Path, d
         timeline.add(df, stream=name)
         written[name] = len(df)
     if not written:
-        raise ExportError(f"no stream of {program.name} has a time column "
+        raise ExportError(f"no event stream of {program.name} has a time column "
                           f"({', '.join(TIME_COLUMNS[:3])}... or datetimes)",
                           "Put a u64 ts = bpf_ktime_get_ns() in the event struct, or export "
                           "one stream naming its column: prog.events[NAME].to_perfetto(path, "
                           "time='COLUMN').")
     out = timeline.write(path)
     if untimed:
-        warnings.warn(f"{out}: streams without a time column left out: {', '.join(untimed)}",
+        warnings.warn(f"{out}: event streams without a time column left out: {', '.join(untimed)}",
                       ExportWarning, stacklevel=2)
     _warn_left_out(timeline, out)
     return out, written

@@ -175,6 +175,7 @@ def run(magics, line: str, cell: str | None) -> None:
     if not live and (sessions.find_recording(args.name) or why.startswith("replay was")):
         prog = magics.session.start(args.name, lambda: sessions.replay_cell(args.name, why))
         shell.user_ns[args.name] = prog
+        report_warnings(magics.warned, prog.warnings, prog.notes)  # as the live run showed
         print(sessions.announce(prog, why))
         return
     try:

@@ -55,6 +55,7 @@ def run(magics, args: str) -> pd.DataFrame | None:
         prog = magics.session.start(name, lambda: tools.replayed(
             sessions.replay_cell(name, why)))
         shell.user_ns[name] = prog
+        report_warnings(magics.warned, prog.warnings, prog.notes)  # as the live run showed
         print(sessions.announce(prog.program if isinstance(prog, tools.ToolRun) else prog,
                                 why))
         return None

@@ -21,7 +21,7 @@ from typing import Any, cast
 
 import pandas as pd
 
-from ebpf_magic.api import EditableMap, MapView, ProgramView
+from ebpf_magic.api import EditableMap, MapView, ProgramView, present_maps_with
 from ebpf_magic.data.histograms import Histogram
 from ebpf_magic.internal.tables import cell_text, html_table, is_numeric
 from ebpf_magic.kernel import mapkinds
@@ -518,3 +518,6 @@ def browse(source: Source | None = None, interval: float = 1.0, top_n: int = 100
     """A live browser over ``source``'s maps, or over every running program's."""
     return MapBrowser(running_maps if source is None else source, interval=interval,
                       top_n=top_n)
+
+
+present_maps_with(MapBrowser)  # what every program's browse() returns

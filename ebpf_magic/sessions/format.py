@@ -11,7 +11,8 @@ A recording (``.bpfrec``) is a zip archive holding
   rows of ``name``, ``section``, ``c_type`` and a JSON ``value``; recordings
   written before it have none), and what each of its functions cost (``overhead``: the
   rows of ``NAME.overhead``, or why none was measured; older recordings have none),
-  and a description of every member below;
+  its ``warnings`` and ``notes`` (each ``{"text": ...}``, with the note's ``kind`` where
+  it has one; older recordings have none), and a description of every member below;
 * ``streams/<i>.parquet``: every event of each stream;
 * ``maps/<i>/<j>.parquet``: snapshots of each map with their timestamps
   (periodic ones from a recorder, then the final one);
@@ -110,6 +111,14 @@ OVERHEAD_ROW = {"function": str, "probes": str, "runs": int, "run_time_ns": int,
 OVERHEAD_IDS = ("prog_id", "hosts")
 MAX_OVERHEAD_ROWS = 4096
 MAX_OVERHEAD_TEXT = 4096  # characters of a function's name, its probes, or why none
+
+# A program's ``warnings`` and ``notes``: lists of ``{"text": str}`` objects, each with
+# ``"kind": str`` where the message has one; at most MAX_MESSAGES of each. The writer keeps
+# the first MAX_MESSAGES, each cut to MAX_MESSAGE_TEXT characters.
+MESSAGE_LISTS = ("warnings", "notes")
+MAX_MESSAGES = 1024
+MAX_MESSAGE_TEXT = 16384  # characters of one message (a compiler's warning with its context)
+MESSAGE_KIND = re.compile(r"[a-z][a-z0-9_-]{0,63}")
 
 # -- limits on what one recording may cost to read ------------------------------------
 # ``load(max_bytes=...)`` replaces MAX_BYTES, which bounds both the unpacked members and the

@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as _dt
 import html
 import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,12 +21,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from pandas.api.types import is_integer_dtype
 
-from ebpf_magic.api import Named
-from ebpf_magic.data import overhead
+from ebpf_magic.api import EVENT_STREAM, ITERATOR, MAP, Named, ProgramBase, StreamBase
+from ebpf_magic.data import eventframe, overhead
 from ebpf_magic.data.globalvars import SavedGlobals
-from ebpf_magic.data.histograms import Histogram
-from ebpf_magic.data.maps import normalize_dtype
+from ebpf_magic.data.histograms import BUCKET_COLUMNS, Histogram, bucket_frame
+from ebpf_magic.data.maps import normalize_dtype, record_from_row
 from ebpf_magic.errors import ReplayError
 from ebpf_magic.internal import dtypes
 from ebpf_magic.internal.tables import Listing
@@ -80,7 +82,19 @@ class RecordingInfo:
                 f"for {self.duration:.1f} s")
 
 
-class ReplayedStream:
+class RecordedMessage(str):
+    """A recorded warning or note: its text, and ``kind`` where the live one had a kind
+    (a structured note's), else None."""
+
+    kind: str | None
+
+    def __new__(cls, text: str, kind: str | None = None) -> RecordedMessage:
+        message = super().__new__(cls, text)
+        message.kind = kind
+        return message
+
+
+class ReplayedStream(StreamBase):
     """The recorded events of one stream (a :class:`~ebpf_magic.api.StreamView`)."""
 
     def __init__(self, name: str, kind: str, df: pd.DataFrame, stats: dict[str, Any]) -> None:
@@ -112,13 +126,6 @@ class ReplayedStream:
     def tail(self, n: int | None = 10) -> pd.DataFrame:
         """The ``n`` newest events (all with ``None``)."""
         return self.df if n is None else self._df.iloc[len(self._df) - min(n, len(self._df)):]
-
-    def to_perfetto(self, path: str | Path, **options: Any) -> Path:
-        """Write the recorded events as a Perfetto trace; ``options`` as
-        :func:`ebpf_magic.export.to_perfetto` takes them (time, track, duration, phase...)."""
-        from ebpf_magic.export import to_perfetto
-
-        return to_perfetto(self, path, **options)
 
     def live(self, *args: Any, **kwargs: Any) -> pd.DataFrame:
         """A recording does not change: its events, as a table."""
@@ -196,14 +203,39 @@ class ReplayedMap:
         return [(pd.Timestamp(t, unit="s", tz="UTC"), df) for t, df in self._snapshots]
 
     def hist(self, kind: str | None = None, step: int = 1) -> Histogram:
-        """The final snapshot of a histogram map as a :class:`.histograms.Histogram`
-        (a bpftrace ``lhist()`` map's buckets read as linear ones)."""
-        if kind is None and self.declared.startswith("lhist("):
-            kind = "linear"
-        try:
-            return Histogram(self.df, kind=kind, name=self.name.lstrip("@"))
-        except ValueError:
-            raise TypeError(f"{self.name} was not recorded as a histogram") from None
+        """The final snapshot as a :class:`.histograms.Histogram`, as the live map reads it.
+
+        Slots are bucketed as ``kind`` ("log2" or "linear", by default as recorded) of width
+        ``step``: a ``BPF_HISTOGRAM``'s recorded buckets, or a map keyed by slot (an integer
+        key, or a struct key's ``slot`` field, its other fields naming a histogram each).
+        A bpftrace ``hist()``/``lhist()`` map's buckets are its own (``kind`` only checked).
+        Raises TypeError for a map that holds no histogram.
+        """
+        df = self.df
+        if self.declared.startswith(("hist(", "lhist(")):
+            own = "linear" if self.declared.startswith("lhist(") else "log2"
+            if kind not in (None, own):
+                raise ValueError(f"{self.name} is a {own} histogram ({self.declared})")
+            return Histogram(df, kind=own, name=self.name.lstrip("@"))
+        if {"slot", "count"} <= set(df.columns):  # buckets, with the bounds they were saved with
+            if kind is None:
+                kind = Histogram(df).kind if {"low", "high"} <= set(df.columns) else "log2"
+            slots, counts = df["slot"], df["count"]
+            sections = df.drop(columns=[c for c in BUCKET_COLUMNS if c in df.columns])
+        else:
+            values = [c for c in self.value_columns if c in df.columns]
+            if self.percpu and "total" in df.columns:
+                values = ["total"]
+            slot = "key" if "key" in df.columns else "slot" if "slot" in df.columns else None
+            if slot is None or len(values) != 1 or not is_integer_dtype(df[slot]):
+                raise TypeError(f"{self.name} was not recorded as a histogram: it has no "
+                                "integer slot key and one count") from None
+            slots, counts = df[slot], df[values[0]]
+            sections = df.drop(columns=[slot, *self.value_columns, "total"], errors="ignore")
+            kind = kind or "log2"
+        return Histogram(bucket_frame(slots.to_numpy(), counts.to_numpy(), kind, step,
+                                      sections if len(sections.columns) else None),
+                         kind=kind, name=self.name)
 
     def __len__(self) -> int:
         """The live map's ``len()`` when saved (rows of the final snapshot, if not recorded)."""
@@ -212,7 +244,62 @@ class ReplayedMap:
         return len(self._snapshots[-1][1]) if self._snapshots else 0
 
     def __getitem__(self, key: Any) -> Any:
-        raise TypeError(f"{self.name} is a replayed map: read it as a table with .df")
+        """The value at ``key`` in the final snapshot, as the live map gave it: ``key`` an
+        int, a tuple or a dict of the key's fields; the value an int, str, dict of fields,
+        or one per CPU for per-CPU maps. KeyError names a key that is not there."""
+        row = self._row(key)
+        vdt = self.value_dtype
+        if vdt is None:
+            raise TypeError(f"{self.name} was recorded without its value's layout: read it as "
+                            "a table with .df")
+        columns = set(self.value_columns)
+        cpus = sorted({int(m.group(1)) for c in row for m in [_PER_CPU.search(c)] if m})
+        if not self.percpu or not cpus:
+            return _value(row, vdt, columns)
+        return [_value({_PER_CPU.sub("", c): v for c, v in row.items()
+                        if c.endswith(f"[cpu{cpu}]")}, vdt, columns) for cpu in cpus]
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        """``self[key]``, or ``default`` where the final snapshot has no such key."""
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+    def __contains__(self, key: Any) -> bool:
+        try:
+            self._row(key)
+        except KeyError:
+            return False
+        return True
+
+    def _row(self, key: Any) -> dict[str, Any]:
+        """The row of the final snapshot at ``key`` (encoded as the live map encodes it)."""
+        kdt = self.key_dtype
+        if kdt is None:
+            raise TypeError(f"{self.name} is a {self.kind} map: it has no keys (read .df)")
+        df = self.df
+        prefix = "" if kdt.names else "key"
+        columns = [f"key.{c}" if f"key.{c}" in df.columns else c
+                   for c in eventframe.columns(np.zeros(0, kdt), prefix)]
+        if not set(columns) <= set(df.columns):  # buckets, stacks, a bpftrace map's table
+            raise TypeError(f"{self.name} was recorded as a table of "
+                            f"{', '.join(map(str, df.columns))}, not by its keys: read it "
+                            "with .df")
+        try:
+            encoded = dtypes.encode(key, kdt)
+        except (TypeError, ValueError) as e:
+            raise KeyError(f"{key!r} is not a valid key of {self.name} ({self.key_type}): "
+                           f"{e}") from None
+        wanted = dict(zip(columns, (v[0] for v in eventframe.columns(encoded, prefix).values()),
+                          strict=True))
+        found = np.ones(len(df), bool)
+        for column, value in wanted.items():
+            found &= (df[column] == value).to_numpy(bool)
+        if not found.any():
+            raise KeyError(f"{key!r} is not a key of {self.name} in its final snapshot "
+                           "(.snapshots has the earlier ones)")
+        return df[found].iloc[0].to_dict()
 
     def __repr__(self) -> str:
         return (f"<ReplayedMap {self.name}: {self.declared or self.kind} "
@@ -222,11 +309,20 @@ class ReplayedMap:
         return self.df.to_html(index=False)
 
 
+_PER_CPU = re.compile(r"\[cpu(\d+)\]$")
+
+
+def _value(row: dict[str, Any], vdt: np.dtype, columns: set[str]) -> Any:
+    """The value of ``vdt`` in the value columns of ``row``, as plain Python."""
+    raw = record_from_row(row, vdt, "", columns) if vdt.names else row["value"]
+    return dtypes.to_python(dtypes.encode(raw, vdt)[0], vdt)
+
+
 class ReplayedMaps(Named[ReplayedMap]):
     """A replayed program's maps by name; ``.df`` lists them as the live listing does."""
 
     def __init__(self, maps: Mapping[str, ReplayedMap]) -> None:
-        super().__init__(maps, "map")
+        super().__init__(maps, MAP)
 
     @property
     def df(self) -> pd.DataFrame:
@@ -240,19 +336,20 @@ class ReplayedStreams(Named[ReplayedStream]):
     """A replayed program's event streams by name."""
 
     def __init__(self, streams: Mapping[str, ReplayedStream]) -> None:
-        super().__init__(streams, "stream")
+        super().__init__(streams, EVENT_STREAM)
 
     @property
     def received(self) -> int:
         return sum(len(s) for s in self.values())
 
 
-class ReplayedProgram:
+class ReplayedProgram(ProgramBase):
     """A recorded program, read back: a :class:`~ebpf_magic.api.ProgramView`, nothing in the
     kernel."""
 
     running = False
     readable = True  # recorded maps stay readable; a stopped live program's do not
+    state = "replayed"
 
     def __init__(self, recorded: reader.Recording, name: str | None = None) -> None:
         program = recorded.program
@@ -267,7 +364,10 @@ class ReplayedProgram:
                                        recorded.start, recorded.end, recorded.saved)
         self.started_at = recorded.start
         self.stopped_at = recorded.end
-        self.warnings: list[str] = []
+        #: what the compiler warned about and the backend noted, as recorded (none in
+        #: recordings older than them)
+        self.warnings = [RecordedMessage(m["text"], m["kind"]) for m in recorded.warnings]
+        self.notes = [RecordedMessage(m["text"], m["kind"]) for m in recorded.notes]
         self.events = ReplayedStreams({s.name: ReplayedStream(s.name, s.kind, s.df, s.stats)
                                        for s in recorded.streams})
         self.maps = ReplayedMaps({m.name: ReplayedMap(m) for m in recorded.maps})
@@ -280,7 +380,7 @@ class ReplayedProgram:
         self.tables: dict[str, pd.DataFrame] = dict(recorded.tables)
         #: the global variables' values when it was saved (none in older recordings)
         self.globals = SavedGlobals(recorded.globals, self.name)
-        self.iter: Named[Any] = Named({}, "iterator")  # nothing to walk in a recording
+        self.iter: Named[Any] = Named({}, ITERATOR)  # nothing to walk in a recording
         self._overhead = recorded.overhead
 
     @property
@@ -323,11 +423,6 @@ class ReplayedProgram:
         """The maps' final recorded frames."""
         return {name: self.maps[name].df for name in (self.maps if names is None else names)}
 
-    def summary(self) -> dict[str, Any]:
-        return {"name": self.name, "probes": ", ".join(self.attached) or "-",
-                "maps": ", ".join(self.maps), "events": self.events_seen,
-                "uptime_s": round(self.uptime, 1), "state": "replayed"}
-
     def host_facts(self, hostname: bool = True) -> dict[str, Any]:
         """The host it was captured on, as recorded (without its names if ``hostname`` is
         False)."""
@@ -336,21 +431,6 @@ class ReplayedProgram:
 
     def stop(self) -> None:
         """Nothing runs: a no-op, for code written for live programs."""
-
-    def save(self, path: str | os.PathLike, **options: Any) -> Path:
-        """Write this recording again (e.g. ``hostname=False`` to share it).
-
-        The host stays the one it was captured on; ``snapshots``, ``hostname`` and
-        ``tables`` are as for :func:`ebpf_magic.sessions.save`.
-        """
-        options.setdefault("snapshots", self.snapshots)
-        return writer.write(self, path, host=self.recording.host, **options)
-
-    def browse(self, interval: float = 1.0, top_n: int = 100) -> Any:
-        """The map browser, over the recorded snapshots."""
-        from ebpf_magic.present.widgets import MapBrowser
-
-        return MapBrowser(self, interval=interval, top_n=top_n)
 
     def __enter__(self) -> ReplayedProgram:
         return self

@@ -50,6 +50,8 @@ def write(prog: ProgramView, path: str | os.PathLike, *, snapshots: Iterable[Sna
     manifest = _manifest(prog, host, hostname)
     manifest["globals"] = _globals(prog)
     manifest["overhead"] = _overhead(prog)
+    manifest["warnings"] = messages(prog.warnings)
+    manifest["notes"] = messages(prog.notes)
     members: dict[str, bytes] = {}
     manifest["streams"] = _streams(prog, members)
     manifest["maps"] = _maps(prog, snaps, members)
@@ -93,6 +95,20 @@ def _globals(prog: ProgramView) -> list[dict[str, Any]]:
     if not prog.readable:
         return []
     return _json_safe(prog.globals.df.to_dict("records"))
+
+
+def messages(items: Iterable[Any]) -> list[dict[str, str]]:
+    """``prog.warnings`` or ``prog.notes`` as a recording keeps them: each one's text
+    (``str()``) and, for a structured note, its ``kind``; the first
+    :data:`.format.MAX_MESSAGES`, each cut to :data:`.format.MAX_MESSAGE_TEXT` characters."""
+    out = []
+    for item in list(items)[:fmt.MAX_MESSAGES]:
+        entry = {"text": str(item)[:fmt.MAX_MESSAGE_TEXT]}
+        kind = getattr(item, "kind", None)  # a plain str has none
+        if isinstance(kind, str) and fmt.MESSAGE_KIND.fullmatch(kind):
+            entry["kind"] = kind
+        out.append(entry)
+    return out
 
 
 def _overhead(prog: ProgramView) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from typing import Any
 import pandas as pd
 
 from ebpf_magic import discover
-from ebpf_magic.api import ProgramView
+from ebpf_magic.api import ProgramBase, ProgramView
 from ebpf_magic.errors import (
     AttachError,
     BPFError,
@@ -555,12 +555,13 @@ def differences(before: Mapping[str, pd.DataFrame], after: Mapping[str, pd.DataF
     return out
 
 
-class ToolRun:
+class ToolRun(ProgramBase):
     """A tool's program, running or replayed: the read API, plus ``.df`` and ``.plot()``.
 
     Everything of :class:`~ebpf_magic.api.ProgramView` is the program's (``maps``,
-    ``events``, ``stop()``, ``browse()``...); :meth:`save` also keeps the tool's tables
-    and options, so :func:`ebpf_magic.tools.load` gives the tool back.
+    ``events``, ``stop()``...; ``summary()`` and ``browse()`` read them as every program's
+    do); :meth:`save` also keeps the tool's tables and options, so
+    :func:`ebpf_magic.tools.load` gives the tool back.
     """
 
     def __init__(self, tool: Tool, program: ProgramView, options: Mapping[str, Any],
@@ -743,12 +744,16 @@ class ToolRun:
         return self.program.events_seen
 
     @property
-    def warnings(self) -> list[str]:
-        return list(getattr(self.program, "warnings", []))
+    def warnings(self) -> list[Any]:
+        return list(self.program.warnings)
 
     @property
-    def notes(self) -> list[str]:
-        return list(getattr(self.program, "notes", []))
+    def notes(self) -> list[Any]:
+        return list(self.program.notes)
+
+    @property
+    def state(self) -> str:
+        return self.program.state
 
     @property
     def tables(self) -> dict[str, pd.DataFrame]:
@@ -762,9 +767,6 @@ class ToolRun:
 
     def read_maps(self, names: Iterable[str] | None = None) -> dict[str, pd.DataFrame]:
         return self.program.read_maps(names)
-
-    def summary(self) -> dict[str, Any]:
-        return self.program.summary()
 
     def host_facts(self, hostname: bool = True) -> dict[str, Any]:
         return self.program.host_facts(hostname)
@@ -803,9 +805,6 @@ class ToolRun:
             return self.program.save(path, **{"tables": self.tables, **options})
         options.setdefault("snapshots", recorder_of(self.program))
         return save(self, path, **options)
-
-    def browse(self, interval: float = 1.0, top_n: int = 100) -> Any:
-        return self.program.browse(interval, top_n)
 
     def __enter__(self) -> ToolRun:
         return self

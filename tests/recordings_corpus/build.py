@@ -6,8 +6,8 @@ footer naming the old parquet-mr writer pyarrow reads past chunk ends for,
 zero-size page headers in overlapping row groups, a source that sends a regex
 quadratic, JSON columns that decode to 24 times their size, a 2 GiB map layout,
 thousands of frames naming one member, a manifest that decodes to hundreds of
-MB. ``test_recordings_corpus.py`` loads each in a child process and measures
-what refusing it costs. The files are written deterministically (fixed times
+MB, a hundred thousand notes. ``test_recordings_corpus.py`` loads each in a child
+process and measures what refusing it costs. The files are written deterministically (fixed times
 and seeds); bzip2 of 1 GiB takes about ten seconds.
 """
 
@@ -214,6 +214,16 @@ def manifest_16mb() -> bytes:
 def manifest_values() -> bytes:
     """A manifest of 4 MB, 1.3 M empty lists: over 100 MB decoded."""
     return _padded_manifest((4 << 20) - 64)
+
+
+@case
+def many_notes() -> bytes:
+    """150,000 notes of one character each in a manifest of under 4 MB: decoded within the
+    manifest's bound, then refused by their count before any is kept."""
+    m = manifest([stream("streams/0.parquet", 1, [["x", "int64"]])])
+    m["warnings"] = []
+    m["notes"] = [{"text": "x", "kind": "variant"}] * 60_000 + [{"text": "x"}] * 90_000
+    return recording(m, {"streams/0.parquet": ONE_ROW})
 
 
 def main(names: list[str]) -> None:

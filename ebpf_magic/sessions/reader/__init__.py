@@ -81,6 +81,9 @@ class Recording:
     globals: list[dict[str, Any]] = field(default_factory=list)  # rows of ``globals.df``
     # ``{"rows": [...]}`` of ``overhead``, ``{"unavailable": why}``, or None (not recorded)
     overhead: dict[str, Any] | None = None
+    # ``{"text": ..., "kind": ... or None}`` of each warning and note (none if not recorded)
+    warnings: list[dict[str, str | None]] = field(default_factory=list)
+    notes: list[dict[str, str | None]] = field(default_factory=list)
 
 
 def read(path: str | os.PathLike, max_bytes: int = fmt.MAX_BYTES) -> Recording:
@@ -125,6 +128,11 @@ def _read(archive: Archive) -> Recording:
         out.globals = manifest.global_rows(need(m, "globals", list, "manifest"))
     if "overhead" in m:  # recordings written before overhead was kept have none
         out.overhead = manifest.overhead(need(m, "overhead", dict, "manifest"))
+    # recordings written before warnings and notes were kept have none
+    out.warnings = manifest.messages(need(m, "warnings", list, "manifest"), "warnings") \
+        if "warnings" in m else []
+    out.notes = manifest.messages(need(m, "notes", list, "manifest"), "notes") \
+        if "notes" in m else []
     return out
 
 

@@ -205,6 +205,31 @@ def overhead(recorded: dict[str, Any]) -> dict[str, Any]:
     return {"rows": out}
 
 
+def messages(rows: list[Any], where: str) -> list[dict[str, str | None]]:
+    """A recorded ``warnings`` or ``notes`` list, checked: at most
+    :data:`.format.MAX_MESSAGES` objects of ``text`` (at most
+    :data:`.format.MAX_MESSAGE_TEXT` characters) and, optionally, a ``kind`` name."""
+    if len(rows) > fmt.MAX_MESSAGES:
+        raise ReplayError(f"malformed recording: {where} lists {len(rows):,} messages, more "
+                          f"than a recording holds ({fmt.MAX_MESSAGES:,})")
+    out: list[dict[str, str | None]] = []
+    for i, row in enumerate(rows):
+        at = f"{where}[{i}]"
+        if not isinstance(row, dict) or "text" not in row or not set(row) <= {"text", "kind"}:
+            raise ReplayError(f"malformed recording: {at} is not an object of text and, "
+                              "optionally, kind")
+        text = need(row, "text", str, at)
+        if len(text) > fmt.MAX_MESSAGE_TEXT:
+            raise ReplayError(f"malformed recording: {at}.text is longer than "
+                              f"{fmt.MAX_MESSAGE_TEXT:,} characters")
+        kind = need(row, "kind", str, at) if "kind" in row else None
+        if kind is not None and not fmt.MESSAGE_KIND.fullmatch(kind):
+            raise ReplayError(f"malformed recording: {at}.kind {kind[:40]!r} is not a kind's "
+                              "name (lower-case letters, digits, - and _)")
+        out.append({"text": text, "kind": kind})
+    return out
+
+
 def global_rows(rows: list[Any]) -> list[dict[str, Any]]:
     """The recorded global variables, checked: at most :data:`.format.MAX_GLOBALS` rows of
     exactly name, section, c_type and value, each name once."""
