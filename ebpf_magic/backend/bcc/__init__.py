@@ -157,8 +157,8 @@ class BccBackend(Backend):
     def compile(self, source: str, *, cflags: list[str], usdt: list[Probe], filename: str,
                 line_offset: int,
                 globals: Mapping[str, Any],  # noqa: ARG002 - none: BCC takes -D macros
-                programs: Sequence[str] | None = None,  # noqa: ARG002 - BCC offers no
-                maps: Mapping[str, Mapping[str, int]] | None = None,  # noqa: ARG002 - load options
+                programs: Sequence[str] | None = None,  # noqa: ARG002 - no load options
+                maps: Mapping[str, Mapping[str, int]] | None = None,  # noqa: ARG002 - likewise
                 ) -> BccProgram:
         return BccProgram(source, cflags=cflags, usdt=usdt, filename=filename,
                           line_offset=line_offset)
