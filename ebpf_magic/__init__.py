@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ebpf_magic.errors import (
     AttachError,
@@ -16,6 +16,9 @@ from ebpf_magic.errors import (
     VerifierError,
 )
 from ebpf_magic.internal import deprecation
+
+if TYPE_CHECKING:
+    from IPython.core.interactiveshell import InteractiveShell
 
 # Imported on first use, so that light entry points (the kernel launcher, the
 # command line) start without numpy and pandas.
@@ -49,7 +52,7 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY) | _SUBPACKAGES)
 
 
-def load_ipython_extension(ipython) -> None:
+def load_ipython_extension(ipython: InteractiveShell) -> None:
     """``%load_ext ebpf_magic``: register ``%%bpf`` and ``%bpf``."""
     from ebpf_magic.backend import prestart
     from ebpf_magic.kernel import runstats
@@ -62,7 +65,7 @@ def load_ipython_extension(ipython) -> None:
         prestart()  # the compiler imports while the user types the first cell
 
 
-def unload_ipython_extension(ipython) -> None:
+def unload_ipython_extension(ipython: InteractiveShell) -> None:
     """``%unload_ext ebpf_magic``: stop every program the magics started."""
     from ebpf_magic.magics import unregister
 

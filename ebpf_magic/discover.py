@@ -19,7 +19,7 @@ import os
 import re
 import struct
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 import pandas as pd
@@ -168,7 +168,8 @@ def _hardware_counters() -> bool:
     return True
 
 
-def _rows(kind: str, specs: Iterable[str], args=None) -> list[dict]:
+def _rows(kind: str, specs: Iterable[str], args: Callable[[str], str] | None = None
+          ) -> list[dict]:
     ok = _attachable(kind)
     if args is None:
         return [{"probe": s, "kind": kind, "attachable": ok} for s in specs]
@@ -386,7 +387,7 @@ def _list_uprobes(pattern: str, verbose: bool, kind: str) -> list[dict]:
                              f"Example: {kind}:c:mall* or {kind}:/usr/bin/bash:*")
     path = library_path(target)
     names = _match(elf_functions(path), sym_pattern or "*")
-    return _rows(kind, (f"{kind}:{target}:{n}" for n in names), (lambda s: "") if verbose
+    return _rows(kind, (f"{kind}:{target}:{n}" for n in names), (lambda _spec: "") if verbose
                  else None)
 
 
@@ -481,13 +482,13 @@ def _list_usdt(pattern: str, verbose: bool, kind: str) -> list[dict]:
 def _list_events(pattern: str, verbose: bool, kind: str) -> list[dict]:
     table = SOFTWARE_EVENTS if kind == "software" else HARDWARE_EVENTS
     names = _match(table, pattern.split(":")[0])
-    args = (lambda s: "") if verbose else None
+    args = (lambda _spec: "") if verbose else None
     return _rows(kind, (f"{kind}:{n}" for n in names), args)
 
 
 def _list_profile(pattern: str, verbose: bool, kind: str) -> list[dict]:
     rx = re.compile(fnmatch.translate("profile:" + pattern))
-    args = (lambda s: "") if verbose else None
+    args = (lambda _spec: "") if verbose else None
     return _rows(kind, (f for f in PROFILE_FORMS if rx.match(f) or pattern == "*"), args)
 
 
@@ -500,12 +501,12 @@ def network_devices() -> list[str]:
 
 
 def _list_xdp(pattern: str, verbose: bool, kind: str) -> list[dict]:
-    args = (lambda s: "") if verbose else None
+    args = (lambda _spec: "") if verbose else None
     return _rows(kind, (f"xdp:{n}" for n in _match(network_devices(), pattern)), args)
 
 
 def _list_tc(pattern: str, verbose: bool, kind: str) -> list[dict]:
-    args = (lambda s: "") if verbose else None
+    args = (lambda _spec: "") if verbose else None
     specs = [f"{d}:{way}" for d in network_devices() for way in ("ingress", "egress")]
     return _rows(kind, (f"tc:{s}" for s in _match(specs, pattern)), args)
 

@@ -42,7 +42,8 @@ class HeadersMissingError(BPFError):
 class CompileError(BPFError):
     """The C source did not compile; ``diagnostics`` holds the compiler's lines."""
 
-    def __init__(self, message: str, hint: str = "", diagnostics: list[str] | None = None):
+    def __init__(self, message: str, hint: str = "",
+                 diagnostics: list[str] | None = None) -> None:
         super().__init__(message, hint)
         self.diagnostics = diagnostics or []
 
@@ -50,7 +51,8 @@ class CompileError(BPFError):
 class VerifierError(BPFError):
     """The kernel's verifier rejected a function; ``log`` is the verifier's log."""
 
-    def __init__(self, message: str, hint: str = "", log: str = "", function: str = ""):
+    def __init__(self, message: str, hint: str = "", log: str = "",
+                 function: str = "") -> None:
         super().__init__(message, hint)
         self.log = log
         self.function = function
@@ -59,7 +61,7 @@ class VerifierError(BPFError):
 class AttachError(BPFError):
     """A probe could not be attached; ``probe`` names it."""
 
-    def __init__(self, message: str, hint: str = "", probe: str = ""):
+    def __init__(self, message: str, hint: str = "", probe: str = "") -> None:
         super().__init__(message, hint)
         self.probe = probe
 

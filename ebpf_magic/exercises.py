@@ -260,7 +260,7 @@ def _diagnose(got: Any, want: Any, tolerance: float, unit: str,
         if hint:
             return hint
     if isinstance(want, float) and per_cpu is not None:
-        hint = _one_cpu(got, want, per_cpu, tolerance)
+        hint = _one_cpu(got, per_cpu, tolerance)
         if hint:
             return hint
     factor = _factor(_pairs(got, want))
@@ -380,7 +380,7 @@ def _cpu_values(per_cpu: MapView) -> list[float]:
     return [float(df[c].sum()) for c in columns]
 
 
-def _one_cpu(got: float, want: float, per_cpu: MapView, tolerance: float) -> str | None:
+def _one_cpu(got: float, per_cpu: MapView, tolerance: float) -> str | None:
     values = _cpu_values(per_cpu)
     cpu = next((i for i, v in enumerate(values) if _close(got, v, tolerance)), None)
     if cpu is None or len(values) < 2:

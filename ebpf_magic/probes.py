@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from ebpf_magic.errors import ProbeSpecError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 # bpftrace's long names and their short aliases
 KINDS = {
@@ -230,7 +234,8 @@ def section(probe: Probe) -> str:
             "xdp": "xdp", "tc": "tc", "socket": "socket"}.get(kind, "")
 
 
-def find(pattern: str = "", verbose: bool = False, attachable_only: bool = False):
+def find(pattern: str = "", verbose: bool = False,
+         attachable_only: bool = False) -> pd.DataFrame:
     """Probes matching ``pattern`` as a DataFrame; see :func:`ebpf_magic.discover.find`."""
     from ebpf_magic.discover import find as listing  # discover builds on this module's tables
 

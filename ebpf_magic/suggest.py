@@ -58,7 +58,7 @@ def near(name: str, candidates: Sequence[str], n: int = 5) -> list[str]:
     return difflib.get_close_matches(name, candidates, n=n, cutoff=0.6)
 
 
-def attach_hint(probe: Probe, reason: str) -> str:
+def attach_hint(probe: Probe, reason: str) -> str:  # noqa: ARG001 - no hint reads it yet
     """What to try instead of ``probe``, given why it failed."""
     kind = probe.kind
     if kind in ("kprobe", "kretprobe"):

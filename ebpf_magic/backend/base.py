@@ -329,7 +329,7 @@ class Backend(abc.ABC):
         or the map attributes set before load (``maps``) are wrong; only a backend that
         offers :data:`LOAD_OPTIONS` is asked."""
 
-    def named_probes(self, functions: list[str]) -> list[Probe]:
+    def named_probes(self, functions: list[str]) -> list[Probe]:  # noqa: ARG002 - none here
         """The probes its naming conventions give ``functions``, known before compiling."""
         return []
 
@@ -342,7 +342,7 @@ class Backend(abc.ABC):
     def prestart(self) -> None:  # noqa: B027 - optional
         """Start its compiler now, so the first program does not wait for it."""
 
-    def offer(self, need: str) -> Offer | None:
+    def offer(self, need: str) -> Offer | None:  # noqa: ARG002 - offers nothing here
         """How this backend gives ``need`` (:data:`STRUCT_READS`...), or None if it cannot."""
         return None
 

@@ -235,7 +235,9 @@ class BpftraceMap:
             keys, values = self._readable().snapshot()
             return decode(self.info_, keys, values, self._context)
 
-    def hist(self, kind: str | None = None, step: int = 1) -> histograms.Histogram:
+    def hist(self, kind: str | None = None,
+             step: int = 1,  # noqa: ARG002 - MapView's; the map's own step applies
+             ) -> histograms.Histogram:
         """A ``hist()`` or ``lhist()`` map as a :class:`~ebpf_magic.data.histograms.Histogram`
         (per key when keyed); ``kind`` and ``step`` are the map's own and only checked."""
         if not self.is_histogram:

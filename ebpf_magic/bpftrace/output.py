@@ -95,7 +95,8 @@ class Channel:
             with contextlib.suppress(OSError):
                 os.eventfd_write(self._fd, 1)
 
-    def read(self, max_bytes: int) -> Iterator[tuple[int, list[np.ndarray]]]:
+    def read(self, max_bytes: int  # noqa: ARG002 - the Reader's; all is handed over at once
+             ) -> Iterator[tuple[int, list[np.ndarray]]]:
         with contextlib.suppress(BlockingIOError, OSError):
             os.eventfd_read(self._fd)
         blocks = []

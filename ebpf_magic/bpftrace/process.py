@@ -23,10 +23,13 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import TypeVar
 
 from ebpf_magic.bpftrace import shim
 from ebpf_magic.errors import BPFError, OptionError
+
+_T = TypeVar("_T")
 
 ATTACHED = "__BPFTRACE_NOTIFY_PROBES_ATTACHED"
 PLACES = ("/usr/bin/bpftrace", "/usr/sbin/bpftrace", "/usr/local/bin/bpftrace")
@@ -146,7 +149,7 @@ class _Spawner:
         threading.Thread(target=self._run, name="ebpf_magic-bpftrace-spawner",
                          daemon=True).start()
 
-    def call(self, func):
+    def call(self, func: Callable[[], _T]) -> _T:
         box: list = []
         with self._cond:
             self._jobs.append((func, box))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 SEMANTIC = "Semantic"
@@ -161,7 +162,7 @@ def unescape(text: str) -> str:
     return "".join(out)
 
 
-def walk(node: Node):
+def walk(node: Node) -> Iterator[Node]:
     """``node`` and every node below it, depth first."""
     yield node
     for child in node.children:

@@ -12,6 +12,7 @@ line bpftrace would have printed.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 RS = "\x1e"  # before and after a printf's index
@@ -88,8 +89,8 @@ def _string(text: str, start: int) -> tuple[int, str]:
     raise ValueError(f"unterminated string at offset {start}")
 
 
-def _words(text: str):
-    """``(start, end)`` of each word and ``(start, end, value)`` of each string literal in
+def _words(text: str) -> Iterator[tuple[int, int, str | None]]:
+    """``(start, end, None)`` of each word and ``(start, end, value)`` of each string literal in
     ``text``, in order; comments and preprocessor lines are skipped. ValueError for an
     unterminated string or comment (bpftrace reports those itself)."""
     word = re.compile(r"[A-Za-z_]\w*")

@@ -11,8 +11,17 @@ import errno
 import os
 import platform
 import struct
+from typing import TYPE_CHECKING
 
 from ebpf_magic.kernel import mapkinds
+
+if TYPE_CHECKING:
+    from ctypes import _CArgObject, _CData
+
+    import numpy as np
+
+    # memory bpf(2) reads or writes: None (NULL), an address, a ctypes object or a numpy array
+    Buffer = _CData | np.ndarray | int | None
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
@@ -131,7 +140,7 @@ class ProgInfo(ctypes.Structure):
         return PROG_TYPES.get(self.type, f"type{self.type}")
 
 
-def _call(nr_table: dict[str, int], *args) -> int:
+def _call(nr_table: dict[str, int], *args: _CData | _CArgObject) -> int:
     nr = nr_table.get(_MACHINE)
     if nr is None:
         raise OSError(errno.ENOSYS, f"no system call number known for {_MACHINE}")
@@ -165,7 +174,7 @@ def _found(cmd: int, attr: ctypes.Structure) -> bool:
     return True
 
 
-def _addr(buf) -> int:
+def _addr(buf: Buffer) -> int:
     """An address: None is NULL, ints pass through, numpy arrays and ctypes objects resolve."""
     if buf is None:
         return 0
@@ -176,35 +185,36 @@ def _addr(buf) -> int:
     return ctypes.addressof(buf)
 
 
-def map_lookup(fd: int, key, value, flags: int = 0) -> bool:
+def map_lookup(fd: int, key: Buffer, value: Buffer, flags: int = 0) -> bool:
     """Read the value of ``key`` into the ctypes buffer ``value``; False when absent."""
     return _found(MAP_LOOKUP_ELEM,
                   _MapElemAttr(map_fd=fd, key=_addr(key), value=_addr(value), flags=flags))
 
 
-def map_update(fd: int, key, value, flags: int = BPF_ANY) -> None:
+def map_update(fd: int, key: Buffer, value: Buffer, flags: int = BPF_ANY) -> None:
     """Write ``value`` at ``key`` (``key`` is None for queue and stack maps)."""
     bpf(MAP_UPDATE_ELEM, _MapElemAttr(map_fd=fd, key=_addr(key), value=_addr(value), flags=flags))
 
 
-def map_delete(fd: int, key) -> bool:
+def map_delete(fd: int, key: Buffer) -> bool:
     """Delete ``key``; False when it was not there."""
     return _found(MAP_DELETE_ELEM, _MapElemAttr(map_fd=fd, key=_addr(key)))
 
 
-def map_lookup_and_delete(fd: int, key, value) -> bool:
+def map_lookup_and_delete(fd: int, key: Buffer, value: Buffer) -> bool:
     """Pop into ``value`` (queue/stack maps use ``key=None``); False when empty."""
     return _found(MAP_LOOKUP_AND_DELETE_ELEM,
                   _MapElemAttr(map_fd=fd, key=_addr(key), value=_addr(value)))
 
 
-def map_get_next_key(fd: int, key, next_key) -> bool:
+def map_get_next_key(fd: int, key: Buffer, next_key: Buffer) -> bool:
     """Store the key after ``key`` (None: the first) in ``next_key``; False at the end."""
     return _found(MAP_GET_NEXT_KEY,
                   _MapElemAttr(map_fd=fd, key=_addr(key), value=_addr(next_key)))
 
 
-def map_lookup_batch(fd: int, in_batch, out_batch, keys, values, count: int) -> tuple[int, bool]:
+def map_lookup_batch(fd: int, in_batch: Buffer, out_batch: Buffer, keys: Buffer,
+                     values: Buffer, count: int) -> tuple[int, bool]:
     """One BPF_MAP_LOOKUP_BATCH step; returns (entries read, whether the map is exhausted).
 
     ``in_batch`` is None for the first call; pass the previous ``out_batch`` after.
@@ -216,7 +226,8 @@ def map_lookup_batch(fd: int, in_batch, out_batch, keys, values, count: int) -> 
     return attr.count, exhausted
 
 
-def map_update_batch(fd: int, keys, values, count: int, flags: int = BPF_ANY) -> int:
+def map_update_batch(fd: int, keys: Buffer, values: Buffer, count: int,
+                     flags: int = BPF_ANY) -> int:
     """Write ``count`` keys and values in one call; return how many were written."""
     attr = _BatchAttr(keys=_addr(keys), values=_addr(values), count=count, map_fd=fd,
                       elem_flags=flags)
@@ -317,7 +328,7 @@ def iter_create(link_fd: int) -> int:
     return bpf(ITER_CREATE, _IterCreateAttr(link_fd=link_fd))
 
 
-def map_delete_batch(fd: int, keys, count: int) -> int:
+def map_delete_batch(fd: int, keys: Buffer, count: int) -> int:
     """Delete ``count`` keys in one call; return how many were deleted."""
     attr = _BatchAttr(keys=_addr(keys), count=count, map_fd=fd)
     bpf(MAP_DELETE_BATCH, attr)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
 CLOCKS = {"monotonic": time.CLOCK_MONOTONIC, "ktime": time.CLOCK_MONOTONIC,
@@ -36,7 +37,7 @@ def offset_ns(clock: str = "monotonic") -> int:
     return best[1]
 
 
-def to_datetime(ns, clock: str = "monotonic", offset: int | None = None,
+def to_datetime(ns: npt.ArrayLike, clock: str = "monotonic", offset: int | None = None,
                 tz: str | None = None) -> pd.Series:
     """Kernel nanosecond timestamps as wall-clock ``datetime64[ns]`` (UTC-naive unless ``tz``)."""
     values = np.asarray(ns, dtype=np.int64) + (offset_ns(clock) if offset is None else offset)

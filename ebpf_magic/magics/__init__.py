@@ -12,6 +12,7 @@ import shlex
 from typing import Any
 
 from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
 from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
 from traitlets import Bool, Float, Int, observe
 from traitlets.config import Config
@@ -79,7 +80,7 @@ class BPFMagics(Magics):
         _warn_old_name(config)
         super().update_config(config)
 
-    def __init__(self, shell) -> None:
+    def __init__(self, shell: InteractiveShell) -> None:
         super().__init__(shell)
         _warn_old_name(self.config)  # ipython_config.py's c.BpfMagics.NAME
         self.session = Session()
@@ -90,7 +91,7 @@ class BPFMagics(Magics):
 
     @line_cell_magic
     @no_var_expand
-    def bpf(self, line: str, cell_text: str | None = None):
+    def bpf(self, line: str, cell_text: str | None = None) -> Any:
         # The line gets the cell's interpolation rules, not IPython's expansion, which
         # evaluates any {expression} and takes time quadratic in the line's length.
         line = interpolate(line, self.shell.user_ns)
@@ -113,11 +114,11 @@ class BPFMagics(Magics):
 
     @line_cell_magic("bpftrace")
     @no_var_expand
-    def bpftrace_cell(self, line: str, cell_text: str | None = None):
+    def bpftrace_cell(self, line: str, cell_text: str | None = None) -> None:
         return bpftrace.run(self, interpolate(line, self.shell.user_ns), cell_text)
 
 
-def register(ipython) -> None:
+def register(ipython: InteractiveShell) -> None:
     magics = BPFMagics(ipython)
     magics.bpf.__func__.__doc__ = _doc()
     magics.bpftrace_cell.__func__.__doc__ = bpftrace.DOC
@@ -126,7 +127,7 @@ def register(ipython) -> None:
     complete.register(ipython)
 
 
-def unregister(ipython) -> None:
+def unregister(ipython: InteractiveShell) -> None:
     magics = getattr(ipython, "_ebpf_magics", None)
     if magics is not None:
         cell.cancel_cost(magics)

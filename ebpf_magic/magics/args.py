@@ -7,6 +7,7 @@ import importlib
 import re
 import shlex
 from types import ModuleType
+from typing import NoReturn
 
 from IPython.core.error import UsageError
 
@@ -30,7 +31,7 @@ class SubcommandParser(argparse.ArgumentParser):
                          allow_abbrev=False)
         self.usage_line = usage
 
-    def error(self, message: str):
+    def error(self, message: str) -> NoReturn:
         # a bad value names its option and says what it wants; other mistakes get the usage
         value, n = re.subn(r"^argument ([^:]+): ", r"\1 ", message)
         if n:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import keyword
 from pathlib import Path
+from typing import NoReturn
 
 from IPython.core.error import UsageError
 
@@ -20,6 +21,7 @@ from ebpf_magic.magics.cell import (
     MAX_ROWS,
     PID_MAX,
     Interrupted,
+    MagicsState,
     clip,
     renamed_options,
     report_warnings,
@@ -30,7 +32,7 @@ from ebpf_magic.magics.cell import (
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
+    def error(self, message: str) -> NoReturn:
         raise UsageError(f"%%bpftrace: {clip(message, 300)}\n{self.format_usage()}")
 
 
@@ -159,7 +161,7 @@ def _program_text(args: argparse.Namespace, cell: str | None) -> tuple[str, int]
         raise UsageError(f"%%bpftrace: cannot read {clip(args.file)}: {e}") from None
 
 
-def run(magics, line: str, cell: str | None) -> None:
+def run(magics: MagicsState, line: str, cell: str | None) -> None:
     """Start the cell's program; bind it to NAME in the user namespace."""
     args = parse(line)
     shell = magics.shell
@@ -191,7 +193,8 @@ def run(magics, line: str, cell: str | None) -> None:
         print(prog.report())
 
 
-def _run_on_cluster(magics, args: argparse.Namespace, text: str, options: dict) -> None:
+def _run_on_cluster(magics: MagicsState, args: argparse.Namespace, text: str,
+                    options: dict) -> None:
     """Start the program on the cluster's engines (this process needs no BPF rights)."""
     from ebpf_magic.cluster import run as run_on_cluster
 

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from IPython.core.error import UsageError
 
 from ebpf_magic.magics.args import parser
-from ebpf_magic.magics.cell import seconds
+from ebpf_magic.magics.cell import MagicsState, seconds
+
+if TYPE_CHECKING:
+    from ebpf_magic.present.widgets import MapBrowser
 
 # the longest refresh interval the browser's own control offers
 MAX_EVERY = 3600.0
@@ -19,7 +24,7 @@ PARSER.add_argument("--every", type=lambda text: seconds(text, hi=MAX_EVERY), de
                     metavar="SECONDS")
 
 
-def run(magics, args: str):
+def run(magics: MagicsState, args: str) -> MapBrowser:
     from ebpf_magic.present.widgets import MapBrowser, running_maps
 
     opts = PARSER.parse(args)

@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable, Sequence
 from html import escape
 from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn, Protocol
 
 from IPython.core.displaypub import DisplayPublisher
 from IPython.core.error import UsageError
@@ -28,6 +29,12 @@ from ebpf_magic.probes import Probe
 from ebpf_magic.program import Program, check_settable
 from ebpf_magic.source import MACRO_NAME_RULE, interpolate, parse_define
 
+if TYPE_CHECKING:
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from ebpf_magic.present.top import Top
+    from ebpf_magic.session import Session
+
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 # argparse's time grows with the square of the number of options; no real line comes near
@@ -35,6 +42,20 @@ MAX_WORDS = 1000
 MAX_ROWS = 1_000_000_000
 PID_MAX = 4_194_304  # the kernel's PID_MAX_LIMIT on 64-bit machines
 MAX_SECONDS = 86_400.0
+
+
+class MagicsState(Protocol):
+    """What cells and subcommands use of the magics object, :class:`ebpf_magic.magics.
+    BPFMagics` (which imports this module)."""
+
+    shell: InteractiveShell
+    session: Session
+    warned: set[str]  # notes shown once per session
+    cost_notes: dict[str, CostNote]  # by program name
+    tops: list[tuple[str | None, Top]]  # the %bpf top widgets shown, by the cell showing each
+    max_rows: int
+    cost_after: float
+    costly_cpu_pct: float
 
 
 def clip(text: str, limit: int = 60) -> str:
@@ -137,7 +158,7 @@ class Interrupted(KeyboardInterrupt):
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
+    def error(self, message: str) -> NoReturn:
         raise UsageError(f"%%bpf: {clip(message, 300)}\n{self.format_usage()}")
 
 
@@ -301,7 +322,7 @@ def _joined_values(words: list[str]) -> list[str]:
     return out
 
 
-def run(magics, line: str, cell: str) -> None:
+def run(magics: MagicsState, line: str, cell: str) -> None:
     """Start the cell's program; bind it to NAME in the user namespace."""
     args = parse(line)
     shell = magics.shell
@@ -342,7 +363,7 @@ def run(magics, line: str, cell: str) -> None:
     watch_cost(magics, prog)
 
 
-def _run_on_cluster(magics, args: argparse.Namespace, cell: str) -> None:
+def _run_on_cluster(magics: MagicsState, args: argparse.Namespace, cell: str) -> None:
     """Start the cell on the cluster's engines (this process needs no BPF rights)."""
     from ebpf_magic.cluster import run as run_on_cluster
 
@@ -461,7 +482,7 @@ class CostNote:
             self._timer.join(timeout=5)
 
 
-def watch_cost(magics, prog: Program) -> CostNote | None:
+def watch_cost(magics: MagicsState, prog: Program) -> CostNote | None:
     """Start ``prog``'s :class:`CostNote` (after ``magics.cost_after`` seconds; none when
     that is 0, or in a terminal), replacing any earlier one of that name; where the kernel
     does not count runs, say once per session how to make it."""
@@ -482,7 +503,7 @@ def watch_cost(magics, prog: Program) -> CostNote | None:
     return note
 
 
-def cancel_cost(magics, name: str | None = None) -> None:
+def cancel_cost(magics: MagicsState, name: str | None = None) -> None:
     """Cancel the cost note of program ``name`` (every one without a name)."""
     for key in [name] if name is not None else list(magics.cost_notes):
         note = magics.cost_notes.pop(key, None)

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import re
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from IPython.core.completer import (
     CompletionContext,
@@ -25,6 +27,9 @@ from IPython.core.completer import (
 from ebpf_magic import discover
 from ebpf_magic.errors import BPFError
 from ebpf_magic.probes import HARDWARE_EVENTS, SECTION_FORMS, SOFTWARE_EVENTS
+
+if TYPE_CHECKING:
+    from IPython.core.interactiveshell import InteractiveShell
 
 LIMIT = 500  # completions offered at once
 # the -a kinds offered, by bpftrace's long names
@@ -40,14 +45,14 @@ _KEY = re.compile(r"(?<![\w.])(?P<prog>[A-Za-z_]\w*)\.(?P<what>maps|events|iter)
                   r"\[[\"'](?P<key>\w*)$")
 
 
-def register(ipython) -> None:
+def register(ipython: InteractiveShell) -> None:
     """Add the matcher to ``ipython``'s completer (once)."""
     matchers = ipython.Completer.custom_matchers
     if bpf_matcher not in matchers:
         matchers.append(bpf_matcher)
 
 
-def unregister(ipython) -> None:
+def unregister(ipython: InteractiveShell) -> None:
     with contextlib.suppress(ValueError):
         ipython.Completer.custom_matchers.remove(bpf_matcher)
 
@@ -141,13 +146,13 @@ def section_names(typed: str) -> list[str]:
     return []
 
 
-def _shell():
+def _shell() -> InteractiveShell | None:
     from IPython import get_ipython
 
     return get_ipython()
 
 
-def _programs(ipython) -> list[str]:
+def _programs(ipython: InteractiveShell | None) -> list[str]:
     magics = getattr(ipython, "_ebpf_magics", None)
     return list(magics.session.programs) if magics is not None else []
 
@@ -269,5 +274,5 @@ def _targets(kind: str, rest: str) -> list[str]:
     return []
 
 
-def _prefixed(names, prefix: str) -> list[str]:
+def _prefixed(names: Iterable[str], prefix: str) -> list[str]:
     return [n for n in names if n.startswith(prefix)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ebpf_magic.backend import BACKENDS
 from ebpf_magic.magics.args import parser
+from ebpf_magic.magics.cell import MagicsState
 from ebpf_magic.setup.doctor import Report
 from ebpf_magic.setup.doctor import run as run_doctor
 
@@ -17,6 +18,6 @@ PARSER.add_argument("--no-attach", action="store_true")
 PARSER.add_argument("--backend", choices=BACKENDS)
 
 
-def run(magics, args: str) -> Report:
+def run(_magics: MagicsState, args: str) -> Report:
     options = PARSER.parse(args)
     return run_doctor(attach=not options.no_attach, backend=options.backend)

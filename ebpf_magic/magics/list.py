@@ -6,7 +6,7 @@ import pandas as pd
 from IPython.core.error import UsageError
 
 from ebpf_magic.magics.args import parser
-from ebpf_magic.magics.cell import line
+from ebpf_magic.magics.cell import MagicsState, line
 
 USAGE = "%bpf list"
 HELP = ("A table of programs: name, probes attached, maps, events so far, uptime, and what "
@@ -14,7 +14,7 @@ HELP = ("A table of programs: name, probes attached, maps, events so far, uptime
 PARSER = parser(USAGE, HELP)
 
 
-def run(magics, args: str) -> pd.DataFrame:
+def run(magics: MagicsState, args: str) -> pd.DataFrame:
     if args.strip():
         raise UsageError(f"%bpf list takes no arguments, got {args.strip()!r}\n"
                          "To find probes to attach: %bpf probes PATTERN "

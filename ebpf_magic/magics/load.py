@@ -9,6 +9,7 @@ from IPython.core.error import UsageError
 from ebpf_magic import sessions, tools
 from ebpf_magic.internal import deprecation
 from ebpf_magic.magics.args import parser
+from ebpf_magic.magics.cell import MagicsState
 
 USAGE = "%bpf load NAME [PATH]"
 HELP = ("Replay the recording at PATH (by default recordings/NAME.bpfrec, what %bpf save NAME "
@@ -34,7 +35,7 @@ def name_and_path(first: str, second: str | None) -> tuple[str, str | None]:
     raise UsageError(f"usage: {USAGE} (NAME a Python identifier)")
 
 
-def run(magics, args: str):
+def run(magics: MagicsState, args: str) -> None:
     opts = PARSER.parse(args)
     name, path = name_and_path(opts.name, opts.path)
     if not name.isidentifier():

@@ -6,7 +6,7 @@ import pandas as pd
 
 from ebpf_magic import discover
 from ebpf_magic.magics.args import parser
-from ebpf_magic.magics.cell import report_warnings
+from ebpf_magic.magics.cell import MagicsState, report_warnings
 
 USAGE = "%bpf probes [PATTERN] [-v] [--attachable]"
 HELP = ("List attach points in -a syntax: tracepoint:syscalls:*open*, rawtracepoint:*, "
@@ -20,7 +20,7 @@ PARSER.add_argument("-v", "--verbose", action="store_true")
 PARSER.add_argument("--attachable", action="store_true")
 
 
-def run(magics, args: str) -> pd.DataFrame | None:
+def run(magics: MagicsState, args: str) -> pd.DataFrame | None:
     opts = PARSER.parse(args)
     try:
         found = discover.find(opts.pattern, opts.verbose, attachable_only=opts.attachable)

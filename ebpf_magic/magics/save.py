@@ -11,6 +11,7 @@ from IPython.core.error import UsageError
 from ebpf_magic import export, sessions
 from ebpf_magic.api import ProgramView
 from ebpf_magic.magics.args import parser
+from ebpf_magic.magics.cell import MagicsState
 
 USAGE = ("%bpf save NAME [PATH] [--no-hostname] [--table NAME=VARIABLE ...] "
          "[--perfetto TRACE]")
@@ -33,7 +34,7 @@ HOW_TO = "{name}: nothing saved: %bpf save {name} PATH writes a file, and record
          "{name}.bpfrec is written when recording (%%bpf {name} --record, or {env}=1)"
 
 
-def run(magics, args: str) -> None:
+def run(magics: MagicsState, args: str) -> None:
     opts = PARSER.parse(args)
     for spec in opts.table:
         if not spec.partition("=")[0]:
@@ -59,7 +60,7 @@ def run(magics, args: str) -> None:
     return None
 
 
-def program(magics, name: str) -> ProgramView:
+def program(magics: MagicsState, name: str) -> ProgramView:
     """The session's program ``name``; else a program the notebook holds under that name
     (one ``%bpf stop`` took out of the session, which can still be saved or read)."""
     try:
@@ -90,7 +91,7 @@ def _tables(namespace: dict, specs: list[str], prog: ProgramView) -> dict[str, p
     return tables
 
 
-def _nothing_written(magics, prog: ProgramView) -> None:
+def _nothing_written(magics: MagicsState, prog: ProgramView) -> None:
     if isinstance(prog, sessions.ReplayedProgram):
         print(f"{prog.name} is replayed from {prog.recording.path}: nothing new to save")
         return

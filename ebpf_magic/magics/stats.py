@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ebpf_magic.kernel import runstats
 from ebpf_magic.magics.args import parser
+from ebpf_magic.magics.cell import MagicsState
 
 USAGE = "%bpf stats [on|off]"
 HELP = ("Whether the kernel counts programs' runs and run time (what NAME.overhead, %bpf list "
@@ -15,7 +16,7 @@ PARSER = parser(USAGE, HELP)
 PARSER.add_argument("setting", nargs="?", choices=("on", "off"))
 
 
-def run(magics, args: str) -> None:
+def run(_magics: MagicsState, args: str) -> None:
     opts = PARSER.parse(args)
     if opts.setting == "off":
         runstats.disable()

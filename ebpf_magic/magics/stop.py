@@ -5,7 +5,7 @@ from __future__ import annotations
 from IPython.core.error import UsageError
 
 from ebpf_magic.magics.args import parser
-from ebpf_magic.magics.cell import cancel_cost
+from ebpf_magic.magics.cell import MagicsState, cancel_cost
 
 USAGE = "%bpf stop NAME [NAME ...] | --all"
 HELP = ("Detach and unload the named programs (with --all: the session's and every other "
@@ -15,7 +15,7 @@ PARSER.add_argument("names", nargs="*", metavar="NAME")
 PARSER.add_argument("--all", action="store_true")
 
 
-def run(magics, args: str) -> None:
+def run(magics: MagicsState, args: str) -> None:
     opts = PARSER.parse(args)
     if opts.all and not opts.names:
         cancel_cost(magics)

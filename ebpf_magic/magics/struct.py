@@ -6,6 +6,7 @@ import pandas as pd
 
 from ebpf_magic.kernel import btf
 from ebpf_magic.magics.args import parser
+from ebpf_magic.magics.cell import MagicsState
 
 USAGE = "%bpf struct NAME[.FIELD...] [--c]"
 HELP = ("Fields of kernel struct NAME (offsets, sizes, C types) from the kernel's BTF; "
@@ -15,7 +16,7 @@ PARSER.add_argument("name", metavar="NAME[.FIELD...]")
 PARSER.add_argument("--c", action="store_true", dest="definition")
 
 
-def run(magics, args: str) -> pd.DataFrame | None:
+def run(_magics: MagicsState, args: str) -> pd.DataFrame | None:
     opts = PARSER.parse(args)
     if opts.definition:
         print(btf.definition(opts.name))

@@ -9,7 +9,7 @@ from IPython.core.error import UsageError
 
 from ebpf_magic import sessions, tools
 from ebpf_magic.magics.args import parser
-from ebpf_magic.magics.cell import Interrupted, clip, report_warnings, seconds
+from ebpf_magic.magics.cell import Interrupted, MagicsState, clip, report_warnings, seconds
 
 USAGE = "%bpf tool list | %bpf tool NAME [--name VAR] [--record [EVERY]] [-q] [OPTIONS]"
 HELP = ("Run a ready-made tool (execsnoop, opensnoop, syscount, runqlat, offcputime, profile, "
@@ -22,7 +22,7 @@ PARSER.add_argument("tool", metavar="NAME")
 PARSER.add_argument("options", nargs="*", metavar="OPTIONS")
 
 
-def run(magics, args: str) -> pd.DataFrame | None:
+def run(magics: MagicsState, args: str) -> pd.DataFrame | None:
     words = shlex.split(args)
     if not words:
         raise UsageError(f"usage: {USAGE}")

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ebpf_magic.magics.args import parser
-from ebpf_magic.magics.cell import seconds
+from ebpf_magic.magics.cell import MagicsState, seconds
+
+if TYPE_CHECKING:
+    from ebpf_magic.present.top import Top
 
 MAX_EVERY = 3600.0
 
@@ -19,7 +24,7 @@ PARSER.add_argument("--every", type=lambda text: seconds(text, hi=MAX_EVERY),
 PARSER.add_argument("--mine", action="store_true")
 
 
-def _cell_id(magics) -> str | None:
+def _cell_id(magics: MagicsState) -> str | None:
     """The notebook cell running now, where the front end says (JupyterLab, Notebook 7)."""
     kernel = getattr(magics.shell, "kernel", None)
     if kernel is None:
@@ -30,7 +35,7 @@ def _cell_id(magics) -> str | None:
         return None
 
 
-def run(magics, args: str):
+def run(magics: MagicsState, args: str) -> Top:
     from ebpf_magic.present.top import Top
 
     opts = PARSER.parse(args)

@@ -13,8 +13,12 @@ import json
 import shutil
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ebpf_magic.internal import files
+
+if TYPE_CHECKING:
+    from jupyter_client.kernelspec import KernelSpecManager
 
 KERNEL_NAME = "python3-ebpf"
 DISPLAY_NAME = "Python 3 (eBPF)"
@@ -57,7 +61,7 @@ def is_isolated(argv: list[str]) -> bool:
     return any(a.startswith("-") and not a.startswith("--") and "I" in a[1:] for a in options)
 
 
-def _manager():
+def _manager() -> KernelSpecManager:
     try:
         from jupyter_client.kernelspec import KernelSpecManager
     except ImportError as e:

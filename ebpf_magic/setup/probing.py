@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ebpf_magic.errors import (
     AttachError,
@@ -32,6 +33,9 @@ from ebpf_magic.features import (
 )
 from ebpf_magic.kernel import sysbpf
 from ebpf_magic.setup.scratch import Scratch
+
+if TYPE_CHECKING:
+    from ebpf_magic.program import Program
 
 FIRE_TIMEOUT = 1.0  # seconds to wait for every attached probe to fire
 
@@ -117,7 +121,7 @@ class Prober:
         function = function.split(" (pid")[0]
         return next((p for p in pending if function in p.names()), None)
 
-    def _watch(self, prog, probes: list[AttachProbe]) -> None:
+    def _watch(self, prog: Program, probes: list[AttachProbe]) -> None:
         """Make every probe fire, and wait until each has (or the time is up)."""
         hits = prog.maps[self.suite.counter]
         slots = {p.kind: self.suite.slot(p) for p in probes}
@@ -167,13 +171,13 @@ class Prober:
                 problems["XDP"] = f"could not send a test frame: {e}"
 
     @staticmethod
-    def _received(prog, probe: AttachProbe) -> int | None:
+    def _received(prog: Program, probe: AttachProbe) -> int | None:
         """Events read back from the probe's buffer; None for probes without one."""
         if not probe.stream:
             return None
         return prog.events[probe.stream].received if probe.stream in prog.events else 0
 
-    def _ok_detail(self, prog, probe: AttachProbe, spec: str, count: int) -> str:
+    def _ok_detail(self, prog: Program, probe: AttachProbe, spec: str, count: int) -> str:
         detail = f"{spec}: attached and fired ({count}x)"
         received = self._received(prog, probe)
         if received is not None:

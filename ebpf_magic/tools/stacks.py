@@ -124,7 +124,7 @@ def _frames_of(r: Reading) -> Callable[[int, int | None], list[str]]:
         named = {int(i): str(s).split(";") if s else [] for i, s in
                  zip(recorded["stack_id"], recorded["stack"], strict=True)}
 
-        def name(stack_id: int, pid: int | None) -> list[str]:
+        def name(stack_id: int, _pid: int | None) -> list[str]:  # recorded: named already
             return named.get(stack_id, [])
 
     def frames(stack_id: int, pid: int | None) -> list[str]:

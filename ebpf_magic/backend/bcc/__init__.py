@@ -10,7 +10,7 @@ compiles nothing.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from ebpf_magic.backend.bcc.program import BccProgram, named_probes
 from ebpf_magic.errors import BCCNotFoundError, BPFError
 from ebpf_magic.internal import cache
 from ebpf_magic.kernel import host as kernel
+from ebpf_magic.probes import Probe
 
 __all__ = ["BACKEND", "BccProgram", "diagnostics", "format_diagnostics", "location",
            "named_probes", "prestart", "symbolize_user", "version"]
@@ -153,9 +154,12 @@ class BccBackend(Backend):
     def host_facts(self) -> dict[str, str | None]:
         return {"bcc": registry.version("bcc")}
 
-    def compile(self, source: str, *, cflags: list[str], usdt: list, filename: str,
-                line_offset: int, globals: Mapping[str, Any], programs: Any = None,
-                maps: Any = None) -> BccProgram:
+    def compile(self, source: str, *, cflags: list[str], usdt: list[Probe], filename: str,
+                line_offset: int,
+                globals: Mapping[str, Any],  # noqa: ARG002 - none: BCC takes -D macros
+                programs: Sequence[str] | None = None,  # noqa: ARG002 - no load options
+                maps: Mapping[str, Mapping[str, int]] | None = None,  # noqa: ARG002 - likewise
+                ) -> BccProgram:
         return BccProgram(source, cflags=cflags, usdt=usdt, filename=filename,
                           line_offset=line_offset)
 

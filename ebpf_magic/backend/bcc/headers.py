@@ -107,7 +107,7 @@ def nearest(release: str) -> tuple[str, Path, Path | None] | None:
     if not sets:
         return None
 
-    def distance(entry):
+    def distance(entry: tuple[str, Path, Path | None]) -> tuple[int, tuple[int, ...]]:
         have = _version_key(entry[0])
         return (abs(have[0] - want[0]) * 1000 + abs(have[1] - want[1]) if len(have) > 1
                 and len(want) > 1 else 10**6, tuple(-x for x in have))

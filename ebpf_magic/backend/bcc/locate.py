@@ -69,7 +69,7 @@ def import_bcc() -> ModuleType:
     for root in candidates():
         try:
             return _import_from(root)
-        except Exception as e:  # a broken copy: try the next one, report all
+        except Exception as e:  # noqa: BLE001 - a broken copy fails anyhow: try the next
             errors.append(f"{root}/bcc: {e}")
     raise BCCNotFoundError("BCC's Python package was not found" +
                            (" (tried: " + "; ".join(errors) + ")" if errors else "."),

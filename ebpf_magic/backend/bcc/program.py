@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -303,7 +304,7 @@ class BccProgram(CompiledProgram):
             return [link.socket_filter(fd, int(probe.target))]
         raise AttachError(f"unknown probe kind {kind!r}", probe=str(probe))
 
-    def _each(self, links) -> list[link.Link]:
+    def _each(self, links: Iterable[link.Link]) -> list[link.Link]:
         """Links made one by one; those made before a failure are closed with it."""
         made: list[link.Link] = []
         try:

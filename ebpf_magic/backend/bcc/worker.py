@@ -41,7 +41,9 @@ import socket
 import struct
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -63,7 +65,7 @@ _TRACEPOINT = re.compile(r"\bTRACEPOINT_PROBE\s*\(\s*(\w+)\s*,\s*(\w+)\s*\)|"
 
 
 @functools.cache
-def _bcc_class():
+def _bcc_class() -> tuple[ModuleType, type]:
     """BCC, and its BPF class made to leave attaching to the parent; built once."""
     bcc = import_bcc()
     lib = bcc.libbcc.lib
@@ -76,7 +78,7 @@ def _bcc_class():
     class _BPF(bcc.BPF):
         """BCC's BPF without auto-attach."""
 
-        def __init__(self, **kwargs):
+        def __init__(self, **kwargs: Any) -> None:
             try:
                 super().__init__(**kwargs)
             except BaseException:
@@ -84,7 +86,7 @@ def _bcc_class():
                 atexit.unregister(self.cleanup)
                 raise
 
-        def _trace_autoload(self):
+        def _trace_autoload(self) -> None:
             pass
 
     return bcc, _BPF
@@ -177,7 +179,7 @@ class Compiled:
         for spec in msg.get("usdt", []):
             try:
                 self.contexts.append(self._usdt_context(spec))
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - any failure of the probe is the reply
                 self.drop()
                 return {"ok": False, "stage": "usdt", "probe": spec["probe_text"],
                         "error": str(e), "log": self.log.text()}
@@ -217,7 +219,7 @@ class Compiled:
             self.bpf = self._build(text, list(msg["cflags"]), msg.get("types"))
         except MemoryError:
             raise  # over the worker's bound: it dies, and the notebook says which bound
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - BCC raises bare Exception on compile errors
             self.drop()
             return {"ok": False, "stage": "compile", "error": str(e),
                     "log": before + self.log.text()}
@@ -229,7 +231,7 @@ class Compiled:
         return {"ok": True, "functions": functions, "log": before + self.log.text(),
                 "undecoded": undecoded, "events": self.events, "cut": self.cut}
 
-    def _build(self, text: bytes, cflags: list[str], tree: str | None):
+    def _build(self, text: bytes, cflags: list[str], tree: str | None) -> Any:
         """BCC's BPF object: against the part of ``tree``'s vmlinux.h the program needs
         where that compiles, else as the environment says."""
         index = _index(tree) if tree else None
@@ -243,7 +245,7 @@ class Compiled:
         return self.cls(text=text, cflags=cflags)
 
     def _build_subset(self, text: bytes, cflags: list[str], index: typesubset.Index,
-                      tree: str):
+                      tree: str) -> Any | None:
         """BCC's BPF object compiled against the declarations of vmlinux.h the program,
         BCC's headers (as learned before) and the compiler's errors name; None where it
         does not compile so."""
@@ -261,7 +263,7 @@ class Compiled:
                                                   f'-D{TYPES_MACRO}="{header}"'])
             except MemoryError:
                 raise
-            except Exception:
+            except Exception:  # noqa: BLE001 - BCC raises bare Exception on compile errors
                 wanted = index.known(typesubset.missing(self.log.text())) - names
                 if not wanted:
                     return None
@@ -277,13 +279,13 @@ class Compiled:
             return bpf
         return None
 
-    def _usdt_context(self, spec: dict[str, Any]):
+    def _usdt_context(self, spec: dict[str, Any]) -> Any:
         ctx = self.bcc.USDT(path=spec["path"], pid=spec["pid"]) if spec["pid"] else \
             self.bcc.USDT(path=spec["path"])
         ctx.enable_probe(probe=spec["probe"], fn_name=spec["function"])
         return ctx
 
-    def _usdt_locations(self, ctx, spec: dict[str, Any]) -> list[dict[str, Any]]:
+    def _usdt_locations(self, ctx: Any, spec: dict[str, Any]) -> list[dict[str, Any]]:
         """Where the uprobes of one USDT probe go, with its semaphore's file offset."""
         provider, _, name = spec["probe"].rpartition(":")
         semaphores = {}
@@ -324,7 +326,7 @@ class Compiled:
             self.log.mark()
             try:
                 fn = self.bpf.load_func(name.encode(), prog_type)
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - BCC raises bare Exception when refused
                 failed[name] = {"error": str(e), "log": self.log.text()}
                 continue
             programs[name] = len(fds)
@@ -356,7 +358,7 @@ class Compiled:
             try:
                 resolved, offset = self.bcc.BPF._check_path_symbol(path, symbol, 0, pid)
                 uprobes[key] = {"path": resolved.decode(), "offset": offset}
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - BCC raises bare Exception when unresolved
                 uprobes[key] = {"error": str(e), "log": self.log.text()}
         return uprobes
 
@@ -420,7 +422,7 @@ class Compiled:
             return None, ""
         try:
             return self.bcc.BPF._decode_table_type(json.loads(desc.decode())), ""
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - BCC's decoder fails in any way on odd input
             return None, f"BCC's description of it could not be read ({e})"
 
     def _event_dtype(self, map_name: str) -> tuple[np.dtype | None, str]:
@@ -462,7 +464,7 @@ class Compiled:
                     out.append(ctype)
         return out
 
-    def _described_ctype(self, type_map: str, why: list[str]):
+    def _described_ctype(self, type_map: str, why: list[str]) -> type | None:
         """The ctypes layout held by a hidden one-entry map describing a type.
 
         None if there is none; the reason is appended to ``why``.
@@ -530,7 +532,7 @@ def _as_dtype(ctype: Any) -> tuple[np.dtype | None, str]:
     """The dtype of ctypes type ``ctype``, or None and why numpy cannot express it."""
     try:
         return np.dtype(ctype), ""
-    except Exception as e:
+    except (TypeError, ValueError, NotImplementedError) as e:
         if _has_bitfields(ctype):
             return None, "it has bitfields, which numpy cannot express"
         return None, f"numpy cannot express its layout ({e})"
@@ -563,7 +565,8 @@ _EVENT_CTYPES = {
 _ARRAY = re.compile(r"^(.*?) ?((?:\[\d+\])+)$")
 
 
-def event_field_ctype(ftype: str, described=None):
+def event_field_ctype(ftype: str,
+                      described: Callable[[str], type | None] | None = None) -> type | None:
     """The ctypes type of one event field as BCC names it (``u32``, ``char[16]``...).
 
     ``described`` maps a hidden type-describing map's name to its ctypes layout;

@@ -124,11 +124,12 @@ class LibbpfBackend(Backend):
     def host_facts(self) -> dict[str, str | None]:
         return {"libbpf": registry.version("libbpf"), "clang": compiler_version()}
 
-    def compile(self, source: str, *, cflags: list[str], usdt: list[Probe], filename: str,
-                line_offset: int, globals: Mapping[str, Any],
+    def compile(self, source: str, *, cflags: list[str],
+                usdt: list[Probe],  # noqa: ARG002 - attach() attaches them, nothing at load
+                filename: str, line_offset: int, globals: Mapping[str, Any],
                 programs: Sequence[str] | None = None,
                 maps: Mapping[str, Mapping[str, int]] | None = None) -> LibbpfProgram:
-        return LibbpfProgram(source, cflags=cflags, usdt=usdt, filename=filename,
+        return LibbpfProgram(source, cflags=cflags, filename=filename,
                              line_offset=line_offset, globals=globals, programs=programs,
                              maps=maps)
 

@@ -106,7 +106,7 @@ _log_lock = threading.RLock()
 _log: list[str] = []
 
 
-def _print(level: int, fmt: bytes, args: int) -> int:
+def _print(_level: int, fmt: bytes, args: int) -> int:
     buf = ct.create_string_buffer(4096)
     _libc.vsnprintf(buf, len(buf), fmt, args)
     _log.append(buf.value.decode("utf-8", "replace"))

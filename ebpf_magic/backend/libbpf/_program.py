@@ -40,14 +40,14 @@ FLAGS_ZERO_WARNING = ("{map}: bpf_perf_event_output(..., 0, ...) with flags 0 wr
 class LibbpfProgram(CompiledProgram):
     """A C source compiled by clang and loaded by libbpf.
 
-    ``usdt`` probes need nothing at load time here: :meth:`attach` attaches
+    USDT probes need nothing at load time here: :meth:`attach` attaches
     them with libbpf's USDT support (the C side uses ``<bpf/usdt.bpf.h>``).
     ``globals`` are written into the data sections' initial images between
     opening and loading, so ``const volatile`` variables reach the verifier
     with their values.
     """
 
-    def __init__(self, source: str, *, cflags: list[str], usdt: list[Probe],
+    def __init__(self, source: str, *, cflags: list[str],
                  filename: str = "cell", line_offset: int = 0,
                  globals: Mapping[str, Any] | None = None,
                  programs: Sequence[str] | None = None,

@@ -20,11 +20,12 @@ conventions (see :mod:`ebpf_magic.internal.dtypes`):
 from __future__ import annotations
 
 import weakref
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import numpy as np
 
-from ebpf_magic.kernel.btf.spec import MODIFIERS, BTFError, Spec, Type
+from ebpf_magic.kernel.btf.spec import MODIFIERS, BTFError, Member, Spec, Type
 
 _cache: weakref.WeakKeyDictionary[Spec, dict[int, np.dtype]] = weakref.WeakKeyDictionary()
 
@@ -189,7 +190,7 @@ class _Builder:
         spec = {"names": names, "formats": formats, "offsets": offsets, "itemsize": t.size}
         return np.dtype(spec, metadata=metadata) if metadata else np.dtype(spec)
 
-    def _members(self, t: Type, base: int):
+    def _members(self, t: Type, base: int) -> Iterator[tuple[str, int, int, int]]:
         """(name, bit offset, bitfield width, type id) with anonymous aggregates inlined."""
         for m in t.members:
             inner = self.spec.resolve(m.type)
@@ -206,7 +207,7 @@ class _Builder:
             yield m.name, bit, width, m.type
 
 
-def _bitfield_width(spec: Spec, m) -> int:
+def _bitfield_width(spec: Spec, m: Member) -> int:
     if m.bitfield_size:
         return m.bitfield_size
     inner = spec.resolve(m.type)

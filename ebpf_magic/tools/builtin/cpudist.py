@@ -7,6 +7,8 @@ left out.
 
 from __future__ import annotations
 
+from typing import Any
+
 from ebpf_magic.tools import sched
 from ebpf_magic.tools.snippets import COMM, MILLISECONDS, PER_PROCESS, PER_THREAD, PID, TID
 from ebpf_magic.tools.tool import Option, Tool, ToolRun, flag
@@ -45,7 +47,7 @@ int BPF_PROG(on_switch, bool preempt, struct task_struct *prev, struct task_stru
 """
 
 
-def _plot(run: ToolRun, ax):
+def _plot(run: ToolRun, ax: Any) -> Any:
     what = "off-CPU time" if run.options.get("offcpu") else "on-CPU time"
     return sched.hist_plot(what)(run, ax)
 
