@@ -449,7 +449,7 @@ def interrupts_deferred() -> Iterator[None]:
         yield  # None: a handler not installed from Python, which cannot be put back
         return
     pending: list[Any] = []
-    signal.signal(signal.SIGINT, lambda signum, frame: pending.append(frame))
+    signal.signal(signal.SIGINT, lambda _signum, frame: pending.append(frame))
     try:
         yield
     finally:
@@ -465,7 +465,7 @@ def stop_all() -> list[ProgramView]:
     for prog in programs:
         try:
             prog.stop()
-        except Exception as e:  # the others are still stopped; the first failure is raised
+        except Exception as e:  # noqa: BLE001 - the others still stop; the first failure is raised
             failed.append(e)
     if failed:
         raise failed[0]

@@ -239,7 +239,8 @@ class BpftraceMap:
              step: int = 1,  # noqa: ARG002 - MapView's; the map's own step applies
              ) -> histograms.Histogram:
         """A ``hist()`` or ``lhist()`` map as a :class:`~ebpf_magic.data.histograms.Histogram`
-        (per key when keyed); ``kind`` and ``step`` are the map's own and only checked."""
+        (per key when keyed). Its buckets are bpftrace's: ``kind``, if given, must be the map's
+        own; ``step`` is ignored (an ``lhist()`` map has its step already)."""
         if not self.is_histogram:
             raise TypeError(f"{self.name} holds {self.declared}, not a hist() or lhist()")
         own = "log2" if self.info_.value == "hist" else "linear"

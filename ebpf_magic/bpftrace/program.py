@@ -25,9 +25,9 @@ import subprocess
 import threading
 import time
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pandas as pd
 
@@ -174,7 +174,7 @@ class BpftraceProgram(ProgramBase):
             t.start()
             self._threads.append(t)
 
-    def _read_stdout(self, pipe, from_command: bool) -> None:
+    def _read_stdout(self, pipe: IO[bytes], from_command: bool) -> None:
         for line in pipe:
             with self._handoff:
                 if self._pending is not None:
@@ -188,7 +188,7 @@ class BpftraceProgram(ProgramBase):
         else:
             self.exited_at = self.exited_at or time.time()
 
-    def _read_stderr(self, pipe, _: bool) -> None:
+    def _read_stderr(self, pipe: IO[bytes], _: bool) -> None:
         for raw in pipe:
             line = raw.decode("utf-8", "replace").rstrip("\n")
             if line.startswith(process.ATTACHED):
@@ -323,7 +323,7 @@ class BpftraceProgram(ProgramBase):
         return self._output.printed(name) if self._output is not None else None
 
     @contextlib.contextmanager
-    def _reading(self):
+    def _reading(self) -> Iterator[None]:
         """Hold the maps while they are read (stop() waits); the stopped error once released."""
         with self._lock:
             if self._released:

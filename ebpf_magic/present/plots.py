@@ -126,7 +126,7 @@ def time_axis(ax: Any, axis: str = "x") -> Any:
     from matplotlib.ticker import Formatter
 
     class DistinctTimes(Formatter):
-        def __call__(self, x: float, pos: int | None = None) -> str:
+        def __call__(self, x: float, pos: int | None = None) -> str:  # noqa: ARG002 - matplotlib's
             return self.format_ticks([x])[0]
 
         def format_ticks(self, values: list[float]) -> list[str]:
@@ -135,7 +135,7 @@ def time_axis(ax: Any, axis: str = "x") -> Any:
 
     target = ax.xaxis if axis == "x" else ax.yaxis
     target.set_major_formatter(DistinctTimes())
-    target.set_minor_formatter(lambda x, pos: "")
+    target.set_minor_formatter(lambda _x, _pos: "")
     return ax
 
 

@@ -16,7 +16,7 @@ class Refresher:
 
     def __init__(self, step: Callable[[], object], interval: float, name: str, *,
                  alive: Callable[[], bool] = lambda: True,
-                 on_error: Callable[[Exception], None] = lambda e: None,
+                 on_error: Callable[[Exception], None] = lambda _e: None,
                  errors: tuple[type[Exception], ...] = (OSError,),
                  minimum: float = 0.05) -> None:
         self.step, self.name, self.alive = step, name, alive

@@ -396,12 +396,12 @@ class MapBrowser:
         self.descending.observe(self._direction_chosen, "value")
         self.filter.observe(lambda c: self._act(m.filter, c["new"]), "value")
         self.top.observe(lambda c: self._act(m.top, c["new"]), "value")
-        self.set_button.on_click(lambda b: self._act(
+        self.set_button.on_click(lambda _b: self._act(
             lambda: m.edit(m.row_of(self.row.value), self.column.value,
                            _number(self.value.value))))
-        self.delete_button.on_click(lambda b: self._act(lambda: m.delete(m.row_of(
+        self.delete_button.on_click(lambda _b: self._act(lambda: m.delete(m.row_of(
             self.row.value))))
-        self.close_button.on_click(lambda b: self.close())
+        self.close_button.on_click(lambda _b: self.close())
         m.on_update.append(lambda _: self.render())
         m.refresh()
         if start:

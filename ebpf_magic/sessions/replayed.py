@@ -127,7 +127,7 @@ class ReplayedStream(StreamBase):
         """The ``n`` newest events (all with ``None``)."""
         return self.df if n is None else self._df.iloc[len(self._df) - min(n, len(self._df)):]
 
-    def live(self, *args: Any, **kwargs: Any) -> pd.DataFrame:
+    def live(self, *_args: Any, **_kwargs: Any) -> pd.DataFrame:
         """A recording does not change: its events, as a table."""
         return self.df
 

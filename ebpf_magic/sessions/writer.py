@@ -18,7 +18,7 @@ import time
 import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -30,6 +30,9 @@ from ebpf_magic.errors import BPFError
 from ebpf_magic.internal import files
 from ebpf_magic.sessions import format as fmt
 from ebpf_magic.sessions.snapshots import Snapshot
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 
 def write(prog: ProgramView, path: str | os.PathLike, *, snapshots: Iterable[Snapshot] = (),
@@ -197,7 +200,7 @@ def _zip(path: Path, manifest: dict[str, Any], members: Mapping[str, bytes]) -> 
     link planted at either name)."""
     path.parent.mkdir(parents=True, exist_ok=True)
 
-    def archive(out) -> None:
+    def archive(out: IO[bytes]) -> None:
         with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED) as zf:
             zf.writestr(fmt.MANIFEST, json.dumps(_json_safe(manifest), indent=1),
                         compress_type=zipfile.ZIP_DEFLATED)
@@ -256,7 +259,7 @@ def column_kind(series: pd.Series) -> str:
     raise BPFError(f"column {series.name!r} has type {dt}, which a recording cannot hold")
 
 
-def _arrow_column(series: pd.Series, kind: str):
+def _arrow_column(series: pd.Series, kind: str) -> pa.Array:
     import pyarrow as pa
 
     if kind == "json":

@@ -26,7 +26,7 @@ import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import pandas as pd
 
@@ -422,7 +422,7 @@ INTERVAL = Option("interval", ("-i", "--interval"), "read the maps every SECONDS
 
 
 class _ToolParser(argparse.ArgumentParser):
-    def error(self, message: str):
+    def error(self, message: str) -> NoReturn:
         raise OptionError(f"{self.prog}: {message}", self.format_usage().strip())
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 
 from ebpf_magic.api import EVENT_STREAM, Named
+from ebpf_magic.backend.base import CompiledProgram
 from ebpf_magic.data.streams.buffers import (
     STREAM_KINDS,
     check_memory,
@@ -39,7 +40,7 @@ class Streams(Named[Stream]):
         self._closed = False
 
     @classmethod
-    def open(cls, compiled, handles: Mapping, **options: Any) -> Streams:
+    def open(cls, compiled: CompiledProgram, handles: Mapping, **options: Any) -> Streams:
         """Start consuming every perf and ring buffer among ``handles``.
 
         ``compiled`` (a :class:`~ebpf_magic.backend.CompiledProgram`) says which maps are
@@ -112,7 +113,7 @@ class Streams(Named[Stream]):
                         break
                     if self._consume() and self._batch_s:
                         self._stopping.wait(self._batch_s)
-        except Exception as e:  # the buffers then fill, and the kernel counts the losses
+        except Exception as e:  # noqa: BLE001 - the buffers then fill, the kernel counts losses
             for s in self.values():
                 s.fail(e)
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike
 
 from ebpf_magic.api import StreamBase
 from ebpf_magic.data import eventframe
@@ -136,7 +137,7 @@ class Stream(StreamBase):
         try:
             for cpu, blocks in reader.read(READ_BYTES):
                 n += self._take(blocks, cpu)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - any failed read: the stream fails, counting
             self.fail(e)
             n += self._discard_unread(reader)
         return n
@@ -145,7 +146,7 @@ class Stream(StreamBase):
         """Free the buffer of what a failed read left; count it in ``lost_reader``."""
         try:
             n = reader.discard()
-        except Exception as e:  # nothing more can be taken from this buffer: say so, once
+        except Exception as e:  # noqa: BLE001 - nothing more can be taken from it: say so, once
             with self._lock:
                 if not self._uncounted:
                     self._uncounted = True
@@ -172,7 +173,7 @@ class Stream(StreamBase):
                 try:
                     records = self._decode(block, cpu)
                     self._store.append(records)  # all or nothing: raises before storing
-                except Exception as e:
+                except Exception as e:  # noqa: BLE001 - a record that fails to decode
                     self._lost_reader += len(block)
                     self.fail(e)
                     continue
@@ -202,7 +203,7 @@ class Stream(StreamBase):
             for cb in list(self._callbacks):
                 try:
                     cb(value)
-                except Exception as e:  # a user's callback must not stop the stream
+                except Exception as e:  # noqa: BLE001 - a user's callback must not stop the stream
                     self.callback_errors.append(e)
                     del self.callback_errors[:-10]
 
@@ -240,7 +241,7 @@ class Stream(StreamBase):
             cut = store.intact_from() - lo
         return self._frame(records[max(cut, 0):])
 
-    def to_datetime(self, values, clock: str = "monotonic") -> pd.Series:
+    def to_datetime(self, values: ArrayLike, clock: str = "monotonic") -> pd.Series:
         """Kernel ns timestamps (a column of :attr:`df`) as wall-clock datetimes."""
         return timebase.to_datetime(values, clock)
 
@@ -385,7 +386,7 @@ class Stream(StreamBase):
 
     # -- display -----------------------------------------------------------------
 
-    def live(self, rows: int = 10, interval: float = 0.5):
+    def live(self, rows: int = 10, interval: float = 0.5) -> Any:
         """A widget showing the newest ``rows`` events, updating in the background."""
         from ebpf_magic.present.streamview import LiveView
 
@@ -444,6 +445,6 @@ class Stream(StreamBase):
             if self._store is not None:
                 try:
                     self._store.close()
-                except Exception as e:  # the spill file could not be completed
+                except Exception as e:  # noqa: BLE001 - the spill file could not be completed
                     self.fail(e)
             self.closed = True
