@@ -99,6 +99,25 @@ def test_kallsyms_reads_text_symbols_in_address_order(tmp_path):
         ["first", "first", "second", "in_module", "0x1000"]
 
 
+def test_a_bpf_program_loaded_after_the_reading_is_named_by_a_fresh_one(tmp_path, monkeypatch):
+    """BPF programs come and go: an address among them is resolved against a reading newer
+    than STALE_AFTER (a stale one named a new program after the one below it, and offcputime
+    kept the tracing frames it strips by name). Core kernel addresses never cause a read."""
+    path = tmp_path / "kallsyms"
+    core = "ffffffff81000100 T core_fn\nffffffff81000200 T core_next\n"
+    path.write_text(core + "ffffffffc0000000 t bpf_prog_aa_old\t[bpf]\n")
+    monkeypatch.setattr(kallsyms, "PATH", str(path))
+    monkeypatch.setattr(kallsyms, "_loaded", None)
+    assert kallsyms.resolve(0xFFFFFFFFC0000100) == "bpf_prog_aa_old"
+    path.write_text(core + "ffffffffc0000000 t bpf_prog_aa_old\t[bpf]\n"
+                           "ffffffffc0000080 t bpf_prog_bb_new\t[bpf]\n")
+    assert kallsyms.resolve(0xFFFFFFFFC0000100) == "bpf_prog_aa_old"  # within STALE_AFTER
+    monkeypatch.setattr(kallsyms, "STALE_AFTER", 0.0)
+    first = kallsyms.kallsyms()
+    assert kallsyms.resolve(0xFFFFFFFF81000150) == "core_fn" and kallsyms.kallsyms() is first
+    assert kallsyms.resolve(0xFFFFFFFFC0000100) == "bpf_prog_bb_new"
+
+
 def test_kallsyms_without_addresses_lists_names_and_refuses_to_resolve(tmp_path):
     path = tmp_path / "kallsyms"
     path.write_text("0000000000000000 T do_syscall_64\n0000000000000000 t vfs_read\n")
