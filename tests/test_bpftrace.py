@@ -431,6 +431,47 @@ def test_counts_per_comm_and_pid_are_exact_and_match_bpftraces_own(no_leaks):
         _ = prog.maps["@"].df
 
 
+def test_a_program_including_headers_is_told_where_the_kernels_are(monkeypatch):
+    assert source.includes("#include <linux/sched.h>\nBEGIN { exit(); }")
+    assert source.includes("BEGIN { }\n  #  include <net/sock.h>\n")
+    assert not source.includes('// #include <x.h>\nBEGIN { printf("#include"); }')
+    monkeypatch.delenv(process.KERNEL_SOURCE, raising=False)
+    tree = ebpf_magic.backend.header_tree()
+    installed = os.path.isdir(f"/lib/modules/{os.uname().release}/build/include")
+    if installed or tree is None:
+        pytest.skip("the running kernel's headers are installed, or no backend made a tree "
+                    "of its types (no BTF): bpftrace finds its own or none")
+    assert (tree / "vmlinux.h").is_file()
+    assert process.environment(includes=True)[process.KERNEL_SOURCE] == str(tree)
+    assert process.KERNEL_SOURCE not in process.environment()
+    mine = {process.KERNEL_SOURCE: "/srv/headers"}  # a user's own choice stands
+    assert process.environment(mine, includes=True)[process.KERNEL_SOURCE] == "/srv/headers"
+
+
+def test_a_headers_error_is_shown_before_the_compilers_warnings():
+    stderr = ["/h/macros.h:10:9: warning: 'KBUILD_MODNAME' macro redefined [-Wmacro-redefined]",
+              "note: previous definition is here", "",
+              "/h/macros.h:19:9: warning: '__HAVE_BUILTIN_BSWAP16__' macro redefined",
+              "definitions.h:4:8: error: redefinition of 'cfs_rq'",
+              "ERROR: Input (226): #include <__btf_generated_header.h>", "struct cfs_rq {",
+              "WARNING: Cannot take type definitions from BTF since there is a redefinition"]
+    assert source.unlocated(stderr) == [stderr[4], stderr[5], stderr[6], stderr[7]]
+
+
+@pytest.mark.kernel
+@needs_bpftrace
+def test_an_included_kernel_struct_reads_this_kernels_layout(no_leaks):
+    """``#include <linux/sched.h>`` and a cast of ``curtask``, as bpftrace's own tools do:
+    the task's and its parent's process ids, which the distribution's headers alone cannot
+    declare (bpftrace: "unknown type name '__aligned_u64'")."""
+    text = ("#include <linux/sched.h>\n" + LSEEK + " { $t = (struct task_struct *)curtask; "
+            "@[$t->tgid, $t->real_parent->tgid] = count(); }")
+    with BpftraceProgram(text, name="included") as prog:
+        pid = run_work("included", [(0, 0)] * 7)
+        df = prog.maps["@"].df
+    assert df.to_dict("list") == {"key0": [pid], "key1": [os.getpid()], "count": [7]}
+
+
 OFFSETS = [-5, 0, 0, 1, 2, 3, 7, 8, 100, 999, 1000, 1023, 1024, 12345, 3_000_000_000,
            5_000_000_000]
 

@@ -15,6 +15,7 @@ import functools
 import importlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ebpf_magic.backend.base import (
@@ -45,10 +46,9 @@ __all__ = [
     "PLAIN", "Alternative",
     "Backend", "CompiledProgram", "Diagnostic", "GlobalVar", "IterHandle", "MapHandle", "Note",
     "Offer", "alternative", "as_note", "available", "check_globals", "check_load_options",
-    "checks",
-    "choose_backend", "compile_program", "compiles_out_of_process", "diagnostics",
-    "encode_globals", "encode_value", "get", "host_facts", "named_probes", "prestart",
-    "symbolize_user", "version",
+    "checks", "choose_backend", "compile_program", "compiles_out_of_process", "diagnostics",
+    "encode_globals", "encode_value", "get", "header_tree", "host_facts", "named_probes",
+    "prestart", "symbolize_user", "version",
 ]
 
 # Each backend's module, which holds its one instance as ``BACKEND``. A cell in neither
@@ -119,6 +119,17 @@ def alternative(need: str, instead_of: str) -> Alternative | None:
         if offer is not None:
             ok, why = available(name)
             return Alternative(name, offer, ok, why, get(name).install_hint())
+    return None
+
+
+def header_tree() -> Path | None:
+    """Headers declaring the running kernel's types, from the first available backend that
+    has them (see :meth:`Backend.header_tree`), or None."""
+    for name in BACKENDS:
+        if available(name)[0]:
+            tree = get(name).header_tree()
+            if tree is not None:
+                return tree
     return None
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -344,6 +345,12 @@ class Backend(abc.ABC):
 
     def offer(self, need: str) -> Offer | None:  # noqa: ARG002 - offers nothing here
         """How this backend gives ``need`` (:data:`STRUCT_READS`...), or None if it cannot."""
+        return None
+
+    def header_tree(self) -> Path | None:
+        """A directory of C headers declaring this kernel's own types (``include/``,
+        ``arch/``), as another compiler may read them (bpftrace's ``#include``), or None
+        where this backend has none that match the running kernel."""
         return None
 
     def install_hint(self) -> str:

@@ -16,6 +16,7 @@ import contextlib
 import ctypes
 import functools
 import os
+import platform
 import re
 import shlex
 import shutil
@@ -26,6 +27,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
 
+from ebpf_magic import backend
 from ebpf_magic.bpftrace import shim
 from ebpf_magic.errors import BPFError, OptionError
 
@@ -38,6 +40,7 @@ MISSING = "bpftrace is not installed"
 STOP_TIMEOUT = 30.0  # seconds bpftrace gets to detach (closing each probe takes a while)
 ENV_NAME = re.compile(r"BPFTRACE_[A-Z0-9_]+")
 VMLINUX_BTF = "/sys/kernel/btf/vmlinux"
+KERNEL_SOURCE = "BPFTRACE_KERNEL_SOURCE"  # where bpftrace reads kernel headers from
 # bpftrace's own knobs a caller may set (``bpftrace --help`` lists them)
 _PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -88,10 +91,16 @@ def argv(program: str, *, dry_run: bool = False, pid: int | None = None,
     return out + ["-e", program, *map(str, params)]
 
 
-def environment(settings: Mapping[str, str] = ()) -> dict[str, str]:
+def environment(settings: Mapping[str, str] = (), includes: bool = False) -> dict[str, str]:
     """bpftrace's environment: this process's, ``settings`` (``BPFTRACE_*``), the attach
-    notice, the shim (:mod:`.shim`: the uid check, a watch on this process), and where this
-    process is not root the kernel's BTF by path.
+    notice, the shim (:mod:`.shim`: the uid check, a watch on this process), where this
+    process is not root the kernel's BTF by path, and for a program that ``includes``
+    headers, where the running kernel's are (:data:`KERNEL_SOURCE`).
+
+    A ``#include <linux/...>`` needs headers of the running kernel, which bpftrace looks for
+    in ``/lib/modules/RELEASE``; where they are not installed, a backend's tree of the
+    kernel's own types serves (the distribution's ``/usr/include/linux`` alone lacks the
+    kernel-internal definitions).
 
     bpftrace finds the kernel's BTF by walking the kernel's BTF objects by id, which needs
     CAP_SYS_ADMIN; without it, ``BPFTRACE_BTF`` names the file the kernel publishes
@@ -104,6 +113,11 @@ def environment(settings: Mapping[str, str] = ()) -> dict[str, str]:
     env[shim.WATCH] = "1"
     if shim.needed() and "BPFTRACE_BTF" not in env and os.access(VMLINUX_BTF, os.R_OK):
         env["BPFTRACE_BTF"] = VMLINUX_BTF
+    if includes and KERNEL_SOURCE not in env and \
+            not os.path.isdir(f"/lib/modules/{platform.release()}/build/include"):
+        tree = backend.header_tree()
+        if tree is not None:
+            env[KERNEL_SOURCE] = str(tree)
     return env
 
 

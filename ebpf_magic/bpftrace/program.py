@@ -131,7 +131,7 @@ class BpftraceProgram(ProgramBase):
                     target = self._held.pid
                     text = source.replace_word(text, "cpid", str(target))
                 marked, self._formats = self._marked(text)
-                env_ = process.environment(settings)
+                env_ = process.environment(settings, includes=source.includes(text))
                 self._dry = process.spawn(process.argv(text, dry_run=True, pid=target,
                                                        params=self.params, unsafe=unsafe), env_)
                 self._proc = process.spawn(process.argv(marked, pid=target, params=self.params,
@@ -238,11 +238,12 @@ class BpftraceProgram(ProgramBase):
             more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
             return CompileError(f"bpftrace: line {d.line}, column {d.column}: {d.message}{more}",
                                 "\n".join(d.excerpt), diagnostics=lines)
-        text = [ln.removeprefix("ERROR: ") for ln in lines if ln.strip()] or \
+        text = [ln.removeprefix("ERROR: ") for ln in source.unlocated(lines)] or \
             [f"bpftrace exited ({self._proc.returncode if self._proc else '?'}) without "
              "saying why"]
         kind = CompileError if compile_stage else AttachError
-        return kind(f"bpftrace: {text[0]}",
+        told = [t.removeprefix("WARNING: ") for t in text[1:] if t.startswith("WARNING: ")]
+        return kind(f"bpftrace: {text[0]}", told[0] if told else
                     "\n".join(text[1:4]) if len(text) > 1 else _hint(text[0]))
 
     def _take_maps(self) -> None:

@@ -131,6 +131,14 @@ def printf_formats(text: str) -> list[Literal]:
     return out
 
 
+_INCLUDE = re.compile(r"^[ \t]*#[ \t]*include\b", re.M)
+
+
+def includes(text: str) -> bool:
+    """Whether the program ``#include``s headers (bpftrace's preprocessor reads them)."""
+    return bool(_INCLUDE.search(text))
+
+
 def replace_word(text: str, word: str, value: str) -> str:
     """``text`` with every ``word`` outside strings and comments replaced by ``value`` (a
     builtin such as ``cpid`` by a number)."""
@@ -223,6 +231,25 @@ class Diagnostic:
     level: str  # "ERROR" or "WARNING"
     message: str
     excerpt: list[str]  # the source line and its ~~~ marks, as bpftrace printed them
+
+
+_CLANG = re.compile(r"^\S+:\d+:\d+: (?P<level>warning|note|error|fatal error): ")
+
+
+def unlocated(lines: list[str]) -> list[str]:
+    """bpftrace's messages that name no line of the program, errors first: the compiler's
+    warnings about headers (and their notes) are left out, so a header's own error (``error:
+    redefinition of 'cfs_rq'``) is what a cell shows, not the first of a hundred warnings."""
+    kept = []
+    for text in lines:
+        m = _CLANG.match(text)
+        if not text.strip() or text.startswith("note: ") or (m and m["level"] in ("warning",
+                                                                                 "note")):
+            continue
+        kept.append(text)
+    errors = [t for t in kept if (t.startswith("ERROR: ") or " error: " in t)
+              and not t.startswith("ERROR: Input (")]  # bpftrace echoing the headers' input
+    return errors + [t for t in kept if t not in errors]
 
 
 def diagnostics(stderr: str, line_offset: int = 0) -> list[Diagnostic]:

@@ -186,5 +186,10 @@ class BccBackend(Backend):
     def prestart(self) -> None:
         prestart()
 
+    def header_tree(self) -> Path | None:
+        """The running kernel's headers, or the tree of its BTF types BCC compiles against
+        where they are missing; None where only another release's headers exist."""
+        return headers.matching_tree()
+
 
 BACKEND = BccBackend()

@@ -176,6 +176,14 @@ def find(release: str | None = None) -> Headers:
                    why_not_btf=why)
 
 
+def matching_tree() -> Path | None:
+    """A header directory whose types are the running kernel's (its own headers, or the tree
+    made from its BTF), or None."""
+    found = find()
+    exact = found.source in ("running kernel", BTF_SOURCE, "BCC_KERNEL_SOURCE")
+    return found.path if exact and found.path is not None and found.path.is_dir() else None
+
+
 def ensure(release: str | None = None) -> Headers:
     """Find headers and make BCC use them; the result says whether they are exact."""
     ours = os.environ.get("EBPF_MAGIC_HEADERS")
