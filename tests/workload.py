@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 GATE = "import sys\nsys.stdin.readline()\n"
+READ_NR = {"x86_64": 0, "aarch64": 63}.get(os.uname().machine, 0)  # read(2)
 
 
 class Gated:
@@ -35,6 +36,26 @@ class Gated:
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      text=True)
         self.pid = self.proc.pid  # taskset and ip netns exec exec the Python in place
+        self._wait_at_gate()
+
+    def _wait_at_gate(self, timeout: float = 30.0) -> None:
+        """Return once the child sleeps in its read of stdin: a tool started after this sees
+        every turn on a CPU of ``code`` from its start (a child still starting Python when
+        the tool attaches, then released, would run on in a turn whose start it missed)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                state = Path(f"/proc/{self.pid}/stat").read_text().rpartition(")")[2].split()[0]
+                call = Path(f"/proc/{self.pid}/syscall").read_text().split()
+            except OSError:
+                call, state = [], ""
+            # read(0, ...): the syscall's number differs by architecture, its first argument not
+            if state == "S" and len(call) > 1 and call[0] == str(READ_NR) and call[1] == "0x0":
+                return
+            if self.proc.poll() is not None:
+                return
+            time.sleep(0.005)
+        raise TimeoutError(f"child {self.pid} did not reach its gate in {timeout} s")
 
     def release(self) -> None:
         self.proc.stdin.write("go\n")
