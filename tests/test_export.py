@@ -620,7 +620,10 @@ def test_a_sampled_profile_exports_its_exact_counts_live_and_replayed(spinner, t
     profile = read_pprof(export.to_pprof(counted, tmp_path / "live.pb.gz", period_ns=1e6))
     assert pprof_stacks(profile) == expected(counted)
     spin = [fs for fs, _ in pprof_stacks(profile) if "em_spin_leaf" in fs]
-    assert spin and all(fs.index("em_spin_outer") < fs.index("em_spin_leaf") for fs in spin)
+    # a sample in the leaf's first instructions (its frame not yet set up) unwinds past
+    # em_spin_outer: the order is checked where both are present
+    both = [fs for fs in spin if "em_spin_outer" in fs]
+    assert both and all(fs.index("em_spin_outer") < fs.index("em_spin_leaf") for fs in both)
 
     import jsonschema
     doc = json.loads(export.to_speedscope(counted, tmp_path / "live.json").read_text())

@@ -34,6 +34,15 @@ def bcc_env() -> dict[str, str]:
     return {**os.environ, "BCC_KERNEL_SOURCE": str(tree)} if tree else dict(os.environ)
 
 
+
+def _link(fd: Path) -> str:
+    """Where a descriptor of another process leads ("" once it closed: BCC opens and closes
+    files while it starts)."""
+    try:
+        return os.readlink(fd)
+    except FileNotFoundError:
+        return ""
+
 class BCCTool:
     """One of BCC's tools, running until :meth:`stop` (its Ctrl-C); its printed output.
 
@@ -53,7 +62,7 @@ class BCCTool:
             if ready is None:
                 if self.proc.poll() is not None:
                     raise AssertionError(f"BCC's {name} ended")
-                if any("perf_event" in os.readlink(fd) for fd in
+                if any("perf_event" in _link(fd) for fd in
                        Path(f"/proc/{self.proc.pid}/fd").iterdir()):
                     time.sleep(0.5)  # the other CPUs' events follow
                     return
