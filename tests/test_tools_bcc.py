@@ -43,6 +43,7 @@ def _link(fd: Path) -> str:
     except FileNotFoundError:
         return ""
 
+
 class BCCTool:
     """One of BCC's tools, running until :meth:`stop` (its Ctrl-C); its printed output.
 
@@ -57,6 +58,14 @@ class BCCTool:
         self.proc = subprocess.Popen([path, *args], stdout=subprocess.PIPE,
                                      stderr=subprocess.DEVNULL, text=True, env=bcc_env())
         self.head: list[str] = []
+        try:
+            self._wait(name, ready)
+        except BaseException:  # not started: its probes must not outlive the test
+            self.proc.kill()
+            self.proc.wait()
+            raise
+
+    def _wait(self, name: str, ready: str | None) -> None:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if ready is None:
